@@ -1,0 +1,137 @@
+//! `App::build` is the one place everything is wired; `App::run` serves until shutdown.
+//!
+//! Shutdown order: the trigger fires → `/readyz` turns 503 and the listeners stop accepting →
+//! in-flight requests finish (bounded by `server.shutdown_grace`) → the store writer commits
+//! what is queued and stops → the audit log is flushed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AuthScheme, Config};
+use crate::http::{self, AppState};
+use crate::ingest::Routes;
+use crate::store::{sqlite::SqliteStore, Store};
+use crate::telemetry::{self, audit::Audit};
+
+/// A built gateway, listeners bound, ready to run.
+pub struct App {
+    config: Config,
+    state: AppState,
+    public: (TcpListener, axum::Router),
+    admin: Option<(TcpListener, axum::Router)>,
+}
+
+impl App {
+    /// Opens the store, starts the audit writer, binds the listeners and builds the routers.
+    pub async fn build(config: Config, routes: Routes) -> anyhow::Result<App> {
+        for r in &config.routes {
+            if r.auth.scheme == AuthScheme::None {
+                tracing::warn!(route = %r.name, path = %r.path,
+                    "route accepts unauthenticated requests (allow_unauthenticated = true)");
+            }
+        }
+        let store_config = config.store.clone();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&store_config))
+            .await
+            .context("store start-up task failed")?
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(path = %store.path().display(), sync = ?config.store.sync, "store open");
+        let store = Store::Sqlite(Arc::new(store));
+        let audit = if config.audit.enabled {
+            Audit::start(config.audit.path.as_deref()).context("cannot open the audit log")?
+        } else {
+            Audit::disabled()
+        };
+        let state = AppState::new(
+            store,
+            audit,
+            telemetry::metrics::install(),
+            config.limits.clone(),
+            config.server.admin_token.as_deref(),
+        );
+        let public_listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let admin = match config.server.admin_listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (admin)"))?;
+                Some((l, http::admin_router(state.clone())))
+            }
+            None => None,
+        };
+        let public_router = http::public_router(
+            state.clone(),
+            &routes,
+            config.server.simulator,
+            admin.is_none(),
+        );
+        Ok(App {
+            config,
+            state,
+            public: (public_listener, public_router),
+            admin,
+        })
+    }
+
+    /// The public listener's address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.public.0.local_addr()
+    }
+
+    /// The admin listener's address, when it is separate.
+    pub fn admin_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.admin.as_ref().map(|(l, _)| l.local_addr())
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains and closes everything.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let App {
+            config,
+            state,
+            public,
+            admin,
+        } = self;
+        let header_timeout = config.server.header_read_timeout;
+        let grace = config.server.shutdown_grace;
+        if let Ok(addr) = public.0.local_addr() {
+            tracing::info!(%addr, routes = config.routes.len(), simulator = config.server.simulator,
+                "cognihook listening");
+        }
+        let flag = {
+            let (state, shutdown) = (state.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                state.begin_shutdown();
+            })
+        };
+        let public_task = tokio::spawn(http::serve(
+            public.0,
+            public.1,
+            shutdown.clone(),
+            header_timeout,
+            grace,
+        ));
+        let admin_task = admin
+            .map(|(l, r)| tokio::spawn(http::serve(l, r, shutdown.clone(), header_timeout, grace)));
+        let _ = public_task.await;
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
+        let _ = flag.await;
+        state.store.close().await;
+        let audit = state.audit.clone();
+        let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
+        tracing::info!("cognihook stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,37 @@
+//! `cognihook check-config [--print-default]`.
+
+use std::path::Path;
+
+use super::CliError;
+use crate::config::{self, Config, ProcessEnv};
+use crate::ingest::Routes;
+
+#[derive(Debug, clap::Args)]
+pub(super) struct CheckConfigArgs {
+    /// Print the built-in default configuration as a commented TOML file and exit.
+    #[arg(long)]
+    print_default: bool,
+}
+
+pub(super) fn run(file: Option<&Path>, args: CheckConfigArgs) -> Result<(), CliError> {
+    if args.print_default {
+        print!("{}", config::default_toml());
+        return Ok(());
+    }
+    let (config, mut problems) = match Config::load(file, &ProcessEnv) {
+        Ok(c) => (Some(c), Vec::new()),
+        Err(e) => (None, e.0),
+    };
+    if let Some(c) = &config {
+        if let Err(mut p) = Routes::build(c, &ProcessEnv) {
+            problems.append(&mut p);
+        }
+    }
+    if !problems.is_empty() {
+        return Err(CliError::Usage(config::ConfigErrors(problems).to_string()));
+    }
+    if let Some(c) = config {
+        print!("{}", c.to_masked_toml());
+    }
+    Ok(())
+}

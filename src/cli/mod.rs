@@ -1,0 +1,98 @@
+//! The command line (SPEC §1): one file per command. Exit codes: 0 success, 1 runtime
+//! failure, 2 usage or configuration error.
+
+mod check_config;
+mod events;
+mod send;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A command's failure, carrying its exit code.
+#[derive(Debug)]
+pub enum CliError {
+    /// Usage or configuration error (exit 2).
+    Usage(String),
+    /// Runtime failure (exit 1).
+    Runtime(String),
+}
+
+impl CliError {
+    fn exit(self) -> ExitCode {
+        match self {
+            CliError::Usage(m) => {
+                eprintln!("cognihook: {}", m.trim_end());
+                ExitCode::from(2)
+            }
+            CliError::Runtime(m) => {
+                eprintln!("cognihook: {}", m.trim_end());
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cognihook",
+    version,
+    about = "Gateway between NICE Cognigy.AI and your backends: authenticated, durable webhook ingest"
+)]
+pub struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "COGNIHOOK_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway until SIGINT/SIGTERM.
+    Serve(serve::ServeArgs),
+    /// Load and validate the configuration; print it with secrets masked.
+    CheckConfig(check_config::CheckConfigArgs),
+    /// Sign a payload and POST it; prints status and body, exits 1 on a non-2xx answer.
+    Send(send::SendArgs),
+    /// Print the signature header value for a payload.
+    Sign(send::SignArgs),
+    /// Inspect stored events.
+    Events {
+        #[command(subcommand)]
+        command: events::EventsCommand,
+    },
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let config = cli.config.as_deref();
+    let result = match cli.command {
+        Command::Serve(a) => serve::run(config, a),
+        Command::CheckConfig(a) => check_config::run(config, a),
+        Command::Send(a) => send::run_send(a),
+        Command::Sign(a) => send::run_sign(a),
+        Command::Events { command } => events::run(config, command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => e.exit(),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))
+}

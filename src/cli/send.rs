@@ -1,0 +1,200 @@
+//! `cognihook send` and `cognihook sign`: sign a payload the way a route expects and POST it,
+//! or just print the signature header value.
+
+use std::io::Read;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::CliError;
+use crate::ingest::auth::sign_hex;
+
+/// Built-in sample payloads (`--example NAME`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(super) enum Example {
+    /// Seed 000: a `flow.execution` event, for `POST /webhook`.
+    FlowEvent,
+    /// Seed 004: an NLU result with intent and orderId, for `POST /webhook/cognigy`.
+    Nlu,
+}
+
+impl Example {
+    fn body(self) -> &'static [u8] {
+        match self {
+            Example::FlowEvent => include_bytes!("examples/flow-event.json"),
+            Example::Nlu => include_bytes!("examples/nlu.json"),
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Example::FlowEvent => "/webhook",
+            Example::Nlu => "/webhook/cognigy",
+        }
+    }
+}
+
+/// Signing schemes `send`/`sign` can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Scheme {
+    /// Hex HMAC-SHA256 of the raw body (`X-Cognigy-Signature`).
+    #[value(name = "hmac-sha256")]
+    HmacSha256,
+    /// No signature.
+    None,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct PayloadArgs {
+    /// Payload file, or `-` for standard input.
+    #[arg(value_name = "FILE|-", conflicts_with = "example")]
+    file: Option<String>,
+    /// Use a built-in sample payload instead of a file.
+    #[arg(long, value_enum)]
+    example: Option<Example>,
+    /// Signing scheme.
+    #[arg(long, value_enum, default_value = "hmac-sha256")]
+    scheme: Scheme,
+    /// Secret to sign with; default: the first of COGNIGY_WEBHOOK_SECRET.
+    #[arg(long, env = "COGNIHOOK_SEND_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct SignArgs {
+    #[command(flatten)]
+    payload: PayloadArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub(super) struct SendArgs {
+    #[command(flatten)]
+    payload: PayloadArgs,
+    /// Target URL; default http://127.0.0.1:8080 plus the example's route path (`/webhook`).
+    #[arg(long)]
+    url: Option<String>,
+    /// Extra request header, `Name: value` (repeatable).
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+}
+
+impl PayloadArgs {
+    fn body(&self) -> Result<Vec<u8>, CliError> {
+        if let Some(e) = self.example {
+            return Ok(e.body().to_vec());
+        }
+        match self.file.as_deref() {
+            Some("-") => {
+                let mut b = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut b)
+                    .map_err(|e| CliError::Runtime(format!("cannot read standard input: {e}")))?;
+                Ok(b)
+            }
+            Some(path) => {
+                std::fs::read(path).map_err(|e| CliError::Usage(format!("cannot read {path}: {e}")))
+            }
+            None => Err(CliError::Usage(
+                "give a payload FILE, `-` for standard input, or --example flow-event|nlu".into(),
+            )),
+        }
+    }
+
+    fn secret(&self) -> Result<String, CliError> {
+        if let Some(s) = &self.secret {
+            return Ok(s.clone());
+        }
+        std::env::var("COGNIGY_WEBHOOK_SECRET")
+            .ok()
+            .and_then(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .find(|s| !s.is_empty())
+                    .map(str::to_string)
+            })
+            .ok_or_else(|| {
+                CliError::Usage("no secret: pass --secret or set COGNIGY_WEBHOOK_SECRET".into())
+            })
+    }
+
+    /// The signature header to add, if the scheme signs.
+    fn signature(&self, body: &[u8]) -> Result<Option<(&'static str, String)>, CliError> {
+        match self.scheme {
+            Scheme::HmacSha256 => Ok(Some((
+                "x-cognigy-signature",
+                sign_hex(self.secret()?.as_bytes(), body),
+            ))),
+            Scheme::None => Ok(None),
+        }
+    }
+}
+
+pub(super) fn run_sign(args: SignArgs) -> Result<(), CliError> {
+    let body = args.payload.body()?;
+    match args.payload.signature(&body)? {
+        Some((_, value)) => {
+            println!("{value}");
+            Ok(())
+        }
+        None => Err(CliError::Usage("scheme `none` has no signature".into())),
+    }
+}
+
+pub(super) fn run_send(args: SendArgs) -> Result<(), CliError> {
+    let body = args.payload.body()?;
+    let url = args.url.clone().unwrap_or_else(|| {
+        let path = args.payload.example.map_or("/webhook", Example::path);
+        format!("http://127.0.0.1:8080{path}")
+    });
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| CliError::Usage(format!("--url `{url}`: {e}")))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(CliError::Usage(format!(
+            "--url `{url}`: only http:// URLs are supported by send"
+        )));
+    }
+    let mut req = http::Request::post(uri).header("content-type", "application/json");
+    if let Some((name, value)) = args.payload.signature(&body)? {
+        req = req.header(name, value);
+    }
+    for h in &args.headers {
+        let (name, value) = h
+            .split_once(':')
+            .ok_or_else(|| CliError::Usage(format!("--header `{h}`: expected `Name: value`")))?;
+        req = req.header(name.trim(), value.trim());
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| CliError::Usage(format!("invalid request: {e}")))?;
+
+    let rt = super::runtime()?;
+    let (status, headers, body) = rt.block_on(async {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
+            .await
+            .map_err(|_| CliError::Runtime(format!("no answer from {url} within 30s")))?
+            .map_err(|e| CliError::Runtime(format!("request to {url} failed: {e}")))?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| CliError::Runtime(format!("reading the answer failed: {e}")))?
+            .to_bytes();
+        Ok::<_, CliError>((parts.status, parts.headers, body))
+    })?;
+    println!("HTTP {}", status.as_u16());
+    for name in ["x-correlation-id", "idempotent-replayed", "retry-after"] {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            println!("{name}: {v}");
+        }
+    }
+    println!("{}", String::from_utf8_lossy(&body));
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(CliError::Runtime(format!("the gateway answered {status}")))
+    }
+}

@@ -1,0 +1,679 @@
+//! Typed configuration: built-in defaults → TOML file → environment (SPEC §2).
+//!
+//! Invariants: unknown keys are errors; every problem found is reported at once
+//! ([`ConfigErrors`] holds them all); secrets are only *references* here (`env:NAME`,
+//! `file:PATH` or a literal) and are resolved when routes are built (`ingest::Routes::build`),
+//! so commands that only need the store (`events show`) work without them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Every problem found while loading a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "configuration has {} problem(s):", self.0.len())?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: LimitsConfig,
+    pub store: StoreConfig,
+    pub audit: AuditConfig,
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Public listener.
+    pub listen: SocketAddr,
+    /// Separate listener for `/metrics`, `/stats`, `/admin/*`; unset = public listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// Adds `POST /simulate` and `POST /simulate/<route path>` (SPEC §10).
+    pub simulator: bool,
+    /// Allows the simulator on a non-loopback listener.
+    pub simulator_allow_remote: bool,
+    /// Time allowed to read a request's headers.
+    #[serde(with = "duration_str")]
+    pub header_read_timeout: Duration,
+    /// Time allowed to drain in-flight requests on shutdown.
+    #[serde(with = "duration_str")]
+    pub shutdown_grace: Duration,
+    /// Bearer token for `/admin/*` (usually from `COGNIHOOK_ADMIN_TOKEN`); unset = admin disabled.
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    pub max_body_bytes: usize,
+    pub max_response_bytes: usize,
+    /// From request start to response.
+    #[serde(with = "duration_str")]
+    pub deadline: Duration,
+    /// Time allowed to receive the body (answers 408); never more than `deadline`.
+    #[serde(with = "duration_str")]
+    pub body_read_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// fsync on every commit (default; a 2xx means the event is on disk).
+    Full,
+    /// WAL without fsync per commit: an OS crash may lose the last commits.
+    Normal,
+    /// No fsync at all (benchmarks only).
+    Off,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH`; unset = `DATA_DIR/cognihook.db`.
+    pub url: Option<String>,
+    /// Directory of the embedded store (from `COGNIHOOK_DATA_DIR`).
+    pub data_dir: PathBuf,
+    pub sync: SyncMode,
+    #[serde(with = "duration_str")]
+    pub idempotency_window: Duration,
+    #[serde(with = "duration_str")]
+    pub session_ttl: Duration,
+    #[serde(with = "duration_str")]
+    pub retention: Duration,
+    /// Most acceptances committed in one transaction.
+    pub max_batch: usize,
+    /// Acceptances waiting for the writer before ingest answers 503 `unavailable`.
+    pub queue_depth: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    /// File to append audit lines to; unset = stdout.
+    pub path: Option<PathBuf>,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouteConfig {
+    pub name: String,
+    pub path: String,
+    pub payload: PayloadSpec,
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub extract: BTreeMap<String, String>,
+    #[serde(default)]
+    pub sinks: Vec<String>,
+}
+
+/// `payload = "nlu"` or `payload = { kind = "nlu" }`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PayloadSpec {
+    Name(PayloadKind),
+    Table { kind: PayloadKind },
+}
+
+impl PayloadSpec {
+    pub fn kind(&self) -> PayloadKind {
+        match self {
+            PayloadSpec::Name(k) | PayloadSpec::Table { kind: k } => *k,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PayloadKind {
+    #[serde(rename = "flow-event")]
+    FlowEvent,
+    #[serde(rename = "nlu")]
+    Nlu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthScheme {
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+    #[serde(rename = "none")]
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthConfig {
+    pub scheme: AuthScheme,
+    /// Secret references: `env:NAME` (comma-separated values allowed), `file:PATH` (one per
+    /// line) or a literal.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Headers that may carry the signature (hmac-sha256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub expr: String,
+    pub message: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: None,
+            simulator: false,
+            simulator_allow_remote: false,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            admin_token: None,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_response_bytes: 1024 * 1024,
+            deadline: Duration::from_secs(7),
+            body_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            data_dir: PathBuf::from("./data"),
+            sync: SyncMode::Full,
+            idempotency_window: Duration::from_secs(24 * 3600),
+            session_ttl: Duration::from_secs(7 * 24 * 3600),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_batch: 256,
+            queue_depth: 8192,
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: None,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            limits: LimitsConfig::default(),
+            store: StoreConfig::default(),
+            audit: AuditConfig::default(),
+            routes: default_routes(),
+        }
+    }
+}
+
+/// The two seed routes of SPEC §3.
+pub fn default_routes() -> Vec<RouteConfig> {
+    let auth = AuthConfig {
+        scheme: AuthScheme::HmacSha256,
+        secrets: vec!["env:COGNIGY_WEBHOOK_SECRET".into()],
+        headers: None,
+    };
+    vec![
+        RouteConfig {
+            name: "flow-events".into(),
+            path: "/webhook".into(),
+            payload: PayloadSpec::Name(PayloadKind::FlowEvent),
+            auth: auth.clone(),
+            allow_unauthenticated: false,
+            rules: vec![],
+            extract: BTreeMap::new(),
+            sinks: vec![],
+        },
+        RouteConfig {
+            name: "nlu-orders".into(),
+            path: "/webhook/cognigy".into(),
+            payload: PayloadSpec::Name(PayloadKind::Nlu),
+            auth,
+            allow_unauthenticated: false,
+            rules: vec![
+                RuleConfig {
+                    expr: "event.intent.score >= 0.75".into(),
+                    message: "Intent confidence below business threshold".into(),
+                },
+                RuleConfig {
+                    expr: "has(event.entities.orderId)".into(),
+                    message: "Required entity orderId is missing".into(),
+                },
+            ],
+            extract: BTreeMap::from([("orderId".into(), "event.entities.orderId".into())]),
+            sinks: vec![],
+        },
+    ]
+}
+
+/// Where the environment layer reads from; a map so tests need not touch the process env.
+pub trait EnvSource {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl EnvSource for BTreeMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        BTreeMap::get(self, name).cloned()
+    }
+}
+
+impl Config {
+    /// Loads defaults → optional TOML file → environment, then validates.
+    pub fn load(file: Option<&Path>, env: &dyn EnvSource) -> Result<Config, ConfigErrors> {
+        let mut problems = Vec::new();
+        let mut config = match file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => match Self::from_toml(&text) {
+                    Ok(c) => c,
+                    Err(ConfigErrors(mut p)) => {
+                        for msg in &mut p {
+                            *msg = format!("{}: {msg}", path.display());
+                        }
+                        return Err(ConfigErrors(p));
+                    }
+                },
+                Err(e) => return Err(ConfigErrors(vec![format!("{}: {e}", path.display())])),
+            },
+            None => Config::default(),
+        };
+        config.apply_env(env, &mut problems);
+        problems.extend(config.validate());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
+
+    /// Parses a TOML document, reporting every unknown key (not just the first).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+        let mut unknown = Vec::new();
+        let parsed: Result<Config, _> = serde_ignored::deserialize(de, |path| {
+            unknown.push(format!("unknown key `{path}`"));
+        });
+        match parsed {
+            // A file without `[[route]]` keeps the built-in routes (serde's struct default).
+            Ok(c) if unknown.is_empty() => Ok(c),
+            Ok(_) => Err(ConfigErrors(unknown)),
+            Err(e) => {
+                unknown.push(e.to_string().trim_end().to_string());
+                Err(ConfigErrors(unknown))
+            }
+        }
+    }
+
+    fn apply_env(&mut self, env: &dyn EnvSource, problems: &mut Vec<String>) {
+        if let Some(v) = env.get("COGNIHOOK_LISTEN") {
+            match v.parse() {
+                Ok(a) => self.server.listen = a,
+                Err(e) => problems.push(format!("COGNIHOOK_LISTEN `{v}`: {e}")),
+            }
+        }
+        if let Some(v) = env.get("COGNIHOOK_ADMIN_LISTEN") {
+            match v.parse() {
+                Ok(a) => self.server.admin_listen = Some(a),
+                Err(e) => problems.push(format!("COGNIHOOK_ADMIN_LISTEN `{v}`: {e}")),
+            }
+        }
+        if let Some(v) = env.get("COGNIHOOK_DATA_DIR") {
+            self.store.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env.get("COGNIHOOK_DATABASE_URL") {
+            self.store.url = Some(v);
+        }
+        if let Some(v) = env.get("COGNIHOOK_ADMIN_TOKEN") {
+            self.server.admin_token = Some(v);
+        }
+    }
+
+    /// Semantic checks; returns every problem.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.limits.max_body_bytes == 0 {
+            p.push("limits.max_body_bytes must be greater than 0".into());
+        }
+        if self.limits.max_response_bytes == 0 {
+            p.push("limits.max_response_bytes must be greater than 0".into());
+        }
+        if self.limits.deadline.is_zero() {
+            p.push("limits.deadline must be greater than 0".into());
+        }
+        if self.store.max_batch == 0 {
+            p.push("store.max_batch must be greater than 0".into());
+        }
+        if self.store.queue_depth == 0 {
+            p.push("store.queue_depth must be greater than 0".into());
+        }
+        if let Err(e) = self.store.sqlite_path() {
+            p.push(e);
+        }
+        if self.server.simulator
+            && !self.server.simulator_allow_remote
+            && !self.server.listen.ip().is_loopback()
+        {
+            p.push(format!(
+                "server.simulator is on but the listener {} is not a loopback address; \
+                 listen on 127.0.0.1 or set server.simulator_allow_remote = true",
+                self.server.listen
+            ));
+        }
+        if self.routes.is_empty() {
+            p.push("no routes: define at least one [[route]]".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut paths = std::collections::HashSet::new();
+        for r in &self.routes {
+            let at = format!("route `{}`", r.name);
+            if r.name.is_empty() {
+                p.push("a route has an empty name".into());
+            }
+            if !names.insert(r.name.as_str()) {
+                p.push(format!("{at}: name used by more than one route"));
+            }
+            if !r.path.starts_with('/') {
+                p.push(format!("{at}: path `{}` must start with `/`", r.path));
+            } else if r.path.contains(['{', '}', '*']) {
+                p.push(format!("{at}: path `{}` must be literal", r.path));
+            }
+            if !paths.insert(r.path.as_str()) {
+                p.push(format!(
+                    "{at}: path `{}` used by more than one route",
+                    r.path
+                ));
+            }
+            if matches!(
+                r.path.as_str(),
+                "/healthz" | "/readyz" | "/metrics" | "/stats"
+            ) || r.path.starts_with("/admin")
+                || r.path.starts_with("/simulate")
+            {
+                p.push(format!("{at}: path `{}` is reserved", r.path));
+            }
+            match r.auth.scheme {
+                AuthScheme::HmacSha256 => {
+                    if r.auth.secrets.is_empty() {
+                        p.push(format!("{at}: auth scheme hmac-sha256 needs `secrets`"));
+                    }
+                    if let Some(h) = &r.auth.headers {
+                        if h.is_empty() {
+                            p.push(format!("{at}: auth.headers must not be empty"));
+                        }
+                        for name in h {
+                            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                                p.push(format!(
+                                    "{at}: auth.headers: `{name}` is not a header name"
+                                ));
+                            }
+                        }
+                    }
+                }
+                AuthScheme::None => {
+                    if !r.allow_unauthenticated {
+                        p.push(format!(
+                            "{at}: auth scheme `none` requires allow_unauthenticated = true on the route"
+                        ));
+                    }
+                    if !r.auth.secrets.is_empty() || r.auth.headers.is_some() {
+                        p.push(format!(
+                            "{at}: auth scheme `none` takes no secrets or headers"
+                        ));
+                    }
+                }
+            }
+            for s in &r.sinks {
+                p.push(format!(
+                    "{at}: sink `{s}` is not defined (this version delivers to no sinks yet)"
+                ));
+            }
+        }
+        p
+    }
+
+    /// The effective configuration as TOML, with secrets masked.
+    pub fn to_masked_toml(&self) -> String {
+        let mut c = self.clone();
+        if c.server.admin_token.is_some() {
+            c.server.admin_token = Some("********".into());
+        }
+        for r in &mut c.routes {
+            for s in &mut r.auth.secrets {
+                if !(s.starts_with("env:") || s.starts_with("file:")) {
+                    *s = "********".into();
+                }
+            }
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+impl StoreConfig {
+    /// The SQLite database file this configuration selects.
+    pub fn sqlite_path(&self) -> Result<PathBuf, String> {
+        match &self.url {
+            None => Ok(self.data_dir.join("cognihook.db")),
+            Some(u) => {
+                if let Some(path) = u.strip_prefix("sqlite://") {
+                    if path.is_empty() {
+                        Err("store.url `sqlite://` needs a path".into())
+                    } else {
+                        Ok(PathBuf::from(path))
+                    }
+                } else if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+                    Err("store.url: PostgreSQL is not supported by this version yet; use sqlite://PATH".into())
+                } else {
+                    Err(format!(
+                        "store.url `{u}`: expected sqlite://PATH or postgres://…"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// The built-in default configuration as a commented TOML file that is itself a valid config.
+pub fn default_toml() -> String {
+    let body = toml::to_string_pretty(&Config::default()).unwrap_or_default();
+    format!(
+        "# cognihook built-in default configuration (cognihook check-config --print-default).\n\
+         # Layers: these defaults → this file (--config / COGNIHOOK_CONFIG) → environment\n\
+         # (COGNIHOOK_LISTEN, COGNIHOOK_ADMIN_LISTEN, COGNIHOOK_DATA_DIR, COGNIHOOK_DATABASE_URL,\n\
+         # COGNIHOOK_ADMIN_TOKEN). Durations are human strings (\"10s\", \"500ms\").\n\
+         # Secrets are \"env:NAME\" (comma-separated values = several secrets), \"file:PATH\"\n\
+         # (one per line) or a literal. Defining any [[route]] replaces the built-in routes.\n\
+         # store.sync: full (fsync per commit group) | normal | off.\n\n{body}"
+    )
+}
+
+/// Serde adapter for human-readable durations (`"10s"`, `"500ms"`).
+pub mod duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{s}`: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn default_config_serves_both_seed_routes() {
+        let c = Config::load(None, &env(&[])).expect("default config is valid");
+        let paths: Vec<_> = c.routes.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["/webhook", "/webhook/cognigy"]);
+        assert_eq!(c.routes[1].rules.len(), 2);
+        assert_eq!(c.store.sync, SyncMode::Full);
+    }
+
+    #[test]
+    fn env_overrides_file_and_defaults() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("COGNIHOOK_LISTEN", "127.0.0.1:9999"),
+                ("COGNIHOOK_DATA_DIR", "/tmp/x"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.server.listen.port(), 9999);
+        assert_eq!(
+            c.store.sqlite_path().expect("path"),
+            PathBuf::from("/tmp/x/cognihook.db")
+        );
+    }
+
+    #[test]
+    fn reports_every_unknown_key_at_once() {
+        let err = Config::from_toml(
+            "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n[limits]\nmax_bdy = 3\n[bogus]\nx = 1\n",
+        )
+        .expect_err("unknown keys");
+        assert_eq!(err.0.len(), 3, "{err}");
+        assert!(err.0.iter().any(|p| p.contains("server.lisen")), "{err}");
+        assert!(err.0.iter().any(|p| p.contains("limits.max_bdy")), "{err}");
+        assert!(err.0.iter().any(|p| p.contains("bogus")), "{err}");
+    }
+
+    #[test]
+    fn reports_every_semantic_problem_at_once() {
+        let text = r#"
+[limits]
+max_body_bytes = 0
+[[route]]
+name = "a"
+path = "nope"
+payload = "nlu"
+auth = { scheme = "none" }
+[[route]]
+name = "a"
+path = "/x"
+payload = { kind = "flow-event" }
+auth = { scheme = "hmac-sha256" }
+"#;
+        let c = Config::from_toml(text).expect("parses");
+        let p = c.validate();
+        assert!(p.iter().any(|m| m.contains("max_body_bytes")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("must start with `/`")), "{p:?}");
+        assert!(
+            p.iter().any(|m| m.contains("allow_unauthenticated")),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|m| m.contains("more than one route")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("needs `secrets`")), "{p:?}");
+    }
+
+    #[test]
+    fn durations_are_human_strings() {
+        let c = Config::from_toml("[limits]\ndeadline = \"500ms\"\n").expect("parses");
+        assert_eq!(c.limits.deadline, Duration::from_millis(500));
+        let e = Config::from_toml("[limits]\ndeadline = \"soon\"\n").expect_err("bad");
+        assert!(e.0[0].contains("invalid duration `soon`"), "{e}");
+    }
+
+    #[test]
+    fn print_default_is_itself_a_valid_config() {
+        let text = default_toml();
+        let c = Config::from_toml(&text).expect("default TOML parses");
+        assert!(c.validate().is_empty());
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[1].extract["orderId"], "event.entities.orderId");
+    }
+
+    #[test]
+    fn simulator_refuses_non_loopback_listener() {
+        let mut c = Config::default();
+        c.server.simulator = true;
+        assert!(c
+            .validate()
+            .iter()
+            .any(|p| p.contains("not a loopback address")));
+        c.server.listen = "127.0.0.1:8080".parse().expect("addr");
+        assert!(c.validate().is_empty());
+        c.server.listen = "0.0.0.0:8080".parse().expect("addr");
+        c.server.simulator_allow_remote = true;
+        assert!(c.validate().is_empty());
+    }
+
+    #[test]
+    fn file_routes_replace_builtin_ones() {
+        let c = Config::from_toml(
+            "[[route]]\nname = \"x\"\npath = \"/x\"\npayload = \"nlu\"\nauth = { scheme = \"hmac-sha256\", secrets = [\"lit\"] }\n",
+        )
+        .expect("parses");
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].name, "x");
+    }
+
+    #[test]
+    fn masked_config_hides_literal_secrets_and_token() {
+        let mut c = Config::default();
+        c.routes[0].auth.secrets = vec!["supersecret".into(), "env:X".into()];
+        c.server.admin_token = Some("tok123".into());
+        let out = c.to_masked_toml();
+        assert!(!out.contains("supersecret"));
+        assert!(!out.contains("tok123"));
+        assert!(out.contains("env:X"));
+    }
+}

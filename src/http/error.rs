@@ -1,0 +1,112 @@
+//! The HTTP error type and its mapping to SPEC §5: status, code and a JSON body on every path.
+
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use serde::Serialize;
+
+use crate::ingest::payload::FieldError;
+
+/// An error answer. `message` is safe to show the caller: it never holds a secret or an
+/// expected signature.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub errors: Vec<FieldError>,
+    /// Seconds for `Retry-After` (429 and 503).
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            errors: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this route",
+        )
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// 500 with an opaque message; the reason goes to the logs only.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the gateway logs",
+        )
+    }
+
+    /// The JSON body, carrying the request's correlation and transaction ids.
+    pub fn body(&self, correlation_id: &str, transaction_id: &str) -> Bytes {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Body<'a> {
+            status: &'static str,
+            code: &'static str,
+            message: &'a str,
+            correlation_id: &'a str,
+            transaction_id: &'a str,
+            #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+            errors: &'a [FieldError],
+        }
+        let body = Body {
+            status: "error",
+            code: self.code,
+            message: &self.message,
+            correlation_id,
+            transaction_id,
+            errors: &self.errors,
+        };
+        Bytes::from(
+            serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"status\":\"error\"}".to_vec()),
+        )
+    }
+
+    /// A complete response (for paths outside the webhook pipeline).
+    pub fn into_response_with_ids(self, correlation_id: &str, transaction_id: &str) -> Response {
+        let body = self.body(correlation_id, transaction_id);
+        json_response(self.status, body, self.retry_after)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.into_response_with_ids(&id, &id)
+    }
+}
+
+/// A JSON response with an optional `Retry-After`.
+pub fn json_response(status: StatusCode, body: Bytes, retry_after: Option<u32>) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(s) = retry_after {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    r
+}

@@ -1,0 +1,426 @@
+//! The webhook handler: the request path from raw body to committed event and answer.
+//!
+//! Order: content type (415) → body, bounded while reading (413, 408) → `Route::prepare`
+//! (401, 400, 422) → `Store::accept` (200, duplicate replay, 503) → metrics, stats, audit.
+//! The whole handler runs inside the route's deadline; past it the answer is 503
+//! `unavailable` (an acceptance already handed to the store may still commit; a retry of the
+//! same request then gets the original answer as a duplicate).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+
+use super::error::{json_response, ApiError};
+use super::AppState;
+use crate::ingest::payload::PayloadError;
+use crate::ingest::{self, Refusal, RequestMeta, Route};
+use crate::store::{AcceptOutcome, Acceptance, StoreError};
+use crate::telemetry::audit::{AuditKind, AuditLine};
+use crate::telemetry::metrics as m;
+
+/// Longest `X-Correlation-Id` taken from a request; longer ones are replaced.
+const MAX_CORRELATION_HEADER: usize = 200;
+
+/// What the pipeline decided, before it becomes a response, metrics and an audit line.
+struct Outcome {
+    status: StatusCode,
+    code: Option<&'static str>,
+    body: Bytes,
+    correlation_id: String,
+    replayed: bool,
+    retry_after: Option<u32>,
+    kind: AuditKind,
+    event: Option<EventFacts>,
+}
+
+struct EventFacts {
+    event_id: Option<String>,
+    session_id: String,
+    event_type: String,
+    state_version: Option<u64>,
+}
+
+/// Handles one webhook request on `route` (`simulated` skips authentication, SPEC §10).
+pub async fn handle(
+    state: AppState,
+    route: Arc<Route>,
+    simulated: bool,
+    req: Request<Body>,
+) -> Response {
+    let start = Instant::now();
+    let transaction_id = uuid::Uuid::new_v4().to_string();
+    let correlation_header = req
+        .headers()
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= MAX_CORRELATION_HEADER)
+        .map(str::to_string);
+    let deadline = state.limits.deadline;
+    let run = pipeline(
+        &state,
+        &route,
+        simulated,
+        req,
+        &transaction_id,
+        correlation_header.as_deref(),
+    );
+    let outcome = match tokio::time::timeout(deadline, run).await {
+        Ok(o) => o,
+        Err(_) => {
+            let correlation_id = correlation_header
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            tracing::warn!(route = %route.name, %correlation_id, "request passed its deadline");
+            error_outcome(
+                ApiError::unavailable("the request could not be completed within the deadline"),
+                correlation_id,
+                &transaction_id,
+                None,
+            )
+        }
+    };
+    finish(&state, &route, simulated, &transaction_id, start, outcome)
+}
+
+async fn pipeline(
+    state: &AppState,
+    route: &Route,
+    simulated: bool,
+    req: Request<Body>,
+    transaction_id: &str,
+    correlation_header: Option<&str>,
+) -> Outcome {
+    let fallback_correlation =
+        || correlation_header.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+    let (parts, body) = req.into_parts();
+
+    if let Err(e) = check_content_type(&parts.headers) {
+        return error_outcome(e, fallback_correlation(), transaction_id, None);
+    }
+    let body_timeout = state.limits.body_read_timeout.min(state.limits.deadline);
+    let body = match read_body(
+        body,
+        &parts.headers,
+        state.limits.max_body_bytes,
+        body_timeout,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => return error_outcome(e, fallback_correlation(), transaction_id, None),
+    };
+
+    let meta = RequestMeta {
+        headers: &parts.headers,
+        simulated,
+        correlation_header,
+        transaction_id,
+    };
+    let prepared = match route.prepare(&body, &meta) {
+        Ok(p) => {
+            if let Some(secret) = &p.secret {
+                metrics::counter!(m::SIGNATURE_CHECKS_TOTAL, "route" => route.name.clone(),
+                    "result" => "valid", "secret" => secret.clone())
+                .increment(1);
+            }
+            p
+        }
+        Err(refusal) => {
+            return refusal_outcome(route, refusal, fallback_correlation(), transaction_id);
+        }
+    };
+
+    let ev = &prepared.event;
+    let mut data = serde_json::Map::with_capacity(2 + prepared.extracted.len());
+    data.insert("processed".into(), Value::Bool(true));
+    data.insert("stateVersion".into(), Value::from(0));
+    for (k, v) in &prepared.extracted {
+        data.insert(k.clone(), v.clone());
+    }
+    let response = json!({
+        "status": "success",
+        "message": "Payload processed successfully",
+        "correlationId": ev.correlation_id,
+        "transactionId": transaction_id,
+        "timestamp": crate::now_rfc3339(),
+        "data": data,
+    });
+    let facts = EventFacts {
+        event_id: Some(ev.event_id.clone()),
+        session_id: ev.session_id.clone(),
+        event_type: ev.event_type.clone(),
+        state_version: None,
+    };
+    let correlation_id = ev.correlation_id.clone();
+    let acceptance = Acceptance {
+        idempotency_key: ingest::idempotency_key(&route.name, &parts.headers, &body),
+        event: prepared.event,
+        response,
+        sinks: route.sinks.clone(),
+        max_response_bytes: state.limits.max_response_bytes,
+    };
+    match state.store.accept(acceptance).await {
+        Ok(AcceptOutcome::Committed {
+            state_version,
+            body,
+        }) => Outcome {
+            status: StatusCode::OK,
+            code: None,
+            body,
+            correlation_id,
+            replayed: false,
+            retry_after: None,
+            kind: AuditKind::WebhookProcessed,
+            event: Some(EventFacts {
+                state_version: Some(state_version),
+                ..facts
+            }),
+        },
+        Ok(AcceptOutcome::Duplicate {
+            status,
+            body,
+            correlation_id,
+        }) => Outcome {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            code: None,
+            body,
+            correlation_id,
+            replayed: true,
+            retry_after: None,
+            kind: AuditKind::WebhookDuplicate,
+            event: Some(EventFacts {
+                event_id: None,
+                ..facts
+            }),
+        },
+        Err(e) => {
+            let api = match &e {
+                StoreError::ResponseTooLarge { .. } => {
+                    tracing::error!(route = %route.name, %correlation_id, error = %e,
+                        "response not sent; nothing was committed");
+                    ApiError::internal()
+                }
+                StoreError::Overloaded(_) => {
+                    tracing::warn!(route = %route.name, error = %e, "shedding load");
+                    ApiError::unavailable("the gateway is overloaded; retry shortly")
+                }
+                StoreError::Closed => ApiError::unavailable("the gateway is shutting down"),
+                StoreError::Unavailable(_) => {
+                    tracing::error!(route = %route.name, %correlation_id, error = %e,
+                        "store unavailable; event not accepted");
+                    ApiError::unavailable("the event store is unavailable; retry shortly")
+                }
+            };
+            error_outcome(
+                api,
+                correlation_id,
+                transaction_id,
+                Some(EventFacts {
+                    event_id: None,
+                    ..facts
+                }),
+            )
+        }
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let unsupported = |what: &str| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type must be application/json, got {what}"),
+        )
+    };
+    let Some(v) = headers.get(header::CONTENT_TYPE) else {
+        return Err(unsupported("none"));
+    };
+    let v = v.to_str().map_err(|_| unsupported("a non-ASCII value"))?;
+    let essence = v.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(unsupported(&format!(
+            "`{}`",
+            v.chars().take(100).collect::<String>()
+        )))
+    }
+}
+
+/// Reads the body, refusing it as soon as it passes `limit` (never buffering past it).
+async fn read_body(
+    mut body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut buf = BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    format!("request body could not be read: {e}"),
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(buf.freeze())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "request body not received within {}",
+                humantime::format_duration(timeout)
+            ),
+        )),
+    }
+}
+
+fn refusal_outcome(
+    route: &Route,
+    refusal: Refusal,
+    correlation_id: String,
+    transaction_id: &str,
+) -> Outcome {
+    let api = match refusal {
+        Refusal::Auth(e) => {
+            let result = match e {
+                crate::ingest::auth::AuthError::MissingSignature => "missing",
+                crate::ingest::auth::AuthError::InvalidSignature => "invalid",
+            };
+            metrics::counter!(m::SIGNATURE_CHECKS_TOTAL, "route" => route.name.clone(),
+                "result" => result, "secret" => "")
+            .increment(1);
+            let message = match e {
+                crate::ingest::auth::AuthError::MissingSignature => {
+                    "request carries no signature header".to_string()
+                }
+                crate::ingest::auth::AuthError::InvalidSignature => {
+                    "signature does not match the request body".to_string()
+                }
+            };
+            ApiError::new(StatusCode::UNAUTHORIZED, e.code(), message)
+        }
+        Refusal::Payload(PayloadError::InvalidJson(msg)) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", msg)
+        }
+        Refusal::Payload(PayloadError::Invalid(errors)) => {
+            let mut e = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_payload",
+                format!("{} field(s) failed validation", errors.len()),
+            );
+            e.errors = errors;
+            e
+        }
+        Refusal::Rule(r) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rule_rejected", r.message)
+        }
+    };
+    error_outcome(api, correlation_id, transaction_id, None)
+}
+
+fn error_outcome(
+    e: ApiError,
+    correlation_id: String,
+    transaction_id: &str,
+    event: Option<EventFacts>,
+) -> Outcome {
+    Outcome {
+        status: e.status,
+        code: Some(e.code),
+        body: e.body(&correlation_id, transaction_id),
+        correlation_id,
+        replayed: false,
+        retry_after: e.retry_after,
+        kind: AuditKind::WebhookRejected,
+        event,
+    }
+}
+
+fn finish(
+    state: &AppState,
+    route: &Route,
+    simulated: bool,
+    transaction_id: &str,
+    start: Instant,
+    o: Outcome,
+) -> Response {
+    let latency = start.elapsed();
+    let status = o.status.as_u16();
+    let is_error = !o.status.is_success();
+    state.stats.record(latency, is_error);
+    metrics::counter!(m::REQUESTS_TOTAL, "route" => route.name.clone(),
+        "status" => status.to_string(), "code" => o.code.unwrap_or(""))
+    .increment(1);
+    metrics::histogram!(m::REQUEST_DURATION_SECONDS, "route" => route.name.clone())
+        .record(latency.as_secs_f64());
+    match o.kind {
+        AuditKind::WebhookProcessed => {
+            state.stats.committed();
+            metrics::counter!(m::EVENTS_COMMITTED_TOTAL, "route" => route.name.clone())
+                .increment(1);
+        }
+        AuditKind::WebhookDuplicate => {
+            state.stats.duplicate();
+            metrics::counter!(m::DUPLICATES_TOTAL, "route" => route.name.clone()).increment(1);
+        }
+        AuditKind::WebhookRejected => {}
+    }
+    let ev = o.event.as_ref();
+    state.audit.write(&AuditLine {
+        ts: crate::now_rfc3339(),
+        event: o.kind,
+        route: &route.name,
+        correlation_id: &o.correlation_id,
+        transaction_id,
+        event_id: ev.and_then(|e| e.event_id.as_deref()),
+        session_id: ev.map(|e| e.session_id.as_str()),
+        event_type: ev.map(|e| e.event_type.as_str()),
+        status,
+        code: o.code,
+        latency_ms: (latency.as_secs_f64() * 1e6).round() / 1e3,
+        state_version: ev.and_then(|e| e.state_version),
+        simulated,
+    });
+    let mut r = json_response(o.status, o.body, o.retry_after);
+    if let Ok(v) = HeaderValue::from_str(&o.correlation_id) {
+        r.headers_mut().insert("x-correlation-id", v);
+    }
+    if o.replayed {
+        r.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    r
+}

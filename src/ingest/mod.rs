@@ -1,0 +1,226 @@
+//! The pure part of the request path: authenticate the raw bytes, decode and validate the
+//! payload, normalise it, apply the route's rules. No I/O happens here; `http::webhook` reads
+//! the body, calls [`Route::prepare`], then commits through the store.
+
+pub mod auth;
+pub mod payload;
+pub mod rules;
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::{AuthScheme, Config, EnvSource, PayloadKind, RouteConfig};
+use auth::{AuthError, HmacVerifier};
+use payload::{NormalisedEvent, PayloadError};
+use rules::{Rejection, RuleSet};
+
+/// How a route authenticates.
+#[derive(Debug)]
+pub enum Authenticator {
+    Hmac(HmacVerifier),
+    /// `scheme = "none"` with `allow_unauthenticated = true`.
+    None,
+}
+
+/// A route ready to serve: config resolved, secrets loaded, expressions compiled.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub path: String,
+    pub kind: PayloadKind,
+    pub auth: Authenticator,
+    pub rules: RuleSet,
+    pub sinks: Vec<String>,
+}
+
+/// Why the pure part of the pipeline refused a request.
+#[derive(Debug)]
+pub enum Refusal {
+    Auth(AuthError),
+    Payload(PayloadError),
+    Rule(Rejection),
+}
+
+/// What the request carries besides its body.
+pub struct RequestMeta<'a> {
+    pub headers: &'a HeaderMap,
+    pub simulated: bool,
+    /// `X-Correlation-Id` of the request, if any.
+    pub correlation_header: Option<&'a str>,
+    pub transaction_id: &'a str,
+}
+
+/// An event that passed authentication, validation and rules, ready to commit.
+#[derive(Debug)]
+pub struct Prepared {
+    pub event: NormalisedEvent,
+    pub extracted: Map<String, Value>,
+    /// Label of the secret that matched (for the signature metric); `None` when unauthenticated.
+    pub secret: Option<String>,
+}
+
+impl Route {
+    /// Runs auth → decode → normalise → rules on a complete raw body.
+    pub fn prepare(&self, body: &[u8], meta: &RequestMeta<'_>) -> Result<Prepared, Refusal> {
+        let secret = if meta.simulated {
+            None
+        } else {
+            match &self.auth {
+                Authenticator::Hmac(v) => Some(
+                    v.verify(meta.headers, body)
+                        .map_err(Refusal::Auth)?
+                        .to_string(),
+                ),
+                Authenticator::None => None,
+            }
+        };
+        let d = payload::decode(self.kind, body).map_err(Refusal::Payload)?;
+        let correlation_id = d
+            .correlation_id
+            .or_else(|| meta.correlation_header.map(str::to_string))
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let event = NormalisedEvent {
+            event_id: ulid::Ulid::new().to_string(),
+            route: self.name.clone(),
+            correlation_id,
+            transaction_id: meta.transaction_id.to_string(),
+            received_at: crate::now_rfc3339(),
+            session_id: d.session_id,
+            user_id: d.user_id,
+            event_type: d.event_type,
+            text: d.text,
+            intent: d.intent,
+            entities: d.entities,
+            channel: d.channel,
+            locale: d.locale,
+            url_token: None,
+            trace_id: None,
+            state_version: 0,
+            simulated: meta.simulated,
+            payload: d.payload,
+        };
+        let extracted = self.rules.evaluate(&event).map_err(Refusal::Rule)?;
+        Ok(Prepared {
+            event,
+            extracted,
+            secret,
+        })
+    }
+}
+
+/// The idempotency key (SPEC §6): `Idempotency-Key`, else `webhook-id`, else SHA-256 of route
+/// and raw body. Keys are scoped by route.
+pub fn idempotency_key(route: &str, headers: &HeaderMap, body: &[u8]) -> String {
+    for name in ["idempotency-key", "webhook-id"] {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            let v = v.trim();
+            if !v.is_empty() {
+                return format!("{route}:{name}:{v}");
+            }
+        }
+    }
+    let mut h = Sha256::new();
+    h.update(route.as_bytes());
+    h.update([0u8]);
+    h.update(body);
+    format!("{route}:sha256:{}", hex::encode(h.finalize()))
+}
+
+/// All routes of a configuration, built.
+#[derive(Debug, Clone)]
+pub struct Routes(pub Vec<Arc<Route>>);
+
+impl Routes {
+    /// Resolves secrets and compiles expressions for every route; returns every problem.
+    pub fn build(config: &Config, env: &dyn EnvSource) -> Result<Routes, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut out = Vec::new();
+        for r in &config.routes {
+            match build_route(r, env) {
+                Ok(route) => out.push(Arc::new(route)),
+                Err(mut p) => problems.append(&mut p),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Routes(out))
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+fn build_route(r: &RouteConfig, env: &dyn EnvSource) -> Result<Route, Vec<String>> {
+    let at = format!("route `{}`", r.name);
+    let mut problems = Vec::new();
+    let auth = match r.auth.scheme {
+        AuthScheme::None => Authenticator::None,
+        AuthScheme::HmacSha256 => {
+            let mut secrets = Vec::new();
+            for s in &r.auth.secrets {
+                match auth::resolve_secret_ref(s, env) {
+                    Ok(mut v) => secrets.append(&mut v),
+                    Err(e) => problems.push(format!("{at}: auth secret `{s}`: {e}")),
+                }
+            }
+            let headers: Vec<HeaderName> = match &r.auth.headers {
+                Some(h) => h
+                    .iter()
+                    .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                    .collect(),
+                None => auth::DEFAULT_SIGNATURE_HEADERS
+                    .iter()
+                    .map(|h| HeaderName::from_static(h))
+                    .collect(),
+            };
+            Authenticator::Hmac(HmacVerifier::new(&secrets, &headers))
+        }
+    };
+    let rules = match RuleSet::compile(&r.rules, &r.extract) {
+        Ok(r) => r,
+        Err(errs) => {
+            problems.extend(errs.into_iter().map(|e| format!("{at}: {e}")));
+            RuleSet::default()
+        }
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Route {
+        name: r.name.clone(),
+        path: r.path.clone(),
+        kind: r.payload.kind(),
+        auth,
+        rules,
+        sinks: r.sinks.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn missing_secret_env_is_reported_for_each_route_by_name() {
+        let errs = Routes::build(&Config::default(), &BTreeMap::<String, String>::new())
+            .expect_err("no secret");
+        assert_eq!(errs.len(), 2);
+        assert!(errs.iter().all(|e| e.contains("COGNIGY_WEBHOOK_SECRET")));
+    }
+
+    #[test]
+    fn idempotency_key_prefers_header_then_webhook_id_then_body_hash() {
+        let mut h = HeaderMap::new();
+        let k_body = idempotency_key("r", &h, b"{}");
+        assert!(k_body.starts_with("r:sha256:"));
+        assert_ne!(k_body, idempotency_key("other", &h, b"{}"));
+        assert_ne!(k_body, idempotency_key("r", &h, b"{ }"));
+        h.insert("webhook-id", "msg_1".parse().expect("hv"));
+        assert_eq!(idempotency_key("r", &h, b"{}"), "r:webhook-id:msg_1");
+        h.insert("idempotency-key", "k-9".parse().expect("hv"));
+        assert_eq!(idempotency_key("r", &h, b"{}"), "r:idempotency-key:k-9");
+    }
+}

@@ -1,0 +1,260 @@
+//! Business rules and extracts: CEL expressions over the normalised event (SPEC §3.5).
+//!
+//! Invariants: every expression is compiled when the configuration is loaded (a rule that does
+//! not compile is a config error); a rule passes only when it evaluates to `true`: `false`, a
+//! non-boolean or an evaluation error (a missing key, say) rejects the event (fail closed).
+//! An extract that cannot be evaluated is left out of the response.
+
+use std::collections::BTreeMap;
+
+use cel::{Context, Program, Value as CelValue};
+use serde_json::{Map, Value};
+
+use super::payload::NormalisedEvent;
+use crate::config::RuleConfig;
+
+/// A compiled rule.
+pub struct Rule {
+    pub expr: String,
+    pub message: String,
+    program: Program,
+}
+
+/// A compiled extract: a name in the response `data` and the expression that fills it.
+pub struct Extract {
+    pub name: String,
+    program: Program,
+}
+
+/// The rules and extracts of one route.
+#[derive(Default)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    extracts: Vec<Extract>,
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rules: Vec<_> = self.rules.iter().map(|r| r.expr.as_str()).collect();
+        let extracts: Vec<_> = self.extracts.iter().map(|e| e.name.as_str()).collect();
+        f.debug_struct("RuleSet")
+            .field("rules", &rules)
+            .field("extracts", &extracts)
+            .finish()
+    }
+}
+
+/// The first rule that did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub message: String,
+}
+
+thread_local! {
+    /// The standard CEL functions, built once per thread; each evaluation adds `event` in a
+    /// child scope.
+    static ROOT: Context<'static, 'static> = Context::default();
+}
+
+impl RuleSet {
+    /// Compiles rules and extracts; returns every expression that does not compile.
+    pub fn compile(
+        rules: &[RuleConfig],
+        extracts: &BTreeMap<String, String>,
+    ) -> Result<RuleSet, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut set = RuleSet::default();
+        for (i, r) in rules.iter().enumerate() {
+            match Program::compile(&r.expr) {
+                Ok(program) => set.rules.push(Rule {
+                    expr: r.expr.clone(),
+                    message: r.message.clone(),
+                    program,
+                }),
+                Err(e) => errors.push(format!(
+                    "rules[{i}] `{}` does not compile: {}",
+                    r.expr,
+                    one_line(&e.to_string())
+                )),
+            }
+        }
+        for (name, expr) in extracts {
+            match Program::compile(expr) {
+                Ok(program) => set.extracts.push(Extract {
+                    name: name.clone(),
+                    program,
+                }),
+                Err(e) => errors.push(format!(
+                    "extract.{name} `{expr}` does not compile: {}",
+                    one_line(&e.to_string())
+                )),
+            }
+        }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty() && self.extracts.is_empty()
+    }
+
+    /// Runs the rules in order, then the extracts. Returns the extracted values.
+    pub fn evaluate(&self, event: &NormalisedEvent) -> Result<Map<String, Value>, Rejection> {
+        let mut out = Map::new();
+        if self.is_empty() {
+            return Ok(out);
+        }
+        let value = match cel::to_value(event) {
+            Ok(v) => v,
+            Err(e) => {
+                // Serialising our own struct cannot fail in practice; treat it as a failed rule.
+                return Err(Rejection {
+                    message: format!("event could not be evaluated: {e}"),
+                });
+            }
+        };
+        ROOT.with(|root| {
+            let mut ctx = root.new_inner_scope();
+            ctx.add_variable_from_value("event", value);
+            for rule in &self.rules {
+                match rule.program.execute(&ctx) {
+                    Ok(CelValue::Bool(true)) => {}
+                    _ => {
+                        return Err(Rejection {
+                            message: rule.message.clone(),
+                        })
+                    }
+                }
+            }
+            for ex in &self.extracts {
+                if let Ok(v) = ex.program.execute(&ctx) {
+                    if let Ok(j) = v.json() {
+                        out.insert(ex.name.clone(), j);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::payload::Intent;
+    use serde_json::json;
+
+    fn event(score: f64, order: Option<&str>) -> NormalisedEvent {
+        let mut entities = Map::new();
+        if let Some(o) = order {
+            entities.insert("orderId".into(), json!(o));
+        }
+        NormalisedEvent {
+            event_id: "e".into(),
+            route: "nlu-orders".into(),
+            correlation_id: "c".into(),
+            transaction_id: "t".into(),
+            received_at: "2024-01-01T00:00:00Z".into(),
+            session_id: "s".into(),
+            user_id: "u".into(),
+            event_type: "nlu.input".into(),
+            text: None,
+            intent: Some(Intent {
+                name: "order_status".into(),
+                score,
+            }),
+            entities,
+            channel: None,
+            locale: None,
+            url_token: None,
+            trace_id: None,
+            state_version: 0,
+            simulated: false,
+            payload: json!({}),
+        }
+    }
+
+    fn seed_rules() -> RuleSet {
+        let routes = crate::config::default_routes();
+        RuleSet::compile(&routes[1].rules, &routes[1].extract).expect("seed rules compile")
+    }
+
+    #[test]
+    fn seed_rules_accept_confident_intent_with_order_and_extract_it() {
+        let out = seed_rules()
+            .evaluate(&event(0.94, Some("A-1")))
+            .expect("passes");
+        assert_eq!(out["orderId"], "A-1");
+    }
+
+    #[test]
+    fn seed_rules_reject_low_confidence_first() {
+        let r = seed_rules()
+            .evaluate(&event(0.5, None))
+            .expect_err("rejected");
+        assert_eq!(r.message, "Intent confidence below business threshold");
+        let r = seed_rules()
+            .evaluate(&event(0.75, None))
+            .expect_err("rejected");
+        assert_eq!(r.message, "Required entity orderId is missing");
+    }
+
+    #[test]
+    fn rule_that_cannot_be_evaluated_rejects() {
+        let rules = [RuleConfig {
+            expr: "event.nothing.here > 1".into(),
+            message: "nope".into(),
+        }];
+        let set = RuleSet::compile(&rules, &BTreeMap::new()).expect("compiles");
+        assert_eq!(
+            set.evaluate(&event(1.0, None))
+                .expect_err("rejects")
+                .message,
+            "nope"
+        );
+        let rules = [RuleConfig {
+            expr: "event.sessionId".into(),
+            message: "not a bool".into(),
+        }];
+        let set = RuleSet::compile(&rules, &BTreeMap::new()).expect("compiles");
+        assert!(set.evaluate(&event(1.0, None)).is_err());
+    }
+
+    #[test]
+    fn expressions_that_do_not_compile_are_all_reported() {
+        let rules = [
+            RuleConfig {
+                expr: "event.intent.score >=".into(),
+                message: "m".into(),
+            },
+            RuleConfig {
+                expr: "true".into(),
+                message: "m".into(),
+            },
+        ];
+        let extracts = BTreeMap::from([("x".to_string(), "((".to_string())]);
+        let errs = RuleSet::compile(&rules, &extracts).expect_err("bad");
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].starts_with("rules[0]"));
+        assert!(errs[1].starts_with("extract.x"));
+    }
+
+    #[test]
+    fn missing_extract_is_left_out() {
+        let extracts = BTreeMap::from([
+            ("orderId".to_string(), "event.entities.orderId".to_string()),
+            ("intent".to_string(), "event.intent.name".to_string()),
+        ]);
+        let set = RuleSet::compile(&[], &extracts).expect("compiles");
+        let out = set.evaluate(&event(0.9, None)).expect("no rules");
+        assert!(!out.contains_key("orderId"));
+        assert_eq!(out["intent"], "order_status");
+    }
+}

@@ -1,0 +1,56 @@
+//! cognihook: a gateway between NICE Cognigy.AI and a team's own backends.
+//!
+//! # The two paths
+//!
+//! ```text
+//! request path:  listener (http::serve) → http::webhook::handle
+//!                → ingest::auth (raw bytes) → ingest::payload (decode + validate → NormalisedEvent)
+//!                → ingest::rules (CEL rules, extracts)
+//!                → store::Store::accept (event, session state, idempotency record, outbox rows:
+//!                  ONE transaction, group-committed by the store's writer thread)
+//!                → response (SPEC §5), audit line, metrics
+//! delivery path: outbox rows written by `accept` → (worker, sinks: issue 3) → settle
+//! ```
+//!
+//! # Who owns which background task
+//!
+//! - `app::App::run` owns the listeners (public and optional admin) and the shutdown sequence:
+//!   stop accepting, drain in-flight requests within the grace period, then close the store.
+//! - `store::sqlite` owns one dedicated OS thread, the *writer*, which holds the only write
+//!   connection and commits groups of acceptances in one transaction and one fsync.
+//! - `telemetry::audit` owns one OS thread that writes audit JSON lines, batching flushes.
+//!
+//! Nothing else runs in the background.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod store;
+pub mod telemetry;
+
+/// Current wall-clock time as an RFC 3339 string (UTC, millisecond precision).
+pub fn now_rfc3339() -> String {
+    format_rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// Formats a timestamp as RFC 3339 in UTC with millisecond precision.
+pub fn format_rfc3339(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// Current Unix time in milliseconds.
+pub fn now_millis() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}

@@ -1,0 +1,752 @@
+//! The embedded SQLite store.
+//!
+//! One dedicated OS thread, the *writer*, owns the only write connection. Requests hand it
+//! acceptances through a bounded queue; it takes everything queued (up to `max_batch`), applies
+//! each inside its own SAVEPOINT of one transaction, commits once (one fsync with
+//! `synchronous=FULL` in WAL mode) and only then answers each waiting request. Because one
+//! thread applies acceptances in order, concurrent duplicates and concurrent events of one
+//! session are serialised exactly: stateVersions are gap-free and a duplicate always sees the
+//! original. Between groups the writer prunes expired idempotency records, sessions and
+//! delivered events. Reads use a separate connection (WAL lets them run beside the writer).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::{AcceptOutcome, Acceptance, Counts, Delivery, Journey, StoreError};
+use crate::config::{StoreConfig, SyncMode};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_init.sql")];
+
+/// How often the writer prunes expired rows when it is idle or between groups.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+
+type Reply = oneshot::Sender<Result<AcceptOutcome, StoreError>>;
+
+enum WriterMsg {
+    Accept(Box<Acceptance>, Reply),
+    Close(oneshot::Sender<()>),
+}
+
+/// Settings the writer needs.
+#[derive(Debug, Clone)]
+struct WriterSettings {
+    max_batch: usize,
+    idempotency_window_ms: i64,
+    session_ttl_ms: i64,
+    retention_ms: i64,
+}
+
+/// The embedded store.
+pub struct SqliteStore {
+    path: PathBuf,
+    queue: SyncSender<WriterMsg>,
+    queue_depth: usize,
+    reader: Arc<Mutex<Connection>>,
+    writer_alive: Arc<AtomicBool>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Opens a connection with the pragmas every connection needs.
+fn open_connection(path: &Path, sync: SyncMode, read_only: bool) -> rusqlite::Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match sync {
+            SyncMode::Full => "FULL",
+            SyncMode::Normal => "NORMAL",
+            SyncMode::Off => "OFF",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+    }
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let done: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if done > MIGRATIONS.len() {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+            Some(format!(
+                "database schema version {done} is newer than this cognihook ({})",
+                MIGRATIONS.len()
+            )),
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) the store and starts its writer thread.
+    pub fn open(config: &StoreConfig) -> Result<SqliteStore, String> {
+        let path = config.sqlite_path()?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+        }
+        let mut conn = open_connection(&path, config.sync, false)
+            .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
+        migrate(&mut conn).map_err(|e| format!("cannot migrate store {}: {e}", path.display()))?;
+        let reader = open_connection(&path, config.sync, true)
+            .map_err(|e| format!("cannot open store {} for reading: {e}", path.display()))?;
+
+        let (queue, rx) = mpsc::sync_channel(config.queue_depth);
+        let settings = WriterSettings {
+            max_batch: config.max_batch,
+            idempotency_window_ms: millis(config.idempotency_window),
+            session_ttl_ms: millis(config.session_ttl),
+            retention_ms: millis(config.retention),
+        };
+        let writer_alive = Arc::new(AtomicBool::new(true));
+        let alive = writer_alive.clone();
+        let handle = std::thread::Builder::new()
+            .name("cognihook-writer".into())
+            .spawn(move || {
+                run_writer(conn, rx, settings);
+                alive.store(false, Ordering::SeqCst);
+            })
+            .map_err(|e| format!("cannot start the store writer: {e}"))?;
+        Ok(SqliteStore {
+            path,
+            queue,
+            queue_depth: config.queue_depth,
+            reader: Arc::new(Mutex::new(reader)),
+            writer_alive,
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Opens an existing store for reading only (CLI), without a writer.
+    pub fn open_read_only(config: &StoreConfig) -> Result<ReadOnlyStore, String> {
+        let path = config.sqlite_path()?;
+        if !path.exists() {
+            return Err(format!("no store at {}", path.display()));
+        }
+        let conn = open_connection(&path, config.sync, true)
+            .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
+        Ok(ReadOnlyStore { conn })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) async fn accept(&self, a: Acceptance) -> Result<AcceptOutcome, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        match self.queue.try_send(WriterMsg::Accept(Box::new(a), tx)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded(self.queue_depth)),
+            Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+        }
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .map_err(|_| unavailable("reader lock poisoned"))?;
+            f(&conn).map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    pub(super) async fn journey(&self, id: &str) -> Result<Option<Journey>, StoreError> {
+        let id = id.to_string();
+        self.read(move |c| read_journey(c, &id)).await
+    }
+
+    pub(super) async fn counts(&self) -> Result<Counts, StoreError> {
+        self.read(read_counts).await
+    }
+
+    pub(super) async fn ready(&self) -> bool {
+        self.writer_alive.load(Ordering::SeqCst)
+            && self
+                .read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
+                .await
+                .is_ok()
+    }
+
+    pub(super) async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        // A full queue still accepts the close message once the writer drains it.
+        let queue = self.queue.clone();
+        let sent = tokio::task::spawn_blocking(move || queue.send(WriterMsg::Close(tx)).is_ok())
+            .await
+            .unwrap_or(false);
+        if sent {
+            let _ = rx.await;
+        }
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+/// A store opened by the CLI to read.
+pub struct ReadOnlyStore {
+    conn: Connection,
+}
+
+impl ReadOnlyStore {
+    pub fn journey(&self, id: &str) -> Result<Option<Journey>, String> {
+        read_journey(&self.conn, id).map_err(|e| e.to_string())
+    }
+}
+
+fn read_journey(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
+    let row = c
+        .query_row(
+            "SELECT event_id, body, committed_at FROM events WHERE event_id = ?1 \
+             UNION ALL \
+             SELECT * FROM (SELECT event_id, body, committed_at FROM events \
+                            WHERE correlation_id = ?1 ORDER BY committed_at DESC LIMIT 1) \
+             LIMIT 1",
+            params![id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((event_id, body, committed_at)) = row else {
+        return Ok(None);
+    };
+    let event: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    let mut stmt =
+        c.prepare_cached("SELECT sink, status FROM outbox WHERE event_id = ?1 ORDER BY id")?;
+    let deliveries = stmt
+        .query_map(params![event_id], |r| {
+            Ok(Delivery {
+                sink: r.get(0)?,
+                status: r.get(1)?,
+                attempts: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let committed_at =
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(committed_at) * 1_000_000)
+            .map(crate::format_rfc3339)
+            .unwrap_or_default();
+    Ok(Some(Journey {
+        event,
+        committed_at,
+        deliveries,
+    }))
+}
+
+fn read_counts(c: &Connection) -> rusqlite::Result<Counts> {
+    c.query_row(
+        "SELECT coalesce(sum(status = 'pending'), 0), coalesce(sum(status = 'dead'), 0) FROM outbox",
+        [],
+        |r| {
+            Ok(Counts {
+                outbox_pending: r.get::<_, i64>(0)?.max(0) as u64,
+                dead_letters: r.get::<_, i64>(1)?.max(0) as u64,
+            })
+        },
+    )
+}
+
+fn run_writer(mut conn: Connection, rx: mpsc::Receiver<WriterMsg>, s: WriterSettings) {
+    let mut batch: Vec<(Box<Acceptance>, Reply)> = Vec::with_capacity(s.max_batch);
+    let mut last_maintenance = Instant::now();
+    loop {
+        let first = match rx.recv_timeout(MAINTENANCE_EVERY) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                maintain(&conn, &s);
+                last_maintenance = Instant::now();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut close = None;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                WriterMsg::Accept(a, reply) => batch.push((a, reply)),
+                WriterMsg::Close(done) => {
+                    close = Some(done);
+                    break;
+                }
+            }
+            if batch.len() < s.max_batch {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            commit_group(&mut conn, &mut batch, &s);
+        }
+        if let Some(done) = close {
+            let _ = done.send(());
+            break;
+        }
+        if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+            maintain(&conn, &s);
+            last_maintenance = Instant::now();
+        }
+    }
+}
+
+/// Applies a group of acceptances in one transaction and answers each after the commit.
+fn commit_group(
+    conn: &mut Connection,
+    batch: &mut Vec<(Box<Acceptance>, Reply)>,
+    s: &WriterSettings,
+) {
+    let now = crate::now_millis();
+    let mut results = Vec::with_capacity(batch.len());
+    let outcome = (|| -> rusqlite::Result<()> {
+        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for (a, _) in batch.iter_mut() {
+            let sp = tx.savepoint()?;
+            match accept_one(&sp, a, now, s) {
+                Ok(o) => {
+                    sp.commit()?;
+                    results.push(Ok(o));
+                }
+                // The savepoint rolls back on drop; the rest of the group goes on.
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        tx.commit()
+    })();
+    match outcome {
+        Ok(()) => {
+            for ((_, reply), r) in batch.drain(..).zip(results) {
+                let _ = reply.send(r);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store commit failed; the group is answered 503");
+            for (_, reply) in batch.drain(..) {
+                let _ = reply.send(Err(unavailable(&e)));
+            }
+        }
+    }
+}
+
+fn accept_one(
+    tx: &Connection,
+    a: &mut Acceptance,
+    now: i64,
+    s: &WriterSettings,
+) -> Result<AcceptOutcome, StoreError> {
+    let existing = tx
+        .prepare_cached(
+            "SELECT status, body, correlation_id, created_at FROM idempotency WHERE key = ?1",
+        )
+        .and_then(|mut st| {
+            st.query_row(params![a.idempotency_key], |r| {
+                Ok((
+                    r.get::<_, u16>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(unavailable)?;
+    if let Some((status, body, correlation_id, created_at)) = existing {
+        if created_at >= now - s.idempotency_window_ms {
+            return Ok(AcceptOutcome::Duplicate {
+                status,
+                body: Bytes::from(body),
+                correlation_id,
+            });
+        }
+    }
+
+    let e = &mut a.event;
+    let version: i64 = tx
+        .prepare_cached(
+            "INSERT INTO sessions (session_id, state_version, first_seen, last_seen, \
+                                   last_event_type, last_route) \
+             VALUES (?1, 1, ?2, ?2, ?3, ?4) \
+             ON CONFLICT (session_id) DO UPDATE SET \
+               state_version = CASE WHEN sessions.last_seen < ?5 THEN 1 \
+                                    ELSE sessions.state_version + 1 END, \
+               first_seen = CASE WHEN sessions.last_seen < ?5 THEN ?2 \
+                                 ELSE sessions.first_seen END, \
+               last_seen = ?2, last_event_type = ?3, last_route = ?4 \
+             RETURNING state_version",
+        )
+        .and_then(|mut st| {
+            st.query_row(
+                params![
+                    e.session_id,
+                    now,
+                    e.event_type,
+                    e.route,
+                    now - s.session_ttl_ms
+                ],
+                |r| r.get(0),
+            )
+        })
+        .map_err(unavailable)?;
+    e.state_version = version.max(0) as u64;
+
+    if let Some(data) = a.response.get_mut("data").and_then(Value::as_object_mut) {
+        data.insert("stateVersion".into(), Value::from(e.state_version));
+    }
+    let response = serde_json::to_vec(&a.response).map_err(unavailable)?;
+    if response.len() > a.max_response_bytes {
+        return Err(StoreError::ResponseTooLarge {
+            size: response.len(),
+            limit: a.max_response_bytes,
+        });
+    }
+    let body = serde_json::to_string(&*e).map_err(unavailable)?;
+    tx.prepare_cached(
+        "INSERT INTO events (event_id, correlation_id, route, session_id, event_type, \
+                             state_version, simulated, received_at, committed_at, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            e.event_id,
+            e.correlation_id,
+            e.route,
+            e.session_id,
+            e.event_type,
+            version,
+            e.simulated,
+            e.received_at,
+            now,
+            body
+        ])
+    })
+    .map_err(unavailable)?;
+    for sink in &a.sinks {
+        tx.prepare_cached(
+            "INSERT INTO outbox (event_id, sink, status, attempts, next_attempt_at, created_at) \
+             VALUES (?1, ?2, 'pending', 0, ?3, ?3)",
+        )
+        .and_then(|mut st| st.execute(params![e.event_id, sink, now]))
+        .map_err(unavailable)?;
+    }
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO idempotency (key, event_id, status, body, correlation_id, created_at) \
+         VALUES (?1, ?2, 200, ?3, ?4, ?5)",
+    )
+    .and_then(|mut st| {
+        st.execute(params![
+            a.idempotency_key,
+            e.event_id,
+            response,
+            e.correlation_id,
+            now
+        ])
+    })
+    .map_err(unavailable)?;
+    Ok(AcceptOutcome::Committed {
+        state_version: e.state_version,
+        body: Bytes::from(response),
+    })
+}
+
+/// Prunes what has expired: idempotency records past the window, sessions past their TTL, and
+/// events past retention that have no undelivered outbox row.
+fn maintain(conn: &Connection, s: &WriterSettings) {
+    let now = crate::now_millis();
+    let r = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+        conn.execute(
+            "DELETE FROM idempotency WHERE created_at < ?1",
+            params![now - s.idempotency_window_ms],
+        )?;
+        conn.execute(
+            "DELETE FROM sessions WHERE last_seen < ?1",
+            params![now - s.session_ttl_ms],
+        )?;
+        conn.execute(
+            "DELETE FROM outbox WHERE status = 'delivered' AND event_id IN \
+               (SELECT event_id FROM events WHERE committed_at < ?1)",
+            params![now - s.retention_ms],
+        )?;
+        conn.execute(
+            "DELETE FROM events WHERE committed_at < ?1 AND NOT EXISTS \
+               (SELECT 1 FROM outbox o WHERE o.event_id = events.event_id)",
+            params![now - s.retention_ms],
+        )?;
+        conn.execute_batch("COMMIT")
+    });
+    if let Err(e) = r {
+        let _ = conn.execute_batch("ROLLBACK");
+        tracing::warn!(error = %e, "store maintenance failed; will retry");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::payload::NormalisedEvent;
+    use serde_json::json;
+
+    fn config(dir: &Path) -> StoreConfig {
+        StoreConfig {
+            data_dir: dir.to_path_buf(),
+            ..StoreConfig::default()
+        }
+    }
+
+    fn acceptance(key: &str, session: &str, sinks: &[&str]) -> Acceptance {
+        Acceptance {
+            idempotency_key: key.into(),
+            event: NormalisedEvent {
+                event_id: ulid::Ulid::new().to_string(),
+                route: "flow-events".into(),
+                correlation_id: format!("corr-{key}"),
+                transaction_id: "t".into(),
+                received_at: crate::now_rfc3339(),
+                session_id: session.into(),
+                user_id: "u".into(),
+                event_type: "flow.execution".into(),
+                text: None,
+                intent: None,
+                entities: Default::default(),
+                channel: None,
+                locale: None,
+                url_token: None,
+                trace_id: None,
+                state_version: 0,
+                simulated: false,
+                payload: json!({"k": key}),
+            },
+            response: json!({"status": "success", "data": {"processed": true}}),
+            sinks: sinks.iter().map(|s| s.to_string()).collect(),
+            max_response_bytes: 1 << 20,
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        #[allow(clippy::expect_used)]
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn commit_writes_event_session_idempotency_and_one_outbox_row_per_sink() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        let out = runtime().block_on(store.accept(acceptance("k1", "s1", &["a", "b"])));
+        let Ok(AcceptOutcome::Committed {
+            state_version,
+            body,
+        }) = out
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(state_version, 1);
+        let body: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["data"]["stateVersion"], 1);
+        let c = Connection::open(store.path()).expect("open");
+        let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
+        assert_eq!(n("SELECT count(*) FROM events"), 1);
+        assert_eq!(n("SELECT count(*) FROM idempotency"), 1);
+        assert_eq!(
+            n("SELECT state_version FROM sessions WHERE session_id = 's1'"),
+            1
+        );
+        assert_eq!(n("SELECT count(*) FROM outbox WHERE status = 'pending'"), 2);
+        let stored: String = c
+            .query_row("SELECT body FROM events", [], |r| r.get(0))
+            .expect("body");
+        let stored: Value = serde_json::from_str(&stored).expect("json");
+        assert_eq!(stored["stateVersion"], 1);
+    }
+
+    #[test]
+    fn duplicate_returns_original_and_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        let rt = runtime();
+        let first = rt.block_on(store.accept(acceptance("k", "s", &["a"])));
+        let Ok(AcceptOutcome::Committed { body, .. }) = first else {
+            panic!("{first:?}")
+        };
+        let again = rt.block_on(store.accept(acceptance("k", "s", &["a"])));
+        assert_eq!(
+            again,
+            Ok(AcceptOutcome::Duplicate {
+                status: 200,
+                body,
+                correlation_id: "corr-k".into()
+            })
+        );
+        let c = Connection::open(store.path()).expect("open");
+        let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
+        assert_eq!(n("SELECT count(*) FROM events"), 1);
+        assert_eq!(n("SELECT count(*) FROM outbox"), 1);
+        assert_eq!(n("SELECT state_version FROM sessions"), 1);
+    }
+
+    #[test]
+    fn too_large_response_commits_nothing_and_the_group_goes_on() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(SqliteStore::open(&config(dir.path())).expect("open"));
+        let rt = runtime();
+        let mut big = acceptance("big", "s", &["a"]);
+        big.max_response_bytes = 10;
+        let (r1, r2) = rt.block_on(async {
+            tokio::join!(
+                store.accept(big),
+                store.accept(acceptance("ok", "s", &["a"]))
+            )
+        });
+        assert!(
+            matches!(r1, Err(StoreError::ResponseTooLarge { .. })),
+            "{r1:?}"
+        );
+        assert!(
+            matches!(
+                r2,
+                Ok(AcceptOutcome::Committed {
+                    state_version: 1,
+                    ..
+                })
+            ),
+            "{r2:?}"
+        );
+        let c = Connection::open(store.path()).expect("open");
+        let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
+        assert_eq!(n("SELECT count(*) FROM events"), 1);
+        assert_eq!(n("SELECT count(*) FROM idempotency"), 1);
+    }
+
+    #[test]
+    fn journey_found_by_event_id_and_by_correlation_id() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::Sqlite(Arc::new(
+            SqliteStore::open(&config(dir.path())).expect("open"),
+        ));
+        let rt = runtime();
+        let a = acceptance("k", "s", &["orders"]);
+        let id = a.event.event_id.clone();
+        rt.block_on(store.accept(a)).expect("commit");
+        let by_id = rt
+            .block_on(store.journey(&id))
+            .expect("read")
+            .expect("found");
+        assert_eq!(by_id.event["eventId"], id.as_str());
+        assert_eq!(by_id.deliveries.len(), 1);
+        assert_eq!(by_id.deliveries[0].status, "pending");
+        let by_corr = rt
+            .block_on(store.journey("corr-k"))
+            .expect("read")
+            .expect("found");
+        assert_eq!(by_corr.event["eventId"], id.as_str());
+        assert!(rt.block_on(store.journey("nope")).expect("read").is_none());
+        assert_eq!(
+            rt.block_on(store.counts()).expect("counts").outbox_pending,
+            1
+        );
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_does_not_rerun_migrations() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        {
+            let store = SqliteStore::open(&config(dir.path())).expect("open");
+            rt.block_on(store.accept(acceptance("k", "s", &[])))
+                .expect("commit");
+            rt.block_on(store.close());
+        }
+        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
+        let out = rt
+            .block_on(store.accept(acceptance("k2", "s", &[])))
+            .expect("commit");
+        assert!(matches!(
+            out,
+            AcceptOutcome::Committed {
+                state_version: 2,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn expired_session_starts_again_at_one() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut cfg = config(dir.path());
+        cfg.session_ttl = Duration::from_millis(1);
+        let store = SqliteStore::open(&cfg).expect("open");
+        let rt = runtime();
+        rt.block_on(store.accept(acceptance("a", "s", &[])))
+            .expect("commit");
+        // Age the session past its TTL instead of waiting.
+        let c = Connection::open(store.path()).expect("open");
+        c.execute("UPDATE sessions SET last_seen = last_seen - 1000", [])
+            .expect("age");
+        let out = rt
+            .block_on(store.accept(acceptance("b", "s", &[])))
+            .expect("commit");
+        assert!(
+            matches!(
+                out,
+                AcceptOutcome::Committed {
+                    state_version: 1,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+    }
+
+    use super::super::Store;
+}
