@@ -93,6 +93,11 @@ impl App {
         &self.state
     }
 
+    /// The public router, for driving requests without sockets (tests).
+    pub fn public_router(&self) -> axum::Router {
+        self.public.1.clone()
+    }
+
     /// Serves until `shutdown` is cancelled, then drains and closes everything.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let App {

@@ -306,45 +306,68 @@ impl EnvSource for BTreeMap<String, String> {
 impl Config {
     /// Loads defaults → optional TOML file → environment, then validates.
     pub fn load(file: Option<&Path>, env: &dyn EnvSource) -> Result<Config, ConfigErrors> {
+        match Self::load_report(file, env) {
+            (Some(c), p) if p.is_empty() => Ok(c),
+            (_, p) => Err(ConfigErrors(p)),
+        }
+    }
+
+    /// Like [`Config::load`], but returns the configuration as far as it could be read
+    /// together with every problem found, so callers can add their own checks to the list.
+    pub fn load_report(file: Option<&Path>, env: &dyn EnvSource) -> (Option<Config>, Vec<String>) {
         let mut problems = Vec::new();
         let mut config = match file {
-            Some(path) => match std::fs::read_to_string(path) {
-                Ok(text) => match Self::from_toml(&text) {
-                    Ok(c) => c,
-                    Err(ConfigErrors(mut p)) => {
-                        for msg in &mut p {
-                            *msg = format!("{}: {msg}", path.display());
-                        }
-                        return Err(ConfigErrors(p));
+            Some(path) => {
+                let parsed = std::fs::read_to_string(path)
+                    .map_err(|e| vec![e.to_string()])
+                    .and_then(|text| Self::parse_toml(&text));
+                match parsed {
+                    Ok((c, unknown)) => {
+                        problems.extend(
+                            unknown
+                                .into_iter()
+                                .map(|u| format!("{}: {u}", path.display())),
+                        );
+                        c
                     }
-                },
-                Err(e) => return Err(ConfigErrors(vec![format!("{}: {e}", path.display())])),
-            },
+                    Err(p) => {
+                        let p = p
+                            .into_iter()
+                            .map(|m| format!("{}: {m}", path.display()))
+                            .collect();
+                        return (None, p);
+                    }
+                }
+            }
             None => Config::default(),
         };
         config.apply_env(env, &mut problems);
         problems.extend(config.validate());
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigErrors(problems))
+        (Some(config), problems)
+    }
+
+    /// Parses a TOML document; unknown keys are errors, all reported at once.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
+        match Self::parse_toml(text) {
+            Ok((c, unknown)) if unknown.is_empty() => Ok(c),
+            Ok((_, unknown)) => Err(ConfigErrors(unknown)),
+            Err(p) => Err(ConfigErrors(p)),
         }
     }
 
-    /// Parses a TOML document, reporting every unknown key (not just the first).
-    pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+    /// Parses a TOML document, returning the config and every unknown key. A file without
+    /// `[[route]]` keeps the built-in routes (the struct's serde default).
+    fn parse_toml(text: &str) -> Result<(Config, Vec<String>), Vec<String>> {
+        let de = toml::Deserializer::parse(text).map_err(|e| vec![e.to_string()])?;
         let mut unknown = Vec::new();
         let parsed: Result<Config, _> = serde_ignored::deserialize(de, |path| {
             unknown.push(format!("unknown key `{path}`"));
         });
         match parsed {
-            // A file without `[[route]]` keeps the built-in routes (serde's struct default).
-            Ok(c) if unknown.is_empty() => Ok(c),
-            Ok(_) => Err(ConfigErrors(unknown)),
+            Ok(c) => Ok((c, unknown)),
             Err(e) => {
                 unknown.push(e.to_string().trim_end().to_string());
-                Err(ConfigErrors(unknown))
+                Err(unknown)
             }
         }
     }

@@ -18,10 +18,7 @@ pub(super) fn run(file: Option<&Path>, args: CheckConfigArgs) -> Result<(), CliE
         print!("{}", config::default_toml());
         return Ok(());
     }
-    let (config, mut problems) = match Config::load(file, &ProcessEnv) {
-        Ok(c) => (Some(c), Vec::new()),
-        Err(e) => (None, e.0),
-    };
+    let (config, mut problems) = Config::load_report(file, &ProcessEnv);
     if let Some(c) = &config {
         if let Err(mut p) = Routes::build(c, &ProcessEnv) {
             problems.append(&mut p);

@@ -313,6 +313,7 @@ fn refusal_outcome(
     correlation_id: String,
     transaction_id: &str,
 ) -> Outcome {
+    let mut correlation_id = correlation_id;
     let api = match refusal {
         Refusal::Auth(e) => {
             let result = match e {
@@ -344,8 +345,16 @@ fn refusal_outcome(
             e.errors = errors;
             e
         }
-        Refusal::Rule(r) => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rule_rejected", r.message)
+        Refusal::Rule {
+            rejection,
+            correlation_id: from_event,
+        } => {
+            correlation_id = from_event;
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "rule_rejected",
+                rejection.message,
+            )
         }
     };
     error_outcome(api, correlation_id, transaction_id, None)

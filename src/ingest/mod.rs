@@ -41,7 +41,11 @@ pub struct Route {
 pub enum Refusal {
     Auth(AuthError),
     Payload(PayloadError),
-    Rule(Rejection),
+    /// A rule failed; carries the event's correlation id for the answer.
+    Rule {
+        rejection: Rejection,
+        correlation_id: String,
+    },
 }
 
 /// What the request carries besides its body.
@@ -102,7 +106,13 @@ impl Route {
             simulated: meta.simulated,
             payload: d.payload,
         };
-        let extracted = self.rules.evaluate(&event).map_err(Refusal::Rule)?;
+        let extracted = self
+            .rules
+            .evaluate(&event)
+            .map_err(|rejection| Refusal::Rule {
+                rejection,
+                correlation_id: event.correlation_id.clone(),
+            })?;
         Ok(Prepared {
             event,
             extracted,

@@ -1,0 +1,314 @@
+//! The real binary: exit codes, CLI commands, graceful shutdown and kill -9 durability.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::binary::{command, run, Server};
+use crate::support::{count, flow_body, sign, SECRET};
+
+const T: Duration = Duration::from_secs(60);
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn serve_without_the_secret_exits_2_naming_the_variable() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = command(dir.path());
+    c.arg("serve");
+    let o = run(c, T);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("COGNIGY_WEBHOOK_SECRET"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn simulator_on_a_public_listener_is_refused_with_exit_2() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = command(dir.path());
+    c.env("COGNIGY_WEBHOOK_SECRET", SECRET)
+        .env("COGNIHOOK_LISTEN", "0.0.0.0:0")
+        .args(["serve", "--simulator"]);
+    let o = run(c, T);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("not a loopback address"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn check_config_lists_every_problem_and_masks_secrets() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        "[limits]\nmax_body_bytes = 0\ntypo = 1\n[[route]]\nname = \"r\"\npath = \"/r\"\npayload = \"nlu\"\n\
+         auth = { scheme = \"hmac-sha256\", secrets = [\"env:MISSING_ONE\"] }\n\
+         rules = [{ expr = \"event.intent.score >=\", message = \"m\" }]\n",
+    )
+    .expect("write");
+    let mut c = command(dir.path());
+    c.arg("--config").arg(&file).arg("check-config");
+    let o = run(c, T);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    for want in [
+        "unknown key `limits.typo`",
+        "max_body_bytes",
+        "MISSING_ONE",
+        "does not compile",
+    ] {
+        assert!(err.contains(want), "missing {want}: {err}");
+    }
+
+    let mut c = command(dir.path());
+    c.env("COGNIGY_WEBHOOK_SECRET", SECRET)
+        .env("COGNIHOOK_ADMIN_TOKEN", "tok-very-secret")
+        .arg("check-config");
+    let o = run(c, T);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("/webhook/cognigy"), "{out}");
+    assert!(!out.contains("tok-very-secret"), "{out}");
+    assert!(!out.contains(SECRET), "{out}");
+}
+
+#[test]
+fn print_default_is_a_valid_config_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = command(dir.path());
+    c.args(["check-config", "--print-default"]);
+    let o = run(c, T);
+    assert_eq!(o.status.code(), Some(0));
+    let file = dir.path().join("default.toml");
+    std::fs::write(&file, o.stdout).expect("write");
+    let mut c = command(dir.path());
+    c.env("COGNIGY_WEBHOOK_SECRET", SECRET)
+        .arg("--config")
+        .arg(&file)
+        .arg("check-config");
+    let o = run(c, T);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn sign_prints_the_hmac_of_the_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("p.json");
+    let body = flow_body("s", "c");
+    std::fs::write(&file, &body).expect("write");
+    let mut c = command(dir.path());
+    c.env("COGNIGY_WEBHOOK_SECRET", format!("{SECRET},other"))
+        .arg("sign")
+        .arg(&file);
+    let o = run(c, T);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), sign(&body));
+}
+
+#[test]
+fn send_example_is_accepted_then_replayed_and_events_show_finds_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = command(dir.path());
+    c.env("COGNIGY_WEBHOOK_SECRET", SECRET);
+    let mut server = Server::start(c);
+    let url = format!("http://{}/webhook/cognigy", server.addr);
+
+    let send = |secret: &str| {
+        let mut c = command(dir.path());
+        c.env("COGNIGY_WEBHOOK_SECRET", secret)
+            .args(["send", "--example", "nlu", "--url", &url]);
+        run(c, T)
+    };
+    let o = send(SECRET);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).starts_with("HTTP 200"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("\"orderId\":\"A-1001\""),
+        "{}",
+        stdout(&o)
+    );
+    let o = send(SECRET);
+    assert!(
+        stdout(&o).contains("idempotent-replayed: true"),
+        "{}",
+        stdout(&o)
+    );
+    let o = send("wrong-secret");
+    assert_eq!(o.status.code(), Some(1), "non-2xx exits 1");
+    assert!(stdout(&o).contains("HTTP 401"), "{}", stdout(&o));
+
+    let mut c = command(dir.path());
+    c.args(["events", "show", "corr-example-nlu-1"]);
+    let o = run(c, T);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let j: Value = serde_json::from_slice(&o.stdout).expect("journey JSON");
+    assert_eq!(j["event"]["route"], "nlu-orders");
+    assert_eq!(j["event"]["entities"]["orderId"], "A-1001");
+
+    let mut c = command(dir.path());
+    c.args(["events", "show", "no-such-event"]);
+    let o = run(c, T);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no-such-event"));
+
+    server.terminate();
+    assert_eq!(server.wait(T), Some(0));
+}
+
+/// Starts a request whose body is held back, so it is in flight while the server shuts down.
+fn start_slow_request(addr: std::net::SocketAddr, body: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let head = format!(
+        "POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         x-cognigy-signature: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        sign(body),
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("head");
+    s.write_all(&body[..10]).expect("part");
+    s.flush().expect("flush");
+    s
+}
+
+#[test]
+fn sigterm_answers_in_flight_requests_then_exits_0() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = command(dir.path());
+    c.env("COGNIGY_WEBHOOK_SECRET", SECRET);
+    let mut server = Server::start(c);
+    let body = flow_body("s-term", "corr-term");
+    let mut s = start_slow_request(server.addr, &body);
+    // Make sure the request is being read (its connection accepted) before the signal.
+    let probe = flow_body("s-probe", "corr-probe");
+    let mut p = start_slow_request(server.addr, &probe);
+    p.write_all(&probe[10..]).expect("rest");
+    let mut out = String::new();
+    p.read_to_string(&mut out).expect("probe answer");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+    server.terminate();
+    s.write_all(&body[10..]).expect("rest of body");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("answer");
+    assert!(
+        out.starts_with("HTTP/1.1 200"),
+        "in-flight request answered: {out}"
+    );
+    assert_eq!(server.wait(T), Some(0));
+    let audit: Vec<String> = server.stdout_lines();
+    assert!(
+        audit.iter().any(|l| l.contains("corr-term")),
+        "audit flushed before exit: {audit:?}"
+    );
+    let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).expect("db");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM events WHERE correlation_id = 'corr-term'"
+        ),
+        1
+    );
+}
+
+#[test]
+fn every_acknowledged_event_survives_kill_9_under_load() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = command(dir.path());
+    c.env("COGNIGY_WEBHOOK_SECRET", SECRET);
+    let mut server = Server::start(c);
+    let addr = server.addr;
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..8 {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        workers.push(std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let corr = format!("kill9-{w}-{i}");
+                let body = flow_body(&format!("sess-{w}-{}", i % 5), &corr);
+                i += 1;
+                let Ok(mut s) = TcpStream::connect(addr) else {
+                    break;
+                };
+                let head = format!(
+                    "POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                     x-cognigy-signature: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    sign(&body),
+                    body.len()
+                );
+                if s.write_all(head.as_bytes())
+                    .and_then(|()| s.write_all(&body))
+                    .is_err()
+                {
+                    break;
+                }
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.starts_with("HTTP/1.1 200") {
+                    acked.lock().expect("lock").push(corr);
+                }
+            }
+        }));
+    }
+    // Kill once a good number of events has been acknowledged, with requests still in flight.
+    while acked.lock().expect("lock").len() < 300 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.child.kill().expect("SIGKILL");
+    let _ = server.child.wait();
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    assert!(acked.len() >= 300);
+
+    // Restart on the same data dir (recovers the WAL), then check every acknowledged event.
+    let mut c = command(dir.path());
+    c.env("COGNIGY_WEBHOOK_SECRET", SECRET);
+    let mut server = Server::start(c);
+    let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).expect("db");
+    let mut stmt = db
+        .prepare("SELECT count(*) FROM events WHERE correlation_id = ?1")
+        .expect("stmt");
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|c| {
+            stmt.query_row([c.as_str()], |r| r.get::<_, i64>(0))
+                .expect("q")
+                != 1
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    // Session versions are gap-free after the crash: max version equals the event count.
+    let gaps = count(
+        &db,
+        "SELECT count(*) FROM (SELECT session_id, max(state_version) AS m, count(*) AS n \
+         FROM events GROUP BY session_id) WHERE m != n",
+    );
+    assert_eq!(gaps, 0);
+    server.terminate();
+    assert_eq!(server.wait(T), Some(0));
+}

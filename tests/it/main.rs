@@ -1,0 +1,9 @@
+//! The one integration-test binary: `support/` plus one file per feature.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod support;
+
+mod binary;
+mod router;
+mod server;

@@ -1,0 +1,181 @@
+//! The gateway on a real loopback socket: concurrency, streaming limits, timeouts, audit.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{count, flow_body, nlu_body, read_audit, sign, TestApp};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_concurrent_events_of_one_session_get_state_versions_1_to_40() {
+    let app = TestApp::spawn().await;
+    let session = "9b2e4c1a-7d3f-4e8a-b5c6-0a1b2c3d4e5f";
+    let mut tasks = Vec::new();
+    let app = std::sync::Arc::new(app);
+    for i in 0..40 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = nlu_body(session, &format!("A-{i}"), &format!("c-{i}"));
+            app.post_signed("/webhook/cognigy", &body).await
+        }));
+    }
+    let mut versions = Vec::new();
+    for t in tasks {
+        let r = t.await.expect("task");
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        versions.push(r.json()["data"]["stateVersion"].as_u64().expect("version"));
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=40).collect::<Vec<u64>>());
+    let db = app.db();
+    assert_eq!(count(&db, "SELECT state_version FROM sessions"), 40);
+    assert_eq!(
+        count(&db, "SELECT count(DISTINCT state_version) FROM events"),
+        40
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicates_commit_once_and_all_get_the_same_answer() {
+    let app = std::sync::Arc::new(TestApp::spawn().await);
+    let body = flow_body("s-concurrent-dup", "c-concurrent-dup");
+    let mut tasks = Vec::new();
+    for _ in 0..25 {
+        let (app, body) = (app.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            app.post_signed("/webhook", &body).await
+        }));
+    }
+    let mut bodies = Vec::new();
+    let mut replayed = 0;
+    for t in tasks {
+        let r = t.await.expect("task");
+        assert_eq!(r.status, StatusCode::OK);
+        if r.header("idempotent-replayed") == Some("true") {
+            replayed += 1;
+        }
+        bodies.push(r.json());
+    }
+    assert_eq!(replayed, 24, "exactly one request commits");
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "all answers equal");
+    assert_eq!(bodies[0]["data"]["stateVersion"], 1);
+    let db = app.db();
+    assert_eq!(count(&db, "SELECT count(*) FROM events"), 1);
+    assert_eq!(count(&db, "SELECT state_version FROM sessions"), 1);
+}
+
+/// Sends raw bytes and returns the status line and body of the answer.
+async fn raw_exchange(addr: std::net::SocketAddr, head: &str, chunks: &[&[u8]]) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(head.as_bytes()).await.expect("head");
+    for c in chunks {
+        // The server may answer (and close) before reading everything: ignore write errors.
+        let _ = s.write_all(c).await;
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    // Bodies of these answers are sent with a content-length, not chunked.
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn chunked_body_past_the_limit_is_refused_while_streaming() {
+    let app = TestApp::spawn_with(|c| c.limits.max_body_bytes = 1024).await;
+    let chunk = format!("400\r\n{}\r\n", " ".repeat(1024));
+    let head = "POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                x-cognigy-signature: 00\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    let many: Vec<&[u8]> = std::iter::repeat_n(chunk.as_bytes(), 64).collect();
+    let (status, body) = raw_exchange(app.addr, head, &many).await;
+    assert_eq!(status, 413);
+    assert_eq!(body["code"], "payload_too_large");
+    // Still healthy.
+    let ok = app.post_signed("/webhook", &flow_body("s", "c")).await;
+    assert_eq!(ok.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn body_not_received_in_time_is_408() {
+    let app =
+        TestApp::spawn_with(|c| c.limits.body_read_timeout = Duration::from_millis(300)).await;
+    let head = "POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                content-length: 100\r\nconnection: close\r\n\r\n{\"sessionId\":";
+    // Only part of the declared body is ever sent.
+    let (status, body) = raw_exchange(app.addr, head, &[]).await;
+    assert_eq!(status, 408);
+    assert_eq!(body["code"], "request_timeout");
+}
+
+#[tokio::test]
+async fn declared_length_past_the_limit_is_refused_before_reading() {
+    let app = TestApp::spawn_with(|c| c.limits.max_body_bytes = 1024).await;
+    let head = "POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                content-length: 999999999\r\nconnection: close\r\n\r\n";
+    let (status, body) = raw_exchange(app.addr, head, &[]).await;
+    assert_eq!(status, 413);
+    assert_eq!(body["code"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn audit_has_one_line_per_outcome_and_no_text_entities_or_signatures() {
+    let app = TestApp::spawn().await;
+    let audit_path = app.audit_path.clone();
+    let session = "3f1c8a52-3c1e-4c55-9d2e-1f0a9b7c6d5e";
+    let body = nlu_body(session, "SECRET-ORDER-77", "corr-audit");
+    assert_eq!(
+        app.post_signed("/webhook/cognigy", &body).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.post_signed("/webhook/cognigy", &body).await.status,
+        StatusCode::OK
+    );
+    let bad = app
+        .post(
+            "/webhook",
+            b"{}",
+            &[
+                ("content-type", "application/json"),
+                ("x-cognigy-signature", "abcd"),
+            ],
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+    let dir = app.stop().await;
+    let lines = read_audit(&audit_path);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0]["event"], "webhook_processed");
+    assert_eq!(lines[0]["route"], "nlu-orders");
+    assert_eq!(lines[0]["correlation_id"], "corr-audit");
+    assert_eq!(lines[0]["session_id"], session);
+    assert_eq!(lines[0]["event_type"], "nlu.input");
+    assert_eq!(lines[0]["status"], 200);
+    assert!(lines[0]["event_id"].is_string());
+    assert!(lines[0]["transaction_id"].is_string());
+    assert!(lines[0]["latency_ms"].is_number());
+    assert!(lines[0]["ts"].is_string());
+    assert_eq!(lines[1]["event"], "webhook_duplicate");
+    assert_eq!(lines[2]["event"], "webhook_rejected");
+    assert_eq!(lines[2]["code"], "invalid_signature");
+    assert_eq!(lines[2]["status"], 401);
+    let raw = std::fs::read_to_string(&audit_path).expect("audit");
+    assert!(
+        !raw.contains("SECRET-ORDER-77"),
+        "entity value in audit log"
+    );
+    assert!(
+        !raw.contains("where is my order"),
+        "message text in audit log"
+    );
+    assert!(!raw.contains(&sign(&body)), "signature in audit log");
+    drop(dir);
+}
