@@ -4,9 +4,17 @@
 //! not compile is a config error); a rule passes only when it evaluates to `true`: `false`, a
 //! non-boolean or an evaluation error (a missing key, say) rejects the event (fail closed).
 //! An extract that cannot be evaluated is left out of the response.
+//!
+//! Rules run before the commit, so `event.stateVersion` is 0 in rules; the committed event
+//! carries the real value. `event.payload` (the original body) is converted for CEL only when
+//! some expression of the route mentions `payload`, since that conversion dominates the cost.
 
 use std::collections::BTreeMap;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cel::objects::Key;
 use cel::{Context, Program, Value as CelValue};
 use serde_json::{Map, Value};
 
@@ -31,6 +39,8 @@ pub struct Extract {
 pub struct RuleSet {
     rules: Vec<Rule>,
     extracts: Vec<Extract>,
+    /// Whether any expression may read `event.payload`.
+    needs_payload: bool,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -53,7 +63,7 @@ pub struct Rejection {
 thread_local! {
     /// The standard CEL functions, built once per thread; each evaluation adds `event` in a
     /// child scope.
-    static ROOT: Context<'static, 'static> = Context::default();
+    static ROOT: Context<'static> = Context::default();
 }
 
 impl RuleSet {
@@ -63,7 +73,14 @@ impl RuleSet {
         extracts: &BTreeMap<String, String>,
     ) -> Result<RuleSet, Vec<String>> {
         let mut errors = Vec::new();
-        let mut set = RuleSet::default();
+        let mut set = RuleSet {
+            needs_payload: rules
+                .iter()
+                .map(|r| r.expr.as_str())
+                .chain(extracts.values().map(String::as_str))
+                .any(|e| e.contains("payload")),
+            ..RuleSet::default()
+        };
         for (i, r) in rules.iter().enumerate() {
             match Program::compile(&r.expr) {
                 Ok(program) => set.rules.push(Rule {
@@ -107,15 +124,7 @@ impl RuleSet {
         if self.is_empty() {
             return Ok(out);
         }
-        let value = match cel::to_value(event) {
-            Ok(v) => v,
-            Err(e) => {
-                // Serialising our own struct cannot fail in practice; treat it as a failed rule.
-                return Err(Rejection {
-                    message: format!("event could not be evaluated: {e}"),
-                });
-            }
-        };
+        let value = event_value(event, self.needs_payload);
         ROOT.with(|root| {
             let mut ctx = root.new_inner_scope();
             ctx.add_variable_from_value("event", value);
@@ -138,6 +147,81 @@ impl RuleSet {
             }
             Ok(out)
         })
+    }
+}
+
+fn text(s: &str) -> CelValue {
+    CelValue::String(Arc::new(s.to_string()))
+}
+
+/// The normalised event as a CEL map, built field by field (cheaper than a generic serde
+/// conversion). Field names and presence match the event's JSON form (SPEC §3.6).
+fn event_value(e: &NormalisedEvent, with_payload: bool) -> CelValue {
+    let mut m: HashMap<Key, CelValue> = HashMap::with_capacity(20);
+    let mut put = |k: &str, v: CelValue| {
+        m.insert(Key::String(Arc::new(k.to_string())), v);
+    };
+    put("eventId", text(&e.event_id));
+    put("route", text(&e.route));
+    put("correlationId", text(&e.correlation_id));
+    put("transactionId", text(&e.transaction_id));
+    put("receivedAt", text(&e.received_at));
+    put("sessionId", text(&e.session_id));
+    put("userId", text(&e.user_id));
+    put("eventType", text(&e.event_type));
+    let optional = [
+        ("text", &e.text),
+        ("channel", &e.channel),
+        ("locale", &e.locale),
+        ("urlToken", &e.url_token),
+        ("traceId", &e.trace_id),
+    ];
+    for (k, v) in optional {
+        if let Some(v) = v {
+            put(k, text(v));
+        }
+    }
+    if let Some(i) = &e.intent {
+        let mut im: HashMap<Key, CelValue> = HashMap::with_capacity(2);
+        im.insert(Key::String(Arc::new("name".into())), text(&i.name));
+        im.insert(
+            Key::String(Arc::new("score".into())),
+            CelValue::Float(i.score),
+        );
+        put("intent", CelValue::from(im));
+    }
+    put("entities", json_object(&e.entities));
+    put(
+        "stateVersion",
+        CelValue::Int(i64::try_from(e.state_version).unwrap_or(i64::MAX)),
+    );
+    put("simulated", CelValue::Bool(e.simulated));
+    if with_payload {
+        put("payload", json_value(&e.payload));
+    }
+    CelValue::from(m)
+}
+
+fn json_object(o: &Map<String, Value>) -> CelValue {
+    let m: HashMap<Key, CelValue> = o
+        .iter()
+        .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_value(v)))
+        .collect();
+    CelValue::from(m)
+}
+
+fn json_value(v: &Value) -> CelValue {
+    match v {
+        Value::Null => CelValue::Null,
+        Value::Bool(b) => CelValue::Bool(*b),
+        Value::Number(n) => n
+            .as_i64()
+            .map(CelValue::Int)
+            .or_else(|| n.as_u64().map(CelValue::UInt))
+            .unwrap_or_else(|| CelValue::Float(n.as_f64().unwrap_or(f64::NAN))),
+        Value::String(s) => text(s),
+        Value::Array(a) => CelValue::List(Arc::new(a.iter().map(json_value).collect())),
+        Value::Object(o) => json_object(o),
     }
 }
 
@@ -244,6 +328,21 @@ mod tests {
         assert_eq!(errs.len(), 2, "{errs:?}");
         assert!(errs[0].starts_with("rules[0]"));
         assert!(errs[1].starts_with("extract.x"));
+    }
+
+    #[test]
+    fn rules_can_read_the_original_payload_and_state() {
+        let rules = [RuleConfig {
+            expr: "event.payload.channel == 'voice' && event.stateVersion == 0 && !event.simulated"
+                .into(),
+            message: "not voice".into(),
+        }];
+        let set = RuleSet::compile(&rules, &BTreeMap::new()).expect("compiles");
+        let mut e = event(0.9, Some("A"));
+        e.payload = json!({"channel": "voice", "n": [1, 2.5, null]});
+        assert!(set.evaluate(&e).is_ok());
+        e.payload = json!({"channel": "chat"});
+        assert!(set.evaluate(&e).is_err());
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! session are serialised exactly: stateVersions are gap-free and a duplicate always sees the
 //! original. Between groups the writer prunes expired idempotency records, sessions and
 //! delivered events. Reads use a separate connection (WAL lets them run beside the writer).
+//!
+//! A second thread, the *checkpointer*, copies the WAL back into the database file with
+//! PASSIVE checkpoints on its own connection, so the writer never stalls behind a checkpoint
+//! (SQLite's automatic checkpoint would run inside a committing transaction).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +58,7 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
     writer_alive: Arc<AtomicBool>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -92,6 +97,8 @@ fn open_connection(path: &Path, sync: SyncMode, read_only: bool) -> rusqlite::Re
         };
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Statement journals stay in memory; nothing temporary touches the disk.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
     }
     Ok(conn)
 }
@@ -137,6 +144,10 @@ impl SqliteStore {
             session_ttl_ms: millis(config.session_ttl),
             retention_ms: millis(config.retention),
         };
+        // The checkpointer thread does this work instead (see the module doc).
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| format!("cannot configure store {}: {e}", path.display()))?;
+        let checkpointer = start_checkpointer(&path, config.sync)?;
         let writer_alive = Arc::new(AtomicBool::new(true));
         let alive = writer_alive.clone();
         let handle = std::thread::Builder::new()
@@ -153,6 +164,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             writer_alive,
             writer: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some(checkpointer)),
         })
     }
 
@@ -227,7 +239,46 @@ impl SqliteStore {
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
+        let checkpointer = self.checkpointer.lock().ok().and_then(|mut h| h.take());
+        if let Some((stop, h)) = checkpointer {
+            stop.store(true, Ordering::SeqCst);
+            h.thread().unpark();
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
     }
+}
+
+/// How often the checkpointer copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Starts the checkpointer thread; it stops (after a last checkpoint) when the flag is set.
+fn start_checkpointer(
+    path: &Path,
+    sync: SyncMode,
+) -> Result<(Arc<AtomicBool>, JoinHandle<()>), String> {
+    let conn = open_connection(path, sync, false)
+        .map_err(|e| format!("cannot open store {} for checkpoints: {e}", path.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("cognihook-checkpoint".into())
+        .spawn(move || {
+            let checkpoint = |mode: &str| {
+                if let Err(e) =
+                    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+                {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                }
+            };
+            while !flag.load(Ordering::SeqCst) {
+                std::thread::park_timeout(CHECKPOINT_EVERY);
+                checkpoint("PASSIVE");
+            }
+            // The writer has stopped: copy everything back and truncate the WAL.
+            checkpoint("TRUNCATE");
+        })
+        .map_err(|e| format!("cannot start the store checkpointer: {e}"))?;
+    Ok((stop, handle))
 }
 
 /// A store opened by the CLI to read.
@@ -301,11 +352,12 @@ fn read_counts(c: &Connection) -> rusqlite::Result<Counts> {
 fn run_writer(mut conn: Connection, rx: mpsc::Receiver<WriterMsg>, s: WriterSettings) {
     let mut batch: Vec<(Box<Acceptance>, Reply)> = Vec::with_capacity(s.max_batch);
     let mut last_maintenance = Instant::now();
+    let mut cursor = MaintenanceCursor::default();
     loop {
         let first = match rx.recv_timeout(MAINTENANCE_EVERY) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => {
-                maintain(&conn, &s);
+                maintain(&conn, &s, &mut cursor);
                 last_maintenance = Instant::now();
                 continue;
             }
@@ -333,13 +385,17 @@ fn run_writer(mut conn: Connection, rx: mpsc::Receiver<WriterMsg>, s: WriterSett
             break;
         }
         if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
-            maintain(&conn, &s);
+            maintain(&conn, &s, &mut cursor);
             last_maintenance = Instant::now();
         }
     }
 }
 
 /// Applies a group of acceptances in one transaction and answers each after the commit.
+///
+/// Each acceptance reads what it needs and checks everything that can refuse it before it
+/// writes anything, so a refused acceptance leaves nothing behind without a savepoint. A
+/// database error fails the whole group: every caller gets 503 and nothing is committed.
 fn commit_group(
     conn: &mut Connection,
     batch: &mut Vec<(Box<Acceptance>, Reply)>,
@@ -347,20 +403,17 @@ fn commit_group(
 ) {
     let now = crate::now_millis();
     let mut results = Vec::with_capacity(batch.len());
-    let outcome = (|| -> rusqlite::Result<()> {
-        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let outcome = (|| -> Result<(), StoreError> {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
         for (a, _) in batch.iter_mut() {
-            let sp = tx.savepoint()?;
-            match accept_one(&sp, a, now, s) {
-                Ok(o) => {
-                    sp.commit()?;
-                    results.push(Ok(o));
-                }
-                // The savepoint rolls back on drop; the rest of the group goes on.
-                Err(e) => results.push(Err(e)),
+            match accept_one(&tx, a, now, s) {
+                Err(e @ StoreError::Unavailable(_)) => return Err(e),
+                r => results.push(r),
             }
         }
-        tx.commit()
+        tx.commit().map_err(unavailable)
     })();
     match outcome {
         Ok(()) => {
@@ -371,7 +424,7 @@ fn commit_group(
         Err(e) => {
             tracing::error!(error = %e, "store commit failed; the group is answered 503");
             for (_, reply) in batch.drain(..) {
-                let _ = reply.send(Err(unavailable(&e)));
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }
@@ -409,33 +462,20 @@ fn accept_one(
         }
     }
 
+    // Read the session first: the writer is the only writer, so nothing changes it between
+    // this read and the upsert below.
     let e = &mut a.event;
-    let version: i64 = tx
-        .prepare_cached(
-            "INSERT INTO sessions (session_id, state_version, first_seen, last_seen, \
-                                   last_event_type, last_route) \
-             VALUES (?1, 1, ?2, ?2, ?3, ?4) \
-             ON CONFLICT (session_id) DO UPDATE SET \
-               state_version = CASE WHEN sessions.last_seen < ?5 THEN 1 \
-                                    ELSE sessions.state_version + 1 END, \
-               first_seen = CASE WHEN sessions.last_seen < ?5 THEN ?2 \
-                                 ELSE sessions.first_seen END, \
-               last_seen = ?2, last_event_type = ?3, last_route = ?4 \
-             RETURNING state_version",
-        )
+    let session = tx
+        .prepare_cached("SELECT state_version, last_seen FROM sessions WHERE session_id = ?1")
         .and_then(|mut st| {
-            st.query_row(
-                params![
-                    e.session_id,
-                    now,
-                    e.event_type,
-                    e.route,
-                    now - s.session_ttl_ms
-                ],
-                |r| r.get(0),
-            )
+            st.query_row(params![e.session_id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .optional()
         })
         .map_err(unavailable)?;
+    let live = session.filter(|(_, last_seen)| *last_seen >= now - s.session_ttl_ms);
+    let version = live.map_or(1, |(v, _)| v + 1);
     e.state_version = version.max(0) as u64;
 
     if let Some(data) = a.response.get_mut("data").and_then(Value::as_object_mut) {
@@ -449,6 +489,19 @@ fn accept_one(
         });
     }
     let body = serde_json::to_string(&*e).map_err(unavailable)?;
+
+    // Everything that can refuse the event has passed; write.
+    tx.prepare_cached(
+        "INSERT INTO sessions (session_id, state_version, first_seen, last_seen, \
+                               last_event_type, last_route) \
+         VALUES (?1, ?2, ?3, ?3, ?4, ?5) \
+         ON CONFLICT (session_id) DO UPDATE SET \
+           state_version = ?2, \
+           first_seen = CASE WHEN ?2 = 1 THEN ?3 ELSE sessions.first_seen END, \
+           last_seen = ?3, last_event_type = ?4, last_route = ?5",
+    )
+    .and_then(|mut st| st.execute(params![e.session_id, version, now, e.event_type, e.route]))
+    .map_err(unavailable)?;
     tx.prepare_cached(
         "INSERT INTO events (event_id, correlation_id, route, session_id, event_type, \
                              state_version, simulated, received_at, committed_at, body) \
@@ -497,29 +550,56 @@ fn accept_one(
     })
 }
 
-/// Prunes what has expired: idempotency records past the window, sessions past their TTL, and
-/// events past retention that have no undelivered outbox row.
-fn maintain(conn: &Connection, s: &WriterSettings) {
+/// Sessions examined per maintenance pass; bounds how long one pass holds the writer.
+const SESSION_PRUNE_CHUNK: i64 = 5_000;
+
+/// Where the bounded session scan goes on from; reset after a full pass.
+#[derive(Default)]
+struct MaintenanceCursor {
+    session_after: String,
+}
+
+/// Prunes what has expired: idempotency records past the window, events past retention that
+/// have no undelivered outbox row (event ids are ULIDs, so "older than" is an id range), and
+/// a bounded chunk of expired sessions.
+fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut MaintenanceCursor) {
     let now = crate::now_millis();
+    let cutoff_ms = u64::try_from(now - s.retention_ms).unwrap_or(0);
+    let oldest_kept = ulid::Ulid::from_parts(cutoff_ms, 0).to_string();
     let r = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
         conn.execute(
             "DELETE FROM idempotency WHERE created_at < ?1",
             params![now - s.idempotency_window_ms],
         )?;
         conn.execute(
-            "DELETE FROM sessions WHERE last_seen < ?1",
-            params![now - s.session_ttl_ms],
+            "DELETE FROM outbox WHERE status = 'delivered' AND event_id < ?1",
+            params![oldest_kept],
         )?;
         conn.execute(
-            "DELETE FROM outbox WHERE status = 'delivered' AND event_id IN \
-               (SELECT event_id FROM events WHERE committed_at < ?1)",
-            params![now - s.retention_ms],
-        )?;
-        conn.execute(
-            "DELETE FROM events WHERE committed_at < ?1 AND NOT EXISTS \
+            "DELETE FROM events WHERE event_id < ?1 AND NOT EXISTS \
                (SELECT 1 FROM outbox o WHERE o.event_id = events.event_id)",
-            params![now - s.retention_ms],
+            params![oldest_kept],
         )?;
+        let last: Option<String> = conn
+            .query_row(
+                "SELECT max(session_id) FROM (SELECT session_id FROM sessions \
+                 WHERE session_id > ?1 ORDER BY session_id LIMIT ?2)",
+                params![cursor.session_after, SESSION_PRUNE_CHUNK],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        match last {
+            Some(last) => {
+                conn.execute(
+                    "DELETE FROM sessions WHERE session_id > ?1 AND session_id <= ?2 \
+                     AND last_seen < ?3",
+                    params![cursor.session_after, last, now - s.session_ttl_ms],
+                )?;
+                cursor.session_after = last;
+            }
+            None => cursor.session_after.clear(),
+        }
         conn.execute_batch("COMMIT")
     });
     if let Err(e) = r {
@@ -746,6 +826,56 @@ mod tests {
             ),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn maintenance_prunes_expired_rows_but_keeps_undelivered_events() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let path = {
+            let store = SqliteStore::open(&config(dir.path())).expect("open");
+            rt.block_on(store.accept(acceptance("a", "s1", &[])))
+                .expect("commit");
+            rt.block_on(store.accept(acceptance("b", "s2", &["orders"])))
+                .expect("commit");
+            rt.block_on(store.close());
+            store.path().to_path_buf()
+        };
+        let conn = Connection::open(&path).expect("open");
+        // Negative windows put every cut-off in the future: everything has expired.
+        let expired = WriterSettings {
+            max_batch: 1,
+            idempotency_window_ms: -60_000,
+            session_ttl_ms: -60_000,
+            retention_ms: -60_000,
+        };
+        maintain(&conn, &expired, &mut MaintenanceCursor::default());
+        let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
+        assert_eq!(n("SELECT count(*) FROM idempotency"), 0);
+        assert_eq!(n("SELECT count(*) FROM sessions"), 0);
+        assert_eq!(
+            n("SELECT count(*) FROM events"),
+            1,
+            "the undelivered event stays"
+        );
+        assert_eq!(n("SELECT count(*) FROM outbox WHERE status = 'pending'"), 1);
+
+        // Nothing expires under the default windows.
+        let c2 = Connection::open(&path).expect("open");
+        c2.execute(
+            "INSERT INTO sessions VALUES ('s3', 1, 0, ?1, 't', 'r')",
+            params![crate::now_millis()],
+        )
+        .expect("insert");
+        let defaults = WriterSettings {
+            max_batch: 1,
+            idempotency_window_ms: 86_400_000,
+            session_ttl_ms: 86_400_000,
+            retention_ms: 86_400_000,
+        };
+        maintain(&conn, &defaults, &mut MaintenanceCursor::default());
+        assert_eq!(n("SELECT count(*) FROM sessions"), 1);
+        assert_eq!(n("SELECT count(*) FROM events"), 1);
     }
 
     use super::super::Store;

@@ -15,7 +15,7 @@ CREATE TABLE events (
     body           TEXT NOT NULL
 );
 CREATE INDEX events_by_correlation ON events (correlation_id, committed_at);
-CREATE INDEX events_by_commit_time ON events (committed_at);
+-- No index on commit time: event ids are ULIDs, time-ordered, so retention prunes by id range.
 
 -- Session state per sessionId: interaction count and last activity.
 CREATE TABLE sessions (
@@ -26,7 +26,8 @@ CREATE TABLE sessions (
     last_event_type TEXT NOT NULL,
     last_route      TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX sessions_by_last_seen ON sessions (last_seen);
+-- No index on last_seen: it would change on every event. Expired sessions are treated as new
+-- on their next event and pruned by a bounded scan in the writer's maintenance.
 
 -- The answer given to an idempotency key, replayed for duplicates inside the window.
 CREATE TABLE idempotency (

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Writes a wrk Lua script that POSTs signed Cognigy payloads.
+
+usage: gen_requests.py KIND PATH SECRET COUNT OUT.lua
+KIND is flow-event or nlu. COUNT distinct bodies (one session each) are precomputed with their
+HMAC-SHA256 signatures; every request also carries a unique Idempotency-Key, so each one is a
+new event rather than a duplicate.
+"""
+import hashlib
+import hmac
+import json
+import sys
+import uuid
+
+kind, path, secret, count, out = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+
+
+def body(i):
+    if kind == "nlu":
+        return {
+            "sessionId": str(uuid.UUID(int=i + 1)),
+            "userId": f"user-{i}",
+            "input": f"Where is my order A-{i}?",
+            "context": {"locale": "en-US", "channel": "webchat", "correlationId": f"bench-{i}"},
+            "intent": {"name": "order_status", "confidence": 0.94},
+            "entities": [{"name": "orderId", "value": f"A-{i}"}],
+        }
+    return {
+        "sessionId": f"sess-{i:08d}",
+        "userId": f"usr-{i}",
+        "message": "Check order status",
+        "eventType": "flow.execution",
+        "context": {"intent": "order_tracking", "confidence": 0.94},
+        "timestamp": "2024-01-15T14:32:10Z",
+        "flowName": "OrderSupportFlow",
+        "correlationId": f"bench-{i}",
+    }
+
+
+bodies = [json.dumps(body(i), separators=(",", ":")) for i in range(count)]
+sigs = [hmac.new(secret.encode(), b.encode(), hashlib.sha256).hexdigest() for b in bodies]
+
+with open(out, "w") as f:
+    f.write("local bodies = {\n")
+    for b in bodies:
+        f.write(f"[==[{b}]==],\n")
+    f.write("}\nlocal sigs = {\n")
+    for s in sigs:
+        f.write(f'"{s}",\n')
+    f.write("}\n")
+    f.write(f'local path = "{path}"\n')
+    f.write(
+        """
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+local counter = 0
+local run = "r"
+function init(args)
+  run = args[1] or "r"
+end
+function request()
+  counter = counter + 1
+  local i = (counter % #bodies) + 1
+  return wrk.format("POST", path, {
+    ["Content-Type"] = "application/json",
+    ["X-Cognigy-Signature"] = sigs[i],
+    ["Idempotency-Key"] = run .. "-" .. tid .. "-" .. counter,
+  }, bodies[i])
+end
+"""
+    )

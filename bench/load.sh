@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Load benchmark: cognihook on both built-in routes against a bare hyper server that only
+# verifies the HMAC and parses the JSON (examples/bare_baseline.rs), in one run, each server
+# pinned to CPU 0 and wrk pinned to CPU 1.
+#
+# usage: bench/load.sh [DURATION] [CONNECTIONS]      (defaults: 10s 64)
+# env:   SYNC=full|normal|off (store.sync, default full), SKIP_BUILD=1
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${1:-10s}
+CONNS=${2:-64}
+SYNC=${SYNC:-full}
+SECRET=bench-secret
+SERVER_CPU=0
+CLIENT_CPU=1
+BASE_PORT=18090
+GW_PORT=18080
+
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+command -v taskset >/dev/null || { echo "taskset (util-linux) is required" >&2; exit 1; }
+if [ -z "${SKIP_BUILD:-}" ]; then
+  cargo build --release --bin cognihook --example bare_baseline >&2
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+python3 bench/gen_requests.py flow-event /webhook "$SECRET" 1000 "$work/flow.lua"
+python3 bench/gen_requests.py nlu /webhook/cognigy "$SECRET" 1000 "$work/nlu.lua"
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "port $1 never opened" >&2; exit 1
+}
+
+# run_wrk NAME URL SCRIPT RUN_ID -> prints "rps p50_ms p99_ms non2xx"
+run_wrk() {
+  local out
+  out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency -s "$3" "$2" -- "$4")
+  echo "$out" > "$work/$1.wrk"
+  python3 - "$work/$1.wrk" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+p50 = ms(re.search(r"\s50%\s+(\S+)", t).group(1))
+p99 = ms(re.search(r"\s99%\s+(\S+)", t).group(1))
+m = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+errs = int(m.group(1)) if m else 0
+sock = re.search(r"Socket errors: (.*)", t)
+print(f"{rps:.0f} {p50:.3f} {p99:.3f} {errs} {'sockerr' if sock else 'ok'}")
+PY
+}
+
+peak_rss_mib() { awk '/VmHWM/ { printf "%.1f", $2/1024 }' "/proc/$1/status"; }
+
+echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
+echo "# wrk: 1 thread, $CONNS connections, $DURATION per target; servers on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU; store.sync=$SYNC" >&2
+
+# Reference: bare hyper (HMAC + JSON parse).
+COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c "$SERVER_CPU" target/release/examples/bare_baseline "127.0.0.1:$BASE_PORT" 2>/dev/null &
+pids+=($!); base_pid=$!
+wait_port "$BASE_PORT"
+run_wrk warm-base "http://127.0.0.1:$BASE_PORT/webhook" "$work/flow.lua" warm >/dev/null
+base=$(run_wrk base "http://127.0.0.1:$BASE_PORT/webhook" "$work/flow.lua" base)
+base_rss=$(peak_rss_mib "$base_pid")
+kill "$base_pid"
+
+# cognihook on the embedded store.
+cat > "$work/cognihook.toml" <<TOML
+[server]
+listen = "127.0.0.1:$GW_PORT"
+[store]
+data_dir = "$work/data"
+sync = "$SYNC"
+[audit]
+path = "$work/audit.jsonl"
+TOML
+COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c "$SERVER_CPU" \
+  target/release/cognihook --config "$work/cognihook.toml" serve 2>"$work/gw.log" &
+pids+=($!); gw_pid=$!
+wait_port "$GW_PORT"
+run_wrk warm-gw "http://127.0.0.1:$GW_PORT/webhook" "$work/flow.lua" warm >/dev/null
+flow=$(run_wrk flow "http://127.0.0.1:$GW_PORT/webhook" "$work/flow.lua" flow)
+nlu=$(run_wrk nlu "http://127.0.0.1:$GW_PORT/webhook/cognigy" "$work/nlu.lua" nlu)
+gw_rss=$(peak_rss_mib "$gw_pid")
+committed=$(curl -s "http://127.0.0.1:$GW_PORT/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["events_committed"])' 2>/dev/null || echo "?")
+kill -TERM "$gw_pid"; wait "$gw_pid" 2>/dev/null || true
+
+python3 - "$base" "$flow" "$nlu" "$base_rss" "$gw_rss" "$committed" <<'PY'
+import sys
+base, flow, nlu = (s.split() for s in sys.argv[1:4])
+base_rss, gw_rss, committed = sys.argv[4:7]
+rows = [("bare hyper (HMAC + JSON)", base, base_rss), ("cognihook POST /webhook", flow, gw_rss),
+        ("cognihook POST /webhook/cognigy", nlu, gw_rss)]
+print(f"{'target':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'peak RSS MiB':>13} {'req/s vs bare':>14}")
+b = float(base[0])
+for name, r, rss in rows:
+    print(f"{name:34} {r[0]:>9} {r[1]:>8} {r[2]:>8} {r[3]:>8} {rss:>13} {float(r[0]) / b:>13.2f}x")
+print(f"events committed by cognihook during the run: {committed}")
+PY
