@@ -86,18 +86,17 @@ pub fn public_router(
     with_admin: bool,
 ) -> Router {
     let mut r = Router::new();
-    for route in &routes.0 {
-        let (st, rt) = (state.clone(), route.clone());
-        r = r.route(
-            &route.path,
-            post(move |req: Request| webhook::handle(st, rt, false, req)),
+    let endpoint = |route: &Arc<crate::ingest::Route>, simulated: bool| {
+        let (st, ep) = (
+            state.clone(),
+            Arc::new(webhook::Endpoint::new(route.clone(), simulated)),
         );
+        post(move |req: Request| webhook::handle(st, ep, req))
+    };
+    for route in &routes.0 {
+        r = r.route(&route.path, endpoint(route, false));
         if simulator {
-            let (st, rt) = (state.clone(), route.clone());
-            r = r.route(
-                &format!("/simulate{}", route.path),
-                post(move |req: Request| webhook::handle(st, rt, true, req)),
-            );
+            r = r.route(&format!("/simulate{}", route.path), endpoint(route, true));
         }
     }
     if simulator {
@@ -108,11 +107,7 @@ pub fn public_router(
             .find(|r| r.path == "/webhook")
             .or_else(|| routes.0.first())
         {
-            let (st, rt) = (state.clone(), route.clone());
-            r = r.route(
-                "/simulate",
-                post(move |req: Request| webhook::handle(st, rt, true, req)),
-            );
+            r = r.route("/simulate", endpoint(route, true));
         }
     }
     r = r

@@ -22,7 +22,7 @@ use crate::ingest::payload::PayloadError;
 use crate::ingest::{self, Refusal, RequestMeta, Route};
 use crate::store::{AcceptOutcome, Acceptance, StoreError};
 use crate::telemetry::audit::{AuditKind, AuditLine};
-use crate::telemetry::metrics as m;
+use crate::telemetry::metrics::{RouteMetrics, SignatureResult};
 
 /// Longest `X-Correlation-Id` taken from a request; longer ones are replaced.
 const MAX_CORRELATION_HEADER: usize = 200;
@@ -46,13 +46,28 @@ struct EventFacts {
     state_version: Option<u64>,
 }
 
-/// Handles one webhook request on `route` (`simulated` skips authentication, SPEC §10).
-pub async fn handle(
-    state: AppState,
-    route: Arc<Route>,
-    simulated: bool,
-    req: Request<Body>,
-) -> Response {
+/// One POST endpoint: a route, reached directly or through the simulator.
+pub struct Endpoint {
+    pub route: Arc<Route>,
+    /// Reached through `/simulate…`: no authentication, events marked `simulated` (SPEC §10).
+    pub simulated: bool,
+    metrics: RouteMetrics,
+}
+
+impl Endpoint {
+    pub fn new(route: Arc<Route>, simulated: bool) -> Endpoint {
+        let metrics = RouteMetrics::new(&route.name);
+        Endpoint {
+            route,
+            simulated,
+            metrics,
+        }
+    }
+}
+
+/// Handles one webhook request on an endpoint.
+pub async fn handle(state: AppState, ep: Arc<Endpoint>, req: Request<Body>) -> Response {
+    let route = &ep.route;
     let start = Instant::now();
     let transaction_id = uuid::Uuid::new_v4().to_string();
     let correlation_header = req
@@ -65,8 +80,7 @@ pub async fn handle(
     let deadline = state.limits.deadline;
     let run = pipeline(
         &state,
-        &route,
-        simulated,
+        &ep,
         req,
         &transaction_id,
         correlation_header.as_deref(),
@@ -86,17 +100,17 @@ pub async fn handle(
             )
         }
     };
-    finish(&state, &route, simulated, &transaction_id, start, outcome)
+    finish(&state, &ep, &transaction_id, start, outcome)
 }
 
 async fn pipeline(
     state: &AppState,
-    route: &Route,
-    simulated: bool,
+    ep: &Endpoint,
     req: Request<Body>,
     transaction_id: &str,
     correlation_header: Option<&str>,
 ) -> Outcome {
+    let (route, simulated) = (&*ep.route, ep.simulated);
     let fallback_correlation =
         || correlation_header.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
     let (parts, body) = req.into_parts();
@@ -125,15 +139,12 @@ async fn pipeline(
     };
     let prepared = match route.prepare(&body, &meta) {
         Ok(p) => {
-            if let Some(secret) = &p.secret {
-                metrics::counter!(m::SIGNATURE_CHECKS_TOTAL, "route" => route.name.clone(),
-                    "result" => "valid", "secret" => secret.clone())
-                .increment(1);
-            }
+            ep.metrics
+                .signature(SignatureResult::Valid, p.secret.as_deref());
             p
         }
         Err(refusal) => {
-            return refusal_outcome(route, refusal, fallback_correlation(), transaction_id);
+            return refusal_outcome(ep, refusal, fallback_correlation(), transaction_id);
         }
     };
 
@@ -308,7 +319,7 @@ async fn read_body(
 }
 
 fn refusal_outcome(
-    route: &Route,
+    ep: &Endpoint,
     refusal: Refusal,
     correlation_id: String,
     transaction_id: &str,
@@ -317,12 +328,10 @@ fn refusal_outcome(
     let api = match refusal {
         Refusal::Auth(e) => {
             let result = match e {
-                crate::ingest::auth::AuthError::MissingSignature => "missing",
-                crate::ingest::auth::AuthError::InvalidSignature => "invalid",
+                crate::ingest::auth::AuthError::MissingSignature => SignatureResult::Missing,
+                crate::ingest::auth::AuthError::InvalidSignature => SignatureResult::Invalid,
             };
-            metrics::counter!(m::SIGNATURE_CHECKS_TOTAL, "route" => route.name.clone(),
-                "result" => result, "secret" => "")
-            .increment(1);
+            ep.metrics.signature(result, None);
             let message = match e {
                 crate::ingest::auth::AuthError::MissingSignature => {
                     "request carries no signature header".to_string()
@@ -380,8 +389,7 @@ fn error_outcome(
 
 fn finish(
     state: &AppState,
-    route: &Route,
-    simulated: bool,
+    ep: &Endpoint,
     transaction_id: &str,
     start: Instant,
     o: Outcome,
@@ -390,20 +398,16 @@ fn finish(
     let status = o.status.as_u16();
     let is_error = !o.status.is_success();
     state.stats.record(latency, is_error);
-    metrics::counter!(m::REQUESTS_TOTAL, "route" => route.name.clone(),
-        "status" => status.to_string(), "code" => o.code.unwrap_or(""))
-    .increment(1);
-    metrics::histogram!(m::REQUEST_DURATION_SECONDS, "route" => route.name.clone())
-        .record(latency.as_secs_f64());
+    ep.metrics
+        .request(status, o.code.unwrap_or(""), latency.as_secs_f64());
     match o.kind {
         AuditKind::WebhookProcessed => {
             state.stats.committed();
-            metrics::counter!(m::EVENTS_COMMITTED_TOTAL, "route" => route.name.clone())
-                .increment(1);
+            ep.metrics.committed();
         }
         AuditKind::WebhookDuplicate => {
             state.stats.duplicate();
-            metrics::counter!(m::DUPLICATES_TOTAL, "route" => route.name.clone()).increment(1);
+            ep.metrics.duplicate();
         }
         AuditKind::WebhookRejected => {}
     }
@@ -411,7 +415,7 @@ fn finish(
     state.audit.write(&AuditLine {
         ts: crate::now_rfc3339(),
         event: o.kind,
-        route: &route.name,
+        route: &ep.route.name,
         correlation_id: &o.correlation_id,
         transaction_id,
         event_id: ev.and_then(|e| e.event_id.as_deref()),
@@ -421,7 +425,7 @@ fn finish(
         code: o.code,
         latency_ms: (latency.as_secs_f64() * 1e6).round() / 1e3,
         state_version: ev.and_then(|e| e.state_version),
-        simulated,
+        simulated: ep.simulated,
     });
     let mut r = json_response(o.status, o.body, o.retry_after);
     if let Ok(v) = HeaderValue::from_str(&o.correlation_id) {

@@ -1,19 +1,24 @@
-//! The audit log (SPEC §9.2): one JSON line per request outcome, written by a dedicated thread
-//! to stdout or a file.
+//! The audit log (SPEC §9.2): one JSON line per request outcome, to stdout or a file.
 //!
 //! Invariants: a line holds identifiers, codes and timings only, never message text, entity
 //! values, signatures or secrets ([`AuditLine`] has no field that could carry them). Lines are
-//! serialised on the caller's thread and written in order; [`Audit::flush`] returns once every
-//! line handed in before it is written and flushed. When the writer falls behind by
-//! `QUEUE_LINES` lines, callers wait (back-pressure) rather than drop audit lines.
+//! serialised on the caller's thread into a shared buffer (no wake-up per line); a writer
+//! thread drains it every `DRAIN_EVERY` or as soon as it holds `WAKE_BYTES`. Lines are written
+//! in the order they were buffered. [`Audit::flush`] returns once every line buffered before
+//! it is written and flushed. If output stalls and the buffer reaches `MAX_BUFFER_BYTES`,
+//! callers write it out themselves (back-pressure) rather than drop audit lines.
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
-const QUEUE_LINES: usize = 65_536;
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
+const WAKE_BYTES: usize = 64 * 1024;
+const MAX_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
 /// The outcome an audit line records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -47,21 +52,53 @@ pub struct AuditLine<'a> {
     pub simulated: bool,
 }
 
-enum Msg {
-    Line(Vec<u8>),
-    Flush(mpsc::Sender<()>),
+struct Shared {
+    /// Lines not yet written.
+    buf: Mutex<Vec<u8>>,
+    /// The output; held while a drained buffer is written, which keeps lines in order.
+    out: Mutex<Box<dyn Write + Send>>,
+    wake: Condvar,
+    stop: AtomicBool,
 }
 
-/// Handle to the audit writer; cheap to clone.
+impl Shared {
+    /// Writes out everything buffered so far.
+    fn drain(&self) {
+        let Ok(mut out) = self.out.lock() else { return };
+        let data = match self.buf.lock() {
+            Ok(mut b) => std::mem::take(&mut *b),
+            Err(_) => return,
+        };
+        if !data.is_empty() {
+            if let Err(e) = out.write_all(&data).and_then(|()| out.flush()) {
+                tracing::error!(error = %e, bytes = data.len(), "audit lines could not be written");
+            }
+        }
+    }
+}
+
+/// Handle to the audit log; cheap to clone. When the last clone is dropped, the writer
+/// thread drains the buffer and stops.
 #[derive(Clone)]
 pub struct Audit {
-    tx: Option<SyncSender<Msg>>,
+    shared: Option<Arc<Handle>>,
+}
+
+/// Owned by the `Audit` clones only (the writer thread holds `Shared`), so its drop marks the
+/// end of the log.
+struct Handle(Arc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::SeqCst);
+        self.0.wake.notify_one();
+    }
 }
 
 impl Audit {
     /// An audit log that writes nothing (`[audit] enabled = false`).
     pub fn disabled() -> Audit {
-        Audit { tx: None }
+        Audit { shared: None }
     }
 
     /// Starts the writer thread on stdout, or on `path` (appending).
@@ -75,49 +112,57 @@ impl Audit {
             ),
             None => Box::new(std::io::stdout()),
         };
-        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE_LINES);
+        let shared = Arc::new(Shared {
+            buf: Mutex::new(Vec::with_capacity(WAKE_BYTES)),
+            out: Mutex::new(out),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let s = shared.clone();
         std::thread::Builder::new()
             .name("cognihook-audit".into())
             .spawn(move || {
-                let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-                while let Ok(first) = rx.recv() {
-                    let mut next = Some(first);
-                    let mut waiting = Vec::new();
-                    while let Some(msg) = next.take() {
-                        match msg {
-                            Msg::Line(l) => {
-                                let _ = out.write_all(&l);
-                            }
-                            Msg::Flush(done) => waiting.push(done),
-                        }
-                        next = rx.try_recv().ok();
+                while !s.stop.load(Ordering::SeqCst) {
+                    if let Ok(b) = s.buf.lock() {
+                        let _ = s.wake.wait_timeout(b, DRAIN_EVERY);
                     }
-                    let _ = out.flush();
-                    for w in waiting {
-                        let _ = w.send(());
-                    }
+                    s.drain();
                 }
-                let _ = out.flush();
+                s.drain();
             })?;
-        Ok(Audit { tx: Some(tx) })
+        Ok(Audit {
+            shared: Some(Arc::new(Handle(shared))),
+        })
     }
 
-    /// Queues one line.
+    /// Buffers one line.
     pub fn write(&self, line: &AuditLine<'_>) {
-        let Some(tx) = &self.tx else { return };
+        let Some(Handle(s)) = self.shared.as_deref() else {
+            return;
+        };
         let mut buf = Vec::with_capacity(320);
-        if serde_json::to_writer(&mut buf, line).is_ok() {
-            buf.push(b'\n');
-            let _ = tx.send(Msg::Line(buf));
+        if serde_json::to_writer(&mut buf, line).is_err() {
+            return;
+        }
+        buf.push(b'\n');
+        let len = match s.buf.lock() {
+            Ok(mut b) => {
+                b.extend_from_slice(&buf);
+                b.len()
+            }
+            Err(_) => return,
+        };
+        if len >= MAX_BUFFER_BYTES {
+            s.drain();
+        } else if len >= WAKE_BYTES {
+            s.wake.notify_one();
         }
     }
 
-    /// Waits until every line queued so far is written and flushed.
+    /// Writes and flushes every line buffered so far.
     pub fn flush(&self) {
-        let Some(tx) = &self.tx else { return };
-        let (done, wait) = mpsc::channel();
-        if tx.send(Msg::Flush(done)).is_ok() {
-            let _ = wait.recv();
+        if let Some(Handle(s)) = self.shared.as_deref() {
+            s.drain();
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Metric names (SPEC §9.1) as constants, and the process-wide Prometheus recorder.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -61,4 +62,86 @@ fn describe() {
     );
     metrics::describe_gauge!(OUTBOX_PENDING, "Outbox rows not yet delivered");
     metrics::describe_gauge!(DEAD_LETTERS, "Dead letters kept");
+}
+
+/// The metric handles of one route, resolved once so that a request allocates no labels and
+/// looks nothing up in the registry except the first time a (status, code) pair is seen.
+pub struct RouteMetrics {
+    route: String,
+    duration: metrics::Histogram,
+    committed: metrics::Counter,
+    duplicates: metrics::Counter,
+    signature_missing: metrics::Counter,
+    signature_invalid: metrics::Counter,
+    signature_valid: Mutex<HashMap<String, metrics::Counter>>,
+    requests: Mutex<HashMap<(u16, &'static str), metrics::Counter>>,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> RouteMetrics {
+        let r = route.to_string();
+        let sig = |result: &'static str| metrics::counter!(SIGNATURE_CHECKS_TOTAL, "route" => r.clone(), "result" => result, "secret" => "");
+        RouteMetrics {
+            duration: metrics::histogram!(REQUEST_DURATION_SECONDS, "route" => r.clone()),
+            committed: metrics::counter!(EVENTS_COMMITTED_TOTAL, "route" => r.clone()),
+            duplicates: metrics::counter!(DUPLICATES_TOTAL, "route" => r.clone()),
+            signature_missing: sig("missing"),
+            signature_invalid: sig("invalid"),
+            signature_valid: Mutex::new(HashMap::new()),
+            requests: Mutex::new(HashMap::new()),
+            route: r,
+        }
+    }
+
+    /// One answered request.
+    pub fn request(&self, status: u16, code: &'static str, seconds: f64) {
+        self.duration.record(seconds);
+        if let Ok(mut m) = self.requests.lock() {
+            m.entry((status, code))
+                .or_insert_with(|| {
+                    metrics::counter!(REQUESTS_TOTAL, "route" => self.route.clone(),
+                        "status" => status.to_string(), "code" => code)
+                })
+                .increment(1);
+        }
+    }
+
+    pub fn committed(&self) {
+        self.committed.increment(1);
+    }
+
+    pub fn duplicate(&self) {
+        self.duplicates.increment(1);
+    }
+
+    /// A signature check; `secret` is the label of the secret that matched, if any.
+    pub fn signature(&self, result: SignatureResult, secret: Option<&str>) {
+        match (result, secret) {
+            (SignatureResult::Valid, Some(label)) => {
+                if let Ok(mut m) = self.signature_valid.lock() {
+                    match m.get(label) {
+                        Some(c) => c.increment(1),
+                        None => {
+                            let c = metrics::counter!(SIGNATURE_CHECKS_TOTAL,
+                                "route" => self.route.clone(), "result" => "valid",
+                                "secret" => label.to_string());
+                            c.increment(1);
+                            m.insert(label.to_string(), c);
+                        }
+                    }
+                }
+            }
+            (SignatureResult::Valid, None) => {}
+            (SignatureResult::Missing, _) => self.signature_missing.increment(1),
+            (SignatureResult::Invalid, _) => self.signature_invalid.increment(1),
+        }
+    }
+}
+
+/// The `result` label of `cognihook_signature_checks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureResult {
+    Valid,
+    Missing,
+    Invalid,
 }

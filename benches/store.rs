@@ -1,0 +1,87 @@
+//! The store's commit path alone: 64 concurrent acceptances (one group-commit window's worth)
+//! on a real SQLite file, with `synchronous=FULL` and with `OFF`, to separate fsync cost from
+//! CPU cost.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use cognihook::config::{StoreConfig, SyncMode};
+use cognihook::ingest::payload::NormalisedEvent;
+use cognihook::store::{sqlite::SqliteStore, Acceptance, Store};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use serde_json::json;
+
+fn acceptance(i: u64) -> Acceptance {
+    let key = ulid::Ulid::new().to_string();
+    Acceptance {
+        idempotency_key: format!("bench:{key}"),
+        event: NormalisedEvent {
+            event_id: ulid::Ulid::new().to_string(),
+            route: "flow-events".into(),
+            correlation_id: format!("corr-{key}"),
+            transaction_id: uuid::Uuid::new_v4().to_string(),
+            received_at: cognihook::now_rfc3339(),
+            session_id: format!("sess-{}", i % 1000),
+            user_id: "usr-1".into(),
+            event_type: "flow.execution".into(),
+            text: Some("Check order status".into()),
+            intent: None,
+            entities: Default::default(),
+            channel: None,
+            locale: None,
+            url_token: None,
+            trace_id: None,
+            state_version: 0,
+            simulated: false,
+            payload: json!({"sessionId": format!("sess-{}", i % 1000), "userId": "usr-1",
+                "message": "Check order status", "eventType": "flow.execution",
+                "timestamp": "2024-01-15T14:32:10Z", "flowName": "OrderSupportFlow"}),
+        },
+        response: json!({"status": "success", "message": "Payload processed successfully",
+            "correlationId": "c", "transactionId": "t", "timestamp": "2024-01-15T14:32:10Z",
+            "data": {"processed": true}}),
+        sinks: vec![],
+        max_response_bytes: 1 << 20,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("store_accept_64_concurrent");
+    g.throughput(Throughput::Elements(64));
+    for sync in [SyncMode::Full, SyncMode::Off] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            sync,
+            ..StoreConfig::default()
+        };
+        let store = Store::Sqlite(Arc::new(SqliteStore::open(&cfg).unwrap()));
+        let mut i = 0u64;
+        g.bench_function(format!("{sync:?}"), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let mut tasks = Vec::with_capacity(64);
+                    for _ in 0..64 {
+                        i += 1;
+                        let (s, a) = (store.clone(), acceptance(i));
+                        tasks.push(tokio::spawn(async move { s.accept(a).await }));
+                    }
+                    for t in tasks {
+                        t.await.unwrap().unwrap();
+                    }
+                })
+            })
+        });
+        rt.block_on(store.close());
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
