@@ -1,7 +1,8 @@
 //! `App::build` is the one place everything is wired; `App::run` serves until shutdown.
 //!
-//! Shutdown order: the trigger fires → `/readyz` turns 503 and the listeners stop accepting →
-//! in-flight requests finish (bounded by `server.shutdown_grace`) → the store writer commits
+//! Shutdown order: the trigger fires → `/readyz` turns 503, the listeners stop accepting and
+//! the delivery worker stops claiming → in-flight requests and sends finish (each bounded by
+//! `server.shutdown_grace`; cut-off sends come due again by lease) → the store writer commits
 //! what is queued and stops → the audit log is flushed.
 
 use std::net::SocketAddr;
@@ -11,23 +12,49 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AuthScheme, Config};
+use crate::config::{AuthScheme, Config, EnvSource};
+use crate::delivery::worker::{Deliverer, SinkRuntime};
 use crate::http::{self, AppState};
 use crate::ingest::Routes;
 use crate::store::{sqlite::SqliteStore, Store};
 use crate::telemetry::{self, audit::Audit};
 
+/// What a configuration builds before anything runs: routes (secrets resolved, rules
+/// compiled) and sink clients. Every problem is reported at once.
+pub struct Wiring {
+    pub routes: Routes,
+    pub sinks: Vec<Arc<SinkRuntime>>,
+}
+
+impl Wiring {
+    pub fn build(config: &Config, env: &dyn EnvSource) -> Result<Wiring, Vec<String>> {
+        let routes = Routes::build(config, env);
+        let sinks = crate::delivery::build_sinks(config, env);
+        match (routes, sinks) {
+            (Ok(routes), Ok(sinks)) => Ok(Wiring { routes, sinks }),
+            (r, s) => Err(r
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .chain(s.err().unwrap_or_default())
+                .collect()),
+        }
+    }
+}
+
 /// A built gateway, listeners bound, ready to run.
 pub struct App {
     config: Config,
     state: AppState,
+    deliverer: Arc<Deliverer>,
     public: (TcpListener, axum::Router),
     admin: Option<(TcpListener, axum::Router)>,
 }
 
 impl App {
     /// Opens the store, starts the audit writer, binds the listeners and builds the routers.
-    pub async fn build(config: Config, routes: Routes) -> anyhow::Result<App> {
+    pub async fn build(config: Config, wiring: Wiring) -> anyhow::Result<App> {
+        let Wiring { routes, sinks } = wiring;
         for r in &config.routes {
             if r.auth.scheme == AuthScheme::None {
                 tracing::warn!(route = %r.name, path = %r.path,
@@ -46,12 +73,20 @@ impl App {
         } else {
             Audit::disabled()
         };
+        let metrics = telemetry::metrics::install();
+        let deliverer = Deliverer::new(
+            store.clone(),
+            sinks,
+            audit.clone(),
+            config.delivery.poll_interval,
+        );
         let state = AppState::new(
             store,
             audit,
-            telemetry::metrics::install(),
+            metrics,
             config.limits.clone(),
             config.server.admin_token.as_deref(),
+            deliverer.clone(),
         );
         let public_listener = TcpListener::bind(config.server.listen)
             .await
@@ -74,6 +109,7 @@ impl App {
         Ok(App {
             config,
             state,
+            deliverer,
             public: (public_listener, public_router),
             admin,
         })
@@ -93,6 +129,11 @@ impl App {
         &self.state
     }
 
+    /// The delivery workers (tests drive them with `tick` and `idle`).
+    pub fn deliverer(&self) -> &Arc<Deliverer> {
+        &self.deliverer
+    }
+
     /// The public router, for driving requests without sockets (tests).
     pub fn public_router(&self) -> axum::Router {
         self.public.1.clone()
@@ -103,6 +144,7 @@ impl App {
         let App {
             config,
             state,
+            deliverer,
             public,
             admin,
         } = self;
@@ -119,6 +161,8 @@ impl App {
                 state.begin_shutdown();
             })
         };
+        let delivery_task = (config.delivery.enabled && !deliverer.sinks().is_empty())
+            .then(|| tokio::spawn(deliverer.clone().run(shutdown.clone(), grace)));
         let public_task = tokio::spawn(http::serve(
             public.0,
             public.1,
@@ -130,6 +174,9 @@ impl App {
             .map(|(l, r)| tokio::spawn(http::serve(l, r, shutdown.clone(), header_timeout, grace)));
         let _ = public_task.await;
         if let Some(t) = admin_task {
+            let _ = t.await;
+        }
+        if let Some(t) = delivery_task {
             let _ = t.await;
         }
         let _ = flag.await;

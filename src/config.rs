@@ -39,6 +39,106 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// `[sink.NAME]` tables.
+    #[serde(rename = "sink", skip_serializing_if = "BTreeMap::is_empty")]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    pub delivery: DeliveryConfig,
+}
+
+/// Sink kinds (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    Http,
+    Nats,
+    Amqp,
+    Redis,
+    Cognigy,
+    File,
+}
+
+impl SinkKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkKind::Http => "http",
+            SinkKind::Nats => "nats",
+            SinkKind::Amqp => "amqp",
+            SinkKind::Redis => "redis",
+            SinkKind::Cognigy => "cognigy",
+            SinkKind::File => "file",
+        }
+    }
+}
+
+/// One `[sink.NAME]` table. Keys that do not apply to the kind are reported by `validate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SinkConfig {
+    pub kind: SinkKind,
+    /// Time one attempt may take.
+    #[serde(default = "default_sink_timeout", with = "duration_str")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub retry: crate::delivery::retry::RetryPolicy,
+    #[serde(default)]
+    pub breaker: crate::delivery::breaker::BreakerConfig,
+    /// Attempts in flight at once.
+    #[serde(default = "default_sink_concurrency")]
+    pub concurrency: usize,
+    /// One event in flight per session, in acceptance order.
+    #[serde(default)]
+    pub ordered: bool,
+    /// http: target URL; nats/amqp/redis: broker URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// http: secret for the outgoing `X-Cognihook-Signature` (`env:`/`file:`/literal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// file: the JSON-lines file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// nats: subject template (`{route}`, `{eventType}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// amqp: exchange.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<String>,
+    /// amqp: routing key template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_key: Option<String>,
+    /// redis: stream key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// redis: approximate MAXLEN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maxlen: Option<u64>,
+}
+
+fn default_sink_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_sink_concurrency() -> usize {
+    8
+}
+
+/// `[delivery]`: the delivery workers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeliveryConfig {
+    /// Run the delivery workers in `serve`.
+    pub enabled: bool,
+    /// Poll for due rows at least this often (new events wake the workers at once).
+    #[serde(with = "duration_str")]
+    pub poll_interval: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -239,6 +339,8 @@ impl Default for Config {
             store: StoreConfig::default(),
             audit: AuditConfig::default(),
             routes: default_routes(),
+            sinks: BTreeMap::new(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -490,11 +592,20 @@ impl Config {
                     }
                 }
             }
+            let mut seen = std::collections::HashSet::new();
             for s in &r.sinks {
-                p.push(format!(
-                    "{at}: sink `{s}` is not defined (this version delivers to no sinks yet)"
-                ));
+                if !self.sinks.contains_key(s) {
+                    p.push(format!(
+                        "{at}: sink `{s}` is not defined (no [sink.{s}] table)"
+                    ));
+                }
+                if !seen.insert(s) {
+                    p.push(format!("{at}: sink `{s}` listed twice"));
+                }
             }
+        }
+        for (name, s) in &self.sinks {
+            p.extend(s.validate(name));
         }
         p
     }
@@ -513,6 +624,87 @@ impl Config {
             }
         }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+impl SinkConfig {
+    /// Problems with this sink's table.
+    pub fn validate(&self, name: &str) -> Vec<String> {
+        let at = format!("sink `{name}` ({})", self.kind.name());
+        let mut p = Vec::new();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            p.push(format!(
+                "sink `{name}`: names use letters, digits, `-` and `_`"
+            ));
+        }
+        if self.concurrency == 0 {
+            p.push(format!("{at}: concurrency must be at least 1"));
+        }
+        if self.timeout.is_zero() {
+            p.push(format!("{at}: timeout must be greater than 0"));
+        }
+        if self.retry.max_attempts == 0 {
+            p.push(format!("{at}: retry.max_attempts must be at least 1"));
+        }
+        if self.retry.base_delay > self.retry.max_delay {
+            p.push(format!(
+                "{at}: retry.base_delay is greater than retry.max_delay"
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.breaker.failure_ratio) {
+            p.push(format!(
+                "{at}: breaker.failure_ratio must be between 0 and 1"
+            ));
+        }
+        let given: [(&str, bool); 8] = [
+            ("url", self.url.is_some()),
+            ("secret", self.secret.is_some()),
+            ("path", self.path.is_some()),
+            ("subject", self.subject.is_some()),
+            ("exchange", self.exchange.is_some()),
+            ("routing_key", self.routing_key.is_some()),
+            ("stream", self.stream.is_some()),
+            ("maxlen", self.maxlen.is_some()),
+        ];
+        let (required, optional): (&[&str], &[&str]) = match self.kind {
+            SinkKind::Http => (&["url"], &["secret"]),
+            SinkKind::File => (&["path"], &[]),
+            SinkKind::Nats => (&["url", "subject"], &[]),
+            SinkKind::Amqp => (&["url", "exchange"], &["routing_key"]),
+            SinkKind::Redis => (&["url", "stream"], &["maxlen"]),
+            SinkKind::Cognigy => (&[], &[]),
+        };
+        for (key, present) in given {
+            if present && !required.contains(&key) && !optional.contains(&key) {
+                p.push(format!("{at}: key `{key}` does not apply to this kind"));
+            }
+        }
+        for key in required {
+            if !given.iter().any(|(k, present)| k == key && *present) {
+                p.push(format!("{at}: `{key}` is required"));
+            }
+        }
+        if let (SinkKind::Http, Some(u)) = (self.kind, &self.url) {
+            match u.parse::<http::Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.host().is_some() => {}
+                _ => p.push(format!(
+                    "{at}: url `{u}` must be an absolute http:// or https:// URL"
+                )),
+            }
+        }
+        if !crate::sinks::AVAILABLE.contains(&self.kind) {
+            p.push(format!(
+                "{at}: this version cannot deliver to `{}` sinks yet",
+                self.kind.name()
+            ));
+        }
+        p
     }
 }
 

@@ -25,8 +25,10 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod http;
 pub mod ingest;
+pub mod sinks;
 pub mod store;
 pub mod telemetry;
 
@@ -53,4 +55,23 @@ pub fn format_rfc3339(t: time::OffsetDateTime) -> String {
 /// Current Unix time in milliseconds.
 pub fn now_millis() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// This process's name in delivery attempts (`host:pid`), so admin views show which replica
+/// made each attempt.
+pub fn replica_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_string());
+        format!("{host}:{}", std::process::id())
+    })
 }

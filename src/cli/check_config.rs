@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use super::CliError;
+use crate::app::Wiring;
 use crate::config::{self, Config, ProcessEnv};
-use crate::ingest::Routes;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct CheckConfigArgs {
@@ -20,7 +20,7 @@ pub(super) fn run(file: Option<&Path>, args: CheckConfigArgs) -> Result<(), CliE
     }
     let (config, mut problems) = Config::load_report(file, &ProcessEnv);
     if let Some(c) = &config {
-        if let Err(mut p) = Routes::build(c, &ProcessEnv) {
+        if let Err(mut p) = Wiring::build(c, &ProcessEnv) {
             problems.append(&mut p);
         }
     }

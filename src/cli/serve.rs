@@ -6,8 +6,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::CliError;
 use crate::app::App;
+use crate::app::Wiring;
 use crate::config::{self, Config, ProcessEnv};
-use crate::ingest::Routes;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct ServeArgs {
@@ -26,11 +26,11 @@ pub(super) fn run(file: Option<&Path>, args: ServeArgs) -> Result<(), CliError> 
             return Err(CliError::Usage(config::ConfigErrors(problems).to_string()));
         }
     }
-    let routes = Routes::build(&config, &ProcessEnv)
+    let wiring = Wiring::build(&config, &ProcessEnv)
         .map_err(|p| CliError::Usage(config::ConfigErrors(p).to_string()))?;
     let rt = super::runtime()?;
     rt.block_on(async move {
-        let app = App::build(config, routes)
+        let app = App::build(config, wiring)
             .await
             .map_err(|e| CliError::Runtime(format!("{e:#}")))?;
         let shutdown = CancellationToken::new();

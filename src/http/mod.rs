@@ -39,6 +39,7 @@ pub struct Shared {
     pub limits: LimitsConfig,
     /// SHA-256 of the admin token; `None` disables the admin API.
     pub admin_token_hash: Option<[u8; 32]>,
+    pub deliverer: Arc<crate::delivery::worker::Deliverer>,
     shutting_down: AtomicBool,
 }
 
@@ -56,6 +57,7 @@ impl AppState {
         metrics: PrometheusHandle,
         limits: LimitsConfig,
         admin_token: Option<&str>,
+        deliverer: Arc<crate::delivery::worker::Deliverer>,
     ) -> AppState {
         AppState(Arc::new(Shared {
             store,
@@ -64,6 +66,7 @@ impl AppState {
             metrics,
             limits,
             admin_token_hash: admin_token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            deliverer,
             shutting_down: AtomicBool::new(false),
         }))
     }
@@ -132,6 +135,14 @@ fn admin_routes() -> Router<AppState> {
         .route("/metrics", get(ops::metrics))
         .route("/stats", get(ops::stats))
         .route("/admin/events/{id}", get(ops::admin_event))
+        .route("/admin/dead-letters", get(ops::admin_dead_letters))
+        .route("/admin/dead-letters/replay", post(ops::admin_replay))
+        .route(
+            "/admin/dead-letters/{id}",
+            axum::routing::delete(ops::admin_purge),
+        )
+        .route("/admin/sinks", get(ops::admin_sinks))
+        .route("/admin/sinks/{name}/{action}", post(ops::admin_sink_action))
 }
 
 fn finish(r: Router<AppState>, state: AppState) -> Router {

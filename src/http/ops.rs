@@ -37,6 +37,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    refresh_sink_gauges(&state).await;
     let mut r = state.metrics.render().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -60,6 +61,23 @@ pub async fn stats(State(state): State<AppState>) -> Response {
         );
     }
     json_response(StatusCode::OK, Bytes::from(body.to_string()), None)
+}
+
+/// Sets each sink's outbox and circuit gauges from the store (on every scrape).
+async fn refresh_sink_gauges(state: &AppState) {
+    let sinks = state.deliverer.sinks();
+    if sinks.is_empty() {
+        return;
+    }
+    let names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();
+    match state.store.sink_counts(&names).await {
+        Ok(counts) => {
+            for (s, c) in sinks.iter().zip(&counts) {
+                s.observe(c);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read outbox figures for /metrics"),
+    }
 }
 
 /// Checks `Authorization: Bearer <token>` against the admin token in constant time.
@@ -114,4 +132,257 @@ pub async fn admin_event(
             ApiError::unavailable("the event store is unavailable").into_response()
         }
     }
+}
+
+fn json_ok(v: &impl serde::Serialize) -> Response {
+    json_response(
+        StatusCode::OK,
+        Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+        None,
+    )
+}
+
+fn store_unavailable(e: &crate::store::StoreError) -> Response {
+    tracing::error!(error = %e, "admin store operation failed");
+    ApiError::unavailable("the event store is unavailable").into_response()
+}
+
+/// Query of `GET /admin/dead-letters`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterQuery {
+    sink: Option<String>,
+    route: Option<String>,
+    reason: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+}
+
+fn filter_from(
+    sink: Option<String>,
+    route: Option<String>,
+    reason: Option<String>,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<crate::store::DeadLetterFilter, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_payload", m);
+    let reason = match reason.as_deref() {
+        None | Some("") => None,
+        Some("permanent") => Some(crate::store::DeadReason::Permanent),
+        Some("exhausted") => Some(crate::store::DeadReason::Exhausted),
+        Some(other) => {
+            return Err(bad(format!(
+                "reason `{other}`: expected permanent or exhausted"
+            )))
+        }
+    };
+    let time = |v: Option<&str>, name: &str| -> Result<Option<i64>, ApiError> {
+        v.filter(|s| !s.is_empty())
+            .map(|s| crate::store::parse_time_bound(s).map_err(|e| bad(format!("{name}: {e}"))))
+            .transpose()
+    };
+    Ok(crate::store::DeadLetterFilter {
+        ids: Vec::new(),
+        sink: sink.filter(|s| !s.is_empty()),
+        route: route.filter(|s| !s.is_empty()),
+        reason,
+        since_ms: time(since, "since")?,
+        until_ms: time(until, "until")?,
+    })
+}
+
+pub async fn admin_dead_letters(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
+    }
+    let q = match query {
+        Ok(q) => q.0,
+        Err(e) => {
+            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_payload", e.body_text())
+                .into_response()
+        }
+    };
+    let filter = match filter_from(
+        q.sink,
+        q.route,
+        q.reason,
+        q.since.as_deref(),
+        q.until.as_deref(),
+    ) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    match state
+        .store
+        .dead_letters(&filter, q.limit.unwrap_or(100))
+        .await
+    {
+        Ok((total, items)) => json_ok(&json!({"total": total, "items": items})),
+        Err(e) => store_unavailable(&e),
+    }
+}
+
+/// Body of `POST /admin/dead-letters/replay`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    #[serde(default)]
+    ids: Vec<i64>,
+    sink: Option<String>,
+    route: Option<String>,
+    reason: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+pub async fn admin_replay(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
+    }
+    let req: ReplayRequest = if body.is_empty() {
+        ReplayRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string())
+                    .into_response()
+            }
+        }
+    };
+    let mut filter = match filter_from(
+        req.sink,
+        req.route,
+        req.reason,
+        req.since.as_deref(),
+        req.until.as_deref(),
+    ) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    filter.ids = req.ids;
+    match state.store.replay(&filter, req.dry_run).await {
+        Ok(n) if req.dry_run => json_ok(&json!({"would_replay": n})),
+        Ok(n) => {
+            if n > 0 {
+                audit_replay(&state, n);
+                state.deliverer.wake();
+            }
+            json_ok(&json!({"replayed": n}))
+        }
+        Err(e) => store_unavailable(&e),
+    }
+}
+
+fn audit_replay(state: &AppState, n: u64) {
+    tracing::info!(replayed = n, "dead letters replayed");
+    state.audit.write(&crate::telemetry::audit::AuditLine {
+        ts: crate::now_rfc3339(),
+        event: crate::telemetry::audit::AuditKind::Replayed,
+        route: "",
+        correlation_id: "",
+        transaction_id: "",
+        event_id: None,
+        session_id: None,
+        event_type: None,
+        status: 200,
+        code: None,
+        latency_ms: 0.0,
+        state_version: Some(n),
+        simulated: false,
+        sink: None,
+        attempt: None,
+    });
+}
+
+pub async fn admin_purge(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
+    }
+    let filter = crate::store::DeadLetterFilter {
+        ids: vec![id],
+        ..Default::default()
+    };
+    match state.store.purge(&filter).await {
+        Ok(0) => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no dead letter with this id",
+        )
+        .into_response(),
+        Ok(n) => json_ok(&json!({"deleted": n})),
+        Err(e) => store_unavailable(&e),
+    }
+}
+
+pub async fn admin_sinks(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
+    }
+    let sinks = state.deliverer.sinks();
+    let names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();
+    let counts = match state.store.sink_counts(&names).await {
+        Ok(c) => c,
+        Err(e) => return store_unavailable(&e),
+    };
+    let items: Vec<_> = sinks
+        .iter()
+        .zip(&counts)
+        .map(|(s, c)| {
+            s.observe(c);
+            json!({
+                "name": s.name,
+                "kind": s.config.kind.name(),
+                "circuit": s.circuit().name(),
+                "paused": s.is_paused(),
+                "pending": c.pending,
+                "oldestPendingAgeSeconds": c.oldest_pending_age_seconds,
+                "deadLetters": c.dead_letters,
+            })
+        })
+        .collect();
+    json_ok(&json!({ "sinks": items }))
+}
+
+pub async fn admin_sink_action(
+    State(state): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
+    }
+    let Some(sink) = state.deliverer.sink(&name) else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no sink named `{name}`"),
+        )
+        .into_response();
+    };
+    match action.as_str() {
+        "pause" => sink.set_paused(true),
+        "resume" => {
+            sink.set_paused(false);
+            state.deliverer.wake();
+        }
+        _ => return ApiError::not_found().into_response(),
+    }
+    tracing::info!(sink = %name, paused = sink.is_paused(), "sink {action}d by the admin API");
+    json_ok(&json!({"name": name, "paused": sink.is_paused()}))
 }

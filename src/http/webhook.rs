@@ -177,23 +177,29 @@ async fn pipeline(
         sinks: route.sinks.clone(),
         max_response_bytes: state.limits.max_response_bytes,
     };
+    let has_sinks = !acceptance.sinks.is_empty();
     match state.store.accept(acceptance).await {
         Ok(AcceptOutcome::Committed {
             state_version,
             body,
-        }) => Outcome {
-            status: StatusCode::OK,
-            code: None,
-            body,
-            correlation_id,
-            replayed: false,
-            retry_after: None,
-            kind: AuditKind::WebhookProcessed,
-            event: Some(EventFacts {
-                state_version: Some(state_version),
-                ..facts
-            }),
-        },
+        }) => {
+            if has_sinks {
+                state.deliverer.wake();
+            }
+            Outcome {
+                status: StatusCode::OK,
+                code: None,
+                body,
+                correlation_id,
+                replayed: false,
+                retry_after: None,
+                kind: AuditKind::WebhookProcessed,
+                event: Some(EventFacts {
+                    state_version: Some(state_version),
+                    ..facts
+                }),
+            }
+        }
         Ok(AcceptOutcome::Duplicate {
             status,
             body,
@@ -409,7 +415,7 @@ fn finish(
             state.stats.duplicate();
             ep.metrics.duplicate();
         }
-        AuditKind::WebhookRejected => {}
+        _ => {}
     }
     let ev = o.event.as_ref();
     state.audit.write(&AuditLine {
@@ -426,6 +432,8 @@ fn finish(
         latency_ms: (latency.as_secs_f64() * 1e6).round() / 1e3,
         state_version: ev.and_then(|e| e.state_version),
         simulated: ep.simulated,
+        sink: None,
+        attempt: None,
     });
     let mut r = json_response(o.status, o.body, o.retry_after);
     if let Ok(v) = HeaderValue::from_str(&o.correlation_id) {

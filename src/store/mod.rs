@@ -71,7 +71,132 @@ pub struct Journey {
 pub struct Delivery {
     pub sink: String,
     pub status: String,
-    pub attempts: Vec<Value>,
+    pub attempts: Vec<Attempt>,
+}
+
+/// One attempt (or replay) in a delivery's history.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    pub attempt: u32,
+    pub at: String,
+    /// `delivered`, `retry`, `dead_lettered` or `replayed`.
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Which gateway process made the attempt (`host:pid`).
+    pub replica: String,
+}
+
+/// An outbox row claimed for delivery, with what the sink needs.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub outbox_id: i64,
+    /// Identifies this claim; a settlement applies only while the claim still holds the row.
+    pub lease_token: String,
+    pub sink: String,
+    pub event_id: String,
+    pub correlation_id: String,
+    pub route: String,
+    pub session_id: String,
+    pub event_type: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    /// The normalised event as JSON.
+    pub body: Bytes,
+}
+
+/// Why a delivery was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeadReason {
+    /// The sink refused the event (4xx, broker rejection): retrying cannot help.
+    Permanent,
+    /// Transient failures until the retry policy gave up.
+    Exhausted,
+}
+
+impl DeadReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::Permanent => "permanent",
+            DeadReason::Exhausted => "exhausted",
+        }
+    }
+
+    /// The failure class of the last error.
+    pub fn class(self) -> &'static str {
+        match self {
+            DeadReason::Permanent => "permanent",
+            DeadReason::Exhausted => "transient",
+        }
+    }
+}
+
+/// How a claimed row is settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// The sink took the event.
+    Delivered { duration_ms: u64 },
+    /// A transient failure: try again at `at_ms` (Unix ms).
+    Retry {
+        at_ms: i64,
+        error: String,
+        duration_ms: u64,
+    },
+    /// Give up: the row becomes a dead letter.
+    Dead {
+        reason: DeadReason,
+        error: String,
+        duration_ms: u64,
+    },
+    /// Not attempted (circuit open, paused, shutting down): due again at `at_ms`, no attempt
+    /// counted.
+    Release { at_ms: i64 },
+}
+
+/// Which dead letters an operation applies to. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeadLetterFilter {
+    pub ids: Vec<i64>,
+    pub sink: Option<String>,
+    pub route: Option<String>,
+    pub reason: Option<DeadReason>,
+    /// Dead-lettered at or after (Unix ms).
+    #[serde(skip)]
+    pub since_ms: Option<i64>,
+    /// Dead-lettered before (Unix ms).
+    #[serde(skip)]
+    pub until_ms: Option<i64>,
+}
+
+/// A dead letter (SPEC §9 admin shape).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub id: i64,
+    pub event_id: String,
+    pub correlation_id: String,
+    pub sink: String,
+    pub route: String,
+    pub class: String,
+    pub reason: String,
+    pub attempts: u32,
+    pub last_error: String,
+    pub dead_lettered_at: String,
+}
+
+/// Delivery figures of one sink.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkCounts {
+    pub sink: String,
+    pub pending: u64,
+    pub oldest_pending_age_seconds: f64,
+    pub dead_letters: u64,
 }
 
 /// Counts for `/stats` and metrics.
@@ -115,10 +240,81 @@ impl Store {
         }
     }
 
+    /// Claims up to `limit` due rows of `sink` for `lease`. With `ordered`, a row is due only
+    /// when no earlier row of the same session is still pending for that sink.
+    pub async fn claim(
+        &self,
+        sink: &str,
+        limit: usize,
+        lease: std::time::Duration,
+        ordered: bool,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.claim(sink, limit, lease, ordered).await,
+        }
+    }
+
+    /// Settles a claimed row; returns false when the claim no longer held it (lease lost).
+    pub async fn settle(&self, claim: &Claimed, s: Settlement) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(st) => st.settle(claim, s).await,
+        }
+    }
+
+    /// Dead letters matching the filter, newest first: (total matching, first `limit`).
+    pub async fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<(u64, Vec<DeadLetter>), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.dead_letters(filter.clone(), limit).await,
+        }
+    }
+
+    /// Puts matching dead letters back in the outbox (or, with `dry_run`, counts them).
+    pub async fn replay(
+        &self,
+        filter: &DeadLetterFilter,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.replay(filter.clone(), dry_run).await,
+        }
+    }
+
+    /// Deletes matching dead letters.
+    pub async fn purge(&self, filter: &DeadLetterFilter) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.purge(filter.clone()).await,
+        }
+    }
+
+    /// Pending, oldest pending age and dead letters for each named sink.
+    pub async fn sink_counts(&self, sinks: &[String]) -> Result<Vec<SinkCounts>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.sink_counts(sinks.to_vec()).await,
+        }
+    }
+
     /// Commits everything queued, then stops the writer.
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => s.close().await,
         }
+    }
+}
+
+/// Parses a time bound for dead-letter filters: an RFC 3339 timestamp, or a duration meaning
+/// "that long ago" (`"2h"`). Returns Unix milliseconds.
+pub fn parse_time_bound(s: &str) -> Result<i64, String> {
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok((t.unix_timestamp_nanos() / 1_000_000) as i64);
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) => Ok(crate::now_millis() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)),
+        Err(_) => Err(format!(
+            "`{s}` is neither an RFC 3339 time nor a duration such as 2h"
+        )),
     }
 }

@@ -27,6 +27,11 @@ pub enum AuditKind {
     WebhookProcessed,
     WebhookRejected,
     WebhookDuplicate,
+    DeliverySucceeded,
+    /// A failed attempt that will be retried.
+    DeliveryFailed,
+    DeadLettered,
+    Replayed,
 }
 
 /// One audit line. Optional fields are left out when unknown.
@@ -50,6 +55,10 @@ pub struct AuditLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_version: Option<u64>,
     pub simulated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sink: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 struct Shared {
@@ -191,6 +200,8 @@ mod tests {
                 latency_ms: 1.5,
                 state_version: Some(i),
                 simulated: false,
+                sink: None,
+                attempt: None,
             });
         }
         audit.flush();

@@ -10,8 +10,12 @@ pub const REQUEST_DURATION_SECONDS: &str = "cognihook_request_duration_seconds";
 pub const SIGNATURE_CHECKS_TOTAL: &str = "cognihook_signature_checks_total";
 pub const EVENTS_COMMITTED_TOTAL: &str = "cognihook_events_committed_total";
 pub const DUPLICATES_TOTAL: &str = "cognihook_duplicates_total";
+pub const DELIVERIES_TOTAL: &str = "cognihook_deliveries_total";
+pub const DELIVERY_DURATION_SECONDS: &str = "cognihook_delivery_duration_seconds";
 pub const OUTBOX_PENDING: &str = "cognihook_outbox_pending";
+pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "cognihook_outbox_oldest_age_seconds";
 pub const DEAD_LETTERS: &str = "cognihook_dead_letters";
+pub const CIRCUIT_STATE: &str = "cognihook_circuit_state";
 
 /// Request latency buckets, in seconds: fine below Cognigy's 8 s deadline.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -29,6 +33,12 @@ pub fn install() -> PrometheusHandle {
                     Matcher::Full(REQUEST_DURATION_SECONDS.to_string()),
                     LATENCY_BUCKETS,
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(DELIVERY_DURATION_SECONDS.to_string()),
+                        LATENCY_BUCKETS,
+                    )
+                })
                 .map(PrometheusBuilder::build_recorder)
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
             let handle = recorder.handle();
@@ -60,8 +70,25 @@ fn describe() {
         DUPLICATES_TOTAL,
         "Duplicate requests answered from the idempotency record"
     );
-    metrics::describe_gauge!(OUTBOX_PENDING, "Outbox rows not yet delivered");
-    metrics::describe_gauge!(DEAD_LETTERS, "Dead letters kept");
+    metrics::describe_counter!(
+        DELIVERIES_TOTAL,
+        "Delivery attempts by sink and outcome (delivered, retried, dead_lettered)"
+    );
+    metrics::describe_histogram!(
+        DELIVERY_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time one delivery attempt took, by sink"
+    );
+    metrics::describe_gauge!(OUTBOX_PENDING, "Outbox rows not yet delivered, by sink");
+    metrics::describe_gauge!(
+        OUTBOX_OLDEST_AGE_SECONDS,
+        "Age of the oldest undelivered outbox row, by sink"
+    );
+    metrics::describe_gauge!(DEAD_LETTERS, "Dead letters kept, by sink");
+    metrics::describe_gauge!(
+        CIRCUIT_STATE,
+        "Circuit breaker state by sink: 0 closed, 1 half-open, 2 open"
+    );
 }
 
 /// The metric handles of one route, resolved once so that a request allocates no labels and
@@ -144,4 +171,33 @@ pub enum SignatureResult {
     Valid,
     Missing,
     Invalid,
+}
+
+/// The metric handles of one sink.
+pub struct SinkMetrics {
+    pub delivered: metrics::Counter,
+    pub retried: metrics::Counter,
+    pub dead_lettered: metrics::Counter,
+    pub duration: metrics::Histogram,
+    pub pending: metrics::Gauge,
+    pub oldest_age: metrics::Gauge,
+    pub dead_letters: metrics::Gauge,
+    pub circuit: metrics::Gauge,
+}
+
+impl SinkMetrics {
+    pub fn new(sink: &str) -> SinkMetrics {
+        let s = sink.to_string();
+        let outcome = |o: &'static str| metrics::counter!(DELIVERIES_TOTAL, "sink" => s.clone(), "outcome" => o);
+        SinkMetrics {
+            delivered: outcome("delivered"),
+            retried: outcome("retried"),
+            dead_lettered: outcome("dead_lettered"),
+            duration: metrics::histogram!(DELIVERY_DURATION_SECONDS, "sink" => s.clone()),
+            pending: metrics::gauge!(OUTBOX_PENDING, "sink" => s.clone()),
+            oldest_age: metrics::gauge!(OUTBOX_OLDEST_AGE_SECONDS, "sink" => s.clone()),
+            dead_letters: metrics::gauge!(DEAD_LETTERS, "sink" => s.clone()),
+            circuit: metrics::gauge!(CIRCUIT_STATE, "sink" => s),
+        }
+    }
 }

@@ -10,9 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use cognihook::app::App;
+use cognihook::app::{App, Wiring};
 use cognihook::config::Config;
-use cognihook::ingest::Routes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -106,8 +105,8 @@ pub async fn build_app(dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -
     let mut c = test_config(dir);
     tweak(&mut c);
     assert!(c.validate().is_empty(), "{:?}", c.validate());
-    let routes = Routes::build(&c, &env()).expect("routes build");
-    App::build(c, routes).await.expect("app builds")
+    let wiring = Wiring::build(&c, &env()).expect("wiring builds");
+    App::build(c, wiring).await.expect("app builds")
 }
 
 impl TestApp {

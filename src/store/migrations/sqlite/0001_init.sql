@@ -41,17 +41,41 @@ CREATE TABLE idempotency (
 CREATE INDEX idempotency_by_created ON idempotency (created_at);
 
 -- One row per (event, sink): the delivery path's work queue.
--- status: pending | delivered | dead
+-- status: pending | delivered | dead. A pending row is due when next_attempt_at has passed and
+-- it holds no live lease; lease_owner is the token of the claim that holds it.
 CREATE TABLE outbox (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id        TEXT NOT NULL REFERENCES events (event_id),
     sink            TEXT NOT NULL,
+    route           TEXT NOT NULL,
+    session_id      TEXT NOT NULL,
     status          TEXT NOT NULL DEFAULT 'pending',
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER NOT NULL,
     lease_until     INTEGER,
+    lease_owner     TEXT,
     last_error      TEXT,
+    failure_class   TEXT,            -- transient | permanent (dead letters)
+    reason          TEXT,            -- permanent | exhausted (dead letters)
     created_at      INTEGER NOT NULL,
+    delivered_at    INTEGER,
+    dead_at         INTEGER,
+    replays         INTEGER NOT NULL DEFAULT 0,
     UNIQUE (event_id, sink)
 );
-CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
+CREATE INDEX outbox_due ON outbox (sink, status, next_attempt_at);
+CREATE INDEX outbox_by_session ON outbox (sink, session_id, status, id);
+
+-- Every delivery attempt and replay, for the event's journey.
+-- outcome: delivered | retry | dead_lettered | replayed
+CREATE TABLE delivery_attempts (
+    id          INTEGER PRIMARY KEY,
+    outbox_id   INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    outcome     TEXT NOT NULL,
+    error       TEXT,
+    duration_ms INTEGER,
+    replica     TEXT NOT NULL
+);
+CREATE INDEX attempts_by_outbox ON delivery_attempts (outbox_id, id);

@@ -13,6 +13,7 @@
 //! PASSIVE checkpoints on its own connection, so the writer never stalls behind a checkpoint
 //! (SQLite's automatic checkpoint would run inside a committing transaction).
 
+use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
@@ -25,20 +26,37 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::{AcceptOutcome, Acceptance, Counts, Delivery, Journey, StoreError};
+use super::{
+    AcceptOutcome, Acceptance, Claimed, Counts, DeadLetter, DeadLetterFilter, Delivery, Journey,
+    Settlement, SinkCounts, StoreError,
+};
 use crate::config::{StoreConfig, SyncMode};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
 
 /// How often the writer prunes expired rows when it is idle or between groups.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
 
+mod outbox;
+
 type Reply = oneshot::Sender<Result<AcceptOutcome, StoreError>>;
+
+/// Work other than acceptances that must run on the write connection (claims, settlements,
+/// replays, purges), applied inside a commit group; its result is sent after the commit.
+type Job = Box<dyn FnOnce(&Connection, i64) -> rusqlite::Result<Box<dyn Any + Send>> + Send>;
+type JobReply = oneshot::Sender<Result<Box<dyn Any + Send>, StoreError>>;
 
 enum WriterMsg {
     Accept(Box<Acceptance>, Reply),
+    Job(Job, JobReply),
     Close(oneshot::Sender<()>),
+}
+
+/// One member of a commit group.
+enum Item {
+    Accept(Box<Acceptance>, Reply),
+    Job(Option<Job>, JobReply),
 }
 
 /// Settings the writer needs.
@@ -193,6 +211,76 @@ impl SqliteStore {
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
+    /// Runs `f` on the writer's connection inside the next commit group; answers after commit.
+    async fn job<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, i64) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job =
+            Box::new(move |c, now| f(c, now).map(|v| Box::new(v) as Box<dyn Any + Send>));
+        // Jobs wait for room rather than being shed: they are the delivery path's own work.
+        let queue = self.queue.clone();
+        let sent = tokio::task::spawn_blocking(move || queue.send(WriterMsg::Job(job, tx)).is_ok())
+            .await
+            .unwrap_or(false);
+        if !sent {
+            return Err(StoreError::Closed);
+        }
+        let any = rx.await.unwrap_or(Err(StoreError::Closed))?;
+        any.downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| unavailable("writer job returned an unexpected type"))
+    }
+
+    pub(super) async fn claim(
+        &self,
+        sink: &str,
+        limit: usize,
+        lease: Duration,
+        ordered: bool,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let sink = sink.to_string();
+        let lease_ms = millis(lease);
+        self.job(move |c, now| outbox::claim(c, now, &sink, limit, lease_ms, ordered))
+            .await
+    }
+
+    pub(super) async fn settle(&self, claim: &Claimed, s: Settlement) -> Result<bool, StoreError> {
+        let claim = claim.clone();
+        self.job(move |c, now| outbox::settle(c, now, &claim, &s))
+            .await
+    }
+
+    pub(super) async fn replay(
+        &self,
+        f: DeadLetterFilter,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        self.job(move |c, now| outbox::replay(c, now, &f, dry_run))
+            .await
+    }
+
+    pub(super) async fn purge(&self, f: DeadLetterFilter) -> Result<u64, StoreError> {
+        self.job(move |c, _| outbox::purge(c, &f)).await
+    }
+
+    pub(super) async fn dead_letters(
+        &self,
+        f: DeadLetterFilter,
+        limit: usize,
+    ) -> Result<(u64, Vec<DeadLetter>), StoreError> {
+        self.read(move |c| outbox::dead_letters(c, &f, limit)).await
+    }
+
+    pub(super) async fn sink_counts(
+        &self,
+        sinks: Vec<String>,
+    ) -> Result<Vec<SinkCounts>, StoreError> {
+        self.read(move |c| outbox::sink_counts(c, crate::now_millis(), &sinks))
+            .await
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -315,16 +403,24 @@ fn read_journey(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
     };
     let event: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
     let mut stmt =
-        c.prepare_cached("SELECT sink, status FROM outbox WHERE event_id = ?1 ORDER BY id")?;
-    let deliveries = stmt
+        c.prepare_cached("SELECT id, sink, status FROM outbox WHERE event_id = ?1 ORDER BY id")?;
+    let rows = stmt
         .query_map(params![event_id], |r| {
-            Ok(Delivery {
-                sink: r.get(0)?,
-                status: r.get(1)?,
-                attempts: Vec::new(),
-            })
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut deliveries = Vec::with_capacity(rows.len());
+    for (id, sink, status) in rows {
+        deliveries.push(Delivery {
+            sink,
+            status,
+            attempts: outbox::attempts(c, id)?,
+        });
+    }
     let committed_at =
         time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(committed_at) * 1_000_000)
             .map(crate::format_rfc3339)
@@ -350,7 +446,7 @@ fn read_counts(c: &Connection) -> rusqlite::Result<Counts> {
 }
 
 fn run_writer(mut conn: Connection, rx: mpsc::Receiver<WriterMsg>, s: WriterSettings) {
-    let mut batch: Vec<(Box<Acceptance>, Reply)> = Vec::with_capacity(s.max_batch);
+    let mut batch: Vec<Item> = Vec::with_capacity(s.max_batch);
     let mut last_maintenance = Instant::now();
     let mut cursor = MaintenanceCursor::default();
     loop {
@@ -367,7 +463,8 @@ fn run_writer(mut conn: Connection, rx: mpsc::Receiver<WriterMsg>, s: WriterSett
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                WriterMsg::Accept(a, reply) => batch.push((a, reply)),
+                WriterMsg::Accept(a, reply) => batch.push(Item::Accept(a, reply)),
+                WriterMsg::Job(job, reply) => batch.push(Item::Job(Some(job), reply)),
                 WriterMsg::Close(done) => {
                     close = Some(done);
                     break;
@@ -396,35 +493,58 @@ fn run_writer(mut conn: Connection, rx: mpsc::Receiver<WriterMsg>, s: WriterSett
 /// Each acceptance reads what it needs and checks everything that can refuse it before it
 /// writes anything, so a refused acceptance leaves nothing behind without a savepoint. A
 /// database error fails the whole group: every caller gets 503 and nothing is committed.
-fn commit_group(
-    conn: &mut Connection,
-    batch: &mut Vec<(Box<Acceptance>, Reply)>,
-    s: &WriterSettings,
-) {
+fn commit_group(conn: &mut Connection, batch: &mut Vec<Item>, s: &WriterSettings) {
+    enum Done {
+        Accept(Result<AcceptOutcome, StoreError>),
+        Job(Box<dyn Any + Send>),
+    }
     let now = crate::now_millis();
     let mut results = Vec::with_capacity(batch.len());
     let outcome = (|| -> Result<(), StoreError> {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(unavailable)?;
-        for (a, _) in batch.iter_mut() {
-            match accept_one(&tx, a, now, s) {
-                Err(e @ StoreError::Unavailable(_)) => return Err(e),
-                r => results.push(r),
+        for item in batch.iter_mut() {
+            match item {
+                Item::Accept(a, _) => match accept_one(&tx, a, now, s) {
+                    Err(e @ StoreError::Unavailable(_)) => return Err(e),
+                    r => results.push(Done::Accept(r)),
+                },
+                Item::Job(job, _) => {
+                    if let Some(job) = job.take() {
+                        results.push(Done::Job(job(&tx, now).map_err(unavailable)?));
+                    }
+                }
             }
         }
         tx.commit().map_err(unavailable)
     })();
     match outcome {
         Ok(()) => {
-            for ((_, reply), r) in batch.drain(..).zip(results) {
-                let _ = reply.send(r);
+            for (item, r) in batch.drain(..).zip(results) {
+                match (item, r) {
+                    (Item::Accept(_, reply), Done::Accept(r)) => {
+                        let _ = reply.send(r);
+                    }
+                    (Item::Job(_, reply), Done::Job(v)) => {
+                        let _ = reply.send(Ok(v));
+                    }
+                    // Results are pushed in item order, one per item.
+                    _ => {}
+                }
             }
         }
         Err(e) => {
             tracing::error!(error = %e, "store commit failed; the group is answered 503");
-            for (_, reply) in batch.drain(..) {
-                let _ = reply.send(Err(e.clone()));
+            for item in batch.drain(..) {
+                match item {
+                    Item::Accept(_, reply) => {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                    Item::Job(_, reply) => {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
             }
         }
     }
@@ -524,10 +644,11 @@ fn accept_one(
     .map_err(unavailable)?;
     for sink in &a.sinks {
         tx.prepare_cached(
-            "INSERT INTO outbox (event_id, sink, status, attempts, next_attempt_at, created_at) \
-             VALUES (?1, ?2, 'pending', 0, ?3, ?3)",
+            "INSERT INTO outbox (event_id, sink, route, session_id, status, attempts, \
+                                 next_attempt_at, created_at) \
+             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5)",
         )
-        .and_then(|mut st| st.execute(params![e.event_id, sink, now]))
+        .and_then(|mut st| st.execute(params![e.event_id, sink, e.route, e.session_id, now]))
         .map_err(unavailable)?;
     }
     tx.prepare_cached(

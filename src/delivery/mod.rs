@@ -1,0 +1,31 @@
+//! The delivery path: outbox rows → worker (claim with lease) → sink.send → settle as
+//! delivered, retry at a time, or dead letter. The retry policy and circuit breaker are pure.
+
+pub mod breaker;
+pub mod retry;
+pub mod worker;
+
+use std::sync::Arc;
+
+use crate::config::{Config, EnvSource};
+use worker::SinkRuntime;
+
+/// Builds every configured sink's client; returns every problem.
+pub fn build_sinks(
+    config: &Config,
+    env: &dyn EnvSource,
+) -> Result<Vec<Arc<SinkRuntime>>, Vec<String>> {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for (name, sc) in &config.sinks {
+        match crate::sinks::build(name, sc, env) {
+            Ok(sink) => out.push(Arc::new(SinkRuntime::new(name, sc.clone(), sink))),
+            Err(e) => problems.push(e),
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
+}

@@ -1,0 +1,360 @@
+//! The delivery worker: claims due outbox rows per sink, sends them concurrently (bounded per
+//! sink), and settles each as delivered, retry-at-time or dead letter.
+//!
+//! Invariants: a row is marked delivered only after its sink said so; a send that is cut off
+//! (shutdown past the grace period, crash) is never settled and comes due again when its lease
+//! expires; an attempt skipped because the sink is paused or its circuit is open is not
+//! claimed, so it does not count. The worker wakes when ingest commits rows for a sink
+//! ([`Deliverer::wake`]) and polls as a fallback.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::breaker::{Admission, Breaker, CircuitState};
+use super::retry::Next;
+use crate::config::SinkConfig;
+use crate::sinks::{Delivery, Sink, SinkError};
+use crate::store::{Claimed, DeadReason, Settlement, Store};
+use crate::telemetry::audit::{Audit, AuditKind, AuditLine};
+use crate::telemetry::metrics::SinkMetrics;
+
+/// Extra lease time beyond the sink's timeout, so a lease never expires under a live send.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// A configured sink with its client, limits and health.
+pub struct SinkRuntime {
+    pub name: String,
+    pub config: SinkConfig,
+    sink: Arc<dyn Sink>,
+    permits: Arc<Semaphore>,
+    breaker: Mutex<Breaker>,
+    paused: AtomicBool,
+    metrics: SinkMetrics,
+}
+
+impl SinkRuntime {
+    pub fn new(name: &str, config: SinkConfig, sink: Arc<dyn Sink>) -> SinkRuntime {
+        SinkRuntime {
+            name: name.to_string(),
+            permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            breaker: Mutex::new(Breaker::new(config.breaker)),
+            paused: AtomicBool::new(false),
+            metrics: SinkMetrics::new(name),
+            sink,
+            config,
+        }
+    }
+
+    pub fn circuit(&self) -> CircuitState {
+        self.breaker
+            .lock()
+            .map_or(CircuitState::Closed, |b| b.state(Instant::now()))
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+
+    /// Sets the outbox gauges of this sink.
+    pub fn observe(&self, counts: &crate::store::SinkCounts) {
+        self.metrics.pending.set(counts.pending as f64);
+        self.metrics
+            .oldest_age
+            .set(counts.oldest_pending_age_seconds);
+        self.metrics.dead_letters.set(counts.dead_letters as f64);
+        self.metrics.circuit.set(self.circuit().gauge());
+    }
+
+    fn lease(&self) -> Duration {
+        self.config.timeout + LEASE_MARGIN
+    }
+}
+
+/// The delivery workers of one process.
+pub struct Deliverer {
+    store: Store,
+    sinks: Vec<Arc<SinkRuntime>>,
+    wake: Notify,
+    audit: Audit,
+    tracker: TaskTracker,
+    poll: Duration,
+    jitter: Jitter,
+}
+
+/// Uniform draws in `[0, 1)` for full jitter (xorshift64; jitter needs spread, not secrecy).
+struct Jitter(AtomicU64);
+
+impl Jitter {
+    fn new(seed: u64) -> Jitter {
+        Jitter(AtomicU64::new(seed | 1))
+    }
+
+    fn draw(&self) -> f64 {
+        let mut x = self.0.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0.store(x, Ordering::Relaxed);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl Deliverer {
+    pub fn new(
+        store: Store,
+        sinks: Vec<Arc<SinkRuntime>>,
+        audit: Audit,
+        poll: Duration,
+    ) -> Arc<Deliverer> {
+        let seed = RandomState::new().hash_one(std::process::id());
+        Arc::new(Deliverer {
+            store,
+            sinks,
+            wake: Notify::new(),
+            audit,
+            tracker: TaskTracker::new(),
+            poll,
+            jitter: Jitter::new(seed),
+        })
+    }
+
+    pub fn sinks(&self) -> &[Arc<SinkRuntime>] {
+        &self.sinks
+    }
+
+    pub fn sink(&self, name: &str) -> Option<&Arc<SinkRuntime>> {
+        self.sinks.iter().find(|s| s.name == name)
+    }
+
+    /// Tells the worker that rows may be due (ingest committed some, a replay, a resume).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs until `shutdown`, then stops claiming and waits up to `grace` for sends in flight.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let started = self.tick().await;
+            if started > 0 {
+                continue;
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.poll) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = self.tracker.len(),
+                "deliveries still in flight after the grace period; their leases will expire \
+                 and they will be attempted again"
+            );
+        }
+    }
+
+    /// Claims what is due for every sink that can take more and starts the sends. Returns how
+    /// many sends it started.
+    pub async fn tick(self: &Arc<Self>) -> usize {
+        let mut started = 0;
+        for sink in &self.sinks {
+            if sink.is_paused() {
+                continue;
+            }
+            let free = sink.permits.available_permits();
+            if free == 0 {
+                continue;
+            }
+            let admission = match sink.breaker.lock() {
+                Ok(mut b) => b.admit(Instant::now()),
+                Err(_) => Admission::Go,
+            };
+            let (limit, probe) = match admission {
+                Admission::Go => (free, false),
+                Admission::Probe => (1, true),
+                Admission::Wait(_) => continue,
+            };
+            let claimed = match self
+                .store
+                .claim(&sink.name, limit, sink.lease(), sink.config.ordered)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(sink = %sink.name, error = %e, "claim failed; will retry");
+                    Vec::new()
+                }
+            };
+            if claimed.is_empty() && probe {
+                if let Ok(mut b) = sink.breaker.lock() {
+                    b.release_probe();
+                }
+            }
+            for c in claimed {
+                let Ok(permit) = sink.permits.clone().try_acquire_owned() else {
+                    // Cannot happen: only this loop takes permits, and it took no more than
+                    // were free. Should it, the row's lease expires and it comes due again.
+                    break;
+                };
+                started += 1;
+                let (this, sink) = (self.clone(), sink.clone());
+                self.tracker
+                    .spawn(async move { this.deliver(sink, c, permit).await });
+            }
+        }
+        started
+    }
+
+    /// Waits until no send is in flight (tests and the CLI drive the worker with this).
+    pub async fn idle(&self) {
+        while !self.tracker.is_empty() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn deliver(&self, sink: Arc<SinkRuntime>, c: Claimed, _permit: OwnedSemaphorePermit) {
+        let attempt = c.attempts + 1;
+        let d = Delivery {
+            event_id: &c.event_id,
+            correlation_id: &c.correlation_id,
+            route: &c.route,
+            event_type: &c.event_type,
+            session_id: &c.session_id,
+            attempt,
+            body: &c.body,
+        };
+        let start = Instant::now();
+        // The sink enforces its timeout itself; this bound is a backstop for any that do not.
+        let limit = sink.config.timeout + Duration::from_secs(1);
+        let result = match tokio::time::timeout(limit, sink.sink.send(&d)).await {
+            Ok(r) => r,
+            Err(_) => Err(SinkError::transient(format!(
+                "no answer within {}",
+                humantime::format_duration(limit)
+            ))),
+        };
+        let took = start.elapsed();
+        let duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        sink.metrics.duration.record(took.as_secs_f64());
+        // A permanent refusal of one event says nothing bad about the sink's health.
+        let healthy = !matches!(result, Err(SinkError::Transient { .. }));
+        if let Ok(mut b) = sink.breaker.lock() {
+            b.record(Instant::now(), healthy);
+            sink.metrics.circuit.set(b.state(Instant::now()).gauge());
+        }
+        let settlement = match &result {
+            Ok(()) => Settlement::Delivered { duration_ms },
+            Err(SinkError::Permanent { message }) => Settlement::Dead {
+                reason: DeadReason::Permanent,
+                error: message.clone(),
+                duration_ms,
+            },
+            Err(SinkError::Transient {
+                message,
+                retry_after,
+            }) => match sink
+                .config
+                .retry
+                .next(attempt, self.jitter.draw(), *retry_after)
+            {
+                Next::RetryAfter(delay) => Settlement::Retry {
+                    at_ms: crate::now_millis()
+                        + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
+                    error: message.clone(),
+                    duration_ms,
+                },
+                Next::GiveUp => Settlement::Dead {
+                    reason: DeadReason::Exhausted,
+                    error: message.clone(),
+                    duration_ms,
+                },
+            },
+        };
+        match self.store.settle(&c, settlement.clone()).await {
+            Ok(true) => self.record(&sink, &c, attempt, &settlement, took),
+            Ok(false) => tracing::warn!(sink = %sink.name, event_id = %c.event_id,
+                "lease lost before settling; the row will be attempted again"),
+            Err(e) => tracing::error!(sink = %sink.name, event_id = %c.event_id, error = %e,
+                "cannot settle a delivery; it will be attempted again when its lease expires"),
+        }
+        self.wake.notify_one();
+    }
+
+    fn record(
+        &self,
+        sink: &SinkRuntime,
+        c: &Claimed,
+        attempt: u32,
+        s: &Settlement,
+        took: Duration,
+    ) {
+        let (kind, code) = match s {
+            Settlement::Delivered { .. } => {
+                sink.metrics.delivered.increment(1);
+                (AuditKind::DeliverySucceeded, None)
+            }
+            Settlement::Retry { .. } => {
+                sink.metrics.retried.increment(1);
+                (AuditKind::DeliveryFailed, Some("transient"))
+            }
+            Settlement::Dead { reason, .. } => {
+                sink.metrics.dead_lettered.increment(1);
+                (AuditKind::DeadLettered, Some(reason.as_str()))
+            }
+            Settlement::Release { .. } => return,
+        };
+        if let Settlement::Dead { reason, error, .. } = s {
+            tracing::warn!(sink = %sink.name, event_id = %c.event_id, reason = reason.as_str(),
+                error = %error, "delivery dead-lettered");
+        }
+        self.audit.write(&AuditLine {
+            ts: crate::now_rfc3339(),
+            event: kind,
+            route: &c.route,
+            correlation_id: &c.correlation_id,
+            transaction_id: "",
+            event_id: Some(&c.event_id),
+            session_id: Some(&c.session_id),
+            event_type: Some(&c.event_type),
+            status: 0,
+            code,
+            latency_ms: (took.as_secs_f64() * 1e6).round() / 1e3,
+            state_version: None,
+            simulated: false,
+            sink: Some(&sink.name),
+            attempt: Some(attempt),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_draws_are_in_range_and_spread() {
+        let j = Jitter::new(12345);
+        let draws: Vec<f64> = (0..10_000).map(|_| j.draw()).collect();
+        assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
+        let low = draws.iter().filter(|d| **d < 0.5).count();
+        assert!((4_500..5_500).contains(&low), "{low}");
+    }
+}

@@ -1,0 +1,168 @@
+//! `http` sink: POST the normalised event as JSON.
+//!
+//! Headers: `X-Cognihook-Event-Id`, `X-Correlation-Id`, `X-Cognihook-Attempt`, and with a
+//! secret `X-Cognihook-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
+//! 2xx is success; 408, 429, 5xx, timeouts and connection errors are transient (with
+//! `Retry-After` honoured); other statuses are permanent. Redirects are not followed.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::{Delivery, SendFuture, Sink, SinkError};
+use crate::config::{EnvSource, SinkConfig};
+
+pub struct HttpSink {
+    client: reqwest::Client,
+    url: String,
+    secret: Option<Vec<u8>>,
+}
+
+impl HttpSink {
+    pub fn new(config: &SinkConfig, env: &dyn EnvSource) -> Result<HttpSink, String> {
+        let url = config.url.clone().ok_or("`url` is required")?;
+        let secret = match &config.secret {
+            Some(r) => {
+                let s = crate::ingest::auth::resolve_secret_ref(r, env)
+                    .map_err(|e| format!("secret `{r}`: {e}"))?;
+                s.into_iter().next().map(|s| s.value)
+            }
+            None => None,
+        };
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("cognihook/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(HttpSink {
+            client,
+            url,
+            secret,
+        })
+    }
+}
+
+/// `t=<unix>,v1=<hex>` over `"<t>.<body>"`.
+pub fn outgoing_signature(secret: &[u8], unix: u64, body: &[u8]) -> String {
+    #[allow(clippy::expect_used)]
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(unix.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("t={unix},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Reads `Retry-After` as seconds or an HTTP date.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate_to_unix(v)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+    Some(Duration::from_secs(when.saturating_sub(now)))
+}
+
+/// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn httpdate_to_unix(v: &str) -> Option<u64> {
+    let format = time::format_description::parse_borrowed::<1>(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT",
+    )
+    .ok()?;
+    let t = time::PrimitiveDateTime::parse(v, &format)
+        .ok()?
+        .assume_utc();
+    u64::try_from(t.unix_timestamp()).ok()
+}
+
+impl Sink for HttpSink {
+    fn send<'a>(&'a self, d: &'a Delivery<'a>) -> SendFuture<'a> {
+        Box::pin(async move {
+            let mut req = self
+                .client
+                .post(&self.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header("x-cognihook-event-id", d.event_id)
+                .header("x-correlation-id", d.correlation_id)
+                .header("x-cognihook-attempt", d.attempt.to_string())
+                .body(d.body.to_vec());
+            if let Some(secret) = &self.secret {
+                let unix = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                req = req.header(
+                    "x-cognihook-signature",
+                    outgoing_signature(secret, unix, d.body),
+                );
+            }
+            let resp = req.send().await.map_err(|e| {
+                let what = if e.is_timeout() {
+                    "timed out"
+                } else if e.is_connect() {
+                    "connection failed"
+                } else {
+                    "request failed"
+                };
+                SinkError::transient(format!("POST {}: {what}: {e}", self.url))
+            })?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            let wait = retry_after(resp.headers());
+            let message = format!("POST {}: HTTP {}", self.url, status.as_u16());
+            let code = status.as_u16();
+            if code == 408 || code == 429 || status.is_server_error() {
+                Err(SinkError::Transient {
+                    message,
+                    retry_after: wait,
+                })
+            } else {
+                Err(SinkError::permanent(message))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_covers_timestamp_and_body() {
+        let a = outgoing_signature(b"k", 1_700_000_000, b"{}");
+        assert!(a.starts_with("t=1700000000,v1="));
+        assert_ne!(a, outgoing_signature(b"k", 1_700_000_001, b"{}"));
+        assert_ne!(a, outgoing_signature(b"k", 1_700_000_000, b"{ }"));
+        assert_eq!(a.len(), "t=1700000000,v1=".len() + 64);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "7".parse().expect("hv"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            "retry-after",
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().expect("hv"),
+        );
+        assert_eq!(
+            retry_after(&h),
+            Some(Duration::ZERO),
+            "a past date means now"
+        );
+        assert_eq!(
+            httpdate_to_unix("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        h.insert("retry-after", "soon".parse().expect("hv"));
+        assert_eq!(retry_after(&h), None);
+    }
+}

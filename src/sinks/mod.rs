@@ -1,0 +1,98 @@
+//! Sinks: where accepted events go. `trait Sink` plus one file per kind.
+//!
+//! The whole retry contract is [`SinkError`]: `Transient` failures are retried with backoff,
+//! `Permanent` ones dead-letter at once. A sink never retries by itself.
+
+pub mod file;
+pub mod http;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{EnvSource, SinkConfig, SinkKind};
+
+/// Sink kinds this version can deliver to.
+pub const AVAILABLE: &[SinkKind] = &[SinkKind::Http, SinkKind::File];
+
+/// One delivery attempt of one event.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    pub event_id: &'a str,
+    pub correlation_id: &'a str,
+    pub route: &'a str,
+    pub event_type: &'a str,
+    pub session_id: &'a str,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// The normalised event (SPEC §3.6) as JSON.
+    pub body: &'a [u8],
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// Worth retrying: connect errors, timeouts, 408, 429, 5xx, broker unavailable.
+    #[error("{message}")]
+    Transient {
+        message: String,
+        /// The sink asked to wait at least this long (`Retry-After`).
+        retry_after: Option<Duration>,
+    },
+    /// Retrying cannot help: other 4xx, rejected by the broker, invalid target.
+    #[error("{message}")]
+    Permanent { message: String },
+}
+
+impl SinkError {
+    pub fn transient(message: impl Into<String>) -> SinkError {
+        SinkError::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> SinkError {
+        SinkError::Permanent {
+            message: message.into(),
+        }
+    }
+}
+
+/// The future a sink returns.
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
+
+/// A destination for events.
+pub trait Sink: Send + Sync {
+    /// Sends one event; must not retry by itself.
+    fn send<'a>(&'a self, d: &'a Delivery<'a>) -> SendFuture<'a>;
+}
+
+/// Builds the client of a configured sink.
+pub fn build(
+    name: &str,
+    config: &SinkConfig,
+    env: &dyn EnvSource,
+) -> Result<Arc<dyn Sink>, String> {
+    let at = format!("sink `{name}`");
+    match config.kind {
+        SinkKind::Http => Ok(Arc::new(
+            http::HttpSink::new(config, env).map_err(|e| format!("{at}: {e}"))?,
+        )),
+        SinkKind::File => Ok(Arc::new(
+            file::FileSink::new(config).map_err(|e| format!("{at}: {e}"))?,
+        )),
+        other => Err(format!(
+            "{at}: this version cannot deliver to `{}` sinks yet",
+            other.name()
+        )),
+    }
+}
+
+/// Fills `{route}` and `{eventType}` in a subject or routing-key template.
+pub fn render_template(template: &str, d: &Delivery<'_>) -> String {
+    template
+        .replace("{route}", d.route)
+        .replace("{eventType}", d.event_type)
+}

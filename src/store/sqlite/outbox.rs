@@ -1,0 +1,340 @@
+//! The delivery path's SQL on the embedded store: claim, settle, dead letters, replay, purge,
+//! per-sink counts and attempt history. Every function that writes runs on the writer thread
+//! inside a commit group (see the parent module); reads run on the reader connection.
+
+use bytes::Bytes;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+
+use crate::store::{Attempt, Claimed, DeadLetter, DeadLetterFilter, Settlement, SinkCounts};
+
+fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(crate::format_rfc3339)
+        .unwrap_or_default()
+}
+
+/// Claims due rows of one sink (see `Store::claim`).
+pub(super) fn claim(
+    c: &Connection,
+    now: i64,
+    sink: &str,
+    limit: usize,
+    lease_ms: i64,
+    ordered: bool,
+) -> rusqlite::Result<Vec<Claimed>> {
+    let token = ulid::Ulid::new().to_string();
+    let mut ids: Vec<(i64, String, u32)> = c
+        .prepare_cached(
+            "UPDATE outbox SET lease_until = ?1 + ?2, lease_owner = ?3 \
+             WHERE id IN ( \
+               SELECT o.id FROM outbox o \
+               WHERE o.sink = ?4 AND o.status = 'pending' AND o.next_attempt_at <= ?1 \
+                 AND (o.lease_until IS NULL OR o.lease_until < ?1) \
+                 AND (?5 = 0 OR NOT EXISTS ( \
+                   SELECT 1 FROM outbox p WHERE p.sink = o.sink AND p.session_id = o.session_id \
+                     AND p.status = 'pending' AND p.id < o.id)) \
+               ORDER BY o.id LIMIT ?6) \
+             RETURNING id, event_id, attempts",
+        )?
+        .query_map(
+            params![now, lease_ms, token, sink, ordered, limit as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    ids.sort_unstable_by_key(|(id, _, _)| *id);
+    let mut event = c.prepare_cached(
+        "SELECT correlation_id, route, session_id, event_type, body FROM events WHERE event_id = ?1",
+    )?;
+    let mut out = Vec::with_capacity(ids.len());
+    for (outbox_id, event_id, attempts) in ids {
+        let row = event
+            .query_row(params![event_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .optional()?;
+        // The foreign key keeps the event while its outbox row exists.
+        let Some((correlation_id, route, session_id, event_type, body)) = row else {
+            continue;
+        };
+        out.push(Claimed {
+            outbox_id,
+            lease_token: token.clone(),
+            sink: sink.to_string(),
+            event_id,
+            correlation_id,
+            route,
+            session_id,
+            event_type,
+            attempts,
+            body: Bytes::from(body),
+        });
+    }
+    Ok(out)
+}
+
+/// Settles a claimed row if the claim still holds it; records the attempt.
+pub(super) fn settle(
+    c: &Connection,
+    now: i64,
+    claim: &Claimed,
+    s: &Settlement,
+) -> rusqlite::Result<bool> {
+    let attempt = claim.attempts + 1;
+    let held = "id = ?1 AND lease_owner = ?2 AND status = 'pending'";
+    // (outcome, error, duration) of the attempt to record, if it was one.
+    type Record<'a> = Option<(&'static str, Option<&'a str>, u64)>;
+    let (changed, record): (usize, Record<'_>) = match s {
+        Settlement::Delivered { duration_ms } => (
+            c.prepare_cached(&format!(
+                "UPDATE outbox SET status = 'delivered', attempts = ?3, lease_until = NULL, \
+                 lease_owner = NULL, delivered_at = ?4, last_error = NULL WHERE {held}"
+            ))?
+            .execute(params![claim.outbox_id, claim.lease_token, attempt, now])?,
+            Some(("delivered", None, *duration_ms)),
+        ),
+        Settlement::Retry {
+            at_ms,
+            error,
+            duration_ms,
+        } => (
+            c.prepare_cached(&format!(
+                "UPDATE outbox SET attempts = ?3, next_attempt_at = ?4, lease_until = NULL, \
+                 lease_owner = NULL, last_error = ?5 WHERE {held}"
+            ))?
+            .execute(params![
+                claim.outbox_id,
+                claim.lease_token,
+                attempt,
+                at_ms,
+                error
+            ])?,
+            Some(("retry", Some(error.as_str()), *duration_ms)),
+        ),
+        Settlement::Dead {
+            reason,
+            error,
+            duration_ms,
+        } => (
+            c.prepare_cached(&format!(
+                "UPDATE outbox SET status = 'dead', attempts = ?3, lease_until = NULL, \
+                 lease_owner = NULL, last_error = ?4, failure_class = ?5, reason = ?6, \
+                 dead_at = ?7 WHERE {held}"
+            ))?
+            .execute(params![
+                claim.outbox_id,
+                claim.lease_token,
+                attempt,
+                error,
+                reason.class(),
+                reason.as_str(),
+                now
+            ])?,
+            Some(("dead_lettered", Some(error.as_str()), *duration_ms)),
+        ),
+        Settlement::Release { at_ms } => (
+            c.prepare_cached(&format!(
+                "UPDATE outbox SET next_attempt_at = ?3, lease_until = NULL, lease_owner = NULL \
+                 WHERE {held}"
+            ))?
+            .execute(params![claim.outbox_id, claim.lease_token, at_ms])?,
+            None,
+        ),
+    };
+    if changed == 1 {
+        if let Some((outcome, error, duration_ms)) = record {
+            c.prepare_cached(
+                "INSERT INTO delivery_attempts (outbox_id, attempt, at, outcome, error, duration_ms, replica) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                claim.outbox_id,
+                attempt,
+                now,
+                outcome,
+                error,
+                i64::try_from(duration_ms).unwrap_or(i64::MAX),
+                crate::replica_id()
+            ])?;
+        }
+    }
+    Ok(changed == 1)
+}
+
+/// `WHERE` clause and parameters selecting dead letters by a filter.
+fn filter_sql(f: &DeadLetterFilter) -> (String, Vec<SqlValue>) {
+    let mut sql = String::from("o.status = 'dead'");
+    let mut p: Vec<SqlValue> = Vec::new();
+    if !f.ids.is_empty() {
+        sql.push_str(" AND o.id IN (");
+        for (i, id) in f.ids.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('?');
+            p.push(SqlValue::Integer(*id));
+        }
+        sql.push(')');
+    }
+    let mut text = |col: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            sql.push_str(&format!(" AND o.{col} = ?"));
+            p.push(SqlValue::Text(v.clone()));
+        }
+    };
+    text("sink", &f.sink);
+    text("route", &f.route);
+    text("reason", &f.reason.map(|r| r.as_str().to_string()));
+    if let Some(s) = f.since_ms {
+        sql.push_str(" AND o.dead_at >= ?");
+        p.push(SqlValue::Integer(s));
+    }
+    if let Some(u) = f.until_ms {
+        sql.push_str(" AND o.dead_at < ?");
+        p.push(SqlValue::Integer(u));
+    }
+    (sql, p)
+}
+
+pub(super) fn dead_letters(
+    c: &Connection,
+    f: &DeadLetterFilter,
+    limit: usize,
+) -> rusqlite::Result<(u64, Vec<DeadLetter>)> {
+    let (cond, p) = filter_sql(f);
+    let total: i64 = c.query_row(
+        &format!("SELECT count(*) FROM outbox o WHERE {cond}"),
+        params_from_iter(p.iter()),
+        |r| r.get(0),
+    )?;
+    let mut stmt = c.prepare(&format!(
+        "SELECT o.id, o.event_id, e.correlation_id, o.sink, o.route, o.failure_class, o.reason, \
+                o.attempts, o.last_error, o.dead_at \
+         FROM outbox o JOIN events e ON e.event_id = o.event_id \
+         WHERE {cond} ORDER BY o.dead_at DESC, o.id DESC LIMIT {}",
+        limit.min(10_000)
+    ))?;
+    let items = stmt
+        .query_map(params_from_iter(p.iter()), |r| {
+            Ok(DeadLetter {
+                id: r.get(0)?,
+                event_id: r.get(1)?,
+                correlation_id: r.get(2)?,
+                sink: r.get(3)?,
+                route: r.get(4)?,
+                class: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                reason: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                attempts: r.get(7)?,
+                last_error: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
+                dead_lettered_at: rfc3339_ms(r.get::<_, Option<i64>>(9)?.unwrap_or(0)),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok((total.max(0) as u64, items))
+}
+
+/// Re-queues matching dead letters; each replay is recorded in the attempt history.
+pub(super) fn replay(
+    c: &Connection,
+    now: i64,
+    f: &DeadLetterFilter,
+    dry_run: bool,
+) -> rusqlite::Result<u64> {
+    let (cond, p) = filter_sql(f);
+    if dry_run {
+        let n: i64 = c.query_row(
+            &format!("SELECT count(*) FROM outbox o WHERE {cond}"),
+            params_from_iter(p.iter()),
+            |r| r.get(0),
+        )?;
+        return Ok(n.max(0) as u64);
+    }
+    let ids: Vec<(i64, u32)> = c
+        .prepare(&format!(
+            "SELECT o.id, o.attempts FROM outbox o WHERE {cond}"
+        ))?
+        .query_map(params_from_iter(p.iter()), |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut requeue = c.prepare_cached(
+        "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?2, \
+         lease_until = NULL, lease_owner = NULL, failure_class = NULL, reason = NULL, \
+         dead_at = NULL, replays = replays + 1 WHERE id = ?1 AND status = 'dead'",
+    )?;
+    let mut record = c.prepare_cached(
+        "INSERT INTO delivery_attempts (outbox_id, attempt, at, outcome, error, duration_ms, replica) \
+         VALUES (?1, ?2, ?3, 'replayed', NULL, NULL, ?4)",
+    )?;
+    let mut n = 0;
+    for (id, attempts) in ids {
+        if requeue.execute(params![id, now])? == 1 {
+            record.execute(params![id, attempts, now, crate::replica_id()])?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+pub(super) fn purge(c: &Connection, f: &DeadLetterFilter) -> rusqlite::Result<u64> {
+    let (cond, p) = filter_sql(f);
+    c.execute(
+        &format!(
+            "DELETE FROM delivery_attempts WHERE outbox_id IN (SELECT o.id FROM outbox o WHERE {cond})"
+        ),
+        params_from_iter(p.iter()),
+    )?;
+    let n = c.execute(
+        &format!("DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o WHERE {cond})"),
+        params_from_iter(p.iter()),
+    )?;
+    Ok(n as u64)
+}
+
+pub(super) fn sink_counts(
+    c: &Connection,
+    now: i64,
+    sinks: &[String],
+) -> rusqlite::Result<Vec<SinkCounts>> {
+    let mut pending = c.prepare_cached(
+        "SELECT count(*), min(created_at) FROM outbox WHERE sink = ?1 AND status = 'pending'",
+    )?;
+    let mut dead =
+        c.prepare_cached("SELECT count(*) FROM outbox WHERE sink = ?1 AND status = 'dead'")?;
+    let mut out = Vec::with_capacity(sinks.len());
+    for s in sinks {
+        let (n, oldest): (i64, Option<i64>) =
+            pending.query_row(params![s], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let d: i64 = dead.query_row(params![s], |r| r.get(0))?;
+        out.push(SinkCounts {
+            sink: s.clone(),
+            pending: n.max(0) as u64,
+            oldest_pending_age_seconds: oldest.map_or(0.0, |o| (now - o).max(0) as f64 / 1000.0),
+            dead_letters: d.max(0) as u64,
+        });
+    }
+    Ok(out)
+}
+
+/// Every attempt of one outbox row, oldest first.
+pub(super) fn attempts(c: &Connection, outbox_id: i64) -> rusqlite::Result<Vec<Attempt>> {
+    c.prepare_cached(
+        "SELECT attempt, at, outcome, error, duration_ms, replica FROM delivery_attempts \
+         WHERE outbox_id = ?1 ORDER BY id",
+    )?
+    .query_map(params![outbox_id], |r| {
+        Ok(Attempt {
+            attempt: r.get(0)?,
+            at: rfc3339_ms(r.get(1)?),
+            outcome: r.get(2)?,
+            error: r.get(3)?,
+            duration_ms: r.get::<_, Option<i64>>(4)?.map(|d| d.max(0) as u64),
+            replica: r.get(5)?,
+        })
+    })?
+    .collect()
+}
