@@ -28,6 +28,8 @@ pub struct Wiring {
 
 impl Wiring {
     pub fn build(config: &Config, env: &dyn EnvSource) -> Result<Wiring, Vec<String>> {
+        // Metric handles made below must find the recorder installed.
+        crate::telemetry::metrics::install();
         let routes = Routes::build(config, env);
         let sinks = crate::delivery::build_sinks(config, env);
         match (routes, sinks) {

@@ -5,5 +5,6 @@
 mod support;
 
 mod binary;
+mod delivery;
 mod router;
 mod server;

@@ -999,5 +999,94 @@ mod tests {
         assert_eq!(n("SELECT count(*) FROM events"), 1);
     }
 
-    use super::super::Store;
+    #[test]
+    fn an_expired_lease_makes_the_row_due_again_and_the_old_claim_cannot_settle() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::Sqlite(Arc::new(
+            SqliteStore::open(&config(dir.path())).expect("open"),
+        ));
+        let rt = runtime();
+        rt.block_on(store.accept(acceptance("k", "s", &["a"])))
+            .expect("commit");
+        let lease = Duration::from_secs(60);
+        let first = rt
+            .block_on(store.claim("a", 10, lease, false))
+            .expect("claim");
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].attempts, 0);
+        assert!(rt
+            .block_on(store.claim("a", 10, lease, false))
+            .expect("claim")
+            .is_empty());
+        // Let the lease run out, as after a crash mid-delivery.
+        let c = Connection::open(dir.path().join("cognihook.db")).expect("open");
+        c.execute("UPDATE outbox SET lease_until = lease_until - 120000", [])
+            .expect("age lease");
+        let second = rt
+            .block_on(store.claim("a", 10, lease, false))
+            .expect("claim");
+        assert_eq!(second.len(), 1);
+        assert_ne!(second[0].lease_token, first[0].lease_token);
+        let done = Settlement::Delivered { duration_ms: 1 };
+        assert!(!rt
+            .block_on(store.settle(&first[0], done.clone()))
+            .expect("settle"));
+        assert!(rt.block_on(store.settle(&second[0], done)).expect("settle"));
+        let status: String = c
+            .query_row("SELECT status FROM outbox", [], |r| r.get(0))
+            .expect("row");
+        assert_eq!(status, "delivered");
+    }
+
+    #[test]
+    fn ordered_claims_hold_back_later_events_of_a_session_until_earlier_ones_settle() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::Sqlite(Arc::new(
+            SqliteStore::open(&config(dir.path())).expect("open"),
+        ));
+        let rt = runtime();
+        for k in ["k1", "k2", "k3"] {
+            rt.block_on(store.accept(acceptance(k, "same", &["a"])))
+                .expect("commit");
+        }
+        rt.block_on(store.accept(acceptance("other", "s2", &["a"])))
+            .expect("commit");
+        let lease = Duration::from_secs(60);
+        let claimed = rt
+            .block_on(store.claim("a", 10, lease, true))
+            .expect("claim");
+        let corr: Vec<&str> = claimed.iter().map(|c| c.correlation_id.as_str()).collect();
+        assert_eq!(
+            corr,
+            ["corr-k1", "corr-other"],
+            "one per session, the oldest"
+        );
+        // A retry keeps the session blocked; delivery releases the next one.
+        let retry = Settlement::Retry {
+            at_ms: 0,
+            error: "x".into(),
+            duration_ms: 1,
+        };
+        rt.block_on(store.settle(&claimed[0], retry))
+            .expect("settle");
+        let again = rt
+            .block_on(store.claim("a", 10, lease, true))
+            .expect("claim");
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].correlation_id, "corr-k1");
+        assert_eq!(again[0].attempts, 1);
+        rt.block_on(store.settle(&again[0], Settlement::Delivered { duration_ms: 1 }))
+            .expect("settle");
+        let next = rt
+            .block_on(store.claim("a", 10, lease, true))
+            .expect("claim");
+        assert_eq!(next[0].correlation_id, "corr-k2");
+        // Unordered claims take everything due.
+        let all = rt
+            .block_on(store.claim("a", 10, lease, false))
+            .expect("claim");
+        assert_eq!(all.len(), 1, "k3 (k2 and other are leased)");
+    }
+
+    use super::super::{Settlement, Store};
 }

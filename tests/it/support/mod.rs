@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod binary;
+pub mod sink_server;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -68,6 +69,7 @@ pub struct TestApp {
     pub audit_path: PathBuf,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    deliverer: std::sync::Arc<cognihook::delivery::worker::Deliverer>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -115,9 +117,14 @@ impl TestApp {
     }
 
     pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
-        let dir = tempfile::tempdir().unwrap();
+        Self::spawn_in(tempfile::tempdir().unwrap(), tweak).await
+    }
+
+    /// Starts a gateway on an existing data directory (a restart).
+    pub async fn spawn_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> TestApp {
         let app = build_app(dir.path(), tweak).await;
         let addr = app.local_addr().unwrap();
+        let deliverer = app.deliverer().clone();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -129,8 +136,13 @@ impl TestApp {
             dir,
             shutdown,
             task,
+            deliverer,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    pub fn deliverer(&self) -> &std::sync::Arc<cognihook::delivery::worker::Deliverer> {
+        &self.deliverer
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -184,6 +196,25 @@ impl TestApp {
         self.shutdown.cancel();
         self.task.await.unwrap();
         self.dir
+    }
+
+    pub async fn admin_get(&self, path: &str) -> TestResponse {
+        let bearer = format!("Bearer {ADMIN_TOKEN}");
+        self.get(path, &[("authorization", &bearer)]).await
+    }
+
+    pub async fn admin_post(&self, path: &str, body: &Value) -> TestResponse {
+        let bearer = format!("Bearer {ADMIN_TOKEN}");
+        let body = serde_json::to_vec(body).unwrap();
+        self.post(
+            path,
+            &body,
+            &[
+                ("authorization", &bearer),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await
     }
 
     /// Opens the store file for direct checks.

@@ -1,0 +1,529 @@
+//! The delivery path against a real HTTP server on loopback: every event delivered, retries,
+//! dead letters, replay, circuit breaking, ordering, restarts and a slow sink.
+
+use std::time::Duration;
+
+use cognihook::config::{Config, SinkConfig};
+use http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::support::sink_server::{wait_until, Reply, SinkServer};
+use crate::support::{count, flow_body, TestApp};
+
+const T: Duration = Duration::from_secs(20);
+
+/// Attaches an `http` sink named `backend` to the `flow-events` route, with fast retries.
+fn with_sink(c: &mut Config, toml_table: &str) {
+    let sink: SinkConfig = toml::from_str(toml_table).expect("sink table");
+    c.sinks.insert("backend".into(), sink);
+    c.routes[0].sinks = vec!["backend".into()];
+    c.delivery.poll_interval = Duration::from_millis(20);
+}
+
+const FAST_RETRY: &str =
+    "retry = { max_attempts = 3, base_delay = \"10ms\", max_delay = \"40ms\" }";
+
+/// An `http` sink table; `extra` lines override nothing already given, so callers that need
+/// another retry policy or timeout use [`http_sink_with`].
+fn http_sink(url: &str, extra: &str) -> String {
+    http_sink_with(url, FAST_RETRY, "2s", extra)
+}
+
+fn http_sink_with(url: &str, retry: &str, timeout: &str, extra: &str) -> String {
+    format!("kind = \"http\"\nurl = \"{url}\"\ntimeout = \"{timeout}\"\n{retry}\n{extra}")
+}
+
+fn db_count(app: &TestApp, sql: &str) -> i64 {
+    count(&app.db(), sql)
+}
+
+async fn send_flow(app: &TestApp, n: usize, prefix: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let corr = format!("{prefix}-{i}");
+        let r = app
+            .post_signed(
+                "/webhook",
+                &flow_body(&format!("s-{prefix}-{}", i % 3), &corr),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        ids.push(corr);
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_sink_receives_every_event_with_ids_attempt_and_signature() {
+    let sink = SinkServer::start().await;
+    let table = http_sink(&sink.url("/events"), "secret = \"sink-secret\"");
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    let sent = send_flow(&app, 10, "all").await;
+    let got = sink.wait_for(10, T).await;
+    let mut corr: Vec<String> = got
+        .iter()
+        .map(|r| r.headers["x-correlation-id"].to_str().unwrap().to_string())
+        .collect();
+    corr.sort();
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(corr, want);
+    for r in &got {
+        assert_eq!(r.headers["x-cognihook-attempt"], "1");
+        assert_eq!(r.headers["content-type"], "application/json");
+        let event_id = r.headers["x-cognihook-event-id"].to_str().unwrap();
+        assert_eq!(r.body["eventId"], event_id);
+        assert_eq!(r.body["route"], "flow-events");
+        assert!(r.body["stateVersion"].as_u64().unwrap() >= 1);
+        assert_eq!(r.body["payload"]["flowName"], "OrderSupportFlow");
+        // t=<unix>,v1=<hex HMAC of "t.body">
+        let sig = r.headers["x-cognihook-signature"].to_str().unwrap();
+        let (t, v1) = sig.trim_start_matches("t=").split_once(",v1=").unwrap();
+        let t: u64 = t.parse().unwrap();
+        assert_eq!(
+            cognihook::sinks::http::outgoing_signature(b"sink-secret", t, &r.raw),
+            sig
+        );
+        assert!(!v1.is_empty());
+    }
+    wait_until("all rows delivered", T, || {
+        db_count(
+            &app,
+            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
+        ) == 10
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_then_delivered_and_the_journey_shows_each_attempt() {
+    let sink = SinkServer::start().await;
+    sink.script(2, Reply::Status(503));
+    let table = http_sink(&sink.url("/events"), "");
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    send_flow(&app, 1, "retry").await;
+    let got = sink.wait_for(3, T).await;
+    let attempts: Vec<&str> = got
+        .iter()
+        .map(|r| r.headers["x-cognihook-attempt"].to_str().unwrap())
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+    wait_until("delivered", T, || {
+        db_count(
+            &app,
+            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
+        ) == 1
+    })
+    .await;
+    let j = app.admin_get("/admin/events/retry-0").await.json();
+    let d = &j["deliveries"][0];
+    assert_eq!(d["sink"], "backend");
+    assert_eq!(d["status"], "delivered");
+    let outcomes: Vec<&str> = d["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["retry", "retry", "delivered"]);
+    assert!(d["attempts"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("HTTP 503"));
+    assert!(d["attempts"][0]["at"].is_string());
+    assert!(d["attempts"][0]["durationMs"].is_number());
+    assert!(d["attempts"][0]["replica"].as_str().unwrap().contains(':'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failure_is_dead_lettered_after_one_attempt() {
+    let sink = SinkServer::start().await;
+    sink.set_fallback(Reply::Status(400));
+    let table = http_sink(&sink.url("/events"), "");
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    send_flow(&app, 1, "perm").await;
+    wait_until("dead letter", T, || {
+        db_count(&app, "SELECT count(*) FROM outbox WHERE status = 'dead'") == 1
+    })
+    .await;
+    assert_eq!(sink.received().len(), 1);
+    let dl = app.admin_get("/admin/dead-letters").await.json();
+    assert_eq!(dl["total"], 1);
+    let item = &dl["items"][0];
+    assert_eq!(item["sink"], "backend");
+    assert_eq!(item["route"], "flow-events");
+    assert_eq!(item["class"], "permanent");
+    assert_eq!(item["attempts"], 1);
+    assert_eq!(item["correlationId"], "perm-0");
+    assert!(item["lastError"].as_str().unwrap().contains("HTTP 400"));
+    assert!(item["deadLetteredAt"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retries_are_dead_lettered_with_the_last_error() {
+    let sink = SinkServer::start().await;
+    sink.set_fallback(Reply::Status(502));
+    let table = http_sink(&sink.url("/events"), "");
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    send_flow(&app, 1, "exh").await;
+    wait_until("dead letter", T, || {
+        db_count(&app, "SELECT count(*) FROM outbox WHERE status = 'dead'") == 1
+    })
+    .await;
+    assert_eq!(sink.received().len(), 3, "max_attempts = 3");
+    let dl = app
+        .admin_get("/admin/dead-letters?reason=exhausted&sink=backend")
+        .await
+        .json();
+    assert_eq!(dl["total"], 1);
+    assert_eq!(dl["items"][0]["class"], "transient");
+    assert_eq!(dl["items"][0]["reason"], "exhausted");
+    assert_eq!(dl["items"][0]["attempts"], 3);
+    let none = app
+        .admin_get("/admin/dead-letters?reason=permanent")
+        .await
+        .json();
+    assert_eq!(none["total"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_from_a_429_is_honoured() {
+    let sink = SinkServer::start().await;
+    sink.script(1, Reply::TooManyRequests(1));
+    let table = http_sink(&sink.url("/events"), "");
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    send_flow(&app, 1, "ra").await;
+    let got = sink.wait_for(2, T).await;
+    let gap = got[1].arrived.duration_since(got[0].arrived);
+    assert!(
+        gap >= Duration::from_secs(1),
+        "second attempt after {gap:?}"
+    );
+    drop(app);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_after_the_sink_recovers_delivers_everything_and_empties_the_queue() {
+    let sink = SinkServer::start().await;
+    sink.set_fallback(Reply::Status(503));
+    // A breaker that would open on this many failures is tested on its own, below.
+    let table = http_sink(
+        &sink.url("/events"),
+        "breaker = { failure_threshold = 1000 }",
+    );
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    send_flow(&app, 5, "rep").await;
+    wait_until("five dead letters", T, || {
+        db_count(&app, "SELECT count(*) FROM outbox WHERE status = 'dead'") == 5
+    })
+    .await;
+    let dry = app
+        .admin_post(
+            "/admin/dead-letters/replay",
+            &json!({"sink": "backend", "dry_run": true}),
+        )
+        .await;
+    assert_eq!(dry.json(), json!({"would_replay": 5}));
+    assert_eq!(
+        db_count(&app, "SELECT count(*) FROM outbox WHERE status = 'dead'"),
+        5
+    );
+
+    sink.set_fallback(Reply::Status(200));
+    let r = app
+        .admin_post("/admin/dead-letters/replay", &json!({"sink": "backend"}))
+        .await;
+    assert_eq!(r.json(), json!({"replayed": 5}));
+    wait_until("all delivered after replay", T, || {
+        db_count(
+            &app,
+            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
+        ) == 5
+    })
+    .await;
+    let dl = app.admin_get("/admin/dead-letters").await.json();
+    assert_eq!(dl["total"], 0);
+    let j = app.admin_get("/admin/events/rep-0").await.json();
+    let outcomes: Vec<&str> = j["deliveries"][0]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["retry", "retry", "dead_lettered", "replayed", "delivered"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_can_be_purged_by_id() {
+    let sink = SinkServer::start().await;
+    sink.set_fallback(Reply::Status(410));
+    let table = http_sink(&sink.url("/events"), "");
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    send_flow(&app, 1, "purge").await;
+    wait_until("dead letter", T, || {
+        db_count(&app, "SELECT count(*) FROM outbox WHERE status = 'dead'") == 1
+    })
+    .await;
+    let id = app.admin_get("/admin/dead-letters").await.json()["items"][0]["id"]
+        .as_i64()
+        .unwrap();
+    let bearer = format!("Bearer {}", crate::support::ADMIN_TOKEN);
+    let del = |path: String| {
+        let app = &app;
+        let bearer = bearer.clone();
+        async move {
+            app.request(
+                http::Request::delete(app.url(&path))
+                    .header("authorization", bearer)
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let r = del(format!("/admin/dead-letters/{id}")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!({"deleted": 1}));
+    let r = del(format!("/admin/dead-letters/{id}")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(db_count(&app, "SELECT count(*) FROM outbox"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_opens_on_a_dead_sink_and_closes_after_it_recovers() {
+    let sink = SinkServer::start().await;
+    sink.set_fallback(Reply::Status(503));
+    let table = http_sink_with(
+        &sink.url("/events"),
+        "retry = { max_attempts = 50, base_delay = \"10ms\", max_delay = \"20ms\" }",
+        "2s",
+        "breaker = { failure_threshold = 2, cool_down = \"300ms\" }",
+    );
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    send_flow(&app, 1, "brk").await;
+    sink.wait_for(2, T).await;
+    let sinks = app.admin_get("/admin/sinks").await.json();
+    let s = &sinks["sinks"][0];
+    assert_eq!(s["name"], "backend");
+    assert_eq!(s["kind"], "http");
+    assert_eq!(s["circuit"], "open");
+    assert_eq!(s["pending"], 1);
+    // While open, nothing is attempted (and no attempt is counted).
+    let before = sink.received().len();
+    let metrics = app.get("/metrics", &[]).await;
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(
+        text.contains("cognihook_circuit_state{sink=\"backend\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cognihook_outbox_pending{sink=\"backend\"} 1"),
+        "{text}"
+    );
+    assert!(
+        sink.received().len() <= before + 1,
+        "at most the half-open probe"
+    );
+
+    sink.set_fallback(Reply::Status(200));
+    wait_until("delivered after recovery", T, || {
+        db_count(
+            &app,
+            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
+        ) == 1
+    })
+    .await;
+    let s = app.admin_get("/admin/sinks").await.json();
+    assert_eq!(s["sinks"][0]["circuit"], "closed");
+    let attempts = db_count(&app, "SELECT attempts FROM outbox");
+    assert!(
+        attempts <= 4,
+        "attempts skipped while open are not counted ({attempts})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_sink_gets_nothing_until_resumed() {
+    let sink = SinkServer::start().await;
+    let table = http_sink(&sink.url("/events"), "");
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    let r = app
+        .admin_post("/admin/sinks/backend/pause", &json!({}))
+        .await;
+    assert_eq!(r.json(), json!({"name": "backend", "paused": true}));
+    send_flow(&app, 3, "pause").await;
+    // Drive a few worker rounds deterministically: a paused sink claims nothing.
+    for _ in 0..3 {
+        assert_eq!(app.deliverer().tick().await, 0);
+    }
+    assert!(sink.received().is_empty());
+    let r = app
+        .admin_post("/admin/sinks/backend/resume", &json!({}))
+        .await;
+    assert_eq!(r.json()["paused"], false);
+    sink.wait_for(3, T).await;
+    let r = app.admin_post("/admin/sinks/nope/pause", &json!({})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sink_does_not_slow_ingest_answers() {
+    let sink = SinkServer::start().await;
+    sink.set_fallback(Reply::Gated);
+    let table = http_sink_with(&sink.url("/events"), FAST_RETRY, "30s", "");
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    // Every ingest answer arrives while the sink holds every delivery it got.
+    send_flow(&app, 20, "slow").await;
+    let got = sink.received();
+    assert!(
+        got.iter().all(|r| r.answered.is_none()),
+        "sink answered nothing yet"
+    );
+    sink.open_gate(1000);
+    wait_until("all delivered once the sink answers", T, || {
+        db_count(
+            &app,
+            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
+        ) == 20
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_sink_has_one_event_in_flight_per_session_in_acceptance_order() {
+    let sink = SinkServer::start().await;
+    sink.script(1, Reply::Status(503));
+    let table = http_sink(&sink.url("/events"), "ordered = true\nconcurrency = 8");
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    for i in 0..12 {
+        let body = flow_body(&format!("ord-s{}", i % 2), &format!("ord-{i}"));
+        assert_eq!(
+            app.post_signed("/webhook", &body).await.status,
+            StatusCode::OK
+        );
+    }
+    wait_until("all delivered", T, || {
+        db_count(
+            &app,
+            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
+        ) == 12
+    })
+    .await;
+    let got = sink.received();
+    for session in ["ord-s0", "ord-s1"] {
+        let mine: Vec<_> = got
+            .iter()
+            .filter(|r| r.body["sessionId"] == session)
+            .collect();
+        // Successful deliveries arrive in acceptance (stateVersion) order, even though the
+        // very first attempt failed and was retried.
+        let ok: Vec<u64> = mine
+            .iter()
+            .filter(|r| r.status == Some(200))
+            .map(|r| r.body["stateVersion"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ok, (1..=6).collect::<Vec<u64>>(), "{session}");
+        for w in mine.windows(2) {
+            let end = w[0].answered.expect("answered");
+            assert!(w[1].arrived >= end, "{session}: two in flight at once");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_outage_across_a_gateway_restart_loses_nothing() {
+    let sink = SinkServer::start().await;
+    sink.set_fallback(Reply::Status(503));
+    let table = http_sink_with(
+        &sink.url("/events"),
+        "retry = { max_attempts = 1000, base_delay = \"10ms\", max_delay = \"50ms\" }",
+        "2s",
+        "breaker = { failure_threshold = 100000 }",
+    );
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    let sent = send_flow(&app, 8, "outage").await;
+    sink.wait_for(8, T).await;
+    let dir = app.stop().await;
+
+    sink.set_fallback(Reply::Status(200));
+    let app = TestApp::spawn_in(dir, |c| with_sink(c, &table)).await;
+    wait_until("every event delivered after the restart", T, || {
+        db_count(
+            &app,
+            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
+        ) == 8
+    })
+    .await;
+    let delivered: std::collections::BTreeSet<String> = sink
+        .received()
+        .iter()
+        .filter(|r| r.answered.is_some())
+        .map(|r| r.headers["x-correlation-id"].to_str().unwrap().to_string())
+        .collect();
+    for c in sent {
+        assert!(delivered.contains(&c), "{c} never reached the sink");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_sink_appends_one_json_line_per_event() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("events.jsonl");
+    let table = format!("kind = \"file\"\npath = \"{}\"", path.display());
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    send_flow(&app, 4, "file").await;
+    wait_until("four lines", T, || {
+        std::fs::read_to_string(&path).map_or(0, |t| t.lines().count()) == 4
+    })
+    .await;
+    let lines: Vec<Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.iter().all(|l| l["route"] == "flow-events"));
+    drop(app);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_metrics_and_audit_lines_are_written() {
+    let sink = SinkServer::start().await;
+    sink.script(1, Reply::Status(500));
+    let table = http_sink(&sink.url("/events"), "");
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    send_flow(&app, 1, "met").await;
+    wait_until("delivered", T, || {
+        db_count(
+            &app,
+            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
+        ) == 1
+    })
+    .await;
+    let text = String::from_utf8(app.get("/metrics", &[]).await.body.to_vec()).unwrap();
+    for want in [
+        "cognihook_deliveries_total{sink=\"backend\",outcome=\"retried\"}",
+        "cognihook_deliveries_total{sink=\"backend\",outcome=\"delivered\"}",
+        "cognihook_delivery_duration_seconds_bucket{sink=\"backend\"",
+        "cognihook_outbox_pending{sink=\"backend\"} 0",
+        "cognihook_dead_letters{sink=\"backend\"} 0",
+        "cognihook_outbox_oldest_age_seconds{sink=\"backend\"}",
+    ] {
+        assert!(text.contains(want), "missing {want}");
+    }
+    let audit = app.audit_path.clone();
+    let _dir = app.stop().await;
+    let lines = crate::support::read_audit(&audit);
+    let kinds: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"delivery_failed"), "{kinds:?}");
+    assert!(kinds.contains(&"delivery_succeeded"), "{kinds:?}");
+    let ok = lines
+        .iter()
+        .find(|l| l["event"] == "delivery_succeeded")
+        .unwrap();
+    assert_eq!(ok["sink"], "backend");
+    assert_eq!(ok["attempt"], 2);
+    assert_eq!(ok["correlation_id"], "met-0");
+}
