@@ -616,10 +616,22 @@ impl Config {
         if c.server.admin_token.is_some() {
             c.server.admin_token = Some("********".into());
         }
+        let mask = |s: &mut String| {
+            if !(s.starts_with("env:") || s.starts_with("file:")) {
+                *s = "********".into();
+            }
+        };
         for r in &mut c.routes {
-            for s in &mut r.auth.secrets {
-                if !(s.starts_with("env:") || s.starts_with("file:")) {
-                    *s = "********".into();
+            r.auth.secrets.iter_mut().for_each(mask);
+        }
+        for s in c.sinks.values_mut() {
+            s.secret.iter_mut().for_each(mask);
+            // Broker URLs may carry credentials (amqp://user:pass@…).
+            if let Some(u) = &mut s.url {
+                if let Some((scheme, rest)) = u.split_once("://") {
+                    if let Some((_, host)) = rest.split_once('@') {
+                        *u = format!("{scheme}://********@{host}");
+                    }
                 }
             }
         }
@@ -951,11 +963,61 @@ auth = { scheme = "hmac-sha256" }
     }
 
     #[test]
+    fn sink_tables_are_checked_per_kind_and_routes_must_name_defined_sinks() {
+        let text = r#"
+[sink.web]
+kind = "http"
+url = "ftp://nowhere"
+subject = "x"
+concurrency = 0
+[sink.log]
+kind = "file"
+[sink.q]
+kind = "cognigy"
+[[route]]
+name = "r"
+path = "/r"
+payload = "nlu"
+auth = { scheme = "hmac-sha256", secrets = ["lit"] }
+sinks = ["web", "missing", "web"]
+"#;
+        let c = Config::from_toml(text).expect("parses");
+        let p = c.validate();
+        for want in [
+            "sink `web` (http): url `ftp://nowhere` must be an absolute",
+            "sink `web` (http): key `subject` does not apply",
+            "sink `web` (http): concurrency must be at least 1",
+            "sink `log` (file): `path` is required",
+            "sink `q` (cognigy): this version cannot deliver",
+            "sink `missing` is not defined",
+            "sink `web` listed twice",
+        ] {
+            assert!(p.iter().any(|m| m.contains(want)), "missing {want:?} in {p:?}");
+        }
+        let ok = Config::from_toml(
+            "[sink.web]\nkind = \"http\"\nurl = \"https://example.test/x\"\nretry = { max_attempts = 5 }\n",
+        )
+        .expect("parses");
+        assert!(ok.validate().is_empty(), "{:?}", ok.validate());
+        assert_eq!(ok.sinks["web"].retry.max_attempts, 5);
+        assert_eq!(ok.sinks["web"].retry.base_delay, Duration::from_secs(1));
+        let bad = Config::from_toml("[sink.web]\nkind = \"http\"\nurl = \"http://x\"\nretry = { tries = 5 }\n");
+        assert!(bad.is_err(), "unknown key inside retry");
+    }
+
+    #[test]
     fn masked_config_hides_literal_secrets_and_token() {
         let mut c = Config::default();
         c.routes[0].auth.secrets = vec!["supersecret".into(), "env:X".into()];
         c.server.admin_token = Some("tok123".into());
+        let sink: SinkConfig = toml::from_str(
+            "kind = \"http\"\nurl = \"http://user:pw123@host/x\"\nsecret = \"sinksecret\"",
+        )
+        .expect("sink");
+        c.sinks.insert("s".into(), sink);
         let out = c.to_masked_toml();
+        assert!(!out.contains("sinksecret"));
+        assert!(!out.contains("pw123"));
         assert!(!out.contains("supersecret"));
         assert!(!out.contains("tok123"));
         assert!(out.contains("env:X"));

@@ -2,6 +2,7 @@
 //! failure, 2 usage or configuration error.
 
 mod check_config;
+mod dead_letters;
 mod events;
 mod send;
 mod serve;
@@ -64,6 +65,11 @@ enum Command {
         #[command(subcommand)]
         command: events::EventsCommand,
     },
+    /// Inspect, replay and purge dead letters.
+    DeadLetters {
+        #[command(subcommand)]
+        command: dead_letters::DeadLettersCommand,
+    },
 }
 
 /// Parses the command line and runs the command.
@@ -83,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Send(a) => send::run_send(a),
         Command::Sign(a) => send::run_sign(a),
         Command::Events { command } => events::run(config, command),
+        Command::DeadLetters { command } => dead_letters::run(config, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

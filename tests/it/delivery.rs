@@ -527,3 +527,74 @@ async fn delivery_metrics_and_audit_lines_are_written() {
     assert_eq!(ok["attempt"], 2);
     assert_eq!(ok["correlation_id"], "met-0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_cli_lists_shows_replays_and_purges() {
+    use crate::support::binary::{command, run};
+    let sink = SinkServer::start().await;
+    sink.set_fallback(Reply::Status(422));
+    let table = http_sink(&sink.url("/events"), "");
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    send_flow(&app, 3, "cli").await;
+    wait_until("three dead letters", T, || {
+        db_count(&app, "SELECT count(*) FROM outbox WHERE status = 'dead'") == 3
+    })
+    .await;
+    let dir = app.stop().await;
+    let cli = |args: &[&str]| {
+        let mut c = command(dir.path());
+        c.arg("dead-letters").args(args);
+        let o = run(c, T);
+        let out: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        (
+            o.status.code(),
+            out,
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (code, list, err) = cli(&[
+        "list",
+        "--sink",
+        "backend",
+        "--reason",
+        "permanent",
+        "--since",
+        "1h",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(list["total"], 3);
+    let id = list["items"][0]["id"].as_i64().unwrap();
+    let (code, none, _) = cli(&["list", "--sink", "other"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(none["total"], 0);
+
+    let (code, show, err) = cli(&["show", &id.to_string()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(show["deadLetter"]["id"], id);
+    assert_eq!(show["journey"]["deliveries"][0]["status"], "dead");
+
+    let (code, dry, _) = cli(&["replay", "--dry-run", "--sink", "backend"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(dry, json!({"would_replay": 3}));
+    let (code, one, _) = cli(&["replay", &id.to_string()]);
+    assert_eq!(code, Some(0));
+    assert_eq!(one, json!({"replayed": 1}));
+    let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).unwrap();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM outbox WHERE status = 'pending'"),
+        1
+    );
+
+    let (code, _, err) = cli(&["purge"]);
+    assert_eq!(code, Some(2), "purge without ids or filter is refused");
+    assert!(err.contains("--all"), "{err}");
+    let (code, purged, _) = cli(&["purge", "--all"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(purged, json!({"deleted": 2}));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM outbox WHERE status = 'dead'"),
+        0
+    );
+    let (code, _, err) = cli(&["show", &id.to_string()]);
+    assert_eq!(code, Some(1), "{err}");
+}

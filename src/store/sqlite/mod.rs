@@ -378,6 +378,14 @@ impl ReadOnlyStore {
     pub fn journey(&self, id: &str) -> Result<Option<Journey>, String> {
         read_journey(&self.conn, id).map_err(|e| e.to_string())
     }
+
+    pub fn dead_letters(
+        &self,
+        f: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<(u64, Vec<DeadLetter>), String> {
+        outbox::dead_letters(&self.conn, f, limit).map_err(|e| e.to_string())
+    }
 }
 
 fn read_journey(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {

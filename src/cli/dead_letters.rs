@@ -1,0 +1,180 @@
+//! `cognihook dead-letters list|show|replay|purge`: inspect and replay dead letters straight
+//! in the store. A running gateway picks replayed rows up on its next poll.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::CliError;
+use crate::config::{Config, ProcessEnv};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{parse_time_bound, DeadLetterFilter, DeadReason, Store};
+
+#[derive(Debug, clap::Args)]
+pub(super) struct Filter {
+    /// Only this sink.
+    #[arg(long)]
+    sink: Option<String>,
+    /// Only this route.
+    #[arg(long)]
+    route: Option<String>,
+    /// Only this reason.
+    #[arg(long, value_enum)]
+    reason: Option<Reason>,
+    /// Dead-lettered at or after: RFC 3339, or a duration ago such as 2h.
+    #[arg(long)]
+    since: Option<String>,
+    /// Dead-lettered before: RFC 3339, or a duration ago.
+    #[arg(long)]
+    until: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(super) enum Reason {
+    Permanent,
+    Exhausted,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(super) enum DeadLettersCommand {
+    /// List dead letters (newest first) as JSON: {"total", "items"}.
+    List {
+        #[command(flatten)]
+        filter: Filter,
+        /// Most items to print.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one dead letter and its event's journey.
+    Show { id: i64 },
+    /// Put dead letters back in the outbox: by id, or every one matching the filter.
+    Replay {
+        ids: Vec<i64>,
+        #[command(flatten)]
+        filter: Filter,
+        /// Only say how many would be replayed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete dead letters: by id, or every one matching the filter.
+    Purge {
+        ids: Vec<i64>,
+        #[command(flatten)]
+        filter: Filter,
+        /// Required to purge every dead letter when no id or filter is given.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+impl Filter {
+    fn is_empty(&self) -> bool {
+        self.sink.is_none()
+            && self.route.is_none()
+            && self.reason.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+    }
+
+    fn build(self, ids: Vec<i64>) -> Result<DeadLetterFilter, CliError> {
+        let time = |v: Option<String>, flag: &str| {
+            v.map(|s| parse_time_bound(&s).map_err(|e| CliError::Usage(format!("--{flag}: {e}"))))
+                .transpose()
+        };
+        Ok(DeadLetterFilter {
+            ids,
+            sink: self.sink,
+            route: self.route,
+            reason: self.reason.map(|r| match r {
+                Reason::Permanent => DeadReason::Permanent,
+                Reason::Exhausted => DeadReason::Exhausted,
+            }),
+            since_ms: time(self.since, "since")?,
+            until_ms: time(self.until, "until")?,
+        })
+    }
+}
+
+fn print_json(v: &serde_json::Value) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| CliError::Runtime(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+pub(super) fn run(file: Option<&Path>, cmd: DeadLettersCommand) -> Result<(), CliError> {
+    let config = Config::load(file, &ProcessEnv).map_err(|e| CliError::Usage(e.to_string()))?;
+    match cmd {
+        DeadLettersCommand::List { filter, limit } => {
+            let store = SqliteStore::open_read_only(&config.store).map_err(CliError::Runtime)?;
+            let (total, items) = store
+                .dead_letters(&filter.build(Vec::new())?, limit)
+                .map_err(CliError::Runtime)?;
+            print_json(&serde_json::json!({ "total": total, "items": items }))
+        }
+        DeadLettersCommand::Show { id } => {
+            let store = SqliteStore::open_read_only(&config.store).map_err(CliError::Runtime)?;
+            let f = DeadLetterFilter {
+                ids: vec![id],
+                ..Default::default()
+            };
+            let (_, items) = store.dead_letters(&f, 1).map_err(CliError::Runtime)?;
+            let Some(item) = items.into_iter().next() else {
+                return Err(CliError::Runtime(format!("no dead letter with id {id}")));
+            };
+            let journey = store.journey(&item.event_id).map_err(CliError::Runtime)?;
+            print_json(&serde_json::json!({ "deadLetter": item, "journey": journey }))
+        }
+        DeadLettersCommand::Replay {
+            ids,
+            filter,
+            dry_run,
+        } => {
+            let f = filter.build(ids)?;
+            let n = with_store(&config, move |s| async move { s.replay(&f, dry_run).await })?;
+            let key = if dry_run { "would_replay" } else { "replayed" };
+            print_json(&serde_json::json!({ key: n }))
+        }
+        DeadLettersCommand::Purge { ids, filter, all } => {
+            if ids.is_empty() && filter.is_empty() && !all {
+                return Err(CliError::Usage(
+                    "purge needs dead-letter ids, a filter (--sink, --route, --reason, --since, \
+                     --until), or --all"
+                        .into(),
+                ));
+            }
+            let f = filter.build(ids)?;
+            let n = with_store(&config, move |s| async move { s.purge(&f).await })?;
+            print_json(&serde_json::json!({ "deleted": n }))
+        }
+    }
+}
+
+/// Opens the store for writing, runs `f`, and closes the store.
+fn with_store<T, F, Fut>(config: &Config, f: F) -> Result<T, CliError>
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+{
+    if !config
+        .store
+        .sqlite_path()
+        .map_err(CliError::Usage)?
+        .exists()
+    {
+        return Err(CliError::Runtime(format!(
+            "no store at {}",
+            config
+                .store
+                .sqlite_path()
+                .map_err(CliError::Usage)?
+                .display()
+        )));
+    }
+    let rt = super::runtime()?;
+    rt.block_on(async {
+        let store = SqliteStore::open(&config.store).map_err(CliError::Runtime)?;
+        let store = Store::Sqlite(Arc::new(store));
+        let out = f(store.clone()).await;
+        store.close().await;
+        out.map_err(|e| CliError::Runtime(e.to_string()))
+    })
+}
