@@ -992,7 +992,10 @@ sinks = ["web", "missing", "web"]
             "sink `missing` is not defined",
             "sink `web` listed twice",
         ] {
-            assert!(p.iter().any(|m| m.contains(want)), "missing {want:?} in {p:?}");
+            assert!(
+                p.iter().any(|m| m.contains(want)),
+                "missing {want:?} in {p:?}"
+            );
         }
         let ok = Config::from_toml(
             "[sink.web]\nkind = \"http\"\nurl = \"https://example.test/x\"\nretry = { max_attempts = 5 }\n",
@@ -1001,7 +1004,9 @@ sinks = ["web", "missing", "web"]
         assert!(ok.validate().is_empty(), "{:?}", ok.validate());
         assert_eq!(ok.sinks["web"].retry.max_attempts, 5);
         assert_eq!(ok.sinks["web"].retry.base_delay, Duration::from_secs(1));
-        let bad = Config::from_toml("[sink.web]\nkind = \"http\"\nurl = \"http://x\"\nretry = { tries = 5 }\n");
+        let bad = Config::from_toml(
+            "[sink.web]\nkind = \"http\"\nurl = \"http://x\"\nretry = { tries = 5 }\n",
+        );
         assert!(bad.is_err(), "unknown key inside retry");
     }
 

@@ -3,8 +3,11 @@
 //! The whole retry contract is [`SinkError`]: `Transient` failures are retried with backoff,
 //! `Permanent` ones dead-letter at once. A sink never retries by itself.
 
+pub mod amqp;
 pub mod file;
 pub mod http;
+pub mod nats;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,7 +17,13 @@ use std::time::Duration;
 use crate::config::{EnvSource, SinkConfig, SinkKind};
 
 /// Sink kinds this version can deliver to.
-pub const AVAILABLE: &[SinkKind] = &[SinkKind::Http, SinkKind::File];
+pub const AVAILABLE: &[SinkKind] = &[
+    SinkKind::Http,
+    SinkKind::File,
+    SinkKind::Nats,
+    SinkKind::Amqp,
+    SinkKind::Redis,
+];
 
 /// One delivery attempt of one event.
 #[derive(Debug, Clone, Copy)]
@@ -75,19 +84,20 @@ pub fn build(
     config: &SinkConfig,
     env: &dyn EnvSource,
 ) -> Result<Arc<dyn Sink>, String> {
-    let at = format!("sink `{name}`");
-    match config.kind {
-        SinkKind::Http => Ok(Arc::new(
-            http::HttpSink::new(config, env).map_err(|e| format!("{at}: {e}"))?,
-        )),
-        SinkKind::File => Ok(Arc::new(
-            file::FileSink::new(config).map_err(|e| format!("{at}: {e}"))?,
-        )),
-        other => Err(format!(
-            "{at}: this version cannot deliver to `{}` sinks yet",
-            other.name()
-        )),
-    }
+    let at = |e: String| format!("sink `{name}`: {e}");
+    let sink: Arc<dyn Sink> = match config.kind {
+        SinkKind::Http => Arc::new(http::HttpSink::new(config, env).map_err(at)?),
+        SinkKind::File => Arc::new(file::FileSink::new(config).map_err(at)?),
+        SinkKind::Nats => Arc::new(nats::NatsSink::new(config).map_err(at)?),
+        SinkKind::Redis => Arc::new(redis::RedisSink::new(config).map_err(at)?),
+        SinkKind::Amqp => Arc::new(amqp::AmqpSink::new(config).map_err(at)?),
+        SinkKind::Cognigy => {
+            return Err(at(
+                "this version cannot deliver to `cognigy` sinks yet".to_string()
+            ))
+        }
+    };
+    Ok(sink)
 }
 
 /// Fills `{route}` and `{eventType}` in a subject or routing-key template.

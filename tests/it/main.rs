@@ -5,6 +5,7 @@
 mod support;
 
 mod binary;
+mod brokers;
 mod delivery;
 mod router;
 mod server;
