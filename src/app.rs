@@ -64,10 +64,11 @@ impl App {
             }
         }
         let store_config = config.store.clone();
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&store_config))
-            .await
-            .context("store start-up task failed")?
-            .map_err(anyhow::Error::msg)?;
+        let store =
+            tokio::task::spawn_blocking(move || SqliteStore::open_for_serving(&store_config))
+                .await
+                .context("store start-up task failed")?
+                .map_err(anyhow::Error::msg)?;
         tracing::info!(path = %store.path().display(), sync = ?config.store.sync, "store open");
         let store = Store::Sqlite(Arc::new(store));
         let audit = if config.audit.enabled {

@@ -598,3 +598,73 @@ async fn dead_letters_cli_lists_shows_replays_and_purges() {
     let (code, _, err) = cli(&["show", &id.to_string()]);
     assert_eq!(code, Some(1), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_cut_off_by_shutdown_are_not_marked_delivered_and_go_out_again_after_restart() {
+    let sink = SinkServer::start().await;
+    sink.set_fallback(Reply::Gated);
+    let table = http_sink_with(&sink.url("/events"), FAST_RETRY, "30s", "");
+    let grace = |c: &mut Config| {
+        with_sink(c, &table);
+        c.server.shutdown_grace = Duration::from_millis(200);
+    };
+    let app = TestApp::spawn_with(grace).await;
+    send_flow(&app, 2, "cut").await;
+    sink.wait_for(2, T).await;
+    let dir = app.stop().await;
+    let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).unwrap();
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM outbox WHERE status = 'pending'"),
+        2
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM delivery_attempts"),
+        0,
+        "nothing settled"
+    );
+
+    // The restarted gateway owns the store, so the old leases are released at once.
+    sink.set_fallback(Reply::Status(200));
+    let app = TestApp::spawn_in(dir, grace).await;
+    wait_until("both delivered after the restart", T, || {
+        db_count(
+            &app,
+            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
+        ) == 2
+    })
+    .await;
+    let ids: Vec<String> = sink
+        .received()
+        .iter()
+        .map(|r| {
+            r.headers["x-cognihook-event-id"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        ids.len(),
+        4,
+        "at least once: the two cut-off sends went out again"
+    );
+    sink.open_gate(10);
+}
+
+#[tokio::test]
+async fn a_second_gateway_on_the_same_embedded_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = crate::support::build_app(dir.path(), |_| {}).await;
+    let mut c = crate::support::test_config(dir.path());
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    let wiring = cognihook::app::Wiring::build(&c, &crate::support::env()).unwrap();
+    let err = match cognihook::app::App::build(c, wiring).await {
+        Ok(_) => panic!("second gateway started on the same store"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("another cognihook is already serving"),
+        "{err}"
+    );
+    drop(first);
+}

@@ -77,6 +77,8 @@ pub struct SqliteStore {
     writer_alive: Arc<AtomicBool>,
     writer: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+    /// Held while a gateway serves this store (see `open_for_serving`); released on close.
+    serving_lock: Mutex<Option<std::fs::File>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -183,7 +185,54 @@ impl SqliteStore {
             writer_alive,
             writer: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some(checkpointer)),
+            serving_lock: Mutex::new(None),
         })
+    }
+
+    /// Opens the store for a gateway: takes an exclusive lock on `<db>.lock` (one gateway per
+    /// embedded store; several replicas need PostgreSQL) and releases every delivery lease
+    /// left by a previous process, which cannot be sending any more.
+    pub fn open_for_serving(config: &StoreConfig) -> Result<SqliteStore, String> {
+        let path = config.sqlite_path()?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            return Err(format!(
+                "another cognihook is already serving {} (lock {} is held); the embedded store \
+                 takes one gateway, use PostgreSQL for several",
+                path.display(),
+                lock_path.display()
+            ));
+        }
+        let store = SqliteStore::open(config)?;
+        let conn = open_connection(&path, config.sync, false)
+            .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
+        let released = conn
+            .execute(
+                "UPDATE outbox SET lease_until = NULL, lease_owner = NULL \
+                 WHERE lease_until IS NOT NULL AND status = 'pending'",
+                [],
+            )
+            .map_err(|e| format!("cannot release old leases in {}: {e}", path.display()))?;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "released delivery leases left by the previous process"
+            );
+        }
+        if let Ok(mut l) = store.serving_lock.lock() {
+            *l = Some(lock);
+        }
+        Ok(store)
     }
 
     /// Opens an existing store for reading only (CLI), without a writer.
@@ -332,6 +381,10 @@ impl SqliteStore {
             stop.store(true, Ordering::SeqCst);
             h.thread().unpark();
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        // Dropping the file releases the lock for the next gateway.
+        if let Ok(mut l) = self.serving_lock.lock() {
+            l.take();
         }
     }
 }
