@@ -16,6 +16,7 @@ SERVER_CPU=0
 CLIENT_CPU=1
 BASE_PORT=18090
 GW_PORT=18080
+SINK_PORT=18091
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 command -v taskset >/dev/null || { echo "taskset (util-linux) is required" >&2; exit 1; }
@@ -75,6 +76,16 @@ base_rss=$(peak_rss_mib "$base_pid")
 kill "$base_pid"
 
 # cognihook on the embedded store.
+start_gateway() { # CONFIG -> sets gw_pid
+  COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c "$SERVER_CPU" \
+    target/release/cognihook --config "$1" serve 2>>"$work/gw.log" &
+  gw_pid=$!
+  pids+=("$gw_pid")
+  wait_port "$GW_PORT"
+}
+stop_gateway() { kill -TERM "$gw_pid"; wait "$gw_pid" 2>/dev/null || true; }
+stat_of() { curl -s "http://127.0.0.1:$GW_PORT/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+
 cat > "$work/cognihook.toml" <<TOML
 [server]
 listen = "127.0.0.1:$GW_PORT"
@@ -84,26 +95,62 @@ sync = "$SYNC"
 [audit]
 path = "$work/audit.jsonl"
 TOML
-COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c "$SERVER_CPU" \
-  target/release/cognihook --config "$work/cognihook.toml" serve 2>"$work/gw.log" &
-pids+=($!); gw_pid=$!
-wait_port "$GW_PORT"
+start_gateway "$work/cognihook.toml"
 run_wrk warm-gw "http://127.0.0.1:$GW_PORT/webhook" "$work/flow.lua" warm >/dev/null
 flow=$(run_wrk flow "http://127.0.0.1:$GW_PORT/webhook" "$work/flow.lua" flow)
 nlu=$(run_wrk nlu "http://127.0.0.1:$GW_PORT/webhook/cognigy" "$work/nlu.lua" nlu)
 gw_rss=$(peak_rss_mib "$gw_pid")
-committed=$(curl -s "http://127.0.0.1:$GW_PORT/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["events_committed"])' 2>/dev/null || echo "?")
-kill -TERM "$gw_pid"; wait "$gw_pid" 2>/dev/null || true
+committed=$(stat_of events_committed)
+stop_gateway
 
-python3 - "$base" "$flow" "$nlu" "$base_rss" "$gw_rss" "$committed" <<'PY'
+# The same /webhook route with one http sink attached; the receiving end (examples/bare_baseline
+# in accept-all mode) runs on the client CPU.
+taskset -c "$CLIENT_CPU" target/release/examples/bare_baseline "127.0.0.1:$SINK_PORT" accept-all 2>/dev/null &
+pids+=($!)
+wait_port "$SINK_PORT"
+cat > "$work/cognihook-sink.toml" <<TOML
+[server]
+listen = "127.0.0.1:$GW_PORT"
+[store]
+data_dir = "$work/data-sink"
+sync = "$SYNC"
+[audit]
+path = "$work/audit-sink.jsonl"
+[sink.backend]
+kind = "http"
+url = "http://127.0.0.1:$SINK_PORT/events"
+concurrency = 32
+[[route]]
+name = "flow-events"
+path = "/webhook"
+payload = "flow-event"
+auth = { scheme = "hmac-sha256", secrets = ["env:COGNIGY_WEBHOOK_SECRET"] }
+sinks = ["backend"]
+TOML
+start_gateway "$work/cognihook-sink.toml"
+run_wrk warm-sink "http://127.0.0.1:$GW_PORT/webhook" "$work/flow.lua" warm >/dev/null
+# Let the warm-up's deliveries drain before measuring.
+for _ in $(seq 1 600); do [ "$(stat_of outbox_pending)" = 0 ] && break; sleep 0.1; done
+t0=$(date +%s.%N); c0=$(stat_of events_committed)
+withsink=$(run_wrk flow-sink "http://127.0.0.1:$GW_PORT/webhook" "$work/flow.lua" sink)
+for _ in $(seq 1 1200); do [ "$(stat_of outbox_pending)" = 0 ] && break; sleep 0.1; done
+t1=$(date +%s.%N); c1=$(stat_of events_committed)
+deliveries_per_s=$(python3 -c "print(round(($c1 - $c0) / ($t1 - $t0)))")
+sink_rss=$(peak_rss_mib "$gw_pid")
+stop_gateway
+
+python3 - "$base" "$flow" "$nlu" "$withsink" "$base_rss" "$gw_rss" "$sink_rss" "$committed" "$deliveries_per_s" <<'PY'
 import sys
-base, flow, nlu = (s.split() for s in sys.argv[1:4])
-base_rss, gw_rss, committed = sys.argv[4:7]
+base, flow, nlu, withsink = (s.split() for s in sys.argv[1:5])
+base_rss, gw_rss, sink_rss, committed, dps = sys.argv[5:10]
 rows = [("bare hyper (HMAC + JSON)", base, base_rss), ("cognihook POST /webhook", flow, gw_rss),
-        ("cognihook POST /webhook/cognigy", nlu, gw_rss)]
-print(f"{'target':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'peak RSS MiB':>13} {'req/s vs bare':>14}")
+        ("cognihook POST /webhook/cognigy", nlu, gw_rss),
+        ("cognihook POST /webhook + http sink", withsink, sink_rss)]
+print(f"{'target':36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'peak RSS MiB':>13} {'req/s vs bare':>14}")
 b = float(base[0])
 for name, r, rss in rows:
-    print(f"{name:34} {r[0]:>9} {r[1]:>8} {r[2]:>8} {r[3]:>8} {rss:>13} {float(r[0]) / b:>13.2f}x")
-print(f"events committed by cognihook during the run: {committed}")
+    print(f"{name:36} {r[0]:>9} {r[1]:>8} {r[2]:>8} {r[3]:>8} {rss:>13} {float(r[0]) / b:>13.2f}x")
+print(f"ingest with one http sink vs none: {float(withsink[0]) / float(flow[0]):.2f}x")
+print(f"deliveries/s (accepted and delivered, measured run until the outbox drained): {dps}")
+print(f"events committed by cognihook during the no-sink runs: {committed}")
 PY

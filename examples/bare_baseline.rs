@@ -2,7 +2,8 @@
 //! body and parses the JSON, then answers a small JSON body. No store, no rules, no audit.
 //!
 //! Run: `cargo run --release --example bare_baseline -- 127.0.0.1:8090` with
-//! `COGNIGY_WEBHOOK_SECRET` set (see `bench/load.sh`).
+//! `COGNIGY_WEBHOOK_SECRET` set (see `bench/load.sh`). With a second argument `accept-all` it
+//! answers 200 to every POST without checking anything: the load benchmark's HTTP sink.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,8 +18,13 @@ use sha2::Sha256;
 
 async fn handle(
     key: Hmac<Sha256>,
+    accept_all: bool,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if accept_all {
+        let _ = req.into_body().collect().await;
+        return Ok(answer(StatusCode::OK, "received"));
+    }
     let sig = req
         .headers()
         .get("x-cognigy-signature")
@@ -55,6 +61,7 @@ async fn main() -> std::io::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:8090".into())
         .parse()
         .map_err(|e| std::io::Error::other(format!("bad address: {e}")))?;
+    let accept_all = std::env::args().nth(2).as_deref() == Some("accept-all");
     let secret = std::env::var("COGNIGY_WEBHOOK_SECRET").unwrap_or_default();
     let key = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -65,7 +72,7 @@ async fn main() -> std::io::Result<()> {
         let _ = stream.set_nodelay(true);
         let key = key.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(key.clone(), req));
+            let svc = hyper::service::service_fn(move |req| handle(key.clone(), accept_all, req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;

@@ -8,6 +8,7 @@
 //! ([`Deliverer::wake`]) and polls as a fallback.
 
 use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,9 @@ pub struct SinkRuntime {
     breaker: Mutex<Breaker>,
     paused: AtomicBool,
     metrics: SinkMetrics,
+    /// Rows claimed ahead of free send slots, so a finished send starts the next one without
+    /// waiting for a claim to commit. Their leases cover two sends.
+    buffer: Mutex<VecDeque<Claimed>>,
 }
 
 impl SinkRuntime {
@@ -47,6 +51,7 @@ impl SinkRuntime {
             breaker: Mutex::new(Breaker::new(config.breaker)),
             paused: AtomicBool::new(false),
             metrics: SinkMetrics::new(name),
+            buffer: Mutex::new(VecDeque::new()),
             sink,
             config,
         }
@@ -76,8 +81,23 @@ impl SinkRuntime {
         self.metrics.circuit.set(self.circuit().gauge());
     }
 
+    /// Long enough for a row to wait in the buffer for one send and then be sent.
     fn lease(&self) -> Duration {
-        self.config.timeout + LEASE_MARGIN
+        self.config.timeout * 2 + LEASE_MARGIN
+    }
+
+    fn take_buffered(&self, n: usize) -> Vec<Claimed> {
+        match self.buffer.lock() {
+            Ok(mut b) => {
+                let n = n.min(b.len());
+                b.drain(..n).collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.buffer.lock().map_or(0, |b| b.len())
     }
 }
 
@@ -177,6 +197,7 @@ impl Deliverer {
         let mut started = 0;
         for sink in &self.sinks {
             if sink.is_paused() {
+                self.release_buffer(sink).await;
                 continue;
             }
             let free = sink.permits.available_permits();
@@ -187,31 +208,46 @@ impl Deliverer {
                 Ok(mut b) => b.admit(Instant::now()),
                 Err(_) => Admission::Go,
             };
-            let (limit, probe) = match admission {
+            let (take, probe) = match admission {
                 Admission::Go => (free, false),
                 Admission::Probe => (1, true),
-                Admission::Wait(_) => continue,
-            };
-            let claimed = match self
-                .store
-                .claim(&sink.name, limit, sink.lease(), sink.config.ordered)
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(sink = %sink.name, error = %e, "claim failed; will retry");
-                    Vec::new()
+                Admission::Wait(_) => {
+                    // Nothing goes while the circuit is open; give claimed rows back, uncounted.
+                    self.release_buffer(sink).await;
+                    continue;
                 }
             };
-            if claimed.is_empty() && probe {
+            if sink.buffered() < take {
+                // Claim for the free slots plus one more round, in one commit.
+                let want = take + if probe { 0 } else { sink.config.concurrency } - sink.buffered();
+                match self
+                    .store
+                    .claim(&sink.name, want, sink.lease(), sink.config.ordered)
+                    .await
+                {
+                    Ok(rows) => {
+                        if let Ok(mut b) = sink.buffer.lock() {
+                            b.extend(rows);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(sink = %sink.name, error = %e, "claim failed; will retry")
+                    }
+                }
+            }
+            let rows = sink.take_buffered(take);
+            if rows.is_empty() && probe {
                 if let Ok(mut b) = sink.breaker.lock() {
                     b.release_probe();
                 }
             }
-            for c in claimed {
+            for c in rows {
                 let Ok(permit) = sink.permits.clone().try_acquire_owned() else {
-                    // Cannot happen: only this loop takes permits, and it took no more than
-                    // were free. Should it, the row's lease expires and it comes due again.
+                    // Only this loop takes permits, and never more than were free; should it
+                    // happen anyway, the row goes back to the buffer.
+                    if let Ok(mut b) = sink.buffer.lock() {
+                        b.push_front(c);
+                    }
                     break;
                 };
                 started += 1;
@@ -223,6 +259,20 @@ impl Deliverer {
         started
     }
 
+    /// Gives the buffered rows of a sink back to the outbox, due now, without an attempt.
+    async fn release_buffer(&self, sink: &SinkRuntime) {
+        let rows = sink.take_buffered(usize::MAX);
+        for c in rows {
+            let release = Settlement::Release {
+                at_ms: crate::now_millis(),
+            };
+            if let Err(e) = self.store.settle(&c, release).await {
+                tracing::warn!(sink = %sink.name, error = %e,
+                    "cannot release a claimed row; it comes due when its lease expires");
+            }
+        }
+    }
+
     /// Waits until no send is in flight (tests and the CLI drive the worker with this).
     pub async fn idle(&self) {
         while !self.tracker.is_empty() {
@@ -230,7 +280,7 @@ impl Deliverer {
         }
     }
 
-    async fn deliver(&self, sink: Arc<SinkRuntime>, c: Claimed, _permit: OwnedSemaphorePermit) {
+    async fn deliver(&self, sink: Arc<SinkRuntime>, c: Claimed, permit: OwnedSemaphorePermit) {
         let attempt = c.attempts + 1;
         let d = Delivery {
             event_id: &c.event_id,
@@ -288,6 +338,10 @@ impl Deliverer {
                 },
             },
         };
+        // The send slot is free once the sink has answered; the next buffered row can go
+        // while this settlement commits.
+        drop(permit);
+        self.wake.notify_one();
         match self.store.settle(&c, settlement.clone()).await {
             Ok(true) => self.record(&sink, &c, attempt, &settlement, took),
             Ok(false) => tracing::warn!(sink = %sink.name, event_id = %c.event_id,
@@ -295,7 +349,6 @@ impl Deliverer {
             Err(e) => tracing::error!(sink = %sink.name, event_id = %c.event_id, error = %e,
                 "cannot settle a delivery; it will be attempted again when its lease expires"),
         }
-        self.wake.notify_one();
     }
 
     fn record(

@@ -269,12 +269,18 @@ impl SqliteStore {
         let job: Job =
             Box::new(move |c, now| f(c, now).map(|v| Box::new(v) as Box<dyn Any + Send>));
         // Jobs wait for room rather than being shed: they are the delivery path's own work.
-        let queue = self.queue.clone();
-        let sent = tokio::task::spawn_blocking(move || queue.send(WriterMsg::Job(job, tx)).is_ok())
-            .await
-            .unwrap_or(false);
-        if !sent {
-            return Err(StoreError::Closed);
+        match self.queue.try_send(WriterMsg::Job(job, tx)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(msg)) => {
+                let queue = self.queue.clone();
+                let sent = tokio::task::spawn_blocking(move || queue.send(msg).is_ok())
+                    .await
+                    .unwrap_or(false);
+                if !sent {
+                    return Err(StoreError::Closed);
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
         }
         let any = rx.await.unwrap_or(Err(StoreError::Closed))?;
         any.downcast::<T>()
