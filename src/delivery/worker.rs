@@ -110,6 +110,19 @@ pub struct Deliverer {
     tracker: TaskTracker,
     poll: Duration,
     jitter: Jitter,
+    /// Settlements waiting to be committed; whichever send finds no flush running commits
+    /// everything queued in one job (see `settle`).
+    settlements: Mutex<Vec<Pending>>,
+    flushing: AtomicBool,
+}
+
+/// A finished send whose settlement is not committed yet.
+struct Pending {
+    sink: Arc<SinkRuntime>,
+    claim: Claimed,
+    attempt: u32,
+    settlement: Settlement,
+    took: Duration,
 }
 
 /// Uniform draws in `[0, 1)` for full jitter (xorshift64; jitter needs spread, not secrecy).
@@ -146,6 +159,8 @@ impl Deliverer {
             tracker: TaskTracker::new(),
             poll,
             jitter: Jitter::new(seed),
+            settlements: Mutex::new(Vec::new()),
+            flushing: AtomicBool::new(false),
         })
     }
 
@@ -342,12 +357,61 @@ impl Deliverer {
         // while this settlement commits.
         drop(permit);
         self.wake.notify_one();
-        match self.store.settle(&c, settlement.clone()).await {
-            Ok(true) => self.record(&sink, &c, attempt, &settlement, took),
-            Ok(false) => tracing::warn!(sink = %sink.name, event_id = %c.event_id,
-                "lease lost before settling; the row will be attempted again"),
-            Err(e) => tracing::error!(sink = %sink.name, event_id = %c.event_id, error = %e,
-                "cannot settle a delivery; it will be attempted again when its lease expires"),
+        self.settle(Pending {
+            sink,
+            claim: c,
+            attempt,
+            settlement,
+            took,
+        })
+        .await;
+    }
+
+    /// Queues a settlement; if no flush is running, commits everything queued (in one job,
+    /// repeatedly, until the queue is empty). Concurrent sends thus share commits.
+    async fn settle(&self, p: Pending) {
+        if let Ok(mut q) = self.settlements.lock() {
+            q.push(p);
+        }
+        loop {
+            if self.flushing.swap(true, Ordering::SeqCst) {
+                return; // the running flush will take it
+            }
+            let batch = self
+                .settlements
+                .lock()
+                .map(|mut q| std::mem::take(&mut *q))
+                .unwrap_or_default();
+            if !batch.is_empty() {
+                self.flush(batch).await;
+            }
+            self.flushing.store(false, Ordering::SeqCst);
+            // Something queued after the batch was taken but before the flag dropped would
+            // otherwise wait for the next send: look once more.
+            if self.settlements.lock().map_or(true, |q| q.is_empty()) {
+                return;
+            }
+        }
+    }
+
+    async fn flush(&self, batch: Vec<Pending>) {
+        let items = batch
+            .iter()
+            .map(|p| (p.claim.clone(), p.settlement.clone()))
+            .collect();
+        match self.store.settle_many(items).await {
+            Ok(done) => {
+                for (p, held) in batch.iter().zip(done) {
+                    if held {
+                        self.record(&p.sink, &p.claim, p.attempt, &p.settlement, p.took);
+                    } else {
+                        tracing::warn!(sink = %p.sink.name, event_id = %p.claim.event_id,
+                            "lease lost before settling; the row will be attempted again");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, rows = batch.len(),
+                "cannot settle deliveries; they will be attempted again when their leases expire"),
         }
     }
 

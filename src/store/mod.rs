@@ -256,8 +256,17 @@ impl Store {
 
     /// Settles a claimed row; returns false when the claim no longer held it (lease lost).
     pub async fn settle(&self, claim: &Claimed, s: Settlement) -> Result<bool, StoreError> {
+        let done = self.settle_many(vec![(claim.clone(), s)]).await?;
+        Ok(done.first().copied().unwrap_or(false))
+    }
+
+    /// Settles several claimed rows in one commit; one flag per row, as `settle` returns.
+    pub async fn settle_many(
+        &self,
+        items: Vec<(Claimed, Settlement)>,
+    ) -> Result<Vec<bool>, StoreError> {
         match self {
-            Store::Sqlite(st) => st.settle(claim, s).await,
+            Store::Sqlite(st) => st.settle_many(items).await,
         }
     }
 

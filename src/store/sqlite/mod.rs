@@ -301,10 +301,17 @@ impl SqliteStore {
             .await
     }
 
-    pub(super) async fn settle(&self, claim: &Claimed, s: Settlement) -> Result<bool, StoreError> {
-        let claim = claim.clone();
-        self.job(move |c, now| outbox::settle(c, now, &claim, &s))
-            .await
+    pub(super) async fn settle_many(
+        &self,
+        items: Vec<(Claimed, Settlement)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        self.job(move |c, now| {
+            items
+                .iter()
+                .map(|(claim, s)| outbox::settle(c, now, claim, s))
+                .collect()
+        })
+        .await
     }
 
     pub(super) async fn replay(
