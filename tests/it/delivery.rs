@@ -37,6 +37,15 @@ fn db_count(app: &TestApp, sql: &str) -> i64 {
     count(&app.db(), sql)
 }
 
+/// Waits until exactly `n` outbox rows have `status`.
+async fn wait_rows(app: &TestApp, status: &str, n: i64) {
+    let sql = format!("SELECT count(*) FROM outbox WHERE status = '{status}'");
+    wait_until(&format!("{n} {status} rows"), T, || {
+        db_count(app, &sql) == n
+    })
+    .await;
+}
+
 async fn send_flow(app: &TestApp, n: usize, prefix: &str) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
@@ -86,13 +95,7 @@ async fn http_sink_receives_every_event_with_ids_attempt_and_signature() {
         );
         assert!(!v1.is_empty());
     }
-    wait_until("all rows delivered", T, || {
-        db_count(
-            &app,
-            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
-        ) == 10
-    })
-    .await;
+    wait_rows(&app, "delivered", 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,13 +111,7 @@ async fn transient_failures_are_retried_then_delivered_and_the_journey_shows_eac
         .map(|r| r.headers["x-cognihook-attempt"].to_str().unwrap())
         .collect();
     assert_eq!(attempts, ["1", "2", "3"]);
-    wait_until("delivered", T, || {
-        db_count(
-            &app,
-            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
-        ) == 1
-    })
-    .await;
+    wait_rows(&app, "delivered", 1).await;
     let j = app.admin_get("/admin/events/retry-0").await.json();
     let d = &j["deliveries"][0];
     assert_eq!(d["sink"], "backend");
@@ -142,10 +139,7 @@ async fn permanent_failure_is_dead_lettered_after_one_attempt() {
     let table = http_sink(&sink.url("/events"), "");
     let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
     send_flow(&app, 1, "perm").await;
-    wait_until("dead letter", T, || {
-        db_count(&app, "SELECT count(*) FROM outbox WHERE status = 'dead'") == 1
-    })
-    .await;
+    wait_rows(&app, "dead", 1).await;
     assert_eq!(sink.received().len(), 1);
     let dl = app.admin_get("/admin/dead-letters").await.json();
     assert_eq!(dl["total"], 1);
@@ -166,10 +160,7 @@ async fn exhausted_retries_are_dead_lettered_with_the_last_error() {
     let table = http_sink(&sink.url("/events"), "");
     let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
     send_flow(&app, 1, "exh").await;
-    wait_until("dead letter", T, || {
-        db_count(&app, "SELECT count(*) FROM outbox WHERE status = 'dead'") == 1
-    })
-    .await;
+    wait_rows(&app, "dead", 1).await;
     assert_eq!(sink.received().len(), 3, "max_attempts = 3");
     let dl = app
         .admin_get("/admin/dead-letters?reason=exhausted&sink=backend")
@@ -213,10 +204,7 @@ async fn replay_after_the_sink_recovers_delivers_everything_and_empties_the_queu
     );
     let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
     send_flow(&app, 5, "rep").await;
-    wait_until("five dead letters", T, || {
-        db_count(&app, "SELECT count(*) FROM outbox WHERE status = 'dead'") == 5
-    })
-    .await;
+    wait_rows(&app, "dead", 5).await;
     let dry = app
         .admin_post(
             "/admin/dead-letters/replay",
@@ -234,13 +222,7 @@ async fn replay_after_the_sink_recovers_delivers_everything_and_empties_the_queu
         .admin_post("/admin/dead-letters/replay", &json!({"sink": "backend"}))
         .await;
     assert_eq!(r.json(), json!({"replayed": 5}));
-    wait_until("all delivered after replay", T, || {
-        db_count(
-            &app,
-            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
-        ) == 5
-    })
-    .await;
+    wait_rows(&app, "delivered", 5).await;
     let dl = app.admin_get("/admin/dead-letters").await.json();
     assert_eq!(dl["total"], 0);
     let j = app.admin_get("/admin/events/rep-0").await.json();
@@ -263,10 +245,7 @@ async fn dead_letter_can_be_purged_by_id() {
     let table = http_sink(&sink.url("/events"), "");
     let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
     send_flow(&app, 1, "purge").await;
-    wait_until("dead letter", T, || {
-        db_count(&app, "SELECT count(*) FROM outbox WHERE status = 'dead'") == 1
-    })
-    .await;
+    wait_rows(&app, "dead", 1).await;
     let id = app.admin_get("/admin/dead-letters").await.json()["items"][0]["id"]
         .as_i64()
         .unwrap();
@@ -329,13 +308,7 @@ async fn breaker_opens_on_a_dead_sink_and_closes_after_it_recovers() {
     );
 
     sink.set_fallback(Reply::Status(200));
-    wait_until("delivered after recovery", T, || {
-        db_count(
-            &app,
-            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
-        ) == 1
-    })
-    .await;
+    wait_rows(&app, "delivered", 1).await;
     let s = app.admin_get("/admin/sinks").await.json();
     assert_eq!(s["sinks"][0]["circuit"], "closed");
     let attempts = db_count(&app, "SELECT attempts FROM outbox");
@@ -383,13 +356,7 @@ async fn a_slow_sink_does_not_slow_ingest_answers() {
         "sink answered nothing yet"
     );
     sink.open_gate(1000);
-    wait_until("all delivered once the sink answers", T, || {
-        db_count(
-            &app,
-            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
-        ) == 20
-    })
-    .await;
+    wait_rows(&app, "delivered", 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,13 +372,7 @@ async fn ordered_sink_has_one_event_in_flight_per_session_in_acceptance_order() 
             StatusCode::OK
         );
     }
-    wait_until("all delivered", T, || {
-        db_count(
-            &app,
-            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
-        ) == 12
-    })
-    .await;
+    wait_rows(&app, "delivered", 12).await;
     let got = sink.received();
     for session in ["ord-s0", "ord-s1"] {
         let mine: Vec<_> = got
@@ -450,13 +411,7 @@ async fn a_sink_outage_across_a_gateway_restart_loses_nothing() {
 
     sink.set_fallback(Reply::Status(200));
     let app = TestApp::spawn_in(dir, |c| with_sink(c, &table)).await;
-    wait_until("every event delivered after the restart", T, || {
-        db_count(
-            &app,
-            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
-        ) == 8
-    })
-    .await;
+    wait_rows(&app, "delivered", 8).await;
     let delivered: std::collections::BTreeSet<String> = sink
         .received()
         .iter()
@@ -495,13 +450,7 @@ async fn delivery_metrics_and_audit_lines_are_written() {
     let table = http_sink(&sink.url("/events"), "");
     let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
     send_flow(&app, 1, "met").await;
-    wait_until("delivered", T, || {
-        db_count(
-            &app,
-            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
-        ) == 1
-    })
-    .await;
+    wait_rows(&app, "delivered", 1).await;
     let text = String::from_utf8(app.get("/metrics", &[]).await.body.to_vec()).unwrap();
     for want in [
         "cognihook_deliveries_total{sink=\"backend\",outcome=\"retried\"}",
@@ -536,10 +485,7 @@ async fn dead_letters_cli_lists_shows_replays_and_purges() {
     let table = http_sink(&sink.url("/events"), "");
     let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
     send_flow(&app, 3, "cli").await;
-    wait_until("three dead letters", T, || {
-        db_count(&app, "SELECT count(*) FROM outbox WHERE status = 'dead'") == 3
-    })
-    .await;
+    wait_rows(&app, "dead", 3).await;
     let dir = app.stop().await;
     let cli = |args: &[&str]| {
         let mut c = command(dir.path());
@@ -626,13 +572,7 @@ async fn sends_cut_off_by_shutdown_are_not_marked_delivered_and_go_out_again_aft
     // The restarted gateway owns the store, so the old leases are released at once.
     sink.set_fallback(Reply::Status(200));
     let app = TestApp::spawn_in(dir, grace).await;
-    wait_until("both delivered after the restart", T, || {
-        db_count(
-            &app,
-            "SELECT count(*) FROM outbox WHERE status = 'delivered'",
-        ) == 2
-    })
-    .await;
+    wait_rows(&app, "delivered", 2).await;
     let ids: Vec<String> = sink
         .received()
         .iter()
