@@ -62,6 +62,8 @@ enum Item {
 /// Settings the writer needs.
 #[derive(Debug, Clone)]
 struct WriterSettings {
+    /// Set by the checkpointer when the WAL should start over (see `start_checkpointer`).
+    wal_restart_wanted: Arc<AtomicBool>,
     max_batch: usize,
     idempotency_window_ms: i64,
     session_ttl_ms: i64,
@@ -158,7 +160,9 @@ impl SqliteStore {
             .map_err(|e| format!("cannot open store {} for reading: {e}", path.display()))?;
 
         let (queue, rx) = mpsc::sync_channel(config.queue_depth);
+        let restart_wanted = Arc::new(AtomicBool::new(false));
         let settings = WriterSettings {
+            wal_restart_wanted: restart_wanted.clone(),
             max_batch: config.max_batch,
             idempotency_window_ms: millis(config.idempotency_window),
             session_ttl_ms: millis(config.session_ttl),
@@ -166,8 +170,9 @@ impl SqliteStore {
         };
         // The checkpointer thread does this work instead (see the module doc).
         conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .and_then(|()| conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES))
             .map_err(|e| format!("cannot configure store {}: {e}", path.display()))?;
-        let checkpointer = start_checkpointer(&path, config.sync)?;
+        let checkpointer = start_checkpointer(&path, config.sync, restart_wanted)?;
         let writer_alive = Arc::new(AtomicBool::new(true));
         let alive = writer_alive.clone();
         let handle = std::thread::Builder::new()
@@ -403,12 +408,19 @@ impl SqliteStore {
 }
 
 /// How often the checkpointer copies the WAL into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// WAL size (in pages) past which the checkpointer makes the log start over.
+const WAL_RESTART_FRAMES: i64 = 4096;
+
+/// Size the WAL file is truncated to after it starts over.
+const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
 /// Starts the checkpointer thread; it stops (after a last checkpoint) when the flag is set.
 fn start_checkpointer(
     path: &Path,
     sync: SyncMode,
+    restart_wanted: Arc<AtomicBool>,
 ) -> Result<(Arc<AtomicBool>, JoinHandle<()>), String> {
     let conn = open_connection(path, sync, false)
         .map_err(|e| format!("cannot open store {} for checkpoints: {e}", path.display()))?;
@@ -417,16 +429,29 @@ fn start_checkpointer(
     let handle = std::thread::Builder::new()
         .name("cognihook-checkpoint".into())
         .spawn(move || {
-            let checkpoint = |mode: &str| {
-                if let Err(e) =
-                    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
-                {
-                    tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+            // Returns the WAL's size in frames after the checkpoint.
+            let checkpoint = |mode: &str| -> i64 {
+                // Columns: busy, frames in the WAL, frames checkpointed.
+                let r = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                    r.get::<_, i64>(1)
+                });
+                match r {
+                    Ok(frames) => frames,
+                    Err(e) => {
+                        tracing::warn!(error = %e, mode, "WAL checkpoint failed; will retry");
+                        0
+                    }
                 }
             };
             while !flag.load(Ordering::SeqCst) {
                 std::thread::park_timeout(CHECKPOINT_EVERY);
-                checkpoint("PASSIVE");
+                // PASSIVE never blocks the writer, but under constant writes the WAL never
+                // gets the idle moment it needs to start over; past a size, ask the writer to
+                // restart it between two groups (it has no writer to wait for, and PASSIVE has
+                // already copied nearly everything).
+                if checkpoint("PASSIVE") > WAL_RESTART_FRAMES {
+                    restart_wanted.store(true, Ordering::SeqCst);
+                }
             }
             // The writer has stopped: copy everything back and truncate the WAL.
             checkpoint("TRUNCATE");
@@ -554,6 +579,11 @@ fn run_writer(mut conn: Connection, rx: mpsc::Receiver<WriterMsg>, s: WriterSett
         if let Some(done) = close {
             let _ = done.send(());
             break;
+        }
+        if s.wal_restart_wanted.swap(false, Ordering::SeqCst) {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL restart failed; will retry");
+            }
         }
         if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
             maintain(&conn, &s, &mut cursor);
@@ -1039,6 +1069,7 @@ mod tests {
         let conn = Connection::open(&path).expect("open");
         // Negative windows put every cut-off in the future: everything has expired.
         let expired = WriterSettings {
+            wal_restart_wanted: Arc::new(AtomicBool::new(false)),
             max_batch: 1,
             idempotency_window_ms: -60_000,
             session_ttl_ms: -60_000,
@@ -1063,6 +1094,7 @@ mod tests {
         )
         .expect("insert");
         let defaults = WriterSettings {
+            wal_restart_wanted: Arc::new(AtomicBool::new(false)),
             max_batch: 1,
             idempotency_window_ms: 86_400_000,
             session_ttl_ms: 86_400_000,
