@@ -179,3 +179,54 @@ async fn audit_has_one_line_per_outcome_and_no_text_entities_or_signatures() {
     assert!(!raw.contains(&sign(&body)), "signature in audit log");
     drop(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_store_answers_503_with_retry_after_and_retries_lose_nothing() {
+    // The writer cannot get the database while another connection holds its write lock.
+    let app = std::sync::Arc::new(
+        TestApp::spawn_with(|c| {
+            c.store.queue_depth = 1;
+            c.limits.deadline = Duration::from_millis(1500);
+        })
+        .await,
+    );
+    let blocker = app.db();
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("hold the write lock");
+    let bodies: Vec<Vec<u8>> = (0..5)
+        .map(|i| flow_body(&format!("stuck-{i}"), &format!("stuck-{i}")))
+        .collect();
+    let mut tasks = Vec::new();
+    for b in bodies.clone() {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            app.post_signed("/webhook", &b).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.expect("task");
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+        assert_eq!(r.json()["code"], "unavailable");
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    blocker.execute_batch("ROLLBACK").expect("release");
+    // Cognigy (or the caller) retries: each event is there exactly once, whether it had
+    // already committed behind the 503 (a replay) or commits now.
+    // Like a caller honouring Retry-After, retry each until it is accepted (bounded).
+    for b in &bodies {
+        let start = std::time::Instant::now();
+        loop {
+            let r = app.post_signed("/webhook", b).await;
+            if r.status == StatusCode::OK {
+                break;
+            }
+            assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+            assert!(start.elapsed() < Duration::from_secs(15), "never accepted");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let db = app.db();
+    assert_eq!(count(&db, "SELECT count(*) FROM events"), 5);
+    assert_eq!(count(&db, "SELECT max(state_version) FROM sessions"), 1);
+}

@@ -1026,6 +1026,39 @@ mod tests {
     }
 
     #[test]
+    fn a_repeat_after_the_idempotency_window_is_a_new_event() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        let rt = runtime();
+        rt.block_on(store.accept(acceptance("k", "s", &[])))
+            .expect("commit");
+        let c = Connection::open(store.path()).expect("open");
+        // Age the record past the 24 h window instead of waiting.
+        c.execute(
+            "UPDATE idempotency SET created_at = created_at - 90000000",
+            [],
+        )
+        .expect("age");
+        let out = rt
+            .block_on(store.accept(acceptance("k", "s", &[])))
+            .expect("commit");
+        assert!(
+            matches!(
+                out,
+                AcceptOutcome::Committed {
+                    state_version: 2,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM idempotency", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 1, "the old record was replaced");
+    }
+
+    #[test]
     fn expired_session_starts_again_at_one() {
         let dir = tempfile::tempdir().expect("tmp");
         let mut cfg = config(dir.path());
