@@ -6,19 +6,25 @@
 //! request path:  listener (http::serve) → http::webhook::handle
 //!                → ingest::auth (raw bytes) → ingest::payload (decode + validate → NormalisedEvent)
 //!                → ingest::rules (CEL rules, extracts)
-//!                → store::Store::accept (event, session state, idempotency record, outbox rows:
-//!                  ONE transaction, group-committed by the store's writer thread)
-//!                → response (SPEC §5), audit line, metrics
-//! delivery path: outbox rows written by `accept` → (worker, sinks: issue 3) → settle
+//!                → store::Store::accept (event, session state, idempotency record, one outbox
+//!                  row per sink: ONE transaction, group-committed by the store's writer thread)
+//!                → response (SPEC §5), audit line, metrics; wakes the delivery worker
+//! delivery path: delivery::worker::Deliverer::tick → Store::claim (due rows, with a lease)
+//!                → sinks::Sink::send (http, nats, amqp, redis, file)
+//!                → Store::settle_many: delivered | retry at T (delivery::retry) | dead letter
+//!                  (delivery::breaker keeps a failing sink from being hammered)
 //! ```
 //!
 //! # Who owns which background task
 //!
-//! - `app::App::run` owns the listeners (public and optional admin) and the shutdown sequence:
-//!   stop accepting, drain in-flight requests within the grace period, then close the store.
-//! - `store::sqlite` owns one dedicated OS thread, the *writer*, which holds the only write
-//!   connection and commits groups of acceptances in one transaction and one fsync.
-//! - `telemetry::audit` owns one OS thread that writes audit JSON lines, batching flushes.
+//! - `app::App::run` owns the listeners (public and optional admin), the delivery worker task
+//!   and the shutdown sequence: stop accepting and claiming, drain in-flight requests and sends
+//!   within the grace period, then close the store and flush the audit log.
+//! - `store::sqlite` owns two OS threads: the *writer*, which holds the only write connection
+//!   and commits groups of acceptances, claims and settlements in one transaction and one
+//!   fsync; and the *checkpointer*, which copies the WAL back into the database file.
+//! - `telemetry::audit` owns one OS thread that drains buffered audit lines to their output.
+//! - `delivery::worker::Deliverer` spawns one task per send (bounded per sink) on a tracker.
 //!
 //! Nothing else runs in the background.
 

@@ -288,13 +288,6 @@ impl Deliverer {
         }
     }
 
-    /// Waits until no send is in flight (tests and the CLI drive the worker with this).
-    pub async fn idle(&self) {
-        while !self.tracker.is_empty() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-
     async fn deliver(&self, sink: Arc<SinkRuntime>, c: Claimed, permit: OwnedSemaphorePermit) {
         let attempt = c.attempts + 1;
         let d = Delivery {

@@ -48,17 +48,23 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 
 pub async fn stats(State(state): State<AppState>) -> Response {
     let snap = state.stats.snapshot();
-    let counts = state.store.counts().await.ok();
+    let names: Vec<String> = state
+        .deliverer
+        .sinks()
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    // Per-sink counts use the outbox's (sink, status) index; summed over configured sinks.
+    let counts = state.store.sink_counts(&names).await.ok();
+    let total = |f: fn(&crate::store::SinkCounts) -> u64| {
+        counts.as_ref().map_or(serde_json::Value::Null, |c| {
+            c.iter().map(f).sum::<u64>().into()
+        })
+    };
     let mut body = serde_json::to_value(&snap).unwrap_or_else(|_| json!({}));
     if let Some(o) = body.as_object_mut() {
-        o.insert(
-            "outbox_pending".into(),
-            counts.map_or(serde_json::Value::Null, |c| c.outbox_pending.into()),
-        );
-        o.insert(
-            "dead_letters".into(),
-            counts.map_or(serde_json::Value::Null, |c| c.dead_letters.into()),
-        );
+        o.insert("outbox_pending".into(), total(|c| c.pending));
+        o.insert("dead_letters".into(), total(|c| c.dead_letters));
     }
     json_response(StatusCode::OK, Bytes::from(body.to_string()), None)
 }

@@ -199,13 +199,6 @@ pub struct SinkCounts {
     pub dead_letters: u64,
 }
 
-/// Counts for `/stats` and metrics.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Counts {
-    pub outbox_pending: u64,
-    pub dead_letters: u64,
-}
-
 /// The store, whichever backend it is.
 #[derive(Clone)]
 pub enum Store {
@@ -224,12 +217,6 @@ impl Store {
     pub async fn journey(&self, id: &str) -> Result<Option<Journey>, StoreError> {
         match self {
             Store::Sqlite(s) => s.journey(id).await,
-        }
-    }
-
-    pub async fn counts(&self) -> Result<Counts, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.counts().await,
         }
     }
 

@@ -27,7 +27,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use super::{
-    AcceptOutcome, Acceptance, Claimed, Counts, DeadLetter, DeadLetterFilter, Delivery, Journey,
+    AcceptOutcome, Acceptance, Claimed, DeadLetter, DeadLetterFilter, Delivery, Journey,
     Settlement, SinkCounts, StoreError,
 };
 use crate::config::{StoreConfig, SyncMode};
@@ -368,10 +368,6 @@ impl SqliteStore {
         self.read(move |c| read_journey(c, &id)).await
     }
 
-    pub(super) async fn counts(&self) -> Result<Counts, StoreError> {
-        self.read(read_counts).await
-    }
-
     pub(super) async fn ready(&self) -> bool {
         self.writer_alive.load(Ordering::SeqCst)
             && self
@@ -529,19 +525,6 @@ fn read_journey(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
         committed_at,
         deliveries,
     }))
-}
-
-fn read_counts(c: &Connection) -> rusqlite::Result<Counts> {
-    c.query_row(
-        "SELECT coalesce(sum(status = 'pending'), 0), coalesce(sum(status = 'dead'), 0) FROM outbox",
-        [],
-        |r| {
-            Ok(Counts {
-                outbox_pending: r.get::<_, i64>(0)?.max(0) as u64,
-                dead_letters: r.get::<_, i64>(1)?.max(0) as u64,
-            })
-        },
-    )
 }
 
 fn run_writer(mut conn: Connection, rx: mpsc::Receiver<WriterMsg>, s: WriterSettings) {
@@ -996,10 +979,10 @@ mod tests {
             .expect("found");
         assert_eq!(by_corr.event["eventId"], id.as_str());
         assert!(rt.block_on(store.journey("nope")).expect("read").is_none());
-        assert_eq!(
-            rt.block_on(store.counts()).expect("counts").outbox_pending,
-            1
-        );
+        let counts = rt
+            .block_on(store.sink_counts(&["orders".to_string()]))
+            .expect("counts");
+        assert_eq!(counts[0].pending, 1);
     }
 
     #[test]
