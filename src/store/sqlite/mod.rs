@@ -121,6 +121,9 @@ fn open_connection(path: &Path, sync: SyncMode, read_only: bool) -> rusqlite::Re
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // Statement journals stay in memory; nothing temporary touches the disk.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // 16 MiB of page cache (default 2 MiB): the random B-tree pages of sessions and
+        // idempotency keys are read from the OS far less often.
+        conn.pragma_update(None, "cache_size", -16_384)?;
     }
     Ok(conn)
 }
