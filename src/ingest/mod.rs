@@ -86,26 +86,21 @@ impl Route {
             .correlation_id
             .or_else(|| meta.correlation_header.map(str::to_string))
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let event = NormalisedEvent {
-            event_id: ulid::Ulid::new().to_string(),
-            route: self.name.clone(),
+        let mut event = NormalisedEvent::new(
+            &self.name,
             correlation_id,
-            transaction_id: meta.transaction_id.to_string(),
-            received_at: crate::now_rfc3339(),
-            session_id: d.session_id,
-            user_id: d.user_id,
-            event_type: d.event_type,
-            text: d.text,
-            intent: d.intent,
-            entities: d.entities,
-            channel: d.channel,
-            locale: d.locale,
-            url_token: None,
-            trace_id: None,
-            state_version: 0,
-            simulated: meta.simulated,
-            payload: d.payload,
-        };
+            meta.transaction_id.to_string(),
+            d.session_id,
+            d.user_id,
+            d.event_type,
+            d.payload,
+        );
+        event.text = d.text;
+        event.intent = d.intent;
+        event.entities = d.entities;
+        event.channel = d.channel;
+        event.locale = d.locale;
+        event.simulated = meta.simulated;
         let extracted = self
             .rules
             .evaluate(&event)

@@ -76,6 +76,41 @@ pub struct NormalisedEvent {
     pub payload: Value,
 }
 
+impl NormalisedEvent {
+    /// A new event with a fresh ULID and receive time; the optional fields empty, not yet
+    /// committed (`state_version` 0), not simulated.
+    pub fn new(
+        route: &str,
+        correlation_id: String,
+        transaction_id: String,
+        session_id: String,
+        user_id: String,
+        event_type: String,
+        payload: Value,
+    ) -> NormalisedEvent {
+        NormalisedEvent {
+            event_id: ulid::Ulid::new().to_string(),
+            route: route.to_string(),
+            correlation_id,
+            transaction_id,
+            received_at: crate::now_rfc3339(),
+            session_id,
+            user_id,
+            event_type,
+            text: None,
+            intent: None,
+            entities: Map::new(),
+            channel: None,
+            locale: None,
+            url_token: None,
+            trace_id: None,
+            state_version: 0,
+            simulated: false,
+            payload,
+        }
+    }
+}
+
 /// What the payload itself says, before the request adds ids and times.
 #[derive(Debug, Clone)]
 pub struct Decoded {

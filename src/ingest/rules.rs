@@ -240,29 +240,21 @@ mod tests {
         if let Some(o) = order {
             entities.insert("orderId".into(), json!(o));
         }
-        NormalisedEvent {
-            event_id: "e".into(),
-            route: "nlu-orders".into(),
-            correlation_id: "c".into(),
-            transaction_id: "t".into(),
-            received_at: "2024-01-01T00:00:00Z".into(),
-            session_id: "s".into(),
-            user_id: "u".into(),
-            event_type: "nlu.input".into(),
-            text: None,
-            intent: Some(Intent {
-                name: "order_status".into(),
-                score,
-            }),
-            entities,
-            channel: None,
-            locale: None,
-            url_token: None,
-            trace_id: None,
-            state_version: 0,
-            simulated: false,
-            payload: json!({}),
-        }
+        let mut e = NormalisedEvent::new(
+            "nlu-orders",
+            "c".into(),
+            "t".into(),
+            "s".into(),
+            "u".into(),
+            "nlu.input".into(),
+            json!({}),
+        );
+        e.intent = Some(Intent {
+            name: "order_status".into(),
+            score,
+        });
+        e.entities = entities;
+        e
     }
 
     fn seed_rules() -> RuleSet {
