@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cognihook::config::{Config, SinkConfig};
+use cognihook::config::Config;
 use futures_util::StreamExt;
 use serde_json::Value;
 
@@ -24,10 +24,7 @@ fn service(var: &str) -> Option<String> {
 }
 
 fn with_sink(c: &mut Config, table: &str) {
-    let sink: SinkConfig = toml::from_str(table).expect("sink table");
-    c.sinks.insert("broker".into(), sink);
-    c.routes[0].sinks = vec!["broker".into()];
-    c.delivery.poll_interval = Duration::from_millis(20);
+    crate::support::attach_sink(c, "broker", table);
 }
 
 const FAST: &str =

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cognihook::config::{Config, SinkConfig};
+use cognihook::config::Config;
 use http::StatusCode;
 use serde_json::{json, Value};
 
@@ -13,11 +13,8 @@ use crate::support::{count, flow_body, TestApp};
 const T: Duration = Duration::from_secs(20);
 
 /// Attaches an `http` sink named `backend` to the `flow-events` route, with fast retries.
-fn with_sink(c: &mut Config, toml_table: &str) {
-    let sink: SinkConfig = toml::from_str(toml_table).expect("sink table");
-    c.sinks.insert("backend".into(), sink);
-    c.routes[0].sinks = vec!["backend".into()];
-    c.delivery.poll_interval = Duration::from_millis(20);
+fn with_sink(c: &mut Config, table: &str) {
+    crate::support::attach_sink(c, "backend", table);
 }
 
 const FAST_RETRY: &str =

@@ -519,13 +519,9 @@ fn read_journey(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
             attempts: outbox::attempts(c, id)?,
         });
     }
-    let committed_at =
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(committed_at) * 1_000_000)
-            .map(crate::format_rfc3339)
-            .unwrap_or_default();
     Ok(Some(Journey {
         event,
-        committed_at,
+        committed_at: outbox::rfc3339_ms(committed_at),
         deliveries,
     }))
 }

@@ -8,7 +8,8 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 use crate::store::{Attempt, Claimed, DeadLetter, DeadLetterFilter, Settlement, SinkCounts};
 
-fn rfc3339_ms(ms: i64) -> String {
+/// Unix milliseconds as RFC 3339 (UTC, milliseconds).
+pub(super) fn rfc3339_ms(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .map(crate::format_rfc3339)
         .unwrap_or_default()

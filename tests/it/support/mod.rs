@@ -223,6 +223,15 @@ impl TestApp {
     }
 }
 
+/// Adds the sink table `table` (TOML) as `name` and attaches it to the `flow-events` route;
+/// the worker polls every 20 ms.
+pub fn attach_sink(c: &mut Config, name: &str, table: &str) {
+    let sink: cognihook::config::SinkConfig = toml::from_str(table).expect("sink table");
+    c.sinks.insert(name.into(), sink);
+    c.routes[0].sinks = vec![name.into()];
+    c.delivery.poll_interval = std::time::Duration::from_millis(20);
+}
+
 /// Reads audit lines from a file (after `stop`, which flushes the audit log).
 pub fn read_audit(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
