@@ -366,10 +366,18 @@ impl Deliverer {
         if let Ok(mut q) = self.settlements.lock() {
             q.push(p);
         }
+        /// Clears the flag however the flush ends (even if its task is dropped mid-await).
+        struct Flushing<'a>(&'a AtomicBool);
+        impl Drop for Flushing<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
         loop {
             if self.flushing.swap(true, Ordering::SeqCst) {
                 return; // the running flush will take it
             }
+            let guard = Flushing(&self.flushing);
             let batch = self
                 .settlements
                 .lock()
@@ -378,7 +386,7 @@ impl Deliverer {
             if !batch.is_empty() {
                 self.flush(batch).await;
             }
-            self.flushing.store(false, Ordering::SeqCst);
+            drop(guard);
             // Something queued after the batch was taken but before the flag dropped would
             // otherwise wait for the next send: look once more.
             if self.settlements.lock().map_or(true, |q| q.is_empty()) {

@@ -12,7 +12,7 @@ use crate::support::{count, flow_body, TestApp};
 
 const T: Duration = Duration::from_secs(20);
 
-/// Attaches an `http` sink named `backend` to the `flow-events` route, with fast retries.
+/// Attaches the sink table as `backend` to the `flow-events` route.
 fn with_sink(c: &mut Config, table: &str) {
     crate::support::attach_sink(c, "backend", table);
 }
