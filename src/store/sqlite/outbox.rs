@@ -15,7 +15,9 @@ pub(super) fn rfc3339_ms(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Claims due rows of one sink (see `Store::claim`).
+/// Claims due rows of one sink (see `Store::claim`), oldest due first. The order is the
+/// `outbox_due` index's own (sink, status, next_attempt_at, rowid), so the claim walks the
+/// index and stops at the limit instead of sorting every due row of a backlog.
 pub(super) fn claim(
     c: &Connection,
     now: i64,
@@ -35,7 +37,7 @@ pub(super) fn claim(
                  AND (?5 = 0 OR NOT EXISTS ( \
                    SELECT 1 FROM outbox p WHERE p.sink = o.sink AND p.session_id = o.session_id \
                      AND p.status = 'pending' AND p.id < o.id)) \
-               ORDER BY o.id LIMIT ?6) \
+               ORDER BY o.next_attempt_at, o.id LIMIT ?6) \
              RETURNING id, event_id, attempts",
         )?
         .query_map(
