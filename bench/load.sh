@@ -116,6 +116,8 @@ data_dir = "$work/data-sink"
 sync = "$SYNC"
 [audit]
 path = "$work/audit-sink.jsonl"
+[delivery]
+nice = ${NICE:-10}
 [sink.backend]
 kind = "http"
 url = "http://127.0.0.1:$SINK_PORT/events"

@@ -165,7 +165,15 @@ impl App {
             })
         };
         let delivery_task = (config.delivery.enabled && !deliverer.sinks().is_empty())
-            .then(|| tokio::spawn(deliverer.clone().run(shutdown.clone(), grace)));
+            .then(|| {
+                spawn_delivery_thread(
+                    deliverer.clone(),
+                    shutdown.clone(),
+                    grace,
+                    config.delivery.nice,
+                )
+            })
+            .transpose()?;
         let public_task = tokio::spawn(http::serve(
             public.0,
             public.1,
@@ -179,8 +187,8 @@ impl App {
         if let Some(t) = admin_task {
             let _ = t.await;
         }
-        if let Some(t) = delivery_task {
-            let _ = t.await;
+        if let Some(done) = delivery_task {
+            let _ = done.await;
         }
         let _ = flag.await;
         state.store.close().await;
@@ -188,5 +196,45 @@ impl App {
         let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
         tracing::info!("cognihook stopped");
         Ok(())
+    }
+}
+
+/// Runs the delivery workers on a thread of their own, with its own single-threaded runtime,
+/// so that the kernel can rank them below ingest (`delivery.nice`). The returned receiver
+/// resolves when the workers have stopped.
+fn spawn_delivery_thread(
+    deliverer: Arc<Deliverer>,
+    shutdown: CancellationToken,
+    grace: std::time::Duration,
+    nice: u8,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the delivery runtime")?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("cognihook-delivery".into())
+        .spawn(move || {
+            lower_thread_priority(nice);
+            runtime.block_on(deliverer.run(shutdown, grace));
+            let _ = done_tx.send(());
+        })
+        .context("cannot start the delivery thread")?;
+    Ok(done_rx)
+}
+
+/// Sets the calling thread's niceness (Linux schedules threads, so this leaves the rest of
+/// the process alone). Failure only costs the preference, so it is logged, not fatal.
+fn lower_thread_priority(nice: u8) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), i32::from(nice)) {
+            tracing::warn!(error = %e, nice, "cannot lower the delivery thread's priority");
+        }
     }
 }

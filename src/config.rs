@@ -130,6 +130,9 @@ pub struct DeliveryConfig {
     /// Poll for due rows at least this often (new events wake the workers at once).
     #[serde(with = "duration_str")]
     pub poll_interval: Duration,
+    /// Niceness (0..=19) of the delivery thread. Above 0, the kernel favours ingest when both
+    /// want the CPU: answers to Cognigy stay fast under load and deliveries catch up after.
+    pub nice: u8,
 }
 
 impl Default for DeliveryConfig {
@@ -137,6 +140,7 @@ impl Default for DeliveryConfig {
         Self {
             enabled: true,
             poll_interval: Duration::from_secs(1),
+            nice: 10,
         }
     }
 }
@@ -513,6 +517,12 @@ impl Config {
         if self.store.max_batch == 0 {
             p.push("store.max_batch must be greater than 0".into());
         }
+        if self.delivery.nice > 19 {
+            p.push(format!(
+                "delivery.nice must be 0..=19, not {}",
+                self.delivery.nice
+            ));
+        }
         if self.store.queue_depth == 0 {
             p.push("store.queue_depth must be greater than 0".into());
         }
@@ -797,6 +807,15 @@ queue_depth = 8192
 enabled = true
 # File to append to; unset = stdout.
 # path = "audit.jsonl"
+
+[delivery]
+# Run the delivery workers in serve.
+enabled = true
+# New events wake the workers at once; this is the fallback poll.
+poll_interval = "1s"
+# Niceness (0..=19) of the delivery thread: above 0, ingest wins the CPU under load and
+# deliveries catch up afterwards (Linux only; ignored elsewhere).
+nice = 10
 
 # Defining any [[route]] replaces both built-in routes below.
 # Secrets: "env:NAME" (comma-separated value = several secrets), "file:PATH" (one per
