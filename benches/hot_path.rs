@@ -54,6 +54,7 @@ fn bench(c: &mut Criterion) {
         simulated: false,
         correlation_header: None,
         transaction_id: "t",
+        now: 0,
     };
     let prepared = nlu_route.prepare(NLU, &meta(&nlu_headers)).expect("valid");
     c.bench_function("rules_seed_nlu", |b| {

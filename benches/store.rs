@@ -32,6 +32,7 @@ fn acceptance(i: u64) -> Acceptance {
             "data": {"processed": true}}),
         sinks: vec![],
         max_response_bytes: 1 << 20,
+        spend: None,
     }
 }
 

@@ -9,7 +9,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::CliError;
-use crate::ingest::auth::sign_hex;
+use crate::config::AuthScheme;
+use crate::ingest::auth::client_headers;
 
 /// Built-in sample payloads (`--example NAME`).
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -36,14 +37,41 @@ impl Example {
     }
 }
 
-/// Signing schemes `send`/`sign` can produce.
+/// Authentication schemes `send`/`sign` can produce (SPEC §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(super) enum Scheme {
+pub(crate) enum Scheme {
     /// Hex HMAC-SHA256 of the raw body (`X-Cognigy-Signature`).
     #[value(name = "hmac-sha256")]
     HmacSha256,
+    /// `X-Cognigy-Signature: t=<unix>,v1=<hex>` over `"<t>.<body>"`.
+    #[value(name = "hmac-sha256-timestamped")]
+    HmacSha256Timestamped,
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature`; the secret is `whsec_…`.
+    #[value(name = "standard-webhooks")]
+    StandardWebhooks,
+    /// `Jambonz-Signature: t=<unix>,v1=<hex>`.
+    Jambonz,
+    /// `Authorization: Basic …`; the secret is `user:password`.
+    Basic,
+    /// `X-API-Key: <secret>`.
+    #[value(name = "api-key")]
+    ApiKey,
     /// No signature.
     None,
+}
+
+impl Scheme {
+    pub(crate) fn config(self) -> AuthScheme {
+        match self {
+            Scheme::HmacSha256 => AuthScheme::HmacSha256,
+            Scheme::HmacSha256Timestamped => AuthScheme::HmacSha256Timestamped,
+            Scheme::StandardWebhooks => AuthScheme::StandardWebhooks,
+            Scheme::Jambonz => AuthScheme::Jambonz,
+            Scheme::Basic => AuthScheme::Basic,
+            Scheme::ApiKey => AuthScheme::ApiKey,
+            Scheme::None => AuthScheme::None,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,26 +147,33 @@ impl PayloadArgs {
             })
     }
 
-    /// The signature header to add, if the scheme signs.
-    fn signature(&self, body: &[u8]) -> Result<Option<(&'static str, String)>, CliError> {
-        match self.scheme {
-            Scheme::HmacSha256 => Ok(Some((
-                "x-cognigy-signature",
-                sign_hex(self.secret()?.as_bytes(), body),
-            ))),
-            Scheme::None => Ok(None),
+    /// The headers that authenticate the request in the chosen scheme (none for `none`).
+    fn auth_headers(&self, body: &[u8]) -> Result<Vec<(&'static str, String)>, CliError> {
+        if self.scheme == Scheme::None {
+            return Ok(Vec::new());
         }
+        let now = crate::now_millis() / 1000;
+        let id = format!("msg_{}", ulid::Ulid::new());
+        client_headers(self.scheme.config(), &self.secret()?, body, now, &id)
+            .map_err(CliError::Usage)
     }
 }
 
+/// Prints the signature value, or `Name: value` lines when the scheme needs several headers.
 pub(super) fn run_sign(args: SignArgs) -> Result<(), CliError> {
     let body = args.payload.body()?;
-    match args.payload.signature(&body)? {
-        Some((_, value)) => {
+    match args.payload.auth_headers(&body)?.as_slice() {
+        [] => Err(CliError::Usage("scheme `none` has no signature".into())),
+        [(_, value)] => {
             println!("{value}");
             Ok(())
         }
-        None => Err(CliError::Usage("scheme `none` has no signature".into())),
+        several => {
+            for (name, value) in several {
+                println!("{name}: {value}");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -157,7 +192,7 @@ pub(super) fn run_send(args: SendArgs) -> Result<(), CliError> {
         )));
     }
     let mut req = http::Request::post(uri).header("content-type", "application/json");
-    if let Some((name, value)) = args.payload.signature(&body)? {
+    for (name, value) in args.payload.auth_headers(&body)? {
         req = req.header(name, value);
     }
     for h in &args.headers {

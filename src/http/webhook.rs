@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use super::error::{json_response, ApiError};
 use super::AppState;
+use crate::ingest::auth::AuthError;
 use crate::ingest::payload::PayloadError;
 use crate::ingest::{self, Refusal, RequestMeta, Route};
 use crate::store::{AcceptOutcome, Acceptance, StoreError};
@@ -136,6 +137,7 @@ async fn pipeline(
         simulated,
         correlation_header,
         transaction_id,
+        now: crate::now_millis() / 1000,
     };
     let prepared = match route.prepare(&body, &meta) {
         Ok(p) => {
@@ -176,6 +178,7 @@ async fn pipeline(
         response,
         sinks: route.sinks.clone(),
         max_response_bytes: state.limits.max_response_bytes,
+        spend: prepared.spend,
     };
     let has_sinks = !acceptance.sinks.is_empty();
     match state.store.accept(acceptance).await {
@@ -217,6 +220,12 @@ async fn pipeline(
                 ..facts
             }),
         },
+        Ok(AcceptOutcome::SignatureReplayed) => error_outcome(
+            auth_refusal(ep, AuthError::ReplayedSignature),
+            correlation_id,
+            transaction_id,
+            None,
+        ),
         Err(e) => {
             let api = match &e {
                 StoreError::ResponseTooLarge { .. } => {
@@ -332,22 +341,7 @@ fn refusal_outcome(
 ) -> Outcome {
     let mut correlation_id = correlation_id;
     let api = match refusal {
-        Refusal::Auth(e) => {
-            let result = match e {
-                crate::ingest::auth::AuthError::MissingSignature => SignatureResult::Missing,
-                crate::ingest::auth::AuthError::InvalidSignature => SignatureResult::Invalid,
-            };
-            ep.metrics.signature(result, None);
-            let message = match e {
-                crate::ingest::auth::AuthError::MissingSignature => {
-                    "request carries no signature header".to_string()
-                }
-                crate::ingest::auth::AuthError::InvalidSignature => {
-                    "signature does not match the request body".to_string()
-                }
-            };
-            ApiError::new(StatusCode::UNAUTHORIZED, e.code(), message)
-        }
+        Refusal::Auth(e) => auth_refusal(ep, e),
         Refusal::Payload(PayloadError::InvalidJson(msg)) => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", msg)
         }
@@ -373,6 +367,29 @@ fn refusal_outcome(
         }
     };
     error_outcome(api, correlation_id, transaction_id, None)
+}
+
+fn auth_refusal(ep: &Endpoint, e: AuthError) -> ApiError {
+    let (result, message) = match e {
+        AuthError::MissingSignature => (
+            SignatureResult::Missing,
+            "request carries no signature or credentials for this route",
+        ),
+        AuthError::InvalidSignature => (
+            SignatureResult::Invalid,
+            "signature or credentials do not match",
+        ),
+        AuthError::StaleTimestamp => (
+            SignatureResult::Stale,
+            "signed timestamp is outside the allowed tolerance",
+        ),
+        AuthError::ReplayedSignature => (
+            SignatureResult::Replayed,
+            "this signature has already been used",
+        ),
+    };
+    ep.metrics.signature(result, None);
+    ApiError::new(StatusCode::UNAUTHORIZED, e.code(), message)
 }
 
 fn error_outcome(

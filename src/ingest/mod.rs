@@ -13,7 +13,10 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::{AuthScheme, Config, EnvSource, PayloadKind, RouteConfig};
-use auth::{AuthError, HmacVerifier};
+use auth::{
+    AuthError, CredentialVerifier, HmacVerifier, Secret, SpentSignature, StandardWebhooksVerifier,
+    TimestampedKind, TimestampedVerifier, Verified,
+};
 use payload::{NormalisedEvent, PayloadError};
 use rules::{Rejection, RuleSet};
 
@@ -21,8 +24,34 @@ use rules::{Rejection, RuleSet};
 #[derive(Debug)]
 pub enum Authenticator {
     Hmac(HmacVerifier),
+    /// `hmac-sha256-timestamped` and `jambonz`.
+    Timestamped(TimestampedVerifier),
+    StandardWebhooks(StandardWebhooksVerifier),
+    /// `basic` and `api-key`.
+    Credentials(CredentialVerifier),
     /// `scheme = "none"` with `allow_unauthenticated = true`.
     None,
+}
+
+impl Authenticator {
+    /// Checks a request at `now` (unix seconds).
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Option<Verified>, AuthError> {
+        Ok(Some(match self {
+            Authenticator::Hmac(v) => Verified {
+                secret: v.verify(headers, body)?.to_string(),
+                spend: None,
+            },
+            Authenticator::Timestamped(v) => v.verify(headers, body, now)?,
+            Authenticator::StandardWebhooks(v) => v.verify(headers, body, now)?,
+            Authenticator::Credentials(v) => v.verify(headers)?,
+            Authenticator::None => return Ok(None),
+        }))
+    }
 }
 
 /// A route ready to serve: config resolved, secrets loaded, expressions compiled.
@@ -55,6 +84,8 @@ pub struct RequestMeta<'a> {
     /// `X-Correlation-Id` of the request, if any.
     pub correlation_header: Option<&'a str>,
     pub transaction_id: &'a str,
+    /// The clock for signed timestamps (unix seconds).
+    pub now: i64,
 }
 
 /// An event that passed authentication, validation and rules, ready to commit.
@@ -64,22 +95,23 @@ pub struct Prepared {
     pub extracted: Map<String, Value>,
     /// Label of the secret that matched (for the signature metric); `None` when unauthenticated.
     pub secret: Option<String>,
+    /// A signature that may be used only once; the store spends it with the commit.
+    pub spend: Option<SpentSignature>,
 }
 
 impl Route {
     /// Runs auth → decode → normalise → rules on a complete raw body.
     pub fn prepare(&self, body: &[u8], meta: &RequestMeta<'_>) -> Result<Prepared, Refusal> {
-        let secret = if meta.simulated {
+        let verified = if meta.simulated {
             None
         } else {
-            match &self.auth {
-                Authenticator::Hmac(v) => Some(
-                    v.verify(meta.headers, body)
-                        .map_err(Refusal::Auth)?
-                        .to_string(),
-                ),
-                Authenticator::None => None,
-            }
+            self.auth
+                .verify(meta.headers, body, meta.now)
+                .map_err(Refusal::Auth)?
+        };
+        let (secret, spend) = match verified {
+            Some(v) => (Some(v.secret), v.spend),
+            None => (None, None),
         };
         let d = payload::decode(self.kind, body).map_err(Refusal::Payload)?;
         let correlation_id = d
@@ -112,6 +144,7 @@ impl Route {
             event,
             extracted,
             secret,
+            spend,
         })
     }
 }
@@ -160,29 +193,7 @@ impl Routes {
 fn build_route(r: &RouteConfig, env: &dyn EnvSource) -> Result<Route, Vec<String>> {
     let at = format!("route `{}`", r.name);
     let mut problems = Vec::new();
-    let auth = match r.auth.scheme {
-        AuthScheme::None => Authenticator::None,
-        AuthScheme::HmacSha256 => {
-            let mut secrets = Vec::new();
-            for s in &r.auth.secrets {
-                match auth::resolve_secret_ref(s, env) {
-                    Ok(mut v) => secrets.append(&mut v),
-                    Err(e) => problems.push(format!("{at}: auth secret `{s}`: {e}")),
-                }
-            }
-            let headers: Vec<HeaderName> = match &r.auth.headers {
-                Some(h) => h
-                    .iter()
-                    .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-                    .collect(),
-                None => auth::DEFAULT_SIGNATURE_HEADERS
-                    .iter()
-                    .map(|h| HeaderName::from_static(h))
-                    .collect(),
-            };
-            Authenticator::Hmac(HmacVerifier::new(&secrets, &headers))
-        }
-    };
+    let auth = build_auth(&r.auth, env, &at, &mut problems);
     let rules = match RuleSet::compile(&r.rules, &r.extract) {
         Ok(r) => r,
         Err(errs) => {
@@ -201,6 +212,93 @@ fn build_route(r: &RouteConfig, env: &dyn EnvSource) -> Result<Route, Vec<String
         rules,
         sinks: r.sinks.clone(),
     })
+}
+
+/// Resolves every secret reference in `refs`, recording problems under `what`.
+fn resolve_all(
+    refs: &[String],
+    env: &dyn EnvSource,
+    at: &str,
+    what: &str,
+    problems: &mut Vec<String>,
+) -> Vec<Secret> {
+    let mut out = Vec::new();
+    for s in refs {
+        match auth::resolve_secret_ref(s, env) {
+            Ok(mut v) => out.append(&mut v),
+            Err(e) => problems.push(format!("{at}: {what} `{s}`: {e}")),
+        }
+    }
+    out
+}
+
+fn build_auth(
+    a: &crate::config::AuthConfig,
+    env: &dyn EnvSource,
+    at: &str,
+    problems: &mut Vec<String>,
+) -> Authenticator {
+    let tolerance = a.tolerance.unwrap_or(auth::DEFAULT_TOLERANCE);
+    match a.scheme {
+        AuthScheme::None => Authenticator::None,
+        AuthScheme::HmacSha256 => {
+            let secrets = resolve_all(&a.secrets, env, at, "auth secret", problems);
+            let headers: Vec<HeaderName> = match &a.headers {
+                Some(h) => h
+                    .iter()
+                    .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                    .collect(),
+                None => auth::DEFAULT_SIGNATURE_HEADERS
+                    .iter()
+                    .map(|h| HeaderName::from_static(h))
+                    .collect(),
+            };
+            Authenticator::Hmac(HmacVerifier::new(&secrets, &headers))
+        }
+        AuthScheme::HmacSha256Timestamped | AuthScheme::Jambonz => {
+            let secrets = resolve_all(&a.secrets, env, at, "auth secret", problems);
+            let (kind, header) = if a.scheme == AuthScheme::Jambonz {
+                (
+                    TimestampedKind::Jambonz,
+                    HeaderName::from_static(auth::JAMBONZ_HEADER),
+                )
+            } else {
+                let header = a
+                    .header
+                    .as_deref()
+                    .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                    .unwrap_or(HeaderName::from_static(auth::DEFAULT_TIMESTAMPED_HEADER));
+                (TimestampedKind::Cognihook, header)
+            };
+            Authenticator::Timestamped(TimestampedVerifier::new(&secrets, header, tolerance, kind))
+        }
+        AuthScheme::StandardWebhooks => {
+            let secrets = resolve_all(&a.secrets, env, at, "auth secret", problems);
+            let keys: Vec<Secret> = secrets
+                .iter()
+                .filter_map(|s| match auth::decode_whsec(s) {
+                    Ok(value) => Some(Secret {
+                        label: s.label.clone(),
+                        value,
+                    }),
+                    Err(e) => {
+                        problems.push(format!("{at}: {e}"));
+                        None
+                    }
+                })
+                .collect();
+            Authenticator::StandardWebhooks(StandardWebhooksVerifier::new(&keys, tolerance))
+        }
+        AuthScheme::Basic => {
+            let passwords = resolve_all(a.password.as_slice(), env, at, "auth password", problems);
+            let user = a.username.as_deref().unwrap_or_default();
+            Authenticator::Credentials(CredentialVerifier::basic(user, &passwords))
+        }
+        AuthScheme::ApiKey => {
+            let keys = resolve_all(&a.keys, env, at, "auth key", problems);
+            Authenticator::Credentials(CredentialVerifier::api_key(&keys))
+        }
+    }
 }
 
 #[cfg(test)]

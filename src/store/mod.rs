@@ -29,6 +29,8 @@ pub struct Acceptance {
     pub sinks: Vec<String>,
     /// A response larger than this is refused (nothing is committed).
     pub max_response_bytes: usize,
+    /// A signature to spend with this event; one already spent refuses the event.
+    pub spend: Option<crate::ingest::auth::SpentSignature>,
 }
 
 /// What `accept` did.
@@ -42,6 +44,8 @@ pub enum AcceptOutcome {
         body: Bytes,
         correlation_id: String,
     },
+    /// The request's signature was already used (a replay): nothing changed.
+    SignatureReplayed,
 }
 
 /// Why `accept` could not commit.

@@ -100,6 +100,8 @@ pub struct RouteMetrics {
     duplicates: metrics::Counter,
     signature_missing: metrics::Counter,
     signature_invalid: metrics::Counter,
+    signature_stale: metrics::Counter,
+    signature_replayed: metrics::Counter,
     signature_valid: Mutex<HashMap<String, metrics::Counter>>,
     requests: Mutex<HashMap<(u16, &'static str), metrics::Counter>>,
 }
@@ -114,6 +116,8 @@ impl RouteMetrics {
             duplicates: metrics::counter!(DUPLICATES_TOTAL, "route" => r.clone()),
             signature_missing: sig("missing"),
             signature_invalid: sig("invalid"),
+            signature_stale: sig("stale"),
+            signature_replayed: sig("replayed"),
             signature_valid: Mutex::new(HashMap::new()),
             requests: Mutex::new(HashMap::new()),
             route: r,
@@ -161,6 +165,8 @@ impl RouteMetrics {
             (SignatureResult::Valid, None) => {}
             (SignatureResult::Missing, _) => self.signature_missing.increment(1),
             (SignatureResult::Invalid, _) => self.signature_invalid.increment(1),
+            (SignatureResult::Stale, _) => self.signature_stale.increment(1),
+            (SignatureResult::Replayed, _) => self.signature_replayed.increment(1),
         }
     }
 }
@@ -171,6 +177,8 @@ pub enum SignatureResult {
     Valid,
     Missing,
     Invalid,
+    Stale,
+    Replayed,
 }
 
 /// The metric handles of one sink.

@@ -31,9 +31,13 @@ use super::{
     Settlement, SinkCounts, StoreError,
 };
 use crate::config::{StoreConfig, SyncMode};
+use crate::ingest::auth::SpentSignature;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_spent_signatures.sql"),
+];
 
 /// How often the writer prunes expired rows when it is idle or between groups.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
@@ -642,6 +646,32 @@ fn accept_one(
     now: i64,
     s: &WriterSettings,
 ) -> Result<AcceptOutcome, StoreError> {
+    // A spent signature is refused before anything else, duplicates included: a replayed
+    // request must not even learn the original answer.
+    if let Some(spend) = &a.spend {
+        let live: Option<i64> = tx
+            .prepare_cached("SELECT expires_at FROM spent_signatures WHERE route = ?1 AND mac = ?2")
+            .and_then(|mut st| {
+                st.query_row(params![a.event.route, &spend.mac[..]], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(unavailable)?;
+        if live.is_some_and(|expires| expires >= now / 1000) {
+            return Ok(AcceptOutcome::SignatureReplayed);
+        }
+    }
+    let spend =
+        |tx: &Connection, route: &str, spend: &Option<SpentSignature>| -> Result<(), StoreError> {
+            if let Some(spend) = spend {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO spent_signatures (route, mac, expires_at) \
+                 VALUES (?1, ?2, ?3)",
+                )
+                .and_then(|mut st| st.execute(params![route, &spend.mac[..], spend.expires_at]))
+                .map_err(unavailable)?;
+            }
+            Ok(())
+        };
     let existing = tx
         .prepare_cached(
             "SELECT status, body, correlation_id, created_at FROM idempotency WHERE key = ?1",
@@ -660,6 +690,7 @@ fn accept_one(
         .map_err(unavailable)?;
     if let Some((status, body, correlation_id, created_at)) = existing {
         if created_at >= now - s.idempotency_window_ms {
+            spend(tx, &a.event.route, &a.spend)?;
             return Ok(AcceptOutcome::Duplicate {
                 status,
                 body: Bytes::from(body),
@@ -751,6 +782,7 @@ fn accept_one(
         ])
     })
     .map_err(unavailable)?;
+    spend(tx, &e.route, &a.spend)?;
     Ok(AcceptOutcome::Committed {
         state_version: e.state_version,
         body: Bytes::from(response),
@@ -777,6 +809,10 @@ fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut MaintenanceCurso
         conn.execute(
             "DELETE FROM idempotency WHERE created_at < ?1",
             params![now - s.idempotency_window_ms],
+        )?;
+        conn.execute(
+            "DELETE FROM spent_signatures WHERE expires_at < ?1",
+            params![now / 1000],
         )?;
         conn.execute(
             "DELETE FROM outbox WHERE status = 'delivered' AND event_id < ?1",
@@ -843,6 +879,7 @@ mod tests {
             response: json!({"status": "success", "data": {"processed": true}}),
             sinks: sinks.iter().map(|s| s.to_string()).collect(),
             max_response_bytes: 1 << 20,
+            spend: None,
         }
     }
 

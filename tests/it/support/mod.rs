@@ -245,3 +245,17 @@ pub fn read_audit(path: &std::path::Path) -> Vec<Value> {
 pub fn count(db: &rusqlite::Connection, sql: &str) -> i64 {
     db.query_row(sql, [], |r| r.get(0)).unwrap()
 }
+
+/// Replaces the configuration's routes with the `[[route]]` tables of a TOML snippet.
+pub fn set_routes(c: &mut Config, toml_routes: &str) {
+    let parsed = Config::from_toml(toml_routes).expect("route tables");
+    c.routes = parsed.routes;
+}
+
+/// The current Unix time in seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
