@@ -235,19 +235,103 @@ pub struct RouteConfig {
     pub sinks: Vec<String>,
 }
 
-/// `payload = "nlu"` or `payload = { kind = "nlu" }`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `payload = "nlu"` or `payload = { kind = "nlu" }`; `json-schema` needs the table form
+/// with `schema` and `pointers`.
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum PayloadSpec {
     Name(PayloadKind),
-    Table { kind: PayloadKind },
+    Table(PayloadTable),
+}
+
+/// The table form of a route's `payload`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PayloadTable {
+    pub kind: PayloadKind,
+    /// json-schema: the schema file (draft 2020-12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<PathBuf>,
+    /// json-schema: event field → JSON pointer into the body.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pointers: BTreeMap<String, String>,
+}
+
+// A string or a table, with the table's own error messages (an untagged enum would only say
+// that nothing matched).
+impl<'de> Deserialize<'de> for PayloadSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PayloadSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a payload kind name or a { kind = … } table")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PayloadSpec, E> {
+                PayloadKind::deserialize(serde::de::value::StrDeserializer::new(v))
+                    .map(PayloadSpec::Name)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<PayloadSpec, A::Error> {
+                PayloadTable::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(PayloadSpec::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl PayloadSpec {
     pub fn kind(&self) -> PayloadKind {
         match self {
-            PayloadSpec::Name(k) | PayloadSpec::Table { kind: k } => *k,
+            PayloadSpec::Name(k) => *k,
+            PayloadSpec::Table(t) => t.kind,
         }
+    }
+
+    fn validate(&self, at: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        let (schema, pointers) = match self {
+            PayloadSpec::Name(_) => (None, None),
+            PayloadSpec::Table(t) => (t.schema.as_ref(), Some(&t.pointers)),
+        };
+        let pointers = pointers.filter(|m| !m.is_empty());
+        if self.kind() != PayloadKind::JsonSchema {
+            if schema.is_some() || pointers.is_some() {
+                p.push(format!(
+                    "{at}: payload.schema and payload.pointers apply only to kind json-schema"
+                ));
+            }
+            return p;
+        }
+        if schema.is_none() {
+            p.push(format!(
+                "{at}: payload kind json-schema needs `schema` (a file)"
+            ));
+        }
+        let pointers = pointers.cloned().unwrap_or_default();
+        for required in ["sessionId", "userId"] {
+            if !pointers.contains_key(required) {
+                p.push(format!(
+                    "{at}: payload kind json-schema needs pointers.{required}"
+                ));
+            }
+        }
+        for (field, pointer) in &pointers {
+            if !crate::ingest::payload::schema_pointer_fields().contains(&field.as_str()) {
+                p.push(format!(
+                    "{at}: payload.pointers.{field} is not an event field (one of {})",
+                    crate::ingest::payload::schema_pointer_fields().join(", ")
+                ));
+            }
+            if !pointer.is_empty() && !pointer.starts_with('/') {
+                p.push(format!(
+                    "{at}: payload.pointers.{field} = `{pointer}` is not a JSON pointer (starts with `/`)"
+                ));
+            }
+        }
+        p
     }
 }
 
@@ -257,6 +341,15 @@ pub enum PayloadKind {
     FlowEvent,
     #[serde(rename = "nlu")]
     Nlu,
+    /// What a Cognigy HTTP Request node sends (JSON or form).
+    #[serde(rename = "cognigy-input")]
+    CognigyInput,
+    /// What a Cognigy Webhook Endpoint POSTs.
+    #[serde(rename = "webhook-output")]
+    WebhookOutput,
+    /// A user schema plus pointers.
+    #[serde(rename = "json-schema")]
+    JsonSchema,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -726,6 +819,7 @@ impl Config {
                 p.push(format!("{at}: path `{}` is reserved", r.path));
             }
             p.extend(r.auth.validate(&at, r.allow_unauthenticated));
+            p.extend(r.payload.validate(&at));
             let mut seen = std::collections::HashSet::new();
             for s in &r.sinks {
                 if !self.sinks.contains_key(s) {

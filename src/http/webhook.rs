@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use super::error::{json_response, ApiError};
 use super::AppState;
 use crate::ingest::auth::AuthError;
-use crate::ingest::payload::PayloadError;
+use crate::ingest::payload::{BodyFormat, PayloadError};
 use crate::ingest::{self, Refusal, RequestMeta, Route};
 use crate::store::{AcceptOutcome, Acceptance, StoreError};
 use crate::telemetry::audit::{AuditKind, AuditLine};
@@ -116,9 +116,10 @@ async fn pipeline(
         || correlation_header.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
     let (parts, body) = req.into_parts();
 
-    if let Err(e) = check_content_type(&parts.headers) {
-        return error_outcome(e, fallback_correlation(), transaction_id, None);
-    }
+    let format = match check_content_type(&parts.headers, route.payload.accepts_form()) {
+        Ok(f) => f,
+        Err(e) => return error_outcome(e, fallback_correlation(), transaction_id, None),
+    };
     let body_timeout = state.limits.body_read_timeout.min(state.limits.deadline);
     let body = match read_body(
         body,
@@ -138,6 +139,7 @@ async fn pipeline(
         correlation_header,
         transaction_id,
         now: crate::now_millis() / 1000,
+        format,
     };
     let prepared = match route.prepare(&body, &meta) {
         Ok(p) => {
@@ -257,12 +259,19 @@ async fn pipeline(
     }
 }
 
-fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+/// The body format a request declares: JSON everywhere, form-encoded where the payload kind
+/// takes it (`cognigy-input`); anything else answers 415.
+fn check_content_type(headers: &HeaderMap, form_allowed: bool) -> Result<BodyFormat, ApiError> {
     let unsupported = |what: &str| {
+        let wanted = if form_allowed {
+            "application/json or application/x-www-form-urlencoded"
+        } else {
+            "application/json"
+        };
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            format!("Content-Type must be application/json, got {what}"),
+            format!("Content-Type must be {wanted}, got {what}"),
         )
     };
     let Some(v) = headers.get(header::CONTENT_TYPE) else {
@@ -271,7 +280,9 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let v = v.to_str().map_err(|_| unsupported("a non-ASCII value"))?;
     let essence = v.split(';').next().unwrap_or("").trim();
     if essence.eq_ignore_ascii_case("application/json") {
-        Ok(())
+        Ok(BodyFormat::Json)
+    } else if form_allowed && essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        Ok(BodyFormat::Form)
     } else {
         Err(unsupported(&format!(
             "`{}`",

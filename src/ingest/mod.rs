@@ -12,12 +12,12 @@ use http::{HeaderMap, HeaderName};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::{AuthScheme, Config, EnvSource, PayloadKind, RouteConfig};
+use crate::config::{AuthScheme, Config, EnvSource, RouteConfig};
 use auth::{
     AuthError, CredentialVerifier, HmacVerifier, Secret, SpentSignature, StandardWebhooksVerifier,
     TimestampedKind, TimestampedVerifier, Verified,
 };
-use payload::{NormalisedEvent, PayloadError};
+use payload::{BodyFormat, NormalisedEvent, PayloadDecoder, PayloadError};
 use rules::{Rejection, RuleSet};
 
 /// How a route authenticates.
@@ -59,7 +59,7 @@ impl Authenticator {
 pub struct Route {
     pub name: String,
     pub path: String,
-    pub kind: PayloadKind,
+    pub payload: PayloadDecoder,
     pub auth: Authenticator,
     pub rules: RuleSet,
     pub sinks: Vec<String>,
@@ -86,6 +86,8 @@ pub struct RequestMeta<'a> {
     pub transaction_id: &'a str,
     /// The clock for signed timestamps (unix seconds).
     pub now: i64,
+    /// How the body is encoded (from `Content-Type`).
+    pub format: BodyFormat,
 }
 
 /// An event that passed authentication, validation and rules, ready to commit.
@@ -113,7 +115,10 @@ impl Route {
             Some(v) => (Some(v.secret), v.spend),
             None => (None, None),
         };
-        let d = payload::decode(self.kind, body).map_err(Refusal::Payload)?;
+        let d = self
+            .payload
+            .decode(body, meta.format)
+            .map_err(Refusal::Payload)?;
         let correlation_id = d
             .correlation_id
             .or_else(|| meta.correlation_header.map(str::to_string))
@@ -132,6 +137,8 @@ impl Route {
         event.entities = d.entities;
         event.channel = d.channel;
         event.locale = d.locale;
+        event.url_token = d.url_token;
+        event.trace_id = d.trace_id;
         event.simulated = meta.simulated;
         let extracted = self
             .rules
@@ -194,6 +201,13 @@ fn build_route(r: &RouteConfig, env: &dyn EnvSource) -> Result<Route, Vec<String
     let at = format!("route `{}`", r.name);
     let mut problems = Vec::new();
     let auth = build_auth(&r.auth, env, &at, &mut problems);
+    let payload = match PayloadDecoder::build(&r.payload) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            problems.push(format!("{at}: {e}"));
+            None
+        }
+    };
     let rules = match RuleSet::compile(&r.rules, &r.extract) {
         Ok(r) => r,
         Err(errs) => {
@@ -201,13 +215,13 @@ fn build_route(r: &RouteConfig, env: &dyn EnvSource) -> Result<Route, Vec<String
             RuleSet::default()
         }
     };
-    if !problems.is_empty() {
+    let Some(payload) = payload.filter(|_| problems.is_empty()) else {
         return Err(problems);
-    }
+    };
     Ok(Route {
         name: r.name.clone(),
         path: r.path.clone(),
-        kind: r.payload.kind(),
+        payload,
         auth,
         rules,
         sinks: r.sinks.clone(),

@@ -8,5 +8,6 @@ mod auth;
 mod binary;
 mod brokers;
 mod delivery;
+mod payloads;
 mod router;
 mod server;

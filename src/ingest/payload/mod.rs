@@ -8,6 +8,16 @@ use serde_json::{Map, Value};
 
 use crate::config::PayloadKind;
 
+mod cognigy;
+mod schema;
+
+pub use schema::SchemaDecoder;
+
+/// The event fields a `json-schema` route's pointers may name.
+pub fn schema_pointer_fields() -> &'static [&'static str] {
+    &schema::POINTER_FIELDS
+}
+
 /// Longest `sessionId` / `userId` accepted by `flow-event` (Cognigy's own bound).
 const MAX_ID_CHARS: usize = 256;
 /// Longest `message` accepted by `flow-event`.
@@ -123,15 +133,96 @@ pub struct Decoded {
     pub channel: Option<String>,
     pub locale: Option<String>,
     pub correlation_id: Option<String>,
+    pub url_token: Option<String>,
+    pub trace_id: Option<String>,
     pub payload: Value,
 }
 
-/// Decodes and validates a raw body as the given kind.
+impl Decoded {
+    /// What every kind fills in; the optional parts start empty.
+    fn new(session_id: &str, user_id: &str, event_type: &str, payload: Value) -> Decoded {
+        Decoded {
+            session_id: session_id.to_string(),
+            user_id: user_id.to_string(),
+            event_type: event_type.to_string(),
+            text: None,
+            intent: None,
+            entities: Map::new(),
+            channel: None,
+            locale: None,
+            correlation_id: None,
+            url_token: None,
+            trace_id: None,
+            payload,
+        }
+    }
+}
+
+/// How the body is encoded, from its `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    Json,
+    /// `application/x-www-form-urlencoded` (Cognigy's HTTP Request node default).
+    Form,
+}
+
+/// A route's payload decoder: a built-in kind, or a user schema with pointers.
+#[derive(Debug)]
+pub enum PayloadDecoder {
+    Builtin(PayloadKind),
+    Schema(Box<SchemaDecoder>),
+}
+
+impl PayloadDecoder {
+    /// Builds the decoder of a route's `payload` setting (reads and compiles a schema file).
+    pub fn build(spec: &crate::config::PayloadSpec) -> Result<PayloadDecoder, String> {
+        match spec.kind() {
+            PayloadKind::JsonSchema => Ok(PayloadDecoder::Schema(Box::new(SchemaDecoder::build(
+                spec,
+            )?))),
+            kind => Ok(PayloadDecoder::Builtin(kind)),
+        }
+    }
+
+    pub fn kind(&self) -> PayloadKind {
+        match self {
+            PayloadDecoder::Builtin(k) => *k,
+            PayloadDecoder::Schema(_) => PayloadKind::JsonSchema,
+        }
+    }
+
+    /// Whether form-encoded bodies are accepted (only `cognigy-input`).
+    pub fn accepts_form(&self) -> bool {
+        self.kind() == PayloadKind::CognigyInput
+    }
+
+    /// Decodes, validates and normalises a body.
+    pub fn decode(&self, body: &[u8], format: BodyFormat) -> Result<Decoded, PayloadError> {
+        let value = match format {
+            BodyFormat::Json => parse_object(body)?,
+            BodyFormat::Form => cognigy::parse_form(body)?,
+        };
+        match self {
+            PayloadDecoder::Builtin(kind) => decode_value(*kind, value),
+            PayloadDecoder::Schema(s) => s.decode(value),
+        }
+    }
+}
+
+/// Decodes and validates a raw JSON body as a built-in kind.
 pub fn decode(kind: PayloadKind, body: &[u8]) -> Result<Decoded, PayloadError> {
-    let value = parse_object(body)?;
+    decode_value(kind, parse_object(body)?)
+}
+
+fn decode_value(kind: PayloadKind, value: Value) -> Result<Decoded, PayloadError> {
     match kind {
         PayloadKind::FlowEvent => flow_event(value),
         PayloadKind::Nlu => nlu(value),
+        PayloadKind::CognigyInput => cognigy::input(value),
+        PayloadKind::WebhookOutput => cognigy::output(value),
+        PayloadKind::JsonSchema => Err(PayloadError::InvalidJson(
+            "json-schema routes decode through their schema".into(),
+        )),
     }
 }
 
@@ -333,6 +424,8 @@ fn flow_event(payload: Value) -> Result<Decoded, PayloadError> {
         correlation_id: correlation
             .map(str::to_string)
             .or_else(|| ctx_str("correlationId")),
+        url_token: None,
+        trace_id: None,
         payload,
     })
 }
@@ -461,6 +554,8 @@ fn nlu(payload: Value) -> Result<Decoded, PayloadError> {
         channel: channel.map(str::to_string),
         locale: locale.map(str::to_string),
         correlation_id: correlation.map(str::to_string),
+        url_token: None,
+        trace_id: None,
         payload,
     })
 }

@@ -1,0 +1,171 @@
+//! `json-schema` payloads: a user's JSON Schema (draft 2020-12) validates the body, and JSON
+//! pointers say where the normalised event's fields live in it.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use super::{json_type, Decoded, FieldError, Intent, PayloadError, MAX_ID_CHARS};
+use crate::config::PayloadSpec;
+
+/// The event fields a pointer may name; `sessionId` and `userId` are required.
+pub(super) const POINTER_FIELDS: [&str; 12] = [
+    "sessionId",
+    "userId",
+    "eventType",
+    "text",
+    "intent",
+    "intentScore",
+    "entities",
+    "channel",
+    "locale",
+    "urlToken",
+    "traceId",
+    "correlationId",
+];
+
+/// Most schema errors reported for one body (a huge body against a strict schema could
+/// otherwise produce an answer larger than Cognigy stores).
+const MAX_SCHEMA_ERRORS: usize = 50;
+
+/// A compiled schema plus its pointers.
+pub struct SchemaDecoder {
+    path: String,
+    validator: jsonschema::Validator,
+    pointers: BTreeMap<String, String>,
+    correlation: Option<String>,
+}
+
+impl std::fmt::Debug for SchemaDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchemaDecoder")
+            .field("schema", &self.path)
+            .field("pointers", &self.pointers)
+            .finish()
+    }
+}
+
+impl SchemaDecoder {
+    /// Reads and compiles the schema file; checks the pointers.
+    pub fn build(spec: &PayloadSpec) -> Result<SchemaDecoder, String> {
+        let PayloadSpec::Table(t) = spec else {
+            return Err("payload kind json-schema needs `schema` and `pointers`".into());
+        };
+        let path = t
+            .schema
+            .as_ref()
+            .ok_or("payload kind json-schema needs `schema` (a JSON Schema file)")?;
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("schema file {shown} cannot be read: {e}"))?;
+        let schema: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("schema file {shown} is not JSON: {e}"))?;
+        let validator = jsonschema::draft202012::new(&schema)
+            .map_err(|e| format!("schema file {shown} is not a valid JSON Schema: {e}"))?;
+        let mut pointers = t.pointers.clone();
+        let correlation = pointers.remove("correlationId");
+        Ok(SchemaDecoder {
+            path: shown,
+            validator,
+            pointers,
+            correlation,
+        })
+    }
+
+    pub(super) fn decode(&self, payload: Value) -> Result<Decoded, PayloadError> {
+        let mut errors: Vec<FieldError> = self
+            .validator
+            .iter_errors(&payload)
+            .take(MAX_SCHEMA_ERRORS)
+            .map(|e| {
+                let at = e.instance_path().as_str().to_string();
+                FieldError::new(if at.is_empty() { "/".into() } else { at }, e.to_string())
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(PayloadError::Invalid(errors));
+        }
+        let get = |field: &str| {
+            self.pointers
+                .get(field)
+                .map(|p| (p.as_str(), payload.pointer(p)))
+        };
+        let mut string = |field: &str, required: bool, max: usize| -> Option<String> {
+            match get(field) {
+                None => None,
+                Some((p, found)) => match found {
+                    Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= max => {
+                        Some(s.clone())
+                    }
+                    Some(Value::Number(n)) => Some(n.to_string()),
+                    None | Some(Value::Null) if !required => None,
+                    Some(Value::String(s)) if s.is_empty() && !required => None,
+                    other => {
+                        let why = match other {
+                            None | Some(Value::Null) => "is required".to_string(),
+                            Some(Value::String(s)) if s.is_empty() => "must not be empty".into(),
+                            Some(Value::String(_)) => format!("must be at most {max} characters"),
+                            Some(v) => format!("must be a string, not {}", json_type(v)),
+                        };
+                        errors.push(FieldError::new(p, format!("({field}) {why}")));
+                        None
+                    }
+                },
+            }
+        };
+        let session_id = string("sessionId", true, MAX_ID_CHARS);
+        let user_id = string("userId", true, MAX_ID_CHARS);
+        let event_type = string("eventType", false, 256);
+        let text = string("text", false, usize::MAX);
+        let intent = string("intent", false, 256);
+        let channel = string("channel", false, 256);
+        let locale = string("locale", false, 64);
+        let url_token = string("urlToken", false, 256);
+        let trace_id = string("traceId", false, 256);
+        let score = match get("intentScore") {
+            Some((_, Some(Value::Number(n)))) => n.as_f64(),
+            Some((_, Some(Value::String(s)))) => s.trim().parse().ok(),
+            _ => None,
+        };
+        let entities = match get("entities") {
+            Some((_, Some(Value::Object(m)))) => m.clone(),
+            Some((p, Some(other))) => {
+                errors.push(FieldError::new(
+                    p,
+                    format!("(entities) must be an object, not {}", json_type(other)),
+                ));
+                Map::new()
+            }
+            _ => Map::new(),
+        };
+        if !errors.is_empty() {
+            return Err(PayloadError::Invalid(errors));
+        }
+        let correlation = self
+            .correlation
+            .as_deref()
+            .and_then(|p| payload.pointer(p))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        let mut d = Decoded::new(
+            session_id.as_deref().unwrap_or_default(),
+            user_id.as_deref().unwrap_or_default(),
+            event_type.as_deref().unwrap_or("json.event"),
+            Value::Null,
+        );
+        d.text = text;
+        d.intent = intent.map(|name| Intent {
+            name,
+            score: score.unwrap_or(0.0),
+        });
+        d.entities = entities;
+        d.channel = channel;
+        d.locale = locale;
+        d.url_token = url_token;
+        d.trace_id = trace_id;
+        d.correlation_id = correlation;
+        d.payload = payload;
+        Ok(d)
+    }
+}

@@ -1,0 +1,264 @@
+//! The Cognigy payload kinds through the real server: the shared samples as fixtures, JSON and
+//! form-encoded, and a user schema with pointers; every kind normalises to the same event, so
+//! rules and extracts work the same on each.
+
+use http::StatusCode;
+
+use crate::support::{count, set_routes, TestApp};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cognigy");
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{FIXTURES}/{name}")).unwrap()
+}
+
+const KEY: (&str, &str) = ("x-api-key", "k-1");
+const JSON: (&str, &str) = ("content-type", "application/json");
+const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+
+fn routes(schema: &std::path::Path) -> String {
+    format!(
+        r#"
+[[route]]
+name = "input"
+path = "/cognigy/input"
+payload = "cognigy-input"
+auth = {{ scheme = "api-key", keys = ["k-1"] }}
+rules = [{{ expr = "event.intent.score >= 0.75", message = "Intent confidence below business threshold" }}]
+extract = {{ city = "event.entities.city", token = "event.urlToken" }}
+
+[[route]]
+name = "output"
+path = "/cognigy/output"
+payload = "webhook-output"
+auth = {{ scheme = "api-key", keys = ["k-1"] }}
+extract = {{ said = "event.text" }}
+
+[[route]]
+name = "orders"
+path = "/orders"
+payload = {{ kind = "json-schema", schema = "{}", pointers = {{ sessionId = "/conversation/id", userId = "/conversation/user", text = "/message", entities = "/order" }} }}
+auth = {{ scheme = "api-key", keys = ["k-1"] }}
+rules = [{{ expr = "has(event.entities.orderId)", message = "Required entity orderId is missing" }}]
+extract = {{ orderId = "event.entities.orderId" }}
+"#,
+        schema.display()
+    )
+}
+
+const SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["conversation", "message"],
+  "properties": {
+    "conversation": {
+      "type": "object",
+      "required": ["id", "user"],
+      "properties": { "id": {"type": "string"}, "user": {"type": "string"} }
+    },
+    "message": {"type": "string", "maxLength": 200},
+    "order": {"type": "object", "properties": {"orderId": {"type": "string", "pattern": "^A-[0-9]+$"}}}
+  }
+}"#;
+
+async fn spawn() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("order.json");
+    std::fs::write(&schema, SCHEMA).unwrap();
+    let text = routes(&schema);
+    TestApp::spawn_in(dir, |c| set_routes(c, &text)).await
+}
+
+#[tokio::test]
+async fn http_node_sample_as_json_and_as_form_gives_the_same_event() {
+    let app = spawn().await;
+    let r = app
+        .post(
+            "/cognigy/input",
+            &fixture("http-request-node-body.rendered.json"),
+            &[JSON, KEY],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let j = r.json();
+    assert_eq!(j["data"]["city"], "Düsseldorf");
+    assert!(j["data"]["token"].as_str().unwrap().starts_with("4e5e2f"));
+    assert_eq!(j["data"]["stateVersion"], 1);
+
+    let form = "userId=user123&sessionId=session123&text=Where+is+my+order+12345%3F\
+        &intent=orderStatus&intentScore=0.87&URLToken=4e5e2f01\
+        &slots=%7B%22city%22%3A%5B%7B%22keyphrase%22%3A%22D%C3%BCsseldorf%22%7D%5D%7D";
+    let r = app
+        .post("/cognigy/input", form.as_bytes(), &[FORM, KEY])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["data"]["city"], "Düsseldorf");
+    assert_eq!(r.json()["data"]["stateVersion"], 2);
+
+    let db = app.db();
+    let stored: String = db
+        .query_row("SELECT body FROM events WHERE state_version = 2", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let ev: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(ev["eventType"], "cognigy.input");
+    assert_eq!(ev["intent"]["score"], 0.87);
+    assert_eq!(ev["urlToken"], "4e5e2f01");
+    assert_eq!(ev["locale"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn cognigy_input_rules_and_errors() {
+    let app = spawn().await;
+    let low = br#"{"userId":"u","sessionId":"s","intent":"orderStatus","intentScore":"0.4"}"#;
+    let r = app.post("/cognigy/input", low, &[JSON, KEY]).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = app
+        .post(
+            "/cognigy/input",
+            b"text=hello&intentScore=abc",
+            &[FORM, KEY],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let j = r.json();
+    assert_eq!(j["code"], "invalid_payload");
+    let mut fields: Vec<_> = j["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_string())
+        .collect();
+    fields.sort();
+    assert_eq!(fields, ["intentScore", "sessionId", "userId"]);
+    let r = app
+        .post(
+            "/cognigy/input",
+            b"userId=u",
+            &[("content-type", "text/plain"), KEY],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("application/x-www-form-urlencoded"));
+    assert_eq!(count(&app.db(), "SELECT count(*) FROM events"), 0);
+}
+
+#[tokio::test]
+async fn webhook_output_sample_and_form_refused_on_other_kinds() {
+    let app = spawn().await;
+    let r = app
+        .post(
+            "/cognigy/output",
+            &fixture("webhook-endpoint-output.json"),
+            &[JSON, KEY],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert!(r.json()["data"]["said"]
+        .as_str()
+        .unwrap()
+        .starts_with("I'd be happy"));
+    let r = app
+        .post(
+            "/cognigy/output",
+            b"userId=u&sessionId=s&text=x",
+            &[FORM, KEY],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+#[tokio::test]
+async fn json_schema_route_validates_then_follows_its_pointers() {
+    let app = spawn().await;
+    let ok =
+        br#"{"conversation":{"id":"c-1","user":"u-1"},"message":"hi","order":{"orderId":"A-7"}}"#;
+    let r = app.post("/orders", ok, &[JSON, KEY]).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["data"]["orderId"], "A-7");
+    let stored: String = app
+        .db()
+        .query_row("SELECT body FROM events", [], |r| r.get(0))
+        .unwrap();
+    let ev: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(ev["sessionId"], "c-1");
+    assert_eq!(ev["userId"], "u-1");
+    assert_eq!(ev["text"], "hi");
+
+    let bad = br#"{"conversation":{"id":5},"order":{"orderId":"B"}}"#;
+    let r = app.post("/orders", bad, &[JSON, KEY]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let j = r.json();
+    assert_eq!(j["code"], "invalid_payload");
+    let fields: Vec<_> = j["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_string())
+        .collect();
+    for want in ["/", "/conversation", "/conversation/id", "/order/orderId"] {
+        assert!(fields.iter().any(|f| f == want), "{want} not in {fields:?}");
+    }
+    let no_order = br#"{"conversation":{"id":"c-1","user":"u-1"},"message":"hi"}"#;
+    let r = app.post("/orders", no_order, &[JSON, KEY]).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn json_schema_config_problems_are_named() {
+    let mut c = cognihook::config::Config::default();
+    set_routes(
+        &mut c,
+        r#"
+[[route]]
+name = "a"
+path = "/a"
+payload = { kind = "json-schema", pointers = { userId = "user", colour = "/c" } }
+auth = { scheme = "api-key", keys = ["k"] }
+
+[[route]]
+name = "b"
+path = "/b"
+payload = { kind = "nlu", schema = "x.json" }
+auth = { scheme = "api-key", keys = ["k"] }
+"#,
+    );
+    let problems = c.validate().join("\n");
+    for want in [
+        "route `a`: payload kind json-schema needs `schema`",
+        "route `a`: payload kind json-schema needs pointers.sessionId",
+        "route `a`: payload.pointers.colour is not an event field",
+        "route `a`: payload.pointers.userId = `user` is not a JSON pointer",
+        "route `b`: payload.schema and payload.pointers apply only to kind json-schema",
+    ] {
+        assert!(problems.contains(want), "missing {want:?} in:\n{problems}");
+    }
+    let err = cognihook::config::Config::from_toml(
+        "[[route]]\nname='x'\npath='/x'\npayload={kind='json-schema', scheme='typo'}\nauth={scheme='none'}\n",
+    )
+    .expect_err("unknown key");
+    assert!(format!("{err:?}").contains("scheme"), "{err:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, r#"{"type": 12}"#).unwrap();
+    let mut c = cognihook::config::Config::default();
+    set_routes(
+        &mut c,
+        &format!(
+            "[[route]]\nname='s'\npath='/s'\npayload={{kind='json-schema', schema='{}', pointers={{sessionId='/s', userId='/u'}}}}\nauth={{scheme='api-key', keys=['k']}}\n",
+            broken.display()
+        ),
+    );
+    assert!(c.validate().is_empty(), "{:?}", c.validate());
+    let problems =
+        cognihook::ingest::Routes::build(&c, &crate::support::env()).expect_err("bad schema");
+    assert!(
+        problems.join("\n").contains("is not a valid JSON Schema"),
+        "{problems:?}"
+    );
+}
