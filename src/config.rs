@@ -87,6 +87,9 @@ pub struct SinkConfig {
     /// One event in flight per session, in acceptance order.
     #[serde(default)]
     pub ordered: bool,
+    /// At most `max` sends per `per`; sends over the limit wait without using an attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::delivery::rate::RateLimit>,
     /// http: target URL; nats/amqp/redis: broker URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -111,6 +114,38 @@ pub struct SinkConfig {
     /// redis: approximate MAXLEN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maxlen: Option<u64>,
+    /// cognigy: `inject` (into the Flow) or `notify` (straight to the user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<CognigyMode>,
+    /// cognigy: the Endpoint base URL; calls go to `{endpoint_url}/{mode}/{URLToken}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    /// cognigy: `"v2"` for the v2.0 API (`COGNIGY_API_BASE_URL`, `X-API-Key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// cognigy: CEL over the event for the message text (default: no text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// cognigy: CEL over the event for `data` (default: the event without its raw payload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+}
+
+/// What a `cognigy` sink does with an event (cognigy/FACTS.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CognigyMode {
+    Inject,
+    Notify,
+}
+
+impl CognigyMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            CognigyMode::Inject => "inject",
+            CognigyMode::Notify => "notify",
+        }
+    }
 }
 
 fn default_sink_timeout() -> Duration {
@@ -897,12 +932,22 @@ impl SinkConfig {
                 "{at}: retry.base_delay is greater than retry.max_delay"
             ));
         }
+        if let Some(r) = self.rate_limit {
+            if r.max == 0 || r.per.is_zero() {
+                p.push(format!("{at}: rate_limit needs max >= 1 and per > 0"));
+            }
+        }
         if !(0.0..=1.0).contains(&self.breaker.failure_ratio) {
             p.push(format!(
                 "{at}: breaker.failure_ratio must be between 0 and 1"
             ));
         }
-        let given: [(&str, bool); 8] = [
+        let given: [(&str, bool); 13] = [
+            ("mode", self.mode.is_some()),
+            ("endpoint_url", self.endpoint_url.is_some()),
+            ("api", self.api.is_some()),
+            ("text", self.text.is_some()),
+            ("data", self.data.is_some()),
             ("url", self.url.is_some()),
             ("secret", self.secret.is_some()),
             ("path", self.path.is_some()),
@@ -918,7 +963,10 @@ impl SinkConfig {
             SinkKind::Nats => (&["url", "subject"], &[]),
             SinkKind::Amqp => (&["url", "exchange"], &["routing_key"]),
             SinkKind::Redis => (&["url", "stream"], &["maxlen"]),
-            SinkKind::Cognigy => (&[], &[]),
+            SinkKind::Cognigy => (
+                &["mode"],
+                &["endpoint_url", "api", "secret", "text", "data"],
+            ),
         };
         for (key, present) in given {
             if present && !required.contains(&key) && !optional.contains(&key) {
@@ -938,6 +986,34 @@ impl SinkConfig {
                 _ => p.push(format!(
                     "{at}: url `{u}` must be an absolute http:// or https:// URL"
                 )),
+            }
+        }
+        if self.kind == SinkKind::Cognigy {
+            match (&self.endpoint_url, &self.api) {
+                (Some(_), Some(_)) | (None, None) => p.push(format!(
+                    "{at}: give exactly one of `endpoint_url` (Endpoint-service route) and `api = \"v2\"`"
+                )),
+                (None, Some(api)) if api != "v2" => {
+                    p.push(format!("{at}: api `{api}` is not supported (only \"v2\")"))
+                }
+                _ => {}
+            }
+            if let Some(u) = &self.endpoint_url {
+                match u.parse::<http::Uri>() {
+                    Ok(uri)
+                        if matches!(uri.scheme_str(), Some("http" | "https"))
+                            && uri.host().is_some() => {}
+                    _ => p.push(format!(
+                        "{at}: endpoint_url `{u}` must be an absolute http:// or https:// URL"
+                    )),
+                }
+            }
+            for (key, expr) in [("text", &self.text), ("data", &self.data)] {
+                if let Some(e) = expr {
+                    if let Err(why) = crate::ingest::rules::EventExpr::compile(e) {
+                        p.push(format!("{at}: {key} {why}"));
+                    }
+                }
             }
         }
         if !crate::sinks::AVAILABLE.contains(&self.kind) {

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::breaker::{Admission, Breaker, CircuitState};
+use super::rate::Bucket;
 use super::retry::Next;
 use crate::config::SinkConfig;
 use crate::sinks::{Delivery, Sink, SinkError};
@@ -41,6 +42,10 @@ pub struct SinkRuntime {
     /// Rows claimed ahead of free send slots, so a finished send starts the next one without
     /// waiting for a claim to commit. Their leases cover two sends.
     buffer: Mutex<VecDeque<Claimed>>,
+    /// The sink's `rate_limit`, if it has one.
+    bucket: Option<Mutex<Bucket>>,
+    /// A wake-up after the bucket refills is already scheduled.
+    refill_timer: AtomicBool,
 }
 
 impl SinkRuntime {
@@ -52,6 +57,10 @@ impl SinkRuntime {
             paused: AtomicBool::new(false),
             metrics: SinkMetrics::new(name),
             buffer: Mutex::new(VecDeque::new()),
+            bucket: config
+                .rate_limit
+                .map(|r| Mutex::new(Bucket::new(r, Instant::now()))),
+            refill_timer: AtomicBool::new(false),
             sink,
             config,
         }
@@ -223,7 +232,7 @@ impl Deliverer {
                 Ok(mut b) => b.admit(Instant::now()),
                 Err(_) => Admission::Go,
             };
-            let (take, probe) = match admission {
+            let (mut take, probe) = match admission {
                 Admission::Go => (free, false),
                 Admission::Probe => (1, true),
                 Admission::Wait(_) => {
@@ -232,6 +241,24 @@ impl Deliverer {
                     continue;
                 }
             };
+            if let Some(bucket) = &sink.bucket {
+                let allowed = bucket
+                    .lock()
+                    .map_or(take, |mut b| b.available(Instant::now()));
+                if allowed == 0 {
+                    // Over the rate limit: nothing is attempted (no attempt is used); the rows
+                    // go back, and a timer wakes the worker when the next send is paid for.
+                    if probe {
+                        if let Ok(mut b) = sink.breaker.lock() {
+                            b.release_probe();
+                        }
+                    }
+                    self.release_buffer(sink).await;
+                    self.wake_after_refill(sink);
+                    continue;
+                }
+                take = take.min(allowed);
+            }
             if sink.buffered() < take {
                 // Claim for the free slots plus one more round, in one commit.
                 let want = take + if probe { 0 } else { sink.config.concurrency } - sink.buffered();
@@ -251,6 +278,11 @@ impl Deliverer {
                 }
             }
             let rows = sink.take_buffered(take);
+            if let Some(bucket) = &sink.bucket {
+                if let Ok(mut b) = bucket.lock() {
+                    b.take(rows.len(), Instant::now());
+                }
+            }
             if rows.is_empty() && probe {
                 if let Ok(mut b) = sink.breaker.lock() {
                     b.release_probe();
@@ -272,6 +304,26 @@ impl Deliverer {
             }
         }
         started
+    }
+
+    /// Wakes the worker once the sink's bucket can pay for a send (sooner than the poll).
+    fn wake_after_refill(self: &Arc<Self>, sink: &Arc<SinkRuntime>) {
+        let Some(wait) = sink
+            .bucket
+            .as_ref()
+            .and_then(|b| b.lock().ok().map(|mut b| b.wait(Instant::now())))
+        else {
+            return;
+        };
+        if wait >= self.poll || sink.refill_timer.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (this, sink) = (self.clone(), sink.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            sink.refill_timer.store(false, Ordering::SeqCst);
+            this.wake.notify_one();
+        });
     }
 
     /// Gives the buffered rows of a sink back to the outbox, due now, without an attempt.

@@ -150,6 +150,45 @@ impl RuleSet {
     }
 }
 
+/// One expression over the event in its JSON form, as sinks hold it (a `cognigy` sink's
+/// `text` and `data`).
+pub struct EventExpr {
+    expr: String,
+    program: Program,
+}
+
+impl std::fmt::Debug for EventExpr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("EventExpr").field(&self.expr).finish()
+    }
+}
+
+impl EventExpr {
+    pub fn compile(expr: &str) -> Result<EventExpr, String> {
+        Program::compile(expr)
+            .map(|program| EventExpr {
+                expr: expr.to_string(),
+                program,
+            })
+            .map_err(|e| format!("`{expr}` does not compile: {}", one_line(&e.to_string())))
+    }
+
+    /// Evaluates with `event` bound to the given JSON; the result as JSON.
+    pub fn evaluate(&self, event: &Value) -> Result<Value, String> {
+        let value = json_value(event);
+        ROOT.with(|root| {
+            let mut ctx = root.new_inner_scope();
+            ctx.add_variable_from_value("event", value);
+            let v = self
+                .program
+                .execute(&ctx)
+                .map_err(|e| format!("`{}` failed: {}", self.expr, one_line(&e.to_string())))?;
+            v.json()
+                .map_err(|e| format!("`{}` gave no JSON value: {e:?}", self.expr))
+        })
+    }
+}
+
 fn text(s: &str) -> CelValue {
     CelValue::String(Arc::new(s.to_string()))
 }

@@ -30,13 +30,7 @@ impl HttpSink {
             }
             None => None,
         };
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("cognihook/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let client = client(config.timeout)?;
         Ok(HttpSink {
             client,
             url,
@@ -102,32 +96,55 @@ impl Sink for HttpSink {
                     outgoing_signature(secret, unix, d.body),
                 );
             }
-            let resp = req.send().await.map_err(|e| {
-                let what = if e.is_timeout() {
-                    "timed out"
-                } else if e.is_connect() {
-                    "connection failed"
-                } else {
-                    "request failed"
-                };
-                SinkError::transient(format!("POST {}: {what}: {e}", self.url))
-            })?;
-            let status = resp.status();
-            if status.is_success() {
-                return Ok(());
-            }
-            let wait = retry_after(resp.headers());
-            let message = format!("POST {}: HTTP {}", self.url, status.as_u16());
-            let code = status.as_u16();
-            if code == 408 || code == 429 || status.is_server_error() {
-                Err(SinkError::Transient {
-                    message,
-                    retry_after: wait,
-                })
-            } else {
-                Err(SinkError::permanent(message))
-            }
+            let resp = req.send().await.map_err(|e| request_error(&self.url, &e))?;
+            classify(&self.url, resp.status(), resp.headers())
         })
+    }
+}
+
+/// The HTTP client of a sink: its timeout for connecting and for the whole request, no
+/// redirects followed (a redirect is an answer, and a permanent one).
+pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("cognihook/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// A request that got no answer: always transient.
+pub(crate) fn request_error(url: &str, e: &reqwest::Error) -> SinkError {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    SinkError::transient(format!("POST {url}: {what}: {e}"))
+}
+
+/// An answer's status as the retry contract sees it: 2xx delivered; 408, 429 and 5xx
+/// transient (with `Retry-After`); anything else permanent.
+pub(crate) fn classify(
+    url: &str,
+    status: reqwest::StatusCode,
+    headers: &reqwest::header::HeaderMap,
+) -> Result<(), SinkError> {
+    if status.is_success() {
+        return Ok(());
+    }
+    let message = format!("POST {url}: HTTP {}", status.as_u16());
+    let code = status.as_u16();
+    if code == 408 || code == 429 || status.is_server_error() {
+        Err(SinkError::Transient {
+            message,
+            retry_after: retry_after(headers),
+        })
+    } else {
+        Err(SinkError::permanent(message))
     }
 }
 

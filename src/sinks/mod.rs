@@ -4,6 +4,7 @@
 //! `Permanent` ones dead-letter at once. A sink never retries by itself.
 
 pub mod amqp;
+pub mod cognigy;
 pub mod file;
 pub mod http;
 pub mod nats;
@@ -23,6 +24,7 @@ pub const AVAILABLE: &[SinkKind] = &[
     SinkKind::Nats,
     SinkKind::Amqp,
     SinkKind::Redis,
+    SinkKind::Cognigy,
 ];
 
 /// One delivery attempt of one event.
@@ -91,11 +93,7 @@ pub fn build(
         SinkKind::Nats => Arc::new(nats::NatsSink::new(config).map_err(at)?),
         SinkKind::Redis => Arc::new(redis::RedisSink::new(config).map_err(at)?),
         SinkKind::Amqp => Arc::new(amqp::AmqpSink::new(config).map_err(at)?),
-        SinkKind::Cognigy => {
-            return Err(at(
-                "this version cannot deliver to `cognigy` sinks yet".to_string()
-            ))
-        }
+        SinkKind::Cognigy => Arc::new(cognigy::CognigySink::new(config, env).map_err(at)?),
     };
     Ok(sink)
 }

@@ -7,6 +7,7 @@ mod support;
 mod auth;
 mod binary;
 mod brokers;
+mod cognigy_sink;
 mod delivery;
 mod payloads;
 mod router;

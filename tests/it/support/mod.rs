@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod binary;
+pub mod cognigy_emulator;
 pub mod sink_server;
 
 use std::collections::BTreeMap;
@@ -104,10 +105,19 @@ pub fn test_config(dir: &std::path::Path) -> Config {
 
 /// Builds (without running) a gateway from a test configuration.
 pub async fn build_app(dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> App {
+    build_app_env(dir, &env(), tweak).await
+}
+
+/// Builds a gateway resolving secrets and settings from `env`.
+pub async fn build_app_env(
+    dir: &std::path::Path,
+    env: &BTreeMap<String, String>,
+    tweak: impl FnOnce(&mut Config),
+) -> App {
     let mut c = test_config(dir);
     tweak(&mut c);
     assert!(c.validate().is_empty(), "{:?}", c.validate());
-    let wiring = Wiring::build(&c, &env()).expect("wiring builds");
+    let wiring = Wiring::build(&c, env).expect("wiring builds");
     App::build(c, wiring).await.expect("app builds")
 }
 
@@ -122,7 +132,16 @@ impl TestApp {
 
     /// Starts a gateway on an existing data directory (a restart).
     pub async fn spawn_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> TestApp {
-        let app = build_app(dir.path(), tweak).await;
+        Self::spawn_env(dir, &env(), tweak).await
+    }
+
+    /// Starts a gateway whose environment is `env` (instead of [`env`]).
+    pub async fn spawn_env(
+        dir: tempfile::TempDir,
+        env: &BTreeMap<String, String>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestApp {
+        let app = build_app_env(dir.path(), env, tweak).await;
         let addr = app.local_addr().unwrap();
         let deliverer = app.deliverer().clone();
         let shutdown = CancellationToken::new();

@@ -1,0 +1,260 @@
+//! The `cognigy` sink against a local Cognigy emulator that checks routes, auth, body fields
+//! and sizes as documented: Endpoint-service notify/inject, the v2.0 API with its key, the
+//! permanent failure for events without a URLToken, and the per-sink rate limit that makes
+//! sends wait without using retry attempts.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::json;
+
+use crate::support::cognigy_emulator::{CognigyEmulator, API_KEY, URL_TOKEN};
+use crate::support::sink_server::wait_until;
+use crate::support::{count, env, set_routes, TestApp};
+
+const T: Duration = Duration::from_secs(20);
+const KEY: (&str, &str) = ("x-api-key", "k");
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+fn route(sinks: &str) -> String {
+    format!(
+        r#"
+[[route]]
+name = "orders"
+path = "/orders"
+payload = "cognigy-input"
+auth = {{ scheme = "api-key", keys = ["k"] }}
+sinks = [{sinks}]
+"#
+    )
+}
+
+fn input(session: &str, token: Option<&str>, order: &str) -> Vec<u8> {
+    let mut b = json!({
+        "userId": "user123", "sessionId": session, "text": format!("where is {order}"),
+        "data": {"orderId": order}
+    });
+    if let Some(t) = token {
+        b["URLToken"] = t.into();
+    }
+    serde_json::to_vec(&b).unwrap()
+}
+
+fn rows(app: &TestApp, status: &str) -> i64 {
+    count(
+        &app.db(),
+        &format!("SELECT count(*) FROM outbox WHERE status = '{status}'"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_through_the_endpoint_service_with_text_and_data_from_the_event() {
+    let cognigy = CognigyEmulator::start().await;
+    let table = format!(
+        "kind = \"cognigy\"\nmode = \"notify\"\nendpoint_url = \"{}\"\n\
+         text = '\"Order \" + event.payload.data.orderId + \" has shipped\"'\n\
+         data = '{{\"orderId\": event.payload.data.orderId}}'",
+        cognigy.base_url()
+    );
+    let app = TestApp::spawn_with(|c| {
+        set_routes(c, &route("\"cognigy\""));
+        c.sinks
+            .insert("cognigy".into(), toml::from_str(&table).unwrap());
+        c.delivery.poll_interval = Duration::from_millis(20);
+    })
+    .await;
+    let r = app
+        .post(
+            "/orders",
+            &input("s-1", Some(URL_TOKEN), "A-1"),
+            &[JSON, KEY],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    wait_until("one notify", T, || cognigy.accepted().len() == 1).await;
+    let call = &cognigy.accepted()[0];
+    assert_eq!((call.mode.as_str(), call.route), ("notify", "endpoint"));
+    assert_eq!(
+        call.body,
+        json!({"userId": "user123", "sessionId": "s-1", "URLToken": URL_TOKEN,
+               "text": "Order A-1 has shipped", "data": {"orderId": "A-1"}})
+    );
+    assert!(call.headers.get("x-api-key").is_none());
+    wait_until("delivered", T, || rows(&app, "delivered") == 1).await;
+    assert!(cognigy.refused().is_empty(), "{:?}", cognigy.refused());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inject_through_the_v2_api_with_its_key_and_the_default_body() {
+    let cognigy = CognigyEmulator::start().await;
+    let mut environment = env();
+    environment.insert("COGNIGY_API_BASE_URL".into(), cognigy.base_url());
+    environment.insert("COGNIGY_API_KEY".into(), API_KEY.into());
+    let app = TestApp::spawn_env(tempfile::tempdir().unwrap(), &environment, |c| {
+        set_routes(c, &route("\"cognigy\""));
+        c.sinks.insert(
+            "cognigy".into(),
+            toml::from_str("kind = \"cognigy\"\nmode = \"inject\"\napi = \"v2\"").unwrap(),
+        );
+        c.delivery.poll_interval = Duration::from_millis(20);
+    })
+    .await;
+    let r = app
+        .post(
+            "/orders",
+            &input("s-2", Some(URL_TOKEN), "A-2"),
+            &[JSON, KEY],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    wait_until("one inject", T, || cognigy.accepted().len() == 1).await;
+    let call = &cognigy.accepted()[0];
+    assert_eq!((call.mode.as_str(), call.route), ("inject", "api-v2"));
+    assert_eq!(call.headers["x-api-key"], API_KEY);
+    assert_eq!(call.body["text"], "");
+    assert_eq!(call.body["data"]["eventType"], "cognigy.input");
+    assert_eq!(call.body["data"]["urlToken"], URL_TOKEN);
+    assert!(call.body["data"].get("payload").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_without_urltoken_is_dead_lettered_at_once_and_a_wrong_key_is_permanent() {
+    let cognigy = CognigyEmulator::start().await;
+    let mut environment = env();
+    environment.insert("COGNIGY_API_BASE_URL".into(), cognigy.base_url());
+    environment.insert("COGNIGY_API_KEY".into(), "wrong-key".into());
+    let table = format!(
+        "kind = \"cognigy\"\nmode = \"notify\"\nendpoint_url = \"{}\"",
+        cognigy.base_url()
+    );
+    let app = TestApp::spawn_env(tempfile::tempdir().unwrap(), &environment, |c| {
+        set_routes(c, &route("\"notify\", \"v2\""));
+        c.sinks
+            .insert("notify".into(), toml::from_str(&table).unwrap());
+        c.sinks.insert(
+            "v2".into(),
+            toml::from_str("kind = \"cognigy\"\nmode = \"notify\"\napi = \"v2\"").unwrap(),
+        );
+        c.delivery.poll_interval = Duration::from_millis(20);
+    })
+    .await;
+    let r = app
+        .post("/orders", &input("s-3", None, "A-3"), &[JSON, KEY])
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    wait_until("both dead", T, || rows(&app, "dead") == 2).await;
+    let db = app.db();
+    let (attempts, error): (i64, String) = db
+        .query_row(
+            "SELECT attempts, last_error FROM outbox WHERE sink = 'notify'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(attempts, 1);
+    assert!(error.contains("no URLToken"), "{error}");
+    // Neither call went out: both routes need the URLToken.
+    assert!(cognigy.accepted().is_empty());
+    assert!(cognigy.refused().is_empty());
+
+    let r = app
+        .post(
+            "/orders",
+            &input("s-3", Some(URL_TOKEN), "A-4"),
+            &[JSON, KEY],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    wait_until("the notify delivered, the v2 one dead", T, || {
+        rows(&app, "dead") == 3 && rows(&app, "delivered") == 1
+    })
+    .await;
+    let error: String = db
+        .query_row(
+            "SELECT last_error FROM outbox WHERE sink = 'v2' AND status = 'dead' \
+             ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(error.contains("HTTP 401"), "{error}");
+    assert!(
+        !error.contains(URL_TOKEN),
+        "the URLToken is not logged: {error}"
+    );
+    assert_eq!(cognigy.refused(), [(401, "bad X-API-Key".to_string())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_sends_back_without_using_attempts() {
+    let cognigy = CognigyEmulator::start().await;
+    let table = format!(
+        "kind = \"cognigy\"\nmode = \"notify\"\nendpoint_url = \"{}\"\n\
+         rate_limit = {{ per = \"1h\", max = 2 }}",
+        cognigy.base_url()
+    );
+    let app = TestApp::spawn_with(|c| {
+        set_routes(c, &route("\"cognigy\""));
+        c.sinks
+            .insert("cognigy".into(), toml::from_str(&table).unwrap());
+        c.delivery.poll_interval = Duration::from_millis(20);
+    })
+    .await;
+    for i in 0..5 {
+        let r = app
+            .post(
+                "/orders",
+                &input(&format!("s-rl-{i}"), Some(URL_TOKEN), &format!("A-{i}")),
+                &[JSON, KEY],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    wait_until("two delivered", T, || rows(&app, "delivered") == 2).await;
+    // Drive the worker further: the bucket is empty for the next half hour, so nothing more
+    // goes out and nothing is counted as an attempt.
+    for _ in 0..5 {
+        app.deliverer().tick().await;
+    }
+    assert_eq!(cognigy.accepted().len(), 2);
+    assert_eq!(rows(&app, "pending"), 3);
+    assert_eq!(
+        count(
+            &app.db(),
+            "SELECT count(*) FROM outbox WHERE status = 'pending' AND attempts > 0"
+        ),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cognigys_429_is_retried_after_its_retry_after() {
+    let cognigy = CognigyEmulator::start().await;
+    cognigy.set_budget(Some(0));
+    let table = format!(
+        "kind = \"cognigy\"\nmode = \"notify\"\nendpoint_url = \"{}\"\n\
+         retry = {{ max_attempts = 3, base_delay = \"10ms\", max_delay = \"2s\" }}",
+        cognigy.base_url()
+    );
+    let app = TestApp::spawn_with(|c| {
+        set_routes(c, &route("\"cognigy\""));
+        c.sinks
+            .insert("cognigy".into(), toml::from_str(&table).unwrap());
+        c.delivery.poll_interval = Duration::from_millis(20);
+    })
+    .await;
+    let r = app
+        .post(
+            "/orders",
+            &input("s-429", Some(URL_TOKEN), "A-9"),
+            &[JSON, KEY],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    wait_until("a 429", T, || !cognigy.refused().is_empty()).await;
+    cognigy.set_budget(None);
+    wait_until("delivered", T, || rows(&app, "delivered") == 1).await;
+    let attempts = count(&app.db(), "SELECT attempts FROM outbox");
+    assert_eq!(attempts, 2);
+    assert_eq!(cognigy.refused(), [(429, "rate limit".to_string())]);
+}
