@@ -1016,12 +1016,6 @@ impl SinkConfig {
                 }
             }
         }
-        if !crate::sinks::AVAILABLE.contains(&self.kind) {
-            p.push(format!(
-                "{at}: this version cannot deliver to `{}` sinks yet",
-                self.kind.name()
-            ));
-        }
         p
     }
 }
@@ -1323,7 +1317,8 @@ sinks = ["web", "missing", "web"]
             "sink `web` (http): key `subject` does not apply",
             "sink `web` (http): concurrency must be at least 1",
             "sink `log` (file): `path` is required",
-            "sink `q` (cognigy): this version cannot deliver",
+            "sink `q` (cognigy): `mode` is required",
+            "sink `q` (cognigy): give exactly one of `endpoint_url`",
             "sink `missing` is not defined",
             "sink `web` listed twice",
         ] {

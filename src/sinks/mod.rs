@@ -17,16 +17,6 @@ use std::time::Duration;
 
 use crate::config::{EnvSource, SinkConfig, SinkKind};
 
-/// Sink kinds this version can deliver to.
-pub const AVAILABLE: &[SinkKind] = &[
-    SinkKind::Http,
-    SinkKind::File,
-    SinkKind::Nats,
-    SinkKind::Amqp,
-    SinkKind::Redis,
-    SinkKind::Cognigy,
-];
-
 /// One delivery attempt of one event.
 #[derive(Debug, Clone, Copy)]
 pub struct Delivery<'a> {
