@@ -10,5 +10,6 @@ mod brokers;
 mod cognigy_sink;
 mod delivery;
 mod payloads;
+mod recipe;
 mod router;
 mod server;
