@@ -6,6 +6,7 @@ mod dead_letters;
 mod events;
 mod send;
 mod serve;
+mod simulate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +71,9 @@ enum Command {
         #[command(subcommand)]
         command: dead_letters::DeadLettersCommand,
     },
+    /// Generates realistic, correctly authenticated Cognigy traffic against a route and checks
+    /// every answer (exit 1 on a contradiction).
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -90,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::Sign(a) => send::run_sign(a),
         Command::Events { command } => events::run(config, command),
         Command::DeadLetters { command } => dead_letters::run(config, command),
+        Command::Simulate(a) => simulate::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

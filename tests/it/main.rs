@@ -13,3 +13,4 @@ mod payloads;
 mod recipe;
 mod router;
 mod server;
+mod simulate;
