@@ -33,6 +33,8 @@ fn acceptance(i: u64) -> Acceptance {
         sinks: vec![],
         max_response_bytes: 1 << 20,
         spend: None,
+        status: 200,
+        respond: None,
     }
 }
 

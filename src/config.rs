@@ -268,6 +268,23 @@ pub struct RouteConfig {
     pub extract: BTreeMap<String, String>,
     #[serde(default)]
     pub sinks: Vec<String>,
+    /// Answer with a backend's result, inside the deadline (SPEC §5.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respond: Option<RespondConfig>,
+}
+
+/// A route's `respond` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondConfig {
+    /// The `http` sink whose answer becomes the response's `data`.
+    pub upstream: String,
+    /// How long the request waits for it before answering 202.
+    #[serde(with = "duration_str")]
+    pub within: Duration,
+    /// The sink that gets a late answer (typically a `cognigy` sink).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_late: Option<String>,
 }
 
 /// `payload = "nlu"` or `payload = { kind = "nlu" }`; `json-schema` needs the table form
@@ -648,6 +665,7 @@ pub fn default_routes() -> Vec<RouteConfig> {
             rules: vec![],
             extract: BTreeMap::new(),
             sinks: vec![],
+            respond: None,
         },
         RouteConfig {
             name: "nlu-orders".into(),
@@ -667,6 +685,7 @@ pub fn default_routes() -> Vec<RouteConfig> {
             ],
             extract: BTreeMap::from([("orderId".into(), "event.entities.orderId".into())]),
             sinks: vec![],
+            respond: None,
         },
     ]
 }
@@ -855,6 +874,44 @@ impl Config {
             }
             p.extend(r.auth.validate(&at, r.allow_unauthenticated));
             p.extend(r.payload.validate(&at));
+            if let Some(resp) = &r.respond {
+                match self.sinks.get(&resp.upstream) {
+                    None => p.push(format!(
+                        "{at}: respond.upstream `{}` is not defined (no [sink.{}] table)",
+                        resp.upstream, resp.upstream
+                    )),
+                    Some(s) if s.kind != SinkKind::Http => p.push(format!(
+                        "{at}: respond.upstream `{}` must be an http sink, not {}",
+                        resp.upstream,
+                        s.kind.name()
+                    )),
+                    Some(_) => {}
+                }
+                if r.sinks.contains(&resp.upstream) {
+                    p.push(format!(
+                        "{at}: respond.upstream `{}` is also in `sinks` (it would be called twice)",
+                        resp.upstream
+                    ));
+                }
+                if let Some(late) = &resp.on_late {
+                    if !self.sinks.contains_key(late) {
+                        p.push(format!(
+                            "{at}: respond.on_late `{late}` is not defined (no [sink.{late}] table)"
+                        ));
+                    }
+                    if late == &resp.upstream {
+                        p.push(format!(
+                            "{at}: respond.on_late must not be the upstream itself"
+                        ));
+                    }
+                }
+                if resp.within.is_zero() || resp.within >= self.limits.deadline {
+                    p.push(format!(
+                        "{at}: respond.within must be greater than 0 and less than limits.deadline ({})",
+                        humantime::format_duration(self.limits.deadline)
+                    ));
+                }
+            }
             let mut seen = std::collections::HashSet::new();
             for s in &r.sinks {
                 if !self.sinks.contains_key(s) {

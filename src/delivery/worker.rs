@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -91,7 +91,7 @@ impl SinkRuntime {
     }
 
     /// Long enough for a row to wait in the buffer for one send and then be sent.
-    fn lease(&self) -> Duration {
+    pub fn lease(&self) -> Duration {
         self.config.timeout * 2 + LEASE_MARGIN
     }
 
@@ -306,6 +306,62 @@ impl Deliverer {
         started
     }
 
+    /// The first attempt at a `respond.upstream` row, made on behalf of the request that
+    /// committed it (the row was inserted already claimed), as a tracked task. The answer is
+    /// offered to the request through the returned channel; if the request has stopped
+    /// waiting (the channel is closed), the answer goes to the row's `on_late` sink instead,
+    /// in the settlement's transaction. A failure is settled like any attempt and retried by
+    /// the workers. A paused sink or an open circuit is not called: the row is released to
+    /// the workers at once.
+    pub fn spawn_respond(self: &Arc<Self>, c: Claimed) -> oneshot::Receiver<bytes::Bytes> {
+        let (tx, rx) = oneshot::channel();
+        let this = self.clone();
+        self.tracker.spawn(async move { this.respond(c, tx).await });
+        rx
+    }
+
+    async fn respond(&self, c: Claimed, waiting: oneshot::Sender<bytes::Bytes>) {
+        let Some(sink) = self.sink(&c.sink).cloned() else {
+            return;
+        };
+        let admission = if sink.is_paused() {
+            Admission::Wait(Duration::ZERO)
+        } else {
+            match sink.breaker.lock() {
+                Ok(mut b) => b.admit(Instant::now()),
+                Err(_) => Admission::Go,
+            }
+        };
+        if let Admission::Wait(_) = admission {
+            let release = Settlement::Release {
+                at_ms: crate::now_millis(),
+            };
+            if let Err(e) = self.store.settle(&c, release).await {
+                tracing::warn!(sink = %sink.name, error = %e,
+                    "cannot release the upstream row; it comes due when its lease expires");
+            }
+            self.wake.notify_one();
+            return;
+        }
+        let attempt = c.attempts + 1;
+        let (mut settlement, answer, took) = self.attempt(&sink, &c).await;
+        if let (Settlement::Delivered { result, .. }, Some(answer)) = (&mut settlement, answer) {
+            if waiting.send(answer).is_ok() {
+                // The request answers with it; nothing goes to `on_late`.
+                *result = None;
+            }
+        }
+        self.settle(Pending {
+            sink,
+            claim: c,
+            attempt,
+            settlement,
+            took,
+        })
+        .await;
+        self.wake.notify_one();
+    }
+
     /// Wakes the worker once the sink's bucket can pay for a send (sooner than the poll).
     fn wake_after_refill(self: &Arc<Self>, sink: &Arc<SinkRuntime>) {
         let Some(wait) = sink
@@ -340,7 +396,13 @@ impl Deliverer {
         }
     }
 
-    async fn deliver(&self, sink: Arc<SinkRuntime>, c: Claimed, permit: OwnedSemaphorePermit) {
+    /// Makes one attempt at a claimed row: sends, feeds the breaker and metrics, and decides
+    /// the settlement. Returns the settlement, the sink's answer and the time it took.
+    async fn attempt(
+        &self,
+        sink: &SinkRuntime,
+        c: &Claimed,
+    ) -> (Settlement, Option<bytes::Bytes>, Duration) {
         let attempt = c.attempts + 1;
         let d = Delivery {
             event_id: &c.event_id,
@@ -354,7 +416,7 @@ impl Deliverer {
         let start = Instant::now();
         // The sink enforces its timeout itself; this bound is a backstop for any that do not.
         let limit = sink.config.timeout + Duration::from_secs(1);
-        let result = match tokio::time::timeout(limit, sink.sink.send(&d)).await {
+        let result = match tokio::time::timeout(limit, sink.sink.call(&d)).await {
             Ok(r) => r,
             Err(_) => Err(SinkError::transient(format!(
                 "no answer within {}",
@@ -370,34 +432,71 @@ impl Deliverer {
             b.record(Instant::now(), healthy);
             sink.metrics.circuit.set(b.state(Instant::now()).gauge());
         }
-        let settlement = match &result {
-            Ok(()) => Settlement::Delivered { duration_ms },
-            Err(SinkError::Permanent { message }) => Settlement::Dead {
-                reason: DeadReason::Permanent,
-                error: message.clone(),
-                duration_ms,
-            },
+        let (settlement, answer) = match result {
+            Ok(answer) => {
+                // Only a `respond.upstream` row hands its answer on.
+                let result = c.respond_to.as_ref().map(|_| {
+                    answer.as_ref().map_or_else(
+                        || "null".to_string(),
+                        |b| String::from_utf8_lossy(b).into_owned(),
+                    )
+                });
+                (
+                    Settlement::Delivered {
+                        duration_ms,
+                        result,
+                    },
+                    answer,
+                )
+            }
+            Err(SinkError::Permanent { message }) => (
+                Settlement::Dead {
+                    reason: DeadReason::Permanent,
+                    error: message,
+                    duration_ms,
+                },
+                None,
+            ),
             Err(SinkError::Transient {
                 message,
                 retry_after,
-            }) => match sink
-                .config
-                .retry
-                .next(attempt, self.jitter.draw(), *retry_after)
-            {
-                Next::RetryAfter(delay) => Settlement::Retry {
-                    at_ms: crate::now_millis()
-                        + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
-                    error: message.clone(),
-                    duration_ms,
+            }) => (
+                match sink
+                    .config
+                    .retry
+                    .next(attempt, self.jitter.draw(), retry_after)
+                {
+                    Next::RetryAfter(delay) => Settlement::Retry {
+                        at_ms: crate::now_millis()
+                            + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
+                        error: message,
+                        duration_ms,
+                    },
+                    Next::GiveUp => Settlement::Dead {
+                        reason: DeadReason::Exhausted,
+                        error: message,
+                        duration_ms,
+                    },
                 },
-                Next::GiveUp => Settlement::Dead {
-                    reason: DeadReason::Exhausted,
-                    error: message.clone(),
-                    duration_ms,
-                },
-            },
+                None,
+            ),
         };
+        (settlement, answer, took)
+    }
+
+    async fn deliver(&self, sink: Arc<SinkRuntime>, c: Claimed, permit: OwnedSemaphorePermit) {
+        let attempt = c.attempts + 1;
+        let (settlement, _, took) = self.attempt(&sink, &c).await;
+        if matches!(
+            settlement,
+            Settlement::Delivered {
+                result: Some(_),
+                ..
+            }
+        ) {
+            // An `on_late` row is about to exist.
+            self.wake.notify_one();
+        }
         // The send slot is free once the sink has answered; the next buffered row can go
         // while this settlement commits.
         drop(permit);

@@ -21,7 +21,7 @@ use super::AppState;
 use crate::ingest::auth::AuthError;
 use crate::ingest::payload::{BodyFormat, PayloadError};
 use crate::ingest::{self, Refusal, RequestMeta, Route};
-use crate::store::{AcceptOutcome, Acceptance, StoreError};
+use crate::store::{AcceptOutcome, Acceptance, RespondHold, StoreError};
 use crate::telemetry::audit::{AuditKind, AuditLine};
 use crate::telemetry::metrics::{RouteMetrics, SignatureResult};
 
@@ -85,6 +85,7 @@ pub async fn handle(state: AppState, ep: Arc<Endpoint>, req: Request<Body>) -> R
         req,
         &transaction_id,
         correlation_header.as_deref(),
+        start,
     );
     let outcome = match tokio::time::timeout(deadline, run).await {
         Ok(o) => o,
@@ -110,6 +111,7 @@ async fn pipeline(
     req: Request<Body>,
     transaction_id: &str,
     correlation_header: Option<&str>,
+    started: Instant,
 ) -> Outcome {
     let (route, simulated) = (&*ep.route, ep.simulated);
     let fallback_correlation =
@@ -159,9 +161,17 @@ async fn pipeline(
     for (k, v) in &prepared.extracted {
         data.insert(k.clone(), v.clone());
     }
+    let respond = route.respond.as_ref();
+    let (answer_status, message) = match respond {
+        None => (StatusCode::OK, "Payload processed successfully"),
+        Some(_) => (
+            StatusCode::ACCEPTED,
+            "Payload accepted; the backend's answer follows when it arrives",
+        ),
+    };
     let response = json!({
-        "status": "success",
-        "message": "Payload processed successfully",
+        "status": if respond.is_some() { "accepted" } else { "success" },
+        "message": message,
         "correlationId": ev.correlation_id,
         "transactionId": transaction_id,
         "timestamp": crate::now_rfc3339(),
@@ -174,25 +184,42 @@ async fn pipeline(
         state_version: None,
     };
     let correlation_id = ev.correlation_id.clone();
+    let idempotency_key = ingest::idempotency_key(&route.name, &parts.headers, &body);
     let acceptance = Acceptance {
-        idempotency_key: ingest::idempotency_key(&route.name, &parts.headers, &body),
+        idempotency_key: idempotency_key.clone(),
         event: prepared.event,
         response,
         sinks: route.sinks.clone(),
         max_response_bytes: state.limits.max_response_bytes,
         spend: prepared.spend,
+        status: answer_status.as_u16(),
+        respond: respond.map(|r| RespondHold {
+            sink: r.upstream.clone(),
+            on_late: r.on_late.clone(),
+            lease_ms: state.deliverer.sink(&r.upstream).map_or(60_000, |s| {
+                i64::try_from(s.lease().as_millis()).unwrap_or(i64::MAX / 2)
+            }),
+        }),
     };
     let has_sinks = !acceptance.sinks.is_empty();
     match state.store.accept(acceptance).await {
         Ok(AcceptOutcome::Committed {
             state_version,
             body,
+            held,
         }) => {
             if has_sinks {
                 state.deliverer.wake();
             }
+            let (status, body) = match (held, respond) {
+                (Some(claim), Some(r)) => {
+                    let wait = upstream_wait(state, r.within, started);
+                    await_upstream(state, *claim, wait, body, idempotency_key).await
+                }
+                (_, _) => (answer_status, body),
+            };
             Outcome {
-                status: StatusCode::OK,
+                status,
                 code: None,
                 body,
                 correlation_id,
@@ -261,6 +288,81 @@ async fn pipeline(
 
 /// The body format a request declares: JSON everywhere, form-encoded where the payload kind
 /// takes it (`cognigy-input`); anything else answers 415.
+/// How long the request may wait for its upstream: `respond.within`, but never past the
+/// route's deadline less a margin for answering.
+fn upstream_wait(state: &AppState, within: Duration, started: Instant) -> Duration {
+    const ANSWER_MARGIN: Duration = Duration::from_millis(100);
+    let left = state
+        .limits
+        .deadline
+        .saturating_sub(started.elapsed())
+        .saturating_sub(ANSWER_MARGIN);
+    within.min(left)
+}
+
+/// Makes the upstream call of a `respond` route and waits up to `wait` for it. In time, the
+/// upstream's JSON becomes `data` (over the gateway's own fields) in a 200 that also replaces
+/// the stored answer for duplicates; otherwise the committed 202 goes out and the call goes
+/// on in the background, its answer handed to `on_late`.
+async fn await_upstream(
+    state: &AppState,
+    claim: crate::store::Claimed,
+    wait: Duration,
+    accepted: Bytes,
+    idempotency_key: String,
+) -> (StatusCode, Bytes) {
+    let mut call = state.deliverer.spawn_respond(claim);
+    let answer = match tokio::time::timeout(wait, &mut call).await {
+        Ok(Ok(answer)) => answer,
+        // The call failed; the workers retry it and `on_late` gets the answer.
+        Ok(Err(_)) => return (StatusCode::ACCEPTED, accepted),
+        Err(_) => {
+            // Stop waiting. An answer sent just before the channel closed is still ours
+            // (the task then does not hand it to `on_late`).
+            call.close();
+            match call.try_recv() {
+                Ok(answer) => answer,
+                Err(_) => return (StatusCode::ACCEPTED, accepted),
+            }
+        }
+    };
+    let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&accepted) else {
+        return (StatusCode::ACCEPTED, accepted);
+    };
+    let upstream = serde_json::from_slice::<Value>(&answer)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer).into_owned()));
+    if let Some(Value::Object(data)) = body.get_mut("data") {
+        match upstream {
+            Value::Object(fields) => data.extend(fields),
+            other => {
+                data.insert("result".into(), other);
+            }
+        }
+    }
+    body.insert("status".into(), "success".into());
+    body.insert("message".into(), "Payload processed successfully".into());
+    let Ok(bytes) = serde_json::to_vec(&body) else {
+        return (StatusCode::ACCEPTED, accepted);
+    };
+    if bytes.len() > state.limits.max_response_bytes {
+        tracing::warn!(
+            size = bytes.len(),
+            limit = state.limits.max_response_bytes,
+            "upstream answer too large for the response; answering 202"
+        );
+        return (StatusCode::ACCEPTED, accepted);
+    }
+    let bytes = Bytes::from(bytes);
+    if let Err(e) = state
+        .store
+        .set_answer(idempotency_key, 200, bytes.clone())
+        .await
+    {
+        tracing::warn!(error = %e, "cannot store the upstream answer for duplicates");
+    }
+    (StatusCode::OK, bytes)
+}
+
 fn check_content_type(headers: &HeaderMap, form_allowed: bool) -> Result<BodyFormat, ApiError> {
     let unsupported = |what: &str| {
         let wanted = if form_allowed {

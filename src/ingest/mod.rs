@@ -63,6 +63,8 @@ pub struct Route {
     pub auth: Authenticator,
     pub rules: RuleSet,
     pub sinks: Vec<String>,
+    /// Answer with a backend's result (SPEC §5.1).
+    pub respond: Option<crate::config::RespondConfig>,
 }
 
 /// Why the pure part of the pipeline refused a request.
@@ -225,6 +227,7 @@ fn build_route(r: &RouteConfig, env: &dyn EnvSource) -> Result<Route, Vec<String
         auth,
         rules,
         sinks: r.sinks.clone(),
+        respond: r.respond.clone(),
     })
 }
 

@@ -4,7 +4,8 @@
 //! Two routes: the Endpoint service, `POST {endpoint_url}/{inject|notify}/{URLToken}` (no
 //! API key; the URLToken is the credential), or the deprecated v2.0 API,
 //! `POST {COGNIGY_API_BASE_URL}/new/v2.0/endpoint/{inject|notify}` with `X-API-Key`. Both get
-//! `{userId, sessionId, URLToken, text, data}`. An event without a URLToken, a body over
+//! `{userId, sessionId, URLToken, text, data}`; `data` defaults to the late upstream answer on
+//! a `respond.on_late` delivery, else the event without its raw payload. An event without a URLToken, a body over
 //! Cognigy's 60 kB API limit, or an expression that cannot be evaluated is a permanent
 //! failure; the answer is classified as for the `http` sink.
 
@@ -111,11 +112,16 @@ impl CognigySink {
                     )))
                 }
             },
-            None => {
-                let mut m = event.as_object().cloned().unwrap_or_default();
-                m.remove("payload");
-                m
-            }
+            // On an `on_late` row, the late upstream answer; otherwise the event itself.
+            None => match event.get("upstreamResult") {
+                Some(Value::Object(m)) => m.clone(),
+                Some(other) => Map::from_iter([("result".to_string(), other.clone())]),
+                None => {
+                    let mut m = event.as_object().cloned().unwrap_or_default();
+                    m.remove("payload");
+                    m
+                }
+            },
         };
         let mut body = Map::new();
         body.insert("userId".into(), field("userId").into());

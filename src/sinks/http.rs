@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{Delivery, SendFuture, Sink, SinkError};
+use super::{CallFuture, Delivery, SendFuture, Sink, SinkError};
 use crate::config::{EnvSource, SinkConfig};
 
 pub struct HttpSink {
@@ -76,28 +76,43 @@ fn httpdate_to_unix(v: &str) -> Option<u64> {
     u64::try_from(t.unix_timestamp()).ok()
 }
 
+impl HttpSink {
+    async fn post(&self, d: &Delivery<'_>) -> Result<reqwest::Response, SinkError> {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("x-cognihook-event-id", d.event_id)
+            .header("x-correlation-id", d.correlation_id)
+            .header("x-cognihook-attempt", d.attempt.to_string())
+            .body(d.body.to_vec());
+        if let Some(secret) = &self.secret {
+            let unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            req = req.header(
+                "x-cognihook-signature",
+                outgoing_signature(secret, unix, d.body),
+            );
+        }
+        let resp = req.send().await.map_err(|e| request_error(&self.url, &e))?;
+        classify(&self.url, resp.status(), resp.headers())?;
+        Ok(resp)
+    }
+}
+
 impl Sink for HttpSink {
     fn send<'a>(&'a self, d: &'a Delivery<'a>) -> SendFuture<'a> {
+        Box::pin(async move { self.post(d).await.map(|_| ()) })
+    }
+
+    fn call<'a>(&'a self, d: &'a Delivery<'a>) -> CallFuture<'a> {
         Box::pin(async move {
-            let mut req = self
-                .client
-                .post(&self.url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header("x-cognihook-event-id", d.event_id)
-                .header("x-correlation-id", d.correlation_id)
-                .header("x-cognihook-attempt", d.attempt.to_string())
-                .body(d.body.to_vec());
-            if let Some(secret) = &self.secret {
-                let unix = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                req = req.header(
-                    "x-cognihook-signature",
-                    outgoing_signature(secret, unix, d.body),
-                );
-            }
-            let resp = req.send().await.map_err(|e| request_error(&self.url, &e))?;
-            classify(&self.url, resp.status(), resp.headers())
+            let resp = self.post(d).await?;
+            let body = resp.bytes().await.map_err(|e| {
+                SinkError::transient(format!("POST {}: answer not read: {e}", self.url))
+            })?;
+            Ok(Some(body))
         })
     }
 }

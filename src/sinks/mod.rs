@@ -64,10 +64,20 @@ impl SinkError {
 /// The future a sink returns.
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
 
+/// The future of a call whose answer matters (`respond.upstream`).
+pub type CallFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<bytes::Bytes>, SinkError>> + Send + 'a>>;
+
 /// A destination for events.
 pub trait Sink: Send + Sync {
     /// Sends one event; must not retry by itself.
     fn send<'a>(&'a self, d: &'a Delivery<'a>) -> SendFuture<'a>;
+
+    /// Sends one event and returns what the destination answered, for sinks that have an
+    /// answer (`http`); the others answer nothing.
+    fn call<'a>(&'a self, d: &'a Delivery<'a>) -> CallFuture<'a> {
+        Box::pin(async move { self.send(d).await.map(|()| None) })
+    }
 }
 
 /// Builds the client of a configured sink.

@@ -31,13 +31,34 @@ pub struct Acceptance {
     pub max_response_bytes: usize,
     /// A signature to spend with this event; one already spent refuses the event.
     pub spend: Option<crate::ingest::auth::SpentSignature>,
+    /// The status stored with the answer for duplicates (200, or 202 on a `respond` route
+    /// until the upstream's answer replaces it).
+    pub status: u16,
+    /// A `respond.upstream` row, inserted already claimed by this process so the request can
+    /// make the first attempt itself.
+    pub respond: Option<RespondHold>,
+}
+
+/// The upstream row of a `respond` route (SPEC §5.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RespondHold {
+    pub sink: String,
+    /// Where a late result goes; `None` = nowhere (it is only recorded).
+    pub on_late: Option<String>,
+    /// How long the request's own claim on the row lasts.
+    pub lease_ms: i64,
 }
 
 /// What `accept` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AcceptOutcome {
-    /// Committed now; `body` is the response to send.
-    Committed { state_version: u64, body: Bytes },
+    /// Committed now; `body` is the response to send. `held` is the `respond.upstream` row,
+    /// claimed for the request.
+    Committed {
+        state_version: u64,
+        body: Bytes,
+        held: Option<Box<Claimed>>,
+    },
     /// Seen before inside the idempotency window: the original answer, nothing changed.
     Duplicate {
         status: u16,
@@ -95,7 +116,7 @@ pub struct Attempt {
 }
 
 /// An outbox row claimed for delivery, with what the sink needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
     pub outbox_id: i64,
     /// Identifies this claim; a settlement applies only while the claim still holds the row.
@@ -108,8 +129,10 @@ pub struct Claimed {
     pub event_type: String,
     /// Attempts made before this one.
     pub attempts: u32,
-    /// The normalised event as JSON.
+    /// The normalised event as JSON; on an `on_late` row it also carries `upstreamResult`.
     pub body: Bytes,
+    /// On a `respond.upstream` row: the `on_late` sink (`Some("")` when there is none).
+    pub respond_to: Option<String>,
 }
 
 /// Why a delivery was dead-lettered.
@@ -142,8 +165,13 @@ impl DeadReason {
 /// How a claimed row is settled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
-    /// The sink took the event.
-    Delivered { duration_ms: u64 },
+    /// The sink took the event. On a `respond.upstream` row whose request did not wait for
+    /// it, `result` is the upstream's answer, handed on to the row's `on_late` sink in the
+    /// same transaction.
+    Delivered {
+        duration_ms: u64,
+        result: Option<String>,
+    },
     /// A transient failure: try again at `at_ms` (Unix ms).
     Retry {
         at_ms: i64,
@@ -249,6 +277,18 @@ impl Store {
     pub async fn settle(&self, claim: &Claimed, s: Settlement) -> Result<bool, StoreError> {
         let done = self.settle_many(vec![(claim.clone(), s)]).await?;
         Ok(done.first().copied().unwrap_or(false))
+    }
+
+    /// Replaces the stored answer of an idempotency key (status and body).
+    pub async fn set_answer(
+        &self,
+        key: String,
+        status: u16,
+        body: Bytes,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(st) => st.set_answer(key, status, body).await,
+        }
     }
 
     /// Settles several claimed rows in one commit; one flag per row, as `settle` returns.

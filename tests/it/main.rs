@@ -11,6 +11,7 @@ mod cognigy_sink;
 mod delivery;
 mod payloads;
 mod recipe;
+mod respond;
 mod router;
 mod server;
 mod simulate;

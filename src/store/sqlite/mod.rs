@@ -37,6 +37,7 @@ use crate::ingest::auth::SpentSignature;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_spent_signatures.sql"),
+    include_str!("../migrations/sqlite/0003_respond.sql"),
 ];
 
 /// How often the writer prunes expired rows when it is idle or between groups.
@@ -310,6 +311,16 @@ impl SqliteStore {
         let sink = sink.to_string();
         let lease_ms = millis(lease);
         self.job(move |c, now| outbox::claim(c, now, &sink, limit, lease_ms, ordered))
+            .await
+    }
+
+    pub(super) async fn set_answer(
+        &self,
+        key: String,
+        status: u16,
+        body: Bytes,
+    ) -> Result<(), StoreError> {
+        self.job(move |c, _| outbox::set_answer(c, &key, status, &body))
             .await
     }
 
@@ -768,14 +779,54 @@ fn accept_one(
         .and_then(|mut st| st.execute(params![e.event_id, sink, e.route, e.session_id, now]))
         .map_err(unavailable)?;
     }
+    let held = match &a.respond {
+        Some(r) => {
+            let token = ulid::Ulid::new().to_string();
+            let respond_to = r.on_late.clone().unwrap_or_default();
+            tx.prepare_cached(
+                "INSERT INTO outbox (event_id, sink, route, session_id, status, attempts, \
+                                     next_attempt_at, created_at, lease_until, lease_owner, \
+                                     respond_to) \
+                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    e.event_id,
+                    r.sink,
+                    e.route,
+                    e.session_id,
+                    now,
+                    now + r.lease_ms,
+                    token,
+                    respond_to
+                ])
+            })
+            .map_err(unavailable)?;
+            Some(Box::new(Claimed {
+                outbox_id: tx.last_insert_rowid(),
+                lease_token: token,
+                sink: r.sink.clone(),
+                event_id: e.event_id.clone(),
+                correlation_id: e.correlation_id.clone(),
+                route: e.route.clone(),
+                session_id: e.session_id.clone(),
+                event_type: e.event_type.clone(),
+                attempts: 0,
+                body: Bytes::from(body.clone()),
+                respond_to: Some(respond_to),
+            }))
+        }
+        None => None,
+    };
     tx.prepare_cached(
         "INSERT OR REPLACE INTO idempotency (key, event_id, status, body, correlation_id, created_at) \
-         VALUES (?1, ?2, 200, ?3, ?4, ?5)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )
     .and_then(|mut st| {
         st.execute(params![
             a.idempotency_key,
             e.event_id,
+            a.status,
             response,
             e.correlation_id,
             now
@@ -786,6 +837,7 @@ fn accept_one(
     Ok(AcceptOutcome::Committed {
         state_version: e.state_version,
         body: Bytes::from(response),
+        held,
     })
 }
 
@@ -880,6 +932,8 @@ mod tests {
             sinks: sinks.iter().map(|s| s.to_string()).collect(),
             max_response_bytes: 1 << 20,
             spend: None,
+            status: 200,
+            respond: None,
         }
     }
 
@@ -900,6 +954,7 @@ mod tests {
         let Ok(AcceptOutcome::Committed {
             state_version,
             body,
+            ..
         }) = out
         else {
             panic!("{out:?}")
@@ -1174,7 +1229,10 @@ mod tests {
             .expect("claim");
         assert_eq!(second.len(), 1);
         assert_ne!(second[0].lease_token, first[0].lease_token);
-        let done = Settlement::Delivered { duration_ms: 1 };
+        let done = Settlement::Delivered {
+            duration_ms: 1,
+            result: None,
+        };
         assert!(!rt
             .block_on(store.settle(&first[0], done.clone()))
             .expect("settle"));
@@ -1222,8 +1280,14 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].correlation_id, "corr-k1");
         assert_eq!(again[0].attempts, 1);
-        rt.block_on(store.settle(&again[0], Settlement::Delivered { duration_ms: 1 }))
-            .expect("settle");
+        rt.block_on(store.settle(
+            &again[0],
+            Settlement::Delivered {
+                duration_ms: 1,
+                result: None,
+            },
+        ))
+        .expect("settle");
         let next = rt
             .block_on(store.claim("a", 10, lease, true))
             .expect("claim");

@@ -27,7 +27,7 @@ pub(super) fn claim(
     ordered: bool,
 ) -> rusqlite::Result<Vec<Claimed>> {
     let token = ulid::Ulid::new().to_string();
-    let mut ids: Vec<(i64, String, u32)> = c
+    let mut ids: Vec<ClaimedRow> = c
         .prepare_cached(
             "UPDATE outbox SET lease_until = ?1 + ?2, lease_owner = ?3 \
              WHERE id IN ( \
@@ -38,19 +38,19 @@ pub(super) fn claim(
                    SELECT 1 FROM outbox p WHERE p.sink = o.sink AND p.session_id = o.session_id \
                      AND p.status = 'pending' AND p.id < o.id)) \
                ORDER BY o.next_attempt_at, o.id LIMIT ?6) \
-             RETURNING id, event_id, attempts",
+             RETURNING id, event_id, attempts, respond_to, result",
         )?
         .query_map(
             params![now, lease_ms, token, sink, ordered, limit as i64],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )?
         .collect::<rusqlite::Result<_>>()?;
-    ids.sort_unstable_by_key(|(id, _, _)| *id);
+    ids.sort_unstable_by_key(|(id, ..)| *id);
     let mut event = c.prepare_cached(
         "SELECT correlation_id, route, session_id, event_type, body FROM events WHERE event_id = ?1",
     )?;
     let mut out = Vec::with_capacity(ids.len());
-    for (outbox_id, event_id, attempts) in ids {
+    for (outbox_id, event_id, attempts, respond_to, result) in ids {
         let row = event
             .query_row(params![event_id], |r| {
                 Ok((
@@ -76,10 +76,28 @@ pub(super) fn claim(
             session_id,
             event_type,
             attempts,
-            body: Bytes::from(body),
+            body: with_result(body, result),
+            respond_to,
         });
     }
     Ok(out)
+}
+
+/// A claimed row before its event is read: id, event id, attempts, respond_to, result.
+type ClaimedRow = (i64, String, u32, Option<String>, Option<String>);
+
+/// The event body an `on_late` row delivers: the event with the upstream's answer added as
+/// `upstreamResult` (kept as text if it is not JSON).
+fn with_result(body: String, result: Option<String>) -> Bytes {
+    let Some(result) = result else {
+        return Bytes::from(body);
+    };
+    let Ok(serde_json::Value::Object(mut event)) = serde_json::from_str(&body) else {
+        return Bytes::from(body);
+    };
+    let value = serde_json::from_str(&result).unwrap_or(serde_json::Value::String(result));
+    event.insert("upstreamResult".into(), value);
+    Bytes::from(serde_json::to_vec(&event).unwrap_or_else(|_| body.into_bytes()))
 }
 
 /// Settles a claimed row if the claim still holds it; records the attempt.
@@ -94,7 +112,7 @@ pub(super) fn settle(
     // (outcome, error, duration) of the attempt to record, if it was one.
     type Record<'a> = Option<(&'static str, Option<&'a str>, u64)>;
     let (changed, record): (usize, Record<'_>) = match s {
-        Settlement::Delivered { duration_ms } => (
+        Settlement::Delivered { duration_ms, .. } => (
             c.prepare_cached(&format!(
                 "UPDATE outbox SET status = 'delivered', attempts = ?3, lease_until = NULL, \
                  lease_owner = NULL, delivered_at = ?4, last_error = NULL WHERE {held}"
@@ -151,6 +169,30 @@ pub(super) fn settle(
         ),
     };
     if changed == 1 {
+        if let (
+            Settlement::Delivered {
+                result: Some(result),
+                ..
+            },
+            Some(on_late),
+        ) = (s, &claim.respond_to)
+        {
+            if !on_late.is_empty() {
+                c.prepare_cached(
+                    "INSERT INTO outbox (event_id, sink, route, session_id, status, attempts, \
+                                         next_attempt_at, created_at, result) \
+                     VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?6)",
+                )?
+                .execute(params![
+                    claim.event_id,
+                    on_late,
+                    claim.route,
+                    claim.session_id,
+                    now,
+                    result
+                ])?;
+            }
+        }
         if let Some((outcome, error, duration_ms)) = record {
             c.prepare_cached(
                 "INSERT INTO delivery_attempts (outbox_id, attempt, at, outcome, error, duration_ms, replica) \
@@ -340,4 +382,17 @@ pub(super) fn attempts(c: &Connection, outbox_id: i64) -> rusqlite::Result<Vec<A
         })
     })?
     .collect()
+}
+
+/// Replaces the answer a duplicate of the request gets (a `respond` route's upstream answered
+/// in time).
+pub(super) fn set_answer(
+    c: &Connection,
+    key: &str,
+    status: u16,
+    body: &[u8],
+) -> rusqlite::Result<()> {
+    c.prepare_cached("UPDATE idempotency SET status = ?2, body = ?3 WHERE key = ?1")?
+        .execute(params![key, status, body])?;
+    Ok(())
 }

@@ -23,6 +23,10 @@ pub enum Reply {
     TooManyRequests(u64),
     /// Hold the request until the test opens the gate, then answer 200.
     Gated,
+    /// Answer this status with this JSON body.
+    Body(u16, &'static str),
+    /// Hold the request until the test opens the gate, then answer 200 with this body.
+    GatedBody(&'static str),
 }
 
 /// One request the server received.
@@ -78,6 +82,7 @@ async fn handle(
         });
     }
     let mut out_headers = HeaderMap::new();
+    let mut answer = "{}";
     let status = match reply {
         Reply::Status(s) => s,
         Reply::TooManyRequests(secs) => {
@@ -88,13 +93,22 @@ async fn handle(
             gate.acquire().await.unwrap().forget();
             200
         }
+        Reply::Body(s, body) => {
+            answer = body;
+            s
+        }
+        Reply::GatedBody(body) => {
+            gate.acquire().await.unwrap().forget();
+            answer = body;
+            200
+        }
     };
     {
         let mut g = inner.lock().unwrap();
         g.received[index].answered = Some(Instant::now());
         g.received[index].status = Some(status);
     }
-    (StatusCode::from_u16(status).unwrap(), out_headers, "{}")
+    (StatusCode::from_u16(status).unwrap(), out_headers, answer)
 }
 
 impl SinkServer {
