@@ -904,6 +904,11 @@ impl Config {
                             "{at}: respond.on_late must not be the upstream itself"
                         ));
                     }
+                    if r.sinks.contains(late) {
+                        p.push(format!(
+                            "{at}: respond.on_late `{late}` is also in `sinks` (an event has one row per sink)"
+                        ));
+                    }
                 }
                 if resp.within.is_zero() || resp.within >= self.limits.deadline {
                     p.push(format!(

@@ -218,13 +218,25 @@ name = "r"
 path = "/r"
 payload = "cognigy-input"
 auth = { scheme = "api-key", keys = ["k"] }
-sinks = ["api"]
+sinks = ["api", "late"]
 respond = { upstream = "api", within = "8s", on_late = "nowhere" }
+
+[[route]]
+name = "r2"
+path = "/r2"
+payload = "cognigy-input"
+auth = { scheme = "api-key", keys = ["k"] }
+sinks = ["late"]
+respond = { upstream = "api", within = "1s", on_late = "late" }
 "#,
     );
     c.sinks.insert(
         "api".into(),
         toml::from_str("kind = \"file\"\npath = \"x.jsonl\"").unwrap(),
+    );
+    c.sinks.insert(
+        "late".into(),
+        toml::from_str("kind = \"file\"\npath = \"y.jsonl\"").unwrap(),
     );
     let problems = c.validate().join("\n");
     for want in [
@@ -232,6 +244,7 @@ respond = { upstream = "api", within = "8s", on_late = "nowhere" }
         "respond.upstream `api` is also in `sinks`",
         "respond.on_late `nowhere` is not defined",
         "respond.within must be greater than 0 and less than limits.deadline (7s)",
+        "route `r2`: respond.on_late `late` is also in `sinks`",
     ] {
         assert!(problems.contains(want), "missing {want:?} in:\n{problems}");
     }
