@@ -12,11 +12,11 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AuthScheme, Config, EnvSource};
+use crate::config::{AuthScheme, Backend, Config, EnvSource};
 use crate::delivery::worker::{Deliverer, SinkRuntime};
 use crate::http::{self, AppState};
 use crate::ingest::Routes;
-use crate::store::{sqlite::SqliteStore, Store};
+use crate::store::{postgres::PgStore, sqlite::SqliteStore, Store};
 use crate::telemetry::{self, audit::Audit};
 
 /// What a configuration builds before anything runs: routes (secrets resolved, rules
@@ -64,13 +64,26 @@ impl App {
             }
         }
         let store_config = config.store.clone();
-        let store =
-            tokio::task::spawn_blocking(move || SqliteStore::open_for_serving(&store_config))
+        let store = match config.store.backend().map_err(anyhow::Error::msg)? {
+            Backend::Sqlite(_) => {
+                let store = tokio::task::spawn_blocking(move || {
+                    SqliteStore::open_for_serving(&store_config)
+                })
                 .await
                 .context("store start-up task failed")?
                 .map_err(anyhow::Error::msg)?;
-        tracing::info!(path = %store.path().display(), sync = ?config.store.sync, "store open");
-        let store = Store::Sqlite(Arc::new(store));
+                tracing::info!(path = %store.path().display(), sync = ?config.store.sync,
+                    "store open (SQLite)");
+                Store::Sqlite(Arc::new(store))
+            }
+            Backend::Postgres(url) => {
+                let store = PgStore::open(&url, &store_config)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                tracing::info!(url = %store.display_url(), "store open (PostgreSQL)");
+                Store::Postgres(Arc::new(store))
+            }
+        };
         let audit = if config.audit.enabled {
             Audit::start(config.audit.path.as_deref()).context("cannot open the audit log")?
         } else {
@@ -83,6 +96,11 @@ impl App {
             audit.clone(),
             config.delivery.poll_interval,
         );
+        if let Store::Postgres(pg) = &store {
+            // Other replicas' commits wake this one's workers too.
+            let d = deliverer.clone();
+            pg.listen(move || d.wake());
+        }
         let state = AppState::new(
             store,
             audit,

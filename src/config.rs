@@ -827,7 +827,7 @@ impl Config {
         if self.store.queue_depth == 0 {
             p.push("store.queue_depth must be greater than 0".into());
         }
-        if let Err(e) = self.store.sqlite_path() {
+        if let Err(e) = self.store.backend() {
             p.push(e);
         }
         if self.server.simulator
@@ -1082,7 +1082,27 @@ impl SinkConfig {
     }
 }
 
+/// Which store a configuration selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite(PathBuf),
+    /// A `postgres://` URL.
+    Postgres(String),
+}
+
 impl StoreConfig {
+    /// The backend: PostgreSQL for a `postgres://` URL, else the embedded SQLite file.
+    pub fn backend(&self) -> Result<Backend, String> {
+        match &self.url {
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                u.parse::<tokio_postgres::Config>()
+                    .map_err(|e| format!("store.url is not a valid PostgreSQL URL: {e}"))?;
+                Ok(Backend::Postgres(u.clone()))
+            }
+            _ => self.sqlite_path().map(Backend::Sqlite),
+        }
+    }
+
     /// The SQLite database file this configuration selects.
     pub fn sqlite_path(&self) -> Result<PathBuf, String> {
         match &self.url {
@@ -1095,7 +1115,7 @@ impl StoreConfig {
                         Ok(PathBuf::from(path))
                     }
                 } else if u.starts_with("postgres://") || u.starts_with("postgresql://") {
-                    Err("store.url: PostgreSQL is not supported by this version yet; use sqlite://PATH".into())
+                    Err("store.url selects PostgreSQL, not an embedded SQLite file".into())
                 } else {
                     Err(format!(
                         "store.url `{u}`: expected sqlite://PATH or postgres://…"

@@ -6,6 +6,7 @@
 //! gets the original answer back. `Store` is an enum over backends; only the embedded SQLite
 //! backend exists in this version.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -235,6 +236,7 @@ pub struct SinkCounts {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(Arc<sqlite::SqliteStore>),
+    Postgres(Arc<postgres::PgStore>),
 }
 
 impl Store {
@@ -242,6 +244,7 @@ impl Store {
     pub async fn accept(&self, a: Acceptance) -> Result<AcceptOutcome, StoreError> {
         match self {
             Store::Sqlite(s) => s.accept(a).await,
+            Store::Postgres(s) => s.accept(a).await,
         }
     }
 
@@ -249,6 +252,7 @@ impl Store {
     pub async fn journey(&self, id: &str) -> Result<Option<Journey>, StoreError> {
         match self {
             Store::Sqlite(s) => s.journey(id).await,
+            Store::Postgres(s) => s.journey(id).await,
         }
     }
 
@@ -256,6 +260,7 @@ impl Store {
     pub async fn ready(&self) -> bool {
         match self {
             Store::Sqlite(s) => s.ready().await,
+            Store::Postgres(s) => s.ready().await,
         }
     }
 
@@ -270,6 +275,7 @@ impl Store {
     ) -> Result<Vec<Claimed>, StoreError> {
         match self {
             Store::Sqlite(s) => s.claim(sink, limit, lease, ordered).await,
+            Store::Postgres(s) => s.claim(sink, limit, lease, ordered).await,
         }
     }
 
@@ -288,6 +294,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(st) => st.set_answer(key, status, body).await,
+            Store::Postgres(st) => st.set_answer(key, status, body).await,
         }
     }
 
@@ -298,6 +305,7 @@ impl Store {
     ) -> Result<Vec<bool>, StoreError> {
         match self {
             Store::Sqlite(st) => st.settle_many(items).await,
+            Store::Postgres(st) => st.settle_many(items).await,
         }
     }
 
@@ -309,6 +317,7 @@ impl Store {
     ) -> Result<(u64, Vec<DeadLetter>), StoreError> {
         match self {
             Store::Sqlite(s) => s.dead_letters(filter.clone(), limit).await,
+            Store::Postgres(s) => s.dead_letters(filter.clone(), limit).await,
         }
     }
 
@@ -320,6 +329,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => s.replay(filter.clone(), dry_run).await,
+            Store::Postgres(s) => s.replay(filter.clone(), dry_run).await,
         }
     }
 
@@ -327,6 +337,7 @@ impl Store {
     pub async fn purge(&self, filter: &DeadLetterFilter) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => s.purge(filter.clone()).await,
+            Store::Postgres(s) => s.purge(filter.clone()).await,
         }
     }
 
@@ -334,6 +345,7 @@ impl Store {
     pub async fn sink_counts(&self, sinks: &[String]) -> Result<Vec<SinkCounts>, StoreError> {
         match self {
             Store::Sqlite(s) => s.sink_counts(sinks.to_vec()).await,
+            Store::Postgres(s) => s.sink_counts(sinks.to_vec()).await,
         }
     }
 
@@ -341,6 +353,7 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
         }
     }
 }

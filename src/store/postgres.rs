@@ -1,0 +1,1181 @@
+//! The PostgreSQL store (SPEC §8): the same interface and meanings as the embedded store, for
+//! several replicas sharing one database.
+//!
+//! - Migrations run at start inside one transaction holding an advisory lock, so replicas
+//!   starting together migrate once.
+//! - Ingest: one writer task per process takes the acceptances queued (up to `max_batch`) and
+//!   commits them in one transaction. Exactness across replicas comes from the database, not
+//!   from the single writer: the idempotency record is claimed first with
+//!   `INSERT … ON CONFLICT`, which waits for a concurrent transaction holding the same key and
+//!   then sees its answer; the session's version is bumped by an upsert on its row, which
+//!   serialises concurrent events of one session.
+//! - Delivery: claims take due rows `FOR UPDATE SKIP LOCKED` and lease them; commits that add
+//!   outbox rows `NOTIFY cognihook_outbox`, which wakes every replica's workers.
+//! - Connection loss: every operation has a bounded wait for a connection and a bounded run
+//!   time, and fails with `Unavailable` (ingest answers 503 with `Retry-After`); the pool makes
+//!   new connections by itself when the database is back.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::NoTls;
+
+use super::{
+    AcceptOutcome, Acceptance, Attempt, Claimed, DeadLetter, DeadLetterFilter, Delivery, Journey,
+    Settlement, SinkCounts, StoreError,
+};
+use crate::config::StoreConfig;
+
+const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/0001_init.sql")];
+/// Advisory lock key for migrations ("cognihook" folded into 63 bits).
+const MIGRATION_LOCK: i64 = 0x636f_676e_6968_6f6f;
+/// The channel commits notify when they add outbox rows.
+pub const NOTIFY_CHANNEL: &str = "cognihook_outbox";
+/// Longest wait for a pooled connection, and for a new one.
+const CONNECT_WAIT: Duration = Duration::from_secs(2);
+/// Longest time one commit group or job may take before it counts as unavailable.
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+struct Settings {
+    max_batch: usize,
+    idempotency_window_ms: i64,
+    session_ttl_ms: i64,
+    retention_ms: i64,
+}
+
+type Reply = oneshot::Sender<Result<AcceptOutcome, StoreError>>;
+/// What the writer task receives.
+type Queued = (Box<Acceptance>, Reply);
+/// The attempt a settlement records: (outcome, error, duration ms).
+type Record<'a> = Option<(&'static str, Option<&'a str>, u64)>;
+
+/// The PostgreSQL store of one process.
+pub struct PgStore {
+    pool: Pool,
+    /// Taken (closed) by `close`, so the writer drains the queue and stops.
+    queue: std::sync::Mutex<Option<mpsc::Sender<Queued>>>,
+    queue_depth: usize,
+    writer_alive: Arc<AtomicBool>,
+    writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    maintenance: tokio::task::JoinHandle<()>,
+    url: String,
+}
+
+/// Builds a pool for a `postgres://` URL (TLS is not supported: use a local or tunnelled
+/// connection).
+fn pool(url: &str, size: usize) -> Result<Pool, String> {
+    let pg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| format!("store.url is not a PostgreSQL URL: {e}"))?;
+    let mgr = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(size)
+        .wait_timeout(Some(CONNECT_WAIT))
+        .create_timeout(Some(CONNECT_WAIT))
+        .recycle_timeout(Some(CONNECT_WAIT))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| format!("cannot build the PostgreSQL pool: {e}"))
+}
+
+/// Runs the migrations not yet applied, under the advisory lock.
+async fn migrate(pool: &Pool) -> Result<(), String> {
+    let mut c = pool
+        .get()
+        .await
+        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+    let tx = c
+        .transaction()
+        .await
+        .map_err(|e| format!("cannot start the migration: {e}"))?;
+    let step =
+        |what: &'static str| move |e: tokio_postgres::Error| format!("migration: {what}: {e}");
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(step("lock"))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS cognihook_migrations \
+         (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .await
+    .map_err(step("bookkeeping table"))?;
+    let done: i64 = tx
+        .query_one(
+            "SELECT COALESCE(max(version), 0) FROM cognihook_migrations",
+            &[],
+        )
+        .await
+        .map_err(step("read version"))?
+        .get(0);
+    if done > MIGRATIONS.len() as i64 {
+        return Err(format!(
+            "database schema version {done} is newer than this cognihook ({})",
+            MIGRATIONS.len()
+        ));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+        tx.batch_execute(sql).await.map_err(step("apply"))?;
+        tx.execute(
+            "INSERT INTO cognihook_migrations (version, applied_at) VALUES ($1, $2)",
+            &[&(i as i64 + 1), &crate::now_millis()],
+        )
+        .await
+        .map_err(step("record"))?;
+    }
+    tx.commit().await.map_err(step("commit"))
+}
+
+impl PgStore {
+    /// Connects, migrates, and starts the writer and maintenance tasks. Must run inside a
+    /// Tokio runtime.
+    pub async fn open(url: &str, config: &StoreConfig) -> Result<PgStore, String> {
+        let pool = pool(url, 16)?;
+        migrate(&pool).await?;
+        let settings = Arc::new(Settings {
+            max_batch: config.max_batch.max(1),
+            idempotency_window_ms: config.idempotency_window.as_millis() as i64,
+            session_ttl_ms: config.session_ttl.as_millis() as i64,
+            retention_ms: config.retention.as_millis() as i64,
+        });
+        let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
+        let writer_alive = Arc::new(AtomicBool::new(true));
+        let writer = tokio::spawn(run_writer(
+            pool.clone(),
+            rx,
+            settings.clone(),
+            writer_alive.clone(),
+        ));
+        let maintenance = tokio::spawn(run_maintenance(pool.clone(), settings));
+        Ok(PgStore {
+            pool,
+            queue: std::sync::Mutex::new(Some(tx)),
+            queue_depth: config.queue_depth,
+            writer_alive,
+            writer: std::sync::Mutex::new(Some(writer)),
+            maintenance,
+            url: url.to_string(),
+        })
+    }
+
+    /// The URL with any password masked, for logs.
+    pub fn display_url(&self) -> String {
+        match self.url.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((_, host)) => format!("{scheme}://********@{host}"),
+                None => self.url.clone(),
+            },
+            None => self.url.clone(),
+        }
+    }
+
+    pub(super) async fn accept(&self, a: Acceptance) -> Result<AcceptOutcome, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let sent = match self.queue.lock() {
+            Ok(q) => match q.as_ref() {
+                Some(q) => q.try_send((Box::new(a), tx)),
+                None => return Err(StoreError::Closed),
+            },
+            Err(_) => return Err(StoreError::Closed),
+        };
+        match sent {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(StoreError::Overloaded(self.queue_depth))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(StoreError::Closed),
+        }
+        rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// A pooled connection, or `Unavailable` within [`CONNECT_WAIT`].
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(unavailable)
+    }
+
+    pub(super) async fn ready(&self) -> bool {
+        if !self.writer_alive.load(Ordering::SeqCst) {
+            return false;
+        }
+        let check = async {
+            let c = self.client().await.ok()?;
+            c.query_one("SELECT 1", &[]).await.ok()
+        };
+        matches!(tokio::time::timeout(CONNECT_WAIT, check).await, Ok(Some(_)))
+    }
+
+    pub(super) async fn claim(
+        &self,
+        sink: &str,
+        limit: usize,
+        lease: Duration,
+        ordered: bool,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let run = async {
+            let c = self.client().await?;
+            claim(
+                &c,
+                crate::now_millis(),
+                sink,
+                limit,
+                lease.as_millis() as i64,
+                ordered,
+            )
+            .await
+            .map_err(unavailable)
+        };
+        bounded(run).await
+    }
+
+    pub(super) async fn settle_many(
+        &self,
+        items: Vec<(Claimed, Settlement)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let run = async {
+            let mut c = self.client().await?;
+            let tx = c.transaction().await.map_err(unavailable)?;
+            let now = crate::now_millis();
+            let mut done = Vec::with_capacity(items.len());
+            let mut notify = false;
+            for (claim, s) in &items {
+                let (held, added) = settle(&tx, now, claim, s).await.map_err(unavailable)?;
+                notify |= added;
+                done.push(held);
+            }
+            if notify {
+                tx.execute("SELECT pg_notify($1, '')", &[&NOTIFY_CHANNEL])
+                    .await
+                    .map_err(unavailable)?;
+            }
+            tx.commit().await.map_err(unavailable)?;
+            Ok(done)
+        };
+        bounded(run).await
+    }
+
+    pub(super) async fn set_answer(
+        &self,
+        key: String,
+        status: u16,
+        body: Bytes,
+    ) -> Result<(), StoreError> {
+        let run = async {
+            let c = self.client().await?;
+            c.execute(
+                "UPDATE idempotency SET status = $2, body = $3 WHERE key = $1",
+                &[&key, &i64::from(status), &body.as_ref()],
+            )
+            .await
+            .map_err(unavailable)?;
+            Ok(())
+        };
+        bounded(run).await
+    }
+
+    pub(super) async fn journey(&self, id: &str) -> Result<Option<Journey>, StoreError> {
+        let run = async {
+            let c = self.client().await?;
+            read_journey(&c, id).await.map_err(unavailable)
+        };
+        bounded(run).await
+    }
+
+    pub(super) async fn dead_letters(
+        &self,
+        f: DeadLetterFilter,
+        limit: usize,
+    ) -> Result<(u64, Vec<DeadLetter>), StoreError> {
+        let run = async {
+            let c = self.client().await?;
+            let (cond, p) = filter_sql(&f);
+            let refs = param_refs(&p);
+            let total: i64 = c
+                .query_one(
+                    &format!("SELECT count(*) FROM outbox o WHERE {cond}"),
+                    &refs,
+                )
+                .await
+                .map_err(unavailable)?
+                .get(0);
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT o.id, o.event_id, e.correlation_id, o.sink, o.route, \
+                                o.failure_class, o.reason, o.attempts, o.last_error, o.dead_at \
+                         FROM outbox o JOIN events e ON e.event_id = o.event_id \
+                         WHERE {cond} ORDER BY o.dead_at DESC, o.id DESC LIMIT {}",
+                        limit.min(10_000)
+                    ),
+                    &refs,
+                )
+                .await
+                .map_err(unavailable)?;
+            let items = rows
+                .iter()
+                .map(|r| DeadLetter {
+                    id: r.get(0),
+                    event_id: r.get(1),
+                    correlation_id: r.get(2),
+                    sink: r.get(3),
+                    route: r.get(4),
+                    class: r.get::<_, Option<String>>(5).unwrap_or_default(),
+                    reason: r.get::<_, Option<String>>(6).unwrap_or_default(),
+                    attempts: r.get::<_, i64>(7).max(0) as u32,
+                    last_error: r.get::<_, Option<String>>(8).unwrap_or_default(),
+                    dead_lettered_at: rfc3339_ms(r.get::<_, Option<i64>>(9).unwrap_or(0)),
+                })
+                .collect();
+            Ok((total.max(0) as u64, items))
+        };
+        bounded(run).await
+    }
+
+    pub(super) async fn replay(
+        &self,
+        f: DeadLetterFilter,
+        dry_run: bool,
+    ) -> Result<u64, StoreError> {
+        let run = async {
+            let mut c = self.client().await?;
+            let (cond, p) = filter_sql(&f);
+            let refs = param_refs(&p);
+            if dry_run {
+                let n: i64 = c
+                    .query_one(
+                        &format!("SELECT count(*) FROM outbox o WHERE {cond}"),
+                        &refs,
+                    )
+                    .await
+                    .map_err(unavailable)?
+                    .get(0);
+                return Ok(n.max(0) as u64);
+            }
+            let tx = c.transaction().await.map_err(unavailable)?;
+            let now = crate::now_millis();
+            let n = tx
+                .execute(
+                    &format!(
+                        "WITH picked AS (SELECT o.id, o.attempts FROM outbox o WHERE {cond} \
+                                         FOR UPDATE), \
+                              requeued AS (UPDATE outbox SET status = 'pending', attempts = 0, \
+                                  next_attempt_at = {now}, lease_until = NULL, \
+                                  lease_owner = NULL, failure_class = NULL, reason = NULL, \
+                                  dead_at = NULL, replays = replays + 1 \
+                                FROM picked WHERE outbox.id = picked.id \
+                                RETURNING outbox.id, picked.attempts) \
+                         INSERT INTO delivery_attempts \
+                             (outbox_id, attempt, at, outcome, error, duration_ms, replica) \
+                         SELECT id, attempts, {now}, 'replayed', NULL, NULL, '{}' FROM requeued",
+                        crate::replica_id().replace('\'', "''")
+                    ),
+                    &refs,
+                )
+                .await
+                .map_err(unavailable)?;
+            tx.execute("SELECT pg_notify($1, '')", &[&NOTIFY_CHANNEL])
+                .await
+                .map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)?;
+            Ok(n)
+        };
+        bounded(run).await
+    }
+
+    pub(super) async fn purge(&self, f: DeadLetterFilter) -> Result<u64, StoreError> {
+        let run = async {
+            let mut c = self.client().await?;
+            let (cond, p) = filter_sql(&f);
+            let refs = param_refs(&p);
+            let tx = c.transaction().await.map_err(unavailable)?;
+            tx.execute(
+                &format!(
+                    "DELETE FROM delivery_attempts WHERE outbox_id IN \
+                     (SELECT o.id FROM outbox o WHERE {cond})"
+                ),
+                &refs,
+            )
+            .await
+            .map_err(unavailable)?;
+            let n = tx
+                .execute(
+                    &format!(
+                        "DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o WHERE {cond})"
+                    ),
+                    &refs,
+                )
+                .await
+                .map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)?;
+            Ok(n)
+        };
+        bounded(run).await
+    }
+
+    pub(super) async fn sink_counts(
+        &self,
+        sinks: Vec<String>,
+    ) -> Result<Vec<SinkCounts>, StoreError> {
+        let run = async {
+            let c = self.client().await?;
+            let now = crate::now_millis();
+            let rows = c
+                .query(
+                    "SELECT sink, \
+                            count(*) FILTER (WHERE status = 'pending'), \
+                            min(created_at) FILTER (WHERE status = 'pending'), \
+                            count(*) FILTER (WHERE status = 'dead') \
+                     FROM outbox WHERE sink = ANY($1) AND status <> 'delivered' GROUP BY sink",
+                    &[&sinks],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(sinks
+                .iter()
+                .map(|s| {
+                    let row = rows.iter().find(|r| r.get::<_, String>(0) == *s);
+                    let pending = row.map_or(0, |r| r.get::<_, i64>(1));
+                    let oldest = row.and_then(|r| r.get::<_, Option<i64>>(2));
+                    let dead = row.map_or(0, |r| r.get::<_, i64>(3));
+                    SinkCounts {
+                        sink: s.clone(),
+                        pending: pending.max(0) as u64,
+                        oldest_pending_age_seconds: oldest
+                            .map_or(0.0, |o| (now - o).max(0) as f64 / 1000.0),
+                        dead_letters: dead.max(0) as u64,
+                    }
+                })
+                .collect())
+        };
+        bounded(run).await
+    }
+
+    /// Listens for outbox notifications on a dedicated connection and calls `wake` for each;
+    /// reconnects after a loss (waking once, in case notifications were missed).
+    pub fn listen(
+        self: &Arc<Self>,
+        wake: impl Fn() + Send + Sync + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let url = self.url.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = listen_once(&url, &wake).await {
+                    tracing::warn!(error = %e, "outbox notifications lost; reconnecting");
+                }
+                wake();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    }
+
+    /// Commits everything queued, then stops the writer.
+    pub(super) async fn close(&self) {
+        // Dropping the sender lets the writer commit what is queued, then end.
+        drop(self.queue.lock().ok().and_then(|mut q| q.take()));
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(w) = writer {
+            let _ = w.await;
+        }
+        self.maintenance.abort();
+    }
+}
+
+async fn listen_once(url: &str, wake: &(impl Fn() + Send + Sync)) -> Result<(), String> {
+    use futures_util::StreamExt;
+    let (client, mut conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+    let statement = format!("LISTEN {NOTIFY_CHANNEL}");
+    let listen = client.batch_execute(&statement);
+    // The connection must be polled for LISTEN to complete.
+    let mut listen = std::pin::pin!(listen);
+    loop {
+        tokio::select! {
+            r = &mut listen => { r.map_err(|e| e.to_string())?; break; }
+            m = messages.next() => match m {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("connection closed".into()),
+            }
+        }
+    }
+    while let Some(m) = messages.next().await {
+        match m {
+            Ok(tokio_postgres::AsyncMessage::Notification(_)) => wake(),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("connection closed".into())
+}
+
+/// Runs a store operation with the operation time bound.
+async fn bounded<T>(
+    op: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(OP_TIMEOUT, op).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "PostgreSQL did not answer within {}",
+            humantime::format_duration(OP_TIMEOUT)
+        ))),
+    }
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(crate::format_rfc3339)
+        .unwrap_or_default()
+}
+
+async fn run_writer(
+    pool: Pool,
+    mut rx: mpsc::Receiver<Queued>,
+    s: Arc<Settings>,
+    alive: Arc<AtomicBool>,
+) {
+    let mut batch = Vec::with_capacity(s.max_batch);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < s.max_batch {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let outcome = tokio::time::timeout(OP_TIMEOUT, commit_group(&pool, &mut batch, &s)).await;
+        match outcome {
+            Ok(Ok(results)) => {
+                for ((_, reply), r) in batch.drain(..).zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, events = batch.len(), "commit group failed");
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(_) => {
+                let e = StoreError::Unavailable("PostgreSQL did not commit in time".into());
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+    alive.store(false, Ordering::SeqCst);
+}
+
+async fn commit_group(
+    pool: &Pool,
+    batch: &mut [Queued],
+    s: &Settings,
+) -> Result<Vec<Result<AcceptOutcome, StoreError>>, StoreError> {
+    let mut c = pool.get().await.map_err(unavailable)?;
+    let tx = c.transaction().await.map_err(unavailable)?;
+    let now = crate::now_millis();
+    let mut results = Vec::with_capacity(batch.len());
+    let mut notify = false;
+    for (a, _) in batch.iter_mut() {
+        let r = accept_one(&tx, a, now, s).await;
+        match r {
+            Err(StoreError::ResponseTooLarge { size, limit }) => {
+                results.push(Err(StoreError::ResponseTooLarge { size, limit }))
+            }
+            Err(e) => return Err(e),
+            Ok(o) => {
+                if matches!(o, AcceptOutcome::Committed { .. })
+                    && (!a.sinks.is_empty() || a.respond.is_some())
+                {
+                    notify = true;
+                }
+                results.push(Ok(o));
+            }
+        }
+    }
+    if notify {
+        tx.execute("SELECT pg_notify($1, '')", &[&NOTIFY_CHANNEL])
+            .await
+            .map_err(unavailable)?;
+    }
+    tx.commit().await.map_err(unavailable)?;
+    Ok(results)
+}
+
+async fn accept_one(
+    tx: &deadpool_postgres::Transaction<'_>,
+    a: &mut Acceptance,
+    now: i64,
+    s: &Settings,
+) -> Result<AcceptOutcome, StoreError> {
+    let db = |e: tokio_postgres::Error| unavailable(e);
+    if let Some(spend) = &a.spend {
+        let st = tx
+            .prepare_cached("SELECT expires_at FROM spent_signatures WHERE route = $1 AND mac = $2")
+            .await
+            .map_err(db)?;
+        let live = tx
+            .query_opt(&st, &[&a.event.route, &&spend.mac[..]])
+            .await
+            .map_err(db)?
+            .is_some_and(|r| r.get::<_, i64>(0) >= now / 1000);
+        if live {
+            return Ok(AcceptOutcome::SignatureReplayed);
+        }
+    }
+    // Refuse an oversized answer before writing anything: the answer with the largest
+    // possible stateVersion is at least as long as the real one.
+    if let Some(data) = a.response.get_mut("data").and_then(Value::as_object_mut) {
+        data.insert("stateVersion".into(), Value::from(u64::MAX));
+    }
+    let longest = serde_json::to_vec(&a.response).map_err(unavailable)?.len();
+    if longest > a.max_response_bytes {
+        return Err(StoreError::ResponseTooLarge {
+            size: longest,
+            limit: a.max_response_bytes,
+        });
+    }
+    let spend = |a: &Acceptance| {
+        a.spend
+            .as_ref()
+            .map(|sp| (a.event.route.clone(), sp.mac.to_vec(), sp.expires_at))
+    };
+    let spend_sql = "INSERT INTO spent_signatures (route, mac, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (route, mac) DO UPDATE SET expires_at = EXCLUDED.expires_at";
+    // Claim the idempotency key (a live record means a duplicate; an expired one is taken
+    // over). A concurrent transaction holding the key makes this wait for its outcome.
+    let claim = tx
+        .prepare_cached(
+            "INSERT INTO idempotency (key, event_id, status, body, correlation_id, created_at) \
+             VALUES ($1, $2, $3, ''::bytea, $4, $5) \
+             ON CONFLICT (key) DO UPDATE SET event_id = EXCLUDED.event_id, \
+                 status = EXCLUDED.status, body = EXCLUDED.body, \
+                 correlation_id = EXCLUDED.correlation_id, created_at = EXCLUDED.created_at \
+             WHERE idempotency.created_at < $6 \
+             RETURNING key",
+        )
+        .await
+        .map_err(db)?;
+    let e = &mut a.event;
+    let claimed = tx
+        .query_opt(
+            &claim,
+            &[
+                &a.idempotency_key,
+                &e.event_id,
+                &i64::from(a.status),
+                &e.correlation_id,
+                &now,
+                &(now - s.idempotency_window_ms),
+            ],
+        )
+        .await
+        .map_err(db)?;
+    if claimed.is_none() {
+        let row = tx
+            .query_one(
+                "SELECT status, body, correlation_id FROM idempotency WHERE key = $1",
+                &[&a.idempotency_key],
+            )
+            .await
+            .map_err(db)?;
+        if let Some((route, mac, exp)) = spend(a) {
+            tx.execute(spend_sql, &[&route, &mac, &exp])
+                .await
+                .map_err(db)?;
+        }
+        return Ok(AcceptOutcome::Duplicate {
+            status: u16::try_from(row.get::<_, i64>(0)).unwrap_or(200),
+            body: Bytes::from(row.get::<_, Vec<u8>>(1)),
+            correlation_id: row.get(2),
+        });
+    }
+    let upsert = tx
+        .prepare_cached(
+            "INSERT INTO sessions (session_id, state_version, first_seen, last_seen, \
+                                   last_event_type, last_route) \
+             VALUES ($1, 1, $2, $2, $3, $4) \
+             ON CONFLICT (session_id) DO UPDATE SET \
+                 state_version = CASE WHEN sessions.last_seen >= $5 \
+                                      THEN sessions.state_version + 1 ELSE 1 END, \
+                 first_seen = CASE WHEN sessions.last_seen >= $5 \
+                                   THEN sessions.first_seen ELSE EXCLUDED.first_seen END, \
+                 last_seen = EXCLUDED.last_seen, last_event_type = EXCLUDED.last_event_type, \
+                 last_route = EXCLUDED.last_route \
+             RETURNING state_version",
+        )
+        .await
+        .map_err(db)?;
+    let version: i64 = tx
+        .query_one(
+            &upsert,
+            &[
+                &e.session_id,
+                &now,
+                &e.event_type,
+                &e.route,
+                &(now - s.session_ttl_ms),
+            ],
+        )
+        .await
+        .map_err(db)?
+        .get(0);
+    e.state_version = version.max(0) as u64;
+    if let Some(data) = a.response.get_mut("data").and_then(Value::as_object_mut) {
+        data.insert("stateVersion".into(), Value::from(e.state_version));
+    }
+    let response = serde_json::to_vec(&a.response).map_err(unavailable)?;
+    let body = serde_json::to_string(&*e).map_err(unavailable)?;
+    let insert_event = tx
+        .prepare_cached(
+            "INSERT INTO events (event_id, correlation_id, route, session_id, event_type, \
+                                 state_version, simulated, received_at, committed_at, body) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .await
+        .map_err(db)?;
+    tx.execute(
+        &insert_event,
+        &[
+            &e.event_id,
+            &e.correlation_id,
+            &e.route,
+            &e.session_id,
+            &e.event_type,
+            &version,
+            &e.simulated,
+            &e.received_at,
+            &now,
+            &body,
+        ],
+    )
+    .await
+    .map_err(db)?;
+    let insert_row = tx
+        .prepare_cached(
+            "INSERT INTO outbox (event_id, sink, route, session_id, status, attempts, \
+                                 next_attempt_at, created_at) \
+             VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5)",
+        )
+        .await
+        .map_err(db)?;
+    for sink in &a.sinks {
+        tx.execute(
+            &insert_row,
+            &[&e.event_id, sink, &e.route, &e.session_id, &now],
+        )
+        .await
+        .map_err(db)?;
+    }
+    let held = match &a.respond {
+        Some(r) => {
+            let token = ulid::Ulid::new().to_string();
+            let respond_to = r.on_late.clone().unwrap_or_default();
+            let id: i64 = tx
+                .query_one(
+                    "INSERT INTO outbox (event_id, sink, route, session_id, status, attempts, \
+                                         next_attempt_at, created_at, lease_until, \
+                                         lease_owner, respond_to) \
+                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $6, $7, $8) RETURNING id",
+                    &[
+                        &e.event_id,
+                        &r.sink,
+                        &e.route,
+                        &e.session_id,
+                        &now,
+                        &(now + r.lease_ms),
+                        &token,
+                        &respond_to,
+                    ],
+                )
+                .await
+                .map_err(db)?
+                .get(0);
+            Some(Box::new(Claimed {
+                outbox_id: id,
+                lease_token: token,
+                sink: r.sink.clone(),
+                event_id: e.event_id.clone(),
+                correlation_id: e.correlation_id.clone(),
+                route: e.route.clone(),
+                session_id: e.session_id.clone(),
+                event_type: e.event_type.clone(),
+                attempts: 0,
+                body: Bytes::from(body.clone()),
+                respond_to: Some(respond_to),
+            }))
+        }
+        None => None,
+    };
+    let answer = tx
+        .prepare_cached("UPDATE idempotency SET body = $2 WHERE key = $1")
+        .await
+        .map_err(db)?;
+    tx.execute(&answer, &[&a.idempotency_key, &response])
+        .await
+        .map_err(db)?;
+    let state_version = e.state_version;
+    if let Some((route, mac, exp)) = spend(a) {
+        tx.execute(spend_sql, &[&route, &mac, &exp])
+            .await
+            .map_err(db)?;
+    }
+    Ok(AcceptOutcome::Committed {
+        state_version,
+        body: Bytes::from(response),
+        held,
+    })
+}
+
+async fn claim(
+    c: &deadpool_postgres::Object,
+    now: i64,
+    sink: &str,
+    limit: usize,
+    lease_ms: i64,
+    ordered: bool,
+) -> Result<Vec<Claimed>, tokio_postgres::Error> {
+    let token = ulid::Ulid::new().to_string();
+    let st = c
+        .prepare_cached(
+            "WITH due AS ( \
+               SELECT o.id FROM outbox o \
+               WHERE o.sink = $4 AND o.status = 'pending' AND o.next_attempt_at <= $1 \
+                 AND (o.lease_until IS NULL OR o.lease_until < $1) \
+                 AND (NOT $5 OR NOT EXISTS ( \
+                   SELECT 1 FROM outbox p WHERE p.sink = o.sink AND p.session_id = o.session_id \
+                     AND p.status = 'pending' AND p.id < o.id)) \
+               ORDER BY o.next_attempt_at, o.id LIMIT $6 \
+               FOR UPDATE SKIP LOCKED) \
+             UPDATE outbox SET lease_until = $1 + $2, lease_owner = $3 \
+             FROM due WHERE outbox.id = due.id \
+             RETURNING outbox.id, outbox.event_id, outbox.attempts, outbox.respond_to, \
+                       outbox.result, \
+                       (SELECT correlation_id FROM events e WHERE e.event_id = outbox.event_id), \
+                       (SELECT route FROM events e WHERE e.event_id = outbox.event_id), \
+                       (SELECT session_id FROM events e WHERE e.event_id = outbox.event_id), \
+                       (SELECT event_type FROM events e WHERE e.event_id = outbox.event_id), \
+                       (SELECT body FROM events e WHERE e.event_id = outbox.event_id)",
+        )
+        .await?;
+    let rows = c
+        .query(
+            &st,
+            &[&now, &lease_ms, &token, &sink, &ordered, &(limit as i64)],
+        )
+        .await?;
+    let mut out: Vec<Claimed> = rows
+        .iter()
+        .map(|r| Claimed {
+            outbox_id: r.get(0),
+            lease_token: token.clone(),
+            sink: sink.to_string(),
+            event_id: r.get(1),
+            attempts: r.get::<_, i64>(2).max(0) as u32,
+            respond_to: r.get(3),
+            body: with_result(r.get(9), r.get(4)),
+            correlation_id: r.get(5),
+            route: r.get(6),
+            session_id: r.get(7),
+            event_type: r.get(8),
+        })
+        .collect();
+    out.sort_unstable_by_key(|c| c.outbox_id);
+    Ok(out)
+}
+
+/// As in the embedded store: an `on_late` row's body is the event plus `upstreamResult`.
+fn with_result(body: String, result: Option<String>) -> Bytes {
+    let Some(result) = result else {
+        return Bytes::from(body);
+    };
+    let Ok(Value::Object(mut event)) = serde_json::from_str(&body) else {
+        return Bytes::from(body);
+    };
+    let value = serde_json::from_str(&result).unwrap_or(Value::String(result));
+    event.insert("upstreamResult".into(), value);
+    Bytes::from(serde_json::to_vec(&event).unwrap_or_else(|_| body.into_bytes()))
+}
+
+/// Settles a claimed row if the claim still holds it and records the attempt. Returns
+/// (held, whether an `on_late` row was added).
+async fn settle(
+    tx: &deadpool_postgres::Transaction<'_>,
+    now: i64,
+    claim: &Claimed,
+    s: &Settlement,
+) -> Result<(bool, bool), tokio_postgres::Error> {
+    let attempt = i64::from(claim.attempts) + 1;
+    let held = "id = $1 AND lease_owner = $2 AND status = 'pending'";
+    let (changed, record): (u64, Record<'_>) = match s {
+        Settlement::Delivered { duration_ms, .. } => (
+            tx.execute(
+                &format!(
+                    "UPDATE outbox SET status = 'delivered', attempts = $3, lease_until = NULL, \
+                     lease_owner = NULL, delivered_at = $4, last_error = NULL WHERE {held}"
+                ),
+                &[&claim.outbox_id, &claim.lease_token, &attempt, &now],
+            )
+            .await?,
+            Some(("delivered", None, *duration_ms)),
+        ),
+        Settlement::Retry {
+            at_ms,
+            error,
+            duration_ms,
+        } => (
+            tx.execute(
+                &format!(
+                    "UPDATE outbox SET attempts = $3, next_attempt_at = $4, lease_until = NULL, \
+                     lease_owner = NULL, last_error = $5 WHERE {held}"
+                ),
+                &[&claim.outbox_id, &claim.lease_token, &attempt, at_ms, error],
+            )
+            .await?,
+            Some(("retry", Some(error.as_str()), *duration_ms)),
+        ),
+        Settlement::Dead {
+            reason,
+            error,
+            duration_ms,
+        } => (
+            tx.execute(
+                &format!(
+                    "UPDATE outbox SET status = 'dead', attempts = $3, lease_until = NULL, \
+                     lease_owner = NULL, last_error = $4, failure_class = $5, reason = $6, \
+                     dead_at = $7 WHERE {held}"
+                ),
+                &[
+                    &claim.outbox_id,
+                    &claim.lease_token,
+                    &attempt,
+                    error,
+                    &reason.class(),
+                    &reason.as_str(),
+                    &now,
+                ],
+            )
+            .await?,
+            Some(("dead_lettered", Some(error.as_str()), *duration_ms)),
+        ),
+        Settlement::Release { at_ms } => (
+            tx.execute(
+                &format!(
+                    "UPDATE outbox SET next_attempt_at = $3, lease_until = NULL, \
+                     lease_owner = NULL WHERE {held}"
+                ),
+                &[&claim.outbox_id, &claim.lease_token, at_ms],
+            )
+            .await?,
+            None,
+        ),
+    };
+    let mut added = false;
+    if changed == 1 {
+        if let (
+            Settlement::Delivered {
+                result: Some(result),
+                ..
+            },
+            Some(on_late),
+        ) = (s, &claim.respond_to)
+        {
+            if !on_late.is_empty() {
+                tx.execute(
+                    "INSERT INTO outbox (event_id, sink, route, session_id, status, attempts, \
+                                         next_attempt_at, created_at, result) \
+                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $6)",
+                    &[
+                        &claim.event_id,
+                        on_late,
+                        &claim.route,
+                        &claim.session_id,
+                        &now,
+                        result,
+                    ],
+                )
+                .await?;
+                added = true;
+            }
+        }
+        if let Some((outcome, error, duration_ms)) = record {
+            tx.execute(
+                "INSERT INTO delivery_attempts \
+                     (outbox_id, attempt, at, outcome, error, duration_ms, replica) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &claim.outbox_id,
+                    &attempt,
+                    &now,
+                    &outcome,
+                    &error,
+                    &i64::try_from(duration_ms).unwrap_or(i64::MAX),
+                    &crate::replica_id(),
+                ],
+            )
+            .await?;
+        }
+    }
+    Ok((changed == 1, added))
+}
+
+/// A dead-letter filter as a `WHERE` clause over `outbox o` and its parameters.
+fn filter_sql(f: &DeadLetterFilter) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+    let mut sql = String::from("o.status = 'dead'");
+    let mut p: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    if !f.ids.is_empty() {
+        p.push(Box::new(f.ids.clone()));
+        sql.push_str(&format!(" AND o.id = ANY(${})", p.len()));
+    }
+    for (col, v) in [
+        ("sink", f.sink.clone()),
+        ("route", f.route.clone()),
+        ("reason", f.reason.map(|r| r.as_str().to_string())),
+    ] {
+        if let Some(v) = v {
+            p.push(Box::new(v));
+            sql.push_str(&format!(" AND o.{col} = ${}", p.len()));
+        }
+    }
+    if let Some(s) = f.since_ms {
+        p.push(Box::new(s));
+        sql.push_str(&format!(" AND o.dead_at >= ${}", p.len()));
+    }
+    if let Some(u) = f.until_ms {
+        p.push(Box::new(u));
+        sql.push_str(&format!(" AND o.dead_at < ${}", p.len()));
+    }
+    (sql, p)
+}
+
+fn param_refs(p: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
+    p.iter()
+        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+async fn read_journey(
+    c: &deadpool_postgres::Object,
+    id: &str,
+) -> Result<Option<Journey>, tokio_postgres::Error> {
+    let row = c
+        .query_opt(
+            "(SELECT event_id, body, committed_at FROM events WHERE event_id = $1) \
+             UNION ALL \
+             (SELECT event_id, body, committed_at FROM events WHERE correlation_id = $1 \
+              ORDER BY committed_at DESC LIMIT 1) \
+             LIMIT 1",
+            &[&id],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let (event_id, body, committed_at): (String, String, i64) =
+        (row.get(0), row.get(1), row.get(2));
+    let event: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    let rows = c
+        .query(
+            "SELECT o.id, o.sink, o.status, a.attempt, a.at, a.outcome, a.error, a.duration_ms, \
+                    a.replica \
+             FROM outbox o LEFT JOIN delivery_attempts a ON a.outbox_id = o.id \
+             WHERE o.event_id = $1 ORDER BY o.id, a.id",
+            &[&event_id],
+        )
+        .await?;
+    let mut deliveries: Vec<(i64, Delivery)> = Vec::new();
+    for r in &rows {
+        let id: i64 = r.get(0);
+        if deliveries.last().is_none_or(|(last, _)| *last != id) {
+            deliveries.push((
+                id,
+                Delivery {
+                    sink: r.get(1),
+                    status: r.get(2),
+                    attempts: Vec::new(),
+                },
+            ));
+        }
+        if let (Some(attempt), Some((_, d))) = (r.get::<_, Option<i64>>(3), deliveries.last_mut()) {
+            d.attempts.push(Attempt {
+                attempt: attempt.max(0) as u32,
+                at: rfc3339_ms(r.get::<_, Option<i64>>(4).unwrap_or(0)),
+                outcome: r.get::<_, Option<String>>(5).unwrap_or_default(),
+                error: r.get(6),
+                duration_ms: r.get::<_, Option<i64>>(7).map(|d| d.max(0) as u64),
+                replica: r.get::<_, Option<String>>(8).unwrap_or_default(),
+            });
+        }
+    }
+    Ok(Some(Journey {
+        event,
+        committed_at: rfc3339_ms(committed_at),
+        deliveries: deliveries.into_iter().map(|(_, d)| d).collect(),
+    }))
+}
+
+/// Prunes what has expired, every 30 s, in bounded batches (as the embedded store does).
+async fn run_maintenance(pool: Pool, s: Arc<Settings>) {
+    let mut every = tokio::time::interval(Duration::from_secs(30));
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let run = async {
+            let c = pool.get().await.map_err(|e| e.to_string())?;
+            let now = crate::now_millis();
+            let oldest_kept =
+                ulid::Ulid::from_parts(u64::try_from(now - s.retention_ms).unwrap_or(0), 0)
+                    .to_string();
+            let statements: [(&str, &[&(dyn ToSql + Sync)]); 5] = [
+                (
+                    "DELETE FROM idempotency WHERE key IN \
+                     (SELECT key FROM idempotency WHERE created_at < $1 LIMIT 5000)",
+                    &[&(now - s.idempotency_window_ms)],
+                ),
+                (
+                    "DELETE FROM spent_signatures WHERE expires_at < $1",
+                    &[&(now / 1000)],
+                ),
+                (
+                    "DELETE FROM sessions WHERE session_id IN \
+                     (SELECT session_id FROM sessions WHERE last_seen < $1 LIMIT 5000)",
+                    &[&(now - s.session_ttl_ms)],
+                ),
+                (
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+                     WHERE status = 'delivered' AND event_id < $1 LIMIT 5000)",
+                    &[&oldest_kept],
+                ),
+                (
+                    "DELETE FROM events WHERE event_id IN (SELECT event_id FROM events e \
+                     WHERE e.event_id < $1 AND NOT EXISTS \
+                       (SELECT 1 FROM outbox o WHERE o.event_id = e.event_id) LIMIT 5000)",
+                    &[&oldest_kept],
+                ),
+            ];
+            for (sql, params) in statements {
+                c.execute(sql, params).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        };
+        if let Err(e) = run.await {
+            tracing::warn!(error = %e, "store maintenance failed; will retry");
+        }
+    }
+}
