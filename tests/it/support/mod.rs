@@ -6,6 +6,7 @@
 pub mod binary;
 pub mod cognigy_emulator;
 pub mod sink_server;
+pub mod tcp_proxy;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,0 +1,99 @@
+//! The gateway on PostgreSQL (when `COGNIHOOK_TEST_DATABASE_URL` is set): the request and
+//! delivery paths end to end, and the loss and return of the database.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::store_suite::fresh_pg_schema;
+use crate::support::sink_server::{wait_until, SinkServer};
+use crate::support::tcp_proxy::TcpProxy;
+use crate::support::{flow_body, TestApp};
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_commit_and_deliver_on_postgres() {
+    let Some(url) = fresh_pg_schema().await else {
+        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let sink = SinkServer::start().await;
+    let table = format!("kind = \"http\"\nurl = \"{}\"", sink.url("/events"));
+    let app = TestApp::spawn_with(|c| {
+        c.store.url = Some(url);
+        crate::support::attach_sink(c, "backend", &table);
+    })
+    .await;
+    for i in 0..5 {
+        let r = app
+            .post_signed("/webhook", &flow_body("pg-session", &format!("pg-{i}")))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        assert_eq!(r.json()["data"]["stateVersion"], i + 1);
+    }
+    let again = app
+        .post_signed("/webhook", &flow_body("pg-session", "pg-0"))
+        .await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    wait_until("five deliveries", T, || sink.received().len() == 5).await;
+    let journey = app.admin_get("/admin/events/pg-3").await.json();
+    assert_eq!(journey["deliveries"][0]["status"], "delivered", "{journey}");
+    assert!(journey["deliveries"][0]["attempts"][0]["replica"]
+        .as_str()
+        .is_some_and(|r| !r.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_gives_503_with_retry_after_and_everything_recovers() {
+    let Some(url) = fresh_pg_schema().await else {
+        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let pg: tokio_postgres::Config = url.parse().unwrap();
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let proxy = TcpProxy::start(([127, 0, 0, 1], port).into()).await;
+    let via_proxy = url.replacen(&format!(":{port}/"), &format!(":{}/", proxy.addr.port()), 1);
+    assert_ne!(via_proxy, url, "the URL names its port");
+    let app = TestApp::spawn_with(|c| {
+        c.store.url = Some(via_proxy);
+        c.limits.deadline = Duration::from_secs(7);
+    })
+    .await;
+    let ok = app
+        .post_signed("/webhook", &flow_body("s-loss", "before"))
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+
+    proxy.cut();
+    let r = app
+        .post_signed("/webhook", &flow_body("s-loss", "during"))
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert_eq!(r.json()["code"], "unavailable");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(
+        app.get("/readyz", &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    proxy.restore();
+    // The same request, retried as Cognigy would, goes through once the database is back.
+    let mut last = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..100 {
+        last = app
+            .post_signed("/webhook", &flow_body("s-loss", "during"))
+            .await
+            .status;
+        if last == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, StatusCode::OK);
+    assert_eq!(app.get("/readyz", &[]).await.status, StatusCode::OK);
+    let r = app
+        .post_signed("/webhook", &flow_body("s-loss", "after"))
+        .await;
+    assert_eq!(r.json()["data"]["stateVersion"], 3);
+}
