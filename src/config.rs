@@ -168,6 +168,10 @@ pub struct DeliveryConfig {
     /// Niceness (0..=19) of the delivery thread. Above 0, the kernel favours ingest when both
     /// want the CPU: answers to Cognigy stay fast under load and deliveries catch up after.
     pub nice: u8,
+    /// A claim's lease is two sends' timeouts plus this; after a crash, another worker takes
+    /// the row over once the lease has run out.
+    #[serde(with = "duration_str")]
+    pub lease_margin: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -176,6 +180,7 @@ impl Default for DeliveryConfig {
             enabled: true,
             poll_interval: Duration::from_secs(1),
             nice: 10,
+            lease_margin: Duration::from_secs(30),
         }
     }
 }
@@ -1188,6 +1193,9 @@ poll_interval = "1s"
 # Niceness (0..=19) of the delivery thread: above 0, ingest wins the CPU under load and
 # deliveries catch up afterwards (Linux only; ignored elsewhere).
 nice = 10
+# A claim's lease is 2 x the sink's timeout plus this; a crashed replica's rows are taken
+# over when it runs out.
+lease_margin = "30s"
 
 # Defining any [[route]] replaces both built-in routes below.
 # Secrets: "env:NAME" (comma-separated value = several secrets), "file:PATH" (one per

@@ -2,12 +2,11 @@
 //! in the store. A running gateway picks replayed rows up on its next poll.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use super::CliError;
-use crate::config::{Config, ProcessEnv};
+use super::{with_store, CliError};
+use crate::config::{Backend, Config, ProcessEnv};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{parse_time_bound, DeadLetterFilter, DeadReason, Store};
+use crate::store::{parse_time_bound, DeadLetterFilter, DeadReason};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Filter {
@@ -104,23 +103,51 @@ pub(super) fn run(file: Option<&Path>, cmd: DeadLettersCommand) -> Result<(), Cl
     let config = Config::load(file, &ProcessEnv).map_err(|e| CliError::Usage(e.to_string()))?;
     match cmd {
         DeadLettersCommand::List { filter, limit } => {
-            let store = SqliteStore::open_read_only(&config.store).map_err(CliError::Runtime)?;
-            let (total, items) = store
-                .dead_letters(&filter.build(Vec::new())?, limit)
-                .map_err(CliError::Runtime)?;
+            let f = filter.build(Vec::new())?;
+            let (total, items) = match config.store.backend().map_err(CliError::Usage)? {
+                Backend::Sqlite(_) => SqliteStore::open_read_only(&config.store)
+                    .map_err(CliError::Runtime)?
+                    .dead_letters(&f, limit)
+                    .map_err(CliError::Runtime)?,
+                Backend::Postgres(_) => {
+                    with_store(
+                        &config,
+                        move |s| async move { s.dead_letters(&f, limit).await },
+                    )?
+                }
+            };
             print_json(&serde_json::json!({ "total": total, "items": items }))
         }
         DeadLettersCommand::Show { id } => {
-            let store = SqliteStore::open_read_only(&config.store).map_err(CliError::Runtime)?;
             let f = DeadLetterFilter {
                 ids: vec![id],
                 ..Default::default()
             };
-            let (_, items) = store.dead_letters(&f, 1).map_err(CliError::Runtime)?;
-            let Some(item) = items.into_iter().next() else {
+            let (item, journey) = match config.store.backend().map_err(CliError::Usage)? {
+                Backend::Sqlite(_) => {
+                    let store =
+                        SqliteStore::open_read_only(&config.store).map_err(CliError::Runtime)?;
+                    let (_, items) = store.dead_letters(&f, 1).map_err(CliError::Runtime)?;
+                    let item = items.into_iter().next();
+                    let journey = match &item {
+                        Some(i) => store.journey(&i.event_id).map_err(CliError::Runtime)?,
+                        None => None,
+                    };
+                    (item, journey)
+                }
+                Backend::Postgres(_) => with_store(&config, move |s| async move {
+                    let (_, items) = s.dead_letters(&f, 1).await?;
+                    let item = items.into_iter().next();
+                    let journey = match &item {
+                        Some(i) => s.journey(&i.event_id).await?,
+                        None => None,
+                    };
+                    Ok((item, journey))
+                })?,
+            };
+            let Some(item) = item else {
                 return Err(CliError::Runtime(format!("no dead letter with id {id}")));
             };
-            let journey = store.journey(&item.event_id).map_err(CliError::Runtime)?;
             print_json(&serde_json::json!({ "deadLetter": item, "journey": journey }))
         }
         DeadLettersCommand::Replay {
@@ -146,35 +173,4 @@ pub(super) fn run(file: Option<&Path>, cmd: DeadLettersCommand) -> Result<(), Cl
             print_json(&serde_json::json!({ "deleted": n }))
         }
     }
-}
-
-/// Opens the store for writing, runs `f`, and closes the store.
-fn with_store<T, F, Fut>(config: &Config, f: F) -> Result<T, CliError>
-where
-    F: FnOnce(Store) -> Fut,
-    Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
-{
-    if !config
-        .store
-        .sqlite_path()
-        .map_err(CliError::Usage)?
-        .exists()
-    {
-        return Err(CliError::Runtime(format!(
-            "no store at {}",
-            config
-                .store
-                .sqlite_path()
-                .map_err(CliError::Usage)?
-                .display()
-        )));
-    }
-    let rt = super::runtime()?;
-    rt.block_on(async {
-        let store = SqliteStore::open(&config.store).map_err(CliError::Runtime)?;
-        let store = Store::Sqlite(Arc::new(store));
-        let out = f(store.clone()).await;
-        store.close().await;
-        out.map_err(|e| CliError::Runtime(e.to_string()))
-    })
 }

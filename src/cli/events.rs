@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::CliError;
-use crate::config::{Config, ProcessEnv};
+use crate::config::{Backend, Config, ProcessEnv};
 use crate::store::sqlite::SqliteStore;
 
 #[derive(Debug, clap::Subcommand)]
@@ -18,8 +18,17 @@ pub(super) enum EventsCommand {
 pub(super) fn run(file: Option<&Path>, cmd: EventsCommand) -> Result<(), CliError> {
     let EventsCommand::Show { id } = cmd;
     let config = Config::load(file, &ProcessEnv).map_err(|e| CliError::Usage(e.to_string()))?;
-    let store = SqliteStore::open_read_only(&config.store).map_err(CliError::Runtime)?;
-    match store.journey(&id).map_err(CliError::Runtime)? {
+    let journey = match config.store.backend().map_err(CliError::Usage)? {
+        Backend::Sqlite(_) => SqliteStore::open_read_only(&config.store)
+            .map_err(CliError::Runtime)?
+            .journey(&id)
+            .map_err(CliError::Runtime)?,
+        Backend::Postgres(_) => {
+            let id = id.clone();
+            super::with_store(&config, move |s| async move { s.journey(&id).await })?
+        }
+    };
+    match journey {
         Some(j) => {
             let text =
                 serde_json::to_string_pretty(&j).map_err(|e| CliError::Runtime(e.to_string()))?;

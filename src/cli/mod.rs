@@ -108,3 +108,37 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .build()
         .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))
 }
+
+/// Opens the configured store (the embedded file, which must exist, or PostgreSQL), runs `f`
+/// on it, and closes it.
+fn with_store<T, F, Fut>(config: &crate::config::Config, f: F) -> Result<T, CliError>
+where
+    F: FnOnce(crate::store::Store) -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+{
+    use crate::config::Backend;
+    use crate::store::{postgres::PgStore, sqlite::SqliteStore, Store};
+    use std::sync::Arc;
+    let backend = config.store.backend().map_err(CliError::Usage)?;
+    if let Backend::Sqlite(path) = &backend {
+        if !path.exists() {
+            return Err(CliError::Runtime(format!("no store at {}", path.display())));
+        }
+    }
+    let rt = runtime()?;
+    rt.block_on(async {
+        let store = match backend {
+            Backend::Sqlite(_) => Store::Sqlite(Arc::new(
+                SqliteStore::open(&config.store).map_err(CliError::Runtime)?,
+            )),
+            Backend::Postgres(url) => Store::Postgres(Arc::new(
+                PgStore::open(&url, &config.store)
+                    .await
+                    .map_err(CliError::Runtime)?,
+            )),
+        };
+        let out = f(store.clone()).await;
+        store.close().await;
+        out.map_err(|e| CliError::Runtime(e.to_string()))
+    })
+}

@@ -20,7 +20,12 @@ pub fn build_sinks(
     let mut problems = Vec::new();
     for (name, sc) in &config.sinks {
         match crate::sinks::build(name, sc, env) {
-            Ok(sink) => out.push(Arc::new(SinkRuntime::new(name, sc.clone(), sink))),
+            Ok(sink) => out.push(Arc::new(SinkRuntime::new(
+                name,
+                sc.clone(),
+                sink,
+                config.delivery.lease_margin,
+            ))),
             Err(e) => problems.push(e),
         }
     }

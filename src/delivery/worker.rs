@@ -27,9 +27,6 @@ use crate::store::{Claimed, DeadReason, Settlement, Store};
 use crate::telemetry::audit::{Audit, AuditKind, AuditLine};
 use crate::telemetry::metrics::SinkMetrics;
 
-/// Extra lease time beyond the sink's timeout, so a lease never expires under a live send.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
-
 /// A configured sink with its client, limits and health.
 pub struct SinkRuntime {
     pub name: String,
@@ -46,11 +43,19 @@ pub struct SinkRuntime {
     bucket: Option<Mutex<Bucket>>,
     /// A wake-up after the bucket refills is already scheduled.
     refill_timer: AtomicBool,
+    lease_margin: Duration,
 }
 
 impl SinkRuntime {
-    pub fn new(name: &str, config: SinkConfig, sink: Arc<dyn Sink>) -> SinkRuntime {
+    /// `lease_margin`: lease time beyond two sends' timeouts (`delivery.lease_margin`).
+    pub fn new(
+        name: &str,
+        config: SinkConfig,
+        sink: Arc<dyn Sink>,
+        lease_margin: Duration,
+    ) -> SinkRuntime {
         SinkRuntime {
+            lease_margin,
             name: name.to_string(),
             permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
             breaker: Mutex::new(Breaker::new(config.breaker)),
@@ -92,7 +97,7 @@ impl SinkRuntime {
 
     /// Long enough for a row to wait in the buffer for one send and then be sent.
     pub fn lease(&self) -> Duration {
-        self.config.timeout * 2 + LEASE_MARGIN
+        self.config.timeout * 2 + self.lease_margin
     }
 
     fn take_buffered(&self, n: usize) -> Vec<Claimed> {

@@ -12,6 +12,7 @@ mod delivery;
 mod payloads;
 mod postgres;
 mod recipe;
+mod replicas;
 mod respond;
 mod router;
 mod server;
