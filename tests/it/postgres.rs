@@ -97,3 +97,103 @@ async fn a_lost_database_gives_503_with_retry_after_and_everything_recovers() {
         .await;
     assert_eq!(r.json()["data"]["stateVersion"], 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_migrate_once() {
+    let Some(url) = fresh_pg_schema().await else {
+        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let config = cognihook::config::StoreConfig::default();
+    let opens = (0..4).map(|_| cognihook::store::postgres::PgStore::open(&url, &config));
+    let stores = futures_util::future::join_all(opens).await;
+    for s in &stores {
+        assert!(s.is_ok(), "{:?}", s.as_ref().err());
+    }
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM cognihook_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_on_one_replica_wakes_the_workers_of_another() {
+    let Some(url) = fresh_pg_schema().await else {
+        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let sink = SinkServer::start().await;
+    let table = format!("kind = \"http\"\nurl = \"{}\"", sink.url("/events"));
+    // A takes requests and delivers nothing; B delivers and never polls: only a
+    // notification from A's commit can make B deliver.
+    let a = TestApp::spawn_with(|c| {
+        c.store.url = Some(url.clone());
+        crate::support::attach_sink(c, "backend", &table);
+        c.delivery.enabled = false;
+    })
+    .await;
+    let _b = TestApp::spawn_with(|c| {
+        c.store.url = Some(url.clone());
+        crate::support::attach_sink(c, "backend", &table);
+        c.delivery.poll_interval = Duration::from_secs(3600);
+    })
+    .await;
+    // B claims once when it starts; a first event, once delivered, shows B is past that
+    // claim and waiting. After it, only a notification can make B deliver the second.
+    let r = a
+        .post_signed("/webhook", &flow_body("s-wake", "wake-0"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    wait_until("the first event delivered", T, || {
+        sink.received().len() == 1
+    })
+    .await;
+    let r = a
+        .post_signed("/webhook", &flow_body("s-wake", "wake-1"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    wait_until("the second event delivered by B", T, || {
+        sink.received().len() == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_claims_hold_a_session_back_across_replicas() {
+    use cognihook::store::{Settlement, Store};
+    let Some(url) = fresh_pg_schema().await else {
+        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let config = cognihook::config::StoreConfig::default();
+    let open = || cognihook::store::postgres::PgStore::open(&url, &config);
+    let one = Store::Postgres(std::sync::Arc::new(open().await.unwrap()));
+    let two = Store::Postgres(std::sync::Arc::new(open().await.unwrap()));
+    for k in ["1", "2"] {
+        let mut a = crate::store_suite::acceptance(&format!("ord{k}"), "same", &["x"]);
+        a.event.correlation_id = format!("ord{k}");
+        one.accept(a).await.unwrap();
+    }
+    let lease = Duration::from_secs(60);
+    let first = one.claim("x", 10, lease, true).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].correlation_id, "ord1");
+    assert!(
+        two.claim("x", 10, lease, true).await.unwrap().is_empty(),
+        "the other replica may not take the session's next event"
+    );
+    let done = Settlement::Delivered {
+        duration_ms: 1,
+        result: None,
+    };
+    assert!(one.settle(&first[0], done).await.unwrap());
+    let next = two.claim("x", 10, lease, true).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].correlation_id, "ord2");
+}

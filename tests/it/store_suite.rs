@@ -67,7 +67,7 @@ async fn backends() -> Vec<Backend> {
     out
 }
 
-fn acceptance(key: &str, session: &str, sinks: &[&str]) -> Acceptance {
+pub fn acceptance(key: &str, session: &str, sinks: &[&str]) -> Acceptance {
     Acceptance {
         idempotency_key: key.into(),
         event: NormalisedEvent::new(
