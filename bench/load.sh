@@ -4,7 +4,9 @@
 # pinned to CPU 0 and wrk pinned to CPU 1.
 #
 # usage: bench/load.sh [DURATION] [CONNECTIONS]      (defaults: 10s 64)
-# env:   SYNC=full|normal|off (store.sync, default full), SKIP_BUILD=1
+# env:   SYNC=full|normal|off (store.sync, default full), SKIP_BUILD=1,
+#        PG_URL=postgres://… to also measure /webhook on PostgreSQL (a fresh schema is made;
+#        the PostgreSQL server itself is not pinned, so it uses both CPUs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -141,13 +143,38 @@ deliveries_per_s=$(python3 -c "print(round(($c1 - $c0) / ($t1 - $t0)))")
 sink_rss=$(peak_rss_mib "$gw_pid")
 stop_gateway
 
-python3 - "$base" "$flow" "$nlu" "$withsink" "$base_rss" "$gw_rss" "$sink_rss" "$committed" "$deliveries_per_s" <<'PY'
+# The same /webhook route on PostgreSQL, in a schema of its own.
+pg="- - - - -"; pg_rss="-"
+if [ -n "${PG_URL:-}" ]; then
+  schema="bench_$(date +%s)_$$"
+  psql "$PG_URL" -qc "CREATE SCHEMA $schema" >/dev/null
+  sep='?'; case "$PG_URL" in *\?*) sep='&';; esac
+  cat > "$work/cognihook-pg.toml" <<TOML
+[server]
+listen = "127.0.0.1:$GW_PORT"
+[store]
+url = "${PG_URL}${sep}options=-csearch_path%3D${schema}"
+[audit]
+path = "$work/audit-pg.jsonl"
+TOML
+  start_gateway "$work/cognihook-pg.toml"
+  run_wrk warm-pg "http://127.0.0.1:$GW_PORT/webhook" "$work/flow.lua" warm >/dev/null
+  pg=$(run_wrk flow-pg "http://127.0.0.1:$GW_PORT/webhook" "$work/flow.lua" pg)
+  pg_rss=$(peak_rss_mib "$gw_pid")
+  stop_gateway
+  psql "$PG_URL" -qc "DROP SCHEMA $schema CASCADE" >/dev/null 2>&1
+fi
+
+python3 - "$base" "$flow" "$nlu" "$withsink" "$base_rss" "$gw_rss" "$sink_rss" "$committed" "$deliveries_per_s" "$pg" "$pg_rss" <<'PY'
 import sys
 base, flow, nlu, withsink = (s.split() for s in sys.argv[1:5])
 base_rss, gw_rss, sink_rss, committed, dps = sys.argv[5:10]
+pg, pg_rss = sys.argv[10].split(), sys.argv[11]
 rows = [("bare hyper (HMAC + JSON)", base, base_rss), ("cognihook POST /webhook", flow, gw_rss),
         ("cognihook POST /webhook/cognigy", nlu, gw_rss),
         ("cognihook POST /webhook + http sink", withsink, sink_rss)]
+if pg[0] != "-":
+    rows.append(("cognihook POST /webhook on PostgreSQL", pg, pg_rss))
 print(f"{'target':36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'peak RSS MiB':>13} {'req/s vs bare':>14}")
 b = float(base[0])
 for name, r, rss in rows:
@@ -155,4 +182,6 @@ for name, r, rss in rows:
 print(f"ingest with one http sink vs none: {float(withsink[0]) / float(flow[0]):.2f}x")
 print(f"deliveries/s (accepted and delivered, measured run until the outbox drained): {dps}")
 print(f"events committed by cognihook during the no-sink runs: {committed}")
+if pg[0] != "-":
+    print(f"PostgreSQL vs SQLite on /webhook: {float(pg[0]) / float(flow[0]):.2f}x")
 PY

@@ -37,6 +37,10 @@ const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/0001_init.sql")]
 const MIGRATION_LOCK: i64 = 0x636f_676e_6968_6f6f;
 /// The channel commits notify when they add outbox rows.
 pub const NOTIFY_CHANNEL: &str = "cognihook_outbox";
+/// Commit groups in flight at once per process. The database serialises what must be
+/// serialised (one session's row, one idempotency key); groups of unrelated events overlap
+/// their round trips.
+const WRITERS: usize = 4;
 /// Longest wait for a pooled connection, and for a new one.
 const CONNECT_WAIT: Duration = Duration::from_secs(2);
 /// Longest time one commit group or job may take before it counts as unavailable.
@@ -155,12 +159,22 @@ impl PgStore {
         });
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
         let writer_alive = Arc::new(AtomicBool::new(true));
-        let writer = tokio::spawn(run_writer(
-            pool.clone(),
-            rx,
-            settings.clone(),
-            writer_alive.clone(),
-        ));
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                tokio::spawn(run_writer(
+                    pool.clone(),
+                    rx.clone(),
+                    settings.clone(),
+                    writer_alive.clone(),
+                ))
+            })
+            .collect();
+        let writer = tokio::spawn(async move {
+            for w in writers {
+                let _ = w.await;
+            }
+        });
         let maintenance = tokio::spawn(run_maintenance(pool.clone(), settings));
         Ok(PgStore {
             pool,
@@ -545,19 +559,31 @@ fn rfc3339_ms(ms: i64) -> String {
 
 async fn run_writer(
     pool: Pool,
-    mut rx: mpsc::Receiver<Queued>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Queued>>>,
     s: Arc<Settings>,
     alive: Arc<AtomicBool>,
 ) {
     let mut batch = Vec::with_capacity(s.max_batch);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < s.max_batch {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item),
-                Err(_) => break,
+    loop {
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else {
+                break;
+            };
+            batch.push(first);
+            while batch.len() < s.max_batch {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
             }
         }
+        // One lock order for every group (sessions, then keys) keeps concurrent groups
+        // from deadlocking on each other's rows.
+        batch.sort_by(|(a, _), (b, _)| {
+            (&a.event.session_id, &a.idempotency_key)
+                .cmp(&(&b.event.session_id, &b.idempotency_key))
+        });
         let outcome = tokio::time::timeout(OP_TIMEOUT, commit_group(&pool, &mut batch, &s)).await;
         match outcome {
             Ok(Ok(results)) => {

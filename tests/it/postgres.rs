@@ -37,7 +37,15 @@ async fn events_commit_and_deliver_on_postgres() {
         .await;
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     wait_until("five deliveries", T, || sink.received().len() == 5).await;
-    let journey = app.admin_get("/admin/events/pg-3").await.json();
+    // The sink has answered; the settlement commits right after.
+    let mut journey = serde_json::Value::Null;
+    for _ in 0..200 {
+        journey = app.admin_get("/admin/events/pg-3").await.json();
+        if journey["deliveries"][0]["status"] == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(journey["deliveries"][0]["status"], "delivered", "{journey}");
     assert!(journey["deliveries"][0]["attempts"][0]["replica"]
         .as_str()
