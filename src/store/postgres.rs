@@ -72,6 +72,7 @@ pub struct PgStore {
     writer_alive: Arc<AtomicBool>,
     writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     maintenance: tokio::task::JoinHandle<()>,
+    settings: Arc<Settings>,
     url: String,
 }
 
@@ -175,7 +176,7 @@ impl PgStore {
                 let _ = w.await;
             }
         });
-        let maintenance = tokio::spawn(run_maintenance(pool.clone(), settings));
+        let maintenance = tokio::spawn(run_maintenance(pool.clone(), settings.clone()));
         Ok(PgStore {
             pool,
             queue: std::sync::Mutex::new(Some(tx)),
@@ -183,8 +184,14 @@ impl PgStore {
             writer_alive,
             writer: std::sync::Mutex::new(Some(writer)),
             maintenance,
+            settings,
             url: url.to_string(),
         })
+    }
+
+    /// Runs one maintenance pass now (it also runs every 30 s by itself).
+    pub async fn maintain_now(&self) -> Result<(), String> {
+        maintain(&self.pool, &self.settings).await
     }
 
     /// The URL with any password masked, for logs.
@@ -1156,52 +1163,55 @@ async fn read_journey(
     }))
 }
 
-/// Prunes what has expired, every 30 s, in bounded batches (as the embedded store does).
+/// Prunes what has expired, every 30 s (see [`maintain`]).
 async fn run_maintenance(pool: Pool, s: Arc<Settings>) {
     let mut every = tokio::time::interval(Duration::from_secs(30));
     every.tick().await;
     loop {
         every.tick().await;
-        let run = async {
-            let c = pool.get().await.map_err(|e| e.to_string())?;
-            let now = crate::now_millis();
-            let oldest_kept =
-                ulid::Ulid::from_parts(u64::try_from(now - s.retention_ms).unwrap_or(0), 0)
-                    .to_string();
-            let statements: [(&str, &[&(dyn ToSql + Sync)]); 5] = [
-                (
-                    "DELETE FROM idempotency WHERE key IN \
-                     (SELECT key FROM idempotency WHERE created_at < $1 LIMIT 5000)",
-                    &[&(now - s.idempotency_window_ms)],
-                ),
-                (
-                    "DELETE FROM spent_signatures WHERE expires_at < $1",
-                    &[&(now / 1000)],
-                ),
-                (
-                    "DELETE FROM sessions WHERE session_id IN \
-                     (SELECT session_id FROM sessions WHERE last_seen < $1 LIMIT 5000)",
-                    &[&(now - s.session_ttl_ms)],
-                ),
-                (
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-                     WHERE status = 'delivered' AND event_id < $1 LIMIT 5000)",
-                    &[&oldest_kept],
-                ),
-                (
-                    "DELETE FROM events WHERE event_id IN (SELECT event_id FROM events e \
-                     WHERE e.event_id < $1 AND NOT EXISTS \
-                       (SELECT 1 FROM outbox o WHERE o.event_id = e.event_id) LIMIT 5000)",
-                    &[&oldest_kept],
-                ),
-            ];
-            for (sql, params) in statements {
-                c.execute(sql, params).await.map_err(|e| e.to_string())?;
-            }
-            Ok::<(), String>(())
-        };
-        if let Err(e) = run.await {
+        if let Err(e) = maintain(&pool, &s).await {
             tracing::warn!(error = %e, "store maintenance failed; will retry");
         }
     }
+}
+
+/// One pass of pruning, in bounded batches (as the embedded store does): idempotency
+/// records past the window, spent signatures past their tolerance, sessions idle past the
+/// TTL, delivered rows and events past retention (an event stays while it has an outbox row).
+async fn maintain(pool: &Pool, s: &Settings) -> Result<(), String> {
+    let c = pool.get().await.map_err(|e| e.to_string())?;
+    let now = crate::now_millis();
+    let oldest_kept =
+        ulid::Ulid::from_parts(u64::try_from(now - s.retention_ms).unwrap_or(0), 0).to_string();
+    let statements: [(&str, &[&(dyn ToSql + Sync)]); 5] = [
+        (
+            "DELETE FROM idempotency WHERE key IN \
+             (SELECT key FROM idempotency WHERE created_at < $1 LIMIT 5000)",
+            &[&(now - s.idempotency_window_ms)],
+        ),
+        (
+            "DELETE FROM spent_signatures WHERE expires_at < $1",
+            &[&(now / 1000)],
+        ),
+        (
+            "DELETE FROM sessions WHERE session_id IN \
+             (SELECT session_id FROM sessions WHERE last_seen < $1 LIMIT 5000)",
+            &[&(now - s.session_ttl_ms)],
+        ),
+        (
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+             WHERE status = 'delivered' AND event_id < $1 LIMIT 5000)",
+            &[&oldest_kept],
+        ),
+        (
+            "DELETE FROM events WHERE event_id IN (SELECT event_id FROM events e \
+             WHERE e.event_id < $1 AND NOT EXISTS \
+               (SELECT 1 FROM outbox o WHERE o.event_id = e.event_id) LIMIT 5000)",
+            &[&oldest_kept],
+        ),
+    ];
+    for (sql, params) in statements {
+        c.execute(sql, params).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

@@ -205,3 +205,68 @@ async fn ordered_claims_hold_a_session_back_across_replicas() {
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].correlation_id, "ord2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_prunes_what_expired_and_keeps_undelivered_events() {
+    use cognihook::store::{Settlement, Store};
+    let Some(url) = fresh_pg_schema().await else {
+        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let tiny = Duration::from_millis(1);
+    let config = cognihook::config::StoreConfig {
+        idempotency_window: tiny,
+        session_ttl: tiny,
+        retention: tiny,
+        ..cognihook::config::StoreConfig::default()
+    };
+    let pg = std::sync::Arc::new(
+        cognihook::store::postgres::PgStore::open(&url, &config)
+            .await
+            .unwrap(),
+    );
+    let store = Store::Postgres(pg.clone());
+    store
+        .accept(crate::store_suite::acceptance("done", "s1", &["x"]))
+        .await
+        .unwrap();
+    store
+        .accept(crate::store_suite::acceptance("waiting", "s2", &["y"]))
+        .await
+        .unwrap();
+    let claimed = store
+        .claim("x", 1, Duration::from_secs(60), false)
+        .await
+        .unwrap();
+    let done = Settlement::Delivered {
+        duration_ms: 1,
+        result: None,
+    };
+    assert!(store.settle(&claimed[0], done).await.unwrap());
+    // Let the 1 ms windows pass, then prune.
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(5) {
+        tokio::task::yield_now().await;
+    }
+    pg.maintain_now().await.unwrap();
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let n = |sql: &'static str| {
+        let db = &db;
+        async move { db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(n("SELECT count(*) FROM idempotency").await, 0);
+    assert_eq!(n("SELECT count(*) FROM sessions").await, 0);
+    assert_eq!(
+        n("SELECT count(*) FROM outbox").await,
+        1,
+        "the pending row stays"
+    );
+    assert_eq!(
+        n("SELECT count(*) FROM events").await,
+        1,
+        "the undelivered event stays"
+    );
+}
