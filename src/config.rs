@@ -956,16 +956,18 @@ impl Config {
             r.auth.keys.iter_mut().for_each(mask);
             r.auth.password.iter_mut().for_each(mask);
         }
-        for s in c.sinks.values_mut() {
-            s.secret.iter_mut().for_each(mask);
-            // Broker URLs may carry credentials (amqp://user:pass@…).
-            if let Some(u) = &mut s.url {
-                if let Some((scheme, rest)) = u.split_once("://") {
-                    if let Some((_, host)) = rest.split_once('@') {
-                        *u = format!("{scheme}://********@{host}");
-                    }
+        // Database and broker URLs may carry credentials (postgres://user:pass@…).
+        let mask_url = |u: &mut String| {
+            if let Some((scheme, rest)) = u.split_once("://") {
+                if let Some((_, host)) = rest.split_once('@') {
+                    *u = format!("{scheme}://********@{host}");
                 }
             }
+        };
+        c.store.url.iter_mut().for_each(mask_url);
+        for s in c.sinks.values_mut() {
+            s.secret.iter_mut().for_each(mask);
+            s.url.iter_mut().for_each(mask_url);
         }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
@@ -1440,7 +1442,16 @@ sinks = ["web", "missing", "web"]
         )
         .expect("sink");
         c.sinks.insert("s".into(), sink);
+        c.store.url = Some("postgres://app:dbpass42@db:5432/cognihook".into());
+        c.routes[1].auth = AuthConfig {
+            password: Some("basicpw".into()),
+            username: Some("u".into()),
+            ..AuthConfig::with_secrets(AuthScheme::Basic, Vec::new())
+        };
         let out = c.to_masked_toml();
+        assert!(!out.contains("dbpass42"));
+        assert!(out.contains("@db:5432/cognihook"));
+        assert!(!out.contains("basicpw"));
         assert!(!out.contains("sinksecret"));
         assert!(!out.contains("pw123"));
         assert!(!out.contains("supersecret"));
