@@ -131,20 +131,7 @@ impl PayloadArgs {
     }
 
     fn secret(&self) -> Result<String, CliError> {
-        if let Some(s) = &self.secret {
-            return Ok(s.clone());
-        }
-        std::env::var("COGNIGY_WEBHOOK_SECRET")
-            .ok()
-            .and_then(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .find(|s| !s.is_empty())
-                    .map(str::to_string)
-            })
-            .ok_or_else(|| {
-                CliError::Usage("no secret: pass --secret or set COGNIGY_WEBHOOK_SECRET".into())
-            })
+        client_secret(self.secret.as_deref())
     }
 
     /// The headers that authenticate the request in the chosen scheme (none for `none`).
@@ -157,6 +144,25 @@ impl PayloadArgs {
         client_headers(self.scheme.config(), &self.secret()?, body, now, &id)
             .map_err(CliError::Usage)
     }
+}
+
+/// The secret a client command signs with: `--secret`, else the first value of
+/// `COGNIGY_WEBHOOK_SECRET` (the one that signs during a rotation).
+pub(super) fn client_secret(given: Option<&str>) -> Result<String, CliError> {
+    if let Some(s) = given {
+        return Ok(s.to_string());
+    }
+    std::env::var("COGNIGY_WEBHOOK_SECRET")
+        .ok()
+        .and_then(|v| {
+            v.split(',')
+                .map(str::trim)
+                .find(|s| !s.is_empty())
+                .map(str::to_string)
+        })
+        .ok_or_else(|| {
+            CliError::Usage("no secret: pass --secret or set COGNIGY_WEBHOOK_SECRET".into())
+        })
 }
 
 /// Prints the signature value, or `Name: value` lines when the scheme needs several headers.

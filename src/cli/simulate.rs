@@ -503,20 +503,9 @@ pub(super) fn run(args: SimulateArgs) -> Result<(), CliError> {
         .url
         .parse()
         .map_err(|e| CliError::Usage(format!("--url `{}`: {e}", args.url)))?;
-    let secret = match (&args.secret, args.scheme) {
-        (_, Scheme::None) => String::new(),
-        (Some(s), _) => s.clone(),
-        (None, _) => std::env::var("COGNIGY_WEBHOOK_SECRET")
-            .ok()
-            .and_then(|v| {
-                v.split(',')
-                    .map(str::trim)
-                    .find(|s| !s.is_empty())
-                    .map(str::to_string)
-            })
-            .ok_or_else(|| {
-                CliError::Usage("no secret: pass --secret or set COGNIGY_WEBHOOK_SECRET".into())
-            })?,
+    let secret = match args.scheme {
+        Scheme::None => String::new(),
+        _ => super::send::client_secret(args.secret.as_deref())?,
     };
     // Fail on a secret the scheme cannot use before sending anything.
     if args.scheme != Scheme::None {

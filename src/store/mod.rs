@@ -232,6 +232,20 @@ pub struct SinkCounts {
     pub dead_letters: u64,
 }
 
+/// The body an `on_late` row delivers: its event with the upstream's answer added as
+/// `upstreamResult` (kept as text if it is not JSON). Both backends use it.
+pub(crate) fn with_result(body: String, result: Option<String>) -> Bytes {
+    let Some(result) = result else {
+        return Bytes::from(body);
+    };
+    let Ok(Value::Object(mut event)) = serde_json::from_str(&body) else {
+        return Bytes::from(body);
+    };
+    let value = serde_json::from_str(&result).unwrap_or(Value::String(result));
+    event.insert("upstreamResult".into(), value);
+    Bytes::from(serde_json::to_vec(&event).unwrap_or_else(|_| body.into_bytes()))
+}
+
 /// The store, whichever backend it is.
 #[derive(Clone)]
 pub enum Store {

@@ -585,8 +585,8 @@ async fn run_writer(
                 }
             }
         }
-        // One lock order for every group (sessions, then keys) keeps concurrent groups
-        // from deadlocking on each other's rows.
+        // One lock order for every group (sessions, then keys; see `accept_one`) keeps
+        // concurrent groups from deadlocking on each other's rows.
         batch.sort_by(|(a, _), (b, _)| {
             (&a.event.session_id, &a.idempotency_key)
                 .cmp(&(&b.event.session_id, &b.idempotency_key))
@@ -684,6 +684,16 @@ async fn accept_one(
             limit: a.max_response_bytes,
         });
     }
+    // Serialise on the session first: every group takes these locks in session order (the
+    // batch is sorted), and a duplicate's key belongs to the same session, so groups in this
+    // and other replicas cannot wait on each other in a cycle.
+    let lock = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .await
+        .map_err(db)?;
+    tx.execute(&lock, &[&a.event.session_id])
+        .await
+        .map_err(db)?;
     let spend = |a: &Acceptance| {
         a.spend
             .as_ref()
@@ -922,7 +932,7 @@ async fn claim(
             event_id: r.get(1),
             attempts: r.get::<_, i64>(2).max(0) as u32,
             respond_to: r.get(3),
-            body: with_result(r.get(9), r.get(4)),
+            body: crate::store::with_result(r.get(9), r.get(4)),
             correlation_id: r.get(5),
             route: r.get(6),
             session_id: r.get(7),
@@ -931,19 +941,6 @@ async fn claim(
         .collect();
     out.sort_unstable_by_key(|c| c.outbox_id);
     Ok(out)
-}
-
-/// As in the embedded store: an `on_late` row's body is the event plus `upstreamResult`.
-fn with_result(body: String, result: Option<String>) -> Bytes {
-    let Some(result) = result else {
-        return Bytes::from(body);
-    };
-    let Ok(Value::Object(mut event)) = serde_json::from_str(&body) else {
-        return Bytes::from(body);
-    };
-    let value = serde_json::from_str(&result).unwrap_or(Value::String(result));
-    event.insert("upstreamResult".into(), value);
-    Bytes::from(serde_json::to_vec(&event).unwrap_or_else(|_| body.into_bytes()))
 }
 
 /// Settles a claimed row if the claim still holds it and records the attempt. Returns

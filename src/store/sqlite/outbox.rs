@@ -2,7 +2,6 @@
 //! per-sink counts and attempt history. Every function that writes runs on the writer thread
 //! inside a commit group (see the parent module); reads run on the reader connection.
 
-use bytes::Bytes;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
@@ -76,7 +75,7 @@ pub(super) fn claim(
             session_id,
             event_type,
             attempts,
-            body: with_result(body, result),
+            body: crate::store::with_result(body, result),
             respond_to,
         });
     }
@@ -85,20 +84,6 @@ pub(super) fn claim(
 
 /// A claimed row before its event is read: id, event id, attempts, respond_to, result.
 type ClaimedRow = (i64, String, u32, Option<String>, Option<String>);
-
-/// The event body an `on_late` row delivers: the event with the upstream's answer added as
-/// `upstreamResult` (kept as text if it is not JSON).
-fn with_result(body: String, result: Option<String>) -> Bytes {
-    let Some(result) = result else {
-        return Bytes::from(body);
-    };
-    let Ok(serde_json::Value::Object(mut event)) = serde_json::from_str(&body) else {
-        return Bytes::from(body);
-    };
-    let value = serde_json::from_str(&result).unwrap_or(serde_json::Value::String(result));
-    event.insert("upstreamResult".into(), value);
-    Bytes::from(serde_json::to_vec(&event).unwrap_or_else(|_| body.into_bytes()))
-}
 
 /// Settles a claimed row if the claim still holds it; records the attempt.
 pub(super) fn settle(
