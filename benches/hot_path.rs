@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the request path's pure stages: signature check, payload decode,
-//! rules, and the whole `Route::prepare`, on the seed payloads.
+//! rules, and the whole `Route::prepare`, on the seed payloads and on real Cognigy shapes
+//! (every auth scheme; `cognigy-input` as JSON and as a form).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -73,6 +74,73 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// The HTTP Request node sample (`tests/fixtures/cognigy/`), as JSON and as a form.
+const COGNIGY_JSON: &[u8] =
+    include_bytes!("../tests/fixtures/cognigy/http-request-node-body.rendered.json");
+const COGNIGY_FORM: &[u8] = b"userId=user123&sessionId=session123&URLToken=4e5e2f01110c935fff81ec54bbce12c175b831d8105dc69face36a8983feec17&text=Where+is+my+order+12345%3F&intent=orderStatus&intentScore=0.87&slots=%7B%22city%22%3A%5B%7B%22keyphrase%22%3A%22D%C3%BCsseldorf%22%7D%5D%7D&language=en-US&channel=webhook";
+
+fn bench_cognigy(c: &mut Criterion) {
+    use cognihook::config::{AuthScheme, PayloadKind};
+    use cognihook::ingest::auth::{
+        client_headers, CredentialVerifier, Secret, StandardWebhooksVerifier, TimestampedKind,
+        TimestampedVerifier,
+    };
+    use cognihook::ingest::payload::{BodyFormat, PayloadDecoder};
+    let now = 1_764_000_000;
+    let secret = |v: &[u8]| Secret {
+        label: "s".into(),
+        value: v.to_vec(),
+    };
+    let to_map = |hs: Vec<(&'static str, String)>| {
+        let mut m = HeaderMap::new();
+        for (k, v) in hs {
+            m.insert(k, v.parse().expect("hv"));
+        }
+        m
+    };
+    let body = COGNIGY_JSON;
+    let ts = TimestampedVerifier::new(
+        &[secret(b"k")],
+        http::HeaderName::from_static(auth::DEFAULT_TIMESTAMPED_HEADER),
+        auth::DEFAULT_TOLERANCE,
+        TimestampedKind::Cognihook,
+    );
+    let ts_headers =
+        to_map(client_headers(AuthScheme::HmacSha256Timestamped, "k", body, now, "").unwrap());
+    c.bench_function("verify_hmac_sha256_timestamped", |b| {
+        b.iter(|| ts.verify(&ts_headers, body, now).expect("valid"));
+    });
+    let whsec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let key = auth::decode_whsec(&secret(whsec.as_bytes())).unwrap();
+    let sw = StandardWebhooksVerifier::new(&[secret(&key)], auth::DEFAULT_TOLERANCE);
+    let sw_headers =
+        to_map(client_headers(AuthScheme::StandardWebhooks, whsec, body, now, "msg_1").unwrap());
+    c.bench_function("verify_standard_webhooks", |b| {
+        b.iter(|| sw.verify(&sw_headers, body, now).expect("valid"));
+    });
+    let basic = CredentialVerifier::basic("cognigy", &[secret(b"pw")]);
+    let basic_headers =
+        to_map(client_headers(AuthScheme::Basic, "cognigy:pw", body, now, "").unwrap());
+    c.bench_function("verify_basic", |b| {
+        b.iter(|| basic.verify(&basic_headers).expect("valid"));
+    });
+    let decoder = PayloadDecoder::Builtin(PayloadKind::CognigyInput);
+    c.bench_function("decode_cognigy_input_json", |b| {
+        b.iter(|| {
+            decoder
+                .decode(COGNIGY_JSON, BodyFormat::Json)
+                .expect("valid")
+        });
+    });
+    c.bench_function("decode_cognigy_input_form", |b| {
+        b.iter(|| {
+            decoder
+                .decode(COGNIGY_FORM, BodyFormat::Form)
+                .expect("valid")
+        });
+    });
+}
+
+criterion_group!(benches, bench, bench_cognigy);
 
 criterion_main!(benches);
