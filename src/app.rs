@@ -95,6 +95,7 @@ impl App {
             sinks,
             audit.clone(),
             config.delivery.poll_interval,
+            config.delivery.busy,
         );
         if let Store::Postgres(pg) = &store {
             // Other replicas' commits wake this one's workers too.

@@ -172,6 +172,29 @@ pub struct DeliveryConfig {
     /// the row over once the lease has run out.
     #[serde(with = "duration_str")]
     pub lease_margin: Duration,
+    /// Delivery holds back while ingest is saturated.
+    pub busy: BusyConfig,
+}
+
+/// `[delivery] busy = { in_flight, interval }`: while at least `in_flight` webhook requests
+/// are being handled at once (seen within the last `interval`), the workers start sends at
+/// most once per `interval`, leaving the CPU to the answers Cognigy waits for; deliveries
+/// catch up when the load eases. `interval = "0s"` turns this off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusyConfig {
+    pub in_flight: usize,
+    #[serde(with = "duration_str")]
+    pub interval: Duration,
+}
+
+impl Default for BusyConfig {
+    fn default() -> Self {
+        Self {
+            in_flight: 16,
+            interval: Duration::from_millis(100),
+        }
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -181,6 +204,7 @@ impl Default for DeliveryConfig {
             poll_interval: Duration::from_secs(1),
             nice: 10,
             lease_margin: Duration::from_secs(30),
+            busy: BusyConfig::default(),
         }
     }
 }
@@ -1198,6 +1222,10 @@ nice = 10
 # A claim's lease is 2 x the sink's timeout plus this; a crashed replica's rows are taken
 # over when it runs out.
 lease_margin = "30s"
+# While at least in_flight requests are handled at once, sends start at most once per
+# interval (interval = "0s": never hold back): answers to Cognigy keep the CPU, and
+# deliveries catch up when the load eases.
+busy = { in_flight = 16, interval = "100ms" }
 
 # Defining any [[route]] replaces both built-in routes below.
 # Secrets: "env:NAME" (comma-separated value = several secrets), "file:PATH" (one per

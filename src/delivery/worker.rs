@@ -128,6 +128,31 @@ pub struct Deliverer {
     /// everything queued in one job (see `settle`).
     settlements: Mutex<Vec<Pending>>,
     flushing: AtomicBool,
+    /// Webhook requests being handled now (see [`Deliverer::ingest_guard`]).
+    ingest_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// While ingest is saturated, the run loop starts sends at most once per this interval
+    /// (`delivery.busy.interval`; zero = never hold back).
+    busy_interval: Duration,
+    /// Requests in flight at once that count as saturation (`delivery.busy.in_flight`).
+    busy_in_flight: usize,
+    last_busy_round: Mutex<Option<Instant>>,
+    /// When `busy_in_flight` requests were last seen in flight at once ([`mono_ms`]).
+    last_saturated_ms: AtomicU64,
+}
+
+/// Counts one webhook request as in flight while it lives.
+pub struct IngestGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for IngestGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the process's first call (a cheap shared clock for "recently").
+fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// A finished send whose settlement is not committed yet.
@@ -163,6 +188,7 @@ impl Deliverer {
         sinks: Vec<Arc<SinkRuntime>>,
         audit: Audit,
         poll: Duration,
+        busy: crate::config::BusyConfig,
     ) -> Arc<Deliverer> {
         let seed = RandomState::new().hash_one(std::process::id());
         Arc::new(Deliverer {
@@ -175,6 +201,11 @@ impl Deliverer {
             jitter: Jitter::new(seed),
             settlements: Mutex::new(Vec::new()),
             flushing: AtomicBool::new(false),
+            ingest_in_flight: Arc::default(),
+            busy_interval: busy.interval,
+            busy_in_flight: busy.in_flight.max(1),
+            last_busy_round: Mutex::new(None),
+            last_saturated_ms: AtomicU64::new(0),
         })
     }
 
@@ -192,10 +223,55 @@ impl Deliverer {
     }
 
     /// Runs until `shutdown`, then stops claiming and waits up to `grace` for sends in flight.
+    /// Marks a webhook request as in flight until the guard is dropped.
+    pub fn ingest_guard(&self) -> IngestGuard {
+        let n = self.ingest_in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.busy_in_flight && !self.busy_interval.is_zero() {
+            // 0 means "never"; the clock may still read 0 right after start.
+            self.last_saturated_ms
+                .store(mono_ms().max(1), Ordering::Relaxed);
+        }
+        IngestGuard(self.ingest_in_flight.clone())
+    }
+
+    /// How long the run loop should hold back because ingest is saturated, if at all: while
+    /// `busy_in_flight` requests were in flight at once within the last `busy_interval`
+    /// (commit groups answer many at once, so the count dips between them), one round of
+    /// sends per `busy_interval`. Below that, delivery runs freely.
+    pub fn busy_wait(&self) -> Option<Duration> {
+        if self.busy_interval.is_zero() {
+            return None;
+        }
+        let since = mono_ms().saturating_sub(self.last_saturated_ms.load(Ordering::Relaxed));
+        if self.last_saturated_ms.load(Ordering::Relaxed) == 0
+            || since >= self.busy_interval.as_millis() as u64
+        {
+            return None;
+        }
+        let mut last = self.last_busy_round.lock().ok()?;
+        let now = Instant::now();
+        match *last {
+            Some(t) if now.duration_since(t) < self.busy_interval => {
+                Some(self.busy_interval - now.duration_since(t))
+            }
+            _ => {
+                *last = Some(now);
+                None
+            }
+        }
+    }
+
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
         loop {
             if shutdown.is_cancelled() {
                 break;
+            }
+            if let Some(wait) = self.busy_wait() {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                continue;
             }
             let started = self.tick().await;
             if started > 0 {

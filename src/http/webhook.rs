@@ -68,6 +68,7 @@ impl Endpoint {
 
 /// Handles one webhook request on an endpoint.
 pub async fn handle(state: AppState, ep: Arc<Endpoint>, req: Request<Body>) -> Response {
+    let _in_flight = state.deliverer.ingest_guard();
     let route = &ep.route;
     let start = Instant::now();
     let transaction_id = uuid::Uuid::new_v4().to_string();

@@ -605,3 +605,43 @@ async fn a_second_gateway_on_the_same_embedded_store_is_refused() {
     );
     drop(first);
 }
+
+#[tokio::test]
+async fn delivery_holds_back_only_while_ingest_is_saturated() {
+    let app = TestApp::spawn_with(|c| {
+        c.delivery.busy = cognihook::config::BusyConfig {
+            in_flight: 2,
+            interval: Duration::from_secs(3600),
+        };
+    })
+    .await;
+    let d = app.deliverer();
+    let one = d.ingest_guard();
+    assert_eq!(
+        d.busy_wait(),
+        None,
+        "one request in flight is not saturation"
+    );
+    let two = d.ingest_guard();
+    // Saturated: one round of sends goes at once, then the next waits for the interval.
+    assert_eq!(d.busy_wait(), None);
+    let wait = d.busy_wait().expect("holding back");
+    assert!(wait > Duration::from_secs(3500), "{wait:?}");
+    drop((one, two));
+    assert!(
+        d.busy_wait().is_some(),
+        "still inside the interval of the last saturation"
+    );
+
+    let free = TestApp::spawn_with(|c| {
+        c.delivery.busy.interval = Duration::ZERO;
+    })
+    .await;
+    let guards: Vec<_> = (0..100).map(|_| free.deliverer().ingest_guard()).collect();
+    assert_eq!(
+        free.deliverer().busy_wait(),
+        None,
+        "interval 0 never holds back"
+    );
+    drop(guards);
+}
