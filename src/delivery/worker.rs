@@ -64,6 +64,16 @@ impl SinkRuntime {
             buffer: Mutex::new(VecDeque::new()),
             bucket: config
                 .rate_limit
+                .or_else(|| {
+                    // Cognigy's shared SaaS takes 1,000 requests per 5 minutes per IP; a
+                    // `cognigy` sink keeps to that unless told otherwise.
+                    (config.kind == crate::config::SinkKind::Cognigy).then_some(
+                        super::rate::RateLimit {
+                            per: Duration::from_secs(300),
+                            max: 1000,
+                        },
+                    )
+                })
                 .map(|r| Mutex::new(Bucket::new(r, Instant::now()))),
             refill_timer: AtomicBool::new(false),
             sink,
@@ -706,5 +716,39 @@ mod tests {
         assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
         let low = draws.iter().filter(|d| **d < 0.5).count();
         assert!((4_500..5_500).contains(&low), "{low}");
+    }
+
+    struct Nothing;
+    impl Sink for Nothing {
+        fn send<'a>(&'a self, _: &'a Delivery<'a>) -> crate::sinks::SendFuture<'a> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[test]
+    fn cognigy_sinks_keep_to_cognigys_saas_limit_unless_told_otherwise() {
+        let runtime = |table: &str| {
+            let config: SinkConfig = toml::from_str(table).expect("table");
+            SinkRuntime::new("s", config, Arc::new(Nothing), Duration::from_secs(1))
+        };
+        let now = Instant::now();
+        let cognigy =
+            runtime("kind = \"cognigy\"\nmode = \"notify\"\nendpoint_url = \"https://e\"");
+        let available = cognigy
+            .bucket
+            .as_ref()
+            .map(|b| b.lock().expect("bucket").available(now));
+        assert_eq!(available, Some(1000));
+        let own = runtime(
+            "kind = \"cognigy\"\nmode = \"notify\"\nendpoint_url = \"https://e\"\n\
+             rate_limit = { per = \"1s\", max = 5 }",
+        );
+        let available = own
+            .bucket
+            .as_ref()
+            .map(|b| b.lock().expect("bucket").available(now));
+        assert_eq!(available, Some(5));
+        let http = runtime("kind = \"http\"\nurl = \"http://x\"");
+        assert!(http.bucket.is_none());
     }
 }
