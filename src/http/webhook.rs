@@ -186,8 +186,10 @@ async fn pipeline(
     };
     let correlation_id = ev.correlation_id.clone();
     let idempotency_key = ingest::idempotency_key(&route.name, &parts.headers, &body);
+    // Only a `respond` route needs the key again (to store the upstream's answer).
+    let answer_key = respond.map(|_| idempotency_key.clone());
     let acceptance = Acceptance {
-        idempotency_key: idempotency_key.clone(),
+        idempotency_key,
         event: prepared.event,
         response,
         sinks: route.sinks.clone(),
@@ -212,12 +214,12 @@ async fn pipeline(
             if has_sinks {
                 state.deliverer.wake();
             }
-            let (status, body) = match (held, respond) {
-                (Some(claim), Some(r)) => {
+            let (status, body) = match (held, respond, answer_key) {
+                (Some(claim), Some(r), Some(idempotency_key)) => {
                     let wait = upstream_wait(state, r.within, started);
                     await_upstream(state, *claim, wait, body, idempotency_key).await
                 }
-                (_, _) => (answer_status, body),
+                _ => (answer_status, body),
             };
             Outcome {
                 status,

@@ -136,6 +136,33 @@ pub struct Claimed {
     pub respond_to: Option<String>,
 }
 
+impl Claimed {
+    /// The `respond.upstream` row an acceptance inserts already claimed for its request
+    /// (both backends): no attempt yet, `respond_to` = the `on_late` sink or "".
+    pub(crate) fn held_for_request(
+        e: &NormalisedEvent,
+        sink: &str,
+        outbox_id: i64,
+        lease_token: String,
+        body: &str,
+        respond_to: String,
+    ) -> Claimed {
+        Claimed {
+            outbox_id,
+            lease_token,
+            sink: sink.to_string(),
+            event_id: e.event_id.clone(),
+            correlation_id: e.correlation_id.clone(),
+            route: e.route.clone(),
+            session_id: e.session_id.clone(),
+            event_type: e.event_type.clone(),
+            attempts: 0,
+            body: Bytes::from(body.to_string()),
+            respond_to: Some(respond_to),
+        }
+    }
+}
+
 /// Why a delivery was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

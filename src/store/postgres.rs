@@ -850,19 +850,9 @@ async fn accept_one(
                 .await
                 .map_err(db)?
                 .get(0);
-            Some(Box::new(Claimed {
-                outbox_id: id,
-                lease_token: token,
-                sink: r.sink.clone(),
-                event_id: e.event_id.clone(),
-                correlation_id: e.correlation_id.clone(),
-                route: e.route.clone(),
-                session_id: e.session_id.clone(),
-                event_type: e.event_type.clone(),
-                attempts: 0,
-                body: Bytes::from(body.clone()),
-                respond_to: Some(respond_to),
-            }))
+            Some(Box::new(Claimed::held_for_request(
+                e, &r.sink, id, token, &body, respond_to,
+            )))
         }
         None => None,
     };
