@@ -12,7 +12,7 @@ use cognihook::store::{sqlite::SqliteStore, Acceptance, Store};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
 
-fn acceptance(i: u64) -> Acceptance {
+fn acceptance(i: u64, sinks: usize) -> Acceptance {
     let key = ulid::Ulid::new().to_string();
     Acceptance {
         idempotency_key: format!("bench:{key}"),
@@ -30,7 +30,7 @@ fn acceptance(i: u64) -> Acceptance {
         response: json!({"status": "success", "message": "Payload processed successfully",
             "correlationId": "c", "transactionId": "t", "timestamp": "2024-01-15T14:32:10Z",
             "data": {"processed": true}}),
-        sinks: vec![],
+        sinks: (0..sinks).map(|n| format!("sink{n}")).collect(),
         max_response_bytes: 1 << 20,
         spend: None,
         status: 200,
@@ -46,7 +46,12 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let mut g = c.benchmark_group("store_accept_64_concurrent");
     g.throughput(Throughput::Elements(64));
-    for sync in [SyncMode::Full, SyncMode::Off] {
+    for (sync, sinks) in [
+        (SyncMode::Full, 0),
+        (SyncMode::Full, 1),
+        (SyncMode::Off, 0),
+        (SyncMode::Off, 1),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = StoreConfig {
             data_dir: dir.path().to_path_buf(),
@@ -55,13 +60,13 @@ fn bench(c: &mut Criterion) {
         };
         let store = Store::Sqlite(Arc::new(SqliteStore::open(&cfg).unwrap()));
         let mut i = 0u64;
-        g.bench_function(format!("{sync:?}"), |b| {
+        g.bench_function(format!("{sync:?}/{sinks}_sinks"), |b| {
             b.iter(|| {
                 rt.block_on(async {
                     let mut tasks = Vec::with_capacity(64);
                     for _ in 0..64 {
                         i += 1;
-                        let (s, a) = (store.clone(), acceptance(i));
+                        let (s, a) = (store.clone(), acceptance(i, sinks));
                         tasks.push(tokio::spawn(async move { s.accept(a).await }));
                     }
                     for t in tasks {

@@ -84,6 +84,15 @@ impl App {
                 Store::Postgres(Arc::new(store))
             }
         };
+        let ordering: Vec<(String, bool)> = config
+            .sinks
+            .iter()
+            .map(|(name, sink)| (name.clone(), sink.ordered))
+            .collect();
+        store
+            .configure_sinks(&ordering)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot record the sinks' settings in the store: {e}"))?;
         let audit = if config.audit.enabled {
             Audit::start(config.audit.path.as_deref()).context("cannot open the audit log")?
         } else {

@@ -353,11 +353,7 @@ impl Deliverer {
             if sink.buffered() < take {
                 // Claim for the free slots plus one more round, in one commit.
                 let want = take + if probe { 0 } else { sink.config.concurrency } - sink.buffered();
-                match self
-                    .store
-                    .claim(&sink.name, want, sink.lease(), sink.config.ordered)
-                    .await
-                {
+                match self.store.claim(&sink.name, want, sink.lease()).await {
                     Ok(rows) => {
                         if let Ok(mut b) = sink.buffer.lock() {
                             b.extend(rows);

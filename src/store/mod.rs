@@ -305,18 +305,29 @@ impl Store {
         }
     }
 
-    /// Claims up to `limit` due rows of `sink` for `lease`. With `ordered`, a row is due only
-    /// when no earlier row of the same session is still pending for that sink.
+    /// Claims up to `limit` due rows of `sink` for `lease`. On a sink recorded as ordered (see
+    /// `configure_sinks`), a row is due only when no earlier row of the same session is still
+    /// pending for that sink.
     pub async fn claim(
         &self,
         sink: &str,
         limit: usize,
         lease: std::time::Duration,
-        ordered: bool,
     ) -> Result<Vec<Claimed>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.claim(sink, limit, lease, ordered).await,
-            Store::Postgres(s) => s.claim(sink, limit, lease, ordered).await,
+            Store::Sqlite(s) => s.claim(sink, limit, lease).await,
+            Store::Postgres(s) => s.claim(sink, limit, lease).await,
+        }
+    }
+
+    /// Records each configured sink as ordered (`true`) or not. Rows written from then on
+    /// carry the setting, and the sink's undelivered rows are brought in line with it; only
+    /// rows of ordered sinks enter the per-session index their claims read. The gateway calls
+    /// this when it starts, before it accepts events.
+    pub async fn configure_sinks(&self, sinks: &[(String, bool)]) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.configure_sinks(sinks.to_vec()).await,
+            Store::Postgres(s) => s.configure_sinks(sinks.to_vec()).await,
         }
     }
 

@@ -32,7 +32,10 @@ use super::{
 };
 use crate::config::StoreConfig;
 
-const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/postgres/0001_init.sql"),
+    include_str!("migrations/postgres/0002_ordered_sinks.sql"),
+];
 /// Advisory lock key for migrations ("cognihook" folded into 63 bits).
 const MIGRATION_LOCK: i64 = 0x636f_676e_6968_6f6f;
 /// The channel commits notify when they add outbox rows.
@@ -245,7 +248,6 @@ impl PgStore {
         sink: &str,
         limit: usize,
         lease: Duration,
-        ordered: bool,
     ) -> Result<Vec<Claimed>, StoreError> {
         let run = async {
             let c = self.client().await?;
@@ -255,12 +257,41 @@ impl PgStore {
                 sink,
                 limit,
                 lease.as_millis() as i64,
-                ordered,
             )
             .await
             .map_err(unavailable)
         };
         bounded(run).await
+    }
+
+    pub(super) async fn configure_sinks(
+        &self,
+        sinks: Vec<(String, bool)>,
+    ) -> Result<(), StoreError> {
+        let run = async {
+            let mut c = self.client().await?;
+            let tx = c.transaction().await.map_err(unavailable)?;
+            for (sink, ordered) in &sinks {
+                tx.execute(
+                    "INSERT INTO sink_settings (sink, ordered) VALUES ($1, $2) \
+                     ON CONFLICT (sink) DO UPDATE SET ordered = excluded.ordered",
+                    &[sink, ordered],
+                )
+                .await
+                .map_err(unavailable)?;
+                tx.execute(
+                    "UPDATE outbox SET ordered = $2 \
+                     WHERE sink = $1 AND status IN ('pending', 'dead') AND ordered <> $2",
+                    &[sink, ordered],
+                )
+                .await
+                .map_err(unavailable)?;
+            }
+            tx.commit().await.map_err(unavailable)
+        };
+        // Not bounded by OP_TIMEOUT: at start-up, after a sink was switched, this may mark a
+        // whole backlog.
+        run.await
     }
 
     pub(super) async fn settle_many(
@@ -813,8 +844,9 @@ async fn accept_one(
     let insert_row = tx
         .prepare_cached(
             "INSERT INTO outbox (event_id, sink, route, session_id, status, attempts, \
-                                 next_attempt_at, created_at) \
-             VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5)",
+                                 next_attempt_at, created_at, ordered) \
+             VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, \
+                     COALESCE((SELECT ordered FROM sink_settings WHERE sink = $2), FALSE))",
         )
         .await
         .map_err(db)?;
@@ -834,8 +866,11 @@ async fn accept_one(
                 .query_one(
                     "INSERT INTO outbox (event_id, sink, route, session_id, status, attempts, \
                                          next_attempt_at, created_at, lease_until, \
-                                         lease_owner, respond_to) \
-                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $6, $7, $8) RETURNING id",
+                                         lease_owner, respond_to, ordered) \
+                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $6, $7, $8, \
+                             COALESCE((SELECT ordered FROM sink_settings WHERE sink = $2), \
+                                      FALSE)) \
+                     RETURNING id",
                     &[
                         &e.event_id,
                         &r.sink,
@@ -882,7 +917,6 @@ async fn claim(
     sink: &str,
     limit: usize,
     lease_ms: i64,
-    ordered: bool,
 ) -> Result<Vec<Claimed>, tokio_postgres::Error> {
     let token = ulid::Ulid::new().to_string();
     let st = c
@@ -891,10 +925,10 @@ async fn claim(
                SELECT o.id FROM outbox o \
                WHERE o.sink = $4 AND o.status = 'pending' AND o.next_attempt_at <= $1 \
                  AND (o.lease_until IS NULL OR o.lease_until < $1) \
-                 AND (NOT $5 OR NOT EXISTS ( \
+                 AND (NOT o.ordered OR NOT EXISTS ( \
                    SELECT 1 FROM outbox p WHERE p.sink = o.sink AND p.session_id = o.session_id \
-                     AND p.status = 'pending' AND p.id < o.id)) \
-               ORDER BY o.next_attempt_at, o.id LIMIT $6 \
+                     AND p.ordered AND p.status = 'pending' AND p.id < o.id)) \
+               ORDER BY o.next_attempt_at, o.id LIMIT $5 \
                FOR UPDATE SKIP LOCKED) \
              UPDATE outbox SET lease_until = $1 + $2, lease_owner = $3 \
              FROM due WHERE outbox.id = due.id \
@@ -908,10 +942,7 @@ async fn claim(
         )
         .await?;
     let rows = c
-        .query(
-            &st,
-            &[&now, &lease_ms, &token, &sink, &ordered, &(limit as i64)],
-        )
+        .query(&st, &[&now, &lease_ms, &token, &sink, &(limit as i64)])
         .await?;
     let mut out: Vec<Claimed> = rows
         .iter()
@@ -1019,8 +1050,10 @@ async fn settle(
             if !on_late.is_empty() {
                 tx.execute(
                     "INSERT INTO outbox (event_id, sink, route, session_id, status, attempts, \
-                                         next_attempt_at, created_at, result) \
-                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $6)",
+                                         next_attempt_at, created_at, result, ordered) \
+                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $6, \
+                             COALESCE((SELECT ordered FROM sink_settings WHERE sink = $2), \
+                                      FALSE))",
                     &[
                         &claim.event_id,
                         on_late,

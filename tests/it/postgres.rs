@@ -122,12 +122,20 @@ async fn replicas_starting_together_migrate_once() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let n: i64 = db
-        .query_one("SELECT count(*) FROM cognihook_migrations", &[])
+    let row = db
+        .query_one(
+            "SELECT count(*), count(DISTINCT version), max(version) FROM cognihook_migrations",
+            &[],
+        )
         .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 1);
+        .unwrap();
+    let (rows, versions, last): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert!(last >= 2, "every migration ran: {last}");
+    assert_eq!(
+        (rows, versions),
+        (last, last),
+        "each migration ran exactly once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,17 +191,18 @@ async fn ordered_claims_hold_a_session_back_across_replicas() {
     let open = || cognihook::store::postgres::PgStore::open(&url, &config);
     let one = Store::Postgres(std::sync::Arc::new(open().await.unwrap()));
     let two = Store::Postgres(std::sync::Arc::new(open().await.unwrap()));
+    one.configure_sinks(&[("x".into(), true)]).await.unwrap();
     for k in ["1", "2"] {
         let mut a = crate::store_suite::acceptance(&format!("ord{k}"), "same", &["x"]);
         a.event.correlation_id = format!("ord{k}");
         one.accept(a).await.unwrap();
     }
     let lease = Duration::from_secs(60);
-    let first = one.claim("x", 10, lease, true).await.unwrap();
+    let first = one.claim("x", 10, lease).await.unwrap();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].correlation_id, "ord1");
     assert!(
-        two.claim("x", 10, lease, true).await.unwrap().is_empty(),
+        two.claim("x", 10, lease).await.unwrap().is_empty(),
         "the other replica may not take the session's next event"
     );
     let done = Settlement::Delivered {
@@ -201,7 +210,7 @@ async fn ordered_claims_hold_a_session_back_across_replicas() {
         result: None,
     };
     assert!(one.settle(&first[0], done).await.unwrap());
-    let next = two.claim("x", 10, lease, true).await.unwrap();
+    let next = two.claim("x", 10, lease).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].correlation_id, "ord2");
 }
@@ -234,10 +243,7 @@ async fn maintenance_prunes_what_expired_and_keeps_undelivered_events() {
         .accept(crate::store_suite::acceptance("waiting", "s2", &["y"]))
         .await
         .unwrap();
-    let claimed = store
-        .claim("x", 1, Duration::from_secs(60), false)
-        .await
-        .unwrap();
+    let claimed = store.claim("x", 1, Duration::from_secs(60)).await.unwrap();
     let done = Settlement::Delivered {
         duration_ms: 1,
         result: None,

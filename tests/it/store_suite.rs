@@ -190,12 +190,9 @@ async fn claims_lease_rows_and_settlements_record_every_attempt() {
                 .await
                 .unwrap();
         }
-        let claimed = s.claim("x", 10, LEASE, false).await.unwrap();
+        let claimed = s.claim("x", 10, LEASE).await.unwrap();
         assert_eq!(claimed.len(), 3, "{}", b.name);
-        assert!(
-            s.claim("x", 10, LEASE, false).await.unwrap().is_empty(),
-            "leased"
-        );
+        assert!(s.claim("x", 10, LEASE).await.unwrap().is_empty(), "leased");
         let delivered = Settlement::Delivered {
             duration_ms: 3,
             result: None,
@@ -219,7 +216,7 @@ async fn claims_lease_rows_and_settlements_record_every_attempt() {
             .await
             .unwrap();
         assert_eq!(held, [true, true, true]);
-        let again = s.claim("x", 10, LEASE, false).await.unwrap();
+        let again = s.claim("x", 10, LEASE).await.unwrap();
         assert_eq!(again.len(), 1, "only the retried row is due");
         assert_eq!(again[0].attempts, 1);
         let (total, items) = s
@@ -250,7 +247,7 @@ async fn claims_lease_rows_and_settlements_record_every_attempt() {
             .map(|a| a.outcome.as_str())
             .collect();
         assert_eq!(outcomes, ["dead_lettered", "replayed"], "{}", b.name);
-        let replayed = s.claim("x", 10, LEASE, false).await.unwrap();
+        let replayed = s.claim("x", 10, LEASE).await.unwrap();
         assert_eq!(
             replayed.len(),
             1,
@@ -282,6 +279,7 @@ async fn claims_lease_rows_and_settlements_record_every_attempt() {
 async fn ordered_claims_take_one_event_per_session_in_order() {
     for b in backends().await {
         let s = &b.store;
+        s.configure_sinks(&[("x".into(), true)]).await.unwrap();
         for k in ["1", "2", "3"] {
             s.accept(acceptance(&format!("o{k}"), "same", &["x"]))
                 .await
@@ -290,7 +288,7 @@ async fn ordered_claims_take_one_event_per_session_in_order() {
         s.accept(acceptance("other", "different", &["x"]))
             .await
             .unwrap();
-        let first = s.claim("x", 10, LEASE, true).await.unwrap();
+        let first = s.claim("x", 10, LEASE).await.unwrap();
         let keys: Vec<_> = first.iter().map(|c| c.correlation_id.clone()).collect();
         assert_eq!(keys, ["corr-o1", "corr-other"], "{}", b.name);
         let delivered = Settlement::Delivered {
@@ -298,9 +296,27 @@ async fn ordered_claims_take_one_event_per_session_in_order() {
             result: None,
         };
         s.settle(&first[0], delivered).await.unwrap();
-        let next = s.claim("x", 10, LEASE, true).await.unwrap();
+        let next = s.claim("x", 10, LEASE).await.unwrap();
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].correlation_id, "corr-o2", "{}", b.name);
+        s.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_switched_to_ordered_holds_back_rows_written_before_the_switch() {
+    for b in backends().await {
+        let s = &b.store;
+        s.configure_sinks(&[("x".into(), false)]).await.unwrap();
+        for k in ["1", "2"] {
+            s.accept(acceptance(&format!("sw{k}"), "same", &["x"]))
+                .await
+                .unwrap();
+        }
+        s.configure_sinks(&[("x".into(), true)]).await.unwrap();
+        let first = s.claim("x", 10, LEASE).await.unwrap();
+        let keys: Vec<_> = first.iter().map(|c| c.correlation_id.clone()).collect();
+        assert_eq!(keys, ["corr-sw1"], "{}", b.name);
         s.close().await;
     }
 }
@@ -311,12 +327,12 @@ async fn an_expired_lease_frees_the_row_and_the_old_claim_cannot_settle() {
         let s = &b.store;
         s.accept(acceptance("k", "s", &["x"])).await.unwrap();
         let short = Duration::from_millis(1);
-        let first = s.claim("x", 10, short, false).await.unwrap();
+        let first = s.claim("x", 10, short).await.unwrap();
         assert_eq!(first.len(), 1);
         // Wait until the lease has passed (a condition, not a guess).
         let mut again = Vec::new();
         for _ in 0..200 {
-            again = s.claim("x", 10, LEASE, false).await.unwrap();
+            again = s.claim("x", 10, LEASE).await.unwrap();
             if !again.is_empty() {
                 break;
             }
@@ -353,16 +369,13 @@ async fn a_respond_row_is_held_for_the_request_and_a_late_answer_queues_on_late(
         else {
             panic!("{}: no held row", b.name);
         };
-        assert!(
-            s.claim("api", 10, LEASE, false).await.unwrap().is_empty(),
-            "held"
-        );
+        assert!(s.claim("api", 10, LEASE).await.unwrap().is_empty(), "held");
         let late = Settlement::Delivered {
             duration_ms: 9,
             result: Some(r#"{"orderStatus":"shipped"}"#.into()),
         };
         assert!(s.settle(&held, late).await.unwrap());
-        let rows = s.claim("late", 10, LEASE, false).await.unwrap();
+        let rows = s.claim("late", 10, LEASE).await.unwrap();
         assert_eq!(rows.len(), 1, "{}", b.name);
         let body: serde_json::Value = serde_json::from_slice(&rows[0].body).unwrap();
         assert_eq!(body["upstreamResult"]["orderStatus"], "shipped");

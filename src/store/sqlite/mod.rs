@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_spent_signatures.sql"),
     include_str!("../migrations/sqlite/0003_respond.sql"),
+    include_str!("../migrations/sqlite/0004_ordered_sinks.sql"),
 ];
 
 /// How often the writer prunes expired rows when it is idle or between groups.
@@ -306,11 +307,18 @@ impl SqliteStore {
         sink: &str,
         limit: usize,
         lease: Duration,
-        ordered: bool,
     ) -> Result<Vec<Claimed>, StoreError> {
         let sink = sink.to_string();
         let lease_ms = millis(lease);
-        self.job(move |c, now| outbox::claim(c, now, &sink, limit, lease_ms, ordered))
+        self.job(move |c, now| outbox::claim(c, now, &sink, limit, lease_ms))
+            .await
+    }
+
+    pub(super) async fn configure_sinks(
+        &self,
+        sinks: Vec<(String, bool)>,
+    ) -> Result<(), StoreError> {
+        self.job(move |c, _| outbox::configure_sinks(c, &sinks))
             .await
     }
 
@@ -773,8 +781,9 @@ fn accept_one(
     for sink in &a.sinks {
         tx.prepare_cached(
             "INSERT INTO outbox (event_id, sink, route, session_id, status, attempts, \
-                                 next_attempt_at, created_at) \
-             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5)",
+                                 next_attempt_at, created_at, ordered) \
+             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, \
+                     coalesce((SELECT ordered FROM sink_settings WHERE sink = ?2), 0))",
         )
         .and_then(|mut st| st.execute(params![e.event_id, sink, e.route, e.session_id, now]))
         .map_err(unavailable)?;
@@ -786,8 +795,9 @@ fn accept_one(
             tx.prepare_cached(
                 "INSERT INTO outbox (event_id, sink, route, session_id, status, attempts, \
                                      next_attempt_at, created_at, lease_until, lease_owner, \
-                                     respond_to) \
-                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?6, ?7, ?8)",
+                                     respond_to, ordered) \
+                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?6, ?7, ?8, \
+                         coalesce((SELECT ordered FROM sink_settings WHERE sink = ?2), 0))",
             )
             .and_then(|mut st| {
                 st.execute(params![
@@ -1206,22 +1216,18 @@ mod tests {
         rt.block_on(store.accept(acceptance("k", "s", &["a"])))
             .expect("commit");
         let lease = Duration::from_secs(60);
-        let first = rt
-            .block_on(store.claim("a", 10, lease, false))
-            .expect("claim");
+        let first = rt.block_on(store.claim("a", 10, lease)).expect("claim");
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].attempts, 0);
         assert!(rt
-            .block_on(store.claim("a", 10, lease, false))
+            .block_on(store.claim("a", 10, lease))
             .expect("claim")
             .is_empty());
         // Let the lease run out, as after a crash mid-delivery.
         let c = Connection::open(dir.path().join("cognihook.db")).expect("open");
         c.execute("UPDATE outbox SET lease_until = lease_until - 120000", [])
             .expect("age lease");
-        let second = rt
-            .block_on(store.claim("a", 10, lease, false))
-            .expect("claim");
+        let second = rt.block_on(store.claim("a", 10, lease)).expect("claim");
         assert_eq!(second.len(), 1);
         assert_ne!(second[0].lease_token, first[0].lease_token);
         let done = Settlement::Delivered {
@@ -1245,6 +1251,8 @@ mod tests {
             SqliteStore::open(&config(dir.path())).expect("open"),
         ));
         let rt = runtime();
+        rt.block_on(store.configure_sinks(&[("a".to_string(), true)]))
+            .expect("configure");
         for k in ["k1", "k2", "k3"] {
             rt.block_on(store.accept(acceptance(k, "same", &["a"])))
                 .expect("commit");
@@ -1252,9 +1260,7 @@ mod tests {
         rt.block_on(store.accept(acceptance("other", "s2", &["a"])))
             .expect("commit");
         let lease = Duration::from_secs(60);
-        let claimed = rt
-            .block_on(store.claim("a", 10, lease, true))
-            .expect("claim");
+        let claimed = rt.block_on(store.claim("a", 10, lease)).expect("claim");
         let corr: Vec<&str> = claimed.iter().map(|c| c.correlation_id.as_str()).collect();
         assert_eq!(
             corr,
@@ -1269,9 +1275,7 @@ mod tests {
         };
         rt.block_on(store.settle(&claimed[0], retry))
             .expect("settle");
-        let again = rt
-            .block_on(store.claim("a", 10, lease, true))
-            .expect("claim");
+        let again = rt.block_on(store.claim("a", 10, lease)).expect("claim");
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].correlation_id, "corr-k1");
         assert_eq!(again[0].attempts, 1);
@@ -1283,14 +1287,12 @@ mod tests {
             },
         ))
         .expect("settle");
-        let next = rt
-            .block_on(store.claim("a", 10, lease, true))
-            .expect("claim");
+        let next = rt.block_on(store.claim("a", 10, lease)).expect("claim");
         assert_eq!(next[0].correlation_id, "corr-k2");
-        // Unordered claims take everything due.
-        let all = rt
-            .block_on(store.claim("a", 10, lease, false))
-            .expect("claim");
+        // Switched to unordered, the sink's claims take everything due.
+        rt.block_on(store.configure_sinks(&[("a".to_string(), false)]))
+            .expect("configure");
+        let all = rt.block_on(store.claim("a", 10, lease)).expect("claim");
         assert_eq!(all.len(), 1, "k3 (k2 and other are leased)");
     }
 

@@ -23,7 +23,6 @@ pub(super) fn claim(
     sink: &str,
     limit: usize,
     lease_ms: i64,
-    ordered: bool,
 ) -> rusqlite::Result<Vec<Claimed>> {
     let token = ulid::Ulid::new().to_string();
     let mut ids: Vec<ClaimedRow> = c
@@ -33,16 +32,15 @@ pub(super) fn claim(
                SELECT o.id FROM outbox o \
                WHERE o.sink = ?4 AND o.status = 'pending' AND o.next_attempt_at <= ?1 \
                  AND (o.lease_until IS NULL OR o.lease_until < ?1) \
-                 AND (?5 = 0 OR NOT EXISTS ( \
+                 AND (o.ordered = 0 OR NOT EXISTS ( \
                    SELECT 1 FROM outbox p WHERE p.sink = o.sink AND p.session_id = o.session_id \
-                     AND p.status = 'pending' AND p.id < o.id)) \
-               ORDER BY o.next_attempt_at, o.id LIMIT ?6) \
+                     AND p.ordered = 1 AND p.status = 'pending' AND p.id < o.id)) \
+               ORDER BY o.next_attempt_at, o.id LIMIT ?5) \
              RETURNING id, event_id, attempts, respond_to, result",
         )?
-        .query_map(
-            params![now, lease_ms, token, sink, ordered, limit as i64],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )?
+        .query_map(params![now, lease_ms, token, sink, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
         .collect::<rusqlite::Result<_>>()?;
     ids.sort_unstable_by_key(|(id, ..)| *id);
     let mut event = c.prepare_cached(
@@ -80,6 +78,25 @@ pub(super) fn claim(
         });
     }
     Ok(out)
+}
+
+/// Records which configured sinks deliver in session order, and marks their undelivered rows
+/// (pending, and dead letters a replay may bring back) to match: a sink may have been switched
+/// since they were written. Sinks no longer configured keep their rows as they are.
+pub(super) fn configure_sinks(c: &Connection, sinks: &[(String, bool)]) -> rusqlite::Result<()> {
+    let mut record = c.prepare_cached(
+        "INSERT INTO sink_settings (sink, ordered) VALUES (?1, ?2) \
+         ON CONFLICT (sink) DO UPDATE SET ordered = excluded.ordered",
+    )?;
+    let mut mark = c.prepare_cached(
+        "UPDATE outbox SET ordered = ?2 \
+         WHERE sink = ?1 AND status IN ('pending', 'dead') AND ordered <> ?2",
+    )?;
+    for (sink, ordered) in sinks {
+        record.execute(params![sink, ordered])?;
+        mark.execute(params![sink, ordered])?;
+    }
+    Ok(())
 }
 
 /// A claimed row before its event is read: id, event id, attempts, respond_to, result.
@@ -165,8 +182,9 @@ pub(super) fn settle(
             if !on_late.is_empty() {
                 c.prepare_cached(
                     "INSERT INTO outbox (event_id, sink, route, session_id, status, attempts, \
-                                         next_attempt_at, created_at, result) \
-                     VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?6)",
+                                         next_attempt_at, created_at, result, ordered) \
+                     VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?6, \
+                             coalesce((SELECT ordered FROM sink_settings WHERE sink = ?2), 0))",
                 )?
                 .execute(params![
                     claim.event_id,
