@@ -1197,7 +1197,8 @@ async fn run_maintenance(pool: Pool, s: Arc<Settings>) {
 
 /// One pass of pruning, in bounded batches (as the embedded store does): idempotency
 /// records past the window, spent signatures past their tolerance, sessions idle past the
-/// TTL, delivered rows and events past retention (an event stays while it has an outbox row).
+/// TTL, delivered rows (with their attempt records) and events past retention (an event stays
+/// while it has an outbox row).
 async fn maintain(pool: &Pool, s: &Settings) -> Result<(), String> {
     let c = pool.get().await.map_err(|e| e.to_string())?;
     let now = crate::now_millis();
@@ -1219,8 +1220,9 @@ async fn maintain(pool: &Pool, s: &Settings) -> Result<(), String> {
             &[&(now - s.session_ttl_ms)],
         ),
         (
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-             WHERE status = 'delivered' AND event_id < $1 LIMIT 5000)",
+            "WITH gone AS (DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
+               WHERE status = 'delivered' AND event_id < $1 LIMIT 5000) RETURNING id) \
+             DELETE FROM delivery_attempts WHERE outbox_id IN (SELECT id FROM gone)",
             &[&oldest_kept],
         ),
         (

@@ -271,6 +271,11 @@ async fn maintenance_prunes_what_expired_and_keeps_undelivered_events() {
         "the pending row stays"
     );
     assert_eq!(
+        n("SELECT count(*) FROM delivery_attempts").await,
+        0,
+        "the delivered row's attempt record goes with it"
+    );
+    assert_eq!(
         n("SELECT count(*) FROM events").await,
         1,
         "the undelivered event stays"

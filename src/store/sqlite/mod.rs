@@ -855,9 +855,9 @@ struct MaintenanceCursor {
     session_after: String,
 }
 
-/// Prunes what has expired: idempotency records past the window, events past retention that
-/// have no undelivered outbox row (event ids are ULIDs, so "older than" is an id range), and
-/// a bounded chunk of expired sessions.
+/// Prunes what has expired: idempotency records past the window, delivered outbox rows (with
+/// their attempt records) and events past retention that have no undelivered outbox row (event
+/// ids are ULIDs, so "older than" is an id range), and a bounded chunk of expired sessions.
 fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut MaintenanceCursor) {
     let now = crate::now_millis();
     let cutoff_ms = u64::try_from(now - s.retention_ms).unwrap_or(0);
@@ -870,6 +870,12 @@ fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut MaintenanceCurso
         conn.execute(
             "DELETE FROM spent_signatures WHERE expires_at < ?1",
             params![now / 1000],
+        )?;
+        // A delivered row's attempt records go with it.
+        conn.execute(
+            "DELETE FROM delivery_attempts WHERE outbox_id IN \
+               (SELECT id FROM outbox WHERE status = 'delivered' AND event_id < ?1)",
+            params![oldest_kept],
         )?;
         conn.execute(
             "DELETE FROM outbox WHERE status = 'delivered' AND event_id < ?1",
@@ -1164,6 +1170,17 @@ mod tests {
                 .expect("commit");
             rt.block_on(store.accept(acceptance("b", "s2", &["orders"])))
                 .expect("commit");
+            rt.block_on(store.accept(acceptance("c", "s3", &["audit"])))
+                .expect("commit");
+            let claimed = rt
+                .block_on(store.claim("audit", 1, Duration::from_secs(60)))
+                .expect("claim");
+            let delivered = Settlement::Delivered {
+                duration_ms: 1,
+                result: None,
+            };
+            rt.block_on(store.settle_many(vec![(claimed[0].clone(), delivered)]))
+                .expect("settle");
             rt.block_on(store.close());
             store.path().to_path_buf()
         };
@@ -1185,7 +1202,16 @@ mod tests {
             1,
             "the undelivered event stays"
         );
-        assert_eq!(n("SELECT count(*) FROM outbox WHERE status = 'pending'"), 1);
+        assert_eq!(
+            n("SELECT count(*) FROM outbox"),
+            1,
+            "only the pending row stays"
+        );
+        assert_eq!(
+            n("SELECT count(*) FROM delivery_attempts"),
+            0,
+            "the delivered row's attempt record goes with it"
+        );
 
         // Nothing expires under the default windows.
         let c2 = Connection::open(&path).expect("open");
