@@ -1126,8 +1126,7 @@ impl StoreConfig {
     pub fn backend(&self) -> Result<Backend, String> {
         match &self.url {
             Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-                u.parse::<tokio_postgres::Config>()
-                    .map_err(|e| format!("store.url is not a valid PostgreSQL URL: {e}"))?;
+                crate::store::pg_conn::PgTarget::parse(u)?;
                 Ok(Backend::Postgres(u.clone()))
             }
             _ => self.sqlite_path().map(Backend::Sqlite),
@@ -1339,6 +1338,20 @@ mod tests {
         assert!(err.0.iter().any(|p| p.contains("server.lisen")), "{err}");
         assert!(err.0.iter().any(|p| p.contains("limits.max_bdy")), "{err}");
         assert!(err.0.iter().any(|p| p.contains("bogus")), "{err}");
+    }
+
+    #[test]
+    fn a_postgres_url_with_unusable_tls_options_is_a_config_problem() {
+        for (url, says) in [
+            ("postgres://db/x?sslmode=prefer", "falls back to plain text"),
+            (
+                "postgres://db/x?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+                "cannot be read",
+            ),
+        ] {
+            let err = Config::load(None, &env(&[("COGNIHOOK_DATABASE_URL", url)])).expect_err(url);
+            assert!(err.0.iter().any(|p| p.contains(says)), "{url}: {err}");
+        }
     }
 
     #[test]

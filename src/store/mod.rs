@@ -6,6 +6,7 @@
 //! gets the original answer back. `Store` is an enum over backends; only the embedded SQLite
 //! backend exists in this version.
 
+pub mod pg_conn;
 pub mod postgres;
 pub mod sqlite;
 

@@ -25,6 +25,9 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::pg_conn::{PgTarget, PgTls};
 
 use super::{
     AcceptOutcome, Acceptance, Attempt, Claimed, DeadLetter, DeadLetterFilter, Delivery, Journey,
@@ -53,6 +56,21 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// An error with its causes (a failed TLS handshake says why only in its source), each once.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
 struct Settings {
     max_batch: usize,
     idempotency_window_ms: i64,
@@ -77,21 +95,22 @@ pub struct PgStore {
     maintenance: tokio::task::JoinHandle<()>,
     settings: Arc<Settings>,
     url: String,
+    target: PgTarget,
 }
 
-/// Builds a pool for a `postgres://` URL (TLS is not supported: use a local or tunnelled
-/// connection).
-fn pool(url: &str, size: usize) -> Result<Pool, String> {
-    let pg: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| format!("store.url is not a PostgreSQL URL: {e}"))?;
-    let mgr = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
+/// Builds a pool for a parsed `store.url`, with TLS when its `sslmode` asks for it.
+fn pool(target: &PgTarget, size: usize) -> Result<Pool, String> {
+    let manager = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let mgr = match &target.tls {
+        PgTls::Off => Manager::from_config(target.config.clone(), NoTls, manager),
+        PgTls::On { client, .. } => Manager::from_config(
+            target.config.clone(),
+            MakeRustlsConnect::new((**client).clone()),
+            manager,
+        ),
+    };
     Pool::builder(mgr)
         .max_size(size)
         .wait_timeout(Some(CONNECT_WAIT))
@@ -107,7 +126,7 @@ async fn migrate(pool: &Pool) -> Result<(), String> {
     let mut c = pool
         .get()
         .await
-        .map_err(|e| format!("cannot connect to PostgreSQL: {e}"))?;
+        .map_err(|e| format!("cannot connect to PostgreSQL: {}", with_causes(&e)))?;
     let tx = c
         .transaction()
         .await
@@ -153,7 +172,8 @@ impl PgStore {
     /// Connects, migrates, and starts the writer and maintenance tasks. Must run inside a
     /// Tokio runtime.
     pub async fn open(url: &str, config: &StoreConfig) -> Result<PgStore, String> {
-        let pool = pool(url, 16)?;
+        let target = PgTarget::parse(url)?;
+        let pool = pool(&target, 16)?;
         migrate(&pool).await?;
         let settings = Arc::new(Settings {
             max_batch: config.max_batch.max(1),
@@ -189,6 +209,7 @@ impl PgStore {
             maintenance,
             settings,
             url: url.to_string(),
+            target,
         })
     }
 
@@ -229,7 +250,10 @@ impl PgStore {
 
     /// A pooled connection, or `Unavailable` within [`CONNECT_WAIT`].
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(unavailable)
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(with_causes(&e)))
     }
 
     pub(super) async fn ready(&self) -> bool {
@@ -522,10 +546,17 @@ impl PgStore {
         self: &Arc<Self>,
         wake: impl Fn() + Send + Sync + 'static,
     ) -> tokio::task::JoinHandle<()> {
-        let url = self.url.clone();
+        let target = self.target.clone();
         tokio::spawn(async move {
             loop {
-                if let Err(e) = listen_once(&url, &wake).await {
+                let listened = match &target.tls {
+                    PgTls::Off => listen_once(&target.config, NoTls, &wake).await,
+                    PgTls::On { client, .. } => {
+                        let tls = MakeRustlsConnect::new((**client).clone());
+                        listen_once(&target.config, tls, &wake).await
+                    }
+                };
+                if let Err(e) = listened {
                     tracing::warn!(error = %e, "outbox notifications lost; reconnecting");
                 }
                 wake();
@@ -546,11 +577,17 @@ impl PgStore {
     }
 }
 
-async fn listen_once(url: &str, wake: &(impl Fn() + Send + Sync)) -> Result<(), String> {
+async fn listen_once<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+    wake: &(impl Fn() + Send + Sync),
+) -> Result<(), String>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
     use futures_util::StreamExt;
-    let (client, mut conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (client, mut conn) = config.connect(tls).await.map_err(|e| with_causes(&e))?;
     let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
     let statement = format!("LISTEN {NOTIFY_CHANNEL}");
     let listen = client.batch_execute(&statement);

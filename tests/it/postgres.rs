@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use crate::store_suite::fresh_pg_schema;
+use crate::support::pg_tls_front::PgTlsFront;
 use crate::support::sink_server::{wait_until, SinkServer};
 use crate::support::tcp_proxy::TcpProxy;
 use crate::support::{flow_body, TestApp};
@@ -280,4 +281,111 @@ async fn maintenance_prunes_what_expired_and_keeps_undelivered_events() {
         1,
         "the undelivered event stays"
     );
+}
+
+/// The schema URL of `fresh_pg_schema`, pointed at `front` with `host` as the name TLS checks
+/// (the connection itself goes to 127.0.0.1) and `tls` added to its options.
+fn via_front(url: &str, front: &PgTlsFront, host: &str, tls: &str) -> String {
+    let pg: tokio_postgres::Config = url.parse().unwrap();
+    let user = pg.get_user().unwrap_or("postgres");
+    let db = pg.get_dbname().unwrap_or("test");
+    let options: String =
+        form_urlencoded::byte_serialize(pg.get_options().unwrap_or("").as_bytes()).collect();
+    format!(
+        "postgres://{user}@{host}:{}/{db}?hostaddr=127.0.0.1&options={options}&{tls}",
+        front.addr.port()
+    )
+}
+
+async fn front_for_test() -> Option<(String, PgTlsFront)> {
+    let url = fresh_pg_schema().await?;
+    let pg: tokio_postgres::Config = url.parse().unwrap();
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    Some((url, PgTlsFront::start(([127, 0, 0, 1], port).into()).await))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_store_verifies_the_server_and_works() {
+    use cognihook::store::{Settlement, Store};
+    let Some((url, front)) = front_for_test().await else {
+        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let tls = format!(
+        "sslmode=verify-full&sslrootcert={}",
+        front.ca_file.display()
+    );
+    let tls_url = via_front(&url, &front, "localhost", &tls);
+    let config = cognihook::config::StoreConfig::default();
+    let pg = std::sync::Arc::new(
+        cognihook::store::postgres::PgStore::open(&tls_url, &config)
+            .await
+            .unwrap(),
+    );
+    assert!(front.handshakes() >= 1, "the store connected through TLS");
+    let store = Store::Postgres(pg.clone());
+    store
+        .accept(crate::store_suite::acceptance("tls-1", "s-tls", &["x"]))
+        .await
+        .unwrap();
+    let claimed = store.claim("x", 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let done = Settlement::Delivered {
+        duration_ms: 1,
+        result: None,
+    };
+    assert!(store.settle(&claimed[0], done).await.unwrap());
+    // The notification listener connects through TLS too.
+    let before = front.handshakes();
+    let listener = pg.listen(|| {});
+    wait_until("the listener's TLS handshake", T, || {
+        front.handshakes() > before
+    })
+    .await;
+    listener.abort();
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_refuses_a_server_it_cannot_verify_and_verify_ca_skips_only_the_name() {
+    let Some((url, front)) = front_for_test().await else {
+        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let config = cognihook::config::StoreConfig::default();
+    let open = |u: String| {
+        let config = config.clone();
+        async move { cognihook::store::postgres::PgStore::open(&u, &config).await }
+    };
+    let ca = front.ca_file.display().to_string();
+
+    // The front speaks TLS only: a plain connection gets nowhere.
+    let plain = open(via_front(&url, &front, "localhost", "sslmode=disable")).await;
+    assert!(
+        plain.is_err(),
+        "a plain connection must not reach the database"
+    );
+
+    // Trusting only the Mozilla roots, the test CA's certificate is refused.
+    let e = open(via_front(&url, &front, "localhost", "sslmode=require"))
+        .await
+        .err()
+        .expect("an unknown issuer must be refused");
+    assert!(e.contains("UnknownIssuer"), "{e}");
+
+    // The certificate names `localhost`; reached as 127.0.0.1, verify-full refuses it...
+    let by_ip = format!("sslmode=verify-full&sslrootcert={ca}");
+    let e = open(via_front(&url, &front, "127.0.0.1", &by_ip))
+        .await
+        .err()
+        .expect("a name mismatch must be refused");
+    assert!(e.contains("not valid for name"), "{e}");
+    // ...and verify-ca, which checks the chain only, takes it.
+    let chain_only = format!("sslmode=verify-ca&sslrootcert={ca}");
+    let store = open(via_front(&url, &front, "127.0.0.1", &chain_only))
+        .await
+        .unwrap();
+    cognihook::store::Store::Postgres(std::sync::Arc::new(store))
+        .close()
+        .await;
 }

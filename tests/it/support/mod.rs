@@ -5,6 +5,7 @@
 
 pub mod binary;
 pub mod cognigy_emulator;
+pub mod pg_tls_front;
 pub mod sink_server;
 pub mod tcp_proxy;
 

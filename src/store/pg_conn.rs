@@ -1,0 +1,285 @@
+//! How cognihook connects to PostgreSQL: the `store.url` with its TLS options (`sslmode`,
+//! `sslrootcert`, named as libpq names them) taken out and turned into a rustls connector.
+//!
+//! | `sslmode`            | connection                                                         |
+//! |----------------------|--------------------------------------------------------------------|
+//! | absent, `disable`    | plain TCP (the URL asks for nothing else)                          |
+//! | `require`            | TLS or nothing; the server's certificate is verified, name included |
+//! | `verify-full`        | the same                                                           |
+//! | `verify-ca`          | TLS; the chain is verified, the host name is not                   |
+//! | `prefer`, `allow`    | refused: they fall back to plain text without saying so             |
+//!
+//! `require` verifies more than libpq's `require` does (libpq checks nothing without a root
+//! certificate): an unverified TLS connection stops only passive listeners. Trust comes from
+//! `sslrootcert` (a PEM file of CA certificates) or, without it, the Mozilla roots.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::SslMode;
+
+/// A parsed `store.url`.
+#[derive(Clone)]
+pub struct PgTarget {
+    /// The connection settings, TLS options removed.
+    pub config: tokio_postgres::Config,
+    pub tls: PgTls,
+}
+
+/// The TLS a connection uses.
+#[derive(Clone)]
+pub enum PgTls {
+    Off,
+    /// TLS required, with this client configuration (trust roots and verifier).
+    On {
+        client: Arc<rustls::ClientConfig>,
+        /// For messages: `verify-full` or `verify-ca`.
+        mode: &'static str,
+    },
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tls = match &self.tls {
+            PgTls::Off => "off",
+            PgTls::On { mode, .. } => mode,
+        };
+        f.debug_struct("PgTarget").field("tls", &tls).finish()
+    }
+}
+
+impl PgTarget {
+    /// Parses a `postgres://` URL, reading the `sslrootcert` file if it names one.
+    pub fn parse(url: &str) -> Result<PgTarget, String> {
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (url, ""),
+        };
+        let mut sslmode = None;
+        let mut rootcert = None;
+        let mut rest = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "sslmode" => sslmode = Some(v.into_owned()),
+                "sslrootcert" => rootcert = Some(PathBuf::from(v.into_owned())),
+                _ => {
+                    rest.append_pair(&k, &v);
+                }
+            }
+        }
+        let rest = rest.finish();
+        let stripped = if rest.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{rest}")
+        };
+        let mut config: tokio_postgres::Config = stripped
+            .parse()
+            .map_err(|e| format!("store.url is not a valid PostgreSQL URL: {e}"))?;
+        let verify_name = match sslmode.as_deref() {
+            None | Some("disable") => {
+                if rootcert.is_some() {
+                    return Err("store.url: sslrootcert is set but TLS is not; add \
+                                sslmode=verify-full (or verify-ca)"
+                        .into());
+                }
+                config.ssl_mode(SslMode::Disable);
+                return Ok(PgTarget {
+                    config,
+                    tls: PgTls::Off,
+                });
+            }
+            Some("require" | "verify-full") => true,
+            Some("verify-ca") => false,
+            Some(m @ ("prefer" | "allow")) => {
+                return Err(format!(
+                    "store.url: sslmode={m} is not supported: it falls back to plain text \
+                     without a word; use disable, require, verify-ca or verify-full"
+                ))
+            }
+            Some(other) => {
+                return Err(format!(
+                    "store.url: unknown sslmode `{other}` (disable, require, verify-ca, \
+                     verify-full)"
+                ))
+            }
+        };
+        let roots = match &rootcert {
+            Some(path) => roots_from(path)?,
+            None => RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            },
+        };
+        config.ssl_mode(SslMode::Require);
+        Ok(PgTarget {
+            config,
+            tls: PgTls::On {
+                client: Arc::new(client_config(roots, verify_name)?),
+                mode: if verify_name {
+                    "verify-full"
+                } else {
+                    "verify-ca"
+                },
+            },
+        })
+    }
+}
+
+/// The CA certificates of a PEM file; an unreadable file or one without any is an error.
+fn roots_from(path: &PathBuf) -> Result<RootCertStore, String> {
+    let at = format!("store.url: sslrootcert `{}`", path.display());
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{at} cannot be read: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{at} is not a PEM file of certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{at} holds no certificate"));
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{at} holds a certificate rustls cannot use: {e}"))?;
+    }
+    Ok(roots)
+}
+
+fn client_config(roots: RootCertStore, verify_name: bool) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up failed: {e}"))?;
+    let config = if verify_name {
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| format!("TLS set-up failed: {e}"))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
+            .with_no_client_auth()
+    };
+    Ok(config)
+}
+
+/// `verify-ca`: the chain must lead to a trusted root; the name in the certificate need not
+/// match the host connected to.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(url: &str) -> String {
+        PgTarget::parse(url).expect_err(url)
+    }
+
+    #[test]
+    fn without_sslmode_the_connection_is_plain_and_other_options_stay() {
+        let t = PgTarget::parse(
+            "postgres://app@db.internal:6432/cgh?options=-csearch_path%3Dcgh&connect_timeout=3",
+        )
+        .expect("parse");
+        assert!(matches!(t.tls, PgTls::Off));
+        assert_eq!(t.config.get_ssl_mode(), SslMode::Disable);
+        assert_eq!(t.config.get_options(), Some("-csearch_path=cgh"));
+        assert_eq!(
+            t.config.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(3))
+        );
+        assert_eq!(t.config.get_user(), Some("app"));
+    }
+
+    #[test]
+    fn require_and_verify_modes_turn_tls_on_with_the_right_checks() {
+        for (url, mode) in [
+            ("postgres://h/db?sslmode=require", "verify-full"),
+            ("postgres://h/db?sslmode=verify-full", "verify-full"),
+            ("postgres://h/db?sslmode=verify-ca", "verify-ca"),
+        ] {
+            let t = PgTarget::parse(url).expect(url);
+            assert_eq!(t.config.get_ssl_mode(), SslMode::Require, "{url}");
+            match t.tls {
+                PgTls::On { mode: m, .. } => assert_eq!(m, mode, "{url}"),
+                PgTls::Off => panic!("{url}: TLS off"),
+            }
+        }
+    }
+
+    #[test]
+    fn modes_that_fall_back_to_plain_text_and_unknown_ones_are_refused() {
+        assert!(err("postgres://h/db?sslmode=prefer").contains("falls back to plain text"));
+        assert!(err("postgres://h/db?sslmode=allow").contains("falls back to plain text"));
+        assert!(err("postgres://h/db?sslmode=verify_full").contains("unknown sslmode"));
+    }
+
+    #[test]
+    fn a_root_certificate_file_must_exist_hold_certificates_and_come_with_tls() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let missing = dir.path().join("nope.pem");
+        let e = err(&format!(
+            "postgres://h/db?sslmode=verify-full&sslrootcert={}",
+            missing.display()
+        ));
+        assert!(e.contains("cannot be read"), "{e}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let e = err(&format!(
+            "postgres://h/db?sslmode=verify-full&sslrootcert={}",
+            empty.display()
+        ));
+        assert!(e.contains("holds no certificate"), "{e}");
+        let e = err(&format!("postgres://h/db?sslrootcert={}", empty.display()));
+        assert!(e.contains("TLS is not"), "{e}");
+    }
+}
