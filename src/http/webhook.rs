@@ -576,5 +576,11 @@ fn finish(
         r.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
+    if o.status == StatusCode::UNAUTHORIZED {
+        if let Some(c) = ep.route.auth.challenge() {
+            r.headers_mut()
+                .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+        }
+    }
     r
 }

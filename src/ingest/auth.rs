@@ -267,6 +267,11 @@ fn parse_timestamped(raw: &[u8]) -> Option<(i64, Vec<[u8; 32]>)> {
 }
 
 impl TimestampedVerifier {
+    /// Which convention the verifier follows.
+    pub fn kind(&self) -> TimestampedKind {
+        self.kind
+    }
+
     pub fn new(
         secrets: &[Secret],
         header: HeaderName,

@@ -34,6 +34,25 @@ pub enum Authenticator {
 }
 
 impl Authenticator {
+    /// The `WWW-Authenticate` challenge of a 401 (RFC 9110 §11.6.1 requires one): the HTTP
+    /// scheme for credentials, else the route's signature scheme by its configuration name.
+    pub fn challenge(&self) -> Option<&'static str> {
+        use auth::{CredentialScheme, TimestampedKind};
+        Some(match self {
+            Authenticator::Credentials(v) => match v.scheme() {
+                CredentialScheme::Basic => r#"Basic realm="cognihook", charset="UTF-8""#,
+                CredentialScheme::ApiKey => r#"ApiKey realm="cognihook""#,
+            },
+            Authenticator::Hmac(_) => r#"hmac-sha256 realm="cognihook""#,
+            Authenticator::Timestamped(v) => match v.kind() {
+                TimestampedKind::Cognihook => r#"hmac-sha256-timestamped realm="cognihook""#,
+                TimestampedKind::Jambonz => r#"jambonz realm="cognihook""#,
+            },
+            Authenticator::StandardWebhooks(_) => r#"standard-webhooks realm="cognihook""#,
+            Authenticator::None => return None,
+        })
+    }
+
     /// Checks a request at `now` (unix seconds).
     pub fn verify(
         &self,

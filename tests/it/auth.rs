@@ -306,3 +306,30 @@ auth = { scheme = "hmac-sha256-timestamped" }
         assert!(problems.contains(want), "missing {want:?} in:\n{problems}");
     }
 }
+
+#[tokio::test]
+async fn a_401_names_the_scheme_the_route_expects_in_www_authenticate() {
+    let app = spawn().await;
+    let body = flow_body("s-chal", "c-chal");
+    for (path, challenge) in [
+        ("/basic", r#"Basic realm="cognihook", charset="UTF-8""#),
+        ("/key", r#"ApiKey realm="cognihook""#),
+        ("/jz", r#"jambonz realm="cognihook""#),
+        ("/ts", r#"hmac-sha256-timestamped realm="cognihook""#),
+        ("/sw", r#"standard-webhooks realm="cognihook""#),
+    ] {
+        let r = app.post(path, &body, &[JSON]).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(
+            r.headers
+                .get(http::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok()),
+            Some(challenge),
+            "{path}"
+        );
+    }
+    let ok = app
+        .post("/open", &flow_body("s-chal", "c-chal-open"), &[JSON])
+        .await;
+    assert!(ok.headers.get(http::header::WWW_AUTHENTICATE).is_none());
+}

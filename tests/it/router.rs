@@ -135,6 +135,10 @@ async fn auth_failures_answer_401_with_specific_codes_and_never_the_expected_sig
 
     let a = call(&r, post("/webhook", &body, &[json_ct])).await;
     assert_error(&a, StatusCode::UNAUTHORIZED, "missing_signature");
+    assert_eq!(
+        a.headers["www-authenticate"],
+        r#"hmac-sha256 realm="cognihook""#
+    );
 
     let wrong = cognihook::ingest::auth::sign_hex(b"not-the-secret", &body);
     let a = call(
