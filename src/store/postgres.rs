@@ -515,7 +515,8 @@ impl PgStore {
                             count(*) FILTER (WHERE status = 'pending'), \
                             min(created_at) FILTER (WHERE status = 'pending'), \
                             count(*) FILTER (WHERE status = 'dead') \
-                     FROM outbox WHERE sink = ANY($1) AND status <> 'delivered' GROUP BY sink",
+                     FROM outbox WHERE sink = ANY($1) AND status IN ('pending', 'dead') \
+                     GROUP BY sink",
                     &[&sinks],
                 )
                 .await

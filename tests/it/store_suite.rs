@@ -304,6 +304,47 @@ async fn ordered_claims_take_one_event_per_session_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_counts_see_pending_rows_and_dead_letters_but_not_delivered_rows() {
+    for b in backends().await {
+        let s = &b.store;
+        for k in ["1", "2", "3", "4"] {
+            s.accept(acceptance(&format!("cnt{k}"), &format!("s{k}"), &["x"]))
+                .await
+                .unwrap();
+        }
+        let claimed = s.claim("x", 2, LEASE).await.unwrap();
+        assert_eq!(claimed.len(), 2, "{}", b.name);
+        let delivered = Settlement::Delivered {
+            duration_ms: 1,
+            result: None,
+        };
+        let dead = Settlement::Dead {
+            reason: DeadReason::Permanent,
+            error: "HTTP 400".into(),
+            duration_ms: 1,
+        };
+        assert!(s.settle(&claimed[0], delivered).await.unwrap());
+        assert!(s.settle(&claimed[1], dead).await.unwrap());
+        let counts = s.sink_counts(&["x".into(), "idle".into()]).await.unwrap();
+        assert_eq!(
+            (counts[0].pending, counts[0].dead_letters),
+            (2, 1),
+            "{}",
+            b.name
+        );
+        assert!(counts[0].oldest_pending_age_seconds < 60.0, "{}", b.name);
+        assert_eq!(
+            (counts[1].pending, counts[1].dead_letters),
+            (0, 0),
+            "{}",
+            b.name
+        );
+        assert_eq!(counts[1].oldest_pending_age_seconds, 0.0, "{}", b.name);
+        s.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_switched_to_ordered_holds_back_rows_written_before_the_switch() {
     for b in backends().await {
         let s = &b.store;

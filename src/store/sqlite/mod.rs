@@ -1077,6 +1077,47 @@ mod tests {
     }
 
     #[test]
+    fn the_oldest_pending_age_is_that_of_the_oldest_row_still_pending() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        for k in ["o1", "o2", "o3"] {
+            rt.block_on(store.accept(acceptance(k, "s", &["a"])))
+                .expect("commit");
+        }
+        // Age the rows: 300 s, 200 s and 100 s old, in the order they were written.
+        let c = Connection::open(store.path()).expect("open");
+        let now = crate::now_millis();
+        for (n, age_s) in [(1, 300), (2, 200), (3, 100)] {
+            c.execute(
+                "UPDATE outbox SET created_at = ?1 WHERE id = (SELECT id FROM outbox ORDER BY id \
+                 LIMIT 1 OFFSET ?2)",
+                params![now - age_s * 1000, n - 1],
+            )
+            .expect("age");
+        }
+        let age = |store: &SqliteStore| {
+            rt.block_on(store.sink_counts(vec!["a".into()]))
+                .expect("counts")[0]
+                .oldest_pending_age_seconds
+        };
+        let first = age(&store);
+        assert!((300.0..330.0).contains(&first), "{first}");
+        let claimed = rt
+            .block_on(store.claim("a", 1, Duration::from_secs(60)))
+            .expect("claim");
+        let delivered = Settlement::Delivered {
+            duration_ms: 1,
+            result: None,
+        };
+        rt.block_on(store.settle_many(vec![(claimed[0].clone(), delivered)]))
+            .expect("settle");
+        let next = age(&store);
+        assert!((200.0..230.0).contains(&next), "{next}");
+        rt.block_on(store.close());
+    }
+
+    #[test]
     fn reopening_keeps_data_and_does_not_rerun_migrations() {
         let dir = tempfile::tempdir().expect("tmp");
         let rt = runtime();

@@ -348,8 +348,13 @@ pub(super) fn sink_counts(
     now: i64,
     sinks: &[String],
 ) -> rusqlite::Result<Vec<SinkCounts>> {
+    // count and min(id) come from the outbox_due index alone; the oldest row is the one with
+    // the lowest id (ids and creation times rise together: one writer stamps both), so only
+    // that row is read, however long the backlog.
     let mut pending = c.prepare_cached(
-        "SELECT count(*), min(created_at) FROM outbox WHERE sink = ?1 AND status = 'pending'",
+        "SELECT n, (SELECT created_at FROM outbox WHERE id = oldest) FROM \
+           (SELECT count(*) AS n, min(id) AS oldest FROM outbox \
+            WHERE sink = ?1 AND status = 'pending')",
     )?;
     let mut dead =
         c.prepare_cached("SELECT count(*) FROM outbox WHERE sink = ?1 AND status = 'dead'")?;
