@@ -81,3 +81,19 @@ pub fn replica_id() -> &'static str {
         format!("{host}:{}", std::process::id())
     })
 }
+
+/// An error followed by its causes, each once: some errors (a failed TLS handshake, a pool
+/// that could not connect) say why only in their sources.
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}

@@ -3,11 +3,6 @@
 
 use std::io::Read;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-
 use super::CliError;
 use crate::config::AuthScheme;
 use crate::ingest::auth::client_headers;
@@ -106,6 +101,10 @@ pub(super) struct SendArgs {
     /// Extra request header, `Name: value` (repeatable).
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
     headers: Vec<String>,
+    /// For https:// URLs: also trust the CA certificates in this PEM file (besides the
+    /// Mozilla roots), e.g. a private CA in front of the gateway.
+    #[arg(long, value_name = "PEM")]
+    cacert: Option<std::path::PathBuf>,
 }
 
 impl PayloadArgs {
@@ -189,15 +188,36 @@ pub(super) fn run_send(args: SendArgs) -> Result<(), CliError> {
         let path = args.payload.example.map_or("/webhook", Example::path);
         format!("http://127.0.0.1:8080{path}")
     });
-    let uri: http::Uri = url
+    let target: reqwest::Url = url
         .parse()
         .map_err(|e| CliError::Usage(format!("--url `{url}`: {e}")))?;
-    if uri.scheme_str() != Some("http") {
+    if !matches!(target.scheme(), "http" | "https") {
         return Err(CliError::Usage(format!(
-            "--url `{url}`: only http:// URLs are supported by send"
+            "--url `{url}`: expected an http:// or https:// URL"
         )));
     }
-    let mut req = http::Request::post(uri).header("content-type", "application/json");
+    let mut client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("cognihook-send/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &args.cacert {
+        let at = format!("--cacert {}", path.display());
+        let pem = std::fs::read(path).map_err(|e| CliError::Usage(format!("{at}: {e}")))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| CliError::Usage(format!("{at}: {e}")))?;
+        if certs.is_empty() {
+            return Err(CliError::Usage(format!("{at}: no certificate in the file")));
+        }
+        for cert in certs {
+            client = client.add_root_certificate(cert);
+        }
+    }
+    let client = client
+        .build()
+        .map_err(|e| CliError::Runtime(format!("cannot build the HTTP client: {e}")))?;
+    let mut req = client
+        .post(target)
+        .header("content-type", "application/json");
     for (name, value) in args.payload.auth_headers(&body)? {
         req = req.header(name, value);
     }
@@ -208,23 +228,28 @@ pub(super) fn run_send(args: SendArgs) -> Result<(), CliError> {
         req = req.header(name.trim(), value.trim());
     }
     let req = req
-        .body(Full::new(Bytes::from(body)))
+        .body(body)
+        .build()
         .map_err(|e| CliError::Usage(format!("invalid request: {e}")))?;
 
     let rt = super::runtime()?;
     let (status, headers, body) = rt.block_on(async {
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
+        let resp = client.execute(req).await.map_err(|e| {
+            if e.is_timeout() {
+                CliError::Runtime(format!("no answer from {url} within 30s"))
+            } else {
+                CliError::Runtime(format!(
+                    "request to {url} failed: {}",
+                    crate::with_causes(&e)
+                ))
+            }
+        })?;
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        let body = resp
+            .bytes()
             .await
-            .map_err(|_| CliError::Runtime(format!("no answer from {url} within 30s")))?
-            .map_err(|e| CliError::Runtime(format!("request to {url} failed: {e}")))?;
-        let (parts, body) = resp.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|e| CliError::Runtime(format!("reading the answer failed: {e}")))?
-            .to_bytes();
-        Ok::<_, CliError>((parts.status, parts.headers, body))
+            .map_err(|e| CliError::Runtime(format!("reading the answer failed: {e}")))?;
+        Ok::<_, CliError>((status, headers, body))
     })?;
     println!("HTTP {}", status.as_u16());
     for name in ["x-correlation-id", "idempotent-replayed", "retry-after"] {

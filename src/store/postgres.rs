@@ -56,21 +56,6 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// An error with its causes (a failed TLS handshake says why only in its source), each once.
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = cause.source();
-    }
-    out
-}
-
 struct Settings {
     max_batch: usize,
     idempotency_window_ms: i64,
@@ -126,7 +111,7 @@ async fn migrate(pool: &Pool) -> Result<(), String> {
     let mut c = pool
         .get()
         .await
-        .map_err(|e| format!("cannot connect to PostgreSQL: {}", with_causes(&e)))?;
+        .map_err(|e| format!("cannot connect to PostgreSQL: {}", crate::with_causes(&e)))?;
     let tx = c
         .transaction()
         .await
@@ -253,7 +238,7 @@ impl PgStore {
         self.pool
             .get()
             .await
-            .map_err(|e| StoreError::Unavailable(with_causes(&e)))
+            .map_err(|e| StoreError::Unavailable(crate::with_causes(&e)))
     }
 
     pub(super) async fn ready(&self) -> bool {
@@ -588,7 +573,10 @@ where
     T::Stream: Send + 'static,
 {
     use futures_util::StreamExt;
-    let (client, mut conn) = config.connect(tls).await.map_err(|e| with_causes(&e))?;
+    let (client, mut conn) = config
+        .connect(tls)
+        .await
+        .map_err(|e| crate::with_causes(&e))?;
     let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
     let statement = format!("LISTEN {NOTIFY_CHANNEL}");
     let listen = client.batch_execute(&statement);

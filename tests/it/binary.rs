@@ -312,3 +312,34 @@ fn every_acknowledged_event_survives_kill_9_under_load() {
     server.terminate();
     assert_eq!(server.wait(T), Some(0));
 }
+
+#[test]
+fn send_speaks_https_and_trusts_a_private_ca_given_with_cacert() {
+    use crate::support::tls_front::{Speaks, TlsFront};
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = command(dir.path());
+    c.env("COGNIGY_WEBHOOK_SECRET", SECRET);
+    let server = Server::start(c);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let front = rt.block_on(TlsFront::start(server.addr, Speaks::Http));
+    let url = format!("https://localhost:{}/webhook", front.addr.port());
+    let send = |extra: &[&str]| {
+        let mut c = command(dir.path());
+        c.env("COGNIGY_WEBHOOK_SECRET", SECRET)
+            .args(["send", "--example", "flow-event", "--url", &url])
+            .args(extra);
+        run(c, T)
+    };
+
+    let ca = front.ca_file.to_str().expect("utf-8 path").to_string();
+    let o = send(&["--cacert", &ca]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).starts_with("HTTP 200"), "{}", stdout(&o));
+    assert_eq!(front.handshakes(), 1);
+
+    // Without the CA the certificate is refused, and the error says so.
+    let o = send(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("UnknownIssuer"), "{}", stderr(&o));
+    assert_eq!(front.handshakes(), 1);
+}

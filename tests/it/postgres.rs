@@ -6,9 +6,9 @@ use std::time::Duration;
 use http::StatusCode;
 
 use crate::store_suite::fresh_pg_schema;
-use crate::support::pg_tls_front::PgTlsFront;
 use crate::support::sink_server::{wait_until, SinkServer};
 use crate::support::tcp_proxy::TcpProxy;
+use crate::support::tls_front::{Speaks, TlsFront};
 use crate::support::{flow_body, TestApp};
 
 const T: Duration = Duration::from_secs(30);
@@ -285,7 +285,7 @@ async fn maintenance_prunes_what_expired_and_keeps_undelivered_events() {
 
 /// The schema URL of `fresh_pg_schema`, pointed at `front` with `host` as the name TLS checks
 /// (the connection itself goes to 127.0.0.1) and `tls` added to its options.
-fn via_front(url: &str, front: &PgTlsFront, host: &str, tls: &str) -> String {
+fn via_front(url: &str, front: &TlsFront, host: &str, tls: &str) -> String {
     let pg: tokio_postgres::Config = url.parse().unwrap();
     let user = pg.get_user().unwrap_or("postgres");
     let db = pg.get_dbname().unwrap_or("test");
@@ -297,11 +297,14 @@ fn via_front(url: &str, front: &PgTlsFront, host: &str, tls: &str) -> String {
     )
 }
 
-async fn front_for_test() -> Option<(String, PgTlsFront)> {
+async fn front_for_test() -> Option<(String, TlsFront)> {
     let url = fresh_pg_schema().await?;
     let pg: tokio_postgres::Config = url.parse().unwrap();
     let port = pg.get_ports().first().copied().unwrap_or(5432);
-    Some((url, PgTlsFront::start(([127, 0, 0, 1], port).into()).await))
+    Some((
+        url,
+        TlsFront::start(([127, 0, 0, 1], port).into(), Speaks::Postgres).await,
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

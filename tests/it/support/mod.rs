@@ -5,9 +5,9 @@
 
 pub mod binary;
 pub mod cognigy_emulator;
-pub mod pg_tls_front;
 pub mod sink_server;
 pub mod tcp_proxy;
+pub mod tls_front;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

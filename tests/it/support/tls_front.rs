@@ -1,8 +1,7 @@
-//! A TLS front for the local PostgreSQL, on loopback, with a certificate the test makes: it
-//! answers the client's SSLRequest with `S`, takes the TLS handshake, and passes the plain
-//! protocol on to the real server. A client that does not ask for TLS is turned away, so a
-//! connection that works went through TLS. The test CA's certificate is written to a PEM file
-//! for `sslrootcert`.
+//! A TLS front on loopback with a certificate the test makes (for `localhost`, from a test CA
+//! written to a PEM file): it takes the TLS handshake and passes the plain bytes on to a real
+//! server. For PostgreSQL it first answers the client's SSLRequest with `S`; a client that
+//! does not ask for TLS is turned away, so a connection that works went through TLS.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,7 +16,16 @@ use tokio_rustls::rustls;
 /// The PostgreSQL protocol's SSLRequest: length 8, code 80877103.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
-pub struct PgTlsFront {
+/// What the server behind the front speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    /// PostgreSQL: TLS starts after the SSLRequest exchange.
+    Postgres,
+    /// HTTP: TLS from the first byte.
+    Http,
+}
+
+pub struct TlsFront {
     pub addr: SocketAddr,
     /// The test CA's certificate (PEM).
     pub ca_file: PathBuf,
@@ -26,9 +34,9 @@ pub struct PgTlsFront {
     task: tokio::task::JoinHandle<()>,
 }
 
-impl PgTlsFront {
+impl TlsFront {
     /// Starts a front whose certificate is valid for `localhost` only.
-    pub async fn start(upstream: SocketAddr) -> PgTlsFront {
+    pub async fn start(upstream: SocketAddr, speaks: Speaks) -> TlsFront {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -65,12 +73,14 @@ impl PgTlsFront {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let (acceptor, counted) = (acceptor.clone(), counted.clone());
                 tokio::spawn(async move {
-                    let mut first = [0u8; 8];
-                    if inbound.read_exact(&mut first).await.is_err() || first != SSL_REQUEST {
-                        return; // not asking for TLS: dropped
-                    }
-                    if inbound.write_all(b"S").await.is_err() {
-                        return;
+                    if speaks == Speaks::Postgres {
+                        let mut first = [0u8; 8];
+                        if inbound.read_exact(&mut first).await.is_err() || first != SSL_REQUEST {
+                            return; // not asking for TLS: dropped
+                        }
+                        if inbound.write_all(b"S").await.is_err() {
+                            return;
+                        }
                     }
                     let Ok(mut tls) = acceptor.accept(inbound).await else {
                         return; // the client refused the certificate
@@ -82,7 +92,7 @@ impl PgTlsFront {
                 });
             }
         });
-        PgTlsFront {
+        TlsFront {
             addr,
             ca_file,
             handshakes,
@@ -97,7 +107,7 @@ impl PgTlsFront {
     }
 }
 
-impl Drop for PgTlsFront {
+impl Drop for TlsFront {
     fn drop(&mut self) {
         self.task.abort();
     }
