@@ -377,8 +377,8 @@ impl Deliverer {
             }
             for c in rows {
                 let Ok(permit) = sink.permits.clone().try_acquire_owned() else {
-                    // Only this loop takes permits, and never more than were free; should it
-                    // happen anyway, the row goes back to the buffer.
+                    // A `respond` call took the slot since `free` was read: the row goes back
+                    // to the buffer for the next round.
                     if let Ok(mut b) = sink.buffer.lock() {
                         b.push_front(c);
                     }
@@ -398,8 +398,8 @@ impl Deliverer {
     /// offered to the request through the returned channel; if the request has stopped
     /// waiting (the channel is closed), the answer goes to the row's `on_late` sink instead,
     /// in the settlement's transaction. A failure is settled like any attempt and retried by
-    /// the workers. A paused sink or an open circuit is not called: the row is released to
-    /// the workers at once.
+    /// the workers. A paused sink, an open circuit or a sink whose `concurrency` slots are all
+    /// taken is not called: the row is released to the workers at once.
     pub fn spawn_respond(self: &Arc<Self>, c: Claimed) -> oneshot::Receiver<bytes::Bytes> {
         let (tx, rx) = oneshot::channel();
         let this = self.clone();
@@ -411,7 +411,10 @@ impl Deliverer {
         let Some(sink) = self.sink(&c.sink).cloned() else {
             return;
         };
-        let admission = if sink.is_paused() {
+        // The call takes one of the sink's `concurrency` slots like any send; with none free
+        // the request does not wait for one (it answers 202) and the workers send the row.
+        let permit = sink.permits.clone().try_acquire_owned().ok();
+        let admission = if sink.is_paused() || permit.is_none() {
             Admission::Wait(Duration::ZERO)
         } else {
             match sink.breaker.lock() {
@@ -432,6 +435,7 @@ impl Deliverer {
         }
         let attempt = c.attempts + 1;
         let (mut settlement, answer, took) = self.attempt(&sink, &c).await;
+        drop(permit);
         if let (Settlement::Delivered { result, .. }, Some(answer)) = (&mut settlement, answer) {
             if waiting.send(answer).is_ok() {
                 // The request answers with it; nothing goes to `on_late`.

@@ -23,6 +23,16 @@ async fn spawn(
     within: &str,
     deadline: Duration,
 ) -> TestApp {
+    spawn_limited(upstream, cognigy, within, deadline, 8).await
+}
+
+async fn spawn_limited(
+    upstream: &SinkServer,
+    cognigy: &CognigyEmulator,
+    within: &str,
+    deadline: Duration,
+    concurrency: usize,
+) -> TestApp {
     let routes = format!(
         r#"
 [[route]]
@@ -35,7 +45,7 @@ respond = {{ upstream = "orders-api", within = "{within}", on_late = "cognigy" }
 "#
     );
     let api = format!(
-        "kind = \"http\"\nurl = \"{}\"\ntimeout = \"5s\"\n\
+        "kind = \"http\"\nurl = \"{}\"\ntimeout = \"5s\"\nconcurrency = {concurrency}\n\
          retry = {{ max_attempts = 4, base_delay = \"10ms\", max_delay = \"40ms\" }}",
         upstream.url("/status")
     );
@@ -248,4 +258,48 @@ respond = { upstream = "api", within = "1s", on_late = "late" }
     ] {
         assert!(problems.contains(want), "missing {want:?} in:\n{problems}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inline_call_keeps_to_the_upstreams_concurrency() {
+    let upstream = SinkServer::start().await;
+    upstream.set_fallback(Reply::GatedBody(STATUS));
+    let cognigy = CognigyEmulator::start().await;
+    let app = std::sync::Arc::new(
+        spawn_limited(&upstream, &cognigy, "5s", Duration::from_secs(7), 1).await,
+    );
+
+    // The first request's call holds the upstream's only slot.
+    let first = {
+        let app = app.clone();
+        tokio::spawn(async move { app.post("/orders", &input("s-c1"), &[JSON, KEY]).await })
+    };
+    wait_until("the first call in flight", T, || {
+        upstream.received().len() == 1
+    })
+    .await;
+    // The second does not wait for a slot: 202 at once, its call left to the workers, which
+    // keep to the same slot.
+    let second = app.post("/orders", &input("s-c2"), &[JSON, KEY]).await;
+    assert_eq!(second.status, StatusCode::ACCEPTED, "{:?}", second.body);
+    assert_eq!(upstream.received().len(), 1, "no second call in parallel");
+
+    upstream.open_gate(2);
+    let first = first.await.unwrap();
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    wait_until("both upstream rows delivered", T, || {
+        rows(&app, "orders-api", "delivered") == 2
+    })
+    .await;
+    let calls = upstream.received();
+    assert_eq!(calls.len(), 2);
+    assert!(
+        calls[1].arrived >= calls[0].answered.expect("answered"),
+        "the workers' call started only after the first one ended"
+    );
+    wait_until("the late answer notified", T, || {
+        cognigy.accepted().len() == 1
+    })
+    .await;
+    assert_eq!(cognigy.accepted()[0].body["sessionId"], "s-c2");
 }
