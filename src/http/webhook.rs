@@ -260,9 +260,9 @@ async fn pipeline(
         ),
         Err(e) => {
             let api = match &e {
-                StoreError::ResponseTooLarge { .. } => {
+                StoreError::ResponseTooLarge { .. } | StoreError::Refused(_) => {
                     tracing::error!(route = %route.name, %correlation_id, error = %e,
-                        "response not sent; nothing was committed");
+                        "event not accepted; nothing was committed");
                     ApiError::internal()
                 }
                 StoreError::Overloaded(_) => {

@@ -177,12 +177,20 @@ impl Route {
     }
 }
 
+/// Longest `Idempotency-Key` / `webhook-id` value kept as it is (Stripe's bound).
+const MAX_KEY_HEADER: usize = 255;
+
 /// The idempotency key (SPEC §6): `Idempotency-Key`, else `webhook-id`, else SHA-256 of route
 /// and raw body. Keys are scoped by route.
 pub fn idempotency_key(route: &str, headers: &HeaderMap, body: &[u8]) -> String {
     for name in ["idempotency-key", "webhook-id"] {
         if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
             let v = v.trim();
+            if v.len() > MAX_KEY_HEADER {
+                // Kept whole, a long key would make a store key past what an index takes; its
+                // hash still tells repeats apart.
+                return format!("{route}:{name}:sha256:{}", hex::encode(Sha256::digest(v)));
+            }
             if !v.is_empty() {
                 return format!("{route}:{name}:{v}");
             }
@@ -361,5 +369,22 @@ mod tests {
         assert_eq!(idempotency_key("r", &h, b"{}"), "r:webhook-id:msg_1");
         h.insert("idempotency-key", "k-9".parse().expect("hv"));
         assert_eq!(idempotency_key("r", &h, b"{}"), "r:idempotency-key:k-9");
+    }
+
+    #[test]
+    fn a_long_idempotency_key_is_kept_as_its_hash() {
+        let key = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("idempotency-key", v.parse().expect("hv"));
+            idempotency_key("r", &h, b"{}")
+        };
+        let long = "k".repeat(4000);
+        let k = key(&long);
+        assert!(k.starts_with("r:idempotency-key:sha256:"), "{k}");
+        assert!(k.len() < 100, "{k}");
+        assert_eq!(k, key(&long), "a repeat finds the same key");
+        assert_ne!(k, key(&"k".repeat(4001)));
+        let edge = "k".repeat(255);
+        assert_eq!(key(&edge), format!("r:idempotency-key:{edge}"));
     }
 }

@@ -82,6 +82,10 @@ pub enum StoreError {
     Closed,
     #[error("response of {size} bytes exceeds limits.max_response_bytes ({limit})")]
     ResponseTooLarge { size: usize, limit: usize },
+    /// The database turned down this event's data (PostgreSQL); the events committed with it
+    /// are committed without it.
+    #[error("the database refused the event: {0}")]
+    Refused(String),
 }
 
 /// An event and what happened to it, for `events show` and `/admin/events/{id}`.

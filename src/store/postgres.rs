@@ -56,6 +56,18 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// A statement's failure while committing an event: `Refused` when the server turned down
+/// something about this event (so it fails alone, see `run_writer`), `Unavailable` when the
+/// cause is the connection or the server's state (SQLSTATE classes 08, 40, 53, 57, 58, XX,
+/// or no SQLSTATE at all).
+fn refused_or_unavailable(e: &tokio_postgres::Error) -> StoreError {
+    let text = crate::with_causes(e);
+    match e.code().map(|c| c.code().get(..2).unwrap_or("")) {
+        None | Some("08" | "40" | "53" | "57" | "58" | "XX") => StoreError::Unavailable(text),
+        Some(_) => StoreError::Refused(text),
+    }
+}
+
 struct Settings {
     max_batch: usize,
     idempotency_window_ms: i64,
@@ -655,6 +667,29 @@ async fn run_writer(
                     let _ = reply.send(r);
                 }
             }
+            Ok(Err(StoreError::Refused(e))) if batch.len() > 1 => {
+                // One event's data was turned down and took its group's transaction with it:
+                // commit the events one by one, so only that one fails.
+                tracing::warn!(error = %e, events = batch.len(),
+                    "the database refused an event; committing its group one by one");
+                let until = tokio::time::Instant::now() + OP_TIMEOUT;
+                let mut results = Vec::with_capacity(batch.len());
+                for i in 0..batch.len() {
+                    let one =
+                        tokio::time::timeout_at(until, commit_group(&pool, &mut batch[i..=i], &s))
+                            .await;
+                    results.push(match one {
+                        Ok(Ok(mut r)) => r.pop().unwrap_or(Err(StoreError::Closed)),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(StoreError::Unavailable(
+                            "PostgreSQL did not commit in time".into(),
+                        )),
+                    });
+                }
+                for ((_, reply), r) in batch.drain(..).zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, events = batch.len(), "commit group failed");
                 for (_, reply) in batch.drain(..) {
@@ -714,7 +749,7 @@ async fn accept_one(
     now: i64,
     s: &Settings,
 ) -> Result<AcceptOutcome, StoreError> {
-    let db = |e: tokio_postgres::Error| unavailable(e);
+    let db = |e: tokio_postgres::Error| refused_or_unavailable(&e);
     if let Some(spend) = &a.spend {
         let st = tx
             .prepare_cached("SELECT expires_at FROM spent_signatures WHERE route = $1 AND mac = $2")

@@ -392,3 +392,85 @@ async fn tls_refuses_a_server_it_cannot_verify_and_verify_ca_skips_only_the_name
         .close()
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_database_refuses_fails_alone_and_its_group_commits() {
+    use cognihook::store::{AcceptOutcome, Store, StoreError};
+    let Some(url) = fresh_pg_schema().await else {
+        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let pg =
+        cognihook::store::postgres::PgStore::open(&url, &cognihook::config::StoreConfig::default())
+            .await
+            .unwrap();
+    let store = Store::Postgres(std::sync::Arc::new(pg));
+    // PostgreSQL refuses a NUL in text; the gateway's validation never lets one through, so
+    // the store is given one directly, among events sent at the same moment.
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let session = if i == 11 {
+            "bad\u{0}session".to_string()
+        } else {
+            format!("good-{i}")
+        };
+        let a = crate::store_suite::acceptance(&format!("grp-{i}"), &session, &[]);
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move { s.accept(a).await }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        if i == 11 {
+            assert!(matches!(r, Err(StoreError::Refused(_))), "{r:?}");
+        } else {
+            assert!(
+                matches!(r, Ok(AcceptOutcome::Committed { .. })),
+                "event {i}: {r:?}"
+            );
+        }
+    }
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 23);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identifiers_postgresql_cannot_store_are_refused_or_hashed_before_the_store() {
+    let Some(url) = fresh_pg_schema().await else {
+        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let app = TestApp::spawn_with(|c| c.store.url = Some(url)).await;
+    // A NUL in the session id: 400 naming the field, not a store failure.
+    let r = app
+        .post_signed("/webhook", &flow_body("bad\u{0}id", "c-nul"))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.json()["code"], "invalid_payload");
+    assert_eq!(r.json()["errors"][0]["field"], "sessionId");
+    // An 8,000-character random Idempotency-Key (past what a B-tree entry takes, even
+    // compressed) is kept as its hash, and its repeat is still a duplicate.
+    let key: String = (0..250)
+        .map(|_| uuid::Uuid::new_v4().simple().to_string())
+        .collect();
+    let body = flow_body("s-long-key", "c-long-key");
+    let sig = crate::support::sign(&body);
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-cognigy-signature", sig.as_str()),
+        ("idempotency-key", key.as_str()),
+    ];
+    let first = app.post("/webhook", &body, &headers).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    let again = app.post("/webhook", &body, &headers).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+}

@@ -202,16 +202,49 @@ impl PayloadDecoder {
             BodyFormat::Json => parse_object(body)?,
             BodyFormat::Form => cognigy::parse_form(body)?,
         };
-        match self {
+        let decoded = match self {
             PayloadDecoder::Builtin(kind) => decode_value(*kind, value),
             PayloadDecoder::Schema(s) => s.decode(value),
-        }
+        }?;
+        check_ids(decoded)
     }
 }
 
 /// Decodes and validates a raw JSON body as a built-in kind.
 pub fn decode(kind: PayloadKind, body: &[u8]) -> Result<Decoded, PayloadError> {
-    decode_value(kind, parse_object(body)?)
+    check_ids(decode_value(kind, parse_object(body)?)?)
+}
+
+/// The identifiers every kind yields become keys and index entries in the store: at most
+/// `MAX_ID_CHARS` characters and no control characters (PostgreSQL refuses a NUL in text,
+/// and a B-tree entry past ~2.7 kB), whichever kind or schema they came from.
+fn check_ids(d: Decoded) -> Result<Decoded, PayloadError> {
+    let mut errors = Vec::new();
+    let ids = [
+        ("sessionId", Some(d.session_id.as_str())),
+        ("userId", Some(d.user_id.as_str())),
+        ("eventType", Some(d.event_type.as_str())),
+        ("correlationId", d.correlation_id.as_deref()),
+    ];
+    for (field, value) in ids {
+        let Some(v) = value else { continue };
+        if v.chars().any(char::is_control) {
+            errors.push(FieldError::new(
+                field,
+                "must not contain control characters",
+            ));
+        } else if v.chars().count() > MAX_ID_CHARS {
+            errors.push(FieldError::new(
+                field,
+                format!("must be at most {MAX_ID_CHARS} characters"),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(d)
+    } else {
+        Err(PayloadError::Invalid(errors))
+    }
 }
 
 fn decode_value(kind: PayloadKind, value: Value) -> Result<Decoded, PayloadError> {
@@ -599,6 +632,36 @@ mod tests {
 
     fn bytes(v: &Value) -> Vec<u8> {
         serde_json::to_vec(v).expect("serialise")
+    }
+
+    #[test]
+    fn identifiers_with_control_characters_or_past_256_characters_are_refused() {
+        let mut body = nlu_body();
+        body["userId"] = json!("user\u{0}1");
+        body["context"]["correlationId"] = json!("c".repeat(257));
+        let err = decode(PayloadKind::Nlu, &bytes(&body)).expect_err("invalid");
+        let PayloadError::Invalid(errors) = err else {
+            panic!("expected invalid_payload");
+        };
+        let got: Vec<_> = errors
+            .iter()
+            .map(|e| (e.field.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("userId", "must not contain control characters"),
+                ("correlationId", "must be at most 256 characters"),
+            ]
+        );
+        // A line break is a control character too; 256 characters are fine.
+        let mut body = nlu_body();
+        body["userId"] = json!("u".repeat(256));
+        body["context"]["correlationId"] = json!("c-1\n");
+        assert_eq!(
+            fields(decode(PayloadKind::Nlu, &bytes(&body)).expect_err("x")),
+            ["correlationId"]
+        );
     }
 
     #[test]
