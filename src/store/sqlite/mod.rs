@@ -1118,6 +1118,54 @@ mod tests {
     }
 
     #[test]
+    fn a_schema_3_database_upgrades_and_its_rows_follow_the_sinks_ordering() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = config(dir.path()).sqlite_path().expect("path");
+        std::fs::create_dir_all(dir.path()).expect("dir");
+        {
+            let c = Connection::open(&path).expect("open");
+            for sql in &MIGRATIONS[..3] {
+                c.execute_batch(sql).expect("old schema");
+            }
+            c.pragma_update(None, "user_version", 3).expect("version");
+            for (id, n) in [("01A", 1), ("01B", 2)] {
+                c.execute(
+                    "INSERT INTO events VALUES (?1, 'c', 'r', 's', 't', ?2, 0, 'x', 0, '{}')",
+                    params![id, n],
+                )
+                .expect("event");
+                c.execute(
+                    "INSERT INTO outbox (event_id, sink, route, session_id, next_attempt_at, \
+                                         created_at) VALUES (?1, 'a', 'r', 's', 0, 0)",
+                    params![id],
+                )
+                .expect("row");
+            }
+        }
+        let rt = runtime();
+        let store = SqliteStore::open(&config(dir.path())).expect("upgrade");
+        let c = Connection::open(&path).expect("open");
+        let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
+        assert_eq!(n("PRAGMA user_version"), MIGRATIONS.len() as i64);
+        assert_eq!(
+            n("SELECT count(*) FROM sqlite_master WHERE name = 'outbox_by_session'"),
+            0
+        );
+        rt.block_on(store.configure_sinks(vec![("a".into(), true)]))
+            .expect("configure");
+        let claimed = rt
+            .block_on(store.claim("a", 10, Duration::from_secs(60)))
+            .expect("claim");
+        let ids: Vec<_> = claimed.iter().map(|c| c.event_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["01A"],
+            "the session's rows from before the upgrade go in order"
+        );
+        rt.block_on(store.close());
+    }
+
+    #[test]
     fn reopening_keeps_data_and_does_not_rerun_migrations() {
         let dir = tempfile::tempdir().expect("tmp");
         let rt = runtime();
