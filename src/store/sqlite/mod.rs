@@ -962,6 +962,19 @@ mod tests {
         }
     }
 
+    /// Claims one due row of `sink` and settles it delivered.
+    fn deliver_one(rt: &tokio::runtime::Runtime, store: &SqliteStore, sink: &str) {
+        let claimed = rt
+            .block_on(store.claim(sink, 1, Duration::from_secs(60)))
+            .expect("claim");
+        let delivered = Settlement::Delivered {
+            duration_ms: 1,
+            result: None,
+        };
+        rt.block_on(store.settle_many(vec![(claimed[0].clone(), delivered)]))
+            .expect("settle");
+    }
+
     fn runtime() -> tokio::runtime::Runtime {
         #[allow(clippy::expect_used)]
         tokio::runtime::Builder::new_multi_thread()
@@ -1117,15 +1130,7 @@ mod tests {
         };
         let first = age(&store);
         assert!((300.0..330.0).contains(&first), "{first}");
-        let claimed = rt
-            .block_on(store.claim("a", 1, Duration::from_secs(60)))
-            .expect("claim");
-        let delivered = Settlement::Delivered {
-            duration_ms: 1,
-            result: None,
-        };
-        rt.block_on(store.settle_many(vec![(claimed[0].clone(), delivered)]))
-            .expect("settle");
+        deliver_one(&rt, &store, "a");
         let next = age(&store);
         assert!((200.0..230.0).contains(&next), "{next}");
         rt.block_on(store.close());
@@ -1292,15 +1297,7 @@ mod tests {
                 .expect("commit");
             rt.block_on(store.accept(acceptance("c", "s3", &["audit"])))
                 .expect("commit");
-            let claimed = rt
-                .block_on(store.claim("audit", 1, Duration::from_secs(60)))
-                .expect("claim");
-            let delivered = Settlement::Delivered {
-                duration_ms: 1,
-                result: None,
-            };
-            rt.block_on(store.settle_many(vec![(claimed[0].clone(), delivered)]))
-                .expect("settle");
+            deliver_one(&rt, &store, "audit");
             rt.block_on(store.close());
             store.path().to_path_buf()
         };
