@@ -20,27 +20,10 @@ BASE_PORT=18090
 GW_PORT=18080
 SINK_PORT=18091
 
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-command -v taskset >/dev/null || { echo "taskset (util-linux) is required" >&2; exit 1; }
-if [ -z "${SKIP_BUILD:-}" ]; then
-  cargo build --release --bin cognihook --example bare_baseline >&2
-fi
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+source bench/common.sh
 
 python3 bench/gen_requests.py flow-event /webhook "$SECRET" 1000 "$work/flow.lua"
 python3 bench/gen_requests.py nlu /webhook/cognigy "$SECRET" 1000 "$work/nlu.lua"
-
-wait_port() {
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "port $1 never opened" >&2; exit 1
-}
 
 # run_wrk NAME URL SCRIPT RUN_ID -> prints "rps p50_ms p99_ms non2xx"
 run_wrk() {
@@ -86,7 +69,6 @@ start_gateway() { # CONFIG -> sets gw_pid
   wait_port "$GW_PORT"
 }
 stop_gateway() { kill -TERM "$gw_pid"; wait "$gw_pid" 2>/dev/null || true; }
-stat_of() { curl -s "http://127.0.0.1:$GW_PORT/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
 cat > "$work/cognihook.toml" <<TOML
 [server]

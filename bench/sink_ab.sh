@@ -25,29 +25,13 @@ for v in "$@"; do
   case "$v" in none|sink|no-delivery|sink-nobusy) ;; *) echo "unknown variant: $v" >&2; exit 2;; esac
 done
 
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-if [ -z "${SKIP_BUILD:-}" ]; then
-  cargo build --release --bin cognihook --example bare_baseline >&2
-fi
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+source bench/common.sh
 
 python3 bench/gen_requests.py flow-event /webhook "$SECRET" 1000 "$work/flow.lua"
 taskset -c 1 target/release/examples/bare_baseline "127.0.0.1:$SINK_PORT" accept-all 2>/dev/null &
 pids+=($!)
 
-wait_port() {
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "port $1 never opened" >&2; exit 1
-}
 wait_port "$SINK_PORT"
-stat_of() { curl -s "http://127.0.0.1:$GW_PORT/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
 echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); warm-up $WARM, measured $DURATION"
 n=0

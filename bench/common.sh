@@ -1,0 +1,25 @@
+# Shared by the load scripts (sourced, not run): tools, the release build, a work directory
+# whose background processes (pids+=(…)) are stopped on exit, and helpers.
+
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+command -v taskset >/dev/null || { echo "taskset (util-linux) is required" >&2; exit 1; }
+if [ -z "${SKIP_BUILD:-}" ]; then
+  cargo build --release --bin cognihook --example bare_baseline >&2
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+# wait_port PORT: until something listens on 127.0.0.1:PORT (10 s at most).
+wait_port() {
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "port $1 never opened" >&2; exit 1
+}
+
+# stat_of FIELD: one field of the gateway's /stats (GW_PORT).
+stat_of() { curl -s "http://127.0.0.1:$GW_PORT/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
