@@ -60,19 +60,25 @@ impl PgTarget {
             Some((b, q)) => (b, q),
             None => (url, ""),
         };
+        // The other options stay byte for byte as written: decoding and encoding them again
+        // would turn `%20` into `+`, which tokio-postgres reads as a plus sign.
         let mut sslmode = None;
         let mut rootcert = None;
-        let mut rest = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-            match k.as_ref() {
-                "sslmode" => sslmode = Some(v.into_owned()),
-                "sslrootcert" => rootcert = Some(PathBuf::from(v.into_owned())),
-                _ => {
-                    rest.append_pair(&k, &v);
-                }
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = || {
+                percent_encoding::percent_decode_str(value)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            match key {
+                "sslmode" => sslmode = Some(value()),
+                "sslrootcert" => rootcert = Some(PathBuf::from(value())),
+                _ => kept.push(pair),
             }
         }
-        let rest = rest.finish();
+        let rest = kept.join("&");
         let stripped = if rest.is_empty() {
             base.to_string()
         } else {
@@ -227,17 +233,33 @@ mod tests {
     #[test]
     fn without_sslmode_the_connection_is_plain_and_other_options_stay() {
         let t = PgTarget::parse(
-            "postgres://app@db.internal:6432/cgh?options=-csearch_path%3Dcgh&connect_timeout=3",
+            "postgres://app@db.internal:6432/cgh?options=-c%20search_path%3Dcgh+x&connect_timeout=3",
         )
         .expect("parse");
         assert!(matches!(t.tls, PgTls::Off));
         assert_eq!(t.config.get_ssl_mode(), SslMode::Disable);
-        assert_eq!(t.config.get_options(), Some("-csearch_path=cgh"));
+        assert_eq!(t.config.get_options(), Some("-c search_path=cgh+x"));
         assert_eq!(
             t.config.get_connect_timeout(),
             Some(&std::time::Duration::from_secs(3))
         );
         assert_eq!(t.config.get_user(), Some("app"));
+        // The same options with TLS options among them come out the same.
+        let dir = tempfile::tempdir().expect("tmp");
+        let ca = dir.path().join("my ca.pem");
+        let pem = rcgen::generate_simple_self_signed(vec!["db".to_string()])
+            .expect("cert")
+            .cert
+            .pem();
+        std::fs::write(&ca, pem).expect("write");
+        let t = PgTarget::parse(&format!(
+            "postgres://app@db/cgh?sslmode=verify-full&options=-c%20search_path%3Dcgh+x\
+             &sslrootcert={}",
+            ca.display().to_string().replace(' ', "%20")
+        ))
+        .expect("parse with TLS");
+        assert_eq!(t.config.get_options(), Some("-c search_path=cgh+x"));
+        assert!(matches!(t.tls, PgTls::On { .. }));
     }
 
     #[test]
