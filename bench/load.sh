@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Load benchmark: cognihook on both built-in routes against a bare hyper server that only
-# verifies the HMAC and parses the JSON (examples/bare_baseline.rs), in one run, each server
-# pinned to CPU 0 and wrk pinned to CPU 1.
+# Load benchmark: cognihook on both built-in routes against two references in one run, each
+# server pinned to CPU 0 and wrk pinned to CPU 1 (examples/bare_baseline.rs): a bare hyper server
+# that only verifies the HMAC and parses the JSON, and the same server in durable mode, which
+# also appends each verified body to a file and answers after its group's fdatasync: the floor
+# of what a durable acknowledgement costs. cognihook's ratios are printed against both.
 #
 # usage: bench/load.sh [DURATION] [CONNECTIONS]      (defaults: 10s 64)
 # env:   SYNC=full|normal|off (store.sync, default full), SKIP_BUILD=1,
@@ -19,6 +21,7 @@ CLIENT_CPU=1
 BASE_PORT=18090
 GW_PORT=18080
 SINK_PORT=18091
+DURABLE_PORT=18092
 
 source bench/common.sh
 
@@ -59,6 +62,17 @@ run_wrk warm-base "http://127.0.0.1:$BASE_PORT/webhook" "$work/flow.lua" warm >/
 base=$(run_wrk base "http://127.0.0.1:$BASE_PORT/webhook" "$work/flow.lua" base)
 base_rss=$(peak_rss_mib "$base_pid")
 kill "$base_pid"
+
+# Reference: the same, durable (append + fdatasync per group, answer after it).
+COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c "$SERVER_CPU" target/release/examples/bare_baseline \
+  "127.0.0.1:$DURABLE_PORT" durable "$work/durable.log" 2>/dev/null &
+pids+=($!); durable_pid=$!
+wait_port "$DURABLE_PORT"
+run_wrk warm-durable "http://127.0.0.1:$DURABLE_PORT/webhook" "$work/flow.lua" warm >/dev/null
+durable=$(run_wrk durable "http://127.0.0.1:$DURABLE_PORT/webhook" "$work/flow.lua" durable)
+durable_rss=$(peak_rss_mib "$durable_pid")
+kill "$durable_pid"
+rm -f "$work/durable.log"
 
 # cognihook on the embedded store.
 start_gateway() { # CONFIG -> sets gw_pid
@@ -147,20 +161,23 @@ TOML
   psql "$PG_URL" -qc "DROP SCHEMA $schema CASCADE" >/dev/null 2>&1
 fi
 
-python3 - "$base" "$flow" "$nlu" "$withsink" "$base_rss" "$gw_rss" "$sink_rss" "$committed" "$deliveries_per_s" "$pg" "$pg_rss" <<'PY'
+python3 - "$base" "$flow" "$nlu" "$withsink" "$base_rss" "$gw_rss" "$sink_rss" "$committed" "$deliveries_per_s" "$pg" "$pg_rss" "$durable" "$durable_rss" <<'PY'
 import sys
 base, flow, nlu, withsink = (s.split() for s in sys.argv[1:5])
 base_rss, gw_rss, sink_rss, committed, dps = sys.argv[5:10]
 pg, pg_rss = sys.argv[10].split(), sys.argv[11]
-rows = [("bare hyper (HMAC + JSON)", base, base_rss), ("cognihook POST /webhook", flow, gw_rss),
+durable, durable_rss = sys.argv[12].split(), sys.argv[13]
+rows = [("bare hyper (HMAC + JSON)", base, base_rss),
+        ("bare + append + fdatasync (durable)", durable, durable_rss),
+        ("cognihook POST /webhook", flow, gw_rss),
         ("cognihook POST /webhook/cognigy", nlu, gw_rss),
         ("cognihook POST /webhook + http sink", withsink, sink_rss)]
 if pg[0] != "-":
     rows.append(("cognihook POST /webhook on PostgreSQL", pg, pg_rss))
-print(f"{'target':36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'peak RSS MiB':>13} {'req/s vs bare':>14}")
-b = float(base[0])
+print(f"{'target':36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'peak RSS MiB':>13} {'vs bare':>8} {'vs durable':>11} {'p99 vs durable':>15}")
+b, d, dp99 = float(base[0]), float(durable[0]), float(durable[2])
 for name, r, rss in rows:
-    print(f"{name:36} {r[0]:>9} {r[1]:>8} {r[2]:>8} {r[3]:>8} {rss:>13} {float(r[0]) / b:>13.2f}x")
+    print(f"{name:36} {r[0]:>9} {r[1]:>8} {r[2]:>8} {r[3]:>8} {rss:>13} {float(r[0]) / b:>7.2f}x {float(r[0]) / d:>10.2f}x {float(r[2]) / dp99:>14.2f}x")
 print(f"ingest with one http sink vs none: {float(withsink[0]) / float(flow[0]):.2f}x")
 print(f"deliveries/s (accepted and delivered, measured run until the outbox drained): {dps}")
 print(f"events committed by cognihook during the no-sink runs: {committed}")

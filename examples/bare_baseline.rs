@@ -1,12 +1,20 @@
-//! The load benchmark's reference: a bare hyper server that only verifies the HMAC of the raw
+//! The load benchmark's references: a bare hyper server that only verifies the HMAC of the raw
 //! body and parses the JSON, then answers a small JSON body. No store, no rules, no audit.
 //!
-//! Run: `cargo run --release --example bare_baseline -- 127.0.0.1:8090` with
-//! `COGNIGY_WEBHOOK_SECRET` set (see `bench/load.sh`). With a second argument `accept-all` it
-//! answers 200 to every POST without checking anything: the load benchmark's HTTP sink.
+//! Run: `cargo run --release --example bare_baseline -- 127.0.0.1:8090 [MODE]` with
+//! `COGNIGY_WEBHOOK_SECRET` set (see `bench/load.sh`). Modes:
+//! - none: verify and parse, store nothing;
+//! - `durable PATH`: also append each verified body (length-prefixed) to the file PATH and
+//!   answer only after the `fdatasync` of the group it was written in. One thread owns the
+//!   file; it writes everything queued while the previous sync ran, syncs once, then answers
+//!   the group: the floor of what a durable acknowledgement costs;
+//! - `accept-all`: answer 200 to every POST without checking anything (the load benchmark's
+//!   HTTP sink).
 
 use std::convert::Infallible;
+use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::mpsc;
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -16,12 +24,21 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use sha2::Sha256;
 
+/// What the server does with a verified body.
+#[derive(Clone)]
+enum Mode {
+    Bare,
+    /// Hand the body to the log thread and wait for its group's sync.
+    Durable(mpsc::Sender<(Bytes, tokio::sync::oneshot::Sender<()>)>),
+    AcceptAll,
+}
+
 async fn handle(
     key: Hmac<Sha256>,
-    accept_all: bool,
+    mode: Mode,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if accept_all {
+    if matches!(mode, Mode::AcceptAll) {
         let _ = req.into_body().collect().await;
         return Ok(answer(StatusCode::OK, "received"));
     }
@@ -39,8 +56,38 @@ async fn handle(
         return Ok(answer(StatusCode::UNAUTHORIZED, "invalid_signature"));
     }
     match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(v) if v.is_object() => Ok(answer(StatusCode::OK, "success")),
-        _ => Ok(answer(StatusCode::BAD_REQUEST, "invalid_json")),
+        Ok(v) if v.is_object() => {}
+        _ => return Ok(answer(StatusCode::BAD_REQUEST, "invalid_json")),
+    }
+    if let Mode::Durable(log) = mode {
+        let (done, synced) = tokio::sync::oneshot::channel();
+        if log.send((body, done)).is_err() || synced.await.is_err() {
+            return Ok(answer(StatusCode::SERVICE_UNAVAILABLE, "unavailable"));
+        }
+    }
+    Ok(answer(StatusCode::OK, "success"))
+}
+
+/// The log thread: append every queued body, one `fdatasync`, then answer them all.
+fn run_log(mut file: std::fs::File, rx: mpsc::Receiver<(Bytes, tokio::sync::oneshot::Sender<()>)>) {
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut waiting = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some((body, done)) = next.take() {
+            buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&body);
+            waiting.push(done);
+            next = rx.try_recv().ok();
+        }
+        if file.write_all(&buf).and_then(|()| file.sync_data()).is_err() {
+            eprintln!("bare baseline: cannot write the log");
+            return;
+        }
+        buf.clear();
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
     }
 }
 
@@ -61,7 +108,23 @@ async fn main() -> std::io::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:8090".into())
         .parse()
         .map_err(|e| std::io::Error::other(format!("bad address: {e}")))?;
-    let accept_all = std::env::args().nth(2).as_deref() == Some("accept-all");
+    let mode = match std::env::args().nth(2).as_deref() {
+        None => Mode::Bare,
+        Some("accept-all") => Mode::AcceptAll,
+        Some("durable") => {
+            let path = std::env::args()
+                .nth(3)
+                .ok_or_else(|| std::io::Error::other("durable needs a file path"))?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || run_log(file, rx));
+            Mode::Durable(tx)
+        }
+        Some(other) => return Err(std::io::Error::other(format!("unknown mode {other}"))),
+    };
     let secret = std::env::var("COGNIGY_WEBHOOK_SECRET").unwrap_or_default();
     let key = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -71,8 +134,10 @@ async fn main() -> std::io::Result<()> {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let key = key.clone();
+        let mode = mode.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(key.clone(), accept_all, req));
+            let svc =
+                hyper::service::service_fn(move |req| handle(key.clone(), mode.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
