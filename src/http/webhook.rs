@@ -14,13 +14,14 @@ use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::error::{json_response, ApiError};
 use super::AppState;
 use crate::ingest::auth::AuthError;
 use crate::ingest::payload::{BodyFormat, PayloadError};
 use crate::ingest::{self, Refusal, RequestMeta, Route};
+use crate::store::decide::Answer;
 use crate::store::{AcceptOutcome, Acceptance, RespondHold, StoreError};
 use crate::telemetry::audit::{AuditKind, AuditLine};
 use crate::telemetry::metrics::{RouteMetrics, SignatureResult};
@@ -156,28 +157,22 @@ async fn pipeline(
     };
 
     let ev = &prepared.event;
-    let mut data = serde_json::Map::with_capacity(2 + prepared.extracted.len());
-    data.insert("processed".into(), Value::Bool(true));
-    data.insert("stateVersion".into(), Value::from(0));
-    for (k, v) in &prepared.extracted {
-        data.insert(k.clone(), v.clone());
-    }
     let respond = route.respond.as_ref();
-    let (answer_status, message) = match respond {
-        None => (StatusCode::OK, "Payload processed successfully"),
+    let (answer_status, status_word, message) = match respond {
+        None => (StatusCode::OK, "success", "Payload processed successfully"),
         Some(_) => (
             StatusCode::ACCEPTED,
+            "accepted",
             "Payload accepted; the backend's answer follows when it arrives",
         ),
     };
-    let response = json!({
-        "status": if respond.is_some() { "accepted" } else { "success" },
-        "message": message,
-        "correlationId": ev.correlation_id,
-        "transactionId": transaction_id,
-        "timestamp": crate::now_rfc3339(),
-        "data": data,
-    });
+    let answer = success_answer(
+        status_word,
+        message,
+        &ev.correlation_id,
+        transaction_id,
+        &prepared.extracted,
+    );
     let facts = EventFacts {
         event_id: Some(ev.event_id.clone()),
         session_id: ev.session_id.clone(),
@@ -191,7 +186,7 @@ async fn pipeline(
     let acceptance = Acceptance {
         idempotency_key,
         event: prepared.event,
-        response,
+        answer,
         sinks: route.sinks.clone(),
         max_response_bytes: state.limits.max_response_bytes,
         spend: prepared.spend,
@@ -289,8 +284,42 @@ async fn pipeline(
     }
 }
 
-/// The body format a request declares: JSON everywhere, form-encoded where the payload kind
-/// takes it (`cognigy-input`); anything else answers 415.
+/// The success answer (SPEC §5) with its `data.stateVersion` left for the store to fill:
+/// `data` holds `processed`, `stateVersion` and the route's extracts, in that order.
+fn success_answer(
+    status: &str,
+    message: &str,
+    correlation_id: &str,
+    transaction_id: &str,
+    extracted: &serde_json::Map<String, Value>,
+) -> Answer {
+    fn field(out: &mut Vec<u8>, name: &str, value: &str) {
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        // Writing JSON into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, value);
+        out.push(b',');
+    }
+    let mut head = Vec::with_capacity(256);
+    head.push(b'{');
+    field(&mut head, "status", status);
+    field(&mut head, "message", message);
+    field(&mut head, "correlationId", correlation_id);
+    field(&mut head, "transactionId", transaction_id);
+    field(&mut head, "timestamp", &crate::now_rfc3339());
+    head.extend_from_slice(b"\"data\":{\"processed\":true,\"stateVersion\":");
+    let mut tail = Vec::with_capacity(64);
+    for (k, v) in extracted {
+        tail.push(b',');
+        let _ = serde_json::to_writer(&mut tail, k);
+        tail.push(b':');
+        let _ = serde_json::to_writer(&mut tail, v);
+    }
+    tail.extend_from_slice(b"}}");
+    Answer::new(head, tail)
+}
+
 /// How long the request may wait for its upstream: `respond.within`, but never past the
 /// route's deadline less a margin for answering.
 fn upstream_wait(state: &AppState, within: Duration, started: Instant) -> Duration {
@@ -366,6 +395,8 @@ async fn await_upstream(
     (StatusCode::OK, bytes)
 }
 
+/// The body format a request declares: JSON everywhere, form-encoded where the payload kind
+/// takes it (`cognigy-input`); anything else answers 415.
 fn check_content_type(headers: &HeaderMap, form_allowed: bool) -> Result<BodyFormat, ApiError> {
     let unsupported = |what: &str| {
         let wanted = if form_allowed {

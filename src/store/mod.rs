@@ -3,9 +3,11 @@
 //! Invariant (SPEC §6): [`Store::accept`] returns `Committed` only after the event, the
 //! session-state change, the idempotency record and one outbox row per sink are committed in
 //! one transaction and (with `sync = "full"`) flushed to disk. A duplicate changes nothing and
-//! gets the original answer back. `Store` is an enum over backends; only the embedded SQLite
-//! backend exists in this version.
+//! gets the original answer back. `Store` is an enum over backends: the embedded store
+//! (`sqlite`: a log with a SQLite projection) and PostgreSQL (`postgres`). The decisions an
+//! acceptance makes live in `decide`, which both call.
 
+pub mod decide;
 pub mod pg_conn;
 pub mod postgres;
 pub mod sqlite;
@@ -24,9 +26,9 @@ pub struct Acceptance {
     pub idempotency_key: String,
     /// The event; its `state_version` is set by the store.
     pub event: NormalisedEvent,
-    /// The success body to answer with; the store sets `data.stateVersion` and keeps a copy
-    /// for duplicates.
-    pub response: Value,
+    /// The success body to answer with, rendered with the session's `stateVersion`; the
+    /// store keeps the result for duplicates.
+    pub answer: decide::Answer,
     /// One outbox row is written per sink.
     pub sinks: Vec<String>,
     /// A response larger than this is refused (nothing is committed).
@@ -299,6 +301,15 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.journey(id).await,
             Store::Postgres(s) => s.journey(id).await,
+        }
+    }
+
+    /// Waits until reads see every event acknowledged so far (the embedded store applies its
+    /// log to the database off the request path; PostgreSQL reads its commits at once).
+    pub async fn caught_up(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.caught_up().await,
+            Store::Postgres(_) => Ok(()),
         }
     }
 

@@ -764,18 +764,8 @@ async fn accept_one(
             return Ok(AcceptOutcome::SignatureReplayed);
         }
     }
-    // Refuse an oversized answer before writing anything: the answer with the largest
-    // possible stateVersion is at least as long as the real one.
-    if let Some(data) = a.response.get_mut("data").and_then(Value::as_object_mut) {
-        data.insert("stateVersion".into(), Value::from(u64::MAX));
-    }
-    let longest = serde_json::to_vec(&a.response).map_err(unavailable)?.len();
-    if longest > a.max_response_bytes {
-        return Err(StoreError::ResponseTooLarge {
-            size: longest,
-            limit: a.max_response_bytes,
-        });
-    }
+    // Refuse an oversized answer before writing anything.
+    a.answer.check_size(a.max_response_bytes)?;
     // Serialise on the session first: every group takes these locks in session order (the
     // batch is sorted), and a duplicate's key belongs to the same session, so groups in this
     // and other replicas cannot wait on each other in a cycle.
@@ -872,10 +862,7 @@ async fn accept_one(
         .map_err(db)?
         .get(0);
     e.state_version = version.max(0) as u64;
-    if let Some(data) = a.response.get_mut("data").and_then(Value::as_object_mut) {
-        data.insert("stateVersion".into(), Value::from(e.state_version));
-    }
-    let response = serde_json::to_vec(&a.response).map_err(unavailable)?;
+    let response = a.answer.render(e.state_version);
     let body = serde_json::to_string(&*e).map_err(unavailable)?;
     let insert_event = tx
         .prepare_cached(
@@ -956,7 +943,7 @@ async fn accept_one(
         .prepare_cached("UPDATE idempotency SET body = $2 WHERE key = $1")
         .await
         .map_err(db)?;
-    tx.execute(&answer, &[&a.idempotency_key, &response])
+    tx.execute(&answer, &[&a.idempotency_key, &&response[..]])
         .await
         .map_err(db)?;
     let state_version = e.state_version;
@@ -967,7 +954,7 @@ async fn accept_one(
     }
     Ok(AcceptOutcome::Committed {
         state_version,
-        body: Bytes::from(response),
+        body: response,
         held,
     })
 }

@@ -57,8 +57,8 @@ fn code(r: &crate::support::TestResponse) -> String {
     r.json()["code"].as_str().unwrap_or_default().to_string()
 }
 
-fn events(app: &TestApp) -> i64 {
-    count(&app.db(), "SELECT count(*) FROM events")
+async fn events(app: &TestApp) -> i64 {
+    count(&app.db().await, "SELECT count(*) FROM events")
 }
 
 #[tokio::test]
@@ -114,7 +114,7 @@ async fn timestamped_accepts_each_secret_and_refuses_missing_wrong_stale_and_rep
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{header:?}");
         assert_eq!(code(&r), want, "{header:?}");
     }
-    assert_eq!(events(&app), 1);
+    assert_eq!(events(&app).await, 1);
 }
 
 #[tokio::test]
@@ -133,7 +133,7 @@ async fn a_spent_signature_stays_spent_across_a_restart() {
     let r = app.post("/ts", &body, &headers).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(code(&r), "replayed_signature");
-    assert_eq!(events(&app), 1);
+    assert_eq!(events(&app).await, 1);
 }
 
 #[tokio::test]
@@ -176,7 +176,7 @@ async fn standard_webhooks_headers_are_checked_and_webhook_id_is_the_idempotency
         .post("/sw", &body, &[JSON, ("webhook-id", "msg_4")])
         .await;
     assert_eq!(code(&r), "missing_signature");
-    assert_eq!(events(&app), 1);
+    assert_eq!(events(&app).await, 1);
 }
 
 #[tokio::test]
@@ -240,7 +240,7 @@ async fn basic_and_api_key_credentials() {
     let r = app.post("/key", &body, &[JSON]).await;
     assert_eq!(code(&r), "missing_signature");
     assert!(!String::from_utf8_lossy(&r.body).contains("key-1"));
-    assert_eq!(events(&app), 3);
+    assert_eq!(events(&app).await, 3);
 }
 
 #[tokio::test]

@@ -46,13 +46,13 @@ async fn send(app: &TestApp, n: usize, prefix: &str) -> Vec<String> {
 
 fn delivered(app: &TestApp) -> i64 {
     count(
-        &app.db(),
+        &app.db_now(),
         "SELECT count(*) FROM outbox WHERE status = 'delivered'",
     )
 }
 
 fn event_ids(app: &TestApp) -> std::collections::BTreeSet<String> {
-    let db = app.db();
+    let db = app.db_now();
     let mut st = db.prepare("SELECT event_id FROM events").unwrap();
     st.query_map([], |r| r.get::<_, String>(0))
         .unwrap()
@@ -120,13 +120,14 @@ async fn nats_jetstream_receives_every_event_with_its_id_and_a_missing_stream_is
     send(&app, 1, "nostream").await;
     wait_until("dead letter", T, || {
         count(
-            &app.db(),
+            &app.db_now(),
             "SELECT count(*) FROM outbox WHERE status = 'dead'",
         ) == 1
     })
     .await;
     let err: String = app
         .db()
+        .await
         .query_row("SELECT last_error FROM outbox", [], |r| r.get(0))
         .unwrap();
     assert!(

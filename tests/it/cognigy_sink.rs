@@ -42,7 +42,7 @@ fn input(session: &str, token: Option<&str>, order: &str) -> Vec<u8> {
 
 fn rows(app: &TestApp, status: &str) -> i64 {
     count(
-        &app.db(),
+        &app.db_now(),
         &format!("SELECT count(*) FROM outbox WHERE status = '{status}'"),
     )
 }
@@ -143,7 +143,7 @@ async fn an_event_without_urltoken_is_dead_lettered_at_once_and_a_wrong_key_is_p
         .await;
     assert_eq!(r.status, StatusCode::OK);
     wait_until("both dead", T, || rows(&app, "dead") == 2).await;
-    let db = app.db();
+    let db = app.db().await;
     let (attempts, error): (i64, String) = db
         .query_row(
             "SELECT attempts, last_error FROM outbox WHERE sink = 'notify'",
@@ -220,7 +220,7 @@ async fn the_rate_limit_holds_sends_back_without_using_attempts() {
     assert_eq!(rows(&app, "pending"), 3);
     assert_eq!(
         count(
-            &app.db(),
+            &app.db().await,
             "SELECT count(*) FROM outbox WHERE status = 'pending' AND attempts > 0"
         ),
         0
@@ -254,7 +254,7 @@ async fn cognigys_429_is_retried_after_its_retry_after() {
     wait_until("a 429", T, || !cognigy.refused().is_empty()).await;
     cognigy.set_budget(None);
     wait_until("delivered", T, || rows(&app, "delivered") == 1).await;
-    let attempts = count(&app.db(), "SELECT attempts FROM outbox");
+    let attempts = count(&app.db().await, "SELECT attempts FROM outbox");
     assert_eq!(attempts, 2);
     assert_eq!(cognigy.refused(), [(429, "rate limit".to_string())]);
 }

@@ -31,7 +31,7 @@ fn http_sink_with(url: &str, retry: &str, timeout: &str, extra: &str) -> String 
 }
 
 fn db_count(app: &TestApp, sql: &str) -> i64 {
-    count(&app.db(), sql)
+    count(&app.db_now(), sql)
 }
 
 /// Waits until exactly `n` outbox rows have `status`.

@@ -95,7 +95,7 @@ async fn http_node_sample_as_json_and_as_form_gives_the_same_event() {
     assert_eq!(r.json()["data"]["city"], "Düsseldorf");
     assert_eq!(r.json()["data"]["stateVersion"], 2);
 
-    let db = app.db();
+    let db = app.db().await;
     let stored: String = db
         .query_row("SELECT body FROM events WHERE state_version = 2", [], |r| {
             r.get(0)
@@ -144,7 +144,7 @@ async fn cognigy_input_rules_and_errors() {
         .as_str()
         .unwrap()
         .contains("application/x-www-form-urlencoded"));
-    assert_eq!(count(&app.db(), "SELECT count(*) FROM events"), 0);
+    assert_eq!(count(&app.db().await, "SELECT count(*) FROM events"), 0);
 }
 
 #[tokio::test]
@@ -182,6 +182,7 @@ async fn json_schema_route_validates_then_follows_its_pointers() {
     assert_eq!(r.json()["data"]["orderId"], "A-7");
     let stored: String = app
         .db()
+        .await
         .query_row("SELECT body FROM events", [], |r| r.get(0))
         .unwrap();
     let ev: serde_json::Value = serde_json::from_str(&stored).unwrap();

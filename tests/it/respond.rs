@@ -77,7 +77,7 @@ fn input(session: &str) -> Vec<u8> {
 
 fn rows(app: &TestApp, sink: &str, status: &str) -> i64 {
     count(
-        &app.db(),
+        &app.db_now(),
         &format!("SELECT count(*) FROM outbox WHERE sink = '{sink}' AND status = '{status}'"),
     )
 }
@@ -108,7 +108,7 @@ async fn an_upstream_in_time_answers_200_with_its_json_as_data() {
     .await;
     assert_eq!(
         count(
-            &app.db(),
+            &app.db().await,
             "SELECT count(*) FROM outbox WHERE sink = 'cognigy'"
         ),
         0
@@ -135,6 +135,7 @@ async fn a_slow_upstream_gets_a_202_and_its_late_answer_is_notified_into_the_ses
     assert_eq!(j["data"]["stateVersion"], 1);
     let event_id: String = app
         .db()
+        .await
         .query_row("SELECT event_id FROM events", [], |r| r.get(0))
         .unwrap();
     // The upstream is still holding the call; nothing has gone to Cognigy yet.
@@ -199,7 +200,7 @@ async fn a_failing_upstream_is_retried_and_its_answer_still_reaches_on_late() {
     .await;
     assert_eq!(cognigy.accepted()[0].body["data"]["orderStatus"], "shipped");
     let attempts = count(
-        &app.db(),
+        &app.db().await,
         "SELECT attempts FROM outbox WHERE sink = 'orders-api'",
     );
     assert_eq!(attempts, 3);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use cognihook::config::StoreConfig;
 use cognihook::ingest::auth::SpentSignature;
 use cognihook::ingest::payload::NormalisedEvent;
+use cognihook::store::decide::Answer;
 use cognihook::store::postgres::PgStore;
 use cognihook::store::sqlite::SqliteStore;
 use cognihook::store::{
@@ -79,7 +80,10 @@ pub fn acceptance(key: &str, session: &str, sinks: &[&str]) -> Acceptance {
             "flow.execution".into(),
             json!({"k": key}),
         ),
-        response: json!({"status": "success", "data": {"processed": true, "stateVersion": 0}}),
+        answer: Answer::new(
+            b"{\"status\":\"success\",\"data\":{\"processed\":true,\"stateVersion\":".to_vec(),
+            b"}}".to_vec(),
+        ),
         sinks: sinks.iter().map(|s| s.to_string()).collect(),
         max_response_bytes: 1 << 20,
         spend: None,

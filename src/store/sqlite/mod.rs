@@ -1,37 +1,69 @@
-//! The embedded SQLite store.
+//! The embedded store: a log-structured write path in front of a SQLite database.
 //!
-//! One dedicated OS thread, the *writer*, owns the only write connection. Requests hand it
-//! acceptances through a bounded queue; it takes everything queued (up to `max_batch`), applies
-//! each inside its own SAVEPOINT of one transaction, commits once (one fsync with
-//! `synchronous=FULL` in WAL mode) and only then answers each waiting request. Because one
-//! thread applies acceptances in order, concurrent duplicates and concurrent events of one
-//! session are serialised exactly: stateVersions are gap-free and a duplicate always sees the
-//! original. Between groups the writer prunes expired idempotency records, sessions and
-//! delivered events. Reads use a separate connection (WAL lets them run beside the writer).
+//! ```text
+//! request ──► sequencer thread ──► log (segment files; one write + fdatasync per group)
+//!              decide: replay? duplicate? version?     │ answer the group's requests
+//!              (hot maps + database reads)             ▼
+//!                                           projector thread ──► SQLite (events, sessions,
+//!   delivery jobs (claim, settle, replay, purge) ──►   idempotency, outbox …), big
+//!                                                      transactions, synchronous=NORMAL
+//!                                           checkpointer thread: WAL → database file;
+//!                                           removes log segments the database made durable
+//! ```
 //!
-//! A second thread, the *checkpointer*, copies the WAL back into the database file with
-//! PASSIVE checkpoints on its own connection, so the writer never stalls behind a checkpoint
-//! (SQLite's automatic checkpoint would run inside a committing transaction).
+//! The commit point is the log (see `log`): a request is answered once the record of its
+//! event (event, session version, idempotency answer, outbox rows: `record::AcceptRecord`)
+//! is flushed there with its group. The database is a projection of the log that the
+//! delivery path, the admin API and the CLI read and the delivery path writes; it is brought
+//! up to date off the request path, so an event costs an append, not four B-tree updates
+//! and their pages.
+//!
+//! # Recovery
+//! The database records, in the transaction that applies them, how far the log has been
+//! applied (`log_position.projected_lsn`). Opening the store reads the log and applies every
+//! record after that position (a torn tail is cut off first: it was never acknowledged), so
+//! after any crash the database holds exactly the acknowledged events, each once: an event
+//! is acknowledged only after its record is in the log, a record is applied at most once
+//! (the position moves with it), and a segment is removed only after the database has
+//! flushed every record in it (see `project::start_checkpointer`). What the delivery path
+//! wrote (claims, settlements) goes to the database only; losing the last of it to a power
+//! cut (not to a crash of the process) means a delivery is made again, never lost.
+//!
+//! # Who sees what
+//! Reads (journeys, dead letters, sink figures) wait until the database holds every record
+//! acknowledged when the read began. A process that opens the store while a gateway serves
+//! it (the CLI) is *attached*: it reads the database, finds the newest events in the log's
+//! tail, and runs its writes (replays, purges) on the database directly.
+
+mod log;
+mod outbox;
+mod project;
+mod record;
+mod sequencer;
 
 use std::any::Any;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
+use self::log::LogSync;
+use self::project::{Job, ProjMsg};
+use self::record::Record;
+use self::sequencer::{SeqMsg, Sequencer};
+use super::decide::Windows;
 use super::{
     AcceptOutcome, Acceptance, Claimed, DeadLetter, DeadLetterFilter, Delivery, Journey,
     Settlement, SinkCounts, StoreError,
 };
 use crate::config::{StoreConfig, SyncMode};
-use crate::ingest::auth::SpentSignature;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -39,60 +71,124 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0002_spent_signatures.sql"),
     include_str!("../migrations/sqlite/0003_respond.sql"),
     include_str!("../migrations/sqlite/0004_ordered_sinks.sql"),
+    include_str!("../migrations/sqlite/0005_log.sql"),
 ];
 
-/// How often the writer prunes expired rows when it is idle or between groups.
-const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+/// Records applied per transaction while recovering.
+const RECOVERY_BATCH: u64 = 10_000;
 
-mod outbox;
+/// Messages the projector's queue holds (groups of records, jobs). When it is full the
+/// sequencer waits, its own queue fills, and requests are refused with 503: this bounds the
+/// records held in memory that the database does not have yet.
+const PROJECTOR_QUEUE: usize = 64;
 
-type Reply = oneshot::Sender<Result<AcceptOutcome, StoreError>>;
+/// How long a read waits for the database to catch up with the log.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 
-/// Work other than acceptances that must run on the write connection (claims, settlements,
-/// replays, purges), applied inside a commit group; its result is sent after the commit.
-type Job = Box<dyn FnOnce(&Connection, i64) -> rusqlite::Result<Box<dyn Any + Send>> + Send>;
-type JobReply = oneshot::Sender<Result<Box<dyn Any + Send>, StoreError>>;
-
-enum WriterMsg {
-    Accept(Box<Acceptance>, Reply),
-    Job(Job, JobReply),
-    Close(oneshot::Sender<()>),
-}
-
-/// One member of a commit group.
-enum Item {
-    Accept(Box<Acceptance>, Reply),
-    Job(Option<Job>, JobReply),
-}
-
-/// Settings the writer needs.
+/// Settings the projector needs.
 #[derive(Debug, Clone)]
-struct WriterSettings {
-    /// Set by the checkpointer when the WAL should start over (see `start_checkpointer`).
+pub(crate) struct WriterSettings {
+    /// Set by the checkpointer when the WAL should start over (see `project`).
     wal_restart_wanted: Arc<AtomicBool>,
-    max_batch: usize,
-    idempotency_window_ms: i64,
-    session_ttl_ms: i64,
+    windows: Windows,
     retention_ms: i64,
+}
+
+/// Whether one part of the store can write, and why not when it cannot.
+#[derive(Default)]
+pub(crate) struct Health {
+    failing: AtomicBool,
+    why: Mutex<Option<String>>,
+}
+
+impl Health {
+    fn fail(&self, e: &StoreError) {
+        if let Ok(mut w) = self.why.lock() {
+            *w = Some(e.to_string());
+        }
+        self.failing.store(true, Ordering::SeqCst);
+    }
+
+    /// Cheap when nothing failed: this runs after every commit.
+    fn recover(&self) {
+        if self.failing.swap(false, Ordering::SeqCst) {
+            if let Ok(mut w) = self.why.lock() {
+                *w = None;
+            }
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        if !self.failing.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.why.lock().ok().and_then(|w| w.clone())
+    }
+}
+
+/// State the store's threads share.
+pub(crate) struct Shared {
+    /// The last log record committed (its request may have been answered).
+    acked: AtomicU64,
+    /// The last log record the database holds.
+    projected: watch::Sender<u64>,
+    /// The next outbox row id (given out by the store, so a request can hold its row before
+    /// the database has it).
+    next_outbox_id: AtomicI64,
+    /// The log's writes (the sequencer) and the database's (the projector).
+    log_health: Health,
+    db_health: Health,
+}
+
+impl Shared {
+    fn new(projected: u64, next_outbox_id: i64) -> Shared {
+        Shared {
+            acked: AtomicU64::new(projected),
+            projected: watch::channel(projected).0,
+            next_outbox_id: AtomicI64::new(next_outbox_id),
+            log_health: Health::default(),
+            db_health: Health::default(),
+        }
+    }
+
+    /// Why the store cannot write, if it cannot.
+    fn failure(&self) -> Option<String> {
+        self.log_health
+            .failure()
+            .or_else(|| self.db_health.failure())
+    }
+}
+
+/// The threads of a store this process owns.
+struct Engine {
+    queue: SyncSender<SeqMsg>,
+    queue_depth: usize,
+    projector: SyncSender<ProjMsg>,
+    sequencer_thread: Mutex<Option<JoinHandle<()>>>,
+    projector_thread: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+    alive: Arc<AtomicBool>,
 }
 
 /// The embedded store.
 pub struct SqliteStore {
     path: PathBuf,
-    queue: SyncSender<WriterMsg>,
-    queue_depth: usize,
+    log_dir: PathBuf,
+    /// The store's threads; `None` when another process serves the store (attached).
+    engine: Option<Engine>,
+    /// Attached: where writes (replays, purges) run.
+    direct: Option<Arc<Mutex<Connection>>>,
     reader: Arc<Mutex<Connection>>,
-    writer_alive: Arc<AtomicBool>,
-    writer: Mutex<Option<JoinHandle<()>>>,
-    checkpointer: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
-    /// Held while a gateway serves this store (see `open_for_serving`); released on close.
-    serving_lock: Mutex<Option<std::fs::File>>,
+    shared: Arc<Shared>,
+    /// Held while this process owns the store; released on close.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
             .field("path", &self.path)
+            .field("attached", &self.engine.is_none())
             .finish()
     }
 }
@@ -103,6 +199,23 @@ fn millis(d: Duration) -> i64 {
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
+}
+
+/// The database's own sync setting: the log is the commit point, so the database is only
+/// flushed at checkpoints (`NORMAL`), or never under `sync = "off"`.
+fn database_sync(sync: SyncMode) -> SyncMode {
+    match sync {
+        SyncMode::Off => SyncMode::Off,
+        SyncMode::Full | SyncMode::Normal => SyncMode::Normal,
+    }
+}
+
+fn log_sync(sync: SyncMode) -> LogSync {
+    match sync {
+        SyncMode::Full => LogSync::EveryCommit,
+        SyncMode::Normal => LogSync::SegmentEnds,
+        SyncMode::Off => LogSync::Never,
+    }
 }
 
 /// Opens a connection with the pragmas every connection needs.
@@ -127,10 +240,10 @@ fn open_connection(path: &Path, sync: SyncMode, read_only: bool) -> rusqlite::Re
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // Statement journals stay in memory; nothing temporary touches the disk.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        // 16 MiB of page cache (default 2 MiB): the random B-tree pages of sessions and
-        // idempotency keys are read from the OS far less often.
-        conn.pragma_update(None, "cache_size", -16_384)?;
     }
+    // 8 MiB of page cache (default 2 MiB): the B-tree pages of sessions and idempotency
+    // keys, read on every event that is not in the hot maps, come from memory.
+    conn.pragma_update(None, "cache_size", -8_192)?;
     Ok(conn)
 }
 
@@ -154,82 +267,133 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-impl SqliteStore {
-    /// Opens (creating and migrating if needed) the store and starts its writer thread.
-    pub fn open(config: &StoreConfig) -> Result<SqliteStore, String> {
-        let path = config.sqlite_path()?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
-        }
-        let mut conn = open_connection(&path, config.sync, false)
-            .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
-        migrate(&mut conn).map_err(|e| format!("cannot migrate store {}: {e}", path.display()))?;
-        let reader = open_connection(&path, config.sync, true)
-            .map_err(|e| format!("cannot open store {} for reading: {e}", path.display()))?;
+/// The log directory beside a database file: `cognihook.db` → `cognihook.log/`.
+fn log_dir_of(path: &Path) -> PathBuf {
+    path.with_extension("log")
+}
 
-        let (queue, rx) = mpsc::sync_channel(config.queue_depth);
-        let restart_wanted = Arc::new(AtomicBool::new(false));
-        let settings = WriterSettings {
-            wal_restart_wanted: restart_wanted.clone(),
-            max_batch: config.max_batch,
-            idempotency_window_ms: millis(config.idempotency_window),
-            session_ttl_ms: millis(config.session_ttl),
-            retention_ms: millis(config.retention),
-        };
-        // The checkpointer thread does this work instead (see the module doc).
-        conn.pragma_update(None, "wal_autocheckpoint", 0)
-            .and_then(|()| conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES))
-            .map_err(|e| format!("cannot configure store {}: {e}", path.display()))?;
-        let checkpointer = start_checkpointer(&path, config.sync, restart_wanted)?;
-        let writer_alive = Arc::new(AtomicBool::new(true));
-        let alive = writer_alive.clone();
-        let handle = std::thread::Builder::new()
-            .name("cognihook-writer".into())
-            .spawn(move || {
-                run_writer(conn, rx, settings);
-                alive.store(false, Ordering::SeqCst);
-            })
-            .map_err(|e| format!("cannot start the store writer: {e}"))?;
-        Ok(SqliteStore {
-            path,
-            queue,
-            queue_depth: config.queue_depth,
-            reader: Arc::new(Mutex::new(reader)),
-            writer_alive,
-            writer: Mutex::new(Some(handle)),
-            checkpointer: Mutex::new(Some(checkpointer)),
-            serving_lock: Mutex::new(None),
-        })
+/// Applies the log's records after the database's position (opening an owned store).
+fn recover(conn: &Connection, log_dir: &Path, sync: SyncMode) -> Result<log::LogWriter, String> {
+    let after = project::projected(conn).map_err(|e| format!("cannot read the store: {e}"))?;
+    let mut in_tx = 0u64;
+    let mut last = after;
+    let mut apply = |lsn: u64, payload: &[u8]| -> Result<(), String> {
+        let r = Record::decode(payload).map_err(|e| format!("log record {lsn}: {e}"))?;
+        if in_tx == 0 {
+            conn.execute_batch("BEGIN IMMEDIATE")
+                .map_err(|e| e.to_string())?;
+        }
+        project::apply(conn, &r).map_err(|e| format!("cannot apply log record {lsn}: {e}"))?;
+        in_tx += 1;
+        last = lsn;
+        if in_tx >= RECOVERY_BATCH {
+            project::set_projected(conn, last)
+                .and_then(|()| conn.execute_batch("COMMIT"))
+                .map_err(|e| e.to_string())?;
+            in_tx = 0;
+        }
+        Ok(())
+    };
+    let result = log::recover(log_dir, after, log_sync(sync), &mut apply);
+    let finish = if in_tx > 0 {
+        match &result {
+            Ok(_) => project::set_projected(conn, last)
+                .and_then(|()| conn.execute_batch("COMMIT"))
+                .map_err(|e| e.to_string()),
+            Err(_) => conn.execute_batch("ROLLBACK").map_err(|e| e.to_string()),
+        }
+    } else {
+        Ok(())
+    };
+    let (writer, report) = result?;
+    finish.map_err(|e| format!("cannot apply the log: {e}"))?;
+    if let Some(dropped) = &report.dropped {
+        tracing::warn!(dropped = %dropped, "the store's log had a torn tail; it was cut off");
+    }
+    if report.applied > 0 {
+        tracing::info!(
+            records = report.applied,
+            "applied the log's records the database did not have yet"
+        );
+    }
+    Ok(writer)
+}
+
+/// The first outbox id never given out: past every id in the table and every id it ever
+/// held (rows deleted by retention or purges are not reused).
+fn next_outbox_id(c: &Connection) -> rusqlite::Result<i64> {
+    let max_row: Option<i64> = c.query_row("SELECT max(id) FROM outbox", [], |r| r.get(0))?;
+    let seq: Option<i64> = c
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(max_row.unwrap_or(0).max(seq.unwrap_or(0)) + 1)
+}
+
+/// Where a store's files are; creates the data directory.
+fn prepare_path(config: &StoreConfig) -> Result<PathBuf, String> {
+    let path = config.sqlite_path()?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+    }
+    Ok(path)
+}
+
+/// The lock a process holds on a store it owns (`<db>.lock`); `None` when another holds it.
+fn try_lock(path: &Path) -> Result<Option<std::fs::File>, String> {
+    let lock_path = path.with_extension("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+    Ok(lock.try_lock().is_ok().then_some(lock))
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) the store. When no other process serves it,
+    /// this process owns it: the log is recovered and the store's threads start. Otherwise
+    /// the store is attached (see the module doc) and cannot accept events.
+    pub fn open(config: &StoreConfig) -> Result<SqliteStore, String> {
+        let path = prepare_path(config)?;
+        match try_lock(&path)? {
+            Some(lock) => SqliteStore::open_owned(config, path, lock),
+            None => SqliteStore::open_attached(config, path),
+        }
     }
 
-    /// Opens the store for a gateway: takes an exclusive lock on `<db>.lock` (one gateway per
-    /// embedded store; several replicas need PostgreSQL) and releases every delivery lease
-    /// left by a previous process, which cannot be sending any more.
+    /// Opens the store for a gateway: it must own it (one gateway per embedded store;
+    /// several replicas need PostgreSQL).
     pub fn open_for_serving(config: &StoreConfig) -> Result<SqliteStore, String> {
-        let path = config.sqlite_path()?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
-        }
-        let lock_path = path.with_extension("lock");
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-        if lock.try_lock().is_err() {
-            return Err(format!(
+        let path = prepare_path(config)?;
+        match try_lock(&path)? {
+            Some(lock) => SqliteStore::open_owned(config, path, lock),
+            None => Err(format!(
                 "another cognihook is already serving {} (lock {} is held); the embedded store \
                  takes one gateway, use PostgreSQL for several",
                 path.display(),
-                lock_path.display()
-            ));
+                path.with_extension("lock").display()
+            )),
         }
-        let store = SqliteStore::open(config)?;
-        let conn = open_connection(&path, config.sync, false)
+    }
+
+    fn open_owned(
+        config: &StoreConfig,
+        path: PathBuf,
+        lock: std::fs::File,
+    ) -> Result<SqliteStore, String> {
+        let db_sync = database_sync(config.sync);
+        let mut conn = open_connection(&path, db_sync, false)
             .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
+        migrate(&mut conn).map_err(|e| format!("cannot migrate store {}: {e}", path.display()))?;
+        let log_dir = log_dir_of(&path);
+        let log = recover(&conn, &log_dir, config.sync)?;
+        // No other process can be sending: every lease left behind is void.
         let released = conn
             .execute(
                 "UPDATE outbox SET lease_until = NULL, lease_owner = NULL \
@@ -243,13 +407,113 @@ impl SqliteStore {
                 "released delivery leases left by the previous process"
             );
         }
-        if let Ok(mut l) = store.serving_lock.lock() {
-            *l = Some(lock);
-        }
-        Ok(store)
+        let projected = project::projected(&conn)
+            .map_err(|e| format!("cannot read store {}: {e}", path.display()))?;
+        let next_id = next_outbox_id(&conn)
+            .map_err(|e| format!("cannot read store {}: {e}", path.display()))?;
+        let shared = Arc::new(Shared::new(projected, next_id));
+        // The checkpointer thread does this work instead (see `project`).
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .and_then(|()| conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES))
+            .map_err(|e| format!("cannot configure store {}: {e}", path.display()))?;
+        let open_reader = || {
+            open_connection(&path, db_sync, true)
+                .map_err(|e| format!("cannot open store {} for reading: {e}", path.display()))
+        };
+        let reader = open_reader()?;
+        let sequencer_reader = open_reader()?;
+        let restart_wanted = Arc::new(AtomicBool::new(false));
+        let settings = WriterSettings {
+            wal_restart_wanted: restart_wanted.clone(),
+            windows: Windows {
+                idempotency_ms: millis(config.idempotency_window),
+                session_ttl_ms: millis(config.session_ttl),
+            },
+            retention_ms: millis(config.retention),
+        };
+        let checkpointer = project::start_checkpointer(
+            &path,
+            log_dir.clone(),
+            db_sync,
+            restart_wanted,
+            shared.clone(),
+        )?;
+        let alive = Arc::new(AtomicBool::new(true));
+        let (projector, projector_rx) = mpsc::sync_channel(PROJECTOR_QUEUE);
+        let projector_thread = {
+            let (shared, settings, alive) = (shared.clone(), settings.clone(), alive.clone());
+            std::thread::Builder::new()
+                .name("cognihook-project".into())
+                .spawn(move || {
+                    project::run(conn, projector_rx, shared, settings);
+                    alive.store(false, Ordering::SeqCst);
+                })
+                .map_err(|e| format!("cannot start the store projector: {e}"))?
+        };
+        let (queue, rx) = mpsc::sync_channel(config.queue_depth);
+        let sequencer = Sequencer {
+            log,
+            reader: sequencer_reader,
+            projector: projector.clone(),
+            shared: shared.clone(),
+            windows: settings.windows,
+            max_batch: config.max_batch,
+        };
+        let sequencer_thread = {
+            let alive = alive.clone();
+            std::thread::Builder::new()
+                .name("cognihook-writer".into())
+                .spawn(move || {
+                    sequencer.run(rx);
+                    alive.store(false, Ordering::SeqCst);
+                })
+                .map_err(|e| format!("cannot start the store writer: {e}"))?
+        };
+        Ok(SqliteStore {
+            path,
+            log_dir,
+            engine: Some(Engine {
+                queue,
+                queue_depth: config.queue_depth,
+                projector,
+                sequencer_thread: Mutex::new(Some(sequencer_thread)),
+                projector_thread: Mutex::new(Some(projector_thread)),
+                checkpointer: Mutex::new(Some(checkpointer)),
+                alive,
+            }),
+            direct: None,
+            reader: Arc::new(Mutex::new(reader)),
+            shared,
+            lock: Mutex::new(Some(lock)),
+        })
     }
 
-    /// Opens an existing store for reading only (CLI), without a writer.
+    fn open_attached(config: &StoreConfig, path: PathBuf) -> Result<SqliteStore, String> {
+        let db_sync = database_sync(config.sync);
+        let conn = open_connection(&path, db_sync, false)
+            .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
+        let projected = project::projected(&conn).map_err(|e| {
+            format!(
+                "cannot read store {} (is the gateway serving it older than this cognihook?): {e}",
+                path.display()
+            )
+        })?;
+        let reader = open_connection(&path, db_sync, true)
+            .map_err(|e| format!("cannot open store {} for reading: {e}", path.display()))?;
+        Ok(SqliteStore {
+            log_dir: log_dir_of(&path),
+            path,
+            engine: None,
+            direct: Some(Arc::new(Mutex::new(conn))),
+            reader: Arc::new(Mutex::new(reader)),
+            // Attached stores never insert outbox rows (they accept no events and settle
+            // no deliveries), so the id counter is not used.
+            shared: Arc::new(Shared::new(projected, i64::MAX)),
+            lock: Mutex::new(None),
+        })
+    }
+
+    /// Opens an existing store for reading only (CLI), without any thread.
     pub fn open_read_only(config: &StoreConfig) -> Result<ReadOnlyStore, String> {
         let path = config.sqlite_path()?;
         if !path.exists() {
@@ -257,7 +521,10 @@ impl SqliteStore {
         }
         let conn = open_connection(&path, config.sync, true)
             .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
-        Ok(ReadOnlyStore { conn })
+        Ok(ReadOnlyStore {
+            log_dir: log_dir_of(&path),
+            conn,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -265,28 +532,36 @@ impl SqliteStore {
     }
 
     pub(super) async fn accept(&self, a: Acceptance) -> Result<AcceptOutcome, StoreError> {
+        let Some(engine) = &self.engine else {
+            return Err(StoreError::Unavailable(
+                "another process serves this store".into(),
+            ));
+        };
         let (tx, rx) = oneshot::channel();
-        match self.queue.try_send(WriterMsg::Accept(Box::new(a), tx)) {
+        match engine.queue.try_send(SeqMsg::Accept(Box::new(a), tx)) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded(self.queue_depth)),
+            Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded(engine.queue_depth)),
             Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
         }
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
-    /// Runs `f` on the writer's connection inside the next commit group; answers after commit.
+    /// Runs `f` on the write connection inside the next transaction; answers after commit.
     async fn job<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection, i64) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&Connection, i64, &AtomicI64) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let Some(engine) = &self.engine else {
+            return self.direct_job(f).await;
+        };
         let (tx, rx) = oneshot::channel();
         let job: Job =
-            Box::new(move |c, now| f(c, now).map(|v| Box::new(v) as Box<dyn Any + Send>));
+            Box::new(move |c, now, ids| f(c, now, ids).map(|v| Box::new(v) as Box<dyn Any + Send>));
         // Jobs wait for room rather than being shed: they are the delivery path's own work.
-        match self.queue.try_send(WriterMsg::Job(job, tx)) {
+        match engine.projector.try_send(ProjMsg::Job(job, tx)) {
             Ok(()) => {}
             Err(TrySendError::Full(msg)) => {
-                let queue = self.queue.clone();
+                let queue = engine.projector.clone();
                 let sent = tokio::task::spawn_blocking(move || queue.send(msg).is_ok())
                     .await
                     .unwrap_or(false);
@@ -302,6 +577,30 @@ impl SqliteStore {
             .map_err(|_| unavailable("writer job returned an unexpected type"))
     }
 
+    /// An attached store's write: on its own connection, in one transaction.
+    async fn direct_job<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, i64, &AtomicI64) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let Some(conn) = self.direct.clone() else {
+            return Err(StoreError::Closed);
+        };
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn
+                .lock()
+                .map_err(|_| unavailable("store lock poisoned"))?;
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            let out = f(&tx, crate::now_millis(), &shared.next_outbox_id).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(out)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
     pub(super) async fn claim(
         &self,
         sink: &str,
@@ -310,7 +609,7 @@ impl SqliteStore {
     ) -> Result<Vec<Claimed>, StoreError> {
         let sink = sink.to_string();
         let lease_ms = millis(lease);
-        self.job(move |c, now| outbox::claim(c, now, &sink, limit, lease_ms))
+        self.job(move |c, now, _| outbox::claim(c, now, &sink, limit, lease_ms))
             .await
     }
 
@@ -318,7 +617,7 @@ impl SqliteStore {
         &self,
         sinks: Vec<(String, bool)>,
     ) -> Result<(), StoreError> {
-        self.job(move |c, _| outbox::configure_sinks(c, &sinks))
+        self.job(move |c, _, _| outbox::configure_sinks(c, &sinks))
             .await
     }
 
@@ -328,18 +627,43 @@ impl SqliteStore {
         status: u16,
         body: Bytes,
     ) -> Result<(), StoreError> {
-        self.job(move |c, _| outbox::set_answer(c, &key, status, &body))
-            .await
+        let Some(engine) = &self.engine else {
+            return self
+                .direct_job(move |c, _, _| outbox::set_answer(c, &key, status, &body))
+                .await;
+        };
+        let (reply, rx) = oneshot::channel();
+        let msg = SeqMsg::Answer {
+            key,
+            status,
+            body,
+            reply,
+        };
+        // Like a job, the answer waits for room rather than being shed.
+        match engine.queue.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(msg)) => {
+                let queue = engine.queue.clone();
+                let sent = tokio::task::spawn_blocking(move || queue.send(msg).is_ok())
+                    .await
+                    .unwrap_or(false);
+                if !sent {
+                    return Err(StoreError::Closed);
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+        }
+        rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
     pub(super) async fn settle_many(
         &self,
         items: Vec<(Claimed, Settlement)>,
     ) -> Result<Vec<bool>, StoreError> {
-        self.job(move |c, now| {
+        self.job(move |c, now, ids| {
             items
                 .iter()
-                .map(|(claim, s)| outbox::settle(c, now, claim, s))
+                .map(|(claim, s)| outbox::settle(c, now, claim, s, ids))
                 .collect()
         })
         .await
@@ -350,12 +674,12 @@ impl SqliteStore {
         f: DeadLetterFilter,
         dry_run: bool,
     ) -> Result<u64, StoreError> {
-        self.job(move |c, now| outbox::replay(c, now, &f, dry_run))
+        self.job(move |c, now, _| outbox::replay(c, now, &f, dry_run))
             .await
     }
 
     pub(super) async fn purge(&self, f: DeadLetterFilter) -> Result<u64, StoreError> {
-        self.job(move |c, _| outbox::purge(c, &f)).await
+        self.job(move |c, _, _| outbox::purge(c, &f)).await
     }
 
     pub(super) async fn dead_letters(
@@ -374,10 +698,33 @@ impl SqliteStore {
             .await
     }
 
+    /// Waits until the database holds every record committed when this was called (what
+    /// every read does first).
+    pub async fn caught_up(&self) -> Result<(), StoreError> {
+        if self.engine.is_none() {
+            return Ok(());
+        }
+        let target = self.shared.acked.load(Ordering::SeqCst);
+        let mut rx = self.shared.projected.subscribe();
+        let waited = tokio::time::timeout(CATCH_UP_WAIT, async {
+            rx.wait_for(|p| *p >= target).await.map(|_| ())
+        })
+        .await;
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "the database is more than {}s behind the log",
+                CATCH_UP_WAIT.as_secs()
+            ))),
+        }
+    }
+
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.caught_up().await?;
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let conn = reader
@@ -391,14 +738,37 @@ impl SqliteStore {
 
     pub(super) async fn journey(&self, id: &str) -> Result<Option<Journey>, StoreError> {
         let id = id.to_string();
-        self.read(move |c| read_journey(c, &id)).await
+        if self.engine.is_some() {
+            return self.read(move |c| read_journey(c, &id)).await;
+        }
+        let log_dir = self.log_dir.clone();
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .map_err(|_| unavailable("reader lock poisoned"))?;
+            journey_with_tail(&conn, &log_dir, &id).map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
     }
 
-    /// Ready while the writer runs and the database file answers a read. The check never
-    /// waits behind the reader connection: a busy reader (a long admin query, a metrics
-    /// scrape) is itself a database answering, and a probe must not time out behind it.
+    /// Why the store cannot commit now, if it cannot (for `/readyz`).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure()
+    }
+
+    /// Ready while the store's threads run, its last write succeeded and the database file
+    /// answers a read. The check never waits behind the reader connection: a busy reader (a
+    /// long admin query, a metrics scrape) is itself a database answering, and a probe must
+    /// not time out behind it.
     pub(super) async fn ready(&self) -> bool {
-        if !self.writer_alive.load(Ordering::SeqCst) {
+        if let Some(engine) = &self.engine {
+            if !engine.alive.load(Ordering::SeqCst) {
+                return false;
+            }
+        }
+        if self.shared.failure().is_some() {
             return false;
         }
         let reader = self.reader.clone();
@@ -416,94 +786,64 @@ impl SqliteStore {
         .unwrap_or(false)
     }
 
+    /// Commits what is queued, applies it to the database, stops the threads and releases
+    /// the store.
     pub(super) async fn close(&self) {
-        let (tx, rx) = oneshot::channel();
-        // A full queue still accepts the close message once the writer drains it.
-        let queue = self.queue.clone();
-        let sent = tokio::task::spawn_blocking(move || queue.send(WriterMsg::Close(tx)).is_ok())
-            .await
-            .unwrap_or(false);
-        if sent {
-            let _ = rx.await;
-        }
-        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
-        if let Some(h) = handle {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
-        }
-        let checkpointer = self.checkpointer.lock().ok().and_then(|mut h| h.take());
-        if let Some((stop, h)) = checkpointer {
-            stop.store(true, Ordering::SeqCst);
-            h.thread().unpark();
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        if let Some(engine) = &self.engine {
+            // The sequencer first (it flushes the log), then the projector (it applies what
+            // the sequencer handed it), then the checkpointer (a last full checkpoint).
+            let (tx, rx) = oneshot::channel();
+            let queue = engine.queue.clone();
+            let sent = tokio::task::spawn_blocking(move || queue.send(SeqMsg::Close(tx)).is_ok())
+                .await
+                .unwrap_or(false);
+            if sent {
+                let _ = rx.await;
+            }
+            join(&engine.sequencer_thread).await;
+            let (tx, rx) = oneshot::channel();
+            let projector = engine.projector.clone();
+            let sent =
+                tokio::task::spawn_blocking(move || projector.send(ProjMsg::Close(tx)).is_ok())
+                    .await
+                    .unwrap_or(false);
+            if sent {
+                let _ = rx.await;
+            }
+            join(&engine.projector_thread).await;
+            let checkpointer = engine.checkpointer.lock().ok().and_then(|mut h| h.take());
+            if let Some((stop, h)) = checkpointer {
+                stop.store(true, Ordering::SeqCst);
+                h.thread().unpark();
+                let _ = tokio::task::spawn_blocking(move || h.join()).await;
+            }
         }
         // Dropping the file releases the lock for the next gateway.
-        if let Ok(mut l) = self.serving_lock.lock() {
+        if let Ok(mut l) = self.lock.lock() {
             l.take();
         }
     }
 }
 
-/// How often the checkpointer copies the WAL into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
-
-/// WAL size (in pages) past which the checkpointer makes the log start over.
-const WAL_RESTART_FRAMES: i64 = 4096;
+async fn join(handle: &Mutex<Option<JoinHandle<()>>>) {
+    let h = handle.lock().ok().and_then(|mut h| h.take());
+    if let Some(h) = h {
+        let _ = tokio::task::spawn_blocking(move || h.join()).await;
+    }
+}
 
 /// Size the WAL file is truncated to after it starts over.
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
-/// Starts the checkpointer thread; it stops (after a last checkpoint) when the flag is set.
-fn start_checkpointer(
-    path: &Path,
-    sync: SyncMode,
-    restart_wanted: Arc<AtomicBool>,
-) -> Result<(Arc<AtomicBool>, JoinHandle<()>), String> {
-    let conn = open_connection(path, sync, false)
-        .map_err(|e| format!("cannot open store {} for checkpoints: {e}", path.display()))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let handle = std::thread::Builder::new()
-        .name("cognihook-checkpoint".into())
-        .spawn(move || {
-            // Returns the WAL's size in frames after the checkpoint.
-            let checkpoint = |mode: &str| -> i64 {
-                // Columns: busy, frames in the WAL, frames checkpointed.
-                let r = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-                    r.get::<_, i64>(1)
-                });
-                match r {
-                    Ok(frames) => frames,
-                    Err(e) => {
-                        tracing::warn!(error = %e, mode, "WAL checkpoint failed; will retry");
-                        0
-                    }
-                }
-            };
-            while !flag.load(Ordering::SeqCst) {
-                std::thread::park_timeout(CHECKPOINT_EVERY);
-                // PASSIVE never blocks the writer, but under constant writes the WAL never
-                // gets the idle moment it needs to start over; past a size, ask the writer to
-                // restart it between two groups (it has no writer to wait for, and PASSIVE has
-                // already copied nearly everything).
-                if checkpoint("PASSIVE") > WAL_RESTART_FRAMES {
-                    restart_wanted.store(true, Ordering::SeqCst);
-                }
-            }
-            // The writer has stopped: copy everything back and truncate the WAL.
-            checkpoint("TRUNCATE");
-        })
-        .map_err(|e| format!("cannot start the store checkpointer: {e}"))?;
-    Ok((stop, handle))
-}
-
 /// A store opened by the CLI to read.
 pub struct ReadOnlyStore {
+    log_dir: PathBuf,
     conn: Connection,
 }
 
 impl ReadOnlyStore {
     pub fn journey(&self, id: &str) -> Result<Option<Journey>, String> {
-        read_journey(&self.conn, id).map_err(|e| e.to_string())
+        journey_with_tail(&self.conn, &self.log_dir, id).map_err(|e| e.to_string())
     }
 
     pub fn dead_letters(
@@ -513,6 +853,43 @@ impl ReadOnlyStore {
     ) -> Result<(u64, Vec<DeadLetter>), String> {
         outbox::dead_letters(&self.conn, f, limit).map_err(|e| e.to_string())
     }
+}
+
+/// A journey from the database or, for an event acknowledged and not yet applied there,
+/// from the log's tail (its deliveries then all pending, with no attempt yet).
+fn journey_with_tail(c: &Connection, log_dir: &Path, id: &str) -> Result<Option<Journey>, String> {
+    // The position first: whatever the database lacks after it is in the log.
+    let after = project::projected(c).map_err(|e| e.to_string())?;
+    if let Some(j) = read_journey(c, id).map_err(|e| e.to_string())? {
+        return Ok(Some(j));
+    }
+    let mut found = None;
+    log::read_after(log_dir, after, &mut |_, payload| {
+        if let Ok(Record::Accept(a)) = Record::decode(payload) {
+            if a.event_id == id || a.correlation_id == id {
+                found = Some(a);
+            }
+        }
+        Ok(())
+    })?;
+    let Some(a) = found else {
+        // Applied to the database while the log was read.
+        return read_journey(c, id).map_err(|e| e.to_string());
+    };
+    let event: Value = serde_json::from_str(&a.body).unwrap_or(Value::String(a.body.clone()));
+    Ok(Some(Journey {
+        event,
+        committed_at: outbox::rfc3339_ms(a.at),
+        deliveries: a
+            .rows
+            .iter()
+            .map(|r| Delivery {
+                sink: r.sink.clone(),
+                status: "pending".into(),
+                attempts: Vec::new(),
+            })
+            .collect(),
+    }))
 }
 
 fn read_journey(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
@@ -563,371 +940,6 @@ fn read_journey(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
     }))
 }
 
-fn run_writer(mut conn: Connection, rx: mpsc::Receiver<WriterMsg>, s: WriterSettings) {
-    let mut batch: Vec<Item> = Vec::with_capacity(s.max_batch);
-    let mut last_maintenance = Instant::now();
-    let mut cursor = MaintenanceCursor::default();
-    loop {
-        let first = match rx.recv_timeout(MAINTENANCE_EVERY) {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => {
-                maintain(&conn, &s, &mut cursor);
-                last_maintenance = Instant::now();
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let mut close = None;
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                WriterMsg::Accept(a, reply) => batch.push(Item::Accept(a, reply)),
-                WriterMsg::Job(job, reply) => batch.push(Item::Job(Some(job), reply)),
-                WriterMsg::Close(done) => {
-                    close = Some(done);
-                    break;
-                }
-            }
-            if batch.len() < s.max_batch {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !batch.is_empty() {
-            commit_group(&mut conn, &mut batch, &s);
-        }
-        if let Some(done) = close {
-            let _ = done.send(());
-            break;
-        }
-        if s.wal_restart_wanted.swap(false, Ordering::SeqCst) {
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "WAL restart failed; will retry");
-            }
-        }
-        if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
-            maintain(&conn, &s, &mut cursor);
-            last_maintenance = Instant::now();
-        }
-    }
-}
-
-/// Applies a group of acceptances in one transaction and answers each after the commit.
-///
-/// Each acceptance reads what it needs and checks everything that can refuse it before it
-/// writes anything, so a refused acceptance leaves nothing behind without a savepoint. A
-/// database error fails the whole group: every caller gets 503 and nothing is committed.
-fn commit_group(conn: &mut Connection, batch: &mut Vec<Item>, s: &WriterSettings) {
-    enum Done {
-        Accept(Result<AcceptOutcome, StoreError>),
-        Job(Box<dyn Any + Send>),
-    }
-    let now = crate::now_millis();
-    let mut results = Vec::with_capacity(batch.len());
-    let outcome = (|| -> Result<(), StoreError> {
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(unavailable)?;
-        for item in batch.iter_mut() {
-            match item {
-                Item::Accept(a, _) => match accept_one(&tx, a, now, s) {
-                    Err(e @ StoreError::Unavailable(_)) => return Err(e),
-                    r => results.push(Done::Accept(r)),
-                },
-                Item::Job(job, _) => {
-                    if let Some(job) = job.take() {
-                        results.push(Done::Job(job(&tx, now).map_err(unavailable)?));
-                    }
-                }
-            }
-        }
-        tx.commit().map_err(unavailable)
-    })();
-    match outcome {
-        Ok(()) => {
-            for (item, r) in batch.drain(..).zip(results) {
-                match (item, r) {
-                    (Item::Accept(_, reply), Done::Accept(r)) => {
-                        let _ = reply.send(r);
-                    }
-                    (Item::Job(_, reply), Done::Job(v)) => {
-                        let _ = reply.send(Ok(v));
-                    }
-                    // Results are pushed in item order, one per item.
-                    _ => {}
-                }
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "store commit failed; the group is answered 503");
-            for item in batch.drain(..) {
-                match item {
-                    Item::Accept(_, reply) => {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                    Item::Job(_, reply) => {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn accept_one(
-    tx: &Connection,
-    a: &mut Acceptance,
-    now: i64,
-    s: &WriterSettings,
-) -> Result<AcceptOutcome, StoreError> {
-    // A spent signature is refused before anything else, duplicates included: a replayed
-    // request must not even learn the original answer.
-    if let Some(spend) = &a.spend {
-        let live: Option<i64> = tx
-            .prepare_cached("SELECT expires_at FROM spent_signatures WHERE route = ?1 AND mac = ?2")
-            .and_then(|mut st| {
-                st.query_row(params![a.event.route, &spend.mac[..]], |r| r.get(0))
-                    .optional()
-            })
-            .map_err(unavailable)?;
-        if live.is_some_and(|expires| expires >= now / 1000) {
-            return Ok(AcceptOutcome::SignatureReplayed);
-        }
-    }
-    let spend =
-        |tx: &Connection, route: &str, spend: &Option<SpentSignature>| -> Result<(), StoreError> {
-            if let Some(spend) = spend {
-                tx.prepare_cached(
-                    "INSERT OR REPLACE INTO spent_signatures (route, mac, expires_at) \
-                 VALUES (?1, ?2, ?3)",
-                )
-                .and_then(|mut st| st.execute(params![route, &spend.mac[..], spend.expires_at]))
-                .map_err(unavailable)?;
-            }
-            Ok(())
-        };
-    let existing = tx
-        .prepare_cached(
-            "SELECT status, body, correlation_id, created_at FROM idempotency WHERE key = ?1",
-        )
-        .and_then(|mut st| {
-            st.query_row(params![a.idempotency_key], |r| {
-                Ok((
-                    r.get::<_, u16>(0)?,
-                    r.get::<_, Vec<u8>>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })
-            .optional()
-        })
-        .map_err(unavailable)?;
-    if let Some((status, body, correlation_id, created_at)) = existing {
-        if created_at >= now - s.idempotency_window_ms {
-            spend(tx, &a.event.route, &a.spend)?;
-            return Ok(AcceptOutcome::Duplicate {
-                status,
-                body: Bytes::from(body),
-                correlation_id,
-            });
-        }
-    }
-
-    // Read the session first: the writer is the only writer, so nothing changes it between
-    // this read and the upsert below.
-    let e = &mut a.event;
-    let session = tx
-        .prepare_cached("SELECT state_version, last_seen FROM sessions WHERE session_id = ?1")
-        .and_then(|mut st| {
-            st.query_row(params![e.session_id], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-            })
-            .optional()
-        })
-        .map_err(unavailable)?;
-    let live = session.filter(|(_, last_seen)| *last_seen >= now - s.session_ttl_ms);
-    let version = live.map_or(1, |(v, _)| v + 1);
-    e.state_version = version.max(0) as u64;
-
-    if let Some(data) = a.response.get_mut("data").and_then(Value::as_object_mut) {
-        data.insert("stateVersion".into(), Value::from(e.state_version));
-    }
-    let response = serde_json::to_vec(&a.response).map_err(unavailable)?;
-    if response.len() > a.max_response_bytes {
-        return Err(StoreError::ResponseTooLarge {
-            size: response.len(),
-            limit: a.max_response_bytes,
-        });
-    }
-    let body = serde_json::to_string(&*e).map_err(unavailable)?;
-
-    // Everything that can refuse the event has passed; write.
-    tx.prepare_cached(
-        "INSERT INTO sessions (session_id, state_version, first_seen, last_seen, \
-                               last_event_type, last_route) \
-         VALUES (?1, ?2, ?3, ?3, ?4, ?5) \
-         ON CONFLICT (session_id) DO UPDATE SET \
-           state_version = ?2, \
-           first_seen = CASE WHEN ?2 = 1 THEN ?3 ELSE sessions.first_seen END, \
-           last_seen = ?3, last_event_type = ?4, last_route = ?5",
-    )
-    .and_then(|mut st| st.execute(params![e.session_id, version, now, e.event_type, e.route]))
-    .map_err(unavailable)?;
-    tx.prepare_cached(
-        "INSERT INTO events (event_id, correlation_id, route, session_id, event_type, \
-                             state_version, simulated, received_at, committed_at, body) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )
-    .and_then(|mut st| {
-        st.execute(params![
-            e.event_id,
-            e.correlation_id,
-            e.route,
-            e.session_id,
-            e.event_type,
-            version,
-            e.simulated,
-            e.received_at,
-            now,
-            body
-        ])
-    })
-    .map_err(unavailable)?;
-    for sink in &a.sinks {
-        tx.prepare_cached(
-            "INSERT INTO outbox (event_id, sink, route, session_id, status, attempts, \
-                                 next_attempt_at, created_at, ordered) \
-             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, \
-                     coalesce((SELECT ordered FROM sink_settings WHERE sink = ?2), 0))",
-        )
-        .and_then(|mut st| st.execute(params![e.event_id, sink, e.route, e.session_id, now]))
-        .map_err(unavailable)?;
-    }
-    let held = match &a.respond {
-        Some(r) => {
-            let token = ulid::Ulid::new().to_string();
-            let respond_to = r.on_late.clone().unwrap_or_default();
-            tx.prepare_cached(
-                "INSERT INTO outbox (event_id, sink, route, session_id, status, attempts, \
-                                     next_attempt_at, created_at, lease_until, lease_owner, \
-                                     respond_to, ordered) \
-                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?6, ?7, ?8, \
-                         coalesce((SELECT ordered FROM sink_settings WHERE sink = ?2), 0))",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    e.event_id,
-                    r.sink,
-                    e.route,
-                    e.session_id,
-                    now,
-                    now + r.lease_ms,
-                    token,
-                    respond_to
-                ])
-            })
-            .map_err(unavailable)?;
-            Some(Box::new(Claimed::held_for_request(
-                e,
-                &r.sink,
-                tx.last_insert_rowid(),
-                token,
-                &body,
-                respond_to,
-            )))
-        }
-        None => None,
-    };
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO idempotency (key, event_id, status, body, correlation_id, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )
-    .and_then(|mut st| {
-        st.execute(params![
-            a.idempotency_key,
-            e.event_id,
-            a.status,
-            response,
-            e.correlation_id,
-            now
-        ])
-    })
-    .map_err(unavailable)?;
-    spend(tx, &e.route, &a.spend)?;
-    Ok(AcceptOutcome::Committed {
-        state_version: e.state_version,
-        body: Bytes::from(response),
-        held,
-    })
-}
-
-/// Sessions examined per maintenance pass; bounds how long one pass holds the writer.
-const SESSION_PRUNE_CHUNK: i64 = 5_000;
-
-/// Where the bounded session scan goes on from; reset after a full pass.
-#[derive(Default)]
-struct MaintenanceCursor {
-    session_after: String,
-}
-
-/// Prunes what has expired: idempotency records past the window, delivered outbox rows (with
-/// their attempt records) and events past retention that have no undelivered outbox row (event
-/// ids are ULIDs, so "older than" is an id range), and a bounded chunk of expired sessions.
-fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut MaintenanceCursor) {
-    let now = crate::now_millis();
-    let cutoff_ms = u64::try_from(now - s.retention_ms).unwrap_or(0);
-    let oldest_kept = ulid::Ulid::from_parts(cutoff_ms, 0).to_string();
-    let r = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
-        conn.execute(
-            "DELETE FROM idempotency WHERE created_at < ?1",
-            params![now - s.idempotency_window_ms],
-        )?;
-        conn.execute(
-            "DELETE FROM spent_signatures WHERE expires_at < ?1",
-            params![now / 1000],
-        )?;
-        // A delivered row's attempt records go with it.
-        conn.execute(
-            "DELETE FROM delivery_attempts WHERE outbox_id IN \
-               (SELECT id FROM outbox WHERE status = 'delivered' AND event_id < ?1)",
-            params![oldest_kept],
-        )?;
-        conn.execute(
-            "DELETE FROM outbox WHERE status = 'delivered' AND event_id < ?1",
-            params![oldest_kept],
-        )?;
-        conn.execute(
-            "DELETE FROM events WHERE event_id < ?1 AND NOT EXISTS \
-               (SELECT 1 FROM outbox o WHERE o.event_id = events.event_id)",
-            params![oldest_kept],
-        )?;
-        let last: Option<String> = conn
-            .query_row(
-                "SELECT max(session_id) FROM (SELECT session_id FROM sessions \
-                 WHERE session_id > ?1 ORDER BY session_id LIMIT ?2)",
-                params![cursor.session_after, SESSION_PRUNE_CHUNK],
-                |r| r.get(0),
-            )
-            .optional()?
-            .flatten();
-        match last {
-            Some(last) => {
-                conn.execute(
-                    "DELETE FROM sessions WHERE session_id > ?1 AND session_id <= ?2 \
-                     AND last_seen < ?3",
-                    params![cursor.session_after, last, now - s.session_ttl_ms],
-                )?;
-                cursor.session_after = last;
-            }
-            None => cursor.session_after.clear(),
-        }
-        conn.execute_batch("COMMIT")
-    });
-    if let Err(e) = r {
-        let _ = conn.execute_batch("ROLLBACK");
-        tracing::warn!(error = %e, "store maintenance failed; will retry");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -953,7 +965,10 @@ mod tests {
                 "flow.execution".into(),
                 json!({"k": key}),
             ),
-            response: json!({"status": "success", "data": {"processed": true}}),
+            answer: crate::store::decide::Answer::new(
+                b"{\"status\":\"success\",\"data\":{\"processed\":true,\"stateVersion\":".to_vec(),
+                b"}}".to_vec(),
+            ),
             sinks: sinks.iter().map(|s| s.to_string()).collect(),
             max_response_bytes: 1 << 20,
             spend: None,
@@ -988,7 +1003,8 @@ mod tests {
     fn commit_writes_event_session_idempotency_and_one_outbox_row_per_sink() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = SqliteStore::open(&config(dir.path())).expect("open");
-        let out = runtime().block_on(store.accept(acceptance("k1", "s1", &["a", "b"])));
+        let rt = runtime();
+        let out = rt.block_on(store.accept(acceptance("k1", "s1", &["a", "b"])));
         let Ok(AcceptOutcome::Committed {
             state_version,
             body,
@@ -1000,6 +1016,7 @@ mod tests {
         assert_eq!(state_version, 1);
         let body: Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(body["data"]["stateVersion"], 1);
+        rt.block_on(store.caught_up()).expect("caught up");
         let c = Connection::open(store.path()).expect("open");
         let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
         assert_eq!(n("SELECT count(*) FROM events"), 1);
@@ -1034,6 +1051,7 @@ mod tests {
                 correlation_id: "corr-k".into()
             })
         );
+        rt.block_on(store.caught_up()).expect("caught up");
         let c = Connection::open(store.path()).expect("open");
         let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
         assert_eq!(n("SELECT count(*) FROM events"), 1);
@@ -1068,6 +1086,7 @@ mod tests {
             ),
             "{r2:?}"
         );
+        rt.block_on(store.caught_up()).expect("caught up");
         let c = Connection::open(store.path()).expect("open");
         let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
         assert_eq!(n("SELECT count(*) FROM events"), 1);
@@ -1113,6 +1132,7 @@ mod tests {
                 .expect("commit");
         }
         // Age the rows: 300 s, 200 s and 100 s old, in the order they were written.
+        rt.block_on(store.caught_up()).expect("caught up");
         let c = Connection::open(store.path()).expect("open");
         let now = crate::now_millis();
         for (n, age_s) in [(1, 300), (2, 200), (3, 100)] {
@@ -1231,6 +1251,7 @@ mod tests {
         let rt = runtime();
         rt.block_on(store.accept(acceptance("k", "s", &[])))
             .expect("commit");
+        rt.block_on(store.caught_up()).expect("caught up");
         let c = Connection::open(store.path()).expect("open");
         // Age the record past the 24 h window instead of waiting.
         c.execute(
@@ -1267,6 +1288,7 @@ mod tests {
         rt.block_on(store.accept(acceptance("a", "s", &[])))
             .expect("commit");
         // Age the session past its TTL instead of waiting.
+        rt.block_on(store.caught_up()).expect("caught up");
         let c = Connection::open(store.path()).expect("open");
         c.execute("UPDATE sessions SET last_seen = last_seen - 1000", [])
             .expect("age");
@@ -1305,12 +1327,13 @@ mod tests {
         // Negative windows put every cut-off in the future: everything has expired.
         let expired = WriterSettings {
             wal_restart_wanted: Arc::new(AtomicBool::new(false)),
-            max_batch: 1,
-            idempotency_window_ms: -60_000,
-            session_ttl_ms: -60_000,
+            windows: Windows {
+                idempotency_ms: -60_000,
+                session_ttl_ms: -60_000,
+            },
             retention_ms: -60_000,
         };
-        maintain(&conn, &expired, &mut MaintenanceCursor::default());
+        project::maintain(&conn, &expired, &mut project::MaintenanceCursor::default());
         let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
         assert_eq!(n("SELECT count(*) FROM idempotency"), 0);
         assert_eq!(n("SELECT count(*) FROM sessions"), 0);
@@ -1339,12 +1362,13 @@ mod tests {
         .expect("insert");
         let defaults = WriterSettings {
             wal_restart_wanted: Arc::new(AtomicBool::new(false)),
-            max_batch: 1,
-            idempotency_window_ms: 86_400_000,
-            session_ttl_ms: 86_400_000,
+            windows: Windows {
+                idempotency_ms: 86_400_000,
+                session_ttl_ms: 86_400_000,
+            },
             retention_ms: 86_400_000,
         };
-        maintain(&conn, &defaults, &mut MaintenanceCursor::default());
+        project::maintain(&conn, &defaults, &mut project::MaintenanceCursor::default());
         assert_eq!(n("SELECT count(*) FROM sessions"), 1);
         assert_eq!(n("SELECT count(*) FROM events"), 1);
     }
@@ -1367,6 +1391,7 @@ mod tests {
             .expect("claim")
             .is_empty());
         // Let the lease run out, as after a crash mid-delivery.
+        rt.block_on(store.caught_up()).expect("caught up");
         let c = Connection::open(dir.path().join("cognihook.db")).expect("open");
         c.execute("UPDATE outbox SET lease_until = lease_until - 120000", [])
             .expect("age lease");

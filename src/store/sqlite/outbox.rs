@@ -1,6 +1,8 @@
 //! The delivery path's SQL on the embedded store: claim, settle, dead letters, replay, purge,
-//! per-sink counts and attempt history. Every function that writes runs on the writer thread
-//! inside a commit group (see the parent module); reads run on the reader connection.
+//! per-sink counts and attempt history. Every function that writes runs on the projector thread
+//! inside its transaction (see the parent module); reads run on the reader connection.
+
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
@@ -108,6 +110,7 @@ pub(super) fn settle(
     now: i64,
     claim: &Claimed,
     s: &Settlement,
+    ids: &AtomicI64,
 ) -> rusqlite::Result<bool> {
     let attempt = claim.attempts + 1;
     let held = "id = ?1 AND lease_owner = ?2 AND status = 'pending'";
@@ -180,10 +183,11 @@ pub(super) fn settle(
         ) = (s, &claim.respond_to)
         {
             if !on_late.is_empty() {
+                // Ids come from the store's counter: the request path gives them out too.
                 c.prepare_cached(
-                    "INSERT INTO outbox (event_id, sink, route, session_id, status, attempts, \
-                                         next_attempt_at, created_at, result, ordered) \
-                     VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?6, \
+                    "INSERT INTO outbox (id, event_id, sink, route, session_id, status, \
+                                         attempts, next_attempt_at, created_at, result, ordered) \
+                     VALUES (?7, ?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?6, \
                              coalesce((SELECT ordered FROM sink_settings WHERE sink = ?2), 0))",
                 )?
                 .execute(params![
@@ -192,7 +196,8 @@ pub(super) fn settle(
                     claim.route,
                     claim.session_id,
                     now,
-                    result
+                    result,
+                    ids.fetch_add(1, Ordering::SeqCst)
                 ])?;
             }
         }

@@ -73,6 +73,7 @@ pub struct TestApp {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     deliverer: std::sync::Arc<cognihook::delivery::worker::Deliverer>,
+    store: cognihook::store::Store,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -146,6 +147,7 @@ impl TestApp {
         let app = build_app_env(dir.path(), env, tweak).await;
         let addr = app.local_addr().unwrap();
         let deliverer = app.deliverer().clone();
+        let store = app.state().store.clone();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -158,6 +160,7 @@ impl TestApp {
             shutdown,
             task,
             deliverer,
+            store,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -238,8 +241,14 @@ impl TestApp {
         .await
     }
 
-    /// Opens the store file for direct checks.
-    pub fn db(&self) -> rusqlite::Connection {
+    /// Opens the store file for direct checks, once it holds every acknowledged event.
+    pub async fn db(&self) -> rusqlite::Connection {
+        self.store.caught_up().await.unwrap();
+        self.db_now()
+    }
+
+    /// Opens the store file as it is now, for checks that poll until a condition holds.
+    pub fn db_now(&self) -> rusqlite::Connection {
         rusqlite::Connection::open(self.dir.path().join("cognihook.db")).unwrap()
     }
 }

@@ -1,0 +1,457 @@
+//! The projector: the thread that owns the database's write connection. It applies committed
+//! log records (in log order) and the delivery path's jobs (claims, settlements, replays,
+//! purges) in large transactions, records in the same transaction how far the log has been
+//! applied (`log_position.projected_lsn`), and prunes what has expired. Also here: the
+//! checkpointer thread, which copies the WAL into the database file and removes the log
+//! segments the database has made durable.
+//!
+//! Nothing here is on a request's path: a request is answered once its record is in the log.
+//! The database runs with `synchronous = NORMAL` (or `OFF` under `sync = "off"`): a commit
+//! here reaches the operating system but is not flushed, which is why the log keeps every
+//! record until the checkpointer has flushed the WAL past it.
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::record::{AcceptRecord, Record, Spend};
+use super::{open_connection, Shared, WriterSettings};
+use crate::store::StoreError;
+
+/// Work for the write connection (claims, settlements, replays, purges), applied inside the
+/// next transaction; its result is sent after the commit.
+pub(super) type Job =
+    Box<dyn FnOnce(&Connection, i64, &AtomicI64) -> rusqlite::Result<Box<dyn Any + Send>> + Send>;
+pub(super) type JobReply = oneshot::Sender<Result<Box<dyn Any + Send>, StoreError>>;
+
+pub(super) enum ProjMsg {
+    /// Records committed to the log, the last one numbered `last`.
+    Records(Vec<Record>, u64),
+    Job(Job, JobReply),
+    Close(oneshot::Sender<()>),
+}
+
+/// How often the projector prunes expired rows when idle or between batches.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+
+/// Records applied in one transaction at most (a bound on how long a batch holds the
+/// database's write lock, not a target: under load batches are what has queued).
+const MAX_BATCH_RECORDS: usize = 8_192;
+
+/// The projector's loop. It stops when its channel closes or on `Close`.
+pub(super) fn run(
+    mut conn: Connection,
+    rx: Receiver<ProjMsg>,
+    shared: Arc<Shared>,
+    s: WriterSettings,
+) {
+    let mut last_maintenance = Instant::now();
+    let mut cursor = MaintenanceCursor::default();
+    // Records whose transaction failed, applied again first (they are committed in the log).
+    let mut retry: Vec<(Vec<Record>, u64)> = Vec::new();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let wait = if retry.is_empty() {
+            MAINTENANCE_EVERY
+        } else {
+            backoff
+        };
+        let first = match rx.recv_timeout(wait) {
+            Ok(m) => Some(m),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut records = std::mem::take(&mut retry);
+        let mut jobs: Vec<(Job, JobReply)> = Vec::new();
+        let mut close = None;
+        let mut count: usize = records.iter().map(|(r, _)| r.len()).sum();
+        let mut next = first;
+        while let Some(msg) = next.take() {
+            match msg {
+                ProjMsg::Records(r, last) => {
+                    count += r.len();
+                    records.push((r, last));
+                }
+                ProjMsg::Job(job, reply) => jobs.push((job, reply)),
+                ProjMsg::Close(done) => {
+                    close = Some(done);
+                    break;
+                }
+            }
+            if count < MAX_BATCH_RECORDS {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !records.is_empty() || !jobs.is_empty() {
+            match apply_batch(&mut conn, &records, jobs, &shared) {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(e) => {
+                    shared.db_health.fail(&e);
+                    retry = records;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        if let Some(done) = close {
+            if !retry.is_empty() {
+                tracing::error!(
+                    "the database could not take every committed record before shutdown; \
+                     they stay in the log and are applied at the next start"
+                );
+            }
+            let _ = done.send(());
+            break;
+        }
+        if s.wal_restart_wanted.swap(false, Ordering::SeqCst) {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL restart failed; will retry");
+            }
+        }
+        if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+            maintain(&conn, &s, &mut cursor);
+            last_maintenance = Instant::now();
+        }
+    }
+}
+
+/// One transaction: the records, then the jobs; answers the jobs after the commit and
+/// publishes how far the log is applied. On an error nothing is committed, every job gets the
+/// error and the caller keeps the records for the next attempt.
+fn apply_batch(
+    conn: &mut Connection,
+    records: &[(Vec<Record>, u64)],
+    jobs: Vec<(Job, JobReply)>,
+    shared: &Shared,
+) -> Result<(), StoreError> {
+    let now = crate::now_millis();
+    let last = records.last().map(|(_, last)| *last);
+    let (jobs, replies): (Vec<Job>, Vec<JobReply>) = jobs.into_iter().unzip();
+    let mut results = Vec::with_capacity(jobs.len());
+    let outcome = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .and_then(|tx| {
+            for (group, _) in records {
+                for r in group {
+                    apply(&tx, r)?;
+                }
+            }
+            for job in jobs {
+                results.push(job(&tx, now, &shared.next_outbox_id)?);
+            }
+            if let Some(last) = last {
+                set_projected(&tx, last)?;
+            }
+            tx.commit()
+        });
+    match outcome {
+        Ok(()) => {
+            if let Some(last) = last {
+                shared.projected.send_replace(last);
+            }
+            shared.db_health.recover();
+            for (reply, r) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(r));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let e = StoreError::Unavailable(e.to_string());
+            tracing::error!(error = %e, records = records.iter().map(|(r, _)| r.len()).sum::<usize>(),
+                "cannot apply committed records to the database; they stay in the log and are retried");
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Records how far the log has been applied (in the transaction that applied it).
+pub(super) fn set_projected(c: &Connection, lsn: u64) -> rusqlite::Result<()> {
+    c.prepare_cached("UPDATE log_position SET projected_lsn = ?1 WHERE id = 1")?
+        .execute(params![lsn as i64])?;
+    Ok(())
+}
+
+/// How far the log has been applied to this database.
+pub(super) fn projected(c: &Connection) -> rusqlite::Result<u64> {
+    let lsn: Option<i64> = c
+        .query_row(
+            "SELECT projected_lsn FROM log_position WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(lsn.unwrap_or(0).max(0) as u64)
+}
+
+/// Applies one record. Applying the records in log order from an empty database rebuilds
+/// what the request path wrote; each is applied once (the projected position moves in the
+/// same transaction).
+pub(super) fn apply(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
+    match r {
+        Record::Accept(a) => apply_accept(tx, a),
+        Record::Spend(s) => spend(tx, s),
+        Record::Answer { key, status, body } => super::outbox::set_answer(tx, key, *status, body),
+    }
+}
+
+fn spend(tx: &Connection, s: &Spend) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO spent_signatures (route, mac, expires_at) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![s.route, s.mac, s.expires_at])?;
+    Ok(())
+}
+
+fn apply_accept(tx: &Connection, a: &AcceptRecord) -> rusqlite::Result<()> {
+    let version = a.state_version as i64;
+    tx.prepare_cached(
+        "INSERT INTO sessions (session_id, state_version, first_seen, last_seen, \
+                               last_event_type, last_route) \
+         VALUES (?1, ?2, ?3, ?3, ?4, ?5) \
+         ON CONFLICT (session_id) DO UPDATE SET \
+           state_version = ?2, \
+           first_seen = CASE WHEN ?2 = 1 THEN ?3 ELSE sessions.first_seen END, \
+           last_seen = ?3, last_event_type = ?4, last_route = ?5",
+    )?
+    .execute(params![a.session_id, version, a.at, a.event_type, a.route])?;
+    tx.prepare_cached(
+        "INSERT INTO events (event_id, correlation_id, route, session_id, event_type, \
+                             state_version, simulated, received_at, committed_at, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        a.event_id,
+        a.correlation_id,
+        a.route,
+        a.session_id,
+        a.event_type,
+        version,
+        a.simulated,
+        a.received_at,
+        a.at,
+        a.body
+    ])?;
+    for row in &a.rows {
+        match &row.held {
+            None => tx
+                .prepare_cached(
+                    "INSERT INTO outbox (id, event_id, sink, route, session_id, status, \
+                                         attempts, next_attempt_at, created_at, ordered) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, \
+                             coalesce((SELECT ordered FROM sink_settings WHERE sink = ?3), 0))",
+                )?
+                .execute(params![
+                    row.id,
+                    a.event_id,
+                    row.sink,
+                    a.route,
+                    a.session_id,
+                    a.at
+                ])?,
+            Some(h) => tx
+                .prepare_cached(
+                    "INSERT INTO outbox (id, event_id, sink, route, session_id, status, \
+                                         attempts, next_attempt_at, created_at, lease_until, \
+                                         lease_owner, respond_to, ordered) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, ?7, ?8, ?9, \
+                             coalesce((SELECT ordered FROM sink_settings WHERE sink = ?3), 0))",
+                )?
+                .execute(params![
+                    row.id,
+                    a.event_id,
+                    row.sink,
+                    a.route,
+                    a.session_id,
+                    a.at,
+                    h.lease_until,
+                    h.token,
+                    h.respond_to
+                ])?,
+        };
+    }
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO idempotency (key, event_id, status, body, correlation_id, \
+                                             created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        a.key,
+        a.event_id,
+        a.status,
+        &a.answer[..],
+        a.correlation_id,
+        a.at
+    ])?;
+    if let Some(s) = &a.spend {
+        spend(tx, s)?;
+    }
+    Ok(())
+}
+
+/// Sessions examined per maintenance pass; bounds how long one pass holds the writer.
+const SESSION_PRUNE_CHUNK: i64 = 5_000;
+
+/// Where the bounded session scan goes on from; reset after a full pass.
+#[derive(Default)]
+pub(super) struct MaintenanceCursor {
+    session_after: String,
+}
+
+/// Prunes what has expired: idempotency records past the window, delivered outbox rows (with
+/// their attempt records) and events past retention that have no undelivered outbox row (event
+/// ids are ULIDs, so "older than" is an id range), and a bounded chunk of expired sessions.
+pub(super) fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut MaintenanceCursor) {
+    let now = crate::now_millis();
+    let cutoff_ms = u64::try_from(now - s.retention_ms).unwrap_or(0);
+    let oldest_kept = ulid::Ulid::from_parts(cutoff_ms, 0).to_string();
+    let r = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+        conn.execute(
+            "DELETE FROM idempotency WHERE created_at < ?1",
+            params![s.windows.idempotency_cutoff(now)],
+        )?;
+        conn.execute(
+            "DELETE FROM spent_signatures WHERE expires_at < ?1",
+            params![now / 1000],
+        )?;
+        // A delivered row's attempt records go with it.
+        conn.execute(
+            "DELETE FROM delivery_attempts WHERE outbox_id IN \
+               (SELECT id FROM outbox WHERE status = 'delivered' AND event_id < ?1)",
+            params![oldest_kept],
+        )?;
+        conn.execute(
+            "DELETE FROM outbox WHERE status = 'delivered' AND event_id < ?1",
+            params![oldest_kept],
+        )?;
+        conn.execute(
+            "DELETE FROM events WHERE event_id < ?1 AND NOT EXISTS \
+               (SELECT 1 FROM outbox o WHERE o.event_id = events.event_id)",
+            params![oldest_kept],
+        )?;
+        let last: Option<String> = conn
+            .query_row(
+                "SELECT max(session_id) FROM (SELECT session_id FROM sessions \
+                 WHERE session_id > ?1 ORDER BY session_id LIMIT ?2)",
+                params![cursor.session_after, SESSION_PRUNE_CHUNK],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        match last {
+            Some(last) => {
+                conn.execute(
+                    "DELETE FROM sessions WHERE session_id > ?1 AND session_id <= ?2 \
+                     AND last_seen < ?3",
+                    params![cursor.session_after, last, s.windows.session_cutoff(now)],
+                )?;
+                cursor.session_after = last;
+            }
+            None => cursor.session_after.clear(),
+        }
+        conn.execute_batch("COMMIT")
+    });
+    if let Err(e) = r {
+        let _ = conn.execute_batch("ROLLBACK");
+        tracing::warn!(error = %e, "store maintenance failed; will retry");
+    }
+}
+
+/// How often the checkpointer copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// How often the checkpointer looks for log segments it can remove.
+const LOG_CLEANUP_EVERY: Duration = Duration::from_secs(1);
+
+/// WAL size (in pages) past which the checkpointer makes the log start over.
+const WAL_RESTART_FRAMES: i64 = 4096;
+
+/// Starts the checkpointer thread; it stops (after a last checkpoint) when the flag is set.
+///
+/// Removing log segments: a segment may go once every record in it is durable in the
+/// database. The projector publishes `projected` after each commit; the checkpointer reads it
+/// (`p`), then flushes the WAL file itself (`fsync`). Every transaction that committed before
+/// `p` was published is then on disk, in the WAL or (copied by an earlier checkpoint, which
+/// flushes the database file before the WAL may start over) in the database file, so the
+/// records up to `p` are no longer needed.
+pub(super) fn start_checkpointer(
+    path: &Path,
+    log_dir: PathBuf,
+    sync: crate::config::SyncMode,
+    restart_wanted: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>), String> {
+    let conn = open_connection(path, sync, false)
+        .map_err(|e| format!("cannot open store {} for checkpoints: {e}", path.display()))?;
+    let wal_path = PathBuf::from(format!("{}-wal", path.display()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("cognihook-checkpoint".into())
+        .spawn(move || {
+            // Returns the WAL's size in frames after the checkpoint.
+            let checkpoint = |mode: &str| -> Option<i64> {
+                // Columns: busy, frames in the WAL, frames checkpointed.
+                let r = conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                    r.get::<_, i64>(1)
+                });
+                match r {
+                    Ok(frames) => Some(frames),
+                    Err(e) => {
+                        tracing::warn!(error = %e, mode, "WAL checkpoint failed; will retry");
+                        None
+                    }
+                }
+            };
+            let cleanup = |durable_mode: &str| {
+                let p = *shared.projected.borrow();
+                checkpoint(durable_mode)?;
+                if sync != crate::config::SyncMode::Off {
+                    if let Err(e) = std::fs::File::open(&wal_path).and_then(|f| f.sync_data()) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!(error = %e, "cannot flush the WAL; log segments kept");
+                            return None;
+                        }
+                    }
+                }
+                match super::log::remove_through(&log_dir, p) {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot remove applied log segments");
+                        None
+                    }
+                }
+            };
+            let mut last_cleanup = Instant::now();
+            while !flag.load(Ordering::SeqCst) {
+                std::thread::park_timeout(CHECKPOINT_EVERY);
+                if last_cleanup.elapsed() >= LOG_CLEANUP_EVERY {
+                    last_cleanup = Instant::now();
+                    let segments = super::log::segments(&log_dir).map_or(0, |s| s.len());
+                    if segments > 1 {
+                        cleanup("PASSIVE");
+                        continue;
+                    }
+                }
+                // PASSIVE never blocks the writer, but under constant writes the WAL never
+                // gets the idle moment it needs to start over; past a size, ask the writer to
+                // restart it between two batches (it has no writer to wait for, and PASSIVE
+                // has already copied nearly everything).
+                if checkpoint("PASSIVE").is_some_and(|frames| frames > WAL_RESTART_FRAMES) {
+                    restart_wanted.store(true, Ordering::SeqCst);
+                }
+            }
+            // The projector has stopped: copy everything back, truncate the WAL, and drop the
+            // segments that held only what is now in the database file.
+            cleanup("TRUNCATE");
+        })
+        .map_err(|e| format!("cannot start the store checkpointer: {e}"))?;
+    Ok((stop, handle))
+}

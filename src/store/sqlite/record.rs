@@ -1,0 +1,353 @@
+//! What the embedded store's log holds: one record per committed change of the request path,
+//! complete enough that applying the records in order to the database rebuilds every table
+//! the request path writes (see `project`). The encoding is private to this store: fields in
+//! a fixed order, strings and byte strings as `u32` length + bytes, integers little-endian.
+
+use bytes::Bytes;
+
+/// One committed change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Record {
+    /// An accepted event with its session version, answer and outbox rows.
+    Accept(Box<AcceptRecord>),
+    /// A duplicate spent its (timestamped) signature.
+    Spend(Spend),
+    /// The stored answer of an idempotency key was replaced (a `respond` upstream answered).
+    Answer {
+        key: String,
+        status: u16,
+        body: Bytes,
+    },
+}
+
+/// A signature used once (route, MAC), refused again until `expires_at` (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Spend {
+    pub(super) route: String,
+    pub(super) mac: Vec<u8>,
+    pub(super) expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct AcceptRecord {
+    /// When it was committed (Unix ms).
+    pub(super) at: i64,
+    pub(super) event_id: String,
+    pub(super) correlation_id: String,
+    pub(super) route: String,
+    pub(super) session_id: String,
+    pub(super) event_type: String,
+    pub(super) state_version: u64,
+    pub(super) simulated: bool,
+    pub(super) received_at: String,
+    /// The normalised event as JSON, `stateVersion` included.
+    pub(super) body: String,
+    pub(super) key: String,
+    pub(super) status: u16,
+    pub(super) answer: Bytes,
+    pub(super) rows: Vec<OutboxRow>,
+    pub(super) spend: Option<Spend>,
+}
+
+/// An outbox row an acceptance writes. Ids are given out by the store (not the database) so
+/// that the request can hold its `respond` row before the row reaches the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct OutboxRow {
+    pub(super) id: i64,
+    pub(super) sink: String,
+    pub(super) held: Option<Held>,
+}
+
+/// A `respond.upstream` row, inserted already leased to the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Held {
+    pub(super) lease_until: i64,
+    pub(super) token: String,
+    /// The `on_late` sink, "" for none.
+    pub(super) respond_to: String,
+}
+
+const ACCEPT: u8 = 1;
+const SPEND: u8 = 2;
+const ANSWER: u8 = 3;
+
+impl Record {
+    /// Appends the encoding to `out`.
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Record::Accept(a) => {
+                out.push(ACCEPT);
+                put_i64(out, a.at);
+                for s in [
+                    &a.event_id,
+                    &a.correlation_id,
+                    &a.route,
+                    &a.session_id,
+                    &a.event_type,
+                ] {
+                    put_bytes(out, s.as_bytes());
+                }
+                put_i64(out, a.state_version as i64);
+                out.push(u8::from(a.simulated));
+                put_bytes(out, a.received_at.as_bytes());
+                put_bytes(out, a.body.as_bytes());
+                put_bytes(out, a.key.as_bytes());
+                put_i64(out, i64::from(a.status));
+                put_bytes(out, &a.answer);
+                put_i64(out, a.rows.len() as i64);
+                for row in &a.rows {
+                    put_i64(out, row.id);
+                    put_bytes(out, row.sink.as_bytes());
+                    match &row.held {
+                        None => out.push(0),
+                        Some(h) => {
+                            out.push(1);
+                            put_i64(out, h.lease_until);
+                            put_bytes(out, h.token.as_bytes());
+                            put_bytes(out, h.respond_to.as_bytes());
+                        }
+                    }
+                }
+                match &a.spend {
+                    None => out.push(0),
+                    Some(s) => {
+                        out.push(1);
+                        put_spend(out, s);
+                    }
+                }
+            }
+            Record::Spend(s) => {
+                out.push(SPEND);
+                put_spend(out, s);
+            }
+            Record::Answer { key, status, body } => {
+                out.push(ANSWER);
+                put_bytes(out, key.as_bytes());
+                put_i64(out, i64::from(*status));
+                put_bytes(out, body);
+            }
+        }
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Result<Record, String> {
+        let mut d = Decoder { bytes, at: 0 };
+        let r = match d.u8()? {
+            ACCEPT => {
+                let at = d.i64()?;
+                let event_id = d.string()?;
+                let correlation_id = d.string()?;
+                let route = d.string()?;
+                let session_id = d.string()?;
+                let event_type = d.string()?;
+                let state_version = d.i64()?.max(0) as u64;
+                let simulated = d.u8()? != 0;
+                let received_at = d.string()?;
+                let body = d.string()?;
+                let key = d.string()?;
+                let status = d.status()?;
+                let answer = Bytes::copy_from_slice(d.bytes()?);
+                let n = d.i64()?;
+                let mut rows = Vec::new();
+                for _ in 0..n {
+                    let id = d.i64()?;
+                    let sink = d.string()?;
+                    let held = match d.u8()? {
+                        0 => None,
+                        _ => Some(Held {
+                            lease_until: d.i64()?,
+                            token: d.string()?,
+                            respond_to: d.string()?,
+                        }),
+                    };
+                    rows.push(OutboxRow { id, sink, held });
+                }
+                let spend = match d.u8()? {
+                    0 => None,
+                    _ => Some(d.spend()?),
+                };
+                Record::Accept(Box::new(AcceptRecord {
+                    at,
+                    event_id,
+                    correlation_id,
+                    route,
+                    session_id,
+                    event_type,
+                    state_version,
+                    simulated,
+                    received_at,
+                    body,
+                    key,
+                    status,
+                    answer,
+                    rows,
+                    spend,
+                }))
+            }
+            SPEND => Record::Spend(d.spend()?),
+            ANSWER => Record::Answer {
+                key: d.string()?,
+                status: d.status()?,
+                body: Bytes::copy_from_slice(d.bytes()?),
+            },
+            other => return Err(format!("unknown record kind {other}")),
+        };
+        if d.at != bytes.len() {
+            return Err(format!(
+                "{} bytes left over after the record",
+                bytes.len() - d.at
+            ));
+        }
+        Ok(r)
+    }
+}
+
+fn put_i64(out: &mut Vec<u8>, v: i64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    // Every field is far below 4 GiB: bodies are bounded by `max_body_bytes`.
+    out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn put_spend(out: &mut Vec<u8>, s: &Spend) {
+    put_bytes(out, s.route.as_bytes());
+    put_bytes(out, &s.mac);
+    put_i64(out, s.expires_at);
+}
+
+struct Decoder<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Decoder<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or_else(|| format!("record ends early (at byte {})", self.at))?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn i64(&mut self) -> Result<i64, String> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(i64::from_le_bytes(a))
+    }
+
+    fn status(&mut self) -> Result<u16, String> {
+        let v = self.i64()?;
+        u16::try_from(v).map_err(|_| format!("status {v} out of range"))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let b = self.take(4)?;
+        let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        self.take(n)
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        let b = self.bytes()?;
+        String::from_utf8(b.to_vec()).map_err(|_| "a text field is not UTF-8".to_string())
+    }
+
+    fn spend(&mut self) -> Result<Spend, String> {
+        Ok(Spend {
+            route: self.string()?,
+            mac: self.bytes()?.to_vec(),
+            expires_at: self.i64()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept() -> AcceptRecord {
+        AcceptRecord {
+            at: 1_700_000_000_123,
+            event_id: "01J".into(),
+            correlation_id: "c".into(),
+            route: "r".into(),
+            session_id: "s".into(),
+            event_type: "t".into(),
+            state_version: 7,
+            simulated: true,
+            received_at: "2026-01-01T00:00:00.000Z".into(),
+            body: "{\"eventId\":\"01J\"}".into(),
+            key: "k".into(),
+            status: 202,
+            answer: Bytes::from_static(b"{}"),
+            rows: vec![
+                OutboxRow {
+                    id: 5,
+                    sink: "a".into(),
+                    held: None,
+                },
+                OutboxRow {
+                    id: 6,
+                    sink: "up".into(),
+                    held: Some(Held {
+                        lease_until: 99,
+                        token: "tok".into(),
+                        respond_to: "late".into(),
+                    }),
+                },
+            ],
+            spend: Some(Spend {
+                route: "r".into(),
+                mac: vec![1, 2, 3],
+                expires_at: 42,
+            }),
+        }
+    }
+
+    #[test]
+    fn every_record_kind_decodes_to_what_was_encoded() {
+        let records = [
+            Record::Accept(Box::new(accept())),
+            Record::Accept(Box::new(AcceptRecord {
+                rows: vec![],
+                spend: None,
+                ..accept()
+            })),
+            Record::Spend(Spend {
+                route: "r".into(),
+                mac: vec![9; 32],
+                expires_at: -1,
+            }),
+            Record::Answer {
+                key: "k".into(),
+                status: 200,
+                body: Bytes::from_static(b"{\"ok\":true}"),
+            },
+        ];
+        for r in records {
+            let mut out = Vec::new();
+            r.encode(&mut out);
+            assert_eq!(Record::decode(&out), Ok(r));
+        }
+    }
+
+    #[test]
+    fn a_short_or_padded_record_is_an_error_not_a_panic() {
+        let mut out = Vec::new();
+        Record::Accept(Box::new(accept())).encode(&mut out);
+        for cut in [0, 1, 9, out.len() / 2, out.len() - 1] {
+            assert!(Record::decode(&out[..cut]).is_err(), "cut at {cut}");
+        }
+        out.push(0);
+        assert!(Record::decode(&out).is_err());
+    }
+}

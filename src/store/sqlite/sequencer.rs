@@ -1,0 +1,521 @@
+//! The sequencer: the thread on the request path. It takes the acceptances queued by
+//! requests, decides each one (replayed signature, duplicate, session version, answer size:
+//! `store::decide`), appends the committed ones to the log, commits the log once for the
+//! whole group (one `write`, one `fdatasync`), hands the records to the projector and only
+//! then answers the requests.
+//!
+//! One thread decides every acceptance in order, so concurrent duplicates and concurrent
+//! events of one session are serialised exactly: stateVersions are gap-free and a duplicate
+//! always sees the original.
+//!
+//! Decisions read the state the projector has not applied yet from the *hot* maps, and the
+//! rest from the database. An entry leaves the hot maps only once the projector has committed
+//! its record, so every state is in one place or the other; the hot maps hold at most what
+//! the projector's queue holds (it is bounded: when the database falls behind, the sequencer
+//! waits and requests are refused with 503 before they queue without bound).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::log::LogWriter;
+use super::project::ProjMsg;
+use super::record::{AcceptRecord, Held, OutboxRow, Record, Spend};
+use super::Shared;
+use crate::store::decide::{signature_is_spent, Windows};
+use crate::store::{AcceptOutcome, Acceptance, Claimed, StoreError};
+
+pub(super) type Reply = oneshot::Sender<Result<AcceptOutcome, StoreError>>;
+
+pub(super) enum SeqMsg {
+    Accept(Box<Acceptance>, Reply),
+    /// Replace the stored answer of an idempotency key.
+    Answer {
+        key: String,
+        status: u16,
+        body: Bytes,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Close(oneshot::Sender<()>),
+}
+
+/// An answer kept for duplicates.
+#[derive(Debug, Clone)]
+struct HotAnswer {
+    status: u16,
+    body: Bytes,
+    correlation_id: String,
+    created_at: i64,
+    lsn: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HotSession {
+    version: u64,
+    last_seen: i64,
+    lsn: u64,
+}
+
+/// Which hot entry a log record wrote.
+enum HotKey {
+    Answer(String),
+    Session(String),
+    Spent(String, Vec<u8>),
+}
+
+/// State written to the log and not yet applied to the database.
+#[derive(Default)]
+struct Hot {
+    answers: HashMap<String, HotAnswer>,
+    sessions: HashMap<String, HotSession>,
+    spent: HashMap<(String, Vec<u8>), (i64, u64)>,
+    /// Every entry written, in log order, to be dropped once the database has it.
+    written: VecDeque<(u64, HotKey)>,
+}
+
+impl Hot {
+    /// Drops the entries whose records the database holds (unless a later record rewrote
+    /// them).
+    fn evict(&mut self, projected: u64) {
+        while let Some((lsn, _)) = self.written.front() {
+            if *lsn > projected {
+                break;
+            }
+            let Some((lsn, key)) = self.written.pop_front() else {
+                break;
+            };
+            match key {
+                HotKey::Answer(k) => {
+                    if self.answers.get(&k).is_some_and(|a| a.lsn == lsn) {
+                        self.answers.remove(&k);
+                    }
+                }
+                HotKey::Session(k) => {
+                    if self.sessions.get(&k).is_some_and(|s| s.lsn == lsn) {
+                        self.sessions.remove(&k);
+                    }
+                }
+                HotKey::Spent(route, mac) => {
+                    let k = (route, mac);
+                    if self.spent.get(&k).is_some_and(|(_, l)| *l == lsn) {
+                        self.spent.remove(&k);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What an entry held before a group changed it, to put back if the group fails.
+enum Undo {
+    Answer(String, Option<HotAnswer>),
+    Session(String, Option<HotSession>),
+    Spent((String, Vec<u8>), Option<(i64, u64)>),
+}
+
+/// An item of the group being decided, with what will be answered after the commit.
+enum Decided {
+    Accept(Reply, Result<AcceptOutcome, StoreError>),
+    Answer(oneshot::Sender<Result<(), StoreError>>),
+}
+
+pub(super) struct Sequencer {
+    pub(super) log: LogWriter,
+    /// Reads what the hot maps do not hold.
+    pub(super) reader: Connection,
+    pub(super) projector: SyncSender<ProjMsg>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) windows: Windows,
+    pub(super) max_batch: usize,
+}
+
+impl Sequencer {
+    pub(super) fn run(mut self, rx: Receiver<SeqMsg>) {
+        let mut hot = Hot::default();
+        let mut group: Vec<Decided> = Vec::with_capacity(self.max_batch);
+        let mut records: Vec<Record> = Vec::with_capacity(self.max_batch);
+        let mut undo: Vec<Undo> = Vec::new();
+        let mut written: Vec<(u64, HotKey)> = Vec::new();
+        let mut encoded = Vec::with_capacity(4096);
+        while let Ok(first) = rx.recv() {
+            hot.evict(*self.shared.projected.borrow());
+            let now = crate::now_millis();
+            let mut close = None;
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                match msg {
+                    SeqMsg::Accept(a, reply) => {
+                        let r = self.decide(
+                            &mut hot,
+                            *a,
+                            now,
+                            &mut records,
+                            &mut undo,
+                            &mut written,
+                            &mut encoded,
+                        );
+                        group.push(Decided::Accept(reply, r));
+                    }
+                    SeqMsg::Answer {
+                        key,
+                        status,
+                        body,
+                        reply,
+                    } => {
+                        match self.answer(
+                            &mut hot,
+                            key,
+                            status,
+                            body,
+                            &mut records,
+                            &mut undo,
+                            &mut written,
+                            &mut encoded,
+                        ) {
+                            Ok(()) => group.push(Decided::Answer(reply)),
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                            }
+                        }
+                    }
+                    SeqMsg::Close(done) => {
+                        close = Some(done);
+                        break;
+                    }
+                }
+                if group.len() < self.max_batch {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit(&mut hot, &mut group, &mut records, &mut undo, &mut written);
+            if let Some(done) = close {
+                if let Err(e) = self.log.close() {
+                    tracing::error!(error = %e, "cannot flush the store's log at shutdown");
+                }
+                let _ = done.send(());
+                break;
+            }
+        }
+    }
+
+    /// Commits the group's records and answers every item: after the log is durable, or
+    /// with the failure (every change of the group undone) if it could not be written.
+    fn commit(
+        &mut self,
+        hot: &mut Hot,
+        group: &mut Vec<Decided>,
+        records: &mut Vec<Record>,
+        undo: &mut Vec<Undo>,
+        written: &mut Vec<(u64, HotKey)>,
+    ) {
+        let failure = if records.is_empty() {
+            None
+        } else {
+            match self.log.commit() {
+                Ok(()) => {
+                    let last = self.log.next_lsn() - 1;
+                    self.shared
+                        .acked
+                        .store(last, std::sync::atomic::Ordering::SeqCst);
+                    hot.written.extend(written.drain(..));
+                    undo.clear();
+                    // The projector gets the records before anyone hears of them, so work
+                    // that follows an answer (a claim, a read) finds them applied.
+                    if self
+                        .projector
+                        .send(ProjMsg::Records(std::mem::take(records), last))
+                        .is_err()
+                    {
+                        tracing::error!("the store's projector has stopped");
+                    }
+                    self.shared.log_health.recover();
+                    None
+                }
+                Err(e) => {
+                    for u in undo.drain(..).rev() {
+                        match u {
+                            Undo::Answer(k, prev) => restore(&mut hot.answers, k, prev),
+                            Undo::Session(k, prev) => restore(&mut hot.sessions, k, prev),
+                            Undo::Spent(k, prev) => restore(&mut hot.spent, k, prev),
+                        }
+                    }
+                    written.clear();
+                    records.clear();
+                    let e = StoreError::Unavailable(e);
+                    self.shared.log_health.fail(&e);
+                    Some(e)
+                }
+            }
+        };
+        for d in group.drain(..) {
+            match (d, &failure) {
+                (Decided::Accept(reply, _), Some(e)) => {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                (Decided::Accept(reply, r), None) => {
+                    let _ = reply.send(r);
+                }
+                (Decided::Answer(reply), Some(e)) => {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                (Decided::Answer(reply), None) => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+    }
+
+    /// Appends a record to the log buffer and to the group; returns its number.
+    fn append(&mut self, r: Record, records: &mut Vec<Record>, encoded: &mut Vec<u8>) -> u64 {
+        encoded.clear();
+        r.encode(encoded);
+        let lsn = self.log.append(encoded);
+        records.push(r);
+        lsn
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &mut self,
+        hot: &mut Hot,
+        mut a: Acceptance,
+        now: i64,
+        records: &mut Vec<Record>,
+        undo: &mut Vec<Undo>,
+        written: &mut Vec<(u64, HotKey)>,
+        encoded: &mut Vec<u8>,
+    ) -> Result<AcceptOutcome, StoreError> {
+        let unavailable = |e: rusqlite::Error| StoreError::Unavailable(e.to_string());
+        // A spent signature is refused before anything else, duplicates included: a replayed
+        // request must not even learn the original answer.
+        let spend = a.spend.take().map(|s| Spend {
+            route: a.event.route.clone(),
+            mac: s.mac.to_vec(),
+            expires_at: s.expires_at,
+        });
+        if let Some(s) = &spend {
+            let k = (s.route.clone(), s.mac.clone());
+            let expires = match hot.spent.get(&k) {
+                Some((expires, _)) => Some(*expires),
+                None => self.read_spent(&k.0, &k.1).map_err(unavailable)?,
+            };
+            if expires.is_some_and(|e| signature_is_spent(e, now)) {
+                return Ok(AcceptOutcome::SignatureReplayed);
+            }
+        }
+        let existing = match hot.answers.get(&a.idempotency_key) {
+            Some(h) => Some(h.clone()),
+            None => self.read_answer(&a.idempotency_key).map_err(unavailable)?,
+        };
+        if let Some(h) = existing.filter(|h| self.windows.key_is_live(h.created_at, now)) {
+            if let Some(s) = spend {
+                let lsn = self.append(Record::Spend(s.clone()), records, encoded);
+                note_spent(hot, s, lsn, undo, written);
+            }
+            return Ok(AcceptOutcome::Duplicate {
+                status: h.status,
+                body: h.body,
+                correlation_id: h.correlation_id,
+            });
+        }
+        a.answer.check_size(a.max_response_bytes)?;
+
+        let e = &mut a.event;
+        let previous = match hot.sessions.get(&e.session_id) {
+            Some(s) => Some((s.version, s.last_seen)),
+            None => self.read_session(&e.session_id).map_err(unavailable)?,
+        };
+        let version = self.windows.next_version(previous, now);
+        e.state_version = version;
+        let answer = a.answer.render(version);
+        let body =
+            serde_json::to_string(&*e).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+
+        let ids = &self.shared.next_outbox_id;
+        let mut rows: Vec<OutboxRow> = a
+            .sinks
+            .iter()
+            .map(|sink| OutboxRow {
+                id: ids.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                sink: sink.clone(),
+                held: None,
+            })
+            .collect();
+        let held = a.respond.as_ref().map(|r| {
+            let id = ids.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let token = ulid::Ulid::new().to_string();
+            let respond_to = r.on_late.clone().unwrap_or_default();
+            rows.push(OutboxRow {
+                id,
+                sink: r.sink.clone(),
+                held: Some(Held {
+                    lease_until: now + r.lease_ms,
+                    token: token.clone(),
+                    respond_to: respond_to.clone(),
+                }),
+            });
+            Box::new(Claimed::held_for_request(
+                e, &r.sink, id, token, &body, respond_to,
+            ))
+        });
+        let key = a.idempotency_key;
+        let record = AcceptRecord {
+            at: now,
+            event_id: e.event_id.clone(),
+            correlation_id: e.correlation_id.clone(),
+            route: e.route.clone(),
+            session_id: e.session_id.clone(),
+            event_type: e.event_type.clone(),
+            state_version: version,
+            simulated: e.simulated,
+            received_at: e.received_at.clone(),
+            body,
+            key: key.clone(),
+            status: a.status,
+            answer: answer.clone(),
+            rows,
+            spend: spend.clone(),
+        };
+        let lsn = self.append(Record::Accept(Box::new(record)), records, encoded);
+
+        let session = e.session_id.clone();
+        let prev = hot.sessions.insert(
+            session.clone(),
+            HotSession {
+                version,
+                last_seen: now,
+                lsn,
+            },
+        );
+        undo.push(Undo::Session(session.clone(), prev));
+        written.push((lsn, HotKey::Session(session)));
+        let prev = hot.answers.insert(
+            key.clone(),
+            HotAnswer {
+                status: a.status,
+                body: answer.clone(),
+                correlation_id: e.correlation_id.clone(),
+                created_at: now,
+                lsn,
+            },
+        );
+        undo.push(Undo::Answer(key.clone(), prev));
+        written.push((lsn, HotKey::Answer(key)));
+        if let Some(s) = spend {
+            note_spent(hot, s, lsn, undo, written);
+        }
+        Ok(AcceptOutcome::Committed {
+            state_version: version,
+            body: answer,
+            held,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &mut self,
+        hot: &mut Hot,
+        key: String,
+        status: u16,
+        body: Bytes,
+        records: &mut Vec<Record>,
+        undo: &mut Vec<Undo>,
+        written: &mut Vec<(u64, HotKey)>,
+        encoded: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let existing = match hot.answers.get(&key) {
+            Some(h) => Some(h.clone()),
+            None => self
+                .read_answer(&key)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+        };
+        // A key pruned meanwhile has nothing to replace.
+        let Some(existing) = existing else {
+            return Ok(());
+        };
+        let lsn = self.append(
+            Record::Answer {
+                key: key.clone(),
+                status,
+                body: body.clone(),
+            },
+            records,
+            encoded,
+        );
+        let prev = hot.answers.insert(
+            key.clone(),
+            HotAnswer {
+                status,
+                body,
+                lsn,
+                ..existing
+            },
+        );
+        undo.push(Undo::Answer(key.clone(), prev));
+        written.push((lsn, HotKey::Answer(key)));
+        Ok(())
+    }
+
+    fn read_answer(&self, key: &str) -> rusqlite::Result<Option<HotAnswer>> {
+        self.reader
+            .prepare_cached(
+                "SELECT status, body, correlation_id, created_at FROM idempotency WHERE key = ?1",
+            )?
+            .query_row(params![key], |r| {
+                Ok(HotAnswer {
+                    status: r.get(0)?,
+                    body: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                    correlation_id: r.get(2)?,
+                    created_at: r.get(3)?,
+                    lsn: 0,
+                })
+            })
+            .optional()
+    }
+
+    fn read_session(&self, session: &str) -> rusqlite::Result<Option<(u64, i64)>> {
+        self.reader
+            .prepare_cached("SELECT state_version, last_seen FROM sessions WHERE session_id = ?1")?
+            .query_row(params![session], |r| {
+                Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get(1)?))
+            })
+            .optional()
+    }
+
+    fn read_spent(&self, route: &str, mac: &[u8]) -> rusqlite::Result<Option<i64>> {
+        self.reader
+            .prepare_cached(
+                "SELECT expires_at FROM spent_signatures WHERE route = ?1 AND mac = ?2",
+            )?
+            .query_row(params![route, mac], |r| r.get(0))
+            .optional()
+    }
+}
+
+fn note_spent(
+    hot: &mut Hot,
+    s: Spend,
+    lsn: u64,
+    undo: &mut Vec<Undo>,
+    written: &mut Vec<(u64, HotKey)>,
+) {
+    let k = (s.route, s.mac);
+    let prev = hot.spent.insert(k.clone(), (s.expires_at, lsn));
+    undo.push(Undo::Spent(k.clone(), prev));
+    written.push((lsn, HotKey::Spent(k.0, k.1)));
+}
+
+fn restore<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, k: K, prev: Option<V>) {
+    match prev {
+        Some(v) => {
+            map.insert(k, v);
+        }
+        None => {
+            map.remove(&k);
+        }
+    }
+}
