@@ -80,7 +80,11 @@ fn run_log(mut file: std::fs::File, rx: mpsc::Receiver<(Bytes, tokio::sync::ones
             waiting.push(done);
             next = rx.try_recv().ok();
         }
-        if file.write_all(&buf).and_then(|()| file.sync_data()).is_err() {
+        if file
+            .write_all(&buf)
+            .and_then(|()| file.sync_data())
+            .is_err()
+        {
             eprintln!("bare baseline: cannot write the log");
             return;
         }
@@ -136,8 +140,7 @@ async fn main() -> std::io::Result<()> {
         let key = key.clone();
         let mode = mode.clone();
         tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req| handle(key.clone(), mode.clone(), req));
+            let svc = hyper::service::service_fn(move |req| handle(key.clone(), mode.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
