@@ -18,3 +18,4 @@ mod router;
 mod server;
 mod simulate;
 mod store_suite;
+mod upgrade;

@@ -1,0 +1,123 @@
+//! A data directory written by the previous version (schema 4, no log) is upgraded in place.
+//!
+//! `tests/fixtures/store/schema4.db` was made by cognihook before the log-structured store
+//! (commit b16cd8e): three events on `/webhook` with `Idempotency-Key: fx-key-1..3`, sessions
+//! `s1` (two events) and `s2` (one), each sent to two http sinks that could not be reached:
+//! `dead` (one attempt, so every row is a dead letter) and `waiting` (retried in an hour, so
+//! every row is pending).
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::Value;
+
+use crate::support::*;
+
+/// The fixture in a fresh data directory.
+fn old_data_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/store/schema4.db"
+        ),
+        dir.path().join("cognihook.db"),
+    )
+    .unwrap();
+    dir
+}
+
+/// Windows long enough that the fixture's records (made on 2026-11-30) stay live, and a sink
+/// (never reached: its rows stay pending) so that new events write outbox rows.
+fn config(c: &mut cognihook::config::Config) {
+    c.store.idempotency_window = Duration::from_secs(3650 * 86_400);
+    c.store.session_ttl = Duration::from_secs(3650 * 86_400);
+    attach_sink(
+        c,
+        "later",
+        "kind = \"http\"\nurl = \"http://127.0.0.1:1/in\"\n\
+         retry = { max_attempts = 5, base_delay = \"1h\", max_delay = \"1h\" }\n",
+    );
+}
+
+fn flow(session: &str, correlation: &str) -> Vec<u8> {
+    flow_body(session, correlation)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise() {
+    let app = TestApp::spawn_in(old_data_dir(), config).await;
+
+    // The old events and their deliveries are all there.
+    let j = app.admin_get("/admin/events/fx-1").await;
+    assert_eq!(j.status, StatusCode::OK, "{:?}", j.body);
+    let j = j.json();
+    assert_eq!(j["event"]["sessionId"], "s1");
+    assert_eq!(j["event"]["stateVersion"], 1);
+    let mut statuses: Vec<(String, String)> = j["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["sink"].as_str().unwrap().to_string(),
+                d["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [
+            ("dead".to_string(), "dead".to_string()),
+            ("waiting".to_string(), "pending".to_string())
+        ]
+    );
+    let dl = app.admin_get("/admin/dead-letters").await.json();
+    assert_eq!(dl["total"], 3);
+
+    // A repeat of an old request is answered with the old answer.
+    let dup = app
+        .post(
+            "/webhook",
+            &flow("s1", "fx-1-again"),
+            &[
+                ("x-cognigy-signature", &sign(&flow("s1", "fx-1-again"))),
+                ("idempotency-key", "fx-key-1"),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(dup.status, StatusCode::OK, "{:?}", dup.body);
+    assert_eq!(dup.header("idempotent-replayed"), Some("true"));
+    assert_eq!(dup.json()["correlationId"], "fx-1");
+    assert_eq!(dup.json()["data"]["stateVersion"], 1);
+
+    // Old sessions count on.
+    let next = app.post_signed("/webhook", &flow("s1", "fx-4")).await;
+    assert_eq!(next.status, StatusCode::OK, "{:?}", next.body);
+    assert_eq!(next.json()["data"]["stateVersion"], 3);
+
+    // And after a restart on the upgraded directory, the old and the new are kept.
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir, config).await;
+    let again = app.post_signed("/webhook", &flow("s2", "fx-5")).await;
+    assert_eq!(again.json()["data"]["stateVersion"], 2);
+    let next = app.post_signed("/webhook", &flow("s1", "fx-6")).await;
+    assert_eq!(next.json()["data"]["stateVersion"], 4);
+    let j: Value = app.admin_get("/admin/events/fx-4").await.json();
+    assert_eq!(j["event"]["stateVersion"], 3);
+    let db = app.db().await;
+    assert_eq!(count(&db, "SELECT count(*) FROM events"), 6);
+    assert_eq!(count(&db, "PRAGMA user_version"), 5);
+    // Outbox ids go on after the old ones (1..6), never reusing one.
+    assert_eq!(
+        count(&db, "SELECT min(id) FROM outbox WHERE sink = 'later'"),
+        7
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM outbox WHERE sink = 'later'"),
+        3
+    );
+    drop(app);
+}
