@@ -8,6 +8,7 @@ mod auth;
 mod binary;
 mod brokers;
 mod cognigy_sink;
+mod crash;
 mod delivery;
 mod payloads;
 mod postgres;

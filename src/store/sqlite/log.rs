@@ -425,11 +425,7 @@ pub(super) fn recover(
 
 /// Reads the records numbered after `after` without changing anything (a reader beside a
 /// running gateway); stops quietly at a bad record, which a writer may still be writing.
-pub(super) fn read_after(
-    dir: &Path,
-    after: u64,
-    f: &mut RecordFn<'_>,
-) -> Result<(), String> {
+pub(super) fn read_after(dir: &Path, after: u64, f: &mut RecordFn<'_>) -> Result<(), String> {
     let all = match segments(dir) {
         Ok(all) => all,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
