@@ -218,8 +218,24 @@ fn log_sync(sync: SyncMode) -> LogSync {
     }
 }
 
-/// Opens a connection with the pragmas every connection needs.
-fn open_connection(path: &Path, sync: SyncMode, read_only: bool) -> rusqlite::Result<Connection> {
+/// Page cache of the projector's connection: the B-tree pages of sessions, idempotency keys
+/// and the correlation index it updates on every event stay in memory.
+const WRITER_CACHE_KIB: i64 = 8 * 1024;
+
+/// Page cache of the sequencer's reads (keys and sessions the hot maps no longer hold).
+const LOOKUP_CACHE_KIB: i64 = 4 * 1024;
+
+/// Page cache of connections that read now and then (admin, CLI) or only checkpoint.
+const SMALL_CACHE_KIB: i64 = 1024;
+
+/// Opens a connection with the pragmas every connection needs and a page cache of
+/// `cache_kib` KiB.
+fn open_connection(
+    path: &Path,
+    sync: SyncMode,
+    read_only: bool,
+    cache_kib: i64,
+) -> rusqlite::Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
@@ -241,9 +257,7 @@ fn open_connection(path: &Path, sync: SyncMode, read_only: bool) -> rusqlite::Re
         // Statement journals stay in memory; nothing temporary touches the disk.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
     }
-    // 8 MiB of page cache (default 2 MiB): the B-tree pages of sessions and idempotency
-    // keys, read on every event that is not in the hot maps, come from memory.
-    conn.pragma_update(None, "cache_size", -8_192)?;
+    conn.pragma_update(None, "cache_size", -cache_kib)?;
     Ok(conn)
 }
 
@@ -388,7 +402,7 @@ impl SqliteStore {
         lock: std::fs::File,
     ) -> Result<SqliteStore, String> {
         let db_sync = database_sync(config.sync);
-        let mut conn = open_connection(&path, db_sync, false)
+        let mut conn = open_connection(&path, db_sync, false, WRITER_CACHE_KIB)
             .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
         migrate(&mut conn).map_err(|e| format!("cannot migrate store {}: {e}", path.display()))?;
         let log_dir = log_dir_of(&path);
@@ -416,12 +430,12 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .and_then(|()| conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES))
             .map_err(|e| format!("cannot configure store {}: {e}", path.display()))?;
-        let open_reader = || {
-            open_connection(&path, db_sync, true)
+        let open_reader = |cache_kib| {
+            open_connection(&path, db_sync, true, cache_kib)
                 .map_err(|e| format!("cannot open store {} for reading: {e}", path.display()))
         };
-        let reader = open_reader()?;
-        let sequencer_reader = open_reader()?;
+        let reader = open_reader(SMALL_CACHE_KIB)?;
+        let sequencer_reader = open_reader(LOOKUP_CACHE_KIB)?;
         let restart_wanted = Arc::new(AtomicBool::new(false));
         let settings = WriterSettings {
             wal_restart_wanted: restart_wanted.clone(),
@@ -490,7 +504,7 @@ impl SqliteStore {
 
     fn open_attached(config: &StoreConfig, path: PathBuf) -> Result<SqliteStore, String> {
         let db_sync = database_sync(config.sync);
-        let conn = open_connection(&path, db_sync, false)
+        let conn = open_connection(&path, db_sync, false, SMALL_CACHE_KIB)
             .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
         let projected = project::projected(&conn).map_err(|e| {
             format!(
@@ -498,7 +512,7 @@ impl SqliteStore {
                 path.display()
             )
         })?;
-        let reader = open_connection(&path, db_sync, true)
+        let reader = open_connection(&path, db_sync, true, SMALL_CACHE_KIB)
             .map_err(|e| format!("cannot open store {} for reading: {e}", path.display()))?;
         Ok(SqliteStore {
             log_dir: log_dir_of(&path),
@@ -519,7 +533,7 @@ impl SqliteStore {
         if !path.exists() {
             return Err(format!("no store at {}", path.display()));
         }
-        let conn = open_connection(&path, config.sync, true)
+        let conn = open_connection(&path, config.sync, true, SMALL_CACHE_KIB)
             .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
         Ok(ReadOnlyStore {
             log_dir: log_dir_of(&path),

@@ -388,7 +388,7 @@ pub(super) fn start_checkpointer(
     restart_wanted: Arc<AtomicBool>,
     shared: Arc<Shared>,
 ) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>), String> {
-    let conn = open_connection(path, sync, false)
+    let conn = open_connection(path, sync, false, super::SMALL_CACHE_KIB)
         .map_err(|e| format!("cannot open store {} for checkpoints: {e}", path.display()))?;
     let wal_path = PathBuf::from(format!("{}-wal", path.display()));
     let stop = Arc::new(AtomicBool::new(false));
