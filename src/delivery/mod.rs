@@ -2,6 +2,7 @@
 //! delivered, retry at a time, or dead letter. The retry policy and circuit breaker are pure.
 
 pub mod breaker;
+pub mod lag;
 pub mod rate;
 pub mod retry;
 pub mod worker;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::breaker::{Admission, Breaker, CircuitState};
+use super::lag::{LagSummary, LagWindow};
 use super::rate::Bucket;
 use super::retry::Next;
 use crate::config::SinkConfig;
@@ -26,6 +27,9 @@ use crate::sinks::{Delivery, Sink, SinkError};
 use crate::store::{Claimed, DeadReason, Settlement, Store};
 use crate::telemetry::audit::{Audit, AuditKind, AuditLine};
 use crate::telemetry::metrics::SinkMetrics;
+
+/// Deliveries whose lag `/admin/sinks` summarises, per sink.
+const LAG_WINDOW: usize = 1024;
 
 /// A configured sink with its client, limits and health.
 pub struct SinkRuntime {
@@ -44,6 +48,8 @@ pub struct SinkRuntime {
     /// A wake-up after the bucket refills is already scheduled.
     refill_timer: AtomicBool,
     lease_margin: Duration,
+    /// The lags of the latest deliveries (for `/admin/sinks`).
+    lags: Mutex<LagWindow>,
 }
 
 impl SinkRuntime {
@@ -76,9 +82,15 @@ impl SinkRuntime {
                 })
                 .map(|r| Mutex::new(Bucket::new(r, Instant::now()))),
             refill_timer: AtomicBool::new(false),
+            lags: Mutex::new(LagWindow::new(LAG_WINDOW)),
             sink,
             config,
         }
+    }
+
+    /// Percentiles of the latest deliveries' lag (acceptance to delivery).
+    pub fn lag(&self) -> Option<LagSummary> {
+        self.lags.lock().ok().and_then(|w| w.summary())
     }
 
     pub fn circuit(&self) -> CircuitState {
@@ -669,6 +681,11 @@ impl Deliverer {
         let (kind, code) = match s {
             Settlement::Delivered { .. } => {
                 sink.metrics.delivered.increment(1);
+                let lag_ms = (crate::now_millis() - c.created_at_ms).max(0) as u64;
+                sink.metrics.lag.record(lag_ms as f64 / 1000.0);
+                if let Ok(mut w) = sink.lags.lock() {
+                    w.record(lag_ms);
+                }
                 (AuditKind::DeliverySucceeded, None)
             }
             Settlement::Retry { .. } => {

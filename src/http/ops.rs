@@ -359,6 +359,7 @@ pub async fn admin_sinks(State(state): State<AppState>, headers: HeaderMap) -> R
                 "pending": c.pending,
                 "oldestPendingAgeSeconds": c.oldest_pending_age_seconds,
                 "deadLetters": c.dead_letters,
+                "lagSeconds": s.lag(),
             })
         })
         .collect();

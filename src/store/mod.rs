@@ -141,6 +141,9 @@ pub struct Claimed {
     pub body: Bytes,
     /// On a `respond.upstream` row: the `on_late` sink (`Some("")` when there is none).
     pub respond_to: Option<String>,
+    /// When the row was written (Unix ms): the event's acceptance, or for an `on_late` row
+    /// the upstream's answer. Delivery lag is measured from it.
+    pub created_at_ms: i64,
 }
 
 impl Claimed {
@@ -153,6 +156,7 @@ impl Claimed {
         lease_token: String,
         body: &str,
         respond_to: String,
+        created_at_ms: i64,
     ) -> Claimed {
         Claimed {
             outbox_id,
@@ -166,6 +170,7 @@ impl Claimed {
             attempts: 0,
             body: Bytes::from(body.to_string()),
             respond_to: Some(respond_to),
+            created_at_ms,
         }
     }
 }

@@ -934,7 +934,7 @@ async fn accept_one(
                 .map_err(db)?
                 .get(0);
             Some(Box::new(Claimed::held_for_request(
-                e, &r.sink, id, token, &body, respond_to,
+                e, &r.sink, id, token, &body, respond_to, now,
             )))
         }
         None => None,
@@ -986,7 +986,8 @@ async fn claim(
                        (SELECT route FROM events e WHERE e.event_id = outbox.event_id), \
                        (SELECT session_id FROM events e WHERE e.event_id = outbox.event_id), \
                        (SELECT event_type FROM events e WHERE e.event_id = outbox.event_id), \
-                       (SELECT body FROM events e WHERE e.event_id = outbox.event_id)",
+                       (SELECT body FROM events e WHERE e.event_id = outbox.event_id), \
+                       outbox.created_at",
         )
         .await?;
     let rows = c
@@ -1006,6 +1007,7 @@ async fn claim(
             route: r.get(6),
             session_id: r.get(7),
             event_type: r.get(8),
+            created_at_ms: r.get(10),
         })
         .collect();
     out.sort_unstable_by_key(|c| c.outbox_id);

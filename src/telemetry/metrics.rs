@@ -12,6 +12,7 @@ pub const EVENTS_COMMITTED_TOTAL: &str = "cognihook_events_committed_total";
 pub const DUPLICATES_TOTAL: &str = "cognihook_duplicates_total";
 pub const DELIVERIES_TOTAL: &str = "cognihook_deliveries_total";
 pub const DELIVERY_DURATION_SECONDS: &str = "cognihook_delivery_duration_seconds";
+pub const DELIVERY_LAG_SECONDS: &str = "cognihook_delivery_lag_seconds";
 pub const OUTBOX_PENDING: &str = "cognihook_outbox_pending";
 pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "cognihook_outbox_oldest_age_seconds";
 pub const DEAD_LETTERS: &str = "cognihook_dead_letters";
@@ -20,6 +21,12 @@ pub const CIRCUIT_STATE: &str = "cognihook_circuit_state";
 /// Request latency buckets, in seconds: fine below Cognigy's 8 s deadline.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.0, 10.0,
+];
+
+/// Acceptance to delivery: milliseconds when deliveries keep pace, up to minutes when a
+/// backlog builds (an alert on `outbox_age` or on this histogram's high buckets fires then).
+const LAG_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -37,6 +44,12 @@ pub fn install() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full(DELIVERY_DURATION_SECONDS.to_string()),
                         LATENCY_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(DELIVERY_LAG_SECONDS.to_string()),
+                        LAG_BUCKETS,
                     )
                 })
                 .map(PrometheusBuilder::build_recorder)
@@ -78,6 +91,11 @@ fn describe() {
         DELIVERY_DURATION_SECONDS,
         metrics::Unit::Seconds,
         "Time one delivery attempt took, by sink"
+    );
+    metrics::describe_histogram!(
+        DELIVERY_LAG_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from an event's acceptance to its delivery, by sink"
     );
     metrics::describe_gauge!(OUTBOX_PENDING, "Outbox rows not yet delivered, by sink");
     metrics::describe_gauge!(
@@ -187,6 +205,7 @@ pub struct SinkMetrics {
     pub retried: metrics::Counter,
     pub dead_lettered: metrics::Counter,
     pub duration: metrics::Histogram,
+    pub lag: metrics::Histogram,
     pub pending: metrics::Gauge,
     pub oldest_age: metrics::Gauge,
     pub dead_letters: metrics::Gauge,
@@ -202,6 +221,7 @@ impl SinkMetrics {
             retried: outcome("retried"),
             dead_lettered: outcome("dead_lettered"),
             duration: metrics::histogram!(DELIVERY_DURATION_SECONDS, "sink" => s.clone()),
+            lag: metrics::histogram!(DELIVERY_LAG_SECONDS, "sink" => s.clone()),
             pending: metrics::gauge!(OUTBOX_PENDING, "sink" => s.clone()),
             oldest_age: metrics::gauge!(OUTBOX_OLDEST_AGE_SECONDS, "sink" => s.clone()),
             dead_letters: metrics::gauge!(DEAD_LETTERS, "sink" => s.clone()),

@@ -645,3 +645,38 @@ async fn delivery_holds_back_only_while_ingest_is_saturated() {
     );
     drop(guards);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_from_acceptance_to_delivery_is_measured_per_sink() {
+    let sink = SinkServer::start().await;
+    // Every delivery waits at the sink until the gate opens, a known time after acceptance.
+    sink.set_fallback(Reply::Gated);
+    let table = http_sink(&sink.url("/events"), "");
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    let before = app.admin_get("/admin/sinks").await.json();
+    assert_eq!(
+        before["sinks"][0]["lagSeconds"],
+        Value::Null,
+        "no delivery yet"
+    );
+    send_flow(&app, 3, "lag").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sink.open_gate(3);
+    wait_rows(&app, "delivered", 3).await;
+    let lag = &app.admin_get("/admin/sinks").await.json()["sinks"][0]["lagSeconds"];
+    assert_eq!(lag["deliveries"], 3);
+    let p50 = lag["p50"].as_f64().unwrap();
+    assert!((0.3..20.0).contains(&p50), "{lag}");
+    assert!(lag["max"].as_f64().unwrap() >= p50);
+    let metrics = app.get("/metrics", &[]).await;
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(
+        text.contains("cognihook_delivery_lag_seconds_count{sink=\"backend\"} 3"),
+        "{text}"
+    );
+    // None of the three was delivered within 0.25 s of its acceptance.
+    assert!(
+        text.contains("cognihook_delivery_lag_seconds_bucket{sink=\"backend\",le=\"0.25\"} 0"),
+        "{text}"
+    );
+}

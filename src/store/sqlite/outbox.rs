@@ -38,10 +38,17 @@ pub(super) fn claim(
                    SELECT 1 FROM outbox p WHERE p.sink = o.sink AND p.session_id = o.session_id \
                      AND p.ordered = 1 AND p.status = 'pending' AND p.id < o.id)) \
                ORDER BY o.next_attempt_at, o.id LIMIT ?5) \
-             RETURNING id, event_id, attempts, respond_to, result",
+             RETURNING id, event_id, attempts, respond_to, result, created_at",
         )?
         .query_map(params![now, lease_ms, token, sink, limit as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })?
         .collect::<rusqlite::Result<_>>()?;
     ids.sort_unstable_by_key(|(id, ..)| *id);
@@ -49,7 +56,7 @@ pub(super) fn claim(
         "SELECT correlation_id, route, session_id, event_type, body FROM events WHERE event_id = ?1",
     )?;
     let mut out = Vec::with_capacity(ids.len());
-    for (outbox_id, event_id, attempts, respond_to, result) in ids {
+    for (outbox_id, event_id, attempts, respond_to, result, created_at_ms) in ids {
         let row = event
             .query_row(params![event_id], |r| {
                 Ok((
@@ -77,6 +84,7 @@ pub(super) fn claim(
             attempts,
             body: crate::store::with_result(body, result),
             respond_to,
+            created_at_ms,
         });
     }
     Ok(out)
@@ -101,8 +109,9 @@ pub(super) fn configure_sinks(c: &Connection, sinks: &[(String, bool)]) -> rusql
     Ok(())
 }
 
-/// A claimed row before its event is read: id, event id, attempts, respond_to, result.
-type ClaimedRow = (i64, String, u32, Option<String>, Option<String>);
+/// A claimed row before its event is read: id, event id, attempts, respond_to, result,
+/// created_at.
+type ClaimedRow = (i64, String, u32, Option<String>, Option<String>, i64);
 
 /// Settles a claimed row if the claim still holds it; records the attempt.
 pub(super) fn settle(

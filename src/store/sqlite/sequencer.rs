@@ -359,7 +359,7 @@ impl Sequencer {
                 }),
             });
             Box::new(Claimed::held_for_request(
-                e, &r.sink, id, token, &body, respond_to,
+                e, &r.sink, id, token, &body, respond_to, now,
             ))
         });
         let key = a.idempotency_key;
