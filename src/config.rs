@@ -176,16 +176,19 @@ pub struct DeliveryConfig {
     pub busy: BusyConfig,
 }
 
-/// `[delivery] busy = { in_flight, interval }`: while at least `in_flight` webhook requests
-/// are being handled at once (seen within the last `interval`), the workers start sends at
-/// most once per `interval`, leaving the CPU to the answers Cognigy waits for; deliveries
-/// catch up when the load eases. `interval = "0s"` turns this off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// `[delivery] busy = { in_flight, interval, share }`: while at least `in_flight` webhook
+/// requests are being handled at once (seen within the last `interval`), ingest is saturated
+/// and the workers start, per `interval`, sends for `share` of the rows accepted in the
+/// interval before (and at least one round of every sink's `concurrency`): the answers
+/// Cognigy waits for keep most of the CPU, deliveries keep going, and the backlog drains at
+/// full speed once the load eases. `interval = "0s"` turns this off (see `delivery::pace`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusyConfig {
     pub in_flight: usize,
     #[serde(with = "duration_str")]
     pub interval: Duration,
+    pub share: f64,
 }
 
 impl Default for BusyConfig {
@@ -193,6 +196,7 @@ impl Default for BusyConfig {
         Self {
             in_flight: 16,
             interval: Duration::from_millis(100),
+            share: 0.5,
         }
     }
 }
@@ -856,6 +860,12 @@ impl Config {
         if self.store.queue_depth == 0 {
             p.push("store.queue_depth must be greater than 0".into());
         }
+        let share = self.delivery.busy.share;
+        if !(share > 0.0 && share <= 1.0) {
+            p.push(format!(
+                "delivery.busy.share must be more than 0 and at most 1, not {share}"
+            ));
+        }
         if let Err(e) = self.store.backend() {
             p.push(e);
         }
@@ -1221,10 +1231,10 @@ nice = 10
 # A claim's lease is 2 x the sink's timeout plus this; a crashed replica's rows are taken
 # over when it runs out.
 lease_margin = "30s"
-# While at least in_flight requests are handled at once, sends start at most once per
-# interval (interval = "0s": never hold back): answers to Cognigy keep the CPU, and
-# deliveries catch up when the load eases.
-busy = { in_flight = 16, interval = "100ms" }
+# While at least in_flight requests are handled at once (ingest is saturated), sends per
+# interval are held to share of the rows accepted (interval = "0s": never hold back):
+# answers to Cognigy keep most of the CPU, deliveries keep going and catch up after.
+busy = { in_flight = 16, interval = "100ms", share = 0.5 }
 
 # Defining any [[route]] replaces both built-in routes below.
 # Secrets: "env:NAME" (comma-separated value = several secrets), "file:PATH" (one per

@@ -3,6 +3,7 @@
 
 pub mod breaker;
 pub mod lag;
+pub mod pace;
 pub mod rate;
 pub mod retry;
 pub mod worker;

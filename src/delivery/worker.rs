@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::breaker::{Admission, Breaker, CircuitState};
 use super::lag::{LagSummary, LagWindow};
+use super::pace::{Allowance, Pacer};
 use super::rate::Bucket;
 use super::retry::Next;
 use crate::config::SinkConfig;
@@ -152,14 +153,16 @@ pub struct Deliverer {
     flushing: AtomicBool,
     /// Webhook requests being handled now (see [`Deliverer::ingest_guard`]).
     ingest_in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    /// While ingest is saturated, the run loop starts sends at most once per this interval
-    /// (`delivery.busy.interval`; zero = never hold back).
-    busy_interval: Duration,
     /// Requests in flight at once that count as saturation (`delivery.busy.in_flight`).
     busy_in_flight: usize,
-    last_busy_round: Mutex<Option<Instant>>,
+    /// How long a sighting of saturation counts (`delivery.busy.interval`; zero = never).
+    busy_interval: Duration,
     /// When `busy_in_flight` requests were last seen in flight at once ([`mono_ms`]).
     last_saturated_ms: AtomicU64,
+    /// Outbox rows ingest has committed since start (what the pacer's share is of).
+    accepted: AtomicU64,
+    /// Holds sends to a share of the acceptance rate while ingest is saturated.
+    pacer: Mutex<Pacer>,
 }
 
 /// Counts one webhook request as in flight while it lives.
@@ -213,6 +216,7 @@ impl Deliverer {
         busy: crate::config::BusyConfig,
     ) -> Arc<Deliverer> {
         let seed = RandomState::new().hash_one(std::process::id());
+        let floor = sinks.iter().map(|s| s.config.concurrency.max(1)).sum();
         Arc::new(Deliverer {
             store,
             sinks,
@@ -224,10 +228,12 @@ impl Deliverer {
             settlements: Mutex::new(Vec::new()),
             flushing: AtomicBool::new(false),
             ingest_in_flight: Arc::default(),
-            busy_interval: busy.interval,
             busy_in_flight: busy.in_flight.max(1),
-            last_busy_round: Mutex::new(None),
+            busy_interval: busy.interval,
             last_saturated_ms: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            // At least one round for every sink per interval, as if each had its slots free.
+            pacer: Mutex::new(Pacer::new(busy.interval, busy.share, floor)),
         })
     }
 
@@ -239,8 +245,14 @@ impl Deliverer {
         self.sinks.iter().find(|s| s.name == name)
     }
 
-    /// Tells the worker that rows may be due (ingest committed some, a replay, a resume).
+    /// Tells the worker that rows may be due (a replay, a resume).
     pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Ingest committed `rows` outbox rows: counts them for the pacer and wakes the worker.
+    pub fn accepted(&self, rows: usize) {
+        self.accepted.fetch_add(rows as u64, Ordering::Relaxed);
         self.wake.notify_one();
     }
 
@@ -256,31 +268,18 @@ impl Deliverer {
         IngestGuard(self.ingest_in_flight.clone())
     }
 
-    /// How long the run loop should hold back because ingest is saturated, if at all: while
+    /// What the run loop may start now (see [`Pacer`]): freely below saturation; while
     /// `busy_in_flight` requests were in flight at once within the last `busy_interval`
-    /// (commit groups answer many at once, so the count dips between them), one round of
-    /// sends per `busy_interval`. Below that, delivery runs freely.
-    pub fn busy_wait(&self) -> Option<Duration> {
-        if self.busy_interval.is_zero() {
-            return None;
-        }
-        let since = mono_ms().saturating_sub(self.last_saturated_ms.load(Ordering::Relaxed));
-        if self.last_saturated_ms.load(Ordering::Relaxed) == 0
-            || since >= self.busy_interval.as_millis() as u64
-        {
-            return None;
-        }
-        let mut last = self.last_busy_round.lock().ok()?;
-        let now = Instant::now();
-        match *last {
-            Some(t) if now.duration_since(t) < self.busy_interval => {
-                Some(self.busy_interval - now.duration_since(t))
-            }
-            _ => {
-                *last = Some(now);
-                None
-            }
-        }
+    /// (commit groups answer many at once, so the count dips between them), a share of the
+    /// acceptance rate.
+    pub fn allowance(&self) -> Allowance {
+        let seen = self.last_saturated_ms.load(Ordering::Relaxed);
+        let saturated =
+            seen != 0 && mono_ms().saturating_sub(seen) < self.busy_interval.as_millis() as u64;
+        let accepted = self.accepted.load(Ordering::Relaxed);
+        self.pacer.lock().map_or(Allowance::Free, |mut p| {
+            p.allowance(Instant::now(), saturated, accepted)
+        })
     }
 
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
@@ -288,14 +287,23 @@ impl Deliverer {
             if shutdown.is_cancelled() {
                 break;
             }
-            if let Some(wait) = self.busy_wait() {
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = shutdown.cancelled() => break,
+            let limit = match self.allowance() {
+                Allowance::Free => None,
+                Allowance::Sends(n) => Some(n),
+                Allowance::Wait(wait) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                    continue;
                 }
-                continue;
+            };
+            let started = self.tick_limited(limit).await;
+            if limit.is_some() {
+                if let Ok(mut p) = self.pacer.lock() {
+                    p.started(started);
+                }
             }
-            let started = self.tick().await;
             if started > 0 {
                 continue;
             }
@@ -321,8 +329,17 @@ impl Deliverer {
     /// Claims what is due for every sink that can take more and starts the sends. Returns how
     /// many sends it started.
     pub async fn tick(self: &Arc<Self>) -> usize {
+        self.tick_limited(None).await
+    }
+
+    /// [`Deliverer::tick`], starting at most `limit` sends in all.
+    pub async fn tick_limited(self: &Arc<Self>, limit: Option<usize>) -> usize {
         let mut started = 0;
         for sink in &self.sinks {
+            let left = limit.map_or(usize::MAX, |l| l.saturating_sub(started));
+            if left == 0 {
+                break;
+            }
             if sink.is_paused() {
                 self.release_buffer(sink).await;
                 continue;
@@ -336,7 +353,7 @@ impl Deliverer {
                 Err(_) => Admission::Go,
             };
             let (mut take, probe) = match admission {
-                Admission::Go => (free, false),
+                Admission::Go => (free.min(left), false),
                 Admission::Probe => (1, true),
                 Admission::Wait(_) => {
                     // Nothing goes while the circuit is open; give claimed rows back, uncounted.

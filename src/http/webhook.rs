@@ -199,15 +199,15 @@ async fn pipeline(
             }),
         }),
     };
-    let has_sinks = !acceptance.sinks.is_empty();
+    let rows = acceptance.sinks.len();
     match state.store.accept(acceptance).await {
         Ok(AcceptOutcome::Committed {
             state_version,
             body,
             held,
         }) => {
-            if has_sinks {
-                state.deliverer.wake();
+            if rows > 0 {
+                state.deliverer.accepted(rows);
             }
             let (status, body) = match (held, respond, answer_key) {
                 (Some(claim), Some(r), Some(idempotency_key)) => {

@@ -608,28 +608,33 @@ async fn a_second_gateway_on_the_same_embedded_store_is_refused() {
 
 #[tokio::test]
 async fn delivery_holds_back_only_while_ingest_is_saturated() {
+    use cognihook::delivery::pace::Allowance;
     let app = TestApp::spawn_with(|c| {
         c.delivery.busy = cognihook::config::BusyConfig {
             in_flight: 2,
             interval: Duration::from_secs(3600),
+            share: 0.5,
         };
     })
     .await;
     let d = app.deliverer();
     let one = d.ingest_guard();
     assert_eq!(
-        d.busy_wait(),
-        None,
+        d.allowance(),
+        Allowance::Free,
         "one request in flight is not saturation"
     );
     let two = d.ingest_guard();
-    // Saturated: one round of sends goes at once, then the next waits for the interval.
-    assert_eq!(d.busy_wait(), None);
-    let wait = d.busy_wait().expect("holding back");
-    assert!(wait > Duration::from_secs(3500), "{wait:?}");
+    // Saturated: a window's share of sends (here the floor, nothing having been accepted),
+    // then a wait for the next window.
+    let Allowance::Sends(n) = d.allowance() else {
+        panic!("saturated: {:?}", d.allowance())
+    };
+    assert!(n >= 1);
     drop((one, two));
-    assert!(
-        d.busy_wait().is_some(),
+    assert_eq!(
+        d.allowance(),
+        Allowance::Sends(n),
         "still inside the interval of the last saturation"
     );
 
@@ -639,8 +644,8 @@ async fn delivery_holds_back_only_while_ingest_is_saturated() {
     .await;
     let guards: Vec<_> = (0..100).map(|_| free.deliverer().ingest_guard()).collect();
     assert_eq!(
-        free.deliverer().busy_wait(),
-        None,
+        free.deliverer().allowance(),
+        Allowance::Free,
         "interval 0 never holds back"
     );
     drop(guards);
