@@ -29,6 +29,14 @@ use crate::store::{Claimed, DeadReason, Settlement, Store};
 use crate::telemetry::audit::{Audit, AuditKind, AuditLine};
 use crate::telemetry::metrics::SinkMetrics;
 
+/// Settlements committed together at most: a PostgreSQL commit of a few thousand ran past
+/// the database timeout, and its rows were sent again once their leases expired.
+const SETTLE_BATCH: usize = 256;
+
+/// A settlement that failed is tried again only while the earliest lease in it has at least
+/// this long to run.
+const SETTLE_MARGIN: Duration = Duration::from_secs(1);
+
 /// Deliveries whose lag `/admin/sinks` summarises, per sink.
 const LAG_WINDOW: usize = 1024;
 
@@ -666,24 +674,59 @@ impl Deliverer {
         }
     }
 
+    /// Commits finished sends' settlements, at most [`SETTLE_BATCH`] per commit so that no
+    /// commit grows past what the database answers in time.
     async fn flush(&self, batch: Vec<Pending>) {
-        let items = batch
+        for chunk in batch.chunks(SETTLE_BATCH) {
+            self.flush_chunk(chunk).await;
+        }
+    }
+
+    /// One commit of settlements, tried again (with backoff) while the earliest lease in it
+    /// still has [`SETTLE_MARGIN`] to run: a settlement that does not land is a delivery made
+    /// twice once the lease expires.
+    async fn flush_chunk(&self, chunk: &[Pending]) {
+        let items: Vec<_> = chunk
             .iter()
             .map(|p| (p.claim.clone(), p.settlement.clone()))
             .collect();
-        match self.store.settle_many(items).await {
-            Ok(done) => {
-                for (p, held) in batch.iter().zip(done) {
-                    if held {
-                        self.record(&p.sink, &p.claim, p.attempt, &p.settlement, p.took);
-                    } else {
-                        tracing::warn!(sink = %p.sink.name, event_id = %p.claim.event_id,
-                            "lease lost before settling; the row will be attempted again");
+        let expires = chunk
+            .iter()
+            .map(|p| p.claim.lease_until_ms)
+            .min()
+            .unwrap_or(0);
+        let margin = SETTLE_MARGIN.as_millis() as i64;
+        let mut backoff = Duration::from_millis(50);
+        let mut tries = 1;
+        loop {
+            match self.store.settle_many(items.clone()).await {
+                Ok(done) => {
+                    for (p, held) in chunk.iter().zip(done) {
+                        if held {
+                            self.record(&p.sink, &p.claim, p.attempt, &p.settlement, p.took);
+                        } else {
+                            tracing::warn!(sink = %p.sink.name, event_id = %p.claim.event_id,
+                                "the claim no longer held the row when it was settled (its \
+                                 lease ran out, or an earlier try of this settlement landed)");
+                        }
                     }
+                    return;
+                }
+                Err(e) => {
+                    let left = expires - crate::now_millis() - margin;
+                    if left <= backoff.as_millis() as i64 {
+                        tracing::error!(error = %e, rows = chunk.len(), tries,
+                            "cannot settle deliveries before their leases run out; they will \
+                             be attempted again when the leases expire");
+                        return;
+                    }
+                    tracing::warn!(error = %e, rows = chunk.len(), tries,
+                        "cannot settle deliveries; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tries += 1;
                 }
             }
-            Err(e) => tracing::error!(error = %e, rows = batch.len(),
-                "cannot settle deliveries; they will be attempted again when their leases expire"),
         }
     }
 

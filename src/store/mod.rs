@@ -144,24 +144,25 @@ pub struct Claimed {
     /// When the row was written (Unix ms): the event's acceptance, or for an `on_late` row
     /// the upstream's answer. Delivery lag is measured from it.
     pub created_at_ms: i64,
+    /// When this claim's lease runs out (Unix ms); a settlement must land before it.
+    pub lease_until_ms: i64,
 }
 
 impl Claimed {
-    /// The `respond.upstream` row an acceptance inserts already claimed for its request
-    /// (both backends): no attempt yet, `respond_to` = the `on_late` sink or "".
+    /// The `respond.upstream` row an acceptance inserts at `now` already claimed for its
+    /// request (both backends): no attempt yet, `respond_to` = the `on_late` sink or "".
     pub(crate) fn held_for_request(
         e: &NormalisedEvent,
-        sink: &str,
+        hold: &RespondHold,
         outbox_id: i64,
         lease_token: String,
         body: &str,
-        respond_to: String,
-        created_at_ms: i64,
+        now: i64,
     ) -> Claimed {
         Claimed {
             outbox_id,
             lease_token,
-            sink: sink.to_string(),
+            sink: hold.sink.clone(),
             event_id: e.event_id.clone(),
             correlation_id: e.correlation_id.clone(),
             route: e.route.clone(),
@@ -169,8 +170,9 @@ impl Claimed {
             event_type: e.event_type.clone(),
             attempts: 0,
             body: Bytes::from(body.to_string()),
-            respond_to: Some(respond_to),
-            created_at_ms,
+            respond_to: Some(hold.on_late.clone().unwrap_or_default()),
+            created_at_ms: now,
+            lease_until_ms: now + hold.lease_ms,
         }
     }
 }

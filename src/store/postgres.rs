@@ -934,7 +934,7 @@ async fn accept_one(
                 .map_err(db)?
                 .get(0);
             Some(Box::new(Claimed::held_for_request(
-                e, &r.sink, id, token, &body, respond_to, now,
+                e, r, id, token, &body, now,
             )))
         }
         None => None,
@@ -1008,6 +1008,7 @@ async fn claim(
             session_id: r.get(7),
             event_type: r.get(8),
             created_at_ms: r.get(10),
+            lease_until_ms: now + lease_ms,
         })
         .collect();
     out.sort_unstable_by_key(|c| c.outbox_id);

@@ -276,12 +276,20 @@ async fn breaker_opens_on_a_dead_sink_and_closes_after_it_recovers() {
         &sink.url("/events"),
         "retry = { max_attempts = 50, base_delay = \"10ms\", max_delay = \"20ms\" }",
         "2s",
-        "breaker = { failure_threshold = 2, cool_down = \"300ms\" }",
+        "breaker = { failure_threshold = 2, cool_down = \"2s\" }",
     );
     let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
     send_flow(&app, 1, "brk").await;
     sink.wait_for(2, T).await;
-    let sinks = app.admin_get("/admin/sinks").await.json();
+    // The second failure opens the circuit once the gateway has its answer.
+    let mut sinks = app.admin_get("/admin/sinks").await.json();
+    for _ in 0..100 {
+        if sinks["sinks"][0]["circuit"] == "open" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        sinks = app.admin_get("/admin/sinks").await.json();
+    }
     let s = &sinks["sinks"][0];
     assert_eq!(s["name"], "backend");
     assert_eq!(s["kind"], "http");

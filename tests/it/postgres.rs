@@ -474,3 +474,70 @@ async fn identifiers_postgresql_cannot_store_are_refused_or_hashed_before_the_st
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
 }
+
+/// Rows with `status` in the test's schema (read directly, not through the gateway).
+async fn pg_rows(url: &str, status: &str) -> i64 {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM outbox WHERE status = $1", &[&status])
+        .await
+        .unwrap()
+        .get(0);
+    drop(client);
+    let _ = task.await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_the_database_cannot_take_are_retried_before_the_leases_run_out() {
+    use crate::support::sink_server::Reply;
+    let Some(url) = fresh_pg_schema().await else {
+        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let pg: tokio_postgres::Config = url.parse().unwrap();
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let proxy = TcpProxy::start(([127, 0, 0, 1], port).into()).await;
+    let via_proxy = url.replacen(&format!(":{port}/"), &format!(":{}/", proxy.addr.port()), 1);
+    let sink = SinkServer::start().await;
+    sink.set_fallback(Reply::Gated);
+    let table = format!(
+        "kind = \"http\"\nurl = \"{}\"\ntimeout = \"1s\"",
+        sink.url("/events")
+    );
+    let app = TestApp::spawn_with(|c| {
+        c.store.url = Some(via_proxy);
+        crate::support::attach_sink(c, "backend", &table);
+        // Leases of 2 x 1 s + 4 s: without retries, the rows would be sent again after 6 s.
+        c.delivery.lease_margin = Duration::from_secs(4);
+    })
+    .await;
+    for i in 0..5 {
+        let r = app
+            .post_signed("/webhook", &flow_body("pg-settle", &format!("settle-{i}")))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+    // Every send is at the sink, held; then the database goes away and the sends finish.
+    wait_until("five sends held", T, || sink.received().len() == 5).await;
+    proxy.cut();
+    sink.open_gate(5);
+    wait_until("five answered", T, || {
+        sink.received().iter().all(|r| r.answered.is_some())
+    })
+    .await;
+    // Their settlements fail for a while...
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(pg_rows(&url, "delivered").await, 0);
+    proxy.restore();
+    // ...and land once it is back, long before the leases run out: nothing is sent twice.
+    let deadline = std::time::Instant::now() + T;
+    while pg_rows(&url, "delivered").await < 5 {
+        assert!(std::time::Instant::now() < deadline, "never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sink.received().len(), 5, "a delivery was made twice");
+}

@@ -85,6 +85,7 @@ pub(super) fn claim(
             body: crate::store::with_result(body, result),
             respond_to,
             created_at_ms,
+            lease_until_ms: now + lease_ms,
         });
     }
     Ok(out)

@@ -358,9 +358,7 @@ impl Sequencer {
                     respond_to: respond_to.clone(),
                 }),
             });
-            Box::new(Claimed::held_for_request(
-                e, &r.sink, id, token, &body, respond_to, now,
-            ))
+            Box::new(Claimed::held_for_request(e, r, id, token, &body, now))
         });
         let key = a.idempotency_key;
         let record = AcceptRecord {
