@@ -9,12 +9,15 @@
 //!   file; it writes everything queued while the previous sync ran, syncs once, then answers
 //!   the group: the floor of what a durable acknowledgement costs;
 //! - `accept-all`: answer 200 to every POST without checking anything (the load benchmark's
-//!   HTTP sink).
+//!   HTTP sink). It also notes each delivery's lag, from the time in its
+//!   `X-Cognihook-Event-Id` (a ULID, stamped when the gateway received the event) to its
+//!   arrival here; `GET /lag` answers `{"count", "p50", "p99", "max"}` (milliseconds) of the
+//!   deliveries since the last `GET /lag` (`bench/delivery_lag.sh`).
 
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -30,7 +33,7 @@ enum Mode {
     Bare,
     /// Hand the body to the log thread and wait for its group's sync.
     Durable(mpsc::Sender<(Bytes, tokio::sync::oneshot::Sender<()>)>),
-    AcceptAll,
+    AcceptAll(Arc<Mutex<Vec<u64>>>),
 }
 
 async fn handle(
@@ -38,8 +41,38 @@ async fn handle(
     mode: Mode,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if matches!(mode, Mode::AcceptAll) {
+    if let Mode::AcceptAll(lags) = &mode {
+        if req.method() == hyper::Method::GET && req.uri().path() == "/lag" {
+            let mut taken = std::mem::take(&mut *lags.lock().unwrap_or_else(|p| p.into_inner()));
+            taken.sort_unstable();
+            let at = |p: f64| {
+                let i = ((p * taken.len() as f64).ceil() as usize).clamp(1, taken.len().max(1));
+                taken.get(i - 1).copied().unwrap_or(0)
+            };
+            let body = format!(
+                "{{\"count\":{},\"p50\":{},\"p99\":{},\"max\":{}}}",
+                taken.len(),
+                at(0.50),
+                at(0.99),
+                at(1.0)
+            );
+            return Ok(Response::new(Full::new(Bytes::from(body))));
+        }
+        let received = req
+            .headers()
+            .get("x-cognihook-event-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|id| ulid::Ulid::from_string(id).ok())
+            .map(|u| u.timestamp_ms());
         let _ = req.into_body().collect().await;
+        if let Some(at) = received {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            lags.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(now.saturating_sub(at));
+        }
         return Ok(answer(StatusCode::OK, "received"));
     }
     let sig = req
@@ -114,7 +147,7 @@ async fn main() -> std::io::Result<()> {
         .map_err(|e| std::io::Error::other(format!("bad address: {e}")))?;
     let mode = match std::env::args().nth(2).as_deref() {
         None => Mode::Bare,
-        Some("accept-all") => Mode::AcceptAll,
+        Some("accept-all") => Mode::AcceptAll(Arc::default()),
         Some("durable") => {
             let path = std::env::args()
                 .nth(3)

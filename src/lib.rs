@@ -7,10 +7,11 @@
 //!                → ingest::auth (raw bytes) → ingest::payload (decode + validate → NormalisedEvent)
 //!                → ingest::rules (CEL rules, extracts)
 //!                → store::Store::accept (event, session state, idempotency record, one outbox
-//!                  row per sink: ONE transaction, group-committed by the store's writer thread)
-//!                → response (SPEC §5), audit line, metrics; wakes the delivery worker
-//! delivery path: delivery::worker::Deliverer::tick → Store::claim (due rows, with a lease)
-//!                → sinks::Sink::send (http, nats, amqp, redis, file)
+//!                  row per sink, decided by store::decide: committed together, group-committed)
+//!                → response (SPEC §5), audit line, metrics; tells the delivery worker
+//! delivery path: delivery::worker::Deliverer::tick (paced by delivery::pace)
+//!                → Store::claim (due rows, with a lease)
+//!                → sinks::Sink::send (http, cognigy, nats, amqp, redis, file)
 //!                → Store::settle_many: delivered | retry at T (delivery::retry) | dead letter
 //!                  (delivery::breaker keeps a failing sink from being hammered)
 //! ```
@@ -20,11 +21,15 @@
 //! - `app::App::run` owns the listeners (public and optional admin), the delivery worker task
 //!   and the shutdown sequence: stop accepting and claiming, drain in-flight requests and sends
 //!   within the grace period, then close the store and flush the audit log.
-//! - `store::sqlite` owns two OS threads: the *writer*, which holds the only write connection
-//!   and commits groups of acceptances, claims and settlements in one transaction and one
-//!   fsync; and the *checkpointer*, which copies the WAL back into the database file.
+//! - `store::sqlite` (the embedded store) owns three OS threads: the *sequencer* (thread name
+//!   `cognihook-writer`), which decides acceptances and commits them to the log with one
+//!   fdatasync per group; the *projector*, which holds the only database write connection and
+//!   applies log records and the delivery path's jobs in large transactions; and the
+//!   *checkpointer*, which copies the WAL into the database file and removes log segments the
+//!   database has made durable. `store::postgres` runs its commit groups as tasks.
 //! - `telemetry::audit` owns one OS thread that drains buffered audit lines to their output.
-//! - `delivery::worker::Deliverer` spawns one task per send (bounded per sink) on a tracker.
+//! - `delivery::worker::Deliverer` runs on a thread of its own and spawns one task per send
+//!   (bounded per sink) on a tracker.
 //!
 //! Nothing else runs in the background.
 

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use super::breaker::{Admission, Breaker, CircuitState};
 use super::lag::{LagSummary, LagWindow};
-use super::pace::{Allowance, Pacer};
+use super::pace::{Allowance, Load, Pacer};
 use super::rate::Bucket;
 use super::retry::Next;
 use crate::config::SinkConfig;
@@ -161,12 +161,12 @@ pub struct Deliverer {
     flushing: AtomicBool,
     /// Webhook requests being handled now (see [`Deliverer::ingest_guard`]).
     ingest_in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    /// Requests in flight at once that count as saturation (`delivery.busy.in_flight`).
+    /// Requests in flight at once that make an arrival crowded (`delivery.busy.in_flight`).
     busy_in_flight: usize,
-    /// How long a sighting of saturation counts (`delivery.busy.interval`; zero = never).
-    busy_interval: Duration,
-    /// When `busy_in_flight` requests were last seen in flight at once ([`mono_ms`]).
-    last_saturated_ms: AtomicU64,
+    /// Webhook requests that arrived, and those that found `busy_in_flight` already in
+    /// flight (what the pacer reads saturation from).
+    arrivals: AtomicU64,
+    crowded: AtomicU64,
     /// Outbox rows ingest has committed since start (what the pacer's share is of).
     accepted: AtomicU64,
     /// Holds sends to a share of the acceptance rate while ingest is saturated.
@@ -180,12 +180,6 @@ impl Drop for IngestGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Milliseconds since the process's first call (a cheap shared clock for "recently").
-fn mono_ms() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// A finished send whose settlement is not committed yet.
@@ -237,8 +231,8 @@ impl Deliverer {
             flushing: AtomicBool::new(false),
             ingest_in_flight: Arc::default(),
             busy_in_flight: busy.in_flight.max(1),
-            busy_interval: busy.interval,
-            last_saturated_ms: AtomicU64::new(0),
+            arrivals: AtomicU64::new(0),
+            crowded: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             // At least one round for every sink per interval, as if each had its slots free.
             pacer: Mutex::new(Pacer::new(busy.interval, busy.share, floor)),
@@ -268,26 +262,24 @@ impl Deliverer {
     /// Marks a webhook request as in flight until the guard is dropped.
     pub fn ingest_guard(&self) -> IngestGuard {
         let n = self.ingest_in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= self.busy_in_flight && !self.busy_interval.is_zero() {
-            // 0 means "never"; the clock may still read 0 right after start.
-            self.last_saturated_ms
-                .store(mono_ms().max(1), Ordering::Relaxed);
+        self.arrivals.fetch_add(1, Ordering::Relaxed);
+        if n >= self.busy_in_flight {
+            self.crowded.fetch_add(1, Ordering::Relaxed);
         }
         IngestGuard(self.ingest_in_flight.clone())
     }
 
-    /// What the run loop may start now (see [`Pacer`]): freely below saturation; while
-    /// `busy_in_flight` requests were in flight at once within the last `busy_interval`
-    /// (commit groups answer many at once, so the count dips between them), a share of the
-    /// acceptance rate.
+    /// What the run loop may start now (see [`Pacer`]): freely below saturation, a share of
+    /// the acceptance rate while ingest is saturated.
     pub fn allowance(&self) -> Allowance {
-        let seen = self.last_saturated_ms.load(Ordering::Relaxed);
-        let saturated =
-            seen != 0 && mono_ms().saturating_sub(seen) < self.busy_interval.as_millis() as u64;
-        let accepted = self.accepted.load(Ordering::Relaxed);
-        self.pacer.lock().map_or(Allowance::Free, |mut p| {
-            p.allowance(Instant::now(), saturated, accepted)
-        })
+        let load = Load {
+            arrivals: self.arrivals.load(Ordering::Relaxed),
+            crowded: self.crowded.load(Ordering::Relaxed),
+            accepted: self.accepted.load(Ordering::Relaxed),
+        };
+        self.pacer
+            .lock()
+            .map_or(Allowance::Free, |mut p| p.allowance(Instant::now(), load))
     }
 
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {

@@ -620,31 +620,58 @@ async fn delivery_holds_back_only_while_ingest_is_saturated() {
     let app = TestApp::spawn_with(|c| {
         c.delivery.busy = cognihook::config::BusyConfig {
             in_flight: 2,
-            interval: Duration::from_secs(3600),
+            interval: Duration::from_millis(20),
             share: 0.5,
         };
     })
     .await;
     let d = app.deliverer();
-    let one = d.ingest_guard();
-    assert_eq!(
-        d.allowance(),
-        Allowance::Free,
-        "one request in flight is not saturation"
-    );
-    let two = d.ingest_guard();
-    // Saturated: a window's share of sends (here the floor, nothing having been accepted),
-    // then a wait for the next window.
-    let Allowance::Sends(n) = d.allowance() else {
-        panic!("saturated: {:?}", d.allowance())
+    // Reads the allowance until it is what `want` says (the pacer decides once per interval).
+    let until = |want: fn(&Allowance) -> bool| async move {
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            let a = d.allowance();
+            if want(&a) {
+                return a;
+            }
+            assert!(std::time::Instant::now() < deadline, "still {a:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     };
-    assert!(n >= 1);
-    drop((one, two));
-    assert_eq!(
-        d.allowance(),
-        Allowance::Sends(n),
-        "still inside the interval of the last saturation"
-    );
+    // Requests one at a time are never crowded: free.
+    for _ in 0..10 {
+        drop(d.ingest_guard());
+    }
+    assert_eq!(d.allowance(), Allowance::Free);
+    // Every arrival finds two in flight: saturated, a budget of sends (at least the floor).
+    let held: Vec<_> = (0..2).map(|_| d.ingest_guard()).collect();
+    let crowd = tokio::spawn({
+        let d = d.clone();
+        async move {
+            for _ in 0..2000 {
+                drop(d.ingest_guard());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    let a = until(|a| matches!(a, Allowance::Sends(_) | Allowance::Wait(_))).await;
+    assert!(!matches!(a, Allowance::Sends(0)), "{a:?}");
+    // The crowd goes: free again.
+    crowd.abort();
+    drop(held);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calm = tokio::spawn({
+        let (d, stop) = (d.clone(), stop.clone());
+        async move {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                drop(d.ingest_guard());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    until(|a| *a == Allowance::Free).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    calm.await.unwrap();
 
     let free = TestApp::spawn_with(|c| {
         c.delivery.busy.interval = Duration::ZERO;
