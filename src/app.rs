@@ -106,10 +106,22 @@ impl App {
             config.delivery.poll_interval,
             config.delivery.busy,
         );
-        if let Store::Postgres(pg) = &store {
-            // Other replicas' commits wake this one's workers too.
-            let d = deliverer.clone();
-            pg.listen(move || d.wake());
+        match &store {
+            Store::Postgres(pg) => {
+                // Other replicas' commits wake this one's workers too.
+                let d = deliverer.clone();
+                pg.listen(move || d.wake());
+            }
+            Store::Sqlite(sqlite) => {
+                // Settlements are written after the workers move on; rows they bring due
+                // (retries, an ordered session's next event) wake the workers then.
+                let d = Arc::downgrade(&deliverer);
+                sqlite.on_settled(move || {
+                    if let Some(d) = d.upgrade() {
+                        d.wake();
+                    }
+                });
+            }
         }
         let state = AppState::new(
             store,

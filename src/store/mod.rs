@@ -330,7 +330,9 @@ impl Store {
 
     /// Claims up to `limit` due rows of `sink` for `lease`. On a sink recorded as ordered (see
     /// `configure_sinks`), a row is due only when no earlier row of the same session is still
-    /// pending for that sink.
+    /// pending for that sink. The embedded store does not wait for settlements still on their
+    /// way to its database: a row one brings due is claimable once it is written (the store
+    /// wakes the workers then; [`Store::caught_up`] waits for it).
     pub async fn claim(
         &self,
         sink: &str,

@@ -337,7 +337,12 @@ async fn paused_sink_gets_nothing_until_resumed() {
     for _ in 0..3 {
         assert_eq!(app.deliverer().tick().await, 0);
     }
-    assert!(sink.received().is_empty());
+    let got: Vec<String> = sink
+        .received()
+        .iter()
+        .map(|r| format!("{:?} {}", r.headers.get("x-correlation-id"), r.body))
+        .collect();
+    assert!(got.is_empty(), "{got:?}");
     let r = app
         .admin_post("/admin/sinks/backend/resume", &json!({}))
         .await;

@@ -173,6 +173,7 @@ async fn auth_failures_answer_401_with_specific_codes_and_never_the_expected_sig
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
 
     // Nothing was stored for the refused requests.
+    app.state().store.caught_up().await.expect("caught up");
     let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).expect("db");
     assert_eq!(count(&db, "SELECT count(*) FROM events"), 1);
 }
@@ -275,6 +276,7 @@ async fn failed_rules_answer_422_with_the_rule_message_and_store_nothing() {
     assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "rule_rejected");
     assert_eq!(a.body["message"], "Required entity orderId is missing");
 
+    app.state().store.caught_up().await.expect("caught up");
     let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).expect("db");
     assert_eq!(count(&db, "SELECT count(*) FROM events"), 0);
     assert_eq!(count(&db, "SELECT count(*) FROM sessions"), 0);
@@ -388,6 +390,7 @@ async fn response_over_the_limit_is_500_internal_and_commits_nothing() {
     let r = app.public_router();
     let a = call(&r, signed("/webhook", &flow_body("s", "c"))).await;
     assert_error(&a, StatusCode::INTERNAL_SERVER_ERROR, "internal");
+    app.state().store.caught_up().await.expect("caught up");
     let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).expect("db");
     assert_eq!(count(&db, "SELECT count(*) FROM events"), 0);
     assert_eq!(count(&db, "SELECT count(*) FROM sessions"), 0);
@@ -528,6 +531,7 @@ async fn simulator_skips_auth_and_marks_events_simulated() {
     let a = call(&r, post("/webhook", &flow_body("s-sim", "c-x"), &ct)).await;
     assert_error(&a, StatusCode::UNAUTHORIZED, "missing_signature");
 
+    app.state().store.caught_up().await.expect("caught up");
     let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).expect("db");
     assert_eq!(
         count(&db, "SELECT count(*) FROM events WHERE simulated = 1"),

@@ -220,6 +220,9 @@ async fn claims_lease_rows_and_settlements_record_every_attempt() {
             .await
             .unwrap();
         assert_eq!(held, [true, true, true]);
+        // A settlement may still be on its way to the database (the embedded store writes it
+        // after answering); what it brings due is claimable once it is written.
+        s.caught_up().await.unwrap();
         let again = s.claim("x", 10, LEASE).await.unwrap();
         assert_eq!(again.len(), 1, "only the retried row is due");
         assert_eq!(again[0].attempts, 1);
@@ -300,6 +303,7 @@ async fn ordered_claims_take_one_event_per_session_in_order() {
             result: None,
         };
         s.settle(&first[0], delivered).await.unwrap();
+        s.caught_up().await.unwrap();
         let next = s.claim("x", 10, LEASE).await.unwrap();
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].correlation_id, "corr-o2", "{}", b.name);
@@ -420,6 +424,7 @@ async fn a_respond_row_is_held_for_the_request_and_a_late_answer_queues_on_late(
             result: Some(r#"{"orderStatus":"shipped"}"#.into()),
         };
         assert!(s.settle(&held, late).await.unwrap());
+        s.caught_up().await.unwrap();
         let rows = s.claim("late", 10, LEASE).await.unwrap();
         assert_eq!(rows.len(), 1, "{}", b.name);
         let body: serde_json::Value = serde_json::from_slice(&rows[0].body).unwrap();

@@ -55,7 +55,7 @@ use serde_json::Value;
 use tokio::sync::{oneshot, watch};
 
 use self::log::LogSync;
-use self::project::{Job, ProjMsg};
+use self::project::{AfterJob, Job, ProjMsg};
 use self::record::Record;
 use self::sequencer::{SeqMsg, Sequencer};
 use super::decide::Windows;
@@ -138,6 +138,76 @@ pub(crate) struct Shared {
     /// The log's writes (the sequencer) and the database's (the projector).
     log_health: Health,
     db_health: Health,
+    /// Outbox rows claimed for delivery (see [`Leases`]).
+    leases: Mutex<Leases>,
+    /// Jobs handed to the projector, and jobs it has finished (committed or failed): a read
+    /// waits for the jobs queued before it, so it sees the settlements made so far.
+    jobs_submitted: AtomicU64,
+    jobs_done: watch::Sender<u64>,
+    /// Called once settlements are written (rows may have come due: a retry, an ordered
+    /// session's next event).
+    on_settled: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+}
+
+/// Delivery leases of the embedded store, kept in memory: one process serves the store, so a
+/// lease never has to be seen by another (a restart voids them all). A claim takes due rows
+/// the database shows pending that no lease here holds; a settlement checks the lease, ends
+/// it at once for the caller, and keeps the row *settling* (held) until the projector has
+/// written the outcome, so that no claim can read the row as pending in between.
+#[derive(Debug, Default)]
+pub(crate) struct Leases {
+    held: std::collections::HashMap<i64, Lease>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Lease {
+    token: String,
+    /// Unix ms; `i64::MAX` while the outcome is on its way to the database.
+    until_ms: i64,
+}
+
+impl Leases {
+    /// The rows no claim may take now: held by a live lease, or settling.
+    fn taken(&self, now: i64) -> std::collections::HashSet<i64> {
+        self.held
+            .iter()
+            .filter(|(_, l)| l.until_ms >= now)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub(super) fn lease(&mut self, id: i64, token: &str, until_ms: i64) {
+        self.held.insert(
+            id,
+            Lease {
+                token: token.to_string(),
+                until_ms,
+            },
+        );
+    }
+
+    /// Ends the claim's lease if it still holds the row, keeping the row settling.
+    fn settle(&mut self, claim: &Claimed, now: i64) -> bool {
+        match self.held.get_mut(&claim.outbox_id) {
+            Some(l)
+                if l.token == claim.lease_token && l.until_ms >= now && l.until_ms != i64::MAX =>
+            {
+                l.until_ms = i64::MAX;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The outcome of these rows is in the database (or failed to get there: the rows then
+    /// come due again).
+    fn release(&mut self, ids: &[i64]) {
+        for id in ids {
+            if self.held.get(id).is_some_and(|l| l.until_ms == i64::MAX) {
+                self.held.remove(id);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -148,6 +218,10 @@ impl Shared {
             next_outbox_id: AtomicI64::new(next_outbox_id),
             log_health: Health::default(),
             db_health: Health::default(),
+            leases: Mutex::new(Leases::default()),
+            jobs_submitted: AtomicU64::new(0),
+            jobs_done: watch::channel(0).0,
+            on_settled: Mutex::new(None),
         }
     }
 
@@ -565,30 +639,47 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection, i64, &AtomicI64) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let Some(engine) = &self.engine else {
+        if self.engine.is_none() {
             return self.direct_job(f).await;
+        }
+        let rx = self.submit(f, None).await?;
+        let any = rx.await.unwrap_or(Err(StoreError::Closed))?;
+        any.downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| unavailable("writer job returned an unexpected type"))
+    }
+
+    /// Queues `f` for the projector's next transaction; the receiver gets its result after
+    /// the commit.
+    async fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, i64, &AtomicI64) -> rusqlite::Result<T> + Send + 'static,
+        after: Option<AfterJob>,
+    ) -> Result<oneshot::Receiver<Result<Box<dyn Any + Send>, StoreError>>, StoreError> {
+        let Some(engine) = &self.engine else {
+            return Err(StoreError::Closed);
         };
         let (tx, rx) = oneshot::channel();
         let job: Job =
             Box::new(move |c, now, ids| f(c, now, ids).map(|v| Box::new(v) as Box<dyn Any + Send>));
         // Jobs wait for room rather than being shed: they are the delivery path's own work.
-        match engine.projector.try_send(ProjMsg::Job(job, tx)) {
-            Ok(()) => {}
+        // The count goes up first, so a read never misses a job that is already queued.
+        self.shared.jobs_submitted.fetch_add(1, Ordering::SeqCst);
+        let sent = match engine.projector.try_send(ProjMsg::Job(job, tx, after)) {
+            Ok(()) => true,
             Err(TrySendError::Full(msg)) => {
                 let queue = engine.projector.clone();
-                let sent = tokio::task::spawn_blocking(move || queue.send(msg).is_ok())
+                tokio::task::spawn_blocking(move || queue.send(msg).is_ok())
                     .await
-                    .unwrap_or(false);
-                if !sent {
-                    return Err(StoreError::Closed);
-                }
+                    .unwrap_or(false)
             }
-            Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+            Err(TrySendError::Disconnected(_)) => false,
+        };
+        if !sent {
+            self.shared.jobs_submitted.fetch_sub(1, Ordering::SeqCst);
+            return Err(StoreError::Closed);
         }
-        let any = rx.await.unwrap_or(Err(StoreError::Closed))?;
-        any.downcast::<T>()
-            .map(|b| *b)
-            .map_err(|_| unavailable("writer job returned an unexpected type"))
+        Ok(rx)
     }
 
     /// An attached store's write: on its own connection, in one transaction.
@@ -615,16 +706,53 @@ impl SqliteStore {
         .map_err(unavailable)?
     }
 
+    /// Claims due rows: reads them (no write, no commit) and leases them in memory.
     pub(super) async fn claim(
         &self,
         sink: &str,
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
+        // Rows committed before the claim are in the database first. Settlements on their
+        // way there are not waited for (their rows are held in memory until written, and the
+        // workers are woken then: see `on_settled`).
+        self.wait_for_database(false).await?;
         let sink = sink.to_string();
         let lease_ms = millis(lease);
-        self.job(move |c, now, _| outbox::claim(c, now, &sink, limit, lease_ms))
-            .await
+        let (reader, shared) = (self.reader.clone(), self.shared.clone());
+        tokio::task::spawn_blocking(move || {
+            let now = crate::now_millis();
+            // The leased rows are read before the rows: a settlement that lands in between
+            // is either still held here or already in what the query reads.
+            let taken = shared
+                .leases
+                .lock()
+                .map_err(|_| unavailable("lease lock poisoned"))?
+                .taken(now);
+            let conn = reader
+                .lock()
+                .map_err(|_| unavailable("reader lock poisoned"))?;
+            let rows = outbox::due(&conn, now, &sink, limit, &taken).map_err(unavailable)?;
+            let mut leases = shared
+                .leases
+                .lock()
+                .map_err(|_| unavailable("lease lock poisoned"))?;
+            // Another claim may have taken some since `taken` was read.
+            let fresh = leases.taken(now);
+            let rows: Vec<_> = rows
+                .into_iter()
+                .filter(|(id, ..)| !fresh.contains(id))
+                .collect();
+            let token = ulid::Ulid::new().to_string();
+            let until = now + lease_ms;
+            for (id, ..) in &rows {
+                leases.lease(*id, &token, until);
+            }
+            drop(leases);
+            outbox::claims(&conn, &sink, rows, &token, until).map_err(unavailable)
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     pub(super) async fn configure_sinks(
@@ -670,17 +798,74 @@ impl SqliteStore {
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
+    /// Settles claims: checks and ends their leases at once, and writes the outcomes in the
+    /// projector's next transaction without waiting for it (a crash before then means the
+    /// deliveries are made again).
     pub(super) async fn settle_many(
         &self,
         items: Vec<(Claimed, Settlement)>,
     ) -> Result<Vec<bool>, StoreError> {
-        self.job(move |c, now, ids| {
-            items
-                .iter()
-                .map(|(claim, s)| outbox::settle(c, now, claim, s, ids))
-                .collect()
-        })
-        .await
+        if self.engine.is_none() {
+            return self
+                .direct_job(move |c, now, ids| {
+                    items
+                        .iter()
+                        .map(|(claim, s)| outbox::settle(c, now, claim, s, ids))
+                        .collect()
+                })
+                .await;
+        }
+        let now = crate::now_millis();
+        let held: Vec<bool> = {
+            let mut leases = self
+                .shared
+                .leases
+                .lock()
+                .map_err(|_| unavailable("lease lock poisoned"))?;
+            items.iter().map(|(c, _)| leases.settle(c, now)).collect()
+        };
+        let write: Vec<(Claimed, Settlement)> = items
+            .into_iter()
+            .zip(&held)
+            .filter(|(_, h)| **h)
+            .map(|(item, _)| item)
+            .collect();
+        if write.is_empty() {
+            return Ok(held);
+        }
+        let ids: Vec<i64> = write.iter().map(|(c, _)| c.outbox_id).collect();
+        let rows = ids.len();
+        // The rows stay settling until their outcomes are committed; then no claim can read
+        // them as pending any more.
+        let shared = self.shared.clone();
+        let release: AfterJob = Box::new(move || {
+            if let Ok(mut l) = shared.leases.lock() {
+                l.release(&ids);
+            }
+            if let Ok(hook) = shared.on_settled.lock() {
+                if let Some(f) = hook.as_ref() {
+                    f();
+                }
+            }
+        });
+        let rx = self
+            .submit(
+                move |c, now, ids| {
+                    for (claim, s) in &write {
+                        outbox::settle(c, now, claim, s, ids)?;
+                    }
+                    Ok(())
+                },
+                Some(release),
+            )
+            .await?;
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = rx.await {
+                tracing::warn!(error = %e, rows,
+                    "cannot write delivery outcomes; the rows come due again");
+            }
+        });
+        Ok(held)
     }
 
     pub(super) async fn replay(
@@ -712,16 +897,28 @@ impl SqliteStore {
             .await
     }
 
-    /// Waits until the database holds every record committed when this was called (what
-    /// every read does first).
+    /// Waits until the database holds every record committed, and every job (settlements
+    /// above all) queued, when this was called: what every read does first.
     pub async fn caught_up(&self) -> Result<(), StoreError> {
+        self.wait_for_database(true).await
+    }
+
+    /// Waits for the records committed so far and, with `jobs`, the jobs queued so far.
+    async fn wait_for_database(&self, jobs: bool) -> Result<(), StoreError> {
         if self.engine.is_none() {
             return Ok(());
         }
-        let target = self.shared.acked.load(Ordering::SeqCst);
-        let mut rx = self.shared.projected.subscribe();
+        let records = self.shared.acked.load(Ordering::SeqCst);
+        let jobs = if jobs {
+            self.shared.jobs_submitted.load(Ordering::SeqCst)
+        } else {
+            0
+        };
+        let mut projected = self.shared.projected.subscribe();
+        let mut done = self.shared.jobs_done.subscribe();
         let waited = tokio::time::timeout(CATCH_UP_WAIT, async {
-            rx.wait_for(|p| *p >= target).await.map(|_| ())
+            projected.wait_for(|p| *p >= records).await.map(|_| ())?;
+            done.wait_for(|d| *d >= jobs).await.map(|_| ())
         })
         .await;
         match waited {
@@ -765,6 +962,13 @@ impl SqliteStore {
         })
         .await
         .map_err(unavailable)?
+    }
+
+    /// Calls `f` whenever settlements have been written (the delivery workers wake on it).
+    pub fn on_settled(&self, f: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut hook) = self.shared.on_settled.lock() {
+            *hook = Some(Box::new(f));
+        }
     }
 
     /// Why the store cannot commit now, if it cannot (for `/readyz`).
@@ -1404,11 +1608,21 @@ mod tests {
             .block_on(store.claim("a", 10, lease))
             .expect("claim")
             .is_empty());
-        // Let the lease run out, as after a crash mid-delivery.
-        rt.block_on(store.caught_up()).expect("caught up");
-        let c = Connection::open(dir.path().join("cognihook.db")).expect("open");
-        c.execute("UPDATE outbox SET lease_until = lease_until - 120000", [])
-            .expect("age lease");
+        // Let the lease run out, as when a send hangs past it (leases live in memory on the
+        // embedded store: age this one there).
+        let Store::Sqlite(sqlite) = &store else {
+            unreachable!()
+        };
+        if let Some(l) = sqlite
+            .shared
+            .leases
+            .lock()
+            .expect("leases")
+            .held
+            .get_mut(&first[0].outbox_id)
+        {
+            l.until_ms -= 120_000;
+        }
         let second = rt.block_on(store.claim("a", 10, lease)).expect("claim");
         assert_eq!(second.len(), 1);
         assert_ne!(second[0].lease_token, first[0].lease_token);
@@ -1420,6 +1634,8 @@ mod tests {
             .block_on(store.settle(&first[0], done.clone()))
             .expect("settle"));
         assert!(rt.block_on(store.settle(&second[0], done)).expect("settle"));
+        rt.block_on(store.caught_up()).expect("caught up");
+        let c = Connection::open(dir.path().join("cognihook.db")).expect("open");
         let status: String = c
             .query_row("SELECT status FROM outbox", [], |r| r.get(0))
             .expect("row");
@@ -1457,6 +1673,7 @@ mod tests {
         };
         rt.block_on(store.settle(&claimed[0], retry))
             .expect("settle");
+        rt.block_on(store.caught_up()).expect("caught up");
         let again = rt.block_on(store.claim("a", 10, lease)).expect("claim");
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].correlation_id, "corr-k1");
@@ -1469,6 +1686,7 @@ mod tests {
             },
         ))
         .expect("settle");
+        rt.block_on(store.caught_up()).expect("caught up");
         let next = rt.block_on(store.claim("a", 10, lease)).expect("claim");
         assert_eq!(next[0].correlation_id, "corr-k2");
         // Switched to unordered, the sink's claims take everything due.

@@ -16,31 +16,29 @@ pub(super) fn rfc3339_ms(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Claims due rows of one sink (see `Store::claim`), oldest due first. The order is the
-/// `outbox_due` index's own (sink, status, next_attempt_at, rowid), so the claim walks the
-/// index and stops at the limit instead of sorting every due row of a backlog.
-pub(super) fn claim(
+/// Due rows of one sink not held by anyone (see `Store::claim`), oldest due first, skipping
+/// `held` (rows leased in memory, see the parent module): at most `limit`. Reads only. The
+/// order is the `outbox_due` index's own (sink, status, next_attempt_at, rowid), so the query
+/// walks the index and stops instead of sorting every due row of a backlog.
+pub(super) fn due(
     c: &Connection,
     now: i64,
     sink: &str,
     limit: usize,
-    lease_ms: i64,
-) -> rusqlite::Result<Vec<Claimed>> {
-    let token = ulid::Ulid::new().to_string();
-    let mut ids: Vec<ClaimedRow> = c
+    held: &std::collections::HashSet<i64>,
+) -> rusqlite::Result<Vec<DueRow>> {
+    let mut rows: Vec<DueRow> = c
         .prepare_cached(
-            "UPDATE outbox SET lease_until = ?1 + ?2, lease_owner = ?3 \
-             WHERE id IN ( \
-               SELECT o.id FROM outbox o \
-               WHERE o.sink = ?4 AND o.status = 'pending' AND o.next_attempt_at <= ?1 \
-                 AND (o.lease_until IS NULL OR o.lease_until < ?1) \
-                 AND (o.ordered = 0 OR NOT EXISTS ( \
-                   SELECT 1 FROM outbox p WHERE p.sink = o.sink AND p.session_id = o.session_id \
-                     AND p.ordered = 1 AND p.status = 'pending' AND p.id < o.id)) \
-               ORDER BY o.next_attempt_at, o.id LIMIT ?5) \
-             RETURNING id, event_id, attempts, respond_to, result, created_at",
+            "SELECT o.id, o.event_id, o.attempts, o.respond_to, o.result, o.created_at \
+             FROM outbox o \
+             WHERE o.sink = ?1 AND o.status = 'pending' AND o.next_attempt_at <= ?2 \
+               AND (o.lease_until IS NULL OR o.lease_until < ?2) \
+               AND (o.ordered = 0 OR NOT EXISTS ( \
+                 SELECT 1 FROM outbox p WHERE p.sink = o.sink AND p.session_id = o.session_id \
+                   AND p.ordered = 1 AND p.status = 'pending' AND p.id < o.id)) \
+             ORDER BY o.next_attempt_at, o.id LIMIT ?3",
         )?
-        .query_map(params![now, lease_ms, token, sink, limit as i64], |r| {
+        .query_map(params![sink, now, (limit + held.len()) as i64], |r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,
@@ -50,13 +48,26 @@ pub(super) fn claim(
                 r.get(5)?,
             ))
         })?
+        .filter(|r| r.as_ref().map_or(true, |(id, ..)| !held.contains(id)))
+        .take(limit)
         .collect::<rusqlite::Result<_>>()?;
-    ids.sort_unstable_by_key(|(id, ..)| *id);
+    rows.sort_unstable_by_key(|(id, ..)| *id);
+    Ok(rows)
+}
+
+/// The claims of due rows (see [`due`]), with their events, under one lease.
+pub(super) fn claims(
+    c: &Connection,
+    sink: &str,
+    rows: Vec<DueRow>,
+    token: &str,
+    lease_until_ms: i64,
+) -> rusqlite::Result<Vec<Claimed>> {
     let mut event = c.prepare_cached(
         "SELECT correlation_id, route, session_id, event_type, body FROM events WHERE event_id = ?1",
     )?;
-    let mut out = Vec::with_capacity(ids.len());
-    for (outbox_id, event_id, attempts, respond_to, result, created_at_ms) in ids {
+    let mut out = Vec::with_capacity(rows.len());
+    for (outbox_id, event_id, attempts, respond_to, result, created_at_ms) in rows {
         let row = event
             .query_row(params![event_id], |r| {
                 Ok((
@@ -74,7 +85,7 @@ pub(super) fn claim(
         };
         out.push(Claimed {
             outbox_id,
-            lease_token: token.clone(),
+            lease_token: token.to_string(),
             sink: sink.to_string(),
             event_id,
             correlation_id,
@@ -85,7 +96,7 @@ pub(super) fn claim(
             body: crate::store::with_result(body, result),
             respond_to,
             created_at_ms,
-            lease_until_ms: now + lease_ms,
+            lease_until_ms,
         });
     }
     Ok(out)
@@ -110,11 +121,14 @@ pub(super) fn configure_sinks(c: &Connection, sinks: &[(String, bool)]) -> rusql
     Ok(())
 }
 
-/// A claimed row before its event is read: id, event id, attempts, respond_to, result,
+/// A due row before its event is read: id, event id, attempts, respond_to, result,
 /// created_at.
-type ClaimedRow = (i64, String, u32, Option<String>, Option<String>, i64);
+pub(super) type DueRow = (i64, String, u32, Option<String>, Option<String>, i64);
 
-/// Settles a claimed row if the claim still holds it; records the attempt.
+/// Settles a claimed row; records the attempt. The caller has checked the claim (leases are
+/// kept in memory); a row inserted already leased to its request must still carry that
+/// lease, and a row settled meanwhile (no longer pending) is left alone. Returns whether the
+/// row was settled.
 pub(super) fn settle(
     c: &Connection,
     now: i64,
@@ -123,7 +137,7 @@ pub(super) fn settle(
     ids: &AtomicI64,
 ) -> rusqlite::Result<bool> {
     let attempt = claim.attempts + 1;
-    let held = "id = ?1 AND lease_owner = ?2 AND status = 'pending'";
+    let held = "id = ?1 AND status = 'pending' AND (lease_owner IS NULL OR lease_owner = ?2)";
     // (outcome, error, duration) of the attempt to record, if it was one.
     type Record<'a> = Option<(&'static str, Option<&'a str>, u64)>;
     let (changed, record): (usize, Record<'_>) = match s {

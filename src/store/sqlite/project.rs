@@ -30,12 +30,22 @@ pub(super) type Job =
     Box<dyn FnOnce(&Connection, i64, &AtomicI64) -> rusqlite::Result<Box<dyn Any + Send>> + Send>;
 pub(super) type JobReply = oneshot::Sender<Result<Box<dyn Any + Send>, StoreError>>;
 
+/// Run by the projector right after a job's transaction ends (committed or not), before
+/// readers waiting for the job go on.
+pub(super) type AfterJob = Box<dyn FnOnce() + Send>;
+
 pub(super) enum ProjMsg {
     /// Records committed to the log, the last one numbered `last`.
     Records(Vec<Record>, u64),
-    Job(Job, JobReply),
+    Job(Job, JobReply, Option<AfterJob>),
     Close(oneshot::Sender<()>),
 }
+
+/// A batch of jobs alone waits up to this long for more (see `run`)...
+const JOB_LINGER: Duration = Duration::from_millis(2);
+
+/// ...until it has this many.
+const JOB_GATHER: usize = 32;
 
 /// How often the projector prunes expired rows when idle or between batches.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
@@ -68,17 +78,18 @@ pub(super) fn run(
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut records = std::mem::take(&mut retry);
-        let mut jobs: Vec<(Job, JobReply)> = Vec::new();
+        let mut jobs: Vec<(Job, JobReply, Option<AfterJob>)> = Vec::new();
         let mut close = None;
         let mut count: usize = records.iter().map(|(r, _)| r.len()).sum();
         let mut next = first;
+        let mut lingered = false;
         while let Some(msg) = next.take() {
             match msg {
                 ProjMsg::Records(r, last) => {
                     count += r.len();
                     records.push((r, last));
                 }
-                ProjMsg::Job(job, reply) => jobs.push((job, reply)),
+                ProjMsg::Job(job, reply, after) => jobs.push((job, reply, after)),
                 ProjMsg::Close(done) => {
                     close = Some(done);
                     break;
@@ -86,6 +97,14 @@ pub(super) fn run(
             }
             if count < MAX_BATCH_RECORDS {
                 next = rx.try_recv().ok();
+                // Settlements come one flush at a time from many sends; a moment's pause lets
+                // one commit take many of them (a commit's fixed cost is most of a small one).
+                // A pause, not a wait on the channel: each message would wake a waiter.
+                if next.is_none() && records.is_empty() && !lingered && jobs.len() < JOB_GATHER {
+                    lingered = true;
+                    std::thread::sleep(JOB_LINGER);
+                    next = rx.try_recv().ok();
+                }
             }
         }
         if !records.is_empty() || !jobs.is_empty() {
@@ -126,12 +145,19 @@ pub(super) fn run(
 fn apply_batch(
     conn: &mut Connection,
     records: &[(Vec<Record>, u64)],
-    jobs: Vec<(Job, JobReply)>,
+    jobs: Vec<(Job, JobReply, Option<AfterJob>)>,
     shared: &Shared,
 ) -> Result<(), StoreError> {
     let now = crate::now_millis();
     let last = records.last().map(|(_, last)| *last);
-    let (jobs, replies): (Vec<Job>, Vec<JobReply>) = jobs.into_iter().unzip();
+    let mut afters = Vec::new();
+    let (jobs, replies): (Vec<Job>, Vec<JobReply>) = jobs
+        .into_iter()
+        .map(|(job, reply, after)| {
+            afters.extend(after);
+            (job, reply)
+        })
+        .unzip();
     let mut results = Vec::with_capacity(jobs.len());
     let outcome = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -149,11 +175,16 @@ fn apply_batch(
             }
             tx.commit()
         });
+    let finished = replies.len() as u64;
+    for after in afters {
+        after();
+    }
     match outcome {
         Ok(()) => {
             if let Some(last) = last {
                 shared.projected.send_replace(last);
             }
+            shared.jobs_done.send_modify(|d| *d += finished);
             shared.db_health.recover();
             for (reply, r) in replies.into_iter().zip(results) {
                 let _ = reply.send(Ok(r));
@@ -167,6 +198,7 @@ fn apply_batch(
             for reply in replies {
                 let _ = reply.send(Err(e.clone()));
             }
+            shared.jobs_done.send_modify(|d| *d += finished);
             Err(e)
         }
     }

@@ -223,6 +223,18 @@ impl Sequencer {
                         .store(last, std::sync::atomic::Ordering::SeqCst);
                     hot.written.extend(written.drain(..));
                     undo.clear();
+                    // A `respond` row is leased to its request from the start.
+                    if let Ok(mut leases) = self.shared.leases.lock() {
+                        for r in records.iter() {
+                            if let Record::Accept(a) = r {
+                                for row in &a.rows {
+                                    if let Some(h) = &row.held {
+                                        leases.lease(row.id, &h.token, h.lease_until);
+                                    }
+                                }
+                            }
+                        }
+                    }
                     // The projector gets the records before anyone hears of them, so work
                     // that follows an answer (a claim, a read) finds them applied.
                     if self
