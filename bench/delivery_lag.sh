@@ -13,7 +13,7 @@
 # usage: bench/delivery_lag.sh [DURATION]      (default 60s per rate)
 # env:   SYNC=full|normal|off (default full), BURST (default 10s), PCTS (default "25 50 80"),
 #        DELIVERY (a [delivery] table to use, e.g. '[delivery]\nbusy = { interval = "0s" }'),
-#        SKIP_BUILD=1
+#        BIN (the gateway binary, default target/release/cognihook), SKIP_BUILD=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +27,7 @@ CLIENT_CPU=1
 GW_PORT=18080
 SINK_PORT=18091
 
+BIN=${BIN:-target/release/cognihook}
 source bench/common.sh
 
 python3 bench/gen_requests.py flow-event /webhook "$SECRET" 1000 "$work/flow.lua"
@@ -56,7 +57,7 @@ auth = { scheme = "hmac-sha256", secrets = ["env:COGNIGY_WEBHOOK_SECRET"] }
 sinks = ["backend"]
 TOML
 COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c "$SERVER_CPU" \
-  target/release/cognihook --config "$work/cognihook.toml" serve 2>>"$work/gw.log" &
+  "$BIN" --config "$work/cognihook.toml" serve 2>>"$work/gw.log" &
 pids+=($!)
 wait_port "$GW_PORT"
 

@@ -6,7 +6,8 @@
 # of what a durable acknowledgement costs. cognihook's ratios are printed against both.
 #
 # usage: bench/load.sh [DURATION] [CONNECTIONS]      (defaults: 10s 64)
-# env:   SYNC=full|normal|off (store.sync, default full), SKIP_BUILD=1,
+# env:   SYNC=full|normal|off (store.sync, default full), SKIP_BUILD=1, BIN (the gateway
+#        binary, default target/release/cognihook: another build to compare in the same run),
 #        PG_URL=postgres://… to also measure /webhook on PostgreSQL (a fresh schema is made;
 #        the PostgreSQL server itself is not pinned, so it uses both CPUs)
 set -euo pipefail
@@ -23,6 +24,7 @@ GW_PORT=18080
 SINK_PORT=18091
 DURABLE_PORT=18092
 
+BIN=${BIN:-target/release/cognihook}
 source bench/common.sh
 
 python3 bench/gen_requests.py flow-event /webhook "$SECRET" 1000 "$work/flow.lua"
@@ -77,7 +79,7 @@ rm -f "$work/durable.log"
 # cognihook on the embedded store.
 start_gateway() { # CONFIG -> sets gw_pid
   COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c "$SERVER_CPU" \
-    target/release/cognihook --config "$1" serve 2>>"$work/gw.log" &
+    "$BIN" --config "$1" serve 2>>"$work/gw.log" &
   gw_pid=$!
   pids+=("$gw_pid")
   wait_port "$GW_PORT"
