@@ -404,10 +404,10 @@ impl PayloadSpec {
             }
         }
         for (field, pointer) in &pointers {
-            if !crate::ingest::payload::schema_pointer_fields().contains(&field.as_str()) {
+            if !crate::event::POINTER_FIELDS.contains(&field.as_str()) {
                 p.push(format!(
                     "{at}: payload.pointers.{field} is not an event field (one of {})",
-                    crate::ingest::payload::schema_pointer_fields().join(", ")
+                    crate::event::POINTER_FIELDS.join(", ")
                 ));
             }
             if !pointer.is_empty() && !pointer.starts_with('/') {
@@ -1113,7 +1113,7 @@ impl SinkConfig {
             }
             for (key, expr) in [("text", &self.text), ("data", &self.data)] {
                 if let Some(e) = expr {
-                    if let Err(why) = crate::ingest::rules::EventExpr::compile(e) {
+                    if let Err(why) = crate::expr::EventExpr::compile(e) {
                         p.push(format!("{at}: {key} {why}"));
                     }
                 }

@@ -32,13 +32,23 @@
 //!   (bounded per sink) on a tracker.
 //!
 //! Nothing else runs in the background.
+//!
+//! # Layers
+//!
+//! Imports point one way: `cli` → `app` → `http`, `delivery` → `ingest`, `store`, `sinks` →
+//! the leaves `event` (the normalised event), `secret` (secret references), `expr` (CEL over
+//! the event) and `config`. Store and sinks never import `ingest`; `config` checks what it
+//! parses with the leaves only.
 
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod event;
+pub mod expr;
 pub mod http;
 pub mod ingest;
+pub mod secret;
 pub mod sinks;
 pub mod store;
 pub mod telemetry;

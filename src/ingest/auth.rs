@@ -58,72 +58,9 @@ pub struct Verified {
     pub spend: Option<SpentSignature>,
 }
 
-/// A signature that may be used once: the MAC (which covers the timestamp) and the unix time
-/// (seconds) after which it would be refused as stale anyway, so the record can go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpentSignature {
-    pub mac: [u8; 32],
-    pub expires_at: i64,
-}
+pub use crate::event::SpentSignature;
 
-/// A secret value with a printable label saying where it came from (never the value).
-#[derive(Clone)]
-pub struct Secret {
-    pub label: String,
-    pub value: Vec<u8>,
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret({}, ********)", self.label)
-    }
-}
-
-/// Resolves a secret reference (`env:NAME`, `file:PATH` or a literal) into one or more secrets.
-///
-/// `env:` values are split on commas (several secrets during rotation); `file:` contents are
-/// split into lines. Errors name the variable or file, never a value.
-pub fn resolve_secret_ref(
-    reference: &str,
-    env: &dyn crate::config::EnvSource,
-) -> Result<Vec<Secret>, String> {
-    let (source, values): (String, Vec<String>) = if let Some(name) = reference.strip_prefix("env:")
-    {
-        let v = env
-            .get(name)
-            .ok_or_else(|| format!("environment variable {name} is not set"))?;
-        (
-            name.to_string(),
-            v.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
-        )
-    } else if let Some(path) = reference.strip_prefix("file:") {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("secret file {path} cannot be read: {e}"))?;
-        (
-            format!("file:{path}"),
-            text.lines()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect(),
-        )
-    } else {
-        ("literal".to_string(), vec![reference.to_string()])
-    };
-    if values.is_empty() {
-        return Err(format!("secret {source} is empty"));
-    }
-    Ok(values
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| Secret {
-            label: format!("{source}[{i}]"),
-            value: v.into_bytes(),
-        })
-        .collect())
-}
+pub use crate::secret::{resolve_secret_ref, Secret};
 
 /// An `hmac-sha256` verifier: hex HMAC-SHA256 of the raw body, optional `sha256=` prefix, in
 /// any of the configured headers, against every configured secret.

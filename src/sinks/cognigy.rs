@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use super::http::{classify, client, request_error};
 use super::{Delivery, SendFuture, Sink, SinkError};
 use crate::config::{CognigyMode, EnvSource, SinkConfig};
-use crate::ingest::rules::EventExpr;
+use crate::expr::EventExpr;
 
 /// Largest JSON body the Cognigy REST API takes (cognigy/FACTS.md §2, "60 kB").
 pub const MAX_BODY_BYTES: usize = 60 * 1024;
@@ -49,7 +49,7 @@ impl CognigySink {
                     .secret
                     .clone()
                     .unwrap_or_else(|| "env:COGNIGY_API_KEY".to_string());
-                let key = crate::ingest::auth::resolve_secret_ref(&key_ref, env)
+                let key = crate::secret::resolve_secret_ref(&key_ref, env)
                     .map_err(|e| format!("API key `{key_ref}`: {e}"))?
                     .into_iter()
                     .next()

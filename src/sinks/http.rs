@@ -24,7 +24,7 @@ impl HttpSink {
         let url = config.url.clone().ok_or("`url` is required")?;
         let secret = match &config.secret {
             Some(r) => {
-                let s = crate::ingest::auth::resolve_secret_ref(r, env)
+                let s = crate::secret::resolve_secret_ref(r, env)
                     .map_err(|e| format!("secret `{r}`: {e}"))?;
                 s.into_iter().next().map(|s| s.value)
             }

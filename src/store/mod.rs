@@ -18,7 +18,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::ingest::payload::NormalisedEvent;
+use crate::event::NormalisedEvent;
 
 /// One event to commit.
 #[derive(Debug)]
@@ -34,7 +34,7 @@ pub struct Acceptance {
     /// A response larger than this is refused (nothing is committed).
     pub max_response_bytes: usize,
     /// A signature to spend with this event; one already spent refuses the event.
-    pub spend: Option<crate::ingest::auth::SpentSignature>,
+    pub spend: Option<crate::event::SpentSignature>,
     /// The status stored with the answer for duplicates (200, or 202 on a `respond` route
     /// until the upstream's answer replaces it).
     pub status: u16,

@@ -11,12 +11,8 @@ use crate::config::PayloadKind;
 mod cognigy;
 mod schema;
 
+pub use crate::event::{Intent, NormalisedEvent};
 pub use schema::SchemaDecoder;
-
-/// The event fields a `json-schema` route's pointers may name.
-pub fn schema_pointer_fields() -> &'static [&'static str] {
-    &schema::POINTER_FIELDS
-}
 
 /// Longest `sessionId` / `userId` accepted by `flow-event` (Cognigy's own bound).
 const MAX_ID_CHARS: usize = 256;
@@ -46,79 +42,6 @@ pub enum PayloadError {
     InvalidJson(String),
     /// Decoded, but fields break the kind's rules (SPEC `invalid_payload`).
     Invalid(Vec<FieldError>),
-}
-
-/// `intent` of the normalised event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Intent {
-    pub name: String,
-    pub score: f64,
-}
-
-/// The normalised event (SPEC §3.6).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NormalisedEvent {
-    pub event_id: String,
-    pub route: String,
-    pub correlation_id: String,
-    pub transaction_id: String,
-    pub received_at: String,
-    pub session_id: String,
-    pub user_id: String,
-    pub event_type: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub intent: Option<Intent>,
-    pub entities: Map<String, Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub channel: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub locale: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub url_token: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
-    /// The session's interaction count after this event; set when the event is committed.
-    pub state_version: u64,
-    pub simulated: bool,
-    pub payload: Value,
-}
-
-impl NormalisedEvent {
-    /// A new event with a fresh ULID and receive time; the optional fields empty, not yet
-    /// committed (`state_version` 0), not simulated.
-    pub fn new(
-        route: &str,
-        correlation_id: String,
-        transaction_id: String,
-        session_id: String,
-        user_id: String,
-        event_type: String,
-        payload: Value,
-    ) -> NormalisedEvent {
-        NormalisedEvent {
-            event_id: ulid::Ulid::new().to_string(),
-            route: route.to_string(),
-            correlation_id,
-            transaction_id,
-            received_at: crate::now_rfc3339(),
-            session_id,
-            user_id,
-            event_type,
-            text: None,
-            intent: None,
-            entities: Map::new(),
-            channel: None,
-            locale: None,
-            url_token: None,
-            trace_id: None,
-            state_version: 0,
-            simulated: false,
-            payload,
-        }
-    }
 }
 
 /// What the payload itself says, before the request adds ids and times.

@@ -8,22 +8,6 @@ use serde_json::{Map, Value};
 use super::{json_type, Decoded, FieldError, Intent, PayloadError, MAX_ID_CHARS};
 use crate::config::PayloadSpec;
 
-/// The event fields a pointer may name; `sessionId` and `userId` are required.
-pub(super) const POINTER_FIELDS: [&str; 12] = [
-    "sessionId",
-    "userId",
-    "eventType",
-    "text",
-    "intent",
-    "intentScore",
-    "entities",
-    "channel",
-    "locale",
-    "urlToken",
-    "traceId",
-    "correlationId",
-];
-
 /// Most schema errors reported for one body (a huge body against a strict schema could
 /// otherwise produce an answer larger than Cognigy stores).
 const MAX_SCHEMA_ERRORS: usize = 50;

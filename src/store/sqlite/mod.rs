@@ -1161,7 +1161,7 @@ fn read_journey(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::payload::NormalisedEvent;
+    use crate::event::NormalisedEvent;
     use serde_json::json;
 
     fn config(dir: &Path) -> StoreConfig {
