@@ -43,30 +43,74 @@ pub async fn fresh_pg_schema() -> Option<String> {
     Some(format!("{base}{sep}options=-csearch_path%3D{schema}"))
 }
 
-async fn backends() -> Vec<Backend> {
+/// The embedded store in a temporary directory.
+async fn sqlite() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig {
         data_dir: dir.path().to_path_buf(),
         ..StoreConfig::default()
     };
     let sqlite = SqliteStore::open(&config).expect("sqlite");
-    let mut out = vec![Backend {
+    Backend {
         name: "sqlite",
         store: Store::Sqlite(Arc::new(sqlite)),
         _dir: Some(dir),
-    }];
-    if let Some(url) = fresh_pg_schema().await {
-        let pg = PgStore::open(&url, &StoreConfig::default())
-            .await
-            .expect("postgres store");
-        out.push(Backend {
-            name: "postgres",
-            store: Store::Postgres(Arc::new(pg)),
-            _dir: None,
-        });
     }
-    out
 }
+
+/// PostgreSQL in a fresh schema, or `None` when `COGNIHOOK_TEST_DATABASE_URL` is unset.
+async fn postgres() -> Option<Backend> {
+    let url = fresh_pg_schema().await?;
+    let pg = PgStore::open(&url, &StoreConfig::default())
+        .await
+        .expect("postgres store");
+    Some(Backend {
+        name: "postgres",
+        store: Store::Postgres(Arc::new(pg)),
+        _dir: None,
+    })
+}
+
+/// Runs each case on both backends, as `sqlite::<case>` and `postgres::<case>`: the
+/// PostgreSQL ones are filtered out by `scripts/test`, and so reported as skipped, when the
+/// variable is unset.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(b) = super::postgres().await else {
+                        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+                        return;
+                    };
+                    super::$case(b).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    commits_count_session_versions_and_duplicates_change_nothing,
+    concurrent_events_and_duplicates_behave_as_one_process_would,
+    a_spent_signature_refuses_the_second_request,
+    claims_lease_rows_and_settlements_record_every_attempt,
+    ordered_claims_take_one_event_per_session_in_order,
+    sink_counts_see_pending_rows_and_dead_letters_but_not_delivered_rows,
+    a_sink_switched_to_ordered_holds_back_rows_written_before_the_switch,
+    an_expired_lease_frees_the_row_and_the_old_claim_cannot_settle,
+    a_respond_row_is_held_for_the_request_and_a_late_answer_queues_on_late,
+    an_oversized_answer_commits_nothing_and_its_group_goes_on,
+);
 
 pub fn acceptance(key: &str, session: &str, sinks: &[&str]) -> Acceptance {
     Acceptance {
@@ -101,371 +145,341 @@ fn version(o: &AcceptOutcome) -> u64 {
 
 const LEASE: Duration = Duration::from_secs(60);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commits_count_session_versions_and_duplicates_change_nothing() {
-    for b in backends().await {
-        let s = &b.store;
-        let first = s.accept(acceptance("a", "s1", &["x"])).await.unwrap();
-        assert_eq!(version(&first), 1, "{}", b.name);
-        assert_eq!(
-            version(&s.accept(acceptance("b", "s1", &["x"])).await.unwrap()),
-            2
-        );
-        match s.accept(acceptance("a", "s1", &["x"])).await.unwrap() {
-            AcceptOutcome::Duplicate { status, body, .. } => {
-                assert_eq!(status, 200);
-                let AcceptOutcome::Committed { body: original, .. } = &first else {
-                    unreachable!()
-                };
-                assert_eq!(&body, original, "{}", b.name);
-            }
-            other => panic!("{}: {other:?}", b.name),
-        }
-        // The duplicate neither bumped the session nor queued a row.
-        assert_eq!(
-            version(&s.accept(acceptance("c", "s1", &[])).await.unwrap()),
-            3
-        );
-        let counts = s.sink_counts(&["x".into()]).await.unwrap();
-        assert_eq!(counts[0].pending, 2, "{}", b.name);
-        s.close().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_events_and_duplicates_behave_as_one_process_would() {
-    for b in backends().await {
-        let s = Arc::new(b.store.clone());
-        let mut tasks = Vec::new();
-        for i in 0..30 {
-            let s = s.clone();
-            // Keys 0..10 each sent three times, all on one session.
-            tasks.push(tokio::spawn(async move {
-                s.accept(acceptance(&format!("k{}", i % 10), "shared", &["x"]))
-                    .await
-                    .unwrap()
-            }));
-        }
-        let mut versions = Vec::new();
-        let mut duplicates = 0;
-        for t in tasks {
-            match t.await.unwrap() {
-                AcceptOutcome::Committed { state_version, .. } => versions.push(state_version),
-                AcceptOutcome::Duplicate { .. } => duplicates += 1,
-                other => panic!("{other:?}"),
-            }
-        }
-        versions.sort_unstable();
-        assert_eq!(versions, (1..=10).collect::<Vec<u64>>(), "{}", b.name);
-        assert_eq!(duplicates, 20, "{}", b.name);
-        s.close().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spent_signature_refuses_the_second_request() {
-    for b in backends().await {
-        let s = &b.store;
-        let spend = SpentSignature {
-            mac: [7; 32],
-            expires_at: cognihook::now_millis() / 1000 + 300,
-        };
-        let mut a = acceptance("sig-1", "s", &[]);
-        a.spend = Some(spend.clone());
-        assert_eq!(version(&s.accept(a).await.unwrap()), 1);
-        let mut again = acceptance("sig-2", "s", &[]);
-        again.spend = Some(spend);
-        assert_eq!(
-            s.accept(again).await.unwrap(),
-            AcceptOutcome::SignatureReplayed,
-            "{}",
-            b.name
-        );
-        s.close().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claims_lease_rows_and_settlements_record_every_attempt() {
-    for b in backends().await {
-        let s = &b.store;
-        for k in ["a", "b", "c"] {
-            s.accept(acceptance(k, &format!("s-{k}"), &["x"]))
-                .await
-                .unwrap();
-        }
-        let claimed = s.claim("x", 10, LEASE).await.unwrap();
-        assert_eq!(claimed.len(), 3, "{}", b.name);
-        assert!(s.claim("x", 10, LEASE).await.unwrap().is_empty(), "leased");
-        let delivered = Settlement::Delivered {
-            duration_ms: 3,
-            result: None,
-        };
-        let retry = Settlement::Retry {
-            at_ms: cognihook::now_millis() - 1,
-            error: "HTTP 503".into(),
-            duration_ms: 4,
-        };
-        let dead = Settlement::Dead {
-            reason: DeadReason::Permanent,
-            error: "HTTP 400".into(),
-            duration_ms: 5,
-        };
-        let held = s
-            .settle_many(vec![
-                (claimed[0].clone(), delivered),
-                (claimed[1].clone(), retry),
-                (claimed[2].clone(), dead),
-            ])
-            .await
-            .unwrap();
-        assert_eq!(held, [true, true, true]);
-        // A settlement may still be on its way to the database (the embedded store writes it
-        // after answering); what it brings due is claimable once it is written.
-        s.caught_up().await.unwrap();
-        let again = s.claim("x", 10, LEASE).await.unwrap();
-        assert_eq!(again.len(), 1, "only the retried row is due");
-        assert_eq!(again[0].attempts, 1);
-        let (total, items) = s
-            .dead_letters(&DeadLetterFilter::default(), 10)
-            .await
-            .unwrap();
-        assert_eq!(total, 1, "{}", b.name);
-        assert_eq!(items[0].last_error, "HTTP 400");
-        assert_eq!(items[0].reason, "permanent");
-
-        let journey = s.journey(&claimed[2].event_id).await.unwrap().unwrap();
-        assert_eq!(journey.deliveries[0].status, "dead");
-        assert_eq!(journey.deliveries[0].attempts[0].outcome, "dead_lettered");
-        assert!(!journey.deliveries[0].attempts[0].replica.is_empty());
-        // By correlation id too.
-        assert!(s.journey("corr-c").await.unwrap().is_some());
-
-        let filter = DeadLetterFilter {
-            sink: Some("x".into()),
-            ..DeadLetterFilter::default()
-        };
-        assert_eq!(s.replay(&filter, true).await.unwrap(), 1, "dry run counts");
-        assert_eq!(s.replay(&filter, false).await.unwrap(), 1);
-        let journey = s.journey(&claimed[2].event_id).await.unwrap().unwrap();
-        let outcomes: Vec<_> = journey.deliveries[0]
-            .attempts
-            .iter()
-            .map(|a| a.outcome.as_str())
-            .collect();
-        assert_eq!(outcomes, ["dead_lettered", "replayed"], "{}", b.name);
-        let replayed = s.claim("x", 10, LEASE).await.unwrap();
-        assert_eq!(
-            replayed.len(),
-            1,
-            "{}: the replayed row is due again",
-            b.name
-        );
-        assert_eq!(replayed[0].event_id, claimed[2].event_id);
-        for c in replayed.iter().chain(&again) {
-            let dead = Settlement::Dead {
-                reason: DeadReason::Exhausted,
-                error: "gone".into(),
-                duration_ms: 1,
+async fn commits_count_session_versions_and_duplicates_change_nothing(b: Backend) {
+    let s = &b.store;
+    let first = s.accept(acceptance("a", "s1", &["x"])).await.unwrap();
+    assert_eq!(version(&first), 1, "{}", b.name);
+    assert_eq!(
+        version(&s.accept(acceptance("b", "s1", &["x"])).await.unwrap()),
+        2
+    );
+    match s.accept(acceptance("a", "s1", &["x"])).await.unwrap() {
+        AcceptOutcome::Duplicate { status, body, .. } => {
+            assert_eq!(status, 200);
+            let AcceptOutcome::Committed { body: original, .. } = &first else {
+                unreachable!()
             };
-            assert!(s.settle(c, dead).await.unwrap());
+            assert_eq!(&body, original, "{}", b.name);
         }
-        assert_eq!(s.purge(&DeadLetterFilter::default()).await.unwrap(), 2);
-        assert_eq!(
-            s.dead_letters(&DeadLetterFilter::default(), 10)
+        other => panic!("{}: {other:?}", b.name),
+    }
+    // The duplicate neither bumped the session nor queued a row.
+    assert_eq!(
+        version(&s.accept(acceptance("c", "s1", &[])).await.unwrap()),
+        3
+    );
+    let counts = s.sink_counts(&["x".into()]).await.unwrap();
+    assert_eq!(counts[0].pending, 2, "{}", b.name);
+    s.close().await;
+}
+
+async fn concurrent_events_and_duplicates_behave_as_one_process_would(b: Backend) {
+    let s = Arc::new(b.store.clone());
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let s = s.clone();
+        // Keys 0..10 each sent three times, all on one session.
+        tasks.push(tokio::spawn(async move {
+            s.accept(acceptance(&format!("k{}", i % 10), "shared", &["x"]))
                 .await
                 .unwrap()
-                .0,
-            0
-        );
-        s.close().await;
+        }));
     }
+    let mut versions = Vec::new();
+    let mut duplicates = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            AcceptOutcome::Committed { state_version, .. } => versions.push(state_version),
+            AcceptOutcome::Duplicate { .. } => duplicates += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=10).collect::<Vec<u64>>(), "{}", b.name);
+    assert_eq!(duplicates, 20, "{}", b.name);
+    s.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ordered_claims_take_one_event_per_session_in_order() {
-    for b in backends().await {
-        let s = &b.store;
-        s.configure_sinks(&[("x".into(), true)]).await.unwrap();
-        for k in ["1", "2", "3"] {
-            s.accept(acceptance(&format!("o{k}"), "same", &["x"]))
-                .await
-                .unwrap();
-        }
-        s.accept(acceptance("other", "different", &["x"]))
+async fn a_spent_signature_refuses_the_second_request(b: Backend) {
+    let s = &b.store;
+    let spend = SpentSignature {
+        mac: [7; 32],
+        expires_at: cognihook::now_millis() / 1000 + 300,
+    };
+    let mut a = acceptance("sig-1", "s", &[]);
+    a.spend = Some(spend.clone());
+    assert_eq!(version(&s.accept(a).await.unwrap()), 1);
+    let mut again = acceptance("sig-2", "s", &[]);
+    again.spend = Some(spend);
+    assert_eq!(
+        s.accept(again).await.unwrap(),
+        AcceptOutcome::SignatureReplayed,
+        "{}",
+        b.name
+    );
+    s.close().await;
+}
+
+async fn claims_lease_rows_and_settlements_record_every_attempt(b: Backend) {
+    let s = &b.store;
+    for k in ["a", "b", "c"] {
+        s.accept(acceptance(k, &format!("s-{k}"), &["x"]))
             .await
             .unwrap();
-        let first = s.claim("x", 10, LEASE).await.unwrap();
-        let keys: Vec<_> = first.iter().map(|c| c.correlation_id.clone()).collect();
-        assert_eq!(keys, ["corr-o1", "corr-other"], "{}", b.name);
-        let delivered = Settlement::Delivered {
-            duration_ms: 1,
-            result: None,
-        };
-        s.settle(&first[0], delivered).await.unwrap();
-        s.caught_up().await.unwrap();
-        let next = s.claim("x", 10, LEASE).await.unwrap();
-        assert_eq!(next.len(), 1);
-        assert_eq!(next[0].correlation_id, "corr-o2", "{}", b.name);
-        s.close().await;
     }
-}
+    let claimed = s.claim("x", 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 3, "{}", b.name);
+    assert!(s.claim("x", 10, LEASE).await.unwrap().is_empty(), "leased");
+    let delivered = Settlement::Delivered {
+        duration_ms: 3,
+        result: None,
+    };
+    let retry = Settlement::Retry {
+        at_ms: cognihook::now_millis() - 1,
+        error: "HTTP 503".into(),
+        duration_ms: 4,
+    };
+    let dead = Settlement::Dead {
+        reason: DeadReason::Permanent,
+        error: "HTTP 400".into(),
+        duration_ms: 5,
+    };
+    let held = s
+        .settle_many(vec![
+            (claimed[0].clone(), delivered),
+            (claimed[1].clone(), retry),
+            (claimed[2].clone(), dead),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(held, [true, true, true]);
+    // A settlement may still be on its way to the database (the embedded store writes it
+    // after answering); what it brings due is claimable once it is written.
+    s.caught_up().await.unwrap();
+    let again = s.claim("x", 10, LEASE).await.unwrap();
+    assert_eq!(again.len(), 1, "only the retried row is due");
+    assert_eq!(again[0].attempts, 1);
+    let (total, items) = s
+        .dead_letters(&DeadLetterFilter::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(total, 1, "{}", b.name);
+    assert_eq!(items[0].last_error, "HTTP 400");
+    assert_eq!(items[0].reason, "permanent");
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sink_counts_see_pending_rows_and_dead_letters_but_not_delivered_rows() {
-    for b in backends().await {
-        let s = &b.store;
-        for k in ["1", "2", "3", "4"] {
-            s.accept(acceptance(&format!("cnt{k}"), &format!("s{k}"), &["x"]))
-                .await
-                .unwrap();
-        }
-        let claimed = s.claim("x", 2, LEASE).await.unwrap();
-        assert_eq!(claimed.len(), 2, "{}", b.name);
-        let delivered = Settlement::Delivered {
-            duration_ms: 1,
-            result: None,
-        };
+    let journey = s.journey(&claimed[2].event_id).await.unwrap().unwrap();
+    assert_eq!(journey.deliveries[0].status, "dead");
+    assert_eq!(journey.deliveries[0].attempts[0].outcome, "dead_lettered");
+    assert!(!journey.deliveries[0].attempts[0].replica.is_empty());
+    // By correlation id too.
+    assert!(s.journey("corr-c").await.unwrap().is_some());
+
+    let filter = DeadLetterFilter {
+        sink: Some("x".into()),
+        ..DeadLetterFilter::default()
+    };
+    assert_eq!(s.replay(&filter, true).await.unwrap(), 1, "dry run counts");
+    assert_eq!(s.replay(&filter, false).await.unwrap(), 1);
+    let journey = s.journey(&claimed[2].event_id).await.unwrap().unwrap();
+    let outcomes: Vec<_> = journey.deliveries[0]
+        .attempts
+        .iter()
+        .map(|a| a.outcome.as_str())
+        .collect();
+    assert_eq!(outcomes, ["dead_lettered", "replayed"], "{}", b.name);
+    let replayed = s.claim("x", 10, LEASE).await.unwrap();
+    assert_eq!(
+        replayed.len(),
+        1,
+        "{}: the replayed row is due again",
+        b.name
+    );
+    assert_eq!(replayed[0].event_id, claimed[2].event_id);
+    for c in replayed.iter().chain(&again) {
         let dead = Settlement::Dead {
-            reason: DeadReason::Permanent,
-            error: "HTTP 400".into(),
+            reason: DeadReason::Exhausted,
+            error: "gone".into(),
             duration_ms: 1,
         };
-        assert!(s.settle(&claimed[0], delivered).await.unwrap());
-        assert!(s.settle(&claimed[1], dead).await.unwrap());
-        let counts = s.sink_counts(&["x".into(), "idle".into()]).await.unwrap();
-        assert_eq!(
-            (counts[0].pending, counts[0].dead_letters),
-            (2, 1),
-            "{}",
-            b.name
-        );
-        assert!(counts[0].oldest_pending_age_seconds < 60.0, "{}", b.name);
-        assert_eq!(
-            (counts[1].pending, counts[1].dead_letters),
-            (0, 0),
-            "{}",
-            b.name
-        );
-        assert_eq!(counts[1].oldest_pending_age_seconds, 0.0, "{}", b.name);
-        s.close().await;
+        assert!(s.settle(c, dead).await.unwrap());
     }
+    assert_eq!(s.purge(&DeadLetterFilter::default()).await.unwrap(), 2);
+    assert_eq!(
+        s.dead_letters(&DeadLetterFilter::default(), 10)
+            .await
+            .unwrap()
+            .0,
+        0
+    );
+    s.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sink_switched_to_ordered_holds_back_rows_written_before_the_switch() {
-    for b in backends().await {
-        let s = &b.store;
-        s.configure_sinks(&[("x".into(), false)]).await.unwrap();
-        for k in ["1", "2"] {
-            s.accept(acceptance(&format!("sw{k}"), "same", &["x"]))
-                .await
-                .unwrap();
-        }
-        s.configure_sinks(&[("x".into(), true)]).await.unwrap();
-        let first = s.claim("x", 10, LEASE).await.unwrap();
-        let keys: Vec<_> = first.iter().map(|c| c.correlation_id.clone()).collect();
-        assert_eq!(keys, ["corr-sw1"], "{}", b.name);
-        s.close().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_lease_frees_the_row_and_the_old_claim_cannot_settle() {
-    for b in backends().await {
-        let s = &b.store;
-        s.accept(acceptance("k", "s", &["x"])).await.unwrap();
-        let short = Duration::from_millis(1);
-        let first = s.claim("x", 10, short).await.unwrap();
-        assert_eq!(first.len(), 1);
-        // Wait until the lease has passed (a condition, not a guess).
-        let mut again = Vec::new();
-        for _ in 0..200 {
-            again = s.claim("x", 10, LEASE).await.unwrap();
-            if !again.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(again.len(), 1, "{}", b.name);
-        let delivered = Settlement::Delivered {
-            duration_ms: 1,
-            result: None,
-        };
-        assert!(
-            !s.settle(&first[0], delivered.clone()).await.unwrap(),
-            "stale claim"
-        );
-        assert!(s.settle(&again[0], delivered).await.unwrap());
-        s.close().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_respond_row_is_held_for_the_request_and_a_late_answer_queues_on_late() {
-    for b in backends().await {
-        let s = &b.store;
-        let mut a = acceptance("r", "s", &[]);
-        a.status = 202;
-        a.respond = Some(RespondHold {
-            sink: "api".into(),
-            on_late: Some("late".into()),
-            lease_ms: 60_000,
-        });
-        let AcceptOutcome::Committed {
-            held: Some(held), ..
-        } = s.accept(a).await.unwrap()
-        else {
-            panic!("{}: no held row", b.name);
-        };
-        assert!(s.claim("api", 10, LEASE).await.unwrap().is_empty(), "held");
-        let late = Settlement::Delivered {
-            duration_ms: 9,
-            result: Some(r#"{"orderStatus":"shipped"}"#.into()),
-        };
-        assert!(s.settle(&held, late).await.unwrap());
-        s.caught_up().await.unwrap();
-        let rows = s.claim("late", 10, LEASE).await.unwrap();
-        assert_eq!(rows.len(), 1, "{}", b.name);
-        let body: serde_json::Value = serde_json::from_slice(&rows[0].body).unwrap();
-        assert_eq!(body["upstreamResult"]["orderStatus"], "shipped");
-        // The stored answer for duplicates is replaced when the upstream answered in time.
-        s.set_answer("r".into(), 200, bytes::Bytes::from_static(b"{\"ok\":1}"))
+async fn ordered_claims_take_one_event_per_session_in_order(b: Backend) {
+    let s = &b.store;
+    s.configure_sinks(&[("x".into(), true)]).await.unwrap();
+    for k in ["1", "2", "3"] {
+        s.accept(acceptance(&format!("o{k}"), "same", &["x"]))
             .await
             .unwrap();
-        match s.accept(acceptance("r", "s", &[])).await.unwrap() {
-            AcceptOutcome::Duplicate { status, body, .. } => {
-                assert_eq!(status, 200);
-                assert_eq!(&body[..], b"{\"ok\":1}");
-            }
-            other => panic!("{}: {other:?}", b.name),
-        }
-        s.close().await;
     }
+    s.accept(acceptance("other", "different", &["x"]))
+        .await
+        .unwrap();
+    let first = s.claim("x", 10, LEASE).await.unwrap();
+    let keys: Vec<_> = first.iter().map(|c| c.correlation_id.clone()).collect();
+    assert_eq!(keys, ["corr-o1", "corr-other"], "{}", b.name);
+    let delivered = Settlement::Delivered {
+        duration_ms: 1,
+        result: None,
+    };
+    s.settle(&first[0], delivered).await.unwrap();
+    s.caught_up().await.unwrap();
+    let next = s.claim("x", 10, LEASE).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].correlation_id, "corr-o2", "{}", b.name);
+    s.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_answer_commits_nothing_and_its_group_goes_on() {
-    for b in backends().await {
-        let s = Arc::new(b.store.clone());
-        let mut big = acceptance("big", "s", &["x"]);
-        big.max_response_bytes = 10;
-        let (a, c) = tokio::join!(s.accept(big), s.accept(acceptance("small", "s", &["x"])));
-        assert!(
-            matches!(
-                a,
-                Err(cognihook::store::StoreError::ResponseTooLarge { .. })
-            ),
-            "{}: {a:?}",
-            b.name
-        );
-        assert_eq!(
-            version(&c.unwrap()),
-            1,
-            "{}: the refused one took no version",
-            b.name
-        );
-        assert_eq!(s.sink_counts(&["x".into()]).await.unwrap()[0].pending, 1);
-        s.close().await;
+async fn sink_counts_see_pending_rows_and_dead_letters_but_not_delivered_rows(b: Backend) {
+    let s = &b.store;
+    for k in ["1", "2", "3", "4"] {
+        s.accept(acceptance(&format!("cnt{k}"), &format!("s{k}"), &["x"]))
+            .await
+            .unwrap();
     }
+    let claimed = s.claim("x", 2, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 2, "{}", b.name);
+    let delivered = Settlement::Delivered {
+        duration_ms: 1,
+        result: None,
+    };
+    let dead = Settlement::Dead {
+        reason: DeadReason::Permanent,
+        error: "HTTP 400".into(),
+        duration_ms: 1,
+    };
+    assert!(s.settle(&claimed[0], delivered).await.unwrap());
+    assert!(s.settle(&claimed[1], dead).await.unwrap());
+    let counts = s.sink_counts(&["x".into(), "idle".into()]).await.unwrap();
+    assert_eq!(
+        (counts[0].pending, counts[0].dead_letters),
+        (2, 1),
+        "{}",
+        b.name
+    );
+    assert!(counts[0].oldest_pending_age_seconds < 60.0, "{}", b.name);
+    assert_eq!(
+        (counts[1].pending, counts[1].dead_letters),
+        (0, 0),
+        "{}",
+        b.name
+    );
+    assert_eq!(counts[1].oldest_pending_age_seconds, 0.0, "{}", b.name);
+    s.close().await;
+}
+
+async fn a_sink_switched_to_ordered_holds_back_rows_written_before_the_switch(b: Backend) {
+    let s = &b.store;
+    s.configure_sinks(&[("x".into(), false)]).await.unwrap();
+    for k in ["1", "2"] {
+        s.accept(acceptance(&format!("sw{k}"), "same", &["x"]))
+            .await
+            .unwrap();
+    }
+    s.configure_sinks(&[("x".into(), true)]).await.unwrap();
+    let first = s.claim("x", 10, LEASE).await.unwrap();
+    let keys: Vec<_> = first.iter().map(|c| c.correlation_id.clone()).collect();
+    assert_eq!(keys, ["corr-sw1"], "{}", b.name);
+    s.close().await;
+}
+
+async fn an_expired_lease_frees_the_row_and_the_old_claim_cannot_settle(b: Backend) {
+    let s = &b.store;
+    s.accept(acceptance("k", "s", &["x"])).await.unwrap();
+    let short = Duration::from_millis(1);
+    let first = s.claim("x", 10, short).await.unwrap();
+    assert_eq!(first.len(), 1);
+    // Wait until the lease has passed (a condition, not a guess).
+    let mut again = Vec::new();
+    for _ in 0..200 {
+        again = s.claim("x", 10, LEASE).await.unwrap();
+        if !again.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(again.len(), 1, "{}", b.name);
+    let delivered = Settlement::Delivered {
+        duration_ms: 1,
+        result: None,
+    };
+    assert!(
+        !s.settle(&first[0], delivered.clone()).await.unwrap(),
+        "stale claim"
+    );
+    assert!(s.settle(&again[0], delivered).await.unwrap());
+    s.close().await;
+}
+
+async fn a_respond_row_is_held_for_the_request_and_a_late_answer_queues_on_late(b: Backend) {
+    let s = &b.store;
+    let mut a = acceptance("r", "s", &[]);
+    a.status = 202;
+    a.respond = Some(RespondHold {
+        sink: "api".into(),
+        on_late: Some("late".into()),
+        lease_ms: 60_000,
+    });
+    let AcceptOutcome::Committed {
+        held: Some(held), ..
+    } = s.accept(a).await.unwrap()
+    else {
+        panic!("{}: no held row", b.name);
+    };
+    assert!(s.claim("api", 10, LEASE).await.unwrap().is_empty(), "held");
+    let late = Settlement::Delivered {
+        duration_ms: 9,
+        result: Some(r#"{"orderStatus":"shipped"}"#.into()),
+    };
+    assert!(s.settle(&held, late).await.unwrap());
+    s.caught_up().await.unwrap();
+    let rows = s.claim("late", 10, LEASE).await.unwrap();
+    assert_eq!(rows.len(), 1, "{}", b.name);
+    let body: serde_json::Value = serde_json::from_slice(&rows[0].body).unwrap();
+    assert_eq!(body["upstreamResult"]["orderStatus"], "shipped");
+    // The stored answer for duplicates is replaced when the upstream answered in time.
+    s.set_answer("r".into(), 200, bytes::Bytes::from_static(b"{\"ok\":1}"))
+        .await
+        .unwrap();
+    match s.accept(acceptance("r", "s", &[])).await.unwrap() {
+        AcceptOutcome::Duplicate { status, body, .. } => {
+            assert_eq!(status, 200);
+            assert_eq!(&body[..], b"{\"ok\":1}");
+        }
+        other => panic!("{}: {other:?}", b.name),
+    }
+    s.close().await;
+}
+
+async fn an_oversized_answer_commits_nothing_and_its_group_goes_on(b: Backend) {
+    let s = Arc::new(b.store.clone());
+    let mut big = acceptance("big", "s", &["x"]);
+    big.max_response_bytes = 10;
+    let (a, c) = tokio::join!(s.accept(big), s.accept(acceptance("small", "s", &["x"])));
+    assert!(
+        matches!(
+            a,
+            Err(cognihook::store::StoreError::ResponseTooLarge { .. })
+        ),
+        "{}: {a:?}",
+        b.name
+    );
+    assert_eq!(
+        version(&c.unwrap()),
+        1,
+        "{}: the refused one took no version",
+        b.name
+    );
+    assert_eq!(s.sink_counts(&["x".into()]).await.unwrap()[0].pending, 1);
+    s.close().await;
 }
