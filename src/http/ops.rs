@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use serde_json::json;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -20,14 +20,17 @@ pub async fn healthz() -> Response {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let store = state.store.ready().await;
+    let store = state.store.readiness().await;
     let shutting_down = state.is_shutting_down();
-    let ready = store && !shutting_down;
-    let body = json!({
+    let ready = store.is_ok() && !shutting_down;
+    let mut body = json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "store": if store { "ok" } else { "unreachable" },
+        "store": if store.is_ok() { "ok" } else { "unavailable" },
         "shuttingDown": shutting_down,
     });
+    if let Err(why) = store {
+        body["cause"] = Value::String(why);
+    }
     let status = if ready {
         StatusCode::OK
     } else {

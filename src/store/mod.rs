@@ -322,9 +322,20 @@ impl Store {
 
     /// True when the store answers a query and its writer is running.
     pub async fn ready(&self) -> bool {
+        self.readiness().await.is_ok()
+    }
+
+    /// Whether the store can take events now, and why not when it cannot (for `/readyz`).
+    pub async fn readiness(&self) -> Result<(), String> {
         match self {
-            Store::Sqlite(s) => s.ready().await,
-            Store::Postgres(s) => s.ready().await,
+            Store::Sqlite(s) => s.readiness().await,
+            Store::Postgres(s) => {
+                if s.ready().await {
+                    Ok(())
+                } else {
+                    Err("PostgreSQL does not answer, or the commit task has stopped".into())
+                }
+            }
         }
     }
 

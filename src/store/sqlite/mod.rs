@@ -976,21 +976,34 @@ impl SqliteStore {
         self.shared.failure()
     }
 
-    /// Ready while the store's threads run, its last write succeeded and the database file
-    /// answers a read. The check never waits behind the reader connection: a busy reader (a
-    /// long admin query, a metrics scrape) is itself a database answering, and a probe must
-    /// not time out behind it.
-    pub(super) async fn ready(&self) -> bool {
+    /// Ready while the store's threads run, the log can be written and the database file
+    /// answers a read; otherwise the cause. While the log's last write failed (a full disk,
+    /// say), a probe file is written and synced beside it: once that works the store is ready
+    /// again, so it recovers by itself when space returns even with no traffic to try. The
+    /// check never waits behind the reader connection: a busy reader (a long admin query, a
+    /// metrics scrape) is itself a database answering, and a probe must not time out behind
+    /// it.
+    pub(super) async fn readiness(&self) -> Result<(), String> {
         if let Some(engine) = &self.engine {
             if !engine.alive.load(Ordering::SeqCst) {
-                return false;
+                return Err("the store's threads have stopped".into());
             }
         }
-        if self.shared.failure().is_some() {
-            return false;
+        if let Some(why) = self.shared.log_health.failure() {
+            let dir = self.log_dir.clone();
+            let probe = tokio::task::spawn_blocking(move || probe_write(&dir))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            match probe {
+                Ok(()) => self.shared.log_health.recover(),
+                Err(e) => return Err(format!("{why} (a probe write fails too: {e})")),
+            }
+        }
+        if let Some(why) = self.shared.db_health.failure() {
+            return Err(why);
         }
         let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || match reader.try_lock() {
+        let answers = tokio::task::spawn_blocking(move || match reader.try_lock() {
             // One page of the schema, from the file or its cache: quick.
             Ok(conn) => conn
                 .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
@@ -1001,7 +1014,12 @@ impl SqliteStore {
             Err(std::sync::TryLockError::Poisoned(_)) => false,
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or(false);
+        if answers {
+            Ok(())
+        } else {
+            Err("the database does not answer a read".into())
+        }
     }
 
     /// Commits what is queued, applies it to the database, stops the threads and releases
@@ -1041,6 +1059,16 @@ impl SqliteStore {
             l.take();
         }
     }
+}
+
+/// Writes, syncs and removes a small file in `dir`: whether the disk takes writes now.
+fn probe_write(dir: &Path) -> Result<(), String> {
+    use std::io::Write as _;
+    let path = dir.join(".probe");
+    let written = std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(&[0u8; 4096]).and_then(|()| f.sync_all()));
+    let _ = std::fs::remove_file(&path);
+    written.map_err(|e| e.to_string())
 }
 
 async fn join(handle: &Mutex<Option<JoinHandle<()>>>) {
@@ -1427,15 +1455,40 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let rt = runtime();
         let store = SqliteStore::open(&config(dir.path())).expect("open");
-        assert!(rt.block_on(store.ready()));
+        assert_eq!(rt.block_on(store.readiness()), Ok(()));
         // A long read holds the reader connection; the probe answers anyway (before this
         // check it waited for the lock, here for ever: the bound only turns a hang into a
         // failure).
         let held = store.reader.lock().expect("reader");
-        let answered = rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(30), store.ready()).await });
-        assert_eq!(answered, Ok(true));
+        let answered = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), store.readiness()).await
+        });
+        assert_eq!(answered, Ok(Ok(())));
         drop(held);
+        rt.block_on(store.close());
+    }
+
+    #[test]
+    fn readiness_names_a_failed_write_and_comes_back_once_the_disk_takes_writes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        assert_eq!(rt.block_on(store.readiness()), Ok(()));
+        // As after a commit that failed for a full disk.
+        store.shared.log_health.fail(&StoreError::Unavailable(
+            "cannot write the store's log: No space left on device".into(),
+        ));
+        // The log directory takes no write (the probe's file cannot be created: a directory
+        // stands in its place): still not ready, and the answer says why.
+        let probe = dir.path().join("cognihook.log").join(".probe");
+        std::fs::create_dir(&probe).expect("block the probe");
+        let why = rt.block_on(store.readiness()).expect_err("not ready");
+        assert!(why.contains("No space left on device"), "{why}");
+        assert!(why.contains("probe write fails too"), "{why}");
+        std::fs::remove_dir(&probe).expect("unblock");
+        // Writes work again: ready, without any event having been tried.
+        assert_eq!(rt.block_on(store.readiness()), Ok(()));
+        assert_eq!(rt.block_on(store.readiness()), Ok(()));
         rt.block_on(store.close());
     }
 
