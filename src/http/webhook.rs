@@ -25,6 +25,13 @@ use crate::store::decide::Answer;
 use crate::store::{AcceptOutcome, Acceptance, RespondHold, StoreError};
 use crate::telemetry::audit::{AuditKind, AuditLine};
 use crate::telemetry::metrics::{RouteMetrics, SignatureResult};
+use crate::telemetry::throttle::Throttle;
+
+/// Failures that repeat per request are logged once per interval, with a count.
+static LATE: Throttle = Throttle::new(Duration::from_secs(10));
+static REFUSED: Throttle = Throttle::new(Duration::from_secs(10));
+static SHED: Throttle = Throttle::new(Duration::from_secs(10));
+static UNAVAILABLE: Throttle = Throttle::new(Duration::from_secs(10));
 
 /// Longest `X-Correlation-Id` taken from a request; longer ones are replaced.
 const MAX_CORRELATION_HEADER: usize = 200;
@@ -95,7 +102,10 @@ pub async fn handle(state: AppState, ep: Arc<Endpoint>, req: Request<Body>) -> R
             let correlation_id = correlation_header
                 .clone()
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            tracing::warn!(route = %route.name, %correlation_id, "request passed its deadline");
+            if let Some(suppressed) = LATE.check() {
+                tracing::warn!(route = %route.name, %correlation_id, suppressed,
+                    "request passed its deadline (`suppressed`: more since the last line)");
+            }
             error_outcome(
                 ApiError::unavailable("the request could not be completed within the deadline"),
                 correlation_id,
@@ -256,18 +266,26 @@ async fn pipeline(
         Err(e) => {
             let api = match &e {
                 StoreError::ResponseTooLarge { .. } | StoreError::Refused(_) => {
-                    tracing::error!(route = %route.name, %correlation_id, error = %e,
-                        "event not accepted; nothing was committed");
+                    if let Some(suppressed) = REFUSED.check() {
+                        tracing::error!(route = %route.name, %correlation_id, error = %e,
+                            suppressed, "event not accepted; nothing was committed");
+                    }
                     ApiError::internal()
                 }
                 StoreError::Overloaded(_) => {
-                    tracing::warn!(route = %route.name, error = %e, "shedding load");
+                    if let Some(suppressed) = SHED.check() {
+                        tracing::warn!(route = %route.name, error = %e, suppressed,
+                            "shedding load (`suppressed`: requests shed since the last line)");
+                    }
                     ApiError::unavailable("the gateway is overloaded; retry shortly")
                 }
                 StoreError::Closed => ApiError::unavailable("the gateway is shutting down"),
                 StoreError::Unavailable(_) => {
-                    tracing::error!(route = %route.name, %correlation_id, error = %e,
-                        "store unavailable; event not accepted");
+                    if let Some(suppressed) = UNAVAILABLE.check() {
+                        tracing::error!(route = %route.name, %correlation_id, error = %e,
+                            suppressed, "store unavailable; event not accepted \
+                            (`suppressed`: more since the last line)");
+                    }
                     ApiError::unavailable("the event store is unavailable; retry shortly")
                 }
             };

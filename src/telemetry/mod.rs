@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod metrics;
 pub mod stats;
+pub mod throttle;
 
 /// Installs the tracing subscriber for operational logs on stderr (stdout is the audit log).
 /// `COGNIHOOK_LOG` is the filter (default `info`); `COGNIHOOK_LOG_FORMAT` is `json` (default)

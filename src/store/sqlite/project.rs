@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use super::record::{AcceptRecord, Record, Spend};
 use super::{open_connection, Shared, WriterSettings};
 use crate::store::StoreError;
+use crate::telemetry::throttle::Throttle;
 
 /// Work for the write connection (claims, settlements, replays, purges), applied inside the
 /// next transaction; its result is sent after the commit.
@@ -193,8 +194,12 @@ fn apply_batch(
         }
         Err(e) => {
             let e = StoreError::Unavailable(e.to_string());
-            tracing::error!(error = %e, records = records.iter().map(|(r, _)| r.len()).sum::<usize>(),
-                "cannot apply committed records to the database; they stay in the log and are retried");
+            if let Some(suppressed) = APPLY_FAILED.check() {
+                tracing::error!(error = %e, suppressed,
+                    records = records.iter().map(|(r, _)| r.len()).sum::<usize>(),
+                    "cannot apply committed records to the database; they stay in the log and \
+                     are retried");
+            }
             for reply in replies {
                 let _ = reply.send(Err(e.clone()));
             }
@@ -396,6 +401,12 @@ pub(super) fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut Maint
     }
 }
 
+/// A batch the database keeps refusing (tried again every 2 s at most) is logged every 30 s.
+static APPLY_FAILED: Throttle = Throttle::new(Duration::from_secs(30));
+
+/// A failing checkpoint (every 100 ms) is logged once a minute.
+static CHECKPOINT_FAILED: Throttle = Throttle::new(Duration::from_secs(60));
+
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
@@ -437,7 +448,10 @@ pub(super) fn start_checkpointer(
                 match r {
                     Ok(frames) => Some(frames),
                     Err(e) => {
-                        tracing::warn!(error = %e, mode, "WAL checkpoint failed; will retry");
+                        if let Some(suppressed) = CHECKPOINT_FAILED.check() {
+                            tracing::warn!(error = %e, mode, suppressed,
+                                "WAL checkpoint failed; will retry");
+                        }
                         None
                     }
                 }
