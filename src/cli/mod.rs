@@ -86,6 +86,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // Files the gateway creates (the store, its log, the audit log) hold payloads: readable
+    // by the owner alone, whatever the inherited umask.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let config = cli.config.as_deref();
     let result = match cli.command {
         Command::Serve(a) => serve::run(config, a),

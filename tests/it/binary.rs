@@ -343,3 +343,59 @@ fn send_speaks_https_and_trusts_a_private_ca_given_with_cacert() {
     assert!(stderr(&o).contains("UnknownIssuer"), "{}", stderr(&o));
     assert_eq!(front.handshakes(), 1);
 }
+
+#[test]
+fn the_store_is_private_to_its_owner_and_a_wider_one_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().expect("tmp");
+    // A data directory the gateway creates, under a permissive umask (cognihook sets its own).
+    let data = dir.path().join("data");
+    let start = || {
+        let mut c = command(&data);
+        c.env("COGNIGY_WEBHOOK_SECRET", SECRET);
+        Server::start(c)
+    };
+    let mut server = start();
+    let mut send = command(&data);
+    send.env("COGNIGY_WEBHOOK_SECRET", SECRET).args([
+        "send",
+        "--example",
+        "flow-event",
+        "--url",
+        &format!("http://{}/webhook", server.addr),
+    ]);
+    let o = run(send, T);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    server.terminate();
+    assert_eq!(server.wait(T), Some(0));
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("cognihook.db")), 0o600);
+    let log = data.join("cognihook.log");
+    assert_eq!(mode(&log), 0o700);
+    for segment in std::fs::read_dir(&log).expect("log") {
+        let segment = segment.expect("entry").path();
+        assert_eq!(mode(&segment), 0o600, "{}", segment.display());
+    }
+    assert!(
+        !server
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("other users can read")),
+        "no warning for a private store"
+    );
+
+    // Opened up by hand: the next start says so.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut server = start();
+    let warned: Vec<String> = server
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("other users can read"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("\"mode\":\"755\""), "{}", warned[0]);
+    server.terminate();
+    assert_eq!(server.wait(T), Some(0));
+}

@@ -407,6 +407,29 @@ fn recover(conn: &Connection, log_dir: &Path, sync: SyncMode) -> Result<log::Log
     Ok(writer)
 }
 
+/// Warns about a data directory or database that other users can read (payloads are in
+/// them): made before this version, or by hand. New ones are created 0700 / 0600.
+fn warn_if_readable_by_others(path: &Path, log_dir: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or_else(|| Path::new("."));
+        for p in [dir, path, log_dir] {
+            if let Ok(meta) = std::fs::metadata(p) {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(path = %p.display(), mode = %format!("{mode:o}"),
+                        "other users can read this part of the store (it holds payloads); \
+                         chmod it to 700 (a directory) or 600 (a file)");
+                }
+            }
+        }
+    }
+}
+
 /// The first outbox id never given out: past every id in the table and every id it ever
 /// held (rows deleted by retention or purges are not reused).
 fn next_outbox_id(c: &Connection) -> rusqlite::Result<i64> {
@@ -481,6 +504,7 @@ impl SqliteStore {
         migrate(&mut conn).map_err(|e| format!("cannot migrate store {}: {e}", path.display()))?;
         let log_dir = log_dir_of(&path);
         let log = recover(&conn, &log_dir, config.sync)?;
+        warn_if_readable_by_others(&path, &log_dir);
         // No other process can be sending: every lease left behind is void.
         let released = conn
             .execute(

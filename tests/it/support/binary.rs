@@ -46,6 +46,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Lines the server wrote to stdout (the audit log), collected by a thread.
     stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Lines the server wrote to stderr (its log), collected by a thread.
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stdout_thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -59,9 +61,12 @@ impl Server {
         let mut child = c.spawn().expect("spawn cognihook serve");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log_sink = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log_sink.lock().unwrap().push(line.clone());
                 if !sent {
                     if let Some(addr) = listening_addr(&line) {
                         let _ = tx.send(Ok(addr));
@@ -93,6 +98,7 @@ impl Server {
         Server {
             child,
             addr,
+            stderr: log,
             stdout: lines,
             stdout_thread: Some(stdout_thread),
         }
@@ -125,6 +131,11 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The stderr lines so far.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// Every stdout line, after the process has exited.
