@@ -37,11 +37,24 @@ pub(super) fn run(file: Option<&Path>, args: ServeArgs) -> Result<(), CliError> 
         let trigger = shutdown.clone();
         // The handlers are installed before the gateway says it listens: a SIGTERM that
         // follows the "listening" line at once must drain, not kill.
-        let signals = Signals::install();
+        let mut signals = Signals::install();
+        let audit = app.state().audit.clone();
         tokio::spawn(async move {
-            signals.wait().await;
-            tracing::info!("shutdown signal received; draining");
-            trigger.cancel();
+            loop {
+                match signals.next().await {
+                    Signal::Stop => {
+                        tracing::info!("shutdown signal received; draining");
+                        trigger.cancel();
+                        return;
+                    }
+                    Signal::Reopen => match audit.reopen() {
+                        Ok(()) => tracing::info!("SIGHUP: the audit log was opened again"),
+                        Err(e) => tracing::warn!(error = %e,
+                            "SIGHUP: the audit log could not be opened again; writing on to \
+                             the old file"),
+                    },
+                }
+            }
         });
         app.run(shutdown)
             .await
@@ -49,10 +62,18 @@ pub(super) fn run(file: Option<&Path>, args: ServeArgs) -> Result<(), CliError> 
     })
 }
 
-/// SIGINT and SIGTERM, listened for from the moment they are installed.
+/// What a signal asks for.
+enum Signal {
+    /// SIGINT, SIGTERM: drain and stop.
+    Stop,
+    /// SIGHUP: open the audit log's file again (log rotation); never stops the gateway.
+    Reopen,
+}
+
+/// SIGINT, SIGTERM and SIGHUP, listened for from the moment they are installed.
 struct Signals {
     #[cfg(unix)]
-    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    streams: Option<[tokio::signal::unix::Signal; 3]>,
 }
 
 impl Signals {
@@ -63,12 +84,13 @@ impl Signals {
             match (
                 signal(SignalKind::interrupt()),
                 signal(SignalKind::terminate()),
+                signal(SignalKind::hangup()),
             ) {
-                (Ok(int), Ok(term)) => Signals {
-                    streams: Some((int, term)),
+                (Ok(int), Ok(term), Ok(hup)) => Signals {
+                    streams: Some([int, term, hup]),
                 },
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGINT/SIGTERM; falling back to Ctrl-C");
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGINT/SIGTERM/SIGHUP; falling back to Ctrl-C");
                     Signals { streams: None }
                 }
             }
@@ -79,15 +101,16 @@ impl Signals {
         }
     }
 
-    async fn wait(self) {
+    async fn next(&mut self) -> Signal {
         #[cfg(unix)]
-        if let Some((mut int, mut term)) = self.streams {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-            return;
+        if let Some([int, term, hup]) = &mut self.streams {
+            return tokio::select! {
+                _ = int.recv() => Signal::Stop,
+                _ = term.recv() => Signal::Stop,
+                _ = hup.recv() => Signal::Reopen,
+            };
         }
         let _ = tokio::signal::ctrl_c().await;
+        Signal::Stop
     }
 }

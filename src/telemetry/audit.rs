@@ -68,6 +68,15 @@ struct Shared {
     out: Mutex<Box<dyn Write + Send>>,
     wake: Condvar,
     stop: AtomicBool,
+    /// The file written to, if not stdout (reopened on request, for log rotation).
+    path: Option<std::path::PathBuf>,
+}
+
+fn open_append(p: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
 }
 
 impl Shared {
@@ -113,12 +122,7 @@ impl Audit {
     /// Starts the writer thread on stdout, or on `path` (appending).
     pub fn start(path: Option<&Path>) -> std::io::Result<Audit> {
         let out: Box<dyn Write + Send> = match path {
-            Some(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            ),
+            Some(p) => Box::new(open_append(p)?),
             None => Box::new(std::io::stdout()),
         };
         let shared = Arc::new(Shared {
@@ -126,6 +130,7 @@ impl Audit {
             out: Mutex::new(out),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            path: path.map(Path::to_path_buf),
         });
         let s = shared.clone();
         std::thread::Builder::new()
@@ -166,6 +171,27 @@ impl Audit {
         } else if len >= WAKE_BYTES {
             s.wake.notify_one();
         }
+    }
+
+    /// Writes what is buffered to the current file, then opens the file's path again (after
+    /// `mv audit.jsonl audit.1`, later lines go to a new `audit.jsonl`: SIGHUP, for
+    /// logrotate). On stdout, or when the path cannot be opened (the old file is kept), says so.
+    pub fn reopen(&self) -> Result<(), String> {
+        let Some(Handle(s)) = self.shared.as_deref() else {
+            return Ok(());
+        };
+        let Some(path) = &s.path else {
+            return Ok(());
+        };
+        s.drain();
+        let file = open_append(path)
+            .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
+        let mut out = s
+            .out
+            .lock()
+            .map_err(|_| "the audit log's lock is poisoned".to_string())?;
+        *out = Box::new(file);
+        Ok(())
     }
 
     /// Writes and flushes every line buffered so far.
@@ -214,5 +240,47 @@ mod tests {
         assert_eq!(lines[99]["state_version"], 99);
         assert_eq!(lines[0]["event"], "webhook_processed");
         assert!(lines[0].get("event_type").is_none());
+    }
+
+    #[test]
+    fn reopening_after_a_rotation_writes_to_a_new_file_at_the_path() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::start(Some(&path)).expect("start");
+        let line = |route| AuditLine {
+            ts: crate::now_rfc3339(),
+            event: AuditKind::WebhookProcessed,
+            route,
+            correlation_id: "c",
+            transaction_id: "t",
+            event_id: None,
+            session_id: None,
+            event_type: None,
+            status: 200,
+            code: None,
+            latency_ms: 1.0,
+            state_version: None,
+            simulated: false,
+            sink: None,
+            attempt: None,
+        };
+        audit.write(&line("before"));
+        audit.flush();
+        let rotated = dir.path().join("audit.1");
+        std::fs::rename(&path, &rotated).expect("rotate");
+        audit.write(&line("between"));
+        audit.reopen().expect("reopen");
+        audit.write(&line("after"));
+        audit.flush();
+        let old = std::fs::read_to_string(&rotated).expect("old");
+        let new = std::fs::read_to_string(&path).expect("new");
+        assert!(
+            old.contains("\"before\"") && old.contains("\"between\""),
+            "{old}"
+        );
+        assert!(
+            new.contains("\"after\"") && !new.contains("before"),
+            "{new}"
+        );
     }
 }

@@ -399,3 +399,76 @@ fn the_store_is_private_to_its_owner_and_a_wider_one_is_warned_about() {
     server.terminate();
     assert_eq!(server.wait(T), Some(0));
 }
+
+#[test]
+fn sighup_reopens_the_audit_log_and_never_stops_the_gateway() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let audit = dir.path().join("audit.jsonl");
+    let file = dir.path().join("cognihook.toml");
+    std::fs::write(&file, format!("[audit]\npath = \"{}\"\n", audit.display())).expect("config");
+    let mut c = command(dir.path());
+    c.env("COGNIGY_WEBHOOK_SECRET", SECRET)
+        .arg("--config")
+        .arg(&file);
+    let mut server = Server::start(c);
+    let send = |body: &[u8]| {
+        let mut c = command(dir.path());
+        c.env("COGNIGY_WEBHOOK_SECRET", SECRET).args([
+            "send",
+            "--url",
+            &format!("http://{}/webhook", server.addr),
+            "-",
+        ]);
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().expect("send");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(body)
+            .expect("body");
+        let o = child.wait_with_output().expect("send");
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    };
+    send(&flow_body("s-hup", "before-rotation"));
+    // Audit lines are buffered for up to 20 ms; wait until the first one is written.
+    let deadline = std::time::Instant::now() + T;
+    while !std::fs::read_to_string(&audit)
+        .unwrap_or_default()
+        .contains("before-rotation")
+    {
+        assert!(std::time::Instant::now() < deadline, "no audit line");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let rotated = dir.path().join("audit.1");
+    std::fs::rename(&audit, &rotated).expect("rotate");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    // The gateway goes on, and once it has reopened, lines go to a new file at the path.
+    let deadline = std::time::Instant::now() + T;
+    while !server
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("the audit log was opened again"))
+    {
+        assert!(std::time::Instant::now() < deadline, "SIGHUP not handled");
+        assert!(
+            server.child.try_wait().expect("wait").is_none(),
+            "SIGHUP stopped the gateway"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    send(&flow_body("s-hup", "after-rotation"));
+    server.terminate();
+    assert_eq!(server.wait(T), Some(0));
+    let old = std::fs::read_to_string(&rotated).expect("old");
+    let new = std::fs::read_to_string(&audit).expect("new");
+    assert!(old.contains("before-rotation"), "{old}");
+    assert!(new.contains("after-rotation"), "{new}");
+    assert!(!new.contains("before-rotation"), "{new}");
+}
