@@ -990,14 +990,9 @@ impl Config {
             r.auth.keys.iter_mut().for_each(mask);
             r.auth.password.iter_mut().for_each(mask);
         }
-        // Database and broker URLs may carry credentials (postgres://user:pass@…).
-        let mask_url = |u: &mut String| {
-            if let Some((scheme, rest)) = u.split_once("://") {
-                if let Some((_, host)) = rest.split_once('@') {
-                    *u = format!("{scheme}://********@{host}");
-                }
-            }
-        };
+        // Database, broker and sink URLs may carry credentials (postgres://user:pass@…,
+        // ?token=…).
+        let mask_url = |u: &mut String| *u = crate::secret::mask_url(u);
         c.store.url.iter_mut().for_each(mask_url);
         for s in c.sinks.values_mut() {
             s.secret.iter_mut().for_each(mask);

@@ -60,3 +60,75 @@ pub fn resolve_secret_ref(reference: &str, env: &dyn EnvSource) -> Result<Vec<Se
         })
         .collect())
 }
+
+/// A URL as it may be shown (logs, stored errors, `check-config`): the user-info (`user:pass@`)
+/// and the value of every query parameter (`?token=…`) masked, the rest kept so the operator
+/// can still tell which endpoint it is.
+pub fn mask_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    // The authority ends at the first `/`, `?` or `#`.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("****@{host}"),
+        None => authority.to_string(),
+    };
+    let (path, query_and_fragment) = match tail.split_once('?') {
+        Some((path, q)) => (path, Some(q)),
+        None => (tail, None),
+    };
+    let mut out = match scheme {
+        Some(s) => format!("{s}://{host}{path}"),
+        None => format!("{host}{path}"),
+    };
+    if let Some(q) = query_and_fragment {
+        let (query, fragment) = match q.split_once('#') {
+            Some((q, f)) => (q, Some(f)),
+            None => (q, None),
+        };
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) => format!("{k}=****"),
+                None => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&masked.join("&"));
+        if let Some(f) = fragment {
+            out.push('#');
+            out.push_str(f);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials_and_keep_their_place() {
+        assert_eq!(
+            mask_url("http://u:PASS@127.0.0.1:1/in?token=T&x=1"),
+            "http://****@127.0.0.1:1/in?token=****&x=****"
+        );
+        assert_eq!(
+            mask_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://****@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            mask_url("https://api.example.com/v1/hook"),
+            "https://api.example.com/v1/hook"
+        );
+        assert_eq!(
+            mask_url("redis://:pw@h:6379?db=2#x"),
+            "redis://****@h:6379?db=****#x"
+        );
+        // An `@` in the path is not user-info.
+        assert_eq!(mask_url("http://h/a@b"), "http://h/a@b");
+    }
+}

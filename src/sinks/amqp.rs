@@ -35,10 +35,7 @@ impl AmqpSink {
     }
 
     fn redacted_url(&self) -> String {
-        match self.url.split_once('@') {
-            Some((_, host)) => format!("amqp://…@{host}"),
-            None => self.url.clone(),
-        }
+        crate::secret::mask_url(&self.url)
     }
 
     async fn channel(&self) -> Result<Channel, SinkError> {

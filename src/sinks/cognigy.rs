@@ -165,14 +165,15 @@ impl Sink for CognigySink {
                 Target::EndpointService { base } => format!("{base}/{}/…", self.mode.name()),
                 Target::ApiV2 { url, .. } => url.clone(),
             };
-            let resp = req.send().await.map_err(|e| {
-                let mut err = request_error(&shown, &e);
-                if let SinkError::Transient { message, .. } = &mut err {
-                    *message = message.replace(&url, &shown);
-                }
-                err
-            })?;
-            classify(&shown, resp.status(), resp.headers())
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| request_error(&crate::secret::mask_url(&shown), e))?;
+            classify(
+                &crate::secret::mask_url(&shown),
+                resp.status(),
+                resp.headers(),
+            )
         })
     }
 }

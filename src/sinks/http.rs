@@ -16,6 +16,8 @@ use crate::config::{EnvSource, SinkConfig};
 pub struct HttpSink {
     client: reqwest::Client,
     url: String,
+    /// The URL as errors show it (credentials masked: see `secret::mask_url`).
+    shown: String,
     secret: Option<Vec<u8>>,
 }
 
@@ -33,6 +35,7 @@ impl HttpSink {
         let client = client(config.timeout)?;
         Ok(HttpSink {
             client,
+            shown: crate::secret::mask_url(&url),
             url,
             secret,
         })
@@ -95,8 +98,11 @@ impl HttpSink {
                 outgoing_signature(secret, unix, d.body),
             );
         }
-        let resp = req.send().await.map_err(|e| request_error(&self.url, &e))?;
-        classify(&self.url, resp.status(), resp.headers())?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| request_error(&self.shown, e))?;
+        classify(&self.shown, resp.status(), resp.headers())?;
         Ok(resp)
     }
 }
@@ -110,7 +116,11 @@ impl Sink for HttpSink {
         Box::pin(async move {
             let resp = self.post(d).await?;
             let body = resp.bytes().await.map_err(|e| {
-                SinkError::transient(format!("POST {}: answer not read: {e}", self.url))
+                SinkError::transient(format!(
+                    "POST {}: answer not read: {}",
+                    self.shown,
+                    e.without_url()
+                ))
             })?;
             Ok(Some(body))
         })
@@ -129,8 +139,9 @@ pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
-/// A request that got no answer: always transient.
-pub(crate) fn request_error(url: &str, e: &reqwest::Error) -> SinkError {
+/// A request that got no answer: always transient. `shown` is the URL as it may be shown;
+/// the error's own copy of the URL (which may carry credentials) is left out.
+pub(crate) fn request_error(shown: &str, e: reqwest::Error) -> SinkError {
     let what = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
@@ -138,7 +149,8 @@ pub(crate) fn request_error(url: &str, e: &reqwest::Error) -> SinkError {
     } else {
         "request failed"
     };
-    SinkError::transient(format!("POST {url}: {what}: {e}"))
+    let e = e.without_url();
+    SinkError::transient(format!("POST {shown}: {what}: {}", crate::with_causes(&e)))
 }
 
 /// An answer's status as the retry contract sees it: 2xx delivered; 408, 429 and 5xx

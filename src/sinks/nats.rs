@@ -38,7 +38,10 @@ impl NatsSink {
                     .connect(self.url.as_str())
                     .await
                     .map_err(|e| {
-                        SinkError::transient(format!("NATS {}: cannot connect: {e}", self.url))
+                        SinkError::transient(format!(
+                            "NATS {}: cannot connect: {e}",
+                            crate::secret::mask_url(&self.url)
+                        ))
                     })?;
                 let mut js = async_nats::jetstream::new(client);
                 js.set_timeout(self.timeout);

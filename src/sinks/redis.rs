@@ -31,7 +31,7 @@ impl RedisSink {
 }
 
 fn classify(url: &str, e: &redis::RedisError) -> SinkError {
-    let message = format!("Redis {url}: {e}");
+    let message = format!("Redis {}: {e}", crate::secret::mask_url(url));
     let transient = e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()

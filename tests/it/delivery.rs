@@ -725,3 +725,54 @@ async fn the_lag_from_acceptance_to_delivery_is_measured_per_sink() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_a_sink_url_never_reach_errors_journeys_or_dead_letters() {
+    // Nothing listens on port 1: every attempt fails, and the one allowed dead-letters.
+    let table = http_sink_with(
+        "http://user:PASSWORD-XYZ@127.0.0.1:1/in?token=TOKEN-XYZ",
+        "retry = { max_attempts = 1, base_delay = \"10ms\", max_delay = \"10ms\" }",
+        "2s",
+        "",
+    );
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    send_flow(&app, 1, "cred").await;
+    wait_rows(&app, "dead", 1).await;
+    let dead = app.admin_get("/admin/dead-letters").await;
+    let journey = app.admin_get("/admin/events/cred-0").await;
+    let db = app.db().await;
+    let stored: Vec<String> = {
+        let mut st = db
+            .prepare(
+                "SELECT coalesce(error, '') FROM delivery_attempts \
+                 UNION ALL SELECT coalesce(last_error, '') FROM outbox",
+            )
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let last_error = dead.json()["items"][0]["lastError"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        last_error.contains("127.0.0.1:1/in"),
+        "the error still names the endpoint: {last_error}"
+    );
+    for (what, text) in [
+        (
+            "dead letters",
+            String::from_utf8_lossy(&dead.body).to_string(),
+        ),
+        (
+            "journey",
+            String::from_utf8_lossy(&journey.body).to_string(),
+        ),
+        ("stored errors", stored.join(" | ")),
+    ] {
+        assert!(!text.contains("PASSWORD-XYZ"), "{what}: {text}");
+        assert!(!text.contains("TOKEN-XYZ"), "{what}: {text}");
+    }
+}
