@@ -191,7 +191,7 @@ impl App {
             public,
             admin,
         } = self;
-        let header_timeout = config.server.header_read_timeout;
+        let limits = http::conn::ConnLimits::from_config(&config.server);
         let grace = config.server.shutdown_grace;
         if let Ok(addr) = public.0.local_addr() {
             tracing::info!(%addr, routes = config.routes.len(), simulator = config.server.simulator,
@@ -215,14 +215,16 @@ impl App {
             })
             .transpose()?;
         let public_task = tokio::spawn(http::serve(
+            "public",
             public.0,
             public.1,
             shutdown.clone(),
-            header_timeout,
+            limits,
             grace,
         ));
-        let admin_task = admin
-            .map(|(l, r)| tokio::spawn(http::serve(l, r, shutdown.clone(), header_timeout, grace)));
+        let admin_task = admin.map(|(l, r)| {
+            tokio::spawn(http::serve("admin", l, r, shutdown.clone(), limits, grace))
+        });
         let _ = public_task.await;
         if let Some(t) = admin_task {
             let _ = t.await;

@@ -89,7 +89,7 @@ pub struct SinkConfig {
     pub ordered: bool,
     /// At most `max` sends per `per`; sends over the limit wait without using an attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<crate::delivery::rate::RateLimit>,
+    pub rate_limit: Option<crate::rate::RateLimit>,
     /// http: target URL; nats/amqp/redis: broker URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
@@ -224,9 +224,15 @@ pub struct ServerConfig {
     pub simulator: bool,
     /// Allows the simulator on a non-loopback listener.
     pub simulator_allow_remote: bool,
-    /// Time allowed to read a request's headers.
+    /// Time allowed to read a request's head, from the connection's start or the request's
+    /// first byte; past it the connection is closed.
     #[serde(with = "duration_str")]
     pub header_read_timeout: Duration,
+    /// A kept-alive connection with no request this long after its last answer is closed.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+    /// Open connections per listener; a connection over it is closed at once.
+    pub max_connections: usize,
     /// Time allowed to drain in-flight requests on shutdown.
     #[serde(with = "duration_str")]
     pub shutdown_grace: Duration,
@@ -245,6 +251,8 @@ pub struct LimitsConfig {
     /// Time allowed to receive the body (answers 408); never more than `deadline`.
     #[serde(with = "duration_str")]
     pub body_read_timeout: Duration,
+    /// Webhook requests admitted and not yet answered; one more answers 503 at once.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -304,6 +312,41 @@ pub struct RouteConfig {
     /// Answer with a backend's result, inside the deadline (SPEC §5.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub respond: Option<RespondConfig>,
+    /// Requests over it answer 429 `rate_limited` (SPEC §12.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RouteRateLimit>,
+}
+
+/// A route's `rate_limit = { per, max, by }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRateLimit {
+    #[serde(with = "duration_str")]
+    pub per: Duration,
+    pub max: u32,
+    /// One budget per client address (default) or one for the whole route.
+    #[serde(default)]
+    pub by: RateBy,
+}
+
+impl RouteRateLimit {
+    pub fn limit(&self) -> crate::rate::RateLimit {
+        crate::rate::RateLimit {
+            per: self.per,
+            max: self.max,
+        }
+    }
+}
+
+/// What a route's rate limit counts separately.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateBy {
+    /// Each client IP address (the peer of the TCP connection) has its own budget.
+    #[default]
+    Ip,
+    /// All clients share the route's budget.
+    Route,
 }
 
 /// A route's `respond` table.
@@ -627,6 +670,8 @@ impl Default for ServerConfig {
             simulator: false,
             simulator_allow_remote: false,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
             shutdown_grace: Duration::from_secs(10),
             admin_token: None,
         }
@@ -640,6 +685,7 @@ impl Default for LimitsConfig {
             max_response_bytes: 1024 * 1024,
             deadline: Duration::from_secs(7),
             body_read_timeout: Duration::from_secs(10),
+            max_in_flight: 4096,
         }
     }
 }
@@ -699,6 +745,7 @@ pub fn default_routes() -> Vec<RouteConfig> {
             extract: BTreeMap::new(),
             sinks: vec![],
             respond: None,
+            rate_limit: None,
         },
         RouteConfig {
             name: "nlu-orders".into(),
@@ -719,6 +766,7 @@ pub fn default_routes() -> Vec<RouteConfig> {
             extract: BTreeMap::from([("orderId".into(), "event.entities.orderId".into())]),
             sinks: vec![],
             respond: None,
+            rate_limit: None,
         },
     ]
 }
@@ -848,6 +896,18 @@ impl Config {
         if self.limits.deadline.is_zero() {
             p.push("limits.deadline must be greater than 0".into());
         }
+        if self.limits.max_in_flight == 0 {
+            p.push("limits.max_in_flight must be at least 1".into());
+        }
+        if self.server.max_connections == 0 {
+            p.push("server.max_connections must be at least 1".into());
+        }
+        if self.server.header_read_timeout.is_zero() {
+            p.push("server.header_read_timeout must be greater than 0".into());
+        }
+        if self.server.idle_timeout.is_zero() {
+            p.push("server.idle_timeout must be greater than 0".into());
+        }
         if self.store.max_batch == 0 {
             p.push("store.max_batch must be greater than 0".into());
         }
@@ -913,6 +973,11 @@ impl Config {
             }
             p.extend(r.auth.validate(&at, r.allow_unauthenticated));
             p.extend(r.payload.validate(&at));
+            if let Some(l) = r.rate_limit {
+                if l.max == 0 || l.per.is_zero() {
+                    p.push(format!("{at}: rate_limit needs max >= 1 and per > 0"));
+                }
+            }
             if let Some(resp) = &r.respond {
                 match self.sinks.get(&resp.upstream) {
                     None => p.push(format!(
@@ -1180,7 +1245,13 @@ listen = "0.0.0.0:8080"
 simulator = false
 # The simulator refuses a non-loopback listener unless this is true.
 simulator_allow_remote = false
+# A request's head must arrive within this (from the connection's start or the request's
+# first byte), or the connection is closed.
 header_read_timeout = "10s"
+# A kept-alive connection idle this long after its last answer is closed.
+idle_timeout = "60s"
+# Open connections per listener; more are closed at once.
+max_connections = 10000
 # How long in-flight requests may take to finish after SIGINT/SIGTERM.
 shutdown_grace = "10s"
 
@@ -1189,10 +1260,14 @@ shutdown_grace = "10s"
 max_body_bytes = 1048576
 # A larger answer is never sent: 500 internal, nothing committed.
 max_response_bytes = 1048576
-# Request start to response; Cognigy's HTTP node gives up at 8 s (dedicated/on-premises).
+# From the request's first byte to the response; Cognigy's HTTP node gives up at 8 s
+# (dedicated/on-premises). A request that waited past it is answered 503 at once.
 deadline = "7s"
 # Body not received in time answers 408 (never later than the deadline).
 body_read_timeout = "10s"
+# Webhook requests admitted and not yet answered; one more answers 503 unavailable with
+# Retry-After at once.
+max_in_flight = 4096
 
 [store]
 # sqlite://PATH (env COGNIHOOK_DATABASE_URL); unset = <data_dir>/cognihook.db.
@@ -1244,6 +1319,8 @@ auth = { scheme = "hmac-sha256", secrets = ["env:COGNIGY_WEBHOOK_SECRET"] }
 rules = []
 extract = {}
 sinks = []
+# Over it: 429 rate_limited with Retry-After. by = "ip" (each client) | "route" (everyone).
+# rate_limit = { per = "1s", max = 200, by = "ip" }
 
 [[route]]
 name = "nlu-orders"

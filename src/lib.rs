@@ -3,7 +3,10 @@
 //! # The two paths
 //!
 //! ```text
-//! request path:  listener (http::serve) → http::webhook::handle
+//! request path:  listener (http::serve: connection cap, http::conn watchdog for the header,
+//!                idle and deadline clocks from the first byte) → http::webhook::handle
+//!                → http::admission (in-flight cap, deadline already spent, route rate limit:
+//!                  refused before the body is read)
 //!                → ingest::auth (raw bytes) → ingest::payload (decode + validate → NormalisedEvent)
 //!                → ingest::rules (CEL rules, extracts)
 //!                → store::Store::accept (event, session state, idempotency record, one outbox
@@ -37,7 +40,7 @@
 //!
 //! Imports point one way: `cli` → `app` → `http`, `delivery` → `ingest`, `store`, `sinks` →
 //! the leaves `event` (the normalised event), `secret` (secret references), `expr` (CEL over
-//! the event) and `config`. Store and sinks never import `ingest`; `config` checks what it
+//! the event), `rate` (token buckets, used by admission and by sinks) and `config`. Store and sinks never import `ingest`; `config` checks what it
 //! parses with the leaves only.
 
 pub mod app;
@@ -48,6 +51,7 @@ pub mod event;
 pub mod expr;
 pub mod http;
 pub mod ingest;
+pub mod rate;
 pub mod secret;
 pub mod sinks;
 pub mod store;

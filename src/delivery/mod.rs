@@ -4,7 +4,6 @@
 pub mod breaker;
 pub mod lag;
 pub mod pace;
-pub mod rate;
 pub mod retry;
 pub mod worker;
 

@@ -21,9 +21,9 @@ use tokio_util::task::TaskTracker;
 use super::breaker::{Admission, Breaker, CircuitState};
 use super::lag::{LagSummary, LagWindow};
 use super::pace::{Allowance, Load, Pacer};
-use super::rate::Bucket;
 use super::retry::Next;
 use crate::config::SinkConfig;
+use crate::rate::Bucket;
 use crate::sinks::{Delivery, Sink, SinkError};
 use crate::store::{Claimed, DeadReason, Settlement, Store};
 use crate::telemetry::audit::{Audit, AuditKind, AuditLine};
@@ -83,7 +83,7 @@ impl SinkRuntime {
                     // Cognigy's shared SaaS takes 1,000 requests per 5 minutes per IP; a
                     // `cognigy` sink keeps to that unless told otherwise.
                     (config.kind == crate::config::SinkKind::Cognigy).then_some(
-                        super::rate::RateLimit {
+                        crate::rate::RateLimit {
                             per: Duration::from_secs(300),
                             max: 1000,
                         },

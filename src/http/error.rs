@@ -48,6 +48,17 @@ impl ApiError {
         e
     }
 
+    /// 429: the route's `rate_limit` is spent; `retry_after` seconds until it is not.
+    pub fn rate_limited(retry_after: u32) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "this route's rate limit is reached; retry after the time in Retry-After",
+        );
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     /// 500 with an opaque message; the reason goes to the logs only.
     pub fn internal() -> Self {
         Self::new(

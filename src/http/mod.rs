@@ -1,6 +1,8 @@
 //! HTTP: the router (webhook routes, simulator, operations and admin endpoints), the shared
 //! state handlers see, and the listener loop with graceful shutdown.
 
+pub mod admission;
+pub mod conn;
 pub mod error;
 pub mod ops;
 pub mod webhook;
@@ -14,7 +16,6 @@ use axum::extract::Request;
 use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -25,7 +26,11 @@ use crate::ingest::Routes;
 use crate::store::Store;
 use crate::telemetry::audit::Audit;
 use crate::telemetry::stats::Stats;
+use crate::telemetry::throttle::Throttle;
 use error::ApiError;
+
+static ACCEPT_FAILED: Throttle = Throttle::new(Duration::from_secs(10));
+static CONNECTIONS_REFUSED: Throttle = Throttle::new(Duration::from_secs(10));
 
 /// What every handler shares; cheap to clone.
 #[derive(Clone)]
@@ -40,6 +45,8 @@ pub struct Shared {
     /// SHA-256 of the admin token; `None` disables the admin API.
     pub admin_token_hash: Option<[u8; 32]>,
     pub deliverer: Arc<crate::delivery::worker::Deliverer>,
+    /// Webhook requests admitted and not yet answered (`limits.max_in_flight`).
+    pub in_flight: admission::InFlight,
     shutting_down: AtomicBool,
 }
 
@@ -59,6 +66,7 @@ impl AppState {
         admin_token: Option<&str>,
         deliverer: Arc<crate::delivery::worker::Deliverer>,
     ) -> AppState {
+        let max_in_flight = limits.max_in_flight;
         AppState(Arc::new(Shared {
             store,
             stats: Stats::default(),
@@ -67,6 +75,7 @@ impl AppState {
             limits,
             admin_token_hash: admin_token.map(|t| Sha256::digest(t.as_bytes()).into()),
             deliverer,
+            in_flight: admission::InFlight::new(max_in_flight),
             shutting_down: AtomicBool::new(false),
         }))
     }
@@ -152,38 +161,84 @@ fn finish(r: Router<AppState>, state: AppState) -> Router {
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, then stops accepting and waits up to
-/// `grace` for in-flight requests to finish.
+/// `grace` for in-flight requests to finish. `name` labels the listener's connection metrics.
 pub async fn serve(
+    name: &'static str,
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
-    header_read_timeout: Duration,
+    limits: conn::ConnLimits,
     grace: Duration,
 ) {
+    use crate::telemetry::metrics::{
+        CONNECTIONS_OPEN, CONNECTIONS_REFUSED_TOTAL, CONNECTIONS_TIMED_OUT_TOTAL,
+    };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let open = metrics::gauge!(CONNECTIONS_OPEN, "listener" => name);
+    let refused = metrics::counter!(CONNECTIONS_REFUSED_TOTAL, "listener" => name);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((s, _)) => s,
+                let (stream, peer) = match accepted {
+                    Ok(s) => s,
                     Err(e) => {
                         // Out of file descriptors and the like: back off briefly.
-                        tracing::warn!(error = %e, "accept failed");
+                        if let Some(suppressed) = ACCEPT_FAILED.check() {
+                            tracing::warn!(error = %e, suppressed, "accept failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(router.clone());
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_read_timeout)
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                // Over the cap the connection is closed before anything is read from it.
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    refused.increment(1);
+                    if let Some(suppressed) = CONNECTIONS_REFUSED.check() {
+                        tracing::warn!(listener = name, max_connections = limits.max_connections,
+                            suppressed, "connection refused: max_connections are open \
+                            (`suppressed`: more since the last line)");
                     }
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let clock = Arc::new(conn::Clock::new());
+                let service = {
+                    let (router, clock) = (router.clone(), clock.clone());
+                    hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                        let first_byte = clock.request_started();
+                        req.extensions_mut().insert(conn::Arrival { peer, first_byte });
+                        let answer = tower::ServiceExt::oneshot(router.clone(), req);
+                        let clock = clock.clone();
+                        async move {
+                            let r = answer.await;
+                            clock.answered();
+                            r
+                        }
+                    })
+                };
+                // The watchdog below enforces the head and idle timeouts; hyper's own head
+                // timer would also run while a kept-alive connection is idle.
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(None)
+                    .serve_connection(TokioIo::new(conn::Watched::new(stream, clock.clone())), service);
+                let connection = graceful.watch(connection);
+                let open = open.clone();
+                tokio::spawn(async move {
+                    open.increment(1.0);
+                    tokio::select! {
+                        r = connection => if let Err(e) = r {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        },
+                        why = clock.expired(&limits) => {
+                            metrics::counter!(CONNECTIONS_TIMED_OUT_TOTAL, "listener" => name,
+                                "phase" => why.label()).increment(1);
+                        }
+                    }
+                    open.decrement(1.0);
+                    drop(slot);
                 });
             }
             () = shutdown.cancelled() => break,

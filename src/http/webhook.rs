@@ -16,6 +16,8 @@ use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
 
+use super::admission::{retry_after_secs, RouteLimiter};
+use super::conn::Arrival;
 use super::error::{json_response, ApiError};
 use super::AppState;
 use crate::ingest::auth::AuthError;
@@ -61,24 +63,35 @@ pub struct Endpoint {
     /// Reached through `/simulate…`: no authentication, events marked `simulated` (SPEC §10).
     pub simulated: bool,
     metrics: RouteMetrics,
+    /// The route's `rate_limit` (never on the simulator).
+    limiter: Option<RouteLimiter>,
 }
 
 impl Endpoint {
     pub fn new(route: Arc<Route>, simulated: bool) -> Endpoint {
         let metrics = RouteMetrics::new(&route.name);
+        let limiter = route
+            .rate_limit
+            .filter(|_| !simulated)
+            .map(|l| RouteLimiter::new(l, Instant::now()));
         Endpoint {
             route,
             simulated,
             metrics,
+            limiter,
         }
     }
 }
 
 /// Handles one webhook request on an endpoint.
 pub async fn handle(state: AppState, ep: Arc<Endpoint>, req: Request<Body>) -> Response {
-    let _in_flight = state.deliverer.ingest_guard();
     let route = &ep.route;
-    let start = Instant::now();
+    // The deadline counts from the request's first byte (SPEC §12.3); requests built without
+    // a listener (tests driving the router) count from now.
+    let arrival = req.extensions().get::<Arrival>().copied();
+    let start = arrival
+        .and_then(|a| a.first_byte)
+        .unwrap_or_else(Instant::now);
     let transaction_id = uuid::Uuid::new_v4().to_string();
     let correlation_header = req
         .headers()
@@ -88,6 +101,14 @@ pub async fn handle(state: AppState, ep: Arc<Endpoint>, req: Request<Body>) -> R
         .filter(|v| !v.is_empty() && v.len() <= MAX_CORRELATION_HEADER)
         .map(str::to_string);
     let deadline = state.limits.deadline;
+    let admitted = state.in_flight.enter();
+    if let Some(refusal) = admit(&state, &ep, admitted.is_some(), arrival, start, deadline) {
+        let correlation_id = correlation_header.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let outcome = error_outcome(refusal, correlation_id, &transaction_id, None);
+        return finish(&state, &ep, &transaction_id, start, outcome);
+    }
+    let _in_flight = state.deliverer.ingest_guard();
+    let left = deadline.saturating_sub(start.elapsed());
     let run = pipeline(
         &state,
         &ep,
@@ -96,7 +117,7 @@ pub async fn handle(state: AppState, ep: Arc<Endpoint>, req: Request<Body>) -> R
         correlation_header.as_deref(),
         start,
     );
-    let outcome = match tokio::time::timeout(deadline, run).await {
+    let outcome = match tokio::time::timeout(left, run).await {
         Ok(o) => o,
         Err(_) => {
             let correlation_id = correlation_header
@@ -115,6 +136,42 @@ pub async fn handle(state: AppState, ep: Arc<Endpoint>, req: Request<Body>) -> R
         }
     };
     finish(&state, &ep, &transaction_id, start, outcome)
+}
+
+/// Refuses a request before its body is read (see `admission`): too many in flight, already
+/// past its deadline, or over the route's rate limit.
+fn admit(
+    state: &AppState,
+    ep: &Endpoint,
+    admitted: bool,
+    arrival: Option<Arrival>,
+    start: Instant,
+    deadline: Duration,
+) -> Option<ApiError> {
+    if !admitted {
+        if let Some(suppressed) = SHED.check() {
+            tracing::warn!(route = %ep.route.name, max_in_flight = state.limits.max_in_flight,
+                suppressed, "shedding load: max_in_flight requests are being handled \
+                (`suppressed`: requests shed since the last line)");
+        }
+        return Some(ApiError::unavailable(
+            "the gateway has too many requests in flight; retry shortly",
+        ));
+    }
+    if start.elapsed() >= deadline {
+        if let Some(suppressed) = LATE.check() {
+            tracing::warn!(route = %ep.route.name, suppressed,
+                "request waited past its deadline before it could be handled \
+                (`suppressed`: more since the last line)");
+        }
+        return Some(ApiError::unavailable(
+            "the request waited past its deadline before it could be handled; retry shortly",
+        ));
+    }
+    let limiter = ep.limiter.as_ref()?;
+    let client = arrival.map_or(std::net::IpAddr::from([127, 0, 0, 1]), |a| a.peer.ip());
+    let wait = limiter.check(client, Instant::now()).err()?;
+    Some(ApiError::rate_limited(retry_after_secs(wait)))
 }
 
 async fn pipeline(

@@ -84,6 +84,8 @@ pub struct Route {
     pub sinks: Vec<String>,
     /// Answer with a backend's result (SPEC §5.1).
     pub respond: Option<crate::config::RespondConfig>,
+    /// Requests over it answer 429 (applied by the HTTP layer).
+    pub rate_limit: Option<crate::config::RouteRateLimit>,
 }
 
 /// Why the pure part of the pipeline refused a request.
@@ -255,6 +257,7 @@ fn build_route(r: &RouteConfig, env: &dyn EnvSource) -> Result<Route, Vec<String
         rules,
         sinks: r.sinks.clone(),
         respond: r.respond.clone(),
+        rate_limit: r.rate_limit,
     })
 }
 

@@ -17,6 +17,9 @@ pub const OUTBOX_PENDING: &str = "cognihook_outbox_pending";
 pub const OUTBOX_OLDEST_AGE_SECONDS: &str = "cognihook_outbox_oldest_age_seconds";
 pub const DEAD_LETTERS: &str = "cognihook_dead_letters";
 pub const CIRCUIT_STATE: &str = "cognihook_circuit_state";
+pub const CONNECTIONS_OPEN: &str = "cognihook_connections_open";
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "cognihook_connections_refused_total";
+pub const CONNECTIONS_TIMED_OUT_TOTAL: &str = "cognihook_connections_timed_out_total";
 
 /// Request latency buckets, in seconds: fine below Cognigy's 8 s deadline.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -96,6 +99,15 @@ fn describe() {
         DELIVERY_LAG_SECONDS,
         metrics::Unit::Seconds,
         "Time from an event's acceptance to its delivery, by sink"
+    );
+    metrics::describe_gauge!(CONNECTIONS_OPEN, "Open client connections, by listener");
+    metrics::describe_counter!(
+        CONNECTIONS_REFUSED_TOTAL,
+        "Connections closed at once because max_connections were open, by listener"
+    );
+    metrics::describe_counter!(
+        CONNECTIONS_TIMED_OUT_TOTAL,
+        "Connections closed by header_read_timeout (phase=head) or idle_timeout (phase=idle)"
     );
     metrics::describe_gauge!(OUTBOX_PENDING, "Outbox rows not yet delivered, by sink");
     metrics::describe_gauge!(

@@ -10,6 +10,7 @@ mod brokers;
 mod cognigy_sink;
 mod crash;
 mod delivery;
+mod overload;
 mod payloads;
 mod postgres;
 mod recipe;

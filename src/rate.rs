@@ -1,12 +1,13 @@
-//! Per-sink rate limit (SPEC §7 `rate_limit = { per = "5m", max = 1000 }`), as a token bucket:
-//! it holds at most `max` sends and refills at `max / per`. A send the bucket cannot pay for is
-//! not started, so it costs no retry attempt. Pure: time is passed in.
+//! Rate limits of sinks (SPEC §7 `rate_limit = { per = "5m", max = 1000 }`) and of routes
+//! (SPEC §12.3), as token buckets: a bucket holds at most `max` tokens and refills at
+//! `max / per`. A send the bucket cannot pay for is not started, so it costs no retry attempt;
+//! a request it cannot pay for is answered 429. Pure: time is passed in.
 
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// `rate_limit` of a sink.
+/// `rate_limit` of a sink (and the `per` and `max` of a route's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
@@ -52,6 +53,25 @@ impl Bucket {
     pub fn take(&mut self, n: usize, now: Instant) {
         self.refill(now);
         self.tokens = (self.tokens - n as f64).max(0.0);
+    }
+
+    /// Pays for one request if it can; otherwise says how long until it could.
+    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / self.per_second,
+            ))
+        }
+    }
+
+    /// Full again: the bucket is indistinguishable from a new one and can be forgotten.
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.capacity
     }
 
     /// How long until one more send can be paid for.
