@@ -185,6 +185,55 @@ async fn redis_stream_receives_every_event_as_fields() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_with_a_wrong_password_reports_the_refusal_not_a_timeout() {
+    let Some(url) = service("COGNIHOOK_TEST_REDIS_URL") else {
+        return;
+    };
+    let client = redis::Client::open(url.as_str()).unwrap();
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("COGNIHOOK_TEST_REDIS_URL={url} is set but Redis is unreachable: {e}")
+        });
+    // A user Redis does not know: the server refuses AUTH at once, and the dead letter names
+    // that refusal (src/sinks/redis.rs counts the connections one send makes).
+    let wrong = url.replacen("redis://", "redis://cognihook-nobody:wrong-pass@", 1);
+    assert_ne!(wrong, url, "the test URL starts with redis://");
+    let table = format!(
+        "kind = \"redis\"\nurl = \"{wrong}\"\nstream = \"never\"\ntimeout = \"60s\"\n\
+         retry = {{ max_attempts = 1 }}"
+    );
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    send(&app, 1, "redis-auth").await;
+    let dead = || async {
+        let dl = app.admin_get("/admin/dead-letters").await.json();
+        dl["items"][0]["lastError"].as_str().map(str::to_string)
+    };
+    let deadline = std::time::Instant::now() + T;
+    let error = loop {
+        if let Some(e) = dead().await {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dead letter within {T:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let lower = error.to_lowercase();
+    assert!(
+        lower.contains("wrongpass") || lower.contains("auth"),
+        "the refusal is named: {error}"
+    );
+    assert!(!lower.contains("timed out"), "{error}");
+    assert!(
+        !error.contains("wrong-pass"),
+        "the password is masked: {error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_gets_persistent_confirmed_messages_and_the_sink_reconnects() {
     use lapin::options::{
         BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
