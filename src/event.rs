@@ -103,3 +103,67 @@ pub const POINTER_FIELDS: [&str; 12] = [
     "traceId",
     "correlationId",
 ];
+
+/// Whether `c` changes the direction of the text around it (Unicode's explicit bidirectional
+/// formatting characters and marks). An identifier holding one can display as another
+/// identifier (a "Trojan Source" spoof in logs and consoles), so identifiers refuse them.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// An identifier as it may be put in an HTTP header (`X-Correlation-Id` of answers and of
+/// deliveries): unchanged when it is printable ASCII without `%`; otherwise every byte
+/// outside printable ASCII, and `%`, as `%XX` (its UTF-8 bytes), so a header never carries
+/// raw non-ASCII bytes and the original can be recovered by percent-decoding. The body
+/// always carries the identifier as it was sent.
+pub fn header_safe(id: &str) -> std::borrow::Cow<'_, str> {
+    let plain = |b: u8| (0x20..0x7f).contains(&b) && b != b'%';
+    if id.bytes().all(plain) {
+        return std::borrow::Cow::Borrowed(id);
+    }
+    let mut out = String::with_capacity(id.len() * 3);
+    for b in id.bytes() {
+        if plain(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_safe_keeps_plain_ascii_and_percent_encodes_the_rest() {
+        assert!(matches!(
+            header_safe("order-42 ok"),
+            std::borrow::Cow::Borrowed("order-42 ok")
+        ));
+        assert_eq!(header_safe("café"), "caf%C3%A9");
+        assert_eq!(header_safe("50%"), "50%25");
+        assert_eq!(header_safe("a\u{202E}b"), "a%E2%80%AEb");
+        for id in ["café", "50%", "日本"] {
+            assert!(http_header_value_ok(&header_safe(id)), "{id}");
+        }
+    }
+
+    fn http_header_value_ok(v: &str) -> bool {
+        v.bytes().all(|b| (0x20..0x7f).contains(&b))
+    }
+
+    #[test]
+    fn bidi_controls_are_recognised_and_ordinary_letters_are_not() {
+        for c in ['\u{202E}', '\u{2066}', '\u{200F}', '\u{061C}'] {
+            assert!(is_bidi_control(c), "{c:?}");
+        }
+        for c in ['a', 'é', 'ש', '\u{200B}'] {
+            assert!(!is_bidi_control(c), "{c:?}");
+        }
+    }
+}

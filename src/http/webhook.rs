@@ -675,7 +675,7 @@ fn finish(
         attempt: None,
     });
     let mut r = json_response(o.status, o.body, o.retry_after);
-    if let Ok(v) = HeaderValue::from_str(&o.correlation_id) {
+    if let Ok(v) = HeaderValue::from_str(&crate::event::header_safe(&o.correlation_id)) {
         r.headers_mut().insert("x-correlation-id", v);
     }
     if o.replayed {

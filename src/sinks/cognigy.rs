@@ -155,7 +155,10 @@ impl Sink for CognigySink {
                 .post(&url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header("x-cognihook-event-id", d.event_id)
-                .header("x-correlation-id", d.correlation_id)
+                .header(
+                    "x-correlation-id",
+                    crate::event::header_safe(d.correlation_id).as_ref(),
+                )
                 .body(body);
             if let Target::ApiV2 { key, .. } = &self.target {
                 req = req.header("x-api-key", key);

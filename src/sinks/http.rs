@@ -86,7 +86,10 @@ impl HttpSink {
             .post(&self.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("x-cognihook-event-id", d.event_id)
-            .header("x-correlation-id", d.correlation_id)
+            .header(
+                "x-correlation-id",
+                crate::event::header_safe(d.correlation_id).as_ref(),
+            )
             .header("x-cognihook-attempt", d.attempt.to_string())
             .body(d.body.to_vec());
         if let Some(secret) = &self.secret {

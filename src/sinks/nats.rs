@@ -58,7 +58,10 @@ impl Sink for NatsSink {
             let subject = render_template(&self.subject, d);
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(async_nats::header::NATS_MESSAGE_ID, d.event_id);
-            headers.insert("X-Correlation-Id", d.correlation_id);
+            headers.insert(
+                "X-Correlation-Id",
+                crate::event::header_safe(d.correlation_id).as_ref(),
+            );
             headers.insert("Content-Type", "application/json");
             let classify = |kind: PublishErrorKind, e: &dyn std::fmt::Display| match kind {
                 PublishErrorKind::StreamNotFound => SinkError::transient(format!(

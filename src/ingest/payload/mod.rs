@@ -156,6 +156,11 @@ fn check_ids(d: Decoded) -> Result<Decoded, PayloadError> {
                 field,
                 "must not contain control characters",
             ));
+        } else if v.chars().any(crate::event::is_bidi_control) {
+            errors.push(FieldError::new(
+                field,
+                "must not contain bidirectional control characters (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C)",
+            ));
         } else if v.chars().count() > MAX_ID_CHARS {
             errors.push(FieldError::new(
                 field,
@@ -585,6 +590,16 @@ mod tests {
             fields(decode(PayloadKind::Nlu, &bytes(&body)).expect_err("x")),
             ["correlationId"]
         );
+        // A right-to-left override can make one id display as another; other non-ASCII
+        // letters are fine.
+        let mut body = nlu_body();
+        body["context"]["correlationId"] = json!("order-\u{202E}24");
+        assert_eq!(
+            fields(decode(PayloadKind::Nlu, &bytes(&body)).expect_err("bidi")),
+            ["correlationId"]
+        );
+        body["context"]["correlationId"] = json!("commande-été");
+        decode(PayloadKind::Nlu, &bytes(&body)).expect("non-ASCII letters are accepted");
     }
 
     #[test]
