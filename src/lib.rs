@@ -40,11 +40,13 @@
 //!
 //! Imports point one way: `cli` → `app` → `http`, `delivery` → `ingest`, `store`, `sinks` →
 //! the leaves `event` (the normalised event), `secret` (secret references), `expr` (CEL over
-//! the event), `rate` (token buckets, used by admission and by sinks) and `config`. Store and sinks never import `ingest`; `config` checks what it
+//! the event), `rate` (token buckets, used by admission and by sinks), `clock` (stored times
+//! and schedules: wall-clock time that never runs backwards) and `config`. Store and sinks never import `ingest`; `config` checks what it
 //! parses with the leaves only.
 
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod event;
@@ -59,7 +61,7 @@ pub mod telemetry;
 
 /// Current wall-clock time as an RFC 3339 string (UTC, millisecond precision).
 pub fn now_rfc3339() -> String {
-    format_rfc3339(time::OffsetDateTime::now_utc())
+    format_rfc3339(clock::now())
 }
 
 /// Formats a timestamp as RFC 3339 in UTC with millisecond precision.
@@ -77,9 +79,9 @@ pub fn format_rfc3339(t: time::OffsetDateTime) -> String {
     )
 }
 
-/// Current Unix time in milliseconds.
+/// Current Unix time in milliseconds, from `clock` (never runs backwards).
 pub fn now_millis() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    clock::now_millis()
 }
 
 /// This process's name in delivery attempts (`host:pid`), so admin views show which replica

@@ -151,6 +151,60 @@ async fn permanent_failure_is_dead_lettered_after_one_attempt() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_ascii_correlation_id_is_percent_encoded_in_headers_and_kept_in_bodies() {
+    let sink = SinkServer::start().await;
+    let table = http_sink(&sink.url("/events"), "");
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    let r = app
+        .post_signed("/webhook", &flow_body("s-utf8", "commande-été-50%"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["correlationId"], "commande-été-50%");
+    assert_eq!(
+        r.header("x-correlation-id"),
+        Some("commande-%C3%A9t%C3%A9-50%25")
+    );
+    let got = sink.wait_for(1, T).await;
+    assert_eq!(
+        got[0].headers["x-correlation-id"].as_bytes(),
+        b"commande-%C3%A9t%C3%A9-50%25"
+    );
+    assert_eq!(got[0].body["correlationId"], "commande-été-50%");
+    // A right-to-left override is refused before anything is stored.
+    let r = app
+        .post_signed("/webhook", &flow_body("s-utf8", "order-\u{202E}24"))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["code"], "invalid_payload", "{:?}", r.body);
+}
+
+/// Each test runs in a process of its own (cargo-nextest), so moving this process's view of
+/// the system clock touches no other test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_due_on_time_when_the_system_clock_is_set_back_an_hour() {
+    let sink = SinkServer::start().await;
+    sink.script(1, Reply::Status(503));
+    let retry = "retry = { max_attempts = 3, base_delay = \"1s\", max_delay = \"1s\" }";
+    let table = http_sink_with(&sink.url("/events"), retry, "2s", "");
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    send_flow(&app, 1, "jump").await;
+    sink.wait_for(1, T).await;
+    // The retry is now scheduled about 1 s ahead; the clock goes back an hour.
+    cognihook::clock::skew_wall_clock(-3_600_000);
+    let sinks = app.admin_get("/admin/sinks").await.json();
+    assert_eq!(sinks["sinks"][0]["name"], "backend");
+    let age = sinks["sinks"][0]["oldestPendingAgeSeconds"].as_f64();
+    assert!(
+        age.is_some_and(|a| a > 0.0 && a < 60.0),
+        "the pending row's age still counts from its acceptance: {sinks}"
+    );
+    // Due about a second later, not an hour: it arrives well within the test's wait.
+    let got = sink.wait_for(2, T).await;
+    assert_eq!(got[1].headers["x-cognihook-attempt"], "2");
+    wait_rows(&app, "delivered", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_are_dead_lettered_with_the_last_error() {
     let sink = SinkServer::start().await;
     sink.set_fallback(Reply::Status(502));
