@@ -526,11 +526,13 @@ async fn read_body(
     let read = async {
         let mut buf = BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
         while let Some(frame) = body.frame().await {
+            // Broken framing (a malformed chunk, a connection cut mid-body): the body was
+            // never whole, so its JSON is not in question.
             let frame = frame.map_err(|e| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
-                    "invalid_json",
-                    format!("request body could not be read: {e}"),
+                    "malformed_request",
+                    format!("request body could not be read: {}", crate::with_causes(&e)),
                 )
             })?;
             if let Ok(data) = frame.into_data() {

@@ -104,6 +104,35 @@ async fn chunked_body_past_the_limit_is_refused_while_streaming() {
 }
 
 #[tokio::test]
+async fn a_malformed_chunked_body_is_400_malformed_request_not_invalid_json() {
+    let app = TestApp::spawn().await;
+    let body = flow_body("s-chunk", "c-chunk");
+    let sig = sign(&body);
+    let head = format!(
+        "POST /webhook HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         x-cognigy-signature: {sig}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    // A chunk extension holding a bare line feed: the framing is broken, not the JSON.
+    let chunk = [
+        format!("{:x};ext\n", body.len()).into_bytes(),
+        body.clone(),
+        b"\r\n0\r\n\r\n".to_vec(),
+    ]
+    .concat();
+    let (status, answer) = raw_exchange(app.addr, &head, &[&chunk]).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["code"], "malformed_request", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("chunk")),
+        "{answer}"
+    );
+    let db = app.db().await;
+    assert_eq!(count(&db, "SELECT count(*) FROM events"), 0);
+}
+
+#[tokio::test]
 async fn body_not_received_in_time_is_408() {
     let app =
         TestApp::spawn_with(|c| c.limits.body_read_timeout = Duration::from_millis(300)).await;
