@@ -126,23 +126,22 @@ pub fn public_router(
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz));
     if with_admin {
-        r = r.merge(admin_routes());
+        r = r.merge(admin_routes(&state));
     }
     finish(r, state)
 }
 
 /// The admin listener's router (`COGNIHOOK_ADMIN_LISTEN`).
 pub fn admin_router(state: AppState) -> Router {
-    let r = admin_routes()
+    let r = admin_routes(&state)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz));
     finish(r, state)
 }
 
-fn admin_routes() -> Router<AppState> {
+fn admin_routes(state: &AppState) -> Router<AppState> {
+    let refusals = axum::middleware::from_fn_with_state(state.clone(), ops::count_admin_refusals);
     Router::new()
-        .route("/metrics", get(ops::metrics))
-        .route("/stats", get(ops::stats))
         .route("/admin/events/{id}", get(ops::admin_event))
         .route("/admin/dead-letters", get(ops::admin_dead_letters))
         .route("/admin/dead-letters/replay", post(ops::admin_replay))
@@ -152,6 +151,9 @@ fn admin_routes() -> Router<AppState> {
         )
         .route("/admin/sinks", get(ops::admin_sinks))
         .route("/admin/sinks/{name}/{action}", post(ops::admin_sink_action))
+        .route_layer(refusals)
+        .route("/metrics", get(ops::metrics))
+        .route("/stats", get(ops::stats))
 }
 
 fn finish(r: Router<AppState>, state: AppState) -> Router {
@@ -177,6 +179,7 @@ pub async fn serve(
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let open = metrics::gauge!(CONNECTIONS_OPEN, "listener" => name);
     let refused = metrics::counter!(CONNECTIONS_REFUSED_TOTAL, "listener" => name);
+    let occupancy = Arc::new(conn::Occupancy::default());
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -225,9 +228,10 @@ pub async fn serve(
                     .header_read_timeout(None)
                     .serve_connection(TokioIo::new(conn::Watched::new(stream, clock.clone())), service);
                 let connection = graceful.watch(connection);
-                let open = open.clone();
+                let (open, occupancy) = (open.clone(), occupancy.clone());
                 tokio::spawn(async move {
                     open.increment(1.0);
+                    occupancy.opened();
                     tokio::select! {
                         r = connection => if let Err(e) = r {
                             tracing::debug!(error = %e, "connection ended with an error");
@@ -239,6 +243,9 @@ pub async fn serve(
                     }
                     open.decrement(1.0);
                     drop(slot);
+                    if occupancy.closed() {
+                        tokio::task::spawn_blocking(conn::release_free_memory);
+                    }
                 });
             }
             () = shutdown.cancelled() => break,

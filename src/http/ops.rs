@@ -90,6 +90,50 @@ async fn refresh_sink_gauges(state: &AppState) {
 }
 
 /// Checks `Authorization: Bearer <token>` against the admin token in constant time.
+/// Repeated refusals of admin requests are logged once per interval, with a count.
+static ADMIN_REFUSED: crate::telemetry::throttle::Throttle =
+    crate::telemetry::throttle::Throttle::new(std::time::Duration::from_secs(10));
+
+/// Wraps the `/admin/*` routes: a request refused for its bearer token (403 while an admin
+/// token is configured) is counted in `cognihook_admin_auth_failures_total{reason}` and
+/// logged, once per interval, with the caller's address, the path and how many were left out.
+pub async fn count_admin_refusals(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<super::conn::Arrival>()
+        .map(|a| a.peer.to_string());
+    let given = req.headers().contains_key(header::AUTHORIZATION);
+    let path = req.uri().path().to_string();
+    let answer = next.run(req).await;
+    if answer.status() == StatusCode::FORBIDDEN && state.admin_token_hash.is_some() {
+        let reason = if given {
+            "wrong_token"
+        } else {
+            "missing_token"
+        };
+        metrics::counter!(
+            crate::telemetry::metrics::ADMIN_AUTH_FAILURES_TOTAL,
+            "reason" => reason
+        )
+        .increment(1);
+        if let Some(suppressed) = ADMIN_REFUSED.check() {
+            tracing::warn!(
+                peer = peer.as_deref().unwrap_or("unknown"),
+                path,
+                reason,
+                suppressed,
+                "admin request refused: missing or wrong bearer token (`suppressed`: more \
+                 refusals since the last line)"
+            );
+        }
+    }
+    answer
+}
+
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &state.admin_token_hash else {
         return Err(ApiError::new(

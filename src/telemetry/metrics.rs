@@ -20,6 +20,7 @@ pub const CIRCUIT_STATE: &str = "cognihook_circuit_state";
 pub const CONNECTIONS_OPEN: &str = "cognihook_connections_open";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "cognihook_connections_refused_total";
 pub const CONNECTIONS_TIMED_OUT_TOTAL: &str = "cognihook_connections_timed_out_total";
+pub const ADMIN_AUTH_FAILURES_TOTAL: &str = "cognihook_admin_auth_failures_total";
 
 /// Request latency buckets, in seconds: fine below Cognigy's 8 s deadline.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -108,6 +109,10 @@ fn describe() {
     metrics::describe_counter!(
         CONNECTIONS_TIMED_OUT_TOTAL,
         "Connections closed by header_read_timeout (phase=head) or idle_timeout (phase=idle)"
+    );
+    metrics::describe_counter!(
+        ADMIN_AUTH_FAILURES_TOTAL,
+        "Admin requests refused for their bearer token, by reason (missing_token, wrong_token)"
     );
     metrics::describe_gauge!(OUTBOX_PENDING, "Outbox rows not yet delivered, by sink");
     metrics::describe_gauge!(

@@ -415,6 +415,18 @@ async fn admin_api_needs_the_token_and_shows_the_journey() {
     assert_error(&a, StatusCode::FORBIDDEN, "forbidden");
     let a = call(&r, get(Some("Bearer wrong"), "/admin/events/corr-adm")).await;
     assert_error(&a, StatusCode::FORBIDDEN, "forbidden");
+    // Both refusals are counted, by reason.
+    let resp = r
+        .clone()
+        .oneshot(get(None, "/metrics"))
+        .await
+        .expect("metrics");
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let metrics = String::from_utf8_lossy(&bytes);
+    for reason in ["missing_token", "wrong_token"] {
+        let line = format!("cognihook_admin_auth_failures_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
     let bearer = format!("Bearer {}", support::ADMIN_TOKEN);
     let a = call(&r, get(Some(&bearer), "/admin/events/corr-adm")).await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
