@@ -93,12 +93,30 @@ impl App {
             .configure_sinks(&ordering)
             .await
             .map_err(|e| anyhow::anyhow!("cannot record the sinks' settings in the store: {e}"))?;
+        // On the embedded store the audit writer records how far its lines are written, and
+        // after a crash the lines of events committed since are written again from the store.
+        let mark = match (&store, config.audit.enabled) {
+            (Store::Sqlite(s), true) => Some(s.path().with_extension("audit-mark")),
+            _ => None,
+        };
+        let previous = mark.as_deref().and_then(telemetry::audit::previous_mark);
         let audit = if config.audit.enabled {
-            Audit::start(config.audit.path.as_deref()).context("cannot open the audit log")?
+            Audit::start(config.audit.path.as_deref(), mark.as_deref())
+                .context("cannot open the audit log")?
         } else {
             Audit::disabled()
         };
         let metrics = telemetry::metrics::install();
+        if let Some(telemetry::audit::Mark::WrittenThrough(through)) = previous {
+            let since = through - config.limits.deadline.as_millis() as i64;
+            match recover_audit(&store, &audit, config.audit.path.as_deref(), since).await {
+                Ok(()) => audit.release_mark(),
+                Err(e) => tracing::warn!(error = %e, "audit lines lost in the last crash could \
+                    not be recovered; the mark is kept, so the next start tries again"),
+            }
+        } else {
+            audit.release_mark();
+        }
         let deliverer = Deliverer::new(
             store.clone(),
             sinks,
@@ -235,10 +253,68 @@ impl App {
         let _ = flag.await;
         state.store.close().await;
         let audit = state.audit.clone();
-        let _ = tokio::task::spawn_blocking(move || audit.flush()).await;
+        let _ = tokio::task::spawn_blocking(move || audit.close()).await;
         tracing::info!("cognihook stopped");
         Ok(())
     }
+}
+
+/// After a crash: writes a `webhook_processed` line (marked `recovered`) for each event
+/// committed since `since_ms` that has none. When the audit log is a file, the lines it already
+/// holds (its last 64 MiB) are not written twice; on stdout they cannot be read back, so events
+/// of the last `limits.deadline` before the crash may get a second, recovered, line.
+async fn recover_audit(
+    store: &Store,
+    audit: &Audit,
+    path: Option<&std::path::Path>,
+    since_ms: i64,
+) -> anyhow::Result<()> {
+    use crate::telemetry::audit::{AuditKind, AuditLine};
+    let events = store.committed_since(since_ms).await?;
+    let written = match path {
+        Some(p) => {
+            let p = p.to_path_buf();
+            tokio::task::spawn_blocking(move || telemetry::audit::processed_in_tail(&p)).await??
+        }
+        None => Default::default(),
+    };
+    let mut recovered = 0u64;
+    for e in events.iter().filter(|e| !written.contains(&e.event_id)) {
+        audit.write(&AuditLine {
+            ts: crate::format_rfc3339(
+                time::OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(e.committed_at) * 1_000_000,
+                )
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+            ),
+            event: AuditKind::WebhookProcessed,
+            route: &e.route,
+            correlation_id: &e.correlation_id,
+            transaction_id: "",
+            event_id: Some(&e.event_id),
+            session_id: Some(&e.session_id),
+            event_type: Some(&e.event_type),
+            status: 200,
+            code: None,
+            latency_ms: 0.0,
+            state_version: Some(e.state_version),
+            simulated: e.simulated,
+            sink: None,
+            attempt: None,
+            recovered: true,
+        });
+        recovered += 1;
+    }
+    metrics::counter!(telemetry::metrics::AUDIT_LINES_RECOVERED_TOTAL).increment(recovered);
+    if recovered > 0 {
+        tracing::warn!(
+            recovered,
+            checked = events.len(),
+            "the last run stopped without writing every audit line: the lines of events it \
+             committed were written again from the store (marked `recovered`)"
+        );
+    }
+    Ok(())
 }
 
 /// Runs the delivery workers on a thread of their own, with its own single-threaded runtime,

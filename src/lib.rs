@@ -30,7 +30,8 @@
 //!   applies log records and the delivery path's jobs in large transactions; and the
 //!   *checkpointer*, which copies the WAL into the database file and removes log segments the
 //!   database has made durable. `store::postgres` runs its commit groups as tasks.
-//! - `telemetry::audit` owns one OS thread that drains buffered audit lines to their output.
+//! - `telemetry::audit` owns one OS thread that drains buffered audit lines to their output
+//!   and keeps the mark of how far they are written (`app` recovers lost lines from it at start).
 //! - `delivery::worker::Deliverer` runs on a thread of its own and spawns one task per send
 //!   (bounded per sink) on a tracker.
 //!

@@ -770,6 +770,7 @@ impl Deliverer {
             simulated: false,
             sink: Some(&sink.name),
             attempt: Some(attempt),
+            recovered: false,
         });
     }
 }

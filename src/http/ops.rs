@@ -21,14 +21,16 @@ pub async fn healthz() -> Response {
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store.readiness().await;
+    let audit = state.audit.health();
     let shutting_down = state.is_shutting_down();
-    let ready = store.is_ok() && !shutting_down;
+    let ready = store.is_ok() && audit.is_ok() && !shutting_down;
     let mut body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "store": if store.is_ok() { "ok" } else { "unavailable" },
+        "audit": if audit.is_ok() { "ok" } else { "failing" },
         "shuttingDown": shutting_down,
     });
-    if let Err(why) = store {
+    if let Some(why) = store.err().or(audit.err()) {
         body["cause"] = Value::String(why);
     }
     let status = if ready {
@@ -356,6 +358,7 @@ fn audit_replay(state: &AppState, n: u64) {
         simulated: false,
         sink: None,
         attempt: None,
+        recovered: false,
     });
 }
 

@@ -675,6 +675,7 @@ fn finish(
         simulated: ep.simulated,
         sink: None,
         attempt: None,
+        recovered: false,
     });
     let mut r = json_response(o.status, o.body, o.retry_after);
     if let Ok(v) = HeaderValue::from_str(&crate::event::header_safe(&o.correlation_id)) {

@@ -273,6 +273,23 @@ pub struct SinkCounts {
     pub dead_letters: u64,
 }
 
+/// A committed event as the audit log's recovery writes it again (see `Store::committed_since`).
+#[derive(Debug, Clone)]
+pub struct CommittedEvent {
+    pub event_id: String,
+    pub correlation_id: String,
+    pub route: String,
+    pub session_id: String,
+    pub event_type: String,
+    pub state_version: u64,
+    pub simulated: bool,
+    /// Unix ms.
+    pub committed_at: i64,
+}
+
+/// Most events `committed_since` returns (a crash loses far fewer audit lines than this).
+pub const MAX_RECOVERED: usize = 1_000_000;
+
 /// The body an `on_late` row delivers: its event with the upstream's answer added as
 /// `upstreamResult` (kept as text if it is not JSON). Both backends use it.
 pub(crate) fn with_result(body: String, result: Option<String>) -> Bytes {
@@ -317,6 +334,16 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.caught_up().await,
             Store::Postgres(_) => Ok(()),
+        }
+    }
+
+    /// Events committed at or after `since_ms` (Unix ms), oldest first, at most
+    /// `MAX_RECOVERED`: what the audit log writes again after a crash. On PostgreSQL, where
+    /// other replicas commit too and write their own audit logs, nothing (documented).
+    pub async fn committed_since(&self, since_ms: i64) -> Result<Vec<CommittedEvent>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.committed_since(since_ms).await,
+            Store::Postgres(_) => Ok(Vec::new()),
         }
     }
 

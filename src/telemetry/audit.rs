@@ -7,6 +7,15 @@
 //! in the order they were buffered. [`Audit::flush`] returns once every line buffered before
 //! it is written and flushed. If output stalls and the buffer reaches `MAX_BUFFER_BYTES`,
 //! callers write it out themselves (back-pressure) rather than drop audit lines.
+//!
+//! Failures and crashes: lines that cannot be written (a full disk, a closed stdout) stay
+//! buffered and are tried again, up to `MAX_BUFFER_BYTES`; past that the oldest are dropped
+//! and counted. Every failure is counted (`cognihook_audit_write_failures_total`), logged once
+//! per interval, and makes `/readyz` answer 503 until a write succeeds. With a *mark file*
+//! (`Audit::start`'s `mark`), the writer records how far lines are known to be written
+//! ("written through" a time, or "clean" after a shutdown that wrote everything), so that
+//! after a crash the lines of events committed since can be written again from the store
+//! (`app` does it at start; see `previous_mark` and `recover`).
 
 use std::io::Write;
 use std::path::Path;
@@ -19,6 +28,98 @@ use serde::Serialize;
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 const WAKE_BYTES: usize = 64 * 1024;
 const MAX_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+/// The mark file is rewritten at most this often (it costs a write and a rename).
+const MARK_EVERY_MS: i64 = 100;
+/// `MarkFile::written` while the mark must not move.
+const MARK_HELD: i64 = i64::MAX;
+
+static WRITE_FAILED: crate::telemetry::throttle::Throttle =
+    crate::telemetry::throttle::Throttle::new(Duration::from_secs(10));
+
+/// How far an earlier run's lines were known to be written (its mark file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// It stopped after writing every line.
+    Clean,
+    /// Every line buffered before this time (Unix ms, `crate::now_millis`) was written; lines
+    /// after it may have been lost with the process.
+    WrittenThrough(i64),
+}
+
+impl Mark {
+    fn render(self) -> String {
+        match self {
+            Mark::Clean => "clean\n".to_string(),
+            Mark::WrittenThrough(ms) => format!("written-through {ms}\n"),
+        }
+    }
+
+    fn parse(text: &str) -> Option<Mark> {
+        let text = text.trim();
+        if text == "clean" {
+            return Some(Mark::Clean);
+        }
+        text.strip_prefix("written-through ")?
+            .parse()
+            .ok()
+            .map(Mark::WrittenThrough)
+    }
+}
+
+/// Reads the mark an earlier run left at `path`: `None` when there is none (a first run, or
+/// a version before marks) or it cannot be read.
+pub fn previous_mark(path: &Path) -> Option<Mark> {
+    Mark::parse(&std::fs::read_to_string(path).ok()?)
+}
+
+/// Event ids of the `webhook_processed` lines in the last 64 MiB of the audit file at `path`
+/// (none when it does not exist).
+pub fn processed_in_tail(path: &Path) -> std::io::Result<std::collections::HashSet<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 64 * 1024 * 1024;
+    let mut ids = std::collections::HashSet::new();
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(TAIL)))?;
+    let mut text = Vec::new();
+    f.read_to_end(&mut text)?;
+    #[derive(serde::Deserialize)]
+    struct Seen {
+        event: String,
+        event_id: Option<String>,
+    }
+    // The first line may be cut by the 64 MiB boundary and the last by the crash: skipped.
+    for line in text.split(|&b| b == b'\n') {
+        if let Ok(Seen {
+            event,
+            event_id: Some(id),
+        }) = serde_json::from_slice::<Seen>(line)
+        {
+            if event == "webhook_processed" {
+                ids.insert(id);
+            }
+        }
+    }
+    Ok(ids)
+}
+
+struct MarkFile {
+    path: std::path::PathBuf,
+    /// When the mark was last written (Unix ms).
+    written: std::sync::atomic::AtomicI64,
+}
+
+impl MarkFile {
+    fn write(&self, mark: Mark) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("mark.tmp");
+        std::fs::write(&tmp, mark.render())?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
 
 /// The outcome an audit line records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -59,6 +160,10 @@ pub struct AuditLine<'a> {
     pub sink: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// Written again from the store after a crash lost the original line (`ts` is then the
+    /// commit time, `transaction_id` empty and `latency_ms` 0). Left out when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recovered: bool,
 }
 
 struct Shared {
@@ -70,6 +175,9 @@ struct Shared {
     stop: AtomicBool,
     /// The file written to, if not stdout (reopened on request, for log rotation).
     path: Option<std::path::PathBuf>,
+    mark: Option<MarkFile>,
+    /// Why the last write failed, until one succeeds.
+    failing: Mutex<Option<String>>,
 }
 
 fn open_append(p: &Path) -> std::io::Result<std::fs::File> {
@@ -80,16 +188,89 @@ fn open_append(p: &Path) -> std::io::Result<std::fs::File> {
 }
 
 impl Shared {
-    /// Writes out everything buffered so far.
-    fn drain(&self) {
-        let Ok(mut out) = self.out.lock() else { return };
+    /// Writes out everything buffered so far. On failure the lines go back to the front of
+    /// the buffer (dropped and counted past `MAX_BUFFER_BYTES`); returns whether it wrote.
+    fn drain(&self) -> bool {
+        let Ok(mut out) = self.out.lock() else {
+            return false;
+        };
+        let taken_at = crate::now_millis();
         let data = match self.buf.lock() {
             Ok(mut b) => std::mem::take(&mut *b),
-            Err(_) => return,
+            Err(_) => return false,
         };
-        if !data.is_empty() {
-            if let Err(e) = out.write_all(&data).and_then(|()| out.flush()) {
-                tracing::error!(error = %e, bytes = data.len(), "audit lines could not be written");
+        if data.is_empty() {
+            drop(out);
+            self.advance_mark(taken_at);
+            return true;
+        }
+        match out.write_all(&data).and_then(|()| out.flush()) {
+            Ok(()) => {
+                drop(out);
+                if let Ok(mut f) = self.failing.lock() {
+                    if f.take().is_some() {
+                        tracing::info!("audit lines are being written again");
+                    }
+                }
+                self.advance_mark(taken_at);
+                true
+            }
+            Err(e) => {
+                drop(out);
+                self.failed(&e, data);
+                false
+            }
+        }
+    }
+
+    fn failed(&self, e: &std::io::Error, data: Vec<u8>) {
+        use crate::telemetry::metrics::{AUDIT_LINES_DROPPED_TOTAL, AUDIT_WRITE_FAILURES_TOTAL};
+        metrics::counter!(AUDIT_WRITE_FAILURES_TOTAL).increment(1);
+        if let Ok(mut f) = self.failing.lock() {
+            *f = Some(format!("audit lines cannot be written: {e}"));
+        }
+        let lines = data.iter().filter(|&&b| b == b'\n').count();
+        let dropped = match self.buf.lock() {
+            Ok(mut b) if data.len() + b.len() <= MAX_BUFFER_BYTES => {
+                let newer = std::mem::replace(&mut *b, data);
+                b.extend_from_slice(&newer);
+                0
+            }
+            _ => lines,
+        };
+        if dropped > 0 {
+            metrics::counter!(AUDIT_LINES_DROPPED_TOTAL).increment(dropped as u64);
+        }
+        if let Some(suppressed) = WRITE_FAILED.check() {
+            tracing::error!(error = %e, lines, dropped, suppressed,
+                "audit lines could not be written; kept to try again unless `dropped` \
+                 (`suppressed`: failed writes since the last line)");
+        }
+    }
+
+    /// Records that every line buffered before `taken_at` is written (at most every
+    /// `MARK_EVERY_MS`).
+    fn advance_mark(&self, taken_at: i64) {
+        let Some(m) = &self.mark else { return };
+        let last = m.written.load(Ordering::Relaxed);
+        if last == MARK_HELD || taken_at.saturating_sub(last) < MARK_EVERY_MS {
+            return;
+        }
+        m.written.store(taken_at, Ordering::Relaxed);
+        if let Err(e) = m.write(Mark::WrittenThrough(taken_at)) {
+            tracing::debug!(error = %e, "the audit mark could not be written");
+        }
+    }
+
+    /// Writes everything and, if that worked, marks the log clean.
+    fn close(&self) {
+        if self.drain() {
+            let held = |m: &&MarkFile| m.written.load(Ordering::Relaxed) == MARK_HELD;
+            if let Some(m) = self.mark.as_ref().filter(|m| !held(m)) {
+                if let Err(e) = m.write(Mark::Clean) {
+                    tracing::warn!(error = %e, path = %m.path.display(),
+                        "the audit mark could not be written");
+                }
             }
         }
     }
@@ -119,18 +300,34 @@ impl Audit {
         Audit { shared: None }
     }
 
-    /// Starts the writer thread on stdout, or on `path` (appending).
-    pub fn start(path: Option<&Path>) -> std::io::Result<Audit> {
+    /// Starts the writer thread on stdout, or on `path` (appending). With `mark`, records there
+    /// how far lines are written (read it with `previous_mark` before starting).
+    pub fn start(path: Option<&Path>, mark: Option<&Path>) -> std::io::Result<Audit> {
         let out: Box<dyn Write + Send> = match path {
             Some(p) => Box::new(open_append(p)?),
             None => Box::new(std::io::stdout()),
         };
+        Audit::start_on(out, path, mark)
+    }
+
+    fn start_on(
+        out: Box<dyn Write + Send>,
+        path: Option<&Path>,
+        mark: Option<&Path>,
+    ) -> std::io::Result<Audit> {
         let shared = Arc::new(Shared {
             buf: Mutex::new(Vec::with_capacity(WAKE_BYTES)),
             out: Mutex::new(out),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             path: path.map(Path::to_path_buf),
+            // Held (not moved) until `release_mark`: the earlier run's mark must stay until the
+            // lines it calls for have been recovered into this run's buffer.
+            mark: mark.map(|p| MarkFile {
+                path: p.to_path_buf(),
+                written: std::sync::atomic::AtomicI64::new(MARK_HELD),
+            }),
+            failing: Mutex::new(None),
         });
         let s = shared.clone();
         std::thread::Builder::new()
@@ -142,7 +339,7 @@ impl Audit {
                     }
                     s.drain();
                 }
-                s.drain();
+                s.close();
             })?;
         Ok(Audit {
             shared: Some(Arc::new(Handle(shared))),
@@ -200,6 +397,31 @@ impl Audit {
             s.drain();
         }
     }
+
+    /// Writes every line buffered so far and marks the log clean (shutdown).
+    pub fn close(&self) {
+        if let Some(Handle(s)) = self.shared.as_deref() {
+            s.close();
+        }
+    }
+
+    /// Lets the mark move on: call once the earlier run's lost lines (if any) are buffered.
+    pub fn release_mark(&self) {
+        if let Some(m) = self.shared.as_deref().and_then(|Handle(s)| s.mark.as_ref()) {
+            m.written.store(i64::MIN / 2, Ordering::Relaxed);
+        }
+    }
+
+    /// Why lines cannot be written, while they cannot (`/readyz`).
+    pub fn health(&self) -> Result<(), String> {
+        let Some(Handle(s)) = self.shared.as_deref() else {
+            return Ok(());
+        };
+        match s.failing.lock() {
+            Ok(f) => f.clone().map_or(Ok(()), Err),
+            Err(_) => Err("the audit log's lock is poisoned".into()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -210,7 +432,7 @@ mod tests {
     fn lines_are_json_in_order_and_flushed() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::start(Some(&path)).expect("start");
+        let audit = Audit::start(Some(&path), None).expect("start");
         for i in 0..100u64 {
             audit.write(&AuditLine {
                 ts: crate::now_rfc3339(),
@@ -228,6 +450,7 @@ mod tests {
                 simulated: false,
                 sink: None,
                 attempt: None,
+                recovered: false,
             });
         }
         audit.flush();
@@ -246,7 +469,7 @@ mod tests {
     fn reopening_after_a_rotation_writes_to_a_new_file_at_the_path() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("audit.jsonl");
-        let audit = Audit::start(Some(&path)).expect("start");
+        let audit = Audit::start(Some(&path), None).expect("start");
         let line = |route| AuditLine {
             ts: crate::now_rfc3339(),
             event: AuditKind::WebhookProcessed,
@@ -263,6 +486,7 @@ mod tests {
             simulated: false,
             sink: None,
             attempt: None,
+            recovered: false,
         };
         audit.write(&line("before"));
         audit.flush();
@@ -282,5 +506,124 @@ mod tests {
             new.contains("\"after\"") && !new.contains("before"),
             "{new}"
         );
+    }
+
+    /// An output that fails while `broken` is set, like a full disk.
+    #[derive(Clone, Default)]
+    struct Flaky {
+        broken: Arc<AtomicBool>,
+        got: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Flaky {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if self.broken.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("No space left on device"));
+            }
+            self.got.lock().expect("lock").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn line(v: u64) -> AuditLine<'static> {
+        AuditLine {
+            ts: crate::now_rfc3339(),
+            event: AuditKind::WebhookProcessed,
+            route: "r",
+            correlation_id: "c",
+            transaction_id: "t",
+            event_id: Some("e"),
+            session_id: None,
+            event_type: None,
+            status: 200,
+            code: None,
+            latency_ms: 1.0,
+            state_version: Some(v),
+            simulated: false,
+            sink: None,
+            attempt: None,
+            recovered: false,
+        }
+    }
+
+    #[test]
+    fn lines_that_cannot_be_written_are_kept_reported_and_written_once_output_works() {
+        let out = Flaky::default();
+        let audit = Audit::start_on(Box::new(out.clone()), None, None).expect("start");
+        out.broken.store(true, Ordering::SeqCst);
+        audit.write(&line(1));
+        audit.write(&line(2));
+        audit.flush();
+        let why = audit.health().expect_err("failing");
+        assert!(why.contains("No space left"), "{why}");
+        assert!(out.got.lock().expect("lock").is_empty());
+        out.broken.store(false, Ordering::SeqCst);
+        audit.write(&line(3));
+        audit.flush();
+        audit.health().expect("healthy again");
+        let text = String::from_utf8(out.got.lock().expect("lock").clone()).expect("utf8");
+        let versions: Vec<u64> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+            .map(|v| v["state_version"].as_u64().expect("version"))
+            .collect();
+        assert_eq!(versions, [1, 2, 3], "kept, in order");
+    }
+
+    #[test]
+    fn the_mark_is_held_until_released_then_follows_writes_and_ends_clean() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mark = dir.path().join("audit-mark");
+        std::fs::write(&mark, "written-through 5\n").expect("earlier mark");
+        let out = Flaky::default();
+        let audit = Audit::start_on(Box::new(out.clone()), None, Some(&mark)).expect("start");
+        audit.write(&line(1));
+        audit.flush();
+        assert_eq!(
+            previous_mark(&mark),
+            Some(Mark::WrittenThrough(5)),
+            "held: the earlier run's mark stays until its lines are recovered"
+        );
+        audit.release_mark();
+        let before = crate::now_millis();
+        audit.write(&line(2));
+        audit.flush();
+        match previous_mark(&mark) {
+            Some(Mark::WrittenThrough(t)) => assert!(t >= before, "{t} < {before}"),
+            other => panic!("expected a written-through mark, got {other:?}"),
+        }
+        // While a line cannot be written the mark does not move past it.
+        out.broken.store(true, Ordering::SeqCst);
+        audit.write(&line(3));
+        audit.flush();
+        let stuck = previous_mark(&mark);
+        std::thread::sleep(Duration::from_millis(MARK_EVERY_MS as u64 + 10));
+        audit.flush();
+        assert_eq!(previous_mark(&mark), stuck);
+        out.broken.store(false, Ordering::SeqCst);
+        audit.close();
+        assert_eq!(previous_mark(&mark), Some(Mark::Clean));
+    }
+
+    #[test]
+    fn the_tail_names_the_events_that_have_a_processed_line() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("audit.jsonl");
+        assert!(processed_in_tail(&path)
+            .expect("missing is empty")
+            .is_empty());
+        std::fs::write(
+            &path,
+            "{\"event\":\"webhook_processed\",\"event_id\":\"A\"}\n\
+             {\"event\":\"delivery_succeeded\",\"event_id\":\"B\"}\n\
+             {\"event\":\"webhook_processed\",\"event_id\":\"C\"}\n{\"event\":\"webh",
+        )
+        .expect("write");
+        let ids = processed_in_tail(&path).expect("read");
+        assert_eq!(ids.len(), 2);
+        assert!(ids.contains("A") && ids.contains("C"));
     }
 }

@@ -21,6 +21,9 @@ pub const CONNECTIONS_OPEN: &str = "cognihook_connections_open";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "cognihook_connections_refused_total";
 pub const CONNECTIONS_TIMED_OUT_TOTAL: &str = "cognihook_connections_timed_out_total";
 pub const ADMIN_AUTH_FAILURES_TOTAL: &str = "cognihook_admin_auth_failures_total";
+pub const AUDIT_WRITE_FAILURES_TOTAL: &str = "cognihook_audit_write_failures_total";
+pub const AUDIT_LINES_DROPPED_TOTAL: &str = "cognihook_audit_lines_dropped_total";
+pub const AUDIT_LINES_RECOVERED_TOTAL: &str = "cognihook_audit_lines_recovered_total";
 
 /// Request latency buckets, in seconds: fine below Cognigy's 8 s deadline.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -113,6 +116,18 @@ fn describe() {
     metrics::describe_counter!(
         ADMIN_AUTH_FAILURES_TOTAL,
         "Admin requests refused for their bearer token, by reason (missing_token, wrong_token)"
+    );
+    metrics::describe_counter!(
+        AUDIT_WRITE_FAILURES_TOTAL,
+        "Writes of audit lines that failed (the lines are kept and tried again)"
+    );
+    metrics::describe_counter!(
+        AUDIT_LINES_DROPPED_TOTAL,
+        "Audit lines dropped because output kept failing past the buffer's bound"
+    );
+    metrics::describe_counter!(
+        AUDIT_LINES_RECOVERED_TOTAL,
+        "Audit lines of committed events written again from the store after a crash"
     );
     metrics::describe_gauge!(OUTBOX_PENDING, "Outbox rows not yet delivered, by sink");
     metrics::describe_gauge!(

@@ -3,7 +3,9 @@
 //! there exactly once, with its outbox rows and the stateVersion it was answered with;
 //! repeats of acknowledged requests get their original answers; and every session's versions
 //! are exactly 1..N (events committed but never acknowledged may be there too: a crash can
-//! take the answer and leave the commit, never the other way round).
+//! take the answer and leave the commit, never the other way round); and the audit log holds
+//! a `webhook_processed` line for every committed event (lines a kill took are written again
+//! from the store at the next start, marked `recovered`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -106,7 +108,12 @@ async fn kill_9_at_random_moments_under_load_loses_no_acknowledged_event_and_com
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = dir.path().join("cognihook.toml");
-    std::fs::write(&config, CONFIG).unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    std::fs::write(
+        &config,
+        format!("[audit]\npath = \"{}\"\n{CONFIG}", audit.display()),
+    )
+    .unwrap();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -236,4 +243,42 @@ async fn kill_9_at_random_moments_under_load_loses_no_acknowledged_event_and_com
         let expected: Vec<i64> = (1..=v.len() as i64).collect();
         assert_eq!(v, expected, "session {s}: versions are not 1..N");
     }
+
+    // Every committed event has its audit line, once or (recovered) more.
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let mut lines: BTreeMap<String, usize> = BTreeMap::new();
+    let mut recovered = 0;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("an audit line is not JSON ({e}): {line:?}"));
+        if v["event"] == "webhook_processed" {
+            *lines
+                .entry(v["event_id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+            recovered += usize::from(v["recovered"] == true);
+        }
+    }
+    let mut ids = db.prepare("SELECT event_id FROM events").unwrap();
+    let ids: Vec<String> = ids
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let missing: Vec<&String> = ids.iter().filter(|id| !lines.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} committed events have no audit line, e.g. {:?}",
+        missing.len(),
+        ids.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let twice = lines.values().filter(|&&n| n > 1).count();
+    assert_eq!(
+        twice, 0,
+        "the audit file is read back, so no line is written twice"
+    );
+    eprintln!(
+        "audit: {} lines, {recovered} of them recovered",
+        lines.len()
+    );
 }

@@ -265,3 +265,46 @@ async fn a_stuck_database_holds_nothing_up_until_its_backlog_is_full_then_503_an
     );
     assert_eq!(count(&db, "SELECT max(state_version) FROM sessions"), 1);
 }
+
+/// `/dev/full` refuses every write with ENOSPC, as a full disk does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_log_that_cannot_be_written_is_counted_and_makes_readyz_503() {
+    if !std::path::Path::new("/dev/full").exists() {
+        panic!("this test needs /dev/full (Linux)");
+    }
+    let app = TestApp::spawn_with(|c| c.audit.path = Some("/dev/full".into())).await;
+    assert_eq!(app.get("/readyz", &[]).await.status, StatusCode::OK);
+    let r = app
+        .post_signed("/webhook", &flow_body("s-full", "c-full"))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the event is committed: {:?}",
+        r.body
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        let ready = app.get("/readyz", &[]).await;
+        if ready.status == StatusCode::SERVICE_UNAVAILABLE {
+            break ready;
+        }
+        assert!(std::time::Instant::now() < deadline, "readyz stayed 200");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let body = ready.json();
+    assert_eq!(body["audit"], "failing", "{body}");
+    assert!(
+        body["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("audit") && c.contains("space")),
+        "{body}"
+    );
+    let metrics = String::from_utf8_lossy(&app.get("/metrics", &[]).await.body).to_string();
+    let failures = metrics
+        .lines()
+        .find(|l| l.starts_with("cognihook_audit_write_failures_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(failures.is_some_and(|n| n >= 1.0), "{metrics}");
+}

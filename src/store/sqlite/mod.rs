@@ -971,6 +971,41 @@ impl SqliteStore {
         .map_err(unavailable)?
     }
 
+    pub(super) async fn committed_since(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<super::CommittedEvent>, StoreError> {
+        // Event ids are ULIDs (time first): the key range starts a minute before `since_ms`
+        // (ids are made before their commit), and commit times decide.
+        let from =
+            ulid::Ulid::from_parts(since_ms.saturating_sub(60_000).max(0) as u64, 0).to_string();
+        self.read(move |c| {
+            let mut st = c.prepare(
+                "SELECT event_id, correlation_id, route, session_id, event_type, \
+                        state_version, simulated, committed_at \
+                 FROM events WHERE event_id >= ?1 AND committed_at >= ?2 \
+                 ORDER BY committed_at, event_id LIMIT ?3",
+            )?;
+            let rows = st.query_map(
+                rusqlite::params![from, since_ms, super::MAX_RECOVERED as i64],
+                |r| {
+                    Ok(super::CommittedEvent {
+                        event_id: r.get(0)?,
+                        correlation_id: r.get(1)?,
+                        route: r.get(2)?,
+                        session_id: r.get(3)?,
+                        event_type: r.get(4)?,
+                        state_version: r.get::<_, i64>(5)? as u64,
+                        simulated: r.get::<_, i64>(6)? != 0,
+                        committed_at: r.get(7)?,
+                    })
+                },
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
     pub(super) async fn journey(&self, id: &str) -> Result<Option<Journey>, StoreError> {
         let id = id.to_string();
         if self.engine.is_some() {
