@@ -107,7 +107,7 @@ async fn run_cycles(
                 .collect()
         };
         for (corr, a) in earlier {
-            let (status, json, replayed) = post(&client, server.addr, &a.body)
+            let (status, json, replayed) = post(client, server.addr, &a.body)
                 .await
                 .unwrap_or_else(|| panic!("cycle {cycle}: no answer to the repeat of {corr}"));
             assert_eq!(status, 200, "cycle {cycle}: repeat of {corr}: {json}");
