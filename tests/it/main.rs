@@ -13,6 +13,7 @@ mod delivery;
 mod overload;
 mod payloads;
 mod postgres;
+mod properties;
 mod recipe;
 mod replicas;
 mod respond;
