@@ -43,6 +43,16 @@ pub struct Config {
     #[serde(rename = "sink", skip_serializing_if = "BTreeMap::is_empty")]
     pub sinks: BTreeMap<String, SinkConfig>,
     pub delivery: DeliveryConfig,
+    pub privacy: PrivacyConfig,
+}
+
+/// `[privacy]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// JSON pointers into the normalised event replaced by `"[redacted]"` before storage and
+    /// delivery (see `event::Redaction`).
+    pub redact: Vec<String>,
 }
 
 /// Sink kinds (SPEC §7).
@@ -721,6 +731,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             store: StoreConfig::default(),
             audit: AuditConfig::default(),
+            privacy: PrivacyConfig::default(),
             routes: default_routes(),
             sinks: BTreeMap::new(),
             delivery: DeliveryConfig::default(),
@@ -887,6 +898,9 @@ impl Config {
     /// Semantic checks; returns every problem.
     pub fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
+        if let Err(mut e) = crate::event::Redaction::compile(&self.privacy.redact) {
+            p.append(&mut e);
+        }
         if self.limits.max_body_bytes == 0 {
             p.push("limits.max_body_bytes must be greater than 0".into());
         }
@@ -1289,6 +1303,11 @@ queue_depth = 8192
 enabled = true
 # File to append to; unset = stdout.
 # path = "audit.jsonl"
+
+[privacy]
+# JSON pointers into the normalised event, replaced by "[redacted]" after the rules ran and
+# before the event is stored or delivered.
+redact = []
 
 [delivery]
 # Run the delivery workers in serve.

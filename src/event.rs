@@ -135,6 +135,144 @@ pub fn header_safe(id: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// What a redacted value is replaced with.
+pub const REDACTED: &str = "[redacted]";
+
+/// `[privacy] redact`: JSON pointers into the normalised event (SPEC §3.6) whose values are
+/// replaced by `"[redacted]"` after the rules ran and before the event is stored or delivered.
+/// Identifiers the store and the journey need (`eventId`, `route`, `sessionId`,
+/// `correlationId`, `transactionId`, `eventType`, `receivedAt`, `stateVersion`, `simulated`)
+/// cannot be redacted. A pointer that matches nothing in an event changes nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Redaction {
+    /// Each pointer as its unescaped reference tokens.
+    pointers: Vec<Vec<String>>,
+}
+
+/// Top-level fields a pointer may start with.
+const REDACTABLE: [&str; 9] = [
+    "userId", "text", "intent", "entities", "channel", "locale", "urlToken", "traceId", "payload",
+];
+
+impl Redaction {
+    /// Parses the pointers; every bad one is reported.
+    pub fn compile(pointers: &[String]) -> Result<Redaction, Vec<String>> {
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for p in pointers {
+            match parse_pointer(p) {
+                Ok(tokens) => out.push(tokens),
+                Err(e) => problems.push(format!("privacy.redact: `{p}`: {e}")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Redaction { pointers: out })
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pointers.is_empty()
+    }
+
+    /// Replaces every value the pointers name in `ev` by `"[redacted]"`.
+    pub fn apply(&self, ev: &mut NormalisedEvent) {
+        for tokens in &self.pointers {
+            let (first, rest) = (tokens[0].as_str(), &tokens[1..]);
+            let redact_string = |s: &mut String| *s = REDACTED.to_string();
+            let redact_option = |s: &mut Option<String>| {
+                if let Some(s) = s {
+                    *s = REDACTED.to_string();
+                }
+            };
+            match first {
+                "userId" => redact_string(&mut ev.user_id),
+                "text" => redact_option(&mut ev.text),
+                "channel" => redact_option(&mut ev.channel),
+                "locale" => redact_option(&mut ev.locale),
+                "urlToken" => redact_option(&mut ev.url_token),
+                "traceId" => redact_option(&mut ev.trace_id),
+                "intent" => {
+                    if let Some(intent) = &mut ev.intent {
+                        // The name is the only text in an intent; its score stays.
+                        if rest.is_empty() || rest == ["name"] {
+                            intent.name = REDACTED.to_string();
+                        }
+                    }
+                }
+                "entities" => {
+                    if rest.is_empty() {
+                        for v in ev.entities.values_mut() {
+                            *v = Value::String(REDACTED.to_string());
+                        }
+                    } else if let Some(v) = ev.entities.get_mut(&rest[0]) {
+                        redact_value(v, &rest[1..]);
+                    }
+                }
+                "payload" => redact_value(&mut ev.payload, rest),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Replaces the value at `tokens` under `v` (all of `v` when empty), if it exists.
+fn redact_value(v: &mut Value, tokens: &[String]) {
+    let mut at = v;
+    for t in tokens {
+        let next = match at {
+            Value::Object(m) => m.get_mut(t),
+            Value::Array(a) => t.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
+            _ => None,
+        };
+        match next {
+            Some(n) => at = n,
+            None => return,
+        }
+    }
+    *at = Value::String(REDACTED.to_string());
+}
+
+/// RFC 6901: `/a/b~1c` → `["a", "b/c"]`; the first token must be a redactable field.
+fn parse_pointer(p: &str) -> Result<Vec<String>, String> {
+    let Some(body) = p.strip_prefix('/') else {
+        return Err("a JSON pointer starts with `/`".into());
+    };
+    let mut tokens = Vec::new();
+    for raw in body.split('/') {
+        let mut t = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '~' {
+                match chars.next() {
+                    Some('0') => t.push('~'),
+                    Some('1') => t.push('/'),
+                    _ => return Err("`~` must be followed by 0 or 1 (RFC 6901)".into()),
+                }
+            } else {
+                t.push(c);
+            }
+        }
+        tokens.push(t);
+    }
+    if !REDACTABLE.contains(&tokens[0].as_str()) {
+        return Err(format!(
+            "`{}` cannot be redacted; pointers start with one of {}",
+            tokens[0],
+            REDACTABLE.join(", ")
+        ));
+    }
+    let scalar = ["userId", "text", "channel", "locale", "urlToken", "traceId"];
+    if scalar.contains(&tokens[0].as_str()) && tokens.len() > 1 {
+        return Err(format!("`{}` is a string: nothing below it", tokens[0]));
+    }
+    if tokens[0] == "intent" && !(tokens.len() == 1 || tokens[1..] == ["name".to_string()]) {
+        return Err("only `/intent` or `/intent/name` (the score is not personal)".into());
+    }
+    Ok(tokens)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +293,77 @@ mod tests {
 
     fn http_header_value_ok(v: &str) -> bool {
         v.bytes().all(|b| (0x20..0x7f).contains(&b))
+    }
+
+    fn event() -> NormalisedEvent {
+        let mut ev = NormalisedEvent::new(
+            "r",
+            "c".into(),
+            "t".into(),
+            "s".into(),
+            "u-1".into(),
+            "nlu.input".into(),
+            serde_json::json!({"input": "my card is 4111", "data": {"phone": "+4412", "keep": 1},
+                               "list": ["a", "b"]}),
+        );
+        ev.text = Some("my card is 4111".into());
+        ev.intent = Some(Intent {
+            name: "pay".into(),
+            score: 0.9,
+        });
+        ev.entities.insert("card".into(), serde_json::json!("4111"));
+        ev.entities
+            .insert("orderId".into(), serde_json::json!("A-1"));
+        ev
+    }
+
+    #[test]
+    fn redaction_replaces_what_the_pointers_name_and_nothing_else() {
+        let pointers = [
+            "/text",
+            "/payload/input",
+            "/payload/data/phone",
+            "/payload/list/1",
+            "/entities/card",
+            "/payload/absent/deeper",
+        ]
+        .map(String::from);
+        let r = Redaction::compile(&pointers).expect("valid");
+        let mut ev = event();
+        r.apply(&mut ev);
+        assert_eq!(ev.text.as_deref(), Some(REDACTED));
+        assert_eq!(ev.payload["input"], REDACTED);
+        assert_eq!(ev.payload["data"]["phone"], REDACTED);
+        assert_eq!(ev.payload["data"]["keep"], 1);
+        assert_eq!(ev.payload["list"], serde_json::json!(["a", REDACTED]));
+        assert_eq!(ev.entities["card"], REDACTED);
+        assert_eq!(ev.entities["orderId"], "A-1");
+        assert_eq!(ev.user_id, "u-1");
+        assert_eq!(ev.session_id, "s");
+        assert!(ev.payload.get("absent").is_none(), "nothing is created");
+    }
+
+    #[test]
+    fn redaction_refuses_identifiers_and_bad_pointers_all_at_once() {
+        let bad = [
+            "text",
+            "/sessionId",
+            "/text/x",
+            "/intent/score",
+            "/payload/a~2",
+        ]
+        .map(String::from);
+        let problems = Redaction::compile(&bad).expect_err("all bad");
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert!(
+            problems[1].contains("`sessionId` cannot be redacted"),
+            "{problems:?}"
+        );
+        let ok = Redaction::compile(&["/payload/a~1b~0c".to_string()]).expect("escapes");
+        let mut ev = event();
+        ev.payload = serde_json::json!({"a/b~c": "x"});
+        ok.apply(&mut ev);
+        assert_eq!(ev.payload["a/b~c"], REDACTED);
     }
 
     #[test]

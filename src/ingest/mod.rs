@@ -86,6 +86,8 @@ pub struct Route {
     pub respond: Option<crate::config::RespondConfig>,
     /// Requests over it answer 429 (applied by the HTTP layer).
     pub rate_limit: Option<crate::config::RouteRateLimit>,
+    /// `[privacy] redact`, applied after the rules.
+    pub redaction: Arc<crate::event::Redaction>,
 }
 
 /// Why the pure part of the pipeline refused a request.
@@ -170,6 +172,9 @@ impl Route {
                 rejection,
                 correlation_id: event.correlation_id.clone(),
             })?;
+        if !self.redaction.is_empty() {
+            self.redaction.apply(&mut event);
+        }
         Ok(Prepared {
             event,
             extracted,
@@ -214,8 +219,11 @@ impl Routes {
     pub fn build(config: &Config, env: &dyn EnvSource) -> Result<Routes, Vec<String>> {
         let mut problems = Vec::new();
         let mut out = Vec::new();
+        // Bad pointers are reported by `Config::validate`.
+        let redaction =
+            Arc::new(crate::event::Redaction::compile(&config.privacy.redact).unwrap_or_default());
         for r in &config.routes {
-            match build_route(r, env) {
+            match build_route(r, env, &redaction) {
                 Ok(route) => out.push(Arc::new(route)),
                 Err(mut p) => problems.append(&mut p),
             }
@@ -228,7 +236,11 @@ impl Routes {
     }
 }
 
-fn build_route(r: &RouteConfig, env: &dyn EnvSource) -> Result<Route, Vec<String>> {
+fn build_route(
+    r: &RouteConfig,
+    env: &dyn EnvSource,
+    redaction: &Arc<crate::event::Redaction>,
+) -> Result<Route, Vec<String>> {
     let at = format!("route `{}`", r.name);
     let mut problems = Vec::new();
     let auth = build_auth(&r.auth, env, &at, &mut problems);
@@ -258,6 +270,7 @@ fn build_route(r: &RouteConfig, env: &dyn EnvSource) -> Result<Route, Vec<String
         sinks: r.sinks.clone(),
         respond: r.respond.clone(),
         rate_limit: r.rate_limit,
+        redaction: redaction.clone(),
     })
 }
 

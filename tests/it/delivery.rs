@@ -830,3 +830,58 @@ async fn credentials_in_a_sink_url_never_reach_errors_journeys_or_dead_letters()
         assert!(!text.contains("TOKEN-XYZ"), "{what}: {text}");
     }
 }
+
+/// Every byte under `dir`, file by file (the database, its WAL, the log segments).
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut hits = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if std::fs::read(&p)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redacted_fields_are_neither_stored_nor_delivered_and_rules_still_see_them() {
+    const MARKER: &str = "card 4111-MARKER-1111";
+    let sink = SinkServer::start().await;
+    let table = http_sink(&sink.url("/events"), "");
+    let app = TestApp::spawn_with(|c| {
+        with_sink(c, &table);
+        c.privacy.redact = vec!["/text".into(), "/payload/message".into()];
+        // The rule reads the text before it is redacted.
+        let flow = c.routes.iter_mut().find(|r| r.path == "/webhook").unwrap();
+        flow.rules = vec![toml::from_str(
+            "expr = 'event.text.contains(\"MARKER\")'\nmessage = \"needs the marker\"",
+        )
+        .unwrap()];
+    })
+    .await;
+    let body = serde_json::to_vec(&serde_json::json!({
+        "sessionId": "s-private", "userId": "u-1", "message": MARKER,
+        "eventType": "flow.execution", "correlationId": "c-private"
+    }))
+    .unwrap();
+    let r = app.post_signed("/webhook", &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let got = sink.wait_for(1, T).await;
+    assert_eq!(got[0].body["text"], "[redacted]");
+    assert_eq!(got[0].body["payload"]["message"], "[redacted]");
+    assert_eq!(got[0].body["sessionId"], "s-private");
+    assert!(!String::from_utf8_lossy(&got[0].raw).contains("MARKER"));
+    wait_rows(&app, "delivered", 1).await;
+    let dir = app.stop().await;
+    let hits = files_containing(dir.path(), b"MARKER");
+    assert!(hits.is_empty(), "the marker is stored in {hits:?}");
+}
