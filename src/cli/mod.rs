@@ -6,6 +6,7 @@ mod dead_letters;
 mod events;
 mod send;
 mod serve;
+mod sessions;
 mod simulate;
 
 use std::path::PathBuf;
@@ -66,6 +67,11 @@ enum Command {
         #[command(subcommand)]
         command: events::EventsCommand,
     },
+    /// Forget a conversation's session (personal data).
+    Sessions {
+        #[command(subcommand)]
+        command: sessions::SessionsCommand,
+    },
     /// Inspect, replay and purge dead letters.
     DeadLetters {
         #[command(subcommand)]
@@ -98,6 +104,7 @@ pub fn main() -> ExitCode {
         Command::Sign(a) => send::run_sign(a),
         Command::Events { command } => events::run(config, command),
         Command::DeadLetters { command } => dead_letters::run(config, command),
+        Command::Sessions { command } => sessions::run(config, command),
         Command::Simulate(a) => simulate::run(a),
     };
     match result {

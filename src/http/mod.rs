@@ -149,6 +149,10 @@ fn admin_routes(state: &AppState) -> Router<AppState> {
             "/admin/dead-letters/{id}",
             axum::routing::delete(ops::admin_purge),
         )
+        .route(
+            "/admin/sessions/{id}",
+            axum::routing::delete(ops::admin_forget_session),
+        )
         .route("/admin/sinks", get(ops::admin_sinks))
         .route("/admin/sinks/{name}/{action}", post(ops::admin_sink_action))
         .route_layer(refusals)

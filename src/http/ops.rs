@@ -386,6 +386,38 @@ pub async fn admin_purge(
     }
 }
 
+/// `DELETE /admin/sessions/{id}` (SPEC §12.3).
+pub async fn admin_forget_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return e.into_response();
+    }
+    match state.store.forget_session(&id).await {
+        Ok(f) => {
+            tracing::info!(
+                events = f.events,
+                cancelled = f.cancelled_deliveries,
+                "a session was forgotten"
+            );
+            state
+                .audit
+                .write(&crate::telemetry::audit::session_forgotten(
+                    &f.session_id,
+                    f.events,
+                ));
+            json_ok(&json!({
+                "sessionId": f.session_id,
+                "events": f.events,
+                "cancelledDeliveries": f.cancelled_deliveries,
+            }))
+        }
+        Err(e) => store_unavailable(&e),
+    }
+}
+
 pub async fn admin_sinks(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(e) = authorize(&state, &headers) {
         return e.into_response();

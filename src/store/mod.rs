@@ -287,6 +287,17 @@ pub struct CommittedEvent {
     pub committed_at: i64,
 }
 
+/// What forgetting a session did (`DELETE /admin/sessions/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Forgotten {
+    pub session_id: String,
+    /// Events whose payloads were removed.
+    pub events: u64,
+    /// Undelivered outbox rows that will not be delivered.
+    pub cancelled_deliveries: u64,
+}
+
 /// Most events `committed_since` returns (a crash loses far fewer audit lines than this).
 pub const MAX_RECOVERED: usize = 1_000_000;
 
@@ -344,6 +355,16 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.committed_since(since_ms).await,
             Store::Postgres(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Forgets a session (SPEC §12.3): its state (the next event is version 1), its events'
+    /// payloads (their ids, times and outcomes stay), its undelivered deliveries and its dead
+    /// letters (both become `forgotten`). Forgetting an unknown session does nothing.
+    pub async fn forget_session(&self, session_id: &str) -> Result<Forgotten, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.forget_session(session_id.to_string()).await,
+            Store::Postgres(p) => p.forget_session(session_id).await,
         }
     }
 

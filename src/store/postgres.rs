@@ -38,6 +38,7 @@ use crate::config::StoreConfig;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_init.sql"),
     include_str!("migrations/postgres/0002_ordered_sinks.sql"),
+    include_str!("migrations/postgres/0003_forgotten_sessions.sql"),
 ];
 /// Advisory lock key for migrations ("cognihook" folded into 63 bits).
 const MIGRATION_LOCK: i64 = 0x636f_676e_6968_6f6f;
@@ -465,6 +466,71 @@ impl PgStore {
                 .map_err(unavailable)?;
             tx.commit().await.map_err(unavailable)?;
             Ok(n)
+        };
+        bounded(run).await
+    }
+
+    /// Forgets a session in one transaction (see `Store::forget_session`); the session's row
+    /// is locked first, so a commit of the same session waits and then starts at version 1.
+    pub(super) async fn forget_session(
+        &self,
+        session_id: &str,
+    ) -> Result<super::Forgotten, StoreError> {
+        let run = async {
+            let mut c = self.client().await?;
+            let tx = c.transaction().await.map_err(unavailable)?;
+            let at = crate::now_millis();
+            tx.execute(
+                "SELECT 1 FROM sessions WHERE session_id = $1 FOR UPDATE",
+                &[&session_id],
+            )
+            .await
+            .map_err(unavailable)?;
+            let events = tx
+                .execute(
+                    "UPDATE events SET body = jsonb_build_object('eventId', event_id, \
+                       'route', route, 'correlationId', correlation_id, 'sessionId', session_id, \
+                       'eventType', event_type, 'stateVersion', state_version, \
+                       'receivedAt', received_at, 'forgotten', true)::text \
+                     WHERE session_id = $1",
+                    &[&session_id],
+                )
+                .await
+                .map_err(unavailable)?;
+            let cancelled = tx
+                .execute(
+                    "UPDATE outbox SET status = 'forgotten', lease_until = NULL, \
+                       lease_owner = NULL, result = NULL \
+                     WHERE session_id = $1 AND status = 'pending'",
+                    &[&session_id],
+                )
+                .await
+                .map_err(unavailable)?;
+            tx.execute(
+                "UPDATE outbox SET status = 'forgotten', result = NULL \
+                 WHERE session_id = $1 AND status = 'dead'",
+                &[&session_id],
+            )
+            .await
+            .map_err(unavailable)?;
+            tx.execute("DELETE FROM sessions WHERE session_id = $1", &[&session_id])
+                .await
+                .map_err(unavailable)?;
+            let (ev, ca) = (events as i64, cancelled as i64);
+            tx.execute(
+                "INSERT INTO forgotten_sessions (session_id, at, events, cancelled) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (session_id) DO UPDATE SET \
+                 at = EXCLUDED.at, events = EXCLUDED.events, cancelled = EXCLUDED.cancelled",
+                &[&session_id, &at, &ev, &ca],
+            )
+            .await
+            .map_err(unavailable)?;
+            tx.commit().await.map_err(unavailable)?;
+            Ok(super::Forgotten {
+                session_id: session_id.to_string(),
+                events,
+                cancelled_deliveries: cancelled,
+            })
         };
         bounded(run).await
     }

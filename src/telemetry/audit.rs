@@ -66,6 +66,29 @@ impl Mark {
     }
 }
 
+/// The audit line of a forgotten session: its id, and in `state_version` how many events lost
+/// their payloads.
+pub fn session_forgotten(session_id: &str, events: u64) -> AuditLine<'_> {
+    AuditLine {
+        ts: crate::now_rfc3339(),
+        event: AuditKind::SessionForgotten,
+        route: "",
+        correlation_id: "",
+        transaction_id: "",
+        event_id: None,
+        session_id: Some(session_id),
+        event_type: None,
+        status: 200,
+        code: None,
+        latency_ms: 0.0,
+        state_version: Some(events),
+        simulated: false,
+        sink: None,
+        attempt: None,
+        recovered: false,
+    }
+}
+
 /// Reads the mark an earlier run left at `path`: `None` when there is none (a first run, or
 /// a version before marks) or it cannot be read.
 pub fn previous_mark(path: &Path) -> Option<Mark> {
@@ -133,6 +156,8 @@ pub enum AuditKind {
     DeliveryFailed,
     DeadLettered,
     Replayed,
+    /// A session was forgotten (`DELETE /admin/sessions/{id}`, `cognihook sessions forget`).
+    SessionForgotten,
 }
 
 /// One audit line. Optional fields are left out when unknown.

@@ -167,8 +167,35 @@ fn send_example_is_accepted_then_replayed_and_events_show_finds_it() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no-such-event"));
 
+    // `sessions forget`: refused while the gateway owns the store (its in-memory session
+    // versions would not forget), then done once it has stopped.
+    let session = j["event"]["sessionId"]
+        .as_str()
+        .expect("session")
+        .to_string();
+    let forget = || {
+        let mut c = command(dir.path());
+        c.args(["sessions", "forget", &session]);
+        run(c, T)
+    };
+    let o = forget();
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("DELETE /admin/sessions/"),
+        "{}",
+        stderr(&o)
+    );
     server.terminate();
     assert_eq!(server.wait(T), Some(0));
+    let o = forget();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let f: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(f["events"], 1, "{f}");
+    let mut c = command(dir.path());
+    c.args(["events", "show", "corr-example-nlu-1"]);
+    let j: Value = serde_json::from_slice(&run(c, T).stdout).expect("journey JSON");
+    assert_eq!(j["event"]["forgotten"], true, "{j}");
+    assert!(j["event"].get("entities").is_none(), "{j}");
 }
 
 /// Starts a request whose body is held back, so it is in flight while the server shuts down.

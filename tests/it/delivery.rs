@@ -885,3 +885,58 @@ async fn redacted_fields_are_neither_stored_nor_delivered_and_rules_still_see_th
     let hits = files_containing(dir.path(), b"MARKER");
     assert!(hits.is_empty(), "the marker is stored in {hits:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_admin_session_forgets_it_answers_what_it_did_and_writes_an_audit_line() {
+    // The sink refuses permanently: the session's event becomes a dead letter.
+    let sink = SinkServer::start().await;
+    sink.set_fallback(Reply::Status(400));
+    let table = http_sink(&sink.url("/events"), "");
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    for corr in ["gone-1", "gone-2"] {
+        let r = app
+            .post_signed("/webhook", &flow_body("s-gone", corr))
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    wait_rows(&app, "dead", 2).await;
+    let bearer = format!("Bearer {}", crate::support::ADMIN_TOKEN);
+    let r = app
+        .request(
+            http::Request::delete(app.url("/admin/sessions/s-gone"))
+                .header("authorization", &bearer)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"sessionId": "s-gone", "events": 2, "cancelledDeliveries": 0})
+    );
+    let dl = app.admin_get("/admin/dead-letters").await.json();
+    assert_eq!(dl["total"], 0, "its dead letters are gone: {dl}");
+    let j = app.admin_get("/admin/events/gone-1").await.json();
+    assert_eq!(j["event"]["forgotten"], true, "{j}");
+    assert!(j["event"].get("payload").is_none(), "{j}");
+    assert_eq!(j["deliveries"][0]["status"], "forgotten", "{j}");
+    // The next event of the session starts again.
+    let r = app
+        .post_signed("/webhook", &flow_body("s-gone", "gone-3"))
+        .await;
+    assert_eq!(r.json()["data"]["stateVersion"], 1);
+    let audit_path = app.audit_path.clone();
+    let _dir = app.stop().await;
+    let lines = crate::support::read_audit(&audit_path);
+    let forgotten: Vec<_> = lines
+        .iter()
+        .filter(|l| l["event"] == "session_forgotten")
+        .collect();
+    assert_eq!(
+        forgotten.len(),
+        1,
+        "{:?}",
+        lines.iter().map(|l| l["event"].clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(forgotten[0]["session_id"], "s-gone");
+}

@@ -110,6 +110,7 @@ on_both_backends!(
     an_expired_lease_frees_the_row_and_the_old_claim_cannot_settle,
     a_respond_row_is_held_for_the_request_and_a_late_answer_queues_on_late,
     an_oversized_answer_commits_nothing_and_its_group_goes_on,
+    a_forgotten_session_loses_state_payloads_and_pending_deliveries_and_starts_again,
 );
 
 pub fn acceptance(key: &str, session: &str, sinks: &[&str]) -> Acceptance {
@@ -481,5 +482,73 @@ async fn an_oversized_answer_commits_nothing_and_its_group_goes_on(b: Backend) {
         b.name
     );
     assert_eq!(s.sink_counts(&["x".into()]).await.unwrap()[0].pending, 1);
+    s.close().await;
+}
+
+async fn a_forgotten_session_loses_state_payloads_and_pending_deliveries_and_starts_again(
+    b: Backend,
+) {
+    let s = &b.store;
+    for k in ["f1", "f2", "f3"] {
+        s.accept(acceptance(k, "s-forget", &["x"])).await.unwrap();
+    }
+    s.accept(acceptance("keep", "s-keep", &["x"]))
+        .await
+        .unwrap();
+    // One of the session's rows is delivered, one dead-lettered, one still pending.
+    let claimed = s.claim("x", 2, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 2, "{}", b.name);
+    let delivered = Settlement::Delivered {
+        duration_ms: 1,
+        result: None,
+    };
+    let dead = Settlement::Dead {
+        reason: DeadReason::Permanent,
+        error: "HTTP 400".into(),
+        duration_ms: 1,
+    };
+    assert!(s.settle(&claimed[0], delivered).await.unwrap());
+    assert!(s.settle(&claimed[1], dead).await.unwrap());
+
+    let f = s.forget_session("s-forget").await.unwrap();
+    assert_eq!(f.events, 3, "{}", b.name);
+    assert_eq!(f.cancelled_deliveries, 1, "{}: the pending row", b.name);
+    // The journey keeps ids and outcomes, not the payload.
+    let j = s.journey("corr-f1").await.unwrap().expect("journey");
+    let event = serde_json::to_value(&j).unwrap();
+    let text = event.to_string();
+    assert!(
+        !text.contains("\"k\":\"f1\""),
+        "{}: payload kept: {text}",
+        b.name
+    );
+    assert!(text.contains("s-forget"), "{}: ids kept: {text}", b.name);
+    // No dead letter and nothing pending is left of it; the other session is untouched.
+    let counts = s.sink_counts(&["x".into()]).await.unwrap();
+    assert_eq!(
+        (counts[0].pending, counts[0].dead_letters),
+        (1, 0),
+        "{}: only s-keep's row",
+        b.name
+    );
+    assert!(
+        s.claim("x", 10, LEASE).await.unwrap().len() == 1,
+        "{}",
+        b.name
+    );
+    let kept = s.journey("corr-keep").await.unwrap().expect("journey");
+    assert!(serde_json::to_value(&kept)
+        .unwrap()
+        .to_string()
+        .contains("\"k\":\"keep\""));
+    // It starts again at version 1; forgetting an unknown session does nothing.
+    assert_eq!(
+        version(&s.accept(acceptance("f4", "s-forget", &[])).await.unwrap()),
+        1,
+        "{}",
+        b.name
+    );
+    let none = s.forget_session("never-seen").await.unwrap();
+    assert_eq!((none.events, none.cancelled_deliveries), (0, 0));
     s.close().await;
 }

@@ -72,6 +72,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0003_respond.sql"),
     include_str!("../migrations/sqlite/0004_ordered_sinks.sql"),
     include_str!("../migrations/sqlite/0005_log.sql"),
+    include_str!("../migrations/sqlite/0006_forgotten_sessions.sql"),
 ];
 
 /// Records applied per transaction while recovering.
@@ -820,6 +821,58 @@ impl SqliteStore {
             Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
         }
         rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Forgets a session through the log (so the sequencer's own view of its version goes
+    /// too), then reads what the projector did.
+    pub(super) async fn forget_session(
+        &self,
+        session_id: String,
+    ) -> Result<super::Forgotten, StoreError> {
+        let Some(engine) = &self.engine else {
+            return Err(StoreError::Unavailable(
+                "another process (the running gateway) owns this store: forget the session \
+                 through it, with DELETE /admin/sessions/{id}"
+                    .into(),
+            ));
+        };
+        // Settlements queued before this call land first, so a row delivered or
+        // dead-lettered just now is recorded as such, not as forgotten.
+        self.caught_up().await?;
+        let (reply, rx) = oneshot::channel();
+        let msg = SeqMsg::Forget {
+            session_id: session_id.clone(),
+            reply,
+        };
+        match engine.queue.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(msg)) => {
+                let queue = engine.queue.clone();
+                let sent = tokio::task::spawn_blocking(move || queue.send(msg).is_ok())
+                    .await
+                    .unwrap_or(false);
+                if !sent {
+                    return Err(StoreError::Closed);
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
+        }
+        rx.await.unwrap_or(Err(StoreError::Closed))?;
+        // `read` waits until the database holds every record committed so far.
+        self.read(move |c| {
+            c.query_row(
+                "SELECT events, cancelled FROM forgotten_sessions WHERE session_id = ?1",
+                [&session_id],
+                |r| {
+                    Ok(super::Forgotten {
+                        session_id: session_id.clone(),
+                        events: r.get::<_, i64>(0)? as u64,
+                        cancelled_deliveries: r.get::<_, i64>(1)? as u64,
+                    })
+                },
+            )
+        })
+        .await
     }
 
     /// Settles claims: checks and ends their leases at once, and writes the outcomes in the

@@ -236,7 +236,44 @@ pub(super) fn apply(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
         Record::Accept(a) => apply_accept(tx, a),
         Record::Spend(s) => spend(tx, s),
         Record::Answer { key, status, body } => super::outbox::set_answer(tx, key, *status, body),
+        Record::Forget { session_id, at } => forget(tx, session_id, *at),
     }
+}
+
+/// Forgets a session (SPEC §12.3): its events keep their identifiers, times and outcomes but
+/// lose their payloads; its pending rows and dead letters become `forgotten` (never sent or
+/// replayed); its state is deleted, so its next event is version 1. What was done is kept in
+/// `forgotten_sessions` for the caller to read. Sessions have no index in `events` or
+/// `outbox` (it would cost every commit), so this scans both: forgetting is rare.
+fn forget(tx: &Connection, session_id: &str, at: i64) -> rusqlite::Result<()> {
+    let events = tx.execute(
+        "UPDATE events SET body = json_object('eventId', event_id, 'route', route, \
+           'correlationId', correlation_id, 'sessionId', session_id, 'eventType', event_type, \
+           'stateVersion', state_version, 'receivedAt', received_at, 'forgotten', json('true')) \
+         WHERE session_id = ?1 AND committed_at <= ?2",
+        rusqlite::params![session_id, at],
+    )?;
+    let cancelled = tx.execute(
+        "UPDATE outbox SET status = 'forgotten', lease_until = NULL, lease_owner = NULL, \
+           result = NULL \
+         WHERE session_id = ?1 AND status = 'pending' AND created_at <= ?2",
+        rusqlite::params![session_id, at],
+    )?;
+    tx.execute(
+        "UPDATE outbox SET status = 'forgotten', result = NULL \
+         WHERE session_id = ?1 AND status = 'dead' AND created_at <= ?2",
+        rusqlite::params![session_id, at],
+    )?;
+    tx.execute(
+        "DELETE FROM sessions WHERE session_id = ?1",
+        rusqlite::params![session_id],
+    )?;
+    tx.execute(
+        "INSERT OR REPLACE INTO forgotten_sessions (session_id, at, events, cancelled) \
+         VALUES (?1, ?2, ?3, ?4)",
+        rusqlite::params![session_id, at, events as i64, cancelled as i64],
+    )?;
+    Ok(())
 }
 
 fn spend(tx: &Connection, s: &Spend) -> rusqlite::Result<()> {

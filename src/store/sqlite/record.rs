@@ -18,6 +18,9 @@ pub(super) enum Record {
         status: u16,
         body: Bytes,
     },
+    /// A session was forgotten at `at` (Unix ms): its state, its events' payloads, its
+    /// undelivered rows and its dead letters (SPEC §12.3).
+    Forget { session_id: String, at: i64 },
 }
 
 /// A signature used once (route, MAC), refused again until `expires_at` (Unix seconds).
@@ -70,6 +73,7 @@ pub(super) struct Held {
 const ACCEPT: u8 = 1;
 const SPEND: u8 = 2;
 const ANSWER: u8 = 3;
+const FORGET: u8 = 4;
 
 impl Record {
     /// Appends the encoding to `out`.
@@ -125,6 +129,11 @@ impl Record {
                 put_bytes(out, key.as_bytes());
                 put_i64(out, i64::from(*status));
                 put_bytes(out, body);
+            }
+            Record::Forget { session_id, at } => {
+                out.push(FORGET);
+                put_bytes(out, session_id.as_bytes());
+                put_i64(out, *at);
             }
         }
     }
@@ -188,6 +197,10 @@ impl Record {
                 key: d.string()?,
                 status: d.status()?,
                 body: Bytes::copy_from_slice(d.bytes()?),
+            },
+            FORGET => Record::Forget {
+                session_id: d.string()?,
+                at: d.i64()?,
             },
             other => return Err(format!("unknown record kind {other}")),
         };
@@ -331,6 +344,10 @@ mod tests {
                 key: "k".into(),
                 status: 200,
                 body: Bytes::from_static(b"{\"ok\":true}"),
+            },
+            Record::Forget {
+                session_id: "s-1".into(),
+                at: 1_700_000_000_000,
             },
         ];
         for r in records {

@@ -40,6 +40,11 @@ pub(super) enum SeqMsg {
         body: Bytes,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Forget a session (its version starts again at 1).
+    Forget {
+        session_id: String,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     Close(oneshot::Sender<()>),
 }
 
@@ -181,6 +186,29 @@ impl Sequencer {
                                 let _ = reply.send(Err(e));
                             }
                         }
+                    }
+                    SeqMsg::Forget { session_id, reply } => {
+                        let lsn = self.append(
+                            Record::Forget {
+                                session_id: session_id.clone(),
+                                at: now,
+                            },
+                            &mut records,
+                            &mut encoded,
+                        );
+                        // Version 0 until the database has forgotten the session too: the
+                        // next event is version 1, whatever an older row still says.
+                        let prev = hot.sessions.insert(
+                            session_id.clone(),
+                            HotSession {
+                                version: 0,
+                                last_seen: now,
+                                lsn,
+                            },
+                        );
+                        undo.push(Undo::Session(session_id.clone(), prev));
+                        written.push((lsn, HotKey::Session(session_id)));
+                        group.push(Decided::Answer(reply));
                     }
                     SeqMsg::Close(done) => {
                         close = Some(done);
