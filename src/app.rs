@@ -32,16 +32,32 @@ impl Wiring {
         crate::telemetry::metrics::install();
         let routes = Routes::build(config, env);
         let sinks = crate::delivery::build_sinks(config, env);
-        match (routes, sinks) {
-            (Ok(routes), Ok(sinks)) => Ok(Wiring { routes, sinks }),
-            (r, s) => Err(r
+        let keys = install_data_keys(config, env).map_err(|e| vec![e]);
+        match (routes, sinks, keys) {
+            (Ok(routes), Ok(sinks), Ok(())) => Ok(Wiring { routes, sinks }),
+            (r, s, k) => Err(r
                 .err()
                 .unwrap_or_default()
                 .into_iter()
                 .chain(s.err().unwrap_or_default())
+                .chain(k.err().unwrap_or_default())
                 .collect()),
         }
     }
+}
+
+/// Resolves `[privacy] encrypt_key` and installs the data keys for this process (see `seal`).
+pub fn install_data_keys(config: &Config, env: &dyn EnvSource) -> Result<(), String> {
+    let Some(reference) = &config.privacy.encrypt_key else {
+        return Ok(());
+    };
+    let at = "privacy.encrypt_key";
+    let values: Vec<Vec<u8>> = crate::secret::resolve_secret_ref(reference, env)
+        .map_err(|e| format!("{at}: {e}"))?
+        .into_iter()
+        .map(|s| s.value)
+        .collect();
+    crate::seal::install_values(&values).map_err(|e| format!("{at}: {e}"))
 }
 
 /// A built gateway, listeners bound, ready to run.

@@ -53,6 +53,10 @@ pub struct PrivacyConfig {
     /// JSON pointers into the normalised event replaced by `"[redacted]"` before storage and
     /// delivery (see `event::Redaction`).
     pub redact: Vec<String>,
+    /// Secret reference to the data key(s), base64 of 32 bytes each, comma-separated for
+    /// rotation (the first seals, all open): event bodies are sealed at rest (`seal`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encrypt_key: Option<String>,
 }
 
 /// Sink kinds (SPEC §7).
@@ -1308,6 +1312,9 @@ enabled = true
 # JSON pointers into the normalised event, replaced by "[redacted]" after the rules ran and
 # before the event is stored or delivered.
 redact = []
+# Secret reference to AES-256-GCM data keys (base64 of 32 bytes; comma-separated to rotate:
+# the first seals, all open). Event bodies are then encrypted in the log and the database.
+# encrypt_key = "env:COGNIHOOK_DATA_KEY"
 
 [delivery]
 # Run the delivery workers in serve.

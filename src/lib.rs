@@ -42,7 +42,8 @@
 //! Imports point one way: `cli` → `app` → `http`, `delivery` → `ingest`, `store`, `sinks` →
 //! the leaves `event` (the normalised event), `secret` (secret references), `expr` (CEL over
 //! the event), `rate` (token buckets, used by admission and by sinks), `clock` (stored times
-//! and schedules: wall-clock time that never runs backwards) and `config`. Store and sinks never import `ingest`; `config` checks what it
+//! and schedules: wall-clock time that never runs backwards), `seal` (event bodies encrypted
+//! at rest, opened by the stores) and `config`. Store and sinks never import `ingest`; `config` checks what it
 //! parses with the leaves only.
 
 pub mod app;
@@ -55,6 +56,7 @@ pub mod expr;
 pub mod http;
 pub mod ingest;
 pub mod rate;
+pub mod seal;
 pub mod secret;
 pub mod sinks;
 pub mod store;

@@ -101,6 +101,8 @@ fn print_json(v: &serde_json::Value) -> Result<(), CliError> {
 
 pub(super) fn run(file: Option<&Path>, cmd: DeadLettersCommand) -> Result<(), CliError> {
     let config = Config::load(file, &ProcessEnv).map_err(|e| CliError::Usage(e.to_string()))?;
+    // Bodies sealed at rest are opened with the configured keys.
+    crate::app::install_data_keys(&config, &ProcessEnv).map_err(CliError::Usage)?;
     match cmd {
         DeadLettersCommand::List { filter, limit } => {
             let f = filter.build(Vec::new())?;

@@ -301,6 +301,34 @@ pub struct Forgotten {
 /// Most events `committed_since` returns (a crash loses far fewer audit lines than this).
 pub const MAX_RECOVERED: usize = 1_000_000;
 
+static UNOPENED: crate::telemetry::throttle::Throttle =
+    crate::telemetry::throttle::Throttle::new(std::time::Duration::from_secs(60));
+
+/// A stored event body as the journey shows it: opened when sealed, as JSON.
+pub(crate) fn event_json(stored: String) -> Value {
+    match crate::seal::open(stored) {
+        Ok(body) => serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        Err(e) => serde_json::json!({ "sealed": true, "error": e }),
+    }
+}
+
+/// A stored event body opened for a delivery; `None` (the row is not claimed: its lease runs
+/// out and it is tried again) when it cannot be opened, which is logged: never a sealed body
+/// sent to a sink.
+pub(crate) fn opened_for_delivery(event_id: &str, stored: String) -> Option<String> {
+    match crate::seal::open(stored) {
+        Ok(body) => Some(body),
+        Err(e) => {
+            if let Some(suppressed) = UNOPENED.check() {
+                tracing::error!(event_id, error = %e, suppressed,
+                    "an event's body cannot be opened, so it is not delivered; check \
+                     [privacy] encrypt_key (`suppressed`: more since the last line)");
+            }
+            None
+        }
+    }
+}
+
 /// The body an `on_late` row delivers: its event with the upstream's answer added as
 /// `upstreamResult` (kept as text if it is not JSON). Both backends use it.
 pub(crate) fn with_result(body: String, result: Option<String>) -> Bytes {

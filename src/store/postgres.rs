@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
@@ -930,6 +929,11 @@ async fn accept_one(
     e.state_version = version.max(0) as u64;
     let response = a.answer.render(e.state_version);
     let body = serde_json::to_string(&*e).map_err(unavailable)?;
+    let body = if crate::seal::active() {
+        crate::seal::seal(body).map_err(StoreError::Unavailable)?
+    } else {
+        body
+    };
     let insert_event = tx
         .prepare_cached(
             "INSERT INTO events (event_id, correlation_id, route, session_id, event_type, \
@@ -1061,14 +1065,19 @@ async fn claim(
         .await?;
     let mut out: Vec<Claimed> = rows
         .iter()
-        .map(|r| Claimed {
+        .filter_map(|r| {
+            let event_id: String = r.get(1);
+            let body = crate::store::opened_for_delivery(&event_id, r.get(9))?;
+            Some((r, event_id, body))
+        })
+        .map(|(r, event_id, body)| Claimed {
             outbox_id: r.get(0),
             lease_token: token.clone(),
             sink: sink.to_string(),
-            event_id: r.get(1),
+            event_id,
             attempts: r.get::<_, i64>(2).max(0) as u32,
             respond_to: r.get(3),
-            body: crate::store::with_result(r.get(9), r.get(4)),
+            body: crate::store::with_result(body, r.get(4)),
             correlation_id: r.get(5),
             route: r.get(6),
             session_id: r.get(7),
@@ -1259,7 +1268,7 @@ async fn read_journey(
     };
     let (event_id, body, committed_at): (String, String, i64) =
         (row.get(0), row.get(1), row.get(2));
-    let event: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    let event = crate::store::event_json(body);
     let rows = c
         .query(
             "SELECT o.id, o.sink, o.status, a.attempt, a.at, a.outcome, a.error, a.duration_ms, \

@@ -940,3 +940,37 @@ async fn delete_admin_session_forgets_it_answers_what_it_did_and_writes_an_audit
     );
     assert_eq!(forgotten[0]["session_id"], "s-gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_encrypt_key_no_data_file_holds_the_payload_and_sinks_and_journeys_get_it() {
+    const MARKER: &str = "sealed-MARKER-4242";
+    let sink = SinkServer::start().await;
+    let table = http_sink(&sink.url("/events"), "");
+    // A literal key for the test (base64 of 32 bytes); in production an env: or file: reference.
+    let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let app = TestApp::spawn_with(|c| {
+        with_sink(c, &table);
+        c.privacy.encrypt_key = Some(key.into());
+    })
+    .await;
+    let body = serde_json::to_vec(&serde_json::json!({
+        "sessionId": "s-sealed", "userId": "u-1", "message": MARKER,
+        "eventType": "flow.execution", "correlationId": "c-sealed"
+    }))
+    .unwrap();
+    let r = app.post_signed("/webhook", &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let got = sink.wait_for(1, T).await;
+    assert_eq!(got[0].body["text"], MARKER, "the sink gets the plaintext");
+    let j = app.admin_get("/admin/events/c-sealed").await.json();
+    assert_eq!(j["event"]["text"], MARKER, "the journey opens it: {j}");
+    wait_rows(&app, "delivered", 1).await;
+    let stored: String = app
+        .db_now()
+        .query_row("SELECT body FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert!(stored.starts_with("enc1:"), "{stored}");
+    let dir = app.stop().await;
+    let hits = files_containing(dir.path(), b"MARKER");
+    assert!(hits.is_empty(), "the marker is stored in {hits:?}");
+}

@@ -541,3 +541,38 @@ async fn settlements_the_database_cannot_take_are_retried_before_the_leases_run_
     }
     assert_eq!(sink.received().len(), 5, "a delivery was made twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_encrypt_key_postgres_holds_sealed_bodies_and_delivers_plaintext() {
+    let Some(url) = fresh_pg_schema().await else {
+        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let sink = SinkServer::start().await;
+    let table = format!("kind = \"http\"\nurl = \"{}\"", sink.url("/events"));
+    let pg_url = url.clone();
+    let app = TestApp::spawn_with(|c| {
+        c.store.url = Some(pg_url);
+        c.privacy.encrypt_key = Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into());
+        crate::support::attach_sink(c, "backend", &table);
+    })
+    .await;
+    let body = flow_body("pg-sealed", "pg-sealed-1");
+    let r = app.post_signed("/webhook", &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    wait_until("one delivery", T, || sink.received().len() == 1).await;
+    assert_eq!(sink.received()[0].body["text"], "Check order status");
+    let j = app.admin_get("/admin/events/pg-sealed-1").await.json();
+    assert_eq!(j["event"]["text"], "Check order status", "{j}");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let stored: String = client
+        .query_one("SELECT body FROM events", &[])
+        .await
+        .expect("row")
+        .get(0);
+    assert!(stored.starts_with("enc1:"), "{stored}");
+    assert!(!stored.contains("Check order status"));
+}

@@ -1271,7 +1271,7 @@ fn read_journey(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
     let Some((event_id, body, committed_at)) = row else {
         return Ok(None);
     };
-    let event: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    let event = crate::store::event_json(body);
     let mut stmt =
         c.prepare_cached("SELECT id, sink, status FROM outbox WHERE event_id = ?1 ORDER BY id")?;
     let rows = stmt

@@ -83,6 +83,9 @@ pub(super) fn claims(
         let Some((correlation_id, route, session_id, event_type, body)) = row else {
             continue;
         };
+        let Some(body) = crate::store::opened_for_delivery(&event_id, body) else {
+            continue;
+        };
         out.push(Claimed {
             outbox_id,
             lease_token: token.to_string(),

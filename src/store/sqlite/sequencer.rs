@@ -374,6 +374,13 @@ impl Sequencer {
         let answer = a.answer.render(version);
         let body =
             serde_json::to_string(&*e).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        // What the log and the database keep ([privacy] encrypt_key); the request's own
+        // `respond` call below uses the plaintext.
+        let stored = if crate::seal::active() {
+            crate::seal::seal(body.clone()).map_err(StoreError::Unavailable)?
+        } else {
+            body.clone()
+        };
 
         let ids = &self.shared.next_outbox_id;
         let mut rows: Vec<OutboxRow> = a
@@ -411,7 +418,7 @@ impl Sequencer {
             state_version: version,
             simulated: e.simulated,
             received_at: e.received_at.clone(),
-            body,
+            body: stored,
             key: key.clone(),
             status: a.status,
             answer: answer.clone(),
