@@ -45,13 +45,20 @@ fuzz_target!(|data: &[u8]| {
     let keys = [key()];
     let verified = match choice % 5 {
         0 => HmacVerifier::new(&keys, &[name]).verify(&h, body).is_ok(),
-        1 => TimestampedVerifier::new(&keys, name, Duration::from_secs(300), TimestampedKind::Cognihook)
-            .verify(&h, body, NOW)
-            .is_ok(),
+        1 => TimestampedVerifier::new(
+            &keys,
+            name,
+            Duration::from_secs(300),
+            TimestampedKind::Cognihook,
+        )
+        .verify(&h, body, NOW)
+        .is_ok(),
         2 => StandardWebhooksVerifier::new(&keys, Duration::from_secs(300))
             .verify(&h, body, NOW)
             .is_ok(),
-        3 => CredentialVerifier::basic("cognigy", &keys).verify(&h).is_ok(),
+        3 => CredentialVerifier::basic("cognigy", &keys)
+            .verify(&h)
+            .is_ok(),
         _ => CredentialVerifier::api_key(&keys).verify(&h).is_ok(),
     };
     assert!(!verified, "verified without the key");
