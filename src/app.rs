@@ -109,13 +109,24 @@ impl App {
             .configure_sinks(&ordering)
             .await
             .map_err(|e| anyhow::anyhow!("cannot record the sinks' settings in the store: {e}"))?;
-        // On the embedded store the audit writer records how far its lines are written, and
-        // after a crash the lines of events committed since are written again from the store.
+        // The audit writer records how far its lines are written (beside the embedded
+        // store's database; on PostgreSQL in the data directory, per replica host), and after
+        // a crash the lines of events committed since are written again from the store.
         let mark = match (&store, config.audit.enabled) {
             (Store::Sqlite(s), true) => Some(s.path().with_extension("audit-mark")),
+            (Store::Postgres(_), true) => match std::fs::create_dir_all(&config.store.data_dir) {
+                Ok(()) => Some(config.store.data_dir.join("audit-mark")),
+                Err(e) => {
+                    tracing::warn!(error = %e, dir = %config.store.data_dir.display(),
+                        "no data directory for the audit mark: audit lines a crash takes \
+                         will not be recovered");
+                    None
+                }
+            },
             _ => None,
         };
         let previous = mark.as_deref().and_then(telemetry::audit::previous_mark);
+        let previous_replica = mark.as_deref().and_then(telemetry::audit::previous_replica);
         let audit = if config.audit.enabled {
             Audit::start(config.audit.path.as_deref(), mark.as_deref())
                 .context("cannot open the audit log")?
@@ -125,7 +136,16 @@ impl App {
         let metrics = telemetry::metrics::install();
         if let Some(telemetry::audit::Mark::WrittenThrough(through)) = previous {
             let since = through - config.limits.deadline.as_millis() as i64;
-            match recover_audit(&store, &audit, config.audit.path.as_deref(), since).await {
+            let replica = previous_replica.unwrap_or_default();
+            match recover_audit(
+                &store,
+                &audit,
+                config.audit.path.as_deref(),
+                since,
+                &replica,
+            )
+            .await
+            {
                 Ok(()) => audit.release_mark(),
                 Err(e) => tracing::warn!(error = %e, "audit lines lost in the last crash could \
                     not be recovered; the mark is kept, so the next start tries again"),
@@ -284,9 +304,10 @@ async fn recover_audit(
     audit: &Audit,
     path: Option<&std::path::Path>,
     since_ms: i64,
+    replica: &str,
 ) -> anyhow::Result<()> {
     use crate::telemetry::audit::{AuditKind, AuditLine};
-    let events = store.committed_since(since_ms).await?;
+    let events = store.committed_since(since_ms, replica).await?;
     let written = match path {
         Some(p) => {
             let p = p.to_path_buf();

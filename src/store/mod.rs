@@ -378,11 +378,16 @@ impl Store {
 
     /// Events committed at or after `since_ms` (Unix ms), oldest first, at most
     /// `MAX_RECOVERED`: what the audit log writes again after a crash. On PostgreSQL, where
-    /// other replicas commit too and write their own audit logs, nothing (documented).
-    pub async fn committed_since(&self, since_ms: i64) -> Result<Vec<CommittedEvent>, StoreError> {
+    /// other replicas commit too and write their own audit logs, only those `replica`
+    /// committed (the embedded store has one writer and ignores it).
+    pub async fn committed_since(
+        &self,
+        since_ms: i64,
+        replica: &str,
+    ) -> Result<Vec<CommittedEvent>, StoreError> {
         match self {
             Store::Sqlite(s) => s.committed_since(since_ms).await,
-            Store::Postgres(_) => Ok(Vec::new()),
+            Store::Postgres(p) => p.committed_since(since_ms, replica).await,
         }
     }
 

@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_init.sql"),
     include_str!("migrations/postgres/0002_ordered_sinks.sql"),
     include_str!("migrations/postgres/0003_forgotten_sessions.sql"),
+    include_str!("migrations/postgres/0004_event_replica.sql"),
 ];
 /// Advisory lock key for migrations ("cognihook" folded into 63 bits).
 const MIGRATION_LOCK: i64 = 0x636f_676e_6968_6f6f;
@@ -465,6 +466,43 @@ impl PgStore {
                 .map_err(unavailable)?;
             tx.commit().await.map_err(unavailable)?;
             Ok(n)
+        };
+        bounded(run).await
+    }
+
+    /// Events this replica's earlier run (`replica`) committed at or after `since_ms`.
+    pub(super) async fn committed_since(
+        &self,
+        since_ms: i64,
+        replica: &str,
+    ) -> Result<Vec<super::CommittedEvent>, StoreError> {
+        let from =
+            ulid::Ulid::from_parts(since_ms.saturating_sub(60_000).max(0) as u64, 0).to_string();
+        let run = async {
+            let c = self.client().await?;
+            let rows = c
+                .query(
+                    "SELECT event_id, correlation_id, route, session_id, event_type, \
+                            state_version, simulated, committed_at \
+                     FROM events WHERE event_id >= $1 AND committed_at >= $2 AND replica = $3 \
+                     ORDER BY committed_at, event_id LIMIT $4",
+                    &[&from, &since_ms, &replica, &(super::MAX_RECOVERED as i64)],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(rows
+                .iter()
+                .map(|r| super::CommittedEvent {
+                    event_id: r.get(0),
+                    correlation_id: r.get(1),
+                    route: r.get(2),
+                    session_id: r.get(3),
+                    event_type: r.get(4),
+                    state_version: r.get::<_, i64>(5).max(0) as u64,
+                    simulated: r.get(6),
+                    committed_at: r.get(7),
+                })
+                .collect())
         };
         bounded(run).await
     }
@@ -937,11 +975,13 @@ async fn accept_one(
     let insert_event = tx
         .prepare_cached(
             "INSERT INTO events (event_id, correlation_id, route, session_id, event_type, \
-                                 state_version, simulated, received_at, committed_at, body) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                                 state_version, simulated, received_at, committed_at, body, \
+                                 replica) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .await
         .map_err(db)?;
+    let replica = crate::replica_id();
     tx.execute(
         &insert_event,
         &[
@@ -955,6 +995,7 @@ async fn accept_one(
             &e.received_at,
             &now,
             &body,
+            &replica,
         ],
     )
     .await

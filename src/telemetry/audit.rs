@@ -50,7 +50,9 @@ impl Mark {
     fn render(self) -> String {
         match self {
             Mark::Clean => "clean\n".to_string(),
-            Mark::WrittenThrough(ms) => format!("written-through {ms}\n"),
+            // With the replica that wrote it: on PostgreSQL the next run recovers only the
+            // events that replica committed.
+            Mark::WrittenThrough(ms) => format!("written-through {ms} {}\n", crate::replica_id()),
         }
     }
 
@@ -59,10 +61,8 @@ impl Mark {
         if text == "clean" {
             return Some(Mark::Clean);
         }
-        text.strip_prefix("written-through ")?
-            .parse()
-            .ok()
-            .map(Mark::WrittenThrough)
+        let mut words = text.strip_prefix("written-through ")?.split_whitespace();
+        words.next()?.parse().ok().map(Mark::WrittenThrough)
     }
 }
 
@@ -93,6 +93,16 @@ pub fn session_forgotten(session_id: &str, events: u64) -> AuditLine<'_> {
 /// a version before marks) or it cannot be read.
 pub fn previous_mark(path: &Path) -> Option<Mark> {
     Mark::parse(&std::fs::read_to_string(path).ok()?)
+}
+
+/// The replica (`host:pid`) that wrote the mark at `path`, when it says.
+pub fn previous_replica(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.trim()
+        .strip_prefix("written-through ")?
+        .split_whitespace()
+        .nth(1)
+        .map(str::to_string)
 }
 
 /// Event ids of the `webhook_processed` lines in the last 64 MiB of the audit file at `path`

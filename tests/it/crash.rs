@@ -423,3 +423,90 @@ sinks = ["backend"]
         receiver.received().len() - received.len()
     );
 }
+
+/// `webhook_processed` lines per event id in the audit file, and how many were recovered.
+fn processed_lines(audit: &std::path::Path) -> (BTreeMap<String, usize>, usize) {
+    let text = std::fs::read_to_string(audit).unwrap();
+    let mut lines: BTreeMap<String, usize> = BTreeMap::new();
+    let mut recovered = 0;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("an audit line is not JSON ({e}): {line:?}"));
+        if v["event"] == "webhook_processed" {
+            *lines
+                .entry(v["event_id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+            recovered += usize::from(v["recovered"] == true);
+        }
+    }
+    (lines, recovered)
+}
+
+/// Run when `COGNIHOOK_TEST_DATABASE_URL` is set (`scripts/test` filters them out otherwise).
+mod postgres {
+    use super::*;
+
+    /// On PostgreSQL: after kills under load, the audit log holds exactly one `webhook_processed`
+    /// line for every committed event (each life is another replica, `host:pid`; the mark names
+    /// the one whose lines to recover).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn kill_9_on_postgres_loses_no_audit_line() {
+        let Some(url) = crate::store_suite::fresh_pg_schema().await else {
+            eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+            return;
+        };
+        let mut rng = seeded_rng();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let config = dir.path().join("cognihook.toml");
+        let audit = dir.path().join("audit.jsonl");
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\nurl = \"{url}\"\n[audit]\npath = \"{}\"\n{CONFIG}",
+                audit.display()
+            ),
+        )
+        .unwrap();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let acked: Arc<Mutex<BTreeMap<String, Acked>>> = Arc::default();
+        run_cycles(8, &data, &config, &client, &acked, &mut rng).await;
+        let mut server = start(&data, &config);
+        server.terminate();
+        assert_eq!(server.wait(Duration::from_secs(30)), Some(0));
+        assert!(acked.lock().unwrap().len() >= 8 * 5, "the load did not run");
+
+        let (pg, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let ids: Vec<String> = pg
+            .query("SELECT event_id FROM events", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let (lines, recovered) = processed_lines(&audit);
+        let missing: Vec<&String> = ids.iter().filter(|id| !lines.contains_key(*id)).collect();
+        assert!(
+            missing.is_empty(),
+            "{} of {} committed events have no audit line, e.g. {:?}",
+            missing.len(),
+            ids.len(),
+            &missing[..missing.len().min(5)]
+        );
+        assert_eq!(
+            lines.values().filter(|&&n| n > 1).count(),
+            0,
+            "a line twice"
+        );
+        eprintln!(
+            "audit on PostgreSQL: {} lines, {recovered} recovered",
+            lines.len()
+        );
+    }
+}
