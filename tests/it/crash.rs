@@ -275,20 +275,8 @@ fn check_sessions_and_audit(db: &rusqlite::Connection, audit: &std::path::Path) 
         assert_eq!(v, expected, "session {s}: versions are not 1..N");
     }
 
-    // Every committed event has its audit line, once or (recovered) more.
-    let text = std::fs::read_to_string(audit).unwrap();
-    let mut lines: BTreeMap<String, usize> = BTreeMap::new();
-    let mut recovered = 0;
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("an audit line is not JSON ({e}): {line:?}"));
-        if v["event"] == "webhook_processed" {
-            *lines
-                .entry(v["event_id"].as_str().unwrap().to_string())
-                .or_default() += 1;
-            recovered += usize::from(v["recovered"] == true);
-        }
-    }
+    // Every committed event has its audit line, exactly once.
+    let (lines, recovered) = processed_lines(audit);
     let mut ids = db.prepare("SELECT event_id FROM events").unwrap();
     let ids: Vec<String> = ids
         .query_map([], |r| r.get(0))

@@ -75,6 +75,26 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0006_forgotten_sessions.sql"),
 ];
 
+/// Sends `msg` to the sequencer, waiting for room when its queue is full (answers and
+/// forgets wait like jobs; acceptances are shed instead, see `accept`).
+async fn send_waiting(queue: &SyncSender<SeqMsg>, msg: SeqMsg) -> Result<(), StoreError> {
+    match queue.try_send(msg) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(msg)) => {
+            let queue = queue.clone();
+            let sent = tokio::task::spawn_blocking(move || queue.send(msg).is_ok())
+                .await
+                .unwrap_or(false);
+            if sent {
+                Ok(())
+            } else {
+                Err(StoreError::Closed)
+            }
+        }
+        Err(TrySendError::Disconnected(_)) => Err(StoreError::Closed),
+    }
+}
+
 /// Records applied per transaction while recovering.
 const RECOVERY_BATCH: u64 = 10_000;
 
@@ -807,19 +827,7 @@ impl SqliteStore {
             reply,
         };
         // Like a job, the answer waits for room rather than being shed.
-        match engine.queue.try_send(msg) {
-            Ok(()) => {}
-            Err(TrySendError::Full(msg)) => {
-                let queue = engine.queue.clone();
-                let sent = tokio::task::spawn_blocking(move || queue.send(msg).is_ok())
-                    .await
-                    .unwrap_or(false);
-                if !sent {
-                    return Err(StoreError::Closed);
-                }
-            }
-            Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
-        }
+        send_waiting(&engine.queue, msg).await?;
         rx.await.unwrap_or(Err(StoreError::Closed))
     }
 
@@ -844,19 +852,7 @@ impl SqliteStore {
             session_id: session_id.clone(),
             reply,
         };
-        match engine.queue.try_send(msg) {
-            Ok(()) => {}
-            Err(TrySendError::Full(msg)) => {
-                let queue = engine.queue.clone();
-                let sent = tokio::task::spawn_blocking(move || queue.send(msg).is_ok())
-                    .await
-                    .unwrap_or(false);
-                if !sent {
-                    return Err(StoreError::Closed);
-                }
-            }
-            Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
-        }
+        send_waiting(&engine.queue, msg).await?;
         rx.await.unwrap_or(Err(StoreError::Closed))?;
         // `read` waits until the database holds every record committed so far.
         self.read(move |c| {
