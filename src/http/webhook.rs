@@ -643,8 +643,15 @@ fn finish(
 ) -> Response {
     let latency = start.elapsed();
     let status = o.status.as_u16();
-    let is_error = !o.status.is_success();
-    state.stats.record(latency, is_error);
+    use crate::telemetry::stats::Answered;
+    let answered = if o.status.is_success() {
+        Answered::Success
+    } else if o.status == StatusCode::UNPROCESSABLE_ENTITY {
+        Answered::Rejected
+    } else {
+        Answered::Error
+    };
+    state.stats.record(latency, answered);
     ep.metrics
         .request(status, o.code.unwrap_or(""), latency.as_secs_f64());
     match o.kind {

@@ -11,6 +11,7 @@ const BUCKETS: usize = 100;
 pub struct Stats {
     total_requests: AtomicU64,
     total_errors: AtomicU64,
+    total_rejections: AtomicU64,
     total_latency_ns: AtomicU64,
     events_committed: AtomicU64,
     duplicates: AtomicU64,
@@ -22,6 +23,7 @@ impl Default for Stats {
         Self {
             total_requests: AtomicU64::new(0),
             total_errors: AtomicU64::new(0),
+            total_rejections: AtomicU64::new(0),
             total_latency_ns: AtomicU64::new(0),
             events_committed: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
@@ -47,6 +49,9 @@ fn bucket_of(ns: u64) -> usize {
 pub struct Snapshot {
     pub total_requests: u64,
     pub total_errors: u64,
+    /// Requests a route's rules refused (422 `rule_rejected`): answers the route meant to give,
+    /// so neither errors nor failures of `success_rate`.
+    pub total_rejections: u64,
     pub total_latency_ns: u64,
     pub success_rate: f64,
     pub latency_ms: Percentiles,
@@ -61,14 +66,29 @@ pub struct Percentiles {
     pub p99: f64,
 }
 
+/// How a request was answered, for `/stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    Success,
+    /// A rule refused it (422): the route's intended answer.
+    Rejected,
+    Error,
+}
+
 impl Stats {
     /// Records one answered request.
-    pub fn record(&self, latency: Duration, error: bool) {
+    pub fn record(&self, latency: Duration, answered: Answered) {
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
         self.total_requests.fetch_add(1, Ordering::Relaxed);
         self.total_latency_ns.fetch_add(ns, Ordering::Relaxed);
-        if error {
-            self.total_errors.fetch_add(1, Ordering::Relaxed);
+        match answered {
+            Answered::Success => {}
+            Answered::Rejected => {
+                self.total_rejections.fetch_add(1, Ordering::Relaxed);
+            }
+            Answered::Error => {
+                self.total_errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.buckets[bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
     }
@@ -107,6 +127,7 @@ impl Stats {
         Snapshot {
             total_requests: requests,
             total_errors: errors,
+            total_rejections: self.total_rejections.load(Ordering::Relaxed),
             total_latency_ns: self.total_latency_ns.load(Ordering::Relaxed),
             success_rate: if requests == 0 {
                 1.0
@@ -131,15 +152,22 @@ mod tests {
     #[test]
     fn percentiles_land_in_the_right_bucket() {
         let s = Stats::default();
-        for _ in 0..90 {
-            s.record(Duration::from_millis(1), false);
+        for _ in 0..80 {
+            s.record(Duration::from_millis(1), Answered::Success);
         }
         for _ in 0..10 {
-            s.record(Duration::from_millis(100), true);
+            s.record(Duration::from_millis(1), Answered::Rejected);
+        }
+        for _ in 0..10 {
+            s.record(Duration::from_millis(100), Answered::Error);
         }
         let snap = s.snapshot();
         assert_eq!(snap.total_requests, 100);
         assert_eq!(snap.total_errors, 10);
+        assert_eq!(
+            snap.total_rejections, 10,
+            "rule rejections apart from errors"
+        );
         assert!((snap.success_rate - 0.9).abs() < 1e-9);
         // Bucket bounds are within 19 % above the true value.
         assert!(

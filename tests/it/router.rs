@@ -464,6 +464,20 @@ async fn health_stats_and_metrics_report_what_happened() {
     )
     .await;
     assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+    // A rule's refusal is the route's intended answer: counted apart from errors.
+    let mut low: Value = serde_json::from_slice(&nlu_body(
+        "3f1c8a52-3c1e-4c55-9d2e-1f0a9b7c6d5f",
+        "A-1",
+        "c-low",
+    ))
+    .expect("json");
+    low["intent"]["confidence"] = json!(0.5);
+    let rejected = call(
+        &r,
+        signed("/webhook/cognigy", &serde_json::to_vec(&low).expect("json")),
+    )
+    .await;
+    assert_eq!(rejected.status, StatusCode::UNPROCESSABLE_ENTITY);
 
     let h = call(
         &r,
@@ -479,10 +493,12 @@ async fn health_stats_and_metrics_report_what_happened() {
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
 
     let s = call(&r, Request::get("/stats").body(Body::empty()).expect("req")).await;
-    assert_eq!(s.body["total_requests"], 2, "{}", s.body);
+    assert_eq!(s.body["total_requests"], 3, "{}", s.body);
     assert_eq!(s.body["total_errors"], 1);
+    assert_eq!(s.body["total_rejections"], 1);
     assert!(s.body["total_latency_ns"].as_u64().is_some_and(|n| n > 0));
-    assert_eq!(s.body["success_rate"], 0.5);
+    let rate = s.body["success_rate"].as_f64().expect("rate");
+    assert!((rate - 2.0 / 3.0).abs() < 1e-9, "{rate}");
     assert_eq!(s.body["events_committed"], 1);
     assert!(s.body["latency_ms"]["p99"]
         .as_f64()
