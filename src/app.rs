@@ -195,7 +195,15 @@ impl App {
                     .with_context(|| format!("cannot listen on {addr} (admin)"))?;
                 Some((l, http::admin_router(state.clone())))
             }
-            None => None,
+            None => {
+                if !config.server.listen.ip().is_loopback() {
+                    tracing::warn!(listen = %config.server.listen,
+                        "/metrics, /stats and /admin/* are served on the public listener, which \
+                         is not a loopback address; set COGNIHOOK_ADMIN_LISTEN (server.admin_listen, \
+                         e.g. 127.0.0.1:9090) to serve them on a listener of their own");
+                }
+                None
+            }
         };
         let public_router = http::public_router(
             state.clone(),

@@ -499,3 +499,29 @@ fn sighup_reopens_the_audit_log_and_never_stops_the_gateway() {
     assert!(new.contains("after-rotation"), "{new}");
     assert!(!new.contains("before-rotation"), "{new}");
 }
+
+#[test]
+fn admin_endpoints_on_a_public_non_loopback_listener_are_warned_about() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = command(dir.path());
+    c.env("COGNIGY_WEBHOOK_SECRET", SECRET)
+        .env("COGNIHOOK_LISTEN", "0.0.0.0:0");
+    let mut server = Server::start(c);
+    server.terminate();
+    assert_eq!(server.wait(T), Some(0));
+    let warned = server
+        .stderr_lines()
+        .into_iter()
+        .any(|l| l.contains("COGNIHOOK_ADMIN_LISTEN") && l.contains("WARN"));
+    assert!(warned, "{:?}", server.stderr_lines());
+    // On loopback (the other tests' listener) there is nothing to warn about.
+    let mut c = command(dir.path());
+    c.env("COGNIGY_WEBHOOK_SECRET", SECRET);
+    let mut server = Server::start(c);
+    server.terminate();
+    assert_eq!(server.wait(T), Some(0));
+    assert!(!server
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("COGNIHOOK_ADMIN_LISTEN")));
+}
