@@ -103,6 +103,7 @@ pub(super) fn run(file: Option<&Path>, cmd: DeadLettersCommand) -> Result<(), Cl
     let config = Config::load(file, &ProcessEnv).map_err(|e| CliError::Usage(e.to_string()))?;
     // Bodies sealed at rest are opened with the configured keys.
     crate::app::install_data_keys(&config, &ProcessEnv).map_err(CliError::Usage)?;
+    super::announce_store(&config)?;
     match cmd {
         DeadLettersCommand::List { filter, limit } => {
             let f = filter.build(Vec::new())?;

@@ -20,6 +20,7 @@ pub(super) fn run(file: Option<&Path>, cmd: EventsCommand) -> Result<(), CliErro
     let config = Config::load(file, &ProcessEnv).map_err(|e| CliError::Usage(e.to_string()))?;
     // Bodies sealed at rest are opened with the configured keys.
     crate::app::install_data_keys(&config, &ProcessEnv).map_err(CliError::Usage)?;
+    super::announce_store(&config)?;
     let journey = match config.store.backend().map_err(CliError::Usage)? {
         Backend::Sqlite(_) => SqliteStore::open_read_only(&config.store)
             .map_err(CliError::Runtime)?

@@ -122,6 +122,20 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 
 /// Opens the configured store (the embedded file, which must exist, or PostgreSQL), runs `f`
 /// on it, and closes it.
+/// Says on stderr which store a command opened (the embedded store's file, or PostgreSQL's
+/// URL with credentials masked), so reading the wrong one is never silent.
+fn announce_store(config: &crate::config::Config) -> Result<(), CliError> {
+    use crate::config::Backend;
+    match config.store.backend().map_err(CliError::Usage)? {
+        Backend::Sqlite(path) => eprintln!("cognihook: store: SQLite {}", path.display()),
+        Backend::Postgres(url) => eprintln!(
+            "cognihook: store: PostgreSQL {}",
+            crate::secret::mask_url(&url)
+        ),
+    }
+    Ok(())
+}
+
 fn with_store<T, F, Fut>(config: &crate::config::Config, f: F) -> Result<T, CliError>
 where
     F: FnOnce(crate::store::Store) -> Fut,

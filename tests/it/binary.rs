@@ -158,6 +158,13 @@ fn send_example_is_accepted_then_replayed_and_events_show_finds_it() {
     let o = run(c, T);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let j: Value = serde_json::from_slice(&o.stdout).expect("journey JSON");
+    // It says which store it read.
+    let db = dir.path().join("cognihook.db");
+    assert!(
+        stderr(&o).contains(&format!("store: SQLite {}", db.display())),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(j["event"]["route"], "nlu-orders");
     assert_eq!(j["event"]["entities"]["orderId"], "A-1001");
 
