@@ -277,19 +277,11 @@ fn check_sessions_and_audit(db: &rusqlite::Connection, audit: &std::path::Path) 
 
     // Every committed event has its audit line, exactly once.
     let (lines, recovered) = processed_lines(audit);
-    let mut ids = db.prepare("SELECT event_id FROM events").unwrap();
-    let ids: Vec<String> = ids
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let missing: Vec<&String> = ids.iter().filter(|id| !lines.contains_key(*id)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} committed events have no audit line, e.g. {:?}",
-        missing.len(),
-        ids.len(),
-        &missing[..missing.len().min(5)]
+    let ids = stored_event_ids(db);
+    assert_every(
+        &ids,
+        |id| lines.contains_key(id),
+        "committed events have no audit line",
     );
     let twice = lines.values().filter(|&&n| n > 1).count();
     assert_eq!(
@@ -390,25 +382,38 @@ sinks = ["backend"]
         .iter()
         .filter_map(|r| r.body["eventId"].as_str().map(str::to_string))
         .collect();
-    let mut ids = db.prepare("SELECT event_id FROM events").unwrap();
-    let ids: Vec<String> = ids
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let never: Vec<&String> = ids.iter().filter(|id| !received.contains(*id)).collect();
-    assert!(
-        never.is_empty(),
-        "{} of {} events never reached the receiver, e.g. {:?}",
-        never.len(),
-        ids.len(),
-        &never[..never.len().min(5)]
+    let ids = stored_event_ids(&db);
+    assert_every(
+        &ids,
+        |id| received.contains(id),
+        "events never reached the receiver",
     );
     eprintln!(
         "chaos: {} events, {} requests received (resends after kills: {})",
         ids.len(),
         receiver.received().len(),
         receiver.received().len() - received.len()
+    );
+}
+
+/// Every event id in the embedded store's database.
+fn stored_event_ids(db: &rusqlite::Connection) -> Vec<String> {
+    let mut st = db.prepare("SELECT event_id FROM events").unwrap();
+    st.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Fails naming how many of `ids` (and a few of them) `holds` is false for.
+fn assert_every(ids: &[String], holds: impl Fn(&str) -> bool, what: &str) {
+    let failing: Vec<&String> = ids.iter().filter(|id| !holds(id)).collect();
+    assert!(
+        failing.is_empty(),
+        "{} of {} {what}, e.g. {:?}",
+        failing.len(),
+        ids.len(),
+        &failing[..failing.len().min(5)]
     );
 }
 
@@ -479,13 +484,10 @@ mod postgres {
             .map(|r| r.get(0))
             .collect();
         let (lines, recovered) = processed_lines(&audit);
-        let missing: Vec<&String> = ids.iter().filter(|id| !lines.contains_key(*id)).collect();
-        assert!(
-            missing.is_empty(),
-            "{} of {} committed events have no audit line, e.g. {:?}",
-            missing.len(),
-            ids.len(),
-            &missing[..missing.len().min(5)]
+        assert_every(
+            &ids,
+            |id| lines.contains_key(id),
+            "committed events have no audit line",
         );
         assert_eq!(
             lines.values().filter(|&&n| n > 1).count(),
