@@ -126,7 +126,10 @@ impl App {
             _ => None,
         };
         let previous = mark.as_deref().and_then(telemetry::audit::previous_mark);
-        let previous_replica = mark.as_deref().and_then(telemetry::audit::previous_replica);
+        let previous_replicas = mark
+            .as_deref()
+            .map(telemetry::audit::previous_replicas)
+            .unwrap_or_default();
         let audit = if config.audit.enabled {
             Audit::start(config.audit.path.as_deref(), mark.as_deref())
                 .context("cannot open the audit log")?
@@ -136,22 +139,21 @@ impl App {
         let metrics = telemetry::metrics::install();
         if let Some(telemetry::audit::Mark::WrittenThrough(through)) = previous {
             let since = through - config.limits.deadline.as_millis() as i64;
-            let replica = previous_replica.unwrap_or_default();
             match recover_audit(
                 &store,
                 &audit,
                 config.audit.path.as_deref(),
                 since,
-                &replica,
+                &previous_replicas,
             )
             .await
             {
-                Ok(()) => audit.release_mark(),
+                Ok(()) => audit.release_mark(Some((through, &previous_replicas))),
                 Err(e) => tracing::warn!(error = %e, "audit lines lost in the last crash could \
                     not be recovered; the mark is kept, so the next start tries again"),
             }
         } else {
-            audit.release_mark();
+            audit.release_mark(None);
         }
         let deliverer = Deliverer::new(
             store.clone(),
@@ -304,7 +306,8 @@ impl App {
 }
 
 /// After a crash: writes a `webhook_processed` line (marked `recovered`) for each event
-/// committed since `since_ms` that has none. When the audit log is a file, the lines it already
+/// committed since `since_ms` by one of `replicas` (the replicas the mark covers; on SQLite
+/// there is one writer and the name does not matter) that has none. When the audit log is a file, the lines it already
 /// holds (its last 64 MiB) are not written twice; on stdout they cannot be read back, so events
 /// of the last `limits.deadline` before the crash may get a second, recovered, line.
 async fn recover_audit(
@@ -312,10 +315,17 @@ async fn recover_audit(
     audit: &Audit,
     path: Option<&std::path::Path>,
     since_ms: i64,
-    replica: &str,
+    replicas: &[String],
 ) -> anyhow::Result<()> {
     use crate::telemetry::audit::{AuditKind, AuditLine};
-    let events = store.committed_since(since_ms, replica).await?;
+    let mut events = Vec::new();
+    for replica in replicas {
+        events.extend(store.committed_since(since_ms, replica).await?);
+    }
+    if replicas.is_empty() {
+        // A mark from before marks named their replica.
+        events = store.committed_since(since_ms, "").await?;
+    }
     let written = match path {
         Some(p) => {
             let p = p.to_path_buf();
@@ -324,6 +334,9 @@ async fn recover_audit(
         None => Default::default(),
     };
     let mut recovered = 0u64;
+    let mut seen = std::collections::HashSet::new();
+    // On SQLite every replica's query reads the same events: each is written once.
+    events.retain(|e| seen.insert(e.event_id.clone()));
     for e in events.iter().filter(|e| !written.contains(&e.event_id)) {
         audit.write(&AuditLine {
             ts: crate::format_rfc3339(

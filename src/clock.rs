@@ -8,8 +8,8 @@
 //!
 //! A leaf: it imports nothing of the crate.
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 /// Milliseconds added to the system clock's reading: 0, except in tests that set the clock
@@ -51,7 +51,7 @@ fn system_millis() -> i64 {
 pub fn now_millis() -> i64 {
     let wall = system_millis();
     let at = Instant::now();
-    let mut guard = CLOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut guard = CLOCK.lock();
     let (now, anchor) = read(*guard, wall, at);
     *guard = Some(anchor);
     now

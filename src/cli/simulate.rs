@@ -8,8 +8,9 @@
 //! refused as invalid, an invalid one accepted, a duplicate not replayed, a session's
 //! stateVersion not going up, or a request that got no answer at all.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -295,7 +296,7 @@ impl Shared {
             Err(e) => Err(e),
         };
         let took = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let mut stats = self.stats.lock().ok()?;
+        let mut stats = self.stats.lock();
         stats.sent += 1;
         match answer {
             Ok((status, replayed, body)) => {
@@ -316,9 +317,7 @@ impl Shared {
     }
 
     fn contradiction(&self, what: String) {
-        if let Ok(mut s) = self.stats.lock() {
-            s.contradictions.push(what);
-        }
+        self.stats.lock().contradictions.push(what);
     }
 
     fn auth(&self, body: &[u8], t: i64, secret: &str) -> AuthHeaders {
@@ -425,9 +424,7 @@ async fn run_session(shared: Arc<Shared>, mut rng: Rng) {
                         (b, h, "missing sessionId")
                     }
                 };
-                if let Ok(mut s) = shared.stats.lock() {
-                    s.invalid += 1;
-                }
+                shared.stats.lock().invalid += 1;
                 let answer = shared.send(bad, headers).await;
                 shared.judge(Expect::Refused(why), &what, &answer, None);
             }
@@ -450,9 +447,7 @@ async fn run_session(shared: Arc<Shared>, mut rng: Rng) {
                 }
             }
             if *status == 200 && rng.chance(a.duplicates) {
-                if let Ok(mut s) = shared.stats.lock() {
-                    s.duplicates += 1;
-                }
+                shared.stats.lock().duplicates += 1;
                 // A retry is signed afresh, as Cognigy would; a later timestamp keeps a
                 // timestamped signature from being a replay of the first.
                 let again = shared.auth(&body, t + 1, &shared.secret);
@@ -542,7 +537,8 @@ pub(super) fn run(args: SimulateArgs) -> Result<(), CliError> {
                 every.tick().await;
                 loop {
                     every.tick().await;
-                    if let Ok(s) = shared.stats.lock() {
+                    {
+                        let s = shared.stats.lock();
                         eprintln!(
                             "simulate: {:>4.0}s sent {} ({}) no answer {} contradictions {}",
                             started.elapsed().as_secs_f64(),
@@ -559,11 +555,7 @@ pub(super) fn run(args: SimulateArgs) -> Result<(), CliError> {
             let _ = t.await;
         }
         progress.abort();
-        let s = shared
-            .stats
-            .lock()
-            .map(|mut s| std::mem::take(&mut *s))
-            .unwrap_or_default();
+        let s = std::mem::take(&mut *shared.stats.lock());
         s
     });
     let mut lat = summary.latencies_us.clone();

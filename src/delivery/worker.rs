@@ -7,11 +7,12 @@
 //! claimed, so it does not count. The worker wakes when ingest commits rows for a sink
 //! ([`Deliverer::wake`]) and polls as a fallback.
 
+use parking_lot::Mutex;
 use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
@@ -99,13 +100,11 @@ impl SinkRuntime {
 
     /// Percentiles of the latest deliveries' lag (acceptance to delivery).
     pub fn lag(&self) -> Option<LagSummary> {
-        self.lags.lock().ok().and_then(|w| w.summary())
+        self.lags.lock().summary()
     }
 
     pub fn circuit(&self) -> CircuitState {
-        self.breaker
-            .lock()
-            .map_or(CircuitState::Closed, |b| b.state(Instant::now()))
+        self.breaker.lock().state(Instant::now())
     }
 
     pub fn is_paused(&self) -> bool {
@@ -132,17 +131,13 @@ impl SinkRuntime {
     }
 
     fn take_buffered(&self, n: usize) -> Vec<Claimed> {
-        match self.buffer.lock() {
-            Ok(mut b) => {
-                let n = n.min(b.len());
-                b.drain(..n).collect()
-            }
-            Err(_) => Vec::new(),
-        }
+        let mut b = self.buffer.lock();
+        let n = n.min(b.len());
+        b.drain(..n).collect()
     }
 
     fn buffered(&self) -> usize {
-        self.buffer.lock().map_or(0, |b| b.len())
+        self.buffer.lock().len()
     }
 }
 
@@ -277,9 +272,7 @@ impl Deliverer {
             crowded: self.crowded.load(Ordering::Relaxed),
             accepted: self.accepted.load(Ordering::Relaxed),
         };
-        self.pacer
-            .lock()
-            .map_or(Allowance::Free, |mut p| p.allowance(Instant::now(), load))
+        self.pacer.lock().allowance(Instant::now(), load)
     }
 
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
@@ -300,9 +293,7 @@ impl Deliverer {
             };
             let started = self.tick_limited(limit).await;
             if limit.is_some() {
-                if let Ok(mut p) = self.pacer.lock() {
-                    p.started(started);
-                }
+                self.pacer.lock().started(started);
             }
             if started > 0 {
                 continue;
@@ -348,10 +339,7 @@ impl Deliverer {
             if free == 0 {
                 continue;
             }
-            let admission = match sink.breaker.lock() {
-                Ok(mut b) => b.admit(Instant::now()),
-                Err(_) => Admission::Go,
-            };
+            let admission = sink.breaker.lock().admit(Instant::now());
             let (mut take, probe) = match admission {
                 Admission::Go => (free.min(left), false),
                 Admission::Probe => (1, true),
@@ -362,16 +350,12 @@ impl Deliverer {
                 }
             };
             if let Some(bucket) = &sink.bucket {
-                let allowed = bucket
-                    .lock()
-                    .map_or(take, |mut b| b.available(Instant::now()));
+                let allowed = bucket.lock().available(Instant::now());
                 if allowed == 0 {
                     // Over the rate limit: nothing is attempted (no attempt is used); the rows
                     // go back, and a timer wakes the worker when the next send is paid for.
                     if probe {
-                        if let Ok(mut b) = sink.breaker.lock() {
-                            b.release_probe();
-                        }
+                        sink.breaker.lock().release_probe();
                     }
                     self.release_buffer(sink).await;
                     self.wake_after_refill(sink);
@@ -384,9 +368,7 @@ impl Deliverer {
                 let want = take + if probe { 0 } else { sink.config.concurrency } - sink.buffered();
                 match self.store.claim(&sink.name, want, sink.lease()).await {
                     Ok(rows) => {
-                        if let Ok(mut b) = sink.buffer.lock() {
-                            b.extend(rows);
-                        }
+                        sink.buffer.lock().extend(rows);
                     }
                     Err(e) => {
                         tracing::warn!(sink = %sink.name, error = %e, "claim failed; will retry")
@@ -395,22 +377,16 @@ impl Deliverer {
             }
             let rows = sink.take_buffered(take);
             if let Some(bucket) = &sink.bucket {
-                if let Ok(mut b) = bucket.lock() {
-                    b.take(rows.len(), Instant::now());
-                }
+                bucket.lock().take(rows.len(), Instant::now());
             }
             if rows.is_empty() && probe {
-                if let Ok(mut b) = sink.breaker.lock() {
-                    b.release_probe();
-                }
+                sink.breaker.lock().release_probe();
             }
             for c in rows {
                 let Ok(permit) = sink.permits.clone().try_acquire_owned() else {
                     // A `respond` call took the slot since `free` was read: the row goes back
                     // to the buffer for the next round.
-                    if let Ok(mut b) = sink.buffer.lock() {
-                        b.push_front(c);
-                    }
+                    sink.buffer.lock().push_front(c);
                     break;
                 };
                 started += 1;
@@ -446,10 +422,7 @@ impl Deliverer {
         let admission = if sink.is_paused() || permit.is_none() {
             Admission::Wait(Duration::ZERO)
         } else {
-            match sink.breaker.lock() {
-                Ok(mut b) => b.admit(Instant::now()),
-                Err(_) => Admission::Go,
-            }
+            sink.breaker.lock().admit(Instant::now())
         };
         if let Admission::Wait(_) = admission {
             let release = Settlement::Release {
@@ -484,11 +457,7 @@ impl Deliverer {
 
     /// Wakes the worker once the sink's bucket can pay for a send (sooner than the poll).
     fn wake_after_refill(self: &Arc<Self>, sink: &Arc<SinkRuntime>) {
-        let Some(wait) = sink
-            .bucket
-            .as_ref()
-            .and_then(|b| b.lock().ok().map(|mut b| b.wait(Instant::now())))
-        else {
+        let Some(wait) = sink.bucket.as_ref().map(|b| b.lock().wait(Instant::now())) else {
             return;
         };
         if wait >= self.poll || sink.refill_timer.swap(true, Ordering::SeqCst) {
@@ -548,7 +517,8 @@ impl Deliverer {
         sink.metrics.duration.record(took.as_secs_f64());
         // A permanent refusal of one event says nothing bad about the sink's health.
         let healthy = !matches!(result, Err(SinkError::Transient { .. }));
-        if let Ok(mut b) = sink.breaker.lock() {
+        {
+            let mut b = sink.breaker.lock();
             b.record(Instant::now(), healthy);
             sink.metrics.circuit.set(b.state(Instant::now()).gauge());
         }
@@ -634,9 +604,7 @@ impl Deliverer {
     /// Queues a settlement; if no flush is running, commits everything queued (in one job,
     /// repeatedly, until the queue is empty). Concurrent sends thus share commits.
     async fn settle(&self, p: Pending) {
-        if let Ok(mut q) = self.settlements.lock() {
-            q.push(p);
-        }
+        self.settlements.lock().push(p);
         /// Clears the flag however the flush ends (even if its task is dropped mid-await).
         struct Flushing<'a>(&'a AtomicBool);
         impl Drop for Flushing<'_> {
@@ -649,18 +617,14 @@ impl Deliverer {
                 return; // the running flush will take it
             }
             let guard = Flushing(&self.flushing);
-            let batch = self
-                .settlements
-                .lock()
-                .map(|mut q| std::mem::take(&mut *q))
-                .unwrap_or_default();
+            let batch = std::mem::take(&mut *self.settlements.lock());
             if !batch.is_empty() {
                 self.flush(batch).await;
             }
             drop(guard);
             // Something queued after the batch was taken but before the flag dropped would
             // otherwise wait for the next send: look once more.
-            if self.settlements.lock().map_or(true, |q| q.is_empty()) {
+            if self.settlements.lock().is_empty() {
                 return;
             }
         }
@@ -735,9 +699,7 @@ impl Deliverer {
                 sink.metrics.delivered.increment(1);
                 let lag_ms = (crate::now_millis() - c.created_at_ms).max(0) as u64;
                 sink.metrics.lag.record(lag_ms as f64 / 1000.0);
-                if let Ok(mut w) = sink.lags.lock() {
-                    w.record(lag_ms);
-                }
+                sink.lags.lock().record(lag_ms);
                 (AuditKind::DeliverySucceeded, None)
             }
             Settlement::Retry { .. } => {
@@ -804,19 +766,13 @@ mod tests {
         let now = Instant::now();
         let cognigy =
             runtime("kind = \"cognigy\"\nmode = \"notify\"\nendpoint_url = \"https://e\"");
-        let available = cognigy
-            .bucket
-            .as_ref()
-            .map(|b| b.lock().expect("bucket").available(now));
+        let available = cognigy.bucket.as_ref().map(|b| b.lock().available(now));
         assert_eq!(available, Some(1000));
         let own = runtime(
             "kind = \"cognigy\"\nmode = \"notify\"\nendpoint_url = \"https://e\"\n\
              rate_limit = { per = \"1s\", max = 5 }",
         );
-        let available = own
-            .bucket
-            .as_ref()
-            .map(|b| b.lock().expect("bucket").available(now));
+        let available = own.bucket.as_ref().map(|b| b.lock().available(now));
         assert_eq!(available, Some(5));
         let http = runtime("kind = \"http\"\nurl = \"http://x\"");
         assert!(http.bucket.is_none());

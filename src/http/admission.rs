@@ -13,10 +13,10 @@
 //! buckets (clients quiet for a whole `per`) are forgotten, and past the cap new addresses
 //! share one overflow bucket, so memory stays bounded whatever the clients do.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::config::{RateBy, RouteRateLimit};
@@ -94,7 +94,7 @@ impl RouteLimiter {
 
     /// Pays for one request from `client`, or says how long until it could be paid for.
     pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
-        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = self.buckets.lock();
         if self.config.by == RateBy::Route {
             return b.shared.try_take(now);
         }
@@ -119,11 +119,7 @@ impl RouteLimiter {
 
     /// Client buckets held (for tests and the bound above).
     pub fn clients(&self) -> usize {
-        self.buckets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clients
-            .len()
+        self.buckets.lock().clients.len()
     }
 }
 

@@ -86,10 +86,10 @@ type Record<'a> = Option<(&'static str, Option<&'a str>, u64)>;
 pub struct PgStore {
     pool: Pool,
     /// Taken (closed) by `close`, so the writer drains the queue and stops.
-    queue: std::sync::Mutex<Option<mpsc::Sender<Queued>>>,
+    queue: parking_lot::Mutex<Option<mpsc::Sender<Queued>>>,
     queue_depth: usize,
     writer_alive: Arc<AtomicBool>,
-    writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    writer: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     maintenance: tokio::task::JoinHandle<()>,
     settings: Arc<Settings>,
     url: String,
@@ -166,11 +166,30 @@ async fn migrate(pool: &Pool) -> Result<(), String> {
     tx.commit().await.map_err(step("commit"))
 }
 
+/// How long `committed_since` waits for a dead run's database sessions to end.
+const DEAD_SESSIONS_WAIT: Duration = Duration::from_secs(10);
+
+/// The `application_name` of a replica's connections (at most 63 bytes are kept).
+fn replica_application_name(replica: &str) -> String {
+    let mut name = format!("cognihook {replica}");
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
+}
+
 impl PgStore {
     /// Connects, migrates, and starts the writer and maintenance tasks. Must run inside a
     /// Tokio runtime.
     pub async fn open(url: &str, config: &StoreConfig) -> Result<PgStore, String> {
-        let target = PgTarget::parse(url)?;
+        let mut target = PgTarget::parse(url)?;
+        // The connections name this replica, so that after a crash the next run can wait for
+        // the dead run's transactions to end (see `committed_since`).
+        if target.config.get_application_name().is_none() {
+            target
+                .config
+                .application_name(replica_application_name(crate::replica_id()));
+        }
         let pool = pool(&target, 16)?;
         migrate(&pool).await?;
         let settings = Arc::new(Settings {
@@ -200,10 +219,10 @@ impl PgStore {
         let maintenance = tokio::spawn(run_maintenance(pool.clone(), settings.clone()));
         Ok(PgStore {
             pool,
-            queue: std::sync::Mutex::new(Some(tx)),
+            queue: parking_lot::Mutex::new(Some(tx)),
             queue_depth: config.queue_depth,
             writer_alive,
-            writer: std::sync::Mutex::new(Some(writer)),
+            writer: parking_lot::Mutex::new(Some(writer)),
             maintenance,
             settings,
             url: url.to_string(),
@@ -229,12 +248,9 @@ impl PgStore {
 
     pub(super) async fn accept(&self, a: Acceptance) -> Result<AcceptOutcome, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let sent = match self.queue.lock() {
-            Ok(q) => match q.as_ref() {
-                Some(q) => q.try_send((Box::new(a), tx)),
-                None => return Err(StoreError::Closed),
-            },
-            Err(_) => return Err(StoreError::Closed),
+        let sent = match self.queue.lock().as_ref() {
+            Some(q) => q.try_send((Box::new(a), tx)),
+            None => return Err(StoreError::Closed),
         };
         match sent {
             Ok(()) => {}
@@ -478,32 +494,59 @@ impl PgStore {
     ) -> Result<Vec<super::CommittedEvent>, StoreError> {
         let from =
             ulid::Ulid::from_parts(since_ms.saturating_sub(60_000).max(0) as u64, 0).to_string();
-        let run = async {
-            let c = self.client().await?;
-            let rows = c
-                .query(
-                    "SELECT event_id, correlation_id, route, session_id, event_type, \
+        let run =
+            async {
+                let c = self.client().await?;
+                // A run killed mid-commit leaves its COMMIT to the server: it may land after this
+                // query and its event would never get a line. The server ends the dead run's
+                // sessions once it notices the closed sockets (at the latest when a commit tries to
+                // answer), so wait, bounded, until none is left.
+                let name = replica_application_name(replica);
+                let waited = std::time::Instant::now();
+                loop {
+                    let left: i64 = c
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                            &[&name],
+                        )
+                        .await
+                        .map_err(unavailable)?
+                        .get(0);
+                    if left == 0 {
+                        break;
+                    }
+                    if waited.elapsed() > DEAD_SESSIONS_WAIT {
+                        tracing::warn!(sessions = left, replica,
+                        "the last run's database sessions are still open; recovering its audit \
+                         lines without waiting for them");
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let rows = c
+                    .query(
+                        "SELECT event_id, correlation_id, route, session_id, event_type, \
                             state_version, simulated, committed_at \
                      FROM events WHERE event_id >= $1 AND committed_at >= $2 AND replica = $3 \
                      ORDER BY committed_at, event_id LIMIT $4",
-                    &[&from, &since_ms, &replica, &(super::MAX_RECOVERED as i64)],
-                )
-                .await
-                .map_err(unavailable)?;
-            Ok(rows
-                .iter()
-                .map(|r| super::CommittedEvent {
-                    event_id: r.get(0),
-                    correlation_id: r.get(1),
-                    route: r.get(2),
-                    session_id: r.get(3),
-                    event_type: r.get(4),
-                    state_version: r.get::<_, i64>(5).max(0) as u64,
-                    simulated: r.get(6),
-                    committed_at: r.get(7),
-                })
-                .collect())
-        };
+                        &[&from, &since_ms, &replica, &(super::MAX_RECOVERED as i64)],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| super::CommittedEvent {
+                        event_id: r.get(0),
+                        correlation_id: r.get(1),
+                        route: r.get(2),
+                        session_id: r.get(3),
+                        event_type: r.get(4),
+                        state_version: r.get::<_, i64>(5).max(0) as u64,
+                        simulated: r.get(6),
+                        committed_at: r.get(7),
+                    })
+                    .collect())
+            };
         bounded(run).await
     }
 
@@ -669,8 +712,8 @@ impl PgStore {
     /// Commits everything queued, then stops the writer.
     pub(super) async fn close(&self) {
         // Dropping the sender lets the writer commit what is queued, then end.
-        drop(self.queue.lock().ok().and_then(|mut q| q.take()));
-        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        drop(self.queue.lock().take());
+        let writer = self.writer.lock().take();
         if let Some(w) = writer {
             let _ = w.await;
         }

@@ -17,10 +17,11 @@
 //! after a crash the lines of events committed since can be written again from the store
 //! (`app` does it at start; see `previous_mark` and `recover`).
 
+use parking_lot::{Condvar, Mutex};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -95,14 +96,21 @@ pub fn previous_mark(path: &Path) -> Option<Mark> {
     Mark::parse(&std::fs::read_to_string(path).ok()?)
 }
 
-/// The replica (`host:pid`) that wrote the mark at `path`, when it says.
-pub fn previous_replica(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.trim()
-        .strip_prefix("written-through ")?
-        .split_whitespace()
-        .nth(1)
-        .map(str::to_string)
+/// The replicas (`host:pid`) whose lines the mark at `path` covers, when it says: the one
+/// that wrote it, and while a run has not yet written lines of its own, the earlier ones it
+/// recovered for (see `Audit::release_mark`).
+pub fn previous_replicas(path: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    match text.trim().strip_prefix("written-through ") {
+        Some(rest) => rest
+            .split_whitespace()
+            .skip(1)
+            .map(str::to_string)
+            .collect(),
+        None => Vec::new(),
+    }
 }
 
 /// Event ids of the `webhook_processed` lines in the last 64 MiB of the audit file at `path`
@@ -148,8 +156,12 @@ struct MarkFile {
 
 impl MarkFile {
     fn write(&self, mark: Mark) -> std::io::Result<()> {
+        self.write_text(&mark.render())
+    }
+
+    fn write_text(&self, text: &str) -> std::io::Result<()> {
         let tmp = self.path.with_extension("mark.tmp");
-        std::fs::write(&tmp, mark.render())?;
+        std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, &self.path)
     }
 }
@@ -226,14 +238,9 @@ impl Shared {
     /// Writes out everything buffered so far. On failure the lines go back to the front of
     /// the buffer (dropped and counted past `MAX_BUFFER_BYTES`); returns whether it wrote.
     fn drain(&self) -> bool {
-        let Ok(mut out) = self.out.lock() else {
-            return false;
-        };
+        let mut out = self.out.lock();
         let taken_at = crate::now_millis();
-        let data = match self.buf.lock() {
-            Ok(mut b) => std::mem::take(&mut *b),
-            Err(_) => return false,
-        };
+        let data = std::mem::take(&mut *self.buf.lock());
         if data.is_empty() {
             drop(out);
             self.advance_mark(taken_at);
@@ -242,10 +249,8 @@ impl Shared {
         match out.write_all(&data).and_then(|()| out.flush()) {
             Ok(()) => {
                 drop(out);
-                if let Ok(mut f) = self.failing.lock() {
-                    if f.take().is_some() {
-                        tracing::info!("audit lines are being written again");
-                    }
+                if self.failing.lock().take().is_some() {
+                    tracing::info!("audit lines are being written again");
                 }
                 self.advance_mark(taken_at);
                 true
@@ -261,17 +266,17 @@ impl Shared {
     fn failed(&self, e: &std::io::Error, data: Vec<u8>) {
         use crate::telemetry::metrics::{AUDIT_LINES_DROPPED_TOTAL, AUDIT_WRITE_FAILURES_TOTAL};
         metrics::counter!(AUDIT_WRITE_FAILURES_TOTAL).increment(1);
-        if let Ok(mut f) = self.failing.lock() {
-            *f = Some(format!("audit lines cannot be written: {e}"));
-        }
+        *self.failing.lock() = Some(format!("audit lines cannot be written: {e}"));
         let lines = data.iter().filter(|&&b| b == b'\n').count();
-        let dropped = match self.buf.lock() {
-            Ok(mut b) if data.len() + b.len() <= MAX_BUFFER_BYTES => {
+        let dropped = {
+            let mut b = self.buf.lock();
+            if data.len() + b.len() <= MAX_BUFFER_BYTES {
                 let newer = std::mem::replace(&mut *b, data);
                 b.extend_from_slice(&newer);
                 0
+            } else {
+                lines
             }
-            _ => lines,
         };
         if dropped > 0 {
             metrics::counter!(AUDIT_LINES_DROPPED_TOTAL).increment(dropped as u64);
@@ -369,9 +374,9 @@ impl Audit {
             .name("cognihook-audit".into())
             .spawn(move || {
                 while !s.stop.load(Ordering::SeqCst) {
-                    if let Ok(b) = s.buf.lock() {
-                        let _ = s.wake.wait_timeout(b, DRAIN_EVERY);
-                    }
+                    let mut b = s.buf.lock();
+                    s.wake.wait_for(&mut b, DRAIN_EVERY);
+                    drop(b);
                     s.drain();
                 }
                 s.close();
@@ -391,12 +396,10 @@ impl Audit {
             return;
         }
         buf.push(b'\n');
-        let len = match s.buf.lock() {
-            Ok(mut b) => {
-                b.extend_from_slice(&buf);
-                b.len()
-            }
-            Err(_) => return,
+        let len = {
+            let mut b = s.buf.lock();
+            b.extend_from_slice(&buf);
+            b.len()
         };
         if len >= MAX_BUFFER_BYTES {
             s.drain();
@@ -418,11 +421,7 @@ impl Audit {
         s.drain();
         let file = open_append(path)
             .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
-        let mut out = s
-            .out
-            .lock()
-            .map_err(|_| "the audit log's lock is poisoned".to_string())?;
-        *out = Box::new(file);
+        *s.out.lock() = Box::new(file);
         Ok(())
     }
 
@@ -440,11 +439,31 @@ impl Audit {
         }
     }
 
-    /// Lets the mark move on: call once the earlier run's lost lines (if any) are buffered.
-    pub fn release_mark(&self) {
-        if let Some(m) = self.shared.as_deref().and_then(|Handle(s)| s.mark.as_ref()) {
-            m.written.store(i64::MIN / 2, Ordering::Relaxed);
+    /// Lets the mark move on: call once the earlier run's lost lines (if any) are buffered,
+    /// with the earlier mark's time and replicas when it was not clean.
+    ///
+    /// Until this run's first write moves it, the mark names this replica beside the earlier
+    /// ones, from the earlier time (or now): a crash before then loses neither the recovered
+    /// lines still buffered nor those of events this run commits meanwhile.
+    pub fn release_mark(&self, earlier: Option<(i64, &[String])>) {
+        let Some(m) = self.shared.as_deref().and_then(|Handle(s)| s.mark.as_ref()) else {
+            return;
+        };
+        let (since, replicas) = earlier.unwrap_or((crate::now_millis(), &[]));
+        let mut text = format!("written-through {since}");
+        for r in replicas
+            .iter()
+            .map(String::as_str)
+            .chain([crate::replica_id()])
+        {
+            text.push(' ');
+            text.push_str(r);
         }
+        text.push('\n');
+        if let Err(e) = m.write_text(&text) {
+            tracing::debug!(error = %e, "the audit mark could not be written");
+        }
+        m.written.store(i64::MIN / 2, Ordering::Relaxed);
     }
 
     /// Why lines cannot be written, while they cannot (`/readyz`).
@@ -452,10 +471,7 @@ impl Audit {
         let Some(Handle(s)) = self.shared.as_deref() else {
             return Ok(());
         };
-        match s.failing.lock() {
-            Ok(f) => f.clone().map_or(Ok(()), Err),
-            Err(_) => Err("the audit log's lock is poisoned".into()),
-        }
+        s.failing.lock().clone().map_or(Ok(()), Err)
     }
 }
 
@@ -555,7 +571,7 @@ mod tests {
             if self.broken.load(Ordering::SeqCst) {
                 return Err(std::io::Error::other("No space left on device"));
             }
-            self.got.lock().expect("lock").extend_from_slice(b);
+            self.got.lock().extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -594,12 +610,12 @@ mod tests {
         audit.flush();
         let why = audit.health().expect_err("failing");
         assert!(why.contains("No space left"), "{why}");
-        assert!(out.got.lock().expect("lock").is_empty());
+        assert!(out.got.lock().is_empty());
         out.broken.store(false, Ordering::SeqCst);
         audit.write(&line(3));
         audit.flush();
         audit.health().expect("healthy again");
-        let text = String::from_utf8(out.got.lock().expect("lock").clone()).expect("utf8");
+        let text = String::from_utf8(out.got.lock().clone()).expect("utf8");
         let versions: Vec<u64> = text
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
@@ -622,7 +638,13 @@ mod tests {
             Some(Mark::WrittenThrough(5)),
             "held: the earlier run's mark stays until its lines are recovered"
         );
-        audit.release_mark();
+        audit.release_mark(Some((5, &["a:1".to_string()])));
+        assert_eq!(previous_mark(&mark), Some(Mark::WrittenThrough(5)));
+        assert_eq!(
+            previous_replicas(&mark),
+            ["a:1", crate::replica_id()],
+            "released: the earlier replica's time and name, and this replica's, until it writes"
+        );
         let before = crate::now_millis();
         audit.write(&line(2));
         audit.flush();

@@ -1,7 +1,8 @@
 //! Metric names (SPEC §9.1) as constants, and the process-wide Prometheus recorder.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -177,7 +178,8 @@ impl RouteMetrics {
     /// One answered request.
     pub fn request(&self, status: u16, code: &'static str, seconds: f64) {
         self.duration.record(seconds);
-        if let Ok(mut m) = self.requests.lock() {
+        {
+            let mut m = self.requests.lock();
             m.entry((status, code))
                 .or_insert_with(|| {
                     metrics::counter!(REQUESTS_TOTAL, "route" => self.route.clone(),
@@ -199,16 +201,15 @@ impl RouteMetrics {
     pub fn signature(&self, result: SignatureResult, secret: Option<&str>) {
         match (result, secret) {
             (SignatureResult::Valid, Some(label)) => {
-                if let Ok(mut m) = self.signature_valid.lock() {
-                    match m.get(label) {
-                        Some(c) => c.increment(1),
-                        None => {
-                            let c = metrics::counter!(SIGNATURE_CHECKS_TOTAL,
+                let mut m = self.signature_valid.lock();
+                match m.get(label) {
+                    Some(c) => c.increment(1),
+                    None => {
+                        let c = metrics::counter!(SIGNATURE_CHECKS_TOTAL,
                                 "route" => self.route.clone(), "result" => "valid",
                                 "secret" => label.to_string());
-                            c.increment(1);
-                            m.insert(label.to_string(), c);
-                        }
+                        c.increment(1);
+                        m.insert(label.to_string(), c);
                     }
                 }
             }

@@ -41,11 +41,12 @@ mod project;
 mod record;
 mod sequencer;
 
+use parking_lot::Mutex;
 use std::any::Any;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -124,18 +125,14 @@ pub(crate) struct Health {
 
 impl Health {
     fn fail(&self, e: &StoreError) {
-        if let Ok(mut w) = self.why.lock() {
-            *w = Some(e.to_string());
-        }
+        *self.why.lock() = Some(e.to_string());
         self.failing.store(true, Ordering::SeqCst);
     }
 
     /// Cheap when nothing failed: this runs after every commit.
     fn recover(&self) {
         if self.failing.swap(false, Ordering::SeqCst) {
-            if let Ok(mut w) = self.why.lock() {
-                *w = None;
-            }
+            *self.why.lock() = None;
         }
     }
 
@@ -143,7 +140,7 @@ impl Health {
         if !self.failing.load(Ordering::SeqCst) {
             return None;
         }
-        self.why.lock().ok().and_then(|w| w.clone())
+        self.why.lock().clone()
     }
 }
 
@@ -737,9 +734,7 @@ impl SqliteStore {
         };
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = conn
-                .lock()
-                .map_err(|_| unavailable("store lock poisoned"))?;
+            let mut conn = conn.lock();
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(unavailable)?;
@@ -769,19 +764,10 @@ impl SqliteStore {
             let now = crate::now_millis();
             // The leased rows are read before the rows: a settlement that lands in between
             // is either still held here or already in what the query reads.
-            let taken = shared
-                .leases
-                .lock()
-                .map_err(|_| unavailable("lease lock poisoned"))?
-                .taken(now);
-            let conn = reader
-                .lock()
-                .map_err(|_| unavailable("reader lock poisoned"))?;
+            let taken = shared.leases.lock().taken(now);
+            let conn = reader.lock();
             let rows = outbox::due(&conn, now, &sink, limit, &taken).map_err(unavailable)?;
-            let mut leases = shared
-                .leases
-                .lock()
-                .map_err(|_| unavailable("lease lock poisoned"))?;
+            let mut leases = shared.leases.lock();
             // Another claim may have taken some since `taken` was read.
             let fresh = leases.taken(now);
             let rows: Vec<_> = rows
@@ -890,11 +876,7 @@ impl SqliteStore {
         }
         let now = crate::now_millis();
         let held: Vec<bool> = {
-            let mut leases = self
-                .shared
-                .leases
-                .lock()
-                .map_err(|_| unavailable("lease lock poisoned"))?;
+            let mut leases = self.shared.leases.lock();
             items.iter().map(|(c, _)| leases.settle(c, now)).collect()
         };
         let write: Vec<(Claimed, Settlement)> = items
@@ -912,10 +894,9 @@ impl SqliteStore {
         // them as pending any more.
         let shared = self.shared.clone();
         let release: AfterJob = Box::new(move || {
-            if let Ok(mut l) = shared.leases.lock() {
-                l.release(&ids);
-            }
-            if let Ok(hook) = shared.on_settled.lock() {
+            shared.leases.lock().release(&ids);
+            {
+                let hook = shared.on_settled.lock();
                 if let Some(f) = hook.as_ref() {
                     f();
                 }
@@ -1011,9 +992,7 @@ impl SqliteStore {
         self.caught_up().await?;
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = reader
-                .lock()
-                .map_err(|_| unavailable("reader lock poisoned"))?;
+            let conn = reader.lock();
             f(&conn).map_err(unavailable)
         })
         .await
@@ -1063,9 +1042,7 @@ impl SqliteStore {
         let log_dir = self.log_dir.clone();
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = reader
-                .lock()
-                .map_err(|_| unavailable("reader lock poisoned"))?;
+            let conn = reader.lock();
             journey_with_tail(&conn, &log_dir, &id).map_err(unavailable)
         })
         .await
@@ -1074,9 +1051,7 @@ impl SqliteStore {
 
     /// Calls `f` whenever settlements have been written (the delivery workers wake on it).
     pub fn on_settled(&self, f: impl Fn() + Send + Sync + 'static) {
-        if let Ok(mut hook) = self.shared.on_settled.lock() {
-            *hook = Some(Box::new(f));
-        }
+        *self.shared.on_settled.lock() = Some(Box::new(f));
     }
 
     /// Why the store cannot commit now, if it cannot (for `/readyz`).
@@ -1113,13 +1088,13 @@ impl SqliteStore {
         let reader = self.reader.clone();
         let answers = tokio::task::spawn_blocking(move || match reader.try_lock() {
             // One page of the schema, from the file or its cache: quick.
-            Ok(conn) => conn
+            Some(conn) => conn
                 .query_row("SELECT count(*) FROM sqlite_master", [], |r| {
                     r.get::<_, i64>(0)
                 })
                 .is_ok(),
-            Err(std::sync::TryLockError::WouldBlock) => true,
-            Err(std::sync::TryLockError::Poisoned(_)) => false,
+            // Busy answering a query: it answers.
+            None => true,
         })
         .await
         .unwrap_or(false);
@@ -1155,7 +1130,7 @@ impl SqliteStore {
                 let _ = rx.await;
             }
             join(&engine.projector_thread).await;
-            let checkpointer = engine.checkpointer.lock().ok().and_then(|mut h| h.take());
+            let checkpointer = engine.checkpointer.lock().take();
             if let Some((stop, h)) = checkpointer {
                 stop.store(true, Ordering::SeqCst);
                 h.thread().unpark();
@@ -1163,9 +1138,7 @@ impl SqliteStore {
             }
         }
         // Dropping the file releases the lock for the next gateway.
-        if let Ok(mut l) = self.lock.lock() {
-            l.take();
-        }
+        self.lock.lock().take();
     }
 }
 
@@ -1180,7 +1153,7 @@ fn probe_write(dir: &Path) -> Result<(), String> {
 }
 
 async fn join(handle: &Mutex<Option<JoinHandle<()>>>) {
-    let h = handle.lock().ok().and_then(|mut h| h.take());
+    let h = handle.lock().take();
     if let Some(h) = h {
         let _ = tokio::task::spawn_blocking(move || h.join()).await;
     }
@@ -1567,7 +1540,7 @@ mod tests {
         // A long read holds the reader connection; the probe answers anyway (before this
         // check it waited for the lock, here for ever: the bound only turns a hang into a
         // failure).
-        let held = store.reader.lock().expect("reader");
+        let held = store.reader.lock();
         let answered = rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(30), store.readiness()).await
         });
@@ -1778,7 +1751,6 @@ mod tests {
             .shared
             .leases
             .lock()
-            .expect("leases")
             .held
             .get_mut(&first[0].outbox_id)
         {

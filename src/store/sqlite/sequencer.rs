@@ -252,7 +252,8 @@ impl Sequencer {
                     hot.written.extend(written.drain(..));
                     undo.clear();
                     // A `respond` row is leased to its request from the start.
-                    if let Ok(mut leases) = self.shared.leases.lock() {
+                    {
+                        let mut leases = self.shared.leases.lock();
                         for r in records.iter() {
                             if let Record::Accept(a) = r {
                                 for row in &a.rows {
