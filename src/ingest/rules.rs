@@ -169,7 +169,7 @@ mod tests {
     }
 
     fn seed_rules() -> RuleSet {
-        let routes = crate::config::default_routes();
+        let routes = crate::config::Config::default().routes;
         RuleSet::compile(&routes[1].rules, &routes[1].extract).expect("seed rules compile")
     }
 

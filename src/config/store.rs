@@ -1,0 +1,116 @@
+//! `[store]`, `[audit]` and `[privacy]`: where events are kept, their audit trail, and
+//! what is redacted or sealed before they are.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration_str;
+
+/// `[privacy]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// JSON pointers into the normalised event replaced by `"[redacted]"` before storage and
+    /// delivery (see `event::Redaction`).
+    pub redact: Vec<String>,
+    /// Secret reference to the data key(s), base64 of 32 bytes each, comma-separated for
+    /// rotation (the first seals, all open): event bodies are sealed at rest (`seal`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encrypt_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// fsync on every commit (default; a 2xx means the event is on disk).
+    Full,
+    /// WAL without fsync per commit: an OS crash may lose the last commits.
+    Normal,
+    /// No fsync at all (benchmarks only).
+    Off,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreConfig {
+    /// `sqlite://PATH`; unset = `DATA_DIR/cognihook.db`.
+    pub url: Option<String>,
+    /// Directory of the embedded store (from `COGNIHOOK_DATA_DIR`).
+    pub data_dir: PathBuf,
+    pub sync: SyncMode,
+    #[serde(with = "duration_str")]
+    pub idempotency_window: Duration,
+    #[serde(with = "duration_str")]
+    pub session_ttl: Duration,
+    #[serde(with = "duration_str")]
+    pub retention: Duration,
+    /// Most acceptances committed in one transaction.
+    pub max_batch: usize,
+    /// Acceptances waiting for the writer before ingest answers 503 `unavailable`.
+    pub queue_depth: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    /// File to append audit lines to; unset = stdout.
+    pub path: Option<PathBuf>,
+}
+
+impl Default for StoreConfig {
+    /// From the built-in defaults (`defaults.toml`).
+    fn default() -> Self {
+        super::Config::builtin().store.clone()
+    }
+}
+
+impl Default for AuditConfig {
+    /// From the built-in defaults (`defaults.toml`).
+    fn default() -> Self {
+        super::Config::builtin().audit.clone()
+    }
+}
+
+/// Which store a configuration selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite(PathBuf),
+    /// A `postgres://` URL.
+    Postgres(String),
+}
+
+impl StoreConfig {
+    /// The backend: PostgreSQL for a `postgres://` URL, else the embedded SQLite file.
+    pub fn backend(&self) -> Result<Backend, String> {
+        match &self.url {
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                crate::store::pg_conn::PgTarget::parse(u)?;
+                Ok(Backend::Postgres(u.clone()))
+            }
+            _ => self.sqlite_path().map(Backend::Sqlite),
+        }
+    }
+
+    /// The SQLite database file this configuration selects.
+    pub fn sqlite_path(&self) -> Result<PathBuf, String> {
+        match &self.url {
+            None => Ok(self.data_dir.join("cognihook.db")),
+            Some(u) => {
+                if let Some(path) = u.strip_prefix("sqlite://") {
+                    if path.is_empty() {
+                        Err("store.url `sqlite://` needs a path".into())
+                    } else {
+                        Ok(PathBuf::from(path))
+                    }
+                } else if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+                    Err("store.url selects PostgreSQL, not an embedded SQLite file".into())
+                } else {
+                    Err(format!(
+                        "store.url `{u}`: expected sqlite://PATH or postgres://…"
+                    ))
+                }
+            }
+        }
+    }
+}

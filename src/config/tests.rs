@@ -1,0 +1,242 @@
+use super::*;
+use std::time::Duration;
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn default_config_serves_both_seed_routes() {
+    let c = Config::load(None, &env(&[])).expect("default config is valid");
+    let paths: Vec<_> = c.routes.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths, ["/webhook", "/webhook/cognigy"]);
+    assert_eq!(c.routes[1].rules.len(), 2);
+    assert_eq!(c.store.sync, SyncMode::Full);
+}
+
+#[test]
+fn env_overrides_file_and_defaults() {
+    let c = Config::load(
+        None,
+        &env(&[
+            ("COGNIHOOK_LISTEN", "127.0.0.1:9999"),
+            ("COGNIHOOK_DATA_DIR", "/tmp/x"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(c.server.listen.port(), 9999);
+    assert_eq!(
+        c.store.sqlite_path().expect("path"),
+        PathBuf::from("/tmp/x/cognihook.db")
+    );
+}
+
+#[test]
+fn reports_every_unknown_key_at_once() {
+    let err = Config::from_toml(
+        "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n[limits]\nmax_bdy = 3\n[bogus]\nx = 1\n",
+    )
+    .expect_err("unknown keys");
+    assert_eq!(err.0.len(), 3, "{err}");
+    assert!(err.0.iter().any(|p| p.contains("server.lisen")), "{err}");
+    assert!(err.0.iter().any(|p| p.contains("limits.max_bdy")), "{err}");
+    assert!(err.0.iter().any(|p| p.contains("bogus")), "{err}");
+}
+
+#[test]
+fn a_postgres_url_with_unusable_tls_options_is_a_config_problem() {
+    for (url, says) in [
+        ("postgres://db/x?sslmode=prefer", "falls back to plain text"),
+        (
+            "postgres://db/x?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            "cannot be read",
+        ),
+    ] {
+        let err = Config::load(None, &env(&[("COGNIHOOK_DATABASE_URL", url)])).expect_err(url);
+        assert!(err.0.iter().any(|p| p.contains(says)), "{url}: {err}");
+    }
+}
+
+#[test]
+fn reports_every_semantic_problem_at_once() {
+    let text = r#"
+[limits]
+max_body_bytes = 0
+[[route]]
+name = "a"
+path = "nope"
+payload = "nlu"
+auth = { scheme = "none" }
+[[route]]
+name = "a"
+path = "/x"
+payload = { kind = "flow-event" }
+auth = { scheme = "hmac-sha256" }
+"#;
+    let c = Config::from_toml(text).expect("parses");
+    let p = c.validate();
+    assert!(p.iter().any(|m| m.contains("max_body_bytes")), "{p:?}");
+    assert!(p.iter().any(|m| m.contains("must start with `/`")), "{p:?}");
+    assert!(
+        p.iter().any(|m| m.contains("allow_unauthenticated")),
+        "{p:?}"
+    );
+    assert!(p.iter().any(|m| m.contains("more than one route")), "{p:?}");
+    assert!(p.iter().any(|m| m.contains("needs `secrets`")), "{p:?}");
+}
+
+#[test]
+fn durations_are_human_strings() {
+    let c = Config::from_toml("[limits]\ndeadline = \"500ms\"\n").expect("parses");
+    assert_eq!(c.limits.deadline, Duration::from_millis(500));
+    let e = Config::from_toml("[limits]\ndeadline = \"soon\"\n").expect_err("bad");
+    assert!(e.0[0].contains("invalid duration `soon`"), "{e}");
+}
+
+#[test]
+fn a_partial_file_keeps_the_built_in_value_of_every_key_it_does_not_set() {
+    let c = Config::from_toml(
+        "[server]\nlisten = \"127.0.0.1:9\"\n[delivery]\nbusy = { in_flight = 4 }\n",
+    )
+    .expect("parses");
+    let d = Config::default();
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:9");
+    assert_eq!(c.server.idle_timeout, d.server.idle_timeout);
+    assert_eq!(c.server.max_connections, 10_000);
+    assert_eq!(c.delivery.busy.in_flight, 4);
+    assert_eq!(
+        c.delivery.busy.interval,
+        Duration::from_millis(100),
+        "inline tables merge too"
+    );
+    assert_eq!(c.delivery.busy.share, d.delivery.busy.share);
+    assert_eq!(c.routes.len(), 2, "no [[route]]: the built-in ones");
+    assert_eq!(
+        toml::to_string(&c.store).expect("store"),
+        toml::to_string(&d.store).expect("store")
+    );
+}
+
+#[test]
+fn the_section_defaults_are_the_embedded_files_values() {
+    // One source: every Default impl reads defaults.toml (spot checks of its values).
+    assert_eq!(LimitsConfig::default().deadline, Duration::from_secs(7));
+    assert_eq!(StoreConfig::default().queue_depth, 8192);
+    assert!(default_toml().contains("queue_depth = 8192"));
+    assert!(AuditConfig::default().enabled);
+    assert_eq!(BusyConfig::default().in_flight, 16);
+    assert!(default_toml().contains("busy = { in_flight = 16,"));
+}
+
+#[test]
+fn print_default_is_a_valid_config_equal_to_the_built_in_default() {
+    let text = default_toml();
+    let c = Config::from_toml(text).expect("default TOML parses");
+    assert!(c.validate().is_empty());
+    let as_toml = |c: &Config| toml::to_string(c).expect("serialise");
+    assert_eq!(as_toml(&c), as_toml(&Config::default()));
+}
+
+#[test]
+fn simulator_refuses_non_loopback_listener() {
+    let mut c = Config::default();
+    c.server.simulator = true;
+    assert!(c
+        .validate()
+        .iter()
+        .any(|p| p.contains("not a loopback address")));
+    c.server.listen = "127.0.0.1:8080".parse().expect("addr");
+    assert!(c.validate().is_empty());
+    c.server.listen = "0.0.0.0:8080".parse().expect("addr");
+    c.server.simulator_allow_remote = true;
+    assert!(c.validate().is_empty());
+}
+
+#[test]
+fn file_routes_replace_builtin_ones() {
+    let c = Config::from_toml(
+        "[[route]]\nname = \"x\"\npath = \"/x\"\npayload = \"nlu\"\nauth = { scheme = \"hmac-sha256\", secrets = [\"lit\"] }\n",
+    )
+    .expect("parses");
+    assert_eq!(c.routes.len(), 1);
+    assert_eq!(c.routes[0].name, "x");
+}
+
+#[test]
+fn sink_tables_are_checked_per_kind_and_routes_must_name_defined_sinks() {
+    let text = r#"
+[sink.web]
+kind = "http"
+url = "ftp://nowhere"
+subject = "x"
+concurrency = 0
+[sink.log]
+kind = "file"
+[sink.q]
+kind = "cognigy"
+[[route]]
+name = "r"
+path = "/r"
+payload = "nlu"
+auth = { scheme = "hmac-sha256", secrets = ["lit"] }
+sinks = ["web", "missing", "web"]
+"#;
+    let c = Config::from_toml(text).expect("parses");
+    let p = c.validate();
+    for want in [
+        "sink `web` (http): url `ftp://nowhere` must be an absolute",
+        "sink `web` (http): key `subject` does not apply",
+        "sink `web` (http): concurrency must be at least 1",
+        "sink `log` (file): `path` is required",
+        "sink `q` (cognigy): `mode` is required",
+        "sink `q` (cognigy): give exactly one of `endpoint_url`",
+        "sink `missing` is not defined",
+        "sink `web` listed twice",
+    ] {
+        assert!(
+            p.iter().any(|m| m.contains(want)),
+            "missing {want:?} in {p:?}"
+        );
+    }
+    let ok = Config::from_toml(
+        "[sink.web]\nkind = \"http\"\nurl = \"https://example.test/x\"\nretry = { max_attempts = 5 }\n",
+    )
+    .expect("parses");
+    assert!(ok.validate().is_empty(), "{:?}", ok.validate());
+    assert_eq!(ok.sinks["web"].retry.max_attempts, 5);
+    assert_eq!(ok.sinks["web"].retry.base_delay, Duration::from_secs(1));
+    let bad = Config::from_toml(
+        "[sink.web]\nkind = \"http\"\nurl = \"http://x\"\nretry = { tries = 5 }\n",
+    );
+    assert!(bad.is_err(), "unknown key inside retry");
+}
+
+#[test]
+fn masked_config_hides_literal_secrets_and_token() {
+    let mut c = Config::default();
+    c.routes[0].auth.secrets = vec!["supersecret".into(), "env:X".into()];
+    c.server.admin_token = Some("tok123".into());
+    let sink: SinkConfig = toml::from_str(
+        "kind = \"http\"\nurl = \"http://user:pw123@host/x\"\nsecret = \"sinksecret\"",
+    )
+    .expect("sink");
+    c.sinks.insert("s".into(), sink);
+    c.store.url = Some("postgres://app:dbpass42@db:5432/cognihook".into());
+    c.routes[1].auth = AuthConfig {
+        password: Some("basicpw".into()),
+        username: Some("u".into()),
+        ..AuthConfig::with_secrets(AuthScheme::Basic, Vec::new())
+    };
+    let out = c.to_masked_toml();
+    assert!(!out.contains("dbpass42"));
+    assert!(out.contains("@db:5432/cognihook"));
+    assert!(!out.contains("basicpw"));
+    assert!(!out.contains("sinksecret"));
+    assert!(!out.contains("pw123"));
+    assert!(!out.contains("supersecret"));
+    assert!(!out.contains("tok123"));
+    assert!(out.contains("env:X"));
+}
