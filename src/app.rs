@@ -52,7 +52,8 @@ pub fn install_data_keys(config: &Config, env: &dyn EnvSource) -> Result<(), Str
         return Ok(());
     };
     let at = "privacy.encrypt_key";
-    let values: Vec<Vec<u8>> = crate::secret::resolve_secret_ref(reference, env)
+    let values: Vec<Vec<u8>> = reference
+        .resolve(env)
         .map_err(|e| format!("{at}: {e}"))?
         .into_iter()
         .map(|s| s.value)
@@ -184,7 +185,7 @@ impl App {
             audit,
             metrics,
             config.limits.clone(),
-            config.server.admin_token.as_deref(),
+            config.server.admin_token.as_ref().map(|t| t.expose()),
             deliverer.clone(),
         );
         let public_listener = TcpListener::bind(config.server.listen)

@@ -106,9 +106,129 @@ pub fn mask_url(url: &str) -> String {
     out
 }
 
+/// Defines a configuration string type whose `Debug`, `Display` and `Serialize` show only
+/// `$shown(&inner)`; `expose` gives the real value to the code that uses it.
+macro_rules! guarded_string {
+    ($(#[$doc:meta])* $name:ident, $shown:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The real value, for the code that connects, signs or compares with it.
+            pub fn expose(&self) -> &str {
+                &self.0
+            }
+
+            /// What may be shown: in logs, errors, `check-config`.
+            pub fn shown(&self) -> String {
+                let show: fn(&str) -> String = $shown;
+                show(&self.0)
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                $name(s)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                $name(s.to_string())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.shown())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.shown())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.shown())
+            }
+        }
+    };
+}
+
+const MASK: &str = "********";
+
+guarded_string!(
+    /// A secret as the configuration names it: a reference (`env:NAME`, `file:PATH`), shown as
+    /// written, or a literal value, never shown. [`SecretRef::resolve`] gives the values.
+    SecretRef,
+    |s| {
+        if s.starts_with("env:") || s.starts_with("file:") {
+            s.to_string()
+        } else {
+            MASK.to_string()
+        }
+    }
+);
+
+guarded_string!(
+    /// A secret value itself (the admin token): never shown.
+    SecretString,
+    |_| MASK.to_string()
+);
+
+guarded_string!(
+    /// A URL that may carry credentials (`user:pass@`, `?token=…`): shown through [`mask_url`].
+    SecretUrl,
+    mask_url
+);
+
+impl SecretRef {
+    /// The values it names (see [`resolve_secret_ref`]).
+    pub fn resolve(&self, env: &dyn EnvSource) -> Result<Vec<Secret>, String> {
+        resolve_secret_ref(&self.0, env)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configuration_secrets_print_masked_whatever_prints_them() {
+        let literal = SecretRef::from("hunter2");
+        let reference = SecretRef::from("env:HOOK_SECRET");
+        let token = SecretString::from("t0ken");
+        let url = SecretUrl::from("postgres://app:pw@db:5432/x?password=pw2");
+        let shown = [
+            format!("{literal:?} {literal} {reference:?} {reference}"),
+            format!("{token:?} {token}"),
+            format!("{url:?} {url}"),
+            serde_json::to_string(&(&literal, &reference, &token, &url)).expect("json"),
+        ]
+        .join("\n");
+        for secret in ["hunter2", "t0ken", "pw", "pw2"] {
+            assert!(
+                !shown.contains(&format!("{secret}\"")),
+                "{secret} in {shown}"
+            );
+        }
+        assert!(!shown.contains("hunter2") && !shown.contains("t0ken") && !shown.contains(":pw@"));
+        assert!(
+            shown.contains("env:HOOK_SECRET"),
+            "references show: {shown}"
+        );
+        assert!(
+            shown.contains("db:5432"),
+            "the URL keeps its place: {shown}"
+        );
+        assert_eq!(literal.expose(), "hunter2");
+        assert_eq!(url.expose(), "postgres://app:pw@db:5432/x?password=pw2");
+    }
 
     #[test]
     fn urls_lose_their_credentials_and_keep_their_place() {

@@ -18,16 +18,29 @@ pub(super) struct ServeArgs {
 
 pub(super) fn run(file: Option<&Path>, args: ServeArgs) -> Result<(), CliError> {
     crate::telemetry::init_logging();
-    let mut config = Config::load(file, &ProcessEnv).map_err(|e| CliError::Usage(e.to_string()))?;
-    if args.simulator {
+    // Every problem at once: the configuration's own, then those its components find when
+    // they are built (sink tables, route secrets and rules).
+    let (config, mut problems) = Config::load_report(file, &ProcessEnv);
+    let Some(mut config) = config else {
+        return Err(CliError::Usage(config::ConfigErrors(problems).to_string()));
+    };
+    if args.simulator && !config.server.simulator {
         config.server.simulator = true;
-        let problems = config.validate();
-        if !problems.is_empty() {
-            return Err(CliError::Usage(config::ConfigErrors(problems).to_string()));
+        // Checked again with the simulator on (it refuses a non-loopback listener).
+        for p in config.validate() {
+            if !problems.contains(&p) {
+                problems.push(p);
+            }
         }
     }
-    let wiring = Wiring::build(&config, &ProcessEnv)
-        .map_err(|p| CliError::Usage(config::ConfigErrors(p).to_string()))?;
+    let wiring = Wiring::build(&config, &ProcessEnv);
+    if let Err(p) = &wiring {
+        problems.extend(p.iter().cloned());
+    }
+    let wiring = match wiring {
+        Ok(w) if problems.is_empty() => w,
+        _ => return Err(CliError::Usage(config::ConfigErrors(problems).to_string())),
+    };
     let rt = super::runtime()?;
     rt.block_on(async move {
         let app = App::build(config, wiring)

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::opt_duration_str;
+use crate::secret::SecretRef;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuthScheme {
@@ -46,7 +47,7 @@ pub struct AuthConfig {
     /// Secret references: `env:NAME` (comma-separated values allowed), `file:PATH` (one per
     /// line) or a literal. hmac-sha256, hmac-sha256-timestamped, standard-webhooks, jambonz.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub secrets: Vec<String>,
+    pub secrets: Vec<SecretRef>,
     /// Headers that may carry the signature (hmac-sha256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Vec<String>>,
@@ -65,10 +66,10 @@ pub struct AuthConfig {
     pub username: Option<String>,
     /// basic: a secret reference (several values allowed during rotation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
+    pub password: Option<SecretRef>,
     /// api-key: secret references of the accepted keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub keys: Vec<String>,
+    pub keys: Vec<SecretRef>,
 }
 
 impl AuthConfig {
@@ -76,7 +77,7 @@ impl AuthConfig {
     pub fn with_secrets(scheme: AuthScheme, secrets: Vec<String>) -> AuthConfig {
         AuthConfig {
             scheme,
-            secrets,
+            secrets: secrets.into_iter().map(SecretRef::from).collect(),
             headers: None,
             header: None,
             tolerance: None,
@@ -86,8 +87,50 @@ impl AuthConfig {
         }
     }
 
+    /// Checks this table for its scheme and converts it into what the route's verifier is
+    /// built from, or returns every problem (named under `at`). The one place an `auth`
+    /// table's keys are checked (called when the route is built, `ingest::Routes::build`).
+    pub fn check(&self, at: &str, allow_unauthenticated: bool) -> Result<AuthSpec, Vec<String>> {
+        let p = self.problems(at, allow_unauthenticated);
+        if !p.is_empty() {
+            return Err(p);
+        }
+        let secrets = self.secrets.clone();
+        let header = |name: &str| http::HeaderName::from_bytes(name.as_bytes()).ok();
+        Ok(match self.scheme {
+            AuthScheme::None => AuthSpec::None,
+            AuthScheme::HmacSha256 => AuthSpec::Hmac {
+                secrets,
+                headers: self
+                    .headers
+                    .as_ref()
+                    .map(|h| h.iter().filter_map(|n| header(n)).collect()),
+            },
+            AuthScheme::HmacSha256Timestamped => AuthSpec::Timestamped {
+                secrets,
+                header: self.header.as_deref().and_then(header),
+                tolerance: self.tolerance,
+            },
+            AuthScheme::Jambonz => AuthSpec::Jambonz {
+                secrets,
+                tolerance: self.tolerance,
+            },
+            AuthScheme::StandardWebhooks => AuthSpec::StandardWebhooks {
+                secrets,
+                tolerance: self.tolerance,
+            },
+            AuthScheme::Basic => AuthSpec::Basic {
+                username: self.username.clone().unwrap_or_default(),
+                password: self.password.clone().unwrap_or_else(|| "".into()),
+            },
+            AuthScheme::ApiKey => AuthSpec::ApiKey {
+                keys: self.keys.clone(),
+            },
+        })
+    }
+
     /// Problems with the keys of this table for its scheme.
-    pub(super) fn validate(&self, at: &str, allow_unauthenticated: bool) -> Vec<String> {
+    fn problems(&self, at: &str, allow_unauthenticated: bool) -> Vec<String> {
         let scheme = self.scheme.name();
         let mut p = Vec::new();
         let needs_secrets = matches!(
@@ -179,4 +222,41 @@ impl AuthConfig {
         }
         p
     }
+}
+
+/// A route's `auth` table checked for its scheme (see [`AuthConfig::check`]): each scheme
+/// with exactly its settings. Secrets are still references (`env:`, `file:` or a literal),
+/// resolved when the verifier is built.
+#[derive(Debug, Clone)]
+pub enum AuthSpec {
+    /// `none` (the route allows unauthenticated requests).
+    None,
+    /// `hmac-sha256`: the signature in one of `headers` (unset = the defaults).
+    Hmac {
+        secrets: Vec<SecretRef>,
+        headers: Option<Vec<http::HeaderName>>,
+    },
+    /// `hmac-sha256-timestamped`: `t=…,v1=…` in `header` (unset = the default).
+    Timestamped {
+        secrets: Vec<SecretRef>,
+        header: Option<http::HeaderName>,
+        tolerance: Option<Duration>,
+    },
+    /// `jambonz`: jambonz's signature header.
+    Jambonz {
+        secrets: Vec<SecretRef>,
+        tolerance: Option<Duration>,
+    },
+    /// `standard-webhooks`: `whsec_` keys.
+    StandardWebhooks {
+        secrets: Vec<SecretRef>,
+        tolerance: Option<Duration>,
+    },
+    /// `basic`: one user name; the password reference may hold several (rotation).
+    Basic {
+        username: String,
+        password: SecretRef,
+    },
+    /// `api-key`: references of the accepted keys.
+    ApiKey { keys: Vec<SecretRef> },
 }

@@ -30,7 +30,7 @@ pub struct ServerConfig {
     #[serde(with = "duration_str")]
     pub shutdown_grace: Duration,
     /// Bearer token for `/admin/*` (usually from `COGNIHOOK_ADMIN_TOKEN`); unset = admin disabled.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<crate::secret::SecretString>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

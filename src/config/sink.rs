@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::duration_str;
+use crate::secret::{SecretRef, SecretUrl};
 
 /// Sink kinds (SPEC §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,7 +33,8 @@ impl SinkKind {
     }
 }
 
-/// One `[sink.NAME]` table. Keys that do not apply to the kind are reported by `validate`.
+/// One `[sink.NAME]` table as written. Keys that do not apply to the kind are reported by
+/// [`SinkConfig::check`], which turns it into a [`SinkSpec`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SinkConfig {
     pub kind: SinkKind,
@@ -54,10 +56,10 @@ pub struct SinkConfig {
     pub rate_limit: Option<crate::rate::RateLimit>,
     /// http: target URL; nats/amqp/redis: broker URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
+    pub url: Option<SecretUrl>,
     /// http: secret for the outgoing `X-Cognihook-Signature` (`env:`/`file:`/literal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
+    pub secret: Option<SecretRef>,
     /// file: the JSON-lines file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
@@ -81,7 +83,7 @@ pub struct SinkConfig {
     pub mode: Option<CognigyMode>,
     /// cognigy: the Endpoint base URL; calls go to `{endpoint_url}/{mode}/{URLToken}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint_url: Option<String>,
+    pub endpoint_url: Option<SecretUrl>,
     /// cognigy: `"v2"` for the v2.0 API (`COGNIGY_API_BASE_URL`, `X-API-Key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<String>,
@@ -119,8 +121,10 @@ fn default_sink_concurrency() -> usize {
 }
 
 impl SinkConfig {
-    /// Problems with this sink's table.
-    pub fn validate(&self, name: &str) -> Vec<String> {
+    /// Checks this table for its kind and converts it into what the sink's client is built
+    /// from, or returns every problem found. The one place a sink's keys are checked: the
+    /// clients receive a [`SinkSpec`] and check nothing again.
+    pub fn check(&self, name: &str) -> Result<SinkSpec, Vec<String>> {
         let at = format!("sink `{name}` ({})", self.kind.name());
         let mut p = Vec::new();
         if name.is_empty()
@@ -193,7 +197,7 @@ impl SinkConfig {
             }
         }
         if let (SinkKind::Http, Some(u)) = (self.kind, &self.url) {
-            match u.parse::<http::Uri>() {
+            match u.expose().parse::<http::Uri>() {
                 Ok(uri)
                     if matches!(uri.scheme_str(), Some("http" | "https"))
                         && uri.host().is_some() => {}
@@ -213,7 +217,7 @@ impl SinkConfig {
                 _ => {}
             }
             if let Some(u) = &self.endpoint_url {
-                match u.parse::<http::Uri>() {
+                match u.expose().parse::<http::Uri>() {
                     Ok(uri)
                         if matches!(uri.scheme_str(), Some("http" | "https"))
                             && uri.host().is_some() => {}
@@ -230,6 +234,165 @@ impl SinkConfig {
                 }
             }
         }
-        p
+        if !p.is_empty() {
+            return Err(p);
+        }
+        self.target()
+            .map(|target| SinkSpec {
+                name: name.to_string(),
+                timeout: self.timeout,
+                retry: self.retry,
+                breaker: self.breaker,
+                concurrency: self.concurrency,
+                ordered: self.ordered,
+                rate_limit: self.rate_limit,
+                target,
+            })
+            .ok_or_else(|| vec![format!("{at}: incomplete table")])
     }
+
+    /// The kind's target, when the keys it needs are there (checked above).
+    fn target(&self) -> Option<Target> {
+        let url = || self.url.clone();
+        Some(match self.kind {
+            SinkKind::Http => Target::Http(HttpTarget {
+                url: url()?,
+                secret: self.secret.clone(),
+            }),
+            SinkKind::File => Target::File(FileTarget {
+                path: self.path.clone()?,
+            }),
+            SinkKind::Nats => Target::Nats(NatsTarget {
+                url: url()?,
+                subject: self.subject.clone()?,
+            }),
+            SinkKind::Amqp => Target::Amqp(AmqpTarget {
+                url: url()?,
+                exchange: self.exchange.clone()?,
+                routing_key: self.routing_key.clone(),
+            }),
+            SinkKind::Redis => Target::Redis(RedisTarget {
+                url: url()?,
+                stream: self.stream.clone()?,
+                maxlen: self.maxlen,
+            }),
+            SinkKind::Cognigy => Target::Cognigy(CognigyTarget {
+                mode: self.mode?,
+                api: match (&self.endpoint_url, self.api.as_deref()) {
+                    (Some(base), None) => CognigyApi::EndpointService {
+                        base_url: base.expose().trim_end_matches('/').into(),
+                    },
+                    (None, Some("v2")) => CognigyApi::V2,
+                    _ => return None,
+                },
+                secret: self.secret.clone(),
+                text: self.text.clone(),
+                data: self.data.clone(),
+            }),
+        })
+    }
+}
+
+/// A `[sink.NAME]` table checked for its kind (see [`SinkConfig::check`]).
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    pub name: String,
+    /// Time one attempt may take.
+    pub timeout: Duration,
+    pub retry: crate::delivery::retry::RetryPolicy,
+    pub breaker: crate::delivery::breaker::BreakerConfig,
+    /// Attempts in flight at once.
+    pub concurrency: usize,
+    /// One event in flight per session, in acceptance order.
+    pub ordered: bool,
+    pub rate_limit: Option<crate::rate::RateLimit>,
+    /// Where events go, with exactly the settings of the kind.
+    pub target: Target,
+}
+
+impl SinkSpec {
+    pub fn kind(&self) -> SinkKind {
+        match self.target {
+            Target::Http(_) => SinkKind::Http,
+            Target::File(_) => SinkKind::File,
+            Target::Nats(_) => SinkKind::Nats,
+            Target::Amqp(_) => SinkKind::Amqp,
+            Target::Redis(_) => SinkKind::Redis,
+            Target::Cognigy(_) => SinkKind::Cognigy,
+        }
+    }
+}
+
+/// Where a sink sends, per kind (SPEC §7).
+#[derive(Debug, Clone)]
+pub enum Target {
+    Http(HttpTarget),
+    File(FileTarget),
+    Nats(NatsTarget),
+    Amqp(AmqpTarget),
+    Redis(RedisTarget),
+    Cognigy(CognigyTarget),
+}
+
+/// `kind = "http"`: POST each event to `url`.
+#[derive(Debug, Clone)]
+pub struct HttpTarget {
+    /// An absolute http:// or https:// URL.
+    pub url: SecretUrl,
+    /// Secret reference for the outgoing `X-Cognihook-Signature`.
+    pub secret: Option<SecretRef>,
+}
+
+/// `kind = "file"`: append each event as a JSON line.
+#[derive(Debug, Clone)]
+pub struct FileTarget {
+    pub path: PathBuf,
+}
+
+/// `kind = "nats"`: publish to JetStream.
+#[derive(Debug, Clone)]
+pub struct NatsTarget {
+    pub url: SecretUrl,
+    /// Template with `{route}` and `{eventType}`.
+    pub subject: String,
+}
+
+/// `kind = "amqp"`: publish to an exchange with publisher confirms.
+#[derive(Debug, Clone)]
+pub struct AmqpTarget {
+    pub url: SecretUrl,
+    pub exchange: String,
+    /// Template with `{route}` and `{eventType}`; unset = the route's name.
+    pub routing_key: Option<String>,
+}
+
+/// `kind = "redis"`: XADD to a stream.
+#[derive(Debug, Clone)]
+pub struct RedisTarget {
+    pub url: SecretUrl,
+    pub stream: String,
+    /// Approximate MAXLEN of the stream.
+    pub maxlen: Option<u64>,
+}
+
+/// `kind = "cognigy"`: inject into the Flow or notify the user (cognigy/FACTS.md §2).
+#[derive(Debug, Clone)]
+pub struct CognigyTarget {
+    pub mode: CognigyMode,
+    pub api: CognigyApi,
+    /// v2: secret reference of the API key (default `env:COGNIGY_API_KEY`).
+    pub secret: Option<SecretRef>,
+    /// CEL over the event for the message text.
+    pub text: Option<String>,
+    /// CEL over the event for `data`.
+    pub data: Option<String>,
+}
+
+/// Which Cognigy API a `cognigy` sink calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CognigyApi {
+    /// `{base_url}/{mode}/{URLToken}` (no trailing slash on `base_url`).
+    EndpointService { base_url: SecretUrl },
+    /// The v2.0 REST API at `COGNIGY_API_BASE_URL`, with `X-API-Key`.
+    V2,
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::duration_str;
+use crate::secret::{SecretRef, SecretUrl};
 
 /// `[privacy]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -18,7 +19,7 @@ pub struct PrivacyConfig {
     /// Secret reference to the data key(s), base64 of 32 bytes each, comma-separated for
     /// rotation (the first seals, all open): event bodies are sealed at rest (`seal`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub encrypt_key: Option<String>,
+    pub encrypt_key: Option<SecretRef>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,7 +36,7 @@ pub enum SyncMode {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoreConfig {
     /// `sqlite://PATH`; unset = `DATA_DIR/cognihook.db`.
-    pub url: Option<String>,
+    pub url: Option<SecretUrl>,
     /// Directory of the embedded store (from `COGNIHOOK_DATA_DIR`).
     pub data_dir: PathBuf,
     pub sync: SyncMode,
@@ -83,10 +84,10 @@ pub enum Backend {
 impl StoreConfig {
     /// The backend: PostgreSQL for a `postgres://` URL, else the embedded SQLite file.
     pub fn backend(&self) -> Result<Backend, String> {
-        match &self.url {
+        match self.url.as_ref().map(SecretUrl::expose) {
             Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
                 crate::store::pg_conn::PgTarget::parse(u)?;
-                Ok(Backend::Postgres(u.clone()))
+                Ok(Backend::Postgres(u.to_string()))
             }
             _ => self.sqlite_path().map(Backend::Sqlite),
         }
@@ -94,7 +95,7 @@ impl StoreConfig {
 
     /// The SQLite database file this configuration selects.
     pub fn sqlite_path(&self) -> Result<PathBuf, String> {
-        match &self.url {
+        match self.url.as_ref().map(SecretUrl::expose) {
             None => Ok(self.data_dir.join("cognihook.db")),
             Some(u) => {
                 if let Some(path) = u.strip_prefix("sqlite://") {
@@ -107,7 +108,8 @@ impl StoreConfig {
                     Err("store.url selects PostgreSQL, not an embedded SQLite file".into())
                 } else {
                     Err(format!(
-                        "store.url `{u}`: expected sqlite://PATH or postgres://…"
+                        "store.url `{}`: expected sqlite://PATH or postgres://…",
+                        crate::secret::mask_url(u)
                     ))
                 }
             }

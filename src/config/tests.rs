@@ -77,7 +77,17 @@ payload = { kind = "flow-event" }
 auth = { scheme = "hmac-sha256" }
 "#;
     let c = Config::from_toml(text).expect("parses");
-    let p = c.validate();
+    // The configuration's checks, then each auth table's own (run when routes are built).
+    let mut p = c.validate();
+    for r in &c.routes {
+        let at = format!("route `{}`", r.name);
+        p.extend(
+            r.auth
+                .check(&at, r.allow_unauthenticated)
+                .err()
+                .unwrap_or_default(),
+        );
+    }
     assert!(p.iter().any(|m| m.contains("max_body_bytes")), "{p:?}");
     assert!(p.iter().any(|m| m.contains("must start with `/`")), "{p:?}");
     assert!(
@@ -185,7 +195,11 @@ auth = { scheme = "hmac-sha256", secrets = ["lit"] }
 sinks = ["web", "missing", "web"]
 "#;
     let c = Config::from_toml(text).expect("parses");
-    let p = c.validate();
+    // Cross-references are the configuration's; each table's own keys are the sink's check.
+    let mut p = c.validate();
+    for (name, table) in &c.sinks {
+        p.extend(table.check(name).err().unwrap_or_default());
+    }
     for want in [
         "sink `web` (http): url `ftp://nowhere` must be an absolute",
         "sink `web` (http): key `subject` does not apply",
@@ -206,7 +220,13 @@ sinks = ["web", "missing", "web"]
     )
     .expect("parses");
     assert!(ok.validate().is_empty(), "{:?}", ok.validate());
-    assert_eq!(ok.sinks["web"].retry.max_attempts, 5);
+    let spec = ok.sinks["web"].check("web").expect("valid");
+    assert_eq!(spec.retry.max_attempts, 5);
+    match &spec.target {
+        Target::Http(t) => assert_eq!(t.url.expose(), "https://example.test/x"),
+        other => panic!("an http target, not {other:?}"),
+    }
+    assert_eq!(spec.kind(), SinkKind::Http);
     assert_eq!(ok.sinks["web"].retry.base_delay, Duration::from_secs(1));
     let bad = Config::from_toml(
         "[sink.web]\nkind = \"http\"\nurl = \"http://x\"\nretry = { tries = 5 }\n",

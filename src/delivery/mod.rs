@@ -19,11 +19,17 @@ pub fn build_sinks(
 ) -> Result<Vec<Arc<SinkRuntime>>, Vec<String>> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
-    for (name, sc) in &config.sinks {
-        match crate::sinks::build(name, sc, env) {
+    for (name, table) in &config.sinks {
+        let spec = match table.check(name) {
+            Ok(spec) => spec,
+            Err(mut p) => {
+                problems.append(&mut p);
+                continue;
+            }
+        };
+        match crate::sinks::build(&spec, env) {
             Ok(sink) => out.push(Arc::new(SinkRuntime::new(
-                name,
-                sc.clone(),
+                spec,
                 sink,
                 config.delivery.lease_margin,
             ))),

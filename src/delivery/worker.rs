@@ -23,7 +23,7 @@ use super::breaker::{Admission, Breaker, CircuitState};
 use super::lag::{LagSummary, LagWindow};
 use super::pace::{Allowance, Load, Pacer};
 use super::retry::Next;
-use crate::config::SinkConfig;
+use crate::config::SinkSpec;
 use crate::rate::Bucket;
 use crate::sinks::{Delivery, Sink, SinkError};
 use crate::store::{Claimed, DeadReason, Settlement, Store};
@@ -44,7 +44,7 @@ const LAG_WINDOW: usize = 1024;
 /// A configured sink with its client, limits and health.
 pub struct SinkRuntime {
     pub name: String,
-    pub config: SinkConfig,
+    pub config: SinkSpec,
     sink: Arc<dyn Sink>,
     permits: Arc<Semaphore>,
     breaker: Mutex<Breaker>,
@@ -64,12 +64,8 @@ pub struct SinkRuntime {
 
 impl SinkRuntime {
     /// `lease_margin`: lease time beyond two sends' timeouts (`delivery.lease_margin`).
-    pub fn new(
-        name: &str,
-        config: SinkConfig,
-        sink: Arc<dyn Sink>,
-        lease_margin: Duration,
-    ) -> SinkRuntime {
+    pub fn new(config: SinkSpec, sink: Arc<dyn Sink>, lease_margin: Duration) -> SinkRuntime {
+        let name = config.name.as_str();
         SinkRuntime {
             lease_margin,
             name: name.to_string(),
@@ -83,7 +79,7 @@ impl SinkRuntime {
                 .or_else(|| {
                     // Cognigy's shared SaaS takes 1,000 requests per 5 minutes per IP; a
                     // `cognigy` sink keeps to that unless told otherwise.
-                    (config.kind == crate::config::SinkKind::Cognigy).then_some(
+                    (config.kind() == crate::config::SinkKind::Cognigy).then_some(
                         crate::rate::RateLimit {
                             per: Duration::from_secs(300),
                             max: 1000,
@@ -760,8 +756,9 @@ mod tests {
     #[test]
     fn cognigy_sinks_keep_to_cognigys_saas_limit_unless_told_otherwise() {
         let runtime = |table: &str| {
-            let config: SinkConfig = toml::from_str(table).expect("table");
-            SinkRuntime::new("s", config, Arc::new(Nothing), Duration::from_secs(1))
+            let table: crate::config::SinkConfig = toml::from_str(table).expect("table");
+            let spec = table.check("s").expect("a valid table");
+            SinkRuntime::new(spec, Arc::new(Nothing), Duration::from_secs(1))
         };
         let now = Instant::now();
         let cognigy =

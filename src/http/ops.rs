@@ -435,7 +435,7 @@ pub async fn admin_sinks(State(state): State<AppState>, headers: HeaderMap) -> R
             s.observe(c);
             json!({
                 "name": s.name,
-                "kind": s.config.kind.name(),
+                "kind": s.config.kind().name(),
                 "circuit": s.circuit().name(),
                 "paused": s.is_paused(),
                 "pending": c.pending,

@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderName};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::{AuthScheme, Config, EnvSource, RouteConfig};
+use crate::config::{AuthSpec, Config, EnvSource, RouteConfig};
 use auth::{
     AuthError, CredentialVerifier, HmacVerifier, Secret, SpentSignature, StandardWebhooksVerifier,
     TimestampedKind, TimestampedVerifier, Verified,
@@ -243,7 +243,13 @@ fn build_route(
 ) -> Result<Route, Vec<String>> {
     let at = format!("route `{}`", r.name);
     let mut problems = Vec::new();
-    let auth = build_auth(&r.auth, env, &at, &mut problems);
+    let auth = match r.auth.check(&at, r.allow_unauthenticated) {
+        Ok(spec) => build_auth(&spec, env, &at, &mut problems),
+        Err(mut p) => {
+            problems.append(&mut p);
+            Authenticator::None
+        }
+    };
     let payload = match PayloadDecoder::build(&r.payload) {
         Ok(p) => Some(p),
         Err(e) => {
@@ -276,7 +282,7 @@ fn build_route(
 
 /// Resolves every secret reference in `refs`, recording problems under `what`.
 fn resolve_all(
-    refs: &[String],
+    refs: &[crate::secret::SecretRef],
     env: &dyn EnvSource,
     at: &str,
     what: &str,
@@ -284,7 +290,7 @@ fn resolve_all(
 ) -> Vec<Secret> {
     let mut out = Vec::new();
     for s in refs {
-        match auth::resolve_secret_ref(s, env) {
+        match s.resolve(env) {
             Ok(mut v) => out.append(&mut v),
             Err(e) => problems.push(format!("{at}: {what} `{s}`: {e}")),
         }
@@ -293,21 +299,19 @@ fn resolve_all(
 }
 
 fn build_auth(
-    a: &crate::config::AuthConfig,
+    spec: &AuthSpec,
     env: &dyn EnvSource,
     at: &str,
     problems: &mut Vec<String>,
 ) -> Authenticator {
-    let tolerance = a.tolerance.unwrap_or(auth::DEFAULT_TOLERANCE);
-    match a.scheme {
-        AuthScheme::None => Authenticator::None,
-        AuthScheme::HmacSha256 => {
-            let secrets = resolve_all(&a.secrets, env, at, "auth secret", problems);
-            let headers: Vec<HeaderName> = match &a.headers {
-                Some(h) => h
-                    .iter()
-                    .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-                    .collect(),
+    let mut resolve =
+        |refs: &[crate::secret::SecretRef], what: &str| resolve_all(refs, env, at, what, problems);
+    match spec {
+        AuthSpec::None => Authenticator::None,
+        AuthSpec::Hmac { secrets, headers } => {
+            let secrets = resolve(secrets, "auth secret");
+            let headers: Vec<HeaderName> = match headers {
+                Some(h) => h.clone(),
                 None => auth::DEFAULT_SIGNATURE_HEADERS
                     .iter()
                     .map(|h| HeaderName::from_static(h))
@@ -315,25 +319,34 @@ fn build_auth(
             };
             Authenticator::Hmac(HmacVerifier::new(&secrets, &headers))
         }
-        AuthScheme::HmacSha256Timestamped | AuthScheme::Jambonz => {
-            let secrets = resolve_all(&a.secrets, env, at, "auth secret", problems);
-            let (kind, header) = if a.scheme == AuthScheme::Jambonz {
-                (
-                    TimestampedKind::Jambonz,
-                    HeaderName::from_static(auth::JAMBONZ_HEADER),
-                )
-            } else {
-                let header = a
-                    .header
-                    .as_deref()
-                    .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
-                    .unwrap_or(HeaderName::from_static(auth::DEFAULT_TIMESTAMPED_HEADER));
-                (TimestampedKind::Cognihook, header)
-            };
-            Authenticator::Timestamped(TimestampedVerifier::new(&secrets, header, tolerance, kind))
+        AuthSpec::Timestamped {
+            secrets,
+            header,
+            tolerance,
+        } => {
+            let secrets = resolve(secrets, "auth secret");
+            let header = header
+                .clone()
+                .unwrap_or(HeaderName::from_static(auth::DEFAULT_TIMESTAMPED_HEADER));
+            let tolerance = tolerance.unwrap_or(auth::DEFAULT_TOLERANCE);
+            Authenticator::Timestamped(TimestampedVerifier::new(
+                &secrets,
+                header,
+                tolerance,
+                TimestampedKind::Cognihook,
+            ))
         }
-        AuthScheme::StandardWebhooks => {
-            let secrets = resolve_all(&a.secrets, env, at, "auth secret", problems);
+        AuthSpec::Jambonz { secrets, tolerance } => {
+            let secrets = resolve(secrets, "auth secret");
+            Authenticator::Timestamped(TimestampedVerifier::new(
+                &secrets,
+                HeaderName::from_static(auth::JAMBONZ_HEADER),
+                tolerance.unwrap_or(auth::DEFAULT_TOLERANCE),
+                TimestampedKind::Jambonz,
+            ))
+        }
+        AuthSpec::StandardWebhooks { secrets, tolerance } => {
+            let secrets = resolve(secrets, "auth secret");
             let keys: Vec<Secret> = secrets
                 .iter()
                 .filter_map(|s| match auth::decode_whsec(s) {
@@ -347,15 +360,17 @@ fn build_auth(
                     }
                 })
                 .collect();
-            Authenticator::StandardWebhooks(StandardWebhooksVerifier::new(&keys, tolerance))
+            Authenticator::StandardWebhooks(StandardWebhooksVerifier::new(
+                &keys,
+                tolerance.unwrap_or(auth::DEFAULT_TOLERANCE),
+            ))
         }
-        AuthScheme::Basic => {
-            let passwords = resolve_all(a.password.as_slice(), env, at, "auth password", problems);
-            let user = a.username.as_deref().unwrap_or_default();
-            Authenticator::Credentials(CredentialVerifier::basic(user, &passwords))
+        AuthSpec::Basic { username, password } => {
+            let passwords = resolve(std::slice::from_ref(password), "auth password");
+            Authenticator::Credentials(CredentialVerifier::basic(username, &passwords))
         }
-        AuthScheme::ApiKey => {
-            let keys = resolve_all(&a.keys, env, at, "auth key", problems);
+        AuthSpec::ApiKey { keys } => {
+            let keys = resolve(keys, "auth key");
             Authenticator::Credentials(CredentialVerifier::api_key(&keys))
         }
     }

@@ -8,7 +8,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::sync::Mutex;
 
 use super::{render_template, Delivery, SendFuture, Sink, SinkError};
-use crate::config::SinkConfig;
+use crate::config::AmqpTarget;
 
 pub struct AmqpSink {
     url: String,
@@ -19,14 +19,14 @@ pub struct AmqpSink {
 }
 
 impl AmqpSink {
-    pub fn new(config: &SinkConfig) -> Result<AmqpSink, String> {
-        let url = config.url.clone().ok_or("`url` is required")?;
+    pub fn new(target: &AmqpTarget) -> Result<AmqpSink, String> {
+        let url = target.url.expose().to_string();
         url.parse::<lapin::uri::AMQPUri>()
             .map_err(|e| format!("url: {e}"))?;
         Ok(AmqpSink {
             url,
-            exchange: config.exchange.clone().ok_or("`exchange` is required")?,
-            routing_key: config
+            exchange: target.exchange.clone(),
+            routing_key: target
                 .routing_key
                 .clone()
                 .unwrap_or_else(|| "{route}".into()),

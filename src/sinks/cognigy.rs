@@ -9,11 +9,13 @@
 //! Cognigy's 60 kB API limit, or an expression that cannot be evaluated is a permanent
 //! failure; the answer is classified as for the `http` sink.
 
+use std::time::Duration;
+
 use serde_json::{Map, Value};
 
 use super::http::{classify, client, request_error};
 use super::{Delivery, SendFuture, Sink, SinkError};
-use crate::config::{CognigyMode, EnvSource, SinkConfig};
+use crate::config::{CognigyApi, CognigyMode, CognigyTarget, EnvSource};
 use crate::expr::EventExpr;
 
 /// Largest JSON body the Cognigy REST API takes (cognigy/FACTS.md §2, "60 kB").
@@ -35,21 +37,26 @@ pub struct CognigySink {
 }
 
 impl CognigySink {
-    pub fn new(config: &SinkConfig, env: &dyn EnvSource) -> Result<CognigySink, String> {
-        let mode = config.mode.ok_or("`mode` is required (inject or notify)")?;
-        let target = match (&config.endpoint_url, config.api.as_deref()) {
-            (Some(base), None) => Target::EndpointService {
-                base: base.trim_end_matches('/').to_string(),
+    pub fn new(
+        config: &CognigyTarget,
+        timeout: Duration,
+        env: &dyn EnvSource,
+    ) -> Result<CognigySink, String> {
+        let mode = config.mode;
+        let target = match &config.api {
+            CognigyApi::EndpointService { base_url } => Target::EndpointService {
+                base: base_url.expose().to_string(),
             },
-            (None, Some("v2")) => {
+            CognigyApi::V2 => {
                 let base = env.get("COGNIGY_API_BASE_URL").ok_or(
                     "api = \"v2\" needs COGNIGY_API_BASE_URL (e.g. https://api-trial.cognigy.ai)",
                 )?;
                 let key_ref = config
                     .secret
                     .clone()
-                    .unwrap_or_else(|| "env:COGNIGY_API_KEY".to_string());
-                let key = crate::secret::resolve_secret_ref(&key_ref, env)
+                    .unwrap_or_else(|| "env:COGNIGY_API_KEY".into());
+                let key = key_ref
+                    .resolve(env)
                     .map_err(|e| format!("API key `{key_ref}`: {e}"))?
                     .into_iter()
                     .next()
@@ -64,7 +71,6 @@ impl CognigySink {
                     key,
                 }
             }
-            _ => return Err("give exactly one of `endpoint_url` and `api = \"v2\"`".into()),
         };
         let compile = |e: &Option<String>, key: &str| {
             e.as_deref()
@@ -73,7 +79,7 @@ impl CognigySink {
                 .map_err(|why| format!("{key} {why}"))
         };
         Ok(CognigySink {
-            client: client(config.timeout)?,
+            client: client(timeout)?,
             mode,
             target,
             text: compile(&config.text, "text")?,
@@ -187,11 +193,15 @@ mod tests {
     use super::*;
 
     fn sink(extra: &str) -> CognigySink {
-        let config: SinkConfig = toml::from_str(&format!(
+        let table: crate::config::SinkConfig = toml::from_str(&format!(
             "kind = \"cognigy\"\nmode = \"notify\"\nendpoint_url = \"https://endpoint.example/\"\n{extra}"
         ))
         .unwrap();
-        CognigySink::new(&config, &std::collections::BTreeMap::new()).unwrap()
+        let spec = table.check("c").unwrap();
+        let crate::config::Target::Cognigy(target) = &spec.target else {
+            panic!("a cognigy target")
+        };
+        CognigySink::new(target, spec.timeout, &std::collections::BTreeMap::new()).unwrap()
     }
 
     fn event(token: Option<&str>) -> Vec<u8> {

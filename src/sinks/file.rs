@@ -6,7 +6,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use super::{Delivery, SendFuture, Sink, SinkError};
-use crate::config::SinkConfig;
+use crate::config::FileTarget;
 
 pub struct FileSink {
     path: PathBuf,
@@ -15,8 +15,8 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    pub fn new(config: &SinkConfig) -> Result<FileSink, String> {
-        let path = config.path.clone().ok_or("`path` is required")?;
+    pub fn new(target: &FileTarget) -> Result<FileSink, String> {
+        let path = target.path.clone();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;

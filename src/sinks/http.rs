@@ -11,7 +11,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::{CallFuture, Delivery, SendFuture, Sink, SinkError};
-use crate::config::{EnvSource, SinkConfig};
+use crate::config::{EnvSource, HttpTarget};
 
 pub struct HttpSink {
     client: reqwest::Client,
@@ -22,17 +22,20 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    pub fn new(config: &SinkConfig, env: &dyn EnvSource) -> Result<HttpSink, String> {
-        let url = config.url.clone().ok_or("`url` is required")?;
-        let secret = match &config.secret {
+    pub fn new(
+        target: &HttpTarget,
+        timeout: Duration,
+        env: &dyn EnvSource,
+    ) -> Result<HttpSink, String> {
+        let url = target.url.expose().to_string();
+        let secret = match &target.secret {
             Some(r) => {
-                let s = crate::secret::resolve_secret_ref(r, env)
-                    .map_err(|e| format!("secret `{r}`: {e}"))?;
+                let s = r.resolve(env).map_err(|e| format!("secret `{r}`: {e}"))?;
                 s.into_iter().next().map(|s| s.value)
             }
             None => None,
         };
-        let client = client(config.timeout)?;
+        let client = client(timeout)?;
         Ok(HttpSink {
             client,
             shown: crate::secret::mask_url(&url),

@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{EnvSource, SinkConfig, SinkKind};
+use crate::config::{EnvSource, SinkSpec, Target};
 
 /// One delivery attempt of one event.
 #[derive(Debug, Clone, Copy)]
@@ -81,19 +81,16 @@ pub trait Sink: Send + Sync {
 }
 
 /// Builds the client of a configured sink.
-pub fn build(
-    name: &str,
-    config: &SinkConfig,
-    env: &dyn EnvSource,
-) -> Result<Arc<dyn Sink>, String> {
-    let at = |e: String| format!("sink `{name}`: {e}");
-    let sink: Arc<dyn Sink> = match config.kind {
-        SinkKind::Http => Arc::new(http::HttpSink::new(config, env).map_err(at)?),
-        SinkKind::File => Arc::new(file::FileSink::new(config).map_err(at)?),
-        SinkKind::Nats => Arc::new(nats::NatsSink::new(config).map_err(at)?),
-        SinkKind::Redis => Arc::new(redis::RedisSink::new(config).map_err(at)?),
-        SinkKind::Amqp => Arc::new(amqp::AmqpSink::new(config).map_err(at)?),
-        SinkKind::Cognigy => Arc::new(cognigy::CognigySink::new(config, env).map_err(at)?),
+pub fn build(spec: &SinkSpec, env: &dyn EnvSource) -> Result<Arc<dyn Sink>, String> {
+    let at = |e: String| format!("sink `{}`: {e}", spec.name);
+    let timeout = spec.timeout;
+    let sink: Arc<dyn Sink> = match &spec.target {
+        Target::Http(t) => Arc::new(http::HttpSink::new(t, timeout, env).map_err(at)?),
+        Target::File(t) => Arc::new(file::FileSink::new(t).map_err(at)?),
+        Target::Nats(t) => Arc::new(nats::NatsSink::new(t, timeout).map_err(at)?),
+        Target::Redis(t) => Arc::new(redis::RedisSink::new(t, timeout).map_err(at)?),
+        Target::Amqp(t) => Arc::new(amqp::AmqpSink::new(t).map_err(at)?),
+        Target::Cognigy(t) => Arc::new(cognigy::CognigySink::new(t, timeout, env).map_err(at)?),
     };
     Ok(sink)
 }

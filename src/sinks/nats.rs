@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::sync::OnceCell;
 
 use super::{render_template, Delivery, SendFuture, Sink, SinkError};
-use crate::config::SinkConfig;
+use crate::config::NatsTarget;
 
 pub struct NatsSink {
     url: String,
@@ -20,11 +20,11 @@ pub struct NatsSink {
 }
 
 impl NatsSink {
-    pub fn new(config: &SinkConfig) -> Result<NatsSink, String> {
+    pub fn new(target: &NatsTarget, timeout: Duration) -> Result<NatsSink, String> {
         Ok(NatsSink {
-            url: config.url.clone().ok_or("`url` is required")?,
-            subject: config.subject.clone().ok_or("`subject` is required")?,
-            timeout: config.timeout,
+            url: target.url.expose().to_string(),
+            subject: target.subject.clone(),
+            timeout,
             js: OnceCell::new(),
         })
     }

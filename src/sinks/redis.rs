@@ -7,7 +7,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
 use super::{Delivery, SendFuture, Sink, SinkError};
-use crate::config::SinkConfig;
+use crate::config::RedisTarget;
 
 pub struct RedisSink {
     client: redis::Client,
@@ -20,15 +20,16 @@ pub struct RedisSink {
 }
 
 impl RedisSink {
-    pub fn new(config: &SinkConfig) -> Result<RedisSink, String> {
-        let url = config.url.clone().ok_or("`url` is required")?;
-        let client = redis::Client::open(url.as_str()).map_err(|e| format!("url `{url}`: {e}"))?;
+    pub fn new(target: &RedisTarget, timeout: Duration) -> Result<RedisSink, String> {
+        let url = target.url.expose().to_string();
+        let client = redis::Client::open(url.as_str())
+            .map_err(|e| format!("url `{}`: {e}", crate::secret::mask_url(&url)))?;
         Ok(RedisSink {
             client,
             url,
-            stream: config.stream.clone().ok_or("`stream` is required")?,
-            maxlen: config.maxlen,
-            timeout: config.timeout,
+            stream: target.stream.clone(),
+            maxlen: target.maxlen,
+            timeout,
             conn: OnceCell::new(),
         })
     }
@@ -152,11 +153,12 @@ mod tests {
     #[tokio::test]
     async fn a_refused_password_fails_the_send_with_one_connection_and_names_the_refusal() {
         let (url, connections) = refusing_server().await;
-        let config: SinkConfig = toml::from_str(&format!(
-            "kind = \"redis\"\nurl = \"{url}\"\nstream = \"s\"\ntimeout = \"30s\""
-        ))
-        .expect("config");
-        let sink = RedisSink::new(&config).expect("sink");
+        let target = RedisTarget {
+            url: url.into(),
+            stream: "s".into(),
+            maxlen: None,
+        };
+        let sink = RedisSink::new(&target, Duration::from_secs(30)).expect("sink");
         let d = Delivery {
             event_id: "e",
             correlation_id: "c",

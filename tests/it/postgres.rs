@@ -22,7 +22,7 @@ async fn events_commit_and_deliver_on_postgres() {
     let sink = SinkServer::start().await;
     let table = format!("kind = \"http\"\nurl = \"{}\"", sink.url("/events"));
     let app = TestApp::spawn_with(|c| {
-        c.store.url = Some(url);
+        c.store.url = Some(url.into());
         crate::support::attach_sink(c, "backend", &table);
     })
     .await;
@@ -65,7 +65,7 @@ async fn a_lost_database_gives_503_with_retry_after_and_everything_recovers() {
     let via_proxy = url.replacen(&format!(":{port}/"), &format!(":{}/", proxy.addr.port()), 1);
     assert_ne!(via_proxy, url, "the URL names its port");
     let app = TestApp::spawn_with(|c| {
-        c.store.url = Some(via_proxy);
+        c.store.url = Some(via_proxy.into());
         c.limits.deadline = Duration::from_secs(7);
     })
     .await;
@@ -150,13 +150,13 @@ async fn a_commit_on_one_replica_wakes_the_workers_of_another() {
     // A takes requests and delivers nothing; B delivers and never polls: only a
     // notification from A's commit can make B deliver.
     let a = TestApp::spawn_with(|c| {
-        c.store.url = Some(url.clone());
+        c.store.url = Some(url.clone().into());
         crate::support::attach_sink(c, "backend", &table);
         c.delivery.enabled = false;
     })
     .await;
     let _b = TestApp::spawn_with(|c| {
-        c.store.url = Some(url.clone());
+        c.store.url = Some(url.clone().into());
         crate::support::attach_sink(c, "backend", &table);
         c.delivery.poll_interval = Duration::from_secs(3600);
     })
@@ -448,7 +448,7 @@ async fn identifiers_postgresql_cannot_store_are_refused_or_hashed_before_the_st
         eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
         return;
     };
-    let app = TestApp::spawn_with(|c| c.store.url = Some(url)).await;
+    let app = TestApp::spawn_with(|c| c.store.url = Some(url.into())).await;
     // A NUL in the session id: 400 naming the field, not a store failure.
     let r = app
         .post_signed("/webhook", &flow_body("bad\u{0}id", "c-nul"))
@@ -509,7 +509,7 @@ async fn settlements_the_database_cannot_take_are_retried_before_the_leases_run_
         sink.url("/events")
     );
     let app = TestApp::spawn_with(|c| {
-        c.store.url = Some(via_proxy);
+        c.store.url = Some(via_proxy.into());
         crate::support::attach_sink(c, "backend", &table);
         // Leases of 2 x 1 s + 4 s: without retries, the rows would be sent again after 6 s.
         c.delivery.lease_margin = Duration::from_secs(4);
@@ -552,7 +552,7 @@ async fn with_an_encrypt_key_postgres_holds_sealed_bodies_and_delivers_plaintext
     let table = format!("kind = \"http\"\nurl = \"{}\"", sink.url("/events"));
     let pg_url = url.clone();
     let app = TestApp::spawn_with(|c| {
-        c.store.url = Some(pg_url);
+        c.store.url = Some(pg_url.into());
         c.privacy.encrypt_key = Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into());
         crate::support::attach_sink(c, "backend", &table);
     })
