@@ -13,7 +13,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuthScheme, Backend, Config, EnvSource};
-use crate::delivery::worker::{Deliverer, SinkRuntime};
+use crate::delivery::sink::SinkRuntime;
+use crate::delivery::worker::Deliverer;
 use crate::http::{self, AppState};
 use crate::ingest::Routes;
 use crate::store::{postgres::PgStore, sqlite::SqliteStore, Store};
@@ -156,12 +157,15 @@ impl App {
         } else {
             audit.release_mark(None);
         }
+        // Ingest's load: HTTP raises it, the delivery worker paces itself by it.
+        let load = Arc::new(crate::load::IngestLoad::new(config.delivery.busy.in_flight));
         let deliverer = Deliverer::new(
             store.clone(),
             sinks,
             audit.clone(),
             config.delivery.poll_interval,
             config.delivery.busy,
+            load.clone(),
         );
         match &store {
             Store::Postgres(pg) => {
@@ -187,6 +191,7 @@ impl App {
             config.limits.clone(),
             config.server.admin_token.as_ref().map(|t| t.expose()),
             deliverer.clone(),
+            load,
         );
         let public_listener = TcpListener::bind(config.server.listen)
             .await

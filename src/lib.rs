@@ -11,40 +11,55 @@
 //!                → ingest::rules (CEL rules, extracts)
 //!                → store::Store::accept (event, session state, idempotency record, one outbox
 //!                  row per sink, decided by store::decide: committed together, group-committed)
-//!                → response (SPEC §5), audit line, metrics; tells the delivery worker
-//! delivery path: delivery::worker::Deliverer::tick (paced by delivery::pace)
+//!                → response (SPEC §5), audit line, metrics; raises load::IngestLoad and wakes
+//!                  the delivery worker; a `respond` route calls delivery::respond
+//! delivery path: delivery::worker::Deliverer::tick (paced by delivery::pace from load)
+//!                → delivery::sink::SinkRuntime::admit (pause, slots, breaker, rate bucket)
 //!                → Store::claim (due rows, with a lease)
-//!                → sinks::Sink::send (http, cognigy, nats, amqp, redis, file)
-//!                → Store::settle_many: delivered | retry at T (delivery::retry) | dead letter
-//!                  (delivery::breaker keeps a failing sink from being hammered)
+//!                → SinkRuntime::attempt → sinks::Sink::send (http, cognigy, nats, amqp,
+//!                  redis, file); the outcome classified by delivery::retry
+//!                → delivery::settle (batched Store::settle_many: delivered | retry at T |
+//!                  dead letter), then metrics and the audit line
 //! ```
+//!
+//! Settings reach each component typed: `config` parses the file over `defaults.toml` and
+//! checks cross-references; `config::SinkConfig::check` and `config::AuthConfig::check` turn a
+//! sink's or a route's auth table into a per-kind value when the component is built.
 //!
 //! # Who owns which background task
 //!
-//! - `app::App::run` owns the listeners (public and optional admin), the delivery worker task
-//!   and the shutdown sequence: stop accepting and claiming, drain in-flight requests and sends
-//!   within the grace period, then close the store and flush the audit log.
+//! - `app::App::run` owns the listeners (public and optional admin; `http::serve` owns one
+//!   task per connection, drained on shutdown), the shutdown flag task, the delivery thread
+//!   and the shutdown sequence: stop accepting and claiming, drain in-flight requests and
+//!   sends within the grace period, then close the store and flush the audit log.
+//! - The delivery thread (`cognihook-delivery`, started by `app`, niced) runs
+//!   `delivery::worker::Deliverer::run` on a runtime of its own; the worker's tracker owns one
+//!   task per send and per `respond` call; a rate-limited sink gets a one-shot timer task
+//!   that wakes the worker when its bucket refills.
 //! - `store::sqlite` (the embedded store) owns three OS threads: the *sequencer* (thread name
 //!   `cognihook-writer`), which decides acceptances and commits them to the log with one
 //!   fdatasync per group; the *projector*, which holds the only database write connection and
 //!   applies log records and the delivery path's jobs in large transactions; and the
 //!   *checkpointer*, which copies the WAL into the database file and removes log segments the
-//!   database has made durable. `store::postgres` runs its commit groups as tasks.
+//!   database has made durable. A settlement's reply is awaited by a short task that logs a
+//!   failure.
+//! - `store::postgres` owns its writer tasks (commit groups), the maintenance task (expiry,
+//!   every 30 s) and the LISTEN loop (`PgStore::listen`, wakes the workers on other
+//!   replicas' commits); `close` ends all three.
 //! - `telemetry::audit` owns one OS thread that drains buffered audit lines to their output
 //!   and keeps the mark of how far they are written (`app` recovers lost lines from it at start).
-//! - `delivery::worker::Deliverer` runs on a thread of its own and spawns one task per send
-//!   (bounded per sink) on a tracker.
 //!
 //! Nothing else runs in the background.
 //!
 //! # Layers
 //!
 //! Imports point one way: `cli` → `app` → `http`, `delivery` → `ingest`, `store`, `sinks` →
-//! the leaves `event` (the normalised event), `secret` (secret references), `expr` (CEL over
-//! the event), `rate` (token buckets, used by admission and by sinks), `clock` (stored times
-//! and schedules: wall-clock time that never runs backwards), `seal` (event bodies encrypted
-//! at rest, opened by the stores) and `config`. Store and sinks never import `ingest`; `config` checks what it
-//! parses with the leaves only.
+//! the leaves `event` (the normalised event), `secret` (secret references and values that
+//! print masked), `expr` (CEL over the event), `rate` (token buckets, used by admission and
+//! by sinks), `clock` (stored times and schedules: wall-clock time that never runs
+//! backwards), `seal` (event bodies encrypted at rest, opened by the stores), `load` (ingest's
+//! load gauge: HTTP raises it, delivery reads it) and `config`. Store and sinks never import
+//! `ingest`; `config` checks what it parses with the leaves only.
 
 pub mod app;
 pub mod cli;
@@ -55,6 +70,7 @@ pub mod event;
 pub mod expr;
 pub mod http;
 pub mod ingest;
+pub mod load;
 pub mod rate;
 pub mod seal;
 pub mod secret;

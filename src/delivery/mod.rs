@@ -4,13 +4,16 @@
 pub mod breaker;
 pub mod lag;
 pub mod pace;
+mod respond;
 pub mod retry;
+mod settle;
+pub mod sink;
 pub mod worker;
 
 use std::sync::Arc;
 
 use crate::config::{Config, EnvSource};
-use worker::SinkRuntime;
+use sink::SinkRuntime;
 
 /// Builds every configured sink's client; returns every problem.
 pub fn build_sinks(

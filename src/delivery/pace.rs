@@ -27,13 +27,7 @@ pub enum Allowance {
     Wait(Duration),
 }
 
-/// Counters of ingest since the process started (they only grow).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Load {
-    pub arrivals: u64,
-    pub crowded: u64,
-    pub accepted: u64,
-}
+pub use crate::load::Load;
 
 /// The pacing state of one process's workers.
 #[derive(Debug)]

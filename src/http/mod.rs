@@ -45,6 +45,8 @@ pub struct Shared {
     /// SHA-256 of the admin token; `None` disables the admin API.
     pub admin_token_hash: Option<[u8; 32]>,
     pub deliverer: Arc<crate::delivery::worker::Deliverer>,
+    /// Ingest's load (webhook requests in flight, rows committed), read by the delivery worker.
+    pub load: Arc<crate::load::IngestLoad>,
     /// Webhook requests admitted and not yet answered (`limits.max_in_flight`).
     pub in_flight: admission::InFlight,
     shutting_down: AtomicBool,
@@ -65,6 +67,7 @@ impl AppState {
         limits: LimitsConfig,
         admin_token: Option<&str>,
         deliverer: Arc<crate::delivery::worker::Deliverer>,
+        load: Arc<crate::load::IngestLoad>,
     ) -> AppState {
         let max_in_flight = limits.max_in_flight;
         AppState(Arc::new(Shared {
@@ -75,6 +78,7 @@ impl AppState {
             limits,
             admin_token_hash: admin_token.map(|t| Sha256::digest(t.as_bytes()).into()),
             deliverer,
+            load,
             in_flight: admission::InFlight::new(max_in_flight),
             shutting_down: AtomicBool::new(false),
         }))

@@ -107,7 +107,7 @@ pub async fn handle(state: AppState, ep: Arc<Endpoint>, req: Request<Body>) -> R
         let outcome = error_outcome(refusal, correlation_id, &transaction_id, None);
         return finish(&state, &ep, &transaction_id, start, outcome);
     }
-    let _in_flight = state.deliverer.ingest_guard();
+    let _in_flight = state.load.request();
     let left = deadline.saturating_sub(start.elapsed());
     let run = pipeline(
         &state,
@@ -274,7 +274,8 @@ async fn pipeline(
             held,
         }) => {
             if rows > 0 {
-                state.deliverer.accepted(rows);
+                state.load.accepted(rows);
+                state.deliverer.wake();
             }
             let (status, body) = match (held, respond, answer_key) {
                 (Some(claim), Some(r), Some(idempotency_key)) => {

@@ -91,6 +91,8 @@ pub struct PgStore {
     writer_alive: Arc<AtomicBool>,
     writer: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     maintenance: tokio::task::JoinHandle<()>,
+    /// The LISTEN loop (`listen`), stopped by `close`.
+    listener: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     settings: Arc<Settings>,
     url: String,
     target: PgTarget,
@@ -224,6 +226,7 @@ impl PgStore {
             writer_alive,
             writer: parking_lot::Mutex::new(Some(writer)),
             maintenance,
+            listener: parking_lot::Mutex::new(None),
             settings,
             url: url.to_string(),
             target,
@@ -685,13 +688,11 @@ impl PgStore {
     }
 
     /// Listens for outbox notifications on a dedicated connection and calls `wake` for each;
-    /// reconnects after a loss (waking once, in case notifications were missed).
-    pub fn listen(
-        self: &Arc<Self>,
-        wake: impl Fn() + Send + Sync + 'static,
-    ) -> tokio::task::JoinHandle<()> {
+    /// reconnects after a loss (waking once, in case notifications were missed). The loop is
+    /// the store's (a second call replaces it) and ends with `close`.
+    pub fn listen(self: &Arc<Self>, wake: impl Fn() + Send + Sync + 'static) {
         let target = self.target.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 let listened = match &target.tls {
                     PgTls::Off => listen_once(&target.config, NoTls, &wake).await,
@@ -706,7 +707,18 @@ impl PgStore {
                 wake();
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-        })
+        });
+        if let Some(earlier) = self.listener.lock().replace(task) {
+            earlier.abort();
+        }
+    }
+
+    /// Whether the LISTEN loop runs (for tests).
+    pub fn is_listening(&self) -> bool {
+        self.listener
+            .lock()
+            .as_ref()
+            .is_some_and(|t| !t.is_finished())
     }
 
     /// Commits everything queued, then stops the writer.
@@ -718,6 +730,9 @@ impl PgStore {
             let _ = w.await;
         }
         self.maintenance.abort();
+        if let Some(listener) = self.listener.lock().take() {
+            listener.abort();
+        }
     }
 }
 

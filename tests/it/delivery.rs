@@ -684,7 +684,7 @@ async fn delivery_holds_back_only_while_ingest_is_saturated() {
         };
     })
     .await;
-    let d = app.deliverer();
+    let (d, load) = (app.deliverer(), app.load());
     // Reads the allowance until it is what `want` says (the pacer decides once per interval).
     let until = |want: fn(&Allowance) -> bool| async move {
         let deadline = std::time::Instant::now() + T;
@@ -699,16 +699,16 @@ async fn delivery_holds_back_only_while_ingest_is_saturated() {
     };
     // Requests one at a time are never crowded: free.
     for _ in 0..10 {
-        drop(d.ingest_guard());
+        drop(load.request());
     }
     assert_eq!(d.allowance(), Allowance::Free);
     // Every arrival finds two in flight: saturated, a budget of sends (at least the floor).
-    let held: Vec<_> = (0..2).map(|_| d.ingest_guard()).collect();
+    let held: Vec<_> = (0..2).map(|_| load.request()).collect();
     let crowd = tokio::spawn({
-        let d = d.clone();
+        let load = load.clone();
         async move {
             for _ in 0..2000 {
-                drop(d.ingest_guard());
+                drop(load.request());
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
@@ -720,10 +720,10 @@ async fn delivery_holds_back_only_while_ingest_is_saturated() {
     drop(held);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let calm = tokio::spawn({
-        let (d, stop) = (d.clone(), stop.clone());
+        let (load, stop) = (load.clone(), stop.clone());
         async move {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                drop(d.ingest_guard());
+                drop(load.request());
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
@@ -736,7 +736,7 @@ async fn delivery_holds_back_only_while_ingest_is_saturated() {
         c.delivery.busy.interval = Duration::ZERO;
     })
     .await;
-    let guards: Vec<_> = (0..100).map(|_| free.deliverer().ingest_guard()).collect();
+    let guards: Vec<_> = (0..100).map(|_| free.load().request()).collect();
     assert_eq!(
         free.deliverer().allowance(),
         Allowance::Free,

@@ -340,13 +340,14 @@ async fn over_tls_the_store_verifies_the_server_and_works() {
     assert!(store.settle(&claimed[0], done).await.unwrap());
     // The notification listener connects through TLS too.
     let before = front.handshakes();
-    let listener = pg.listen(|| {});
+    pg.listen(|| {});
     wait_until("the listener's TLS handshake", T, || {
         front.handshakes() > before
     })
     .await;
-    listener.abort();
+    assert!(pg.is_listening());
     store.close().await;
+    assert!(!pg.is_listening(), "close ends the LISTEN loop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,6 +73,7 @@ pub struct TestApp {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     deliverer: std::sync::Arc<cognihook::delivery::worker::Deliverer>,
+    load: std::sync::Arc<cognihook::load::IngestLoad>,
     store: cognihook::store::Store,
     client: Client<HttpConnector, Full<Bytes>>,
 }
@@ -147,6 +148,7 @@ impl TestApp {
         let app = build_app_env(dir.path(), env, tweak).await;
         let addr = app.local_addr().unwrap();
         let deliverer = app.deliverer().clone();
+        let load = app.state().load.clone();
         let store = app.state().store.clone();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
@@ -160,6 +162,7 @@ impl TestApp {
             shutdown,
             task,
             deliverer,
+            load,
             store,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
@@ -167,6 +170,11 @@ impl TestApp {
 
     pub fn deliverer(&self) -> &std::sync::Arc<cognihook::delivery::worker::Deliverer> {
         &self.deliverer
+    }
+
+    /// Ingest's load gauge (what HTTP raises and the delivery worker reads).
+    pub fn load(&self) -> &std::sync::Arc<cognihook::load::IngestLoad> {
+        &self.load
     }
 
     pub fn url(&self, path: &str) -> String {

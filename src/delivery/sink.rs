@@ -1,0 +1,254 @@
+//! One configured sink at run time: its client, send slots, circuit breaker, rate bucket,
+//! pause switch and lag window. [`SinkRuntime::admit`] is the one decision whether it may
+//! send now; `attempt` makes one send and classifies its outcome into a settlement.
+
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use super::breaker::{Admission, Breaker, CircuitState};
+use super::lag::{LagSummary, LagWindow};
+use super::retry::Next;
+use crate::config::SinkSpec;
+use crate::rate::Bucket;
+use crate::sinks::{Delivery, Sink, SinkError};
+use crate::store::{Claimed, DeadReason, Settlement};
+use crate::telemetry::metrics::SinkMetrics;
+
+/// Deliveries whose lag `/admin/sinks` summarises, per sink.
+const LAG_WINDOW: usize = 1024;
+
+/// What [`SinkRuntime::admit`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Gate {
+    /// Start up to `take` sends; `probe`: the one trial send of a half-open circuit.
+    Go { take: usize, probe: bool },
+    /// Every send slot is taken: the next finished send wakes the worker.
+    Busy,
+    /// Paused, or the circuit is open: nothing goes, claimed rows go back uncounted.
+    Closed,
+    /// Over the rate limit: nothing is attempted (no attempt is used) and claimed rows go
+    /// back; a send is paid for after `wait`.
+    RateLimited { wait: Duration },
+}
+
+/// A configured sink with its client, limits and health.
+pub struct SinkRuntime {
+    pub name: String,
+    pub config: SinkSpec,
+    pub(super) sink: Arc<dyn Sink>,
+    pub(super) permits: Arc<Semaphore>,
+    pub(super) breaker: Mutex<Breaker>,
+    paused: AtomicBool,
+    pub(super) metrics: SinkMetrics,
+    /// Rows claimed ahead of free send slots, so a finished send starts the next one without
+    /// waiting for a claim to commit. Their leases cover two sends.
+    pub(super) buffer: Mutex<VecDeque<Claimed>>,
+    /// The sink's `rate_limit`, if it has one.
+    pub(super) bucket: Option<Mutex<Bucket>>,
+    /// A wake-up after the bucket refills is already scheduled.
+    pub(super) refill_timer: AtomicBool,
+    lease_margin: Duration,
+    /// The lags of the latest deliveries (for `/admin/sinks`).
+    pub(super) lags: Mutex<LagWindow>,
+}
+
+impl SinkRuntime {
+    /// `lease_margin`: lease time beyond two sends' timeouts (`delivery.lease_margin`).
+    pub fn new(config: SinkSpec, sink: Arc<dyn Sink>, lease_margin: Duration) -> SinkRuntime {
+        let name = config.name.as_str();
+        SinkRuntime {
+            lease_margin,
+            name: name.to_string(),
+            permits: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            breaker: Mutex::new(Breaker::new(config.breaker)),
+            paused: AtomicBool::new(false),
+            metrics: SinkMetrics::new(name),
+            buffer: Mutex::new(VecDeque::new()),
+            bucket: config
+                .rate_limit
+                .or_else(|| {
+                    // Cognigy's shared SaaS takes 1,000 requests per 5 minutes per IP; a
+                    // `cognigy` sink keeps to that unless told otherwise.
+                    (config.kind() == crate::config::SinkKind::Cognigy).then_some(
+                        crate::rate::RateLimit {
+                            per: Duration::from_secs(300),
+                            max: 1000,
+                        },
+                    )
+                })
+                .map(|r| Mutex::new(Bucket::new(r, Instant::now()))),
+            refill_timer: AtomicBool::new(false),
+            lags: Mutex::new(LagWindow::new(LAG_WINDOW)),
+            sink,
+            config,
+        }
+    }
+
+    /// Percentiles of the latest deliveries' lag (acceptance to delivery).
+    pub fn lag(&self) -> Option<LagSummary> {
+        self.lags.lock().summary()
+    }
+
+    pub fn circuit(&self) -> CircuitState {
+        self.breaker.lock().state(Instant::now())
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+
+    /// Sets the outbox gauges of this sink.
+    pub fn observe(&self, counts: &crate::store::SinkCounts) {
+        self.metrics.pending.set(counts.pending as f64);
+        self.metrics
+            .oldest_age
+            .set(counts.oldest_pending_age_seconds);
+        self.metrics.dead_letters.set(counts.dead_letters as f64);
+        self.metrics.circuit.set(self.circuit().gauge());
+    }
+
+    /// Long enough for a row to wait in the buffer for one send and then be sent.
+    pub fn lease(&self) -> Duration {
+        self.config.timeout * 2 + self.lease_margin
+    }
+
+    pub(super) fn take_buffered(&self, n: usize) -> Vec<Claimed> {
+        let mut b = self.buffer.lock();
+        let n = n.min(b.len());
+        b.drain(..n).collect()
+    }
+
+    pub(super) fn buffered(&self) -> usize {
+        self.buffer.lock().len()
+    }
+
+    /// Whether this sink may start sends now, and how many of the `left` the worker may
+    /// still start: the one decision that weighs the pause switch, the free send slots, the
+    /// circuit breaker and the rate bucket, in that order.
+    pub(super) fn admit(&self, now: Instant, left: usize) -> Gate {
+        if self.is_paused() {
+            return Gate::Closed;
+        }
+        let free = self.permits.available_permits();
+        if free == 0 {
+            return Gate::Busy;
+        }
+        let (take, probe) = match self.breaker.lock().admit(now) {
+            Admission::Go => (free.min(left), false),
+            Admission::Probe => (1, true),
+            Admission::Wait(_) => return Gate::Closed,
+        };
+        let Some(bucket) = &self.bucket else {
+            return Gate::Go { take, probe };
+        };
+        let mut bucket = bucket.lock();
+        match bucket.available(now) {
+            0 => {
+                if probe {
+                    self.breaker.lock().release_probe();
+                }
+                Gate::RateLimited {
+                    wait: bucket.wait(now),
+                }
+            }
+            allowed => Gate::Go {
+                take: take.min(allowed),
+                probe,
+            },
+        }
+    }
+
+    /// Makes one attempt at a claimed row: sends, feeds the breaker and metrics, and decides
+    /// the settlement (`jitter`: a uniform draw in `[0, 1)` for the retry delay). Returns the settlement, the sink's answer and the time it took.
+    pub(super) async fn attempt(
+        &self,
+        c: &Claimed,
+        jitter: f64,
+    ) -> (Settlement, Option<bytes::Bytes>, Duration) {
+        let attempt = c.attempts + 1;
+        let d = Delivery {
+            event_id: &c.event_id,
+            correlation_id: &c.correlation_id,
+            route: &c.route,
+            event_type: &c.event_type,
+            session_id: &c.session_id,
+            attempt,
+            body: &c.body,
+        };
+        let start = Instant::now();
+        // The sink enforces its timeout itself; this bound is a backstop for any that do not.
+        let limit = self.config.timeout + Duration::from_secs(1);
+        let result = match tokio::time::timeout(limit, self.sink.call(&d)).await {
+            Ok(r) => r,
+            Err(_) => Err(SinkError::transient(format!(
+                "no answer within {}",
+                humantime::format_duration(limit)
+            ))),
+        };
+        let took = start.elapsed();
+        let duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        self.metrics.duration.record(took.as_secs_f64());
+        // A permanent refusal of one event says nothing bad about the sink's health.
+        let healthy = !matches!(result, Err(SinkError::Transient { .. }));
+        {
+            let mut b = self.breaker.lock();
+            b.record(Instant::now(), healthy);
+            self.metrics.circuit.set(b.state(Instant::now()).gauge());
+        }
+        let (settlement, answer) = match result {
+            Ok(answer) => {
+                // Only a `respond.upstream` row hands its answer on.
+                let result = c.respond_to.as_ref().map(|_| {
+                    answer.as_ref().map_or_else(
+                        || "null".to_string(),
+                        |b| String::from_utf8_lossy(b).into_owned(),
+                    )
+                });
+                (
+                    Settlement::Delivered {
+                        duration_ms,
+                        result,
+                    },
+                    answer,
+                )
+            }
+            Err(SinkError::Permanent { message }) => (
+                Settlement::Dead {
+                    reason: DeadReason::Permanent,
+                    error: message,
+                    duration_ms,
+                },
+                None,
+            ),
+            Err(SinkError::Transient {
+                message,
+                retry_after,
+            }) => (
+                match self.config.retry.next(attempt, jitter, retry_after) {
+                    Next::RetryAfter(delay) => Settlement::Retry {
+                        at_ms: crate::now_millis()
+                            + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
+                        error: message,
+                        duration_ms,
+                    },
+                    Next::GiveUp => Settlement::Dead {
+                        reason: DeadReason::Exhausted,
+                        error: message,
+                        duration_ms,
+                    },
+                },
+                None,
+            ),
+        };
+        (settlement, answer, took)
+    }
+}
