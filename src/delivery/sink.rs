@@ -252,3 +252,83 @@ impl SinkRuntime {
         (settlement, answer, took)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+    impl Sink for Nothing {
+        fn send<'a>(&'a self, _: &'a Delivery<'a>) -> crate::sinks::SendFuture<'a> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn runtime(extra: &str) -> SinkRuntime {
+        let table: crate::config::SinkConfig = toml::from_str(&format!(
+            "kind = \"http\"\nurl = \"http://127.0.0.1:1/\"\nconcurrency = 2\n{extra}"
+        ))
+        .expect("table");
+        let spec = table.check("s").expect("valid");
+        SinkRuntime::new(spec, Arc::new(Nothing), Duration::from_secs(1))
+    }
+
+    #[test]
+    fn admission_weighs_pause_slots_breaker_and_rate_in_that_order() {
+        let now = Instant::now();
+        let s = runtime("rate_limit = { per = \"1m\", max = 3 }\nbreaker = { failure_threshold = 1, cool_down = \"1m\" }");
+        assert_eq!(
+            s.admit(now, 10),
+            Gate::Go {
+                take: 2,
+                probe: false
+            },
+            "the free slots"
+        );
+        assert_eq!(
+            s.admit(now, 1),
+            Gate::Go {
+                take: 1,
+                probe: false
+            },
+            "what is left"
+        );
+        s.set_paused(true);
+        assert_eq!(s.admit(now, 10), Gate::Closed);
+        s.set_paused(false);
+        let held: Vec<_> = (0..2)
+            .map(|_| s.permits.clone().try_acquire_owned().expect("slot"))
+            .collect();
+        assert_eq!(s.admit(now, 10), Gate::Busy);
+        drop(held);
+        s.bucket.as_ref().expect("bucket").lock().take(3, now);
+        match s.admit(now, 10) {
+            Gate::RateLimited { wait } => assert!(
+                wait > Duration::ZERO && wait <= Duration::from_secs(20),
+                "{wait:?}"
+            ),
+            other => panic!("rate limited, not {other:?}"),
+        }
+        s.breaker.lock().record(now, false);
+        assert_eq!(s.admit(now, 10), Gate::Closed, "the circuit opened");
+    }
+
+    #[test]
+    fn a_half_open_circuit_over_the_rate_limit_gives_its_probe_back() {
+        let now = Instant::now();
+        let s = runtime("rate_limit = { per = \"1m\", max = 1 }\nbreaker = { failure_threshold = 1, cool_down = \"1s\" }");
+        s.breaker.lock().record(now, false);
+        let later = now + Duration::from_secs(2);
+        s.bucket.as_ref().expect("bucket").lock().take(1, later);
+        assert!(matches!(s.admit(later, 10), Gate::RateLimited { .. }));
+        // The probe was given back: once the bucket refills, the probe goes.
+        let refilled = later + Duration::from_secs(61);
+        assert_eq!(
+            s.admit(refilled, 10),
+            Gate::Go {
+                take: 1,
+                probe: true
+            }
+        );
+    }
+}
