@@ -12,12 +12,12 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AuthScheme, Backend, Config, EnvSource};
+use crate::config::{AuthScheme, Config, EnvSource};
 use crate::delivery::sink::SinkRuntime;
 use crate::delivery::worker::Deliverer;
 use crate::http::{self, AppState};
 use crate::ingest::Routes;
-use crate::store::{postgres::PgStore, sqlite::SqliteStore, Store};
+use crate::store::{Purpose, Store};
 use crate::telemetry::{self, audit::Audit};
 
 /// What a configuration builds before anything runs: routes (secrets resolved, rules
@@ -81,27 +81,16 @@ impl App {
                     "route accepts unauthenticated requests (allow_unauthenticated = true)");
             }
         }
-        let store_config = config.store.clone();
-        let store = match config.store.backend().map_err(anyhow::Error::msg)? {
-            Backend::Sqlite(_) => {
-                let store = tokio::task::spawn_blocking(move || {
-                    SqliteStore::open_for_serving(&store_config)
-                })
-                .await
-                .context("store start-up task failed")?
-                .map_err(anyhow::Error::msg)?;
-                tracing::info!(path = %store.path().display(), sync = ?config.store.sync,
-                    "store open (SQLite)");
-                Store::Sqlite(Arc::new(store))
+        let store = Store::open(&config.store, Purpose::Serving)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        match &store {
+            Store::Sqlite(s) => tracing::info!(path = %s.path().display(),
+                sync = ?config.store.sync, "store open (SQLite)"),
+            Store::Postgres(p) => {
+                tracing::info!(url = %p.display_url(), "store open (PostgreSQL)")
             }
-            Backend::Postgres(url) => {
-                let store = PgStore::open(&url, &store_config)
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                tracing::info!(url = %store.display_url(), "store open (PostgreSQL)");
-                Store::Postgres(Arc::new(store))
-            }
-        };
+        }
         let ordering: Vec<(String, bool)> = config
             .sinks
             .iter()

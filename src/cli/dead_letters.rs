@@ -4,9 +4,8 @@
 use std::path::Path;
 
 use super::{with_store, CliError};
-use crate::config::{Backend, Config, ProcessEnv};
-use crate::store::sqlite::SqliteStore;
-use crate::store::{parse_time_bound, DeadLetterFilter, DeadReason};
+use crate::config::{Config, ProcessEnv};
+use crate::store::{parse_time_bound, DeadLetterFilter, DeadReason, Purpose};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Filter {
@@ -103,22 +102,12 @@ pub(super) fn run(file: Option<&Path>, cmd: DeadLettersCommand) -> Result<(), Cl
     let config = Config::load(file, &ProcessEnv).map_err(|e| CliError::Usage(e.to_string()))?;
     // Bodies sealed at rest are opened with the configured keys.
     crate::app::install_data_keys(&config, &ProcessEnv).map_err(CliError::Usage)?;
-    super::announce_store(&config)?;
     match cmd {
         DeadLettersCommand::List { filter, limit } => {
             let f = filter.build(Vec::new())?;
-            let (total, items) = match config.store.backend().map_err(CliError::Usage)? {
-                Backend::Sqlite(_) => SqliteStore::open_read_only(&config.store)
-                    .map_err(CliError::Runtime)?
-                    .dead_letters(&f, limit)
-                    .map_err(CliError::Runtime)?,
-                Backend::Postgres(_) => {
-                    with_store(
-                        &config,
-                        move |s| async move { s.dead_letters(&f, limit).await },
-                    )?
-                }
-            };
+            let (total, items) = with_store(&config, Purpose::Reading, move |s| async move {
+                s.dead_letters(&f, limit).await
+            })?;
             print_json(&serde_json::json!({ "total": total, "items": items }))
         }
         DeadLettersCommand::Show { id } => {
@@ -126,28 +115,15 @@ pub(super) fn run(file: Option<&Path>, cmd: DeadLettersCommand) -> Result<(), Cl
                 ids: vec![id],
                 ..Default::default()
             };
-            let (item, journey) = match config.store.backend().map_err(CliError::Usage)? {
-                Backend::Sqlite(_) => {
-                    let store =
-                        SqliteStore::open_read_only(&config.store).map_err(CliError::Runtime)?;
-                    let (_, items) = store.dead_letters(&f, 1).map_err(CliError::Runtime)?;
-                    let item = items.into_iter().next();
-                    let journey = match &item {
-                        Some(i) => store.journey(&i.event_id).map_err(CliError::Runtime)?,
-                        None => None,
-                    };
-                    (item, journey)
-                }
-                Backend::Postgres(_) => with_store(&config, move |s| async move {
-                    let (_, items) = s.dead_letters(&f, 1).await?;
-                    let item = items.into_iter().next();
-                    let journey = match &item {
-                        Some(i) => s.journey(&i.event_id).await?,
-                        None => None,
-                    };
-                    Ok((item, journey))
-                })?,
-            };
+            let (item, journey) = with_store(&config, Purpose::Reading, move |s| async move {
+                let (_, items) = s.dead_letters(&f, 1).await?;
+                let item = items.into_iter().next();
+                let journey = match &item {
+                    Some(i) => s.journey(&i.event_id).await?,
+                    None => None,
+                };
+                Ok((item, journey))
+            })?;
             let Some(item) = item else {
                 return Err(CliError::Runtime(format!("no dead letter with id {id}")));
             };
@@ -159,7 +135,9 @@ pub(super) fn run(file: Option<&Path>, cmd: DeadLettersCommand) -> Result<(), Cl
             dry_run,
         } => {
             let f = filter.build(ids)?;
-            let n = with_store(&config, move |s| async move { s.replay(&f, dry_run).await })?;
+            let n = with_store(&config, Purpose::Changing, move |s| async move {
+                s.replay(&f, dry_run).await
+            })?;
             let key = if dry_run { "would_replay" } else { "replayed" };
             print_json(&serde_json::json!({ key: n }))
         }
@@ -172,7 +150,9 @@ pub(super) fn run(file: Option<&Path>, cmd: DeadLettersCommand) -> Result<(), Cl
                 ));
             }
             let f = filter.build(ids)?;
-            let n = with_store(&config, move |s| async move { s.purge(&f).await })?;
+            let n = with_store(&config, Purpose::Changing, move |s| async move {
+                s.purge(&f).await
+            })?;
             print_json(&serde_json::json!({ "deleted": n }))
         }
     }

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use super::CliError;
-use crate::config::{Backend, Config, ProcessEnv};
-use crate::store::sqlite::SqliteStore;
+use crate::config::{Config, ProcessEnv};
+use crate::store::Purpose;
 
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum EventsCommand {
@@ -20,16 +20,11 @@ pub(super) fn run(file: Option<&Path>, cmd: EventsCommand) -> Result<(), CliErro
     let config = Config::load(file, &ProcessEnv).map_err(|e| CliError::Usage(e.to_string()))?;
     // Bodies sealed at rest are opened with the configured keys.
     crate::app::install_data_keys(&config, &ProcessEnv).map_err(CliError::Usage)?;
-    super::announce_store(&config)?;
-    let journey = match config.store.backend().map_err(CliError::Usage)? {
-        Backend::Sqlite(_) => SqliteStore::open_read_only(&config.store)
-            .map_err(CliError::Runtime)?
-            .journey(&id)
-            .map_err(CliError::Runtime)?,
-        Backend::Postgres(_) => {
-            let id = id.clone();
-            super::with_store(&config, move |s| async move { s.journey(&id).await })?
-        }
+    let journey = {
+        let id = id.clone();
+        super::with_store(&config, Purpose::Reading, move |s| async move {
+            s.journey(&id).await
+        })?
     };
     match journey {
         Some(j) => {

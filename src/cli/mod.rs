@@ -120,8 +120,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))
 }
 
-/// Opens the configured store (the embedded file, which must exist, or PostgreSQL), runs `f`
-/// on it, and closes it.
 /// Says on stderr which store a command opened (the embedded store's file, or PostgreSQL's
 /// URL with credentials masked), so reading the wrong one is never silent.
 fn announce_store(config: &crate::config::Config) -> Result<(), CliError> {
@@ -136,32 +134,24 @@ fn announce_store(config: &crate::config::Config) -> Result<(), CliError> {
     Ok(())
 }
 
-fn with_store<T, F, Fut>(config: &crate::config::Config, f: F) -> Result<T, CliError>
+/// Opens the configured store for `purpose` (`store::Store::open`: the embedded file, which
+/// must exist, or PostgreSQL), says which on stderr, runs `f` on it, and closes it. Every
+/// command that uses the store goes through here, on either backend.
+fn with_store<T, F, Fut>(
+    config: &crate::config::Config,
+    purpose: crate::store::Purpose,
+    f: F,
+) -> Result<T, CliError>
 where
     F: FnOnce(crate::store::Store) -> Fut,
     Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
 {
-    use crate::config::Backend;
-    use crate::store::{postgres::PgStore, sqlite::SqliteStore, Store};
-    use std::sync::Arc;
-    let backend = config.store.backend().map_err(CliError::Usage)?;
-    if let Backend::Sqlite(path) = &backend {
-        if !path.exists() {
-            return Err(CliError::Runtime(format!("no store at {}", path.display())));
-        }
-    }
+    announce_store(config)?;
     let rt = runtime()?;
     rt.block_on(async {
-        let store = match backend {
-            Backend::Sqlite(_) => Store::Sqlite(Arc::new(
-                SqliteStore::open(&config.store).map_err(CliError::Runtime)?,
-            )),
-            Backend::Postgres(url) => Store::Postgres(Arc::new(
-                PgStore::open(&url, &config.store)
-                    .await
-                    .map_err(CliError::Runtime)?,
-            )),
-        };
+        let store = crate::store::Store::open(&config.store, purpose)
+            .await
+            .map_err(CliError::Runtime)?;
         let out = f(store.clone()).await;
         store.close().await;
         out.map_err(|e| CliError::Runtime(e.to_string()))

@@ -22,8 +22,11 @@ pub(super) enum SessionsCommand {
 pub(super) fn run(file: Option<&Path>, cmd: SessionsCommand) -> Result<(), CliError> {
     let SessionsCommand::Forget { id } = cmd;
     let config = Config::load(file, &ProcessEnv).map_err(|e| CliError::Usage(e.to_string()))?;
-    super::announce_store(&config)?;
-    let f = super::with_store(&config, move |s| async move { s.forget_session(&id).await })?;
+    let f = super::with_store(
+        &config,
+        crate::store::Purpose::Changing,
+        move |s| async move { s.forget_session(&id).await },
+    )?;
     if let (true, Some(path)) = (config.audit.enabled, config.audit.path.as_deref()) {
         let audit = crate::telemetry::audit::Audit::start(Some(path), None)
             .map_err(|e| CliError::Runtime(format!("cannot open the audit log: {e}")))?;

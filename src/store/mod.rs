@@ -350,7 +350,48 @@ pub enum Store {
     Postgres(Arc<postgres::PgStore>),
 }
 
+/// What a process opens the store for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A gateway: it must own the embedded store (one gateway per file); created if new.
+    Serving,
+    /// A command that changes stored data (replay, purge, forget): an existing store, owned,
+    /// or attached beside the gateway that serves it.
+    Changing,
+    /// A command that only reads: an existing store; nothing is written.
+    Reading,
+}
+
 impl Store {
+    /// Opens the store `config` selects (the embedded SQLite file, or PostgreSQL for a
+    /// `postgres://` URL) for `purpose`: the one place the gateway and the CLI choose the
+    /// backend.
+    pub async fn open(
+        config: &crate::config::StoreConfig,
+        purpose: Purpose,
+    ) -> Result<Store, String> {
+        use crate::config::Backend;
+        match config.backend()? {
+            Backend::Sqlite(path) => {
+                if purpose != Purpose::Serving && !path.exists() {
+                    return Err(format!("no store at {}", path.display()));
+                }
+                let config = config.clone();
+                let store = tokio::task::spawn_blocking(move || match purpose {
+                    Purpose::Serving => sqlite::SqliteStore::open_for_serving(&config),
+                    Purpose::Changing => sqlite::SqliteStore::open(&config),
+                    Purpose::Reading => sqlite::SqliteStore::open_reading(&config),
+                })
+                .await
+                .map_err(|e| format!("the store's start-up task failed: {e}"))??;
+                Ok(Store::Sqlite(Arc::new(store)))
+            }
+            Backend::Postgres(url) => Ok(Store::Postgres(Arc::new(
+                postgres::PgStore::open(&url, config).await?,
+            ))),
+        }
+    }
+
     /// Commits one event (grouped with concurrent ones).
     pub async fn accept(&self, a: Acceptance) -> Result<AcceptOutcome, StoreError> {
         match self {

@@ -643,17 +643,30 @@ impl SqliteStore {
         })
     }
 
-    /// Opens an existing store for reading only (CLI), without any thread.
-    pub fn open_read_only(config: &StoreConfig) -> Result<ReadOnlyStore, String> {
+    /// Opens an existing store for reading only (CLI commands that print), without any thread
+    /// and without writing: it can be read beside a running gateway, and what the gateway has
+    /// acknowledged but not yet applied to the database is read from the log's tail.
+    pub fn open_reading(config: &StoreConfig) -> Result<SqliteStore, String> {
         let path = config.sqlite_path()?;
         if !path.exists() {
             return Err(format!("no store at {}", path.display()));
         }
-        let conn = open_connection(&path, config.sync, true, SMALL_CACHE_KIB)
+        let reader = open_connection(&path, config.sync, true, SMALL_CACHE_KIB)
             .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
-        Ok(ReadOnlyStore {
+        let projected = project::projected(&reader).map_err(|e| {
+            format!(
+                "cannot read store {} (is it from a newer cognihook?): {e}",
+                path.display()
+            )
+        })?;
+        Ok(SqliteStore {
             log_dir: log_dir_of(&path),
-            conn,
+            path,
+            engine: None,
+            direct: None,
+            reader: Arc::new(Mutex::new(reader)),
+            shared: Arc::new(Shared::new(projected, i64::MAX)),
+            lock: Mutex::new(None),
         })
     }
 
@@ -1162,26 +1175,6 @@ async fn join(handle: &Mutex<Option<JoinHandle<()>>>) {
 /// Size the WAL file is truncated to after it starts over.
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
-/// A store opened by the CLI to read.
-pub struct ReadOnlyStore {
-    log_dir: PathBuf,
-    conn: Connection,
-}
-
-impl ReadOnlyStore {
-    pub fn journey(&self, id: &str) -> Result<Option<Journey>, String> {
-        journey_with_tail(&self.conn, &self.log_dir, id).map_err(|e| e.to_string())
-    }
-
-    pub fn dead_letters(
-        &self,
-        f: &DeadLetterFilter,
-        limit: usize,
-    ) -> Result<(u64, Vec<DeadLetter>), String> {
-        outbox::dead_letters(&self.conn, f, limit).map_err(|e| e.to_string())
-    }
-}
-
 /// A journey from the database or, for an event acknowledged and not yet applied there,
 /// from the log's tail (its deliveries then all pending, with no attempt yet).
 fn journey_with_tail(c: &Connection, log_dir: &Path, id: &str) -> Result<Option<Journey>, String> {
@@ -1358,6 +1351,38 @@ mod tests {
             .expect("body");
         let stored: Value = serde_json::from_str(&stored).expect("json");
         assert_eq!(stored["stateVersion"], 1);
+    }
+
+    #[test]
+    fn a_store_opened_for_reading_reads_beside_its_owner_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let missing = SqliteStore::open_reading(&config(dir.path())).map(|_| ());
+        assert!(
+            missing.as_ref().is_err_and(|e| e.contains("no store at")),
+            "{missing:?}"
+        );
+        assert!(
+            !dir.path().join("cognihook.db").exists(),
+            "reading creates nothing"
+        );
+        let owner = SqliteStore::open(&config(dir.path())).expect("open");
+        let rt = runtime();
+        rt.block_on(owner.accept(acceptance("k1", "s1", &["a"])))
+            .expect("accept");
+        let reading = SqliteStore::open_reading(&config(dir.path())).expect("open for reading");
+        // Acknowledged by the owner: in the database or still in its log's tail, either way.
+        let journey = rt
+            .block_on(reading.journey("corr-k1"))
+            .expect("journey")
+            .expect("found");
+        assert_eq!(journey.event["sessionId"], "s1");
+        let refused = rt.block_on(reading.forget_session("s1".into()));
+        assert!(
+            refused.is_err(),
+            "a reading store writes nothing: {refused:?}"
+        );
+        let still = rt.block_on(owner.journey("corr-k1")).expect("journey");
+        assert!(still.is_some_and(|j| j.event["sessionId"] == "s1"));
     }
 
     #[test]
