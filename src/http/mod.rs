@@ -1,6 +1,7 @@
 //! HTTP: the router (webhook routes, simulator, operations and admin endpoints), the shared
 //! state handlers see, and the listener loop with graceful shutdown.
 
+pub mod admin;
 pub mod admission;
 pub mod conn;
 pub mod error;
@@ -144,22 +145,22 @@ pub fn admin_router(state: AppState) -> Router {
 }
 
 fn admin_routes(state: &AppState) -> Router<AppState> {
-    let refusals = axum::middleware::from_fn_with_state(state.clone(), ops::count_admin_refusals);
+    let require_admin = axum::middleware::from_fn_with_state(state.clone(), admin::require_admin);
     Router::new()
-        .route("/admin/events/{id}", get(ops::admin_event))
-        .route("/admin/dead-letters", get(ops::admin_dead_letters))
-        .route("/admin/dead-letters/replay", post(ops::admin_replay))
+        .route("/admin/events/{id}", get(admin::event))
+        .route("/admin/dead-letters", get(admin::dead_letters))
+        .route("/admin/dead-letters/replay", post(admin::replay))
         .route(
             "/admin/dead-letters/{id}",
-            axum::routing::delete(ops::admin_purge),
+            axum::routing::delete(admin::purge),
         )
         .route(
             "/admin/sessions/{id}",
-            axum::routing::delete(ops::admin_forget_session),
+            axum::routing::delete(admin::forget_session),
         )
-        .route("/admin/sinks", get(ops::admin_sinks))
-        .route("/admin/sinks/{name}/{action}", post(ops::admin_sink_action))
-        .route_layer(refusals)
+        .route("/admin/sinks", get(admin::sinks))
+        .route("/admin/sinks/{name}/{action}", post(admin::sink_action))
+        .route_layer(require_admin)
         .route("/metrics", get(ops::metrics))
         .route("/stats", get(ops::stats))
 }

@@ -1,0 +1,348 @@
+//! The admin API (SPEC §9, §12.3): events, dead letters, sessions, sinks. Every route is
+//! behind [`require_admin`], a layer that checks the bearer token once for all of them;
+//! handlers return `Result<_, ApiError>` and answer errors through `?`.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{header, StatusCode};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::error::{json_response, ApiError};
+use super::AppState;
+use crate::store::{DeadLetterFilter, StoreError};
+
+/// Repeated refusals of admin requests are logged once per interval, with a count.
+static ADMIN_REFUSED: crate::telemetry::throttle::Throttle =
+    crate::telemetry::throttle::Throttle::new(std::time::Duration::from_secs(10));
+
+/// The layer in front of every `/admin/*` route: without a configured token the API is
+/// disabled (403 `admin_disabled`); a missing or wrong bearer token is 403 `forbidden`,
+/// counted in `cognihook_admin_auth_failures_total{reason}` and logged, once per interval,
+/// with the caller's address, the path and how many were left out.
+pub async fn require_admin(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(expected) = &state.admin_token_hash else {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "the admin API is disabled; set COGNIHOOK_ADMIN_TOKEN to enable it",
+        )
+        .into_response();
+    };
+    let header = req.headers().get(header::AUTHORIZATION);
+    let given = header
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Hashing both sides makes the comparison constant-time regardless of length.
+    let given_hash: [u8; 32] = Sha256::digest(given.trim().as_bytes()).into();
+    if bool::from(given_hash.ct_eq(expected)) {
+        return next.run(req).await;
+    }
+    let reason = if header.is_some() {
+        "wrong_token"
+    } else {
+        "missing_token"
+    };
+    metrics::counter!(
+        crate::telemetry::metrics::ADMIN_AUTH_FAILURES_TOTAL,
+        "reason" => reason
+    )
+    .increment(1);
+    if let Some(suppressed) = ADMIN_REFUSED.check() {
+        let peer = req
+            .extensions()
+            .get::<super::conn::Arrival>()
+            .map(|a| a.peer.to_string());
+        tracing::warn!(
+            peer = peer.as_deref().unwrap_or("unknown"),
+            path = req.uri().path(),
+            reason,
+            suppressed,
+            "admin request refused: missing or wrong bearer token (`suppressed`: more \
+             refusals since the last line)"
+        );
+    }
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "missing or wrong admin bearer token",
+    )
+    .into_response()
+}
+
+fn json_ok(v: &impl serde::Serialize) -> Response {
+    json_response(
+        StatusCode::OK,
+        Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
+        None,
+    )
+}
+
+/// A store failure behind an admin request: logged, answered 503.
+fn store_unavailable(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "admin store operation failed");
+    ApiError::unavailable("the event store is unavailable")
+}
+
+fn not_found(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_payload", message)
+}
+
+/// `GET /admin/events/{id}`: an event's journey by event id or correlation id.
+pub async fn event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let journey = state
+        .store
+        .journey(&id)
+        .await
+        .map_err(store_unavailable)?
+        .ok_or_else(|| not_found("no event with this event id or correlation id"))?;
+    Ok(json_ok(&journey))
+}
+
+/// Query of `GET /admin/dead-letters`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterQuery {
+    sink: Option<String>,
+    route: Option<String>,
+    reason: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+}
+
+fn filter_from(
+    sink: Option<String>,
+    route: Option<String>,
+    reason: Option<String>,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<DeadLetterFilter, ApiError> {
+    let reason = match reason.as_deref() {
+        None | Some("") => None,
+        Some("permanent") => Some(crate::store::DeadReason::Permanent),
+        Some("exhausted") => Some(crate::store::DeadReason::Exhausted),
+        Some(other) => {
+            return Err(bad_request(format!(
+                "reason `{other}`: expected permanent or exhausted"
+            )))
+        }
+    };
+    let time = |v: Option<&str>, name: &str| -> Result<Option<i64>, ApiError> {
+        v.filter(|s| !s.is_empty())
+            .map(|s| {
+                crate::store::parse_time_bound(s).map_err(|e| bad_request(format!("{name}: {e}")))
+            })
+            .transpose()
+    };
+    Ok(DeadLetterFilter {
+        ids: Vec::new(),
+        sink: sink.filter(|s| !s.is_empty()),
+        route: route.filter(|s| !s.is_empty()),
+        reason,
+        since_ms: time(since, "since")?,
+        until_ms: time(until, "until")?,
+    })
+}
+
+/// `GET /admin/dead-letters`: filtered, newest first.
+pub async fn dead_letters(
+    State(state): State<AppState>,
+    query: Result<Query<DeadLetterQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| bad_request(e.body_text()))?;
+    let filter = filter_from(
+        q.sink,
+        q.route,
+        q.reason,
+        q.since.as_deref(),
+        q.until.as_deref(),
+    )?;
+    let (total, items) = state
+        .store
+        .dead_letters(&filter, q.limit.unwrap_or(100))
+        .await
+        .map_err(store_unavailable)?;
+    Ok(json_ok(&json!({"total": total, "items": items})))
+}
+
+/// Body of `POST /admin/dead-letters/replay`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    #[serde(default)]
+    ids: Vec<i64>,
+    sink: Option<String>,
+    route: Option<String>,
+    reason: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /admin/dead-letters/replay`: by ids or filter, or a dry-run count.
+pub async fn replay(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: ReplayRequest = if body.is_empty() {
+        ReplayRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?
+    };
+    let mut filter = filter_from(
+        req.sink,
+        req.route,
+        req.reason,
+        req.since.as_deref(),
+        req.until.as_deref(),
+    )?;
+    filter.ids = req.ids;
+    let n = state
+        .store
+        .replay(&filter, req.dry_run)
+        .await
+        .map_err(store_unavailable)?;
+    if req.dry_run {
+        return Ok(json_ok(&json!({"would_replay": n})));
+    }
+    if n > 0 {
+        audit_replay(&state, n);
+        state.deliverer.wake();
+    }
+    Ok(json_ok(&json!({"replayed": n})))
+}
+
+fn audit_replay(state: &AppState, n: u64) {
+    tracing::info!(replayed = n, "dead letters replayed");
+    state.audit.write(&crate::telemetry::audit::AuditLine {
+        ts: crate::now_rfc3339(),
+        event: crate::telemetry::audit::AuditKind::Replayed,
+        route: "",
+        correlation_id: "",
+        transaction_id: "",
+        event_id: None,
+        session_id: None,
+        event_type: None,
+        status: 200,
+        code: None,
+        latency_ms: 0.0,
+        state_version: Some(n),
+        simulated: false,
+        sink: None,
+        attempt: None,
+        recovered: false,
+    });
+}
+
+/// `DELETE /admin/dead-letters/{id}`.
+pub async fn purge(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Response, ApiError> {
+    let filter = DeadLetterFilter {
+        ids: vec![id],
+        ..Default::default()
+    };
+    match state
+        .store
+        .purge(&filter)
+        .await
+        .map_err(store_unavailable)?
+    {
+        0 => Err(not_found("no dead letter with this id")),
+        n => Ok(json_ok(&json!({"deleted": n}))),
+    }
+}
+
+/// `DELETE /admin/sessions/{id}` (SPEC §12.3).
+pub async fn forget_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let f = state
+        .store
+        .forget_session(&id)
+        .await
+        .map_err(store_unavailable)?;
+    tracing::info!(
+        events = f.events,
+        cancelled = f.cancelled_deliveries,
+        "a session was forgotten"
+    );
+    state
+        .audit
+        .write(&crate::telemetry::audit::session_forgotten(
+            &f.session_id,
+            f.events,
+        ));
+    Ok(json_ok(&json!({
+        "sessionId": f.session_id,
+        "events": f.events,
+        "cancelledDeliveries": f.cancelled_deliveries,
+    })))
+}
+
+/// `GET /admin/sinks`: each sink's state, outbox counts and delivery lag.
+pub async fn sinks(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let sinks = state.deliverer.sinks();
+    let names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();
+    let counts = state
+        .store
+        .sink_counts(&names)
+        .await
+        .map_err(store_unavailable)?;
+    let items: Vec<_> = sinks
+        .iter()
+        .zip(&counts)
+        .map(|(s, c)| {
+            s.observe(c);
+            json!({
+                "name": s.name,
+                "kind": s.config.kind().name(),
+                "circuit": s.circuit().name(),
+                "paused": s.is_paused(),
+                "pending": c.pending,
+                "oldestPendingAgeSeconds": c.oldest_pending_age_seconds,
+                "deadLetters": c.dead_letters,
+                "lagSeconds": s.lag(),
+            })
+        })
+        .collect();
+    Ok(json_ok(&json!({ "sinks": items })))
+}
+
+/// `POST /admin/sinks/{name}/pause|resume`.
+pub async fn sink_action(
+    State(state): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let sink = state
+        .deliverer
+        .sink(&name)
+        .ok_or_else(|| not_found(format!("no sink named `{name}`")))?;
+    match action.as_str() {
+        "pause" => sink.set_paused(true),
+        "resume" => {
+            sink.set_paused(false);
+            state.deliverer.wake();
+        }
+        _ => return Err(ApiError::not_found()),
+    }
+    tracing::info!(sink = %name, paused = sink.is_paused(), "sink {action}d by the admin API");
+    Ok(json_ok(&json!({"name": name, "paused": sink.is_paused()})))
+}
