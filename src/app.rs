@@ -340,21 +340,16 @@ async fn recover_audit(
                 )
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
             ),
-            event: AuditKind::WebhookProcessed,
             route: &e.route,
             correlation_id: &e.correlation_id,
-            transaction_id: "",
             event_id: Some(&e.event_id),
             session_id: Some(&e.session_id),
             event_type: Some(&e.event_type),
             status: 200,
-            code: None,
-            latency_ms: 0.0,
             state_version: Some(e.state_version),
             simulated: e.simulated,
-            sink: None,
-            attempt: None,
             recovered: true,
+            ..AuditLine::new(AuditKind::WebhookProcessed)
         });
         recovered += 1;
     }

@@ -164,22 +164,16 @@ impl Settler {
                 error = %error, "delivery dead-lettered");
         }
         self.audit.write(&AuditLine {
-            ts: crate::now_rfc3339(),
-            event: kind,
             route: &c.route,
             correlation_id: &c.correlation_id,
-            transaction_id: "",
             event_id: Some(&c.event_id),
             session_id: Some(&c.session_id),
             event_type: Some(&c.event_type),
-            status: 0,
             code,
             latency_ms: (took.as_secs_f64() * 1e6).round() / 1e3,
-            state_version: None,
-            simulated: false,
             sink: Some(&sink.name),
             attempt: Some(attempt),
-            recovered: false,
+            ..AuditLine::new(kind)
         });
     }
 }

@@ -229,24 +229,9 @@ pub async fn replay(State(state): State<AppState>, body: Bytes) -> Result<Respon
 
 fn audit_replay(state: &AppState, n: u64) {
     tracing::info!(replayed = n, "dead letters replayed");
-    state.audit.write(&crate::telemetry::audit::AuditLine {
-        ts: crate::now_rfc3339(),
-        event: crate::telemetry::audit::AuditKind::Replayed,
-        route: "",
-        correlation_id: "",
-        transaction_id: "",
-        event_id: None,
-        session_id: None,
-        event_type: None,
-        status: 200,
-        code: None,
-        latency_ms: 0.0,
-        state_version: Some(n),
-        simulated: false,
-        sink: None,
-        attempt: None,
-        recovered: false,
-    });
+    state
+        .audit
+        .write(&crate::telemetry::audit::AuditLine::replayed(n));
 }
 
 /// `DELETE /admin/dead-letters/{id}`.

@@ -1,7 +1,9 @@
 //! The webhook handler: the request path from raw body to committed event and answer.
 //!
-//! Order: content type (415) → body, bounded while reading (413, 408) → `Route::prepare`
-//! (401, 400, 422) → `Store::accept` (200, duplicate replay, 503) → metrics, stats, audit.
+//! Stages: `admit` (before the body: 503, 429) → `pipeline`: `receive` (content type 415,
+//! body bounded while reading 413/408) → `Route::prepare` (401, 400, 422) → `submission` →
+//! `commit` (`Store::accept`: 200, duplicate replay, 503) → `finish`: the one `Outcome`
+//! becomes the answer, the stats, the metrics and the audit line together.
 //! The whole handler runs inside the route's deadline; past it the answer is 503
 //! `unavailable` (an acceptance already handed to the store may still commit; a retry of the
 //! same request then gets the original answer as a duplicate).
@@ -174,6 +176,9 @@ fn admit(
     Some(ApiError::rate_limited(retry_after_secs(wait)))
 }
 
+/// The stages of one admitted request, each refusing with its own answer: receive the body
+/// (content type, size, time), prepare the event (authenticate, decode, rules), build the
+/// acceptance, commit it (and, on a `respond` route, wait for the upstream's answer).
 async fn pipeline(
     state: &AppState,
     ep: &Endpoint,
@@ -182,50 +187,78 @@ async fn pipeline(
     correlation_header: Option<&str>,
     started: Instant,
 ) -> Outcome {
-    let (route, simulated) = (&*ep.route, ep.simulated);
     let fallback_correlation =
         || correlation_header.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
     let (parts, body) = req.into_parts();
-
-    let format = match check_content_type(&parts.headers, route.payload.accepts_form()) {
-        Ok(f) => f,
+    let (format, body) = match receive(state, &ep.route, &parts.headers, body).await {
+        Ok(received) => received,
         Err(e) => return error_outcome(e, fallback_correlation(), transaction_id, None),
     };
-    let body_timeout = state.limits.body_read_timeout.min(state.limits.deadline);
-    let body = match read_body(
-        body,
-        &parts.headers,
-        state.limits.max_body_bytes,
-        body_timeout,
-    )
-    .await
-    {
-        Ok(b) => b,
-        Err(e) => return error_outcome(e, fallback_correlation(), transaction_id, None),
-    };
-
     let meta = RequestMeta {
         headers: &parts.headers,
-        simulated,
+        simulated: ep.simulated,
         correlation_header,
         transaction_id,
         now: crate::now_millis() / 1000,
         format,
     };
-    let prepared = match route.prepare(&body, &meta) {
-        Ok(p) => {
-            ep.metrics
-                .signature(SignatureResult::Valid, p.secret.as_deref());
-            p
-        }
+    let prepared = match ep.route.prepare(&body, &meta) {
+        Ok(p) => p,
         Err(refusal) => {
             return refusal_outcome(ep, refusal, fallback_correlation(), transaction_id);
         }
     };
+    ep.metrics
+        .signature(SignatureResult::Valid, prepared.secret.as_deref());
+    let submission = submission(
+        state,
+        &ep.route,
+        &parts.headers,
+        &body,
+        prepared,
+        transaction_id,
+    );
+    commit(state, ep, submission, transaction_id, started).await
+}
 
+/// The content type, then the body, bounded in size and time.
+async fn receive(
+    state: &AppState,
+    route: &Route,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(BodyFormat, Bytes), ApiError> {
+    let format = check_content_type(headers, route.payload.accepts_form())?;
+    let timeout = state.limits.body_read_timeout.min(state.limits.deadline);
+    let body = read_body(body, headers, state.limits.max_body_bytes, timeout).await?;
+    Ok((format, body))
+}
+
+/// What `commit` hands the store, and what it needs afterwards.
+struct Submission {
+    acceptance: Acceptance,
+    /// The answer's status unless the store says otherwise (200, or 202 on a `respond` route).
+    status: StatusCode,
+    facts: EventFacts,
+    correlation_id: String,
+    /// A `respond` route's idempotency key (to store the upstream's answer under).
+    answer_key: Option<String>,
+}
+
+/// Builds the acceptance of a prepared event: its answer (with `stateVersion` left for the
+/// store), idempotency key, one outbox row per sink and, on a `respond` route, the upstream
+/// row held for this request.
+fn submission(
+    state: &AppState,
+    route: &Route,
+    headers: &HeaderMap,
+    body: &[u8],
+    prepared: ingest::Prepared,
+    transaction_id: &str,
+) -> Submission {
     let ev = &prepared.event;
     let respond = route.respond.as_ref();
-    let (answer_status, status_word, message) = match respond {
+    let (status, status_word, message) = match respond {
         None => (StatusCode::OK, "success", "Payload processed successfully"),
         Some(_) => (
             StatusCode::ACCEPTED,
@@ -247,8 +280,7 @@ async fn pipeline(
         state_version: None,
     };
     let correlation_id = ev.correlation_id.clone();
-    let idempotency_key = ingest::idempotency_key(&route.name, &parts.headers, &body);
-    // Only a `respond` route needs the key again (to store the upstream's answer).
+    let idempotency_key = ingest::idempotency_key(&route.name, headers, body);
     let answer_key = respond.map(|_| idempotency_key.clone());
     let acceptance = Acceptance {
         idempotency_key,
@@ -257,7 +289,7 @@ async fn pipeline(
         sinks: route.sinks.clone(),
         max_response_bytes: state.limits.max_response_bytes,
         spend: prepared.spend,
-        status: answer_status.as_u16(),
+        status: status.as_u16(),
         respond: respond.map(|r| RespondHold {
             sink: r.upstream.clone(),
             on_late: r.on_late.clone(),
@@ -266,6 +298,32 @@ async fn pipeline(
             }),
         }),
     };
+    Submission {
+        acceptance,
+        status,
+        facts,
+        correlation_id,
+        answer_key,
+    }
+}
+
+/// Commits the acceptance and turns what the store decided into the outcome: committed
+/// (the delivery worker woken; a `respond` route waits for its upstream), a duplicate's
+/// original answer, a replayed signature, or a refusal.
+async fn commit(
+    state: &AppState,
+    ep: &Endpoint,
+    s: Submission,
+    transaction_id: &str,
+    started: Instant,
+) -> Outcome {
+    let Submission {
+        acceptance,
+        status: answer_status,
+        facts,
+        correlation_id,
+        answer_key,
+    } = s;
     let rows = acceptance.sinks.len();
     match state.store.accept(acceptance).await {
         Ok(AcceptOutcome::Committed {
@@ -277,7 +335,7 @@ async fn pipeline(
                 state.load.accepted(rows);
                 state.deliverer.wake();
             }
-            let (status, body) = match (held, respond, answer_key) {
+            let (status, body) = match (held, ep.route.respond.as_ref(), answer_key) {
                 (Some(claim), Some(r), Some(idempotency_key)) => {
                     let wait = upstream_wait(state, r.within, started);
                     await_upstream(state, *claim, wait, body, idempotency_key).await
@@ -322,31 +380,7 @@ async fn pipeline(
             None,
         ),
         Err(e) => {
-            let api = match &e {
-                StoreError::ResponseTooLarge { .. } | StoreError::Refused(_) => {
-                    if let Some(suppressed) = REFUSED.check() {
-                        tracing::error!(route = %route.name, %correlation_id, error = %e,
-                            suppressed, "event not accepted; nothing was committed");
-                    }
-                    ApiError::internal()
-                }
-                StoreError::Overloaded(_) => {
-                    if let Some(suppressed) = SHED.check() {
-                        tracing::warn!(route = %route.name, error = %e, suppressed,
-                            "shedding load (`suppressed`: requests shed since the last line)");
-                    }
-                    ApiError::unavailable("the gateway is overloaded; retry shortly")
-                }
-                StoreError::Closed => ApiError::unavailable("the gateway is shutting down"),
-                StoreError::Unavailable(_) => {
-                    if let Some(suppressed) = UNAVAILABLE.check() {
-                        tracing::error!(route = %route.name, %correlation_id, error = %e,
-                            suppressed, "store unavailable; event not accepted \
-                            (`suppressed`: more since the last line)");
-                    }
-                    ApiError::unavailable("the event store is unavailable; retry shortly")
-                }
-            };
+            let api = store_refusal(&ep.route, &correlation_id, &e);
             error_outcome(
                 api,
                 correlation_id,
@@ -356,6 +390,35 @@ async fn pipeline(
                     ..facts
                 }),
             )
+        }
+    }
+}
+
+/// The answer to an acceptance the store did not commit (logged once per interval).
+fn store_refusal(route: &Route, correlation_id: &str, e: &StoreError) -> ApiError {
+    match e {
+        StoreError::ResponseTooLarge { .. } | StoreError::Refused(_) => {
+            if let Some(suppressed) = REFUSED.check() {
+                tracing::error!(route = %route.name, %correlation_id, error = %e,
+                    suppressed, "event not accepted; nothing was committed");
+            }
+            ApiError::internal()
+        }
+        StoreError::Overloaded(_) => {
+            if let Some(suppressed) = SHED.check() {
+                tracing::warn!(route = %route.name, error = %e, suppressed,
+                    "shedding load (`suppressed`: requests shed since the last line)");
+            }
+            ApiError::unavailable("the gateway is overloaded; retry shortly")
+        }
+        StoreError::Closed => ApiError::unavailable("the gateway is shutting down"),
+        StoreError::Unavailable(_) => {
+            if let Some(suppressed) = UNAVAILABLE.check() {
+                tracing::error!(route = %route.name, %correlation_id, error = %e,
+                    suppressed, "store unavailable; event not accepted \
+                    (`suppressed`: more since the last line)");
+            }
+            ApiError::unavailable("the event store is unavailable; retry shortly")
         }
     }
 }

@@ -67,26 +67,48 @@ impl Mark {
     }
 }
 
+impl<'a> AuditLine<'a> {
+    /// A line of `event`, stamped now, every other field empty: a call site sets only what
+    /// its kind of outcome has (`AuditLine { route, ..AuditLine::new(kind) }`).
+    pub fn new(event: AuditKind) -> AuditLine<'a> {
+        AuditLine {
+            ts: crate::now_rfc3339(),
+            event,
+            route: "",
+            correlation_id: "",
+            transaction_id: "",
+            event_id: None,
+            session_id: None,
+            event_type: None,
+            status: 0,
+            code: None,
+            latency_ms: 0.0,
+            state_version: None,
+            simulated: false,
+            sink: None,
+            attempt: None,
+            recovered: false,
+        }
+    }
+
+    /// Dead letters replayed by the admin API or the CLI; `state_version` holds how many.
+    pub fn replayed(rows: u64) -> AuditLine<'a> {
+        AuditLine {
+            status: 200,
+            state_version: Some(rows),
+            ..AuditLine::new(AuditKind::Replayed)
+        }
+    }
+}
+
 /// The audit line of a forgotten session: its id, and in `state_version` how many events lost
 /// their payloads.
 pub fn session_forgotten(session_id: &str, events: u64) -> AuditLine<'_> {
     AuditLine {
-        ts: crate::now_rfc3339(),
-        event: AuditKind::SessionForgotten,
-        route: "",
-        correlation_id: "",
-        transaction_id: "",
-        event_id: None,
         session_id: Some(session_id),
-        event_type: None,
         status: 200,
-        code: None,
-        latency_ms: 0.0,
         state_version: Some(events),
-        simulated: false,
-        sink: None,
-        attempt: None,
-        recovered: false,
+        ..AuditLine::new(AuditKind::SessionForgotten)
     }
 }
 
