@@ -1,7 +1,7 @@
 //! Test support: an in-process gateway on port 0 with a temporary store, a signing HTTP
 //! client, and a handle on the real binary.
 
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+#![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod binary;
 pub mod cognigy_emulator;

@@ -178,7 +178,11 @@ impl SinkServer {
         }
     }
 
-    pub fn stop(self) {
+}
+
+impl Drop for SinkServer {
+    /// The server stops with its handle (its task would otherwise outlive the test's use).
+    fn drop(&mut self) {
         self.task.abort();
     }
 }
