@@ -73,13 +73,45 @@ pub enum AcceptOutcome {
     SignatureReplayed,
 }
 
+/// What a store error was caused by, kept with its own causes (a PostgreSQL error says what
+/// went wrong only in its source). Shared, because one failed commit group answers every
+/// request in it. Displayed with its causes; compared by that text.
+#[derive(Debug, Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    pub fn new(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Cause {
+        Cause(Arc::from(e.into()))
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::with_causes(&*self.0))
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Cause) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Cause {}
+
 /// Why `accept` could not commit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("store is overloaded: {0} acceptances are waiting")]
     Overloaded(usize),
     #[error("store is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     #[error("store is closed")]
     Closed,
     #[error("response of {size} bytes exceeds limits.max_response_bytes ({limit})")]
@@ -87,7 +119,14 @@ pub enum StoreError {
     /// The database turned down this event's data (PostgreSQL); the events committed with it
     /// are committed without it.
     #[error("the database refused the event: {0}")]
-    Refused(String),
+    Refused(#[source] Cause),
+}
+
+impl StoreError {
+    /// `Unavailable`, caused by `e` (an error, kept with its causes, or a message).
+    pub fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+        StoreError::Unavailable(Cause::new(e))
+    }
 }
 
 /// An event and what happened to it, for `events show` and `/admin/events/{id}`.
@@ -579,5 +618,38 @@ pub fn parse_time_bound(s: &str) -> Result<i64, String> {
         Err(_) => Err(format!(
             "`{s}` is neither an RFC 3339 time nor a duration such as 2h"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that says what went wrong only in its source, as PostgreSQL's do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("db error")]
+    struct Vague(#[source] std::io::Error);
+
+    #[test]
+    fn store_errors_keep_their_causes_and_show_them() {
+        let e = StoreError::unavailable(Vague(std::io::Error::other("disk quota exceeded")));
+        assert_eq!(
+            e.to_string(),
+            "store is unavailable: db error: disk quota exceeded"
+        );
+        let cause = std::error::Error::source(&e).expect("the cause is kept");
+        assert!(cause.to_string().starts_with("db error"), "{cause}");
+        let root = cause.source().expect("and its own cause");
+        assert_eq!(root.to_string(), "disk quota exceeded");
+        assert_eq!(
+            crate::with_causes(&e),
+            "store is unavailable: db error: disk quota exceeded",
+            "printed with its causes, each once"
+        );
+        assert_eq!(
+            e.clone(),
+            e,
+            "clones compare equal (one failed group answers many)"
+        );
     }
 }

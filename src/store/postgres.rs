@@ -53,19 +53,18 @@ const CONNECT_WAIT: Duration = Duration::from_secs(2);
 /// Longest time one commit group or job may take before it counts as unavailable.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::unavailable(e)
 }
 
 /// A statement's failure while committing an event: `Refused` when the server turned down
 /// something about this event (so it fails alone, see `run_writer`), `Unavailable` when the
 /// cause is the connection or the server's state (SQLSTATE classes 08, 40, 53, 57, 58, XX,
 /// or no SQLSTATE at all).
-fn refused_or_unavailable(e: &tokio_postgres::Error) -> StoreError {
-    let text = crate::with_causes(e);
+fn refused_or_unavailable(e: tokio_postgres::Error) -> StoreError {
     match e.code().map(|c| c.code().get(..2).unwrap_or("")) {
-        None | Some("08" | "40" | "53" | "57" | "58" | "XX") => StoreError::Unavailable(text),
-        Some(_) => StoreError::Refused(text),
+        None | Some("08" | "40" | "53" | "57" | "58" | "XX") => StoreError::unavailable(e),
+        Some(_) => StoreError::Refused(super::Cause::new(e)),
     }
 }
 
@@ -267,10 +266,7 @@ impl PgStore {
 
     /// A pooled connection, or `Unavailable` within [`CONNECT_WAIT`].
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(crate::with_causes(&e)))
+        self.pool.get().await.map_err(StoreError::unavailable)
     }
 
     pub(super) async fn ready(&self) -> bool {
@@ -781,7 +777,7 @@ async fn bounded<T>(
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(OP_TIMEOUT, op).await {
         Ok(r) => r,
-        Err(_) => Err(StoreError::Unavailable(format!(
+        Err(_) => Err(StoreError::unavailable(format!(
             "PostgreSQL did not answer within {}",
             humantime::format_duration(OP_TIMEOUT)
         ))),
@@ -842,9 +838,7 @@ async fn run_writer(
                     results.push(match one {
                         Ok(Ok(mut r)) => r.pop().unwrap_or(Err(StoreError::Closed)),
                         Ok(Err(e)) => Err(e),
-                        Err(_) => Err(StoreError::Unavailable(
-                            "PostgreSQL did not commit in time".into(),
-                        )),
+                        Err(_) => Err(StoreError::unavailable("PostgreSQL did not commit in time")),
                     });
                 }
                 for ((_, reply), r) in batch.drain(..).zip(results) {
@@ -858,7 +852,7 @@ async fn run_writer(
                 }
             }
             Err(_) => {
-                let e = StoreError::Unavailable("PostgreSQL did not commit in time".into());
+                let e = StoreError::unavailable("PostgreSQL did not commit in time");
                 for (_, reply) in batch.drain(..) {
                     let _ = reply.send(Err(e.clone()));
                 }
@@ -910,7 +904,7 @@ async fn accept_one(
     now: i64,
     s: &Settings,
 ) -> Result<AcceptOutcome, StoreError> {
-    let db = |e: tokio_postgres::Error| refused_or_unavailable(&e);
+    let db = refused_or_unavailable;
     if let Some(spend) = &a.spend {
         let st = tx
             .prepare_cached("SELECT expires_at FROM spent_signatures WHERE route = $1 AND mac = $2")
@@ -1026,7 +1020,7 @@ async fn accept_one(
     let response = a.answer.render(e.state_version);
     let body = serde_json::to_string(&*e).map_err(unavailable)?;
     let body = if crate::seal::active() {
-        crate::seal::seal(body).map_err(StoreError::Unavailable)?
+        crate::seal::seal(body).map_err(StoreError::unavailable)?
     } else {
         body
     };

@@ -33,7 +33,52 @@ pub(super) const MAX_RECORD: usize = 64 << 20;
 pub(super) const SEGMENT_BYTES: u64 = 64 << 20;
 
 /// What a reader hands each record to: its number and payload.
-pub(super) type RecordFn<'a> = dyn FnMut(u64, &[u8]) -> Result<(), String> + 'a;
+pub(super) type RecordFn<'a> = dyn FnMut(u64, &[u8]) -> Result<(), LogError> + 'a;
+
+/// A failure of the store's log. An I/O failure keeps the `std::io::Error` as its source (an
+/// operator needs its kind: a full disk, an I/O error); the message says what was being done.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LogError {
+    #[error("{doing}: {source}")]
+    Io {
+        doing: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The log contradicts itself or the database: records are missing, or damage that is
+    /// not a torn tail. The message says what to do.
+    #[error("{0}")]
+    Damaged(String),
+    /// A write failed and could not be cut off: the log takes no more writes.
+    #[error("{0}")]
+    Broken(String),
+    /// What a record was handed to failed (applying it to the database).
+    #[error("{doing}: {source}")]
+    Record {
+        doing: String,
+        #[source]
+        source: crate::store::Cause,
+    },
+}
+
+impl LogError {
+    /// A record's consumer failed while `doing`.
+    pub(super) fn record(
+        doing: impl Into<String>,
+        e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> LogError {
+        LogError::Record {
+            doing: doing.into(),
+            source: crate::store::Cause::new(e),
+        }
+    }
+}
+
+/// Turns an I/O error into a [`LogError`] saying what was being done.
+fn io(doing: impl Into<String>) -> impl FnOnce(std::io::Error) -> LogError {
+    let doing = doing.into();
+    move |source| LogError::Io { doing, source }
+}
 
 /// When the log is flushed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,9 +173,9 @@ impl LogWriter {
 
     /// Writes (and, per the sync setting, flushes) the buffered records. On an error nothing
     /// of them stays in the file and their numbers are given out again.
-    pub(super) fn commit(&mut self) -> Result<(), String> {
+    pub(super) fn commit(&mut self) -> Result<(), LogError> {
         if let Some(why) = &self.broken {
-            return Err(why.clone());
+            return Err(LogError::Broken(why.clone()));
         }
         if self.buf.is_empty() {
             return Ok(());
@@ -143,10 +188,7 @@ impl LogWriter {
             }
         });
         if let Err(e) = written {
-            let err = format!(
-                "cannot write the store's log in {}: {e}",
-                self.dir.display()
-            );
+            let doing = format!("cannot write the store's log in {}", self.dir.display());
             // Cut off whatever part of the group reached the file, so that no reader ever
             // sees records that were refused.
             let cut = self
@@ -155,11 +197,11 @@ impl LogWriter {
                 .and_then(|()| self.file.sync_data());
             self.discard();
             if let Err(cut) = cut {
-                let why = format!("{err}; the failed write could not be cut off ({cut})");
+                let why = format!("{doing}: {e}; the failed write could not be cut off ({cut})");
                 self.broken = Some(why.clone());
-                return Err(why);
+                return Err(LogError::Broken(why));
             }
-            return Err(err);
+            return Err(LogError::Io { doing, source: e });
         }
         self.len += self.buf.len() as u64;
         self.buf.clear();
@@ -171,11 +213,11 @@ impl LogWriter {
     }
 
     /// Closes the current segment and starts the next one at `next_lsn`.
-    fn roll(&mut self) -> Result<(), String> {
+    fn roll(&mut self) -> Result<(), LogError> {
         if self.sync == LogSync::SegmentEnds {
             self.file
                 .sync_data()
-                .map_err(|e| format!("cannot flush the store's log: {e}"))?;
+                .map_err(io("cannot flush the store's log"))?;
         }
         let (file, len) = create_segment(&self.dir, self.next_lsn, self.sync)?;
         self.file = file;
@@ -184,36 +226,36 @@ impl LogWriter {
     }
 
     /// Flushes the log (at shutdown).
-    pub(super) fn close(&mut self) -> Result<(), String> {
+    pub(super) fn close(&mut self) -> Result<(), LogError> {
         self.commit()?;
         if self.sync != LogSync::Never {
             self.file
                 .sync_data()
-                .map_err(|e| format!("cannot flush the store's log: {e}"))?;
+                .map_err(io("cannot flush the store's log"))?;
         }
         Ok(())
     }
 }
 
 /// Creates the segment that starts at `lsn` (its name made durable with the directory).
-fn create_segment(dir: &Path, lsn: u64, sync: LogSync) -> Result<(File, u64), String> {
+fn create_segment(dir: &Path, lsn: u64, sync: LogSync) -> Result<(File, u64), LogError> {
     let path = dir.join(segment_name(lsn));
     let file = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .open(&path)
-        .map_err(|e| format!("cannot create log segment {}: {e}", path.display()))?;
+        .map_err(io(format!("cannot create log segment {}", path.display())))?;
     if sync != LogSync::Never {
         sync_dir(dir)?;
     }
     Ok((file, 0))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), String> {
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| format!("cannot flush directory {}: {e}", dir.display()))
+        .map_err(io(format!("cannot flush directory {}", dir.display())))
 }
 
 /// How reading a segment ended.
@@ -232,16 +274,16 @@ fn read_segment(
     path: &Path,
     mut expected: u64,
     f: &mut RecordFn<'_>,
-) -> Result<(u64, SegmentEnd), String> {
-    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+) -> Result<(u64, SegmentEnd), LogError> {
+    let file = File::open(path).map_err(io(format!("cannot open {}", path.display())))?;
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut offset = 0u64;
     let mut payload = Vec::new();
-    let io = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let reading = || io(format!("cannot read {}", path.display()));
     loop {
         let mut header = [0u8; HEADER];
         let bad = |reason: String| SegmentEnd::Bad { offset, reason };
-        match read_full(&mut r, &mut header).map_err(io)? {
+        match read_full(&mut r, &mut header).map_err(reading())? {
             0 => return Ok((expected, SegmentEnd::Clean)),
             n if n < HEADER => {
                 return Ok((
@@ -259,7 +301,7 @@ fn read_segment(
             return Ok((expected, bad(format!("a record length of {len} bytes"))));
         }
         payload.resize(len, 0);
-        let n = read_full(&mut r, &mut payload).map_err(io)?;
+        let n = read_full(&mut r, &mut payload).map_err(reading())?;
         if n < len {
             return Ok((
                 expected,
@@ -318,10 +360,10 @@ pub(super) fn recover(
     after: u64,
     sync: LogSync,
     apply: &mut RecordFn<'_>,
-) -> Result<(LogWriter, Recovery), String> {
+) -> Result<(LogWriter, Recovery), LogError> {
     std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
-    let all = segments(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+        .map_err(io(format!("cannot create log directory {}", dir.display())))?;
+    let all = segments(dir).map_err(io(format!("cannot list {}", dir.display())))?;
     let mut report = Recovery::default();
     // Segments whose successor starts at or before `after + 1` hold only applied records.
     let first_needed = all.windows(2).take_while(|w| w[1].0 <= after + 1).count();
@@ -331,21 +373,21 @@ pub(super) fn recover(
     for (i, (first, path)) in needed.iter().enumerate() {
         let last = i + 1 == needed.len();
         if i == 0 && *first > after + 1 {
-            return Err(format!(
+            return Err(LogError::Damaged(format!(
                 "the store's log starts at record {first} but the database has only records \
                  up to {after}: records {} to {} are missing from {}; restore the data \
                  directory from a backup",
                 after + 1,
                 first - 1,
                 dir.display()
-            ));
+            )));
         }
         if i > 0 && *first != next {
-            return Err(format!(
+            return Err(LogError::Damaged(format!(
                 "log segment {} starts at record {first} where {next} was due: records are \
                  missing; restore the data directory from a backup",
                 path.display()
-            ));
+            )));
         }
         let mut apply_new = |lsn: u64, payload: &[u8]| {
             if lsn > after {
@@ -358,7 +400,7 @@ pub(super) fn recover(
         let (end_lsn, end) = read_segment(path, *first, &mut apply_new)?;
         let good_len = match end {
             SegmentEnd::Clean => std::fs::metadata(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .map_err(io(format!("cannot read {}", path.display())))?
                 .len(),
             SegmentEnd::Bad { offset, reason } if last => {
                 let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(offset);
@@ -371,12 +413,12 @@ pub(super) fn recover(
                 offset
             }
             SegmentEnd::Bad { offset, reason } => {
-                return Err(format!(
+                return Err(LogError::Damaged(format!(
                     "log segment {} is damaged at offset {offset} ({reason}) and later \
                      segments follow it, so this is not a torn tail; move the data directory \
                      aside and restore it from a backup",
                     path.display()
-                ))
+                )))
             }
         };
         next = end_lsn.max(*first);
@@ -391,19 +433,22 @@ pub(super) fn recover(
             let file = OpenOptions::new()
                 .write(true)
                 .open(&path)
-                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                .map_err(io(format!("cannot open {}", path.display())))?;
             let size = file
                 .metadata()
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .map_err(io(format!("cannot read {}", path.display())))?
                 .len();
             if size != good_len {
                 file.set_len(good_len)
                     .and_then(|()| file.sync_all())
-                    .map_err(|e| format!("cannot cut the torn tail of {}: {e}", path.display()))?;
+                    .map_err(io(format!(
+                        "cannot cut the torn tail of {}",
+                        path.display()
+                    )))?;
             }
             let mut file = file;
             std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(good_len))
-                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                .map_err(io(format!("cannot open {}", path.display())))?;
             (file, good_len)
         }
         _ => create_segment(dir, next_lsn, sync)?,
@@ -425,11 +470,11 @@ pub(super) fn recover(
 
 /// Reads the records numbered after `after` without changing anything (a reader beside a
 /// running gateway); stops quietly at a bad record, which a writer may still be writing.
-pub(super) fn read_after(dir: &Path, after: u64, f: &mut RecordFn<'_>) -> Result<(), String> {
+pub(super) fn read_after(dir: &Path, after: u64, f: &mut RecordFn<'_>) -> Result<(), LogError> {
     let all = match segments(dir) {
         Ok(all) => all,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("cannot list {}: {e}", dir.display())),
+        Err(e) => return Err(io(format!("cannot list {}", dir.display()))(e)),
     };
     let skip = all.windows(2).take_while(|w| w[1].0 <= after + 1).count();
     for (first, path) in &all[skip..] {
@@ -453,15 +498,15 @@ pub(super) fn read_after(dir: &Path, after: u64, f: &mut RecordFn<'_>) -> Result
 
 /// Removes the segments that hold only records up to `durable` (never the newest segment).
 /// Returns how many were removed.
-pub(super) fn remove_through(dir: &Path, durable: u64) -> Result<usize, String> {
-    let all = segments(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+pub(super) fn remove_through(dir: &Path, durable: u64) -> Result<usize, LogError> {
+    let all = segments(dir).map_err(io(format!("cannot list {}", dir.display())))?;
     let mut removed = 0;
     for w in all.windows(2) {
         let ((_, path), (next_first, _)) = (&w[0], &w[1]);
         if *next_first > durable + 1 {
             break;
         }
-        std::fs::remove_file(path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+        std::fs::remove_file(path).map_err(io(format!("cannot remove {}", path.display())))?;
         removed += 1;
     }
     Ok(removed)
@@ -601,7 +646,24 @@ mod tests {
         std::fs::write(&all[0].1, &bytes).expect("write");
         let err =
             recover(dir.path(), 0, LogSync::EveryCommit, &mut |_, _| Ok(())).expect_err("refused");
-        assert!(err.contains("not a torn tail"), "{err}");
+        assert!(matches!(err, LogError::Damaged(_)), "{err}");
+        assert!(err.to_string().contains("not a torn tail"), "{err}");
+    }
+
+    #[test]
+    fn an_io_failure_keeps_its_error_as_the_source() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let gone = dir.path().join("no-such-dir");
+        let err = create_segment(&gone, 1, LogSync::EveryCommit).expect_err("no directory");
+        let source = std::error::Error::source(&err).expect("the I/O error is kept");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("as an io::Error");
+        assert_eq!(io.kind(), ErrorKind::NotFound);
+        assert!(
+            err.to_string().starts_with("cannot create log segment"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -615,7 +677,10 @@ mod tests {
         std::fs::remove_file(&all[0].1).expect("remove");
         let err =
             recover(dir.path(), 0, LogSync::EveryCommit, &mut |_, _| Ok(())).expect_err("refused");
-        assert!(err.contains("records 1 to 2 are missing"), "{err}");
+        assert!(
+            err.to_string().contains("records 1 to 2 are missing"),
+            "{err}"
+        );
         // Once the database holds records 1 and 2, the segment is not needed.
         let (got, _, _) = collect(dir.path(), 2);
         assert_eq!(got, vec![(3, b"third".to_vec())]);

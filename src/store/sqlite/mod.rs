@@ -289,8 +289,8 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::unavailable(e)
 }
 
 /// The database's own sync setting: the log is the commit point, so the database is only
@@ -383,19 +383,21 @@ fn recover(conn: &Connection, log_dir: &Path, sync: SyncMode) -> Result<log::Log
     let after = project::projected(conn).map_err(|e| format!("cannot read the store: {e}"))?;
     let mut in_tx = 0u64;
     let mut last = after;
-    let mut apply = |lsn: u64, payload: &[u8]| -> Result<(), String> {
-        let r = Record::decode(payload).map_err(|e| format!("log record {lsn}: {e}"))?;
+    let mut apply = |lsn: u64, payload: &[u8]| -> Result<(), log::LogError> {
+        let r = Record::decode(payload)
+            .map_err(|e| log::LogError::record(format!("log record {lsn}"), e))?;
         if in_tx == 0 {
             conn.execute_batch("BEGIN IMMEDIATE")
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| log::LogError::record("cannot begin applying the log", e))?;
         }
-        project::apply(conn, &r).map_err(|e| format!("cannot apply log record {lsn}: {e}"))?;
+        project::apply(conn, &r)
+            .map_err(|e| log::LogError::record(format!("cannot apply log record {lsn}"), e))?;
         in_tx += 1;
         last = lsn;
         if in_tx >= RECOVERY_BATCH {
             project::set_projected(conn, last)
                 .and_then(|()| conn.execute_batch("COMMIT"))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| log::LogError::record("cannot commit the applied records", e))?;
             in_tx = 0;
         }
         Ok(())
@@ -411,7 +413,7 @@ fn recover(conn: &Connection, log_dir: &Path, sync: SyncMode) -> Result<log::Log
     } else {
         Ok(())
     };
-    let (writer, report) = result?;
+    let (writer, report) = result.map_err(|e| crate::with_causes(&e))?;
     finish.map_err(|e| format!("cannot apply the log: {e}"))?;
     if let Some(dropped) = &report.dropped {
         tracing::warn!(dropped = %dropped, "the store's log had a torn tail; it was cut off");
@@ -676,9 +678,7 @@ impl SqliteStore {
 
     pub(super) async fn accept(&self, a: Acceptance) -> Result<AcceptOutcome, StoreError> {
         let Some(engine) = &self.engine else {
-            return Err(StoreError::Unavailable(
-                "another process serves this store".into(),
-            ));
+            return Err(StoreError::unavailable("another process serves this store"));
         };
         let (tx, rx) = oneshot::channel();
         match engine.queue.try_send(SeqMsg::Accept(Box::new(a), tx)) {
@@ -837,10 +837,9 @@ impl SqliteStore {
         session_id: String,
     ) -> Result<super::Forgotten, StoreError> {
         let Some(engine) = &self.engine else {
-            return Err(StoreError::Unavailable(
+            return Err(StoreError::unavailable(
                 "another process (the running gateway) owns this store: forget the session \
-                 through it, with DELETE /admin/sessions/{id}"
-                    .into(),
+                 through it, with DELETE /admin/sessions/{id}",
             ));
         };
         // Settlements queued before this call land first, so a row delivered or
@@ -991,7 +990,7 @@ impl SqliteStore {
         match waited {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(StoreError::Closed),
-            Err(_) => Err(StoreError::Unavailable(format!(
+            Err(_) => Err(StoreError::unavailable(format!(
                 "the database is more than {}s behind the log",
                 CATCH_UP_WAIT.as_secs()
             ))),
@@ -1191,7 +1190,8 @@ fn journey_with_tail(c: &Connection, log_dir: &Path, id: &str) -> Result<Option<
             }
         }
         Ok(())
-    })?;
+    })
+    .map_err(|e| crate::with_causes(&e))?;
     let Some(a) = found else {
         // Applied to the database while the log was read.
         return read_journey(c, id).map_err(|e| e.to_string());
@@ -1581,8 +1581,8 @@ mod tests {
         let store = SqliteStore::open(&config(dir.path())).expect("open");
         assert_eq!(rt.block_on(store.readiness()), Ok(()));
         // As after a commit that failed for a full disk.
-        store.shared.log_health.fail(&StoreError::Unavailable(
-            "cannot write the store's log: No space left on device".into(),
+        store.shared.log_health.fail(&StoreError::unavailable(
+            "cannot write the store's log: No space left on device",
         ));
         // The log directory takes no write (the probe's file cannot be created: a directory
         // stands in its place): still not ready, and the answer says why.

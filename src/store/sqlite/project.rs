@@ -193,7 +193,7 @@ fn apply_batch(
             Ok(())
         }
         Err(e) => {
-            let e = StoreError::Unavailable(e.to_string());
+            let e = StoreError::unavailable(e);
             if let Some(suppressed) = APPLY_FAILED.check() {
                 tracing::error!(error = %e, suppressed,
                     records = records.iter().map(|(r, _)| r.len()).sum::<usize>(),

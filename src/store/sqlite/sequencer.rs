@@ -286,7 +286,7 @@ impl Sequencer {
                     }
                     written.clear();
                     records.clear();
-                    let e = StoreError::Unavailable(e);
+                    let e = StoreError::unavailable(e);
                     self.shared.log_health.fail(&e);
                     Some(e)
                 }
@@ -330,7 +330,7 @@ impl Sequencer {
         written: &mut Vec<(u64, HotKey)>,
         encoded: &mut Vec<u8>,
     ) -> Result<AcceptOutcome, StoreError> {
-        let unavailable = |e: rusqlite::Error| StoreError::Unavailable(e.to_string());
+        let unavailable = |e: rusqlite::Error| StoreError::unavailable(e);
         // A spent signature is refused before anything else, duplicates included: a replayed
         // request must not even learn the original answer.
         let spend = a.spend.take().map(|s| Spend {
@@ -373,12 +373,11 @@ impl Sequencer {
         let version = self.windows.next_version(previous, now);
         e.state_version = version;
         let answer = a.answer.render(version);
-        let body =
-            serde_json::to_string(&*e).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let body = serde_json::to_string(&*e).map_err(StoreError::unavailable)?;
         // What the log and the database keep ([privacy] encrypt_key); the request's own
         // `respond` call below uses the plaintext.
         let stored = if crate::seal::active() {
-            crate::seal::seal(body.clone()).map_err(StoreError::Unavailable)?
+            crate::seal::seal(body.clone()).map_err(StoreError::unavailable)?
         } else {
             body.clone()
         };
@@ -475,9 +474,7 @@ impl Sequencer {
     ) -> Result<(), StoreError> {
         let existing = match hot.answers.get(&key) {
             Some(h) => Some(h.clone()),
-            None => self
-                .read_answer(&key)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+            None => self.read_answer(&key).map_err(StoreError::unavailable)?,
         };
         // A key pruned meanwhile has nothing to replace.
         let Some(existing) = existing else {

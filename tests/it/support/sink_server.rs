@@ -177,7 +177,6 @@ impl SinkServer {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-
 }
 
 impl Drop for SinkServer {
