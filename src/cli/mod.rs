@@ -151,7 +151,7 @@ where
     rt.block_on(async {
         let store = crate::store::Store::open(&config.store, purpose)
             .await
-            .map_err(CliError::Runtime)?;
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
         let out = f(store.clone()).await;
         store.close().await;
         out.map_err(|e| CliError::Runtime(e.to_string()))

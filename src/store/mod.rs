@@ -122,6 +122,39 @@ pub enum StoreError {
     Refused(#[source] Cause),
 }
 
+/// Why a store could not be opened: refused as it stands (the message says why and what to
+/// do), or failed while doing something, with the error that stopped it kept as the source.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("{doing}: {source}")]
+    Failed {
+        doing: String,
+        #[source]
+        source: Cause,
+    },
+}
+
+impl OpenError {
+    /// Maps an error met while `doing` something into `Failed`.
+    pub fn failed<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+        doing: impl Into<String>,
+    ) -> impl FnOnce(E) -> OpenError {
+        let doing = doing.into();
+        move |e| OpenError::Failed {
+            doing,
+            source: Cause::new(e),
+        }
+    }
+}
+
+impl From<OpenError> for String {
+    fn from(e: OpenError) -> String {
+        e.to_string()
+    }
+}
+
 impl StoreError {
     /// `Unavailable`, caused by `e` (an error, kept with its causes, or a message).
     pub fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
@@ -347,7 +380,7 @@ static UNOPENED: crate::telemetry::throttle::Throttle =
 pub(crate) fn event_json(stored: String) -> Value {
     match crate::seal::open(stored) {
         Ok(body) => serde_json::from_str(&body).unwrap_or(Value::String(body)),
-        Err(e) => serde_json::json!({ "sealed": true, "error": e }),
+        Err(e) => serde_json::json!({ "sealed": true, "error": e.to_string() }),
     }
 }
 
@@ -408,12 +441,15 @@ impl Store {
     pub async fn open(
         config: &crate::config::StoreConfig,
         purpose: Purpose,
-    ) -> Result<Store, String> {
+    ) -> Result<Store, OpenError> {
         use crate::config::Backend;
-        match config.backend()? {
+        match config.backend().map_err(OpenError::Refused)? {
             Backend::Sqlite(path) => {
                 if purpose != Purpose::Serving && !path.exists() {
-                    return Err(format!("no store at {}", path.display()));
+                    return Err(OpenError::Refused(format!(
+                        "no store at {}",
+                        path.display()
+                    )));
                 }
                 let config = config.clone();
                 let store = tokio::task::spawn_blocking(move || match purpose {
@@ -422,7 +458,7 @@ impl Store {
                     Purpose::Reading => sqlite::SqliteStore::open_reading(&config),
                 })
                 .await
-                .map_err(|e| format!("the store's start-up task failed: {e}"))??;
+                .map_err(OpenError::failed("the store's start-up task failed"))??;
                 Ok(Store::Sqlite(Arc::new(store)))
             }
             Backend::Postgres(url) => Ok(Store::Postgres(Arc::new(

@@ -27,6 +27,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::pg_conn::{PgTarget, PgTls};
+use super::OpenError;
 
 use super::{
     AcceptOutcome, Acceptance, Attempt, Claimed, DeadLetter, DeadLetterFilter, Delivery, Journey,
@@ -98,7 +99,7 @@ pub struct PgStore {
 }
 
 /// Builds a pool for a parsed `store.url`, with TLS when its `sslmode` asks for it.
-fn pool(target: &PgTarget, size: usize) -> Result<Pool, String> {
+fn pool(target: &PgTarget, size: usize) -> Result<Pool, OpenError> {
     let manager = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
@@ -117,21 +118,20 @@ fn pool(target: &PgTarget, size: usize) -> Result<Pool, String> {
         .recycle_timeout(Some(CONNECT_WAIT))
         .runtime(Runtime::Tokio1)
         .build()
-        .map_err(|e| format!("cannot build the PostgreSQL pool: {e}"))
+        .map_err(OpenError::failed("cannot build the PostgreSQL pool"))
 }
 
 /// Runs the migrations not yet applied, under the advisory lock.
-async fn migrate(pool: &Pool) -> Result<(), String> {
+async fn migrate(pool: &Pool) -> Result<(), OpenError> {
     let mut c = pool
         .get()
         .await
-        .map_err(|e| format!("cannot connect to PostgreSQL: {}", crate::with_causes(&e)))?;
+        .map_err(OpenError::failed("cannot connect to PostgreSQL"))?;
     let tx = c
         .transaction()
         .await
-        .map_err(|e| format!("cannot start the migration: {e}"))?;
-    let step =
-        |what: &'static str| move |e: tokio_postgres::Error| format!("migration: {what}: {e}");
+        .map_err(OpenError::failed("cannot start the migration"))?;
+    let step = |what: &'static str| OpenError::failed(format!("migration: {what}"));
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(step("lock"))?;
@@ -150,10 +150,10 @@ async fn migrate(pool: &Pool) -> Result<(), String> {
         .map_err(step("read version"))?
         .get(0);
     if done > MIGRATIONS.len() as i64 {
-        return Err(format!(
+        return Err(OpenError::Refused(format!(
             "database schema version {done} is newer than this cognihook ({})",
             MIGRATIONS.len()
-        ));
+        )));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
         tx.batch_execute(sql).await.map_err(step("apply"))?;
@@ -182,8 +182,8 @@ fn replica_application_name(replica: &str) -> String {
 impl PgStore {
     /// Connects, migrates, and starts the writer and maintenance tasks. Must run inside a
     /// Tokio runtime.
-    pub async fn open(url: &str, config: &StoreConfig) -> Result<PgStore, String> {
-        let mut target = PgTarget::parse(url)?;
+    pub async fn open(url: &str, config: &StoreConfig) -> Result<PgStore, OpenError> {
+        let mut target = PgTarget::parse(url).map_err(OpenError::Refused)?;
         // The connections name this replica, so that after a crash the next run can wait for
         // the dead run's transactions to end (see `committed_since`).
         if target.config.get_application_name().is_none() {

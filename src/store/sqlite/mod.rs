@@ -61,7 +61,7 @@ use self::record::Record;
 use self::sequencer::{SeqMsg, Sequencer};
 use super::decide::Windows;
 use super::{
-    AcceptOutcome, Acceptance, Claimed, DeadLetter, DeadLetterFilter, Delivery, Journey,
+    AcceptOutcome, Acceptance, Claimed, DeadLetter, DeadLetterFilter, Delivery, Journey, OpenError,
     Settlement, SinkCounts, StoreError,
 };
 use crate::config::{StoreConfig, SyncMode};
@@ -379,8 +379,13 @@ fn log_dir_of(path: &Path) -> PathBuf {
 }
 
 /// Applies the log's records after the database's position (opening an owned store).
-fn recover(conn: &Connection, log_dir: &Path, sync: SyncMode) -> Result<log::LogWriter, String> {
-    let after = project::projected(conn).map_err(|e| format!("cannot read the store: {e}"))?;
+fn recover(
+    conn: &Connection,
+    log_dir: &Path,
+    sync: SyncMode,
+) -> Result<log::LogWriter, log::LogError> {
+    let after = project::projected(conn)
+        .map_err(|e| log::LogError::record("cannot read the store's position", e))?;
     let mut in_tx = 0u64;
     let mut last = after;
     let mut apply = |lsn: u64, payload: &[u8]| -> Result<(), log::LogError> {
@@ -405,16 +410,14 @@ fn recover(conn: &Connection, log_dir: &Path, sync: SyncMode) -> Result<log::Log
     let result = log::recover(log_dir, after, log_sync(sync), &mut apply);
     let finish = if in_tx > 0 {
         match &result {
-            Ok(_) => project::set_projected(conn, last)
-                .and_then(|()| conn.execute_batch("COMMIT"))
-                .map_err(|e| e.to_string()),
-            Err(_) => conn.execute_batch("ROLLBACK").map_err(|e| e.to_string()),
+            Ok(_) => project::set_projected(conn, last).and_then(|()| conn.execute_batch("COMMIT")),
+            Err(_) => conn.execute_batch("ROLLBACK"),
         }
     } else {
         Ok(())
     };
-    let (writer, report) = result.map_err(|e| crate::with_causes(&e))?;
-    finish.map_err(|e| format!("cannot apply the log: {e}"))?;
+    let (writer, report) = result?;
+    finish.map_err(|e| log::LogError::record("cannot apply the log", e))?;
     if let Some(dropped) = &report.dropped {
         tracing::warn!(dropped = %dropped, "the store's log had a torn tail; it was cut off");
     }
@@ -465,24 +468,29 @@ fn next_outbox_id(c: &Connection) -> rusqlite::Result<i64> {
 }
 
 /// Where a store's files are; creates the data directory.
-fn prepare_path(config: &StoreConfig) -> Result<PathBuf, String> {
-    let path = config.sqlite_path()?;
+fn prepare_path(config: &StoreConfig) -> Result<PathBuf, OpenError> {
+    let path = config.sqlite_path().map_err(OpenError::Refused)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(OpenError::failed(format!(
+            "cannot create data directory {}",
+            dir.display()
+        )))?;
     }
     Ok(path)
 }
 
 /// The lock a process holds on a store it owns (`<db>.lock`); `None` when another holds it.
-fn try_lock(path: &Path) -> Result<Option<std::fs::File>, String> {
+fn try_lock(path: &Path) -> Result<Option<std::fs::File>, OpenError> {
     let lock_path = path.with_extension("lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        .map_err(OpenError::failed(format!(
+            "cannot open {}",
+            lock_path.display()
+        )))?;
     Ok(lock.try_lock().is_ok().then_some(lock))
 }
 
@@ -490,7 +498,7 @@ impl SqliteStore {
     /// Opens (creating and migrating if needed) the store. When no other process serves it,
     /// this process owns it: the log is recovered and the store's threads start. Otherwise
     /// the store is attached (see the module doc) and cannot accept events.
-    pub fn open(config: &StoreConfig) -> Result<SqliteStore, String> {
+    pub fn open(config: &StoreConfig) -> Result<SqliteStore, OpenError> {
         let path = prepare_path(config)?;
         match try_lock(&path)? {
             Some(lock) => SqliteStore::open_owned(config, path, lock),
@@ -500,16 +508,16 @@ impl SqliteStore {
 
     /// Opens the store for a gateway: it must own it (one gateway per embedded store;
     /// several replicas need PostgreSQL).
-    pub fn open_for_serving(config: &StoreConfig) -> Result<SqliteStore, String> {
+    pub fn open_for_serving(config: &StoreConfig) -> Result<SqliteStore, OpenError> {
         let path = prepare_path(config)?;
         match try_lock(&path)? {
             Some(lock) => SqliteStore::open_owned(config, path, lock),
-            None => Err(format!(
+            None => Err(OpenError::Refused(format!(
                 "another cognihook is already serving {} (lock {} is held); the embedded store \
                  takes one gateway, use PostgreSQL for several",
                 path.display(),
                 path.with_extension("lock").display()
-            )),
+            ))),
         }
     }
 
@@ -517,13 +525,20 @@ impl SqliteStore {
         config: &StoreConfig,
         path: PathBuf,
         lock: std::fs::File,
-    ) -> Result<SqliteStore, String> {
+    ) -> Result<SqliteStore, OpenError> {
         let db_sync = database_sync(config.sync);
-        let mut conn = open_connection(&path, db_sync, false, WRITER_CACHE_KIB)
-            .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
-        migrate(&mut conn).map_err(|e| format!("cannot migrate store {}: {e}", path.display()))?;
+        let mut conn = open_connection(&path, db_sync, false, WRITER_CACHE_KIB).map_err(
+            OpenError::failed(format!("cannot open store {}", path.display())),
+        )?;
+        migrate(&mut conn).map_err(OpenError::failed(format!(
+            "cannot migrate store {}",
+            path.display()
+        )))?;
         let log_dir = log_dir_of(&path);
-        let log = recover(&conn, &log_dir, config.sync)?;
+        let log = recover(&conn, &log_dir, config.sync).map_err(OpenError::failed(format!(
+            "cannot recover store {} from its log",
+            path.display()
+        )))?;
         warn_if_readable_by_others(&path, &log_dir);
         // No other process can be sending: every lease left behind is void.
         let released = conn
@@ -532,25 +547,37 @@ impl SqliteStore {
                  WHERE lease_until IS NOT NULL AND status = 'pending'",
                 [],
             )
-            .map_err(|e| format!("cannot release old leases in {}: {e}", path.display()))?;
+            .map_err(OpenError::failed(format!(
+                "cannot release old leases in {}",
+                path.display()
+            )))?;
         if released > 0 {
             tracing::info!(
                 released,
                 "released delivery leases left by the previous process"
             );
         }
-        let projected = project::projected(&conn)
-            .map_err(|e| format!("cannot read store {}: {e}", path.display()))?;
-        let next_id = next_outbox_id(&conn)
-            .map_err(|e| format!("cannot read store {}: {e}", path.display()))?;
+        let projected = project::projected(&conn).map_err(OpenError::failed(format!(
+            "cannot read store {}",
+            path.display()
+        )))?;
+        let next_id = next_outbox_id(&conn).map_err(OpenError::failed(format!(
+            "cannot read store {}",
+            path.display()
+        )))?;
         let shared = Arc::new(Shared::new(projected, next_id));
         // The checkpointer thread does this work instead (see `project`).
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .and_then(|()| conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES))
-            .map_err(|e| format!("cannot configure store {}: {e}", path.display()))?;
+            .map_err(OpenError::failed(format!(
+                "cannot configure store {}",
+                path.display()
+            )))?;
         let open_reader = |cache_kib| {
-            open_connection(&path, db_sync, true, cache_kib)
-                .map_err(|e| format!("cannot open store {} for reading: {e}", path.display()))
+            open_connection(&path, db_sync, true, cache_kib).map_err(OpenError::failed(format!(
+                "cannot open store {} for reading",
+                path.display()
+            )))
         };
         let reader = open_reader(SMALL_CACHE_KIB)?;
         let sequencer_reader = open_reader(LOOKUP_CACHE_KIB)?;
@@ -580,7 +607,7 @@ impl SqliteStore {
                     project::run(conn, projector_rx, shared, settings);
                     alive.store(false, Ordering::SeqCst);
                 })
-                .map_err(|e| format!("cannot start the store projector: {e}"))?
+                .map_err(OpenError::failed("cannot start the store projector"))?
         };
         let (queue, rx) = mpsc::sync_channel(config.queue_depth);
         let sequencer = Sequencer {
@@ -599,7 +626,7 @@ impl SqliteStore {
                     sequencer.run(rx);
                     alive.store(false, Ordering::SeqCst);
                 })
-                .map_err(|e| format!("cannot start the store writer: {e}"))?
+                .map_err(OpenError::failed("cannot start the store writer"))?
         };
         Ok(SqliteStore {
             path,
@@ -620,18 +647,18 @@ impl SqliteStore {
         })
     }
 
-    fn open_attached(config: &StoreConfig, path: PathBuf) -> Result<SqliteStore, String> {
+    fn open_attached(config: &StoreConfig, path: PathBuf) -> Result<SqliteStore, OpenError> {
         let db_sync = database_sync(config.sync);
-        let conn = open_connection(&path, db_sync, false, SMALL_CACHE_KIB)
-            .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
-        let projected = project::projected(&conn).map_err(|e| {
-            format!(
-                "cannot read store {} (is the gateway serving it older than this cognihook?): {e}",
-                path.display()
-            )
-        })?;
-        let reader = open_connection(&path, db_sync, true, SMALL_CACHE_KIB)
-            .map_err(|e| format!("cannot open store {} for reading: {e}", path.display()))?;
+        let conn = open_connection(&path, db_sync, false, SMALL_CACHE_KIB).map_err(
+            OpenError::failed(format!("cannot open store {}", path.display())),
+        )?;
+        let projected = project::projected(&conn).map_err(OpenError::failed(format!(
+            "cannot read store {} (is the gateway serving it older than this cognihook?)",
+            path.display()
+        )))?;
+        let reader = open_connection(&path, db_sync, true, SMALL_CACHE_KIB).map_err(
+            OpenError::failed(format!("cannot open store {} for reading", path.display())),
+        )?;
         Ok(SqliteStore {
             log_dir: log_dir_of(&path),
             path,
@@ -648,19 +675,21 @@ impl SqliteStore {
     /// Opens an existing store for reading only (CLI commands that print), without any thread
     /// and without writing: it can be read beside a running gateway, and what the gateway has
     /// acknowledged but not yet applied to the database is read from the log's tail.
-    pub fn open_reading(config: &StoreConfig) -> Result<SqliteStore, String> {
-        let path = config.sqlite_path()?;
+    pub fn open_reading(config: &StoreConfig) -> Result<SqliteStore, OpenError> {
+        let path = config.sqlite_path().map_err(OpenError::Refused)?;
         if !path.exists() {
-            return Err(format!("no store at {}", path.display()));
-        }
-        let reader = open_connection(&path, config.sync, true, SMALL_CACHE_KIB)
-            .map_err(|e| format!("cannot open store {}: {e}", path.display()))?;
-        let projected = project::projected(&reader).map_err(|e| {
-            format!(
-                "cannot read store {} (is it from a newer cognihook?): {e}",
+            return Err(OpenError::Refused(format!(
+                "no store at {}",
                 path.display()
-            )
-        })?;
+            )));
+        }
+        let reader = open_connection(&path, config.sync, true, SMALL_CACHE_KIB).map_err(
+            OpenError::failed(format!("cannot open store {}", path.display())),
+        )?;
+        let projected = project::projected(&reader).map_err(OpenError::failed(format!(
+            "cannot read store {} (is it from a newer cognihook?)",
+            path.display()
+        )))?;
         Ok(SqliteStore {
             log_dir: log_dir_of(&path),
             path,
@@ -1358,7 +1387,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let missing = SqliteStore::open_reading(&config(dir.path())).map(|_| ());
         assert!(
-            missing.as_ref().is_err_and(|e| e.contains("no store at")),
+            missing
+                .as_ref()
+                .is_err_and(|e| matches!(e, OpenError::Refused(m) if m.contains("no store at"))),
             "{missing:?}"
         );
         assert!(

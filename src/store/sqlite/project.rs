@@ -467,9 +467,13 @@ pub(super) fn start_checkpointer(
     sync: crate::config::SyncMode,
     restart_wanted: Arc<AtomicBool>,
     shared: Arc<Shared>,
-) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>), String> {
-    let conn = open_connection(path, sync, false, super::SMALL_CACHE_KIB)
-        .map_err(|e| format!("cannot open store {} for checkpoints: {e}", path.display()))?;
+) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>), super::OpenError> {
+    let conn = open_connection(path, sync, false, super::SMALL_CACHE_KIB).map_err(
+        super::OpenError::failed(format!(
+            "cannot open store {} for checkpoints",
+            path.display()
+        )),
+    )?;
     let wal_path = PathBuf::from(format!("{}-wal", path.display()));
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -535,6 +539,8 @@ pub(super) fn start_checkpointer(
             // segments that held only what is now in the database file.
             cleanup("TRUNCATE");
         })
-        .map_err(|e| format!("cannot start the store checkpointer: {e}"))?;
+        .map_err(super::OpenError::failed(
+            "cannot start the store checkpointer",
+        ))?;
     Ok((stop, handle))
 }

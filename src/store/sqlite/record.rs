@@ -138,7 +138,7 @@ impl Record {
         }
     }
 
-    pub(super) fn decode(bytes: &[u8]) -> Result<Record, String> {
+    pub(super) fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         let mut d = Decoder { bytes, at: 0 };
         let r = match d.u8()? {
             ACCEPT => {
@@ -202,13 +202,10 @@ impl Record {
                 session_id: d.string()?,
                 at: d.i64()?,
             },
-            other => return Err(format!("unknown record kind {other}")),
+            other => return Err(DecodeError::Kind(other)),
         };
         if d.at != bytes.len() {
-            return Err(format!(
-                "{} bytes left over after the record",
-                bytes.len() - d.at
-            ));
+            return Err(DecodeError::Trailing(bytes.len() - d.at));
         }
         Ok(r)
     }
@@ -230,51 +227,66 @@ fn put_spend(out: &mut Vec<u8>, s: &Spend) {
     put_i64(out, s.expires_at);
 }
 
+/// Why a log record's bytes are not a record this version reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("record ends early (at byte {at})")]
+    EndsEarly { at: usize },
+    #[error("status {0} out of range")]
+    Status(i64),
+    #[error("a text field is not UTF-8")]
+    NotUtf8,
+    #[error("unknown record kind {0}")]
+    Kind(u8),
+    #[error("{0} bytes left over after the record")]
+    Trailing(usize),
+}
+
 struct Decoder<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
 impl<'a> Decoder<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self
             .at
             .checked_add(n)
             .filter(|end| *end <= self.bytes.len())
-            .ok_or_else(|| format!("record ends early (at byte {})", self.at))?;
+            .ok_or(DecodeError::EndsEarly { at: self.at })?;
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
     }
 
-    fn u8(&mut self) -> Result<u8, String> {
+    fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
-    fn i64(&mut self) -> Result<i64, String> {
+    fn i64(&mut self) -> Result<i64, DecodeError> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(i64::from_le_bytes(a))
     }
 
-    fn status(&mut self) -> Result<u16, String> {
+    fn status(&mut self) -> Result<u16, DecodeError> {
         let v = self.i64()?;
-        u16::try_from(v).map_err(|_| format!("status {v} out of range"))
+        u16::try_from(v).map_err(|_| DecodeError::Status(v))
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], String> {
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let b = self.take(4)?;
         let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
         self.take(n)
     }
 
-    fn string(&mut self) -> Result<String, String> {
+    fn string(&mut self) -> Result<String, DecodeError> {
         let b = self.bytes()?;
-        String::from_utf8(b.to_vec()).map_err(|_| "a text field is not UTF-8".to_string())
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError::NotUtf8)
     }
 
-    fn spend(&mut self) -> Result<Spend, String> {
+    fn spend(&mut self) -> Result<Spend, DecodeError> {
         Ok(Spend {
             route: self.string()?,
             mac: self.bytes()?.to_vec(),
