@@ -39,25 +39,41 @@ impl std::fmt::Debug for EventExpr {
     }
 }
 
+/// Why an expression does not compile or evaluate; the message quotes the expression.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExprError {
+    #[error("`{expr}` does not compile: {why}")]
+    Compile { expr: String, why: String },
+    #[error("`{expr}` failed: {why}")]
+    Evaluate { expr: String, why: String },
+}
+
 impl EventExpr {
-    pub fn compile(expr: &str) -> Result<EventExpr, String> {
+    pub fn compile(expr: &str) -> Result<EventExpr, ExprError> {
         Program::compile(expr)
             .map(|program| EventExpr {
                 expr: expr.to_string(),
                 program,
             })
-            .map_err(|e| format!("`{expr}` does not compile: {}", one_line(&e.to_string())))
+            .map_err(|e| ExprError::Compile {
+                expr: expr.to_string(),
+                why: one_line(&e.to_string()),
+            })
     }
 
     /// Evaluates with `event` bound to the given JSON; the result as JSON.
-    pub fn evaluate(&self, event: &Value) -> Result<Value, String> {
+    pub fn evaluate(&self, event: &Value) -> Result<Value, ExprError> {
+        let failed = |why: String| ExprError::Evaluate {
+            expr: self.expr.clone(),
+            why,
+        };
         with_event(json_value(event), |ctx| {
             let v = self
                 .program
                 .execute(ctx)
-                .map_err(|e| format!("`{}` failed: {}", self.expr, one_line(&e.to_string())))?;
+                .map_err(|e| failed(one_line(&e.to_string())))?;
             v.json()
-                .map_err(|e| format!("`{}` gave no JSON value: {e:?}", self.expr))
+                .map_err(|e| failed(format!("gave no JSON value: {e:?}")))
         })
     }
 }

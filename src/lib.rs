@@ -54,7 +54,7 @@
 //! # Layers
 //!
 //! Imports point one way: `cli` → `app` → `http`, `delivery` → `ingest`, `store`, `sinks` →
-//! the leaves `event` (the normalised event), `secret` (secret references and values that
+//! the leaves `error` (causes kept with errors), `event` (the normalised event), `secret` (secret references and values that
 //! print masked), `expr` (CEL over the event), `rate` (token buckets, used by admission and
 //! by sinks), `clock` (stored times and schedules: wall-clock time that never runs
 //! backwards), `seal` (event bodies encrypted at rest, opened by the stores), `load` (ingest's
@@ -66,6 +66,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod error;
 pub mod event;
 pub mod expr;
 pub mod http;

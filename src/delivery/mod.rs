@@ -36,7 +36,7 @@ pub fn build_sinks(
                 sink,
                 config.delivery.lease_margin,
             ))),
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(format!("sink `{name}`: {e}")),
         }
     }
     if problems.is_empty() {

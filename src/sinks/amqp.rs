@@ -19,10 +19,10 @@ pub struct AmqpSink {
 }
 
 impl AmqpSink {
-    pub fn new(target: &AmqpTarget) -> Result<AmqpSink, String> {
+    pub fn new(target: &AmqpTarget) -> Result<AmqpSink, super::BuildError> {
         let url = target.url.expose().to_string();
         url.parse::<lapin::uri::AMQPUri>()
-            .map_err(|e| format!("url: {e}"))?;
+            .map_err(|e| super::BuildError::Setting(format!("url: {e}")))?;
         Ok(AmqpSink {
             url,
             exchange: target.exchange.clone(),

@@ -41,23 +41,27 @@ impl CognigySink {
         config: &CognigyTarget,
         timeout: Duration,
         env: &dyn EnvSource,
-    ) -> Result<CognigySink, String> {
+    ) -> Result<CognigySink, super::BuildError> {
+        use super::BuildError::Setting;
         let mode = config.mode;
         let target = match &config.api {
             CognigyApi::EndpointService { base_url } => Target::EndpointService {
                 base: base_url.expose().to_string(),
             },
             CognigyApi::V2 => {
-                let base = env.get("COGNIGY_API_BASE_URL").ok_or(
-                    "api = \"v2\" needs COGNIGY_API_BASE_URL (e.g. https://api-trial.cognigy.ai)",
-                )?;
+                let base = env.get("COGNIGY_API_BASE_URL").ok_or_else(|| {
+                    Setting(
+                        "api = \"v2\" needs COGNIGY_API_BASE_URL (e.g. https://api-trial.cognigy.ai)"
+                            .into(),
+                    )
+                })?;
                 let key_ref = config
                     .secret
                     .clone()
                     .unwrap_or_else(|| "env:COGNIGY_API_KEY".into());
                 let key = key_ref
                     .resolve(env)
-                    .map_err(|e| format!("API key `{key_ref}`: {e}"))?
+                    .map_err(|e| Setting(format!("API key `{key_ref}`: {e}")))?
                     .into_iter()
                     .next()
                     .map(|s| String::from_utf8_lossy(&s.value).into_owned())
@@ -76,7 +80,7 @@ impl CognigySink {
             e.as_deref()
                 .map(EventExpr::compile)
                 .transpose()
-                .map_err(|why| format!("{key} {why}"))
+                .map_err(|why| Setting(format!("{key} {why}")))
         };
         Ok(CognigySink {
             client: client(timeout)?,
@@ -101,7 +105,10 @@ impl CognigySink {
             )));
         }
         let text = match &self.text {
-            Some(expr) => match expr.evaluate(&event).map_err(SinkError::permanent)? {
+            Some(expr) => match expr
+                .evaluate(&event)
+                .map_err(|e| SinkError::permanent(e.to_string()))?
+            {
                 Value::String(s) => s,
                 Value::Null => String::new(),
                 other => other.to_string(),
@@ -109,7 +116,10 @@ impl CognigySink {
             None => String::new(),
         };
         let data = match &self.data {
-            Some(expr) => match expr.evaluate(&event).map_err(SinkError::permanent)? {
+            Some(expr) => match expr
+                .evaluate(&event)
+                .map_err(|e| SinkError::permanent(e.to_string()))?
+            {
                 Value::Object(m) => m,
                 Value::Null => Map::new(),
                 other => {

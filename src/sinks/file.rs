@@ -15,11 +15,13 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    pub fn new(target: &FileTarget) -> Result<FileSink, String> {
+    pub fn new(target: &FileTarget) -> Result<FileSink, super::BuildError> {
         let path = target.path.clone();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(super::BuildError::failed(format!(
+                "cannot create {}",
+                dir.display()
+            )))?;
         }
         Ok(FileSink {
             path,

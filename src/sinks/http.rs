@@ -26,11 +26,13 @@ impl HttpSink {
         target: &HttpTarget,
         timeout: Duration,
         env: &dyn EnvSource,
-    ) -> Result<HttpSink, String> {
+    ) -> Result<HttpSink, super::BuildError> {
         let url = target.url.expose().to_string();
         let secret = match &target.secret {
             Some(r) => {
-                let s = r.resolve(env).map_err(|e| format!("secret `{r}`: {e}"))?;
+                let s = r
+                    .resolve(env)
+                    .map_err(|e| super::BuildError::Setting(format!("secret `{r}`: {e}")))?;
                 s.into_iter().next().map(|s| s.value)
             }
             None => None,
@@ -135,14 +137,14 @@ impl Sink for HttpSink {
 
 /// The HTTP client of a sink: its timeout for connecting and for the whole request, no
 /// redirects followed (a redirect is an answer, and a permanent one).
-pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, super::BuildError> {
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("cognihook/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        .map_err(super::BuildError::failed("cannot build the HTTP client"))
 }
 
 /// A request that got no answer: always transient. `shown` is the URL as it may be shown;

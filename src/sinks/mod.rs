@@ -61,6 +61,34 @@ impl SinkError {
     }
 }
 
+/// Why a sink's client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A setting the client cannot use (the message names it).
+    #[error("{0}")]
+    Setting(String),
+    /// Something failed while building, kept as the source.
+    #[error("{doing}: {source}")]
+    Failed {
+        doing: String,
+        #[source]
+        source: crate::error::Cause,
+    },
+}
+
+impl BuildError {
+    /// Maps an error met while `doing` something into `Failed`.
+    pub fn failed<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+        doing: impl Into<String>,
+    ) -> impl FnOnce(E) -> BuildError {
+        let doing = doing.into();
+        move |e| BuildError::Failed {
+            doing,
+            source: crate::error::Cause::new(e),
+        }
+    }
+}
+
 /// The future a sink returns.
 pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
 
@@ -81,16 +109,15 @@ pub trait Sink: Send + Sync {
 }
 
 /// Builds the client of a configured sink.
-pub fn build(spec: &SinkSpec, env: &dyn EnvSource) -> Result<Arc<dyn Sink>, String> {
-    let at = |e: String| format!("sink `{}`: {e}", spec.name);
+pub fn build(spec: &SinkSpec, env: &dyn EnvSource) -> Result<Arc<dyn Sink>, BuildError> {
     let timeout = spec.timeout;
     let sink: Arc<dyn Sink> = match &spec.target {
-        Target::Http(t) => Arc::new(http::HttpSink::new(t, timeout, env).map_err(at)?),
-        Target::File(t) => Arc::new(file::FileSink::new(t).map_err(at)?),
-        Target::Nats(t) => Arc::new(nats::NatsSink::new(t, timeout).map_err(at)?),
-        Target::Redis(t) => Arc::new(redis::RedisSink::new(t, timeout).map_err(at)?),
-        Target::Amqp(t) => Arc::new(amqp::AmqpSink::new(t).map_err(at)?),
-        Target::Cognigy(t) => Arc::new(cognigy::CognigySink::new(t, timeout, env).map_err(at)?),
+        Target::Http(t) => Arc::new(http::HttpSink::new(t, timeout, env)?),
+        Target::File(t) => Arc::new(file::FileSink::new(t)?),
+        Target::Nats(t) => Arc::new(nats::NatsSink::new(t, timeout)),
+        Target::Redis(t) => Arc::new(redis::RedisSink::new(t, timeout)?),
+        Target::Amqp(t) => Arc::new(amqp::AmqpSink::new(t)?),
+        Target::Cognigy(t) => Arc::new(cognigy::CognigySink::new(t, timeout, env)?),
     };
     Ok(sink)
 }

@@ -20,13 +20,14 @@ pub struct NatsSink {
 }
 
 impl NatsSink {
-    pub fn new(target: &NatsTarget, timeout: Duration) -> Result<NatsSink, String> {
-        Ok(NatsSink {
+    /// Connects on first use.
+    pub fn new(target: &NatsTarget, timeout: Duration) -> NatsSink {
+        NatsSink {
             url: target.url.expose().to_string(),
             subject: target.subject.clone(),
             timeout,
             js: OnceCell::new(),
-        })
+        }
     }
 
     async fn context(&self) -> Result<&async_nats::jetstream::Context, SinkError> {

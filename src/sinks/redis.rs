@@ -20,10 +20,11 @@ pub struct RedisSink {
 }
 
 impl RedisSink {
-    pub fn new(target: &RedisTarget, timeout: Duration) -> Result<RedisSink, String> {
+    pub fn new(target: &RedisTarget, timeout: Duration) -> Result<RedisSink, super::BuildError> {
         let url = target.url.expose().to_string();
-        let client = redis::Client::open(url.as_str())
-            .map_err(|e| format!("url `{}`: {e}", crate::secret::mask_url(&url)))?;
+        let client = redis::Client::open(url.as_str()).map_err(super::BuildError::failed(
+            format!("url `{}`", crate::secret::mask_url(&url)),
+        ))?;
         Ok(RedisSink {
             client,
             url,
