@@ -302,9 +302,10 @@ impl App {
 
 /// After a crash: writes a `webhook_processed` line (marked `recovered`) for each event
 /// committed since `since_ms` by one of `replicas` (the replicas the mark covers; on SQLite
-/// there is one writer and the name does not matter) that has none. When the audit log is a file, the lines it already
-/// holds (its last 64 MiB) are not written twice; on stdout they cannot be read back, so events
-/// of the last `limits.deadline` before the crash may get a second, recovered, line.
+/// there is one writer and the name does not matter) that has none. When the audit log is a
+/// file, the lines it already holds (its last 64 MiB) are not written twice; on stdout they
+/// cannot be read back, so events of the last `limits.deadline` before the crash may get a
+/// second, recovered, line.
 async fn recover_audit(
     store: &Store,
     audit: &Audit,

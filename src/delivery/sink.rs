@@ -168,7 +168,8 @@ impl SinkRuntime {
     }
 
     /// Makes one attempt at a claimed row: sends, feeds the breaker and metrics, and decides
-    /// the settlement (`jitter`: a uniform draw in `[0, 1)` for the retry delay). Returns the settlement, the sink's answer and the time it took.
+    /// the settlement (`jitter`: a uniform draw in `[0, 1)` for the retry delay). Returns the
+    /// settlement, the sink's answer and the time it took.
     pub(super) async fn attempt(
         &self,
         c: &Claimed,
