@@ -49,7 +49,6 @@ impl Deliverer {
             self.wake.notify_one();
             return;
         }
-        let attempt = c.attempts + 1;
         let (mut settlement, answer, took) = sink.attempt(&c, self.jitter.draw()).await;
         drop(permit);
         if let (Settlement::Delivered { result, .. }, Some(answer)) = (&mut settlement, answer) {
@@ -62,7 +61,6 @@ impl Deliverer {
             .settle(Pending {
                 sink,
                 claim: c,
-                attempt,
                 settlement,
                 took,
             })

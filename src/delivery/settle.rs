@@ -24,7 +24,6 @@ const SETTLE_MARGIN: Duration = Duration::from_secs(1);
 pub(super) struct Pending {
     pub(super) sink: Arc<SinkRuntime>,
     pub(super) claim: Claimed,
-    pub(super) attempt: u32,
     pub(super) settlement: Settlement,
     pub(super) took: Duration,
 }
@@ -106,7 +105,7 @@ impl Settler {
                 Ok(done) => {
                     for (p, held) in chunk.iter().zip(done) {
                         if held {
-                            self.record(&p.sink, &p.claim, p.attempt, &p.settlement, p.took);
+                            self.record(&p.sink, &p.claim, &p.settlement, p.took);
                         } else {
                             tracing::warn!(sink = %p.sink.name, event_id = %p.claim.event_id,
                                 "the claim no longer held the row when it was settled (its \
@@ -133,14 +132,7 @@ impl Settler {
         }
     }
 
-    fn record(
-        &self,
-        sink: &SinkRuntime,
-        c: &Claimed,
-        attempt: u32,
-        s: &Settlement,
-        took: Duration,
-    ) {
+    fn record(&self, sink: &SinkRuntime, c: &Claimed, s: &Settlement, took: Duration) {
         let (kind, code) = match s {
             Settlement::Delivered { .. } => {
                 sink.metrics.delivered.increment(1);
@@ -172,7 +164,7 @@ impl Settler {
             code,
             latency_ms: (took.as_secs_f64() * 1e6).round() / 1e3,
             sink: Some(&sink.name),
-            attempt: Some(attempt),
+            attempt: Some(c.attempts + 1),
             ..AuditLine::new(kind)
         });
     }

@@ -244,7 +244,6 @@ impl Deliverer {
     }
 
     async fn deliver(&self, sink: Arc<SinkRuntime>, c: Claimed, permit: OwnedSemaphorePermit) {
-        let attempt = c.attempts + 1;
         let (settlement, _, took) = sink.attempt(&c, self.jitter.draw()).await;
         if matches!(
             settlement,
@@ -264,7 +263,6 @@ impl Deliverer {
             .settle(Pending {
                 sink,
                 claim: c,
-                attempt,
                 settlement,
                 took,
             })

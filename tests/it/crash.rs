@@ -205,15 +205,28 @@ async fn kill_9_at_random_moments_under_load_loses_no_acknowledged_event_and_com
     let mut server = start(&data, &config);
     server.terminate();
     assert_eq!(server.wait(Duration::from_secs(30)), Some(0));
+    check_after_cycles(&data, &acked, CYCLES, 2, &audit);
+}
+
+/// After `cycles` lives under load: the load ran, every acknowledged event is stored once with
+/// one row per sink (`sinks`), sessions and the audit log agree. Returns the database.
+fn check_after_cycles(
+    data: &std::path::Path,
+    acked: &Mutex<BTreeMap<String, Acked>>,
+    cycles: usize,
+    sinks: i64,
+    audit: &std::path::Path,
+) -> rusqlite::Connection {
     let acked = acked.lock().unwrap().clone();
     assert!(
-        acked.len() >= CYCLES * 5,
+        acked.len() >= cycles * 5,
         "only {} events were acknowledged: the load did not run",
         acked.len()
     );
     let db = rusqlite::Connection::open(data.join("cognihook.db")).unwrap();
-    check_acknowledged(&db, &acked, 2);
-    check_sessions_and_audit(&db, &audit);
+    check_acknowledged(&db, &acked, sinks);
+    check_sessions_and_audit(&db, audit);
+    db
 }
 
 /// Each acknowledged request is stored exactly once, with the version it was answered with
@@ -360,15 +373,7 @@ sinks = ["backend"]
     server.terminate();
     assert_eq!(server.wait(Duration::from_secs(30)), Some(0));
 
-    let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() >= CHAOS_CYCLES * 5,
-        "only {} events were acknowledged: the load did not run",
-        acked.len()
-    );
-    let db = rusqlite::Connection::open(data.join("cognihook.db")).unwrap();
-    check_acknowledged(&db, &acked, 1);
-    check_sessions_and_audit(&db, &audit);
+    let db = check_after_cycles(&data, &acked, CHAOS_CYCLES, 1, &audit);
     let undelivered: i64 = db
         .query_row(
             "SELECT count(*) FROM outbox WHERE status <> 'delivered'",

@@ -348,19 +348,7 @@ async fn sink_counts_see_pending_rows_and_dead_letters_but_not_delivered_rows(b:
             .await
             .unwrap();
     }
-    let claimed = s.claim("x", 2, LEASE).await.unwrap();
-    assert_eq!(claimed.len(), 2, "{}", b.name);
-    let delivered = Settlement::Delivered {
-        duration_ms: 1,
-        result: None,
-    };
-    let dead = Settlement::Dead {
-        reason: DeadReason::Permanent,
-        error: "HTTP 400".into(),
-        duration_ms: 1,
-    };
-    assert!(s.settle(&claimed[0], delivered).await.unwrap());
-    assert!(s.settle(&claimed[1], dead).await.unwrap());
+    deliver_one_dead_letter_one(&b, "x").await;
     let counts = s.sink_counts(&["x".into(), "idle".into()]).await.unwrap();
     assert_eq!(
         (counts[0].pending, counts[0].dead_letters),
@@ -496,19 +484,7 @@ async fn a_forgotten_session_loses_state_payloads_and_pending_deliveries_and_sta
         .await
         .unwrap();
     // One of the session's rows is delivered, one dead-lettered, one still pending.
-    let claimed = s.claim("x", 2, LEASE).await.unwrap();
-    assert_eq!(claimed.len(), 2, "{}", b.name);
-    let delivered = Settlement::Delivered {
-        duration_ms: 1,
-        result: None,
-    };
-    let dead = Settlement::Dead {
-        reason: DeadReason::Permanent,
-        error: "HTTP 400".into(),
-        duration_ms: 1,
-    };
-    assert!(s.settle(&claimed[0], delivered).await.unwrap());
-    assert!(s.settle(&claimed[1], dead).await.unwrap());
+    deliver_one_dead_letter_one(&b, "x").await;
 
     let f = s.forget_session("s-forget").await.unwrap();
     assert_eq!(f.events, 3, "{}", b.name);
@@ -551,4 +527,23 @@ async fn a_forgotten_session_loses_state_payloads_and_pending_deliveries_and_sta
     let none = s.forget_session("never-seen").await.unwrap();
     assert_eq!((none.events, none.cancelled_deliveries), (0, 0));
     s.close().await;
+}
+
+/// Claims two due rows of `sink`: the first is settled delivered, the second dead-lettered
+/// (permanent).
+async fn deliver_one_dead_letter_one(b: &Backend, sink: &str) {
+    let s = &b.store;
+    let claimed = s.claim(sink, 2, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 2, "{}", b.name);
+    let delivered = Settlement::Delivered {
+        duration_ms: 1,
+        result: None,
+    };
+    let dead = Settlement::Dead {
+        reason: DeadReason::Permanent,
+        error: "HTTP 400".into(),
+        duration_ms: 1,
+    };
+    assert!(s.settle(&claimed[0], delivered).await.unwrap());
+    assert!(s.settle(&claimed[1], dead).await.unwrap());
 }
