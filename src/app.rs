@@ -33,7 +33,7 @@ impl Wiring {
         crate::telemetry::metrics::install();
         let routes = Routes::build(config, env);
         let sinks = crate::delivery::build_sinks(config, env);
-        let keys = install_data_keys(config, env).map_err(|e| vec![e]);
+        let keys = install_data_keys(config, env).map_err(|e| vec![e.to_string()]);
         match (routes, sinks, keys) {
             (Ok(routes), Ok(sinks), Ok(())) => Ok(Wiring { routes, sinks }),
             (r, s, k) => Err(r
@@ -47,19 +47,26 @@ impl Wiring {
     }
 }
 
+/// Why `[privacy] encrypt_key` gives no usable data keys.
+#[derive(Debug, thiserror::Error)]
+pub enum DataKeyError {
+    #[error("privacy.encrypt_key: {0}")]
+    Secret(#[from] crate::secret::SecretError),
+    #[error("privacy.encrypt_key: {0}")]
+    Keys(#[from] crate::seal::SealError),
+}
+
 /// Resolves `[privacy] encrypt_key` and installs the data keys for this process (see `seal`).
-pub fn install_data_keys(config: &Config, env: &dyn EnvSource) -> Result<(), String> {
+pub fn install_data_keys(config: &Config, env: &dyn EnvSource) -> Result<(), DataKeyError> {
     let Some(reference) = &config.privacy.encrypt_key else {
         return Ok(());
     };
-    let at = "privacy.encrypt_key";
     let values: Vec<Vec<u8>> = reference
-        .resolve(env)
-        .map_err(|e| format!("{at}: {e}"))?
+        .resolve(env)?
         .into_iter()
         .map(|s| s.value)
         .collect();
-    crate::seal::install_values(&values).map_err(|e| format!("{at}: {e}"))
+    Ok(crate::seal::install_values(&values)?)
 }
 
 /// A built gateway, listeners bound, ready to run.

@@ -234,10 +234,25 @@ fn redact_value(v: &mut Value, tokens: &[String]) {
     *at = Value::String(REDACTED.to_string());
 }
 
+/// Why a `[privacy] redact` pointer is refused.
+#[derive(Debug, thiserror::Error)]
+enum PointerError {
+    #[error("a JSON pointer starts with `/`")]
+    NoSlash,
+    #[error("`~` must be followed by 0 or 1 (RFC 6901)")]
+    BadEscape,
+    #[error("`{0}` cannot be redacted; pointers start with one of {list}", list = REDACTABLE.join(", "))]
+    NotRedactable(String),
+    #[error("`{0}` is a string: nothing below it")]
+    BelowString(String),
+    #[error("only `/intent` or `/intent/name` (the score is not personal)")]
+    IntentScore,
+}
+
 /// RFC 6901: `/a/b~1c` → `["a", "b/c"]`; the first token must be a redactable field.
-fn parse_pointer(p: &str) -> Result<Vec<String>, String> {
+fn parse_pointer(p: &str) -> Result<Vec<String>, PointerError> {
     let Some(body) = p.strip_prefix('/') else {
-        return Err("a JSON pointer starts with `/`".into());
+        return Err(PointerError::NoSlash);
     };
     let mut tokens = Vec::new();
     for raw in body.split('/') {
@@ -248,7 +263,7 @@ fn parse_pointer(p: &str) -> Result<Vec<String>, String> {
                 match chars.next() {
                     Some('0') => t.push('~'),
                     Some('1') => t.push('/'),
-                    _ => return Err("`~` must be followed by 0 or 1 (RFC 6901)".into()),
+                    _ => return Err(PointerError::BadEscape),
                 }
             } else {
                 t.push(c);
@@ -257,18 +272,14 @@ fn parse_pointer(p: &str) -> Result<Vec<String>, String> {
         tokens.push(t);
     }
     if !REDACTABLE.contains(&tokens[0].as_str()) {
-        return Err(format!(
-            "`{}` cannot be redacted; pointers start with one of {}",
-            tokens[0],
-            REDACTABLE.join(", ")
-        ));
+        return Err(PointerError::NotRedactable(tokens.swap_remove(0)));
     }
     let scalar = ["userId", "text", "channel", "locale", "urlToken", "traceId"];
     if scalar.contains(&tokens[0].as_str()) && tokens.len() > 1 {
-        return Err(format!("`{}` is a string: nothing below it", tokens[0]));
+        return Err(PointerError::BelowString(tokens.swap_remove(0)));
     }
     if tokens[0] == "intent" && !(tokens.len() == 1 || tokens[1..] == ["name".to_string()]) {
-        return Err("only `/intent` or `/intent/name` (the score is not personal)".into());
+        return Err(PointerError::IntentScore);
     }
     Ok(tokens)
 }

@@ -18,16 +18,33 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Why a secret reference names no usable value; says which variable or file, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is not set")]
+    Unset(String),
+    #[error("secret file {path} cannot be read: {source}")]
+    Unreadable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("secret {0} is empty")]
+    Empty(String),
+}
+
 /// Resolves a secret reference (`env:NAME`, `file:PATH` or a literal) into one or more secrets.
 ///
 /// `env:` values are split on commas (several secrets during rotation); `file:` contents are
 /// split into lines. Errors name the variable or file, never a value.
-pub fn resolve_secret_ref(reference: &str, env: &dyn EnvSource) -> Result<Vec<Secret>, String> {
+pub fn resolve_secret_ref(
+    reference: &str,
+    env: &dyn EnvSource,
+) -> Result<Vec<Secret>, SecretError> {
     let (source, values): (String, Vec<String>) = if let Some(name) = reference.strip_prefix("env:")
     {
         let v = env
             .get(name)
-            .ok_or_else(|| format!("environment variable {name} is not set"))?;
+            .ok_or_else(|| SecretError::Unset(name.to_string()))?;
         (
             name.to_string(),
             v.split(',')
@@ -36,8 +53,10 @@ pub fn resolve_secret_ref(reference: &str, env: &dyn EnvSource) -> Result<Vec<Se
                 .collect(),
         )
     } else if let Some(path) = reference.strip_prefix("file:") {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("secret file {path} cannot be read: {e}"))?;
+        let text = std::fs::read_to_string(path).map_err(|source| SecretError::Unreadable {
+            path: path.to_string(),
+            source,
+        })?;
         (
             format!("file:{path}"),
             text.lines()
@@ -49,7 +68,7 @@ pub fn resolve_secret_ref(reference: &str, env: &dyn EnvSource) -> Result<Vec<Se
         ("literal".to_string(), vec![reference.to_string()])
     };
     if values.is_empty() {
-        return Err(format!("secret {source} is empty"));
+        return Err(SecretError::Empty(source));
     }
     Ok(values
         .into_iter()
@@ -189,7 +208,7 @@ guarded_string!(
 
 impl SecretRef {
     /// The values it names (see [`resolve_secret_ref`]).
-    pub fn resolve(&self, env: &dyn EnvSource) -> Result<Vec<Secret>, String> {
+    pub fn resolve(&self, env: &dyn EnvSource) -> Result<Vec<Secret>, SecretError> {
         resolve_secret_ref(&self.0, env)
     }
 }

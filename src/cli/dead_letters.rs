@@ -99,9 +99,9 @@ fn print_json(v: &serde_json::Value) -> Result<(), CliError> {
 }
 
 pub(super) fn run(file: Option<&Path>, cmd: DeadLettersCommand) -> Result<(), CliError> {
-    let config = Config::load(file, &ProcessEnv).map_err(|e| CliError::Usage(e.to_string()))?;
+    let config = Config::load(file, &ProcessEnv).map_err(CliError::usage)?;
     // Bodies sealed at rest are opened with the configured keys.
-    crate::app::install_data_keys(&config, &ProcessEnv).map_err(CliError::Usage)?;
+    crate::app::install_data_keys(&config, &ProcessEnv).map_err(CliError::usage)?;
     match cmd {
         DeadLettersCommand::List { filter, limit } => {
             let f = filter.build(Vec::new())?;

@@ -17,9 +17,9 @@ pub(super) enum EventsCommand {
 
 pub(super) fn run(file: Option<&Path>, cmd: EventsCommand) -> Result<(), CliError> {
     let EventsCommand::Show { id } = cmd;
-    let config = Config::load(file, &ProcessEnv).map_err(|e| CliError::Usage(e.to_string()))?;
+    let config = Config::load(file, &ProcessEnv).map_err(CliError::usage)?;
     // Bodies sealed at rest are opened with the configured keys.
-    crate::app::install_data_keys(&config, &ProcessEnv).map_err(CliError::Usage)?;
+    crate::app::install_data_keys(&config, &ProcessEnv).map_err(CliError::usage)?;
     let journey = {
         let id = id.clone();
         super::with_store(&config, Purpose::Reading, move |s| async move {

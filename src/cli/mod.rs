@@ -24,6 +24,11 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// A usage or configuration error with the message of `e`.
+    pub fn usage(e: impl std::fmt::Display) -> CliError {
+        CliError::Usage(e.to_string())
+    }
+
     fn exit(self) -> ExitCode {
         match self {
             CliError::Usage(m) => {
@@ -124,7 +129,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 /// URL with credentials masked), so reading the wrong one is never silent.
 fn announce_store(config: &crate::config::Config) -> Result<(), CliError> {
     use crate::config::Backend;
-    match config.store.backend().map_err(CliError::Usage)? {
+    match config.store.backend().map_err(CliError::usage)? {
         Backend::Sqlite(path) => eprintln!("cognihook: store: SQLite {}", path.display()),
         Backend::Postgres(url) => eprintln!(
             "cognihook: store: PostgreSQL {}",

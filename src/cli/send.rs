@@ -141,7 +141,7 @@ impl PayloadArgs {
         let now = crate::now_millis() / 1000;
         let id = format!("msg_{}", ulid::Ulid::new());
         client_headers(self.scheme.config(), &self.secret()?, body, now, &id)
-            .map_err(CliError::Usage)
+            .map_err(CliError::usage)
     }
 }
 

@@ -21,7 +21,7 @@ pub(super) enum SessionsCommand {
 
 pub(super) fn run(file: Option<&Path>, cmd: SessionsCommand) -> Result<(), CliError> {
     let SessionsCommand::Forget { id } = cmd;
-    let config = Config::load(file, &ProcessEnv).map_err(|e| CliError::Usage(e.to_string()))?;
+    let config = Config::load(file, &ProcessEnv).map_err(CliError::usage)?;
     let f = super::with_store(
         &config,
         crate::store::Purpose::Changing,

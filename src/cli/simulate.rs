@@ -505,7 +505,7 @@ pub(super) fn run(args: SimulateArgs) -> Result<(), CliError> {
     // Fail on a secret the scheme cannot use before sending anything.
     if args.scheme != Scheme::None {
         client_headers(args.scheme.config(), &secret, b"{}", 0, "msg_check")
-            .map_err(CliError::Usage)?;
+            .map_err(CliError::usage)?;
     }
     let client = reqwest::Client::builder()
         .timeout(args.timeout)

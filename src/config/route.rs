@@ -132,50 +132,6 @@ impl PayloadSpec {
             PayloadSpec::Table(t) => t.kind,
         }
     }
-
-    pub(super) fn validate(&self, at: &str) -> Vec<String> {
-        let mut p = Vec::new();
-        let (schema, pointers) = match self {
-            PayloadSpec::Name(_) => (None, None),
-            PayloadSpec::Table(t) => (t.schema.as_ref(), Some(&t.pointers)),
-        };
-        let pointers = pointers.filter(|m| !m.is_empty());
-        if self.kind() != PayloadKind::JsonSchema {
-            if schema.is_some() || pointers.is_some() {
-                p.push(format!(
-                    "{at}: payload.schema and payload.pointers apply only to kind json-schema"
-                ));
-            }
-            return p;
-        }
-        if schema.is_none() {
-            p.push(format!(
-                "{at}: payload kind json-schema needs `schema` (a file)"
-            ));
-        }
-        let pointers = pointers.cloned().unwrap_or_default();
-        for required in ["sessionId", "userId"] {
-            if !pointers.contains_key(required) {
-                p.push(format!(
-                    "{at}: payload kind json-schema needs pointers.{required}"
-                ));
-            }
-        }
-        for (field, pointer) in &pointers {
-            if !crate::event::POINTER_FIELDS.contains(&field.as_str()) {
-                p.push(format!(
-                    "{at}: payload.pointers.{field} is not an event field (one of {})",
-                    crate::event::POINTER_FIELDS.join(", ")
-                ));
-            }
-            if !pointer.is_empty() && !pointer.starts_with('/') {
-                p.push(format!(
-                    "{at}: payload.pointers.{field} = `{pointer}` is not a JSON pointer (starts with `/`)"
-                ));
-            }
-        }
-        p
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -81,9 +81,22 @@ pub enum Backend {
     Postgres(String),
 }
 
+/// Why `store.url` selects no usable store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreUrlError {
+    #[error("store.url `sqlite://` needs a path")]
+    NoPath,
+    #[error("store.url selects PostgreSQL, not an embedded SQLite file")]
+    NotSqlite,
+    #[error("store.url `{0}`: expected sqlite://PATH or postgres://…")]
+    UnknownScheme(SecretUrl),
+    #[error(transparent)]
+    Postgres(#[from] crate::store::pg_conn::UrlError),
+}
+
 impl StoreConfig {
     /// The backend: PostgreSQL for a `postgres://` URL, else the embedded SQLite file.
-    pub fn backend(&self) -> Result<Backend, String> {
+    pub fn backend(&self) -> Result<Backend, StoreUrlError> {
         match self.url.as_ref().map(SecretUrl::expose) {
             Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
                 crate::store::pg_conn::PgTarget::parse(u)?;
@@ -94,23 +107,20 @@ impl StoreConfig {
     }
 
     /// The SQLite database file this configuration selects.
-    pub fn sqlite_path(&self) -> Result<PathBuf, String> {
+    pub fn sqlite_path(&self) -> Result<PathBuf, StoreUrlError> {
         match self.url.as_ref().map(SecretUrl::expose) {
             None => Ok(self.data_dir.join("cognihook.db")),
             Some(u) => {
                 if let Some(path) = u.strip_prefix("sqlite://") {
                     if path.is_empty() {
-                        Err("store.url `sqlite://` needs a path".into())
+                        Err(StoreUrlError::NoPath)
                     } else {
                         Ok(PathBuf::from(path))
                     }
                 } else if u.starts_with("postgres://") || u.starts_with("postgresql://") {
-                    Err("store.url selects PostgreSQL, not an embedded SQLite file".into())
+                    Err(StoreUrlError::NotSqlite)
                 } else {
-                    Err(format!(
-                        "store.url `{}`: expected sqlite://PATH or postgres://…",
-                        crate::secret::mask_url(u)
-                    ))
+                    Err(StoreUrlError::UnknownScheme(SecretUrl::from(u)))
                 }
             }
         }

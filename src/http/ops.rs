@@ -29,7 +29,12 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         "audit": if audit.is_ok() { "ok" } else { "failing" },
         "shuttingDown": shutting_down,
     });
-    if let Some(why) = store.err().or(audit.err()) {
+    let why = match (store, audit) {
+        (Err(e), _) => Some(e.to_string()),
+        (_, Err(e)) => Some(e.to_string()),
+        _ => None,
+    };
+    if let Some(why) = why {
         body["cause"] = Value::String(why);
     }
     let status = if ready {

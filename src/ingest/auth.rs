@@ -301,15 +301,26 @@ impl fmt::Debug for StandardWebhooksVerifier {
     }
 }
 
+/// A secret whose form does not suit its scheme; names the secret by label, never its value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFormError {
+    #[error("secret {0} is not text")]
+    NotText(String),
+    #[error("secret {0} is not `whsec_` + base64")]
+    NotWhsec(String),
+    #[error("basic needs the secret as `user:password`")]
+    NotUserPassword,
+}
+
 /// Decodes a `whsec_<base64>` secret into its key bytes; errors never include the value.
-pub fn decode_whsec(secret: &Secret) -> Result<Vec<u8>, String> {
+pub fn decode_whsec(secret: &Secret) -> Result<Vec<u8>, SecretFormError> {
     let text = std::str::from_utf8(&secret.value)
-        .map_err(|_| format!("secret {} is not text", secret.label))?;
+        .map_err(|_| SecretFormError::NotText(secret.label.clone()))?;
     // The prefix is optional, as in the reference libraries.
     let b64 = text.strip_prefix("whsec_").unwrap_or(text);
     base64::engine::general_purpose::STANDARD
         .decode(b64)
-        .map_err(|_| format!("secret {} is not `whsec_` + base64", secret.label))
+        .map_err(|_| SecretFormError::NotWhsec(secret.label.clone()))
 }
 
 impl StandardWebhooksVerifier {
@@ -505,7 +516,7 @@ pub fn client_headers(
     body: &[u8],
     now: i64,
     id: &str,
-) -> Result<Vec<(&'static str, String)>, String> {
+) -> Result<Vec<(&'static str, String)>, SecretFormError> {
     use crate::config::AuthScheme as S;
     Ok(match scheme {
         S::HmacSha256 => vec![("x-cognigy-signature", sign_hex(secret.as_bytes(), body))],
@@ -533,7 +544,7 @@ pub fn client_headers(
         }
         S::Basic => {
             if !secret.contains(':') {
-                return Err("basic needs the secret as `user:password`".into());
+                return Err(SecretFormError::NotUserPassword);
             }
             vec![(
                 "authorization",
@@ -669,7 +680,7 @@ mod tests {
         assert_eq!(s[1].value, b"b");
         assert_eq!(s[1].label, "S[1]");
         let e = resolve_secret_ref("env:NOPE", &env).expect_err("missing");
-        assert!(e.contains("NOPE"));
+        assert!(e.to_string().contains("NOPE"));
         let lit = resolve_secret_ref("plain", &env).expect("literal");
         assert_eq!(lit[0].label, "literal[0]");
         assert!(!format!("{:?}", lit[0]).contains("plain"));

@@ -252,8 +252,8 @@ fn build_route(
     };
     let payload = match PayloadDecoder::build(&r.payload) {
         Ok(p) => Some(p),
-        Err(e) => {
-            problems.push(format!("{at}: {e}"));
+        Err(errs) => {
+            problems.extend(errs.into_iter().map(|e| format!("{at}: {e}")));
             None
         }
     };

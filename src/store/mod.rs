@@ -106,7 +106,29 @@ pub enum OpenError {
     },
 }
 
+/// Why the store cannot take events now (`/readyz`'s `cause`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("the store's threads have stopped")]
+    Stopped,
+    /// The log's last write failed (the recorded reason) and a probe write fails too.
+    #[error("{why} (a probe write fails too: {probe})")]
+    LogFailing { why: String, probe: Cause },
+    /// The database's last write failed (the recorded reason).
+    #[error("{0}")]
+    DatabaseFailing(String),
+    #[error("the database does not answer a read")]
+    NoRead,
+    #[error("PostgreSQL does not answer, or the commit task has stopped")]
+    Postgres,
+}
+
 impl OpenError {
+    /// Refuses with the message of a typed error that says why and what to do.
+    pub fn refused(e: impl std::fmt::Display) -> OpenError {
+        OpenError::Refused(e.to_string())
+    }
+
     /// Maps an error met while `doing` something into `Failed`.
     pub fn failed<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
         doing: impl Into<String>,
@@ -413,7 +435,7 @@ impl Store {
         purpose: Purpose,
     ) -> Result<Store, OpenError> {
         use crate::config::Backend;
-        match config.backend().map_err(OpenError::Refused)? {
+        match config.backend().map_err(OpenError::refused)? {
             Backend::Sqlite(path) => {
                 if purpose != Purpose::Serving && !path.exists() {
                     return Err(OpenError::Refused(format!(
@@ -493,14 +515,14 @@ impl Store {
     }
 
     /// Whether the store can take events now, and why not when it cannot (for `/readyz`).
-    pub async fn readiness(&self) -> Result<(), String> {
+    pub async fn readiness(&self) -> Result<(), NotReady> {
         match self {
             Store::Sqlite(s) => s.readiness().await,
             Store::Postgres(s) => {
                 if s.ready().await {
                     Ok(())
                 } else {
-                    Err("PostgreSQL does not answer, or the commit task has stopped".into())
+                    Err(NotReady::Postgres)
                 }
             }
         }
@@ -615,17 +637,20 @@ impl Store {
 
 /// Parses a time bound for dead-letter filters: an RFC 3339 timestamp, or a duration meaning
 /// "that long ago" (`"2h"`). Returns Unix milliseconds.
-pub fn parse_time_bound(s: &str) -> Result<i64, String> {
+pub fn parse_time_bound(s: &str) -> Result<i64, TimeBoundError> {
     if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
         return Ok((t.unix_timestamp_nanos() / 1_000_000) as i64);
     }
     match humantime::parse_duration(s) {
         Ok(d) => Ok(crate::now_millis() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)),
-        Err(_) => Err(format!(
-            "`{s}` is neither an RFC 3339 time nor a duration such as 2h"
-        )),
+        Err(_) => Err(TimeBoundError(s.to_string())),
     }
 }
+
+/// A time bound that is neither an RFC 3339 time nor a duration.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is neither an RFC 3339 time nor a duration such as 2h")]
+pub struct TimeBoundError(String);
 
 #[cfg(test)]
 mod tests {

@@ -13,8 +13,10 @@
 //! certificate): an unverified TLS connection stops only passive listeners. Trust comes from
 //! `sslrootcert` (a PEM file of CA certificates) or, without it, the Mozilla roots.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use crate::error::Cause;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -53,9 +55,38 @@ impl std::fmt::Debug for PgTarget {
     }
 }
 
+/// Why a `postgres://` store URL cannot be used; each message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("store.url is not a valid PostgreSQL URL: {0}")]
+    Invalid(#[source] tokio_postgres::Error),
+    #[error(
+        "store.url: sslrootcert is set but TLS is not; add sslmode=verify-full (or verify-ca)"
+    )]
+    RootCertWithoutTls,
+    #[error(
+        "store.url: sslmode={0} is not supported: it falls back to plain text without a word; \
+         use disable, require, verify-ca or verify-full"
+    )]
+    Fallback(String),
+    #[error("store.url: unknown sslmode `{0}` (disable, require, verify-ca, verify-full)")]
+    UnknownMode(String),
+    #[error("store.url: sslrootcert `{}` {what}: {source}", path.display())]
+    RootCert {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: Cause,
+    },
+    #[error("store.url: sslrootcert `{}` holds no certificate", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("TLS set-up failed: {0}")]
+    Tls(#[source] rustls::Error),
+}
+
 impl PgTarget {
     /// Parses a `postgres://` URL, reading the `sslrootcert` file if it names one.
-    pub fn parse(url: &str) -> Result<PgTarget, String> {
+    pub fn parse(url: &str) -> Result<PgTarget, UrlError> {
         let (base, query) = match url.split_once('?') {
             Some((b, q)) => (b, q),
             None => (url, ""),
@@ -84,15 +115,11 @@ impl PgTarget {
         } else {
             format!("{base}?{rest}")
         };
-        let mut config: tokio_postgres::Config = stripped
-            .parse()
-            .map_err(|e| format!("store.url is not a valid PostgreSQL URL: {e}"))?;
+        let mut config: tokio_postgres::Config = stripped.parse().map_err(UrlError::Invalid)?;
         let verify_name = match sslmode.as_deref() {
             None | Some("disable") => {
                 if rootcert.is_some() {
-                    return Err("store.url: sslrootcert is set but TLS is not; add \
-                                sslmode=verify-full (or verify-ca)"
-                        .into());
+                    return Err(UrlError::RootCertWithoutTls);
                 }
                 config.ssl_mode(SslMode::Disable);
                 return Ok(PgTarget {
@@ -102,18 +129,8 @@ impl PgTarget {
             }
             Some("require" | "verify-full") => true,
             Some("verify-ca") => false,
-            Some(m @ ("prefer" | "allow")) => {
-                return Err(format!(
-                    "store.url: sslmode={m} is not supported: it falls back to plain text \
-                     without a word; use disable, require, verify-ca or verify-full"
-                ))
-            }
-            Some(other) => {
-                return Err(format!(
-                    "store.url: unknown sslmode `{other}` (disable, require, verify-ca, \
-                     verify-full)"
-                ))
-            }
+            Some(m @ ("prefer" | "allow")) => return Err(UrlError::Fallback(m.to_string())),
+            Some(other) => return Err(UrlError::UnknownMode(other.to_string())),
         };
         let roots = match &rootcert {
             Some(path) => roots_from(path)?,
@@ -137,35 +154,50 @@ impl PgTarget {
 }
 
 /// The CA certificates of a PEM file; an unreadable file or one without any is an error.
-fn roots_from(path: &PathBuf) -> Result<RootCertStore, String> {
-    let at = format!("store.url: sslrootcert `{}`", path.display());
+fn roots_from(path: &PathBuf) -> Result<RootCertStore, UrlError> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{at} cannot be read: {e}"))?
+        .map_err(problem(path, "cannot be read"))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{at} is not a PEM file of certificates: {e}"))?;
+        .map_err(problem(path, "is not a PEM file of certificates"))?;
     if certs.is_empty() {
-        return Err(format!("{at} holds no certificate"));
+        return Err(UrlError::NoCertificate(path.clone()));
     }
     let mut roots = RootCertStore::empty();
     for cert in certs {
         roots
             .add(cert)
-            .map_err(|e| format!("{at} holds a certificate rustls cannot use: {e}"))?;
+            .map_err(problem(path, "holds a certificate rustls cannot use"))?;
     }
     Ok(roots)
 }
 
-fn client_config(roots: RootCertStore, verify_name: bool) -> Result<rustls::ClientConfig, String> {
+/// Maps an error met reading the `sslrootcert` file into the [`UrlError`] that says `what`.
+fn problem<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
+    path: &Path,
+    what: &'static str,
+) -> impl FnOnce(E) -> UrlError {
+    let path = path.to_path_buf();
+    move |e| UrlError::RootCert {
+        path,
+        what,
+        source: Cause::new(e),
+    }
+}
+
+fn client_config(
+    roots: RootCertStore,
+    verify_name: bool,
+) -> Result<rustls::ClientConfig, UrlError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS set-up failed: {e}"))?;
+        .map_err(UrlError::Tls)?;
     let config = if verify_name {
         builder.with_root_certificates(roots).with_no_client_auth()
     } else {
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
-            .map_err(|e| format!("TLS set-up failed: {e}"))?;
+            .map_err(|e| UrlError::Tls(rustls::Error::General(e.to_string())))?;
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
@@ -227,7 +259,7 @@ mod tests {
     use super::*;
 
     fn err(url: &str) -> String {
-        PgTarget::parse(url).expect_err(url)
+        PgTarget::parse(url).expect_err(url).to_string()
     }
 
     #[test]

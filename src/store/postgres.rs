@@ -28,6 +28,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::pg_conn::{PgTarget, PgTls};
 use super::OpenError;
+use crate::error::Cause;
 
 use super::{
     AcceptOutcome, Acceptance, Attempt, Claimed, DeadLetter, DeadLetterFilter, Delivery, Journey,
@@ -65,7 +66,7 @@ fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreE
 fn refused_or_unavailable(e: tokio_postgres::Error) -> StoreError {
     match e.code().map(|c| c.code().get(..2).unwrap_or("")) {
         None | Some("08" | "40" | "53" | "57" | "58" | "XX") => StoreError::unavailable(e),
-        Some(_) => StoreError::Refused(super::Cause::new(e)),
+        Some(_) => StoreError::Refused(Cause::new(e)),
     }
 }
 
@@ -183,7 +184,7 @@ impl PgStore {
     /// Connects, migrates, and starts the writer and maintenance tasks. Must run inside a
     /// Tokio runtime.
     pub async fn open(url: &str, config: &StoreConfig) -> Result<PgStore, OpenError> {
-        let mut target = PgTarget::parse(url).map_err(OpenError::Refused)?;
+        let mut target = PgTarget::parse(url).map_err(OpenError::refused)?;
         // The connections name this replica, so that after a crash the next run can wait for
         // the dead run's transactions to end (see `committed_since`).
         if target.config.get_application_name().is_none() {
@@ -233,7 +234,7 @@ impl PgStore {
     }
 
     /// Runs one maintenance pass now (it also runs every 30 s by itself).
-    pub async fn maintain_now(&self) -> Result<(), String> {
+    pub async fn maintain_now(&self) -> Result<(), StoreError> {
         maintain(&self.pool, &self.settings).await
     }
 
@@ -736,16 +737,13 @@ async fn listen_once<T>(
     config: &tokio_postgres::Config,
     tls: T,
     wake: &(impl Fn() + Send + Sync),
-) -> Result<(), String>
+) -> Result<(), Cause>
 where
     T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
     T::Stream: Send + 'static,
 {
     use futures_util::StreamExt;
-    let (client, mut conn) = config
-        .connect(tls)
-        .await
-        .map_err(|e| crate::with_causes(&e))?;
+    let (client, mut conn) = config.connect(tls).await.map_err(Cause::new)?;
     let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
     let statement = format!("LISTEN {NOTIFY_CHANNEL}");
     let listen = client.batch_execute(&statement);
@@ -753,11 +751,11 @@ where
     let mut listen = std::pin::pin!(listen);
     loop {
         tokio::select! {
-            r = &mut listen => { r.map_err(|e| e.to_string())?; break; }
+            r = &mut listen => { r.map_err(Cause::new)?; break; }
             m = messages.next() => match m {
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("connection closed".into()),
+                Some(Err(e)) => return Err(Cause::new(e)),
+                None => return Err(Cause::new("connection closed")),
             }
         }
     }
@@ -765,10 +763,10 @@ where
         match m {
             Ok(tokio_postgres::AsyncMessage::Notification(_)) => wake(),
             Ok(_) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(Cause::new(e)),
         }
     }
-    Err("connection closed".into())
+    Err(Cause::new("connection closed"))
 }
 
 /// Runs a store operation with the operation time bound.
@@ -1418,8 +1416,8 @@ async fn run_maintenance(pool: Pool, s: Arc<Settings>) {
 /// records past the window, spent signatures past their tolerance, sessions idle past the
 /// TTL, delivered rows (with their attempt records) and events past retention (an event stays
 /// while it has an outbox row).
-async fn maintain(pool: &Pool, s: &Settings) -> Result<(), String> {
-    let c = pool.get().await.map_err(|e| e.to_string())?;
+async fn maintain(pool: &Pool, s: &Settings) -> Result<(), StoreError> {
+    let c = pool.get().await.map_err(StoreError::unavailable)?;
     let now = crate::now_millis();
     let oldest_kept =
         ulid::Ulid::from_parts(u64::try_from(now - s.retention_ms).unwrap_or(0), 0).to_string();
@@ -1452,7 +1450,9 @@ async fn maintain(pool: &Pool, s: &Settings) -> Result<(), String> {
         ),
     ];
     for (sql, params) in statements {
-        c.execute(sql, params).await.map_err(|e| e.to_string())?;
+        c.execute(sql, params)
+            .await
+            .map_err(StoreError::unavailable)?;
     }
     Ok(())
 }

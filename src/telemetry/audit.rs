@@ -19,12 +19,23 @@
 
 use parking_lot::{Condvar, Mutex};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+
+use crate::error::Cause;
+
+/// Why audit lines cannot be written: the output failed, or the path did not open again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit lines cannot be written: {0}")]
+    Write(Cause),
+    #[error("cannot open the audit log {}: {source}", path.display())]
+    Open { path: PathBuf, source: Cause },
+}
 
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 const WAKE_BYTES: usize = 64 * 1024;
@@ -246,7 +257,7 @@ struct Shared {
     path: Option<std::path::PathBuf>,
     mark: Option<MarkFile>,
     /// Why the last write failed, until one succeeds.
-    failing: Mutex<Option<String>>,
+    failing: Mutex<Option<AuditError>>,
 }
 
 fn open_append(p: &Path) -> std::io::Result<std::fs::File> {
@@ -288,7 +299,7 @@ impl Shared {
     fn failed(&self, e: &std::io::Error, data: Vec<u8>) {
         use crate::telemetry::metrics::{AUDIT_LINES_DROPPED_TOTAL, AUDIT_WRITE_FAILURES_TOTAL};
         metrics::counter!(AUDIT_WRITE_FAILURES_TOTAL).increment(1);
-        *self.failing.lock() = Some(format!("audit lines cannot be written: {e}"));
+        *self.failing.lock() = Some(AuditError::Write(Cause::new(e.to_string())));
         let lines = data.iter().filter(|&&b| b == b'\n').count();
         let dropped = {
             let mut b = self.buf.lock();
@@ -433,7 +444,7 @@ impl Audit {
     /// Writes what is buffered to the current file, then opens the file's path again (after
     /// `mv audit.jsonl audit.1`, later lines go to a new `audit.jsonl`: SIGHUP, for
     /// logrotate). On stdout, or when the path cannot be opened (the old file is kept), says so.
-    pub fn reopen(&self) -> Result<(), String> {
+    pub fn reopen(&self) -> Result<(), AuditError> {
         let Some(Handle(s)) = self.shared.as_deref() else {
             return Ok(());
         };
@@ -441,8 +452,10 @@ impl Audit {
             return Ok(());
         };
         s.drain();
-        let file = open_append(path)
-            .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
+        let file = open_append(path).map_err(|e| AuditError::Open {
+            path: path.to_path_buf(),
+            source: Cause::new(e),
+        })?;
         *s.out.lock() = Box::new(file);
         Ok(())
     }
@@ -489,7 +502,7 @@ impl Audit {
     }
 
     /// Why lines cannot be written, while they cannot (`/readyz`).
-    pub fn health(&self) -> Result<(), String> {
+    pub fn health(&self) -> Result<(), AuditError> {
         let Some(Handle(s)) = self.shared.as_deref() else {
             return Ok(());
         };
@@ -631,7 +644,7 @@ mod tests {
         audit.write(&line(2));
         audit.flush();
         let why = audit.health().expect_err("failing");
-        assert!(why.contains("No space left"), "{why}");
+        assert!(why.to_string().contains("No space left"), "{why}");
         assert!(out.got.lock().is_empty());
         out.broken.store(false, Ordering::SeqCst);
         audit.write(&line(3));

@@ -228,7 +228,10 @@ payload = { kind = "nlu", schema = "x.json" }
 auth = { scheme = "api-key", keys = ["k"] }
 "#,
     );
-    let problems = c.validate().join("\n");
+    assert!(c.validate().is_empty(), "{:?}", c.validate());
+    let problems = cognihook::ingest::Routes::build(&c, &crate::support::env())
+        .expect_err("payload problems")
+        .join("\n");
     for want in [
         "route `a`: payload kind json-schema needs `schema`",
         "route `a`: payload kind json-schema needs pointers.sessionId",

@@ -6,7 +6,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::config::PayloadKind;
+use crate::config::{PayloadKind, PayloadSpec};
 
 mod cognigy;
 mod schema;
@@ -89,6 +89,34 @@ pub enum BodyFormat {
     Form,
 }
 
+/// Why a route's `payload` setting builds no decoder.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("payload.schema and payload.pointers apply only to kind json-schema")]
+    NotSchemaKind,
+    #[error("payload kind json-schema needs `schema` (a JSON Schema file)")]
+    NoSchema,
+    #[error("payload kind json-schema needs pointers.{0}")]
+    NoPointer(&'static str),
+    #[error("payload.pointers.{0} is not an event field (one of {list})",
+        list = crate::event::POINTER_FIELDS.join(", "))]
+    NotAField(String),
+    #[error("payload.pointers.{field} = `{pointer}` is not a JSON pointer (starts with `/`)")]
+    NotAPointer { field: String, pointer: String },
+    #[error("schema file {path} cannot be read: {source}")]
+    Unreadable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("schema file {path} is not JSON: {source}")]
+    NotJson {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("schema file {path} is not a valid JSON Schema: {reason}")]
+    NotASchema { path: String, reason: String },
+}
+
 /// A route's payload decoder: a built-in kind, or a user schema with pointers.
 #[derive(Debug)]
 pub enum PayloadDecoder {
@@ -97,13 +125,17 @@ pub enum PayloadDecoder {
 }
 
 impl PayloadDecoder {
-    /// Builds the decoder of a route's `payload` setting (reads and compiles a schema file).
-    pub fn build(spec: &crate::config::PayloadSpec) -> Result<PayloadDecoder, String> {
-        match spec.kind() {
-            PayloadKind::JsonSchema => Ok(PayloadDecoder::Schema(Box::new(SchemaDecoder::build(
-                spec,
-            )?))),
-            kind => Ok(PayloadDecoder::Builtin(kind)),
+    /// Builds the decoder of a route's `payload` setting (checks the pointers, reads and
+    /// compiles a schema file); every problem is reported.
+    pub fn build(spec: &PayloadSpec) -> Result<PayloadDecoder, Vec<SpecError>> {
+        match (spec.kind(), spec) {
+            (PayloadKind::JsonSchema, _) => Ok(PayloadDecoder::Schema(Box::new(
+                SchemaDecoder::build(spec)?,
+            ))),
+            (_, PayloadSpec::Table(t)) if t.schema.is_some() || !t.pointers.is_empty() => {
+                Err(vec![SpecError::NotSchemaKind])
+            }
+            (kind, _) => Ok(PayloadDecoder::Builtin(kind)),
         }
     }
 

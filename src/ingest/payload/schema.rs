@@ -2,11 +2,29 @@
 //! pointers say where the normalised event's fields live in it.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::{json_type, Decoded, FieldError, Intent, PayloadError, MAX_ID_CHARS};
+use super::{json_type, Decoded, FieldError, Intent, PayloadError, SpecError, MAX_ID_CHARS};
 use crate::config::PayloadSpec;
+
+/// Reads and compiles a schema file.
+fn compile(path: &Path) -> Result<jsonschema::Validator, SpecError> {
+    let shown = || path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Unreadable {
+        path: shown(),
+        source,
+    })?;
+    let schema: Value = serde_json::from_str(&text).map_err(|source| SpecError::NotJson {
+        path: shown(),
+        source,
+    })?;
+    jsonschema::draft202012::new(&schema).map_err(|e| SpecError::NotASchema {
+        path: shown(),
+        reason: e.to_string(),
+    })
+}
 
 /// Most schema errors reported for one body (a huge body against a strict schema could
 /// otherwise produce an answer larger than Cognigy stores).
@@ -30,26 +48,45 @@ impl std::fmt::Debug for SchemaDecoder {
 }
 
 impl SchemaDecoder {
-    /// Reads and compiles the schema file; checks the pointers.
-    pub fn build(spec: &PayloadSpec) -> Result<SchemaDecoder, String> {
-        let PayloadSpec::Table(t) = spec else {
-            return Err("payload kind json-schema needs `schema` and `pointers`".into());
+    /// Checks the pointers, reads and compiles the schema file; every problem is reported.
+    pub fn build(spec: &PayloadSpec) -> Result<SchemaDecoder, Vec<SpecError>> {
+        let (schema, pointers) = match spec {
+            PayloadSpec::Name(_) => (None, BTreeMap::new()),
+            PayloadSpec::Table(t) => (t.schema.as_ref(), t.pointers.clone()),
         };
-        let path = t
-            .schema
-            .as_ref()
-            .ok_or("payload kind json-schema needs `schema` (a JSON Schema file)")?;
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("schema file {shown} cannot be read: {e}"))?;
-        let schema: Value = serde_json::from_str(&text)
-            .map_err(|e| format!("schema file {shown} is not JSON: {e}"))?;
-        let validator = jsonschema::draft202012::new(&schema)
-            .map_err(|e| format!("schema file {shown} is not a valid JSON Schema: {e}"))?;
-        let mut pointers = t.pointers.clone();
+        let mut problems = Vec::new();
+        for required in ["sessionId", "userId"] {
+            if !pointers.contains_key(required) {
+                problems.push(SpecError::NoPointer(required));
+            }
+        }
+        for (field, pointer) in &pointers {
+            if !crate::event::POINTER_FIELDS.contains(&field.as_str()) {
+                problems.push(SpecError::NotAField(field.clone()));
+            }
+            if !pointer.is_empty() && !pointer.starts_with('/') {
+                problems.push(SpecError::NotAPointer {
+                    field: field.clone(),
+                    pointer: pointer.clone(),
+                });
+            }
+        }
+        let validator = match schema {
+            None => Err(SpecError::NoSchema),
+            Some(path) => compile(path),
+        };
+        let validator = match validator {
+            Ok(v) if problems.is_empty() => v,
+            Ok(_) => return Err(problems),
+            Err(e) => {
+                problems.push(e);
+                return Err(problems);
+            }
+        };
+        let mut pointers = pointers;
         let correlation = pointers.remove("correlationId");
         Ok(SchemaDecoder {
-            path: shown,
+            path: schema.map(|p| p.display().to_string()).unwrap_or_default(),
             validator,
             pointers,
             correlation,

@@ -61,10 +61,11 @@ use self::record::Record;
 use self::sequencer::{SeqMsg, Sequencer};
 use super::decide::Windows;
 use super::{
-    AcceptOutcome, Acceptance, Claimed, DeadLetter, DeadLetterFilter, Delivery, Journey, OpenError,
-    Settlement, SinkCounts, StoreError,
+    AcceptOutcome, Acceptance, Claimed, DeadLetter, DeadLetterFilter, Delivery, Journey, NotReady,
+    OpenError, Settlement, SinkCounts, StoreError,
 };
 use crate::config::{StoreConfig, SyncMode};
+use crate::error::Cause;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -469,7 +470,7 @@ fn next_outbox_id(c: &Connection) -> rusqlite::Result<i64> {
 
 /// Where a store's files are; creates the data directory.
 fn prepare_path(config: &StoreConfig) -> Result<PathBuf, OpenError> {
-    let path = config.sqlite_path().map_err(OpenError::Refused)?;
+    let path = config.sqlite_path().map_err(OpenError::refused)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(OpenError::failed(format!(
             "cannot create data directory {}",
@@ -676,7 +677,7 @@ impl SqliteStore {
     /// and without writing: it can be read beside a running gateway, and what the gateway has
     /// acknowledged but not yet applied to the database is read from the log's tail.
     pub fn open_reading(config: &StoreConfig) -> Result<SqliteStore, OpenError> {
-        let path = config.sqlite_path().map_err(OpenError::Refused)?;
+        let path = config.sqlite_path().map_err(OpenError::refused)?;
         if !path.exists() {
             return Err(OpenError::Refused(format!(
                 "no store at {}",
@@ -1084,7 +1085,7 @@ impl SqliteStore {
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let conn = reader.lock();
-            journey_with_tail(&conn, &log_dir, &id).map_err(unavailable)
+            journey_with_tail(&conn, &log_dir, &id)
         })
         .await
         .map_err(unavailable)?
@@ -1107,24 +1108,24 @@ impl SqliteStore {
     /// check never waits behind the reader connection: a busy reader (a long admin query, a
     /// metrics scrape) is itself a database answering, and a probe must not time out behind
     /// it.
-    pub(super) async fn readiness(&self) -> Result<(), String> {
+    pub(super) async fn readiness(&self) -> Result<(), NotReady> {
         if let Some(engine) = &self.engine {
             if !engine.alive.load(Ordering::SeqCst) {
-                return Err("the store's threads have stopped".into());
+                return Err(NotReady::Stopped);
             }
         }
         if let Some(why) = self.shared.log_health.failure() {
             let dir = self.log_dir.clone();
             let probe = tokio::task::spawn_blocking(move || probe_write(&dir))
                 .await
-                .unwrap_or_else(|e| Err(e.to_string()));
+                .unwrap_or_else(|e| Err(Cause::new(e)));
             match probe {
                 Ok(()) => self.shared.log_health.recover(),
-                Err(e) => return Err(format!("{why} (a probe write fails too: {e})")),
+                Err(probe) => return Err(NotReady::LogFailing { why, probe }),
             }
         }
         if let Some(why) = self.shared.db_health.failure() {
-            return Err(why);
+            return Err(NotReady::DatabaseFailing(why));
         }
         let reader = self.reader.clone();
         let answers = tokio::task::spawn_blocking(move || match reader.try_lock() {
@@ -1142,7 +1143,7 @@ impl SqliteStore {
         if answers {
             Ok(())
         } else {
-            Err("the database does not answer a read".into())
+            Err(NotReady::NoRead)
         }
     }
 
@@ -1184,13 +1185,13 @@ impl SqliteStore {
 }
 
 /// Writes, syncs and removes a small file in `dir`: whether the disk takes writes now.
-fn probe_write(dir: &Path) -> Result<(), String> {
+fn probe_write(dir: &Path) -> Result<(), Cause> {
     use std::io::Write as _;
     let path = dir.join(".probe");
     let written = std::fs::File::create(&path)
         .and_then(|mut f| f.write_all(&[0u8; 4096]).and_then(|()| f.sync_all()));
     let _ = std::fs::remove_file(&path);
-    written.map_err(|e| e.to_string())
+    written.map_err(Cause::new)
 }
 
 async fn join(handle: &Mutex<Option<JoinHandle<()>>>) {
@@ -1205,10 +1206,14 @@ const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
 /// A journey from the database or, for an event acknowledged and not yet applied there,
 /// from the log's tail (its deliveries then all pending, with no attempt yet).
-fn journey_with_tail(c: &Connection, log_dir: &Path, id: &str) -> Result<Option<Journey>, String> {
+fn journey_with_tail(
+    c: &Connection,
+    log_dir: &Path,
+    id: &str,
+) -> Result<Option<Journey>, StoreError> {
     // The position first: whatever the database lacks after it is in the log.
-    let after = project::projected(c).map_err(|e| e.to_string())?;
-    if let Some(j) = read_journey(c, id).map_err(|e| e.to_string())? {
+    let after = project::projected(c).map_err(unavailable)?;
+    if let Some(j) = read_journey(c, id).map_err(unavailable)? {
         return Ok(Some(j));
     }
     let mut found = None;
@@ -1220,10 +1225,10 @@ fn journey_with_tail(c: &Connection, log_dir: &Path, id: &str) -> Result<Option<
         }
         Ok(())
     })
-    .map_err(|e| crate::with_causes(&e))?;
+    .map_err(unavailable)?;
     let Some(a) = found else {
         // Applied to the database while the log was read.
-        return read_journey(c, id).map_err(|e| e.to_string());
+        return read_journey(c, id).map_err(unavailable);
     };
     let event: Value = serde_json::from_str(&a.body).unwrap_or(Value::String(a.body.clone()));
     Ok(Some(Journey {
@@ -1620,6 +1625,7 @@ mod tests {
         let probe = dir.path().join("cognihook.log").join(".probe");
         std::fs::create_dir(&probe).expect("block the probe");
         let why = rt.block_on(store.readiness()).expect_err("not ready");
+        let why = why.to_string();
         assert!(why.contains("No space left on device"), "{why}");
         assert!(why.contains("probe write fails too"), "{why}");
         std::fs::remove_dir(&probe).expect("unblock");
