@@ -34,14 +34,16 @@ impl Wiring {
         let routes = Routes::build(config, env);
         let sinks = crate::delivery::build_sinks(config, env);
         let keys = install_data_keys(config, env).map_err(|e| vec![e.to_string()]);
-        match (routes, sinks, keys) {
-            (Ok(routes), Ok(sinks), Ok(())) => Ok(Wiring { routes, sinks }),
-            (r, s, k) => Err(r
+        let store = crate::store::check(&config.store).map_err(|e| vec![e.to_string()]);
+        match (routes, sinks, keys, store) {
+            (Ok(routes), Ok(sinks), Ok(()), Ok(_)) => Ok(Wiring { routes, sinks }),
+            (r, s, k, st) => Err(r
                 .err()
                 .unwrap_or_default()
                 .into_iter()
                 .chain(s.err().unwrap_or_default())
                 .chain(k.err().unwrap_or_default())
+                .chain(st.err().unwrap_or_default())
                 .collect()),
         }
     }
@@ -409,6 +411,33 @@ fn lower_thread_priority(nice: u8) {
         let tid = rustix::thread::gettid();
         if let Err(e) = rustix::process::setpriority_process(Some(tid), i32::from(nice)) {
             tracing::warn!(error = %e, nice, "cannot lower the delivery thread's priority");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_postgres_url_with_unusable_tls_options_is_reported_with_the_other_problems() {
+        for (url, says) in [
+            ("postgres://db/x?sslmode=prefer", "falls back to plain text"),
+            (
+                "postgres://db/x?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+                "cannot be read",
+            ),
+        ] {
+            let env: std::collections::BTreeMap<String, String> =
+                [("COGNIHOOK_DATABASE_URL".to_string(), url.to_string())].into();
+            let config = Config::load(None, &env).expect("the file layer has nothing to say");
+            let Err(problems) = Wiring::build(&config, &env) else {
+                panic!("{url}: accepted");
+            };
+            assert!(
+                problems.iter().any(|p| p.contains(says)),
+                "{url}: {problems:?}"
+            );
         }
     }
 }

@@ -23,8 +23,11 @@
 //! ```
 //!
 //! Settings reach each component typed: `config` parses the file over `defaults.toml` and
-//! checks cross-references; `config::SinkConfig::check` and `config::AuthConfig::check` turn a
-//! sink's or a route's auth table into a per-kind value when the component is built.
+//! checks cross-references; each component checks its own tables when it is built and gets
+//! a per-kind value: `delivery::spec::SinkSpec::check` (with `sinks::spec::check` for the
+//! kind's `Target`), `ingest::auth::spec::AuthSpec::check`, `ingest::payload::PayloadDecoder::build`
+//! and `store::check` (the `[store]` URL). `app::Wiring::build` runs them all for `serve` and
+//! `check-config`, and every problem is reported at once.
 //!
 //! # Who owns which background task
 //!
@@ -54,18 +57,20 @@
 //! # Layers
 //!
 //! Imports point one way: `cli` → `app` → `http`, `delivery` → `ingest`, `store`, `sinks` →
-//! the leaves `error` (causes kept with errors), `event` (the normalised event), `secret` (secret references and values that
-//! print masked), `expr` (CEL over the event), `rate` (token buckets, used by admission and
-//! by sinks), `clock` (stored times and schedules: wall-clock time that never runs
-//! backwards), `seal` (event bodies encrypted at rest, opened by the stores), `load` (ingest's
-//! load gauge: HTTP raises it, delivery reads it) and `config`. Store and sinks never import
-//! `ingest`; `config` checks what it parses with the leaves only.
+//! `config` → the leaves `error` (causes kept with errors), `event` (the normalised event),
+//! `secret` (secret references and values that print masked, and `EnvSource`), `expr` (CEL
+//! over the event), `rate` (token buckets, used by admission and by sinks), `duration`
+//! (human durations in settings), `clock` (stored times and schedules: wall-clock time that
+//! never runs backwards), `seal` (event bodies encrypted at rest, opened by the stores) and
+//! `load` (ingest's load gauge: HTTP raises it, delivery reads it). Store and sinks never
+//! import `ingest` or `delivery`; `config` imports only the leaves.
 
 pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod duration;
 pub mod error;
 pub mod event;
 pub mod expr;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
-    #[serde(with = "crate::config::duration_str")]
+    #[serde(with = "crate::duration::duration_str")]
     pub per: Duration,
     pub max: u32,
 }

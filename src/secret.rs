@@ -3,7 +3,28 @@
 
 use std::fmt;
 
-use crate::config::EnvSource;
+use std::collections::BTreeMap;
+
+/// Where the environment is read from (the configuration's environment layer, `env:`
+/// references); a map, so tests need not touch the process environment.
+pub trait EnvSource {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment (an empty variable counts as unset).
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl EnvSource for BTreeMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        BTreeMap::get(self, name).cloned()
+    }
+}
 
 /// A secret value with a printable label saying where it came from (never the value).
 #[derive(Clone)]

@@ -53,3 +53,51 @@ impl Default for DeliveryConfig {
         super::Config::builtin().delivery.clone()
     }
 }
+
+/// Per-sink retry settings (defaults from the seeds: 3 attempts, base 1 s, max 10 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first one included.
+    pub max_attempts: u32,
+    #[serde(with = "super::duration_str")]
+    pub base_delay: Duration,
+    #[serde(with = "super::duration_str")]
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Breaker settings of one sink.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the circuit.
+    pub failure_threshold: u32,
+    /// Time open before one probe is let through.
+    #[serde(with = "super::duration_str")]
+    pub cool_down: Duration,
+    /// Also open when this share of the last `window` outcomes failed (0 disables).
+    pub failure_ratio: f64,
+    /// Outcomes the ratio is computed over; the ratio applies once the window is full.
+    pub window: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            cool_down: Duration::from_secs(30),
+            failure_ratio: 0.0,
+            window: 20,
+        }
+    }
+}

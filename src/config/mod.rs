@@ -14,7 +14,6 @@
 
 mod auth;
 mod delivery;
-mod duration;
 mod route;
 mod server;
 mod sink;
@@ -28,19 +27,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use auth::{AuthConfig, AuthScheme, AuthSpec};
-pub use delivery::{BusyConfig, DeliveryConfig};
-pub use duration::{duration_str, opt_duration_str};
+pub use crate::duration::{duration_str, opt_duration_str};
+pub use crate::secret::{EnvSource, ProcessEnv};
+pub use auth::{AuthConfig, AuthScheme};
+pub use delivery::{BreakerConfig, BusyConfig, DeliveryConfig, RetryPolicy};
 pub use route::{
     PayloadKind, PayloadSpec, PayloadTable, RateBy, RespondConfig, RouteConfig, RouteRateLimit,
     RuleConfig,
 };
 pub use server::{LimitsConfig, ServerConfig};
-pub use sink::{
-    AmqpTarget, CognigyApi, CognigyMode, CognigyTarget, FileTarget, HttpTarget, NatsTarget,
-    RedisTarget, SinkConfig, SinkKind, SinkSpec, Target,
-};
-pub use store::{AuditConfig, Backend, PrivacyConfig, StoreConfig, SyncMode};
+pub use sink::{CognigyMode, SinkConfig, SinkKind};
+pub use store::{AuditConfig, Backend, PrivacyConfig, StoreConfig, StoreUrlError, SyncMode};
 
 /// Every problem found while loading a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,26 +75,6 @@ impl Default for Config {
     /// The built-in defaults: `defaults.toml`, the file `check-config --print-default` prints.
     fn default() -> Self {
         Config::builtin().clone()
-    }
-}
-
-/// Where the environment layer reads from; a map so tests need not touch the process env.
-pub trait EnvSource {
-    fn get(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-pub struct ProcessEnv;
-
-impl EnvSource for ProcessEnv {
-    fn get(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok().filter(|v| !v.is_empty())
-    }
-}
-
-impl EnvSource for BTreeMap<String, String> {
-    fn get(&self, name: &str) -> Option<String> {
-        BTreeMap::get(self, name).cloned()
     }
 }
 
@@ -303,7 +280,7 @@ impl Config {
                 p.push(format!("{at}: path `{}` is reserved", r.path));
             }
             // The `auth` table's own keys are checked where the route is built
-            // (`AuthConfig::check`, called by `ingest::Routes::build`).
+            // (`ingest::auth::spec::AuthSpec::check`, called by `ingest::Routes::build`).
             if let Some(l) = r.rate_limit {
                 if l.max == 0 || l.per.is_zero() {
                     p.push(format!("{at}: rate_limit needs max >= 1 and per > 0"));
@@ -364,7 +341,7 @@ impl Config {
                 }
             }
         }
-        // Each sink's own keys are checked where it is built (`SinkConfig::check`, called by
+        // Each sink's own keys are checked where it is built (`delivery::spec::SinkSpec::check`, called by
         // `delivery::build_sinks`); `serve` and `check-config` build every sink.
         p
     }

@@ -90,16 +90,14 @@ pub enum StoreUrlError {
     NotSqlite,
     #[error("store.url `{0}`: expected sqlite://PATH or postgres://…")]
     UnknownScheme(SecretUrl),
-    #[error(transparent)]
-    Postgres(#[from] crate::store::pg_conn::UrlError),
 }
 
 impl StoreConfig {
-    /// The backend: PostgreSQL for a `postgres://` URL, else the embedded SQLite file.
+    /// The backend: PostgreSQL for a `postgres://` URL (its options are the store's to check:
+    /// `store::pg_conn::PgTarget::parse`), else the embedded SQLite file.
     pub fn backend(&self) -> Result<Backend, StoreUrlError> {
         match self.url.as_ref().map(SecretUrl::expose) {
             Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-                crate::store::pg_conn::PgTarget::parse(u)?;
                 Ok(Backend::Postgres(u.to_string()))
             }
             _ => self.sqlite_path().map(Backend::Sqlite),

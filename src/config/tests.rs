@@ -47,20 +47,6 @@ fn reports_every_unknown_key_at_once() {
 }
 
 #[test]
-fn a_postgres_url_with_unusable_tls_options_is_a_config_problem() {
-    for (url, says) in [
-        ("postgres://db/x?sslmode=prefer", "falls back to plain text"),
-        (
-            "postgres://db/x?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
-            "cannot be read",
-        ),
-    ] {
-        let err = Config::load(None, &env(&[("COGNIHOOK_DATABASE_URL", url)])).expect_err(url);
-        assert!(err.0.iter().any(|p| p.contains(says)), "{url}: {err}");
-    }
-}
-
-#[test]
 fn reports_every_semantic_problem_at_once() {
     let text = r#"
 [limits]
@@ -79,15 +65,11 @@ auth = { scheme = "hmac-sha256" }
     let c = Config::from_toml(text).expect("parses");
     // The configuration's checks, then each auth table's own (run when routes are built).
     let mut p = c.validate();
-    for r in &c.routes {
-        let at = format!("route `{}`", r.name);
-        p.extend(
-            r.auth
-                .check(&at, r.allow_unauthenticated)
-                .err()
-                .unwrap_or_default(),
-        );
-    }
+    p.extend(
+        crate::ingest::Routes::build(&c, &env(&[]))
+            .err()
+            .unwrap_or_default(),
+    );
     assert!(p.iter().any(|m| m.contains("max_body_bytes")), "{p:?}");
     assert!(p.iter().any(|m| m.contains("must start with `/`")), "{p:?}");
     assert!(
@@ -173,65 +155,6 @@ fn file_routes_replace_builtin_ones() {
     .expect("parses");
     assert_eq!(c.routes.len(), 1);
     assert_eq!(c.routes[0].name, "x");
-}
-
-#[test]
-fn sink_tables_are_checked_per_kind_and_routes_must_name_defined_sinks() {
-    let text = r#"
-[sink.web]
-kind = "http"
-url = "ftp://nowhere"
-subject = "x"
-concurrency = 0
-[sink.log]
-kind = "file"
-[sink.q]
-kind = "cognigy"
-[[route]]
-name = "r"
-path = "/r"
-payload = "nlu"
-auth = { scheme = "hmac-sha256", secrets = ["lit"] }
-sinks = ["web", "missing", "web"]
-"#;
-    let c = Config::from_toml(text).expect("parses");
-    // Cross-references are the configuration's; each table's own keys are the sink's check.
-    let mut p = c.validate();
-    for (name, table) in &c.sinks {
-        p.extend(table.check(name).err().unwrap_or_default());
-    }
-    for want in [
-        "sink `web` (http): url `ftp://nowhere` must be an absolute",
-        "sink `web` (http): key `subject` does not apply",
-        "sink `web` (http): concurrency must be at least 1",
-        "sink `log` (file): `path` is required",
-        "sink `q` (cognigy): `mode` is required",
-        "sink `q` (cognigy): give exactly one of `endpoint_url`",
-        "sink `missing` is not defined",
-        "sink `web` listed twice",
-    ] {
-        assert!(
-            p.iter().any(|m| m.contains(want)),
-            "missing {want:?} in {p:?}"
-        );
-    }
-    let ok = Config::from_toml(
-        "[sink.web]\nkind = \"http\"\nurl = \"https://example.test/x\"\nretry = { max_attempts = 5 }\n",
-    )
-    .expect("parses");
-    assert!(ok.validate().is_empty(), "{:?}", ok.validate());
-    let spec = ok.sinks["web"].check("web").expect("valid");
-    assert_eq!(spec.retry.max_attempts, 5);
-    match &spec.target {
-        Target::Http(t) => assert_eq!(t.url.expose(), "https://example.test/x"),
-        other => panic!("an http target, not {other:?}"),
-    }
-    assert_eq!(spec.kind(), SinkKind::Http);
-    assert_eq!(ok.sinks["web"].retry.base_delay, Duration::from_secs(1));
-    let bad = Config::from_toml(
-        "[sink.web]\nkind = \"http\"\nurl = \"http://x\"\nretry = { tries = 5 }\n",
-    );
-    assert!(bad.is_err(), "unknown key inside retry");
 }
 
 #[test]

@@ -5,33 +5,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
-/// Breaker settings of one sink.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BreakerConfig {
-    /// Consecutive failures that open the circuit.
-    pub failure_threshold: u32,
-    /// Time open before one probe is let through.
-    #[serde(with = "crate::config::duration_str")]
-    pub cool_down: Duration,
-    /// Also open when this share of the last `window` outcomes failed (0 disables).
-    pub failure_ratio: f64,
-    /// Outcomes the ratio is computed over; the ratio applies once the window is full.
-    pub window: u32,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        Self {
-            failure_threshold: 5,
-            cool_down: Duration::from_secs(30),
-            failure_ratio: 0.0,
-            window: 20,
-        }
-    }
-}
+pub use crate::config::BreakerConfig;
 
 /// The breaker's state, as exposed in metrics (0 closed, 1 half-open, 2 open).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

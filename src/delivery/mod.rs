@@ -8,6 +8,7 @@ mod respond;
 pub mod retry;
 mod settle;
 pub mod sink;
+pub mod spec;
 pub mod worker;
 
 use std::sync::Arc;
@@ -23,14 +24,14 @@ pub fn build_sinks(
     let mut out = Vec::new();
     let mut problems = Vec::new();
     for (name, table) in &config.sinks {
-        let spec = match table.check(name) {
+        let spec = match spec::SinkSpec::check(name, table) {
             Ok(spec) => spec,
             Err(mut p) => {
                 problems.append(&mut p);
                 continue;
             }
         };
-        match crate::sinks::build(&spec, env) {
+        match crate::sinks::build(&spec.target, spec.timeout, env) {
             Ok(sink) => out.push(Arc::new(SinkRuntime::new(
                 spec,
                 sink,

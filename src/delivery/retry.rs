@@ -3,29 +3,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-/// Per-sink retry settings (defaults from the seeds: 3 attempts, base 1 s, max 10 s).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first one included.
-    pub max_attempts: u32,
-    #[serde(with = "crate::config::duration_str")]
-    pub base_delay: Duration,
-    #[serde(with = "crate::config::duration_str")]
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            base_delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(10),
-        }
-    }
-}
+pub use crate::config::RetryPolicy;
 
 /// Longest `Retry-After` honoured; a sink asking for more is retried after this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);

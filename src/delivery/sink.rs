@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use super::breaker::{Admission, Breaker, CircuitState};
 use super::lag::{LagSummary, LagWindow};
 use super::retry::Next;
-use crate::config::SinkSpec;
+use super::spec::SinkSpec;
 use crate::rate::Bucket;
 use crate::sinks::{Delivery, Sink, SinkError};
 use crate::store::{Claimed, DeadReason, Settlement};
@@ -270,7 +270,7 @@ mod tests {
             "kind = \"http\"\nurl = \"http://127.0.0.1:1/\"\nconcurrency = 2\n{extra}"
         ))
         .expect("table");
-        let spec = table.check("s").expect("valid");
+        let spec = SinkSpec::check("s", &table).expect("valid");
         SinkRuntime::new(spec, Arc::new(Nothing), Duration::from_secs(1))
     }
 

@@ -295,7 +295,7 @@ mod tests {
     fn cognigy_sinks_keep_to_cognigys_saas_limit_unless_told_otherwise() {
         let runtime = |table: &str| {
             let table: crate::config::SinkConfig = toml::from_str(table).expect("table");
-            let spec = table.check("s").expect("a valid table");
+            let spec = crate::delivery::spec::SinkSpec::check("s", &table).expect("a valid table");
             SinkRuntime::new(spec, Arc::new(Nothing), Duration::from_secs(1))
         };
         let now = Instant::now();

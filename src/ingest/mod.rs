@@ -12,7 +12,8 @@ use http::{HeaderMap, HeaderName};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::{AuthSpec, Config, EnvSource, RouteConfig};
+use crate::config::{Config, EnvSource, RouteConfig};
+use auth::spec::AuthSpec;
 use auth::{
     AuthError, CredentialVerifier, HmacVerifier, Secret, SpentSignature, StandardWebhooksVerifier,
     TimestampedKind, TimestampedVerifier, Verified,
@@ -243,7 +244,7 @@ fn build_route(
 ) -> Result<Route, Vec<String>> {
     let at = format!("route `{}`", r.name);
     let mut problems = Vec::new();
-    let auth = match r.auth.check(&at, r.allow_unauthenticated) {
+    let auth = match AuthSpec::check(&r.auth, &at, r.allow_unauthenticated) {
         Ok(spec) => build_auth(&spec, env, &at, &mut problems),
         Err(mut p) => {
             problems.append(&mut p);

@@ -7,8 +7,8 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
 
+use super::spec::AmqpTarget;
 use super::{render_template, Delivery, SendFuture, Sink, SinkError};
-use crate::config::AmqpTarget;
 
 pub struct AmqpSink {
     url: String,

@@ -14,8 +14,9 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::http::{classify, client, request_error};
+use super::spec::{CognigyApi, CognigyTarget};
 use super::{Delivery, SendFuture, Sink, SinkError};
-use crate::config::{CognigyApi, CognigyMode, CognigyTarget, EnvSource};
+use crate::config::{CognigyMode, EnvSource};
 use crate::expr::EventExpr;
 
 /// Largest JSON body the Cognigy REST API takes (cognigy/FACTS.md §2, "60 kB").
@@ -207,11 +208,12 @@ mod tests {
             "kind = \"cognigy\"\nmode = \"notify\"\nendpoint_url = \"https://endpoint.example/\"\n{extra}"
         ))
         .unwrap();
-        let spec = table.check("c").unwrap();
-        let crate::config::Target::Cognigy(target) = &spec.target else {
-            panic!("a cognigy target")
+        let mut problems = Vec::new();
+        let target = super::super::spec::check("c", &table, &mut problems);
+        let Some(super::super::spec::Target::Cognigy(target)) = target else {
+            panic!("a cognigy target: {problems:?}")
         };
-        CognigySink::new(target, spec.timeout, &std::collections::BTreeMap::new()).unwrap()
+        CognigySink::new(&target, table.timeout, &std::collections::BTreeMap::new()).unwrap()
     }
 
     fn event(token: Option<&str>) -> Vec<u8> {

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
+use super::spec::FileTarget;
 use super::{Delivery, SendFuture, Sink, SinkError};
-use crate::config::FileTarget;
 
 pub struct FileSink {
     path: PathBuf,

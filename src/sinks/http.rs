@@ -10,8 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use super::spec::HttpTarget;
 use super::{CallFuture, Delivery, SendFuture, Sink, SinkError};
-use crate::config::{EnvSource, HttpTarget};
+use crate::config::EnvSource;
 
 pub struct HttpSink {
     client: reqwest::Client,

@@ -9,13 +9,15 @@ pub mod file;
 pub mod http;
 pub mod nats;
 pub mod redis;
+pub mod spec;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{EnvSource, SinkSpec, Target};
+use crate::config::EnvSource;
+use spec::Target;
 
 /// One delivery attempt of one event.
 #[derive(Debug, Clone, Copy)]
@@ -108,10 +110,13 @@ pub trait Sink: Send + Sync {
     }
 }
 
-/// Builds the client of a configured sink.
-pub fn build(spec: &SinkSpec, env: &dyn EnvSource) -> Result<Arc<dyn Sink>, BuildError> {
-    let timeout = spec.timeout;
-    let sink: Arc<dyn Sink> = match &spec.target {
+/// Builds the client of a configured sink; `timeout` bounds one attempt.
+pub fn build(
+    target: &Target,
+    timeout: Duration,
+    env: &dyn EnvSource,
+) -> Result<Arc<dyn Sink>, BuildError> {
+    let sink: Arc<dyn Sink> = match target {
         Target::Http(t) => Arc::new(http::HttpSink::new(t, timeout, env)?),
         Target::File(t) => Arc::new(file::FileSink::new(t)?),
         Target::Nats(t) => Arc::new(nats::NatsSink::new(t, timeout)),

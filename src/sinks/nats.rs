@@ -8,8 +8,8 @@ use async_nats::jetstream::context::PublishErrorKind;
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 
+use super::spec::NatsTarget;
 use super::{render_template, Delivery, SendFuture, Sink, SinkError};
-use crate::config::NatsTarget;
 
 pub struct NatsSink {
     url: String,

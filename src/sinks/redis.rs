@@ -6,8 +6,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
+use super::spec::RedisTarget;
 use super::{Delivery, SendFuture, Sink, SinkError};
-use crate::config::RedisTarget;
 
 pub struct RedisSink {
     client: redis::Client,

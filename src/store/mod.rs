@@ -18,6 +18,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::config::{Backend, StoreConfig};
 use crate::event::NormalisedEvent;
 
 /// One event to commit.
@@ -104,6 +105,25 @@ pub enum OpenError {
         #[source]
         source: Cause,
     },
+}
+
+/// Checks `[store]` as opening the store would (a `postgres://` URL's options, the CA file
+/// it names) without opening it: `serve` and `check-config` report it with the rest.
+pub fn check(config: &StoreConfig) -> Result<Backend, StoreSettingError> {
+    let backend = config.backend()?;
+    if let Backend::Postgres(url) = &backend {
+        pg_conn::PgTarget::parse(url)?;
+    }
+    Ok(backend)
+}
+
+/// Why `[store]` selects no store that can open.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreSettingError {
+    #[error(transparent)]
+    Url(#[from] crate::config::StoreUrlError),
+    #[error(transparent)]
+    Postgres(#[from] pg_conn::UrlError),
 }
 
 /// Why the store cannot take events now (`/readyz`'s `cause`).
@@ -435,7 +455,7 @@ impl Store {
         purpose: Purpose,
     ) -> Result<Store, OpenError> {
         use crate::config::Backend;
-        match config.backend().map_err(OpenError::refused)? {
+        match check(config).map_err(OpenError::refused)? {
             Backend::Sqlite(path) => {
                 if purpose != Purpose::Serving && !path.exists() {
                     return Err(OpenError::Refused(format!(

@@ -1,4 +1,5 @@
-//! Serde adapters for human-readable durations (`"10s"`, `"500ms"`, `"7days"`).
+//! A leaf: serde adapters for human-readable durations (`"10s"`, `"500ms"`, `"7days"`), used
+//! by the configuration and by the settings other leaves define (`rate`).
 
 /// Serde adapter for human-readable durations (`"10s"`, `"500ms"`).
 pub mod duration_str {

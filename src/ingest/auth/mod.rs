@@ -6,6 +6,8 @@
 //! in [`Secret`], whose `Debug` prints nothing of the value. The clock is a parameter, so
 //! every scheme's timestamp rules are tested without waiting.
 
+pub mod spec;
+
 use std::fmt;
 use std::time::Duration;
 
