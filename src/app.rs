@@ -16,6 +16,7 @@ use crate::config::{AuthScheme, Config, EnvSource};
 use crate::delivery::sink::SinkRuntime;
 use crate::delivery::worker::Deliverer;
 use crate::http::{self, AppState};
+use crate::ingest::auth::oauth2::TokenIssuer;
 use crate::ingest::Routes;
 use crate::store::{Purpose, Store};
 use crate::telemetry::{self, audit::Audit};
@@ -25,6 +26,8 @@ use crate::telemetry::{self, audit::Audit};
 pub struct Wiring {
     pub routes: Routes,
     pub sinks: Vec<Arc<SinkRuntime>>,
+    /// `/oauth/token`, when `[oauth2]` has clients.
+    pub token_issuer: Option<Arc<TokenIssuer>>,
 }
 
 impl Wiring {
@@ -35,15 +38,21 @@ impl Wiring {
         let sinks = crate::delivery::build_sinks(config, env);
         let keys = install_data_keys(config, env).map_err(|e| vec![e.to_string()]);
         let store = crate::store::check(&config.store).map_err(|e| vec![e.to_string()]);
-        match (routes, sinks, keys, store) {
-            (Ok(routes), Ok(sinks), Ok(()), Ok(_)) => Ok(Wiring { routes, sinks }),
-            (r, s, k, st) => Err(r
+        let issuer = TokenIssuer::build(&config.oauth2, env);
+        match (routes, sinks, keys, store, issuer) {
+            (Ok(routes), Ok(sinks), Ok(()), Ok(_), Ok(issuer)) => Ok(Wiring {
+                routes,
+                sinks,
+                token_issuer: issuer.map(Arc::new),
+            }),
+            (r, s, k, st, i) => Err(r
                 .err()
                 .unwrap_or_default()
                 .into_iter()
                 .chain(s.err().unwrap_or_default())
                 .chain(k.err().unwrap_or_default())
                 .chain(st.err().unwrap_or_default())
+                .chain(i.err().unwrap_or_default())
                 .collect()),
         }
     }
@@ -83,7 +92,11 @@ pub struct App {
 impl App {
     /// Opens the store, starts the audit writer, binds the listeners and builds the routers.
     pub async fn build(config: Config, wiring: Wiring) -> anyhow::Result<App> {
-        let Wiring { routes, sinks } = wiring;
+        let Wiring {
+            routes,
+            sinks,
+            token_issuer,
+        } = wiring;
         for r in &config.routes {
             if r.auth.scheme == AuthScheme::None {
                 tracing::warn!(route = %r.name, path = %r.path,
@@ -216,6 +229,7 @@ impl App {
             &routes,
             config.server.simulator,
             admin.is_none(),
+            token_issuer,
         );
         Ok(App {
             config,

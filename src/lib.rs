@@ -7,12 +7,16 @@
 //!                idle and deadline clocks from the first byte) → http::webhook::handle
 //!                → http::admission (in-flight cap, deadline already spent, route rate limit:
 //!                  refused before the body is read)
-//!                → ingest::auth (raw bytes) → ingest::payload (decode + validate → NormalisedEvent)
+//!                → ingest::auth (raw bytes; a bearer JWT naming an unknown key refetches the
+//!                  route's JWKS inline, rate-limited, then is checked once more)
+//!                → ingest::payload (decode + validate → NormalisedEvent)
 //!                → ingest::rules (CEL rules, extracts)
 //!                → store::Store::accept (event, session state, idempotency record, one outbox
 //!                  row per sink, decided by store::decide: committed together, group-committed)
 //!                → response (SPEC §5), audit line, metrics; raises load::IngestLoad and wakes
 //!                  the delivery worker; a `respond` route calls delivery::respond
+//! token path:    POST /oauth/token → http::oauth → ingest::auth::oauth2::TokenIssuer (client
+//!                credentials; HS256 JWTs that `oauth2` routes verify in ingest::auth::bearer)
 //! delivery path: delivery::worker::Deliverer::tick (paced by delivery::pace from load)
 //!                → delivery::sink::SinkRuntime::admit (pause, slots, breaker, rate bucket)
 //!                → Store::claim (due rows, with a lease)

@@ -51,6 +51,12 @@ pub(crate) enum Scheme {
     /// `X-API-Key: <secret>`.
     #[value(name = "api-key")]
     ApiKey,
+    /// `Authorization: Bearer <secret>`: a static token or a JWT obtained elsewhere.
+    Bearer,
+    /// The secret is `client_id:client_secret`; a token is fetched from the gateway's
+    /// `/oauth/token` (or `--token-url`) first and sent as `Authorization: Bearer`.
+    #[value(name = "oauth2")]
+    OAuth2,
     /// No signature.
     None,
 }
@@ -64,6 +70,8 @@ impl Scheme {
             Scheme::Jambonz => AuthScheme::Jambonz,
             Scheme::Basic => AuthScheme::Basic,
             Scheme::ApiKey => AuthScheme::ApiKey,
+            Scheme::Bearer => AuthScheme::Bearer,
+            Scheme::OAuth2 => AuthScheme::OAuth2,
             Scheme::None => AuthScheme::None,
         }
     }
@@ -105,6 +113,9 @@ pub(super) struct SendArgs {
     /// Mozilla roots), e.g. a private CA in front of the gateway.
     #[arg(long, value_name = "PEM")]
     cacert: Option<std::path::PathBuf>,
+    /// `--scheme oauth2`: the token endpoint; default: `/oauth/token` on the target's host.
+    #[arg(long, value_name = "URL")]
+    token_url: Option<String>,
 }
 
 impl PayloadArgs {
@@ -133,15 +144,26 @@ impl PayloadArgs {
         client_secret(self.secret.as_deref())
     }
 
-    /// The headers that authenticate the request in the chosen scheme (none for `none`).
-    fn auth_headers(&self, body: &[u8]) -> Result<Vec<(&'static str, String)>, CliError> {
-        if self.scheme == Scheme::None {
-            return Ok(Vec::new());
-        }
+    /// The headers that authenticate the request in the chosen scheme (none for `none`);
+    /// `token` is the bearer token fetched for `oauth2`.
+    fn auth_headers(
+        &self,
+        body: &[u8],
+        token: Option<&str>,
+    ) -> Result<Vec<(&'static str, String)>, CliError> {
+        let secret = match (self.scheme, token) {
+            (Scheme::None, _) => return Ok(Vec::new()),
+            (Scheme::OAuth2, Some(t)) => t.to_string(),
+            (Scheme::OAuth2, None) => {
+                return Err(CliError::Usage(
+                    "scheme oauth2 needs a token from the gateway: use `cognihook send`".into(),
+                ))
+            }
+            _ => self.secret()?,
+        };
         let now = crate::now_millis() / 1000;
         let id = format!("msg_{}", ulid::Ulid::new());
-        client_headers(self.scheme.config(), &self.secret()?, body, now, &id)
-            .map_err(CliError::usage)
+        client_headers(self.scheme.config(), &secret, body, now, &id).map_err(CliError::usage)
     }
 }
 
@@ -164,10 +186,58 @@ pub(super) fn client_secret(given: Option<&str>) -> Result<String, CliError> {
         })
 }
 
+/// The token endpoint: `given`, else `/oauth/token` on the target's scheme, host and port.
+pub(super) fn token_url(given: Option<&str>, target: &reqwest::Url) -> Result<String, CliError> {
+    if let Some(u) = given {
+        return Ok(u.to_string());
+    }
+    let mut u = target.clone();
+    u.set_path("/oauth/token");
+    u.set_query(None);
+    Ok(u.to_string())
+}
+
+/// Fetches a token with the client-credentials grant, authenticating as `id:secret` by
+/// HTTP Basic (RFC 6749 §2.3.1: each part form-encoded).
+pub(super) async fn fetch_token(
+    client: &reqwest::Client,
+    token_url: &str,
+    credentials: &str,
+) -> Result<String, CliError> {
+    let (id, secret) = credentials.split_once(':').ok_or_else(|| {
+        CliError::Usage("scheme oauth2 needs the secret as `client_id:client_secret`".into())
+    })?;
+    let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let answer = client
+        .post(token_url)
+        .basic_auth(encode(id), Some(encode(secret)))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .map_err(|e| {
+            CliError::Runtime(format!(
+                "token request to {token_url} failed: {}",
+                crate::with_causes(&e)
+            ))
+        })?;
+    let status = answer.status();
+    let bytes = answer.bytes().await.unwrap_or_default();
+    let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    match body["access_token"].as_str() {
+        Some(t) if status.is_success() => Ok(t.to_string()),
+        _ => Err(CliError::Runtime(format!(
+            "{token_url} gave no token: HTTP {} {}",
+            status.as_u16(),
+            body
+        ))),
+    }
+}
+
 /// Prints the signature value, or `Name: value` lines when the scheme needs several headers.
 pub(super) fn run_sign(args: SignArgs) -> Result<(), CliError> {
     let body = args.payload.body()?;
-    match args.payload.auth_headers(&body)?.as_slice() {
+    match args.payload.auth_headers(&body, None)?.as_slice() {
         [] => Err(CliError::Usage("scheme `none` has no signature".into())),
         [(_, value)] => {
             println!("{value}");
@@ -215,10 +285,19 @@ pub(super) fn run_send(args: SendArgs) -> Result<(), CliError> {
     let client = client
         .build()
         .map_err(|e| CliError::Runtime(format!("cannot build the HTTP client: {e}")))?;
+    let rt = super::runtime()?;
+    let token = match args.payload.scheme {
+        Scheme::OAuth2 => {
+            let credentials = args.payload.secret()?;
+            let token_url = token_url(args.token_url.as_deref(), &target)?;
+            Some(rt.block_on(fetch_token(&client, &token_url, &credentials))?)
+        }
+        _ => None,
+    };
     let mut req = client
         .post(target)
         .header("content-type", "application/json");
-    for (name, value) in args.payload.auth_headers(&body)? {
+    for (name, value) in args.payload.auth_headers(&body, token.as_deref())? {
         req = req.header(name, value);
     }
     for h in &args.headers {
@@ -232,7 +311,6 @@ pub(super) fn run_send(args: SendArgs) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::Usage(format!("invalid request: {e}")))?;
 
-    let rt = super::runtime()?;
     let (status, headers, body) = rt.block_on(async {
         let resp = client.execute(req).await.map_err(|e| {
             if e.is_timeout() {

@@ -71,6 +71,9 @@ pub(super) struct SimulateArgs {
     /// Time one request may take.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// `--scheme oauth2`: the token endpoint; default: `/oauth/token` on the route's host.
+    #[arg(long, value_name = "URL")]
+    token_url: Option<String>,
 }
 
 /// xorshift64: spread, not secrecy.
@@ -502,18 +505,26 @@ pub(super) fn run(args: SimulateArgs) -> Result<(), CliError> {
         Scheme::None => String::new(),
         _ => super::send::client_secret(args.secret.as_deref())?,
     };
-    // Fail on a secret the scheme cannot use before sending anything.
-    if args.scheme != Scheme::None {
-        client_headers(args.scheme.config(), &secret, b"{}", 0, "msg_check")
-            .map_err(CliError::usage)?;
-    }
     let client = reqwest::Client::builder()
         .timeout(args.timeout)
         .user_agent(concat!("cognihook-simulate/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| CliError::Runtime(format!("cannot build the HTTP client: {e}")))?;
-    let seed = args.seed.unwrap_or_else(|| crate::now_millis() as u64) | 1;
     let rt = super::runtime()?;
+    // oauth2: one token for the run, fetched before anything is sent (the secret is the
+    // client's `id:secret`).
+    let secret = if args.scheme == Scheme::OAuth2 {
+        let token_url = super::send::token_url(args.token_url.as_deref(), &url)?;
+        rt.block_on(super::send::fetch_token(&client, &token_url, &secret))?
+    } else {
+        secret
+    };
+    // Fail on a secret the scheme cannot use before sending anything.
+    if args.scheme != Scheme::None {
+        client_headers(args.scheme.config(), &secret, b"{}", 0, "msg_check")
+            .map_err(CliError::usage)?;
+    }
+    let seed = args.seed.unwrap_or_else(|| crate::now_millis() as u64) | 1;
     let started = Instant::now();
     let summary = rt.block_on(async move {
         let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));

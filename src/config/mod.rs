@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::duration::{duration_str, opt_duration_str};
 pub use crate::secret::{EnvSource, ProcessEnv};
-pub use auth::{AuthConfig, AuthScheme};
+pub use auth::{AuthConfig, AuthScheme, JwtConfig, OAuth2Client, OAuth2Config};
 pub use delivery::{BreakerConfig, BusyConfig, DeliveryConfig, RetryPolicy};
 pub use route::{
     PayloadKind, PayloadSpec, PayloadTable, RateBy, RespondConfig, RouteConfig, RouteRateLimit,
@@ -69,6 +69,7 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkConfig>,
     pub delivery: DeliveryConfig,
     pub privacy: PrivacyConfig,
+    pub oauth2: OAuth2Config,
 }
 
 impl Default for Config {
@@ -276,6 +277,7 @@ impl Config {
                 "/healthz" | "/readyz" | "/metrics" | "/stats"
             ) || r.path.starts_with("/admin")
                 || r.path.starts_with("/simulate")
+                || r.path.starts_with("/oauth")
             {
                 p.push(format!("{at}: path `{}` is reserved", r.path));
             }
@@ -341,9 +343,56 @@ impl Config {
                 }
             }
         }
+        self.validate_oauth2(&mut p);
         // Each sink's own keys are checked where it is built (`delivery::spec::SinkSpec::check`, called by
         // `delivery::build_sinks`); `serve` and `check-config` build every sink.
         p
+    }
+
+    /// `[oauth2]` and the routes that accept its tokens name each other.
+    fn validate_oauth2(&self, p: &mut Vec<String>) {
+        let o = &self.oauth2;
+        if o.token_ttl.is_zero() {
+            p.push("oauth2.token_ttl must be greater than 0".into());
+        }
+        if o.failed_auth_limit.max == 0 || o.failed_auth_limit.per.is_zero() {
+            p.push("oauth2.failed_auth_limit needs max >= 1 and per > 0".into());
+        }
+        let mut ids = std::collections::HashSet::new();
+        for c in &o.clients {
+            let at = format!("oauth2.client `{}`", c.id);
+            if c.id.is_empty() || c.id.contains(':') {
+                p.push(format!("{at}: id must not be empty or contain `:`"));
+            }
+            if !ids.insert(&c.id) {
+                p.push(format!("{at}: id listed twice"));
+            }
+            if c.routes.is_empty() {
+                p.push(format!("{at}: `routes` names no route"));
+            }
+            for name in &c.routes {
+                match self.routes.iter().find(|r| &r.name == name) {
+                    None => p.push(format!("{at}: route `{name}` is not defined")),
+                    Some(r) if r.auth.scheme != AuthScheme::OAuth2 => p.push(format!(
+                        "{at}: route `{name}` has auth scheme {}, not oauth2",
+                        r.auth.scheme.name()
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+        for r in self
+            .routes
+            .iter()
+            .filter(|r| r.auth.scheme == AuthScheme::OAuth2)
+        {
+            if !o.clients.iter().any(|c| c.routes.contains(&r.name)) {
+                p.push(format!(
+                    "route `{}`: auth scheme oauth2 but no [[oauth2.client]] lists it in `routes`",
+                    r.name
+                ));
+            }
+        }
     }
 
     /// The effective configuration as TOML, with secrets masked.

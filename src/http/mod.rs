@@ -5,6 +5,7 @@ pub mod admin;
 pub mod admission;
 pub mod conn;
 pub mod error;
+pub mod oauth;
 pub mod ops;
 pub mod webhook;
 
@@ -101,6 +102,7 @@ pub fn public_router(
     routes: &Routes,
     simulator: bool,
     with_admin: bool,
+    token_issuer: Option<Arc<crate::ingest::auth::oauth2::TokenIssuer>>,
 ) -> Router {
     let mut r = Router::new();
     let endpoint = |route: &Arc<crate::ingest::Route>, simulated: bool| {
@@ -126,6 +128,12 @@ pub fn public_router(
         {
             r = r.route("/simulate", endpoint(route, true));
         }
+    }
+    if let Some(issuer) = token_issuer {
+        r = r.route(
+            "/oauth/token",
+            post(move |req: Request| oauth::token(issuer.clone(), req)),
+        );
     }
     r = r
         .route("/healthz", get(ops::healthz))

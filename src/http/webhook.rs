@@ -202,7 +202,15 @@ async fn pipeline(
         now: crate::now_millis() / 1000,
         format,
     };
-    let prepared = match ep.route.prepare(&body, &meta) {
+    let mut prepared = ep.route.prepare(&body, &meta);
+    if let Err(Refusal::Auth(AuthError::UnknownKey)) = prepared {
+        // A JWT signed with a key the route's JWKS does not hold yet (rotation): fetch the
+        // JWKS again, if its rate allows, and check once more.
+        if ep.route.auth.refresh_keys().await {
+            prepared = ep.route.prepare(&body, &meta);
+        }
+    }
+    let prepared = match prepared {
         Ok(p) => p,
         Err(refusal) => {
             return refusal_outcome(ep, refusal, fallback_correlation(), transaction_id);
@@ -675,6 +683,19 @@ fn auth_refusal(ep: &Endpoint, e: AuthError) -> ApiError {
             SignatureResult::Replayed,
             "this signature has already been used",
         ),
+        AuthError::MissingToken => (
+            SignatureResult::Missing,
+            "request carries no `Authorization: Bearer` token",
+        ),
+        AuthError::InvalidToken | AuthError::UnknownKey => (
+            SignatureResult::Invalid,
+            "the bearer token is not accepted (signature, issuer, audience or algorithm)",
+        ),
+        AuthError::ExpiredToken => (SignatureResult::Stale, "the bearer token has expired"),
+        AuthError::PrematureToken => (
+            SignatureResult::Stale,
+            "the bearer token is not valid yet (nbf)",
+        ),
     };
     ep.metrics.signature(result, None);
     ApiError::new(StatusCode::UNAUTHORIZED, e.code(), message)
@@ -757,9 +778,10 @@ fn finish(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     if o.status == StatusCode::UNAUTHORIZED {
-        if let Some(c) = ep.route.auth.challenge() {
-            r.headers_mut()
-                .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+        if let Some(c) = ep.route.auth.challenge_for(o.code) {
+            if let Ok(v) = HeaderValue::from_str(&c) {
+                r.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+            }
         }
     }
     r

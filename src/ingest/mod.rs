@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, EnvSource, RouteConfig};
+use auth::bearer::{BearerVerifier, JwtVerifier};
 use auth::spec::AuthSpec;
 use auth::{
     AuthError, CredentialVerifier, HmacVerifier, Secret, SpentSignature, StandardWebhooksVerifier,
@@ -30,6 +31,8 @@ pub enum Authenticator {
     StandardWebhooks(StandardWebhooksVerifier),
     /// `basic` and `api-key`.
     Credentials(CredentialVerifier),
+    /// `bearer` and `oauth2`.
+    Bearer(BearerVerifier),
     /// `scheme = "none"` with `allow_unauthenticated = true`.
     None,
 }
@@ -50,8 +53,31 @@ impl Authenticator {
                 TimestampedKind::Jambonz => r#"jambonz realm="cognihook""#,
             },
             Authenticator::StandardWebhooks(_) => r#"standard-webhooks realm="cognihook""#,
+            Authenticator::Bearer(_) => r#"Bearer realm="cognihook""#,
             Authenticator::None => return None,
         })
+    }
+
+    /// The `WWW-Authenticate` challenge of a 401 refusing `code` (RFC 6750 §3 for bearer
+    /// routes: the error and what it means, except when no token was presented).
+    pub fn challenge_for(&self, code: Option<&str>) -> Option<std::borrow::Cow<'static, str>> {
+        let plain = self.challenge()?;
+        let described = match (self, code) {
+            (Authenticator::Bearer(_), Some("invalid_token")) => "the token is not accepted",
+            (Authenticator::Bearer(_), Some("expired_token")) => "the token has expired",
+            (Authenticator::Bearer(_), Some("token_not_yet_valid")) => "the token is not valid yet",
+            _ => return Some(plain.into()),
+        };
+        Some(format!(r#"{plain}, error="invalid_token", error_description="{described}""#).into())
+    }
+
+    /// After [`AuthError::UnknownKey`]: fetches the route's JWKS again if its rate allows;
+    /// true when verifying again may now succeed.
+    pub async fn refresh_keys(&self) -> bool {
+        match self {
+            Authenticator::Bearer(v) => v.refresh().await,
+            _ => false,
+        }
     }
 
     /// Checks a request at `now` (unix seconds).
@@ -69,6 +95,7 @@ impl Authenticator {
             Authenticator::Timestamped(v) => v.verify(headers, body, now)?,
             Authenticator::StandardWebhooks(v) => v.verify(headers, body, now)?,
             Authenticator::Credentials(v) => v.verify(headers)?,
+            Authenticator::Bearer(v) => v.verify(headers)?,
             Authenticator::None => return Ok(None),
         }))
     }
@@ -224,7 +251,7 @@ impl Routes {
         let redaction =
             Arc::new(crate::event::Redaction::compile(&config.privacy.redact).unwrap_or_default());
         for r in &config.routes {
-            match build_route(r, env, &redaction) {
+            match build_route(r, config, env, &redaction) {
                 Ok(route) => out.push(Arc::new(route)),
                 Err(mut p) => problems.append(&mut p),
             }
@@ -239,13 +266,14 @@ impl Routes {
 
 fn build_route(
     r: &RouteConfig,
+    config: &Config,
     env: &dyn EnvSource,
     redaction: &Arc<crate::event::Redaction>,
 ) -> Result<Route, Vec<String>> {
     let at = format!("route `{}`", r.name);
     let mut problems = Vec::new();
     let auth = match AuthSpec::check(&r.auth, &at, r.allow_unauthenticated) {
-        Ok(spec) => build_auth(&spec, env, &at, &mut problems),
+        Ok(spec) => build_auth(&spec, env, &at, (&r.name, &config.oauth2), &mut problems),
         Err(mut p) => {
             problems.append(&mut p);
             Authenticator::None
@@ -299,12 +327,16 @@ fn resolve_all(
     out
 }
 
+/// The verifier of a checked `auth` table; `own` is the route's name and `[oauth2]` (for
+/// `oauth2` routes, whose tokens cognihook signs).
 fn build_auth(
     spec: &AuthSpec,
     env: &dyn EnvSource,
     at: &str,
+    own: (&str, &crate::config::OAuth2Config),
     problems: &mut Vec<String>,
 ) -> Authenticator {
+    let (route, oauth2) = own;
     let mut resolve =
         |refs: &[crate::secret::SecretRef], what: &str| resolve_all(refs, env, at, what, problems);
     match spec {
@@ -370,9 +402,27 @@ fn build_auth(
             let passwords = resolve(std::slice::from_ref(password), "auth password");
             Authenticator::Credentials(CredentialVerifier::basic(username, &passwords))
         }
-        AuthSpec::ApiKey { keys } => {
+        AuthSpec::ApiKey { keys, header } => {
             let keys = resolve(keys, "auth key");
-            Authenticator::Credentials(CredentialVerifier::api_key(&keys))
+            Authenticator::Credentials(CredentialVerifier::api_key(&keys, header.clone()))
+        }
+        AuthSpec::Bearer { tokens } => {
+            let tokens = resolve(tokens, "auth token");
+            Authenticator::Bearer(BearerVerifier::tokens(&tokens))
+        }
+        AuthSpec::Jwt(jwt) => match JwtVerifier::public_keys(jwt) {
+            Ok(v) => Authenticator::Bearer(BearerVerifier::Jwt(Box::new(v))),
+            Err(e) => {
+                problems.push(format!("{at}: auth.jwt: {e}"));
+                Authenticator::None
+            }
+        },
+        AuthSpec::OAuth2 => {
+            // Problems with the keys are reported once, by the token endpoint's build.
+            let keys = auth::oauth2::signing_keys(oauth2, env).unwrap_or_default();
+            Authenticator::Bearer(BearerVerifier::Jwt(Box::new(JwtVerifier::own(
+                &keys, route,
+            ))))
         }
     }
 }

@@ -25,6 +25,7 @@ pub const ADMIN_AUTH_FAILURES_TOTAL: &str = "cognihook_admin_auth_failures_total
 pub const AUDIT_WRITE_FAILURES_TOTAL: &str = "cognihook_audit_write_failures_total";
 pub const AUDIT_LINES_DROPPED_TOTAL: &str = "cognihook_audit_lines_dropped_total";
 pub const AUDIT_LINES_RECOVERED_TOTAL: &str = "cognihook_audit_lines_recovered_total";
+pub const OAUTH2_TOKENS_TOTAL: &str = "cognihook_oauth2_tokens_total";
 
 /// Request latency buckets, in seconds: fine below Cognigy's 8 s deadline.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -87,6 +88,10 @@ fn describe() {
         "Signature checks by route, result and which secret matched"
     );
     metrics::describe_counter!(EVENTS_COMMITTED_TOTAL, "Events durably committed, by route");
+    metrics::describe_counter!(
+        OAUTH2_TOKENS_TOTAL,
+        "Token requests at /oauth/token, by outcome (issued or the RFC 6749 error)"
+    );
     metrics::describe_counter!(
         DUPLICATES_TOTAL,
         "Duplicate requests answered from the idempotency record"

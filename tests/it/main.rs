@@ -5,6 +5,7 @@
 mod support;
 
 mod auth;
+mod bearer;
 mod binary;
 mod brokers;
 mod cognigy_sink;

@@ -243,7 +243,7 @@ proptest! {
         );
         let sw = StandardWebhooksVerifier::new(std::slice::from_ref(&key), Duration::from_secs(300));
         let basic = CredentialVerifier::basic("cognigy", std::slice::from_ref(&key));
-        let api = CredentialVerifier::api_key(std::slice::from_ref(&key));
+        let api = CredentialVerifier::api_key(std::slice::from_ref(&key), None);
         let h = headers(&[
             ("x-cognigy-signature", &value),
             ("webhook-id", &value),

@@ -137,3 +137,100 @@ fn answers_that_contradict_the_simulator_fail_the_run() {
     let o = simulate(dir.path(), "x", &["--url", &url, "--rate", "0"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn send_and_simulate_fetch_an_oauth2_token_and_speak_bearer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cognihook.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[route]]
+name = "flows"
+path = "/flows"
+payload = "flow-event"
+auth = { scheme = "oauth2" }
+
+[[route]]
+name = "tokens"
+path = "/tokens"
+payload = "flow-event"
+auth = { scheme = "bearer", tokens = ["static-token-1"] }
+
+[oauth2]
+signing_key = "env:SIGNING_KEY"
+[[oauth2.client]]
+id = "cognigy"
+secret = "env:CLIENT_SECRET"
+routes = ["flows"]
+"#,
+    )
+    .unwrap();
+    let mut c = command(dir.path());
+    c.env("SIGNING_KEY", "a-signing-key-of-at-least-32-bytes!!")
+        .env("CLIENT_SECRET", "client-secret")
+        .arg("--config")
+        .arg(&config);
+    let mut server = Server::start(c);
+
+    let url = format!("http://{}/flows", server.addr);
+    let mut send = command(dir.path());
+    send.args(["send", "--example", "flow-event", "--url", &url])
+        .args(["--scheme", "oauth2", "--secret", "cognigy:client-secret"]);
+    let o = run(send, T);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).starts_with("HTTP 200"),
+        "{}",
+        text(&o.stdout)
+    );
+
+    let mut send = command(dir.path());
+    send.args(["send", "--example", "flow-event", "--url", &url])
+        .args(["--scheme", "oauth2", "--secret", "cognigy:wrong"]);
+    let o = run(send, T);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("invalid_client"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    let o = simulate(
+        dir.path(),
+        "cognigy:client-secret",
+        &[
+            "--url",
+            &url,
+            "--payload",
+            "flow-event",
+            "--scheme",
+            "oauth2",
+        ],
+    );
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
+    assert!(out.contains("contradictions: 0"), "{out}");
+
+    let url = format!("http://{}/tokens", server.addr);
+    let o = simulate(
+        dir.path(),
+        "static-token-1",
+        &[
+            "--url",
+            &url,
+            "--payload",
+            "flow-event",
+            "--scheme",
+            "bearer",
+        ],
+    );
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
+    assert!(
+        out.contains("401"),
+        "wrong tokens were sent and refused: {out}"
+    );
+    server.terminate();
+    server.wait(T);
+}

@@ -6,6 +6,8 @@
 //! in [`Secret`], whose `Debug` prints nothing of the value. The clock is a parameter, so
 //! every scheme's timestamp rules are tested without waiting.
 
+pub mod bearer;
+pub mod oauth2;
 pub mod spec;
 
 use std::fmt;
@@ -39,6 +41,18 @@ pub enum AuthError {
     StaleTimestamp,
     #[error("signature already used")]
     ReplayedSignature,
+    #[error("no bearer token")]
+    MissingToken,
+    #[error("bearer token not accepted")]
+    InvalidToken,
+    #[error("bearer token expired")]
+    ExpiredToken,
+    #[error("bearer token not valid yet")]
+    PrematureToken,
+    /// A JWT names a key id the route's JWKS does not hold (yet): refresh, then ask again;
+    /// answered as `invalid_token` if it stays unknown.
+    #[error("bearer token signed with an unknown key")]
+    UnknownKey,
 }
 
 impl AuthError {
@@ -48,9 +62,16 @@ impl AuthError {
             AuthError::InvalidSignature => "invalid_signature",
             AuthError::StaleTimestamp => "stale_timestamp",
             AuthError::ReplayedSignature => "replayed_signature",
+            AuthError::MissingToken => "missing_token",
+            AuthError::InvalidToken | AuthError::UnknownKey => "invalid_token",
+            AuthError::ExpiredToken => "expired_token",
+            AuthError::PrematureToken => "token_not_yet_valid",
         }
     }
 }
+
+/// The header an api-key route reads unless it names another.
+pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// A successful check: which secret matched and, for schemes that refuse replays, the
 /// signature to spend when the event commits.
@@ -403,6 +424,8 @@ pub struct CredentialVerifier {
     /// (label, SHA-256 of the expected credential).
     expected: Vec<(String, [u8; 32])>,
     scheme: CredentialScheme,
+    /// api-key: the header carrying the key (`X-API-Key` unless configured).
+    header: HeaderName,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -443,10 +466,12 @@ impl CredentialVerifier {
         Self {
             expected,
             scheme: CredentialScheme::Basic,
+            header: http::header::AUTHORIZATION,
         }
     }
 
-    pub fn api_key(keys: &[Secret]) -> Self {
+    /// Any of `keys`, in `header` (unset = `X-API-Key`) or `Authorization: ApiKey`.
+    pub fn api_key(keys: &[Secret], header: Option<HeaderName>) -> Self {
         let expected = keys
             .iter()
             .map(|k| (k.label.clone(), digest(&k.value)))
@@ -454,6 +479,7 @@ impl CredentialVerifier {
         Self {
             expected,
             scheme: CredentialScheme::ApiKey,
+            header: header.unwrap_or(HeaderName::from_static(API_KEY_HEADER)),
         }
     }
 
@@ -484,7 +510,7 @@ impl CredentialVerifier {
                 )
             }
             CredentialScheme::ApiKey => headers
-                .get("x-api-key")
+                .get(&self.header)
                 .map(|v| v.as_bytes().trim_ascii().to_vec())
                 .or_else(|| with_prefix("ApiKey").map(|k| k.as_bytes().to_vec())),
         }
@@ -557,6 +583,7 @@ pub fn client_headers(
             )]
         }
         S::ApiKey => vec![("x-api-key", secret.to_string())],
+        S::Bearer | S::OAuth2 => vec![("authorization", format!("Bearer {secret}"))],
         S::None => Vec::new(),
     })
 }
@@ -879,7 +906,7 @@ mod tests {
 
     #[test]
     fn api_key_in_either_header_form() {
-        let v = CredentialVerifier::api_key(&[secret("k0", b"key-1")]);
+        let v = CredentialVerifier::api_key(&[secret("k0", b"key-1")], None);
         assert!(v.verify(&headers("x-api-key", "key-1")).is_ok());
         assert!(v.verify(&headers("authorization", "ApiKey key-1")).is_ok());
         assert!(v.verify(&headers("authorization", "apikey  key-1")).is_ok());
@@ -941,7 +968,7 @@ mod tests {
         let basic = CredentialVerifier::basic("user", &[secret("b", b"pw")]);
         assert!(basic.verify(&sign(S::Basic, "user:pw")).is_ok());
         assert!(client_headers(S::Basic, "no-colon", body, NOW, "x").is_err());
-        let key = CredentialVerifier::api_key(&[secret("a", b"k")]);
+        let key = CredentialVerifier::api_key(&[secret("a", b"k")], None);
         assert!(key.verify(&sign(S::ApiKey, "k")).is_ok());
         assert!(client_headers(S::None, "", body, NOW, "x")
             .expect("none")

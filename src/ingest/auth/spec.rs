@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::config::{AuthConfig, AuthScheme};
+use crate::config::{AuthConfig, AuthScheme, JwtConfig};
 use crate::secret::SecretRef;
 
 /// A route's `auth` table checked for its scheme (see [`AuthSpec::check`]): each scheme
@@ -40,8 +40,18 @@ pub enum AuthSpec {
         username: String,
         password: SecretRef,
     },
-    /// `api-key`: references of the accepted keys.
-    ApiKey { keys: Vec<SecretRef> },
+    /// `api-key`: references of the accepted keys, in `header` (unset = `X-API-Key`) or
+    /// `Authorization: ApiKey`.
+    ApiKey {
+        keys: Vec<SecretRef>,
+        header: Option<http::HeaderName>,
+    },
+    /// `bearer` with static tokens.
+    Bearer { tokens: Vec<SecretRef> },
+    /// `bearer` with JWTs.
+    Jwt(JwtConfig),
+    /// `oauth2`: tokens from cognihook's own `/oauth/token`.
+    OAuth2,
 }
 
 impl AuthSpec {
@@ -87,7 +97,15 @@ impl AuthSpec {
             },
             AuthScheme::ApiKey => AuthSpec::ApiKey {
                 keys: table.keys.clone(),
+                header: table.header.as_deref().and_then(header),
             },
+            AuthScheme::Bearer => match &table.jwt {
+                Some(jwt) => AuthSpec::Jwt(jwt.clone()),
+                None => AuthSpec::Bearer {
+                    tokens: table.tokens.clone(),
+                },
+            },
+            AuthScheme::OAuth2 => AuthSpec::OAuth2,
         })
     }
 }
@@ -120,7 +138,18 @@ fn problems(table: &AuthConfig, at: &str, allow_unauthenticated: bool) -> Vec<St
     );
     not_for(
         "header",
-        table.scheme != AuthScheme::HmacSha256Timestamped && table.header.is_some(),
+        !matches!(
+            table.scheme,
+            AuthScheme::HmacSha256Timestamped | AuthScheme::ApiKey
+        ) && table.header.is_some(),
+    );
+    not_for(
+        "tokens",
+        table.scheme != AuthScheme::Bearer && !table.tokens.is_empty(),
+    );
+    not_for(
+        "jwt",
+        table.scheme != AuthScheme::Bearer && table.jwt.is_some(),
     );
     not_for(
         "tolerance",
@@ -174,6 +203,28 @@ fn problems(table: &AuthConfig, at: &str, allow_unauthenticated: bool) -> Vec<St
         AuthScheme::ApiKey if table.keys.is_empty() => {
             p.push(format!("{at}: auth scheme api-key needs `keys`"));
         }
+        AuthScheme::Bearer => match &table.jwt {
+            None if table.tokens.is_empty() => p.push(format!(
+                "{at}: auth scheme bearer needs `tokens` (static tokens) or `jwt` (JWTs)"
+            )),
+            Some(_) if !table.tokens.is_empty() => p.push(format!(
+                "{at}: auth scheme bearer takes `tokens` or `jwt`, not both"
+            )),
+            Some(jwt) => {
+                if jwt.jwks_url.is_none() && jwt.public_keys.is_empty() {
+                    p.push(format!(
+                        "{at}: auth.jwt needs `jwks_url` or `public_keys` (PEM files)"
+                    ));
+                }
+                if jwt.issuer.trim().is_empty() {
+                    p.push(format!("{at}: auth.jwt.issuer must not be empty"));
+                }
+                if jwt.audience.trim().is_empty() {
+                    p.push(format!("{at}: auth.jwt.audience must not be empty"));
+                }
+            }
+            None => {}
+        },
         AuthScheme::None if !allow_unauthenticated => {
             p.push(format!(
                 "{at}: auth scheme `none` requires allow_unauthenticated = true on the route"
