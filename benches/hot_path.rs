@@ -57,6 +57,7 @@ fn bench(c: &mut Criterion) {
         transaction_id: "t",
         now: 0,
         format: cognihook::ingest::payload::BodyFormat::Json,
+        fields: None,
     };
     let prepared = nlu_route.prepare(NLU, &meta(&nlu_headers)).expect("valid");
     c.bench_function("rules_seed_nlu", |b| {

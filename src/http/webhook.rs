@@ -190,7 +190,7 @@ async fn pipeline(
     let fallback_correlation =
         || correlation_header.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
     let (parts, body) = req.into_parts();
-    let (format, body) = match receive(state, &ep.route, &parts.headers, body).await {
+    let (format, body, fields) = match receive(state, &ep.route, &parts.headers, body).await {
         Ok(received) => received,
         Err(e) => return error_outcome(e, fallback_correlation(), transaction_id, None),
     };
@@ -201,6 +201,7 @@ async fn pipeline(
         transaction_id,
         now: crate::now_millis() / 1000,
         format,
+        fields: fields.as_deref(),
     };
     let mut prepared = ep.route.prepare(&body, &meta);
     if let Err(Refusal::Auth(AuthError::UnknownKey)) = prepared {
@@ -229,17 +230,65 @@ async fn pipeline(
     commit(state, ep, submission, transaction_id, started).await
 }
 
-/// The content type, then the body, bounded in size and time.
+/// The content type, then the body, bounded in size and time. A `multipart/form-data` body
+/// (Cognigy's Form-Data payload type) also gives its text parts re-encoded as a form, which
+/// is what is decoded; authentication still covers the raw bytes.
 async fn receive(
     state: &AppState,
     route: &Route,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(BodyFormat, Bytes), ApiError> {
-    let format = check_content_type(headers, route.payload.accepts_form())?;
+) -> Result<(BodyFormat, Bytes, Option<Vec<u8>>), ApiError> {
+    let declared = check_content_type(headers, route.payload.accepts_form())?;
     let timeout = state.limits.body_read_timeout.min(state.limits.deadline);
     let body = read_body(body, headers, state.limits.max_body_bytes, timeout).await?;
-    Ok((format, body))
+    match declared {
+        Declared::Json => Ok((BodyFormat::Json, body, None)),
+        Declared::Form => Ok((BodyFormat::Form, body, None)),
+        Declared::Multipart(boundary) => {
+            let fields = multipart_as_form(body.clone(), boundary).await?;
+            Ok((BodyFormat::Form, body, Some(fields)))
+        }
+    }
+}
+
+/// The text parts of a `multipart/form-data` body, as `application/x-www-form-urlencoded`
+/// (so both forms follow one set of conventions). A file part answers 415; a malformed body
+/// 400. The body is already complete and within `max_body_bytes`.
+async fn multipart_as_form(body: Bytes, boundary: String) -> Result<Vec<u8>, ApiError> {
+    let malformed = |e: multer::Error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("multipart/form-data body cannot be read: {e}"),
+        )
+    };
+    let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+    let mut parts = multer::Multipart::new(stream, boundary);
+    let mut pairs = Vec::new();
+    while let Some(field) = parts.next_field().await.map_err(malformed)? {
+        let text_part = field.file_name().is_none()
+            && field
+                .content_type()
+                .is_none_or(|m| m.type_().as_str().eq_ignore_ascii_case("text"));
+        let name = field.name().unwrap_or_default().to_string();
+        if !text_part {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "Form-Data part `{}` is a file; only text values are accepted",
+                    name.chars().take(100).collect::<String>()
+                ),
+            ));
+        }
+        let value = field.text().await.map_err(malformed)?;
+        pairs.push((name, value));
+    }
+    Ok(form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+        .into_bytes())
 }
 
 /// What `commit` hands the store, and what it needs afterwards.
@@ -542,12 +591,20 @@ async fn await_upstream(
     (StatusCode::OK, bytes)
 }
 
-/// The body format a request declares: JSON everywhere, form-encoded where the payload kind
-/// takes it (`cognigy-input`); anything else answers 415.
-fn check_content_type(headers: &HeaderMap, form_allowed: bool) -> Result<BodyFormat, ApiError> {
+/// What a request's `Content-Type` declares.
+enum Declared {
+    Json,
+    Form,
+    /// `multipart/form-data` with its boundary.
+    Multipart(String),
+}
+
+/// The body format a request declares: JSON everywhere, form-encoded and multipart where the
+/// payload kind takes forms (`cognigy-input`); anything else answers 415.
+fn check_content_type(headers: &HeaderMap, form_allowed: bool) -> Result<Declared, ApiError> {
     let unsupported = |what: &str| {
         let wanted = if form_allowed {
-            "application/json or application/x-www-form-urlencoded"
+            "application/json, application/x-www-form-urlencoded or multipart/form-data"
         } else {
             "application/json"
         };
@@ -563,9 +620,13 @@ fn check_content_type(headers: &HeaderMap, form_allowed: bool) -> Result<BodyFor
     let v = v.to_str().map_err(|_| unsupported("a non-ASCII value"))?;
     let essence = v.split(';').next().unwrap_or("").trim();
     if essence.eq_ignore_ascii_case("application/json") {
-        Ok(BodyFormat::Json)
+        Ok(Declared::Json)
     } else if form_allowed && essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-        Ok(BodyFormat::Form)
+        Ok(Declared::Form)
+    } else if form_allowed && essence.eq_ignore_ascii_case("multipart/form-data") {
+        multer::parse_boundary(v)
+            .map(Declared::Multipart)
+            .map_err(|_| unsupported("multipart/form-data without a boundary"))
     } else {
         Err(unsupported(&format!(
             "`{}`",

@@ -141,6 +141,9 @@ pub struct RequestMeta<'a> {
     pub now: i64,
     /// How the body is encoded (from `Content-Type`).
     pub format: BodyFormat,
+    /// What to decode when it is not the raw body (a multipart body's text parts, as a form);
+    /// authentication always covers the raw body.
+    pub fields: Option<&'a [u8]>,
 }
 
 /// An event that passed authentication, validation and rules, ready to commit.
@@ -170,7 +173,7 @@ impl Route {
         };
         let d = self
             .payload
-            .decode(body, meta.format)
+            .decode(meta.fields.unwrap_or(body), meta.format)
             .map_err(Refusal::Payload)?;
         let correlation_id = d
             .correlation_id

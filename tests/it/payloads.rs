@@ -266,3 +266,109 @@ auth = { scheme = "api-key", keys = ["k"] }
         "{problems:?}"
     );
 }
+
+/// A `multipart/form-data` body as Cognigy's Form-Data payload type sends it: one part per
+/// key; `file` adds a file part.
+fn multipart(boundary: &str, fields: &[(&str, &str)], file: bool) -> Vec<u8> {
+    let mut b = String::new();
+    for (name, value) in fields {
+        b.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+        ));
+    }
+    if file {
+        b.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"upload\"; filename=\"a.bin\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n\x01\x02\r\n"
+        ));
+    }
+    b.push_str(&format!("--{boundary}--\r\n"));
+    b.into_bytes()
+}
+
+#[tokio::test]
+async fn form_data_text_parts_and_json_sent_as_a_form_are_decoded_on_cognigy_input() {
+    let app = spawn().await;
+    let fields = [
+        ("userId", "user123"),
+        ("sessionId", "session-mp"),
+        ("text", "Where is my order?"),
+        ("intent", "orderStatus"),
+        ("intentScore", "0.9"),
+        ("slots", r#"{"city":[{"keyphrase":"Köln"}]}"#),
+    ];
+    let mp = ("content-type", "multipart/form-data; boundary=XyZ-42");
+    let r = app
+        .post(
+            "/cognigy/input",
+            &multipart("XyZ-42", &fields, false),
+            &[mp, KEY],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["data"]["city"], "Köln");
+    assert_eq!(r.json()["data"]["stateVersion"], 1);
+
+    // The node's "Text" payload type with JSON in it, under its default form header.
+    let json_as_form = br#"  {"userId":"user123","sessionId":"session-mp","intent":"orderStatus","intentScore":0.9}"#;
+    let r = app.post("/cognigy/input", json_as_form, &[FORM, KEY]).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["data"]["stateVersion"], 2);
+
+    // A file part is refused, and nothing is stored.
+    let r = app
+        .post(
+            "/cognigy/input",
+            &multipart("XyZ-42", &fields, true),
+            &[mp, KEY],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{:?}", r.body);
+    assert!(r.json()["message"].as_str().unwrap().contains("upload"));
+    // Malformed: the closing delimiter never comes.
+    let r = app
+        .post(
+            "/cognigy/input",
+            b"--XyZ-42\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nb",
+            &[mp, KEY],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    // Other payload kinds take JSON only.
+    let r = app
+        .post(
+            "/cognigy/output",
+            &multipart("XyZ-42", &fields, false),
+            &[mp, KEY],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(count(&app.db().await, "SELECT count(*) FROM events"), 2);
+}
+
+#[tokio::test]
+async fn a_form_data_body_over_the_limit_is_refused_before_its_parts_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("order.json");
+    std::fs::write(&schema, SCHEMA).unwrap();
+    let text = routes(&schema);
+    let app = TestApp::spawn_in(dir, |c| {
+        set_routes(c, &text);
+        c.limits.max_body_bytes = 2048;
+    })
+    .await;
+    let big = "x".repeat(4096);
+    let body = multipart(
+        "B",
+        &[("userId", "u"), ("sessionId", "s"), ("text", &big)],
+        false,
+    );
+    let r = app
+        .post(
+            "/cognigy/input",
+            &body,
+            &[("content-type", "multipart/form-data; boundary=B"), KEY],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+}

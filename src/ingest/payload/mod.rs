@@ -155,6 +155,9 @@ impl PayloadDecoder {
     pub fn decode(&self, body: &[u8], format: BodyFormat) -> Result<Decoded, PayloadError> {
         let value = match format {
             BodyFormat::Json => parse_object(body)?,
+            // A JSON object sent with the HTTP node's default form header (its "Text" payload
+            // type holding JSON): no form starts with `{`.
+            BodyFormat::Form if body.trim_ascii_start().starts_with(b"{") => parse_object(body)?,
             BodyFormat::Form => cognigy::parse_form(body)?,
         };
         let decoded = match self {
