@@ -283,6 +283,9 @@ impl Config {
             }
             // The `auth` table's own keys are checked where the route is built
             // (`ingest::auth::spec::AuthSpec::check`, called by `ingest::Routes::build`).
+            if r.max_response_bytes == Some(0) {
+                p.push(format!("{at}: max_response_bytes must be greater than 0"));
+            }
             if let Some(l) = r.rate_limit {
                 if l.max == 0 || l.per.is_zero() {
                     p.push(format!("{at}: rate_limit needs max >= 1 and per > 0"));

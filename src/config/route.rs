@@ -30,6 +30,11 @@ pub struct RouteConfig {
     /// Requests over it answer 429 `rate_limited` (SPEC §12.3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RouteRateLimit>,
+    /// Largest answer; unset: 65536 for Cognigy payload kinds, else
+    /// `limits.max_response_bytes`. A `respond` answer over it answers 202 and goes to
+    /// `on_late`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_bytes: Option<usize>,
 }
 
 /// A route's `rate_limit = { per, max, by }`.

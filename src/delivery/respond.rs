@@ -11,6 +11,28 @@ use super::settle::Pending;
 use super::worker::Deliverer;
 use crate::store::{Claimed, Settlement};
 
+/// An upstream's answer offered to the request that waits for it. The request says whether
+/// it answers with it ([`Offer::take`]); an answer declined (too large for the route's
+/// answer) or dropped with the request goes to the row's `on_late` sink.
+#[derive(Debug)]
+pub struct Offer {
+    pub answer: bytes::Bytes,
+    taken: oneshot::Sender<bool>,
+}
+
+impl Offer {
+    /// The request answers with it: nothing goes to `on_late`.
+    pub fn take(self) -> bytes::Bytes {
+        let _ = self.taken.send(true);
+        self.answer
+    }
+
+    /// The request cannot use it: it goes to `on_late`.
+    pub fn decline(self) {
+        let _ = self.taken.send(false);
+    }
+}
+
 impl Deliverer {
     /// The first attempt at a `respond.upstream` row, made on behalf of the request that
     /// committed it (the row was inserted already claimed), as a tracked task. The answer is
@@ -19,14 +41,14 @@ impl Deliverer {
     /// in the settlement's transaction. A failure is settled like any attempt and retried by
     /// the workers. A paused sink, an open circuit or a sink whose `concurrency` slots are all
     /// taken is not called: the row is released to the workers at once.
-    pub fn spawn_respond(self: &Arc<Self>, c: Claimed) -> oneshot::Receiver<bytes::Bytes> {
+    pub fn spawn_respond(self: &Arc<Self>, c: Claimed) -> oneshot::Receiver<Offer> {
         let (tx, rx) = oneshot::channel();
         let this = self.clone();
         self.tracker.spawn(async move { this.respond(c, tx).await });
         rx
     }
 
-    async fn respond(&self, c: Claimed, waiting: oneshot::Sender<bytes::Bytes>) {
+    async fn respond(&self, c: Claimed, waiting: oneshot::Sender<Offer>) {
         let Some(sink) = self.sink(&c.sink).cloned() else {
             return;
         };
@@ -52,7 +74,8 @@ impl Deliverer {
         let (mut settlement, answer, took) = sink.attempt(&c, self.jitter.draw()).await;
         drop(permit);
         if let (Settlement::Delivered { result, .. }, Some(answer)) = (&mut settlement, answer) {
-            if waiting.send(answer).is_ok() {
+            let (taken, reply) = oneshot::channel();
+            if waiting.send(Offer { answer, taken }).is_ok() && reply.await == Ok(true) {
                 // The request answers with it; nothing goes to `on_late`.
                 *result = None;
             }

@@ -344,7 +344,7 @@ fn submission(
         event: prepared.event,
         answer,
         sinks: route.sinks.clone(),
-        max_response_bytes: state.limits.max_response_bytes,
+        max_response_bytes: route.max_response_bytes,
         spend: prepared.spend,
         status: status.as_u16(),
         respond: respond.map(|r| RespondHold {
@@ -395,7 +395,7 @@ async fn commit(
             let (status, body) = match (held, ep.route.respond.as_ref(), answer_key) {
                 (Some(claim), Some(r), Some(idempotency_key)) => {
                     let wait = upstream_wait(state, r.within, started);
-                    await_upstream(state, *claim, wait, body, idempotency_key).await
+                    await_upstream(state, &ep.route, *claim, wait, body, idempotency_key).await
                 }
                 _ => (answer_status, body),
             };
@@ -534,14 +534,15 @@ fn upstream_wait(state: &AppState, within: Duration, started: Instant) -> Durati
 /// on in the background, its answer handed to `on_late`.
 async fn await_upstream(
     state: &AppState,
+    route: &Route,
     claim: crate::store::Claimed,
     wait: Duration,
     accepted: Bytes,
     idempotency_key: String,
 ) -> (StatusCode, Bytes) {
     let mut call = state.deliverer.spawn_respond(claim);
-    let answer = match tokio::time::timeout(wait, &mut call).await {
-        Ok(Ok(answer)) => answer,
+    let offer = match tokio::time::timeout(wait, &mut call).await {
+        Ok(Ok(offer)) => offer,
         // The call failed; the workers retry it and `on_late` gets the answer.
         Ok(Err(_)) => return (StatusCode::ACCEPTED, accepted),
         Err(_) => {
@@ -549,16 +550,44 @@ async fn await_upstream(
             // (the task then does not hand it to `on_late`).
             call.close();
             match call.try_recv() {
-                Ok(answer) => answer,
+                Ok(offer) => offer,
                 Err(_) => return (StatusCode::ACCEPTED, accepted),
             }
         }
     };
-    let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&accepted) else {
+    let Some(bytes) = merge_upstream(&accepted, &offer.answer) else {
+        offer.decline();
         return (StatusCode::ACCEPTED, accepted);
     };
-    let upstream = serde_json::from_slice::<Value>(&answer)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer).into_owned()));
+    if bytes.len() > route.max_response_bytes {
+        // Cognigy keeps a node's answer in the flow context (65 kB by default): an answer
+        // past the route's cap would be lost there, so it goes to `on_late` instead.
+        tracing::warn!(route = %route.name, size = bytes.len(), limit = route.max_response_bytes,
+            "upstream answer larger than the route's max_response_bytes; answering 202 and \
+             handing it to on_late");
+        offer.decline();
+        return (StatusCode::ACCEPTED, accepted);
+    }
+    offer.take();
+    let bytes = Bytes::from(bytes);
+    if let Err(e) = state
+        .store
+        .set_answer(idempotency_key, 200, bytes.clone())
+        .await
+    {
+        tracing::warn!(error = %e, "cannot store the upstream answer for duplicates");
+    }
+    (StatusCode::OK, bytes)
+}
+
+/// The committed answer with the upstream's JSON as its `data` (over the gateway's own
+/// fields; a non-object answer becomes `data.result`), marked a success.
+fn merge_upstream(accepted: &[u8], answer: &[u8]) -> Option<Vec<u8>> {
+    let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(accepted) else {
+        return None;
+    };
+    let upstream = serde_json::from_slice::<Value>(answer)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(answer).into_owned()));
     if let Some(Value::Object(data)) = body.get_mut("data") {
         match upstream {
             Value::Object(fields) => data.extend(fields),
@@ -569,26 +598,7 @@ async fn await_upstream(
     }
     body.insert("status".into(), "success".into());
     body.insert("message".into(), "Payload processed successfully".into());
-    let Ok(bytes) = serde_json::to_vec(&body) else {
-        return (StatusCode::ACCEPTED, accepted);
-    };
-    if bytes.len() > state.limits.max_response_bytes {
-        tracing::warn!(
-            size = bytes.len(),
-            limit = state.limits.max_response_bytes,
-            "upstream answer too large for the response; answering 202"
-        );
-        return (StatusCode::ACCEPTED, accepted);
-    }
-    let bytes = Bytes::from(bytes);
-    if let Err(e) = state
-        .store
-        .set_answer(idempotency_key, 200, bytes.clone())
-        .await
-    {
-        tracing::warn!(error = %e, "cannot store the upstream answer for duplicates");
-    }
-    (StatusCode::OK, bytes)
+    serde_json::to_vec(&body).ok()
 }
 
 /// What a request's `Content-Type` declares.

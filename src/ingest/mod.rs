@@ -116,6 +116,9 @@ pub struct Route {
     pub rate_limit: Option<crate::config::RouteRateLimit>,
     /// `[privacy] redact`, applied after the rules.
     pub redaction: Arc<crate::event::Redaction>,
+    /// Largest answer: the route's `max_response_bytes`, else 64 KiB for Cognigy payload
+    /// kinds (Cognigy's flow context holds 65 kB by default), else `limits.max_response_bytes`.
+    pub max_response_bytes: usize,
 }
 
 /// Why the pure part of the pipeline refused a request.
@@ -299,6 +302,7 @@ fn build_route(
     let Some(payload) = payload.filter(|_| problems.is_empty()) else {
         return Err(problems);
     };
+    let payload_kind = payload.kind();
     Ok(Route {
         name: r.name.clone(),
         path: r.path.clone(),
@@ -309,8 +313,19 @@ fn build_route(
         respond: r.respond.clone(),
         rate_limit: r.rate_limit,
         redaction: redaction.clone(),
+        max_response_bytes: r.max_response_bytes.unwrap_or(
+            if payload_kind == crate::config::PayloadKind::JsonSchema {
+                config.limits.max_response_bytes
+            } else {
+                COGNIGY_ANSWER_BYTES.min(config.limits.max_response_bytes)
+            },
+        ),
     })
 }
+
+/// Default answer cap of routes of Cognigy payload kinds: Cognigy keeps a node's answer in
+/// the flow context, 65 kB by default (cognigy/FACTS.md).
+pub const COGNIGY_ANSWER_BYTES: usize = 65_536;
 
 /// Resolves every secret reference in `refs`, recording problems under `what`.
 fn resolve_all(
@@ -441,6 +456,31 @@ mod tests {
             .expect_err("no secret");
         assert_eq!(errs.len(), 2);
         assert!(errs.iter().all(|e| e.contains("COGNIGY_WEBHOOK_SECRET")));
+    }
+
+    #[test]
+    fn cognigy_kinds_cap_their_answers_at_64_kib_unless_the_route_says_otherwise() {
+        let mut c = Config::from_toml(
+            r#"
+[[route]]
+name = "cog"
+path = "/cog"
+payload = "cognigy-input"
+auth = { scheme = "api-key", keys = ["k"] }
+
+[[route]]
+name = "own"
+path = "/own"
+payload = "nlu"
+auth = { scheme = "api-key", keys = ["k"] }
+max_response_bytes = 200000
+"#,
+        )
+        .expect("parses");
+        c.limits.max_response_bytes = 1 << 20;
+        let routes = Routes::build(&c, &BTreeMap::<String, String>::new()).expect("builds");
+        assert_eq!(routes.0[0].max_response_bytes, COGNIGY_ANSWER_BYTES);
+        assert_eq!(routes.0[1].max_response_bytes, 200_000);
     }
 
     #[test]

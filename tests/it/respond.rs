@@ -33,6 +33,18 @@ async fn spawn_limited(
     deadline: Duration,
     concurrency: usize,
 ) -> TestApp {
+    spawn_capped(upstream, cognigy, within, deadline, concurrency, "").await
+}
+
+/// `extra` is added to the route's table (e.g. `max_response_bytes = 1024`).
+async fn spawn_capped(
+    upstream: &SinkServer,
+    cognigy: &CognigyEmulator,
+    within: &str,
+    deadline: Duration,
+    concurrency: usize,
+    extra: &str,
+) -> TestApp {
     let routes = format!(
         r#"
 [[route]]
@@ -42,6 +54,7 @@ payload = "cognigy-input"
 auth = {{ scheme = "api-key", keys = ["k"] }}
 extract = {{ city = "event.entities.city" }}
 respond = {{ upstream = "orders-api", within = "{within}", on_late = "cognigy" }}
+{extra}
 "#
     );
     let api = format!(
@@ -303,4 +316,41 @@ async fn the_inline_call_keeps_to_the_upstreams_concurrency() {
     })
     .await;
     assert_eq!(cognigy.accepted()[0].body["sessionId"], "s-c2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_routes_cap_answers_202_and_goes_to_on_late() {
+    let upstream = SinkServer::start().await;
+    let big: &'static str = Box::leak(
+        format!(
+            r#"{{"orderStatus":"shipped","history":"{}"}}"#,
+            "x".repeat(2000)
+        )
+        .into_boxed_str(),
+    );
+    upstream.set_fallback(Reply::Body(200, big));
+    let cognigy = CognigyEmulator::start().await;
+    let app = spawn_capped(
+        &upstream,
+        &cognigy,
+        "3s",
+        Duration::from_secs(7),
+        8,
+        "max_response_bytes = 1024",
+    )
+    .await;
+    let r = app.post("/orders", &input("s-big"), &[JSON, KEY]).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    assert!(r.body.len() <= 1024);
+    wait_until("the answer notified instead", T, || {
+        cognigy.accepted().len() == 1
+    })
+    .await;
+    let call = &cognigy.accepted()[0];
+    assert_eq!(call.body["text"], "Your order is shipped");
+    assert_eq!(
+        call.body["data"]["history"].as_str().map(str::len),
+        Some(2000)
+    );
+    assert_eq!(upstream.received().len(), 1, "the upstream is called once");
 }
