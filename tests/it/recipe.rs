@@ -103,3 +103,115 @@ auth = { scheme = "hmac-sha256-timestamped", secrets = ["recipe-secret"] }
     assert_eq!(r["body"]["status"], "success");
     assert_eq!(r["body"]["data"]["stateVersion"], 1);
 }
+
+/// A stand-in for `@cognigy/extension-tools` (what the module calls of it), so the module
+/// loads as Cognigy loads it without the package.
+const EXTENSION_TOOLS_STUB: &str = r#"
+exports.createNodeDescriptor = (d) => d;
+exports.createExtension = (e) => ({ ...e, __createdBy: "createExtension" });
+"#;
+
+/// Loads `module.js` the way Cognigy does (its default export), checks the extension's
+/// shape, and runs its node's function with `config`; prints the Context afterwards.
+const DRIVER: &str = r#"
+const ext = require(process.env.MODULE).default;
+if (!ext || ext.__createdBy !== "createExtension") throw new Error("no default export made by createExtension");
+const node = ext.nodes.find((n) => n.type === "cognihookSignedRequest");
+const cognigy = { context: {} };
+const config = JSON.parse(process.env.CONFIG);
+node.function({ cognigy, config }).then(() => process.stdout.write(JSON.stringify(cognigy.context)));
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_extension_module_loads_as_cognigy_loads_it_and_its_node_is_accepted() {
+    let app = TestApp::spawn_with(|c| {
+        set_routes(
+            c,
+            r#"
+[[route]]
+name = "recipe"
+path = "/cognigy/orders"
+payload = "cognigy-input"
+auth = { scheme = "hmac-sha256-timestamped", secrets = ["ext-secret"] }
+"#,
+        )
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let stub = dir.path().join("node_modules/@cognigy/extension-tools");
+    std::fs::create_dir_all(&stub).unwrap();
+    std::fs::write(stub.join("index.js"), EXTENSION_TOOLS_STUB).unwrap();
+    let driver = dir.path().join("driver.js");
+    std::fs::write(&driver, DRIVER).unwrap();
+    let module = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/cognigy/extension/src/module.js"
+    );
+    let config = serde_json::json!({
+        "connection": {"secret": "ext-secret"},
+        "url": app.url("/cognigy/orders"),
+        "payload": {"userId": "user123", "sessionId": format!("ext-{}", unix_now()),
+                    "intent": "orderStatus", "intentScore": "0.9"},
+        "contextKey": "cognihook",
+    });
+    let node_path = dir.path().join("node_modules");
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("node");
+        cmd.arg(&driver)
+            .env("MODULE", module)
+            .env("CONFIG", config.to_string())
+            .env("NODE_PATH", &node_path);
+        match cmd.output() {
+            Ok(o) => Some(o),
+            Err(e) if std::env::var_os("COGNIHOOK_TEST_NODE").is_some() => {
+                panic!("COGNIHOOK_TEST_NODE is set but node cannot run: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipped: node cannot run ({e}); set COGNIHOOK_TEST_NODE to require it");
+                None
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let Some(out) = out else { return };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let context: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(context["cognihook"]["status"], 200, "{context}");
+    assert_eq!(context["cognihook"]["body"]["status"], "success");
+    assert_eq!(context["cognihook"]["body"]["data"]["stateVersion"], 1);
+}
+
+#[test]
+fn the_extension_package_has_what_cognigys_upload_expects() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/cognigy/extension");
+    let icon = std::fs::read(format!("{dir}/icon.png")).unwrap();
+    assert_eq!(&icon[..8], b"\x89PNG\r\n\x1a\n");
+    let (w, h) = (
+        u32::from_be_bytes(icon[16..20].try_into().unwrap()),
+        u32::from_be_bytes(icon[20..24].try_into().unwrap()),
+    );
+    assert_eq!((w, h), (64, 64), "Cognigy wants a 64x64 icon");
+    let package: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{dir}/package.json")).unwrap()).unwrap();
+    let zip = package["scripts"]["zip"].as_str().unwrap();
+    for part in [
+        "package.json",
+        "package-lock.json",
+        "README.md",
+        "icon.png",
+        "src/",
+    ] {
+        assert!(zip.contains(part), "npm run zip packs {part}: {zip}");
+        let path = format!("{dir}/{}", part.trim_end_matches('/'));
+        assert!(std::path::Path::new(&path).exists(), "{path}");
+    }
+    let lock: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{dir}/package-lock.json")).unwrap())
+            .unwrap();
+    assert!(lock["packages"]["node_modules/@cognigy/extension-tools"]["integrity"].is_string());
+}

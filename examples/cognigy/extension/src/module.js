@@ -46,4 +46,11 @@ const signedRequest = createNodeDescriptor({
   },
 });
 
-module.exports = createExtension({ nodes: [signedRequest], connections: [secretConnection] });
+// Cognigy loads the extension object from the module's default export, as the CommonJS output
+// of `export default createExtension(…)` in its own extensions provides it.
+Object.defineProperty(exports, "__esModule", { value: true });
+exports.default = createExtension({
+  nodes: [signedRequest],
+  connections: [secretConnection],
+  options: { label: "cognihook" },
+});

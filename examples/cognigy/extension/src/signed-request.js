@@ -23,13 +23,23 @@ function cognihookSignature(secret, rawBody, unixSeconds) {
  */
 async function signedPost({ url, secret, payload, header = "X-Cognigy-Signature", timeoutMs = 7000 }) {
   const raw = JSON.stringify(payload);
-  const res = await fetch(url, {
-    method: "POST",
-    headers: { "Content-Type": "application/json", [header]: cognihookSignature(secret, raw) },
-    body: raw,
-    signal: AbortSignal.timeout(timeoutMs),
-  });
-  const text = await res.text();
+  // AbortController with setTimeout: what Cognigy's extension sandbox offers (it has no
+  // AbortSignal.timeout). The Extension node does not retry; a timeout lands in the Context.
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), timeoutMs);
+  let res;
+  let text;
+  try {
+    res = await fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", [header]: cognihookSignature(secret, raw) },
+      body: raw,
+      signal: controller.signal,
+    });
+    text = await res.text();
+  } finally {
+    clearTimeout(timer);
+  }
   let body = text;
   try {
     body = JSON.parse(text);
