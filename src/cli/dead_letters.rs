@@ -30,6 +30,7 @@ pub(super) struct Filter {
 pub(super) enum Reason {
     Permanent,
     Exhausted,
+    Expired,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -85,6 +86,7 @@ impl Filter {
             reason: self.reason.map(|r| match r {
                 Reason::Permanent => DeadReason::Permanent,
                 Reason::Exhausted => DeadReason::Exhausted,
+                Reason::Expired => DeadReason::Expired,
             }),
             since_ms: time(self.since, "since")?,
             until_ms: time(self.until, "until")?,

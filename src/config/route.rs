@@ -151,6 +151,9 @@ pub enum PayloadKind {
     /// What a Cognigy Webhook Endpoint POSTs.
     #[serde(rename = "webhook-output")]
     WebhookOutput,
+    /// A Voice Gateway (jambonz) call-status webhook.
+    #[serde(rename = "vg-call-status")]
+    VgCallStatus,
     /// A user schema plus pointers.
     #[serde(rename = "json-schema")]
     JsonSchema,

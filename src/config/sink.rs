@@ -1,5 +1,6 @@
 //! `[sink.NAME]` tables: where accepted events go.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -93,6 +94,21 @@ pub struct SinkConfig {
     /// cognigy: CEL over the event for `data` (default: the event without its raw payload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    /// cognigy notify: CEL over the event for `attachments` (a list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachments: Option<String>,
+    /// cognigy: a delivery older than this (from acceptance) is dead-lettered as `expired`
+    /// instead of sent into a session Cognigy has closed.
+    #[serde(
+        default,
+        with = "super::opt_duration_str",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_age: Option<Duration>,
+    /// cognigy: extra request headers; values are secret references (e.g. Cognigy's
+    /// `X-Webhook-Key = "env:K"` for endpoints that require it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, SecretRef>,
 }
 
 /// What a `cognigy` sink does with an event (cognigy/FACTS.md §2).

@@ -48,8 +48,9 @@ pub struct SinkRuntime {
     /// Rows claimed ahead of free send slots, so a finished send starts the next one without
     /// waiting for a claim to commit. Their leases cover two sends.
     pub(super) buffer: Mutex<VecDeque<Claimed>>,
-    /// The sink's `rate_limit`, if it has one.
-    pub(super) bucket: Option<Mutex<Bucket>>,
+    /// The sink's `rate_limit`, if it has one; `cognigy` sinks calling the same host share
+    /// one (see `delivery::build_sinks`).
+    pub(super) bucket: Option<Arc<Mutex<Bucket>>>,
     /// A wake-up after the bucket refills is already scheduled.
     pub(super) refill_timer: AtomicBool,
     lease_margin: Duration,
@@ -81,7 +82,7 @@ impl SinkRuntime {
                         },
                     )
                 })
-                .map(|r| Mutex::new(Bucket::new(r, Instant::now()))),
+                .map(|r| Arc::new(Mutex::new(Bucket::new(r, Instant::now())))),
             refill_timer: AtomicBool::new(false),
             lags: Mutex::new(LagWindow::new(LAG_WINDOW)),
             sink,
@@ -225,6 +226,14 @@ impl SinkRuntime {
             Err(SinkError::Permanent { message }) => (
                 Settlement::Dead {
                     reason: DeadReason::Permanent,
+                    error: message,
+                    duration_ms,
+                },
+                None,
+            ),
+            Err(SinkError::Expired { message }) => (
+                Settlement::Dead {
+                    reason: DeadReason::Expired,
                     error: message,
                     duration_ms,
                 },

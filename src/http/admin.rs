@@ -137,9 +137,10 @@ fn filter_from(
         None | Some("") => None,
         Some("permanent") => Some(crate::store::DeadReason::Permanent),
         Some("exhausted") => Some(crate::store::DeadReason::Exhausted),
+        Some("expired") => Some(crate::store::DeadReason::Expired),
         Some(other) => {
             return Err(bad_request(format!(
-                "reason `{other}`: expected permanent or exhausted"
+                "reason `{other}`: expected permanent, exhausted or expired"
             )))
         }
     };

@@ -35,6 +35,10 @@ pub struct CognigySink {
     target: Target,
     text: Option<EventExpr>,
     data: Option<EventExpr>,
+    attachments: Option<EventExpr>,
+    max_age: Option<Duration>,
+    /// Extra headers, their values resolved.
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl CognigySink {
@@ -83,13 +87,53 @@ impl CognigySink {
                 .transpose()
                 .map_err(|why| Setting(format!("{key} {why}")))
         };
+        let mut headers = Vec::new();
+        for (name, reference) in &config.headers {
+            let value = reference
+                .resolve(env)
+                .map_err(|e| Setting(format!("headers.{name}: {e}")))?
+                .into_iter()
+                .next()
+                .map(|s| s.value)
+                .unwrap_or_default();
+            let mut value = http::HeaderValue::from_bytes(&value)
+                .map_err(|_| Setting(format!("headers.{name}: not a valid header value")))?;
+            value.set_sensitive(true);
+            headers.push((name.clone(), value));
+        }
         Ok(CognigySink {
             client: client(timeout)?,
             mode,
             target,
             text: compile(&config.text, "text")?,
             data: compile(&config.data, "data")?,
+            attachments: compile(&config.attachments, "attachments")?,
+            max_age: config.max_age,
+            headers,
         })
+    }
+
+    /// Refuses an event older than `max_age` (its age from the event id's time).
+    fn check_age(&self, event_id: &str, now_ms: i64) -> Result<(), SinkError> {
+        let Some(max_age) = self.max_age else {
+            return Ok(());
+        };
+        let Ok(id) = ulid::Ulid::from_string(event_id) else {
+            return Ok(());
+        };
+        let age_ms = now_ms.saturating_sub(i64::try_from(id.timestamp_ms()).unwrap_or(0));
+        if age_ms > i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX) {
+            return Err(SinkError::Expired {
+                message: format!(
+                    "accepted {} ago, past max_age {}: Cognigy has likely closed the session",
+                    humantime::format_duration(Duration::from_secs(
+                        u64::try_from(age_ms / 1000).unwrap_or(0)
+                    )),
+                    humantime::format_duration(max_age)
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The URL and JSON body of one call, or why the event cannot be sent at all.
@@ -114,7 +158,36 @@ impl CognigySink {
                 Value::Null => String::new(),
                 other => other.to_string(),
             },
+            // Notify shows a message to the user: by default the late answer's `text`, else
+            // the event's own text. Inject needs none.
+            None if self.mode == CognigyMode::Notify => event
+                .pointer("/upstreamResult/text")
+                .and_then(Value::as_str)
+                .or_else(|| event.get("text").and_then(Value::as_str))
+                .unwrap_or_default()
+                .to_string(),
             None => String::new(),
+        };
+        if self.mode == CognigyMode::Notify && text.trim().is_empty() {
+            return Err(SinkError::permanent(
+                "notify needs a user-visible text and this event gives none: set the sink's \
+                 `text` expression (e.g. text = '\"Your order is \" + event.upstreamResult.status')",
+            ));
+        }
+        let attachments = match &self.attachments {
+            Some(expr) => match expr
+                .evaluate(&event)
+                .map_err(|e| SinkError::permanent(e.to_string()))?
+            {
+                Value::Array(a) => Some(Value::Array(a)),
+                Value::Null => None,
+                other => {
+                    return Err(SinkError::permanent(format!(
+                        "attachments must evaluate to a list, got {other}"
+                    )))
+                }
+            },
+            None => None,
         };
         let data = match &self.data {
             Some(expr) => match expr
@@ -146,6 +219,9 @@ impl CognigySink {
         body.insert("URLToken".into(), token.into());
         body.insert("text".into(), text.into());
         body.insert("data".into(), Value::Object(data));
+        if let Some(a) = attachments {
+            body.insert("attachments".into(), a);
+        }
         let bytes = serde_json::to_vec(&body)
             .map_err(|e| SinkError::permanent(format!("cannot encode the body: {e}")))?;
         if bytes.len() > MAX_BODY_BYTES {
@@ -166,6 +242,7 @@ impl CognigySink {
 impl Sink for CognigySink {
     fn send<'a>(&'a self, d: &'a Delivery<'a>) -> SendFuture<'a> {
         Box::pin(async move {
+            self.check_age(d.event_id, crate::now_millis())?;
             let (url, body) = self.request(d.body)?;
             let mut req = self
                 .client
@@ -179,6 +256,9 @@ impl Sink for CognigySink {
                 .body(body);
             if let Target::ApiV2 { key, .. } = &self.target {
                 req = req.header("x-api-key", key);
+            }
+            for (name, value) in &self.headers {
+                req = req.header(name, value);
             }
             // Log the route without the URLToken: it is the session's credential.
             let shown = match &self.target {
@@ -228,15 +308,27 @@ mod tests {
         serde_json::to_vec(&e).unwrap()
     }
 
+    fn with(mut e: Vec<u8>, field: &str, value: Value) -> Vec<u8> {
+        let mut v: Value = serde_json::from_slice(&e).unwrap();
+        v[field] = value;
+        e = serde_json::to_vec(&v).unwrap();
+        e
+    }
+
     #[test]
     fn endpoint_service_route_and_default_body() {
-        let (url, body) = sink("").request(&event(Some("tok"))).unwrap();
+        let ev = with(event(Some("tok")), "text", "where is my order".into());
+        let (url, body) = sink("").request(&ev).unwrap();
         assert_eq!(url, "https://endpoint.example/notify/tok");
         let b: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(b["userId"], "u-1");
         assert_eq!(b["sessionId"], "s-1");
         assert_eq!(b["URLToken"], "tok");
-        assert_eq!(b["text"], "");
+        assert_eq!(
+            b["text"], "where is my order",
+            "notify's text defaults to the event's"
+        );
+        assert!(b.get("attachments").is_none());
         assert_eq!(b["data"]["entities"]["orderId"], "A-1");
         assert!(b["data"].get("payload").is_none(), "raw payload left out");
     }
@@ -254,6 +346,61 @@ mod tests {
         assert!(matches!(
             bad.request(&event(Some("tok"))),
             Err(SinkError::Permanent { .. })
+        ));
+    }
+
+    #[test]
+    fn notify_takes_the_late_answers_text_and_refuses_to_send_none() {
+        let late = with(
+            with(event(Some("tok")), "text", "the question".into()),
+            "upstreamResult",
+            serde_json::json!({"text": "It ships tomorrow", "eta": "2d"}),
+        );
+        let (_, body) = sink("").request(&late).unwrap();
+        let b: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(b["text"], "It ships tomorrow");
+        match sink("").request(&event(Some("tok"))) {
+            Err(SinkError::Permanent { message }) => assert!(message.contains("`text`")),
+            other => panic!("{other:?}"),
+        }
+        // Inject needs no text.
+        let inject: crate::config::SinkConfig = toml::from_str(
+            "kind = \"cognigy\"\nmode = \"inject\"\nendpoint_url = \"https://e.example\"\n",
+        )
+        .unwrap();
+        let mut p = Vec::new();
+        let Some(super::super::spec::Target::Cognigy(t)) =
+            super::super::spec::check("i", &inject, &mut p)
+        else {
+            panic!("{p:?}")
+        };
+        let inject = CognigySink::new(&t, inject.timeout, &std::collections::BTreeMap::new())
+            .expect("builds");
+        let (url, body) = inject.request(&event(Some("tok"))).unwrap();
+        assert!(url.ends_with("/inject/tok"));
+        assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["text"], "");
+    }
+
+    #[test]
+    fn attachments_headers_and_max_age() {
+        let s = sink(
+            "text = '\"hi\"'\nattachments = '[{\"type\": \"image\", \"url\": \"https://x/\" + event.entities.orderId}]'\n\
+             max_age = \"30m\"\nheaders = { \"X-Webhook-Key\" = \"lit-key\" }",
+        );
+        let (_, body) = s.request(&event(Some("tok"))).unwrap();
+        let b: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(b["attachments"][0]["url"], "https://x/A-1");
+        assert_eq!(s.headers.len(), 1);
+        assert_eq!(s.headers[0].0.as_str(), "x-webhook-key");
+        assert_eq!(s.headers[0].1.as_bytes(), b"lit-key");
+        let now = crate::now_millis();
+        let fresh = ulid::Ulid::from_parts(u64::try_from(now - 60_000).unwrap(), 1).to_string();
+        let stale =
+            ulid::Ulid::from_parts(u64::try_from(now - 31 * 60_000).unwrap(), 1).to_string();
+        assert_eq!(s.check_age(&fresh, now), Ok(()));
+        assert!(matches!(
+            s.check_age(&stale, now),
+            Err(SinkError::Expired { .. })
         ));
     }
 

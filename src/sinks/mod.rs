@@ -46,6 +46,9 @@ pub enum SinkError {
     /// Retrying cannot help: other 4xx, rejected by the broker, invalid target.
     #[error("{message}")]
     Permanent { message: String },
+    /// Too old to send (a `cognigy` sink's `max_age`): dead-lettered as `expired`, unsent.
+    #[error("{message}")]
+    Expired { message: String },
 }
 
 impl SinkError {

@@ -11,7 +11,7 @@ use crate::secret::{SecretRef, SecretUrl};
 /// every problem to `p` (each prefixed with `at`).
 pub fn check(at: &str, table: &SinkConfig, p: &mut Vec<String>) -> Option<Target> {
     let before = p.len();
-    let given: [(&str, bool); 13] = [
+    let given: [(&str, bool); 16] = [
         ("mode", table.mode.is_some()),
         ("endpoint_url", table.endpoint_url.is_some()),
         ("api", table.api.is_some()),
@@ -25,6 +25,9 @@ pub fn check(at: &str, table: &SinkConfig, p: &mut Vec<String>) -> Option<Target
         ("routing_key", table.routing_key.is_some()),
         ("stream", table.stream.is_some()),
         ("maxlen", table.maxlen.is_some()),
+        ("attachments", table.attachments.is_some()),
+        ("max_age", table.max_age.is_some()),
+        ("headers", !table.headers.is_empty()),
     ];
     let (required, optional): (&[&str], &[&str]) = match table.kind {
         SinkKind::Http => (&["url"], &["secret"]),
@@ -34,7 +37,16 @@ pub fn check(at: &str, table: &SinkConfig, p: &mut Vec<String>) -> Option<Target
         SinkKind::Redis => (&["url", "stream"], &["maxlen"]),
         SinkKind::Cognigy => (
             &["mode"],
-            &["endpoint_url", "api", "secret", "text", "data"],
+            &[
+                "endpoint_url",
+                "api",
+                "secret",
+                "text",
+                "data",
+                "attachments",
+                "max_age",
+                "headers",
+            ],
         ),
     };
     for (key, present) in given {
@@ -76,7 +88,25 @@ pub fn check(at: &str, table: &SinkConfig, p: &mut Vec<String>) -> Option<Target
                 )),
             }
         }
-        for (key, expr) in [("text", &table.text), ("data", &table.data)] {
+        if table.attachments.is_some() && table.mode == Some(CognigyMode::Inject) {
+            p.push(format!("{at}: `attachments` apply to mode notify only"));
+        }
+        if table.max_age.is_some_and(|d| d.is_zero()) {
+            p.push(format!("{at}: max_age must be greater than 0"));
+        }
+        for (name, value) in &table.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                p.push(format!("{at}: headers: `{name}` is not a header name"));
+            }
+            if value.expose().is_empty() {
+                p.push(format!("{at}: headers.{name} is empty"));
+            }
+        }
+        for (key, expr) in [
+            ("text", &table.text),
+            ("data", &table.data),
+            ("attachments", &table.attachments),
+        ] {
             if let Some(e) = expr {
                 if let Err(why) = crate::expr::EventExpr::compile(e) {
                     p.push(format!("{at}: {key} {why}"));
@@ -131,6 +161,15 @@ fn target(table: &SinkConfig) -> Option<Target> {
             secret: table.secret.clone(),
             text: table.text.clone(),
             data: table.data.clone(),
+            attachments: table.attachments.clone(),
+            max_age: table.max_age,
+            headers: table
+                .headers
+                .iter()
+                .filter_map(|(n, v)| {
+                    Some((http::HeaderName::from_bytes(n.as_bytes()).ok()?, v.clone()))
+                })
+                .collect(),
         }),
     })
 }
@@ -198,6 +237,34 @@ pub struct CognigyTarget {
     pub text: Option<String>,
     /// CEL over the event for `data`.
     pub data: Option<String>,
+    /// notify: CEL over the event for `attachments`.
+    pub attachments: Option<String>,
+    /// Deliveries older than this are dead-lettered as `expired`.
+    pub max_age: Option<std::time::Duration>,
+    /// Extra request headers (values are secret references).
+    pub headers: Vec<(http::HeaderName, SecretRef)>,
+}
+
+impl CognigyTarget {
+    /// The host (and port) the sink calls, for sharing one rate bucket among the sinks that
+    /// call the same Cognigy (it counts per source address); `api_base` is
+    /// `COGNIGY_API_BASE_URL`, which a v2 sink calls.
+    pub fn host(&self, api_base: Option<&str>) -> Option<String> {
+        let url = match &self.api {
+            CognigyApi::EndpointService { base_url } => base_url.expose().to_string(),
+            CognigyApi::V2 => api_base?.to_string(),
+        };
+        let uri = url.parse::<http::Uri>().ok()?;
+        let host = uri.host()?.to_ascii_lowercase();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("http") {
+                80
+            } else {
+                443
+            });
+        Some(format!("{host}:{port}"))
+    }
 }
 
 /// Which Cognigy API a `cognigy` sink calls.

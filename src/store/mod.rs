@@ -269,6 +269,8 @@ pub enum DeadReason {
     Permanent,
     /// Transient failures until the retry policy gave up.
     Exhausted,
+    /// Older than the sink's `max_age`: not sent (Cognigy has closed the session).
+    Expired,
 }
 
 impl DeadReason {
@@ -276,6 +278,7 @@ impl DeadReason {
         match self {
             DeadReason::Permanent => "permanent",
             DeadReason::Exhausted => "exhausted",
+            DeadReason::Expired => "expired",
         }
     }
 
@@ -284,6 +287,7 @@ impl DeadReason {
         match self {
             DeadReason::Permanent => "permanent",
             DeadReason::Exhausted => "transient",
+            DeadReason::Expired => "expired",
         }
     }
 }

@@ -182,7 +182,7 @@ async fn an_event_without_urltoken_is_dead_lettered_at_once_and_a_wrong_key_is_p
         !error.contains(URL_TOKEN),
         "the URLToken is not logged: {error}"
     );
-    assert_eq!(cognigy.refused(), [(401, "bad X-API-Key".to_string())]);
+    assert_eq!(cognigy.refused(), [(401, "bad API key".to_string())]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,4 +261,127 @@ async fn cognigys_429_is_retried_after_its_retry_after() {
     let attempts = count(&app.db().await, "SELECT attempts FROM outbox");
     assert_eq!(attempts, 2);
     assert_eq!(cognigy.refused(), [(429, "rate limit".to_string())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_takes_what_cognigy_takes_data_null_and_each_form_of_the_v2_key() {
+    let cognigy = CognigyEmulator::start().await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/new/v2.0/endpoint/notify", cognigy.base_url());
+    let body =
+        json!({"userId": "u", "URLToken": URL_TOKEN, "text": "hi", "data": null}).to_string();
+    let send = |req: reqwest::RequestBuilder| {
+        let body = body.clone();
+        async move {
+            req.header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        send(client.post(&url).header("x-api-key", API_KEY)).await,
+        200
+    );
+    assert_eq!(
+        send(client.post(format!("{url}?api_key={API_KEY}"))).await,
+        200
+    );
+    assert_eq!(send(client.post(&url).bearer_auth(API_KEY)).await, 200);
+    assert_eq!(send(client.post(&url).bearer_auth("wrong")).await, 401);
+    assert_eq!(send(client.post(&url)).await, 401);
+    assert_eq!(cognigy.accepted().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_sends_the_events_text_headers_and_attachments() {
+    let cognigy = CognigyEmulator::start().await;
+    let table = format!(
+        "kind = \"cognigy\"\nmode = \"notify\"\nendpoint_url = \"{}\"\n\
+         headers = {{ \"X-Webhook-Key\" = \"env:HOOK_KEY\" }}\n\
+         attachments = '[{{\"type\": \"link\", \"url\": \"https://shop.example/\" + event.payload.data.orderId}}]'",
+        cognigy.base_url()
+    );
+    let mut environment = env();
+    environment.insert("HOOK_KEY".into(), "endpoint-key-1".into());
+    let app = TestApp::spawn_env(tempfile::tempdir().unwrap(), &environment, |c| {
+        set_routes(c, &route("\"cognigy\""));
+        c.sinks
+            .insert("cognigy".into(), toml::from_str(&table).unwrap());
+        c.delivery.poll_interval = Duration::from_millis(20);
+    })
+    .await;
+    let r = app
+        .post(
+            "/orders",
+            &input("s-h", Some(URL_TOKEN), "A-7"),
+            &[JSON, KEY],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    wait_until("one notify", T, || cognigy.accepted().len() == 1).await;
+    let call = &cognigy.accepted()[0];
+    assert_eq!(
+        call.body["text"], "where is A-7",
+        "the event's text by default"
+    );
+    assert_eq!(
+        call.body["attachments"][0]["url"],
+        "https://shop.example/A-7"
+    );
+    assert_eq!(
+        call.headers
+            .get("x-webhook-key")
+            .and_then(|v| v.to_str().ok()),
+        Some("endpoint-key-1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_older_than_max_age_is_dead_lettered_as_expired_and_not_sent() {
+    let cognigy = CognigyEmulator::start().await;
+    let table = format!(
+        "kind = \"cognigy\"\nmode = \"inject\"\nendpoint_url = \"{}\"\nmax_age = \"1ms\"",
+        cognigy.base_url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn_in(dir, |c| {
+        set_routes(c, &route("\"cognigy\""));
+        c.sinks
+            .insert("cognigy".into(), toml::from_str(&table).unwrap());
+        c.delivery.enabled = false;
+    })
+    .await;
+    let r = app
+        .post(
+            "/orders",
+            &input("s-old", Some(URL_TOKEN), "A-9"),
+            &[JSON, KEY],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // The event outlives max_age while delivery is off (a restart takes far longer than
+    // 1 ms), then a gateway with delivery on runs.
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir, |c| {
+        set_routes(c, &route("\"cognigy\""));
+        c.sinks
+            .insert("cognigy".into(), toml::from_str(&table).unwrap());
+        c.delivery.poll_interval = Duration::from_millis(20);
+    })
+    .await;
+    wait_until("dead-lettered", T, || rows(&app, "dead") == 1).await;
+    let dead = app
+        .admin_get("/admin/dead-letters?reason=expired")
+        .await
+        .json();
+    assert_eq!(dead["total"], 1, "{dead}");
+    assert_eq!(dead["items"][0]["reason"], "expired");
+    assert!(
+        cognigy.accepted().is_empty(),
+        "an expired delivery is never sent"
+    );
 }

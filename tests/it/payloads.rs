@@ -372,3 +372,67 @@ async fn a_form_data_body_over_the_limit_is_refused_before_its_parts_are_read() 
         .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+#[tokio::test]
+async fn voice_gateway_call_status_webhooks_become_events_of_their_call() {
+    let app = TestApp::spawn_with(|c| {
+        set_routes(
+            c,
+            r#"
+[[route]]
+name = "calls"
+path = "/vg/status"
+payload = "vg-call-status"
+auth = { scheme = "jambonz", secrets = ["vg-secret"] }
+rules = [{ expr = "event.entities.call_status != 'failed'", message = "failed calls go elsewhere" }]
+extract = { status = "event.entities.call_status", user = "event.userId" }
+"#,
+        )
+    })
+    .await;
+    let body = fixture("vg-call-status-jambonz.json");
+    let now = crate::support::unix_now();
+    let sig = cognihook::ingest::auth::sign_timestamped(b"vg-secret", now, &body);
+    let r = app
+        .post("/vg/status", &body, &[JSON, ("jambonz-signature", &sig)])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["data"]["status"], "completed");
+    assert_eq!(
+        r.json()["data"]["user"],
+        "+441303763875",
+        "an outbound call's user is the callee"
+    );
+    let (session, kind, trace): (String, String, String) = app
+        .db()
+        .await
+        .query_row(
+            "SELECT session_id, event_type, json_extract(body, '$.traceId') FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(session, "b5e39996-bd2f-4bda-b928-355147186a2a");
+    assert_eq!(kind, "vg.call.completed");
+    assert_eq!(trace, "654c5323d6f907233a1069136b8a330e");
+
+    let failed = br#"{"call_sid":"c-2","call_status":"failed","direction":"inbound","from":"+49"}"#;
+    let sig = cognihook::ingest::auth::sign_timestamped(b"vg-secret", now, failed);
+    let r = app
+        .post("/vg/status", failed, &[JSON, ("jambonz-signature", &sig)])
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let bad = br#"{"call_status":"completed","sip_status":"OK"}"#;
+    let sig = cognihook::ingest::auth::sign_timestamped(b"vg-secret", now, bad);
+    let r = app
+        .post("/vg/status", bad, &[JSON, ("jambonz-signature", &sig)])
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let fields: Vec<String> = r.json()["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(fields, ["call_sid", "sip_status"]);
+}

@@ -198,6 +198,79 @@ pub(super) fn output(payload: Value) -> Result<Decoded, PayloadError> {
     Ok(d)
 }
 
+/// A Voice Gateway (jambonz) call-status webhook (cognigy/FACTS.md, sample
+/// `vg-call-status-jambonz.json`): `call_sid` (the session), `call_status` and optional
+/// `direction`, `from`, `to`, `call_id`, `sip_status`, `sip_reason`, `trace_id`. The user is
+/// the caller on an inbound call and the callee on an outbound one (else the call itself);
+/// the event type is `vg.call.<call_status>`, and the call's facts are its entities.
+pub(super) fn call_status(payload: Value) -> Result<Decoded, PayloadError> {
+    let obj = object_of(&payload)?;
+    let mut f = Fields {
+        obj,
+        prefix: "",
+        errors: Vec::new(),
+    };
+    let call_sid = f.required_str("call_sid", Some(MAX_ID_CHARS));
+    let status = f.required_str("call_status", Some(64));
+    let direction = f.optional_str("direction", Some(32));
+    let from = f.optional_str("from", Some(MAX_ID_CHARS));
+    let to = f.optional_str("to", Some(MAX_ID_CHARS));
+    f.optional_str("call_id", Some(MAX_ID_CHARS));
+    f.optional_str("sip_reason", Some(256));
+    let trace_id = f.optional_str("trace_id", Some(256));
+    if let Some(v) = obj.get("sip_status") {
+        if !v.is_u64() && !v.is_null() {
+            f.errors.push(FieldError::new(
+                "sip_status",
+                format!("must be a number, not {}", json_type(v)),
+            ));
+        }
+    }
+    if let Some(s) = status {
+        if !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            f.errors.push(FieldError::new(
+                "call_status",
+                "must be a word such as `completed` or `in-progress`",
+            ));
+        }
+    }
+    if !f.errors.is_empty() {
+        return Err(PayloadError::Invalid(f.errors));
+    }
+    let call_sid = call_sid.unwrap_or_default();
+    let user = match direction {
+        Some("outbound") => to,
+        _ => from,
+    }
+    .unwrap_or(call_sid);
+    let mut d = Decoded::new(
+        call_sid,
+        user,
+        &format!("vg.call.{}", status.unwrap_or_default()),
+        Value::Null,
+    );
+    d.channel = Some("voice".into());
+    d.trace_id = trace_id.map(str::to_string);
+    for key in [
+        "call_status",
+        "direction",
+        "from",
+        "to",
+        "call_id",
+        "sip_status",
+        "sip_reason",
+    ] {
+        if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
+            d.entities.insert(key.to_string(), v.clone());
+        }
+    }
+    d.payload = payload;
+    Ok(d)
+}
+
 /// Keys whose form value is JSON text when the designer passes an object through a form
 /// (`data`, `slots`), and `name[key]` pairs folded into `name`.
 const OBJECT_KEYS: [&str; 2] = ["data", "slots"];

@@ -216,6 +216,7 @@ fn decode_value(kind: PayloadKind, value: Value) -> Result<Decoded, PayloadError
         PayloadKind::Nlu => nlu(value),
         PayloadKind::CognigyInput => cognigy::input(value),
         PayloadKind::WebhookOutput => cognigy::output(value),
+        PayloadKind::VgCallStatus => cognigy::call_status(value),
         PayloadKind::JsonSchema => Err(PayloadError::InvalidJson(
             "json-schema routes decode through their schema".into(),
         )),

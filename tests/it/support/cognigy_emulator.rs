@@ -3,10 +3,11 @@
 //!
 //! - Endpoint service: `POST /inject/{URLToken}` and `POST /notify/{URLToken}`; the URLToken
 //!   must be one the emulator knows (it is the credential); no API key.
-//! - v2.0 API: `POST /new/v2.0/endpoint/inject|notify` with `X-API-Key`; inject requires
-//!   `userId`, `sessionId`, `URLToken`, `text`, `data`; notify all but `sessionId`.
+//! - v2.0 API: `POST /new/v2.0/endpoint/inject|notify` with the API key as `X-API-Key`, as
+//!   `?api_key=` or as `Authorization: Bearer`; inject requires `userId`, `sessionId`,
+//!   `URLToken`, `text`, `data`; notify all but `sessionId`.
 //! - JSON only (`Content-Type: application/json`), body at most 60 kB, `text` a string,
-//!   `data` an object. Answers as Cognigy does: 200 with its plain-text message, 401 for a
+//!   `data` an object or `null` (Cognigy's own samples send `data: null`). Answers as Cognigy does: 200 with its plain-text message, 401 for a
 //!   bad key, 404 for an unknown token, 400/413/415 for bad bodies, and 429 with
 //!   `Retry-After` once a request budget is spent (its rate limit).
 
@@ -93,7 +94,10 @@ fn check_body(
             }
         }
     }
-    if body.get("data").is_some_and(|d| !d.is_object()) {
+    if body
+        .get("data")
+        .is_some_and(|d| !d.is_object() && !d.is_null())
+    {
         return Err((StatusCode::BAD_REQUEST, "data must be an object".into()));
     }
     if body
@@ -166,14 +170,23 @@ async fn endpoint(
 async fn api_v2(
     State(inner): State<Shared>,
     Path(mode): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
     headers: HeaderMap,
     raw: Bytes,
 ) -> Response {
     if mode != "inject" && mode != "notify" {
         return refuse(&inner, StatusCode::NOT_FOUND, "no such route");
     }
-    if headers.get("x-api-key").and_then(|v| v.to_str().ok()) != Some(API_KEY) {
-        return refuse(&inner, StatusCode::UNAUTHORIZED, "bad X-API-Key");
+    let header = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let presented = header
+        .or(query.get("api_key").map(String::as_str))
+        .or(bearer);
+    if presented != Some(API_KEY) {
+        return refuse(&inner, StatusCode::UNAUTHORIZED, "bad API key");
     }
     let token_ok = serde_json::from_slice::<Value>(&raw)
         .ok()
