@@ -106,6 +106,16 @@ mod tests {
     concurrency = 0
     [sink.log]
     kind = "file"
+    [sink.n]
+    kind = "cognigy"
+    mode = "notify"
+    endpoint_url = "https://e.example"
+    text = '""'
+    [sink.i]
+    kind = "cognigy"
+    mode = "inject"
+    endpoint_url = "https://e.example"
+    attachments = "[]"
     [sink.q]
     kind = "cognigy"
     [[route]]
@@ -128,6 +138,8 @@ mod tests {
             "sink `log` (file): `path` is required",
             "sink `q` (cognigy): `mode` is required",
             "sink `q` (cognigy): give exactly one of `endpoint_url`",
+            "sink `n` (cognigy): notify shows `text` to the user and this one is always empty",
+            "sink `i` (cognigy): `attachments` apply to mode notify only",
             "sink `missing` is not defined",
             "sink `web` listed twice",
         ] {

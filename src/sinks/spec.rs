@@ -88,6 +88,13 @@ pub fn check(at: &str, table: &SinkConfig, p: &mut Vec<String>) -> Option<Target
                 )),
             }
         }
+        let blank = |t: &str| matches!(t.trim(), "" | "\"\"" | "''");
+        if table.mode == Some(CognigyMode::Notify) && table.text.as_deref().is_some_and(blank) {
+            p.push(format!(
+                "{at}: notify shows `text` to the user and this one is always empty: give an \
+                 expression, or leave `text` out to use the event's text"
+            ));
+        }
         if table.attachments.is_some() && table.mode == Some(CognigyMode::Inject) {
             p.push(format!("{at}: `attachments` apply to mode notify only"));
         }
