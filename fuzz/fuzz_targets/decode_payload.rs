@@ -39,12 +39,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let builtin = |kind| PayloadDecoder::Builtin(kind);
-    let _ = match choice % 6 {
+    let _ = match choice % 7 {
         0 => builtin(PayloadKind::FlowEvent).decode(body, BodyFormat::Json),
         1 => builtin(PayloadKind::Nlu).decode(body, BodyFormat::Json),
         2 => builtin(PayloadKind::CognigyInput).decode(body, BodyFormat::Json),
         3 => builtin(PayloadKind::CognigyInput).decode(body, BodyFormat::Form),
         4 => builtin(PayloadKind::WebhookOutput).decode(body, BodyFormat::Json),
-        _ => schema().decode(body, BodyFormat::Json),
+        5 => schema().decode(body, BodyFormat::Json),
+        _ => builtin(PayloadKind::VgCallStatus).decode(body, BodyFormat::Json),
     };
 });

@@ -1,10 +1,11 @@
-//! Any header value and body, given to every verifier, must give an answer and never a panic,
+//! Any header value and body, given to every verifier (bearer tokens and JWTs included), must give an answer and never a panic,
 //! and must not verify (the key is not in the input). Layout: one byte choosing the verifier,
 //! one byte N, N bytes of header value, the rest is the body.
 #![no_main]
 
 use std::time::Duration;
 
+use cognihook::ingest::auth::bearer::{BearerVerifier, JwtVerifier};
 use cognihook::ingest::auth::{
     CredentialVerifier, HmacVerifier, Secret, StandardWebhooksVerifier, TimestampedKind,
     TimestampedVerifier,
@@ -43,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
         h.insert(HeaderName::from_static(header), value.clone());
     }
     let keys = [key()];
-    let verified = match choice % 5 {
+    let verified = match choice % 7 {
         0 => HmacVerifier::new(&keys, &[name]).verify(&h, body).is_ok(),
         1 => TimestampedVerifier::new(
             &keys,
@@ -59,7 +60,12 @@ fuzz_target!(|data: &[u8]| {
         3 => CredentialVerifier::basic("cognigy", &keys)
             .verify(&h)
             .is_ok(),
-        _ => CredentialVerifier::api_key(&keys).verify(&h).is_ok(),
+        4 => CredentialVerifier::api_key(&keys, None).verify(&h).is_ok(),
+        5 => BearerVerifier::tokens(&keys).verify(&h).is_ok(),
+        // cognihook's own tokens (HS256 with the key): any `Bearer` value, JWT-shaped or not.
+        _ => BearerVerifier::Jwt(Box::new(JwtVerifier::own(&keys, "route")))
+            .verify(&h)
+            .is_ok(),
     };
     assert!(!verified, "verified without the key");
 });
