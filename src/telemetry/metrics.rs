@@ -68,6 +68,17 @@ pub fn install() -> PrometheusHandle {
                 tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
             }
             describe();
+            // Process-wide counters exist from the start at 0, so an alert on their increase
+            // (deploy/prometheus) has a series to read before the first failure.
+            for name in [
+                AUDIT_WRITE_FAILURES_TOTAL,
+                AUDIT_LINES_DROPPED_TOTAL,
+                CONNECTIONS_REFUSED_TOTAL,
+                CONNECTIONS_TIMED_OUT_TOTAL,
+                ADMIN_AUTH_FAILURES_TOTAL,
+            ] {
+                metrics::counter!(name).increment(0);
+            }
             handle
         })
         .clone()

@@ -11,6 +11,7 @@ mod brokers;
 mod cognigy_sink;
 mod crash;
 mod delivery;
+mod deploy;
 mod overload;
 mod payloads;
 mod postgres;
