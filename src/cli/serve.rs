@@ -9,11 +9,31 @@ use crate::app::App;
 use crate::app::Wiring;
 use crate::config::{self, Config, ProcessEnv};
 
+/// The environment `serve` reads, for `--help`.
+const SERVE_ENV: &str = "\
+Environment (over the configuration file; flags over both):
+  COGNIHOOK_CONFIG         configuration file (same as --config)
+  COGNIHOOK_LISTEN         public listener, e.g. 127.0.0.1:8080 (same as --listen)
+  COGNIHOOK_ADMIN_LISTEN   listener for /metrics, /stats, /admin/* (same as --admin-listen)
+  COGNIHOOK_DATA_DIR       directory of the embedded store (default ./data)
+  COGNIHOOK_DATABASE_URL   sqlite://PATH or postgres://… (store.url)
+  COGNIHOOK_ADMIN_TOKEN    bearer token of /admin/*; unset: the admin API answers 403
+  COGNIGY_WEBHOOK_SECRET   the default routes' HMAC secret (comma-separated to rotate)
+  COGNIHOOK_LOG            log filter, e.g. info or cognihook=debug (default info)
+  COGNIHOOK_LOG_FORMAT     json or pretty (default: pretty on a terminal, else json)";
+
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = SERVE_ENV, after_help = "Environment variables: see --help.")]
 pub(super) struct ServeArgs {
     /// Add the simulator endpoints (`POST /simulate`, `POST /simulate/<route path>`).
     #[arg(long)]
     simulator: bool,
+    /// Public listener address (server.listen).
+    #[arg(long, value_name = "ADDR", env = "COGNIHOOK_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Listener of /metrics, /stats and /admin/* (server.admin_listen).
+    #[arg(long, value_name = "ADDR", env = "COGNIHOOK_ADMIN_LISTEN")]
+    admin_listen: Option<std::net::SocketAddr>,
 }
 
 pub(super) fn run(file: Option<&Path>, args: ServeArgs) -> Result<(), CliError> {
@@ -24,14 +44,22 @@ pub(super) fn run(file: Option<&Path>, args: ServeArgs) -> Result<(), CliError> 
     let Some(mut config) = config else {
         return Err(CliError::Usage(config::ConfigErrors(problems).to_string()));
     };
-    if args.simulator && !config.server.simulator {
-        config.server.simulator = true;
-        // Checked again with the simulator on (it refuses a non-loopback listener).
-        for p in config.validate() {
-            if !problems.contains(&p) {
-                problems.push(p);
-            }
+    let flagged = (args.simulator && !config.server.simulator)
+        || args.listen.is_some()
+        || args.admin_listen.is_some();
+    if flagged {
+        // Checked again with the flags applied (the simulator refuses a non-loopback
+        // listener, and --listen may change which one it is).
+        let before = config.validate();
+        problems.retain(|p| !before.contains(p));
+        config.server.simulator |= args.simulator;
+        if let Some(a) = args.listen {
+            config.server.listen = a;
         }
+        if let Some(a) = args.admin_listen {
+            config.server.admin_listen = Some(a);
+        }
+        problems.extend(config.validate());
     }
     let wiring = Wiring::build(&config, &ProcessEnv);
     if let Err(p) = &wiring {

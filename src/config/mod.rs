@@ -244,7 +244,8 @@ impl Config {
         {
             p.push(format!(
                 "server.simulator is on but the listener {} is not a loopback address; \
-                 listen on 127.0.0.1 or set server.simulator_allow_remote = true",
+                 listen on loopback (COGNIHOOK_LISTEN=127.0.0.1:8080, or serve --listen \
+                 127.0.0.1:8080) or set server.simulator_allow_remote = true",
                 self.server.listen
             ));
         }

@@ -49,6 +49,19 @@ fn simulator_on_a_public_listener_is_refused_with_exit_2() {
         "{}",
         stderr(&o)
     );
+    assert!(
+        stderr(&o).contains("COGNIHOOK_LISTEN=127.0.0.1:8080"),
+        "the message names the fix: {}",
+        stderr(&o)
+    );
+    // --listen wins over the environment: on loopback the simulator starts.
+    let mut c = command(dir.path());
+    c.env("COGNIGY_WEBHOOK_SECRET", SECRET)
+        .env("COGNIHOOK_LISTEN", "0.0.0.0:0");
+    let mut server = Server::start_with(c, &["--listen", "127.0.0.1:0", "--simulator"]);
+    assert!(server.addr.ip().is_loopback(), "{}", server.addr);
+    server.terminate();
+    server.wait(T);
 }
 
 #[test]

@@ -53,8 +53,14 @@ pub struct Server {
 
 impl Server {
     /// Starts `serve` and waits until it logs its listening address.
-    pub fn start(mut c: Command) -> Server {
+    pub fn start(c: Command) -> Server {
+        Self::start_with(c, &[])
+    }
+
+    /// Starts `serve ARGS…` and waits until it logs its listening address.
+    pub fn start_with(mut c: Command, args: &[&str]) -> Server {
         c.arg("serve")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
