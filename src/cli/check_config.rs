@@ -29,6 +29,19 @@ pub(super) fn run(file: Option<&Path>, args: CheckConfigArgs) -> Result<(), CliE
     }
     if let Some(c) = config {
         print!("{}", c.to_masked_toml());
+        let store = match c.store.backend() {
+            Ok(crate::config::Backend::Postgres(_)) => "PostgreSQL".to_string(),
+            Ok(crate::config::Backend::Sqlite(p)) => format!("SQLite at {}", p.display()),
+            Err(_) => "?".to_string(),
+        };
+        eprintln!(
+            "cognihook: configuration OK ({}; {} route(s), {} sink(s), store: {store})",
+            file.map_or("built-in defaults and environment".to_string(), |f| f
+                .display()
+                .to_string()),
+            c.routes.len(),
+            c.sinks.len(),
+        );
     }
     Ok(())
 }

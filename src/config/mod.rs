@@ -153,7 +153,11 @@ impl Config {
         let de = toml::de::Deserializer::from(merged);
         let mut unknown = Vec::new();
         let parsed: Result<Config, _> = serde_ignored::deserialize(de, |path| {
-            unknown.push(format!("unknown key `{path}`"));
+            let path = path.to_string();
+            unknown.push(match suggest(&path) {
+                Some(near) => format!("unknown key `{path}` (did you mean `{near}`?)"),
+                None => format!("unknown key `{path}`"),
+            });
         });
         match parsed {
             Ok(c) => Ok((c, unknown)),
@@ -419,6 +423,56 @@ fn lay_over<'i>(base: &mut toml::de::DeTable<'i>, over: toml::de::DeTable<'i>) {
             }
         }
     }
+}
+
+/// Every key `defaults.toml` documents, commented-out examples included, as
+/// `section.key` (`route.path`, `server.admin_listen`, `oauth2.client.id`).
+fn documented_keys() -> &'static [String] {
+    static KEYS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut section = String::new();
+        let mut keys = Vec::new();
+        for line in default_toml().lines() {
+            let line = line.trim_start_matches('#').trim();
+            if let Some(header) = line.strip_prefix('[') {
+                section = header.trim_matches(|c| c == '[' || c == ']').to_string();
+                continue;
+            }
+            let Some((key, _)) = line.split_once('=') else {
+                continue;
+            };
+            let key = key.trim();
+            if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                keys.push(if section.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{section}.{key}")
+                });
+            }
+        }
+        keys
+    })
+}
+
+/// The documented key nearest to an unknown one in the same table (`server.lisen` →
+/// `server.listen`), if one is close.
+fn suggest(unknown: &str) -> Option<String> {
+    let parts: Vec<&str> = unknown
+        .split('.')
+        .filter(|p| !p.chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    let (last, parent) = parts.split_last()?;
+    let parent = parent.join(".");
+    documented_keys()
+        .iter()
+        .filter_map(|k| {
+            let (kp, kl) = k.rsplit_once('.').unwrap_or(("", k));
+            (kp == parent && kl != *last).then_some(kl)
+        })
+        .map(|k| (strsim::damerau_levenshtein(k, last), k))
+        .filter(|(d, k)| *d <= 2 && *d < k.len())
+        .min()
+        .map(|(_, k)| k.to_string())
 }
 
 /// The built-in default configuration as a commented TOML file that is itself a valid config

@@ -102,6 +102,49 @@ fn check_config_lists_every_problem_and_masks_secrets() {
 }
 
 #[test]
+fn check_config_suggests_the_nearest_key_and_confirms_a_valid_file_in_one_line() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[server]\nlisen = \"127.0.0.1:1\"\n[store]\nsyncc = \"full\"\n",
+    )
+    .unwrap();
+    let mut c = command(dir.path());
+    c.env("COGNIGY_WEBHOOK_SECRET", SECRET)
+        .arg("--config")
+        .arg(&bad)
+        .arg("check-config");
+    let o = run(c, T);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("`server.lisen` (did you mean `listen`?)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`store.syncc` (did you mean `sync`?)"),
+        "{err}"
+    );
+
+    let mut c = command(dir.path());
+    c.env("COGNIGY_WEBHOOK_SECRET", SECRET).arg("check-config");
+    let o = run(c, T);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let confirmations: Vec<&str> = std::str::from_utf8(&o.stderr)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("configuration OK"))
+        .collect();
+    assert_eq!(confirmations.len(), 1, "{}", stderr(&o));
+    assert!(
+        confirmations[0].contains("2 route(s)"),
+        "{}",
+        confirmations[0]
+    );
+}
+
+#[test]
 fn print_default_is_a_valid_config_file() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut c = command(dir.path());
