@@ -85,6 +85,13 @@ enum Command {
     /// Generates realistic, correctly authenticated Cognigy traffic against a route and checks
     /// every answer (exit 1 on a contradiction).
     Simulate(simulate::SimulateArgs),
+    /// Print a shell completion script, e.g. `cognihook completions bash > /etc/bash_completion.d/cognihook`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `cognihook man | man -l -`.
+    Man,
 }
 
 /// Parses the command line and runs the command.
@@ -111,6 +118,25 @@ pub fn main() -> ExitCode {
         Command::DeadLetters { command } => dead_letters::run(config, command),
         Command::Sessions { command } => sessions::run(config, command),
         Command::Simulate(a) => simulate::run(a),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "cognihook",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory as _;
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Runtime(
+                    format!("cannot write the manual page: {e}"),
+                )),
+                _ => Ok(()),
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

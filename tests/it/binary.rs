@@ -145,6 +145,70 @@ fn check_config_suggests_the_nearest_key_and_confirms_a_valid_file_in_one_line()
 }
 
 #[test]
+fn every_example_configuration_passes_check_config() {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/config");
+    let mut files: Vec<_> = std::fs::read_dir(examples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    for file in files {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut c = command(dir.path());
+        c.current_dir(dir.path())
+            .env("COGNIGY_WEBHOOK_SECRET", SECRET)
+            .env("COGNIGY_API_KEY", "k")
+            .env("ORDERS_SIGNING_SECRET", "o")
+            .arg("--config")
+            .arg(&file)
+            .arg("check-config");
+        let o = run(c, T);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}: {}",
+            file.display(),
+            stderr(&o)
+        );
+        assert!(
+            stderr(&o).contains("configuration OK"),
+            "{}",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn completions_and_the_manual_page_come_from_the_command_line_definition() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for (shell, marker) in [
+        ("bash", "_cognihook()"),
+        ("zsh", "#compdef cognihook"),
+        ("fish", "complete -c cognihook"),
+    ] {
+        let mut c = command(dir.path());
+        c.args(["completions", shell]);
+        let o = run(c, T);
+        assert_eq!(o.status.code(), Some(0), "{shell}: {}", stderr(&o));
+        let out = stdout(&o);
+        assert!(out.contains(marker), "{shell}: {out}");
+        assert!(
+            out.contains("check-config") && out.contains("dead-letters"),
+            "{shell}"
+        );
+    }
+    let mut c = command(dir.path());
+    c.arg("man");
+    let o = run(c, T);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let page = stdout(&o);
+    assert!(page.contains(".TH cognihook 1"), "{page}");
+    assert!(page.contains("check\\-config"), "{page}");
+}
+
+#[test]
 fn print_default_is_a_valid_config_file() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut c = command(dir.path());
