@@ -438,11 +438,19 @@ fn documented_keys() -> &'static [String] {
                 section = header.trim_matches(|c| c == '[' || c == ']').to_string();
                 continue;
             }
-            let Some((key, _)) = line.split_once('=') else {
+            let Some((key, value)) = line.split_once('=') else {
                 continue;
             };
             let key = key.trim();
-            if !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            // A TOML value, not prose such as "# unset = served on …".
+            let value = value.trim_start();
+            let is_value = value.starts_with(['"', '\'', '[', '{', 't', 'f'])
+                && !value.starts_with("the ")
+                || value.starts_with(|c: char| c.is_ascii_digit());
+            if is_value
+                && !key.is_empty()
+                && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            {
                 keys.push(if section.is_empty() {
                     key.to_string()
                 } else {

@@ -183,3 +183,20 @@ fn masked_config_hides_literal_secrets_and_token() {
     assert!(!out.contains("tok123"));
     assert!(out.contains("env:X"));
 }
+
+#[test]
+fn the_configuration_reference_lists_every_key_the_defaults_document() {
+    let reference = include_str!("../../docs/configuration.md");
+    let missing: Vec<&String> = documented_keys()
+        .iter()
+        .filter(|k| {
+            let last = k.rsplit('.').next().unwrap_or(k);
+            !(reference.contains(&format!("{last} =")) || reference.contains(&format!("`{last}`")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md does not mention: {missing:?}"
+    );
+    assert!(documented_keys().len() > 40, "{:?}", documented_keys());
+}
