@@ -150,6 +150,7 @@ impl Config {
             .map_err(|e| vec![format!("defaults.toml: {e}")])?;
         let user = toml::de::DeTable::parse(text).map_err(|e| vec![e.to_string()])?;
         lay_over(merged.get_mut(), user.into_inner());
+        let sections = merged.get_ref().clone();
         let de = toml::de::Deserializer::from(merged);
         let mut unknown = Vec::new();
         let parsed: Result<Config, _> = serde_ignored::deserialize(de, |path| {
@@ -162,9 +163,14 @@ impl Config {
         match parsed {
             Ok(c) => Ok((c, unknown)),
             Err(mut e) => {
-                // Spans point into the user's text (defaults never fail to deserialize).
-                e.set_input(Some(text));
-                unknown.push(e.to_string().trim_end().to_string());
+                // Serde stops at the first bad value; each table on its own gives the others.
+                let mut each = section_errors(sections, text);
+                if each.is_empty() {
+                    // Spans point into the user's text (defaults never fail to deserialize).
+                    e.set_input(Some(text));
+                    each.push(e.to_string().trim_end().to_string());
+                }
+                unknown.append(&mut each);
                 Err(unknown)
             }
         }
@@ -423,6 +429,58 @@ fn lay_over<'i>(base: &mut toml::de::DeTable<'i>, over: toml::de::DeTable<'i>) {
             }
         }
     }
+}
+
+/// The first bad value of each table of a configuration that does not deserialize: every
+/// section, every `[[route]]` and every `[sink.NAME]` on its own, so one run reports them
+/// all (within one table serde still stops at the first).
+fn section_errors(table: toml::de::DeTable<'_>, text: &str) -> Vec<String> {
+    use serde::de::IntoDeserializer as _;
+    use toml::de::DeValue;
+    fn check<'de, T: serde::Deserialize<'de>>(
+        v: toml::Spanned<DeValue<'de>>,
+        text: &str,
+        out: &mut Vec<String>,
+    ) {
+        if let Err(mut e) = T::deserialize(v.into_deserializer()) {
+            e.set_input(Some(text));
+            out.push(e.to_string().trim_end().to_string());
+        }
+    }
+    let mut out = Vec::new();
+    for (key, value) in table {
+        match key.get_ref().as_ref() {
+            "server" => check::<ServerConfig>(value, text, &mut out),
+            "limits" => check::<LimitsConfig>(value, text, &mut out),
+            "store" => check::<StoreConfig>(value, text, &mut out),
+            "audit" => check::<AuditConfig>(value, text, &mut out),
+            "delivery" => check::<DeliveryConfig>(value, text, &mut out),
+            "privacy" => check::<PrivacyConfig>(value, text, &mut out),
+            "oauth2" => check::<OAuth2Config>(value, text, &mut out),
+            "route" => match value.into_inner() {
+                DeValue::Array(routes) => {
+                    for r in routes {
+                        check::<RouteConfig>(r, text, &mut out);
+                    }
+                }
+                other => check::<Vec<RouteConfig>>(toml::Spanned::new(0..0, other), text, &mut out),
+            },
+            "sink" => match value.into_inner() {
+                DeValue::Table(sinks) => {
+                    for (_, sink) in sinks {
+                        check::<SinkConfig>(sink, text, &mut out);
+                    }
+                }
+                other => check::<BTreeMap<String, SinkConfig>>(
+                    toml::Spanned::new(0..0, other),
+                    text,
+                    &mut out,
+                ),
+            },
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Every key `defaults.toml` documents, commented-out examples included, as

@@ -200,3 +200,45 @@ fn the_configuration_reference_lists_every_key_the_defaults_document() {
     );
     assert!(documented_keys().len() > 40, "{:?}", documented_keys());
 }
+
+#[test]
+fn bad_values_in_different_tables_are_all_reported_at_once() {
+    let text = r#"
+[server]
+idle_timeout = "soon"
+[store]
+sync = "always"
+[limits]
+max_body_bytes = "big"
+[[route]]
+name = "a"
+path = "/a"
+payload = "nlu"
+auth = { scheme = "api-key", keys = ["k"] }
+[[route]]
+name = "b"
+path = "/b"
+payload = "nope"
+auth = { scheme = "api-key", keys = ["k"] }
+[sink.x]
+kind = "http"
+url = "http://x"
+timeout = "never"
+[sink.y]
+kind = "carrier-pigeon"
+"#;
+    let errors = Config::from_toml(text).expect_err("six bad values").0;
+    let all = errors.join("\n");
+    for want in [
+        "invalid duration `soon`",
+        "unknown variant `always`",
+        "expected usize",
+        "unknown variant `nope`",
+        "invalid duration `never`",
+        "unknown variant `carrier-pigeon`",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+    assert_eq!(errors.len(), 6, "{all}");
+    assert!(all.contains("line 16"), "each names its line: {all}");
+}
