@@ -518,21 +518,29 @@ impl CredentialVerifier {
 
     pub fn verify(&self, headers: &HeaderMap) -> Result<Verified, AuthError> {
         let presented = self.presented(headers).ok_or(AuthError::MissingSignature)?;
-        let got = digest(&presented);
-        // Compare against every credential so the time does not depend on which one matched.
-        let mut matched: Option<&str> = None;
-        for (label, want) in &self.expected {
-            if bool::from(got.ct_eq(want)) && matched.is_none() {
-                matched = Some(label);
-            }
-        }
-        matched
+        matching_digest(&self.expected, &presented)
             .map(|label| Verified {
                 secret: label.to_string(),
                 spend: None,
             })
             .ok_or(AuthError::InvalidSignature)
     }
+}
+
+/// The label of the credential whose SHA-256 digest `presented` has, compared against every
+/// one in constant time, so the time does not tell which matched (or whether one did).
+pub(crate) fn matching_digest<'a>(
+    expected: &'a [(String, [u8; 32])],
+    presented: &[u8],
+) -> Option<&'a str> {
+    let got = digest(presented);
+    let mut matched: Option<&str> = None;
+    for (label, want) in expected {
+        if bool::from(got.ct_eq(want)) && matched.is_none() {
+            matched = Some(label);
+        }
+    }
+    matched
 }
 
 /// The headers a client (`send`, `sign`, `simulate`) adds to authenticate a request in a
