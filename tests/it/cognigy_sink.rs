@@ -29,6 +29,14 @@ sinks = [{sinks}]
     )
 }
 
+/// The test route, sending to one sink `cognigy` made of `table`, with quick polling.
+fn with_cognigy_sink(c: &mut cognihook::config::Config, table: &str) {
+    set_routes(c, &route("\"cognigy\""));
+    c.sinks
+        .insert("cognigy".into(), toml::from_str(table).unwrap());
+    c.delivery.poll_interval = Duration::from_millis(20);
+}
+
 fn input(session: &str, token: Option<&str>, order: &str) -> Vec<u8> {
     let mut b = json!({
         "userId": "user123", "sessionId": session, "text": format!("where is {order}"),
@@ -57,10 +65,7 @@ async fn notify_through_the_endpoint_service_with_text_and_data_from_the_event()
         cognigy.base_url()
     );
     let app = TestApp::spawn_with(|c| {
-        set_routes(c, &route("\"cognigy\""));
-        c.sinks
-            .insert("cognigy".into(), toml::from_str(&table).unwrap());
-        c.delivery.poll_interval = Duration::from_millis(20);
+        with_cognigy_sink(c, &table);
     })
     .await;
     let r = app
@@ -194,10 +199,7 @@ async fn the_rate_limit_holds_sends_back_without_using_attempts() {
         cognigy.base_url()
     );
     let app = TestApp::spawn_with(|c| {
-        set_routes(c, &route("\"cognigy\""));
-        c.sinks
-            .insert("cognigy".into(), toml::from_str(&table).unwrap());
-        c.delivery.poll_interval = Duration::from_millis(20);
+        with_cognigy_sink(c, &table);
     })
     .await;
     for i in 0..5 {
@@ -241,10 +243,7 @@ async fn cognigys_429_is_retried_after_its_retry_after() {
         cognigy.base_url()
     );
     let app = TestApp::spawn_with(|c| {
-        set_routes(c, &route("\"cognigy\""));
-        c.sinks
-            .insert("cognigy".into(), toml::from_str(&table).unwrap());
-        c.delivery.poll_interval = Duration::from_millis(20);
+        with_cognigy_sink(c, &table);
     })
     .await;
     let r = app
@@ -308,10 +307,7 @@ async fn notify_sends_the_events_text_headers_and_attachments() {
     let mut environment = env();
     environment.insert("HOOK_KEY".into(), "endpoint-key-1".into());
     let app = TestApp::spawn_env(tempfile::tempdir().unwrap(), &environment, |c| {
-        set_routes(c, &route("\"cognigy\""));
-        c.sinks
-            .insert("cognigy".into(), toml::from_str(&table).unwrap());
-        c.delivery.poll_interval = Duration::from_millis(20);
+        with_cognigy_sink(c, &table);
     })
     .await;
     let r = app
@@ -349,9 +345,7 @@ async fn a_delivery_older_than_max_age_is_dead_lettered_as_expired_and_not_sent(
     );
     let dir = tempfile::tempdir().unwrap();
     let app = TestApp::spawn_in(dir, |c| {
-        set_routes(c, &route("\"cognigy\""));
-        c.sinks
-            .insert("cognigy".into(), toml::from_str(&table).unwrap());
+        with_cognigy_sink(c, &table);
         c.delivery.enabled = false;
     })
     .await;
@@ -367,10 +361,7 @@ async fn a_delivery_older_than_max_age_is_dead_lettered_as_expired_and_not_sent(
     // 1 ms), then a gateway with delivery on runs.
     let dir = app.stop().await;
     let app = TestApp::spawn_in(dir, |c| {
-        set_routes(c, &route("\"cognigy\""));
-        c.sinks
-            .insert("cognigy".into(), toml::from_str(&table).unwrap());
-        c.delivery.poll_interval = Duration::from_millis(20);
+        with_cognigy_sink(c, &table);
     })
     .await;
     wait_until("dead-lettered", T, || rows(&app, "dead") == 1).await;

@@ -16,6 +16,21 @@ const SNIPPET: &str = concat!(
     "/examples/cognigy/extension/src/signed-request.js"
 );
 
+/// What spawning Node.js gave: the value, or `None` (skipped, and said so) when it cannot
+/// run and `COGNIHOOK_TEST_NODE` does not require it.
+fn node_or_skip<T>(spawned: std::io::Result<T>) -> Option<T> {
+    match spawned {
+        Ok(v) => Some(v),
+        Err(e) if std::env::var_os("COGNIHOOK_TEST_NODE").is_some() => {
+            panic!("COGNIHOOK_TEST_NODE is set but node cannot run: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: node cannot run ({e}); set COGNIHOOK_TEST_NODE to require it");
+            None
+        }
+    }
+}
+
 /// Runs the snippet with `args`, feeding `stdin`; `None` when Node.js is absent and not required.
 fn node(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Option<String> {
     let mut cmd = Command::new("node");
@@ -25,16 +40,7 @@ fn node(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Option<String> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) if std::env::var_os("COGNIHOOK_TEST_NODE").is_some() => {
-            panic!("COGNIHOOK_TEST_NODE is set but node cannot run: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipped: node cannot run ({e}); set COGNIHOOK_TEST_NODE to require it");
-            return None;
-        }
-    };
+    let mut child = node_or_skip(cmd.spawn())?;
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
@@ -161,16 +167,7 @@ auth = { scheme = "hmac-sha256-timestamped", secrets = ["ext-secret"] }
             .env("MODULE", module)
             .env("CONFIG", config.to_string())
             .env("NODE_PATH", &node_path);
-        match cmd.output() {
-            Ok(o) => Some(o),
-            Err(e) if std::env::var_os("COGNIHOOK_TEST_NODE").is_some() => {
-                panic!("COGNIHOOK_TEST_NODE is set but node cannot run: {e}")
-            }
-            Err(e) => {
-                eprintln!("skipped: node cannot run ({e}); set COGNIHOOK_TEST_NODE to require it");
-                None
-            }
-        }
+        node_or_skip(cmd.output())
     })
     .await
     .unwrap();
