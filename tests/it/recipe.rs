@@ -74,21 +74,24 @@ fn the_snippet_signs_exactly_as_the_gateway_verifies() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_snippets_signed_post_is_accepted_by_a_timestamped_route() {
-    let app = TestApp::spawn_with(|c| {
-        set_routes(
-            c,
-            r#"
+/// A gateway with one `cognigy-input` route at `/cognigy/orders` that takes
+/// `hmac-sha256-timestamped` signatures made with `secret`.
+async fn timestamped_gateway(secret: &str) -> TestApp {
+    let route = format!(
+        r#"
 [[route]]
 name = "recipe"
 path = "/cognigy/orders"
 payload = "cognigy-input"
-auth = { scheme = "hmac-sha256-timestamped", secrets = ["recipe-secret"] }
-"#,
-        )
-    })
-    .await;
+auth = {{ scheme = "hmac-sha256-timestamped", secrets = ["{secret}"] }}
+"#
+    );
+    TestApp::spawn_with(|c| set_routes(c, &route)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snippets_signed_post_is_accepted_by_a_timestamped_route() {
+    let app = timestamped_gateway("recipe-secret").await;
     let url = app.url("/cognigy/orders");
     let payload = format!(
         r#"{{"userId":"user123","sessionId":"recipe-{}","text":"Where is my order?","intent":"orderStatus","intentScore":"0.91"}}"#,
@@ -130,19 +133,7 @@ node.function({ cognigy, config }).then(() => process.stdout.write(JSON.stringif
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_extension_module_loads_as_cognigy_loads_it_and_its_node_is_accepted() {
-    let app = TestApp::spawn_with(|c| {
-        set_routes(
-            c,
-            r#"
-[[route]]
-name = "recipe"
-path = "/cognigy/orders"
-payload = "cognigy-input"
-auth = { scheme = "hmac-sha256-timestamped", secrets = ["ext-secret"] }
-"#,
-        )
-    })
-    .await;
+    let app = timestamped_gateway("ext-secret").await;
     let dir = tempfile::tempdir().unwrap();
     let stub = dir.path().join("node_modules/@cognigy/extension-tools");
     std::fs::create_dir_all(&stub).unwrap();
