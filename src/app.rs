@@ -35,7 +35,12 @@ impl Wiring {
         // Metric handles made below must find the recorder installed.
         crate::telemetry::metrics::install();
         let routes = Routes::build(config, env);
-        let sinks = crate::delivery::build_sinks(config, env);
+        let sinks = crate::delivery::build_sinks(config, env).and_then(|mut sinks| {
+            let alerts =
+                crate::alerts::build_sinks(&config.alerts, config.delivery.lease_margin, env)?;
+            sinks.extend(alerts);
+            Ok(sinks)
+        });
         let keys = install_data_keys(config, env).map_err(|e| vec![e.to_string()]);
         let store = crate::store::check(&config.store).map_err(|e| vec![e.to_string()]);
         let issuer = TokenIssuer::build(&config.oauth2, env);
@@ -85,6 +90,8 @@ pub struct App {
     config: Config,
     state: AppState,
     deliverer: Arc<Deliverer>,
+    /// The alerts, when `[alerts]` has targets.
+    alerts: Option<Arc<crate::alerts::Alerts>>,
     public: (TcpListener, axum::Router),
     admin: Option<(TcpListener, axum::Router)>,
 }
@@ -113,10 +120,9 @@ impl App {
                 tracing::info!(url = %p.display_url(), "store open (PostgreSQL)")
             }
         }
-        let ordering: Vec<(String, bool)> = config
-            .sinks
+        let ordering: Vec<(String, bool)> = sinks
             .iter()
-            .map(|(name, sink)| (name.clone(), sink.ordered))
+            .map(|s| (s.name.clone(), s.config.ordered))
             .collect();
         store
             .configure_sinks(&ordering)
@@ -204,6 +210,14 @@ impl App {
             deliverer.clone(),
             load,
         );
+        let alerts = (!config.alerts.targets.is_empty()).then(|| {
+            Arc::new(crate::alerts::Alerts::new(
+                &config.alerts,
+                state.store.clone(),
+                deliverer.clone(),
+                state.signals.clone(),
+            ))
+        });
         let public_listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -235,6 +249,7 @@ impl App {
             config,
             state,
             deliverer,
+            alerts,
             public: (public_listener, public_router),
             admin,
         })
@@ -259,6 +274,11 @@ impl App {
         &self.deliverer
     }
 
+    /// The alerts, when `[alerts]` has targets (tests drive `look_at`).
+    pub fn alerts(&self) -> Option<&Arc<crate::alerts::Alerts>> {
+        self.alerts.as_ref()
+    }
+
     /// The public router, for driving requests without sockets (tests).
     pub fn public_router(&self) -> axum::Router {
         self.public.1.clone()
@@ -270,6 +290,7 @@ impl App {
             config,
             state,
             deliverer,
+            alerts,
             public,
             admin,
         } = self;
@@ -296,6 +317,7 @@ impl App {
                 )
             })
             .transpose()?;
+        let alerts_task = alerts.map(|a| tokio::spawn(a.run(shutdown.clone())));
         let public_task = tokio::spawn(http::serve(
             "public",
             public.0,
@@ -315,6 +337,9 @@ impl App {
             let _ = done.await;
         }
         let _ = flag.await;
+        if let Some(t) = alerts_task {
+            let _ = t.await;
+        }
         state.store.close().await;
         let audit = state.audit.clone();
         let _ = tokio::task::spawn_blocking(move || audit.close()).await;

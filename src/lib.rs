@@ -24,6 +24,12 @@
 //!                  redis, file); the outcome classified by delivery::retry
 //!                → delivery::settle (batched Store::settle_many: delivered | retry at T |
 //!                  dead letter), then metrics and the audit line
+//! alert path:    alerts::Alerts::look_at (every alerts.interval) reads the store's readiness
+//!                and outbox ages, each sink's circuit and dead letters, each route's
+//!                refused credentials and matched secrets (telemetry::watch, which ingest
+//!                only counts into) → alerts::monitor::Monitor (debounce) → an event of the
+//!                route `_alerts` with one outbox row per target (sink `alert:NAME`, rendered
+//!                by sinks::alert); a store outage is sent straight to the targets
 //! ```
 //!
 //! Settings reach each component typed: `config` parses the file over `defaults.toml` and
@@ -53,6 +59,8 @@
 //! - `store::postgres` owns its writer tasks (commit groups), the maintenance task (expiry,
 //!   every 30 s) and the LISTEN loop (`PgStore::listen`, wakes the workers on other
 //!   replicas' commits); `close` ends all three.
+//! - `app::App::run` also owns the alerts task (`alerts::Alerts::run`, when `[alerts]` has
+//!   targets); a store alert's direct sends are short tasks of their own.
 //! - `telemetry::audit` owns one OS thread that drains buffered audit lines to their output
 //!   and keeps the mark of how far they are written (`app` recovers lost lines from it at start).
 //!
@@ -60,7 +68,7 @@
 //!
 //! # Layers
 //!
-//! Imports point one way: `cli` → `app` → `http`, `delivery` → `ingest`, `store`, `sinks` →
+//! Imports point one way: `cli` → `app` → `http`, `alerts`, `delivery` → `ingest`, `store`, `sinks` →
 //! `config` → the leaves `error` (causes kept with errors), `event` (the normalised event),
 //! `secret` (secret references and values that print masked, and `EnvSource`), `expr` (CEL
 //! over the event), `rate` (token buckets, used by admission and by sinks), `duration`
@@ -69,6 +77,7 @@
 //! `load` (ingest's load gauge: HTTP raises it, delivery reads it). Store and sinks never
 //! import `ingest` or `delivery`; `config` imports only the leaves.
 
+pub mod alerts;
 pub mod app;
 pub mod cli;
 pub mod clock;

@@ -5,13 +5,14 @@
 //! sections' `Default` impls read it. Per-table defaults of `[sink.NAME]` and `[[route]]`
 //! entries are their structs' serde defaults (`sink.rs`, `route.rs`). One file per concern:
 //! `server` (listeners, limits), `store` (store, audit, privacy), `route`, `auth`, `sink`,
-//! `delivery`, `duration` (the `"10s"` adapters).
+//! `delivery`, `alerts`, `duration` (the `"10s"` adapters).
 //!
 //! Invariants: unknown keys are errors; every problem found is reported at once
 //! ([`ConfigErrors`] holds them all); secrets are only *references* here (`env:NAME`,
 //! `file:PATH` or a literal) and are resolved when routes are built (`ingest::Routes::build`),
 //! so commands that only need the store (`events show`) work without them.
 
+mod alerts;
 mod auth;
 mod delivery;
 mod route;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::duration::{duration_str, opt_duration_str};
 pub use crate::secret::{EnvSource, ProcessEnv};
+pub use alerts::{is_web_url, AlertFormat, AlertTargetConfig, AlertsConfig, FailureBurst};
 pub use auth::{AuthConfig, AuthScheme, JwtConfig, OAuth2Client, OAuth2Config};
 pub use delivery::{BreakerConfig, BusyConfig, DeliveryConfig, RetryPolicy};
 pub use route::{
@@ -70,6 +72,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub privacy: PrivacyConfig,
     pub oauth2: OAuth2Config,
+    pub alerts: AlertsConfig,
 }
 
 impl Default for Config {
@@ -358,6 +361,7 @@ impl Config {
             }
         }
         self.validate_oauth2(&mut p);
+        self.alerts.validate(&mut p);
         // Each sink's own keys are checked where it is built (`delivery::spec::SinkSpec::check`, called by
         // `delivery::build_sinks`); `serve` and `check-config` build every sink.
         p
@@ -457,6 +461,7 @@ fn section_errors(table: toml::de::DeTable<'_>, text: &str) -> Vec<String> {
             "delivery" => check::<DeliveryConfig>(value, text, &mut out),
             "privacy" => check::<PrivacyConfig>(value, text, &mut out),
             "oauth2" => check::<OAuth2Config>(value, text, &mut out),
+            "alerts" => check::<AlertsConfig>(value, text, &mut out),
             "route" => match value.into_inner() {
                 DeValue::Array(routes) => {
                     for r in routes {

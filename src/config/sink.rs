@@ -19,6 +19,9 @@ pub enum SinkKind {
     Redis,
     Cognigy,
     File,
+    /// An `[alerts.target.NAME]` (built by `crate::alerts`, never written as a sink table).
+    #[serde(skip)]
+    Alert,
 }
 
 impl SinkKind {
@@ -30,6 +33,7 @@ impl SinkKind {
             SinkKind::Redis => "redis",
             SinkKind::Cognigy => "cognigy",
             SinkKind::File => "file",
+            SinkKind::Alert => "alert",
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct Breaker {
     recent: VecDeque<bool>,
     opened_at: Option<Instant>,
     probe_in_flight: bool,
+    /// Times the circuit opened (a failed probe opening it again counts too).
+    opened: u64,
 }
 
 /// Whether an attempt may go now.
@@ -62,6 +64,7 @@ impl Breaker {
             recent: VecDeque::with_capacity(config.window as usize),
             opened_at: None,
             probe_in_flight: false,
+            opened: 0,
         }
     }
 
@@ -119,8 +122,17 @@ impl Breaker {
             && self.recent.iter().filter(|ok| !**ok).count() as f64
                 >= self.config.failure_ratio * f64::from(self.config.window);
         if half_open || by_count || by_ratio {
+            if half_open || self.opened_at.is_none() {
+                self.opened += 1;
+            }
             self.opened_at = Some(now);
         }
+    }
+
+    /// Times the circuit has opened since the sink was built (the alerts see an opening
+    /// between two looks by this count).
+    pub fn times_opened(&self) -> u64 {
+        self.opened
     }
 
     /// Gives back a probe that was admitted but not sent (shutdown, pause).
@@ -155,6 +167,29 @@ mod tests {
             b.admit(t + Duration::from_secs(10)),
             Admission::Wait(Duration::from_secs(20))
         );
+    }
+
+    #[test]
+    fn openings_are_counted_once_each_a_failed_probe_included() {
+        let (mut b, t) = breaker();
+        assert_eq!(b.times_opened(), 0);
+        for _ in 0..5 {
+            b.record(t, false);
+        }
+        assert_eq!(
+            b.times_opened(),
+            1,
+            "failures while open are no new opening"
+        );
+        let later = t + Duration::from_secs(30);
+        assert_eq!(b.admit(later), Admission::Probe);
+        b.record(later, false);
+        assert_eq!(b.times_opened(), 2, "the failed probe opened it again");
+        let much_later = later + Duration::from_secs(30);
+        assert_eq!(b.admit(much_later), Admission::Probe);
+        b.record(much_later, true);
+        assert_eq!(b.state(much_later), CircuitState::Closed);
+        assert_eq!(b.times_opened(), 2);
     }
 
     #[test]

@@ -147,6 +147,7 @@ impl Settler {
             }
             Settlement::Dead { reason, .. } => {
                 sink.metrics.dead_lettered.increment(1);
+                sink.dead_lettered(*reason);
                 (AuditKind::DeadLettered, Some(reason.as_str()))
             }
             Settlement::Release { .. } => return,

@@ -4,7 +4,7 @@
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,17 @@ pub struct SinkRuntime {
     lease_margin: Duration,
     /// The lags of the latest deliveries (for `/admin/sinks`).
     pub(super) lags: Mutex<LagWindow>,
+    /// Dead letters made by this process, by reason (permanent, exhausted, expired), for
+    /// the alerts.
+    dead: [AtomicU64; 3],
+}
+
+fn dead_slot(reason: DeadReason) -> usize {
+    match reason {
+        DeadReason::Permanent => 0,
+        DeadReason::Exhausted => 1,
+        DeadReason::Expired => 2,
+    }
 }
 
 impl SinkRuntime {
@@ -85,6 +96,7 @@ impl SinkRuntime {
                 .map(|r| Arc::new(Mutex::new(Bucket::new(r, Instant::now())))),
             refill_timer: AtomicBool::new(false),
             lags: Mutex::new(LagWindow::new(LAG_WINDOW)),
+            dead: Default::default(),
             sink,
             config,
         }
@@ -97,6 +109,31 @@ impl SinkRuntime {
 
     pub fn circuit(&self) -> CircuitState {
         self.breaker.lock().state(Instant::now())
+    }
+
+    /// The sink's client (the alerts send a store alert with it directly).
+    pub fn client(&self) -> &Arc<dyn Sink> {
+        &self.sink
+    }
+
+    /// Times the circuit has opened since the start.
+    pub fn times_opened(&self) -> u64 {
+        self.breaker.lock().times_opened()
+    }
+
+    /// Counts a dead letter of this sink.
+    pub(super) fn dead_lettered(&self, reason: DeadReason) {
+        self.dead[dead_slot(reason)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Dead letters this process made, per reason, since the start.
+    pub fn dead_letters_made(&self) -> [(DeadReason, u64); 3] {
+        [
+            DeadReason::Permanent,
+            DeadReason::Exhausted,
+            DeadReason::Expired,
+        ]
+        .map(|r| (r, self.dead[dead_slot(r)].load(Ordering::Relaxed)))
     }
 
     pub fn is_paused(&self) -> bool {

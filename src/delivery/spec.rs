@@ -87,6 +87,7 @@ impl SinkSpec {
             Target::Amqp(_) => SinkKind::Amqp,
             Target::Redis(_) => SinkKind::Redis,
             Target::Cognigy(_) => SinkKind::Cognigy,
+            Target::Alert(_) => SinkKind::Alert,
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct Shared {
     pub load: Arc<crate::load::IngestLoad>,
     /// Webhook requests admitted and not yet answered (`limits.max_in_flight`).
     pub in_flight: admission::InFlight,
+    /// Per-route signals for the alerts (refused credentials, secrets matched).
+    pub signals: Arc<crate::telemetry::watch::Signals>,
     shutting_down: AtomicBool,
 }
 
@@ -82,6 +84,7 @@ impl AppState {
             deliverer,
             load,
             in_flight: admission::InFlight::new(max_in_flight),
+            signals: Arc::default(),
             shutting_down: AtomicBool::new(false),
         }))
     }
@@ -108,7 +111,11 @@ pub fn public_router(
     let endpoint = |route: &Arc<crate::ingest::Route>, simulated: bool| {
         let (st, ep) = (
             state.clone(),
-            Arc::new(webhook::Endpoint::new(route.clone(), simulated)),
+            Arc::new(webhook::Endpoint::new(
+                route.clone(),
+                simulated,
+                &state.signals,
+            )),
         );
         post(move |req: Request| webhook::handle(st, ep, req))
     };

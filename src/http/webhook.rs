@@ -30,6 +30,7 @@ use crate::store::{AcceptOutcome, Acceptance, RespondHold, StoreError};
 use crate::telemetry::audit::{AuditKind, AuditLine};
 use crate::telemetry::metrics::{RouteMetrics, SignatureResult};
 use crate::telemetry::throttle::Throttle;
+use crate::telemetry::watch::Signals;
 
 /// Failures that repeat per request are logged once per interval, with a count.
 static LATE: Throttle = Throttle::new(Duration::from_secs(10));
@@ -70,8 +71,10 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(route: Arc<Route>, simulated: bool) -> Endpoint {
-        let metrics = RouteMetrics::new(&route.name);
+    /// `signals`: the routes' signals the alerts read (see `telemetry::watch`).
+    pub fn new(route: Arc<Route>, simulated: bool, signals: &Signals) -> Endpoint {
+        let watched = (!simulated).then(|| signals.route(&route.name, route.auth.secret_labels()));
+        let metrics = RouteMetrics::new(&route.name, watched);
         let limiter = route
             .rate_limit
             .filter(|_| !simulated)

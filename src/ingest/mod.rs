@@ -71,6 +71,18 @@ impl Authenticator {
         Some(format!(r#"{plain}, error="invalid_token", error_description="{described}""#).into())
     }
 
+    /// The labels of the route's secrets (its rotation set), never the values.
+    pub fn secret_labels(&self) -> Vec<String> {
+        match self {
+            Authenticator::Hmac(v) => v.labels(),
+            Authenticator::Timestamped(v) => v.labels(),
+            Authenticator::StandardWebhooks(v) => v.labels(),
+            Authenticator::Credentials(v) => v.labels(),
+            Authenticator::Bearer(v) => v.labels(),
+            Authenticator::None => Vec::new(),
+        }
+    }
+
     /// After [`AuthError::UnknownKey`]: fetches the route's JWKS again if its rate allows;
     /// true when verifying again may now succeed.
     pub async fn refresh_keys(&self) -> bool {

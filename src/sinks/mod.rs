@@ -3,6 +3,7 @@
 //! The whole retry contract is [`SinkError`]: `Transient` failures are retried with backoff,
 //! `Permanent` ones dead-letter at once. A sink never retries by itself.
 
+pub mod alert;
 pub mod amqp;
 pub mod cognigy;
 pub mod file;
@@ -126,6 +127,7 @@ pub fn build(
         Target::Redis(t) => Arc::new(redis::RedisSink::new(t, timeout)?),
         Target::Amqp(t) => Arc::new(amqp::AmqpSink::new(t)?),
         Target::Cognigy(t) => Arc::new(cognigy::CognigySink::new(t, timeout, env)?),
+        Target::Alert(t) => Arc::new(alert::AlertSink::new(t, timeout, env)?),
     };
     Ok(sink)
 }

@@ -35,6 +35,7 @@ pub fn check(at: &str, table: &SinkConfig, p: &mut Vec<String>) -> Option<Target
         SinkKind::Nats => (&["url", "subject"], &[]),
         SinkKind::Amqp => (&["url", "exchange"], &["routing_key"]),
         SinkKind::Redis => (&["url", "stream"], &["maxlen"]),
+        SinkKind::Alert => (&[], &[]),
         SinkKind::Cognigy => (
             &["mode"],
             &[
@@ -156,6 +157,7 @@ fn target(table: &SinkConfig) -> Option<Target> {
             stream: table.stream.clone()?,
             maxlen: table.maxlen,
         }),
+        SinkKind::Alert => return None,
         SinkKind::Cognigy => Target::Cognigy(CognigyTarget {
             mode: table.mode?,
             api: match (&table.endpoint_url, table.api.as_deref()) {
@@ -190,6 +192,18 @@ pub enum Target {
     Amqp(AmqpTarget),
     Redis(RedisTarget),
     Cognigy(CognigyTarget),
+    /// An alert target (`[alerts.target.NAME]`), not a sink table.
+    Alert(AlertTarget),
+}
+
+/// Where alerts go: a Slack or Teams webhook, or any URL taking the alert as JSON.
+#[derive(Debug, Clone)]
+pub struct AlertTarget {
+    pub format: crate::config::AlertFormat,
+    /// The URL or a reference to it (a chat webhook's URL is its credential).
+    pub url: SecretRef,
+    /// Signs each alert like the http sink.
+    pub secret: Option<SecretRef>,
 }
 
 /// `kind = "http"`: POST each event to `url`.

@@ -171,10 +171,17 @@ pub struct RouteMetrics {
     signature_replayed: metrics::Counter,
     signature_valid: Mutex<HashMap<String, metrics::Counter>>,
     requests: Mutex<HashMap<(u16, &'static str), metrics::Counter>>,
+    /// What the alerts read: refused credentials, and when each secret last matched.
+    signals: Option<std::sync::Arc<super::watch::RouteSignals>>,
 }
 
 impl RouteMetrics {
-    pub fn new(route: &str) -> RouteMetrics {
+    /// `signals`: where refusals and matched secrets are also counted for the alerts
+    /// (none on the simulator, which authenticates nothing).
+    pub fn new(
+        route: &str,
+        signals: Option<std::sync::Arc<super::watch::RouteSignals>>,
+    ) -> RouteMetrics {
         let r = route.to_string();
         let sig = |result: &'static str| metrics::counter!(SIGNATURE_CHECKS_TOTAL, "route" => r.clone(), "result" => result, "secret" => "");
         RouteMetrics {
@@ -187,6 +194,7 @@ impl RouteMetrics {
             signature_replayed: sig("replayed"),
             signature_valid: Mutex::new(HashMap::new()),
             requests: Mutex::new(HashMap::new()),
+            signals,
             route: r,
         }
     }
@@ -215,6 +223,13 @@ impl RouteMetrics {
 
     /// A signature check; `secret` is the label of the secret that matched, if any.
     pub fn signature(&self, result: SignatureResult, secret: Option<&str>) {
+        if let Some(s) = &self.signals {
+            match (result, secret) {
+                (SignatureResult::Valid, Some(label)) => s.matched(label, crate::now_millis()),
+                (SignatureResult::Valid, None) => {}
+                _ => s.refused(),
+            }
+        }
         match (result, secret) {
             (SignatureResult::Valid, Some(label)) => {
                 let mut m = self.signature_valid.lock();

@@ -1,6 +1,7 @@
 //! Telemetry: operational logs (tracing, on stderr), Prometheus metrics (names in
 //! [`metrics`]), the audit log (one JSON line per outcome, [`audit`]) and the in-process
-//! request statistics behind `/stats` ([`stats`]).
+//! request statistics behind `/stats` ([`stats`]) and the per-route signals the alerts read
+//! ([`watch`]).
 //!
 //! Invariant: no log line, metric label or audit line carries message text, entity values,
 //! signatures or secrets.
@@ -9,6 +10,7 @@ pub mod audit;
 pub mod metrics;
 pub mod stats;
 pub mod throttle;
+pub mod watch;
 
 /// Installs the tracing subscriber for operational logs on stderr (stdout is the audit log).
 /// `COGNIHOOK_LOG` is the filter (default `info`); `COGNIHOOK_LOG_FORMAT` is `json` or

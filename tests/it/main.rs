@@ -4,6 +4,7 @@
 
 mod support;
 
+mod alerts;
 mod auth;
 mod bearer;
 mod binary;

@@ -68,6 +68,14 @@ impl fmt::Debug for BearerVerifier {
 }
 
 impl BearerVerifier {
+    /// The labels of its static tokens (a JWKS rotates its keys itself: none).
+    pub fn labels(&self) -> Vec<String> {
+        match self {
+            BearerVerifier::Static(t) => t.iter().map(|(l, _)| l.clone()).collect(),
+            BearerVerifier::Jwt(_) => Vec::new(),
+        }
+    }
+
     pub fn tokens(tokens: &[Secret]) -> BearerVerifier {
         BearerVerifier::Static(
             tokens

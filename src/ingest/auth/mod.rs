@@ -104,6 +104,11 @@ impl fmt::Debug for HmacVerifier {
 }
 
 impl HmacVerifier {
+    /// The labels of its secrets, in order (never the values).
+    pub fn labels(&self) -> Vec<String> {
+        self.keys.iter().map(|(l, _)| l.clone()).collect()
+    }
+
     pub fn new(secrets: &[Secret], headers: &[HeaderName]) -> Self {
         let keys = secrets
             .iter()
@@ -227,6 +232,11 @@ fn parse_timestamped(raw: &[u8]) -> Option<(i64, Vec<[u8; 32]>)> {
 }
 
 impl TimestampedVerifier {
+    /// The labels of its secrets, in order (never the values).
+    pub fn labels(&self) -> Vec<String> {
+        self.keys.iter().map(|(l, _)| l.clone()).collect()
+    }
+
     /// Which convention the verifier follows.
     pub fn kind(&self) -> TimestampedKind {
         self.kind
@@ -347,6 +357,11 @@ pub fn decode_whsec(secret: &Secret) -> Result<Vec<u8>, SecretFormError> {
 }
 
 impl StandardWebhooksVerifier {
+    /// The labels of its secrets, in order (never the values).
+    pub fn labels(&self) -> Vec<String> {
+        self.keys.iter().map(|(l, _)| l.clone()).collect()
+    }
+
     /// `secrets` must already be decoded key bytes (see [`decode_whsec`]).
     pub fn new(secrets: &[Secret], tolerance: Duration) -> Self {
         let keys = secrets
@@ -451,6 +466,11 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 }
 
 impl CredentialVerifier {
+    /// The labels of its secrets, in order (never the values).
+    pub fn labels(&self) -> Vec<String> {
+        self.expected.iter().map(|(l, _)| l.clone()).collect()
+    }
+
     /// Basic auth for one username and any of `passwords`.
     pub fn basic(username: &str, passwords: &[Secret]) -> Self {
         let expected = passwords

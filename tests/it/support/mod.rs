@@ -75,6 +75,7 @@ pub struct TestApp {
     deliverer: std::sync::Arc<cognihook::delivery::worker::Deliverer>,
     load: std::sync::Arc<cognihook::load::IngestLoad>,
     store: cognihook::store::Store,
+    alerts: Option<std::sync::Arc<cognihook::alerts::Alerts>>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -150,6 +151,7 @@ impl TestApp {
         let deliverer = app.deliverer().clone();
         let load = app.state().load.clone();
         let store = app.state().store.clone();
+        let alerts = app.alerts().cloned();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -164,8 +166,19 @@ impl TestApp {
             deliverer,
             load,
             store,
+            alerts,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    /// The gateway's store.
+    pub fn store(&self) -> &cognihook::store::Store {
+        &self.store
+    }
+
+    /// The alerts (the configuration must have an alert target).
+    pub fn alerts(&self) -> &std::sync::Arc<cognihook::alerts::Alerts> {
+        self.alerts.as_ref().expect("[alerts] has a target")
     }
 
     pub fn deliverer(&self) -> &std::sync::Arc<cognihook::delivery::worker::Deliverer> {
