@@ -28,6 +28,8 @@ pub struct Wiring {
     pub sinks: Vec<Arc<SinkRuntime>>,
     /// `/oauth/token`, when `[oauth2]` has clients.
     pub token_issuer: Option<Arc<TokenIssuer>>,
+    /// Where traces go, when `[telemetry]` (or `OTEL_*`) names an endpoint.
+    pub traces: Option<telemetry::trace::TraceSettings>,
 }
 
 impl Wiring {
@@ -44,13 +46,15 @@ impl Wiring {
         let keys = install_data_keys(config, env).map_err(|e| vec![e.to_string()]);
         let store = crate::store::check(&config.store).map_err(|e| vec![e.to_string()]);
         let issuer = TokenIssuer::build(&config.oauth2, env);
-        match (routes, sinks, keys, store, issuer) {
-            (Ok(routes), Ok(sinks), Ok(()), Ok(_), Ok(issuer)) => Ok(Wiring {
+        let traces = telemetry::trace::TraceSettings::check(&config.telemetry);
+        match (routes, sinks, keys, store, issuer, traces) {
+            (Ok(routes), Ok(sinks), Ok(()), Ok(_), Ok(issuer), Ok(traces)) => Ok(Wiring {
                 routes,
                 sinks,
                 token_issuer: issuer.map(Arc::new),
+                traces,
             }),
-            (r, s, k, st, i) => Err(r
+            (r, s, k, st, i, t) => Err(r
                 .err()
                 .unwrap_or_default()
                 .into_iter()
@@ -58,6 +62,7 @@ impl Wiring {
                 .chain(k.err().unwrap_or_default())
                 .chain(st.err().unwrap_or_default())
                 .chain(i.err().unwrap_or_default())
+                .chain(t.err().unwrap_or_default())
                 .collect()),
         }
     }
@@ -103,7 +108,17 @@ impl App {
             routes,
             sinks,
             token_issuer,
+            traces,
         } = wiring;
+        let tracer = match &traces {
+            Some(settings) => {
+                let t = telemetry::trace::Tracer::start(settings)?;
+                tracing::info!(endpoint = %crate::secret::mask_url(&settings.endpoint),
+                    service = %settings.service_name, "exporting traces (OTLP/HTTP)");
+                t
+            }
+            None => telemetry::trace::Tracer::default(),
+        };
         for r in &config.routes {
             if r.auth.scheme == AuthScheme::None {
                 tracing::warn!(route = %r.name, path = %r.path,
@@ -155,7 +170,6 @@ impl App {
         } else {
             Audit::disabled()
         };
-        let metrics = telemetry::metrics::install();
         if let Some(telemetry::audit::Mark::WrittenThrough(through)) = previous {
             let since = through - config.limits.deadline.as_millis() as i64;
             match recover_audit(
@@ -204,12 +218,13 @@ impl App {
         let state = AppState::new(
             store,
             audit,
-            metrics,
             config.limits.clone(),
             config.server.admin_token.as_ref().map(|t| t.expose()),
             deliverer.clone(),
             load,
+            tracer.clone(),
         );
+        deliverer.set_tracer(tracer);
         let alerts = (!config.alerts.targets.is_empty()).then(|| {
             Arc::new(crate::alerts::Alerts::new(
                 &config.alerts,
@@ -341,6 +356,8 @@ impl App {
             let _ = t.await;
         }
         state.store.close().await;
+        let tracer = state.tracer.clone();
+        let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
         let audit = state.audit.clone();
         let _ = tokio::task::spawn_blocking(move || audit.close()).await;
         tracing::info!("cognihook stopped");

@@ -17,6 +17,10 @@ pub struct Intent {
 #[serde(rename_all = "camelCase")]
 pub struct NormalisedEvent {
     pub event_id: String,
+    /// The W3C `traceparent` of the request span that accepted the event, when tracing is
+    /// on: delivery spans link to it. Serialised early, before any field a sender controls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     pub route: String,
     pub correlation_id: String,
     pub transaction_id: String,
@@ -43,6 +47,17 @@ pub struct NormalisedEvent {
     pub payload: Value,
 }
 
+/// The `traceparent` an event body carries (see [`NormalisedEvent::traceparent`]): the
+/// first `"traceparent":"…"` key in it, which is the event's own (a sender's strings cannot
+/// hold an unescaped quote, and the field comes before any map a sender fills).
+pub fn traceparent_in(body: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = b"\"traceparent\":\"";
+    let at = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let rest = body.get(at..)?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&rest[..end]).ok()
+}
+
 impl NormalisedEvent {
     /// A new event with a fresh ULID and receive time; the optional fields empty, not yet
     /// committed (`state_version` 0), not simulated.
@@ -57,6 +72,7 @@ impl NormalisedEvent {
     ) -> NormalisedEvent {
         NormalisedEvent {
             event_id: ulid::Ulid::new().to_string(),
+            traceparent: None,
             route: route.to_string(),
             correlation_id,
             transaction_id,

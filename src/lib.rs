@@ -24,6 +24,12 @@
 //!                  redis, file); the outcome classified by delivery::retry
 //!                → delivery::settle (batched Store::settle_many: delivered | retry at T |
 //!                  dead letter), then metrics and the audit line
+//! traces:        telemetry::trace (off unless an OTLP endpoint is set): http::webhook opens
+//!                the request span (continuing `traceparent`), ingest::Route::prepare_marked
+//!                times auth/decode/rules, the commit is timed around Store::accept; each
+//!                delivery attempt's span is made by delivery::worker::Deliverer and ended
+//!                in SinkRuntime::attempt, linked to the request span through the event's
+//!                `traceparent`; sinks send the attempt's `traceparent` on
 //! alert path:    alerts::Alerts::look_at (every alerts.interval) reads the store's readiness
 //!                and outbox ages, each sink's circuit and dead letters, each route's
 //!                refused credentials and matched secrets (telemetry::watch, which ingest

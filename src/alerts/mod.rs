@@ -405,6 +405,7 @@ impl Alerts {
                         session_id: &event.session_id,
                         attempt,
                         body: &body,
+                        traceparent: None,
                     };
                     match target.client().send(&d).await {
                         Ok(()) => return,

@@ -5,7 +5,7 @@
 //! sections' `Default` impls read it. Per-table defaults of `[sink.NAME]` and `[[route]]`
 //! entries are their structs' serde defaults (`sink.rs`, `route.rs`). One file per concern:
 //! `server` (listeners, limits), `store` (store, audit, privacy), `route`, `auth`, `sink`,
-//! `delivery`, `alerts`, `duration` (the `"10s"` adapters).
+//! `delivery`, `alerts`, `telemetry`, `duration` (the `"10s"` adapters).
 //!
 //! Invariants: unknown keys are errors; every problem found is reported at once
 //! ([`ConfigErrors`] holds them all); secrets are only *references* here (`env:NAME`,
@@ -19,6 +19,7 @@ mod route;
 mod server;
 mod sink;
 mod store;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 
@@ -40,6 +41,7 @@ pub use route::{
 pub use server::{LimitsConfig, ServerConfig};
 pub use sink::{CognigyMode, SinkConfig, SinkKind};
 pub use store::{AuditConfig, Backend, PrivacyConfig, StoreConfig, StoreUrlError, SyncMode};
+pub use telemetry::TelemetryConfig;
 
 /// Every problem found while loading a configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +75,8 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     pub oauth2: OAuth2Config,
     pub alerts: AlertsConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for Config {
@@ -201,6 +205,7 @@ impl Config {
         if let Some(v) = env.get("COGNIHOOK_ADMIN_TOKEN") {
             self.server.admin_token = Some(v.into());
         }
+        self.telemetry.apply_env(env);
     }
 
     /// Semantic checks; returns every problem.
@@ -462,6 +467,7 @@ fn section_errors(table: toml::de::DeTable<'_>, text: &str) -> Vec<String> {
             "privacy" => check::<PrivacyConfig>(value, text, &mut out),
             "oauth2" => check::<OAuth2Config>(value, text, &mut out),
             "alerts" => check::<AlertsConfig>(value, text, &mut out),
+            "telemetry" => check::<TelemetryConfig>(value, text, &mut out),
             "route" => match value.into_inner() {
                 DeValue::Array(routes) => {
                     for r in routes {

@@ -41,14 +41,25 @@ impl Deliverer {
     /// in the settlement's transaction. A failure is settled like any attempt and retried by
     /// the workers. A paused sink, an open circuit or a sink whose `concurrency` slots are all
     /// taken is not called: the row is released to the workers at once.
-    pub fn spawn_respond(self: &Arc<Self>, c: Claimed) -> oneshot::Receiver<Offer> {
+    /// `parent`: the request's span, when tracing is on (the call is its child).
+    pub fn spawn_respond(
+        self: &Arc<Self>,
+        c: Claimed,
+        parent: Option<opentelemetry::Context>,
+    ) -> oneshot::Receiver<Offer> {
         let (tx, rx) = oneshot::channel();
         let this = self.clone();
-        self.tracker.spawn(async move { this.respond(c, tx).await });
+        self.tracker
+            .spawn(async move { this.respond(c, tx, parent).await });
         rx
     }
 
-    async fn respond(&self, c: Claimed, waiting: oneshot::Sender<Offer>) {
+    async fn respond(
+        &self,
+        c: Claimed,
+        waiting: oneshot::Sender<Offer>,
+        parent: Option<opentelemetry::Context>,
+    ) {
         let Some(sink) = self.sink(&c.sink).cloned() else {
             return;
         };
@@ -71,7 +82,8 @@ impl Deliverer {
             self.wake.notify_one();
             return;
         }
-        let (mut settlement, answer, took) = sink.attempt(&c, self.jitter.draw()).await;
+        let span = self.attempt_span(&sink, &c, parent.as_ref());
+        let (mut settlement, answer, took) = sink.attempt(&c, self.jitter.draw(), span).await;
         drop(permit);
         if let (Settlement::Delivered { result, .. }, Some(answer)) = (&mut settlement, answer) {
             let (taken, reply) = oneshot::channel();

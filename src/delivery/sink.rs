@@ -208,13 +208,17 @@ impl SinkRuntime {
     /// Makes one attempt at a claimed row: sends, feeds the breaker and metrics, and decides
     /// the settlement (`jitter`: a uniform draw in `[0, 1)` for the retry delay). Returns the
     /// settlement, the sink's answer and the time it took.
+    /// `span`: the attempt's trace span when tracing is on (ended here, with the outcome).
     pub(super) async fn attempt(
         &self,
         c: &Claimed,
         jitter: f64,
+        span: Option<crate::telemetry::trace::Traced>,
     ) -> (Settlement, Option<bytes::Bytes>, Duration) {
         let attempt = c.attempts + 1;
+        let traceparent = span.as_ref().map(|s| s.traceparent());
         let d = Delivery {
+            traceparent: traceparent.as_deref(),
             event_id: &c.event_id,
             correlation_id: &c.correlation_id,
             route: &c.route,
@@ -296,6 +300,26 @@ impl SinkRuntime {
                 None,
             ),
         };
+        if let Some(span) = span {
+            let (outcome, class) = match &settlement {
+                Settlement::Delivered { .. } => ("delivered", None),
+                Settlement::Retry { .. } => ("retry", Some("transient")),
+                Settlement::Dead { reason, .. } => ("dead_lettered", Some(reason.class())),
+                Settlement::Release { .. } => ("released", None),
+            };
+            span.set([
+                opentelemetry::KeyValue::new("cognihook.outcome", outcome),
+                opentelemetry::KeyValue::new("cognihook.event_id", c.event_id.clone()),
+                opentelemetry::KeyValue::new("cognihook.correlation_id", c.correlation_id.clone()),
+                opentelemetry::KeyValue::new("cognihook.session_id", c.session_id.clone()),
+                opentelemetry::KeyValue::new("cognihook.route", c.route.clone()),
+            ]);
+            if let Some(class) = class {
+                span.set([opentelemetry::KeyValue::new("error.type", class)]);
+                span.fail(format!("delivery failed ({class})"));
+            }
+            span.end();
+        }
         (settlement, answer, took)
     }
 }

@@ -43,6 +43,8 @@ pub struct Deliverer {
     load: Arc<IngestLoad>,
     /// Holds sends to a share of the acceptance rate while ingest is saturated.
     pacer: Mutex<Pacer>,
+    /// Trace spans of attempts (set once by `app` when tracing is on).
+    tracer: std::sync::OnceLock<crate::telemetry::trace::Tracer>,
 }
 
 /// Uniform draws in `[0, 1)` for full jitter (xorshift64; jitter needs spread, not secrecy).
@@ -85,7 +87,31 @@ impl Deliverer {
             load,
             // At least one round for every sink per interval, as if each had its slots free.
             pacer: Mutex::new(Pacer::new(busy.interval, busy.share, floor)),
+            tracer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Records a span per attempt from now on.
+    pub fn set_tracer(&self, tracer: crate::telemetry::trace::Tracer) {
+        let _ = self.tracer.set(tracer);
+    }
+
+    /// The span of an attempt at `c`: under `parent` (a request's own `respond` call), else
+    /// linked to the event's request span. `None` when tracing is off.
+    pub(super) fn attempt_span(
+        &self,
+        sink: &SinkRuntime,
+        c: &Claimed,
+        parent: Option<&opentelemetry::Context>,
+    ) -> Option<crate::telemetry::trace::Traced> {
+        let tracer = self.tracer.get().filter(|t| t.is_on())?;
+        tracer.attempt(
+            &sink.name,
+            sink.config.kind().name(),
+            c.attempts + 1,
+            parent,
+            crate::event::traceparent_in(&c.body),
+        )
     }
 
     /// The sink registry: every configured sink, in configuration order.
@@ -244,7 +270,8 @@ impl Deliverer {
     }
 
     async fn deliver(&self, sink: Arc<SinkRuntime>, c: Claimed, permit: OwnedSemaphorePermit) {
-        let (settlement, _, took) = sink.attempt(&c, self.jitter.draw()).await;
+        let span = self.attempt_span(&sink, &c, None);
+        let (settlement, _, took) = sink.attempt(&c, self.jitter.draw(), span).await;
         if matches!(
             settlement,
             Settlement::Delivered {

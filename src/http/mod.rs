@@ -53,6 +53,8 @@ pub struct Shared {
     pub in_flight: admission::InFlight,
     /// Per-route signals for the alerts (refused credentials, secrets matched).
     pub signals: Arc<crate::telemetry::watch::Signals>,
+    /// Request spans (off unless `[telemetry]` has an endpoint).
+    pub tracer: crate::telemetry::trace::Tracer,
     shutting_down: AtomicBool,
 }
 
@@ -64,27 +66,30 @@ impl Deref for AppState {
 }
 
 impl AppState {
+    /// The state of a gateway; `/metrics` renders the process's recorder (installed here if
+    /// it is not yet).
     pub fn new(
         store: Store,
         audit: Audit,
-        metrics: PrometheusHandle,
         limits: LimitsConfig,
         admin_token: Option<&str>,
         deliverer: Arc<crate::delivery::worker::Deliverer>,
         load: Arc<crate::load::IngestLoad>,
+        tracer: crate::telemetry::trace::Tracer,
     ) -> AppState {
         let max_in_flight = limits.max_in_flight;
         AppState(Arc::new(Shared {
             store,
             stats: Stats::default(),
             audit,
-            metrics,
+            metrics: crate::telemetry::metrics::install(),
             limits,
             admin_token_hash: admin_token.map(|t| Sha256::digest(t.as_bytes()).into()),
             deliverer,
             load,
             in_flight: admission::InFlight::new(max_in_flight),
             signals: Arc::default(),
+            tracer,
             shutting_down: AtomicBool::new(false),
         }))
     }

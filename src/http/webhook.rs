@@ -30,7 +30,9 @@ use crate::store::{AcceptOutcome, Acceptance, RespondHold, StoreError};
 use crate::telemetry::audit::{AuditKind, AuditLine};
 use crate::telemetry::metrics::{RouteMetrics, SignatureResult};
 use crate::telemetry::throttle::Throttle;
+use crate::telemetry::trace::Traced;
 use crate::telemetry::watch::Signals;
+use opentelemetry::KeyValue;
 
 /// Failures that repeat per request are logged once per interval, with a count.
 static LATE: Throttle = Throttle::new(Duration::from_secs(10));
@@ -106,21 +108,40 @@ pub async fn handle(state: AppState, ep: Arc<Endpoint>, req: Request<Body>) -> R
         .filter(|v| !v.is_empty() && v.len() <= MAX_CORRELATION_HEADER)
         .map(str::to_string);
     let deadline = state.limits.deadline;
+    let traced = state
+        .tracer
+        .request(&route.path, &route.name, req.headers());
     let admitted = state.in_flight.enter();
     if let Some(refusal) = admit(&state, &ep, admitted.is_some(), arrival, start, deadline) {
         let correlation_id = correlation_header.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let outcome = error_outcome(refusal, correlation_id, &transaction_id, None);
-        return finish(&state, &ep, &transaction_id, start, outcome);
+        return finish(
+            &state,
+            &ep,
+            &transaction_id,
+            start,
+            outcome,
+            traced.as_ref(),
+        );
     }
+    // Log lines of this request carry its trace and span ids.
+    let log_span = match &traced {
+        Some(t) => tracing::info_span!("request", trace_id = %t.trace_id(), span_id = %t.span_id()),
+        None => tracing::Span::none(),
+    };
     let _in_flight = state.load.request();
     let left = deadline.saturating_sub(start.elapsed());
-    let run = pipeline(
-        &state,
-        &ep,
-        req,
-        &transaction_id,
-        correlation_header.as_deref(),
-        start,
+    let run = tracing::Instrument::instrument(
+        pipeline(
+            &state,
+            &ep,
+            req,
+            &transaction_id,
+            correlation_header.as_deref(),
+            start,
+            traced.as_ref(),
+        ),
+        log_span,
     );
     let outcome = match tokio::time::timeout(left, run).await {
         Ok(o) => o,
@@ -140,7 +161,14 @@ pub async fn handle(state: AppState, ep: Arc<Endpoint>, req: Request<Body>) -> R
             )
         }
     };
-    finish(&state, &ep, &transaction_id, start, outcome)
+    finish(
+        &state,
+        &ep,
+        &transaction_id,
+        start,
+        outcome,
+        traced.as_ref(),
+    )
 }
 
 /// Refuses a request before its body is read (see `admission`): too many in flight, already
@@ -189,6 +217,7 @@ async fn pipeline(
     transaction_id: &str,
     correlation_header: Option<&str>,
     started: Instant,
+    traced: Option<&Traced>,
 ) -> Outcome {
     let fallback_correlation =
         || correlation_header.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
@@ -206,15 +235,19 @@ async fn pipeline(
         format,
         fields: fields.as_deref(),
     };
-    let mut prepared = ep.route.prepare(&body, &meta);
+    let mut marks = traced.map(|_| ingest::StageMarks::start());
+    let mut prepared = ep.route.prepare_marked(&body, &meta, marks.as_mut());
     if let Err(Refusal::Auth(AuthError::UnknownKey)) = prepared {
         // A JWT signed with a key the route's JWKS does not hold yet (rotation): fetch the
         // JWKS again, if its rate allows, and check once more.
         if ep.route.auth.refresh_keys().await {
-            prepared = ep.route.prepare(&body, &meta);
+            prepared = ep.route.prepare_marked(&body, &meta, marks.as_mut());
         }
     }
-    let prepared = match prepared {
+    if let (Some(t), Some(m)) = (traced, marks) {
+        stage_spans(t, &m);
+    }
+    let mut prepared = match prepared {
         Ok(p) => p,
         Err(refusal) => {
             return refusal_outcome(ep, refusal, fallback_correlation(), transaction_id);
@@ -222,6 +255,19 @@ async fn pipeline(
     };
     ep.metrics
         .signature(SignatureResult::Valid, prepared.secret.as_deref());
+    if let Some(t) = traced {
+        let ev = &mut prepared.event;
+        ev.traceparent = Some(t.traceparent());
+        t.set([
+            KeyValue::new("cognihook.event_id", ev.event_id.clone()),
+            KeyValue::new("cognihook.correlation_id", ev.correlation_id.clone()),
+            KeyValue::new("cognihook.session_id", ev.session_id.clone()),
+            KeyValue::new("cognihook.event_type", ev.event_type.clone()),
+        ]);
+        if let Some(cognigy) = &ev.trace_id {
+            t.set([KeyValue::new("cognigy.trace_id", cognigy.clone())]);
+        }
+    }
     let submission = submission(
         state,
         &ep.route,
@@ -230,7 +276,18 @@ async fn pipeline(
         prepared,
         transaction_id,
     );
-    commit(state, ep, submission, transaction_id, started).await
+    commit(state, ep, submission, transaction_id, started, traced).await
+}
+
+/// The `auth`, `decode` and `rules` spans of a request, for the stages it reached.
+fn stage_spans(t: &Traced, m: &ingest::StageMarks) {
+    let mut from = m.start;
+    for (name, end) in [("auth", m.auth), ("decode", m.decode), ("rules", m.rules)] {
+        if let Some(end) = end {
+            t.child(name, from, end, Vec::new());
+            from = end;
+        }
+    }
 }
 
 /// The content type, then the body, bounded in size and time. A `multipart/form-data` body
@@ -376,6 +433,7 @@ async fn commit(
     s: Submission,
     transaction_id: &str,
     started: Instant,
+    traced: Option<&Traced>,
 ) -> Outcome {
     let Submission {
         acceptance,
@@ -385,11 +443,24 @@ async fn commit(
         answer_key,
     } = s;
     let rows = acceptance.sinks.len();
-    match state.store.accept(acceptance).await {
+    let commit_start = traced.map(|_| std::time::SystemTime::now());
+    let accepted = state.store.accept(acceptance).await;
+    if let (Some(t), Some(from)) = (traced, commit_start) {
+        let mut attributes = vec![KeyValue::new("cognihook.outbox_rows", rows as i64)];
+        if let Ok(AcceptOutcome::Committed { group, .. }) = &accepted {
+            attributes.push(KeyValue::new(
+                "cognihook.commit.group_size",
+                i64::from(*group),
+            ));
+        }
+        t.child("commit", from, std::time::SystemTime::now(), attributes);
+    }
+    match accepted {
         Ok(AcceptOutcome::Committed {
             state_version,
             body,
             held,
+            ..
         }) => {
             if rows > 0 {
                 state.load.accepted(rows);
@@ -398,7 +469,17 @@ async fn commit(
             let (status, body) = match (held, ep.route.respond.as_ref(), answer_key) {
                 (Some(claim), Some(r), Some(idempotency_key)) => {
                     let wait = upstream_wait(state, r.within, started);
-                    await_upstream(state, &ep.route, *claim, wait, body, idempotency_key).await
+                    let parent = traced.map(|t| t.context().clone());
+                    await_upstream(
+                        state,
+                        &ep.route,
+                        *claim,
+                        wait,
+                        body,
+                        idempotency_key,
+                        parent,
+                    )
+                    .await
                 }
                 _ => (answer_status, body),
             };
@@ -542,8 +623,9 @@ async fn await_upstream(
     wait: Duration,
     accepted: Bytes,
     idempotency_key: String,
+    parent: Option<opentelemetry::Context>,
 ) -> (StatusCode, Bytes) {
-    let mut call = state.deliverer.spawn_respond(claim);
+    let mut call = state.deliverer.spawn_respond(claim, parent);
     let offer = match tokio::time::timeout(wait, &mut call).await {
         Ok(Ok(offer)) => offer,
         // The call failed; the workers retry it and `on_late` gets the answer.
@@ -799,8 +881,22 @@ fn finish(
     transaction_id: &str,
     start: Instant,
     o: Outcome,
+    traced: Option<&Traced>,
 ) -> Response {
     let latency = start.elapsed();
+    if let Some(t) = traced {
+        t.set([
+            KeyValue::new("http.response.status_code", i64::from(o.status.as_u16())),
+            KeyValue::new("cognihook.correlation_id", o.correlation_id.clone()),
+        ]);
+        if let Some(code) = o.code {
+            t.set([KeyValue::new("error.type", code)]);
+        }
+        if o.status.is_server_error() {
+            t.fail(o.code.unwrap_or("error"));
+        }
+        t.end();
+    }
     let status = o.status.as_u16();
     use crate::telemetry::stats::Answered;
     let answered = if o.status.is_success() {

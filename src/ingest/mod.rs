@@ -172,15 +172,50 @@ pub struct Prepared {
     pub spend: Option<SpentSignature>,
 }
 
+/// When each stage of [`Route::prepare_marked`] ended (for the request's trace spans).
+#[derive(Debug, Clone, Copy)]
+pub struct StageMarks {
+    pub start: std::time::SystemTime,
+    pub auth: Option<std::time::SystemTime>,
+    pub decode: Option<std::time::SystemTime>,
+    pub rules: Option<std::time::SystemTime>,
+}
+
+impl StageMarks {
+    pub fn start() -> StageMarks {
+        StageMarks {
+            start: std::time::SystemTime::now(),
+            auth: None,
+            decode: None,
+            rules: None,
+        }
+    }
+}
+
 impl Route {
     /// Runs auth → decode → normalise → rules on a complete raw body.
     pub fn prepare(&self, body: &[u8], meta: &RequestMeta<'_>) -> Result<Prepared, Refusal> {
+        self.prepare_marked(body, meta, None)
+    }
+
+    /// [`Route::prepare`], noting in `marks` when each stage ended (reached stages only).
+    pub fn prepare_marked(
+        &self,
+        body: &[u8],
+        meta: &RequestMeta<'_>,
+        mut marks: Option<&mut StageMarks>,
+    ) -> Result<Prepared, Refusal> {
+        let mut mark = |stage: fn(&mut StageMarks) -> &mut Option<std::time::SystemTime>| {
+            if let Some(m) = marks.as_deref_mut() {
+                *stage(m) = Some(std::time::SystemTime::now());
+            }
+        };
         let verified = if meta.simulated {
             None
         } else {
-            self.auth
-                .verify(meta.headers, body, meta.now)
-                .map_err(Refusal::Auth)?
+            let v = self.auth.verify(meta.headers, body, meta.now);
+            mark(|m| &mut m.auth);
+            v.map_err(Refusal::Auth)?
         };
         let (secret, spend) = match verified {
             Some(v) => (Some(v.secret), v.spend),
@@ -188,8 +223,9 @@ impl Route {
         };
         let d = self
             .payload
-            .decode(meta.fields.unwrap_or(body), meta.format)
-            .map_err(Refusal::Payload)?;
+            .decode(meta.fields.unwrap_or(body), meta.format);
+        mark(|m| &mut m.decode);
+        let d = d.map_err(Refusal::Payload)?;
         let correlation_id = d
             .correlation_id
             .or_else(|| meta.correlation_header.map(str::to_string))
@@ -211,13 +247,12 @@ impl Route {
         event.url_token = d.url_token;
         event.trace_id = d.trace_id;
         event.simulated = meta.simulated;
-        let extracted = self
-            .rules
-            .evaluate(&event)
-            .map_err(|rejection| Refusal::Rule {
-                rejection,
-                correlation_id: event.correlation_id.clone(),
-            })?;
+        let extracted = self.rules.evaluate(&event);
+        mark(|m| &mut m.rules);
+        let extracted = extracted.map_err(|rejection| Refusal::Rule {
+            rejection,
+            correlation_id: event.correlation_id.clone(),
+        })?;
         if !self.redaction.is_empty() {
             self.redaction.apply(&mut event);
         }

@@ -82,6 +82,9 @@ impl Sink for AlertSink {
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header("x-cognihook-event-id", d.event_id)
                 .header("x-cognihook-attempt", d.attempt.to_string());
+            if let Some(tp) = d.traceparent {
+                req = req.header("traceparent", tp);
+            }
             if let Some(secret) = &self.secret {
                 let unix = SystemTime::now()
                     .duration_since(UNIX_EPOCH)

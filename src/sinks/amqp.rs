@@ -69,11 +69,19 @@ impl Sink for AmqpSink {
         Box::pin(async move {
             let ch = self.channel().await?;
             let key = render_template(&self.routing_key, d);
-            let props = BasicProperties::default()
+            let mut props = BasicProperties::default()
                 .with_message_id(d.event_id.into())
                 .with_correlation_id(d.correlation_id.into())
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2);
+            if let Some(tp) = d.traceparent {
+                let mut headers = lapin::types::FieldTable::default();
+                headers.insert(
+                    "traceparent".into(),
+                    lapin::types::AMQPValue::LongString(tp.into()),
+                );
+                props = props.with_headers(headers);
+            }
             let at = format!("AMQP exchange `{}` key `{key}`", self.exchange);
             let failed = |e: lapin::Error| {
                 // A missing exchange closes the channel; the next attempt opens a new one.

@@ -257,6 +257,9 @@ impl Sink for CognigySink {
             if let Target::ApiV2 { key, .. } = &self.target {
                 req = req.header("x-api-key", key);
             }
+            if let Some(tp) = d.traceparent {
+                req = req.header("traceparent", tp);
+            }
             for (name, value) in &self.headers {
                 req = req.header(name, value);
             }

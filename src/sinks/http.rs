@@ -98,6 +98,9 @@ impl HttpSink {
             )
             .header("x-cognihook-attempt", d.attempt.to_string())
             .body(d.body.to_vec());
+        if let Some(tp) = d.traceparent {
+            req = req.header("traceparent", tp);
+        }
         if let Some(secret) = &self.secret {
             let unix = SystemTime::now()
                 .duration_since(UNIX_EPOCH)

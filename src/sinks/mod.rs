@@ -32,6 +32,9 @@ pub struct Delivery<'a> {
     pub attempt: u32,
     /// The normalised event (SPEC §3.6) as JSON.
     pub body: &'a [u8],
+    /// The attempt span's W3C `traceparent`, when tracing is on: sent as the `traceparent`
+    /// header (http, cognigy, NATS, AMQP) or stream field (Redis).
+    pub traceparent: Option<&'a str>,
 }
 
 /// Why an attempt failed.

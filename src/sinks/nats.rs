@@ -64,6 +64,9 @@ impl Sink for NatsSink {
                 crate::event::header_safe(d.correlation_id).as_ref(),
             );
             headers.insert("Content-Type", "application/json");
+            if let Some(tp) = d.traceparent {
+                headers.insert("traceparent", tp);
+            }
             let classify = |kind: PublishErrorKind, e: &dyn std::fmt::Display| match kind {
                 PublishErrorKind::StreamNotFound => SinkError::transient(format!(
                     "NATS: no JetStream stream captures subject `{subject}`; create one \

@@ -95,6 +95,9 @@ impl Sink for RedisSink {
                 .arg(d.event_type)
                 .arg("event")
                 .arg(d.body);
+            if let Some(tp) = d.traceparent {
+                cmd.arg("traceparent").arg(tp);
+            }
             let _id: String = cmd
                 .query_async(&mut conn)
                 .await
@@ -168,6 +171,7 @@ mod tests {
             session_id: "s",
             attempt: 1,
             body: b"{}",
+            traceparent: None,
         };
         let err = sink.send(&d).await.expect_err("refused");
         assert!(

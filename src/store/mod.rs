@@ -63,6 +63,8 @@ pub enum AcceptOutcome {
         state_version: u64,
         body: Bytes,
         held: Option<Box<Claimed>>,
+        /// Acceptances committed in the same group (with one flush), this one included.
+        group: u32,
     },
     /// Seen before inside the idempotency window: the original answer, nothing changed.
     Duplicate {

@@ -818,7 +818,11 @@ async fn run_writer(
         let outcome = tokio::time::timeout(OP_TIMEOUT, commit_group(&pool, &mut batch, &s)).await;
         match outcome {
             Ok(Ok(results)) => {
-                for ((_, reply), r) in batch.drain(..).zip(results) {
+                let size = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+                for ((_, reply), mut r) in batch.drain(..).zip(results) {
+                    if let Ok(AcceptOutcome::Committed { group, .. }) = &mut r {
+                        *group = size;
+                    }
                     let _ = reply.send(r);
                 }
             }
@@ -1117,6 +1121,7 @@ async fn accept_one(
         state_version,
         body: response,
         held,
+        group: 1,
     })
 }
 

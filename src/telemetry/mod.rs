@@ -10,6 +10,7 @@ pub mod audit;
 pub mod metrics;
 pub mod stats;
 pub mod throttle;
+pub mod trace;
 pub mod watch;
 
 /// Installs the tracing subscriber for operational logs on stderr (stdout is the audit log).
@@ -26,14 +27,34 @@ pub fn init_logging() {
         Ok("json") => false,
         _ => terminal,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(terminal)
-        .with_writer(std::io::stderr);
     // A second call (tests) finds a subscriber already set; that is fine.
     let _ = if pretty {
-        builder.try_init()
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(terminal)
+            .with_writer(std::io::stderr)
+            .try_init()
     } else {
-        builder.json().flatten_event(true).try_init()
+        tracing::subscriber::set_global_default(json_logs(filter, std::io::stderr))
+            .map_err(Into::into)
     };
+}
+
+/// The JSON log format: one object per line, the event's fields at the top level and the
+/// fields of the spans it happened in (a request's `trace_id` and `span_id` when tracing is
+/// on) under `span` and `spans`.
+pub fn json_logs<W>(
+    filter: tracing_subscriber::EnvFilter,
+    writer: W,
+) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(writer)
+        .json()
+        .flatten_event(true)
+        .finish()
 }

@@ -24,4 +24,5 @@ mod router;
 mod server;
 mod simulate;
 mod store_suite;
+mod traces;
 mod upgrade;

@@ -292,12 +292,20 @@ impl Sequencer {
                 }
             }
         };
+        let size = group
+            .iter()
+            .filter(|d| matches!(d, Decided::Accept(..)))
+            .count();
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
         for d in group.drain(..) {
             match (d, &failure) {
                 (Decided::Accept(reply, _), Some(e)) => {
                     let _ = reply.send(Err(e.clone()));
                 }
-                (Decided::Accept(reply, r), None) => {
+                (Decided::Accept(reply, mut r), None) => {
+                    if let Ok(AcceptOutcome::Committed { group, .. }) = &mut r {
+                        *group = size;
+                    }
                     let _ = reply.send(r);
                 }
                 (Decided::Answer(reply), Some(e)) => {
@@ -457,6 +465,7 @@ impl Sequencer {
             state_version: version,
             body: answer,
             held,
+            group: 1,
         })
     }
 

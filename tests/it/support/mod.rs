@@ -5,6 +5,7 @@
 
 pub mod binary;
 pub mod cognigy_emulator;
+pub mod otlp_receiver;
 pub mod sink_server;
 pub mod tcp_proxy;
 pub mod tls_front;
@@ -76,6 +77,7 @@ pub struct TestApp {
     load: std::sync::Arc<cognihook::load::IngestLoad>,
     store: cognihook::store::Store,
     alerts: Option<std::sync::Arc<cognihook::alerts::Alerts>>,
+    tracer: cognihook::telemetry::trace::Tracer,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -152,6 +154,7 @@ impl TestApp {
         let load = app.state().load.clone();
         let store = app.state().store.clone();
         let alerts = app.alerts().cloned();
+        let tracer = app.state().tracer.clone();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -167,8 +170,17 @@ impl TestApp {
             load,
             store,
             alerts,
+            tracer,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    /// Exports the spans that have ended (a no-op with tracing off).
+    pub async fn flush_traces(&self) {
+        let tracer = self.tracer.clone();
+        tokio::task::spawn_blocking(move || tracer.flush())
+            .await
+            .unwrap();
     }
 
     /// The gateway's store.
