@@ -357,3 +357,209 @@ async fn log_lines_of_a_traced_request_carry_its_trace_and_span_ids() {
     assert_eq!(line["span"]["trace_id"], INCOMING_TRACE, "{line}");
     assert_eq!(line["span"]["span_id"], request.span_id.as_str(), "{line}");
 }
+
+fn broker(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            eprintln!("{var} is not set: this part of the test does not run");
+            None
+        }
+    }
+}
+
+/// Each delivery's `traceparent` as its receiver saw it, checked against the attempt spans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cognigy_calls_and_broker_messages_carry_the_attempts_traceparent() {
+    use crate::support::cognigy_emulator::{CognigyEmulator, URL_TOKEN};
+    use futures_util::StreamExt as _;
+    let receiver = OtlpReceiver::start().await;
+    let cognigy = CognigyEmulator::start().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let mut sinks = vec![(
+        "cognigy".to_string(),
+        format!(
+            "kind = \"cognigy\"\nmode = \"notify\"\nendpoint_url = \"{}\"",
+            cognigy.base_url()
+        ),
+    )];
+    let redis_url = broker("COGNIHOOK_TEST_REDIS_URL");
+    let stream = format!("cognihook-trace-{tag}");
+    if let Some(url) = &redis_url {
+        sinks.push((
+            "redis".into(),
+            format!("kind = \"redis\"\nurl = \"{url}\"\nstream = \"{stream}\""),
+        ));
+    }
+    let nats_url = broker("COGNIHOOK_TEST_NATS_URL");
+    let mut nats_stream = None;
+    if let Some(url) = &nats_url {
+        let client = async_nats::connect(url.as_str()).await.unwrap_or_else(|e| {
+            panic!("COGNIHOOK_TEST_NATS_URL={url} is set but NATS is unreachable: {e}")
+        });
+        let js = async_nats::jetstream::new(client);
+        let s = js
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: format!("COGNIHOOK_TRACE_{tag}"),
+                subjects: vec![format!("trace-{tag}.>")],
+                ..Default::default()
+            })
+            .await
+            .expect("create test stream");
+        nats_stream = Some((js, s));
+        sinks.push((
+            "nats".into(),
+            format!("kind = \"nats\"\nurl = \"{url}\"\nsubject = \"trace-{tag}.x\""),
+        ));
+    }
+    let amqp_url = broker("COGNIHOOK_TEST_AMQP_URL");
+    let mut amqp = None;
+    if let Some(url) = &amqp_url {
+        use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+        use lapin::types::FieldTable;
+        let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("COGNIHOOK_TEST_AMQP_URL={url} is set but RabbitMQ is unreachable: {e}")
+            });
+        let ch = conn.create_channel().await.unwrap();
+        let (exchange, queue) = (format!("cht-trace-{tag}"), format!("cht-trace-q-{tag}"));
+        let auto = ExchangeDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        };
+        ch.exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Direct,
+            auto,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let q = QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        };
+        ch.queue_declare(queue.as_str().into(), q, FieldTable::default())
+            .await
+            .unwrap();
+        ch.queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "traced".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        sinks.push((
+            "amqp".into(),
+            format!("kind = \"amqp\"\nurl = \"{url}\"\nexchange = \"{exchange}\"\nrouting_key = \"traced\""),
+        ));
+        amqp = Some((conn, ch, queue));
+    }
+    let names: Vec<String> = sinks.iter().map(|(n, _)| n.clone()).collect();
+    let routes = format!(
+        "[[route]]\nname = \"traced\"\npath = \"/traced\"\npayload = \"cognigy-input\"\n\
+         auth = {{ scheme = \"api-key\", keys = [\"k\"] }}\nsinks = {names:?}\n"
+    );
+    let env = env_with(&receiver, &[]);
+    let app = TestApp::spawn_env(tempfile::tempdir().unwrap(), &env, |c| {
+        c.telemetry.apply_env(&env);
+        set_routes(c, &routes);
+        for (name, table) in &sinks {
+            c.sinks.insert(name.clone(), toml::from_str(table).unwrap());
+        }
+        c.delivery.poll_interval = Duration::from_millis(20);
+    })
+    .await;
+    let body = serde_json::to_vec(&json!({
+        "userId": "u1", "sessionId": "s-kinds", "URLToken": URL_TOKEN, "text": "hello"
+    }))
+    .unwrap();
+    let r = app
+        .post(
+            "/traced",
+            &body,
+            &[("content-type", "application/json"), ("x-api-key", "k")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let spans = spans(&app, &receiver, |s| {
+        names
+            .iter()
+            .all(|n| s.iter().any(|s| s.name == format!("deliver {n}")))
+    })
+    .await;
+    let expected = |sink: &str| {
+        let s = named(&spans, &format!("deliver {sink}"));
+        assert_eq!(s.attributes["cognihook.outcome"], "delivered", "{s:?}");
+        format!("00-{}-{}-01", s.trace_id, s.span_id)
+    };
+    let calls = cognigy.accepted();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0].headers["traceparent"],
+        expected("cognigy").as_str()
+    );
+    assert_eq!(named(&spans, "deliver cognigy").kind, 3, "client");
+    if let Some(url) = &redis_url {
+        let mut conn = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let field = entries[0]
+            .1
+            .iter()
+            .find(|(k, _)| k == "traceparent")
+            .map(|(_, v)| v.clone());
+        assert_eq!(field, Some(expected("redis")));
+        assert_eq!(named(&spans, "deliver redis").kind, 4, "producer");
+        let _: () = redis::cmd("DEL")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    if let Some((js, s)) = nats_stream {
+        let consumer = s
+            .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+            .await
+            .unwrap();
+        let mut msgs = consumer.fetch().max_messages(1).messages().await.unwrap();
+        let m = msgs.next().await.expect("a message").unwrap();
+        let h = m.headers.clone().unwrap_or_default();
+        assert_eq!(
+            h.get("traceparent").map(|v| v.to_string()),
+            Some(expected("nats"))
+        );
+        js.delete_stream(format!("COGNIHOOK_TRACE_{tag}"))
+            .await
+            .unwrap();
+    }
+    if let Some((_conn, ch, queue)) = amqp {
+        let m = ch
+            .basic_get(
+                queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+            .expect("a message");
+        let headers = m.properties.headers().clone().unwrap_or_default();
+        let tp = headers
+            .inner()
+            .get("traceparent")
+            .and_then(|v| v.as_long_string())
+            .map(|s| s.to_string());
+        assert_eq!(tp, Some(expected("amqp")));
+    }
+}
