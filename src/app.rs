@@ -233,6 +233,7 @@ impl App {
                 state.signals.clone(),
             ))
         });
+        let console = Arc::new(http::console::Console::new(&config));
         let public_listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -241,12 +242,12 @@ impl App {
                 let l = TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("cannot listen on {addr} (admin)"))?;
-                Some((l, http::admin_router(state.clone())))
+                Some((l, http::admin_router(state.clone(), console.clone())))
             }
             None => {
                 if !config.server.listen.ip().is_loopback() {
                     tracing::warn!(listen = %config.server.listen,
-                        "/metrics, /stats and /admin/* are served on the public listener, which \
+                        "/metrics, /stats, /admin/* and /console/ are served on the public listener, which \
                          is not a loopback address; set COGNIHOOK_ADMIN_LISTEN (server.admin_listen, \
                          e.g. 127.0.0.1:9090) to serve them on a listener of their own");
                 }
@@ -259,6 +260,7 @@ impl App {
             config.server.simulator,
             admin.is_none(),
             token_issuer,
+            console,
         );
         Ok(App {
             config,

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod admission;
 pub mod conn;
+pub mod console;
 pub mod error;
 pub mod oauth;
 pub mod ops;
@@ -111,6 +112,7 @@ pub fn public_router(
     simulator: bool,
     with_admin: bool,
     token_issuer: Option<Arc<crate::ingest::auth::oauth2::TokenIssuer>>,
+    console: Arc<console::Console>,
 ) -> Router {
     let mut r = Router::new();
     let endpoint = |route: &Arc<crate::ingest::Route>, simulated: bool| {
@@ -151,14 +153,17 @@ pub fn public_router(
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz));
     if with_admin {
-        r = r.merge(admin_routes(&state));
+        r = r
+            .merge(admin_routes(&state))
+            .merge(console::routes(&state, console));
     }
     finish(r, state)
 }
 
 /// The admin listener's router (`COGNIHOOK_ADMIN_LISTEN`).
-pub fn admin_router(state: AppState) -> Router {
+pub fn admin_router(state: AppState, console: Arc<console::Console>) -> Router {
     let r = admin_routes(&state)
+        .merge(console::routes(&state, console))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz));
     finish(r, state)

@@ -112,6 +112,17 @@ impl<'a> AuditLine<'a> {
     }
 }
 
+impl<'a> AuditLine<'a> {
+    /// An event's personal fields shown in the console.
+    pub fn revealed(event_id: &'a str) -> AuditLine<'a> {
+        AuditLine {
+            event_id: Some(event_id),
+            status: 200,
+            ..AuditLine::new(AuditKind::PayloadRevealed)
+        }
+    }
+}
+
 /// The audit line of a forgotten session: its id, and in `state_version` how many events lost
 /// their payloads.
 pub fn session_forgotten(session_id: &str, events: u64) -> AuditLine<'_> {
@@ -213,6 +224,8 @@ pub enum AuditKind {
     Replayed,
     /// A session was forgotten (`DELETE /admin/sessions/{id}`, `cognihook sessions forget`).
     SessionForgotten,
+    /// An operator revealed an event's message text and payload in the console.
+    PayloadRevealed,
 }
 
 /// One audit line. Optional fields are left out when unknown.

@@ -10,6 +10,7 @@ mod bearer;
 mod binary;
 mod brokers;
 mod cognigy_sink;
+mod console;
 mod crash;
 mod delivery;
 mod deploy;

@@ -1,0 +1,545 @@
+//! The console's pages. Each reads what the admin API reads (the store, the delivery
+//! workers, the in-process statistics), so on PostgreSQL every replica shows the shared
+//! state; figures that are per process (circuits, latency) say so.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use axum::Extension;
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::Value;
+
+use super::{esc, form_value, layout, page_response, redirect, Console, Session};
+use crate::http::AppState;
+use crate::store::{DeadLetterFilter, DeadReason};
+
+fn csrf_field(s: &Session) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+        esc(&s.csrf)
+    )
+}
+
+fn unavailable(title: &str, here: &str, s: &Session, e: impl std::fmt::Display) -> Response {
+    page_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &layout(
+            title,
+            Some((here, s)),
+            &format!(
+                "<p class=\"error\">The store is unavailable: {}</p>",
+                esc(&e.to_string())
+            ),
+        ),
+    )
+}
+
+/// `GET /console/`: what is happening now; the page reloads itself every 5 s.
+pub(super) async fn overview(
+    State(state): State<AppState>,
+    Extension(s): Extension<Session>,
+) -> Response {
+    let snap = state.stats.snapshot();
+    let mut body = String::from("<p class=\"muted\">This replica's answers since it started; the outbox is the store's. Updates every 5 s.</p>");
+    let _ = write!(
+        body,
+        "<h2>Answers</h2><table><tr><th>requests</th><th>committed</th><th>duplicates</th>\
+         <th>rule rejections</th><th>errors</th><th>success rate</th><th>p50 ms</th><th>p99 ms</th></tr>\
+         <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.2}</td><td>{:.2}</td></tr></table>",
+        snap.total_requests,
+        snap.events_committed,
+        snap.duplicates,
+        snap.total_rejections,
+        snap.total_errors,
+        snap.success_rate,
+        snap.latency_ms.p50,
+        snap.latency_ms.p99
+    );
+    body.push_str(&sink_table(&state, &s, false).await);
+    let html = layout("Overview", Some(("/console/", &s)), &body).replace(
+        "<meta charset=\"utf-8\">",
+        "<meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">",
+    );
+    page_response(StatusCode::OK, &html)
+}
+
+/// The sinks with their outbox figures; with `actions`, pause/resume buttons.
+async fn sink_table(state: &AppState, s: &Session, actions: bool) -> String {
+    let sinks = state.deliverer.sinks();
+    let names: Vec<String> = sinks.iter().map(|x| x.name.clone()).collect();
+    let counts = state.store.sink_counts(&names).await;
+    let mut out = String::from(
+        "<h2>Sinks</h2><table><tr><th>sink</th><th>kind</th><th>target</th><th>state</th><th>circuit</th>\
+         <th>pending</th><th>oldest pending</th><th>dead letters</th><th>lag p99</th>",
+    );
+    if actions {
+        out.push_str("<th></th>");
+    }
+    out.push_str("</tr>");
+    for sink in sinks {
+        let c = counts
+            .as_ref()
+            .ok()
+            .and_then(|cs| cs.iter().find(|c| c.sink == sink.name));
+        let (pending, oldest, dead) = match c {
+            Some(c) => (
+                c.pending.to_string(),
+                format!("{:.1} s", c.oldest_pending_age_seconds),
+                c.dead_letters.to_string(),
+            ),
+            None => ("?".into(), "?".into(), "?".into()),
+        };
+        let lag = sink
+            .lag()
+            .map_or_else(|| "–".to_string(), |l| format!("{:.3} s", l.p99));
+        let paused = sink.is_paused();
+        let _ = write!(
+            out,
+            "<tr id=\"sink-{name}\"><td>{name}</td><td>{kind}</td><td><code>{target}</code></td><td>{state}</td>\
+             <td>{circuit}</td><td>{pending}</td><td>{oldest}</td><td>{dead}</td><td>{lag}</td>",
+            name = esc(&sink.name),
+            kind = sink.config.kind().name(),
+            target = esc(&target_shown(&sink.config.target)),
+            state = if paused { "paused" } else { "running" },
+            circuit = sink.circuit().name(),
+        );
+        if actions {
+            let action = if paused { "resume" } else { "pause" };
+            let _ = write!(
+                out,
+                "<td><form method=\"post\" action=\"/console/sinks/{}/{action}\">{}\
+                 <button type=\"submit\">{}</button></form></td>",
+                esc(&sink.name),
+                csrf_field(s),
+                if paused { "Resume" } else { "Pause" }
+            );
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table>");
+    if let Err(e) = counts {
+        let _ = write!(
+            out,
+            "<p class=\"error\">Outbox figures unavailable: {}</p>",
+            esc(&e.to_string())
+        );
+    }
+    out
+}
+
+/// Where a sink sends, credentials masked.
+fn target_shown(t: &crate::sinks::spec::Target) -> String {
+    use crate::sinks::spec::Target;
+    match t {
+        Target::Http(h) => h.url.to_string(),
+        Target::File(f) => f.path.display().to_string(),
+        Target::Nats(n) => format!("{} → {}", n.url, n.subject),
+        Target::Amqp(a) => format!("{} → {}", a.url, a.exchange),
+        Target::Redis(r) => format!("{} → {}", r.url, r.stream),
+        Target::Cognigy(c) => format!("{:?}", c.mode).to_lowercase(),
+        Target::Alert(a) => format!("{:?} alerts", a.format).to_lowercase(),
+    }
+}
+
+/// `GET /console/sinks`.
+pub(super) async fn sinks(
+    State(state): State<AppState>,
+    Extension(s): Extension<Session>,
+) -> Response {
+    let body = sink_table(&state, &s, true).await;
+    page_response(
+        StatusCode::OK,
+        &layout("Sinks", Some(("/console/sinks", &s)), &body),
+    )
+}
+
+/// `POST /console/sinks/{name}/pause|resume`.
+pub(super) async fn sink_action(
+    State(state): State<AppState>,
+    Extension(s): Extension<Session>,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let Some(sink) = state.deliverer.sink(&name) else {
+        return page_response(
+            StatusCode::NOT_FOUND,
+            &layout(
+                "Sinks",
+                Some(("/console/sinks", &s)),
+                "<p class=\"error\">No such sink.</p>",
+            ),
+        );
+    };
+    match action.as_str() {
+        "pause" => sink.set_paused(true),
+        "resume" => {
+            sink.set_paused(false);
+            state.deliverer.wake();
+        }
+        _ => return redirect("/console/sinks"),
+    }
+    tracing::info!(sink = %name, action, "sink {action}d from the console");
+    redirect("/console/sinks")
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct EventQuery {
+    #[serde(default)]
+    q: String,
+}
+
+/// The personal fields of an event, hidden until the operator reveals them.
+const PERSONAL: [&str; 3] = ["text", "payload", "entities"];
+
+fn event_table(event: &Value, reveal: bool) -> String {
+    let mut out = String::from("<table>");
+    if let Some(map) = event.as_object() {
+        for (k, v) in map {
+            let shown = if PERSONAL.contains(&k.as_str()) && !reveal {
+                "<span class=\"muted\">hidden</span>".to_string()
+            } else {
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    other => serde_json::to_string_pretty(other).unwrap_or_default(),
+                };
+                format!("<code>{}</code>", esc(&text))
+            };
+            let _ = write!(out, "<tr><th>{}</th><td>{shown}</td></tr>", esc(k));
+        }
+    }
+    out.push_str("</table>");
+    out
+}
+
+async fn journey_page(state: &AppState, s: &Session, q: &str, reveal: bool) -> Response {
+    let mut body = format!(
+        "<form method=\"get\" action=\"/console/events\"><label>Event or correlation id \
+         <input name=\"q\" value=\"{}\" size=\"40\"></label> <button type=\"submit\">Find</button></form>",
+        esc(q)
+    );
+    if q.trim().is_empty() {
+        return page_response(
+            StatusCode::OK,
+            &layout("Events", Some(("/console/events", s)), &body),
+        );
+    }
+    let journey = match state.store.journey(q.trim()).await {
+        Ok(j) => j,
+        Err(e) => return unavailable("Events", "/console/events", s, e),
+    };
+    let Some(j) = journey else {
+        body.push_str("<p class=\"error\">No event with this id or correlation id.</p>");
+        return page_response(
+            StatusCode::NOT_FOUND,
+            &layout("Events", Some(("/console/events", s)), &body),
+        );
+    };
+    let id = j.event["eventId"].as_str().unwrap_or_default().to_string();
+    let _ = write!(
+        body,
+        "<h2>Event <code>{}</code></h2><p>committed {}</p>",
+        esc(&id),
+        esc(&j.committed_at)
+    );
+    if !reveal {
+        let _ = write!(
+            body,
+            "<form method=\"post\" action=\"/console/events/{}/reveal\">{}<button type=\"submit\">\
+             Reveal message text and payload</button> <span class=\"muted\">(written to the audit log)</span></form>",
+            esc(&id),
+            csrf_field(s)
+        );
+    }
+    body.push_str(&event_table(&j.event, reveal));
+    body.push_str("<h2>Deliveries</h2>");
+    if j.deliveries.is_empty() {
+        body.push_str("<p class=\"muted\">No sink on this route.</p>");
+    }
+    for d in &j.deliveries {
+        let _ = write!(
+            body,
+            "<h3>{} <span class=\"muted\">{}</span></h3><table><tr><th>#</th><th>at</th><th>outcome</th>\
+             <th>duration</th><th>error</th></tr>",
+            esc(&d.sink),
+            esc(&d.status)
+        );
+        for a in &d.attempts {
+            let v = serde_json::to_value(a).unwrap_or_default();
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                v["attempt"],
+                esc(v["at"].as_str().unwrap_or_default()),
+                esc(v["outcome"].as_str().unwrap_or_default()),
+                v.get("durationMs")
+                    .map_or(String::new(), |d| format!("{d} ms")),
+                esc(v["error"].as_str().unwrap_or_default()),
+            );
+        }
+        body.push_str("</table>");
+    }
+    page_response(
+        StatusCode::OK,
+        &layout("Events", Some(("/console/events", s)), &body),
+    )
+}
+
+/// `GET /console/events?q=`: an event's journey by event id or correlation id.
+pub(super) async fn events(
+    State(state): State<AppState>,
+    Extension(s): Extension<Session>,
+    query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = query.map(|Query(q)| q.q).unwrap_or_default();
+    journey_page(&state, &s, &q, false).await
+}
+
+/// `POST /console/events/{id}/reveal`: the same page with the personal fields shown; the
+/// reveal is written to the audit log.
+pub(super) async fn reveal(
+    State(state): State<AppState>,
+    Extension(s): Extension<Session>,
+    Path(id): Path<String>,
+) -> Response {
+    state
+        .audit
+        .write(&crate::telemetry::audit::AuditLine::revealed(&id));
+    tracing::info!(event_id = %id, "event payload revealed in the console");
+    journey_page(&state, &s, &id, true).await
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct DeadQuery {
+    sink: Option<String>,
+    route: Option<String>,
+    class: Option<String>,
+}
+
+fn filter_of(sink: Option<String>, route: Option<String>, class: Option<&str>) -> DeadLetterFilter {
+    let some = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    DeadLetterFilter {
+        sink: some(sink),
+        route: some(route),
+        reason: match class {
+            Some("permanent") => Some(DeadReason::Permanent),
+            Some("exhausted") => Some(DeadReason::Exhausted),
+            Some("expired") => Some(DeadReason::Expired),
+            _ => None,
+        },
+        ..DeadLetterFilter::default()
+    }
+}
+
+fn filter_fields(f: &DeadLetterFilter) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"sink\" value=\"{}\"><input type=\"hidden\" name=\"route\" value=\"{}\">\
+         <input type=\"hidden\" name=\"class\" value=\"{}\">",
+        esc(f.sink.as_deref().unwrap_or_default()),
+        esc(f.route.as_deref().unwrap_or_default()),
+        f.reason.map_or("", DeadReason::as_str)
+    )
+}
+
+/// `GET /console/dead-letters?sink=&route=&class=`.
+pub(super) async fn dead_letters(
+    State(state): State<AppState>,
+    Extension(s): Extension<Session>,
+    query: Result<Query<DeadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = query.map(|Query(q)| q).unwrap_or_default();
+    let filter = filter_of(q.sink, q.route, q.class.as_deref());
+    let (total, items) = match state.store.dead_letters(&filter, 200).await {
+        Ok(r) => r,
+        Err(e) => return unavailable("Dead letters", "/console/dead-letters", &s, e),
+    };
+    let sel = |v: &str| {
+        if filter.reason.map(DeadReason::as_str) == Some(v) {
+            " selected"
+        } else {
+            ""
+        }
+    };
+    let mut body = format!(
+        "<form method=\"get\" action=\"/console/dead-letters\">\
+         <label>Sink <input name=\"sink\" value=\"{}\"></label> <label>Route <input name=\"route\" value=\"{}\"></label> \
+         <label>Class <select name=\"class\"><option value=\"\">any</option><option{}>permanent</option>\
+         <option{}>exhausted</option><option{}>expired</option></select></label> <button type=\"submit\">Filter</button></form>\
+         <p>{total} dead letter(s) match.</p>",
+        esc(filter.sink.as_deref().unwrap_or_default()),
+        esc(filter.route.as_deref().unwrap_or_default()),
+        sel("permanent"),
+        sel("exhausted"),
+        sel("expired"),
+    );
+    let _ = write!(
+        body,
+        "<form method=\"post\" action=\"/console/dead-letters/replay\">{}{}\
+         <table><tr><th><input type=\"checkbox\" disabled></th><th>id</th><th>sink</th><th>route</th><th>class</th>\
+         <th>attempts</th><th>last error</th><th>at</th><th>event</th></tr>",
+        csrf_field(&s),
+        filter_fields(&filter)
+    );
+    for d in &items {
+        let _ = write!(
+            body,
+            "<tr><td><input type=\"checkbox\" name=\"id\" value=\"{id}\"></td><td>{id}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><a href=\"/console/events?q={}\">{}</a></td></tr>",
+            esc(&d.sink),
+            esc(&d.route),
+            esc(&d.class),
+            d.attempts,
+            esc(&d.last_error),
+            esc(&d.dead_lettered_at),
+            esc(&d.event_id),
+            esc(&d.event_id),
+            id = d.id,
+        );
+    }
+    body.push_str(
+        "</table><button type=\"submit\">Replay selected (or all matching)…</button></form>",
+    );
+    let _ = write!(
+        body,
+        "<form method=\"post\" action=\"/console/dead-letters/purge\">{}{}<button type=\"submit\">\
+         Purge all matching…</button></form>",
+        csrf_field(&s),
+        filter_fields(&filter)
+    );
+    page_response(
+        StatusCode::OK,
+        &layout("Dead letters", Some(("/console/dead-letters", &s)), &body),
+    )
+}
+
+/// The filter and selection a replay or purge form posted.
+fn posted(body: &[u8]) -> (DeadLetterFilter, bool) {
+    let class = form_value(body, "class");
+    let mut f = filter_of(
+        form_value(body, "sink"),
+        form_value(body, "route"),
+        class.as_deref(),
+    );
+    f.ids = form_urlencoded::parse(body)
+        .filter(|(k, _)| k == "id")
+        .filter_map(|(_, v)| v.parse().ok())
+        .collect();
+    (f, form_value(body, "confirm").as_deref() == Some("yes"))
+}
+
+fn confirm_page(s: &Session, action: &str, what: &str, n: u64, f: &DeadLetterFilter) -> Response {
+    let ids: String = f
+        .ids
+        .iter()
+        .map(|id| format!("<input type=\"hidden\" name=\"id\" value=\"{id}\">"))
+        .collect();
+    let body = format!(
+        "<p id=\"dry-run\">{what} <strong>{n}</strong> dead letter(s).</p>\
+         <form method=\"post\" action=\"/console/dead-letters/{action}\">{}{}{ids}\
+         <input type=\"hidden\" name=\"confirm\" value=\"yes\"><button type=\"submit\">Confirm</button> \
+         <a href=\"/console/dead-letters\">Cancel</a></form>",
+        csrf_field(s),
+        filter_fields(f)
+    );
+    page_response(
+        StatusCode::OK,
+        &layout("Dead letters", Some(("/console/dead-letters", s)), &body),
+    )
+}
+
+/// `POST /console/dead-letters/replay`: first a dry-run count to confirm, then the replay.
+pub(super) async fn replay(
+    State(state): State<AppState>,
+    Extension(s): Extension<Session>,
+    body: Bytes,
+) -> Response {
+    let (filter, confirmed) = posted(&body);
+    match state.store.replay(&filter, !confirmed).await {
+        Err(e) => unavailable("Dead letters", "/console/dead-letters", &s, e),
+        Ok(n) if !confirmed => confirm_page(&s, "replay", "This replays", n, &filter),
+        Ok(n) => {
+            if n > 0 {
+                state
+                    .audit
+                    .write(&crate::telemetry::audit::AuditLine::replayed(n));
+                state.deliverer.wake();
+            }
+            tracing::info!(replayed = n, "dead letters replayed from the console");
+            let body = format!("<p class=\"ok\" id=\"done\">Replayed {n} dead letter(s).</p><p><a href=\"/console/dead-letters\">Back</a></p>");
+            page_response(
+                StatusCode::OK,
+                &layout("Dead letters", Some(("/console/dead-letters", &s)), &body),
+            )
+        }
+    }
+}
+
+/// `POST /console/dead-letters/purge`: a count to confirm, then the purge.
+pub(super) async fn purge(
+    State(state): State<AppState>,
+    Extension(s): Extension<Session>,
+    body: Bytes,
+) -> Response {
+    let (filter, confirmed) = posted(&body);
+    if !confirmed {
+        return match state.store.dead_letters(&filter, 0).await {
+            Ok((total, _)) => confirm_page(&s, "purge", "This deletes, for good,", total, &filter),
+            Err(e) => unavailable("Dead letters", "/console/dead-letters", &s, e),
+        };
+    }
+    match state.store.purge(&filter).await {
+        Ok(n) => {
+            tracing::info!(purged = n, "dead letters purged from the console");
+            let body = format!("<p class=\"ok\" id=\"done\">Purged {n} dead letter(s).</p><p><a href=\"/console/dead-letters\">Back</a></p>");
+            page_response(
+                StatusCode::OK,
+                &layout("Dead letters", Some(("/console/dead-letters", &s)), &body),
+            )
+        }
+        Err(e) => unavailable("Dead letters", "/console/dead-letters", &s, e),
+    }
+}
+
+/// `GET /console/configuration`: the effective configuration (secrets masked) and which
+/// secret of each rotation set matched lately.
+pub(super) async fn configuration(
+    State(state): State<AppState>,
+    Extension(s): Extension<Session>,
+    Extension(console): Extension<Arc<Console>>,
+) -> Response {
+    let mut body = String::from(
+        "<h2>Secrets matched</h2><p class=\"muted\">Per route, when each secret last matched on this \
+         replica since it started: a secret of a rotation set that has not matched for long while \
+         another has can be removed.</p><table><tr><th>route</th><th>secret</th><th>last matched</th></tr>",
+    );
+    for (route, signals) in state.signals.routes() {
+        for (label, at) in signals.secrets() {
+            let when = at.map_or_else(
+                || "not since the start".to_string(),
+                |ms| {
+                    crate::format_rfc3339(
+                        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                    )
+                },
+            );
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                esc(&route),
+                esc(&label),
+                esc(&when)
+            );
+        }
+    }
+    let _ = write!(
+        body,
+        "</table><h2>Effective configuration</h2><pre>{}</pre>",
+        esc(&console.config_text)
+    );
+    page_response(
+        StatusCode::OK,
+        &layout("Configuration", Some(("/console/configuration", &s)), &body),
+    )
+}
