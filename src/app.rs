@@ -97,6 +97,7 @@ pub struct App {
     deliverer: Arc<Deliverer>,
     /// The alerts, when `[alerts]` has targets.
     alerts: Option<Arc<crate::alerts::Alerts>>,
+    console: Arc<http::console::Console>,
     public: (TcpListener, axum::Router),
     admin: Option<(TcpListener, axum::Router)>,
 }
@@ -260,13 +261,14 @@ impl App {
             config.server.simulator,
             admin.is_none(),
             token_issuer,
-            console,
+            console.clone(),
         );
         Ok(App {
             config,
             state,
             deliverer,
             alerts,
+            console,
             public: (public_listener, public_router),
             admin,
         })
@@ -308,6 +310,7 @@ impl App {
             state,
             deliverer,
             alerts,
+            console,
             public,
             admin,
         } = self;
@@ -335,6 +338,19 @@ impl App {
             })
             .transpose()?;
         let alerts_task = alerts.map(|a| tokio::spawn(a.run(shutdown.clone())));
+        // The console overview's 15 minutes of history: one sample every 10 s.
+        let sampler = {
+            let (state, shutdown) = (state.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tick.tick() => console.sample(&state),
+                    }
+                }
+            })
+        };
         let public_task = tokio::spawn(http::serve(
             "public",
             public.0,
@@ -357,6 +373,7 @@ impl App {
         if let Some(t) = alerts_task {
             let _ = t.await;
         }
+        let _ = sampler.await;
         state.store.close().await;
         let tracer = state.tracer.clone();
         let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;

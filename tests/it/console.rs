@@ -225,6 +225,17 @@ async fn an_event_is_found_its_text_revealed_on_request_and_dead_letters_replaye
     .await;
     let cookie = sign_in(&app).await;
 
+    let overview = text(&get(&app, "/console/", &cookie).await);
+    for want in [
+        "<meta http-equiv=\"refresh\" content=\"5\">",
+        "aria-label=\"requests/s\"",
+        "aria-label=\"deliveries/s\"",
+        "<td>flow-events</td>",
+        "class=permanent\">permanent</a></td><td>1</td>",
+    ] {
+        assert!(overview.contains(want), "{want} in {overview}");
+    }
+
     let page = text(&get(&app, "/console/events?q=corr-dl", &cookie).await);
     assert!(page.contains("backend"), "the delivery is listed");
     assert!(page.contains("HTTP 400"), "with its error");

@@ -11,6 +11,7 @@
 //! (an HMAC of its nonce); a POST without it is 403. Failed sign-ins are limited per client
 //! address. Without `COGNIHOOK_ADMIN_TOKEN` the console says it is disabled.
 
+mod history;
 mod pages;
 
 use std::collections::HashMap;
@@ -51,6 +52,8 @@ pub struct Console {
     failures: Mutex<HashMap<IpAddr, Bucket>>,
     /// `check-config --print`'s text: secrets masked.
     pub(crate) config_text: String,
+    /// The overview's last 15 minutes.
+    history: history::History,
 }
 
 impl Console {
@@ -68,7 +71,15 @@ impl Console {
             revoked: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             config_text: config.to_masked_toml(),
+            history: history::History::default(),
         }
+    }
+
+    /// Takes a sample of this process's counters for the overview's charts (`App::run`
+    /// does every 10 s; the overview also does when it is shown).
+    pub fn sample(&self, state: &AppState) {
+        self.history
+            .sample(&state.metrics.render(), crate::now_millis());
     }
 
     fn mac(&self, key: &[u8; 32], parts: &[&str]) -> String {

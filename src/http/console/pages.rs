@@ -41,24 +41,164 @@ fn unavailable(title: &str, here: &str, s: &Session, e: impl std::fmt::Display) 
 pub(super) async fn overview(
     State(state): State<AppState>,
     Extension(s): Extension<Session>,
+    Extension(console): Extension<Arc<Console>>,
 ) -> Response {
-    let snap = state.stats.snapshot();
-    let mut body = String::from("<p class=\"muted\">This replica's answers since it started; the outbox is the store's. Updates every 5 s.</p>");
+    use super::history::{chart, latency_quantile, rate, series, total};
+    use crate::telemetry::metrics::{DELIVERIES_TOTAL, DUPLICATES_TOTAL, REQUESTS_TOTAL};
+    console.sample(&state);
+    let samples = console.history.samples();
+    let now = crate::now_millis();
+    let recent: Vec<_> = samples
+        .iter()
+        .filter(|x| now - x.at_ms <= 60_000)
+        .cloned()
+        .collect();
+    let window: Vec<_> = samples
+        .iter()
+        .filter(|x| now - x.at_ms <= super::history::SPAN_MS)
+        .cloned()
+        .collect();
+    let mut body = String::from(
+        "<p class=\"muted\">This replica's traffic (rates over the last minute, the rest over the \
+         last 15); the outbox and dead letters are the store's. The page reloads every 5 s.</p>",
+    );
+    let ms =
+        |v: Option<f64>| v.map_or_else(|| "–".to_string(), |s| format!("≤ {:.1} ms", s * 1000.0));
     let _ = write!(
         body,
-        "<h2>Answers</h2><table><tr><th>requests</th><th>committed</th><th>duplicates</th>\
-         <th>rule rejections</th><th>errors</th><th>success rate</th><th>p50 ms</th><th>p99 ms</th></tr>\
-         <tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.2}</td><td>{:.2}</td></tr></table>",
-        snap.total_requests,
-        snap.events_committed,
-        snap.duplicates,
-        snap.total_rejections,
-        snap.total_errors,
-        snap.success_rate,
-        snap.latency_ms.p50,
-        snap.latency_ms.p99
+        "<p>Answer latency: p50 <strong id=\"p50\">{}</strong>, p99 <strong id=\"p99\">{}</strong></p>",
+        ms(latency_quantile(&window, 0.5)),
+        ms(latency_quantile(&window, 0.99))
     );
+    body.push_str("<div style=\"display:flex;gap:1em;flex-wrap:wrap\">");
+    body.push_str(&chart(
+        "requests/s",
+        &series(&window, REQUESTS_TOTAL, |_| true),
+        now,
+    ));
+    body.push_str(&chart(
+        "deliveries/s",
+        &series(&window, DELIVERIES_TOTAL, |l| {
+            l.get("outcome") == Some(&"delivered")
+        }),
+        now,
+    ));
+    body.push_str(&chart(
+        "errors/s (4xx/5xx but 422)",
+        &series(&window, REQUESTS_TOTAL, |l| {
+            l.get("status")
+                .is_some_and(|c| c.starts_with('4') || c.starts_with('5'))
+                && l.get("status") != Some(&"422")
+        }),
+        now,
+    ));
+    body.push_str("</div><h2>Routes</h2><table><tr><th>route</th><th>accepted/s</th><th>rejected/s (422)</th>\
+        <th>duplicates/s</th><th>errors/s</th></tr>");
+    let mut routes: Vec<String> = window
+        .last()
+        .map(|x| {
+            x.series
+                .keys()
+                .filter(|k| k.starts_with(REQUESTS_TOTAL))
+                .filter_map(|k| {
+                    super::history::labels(k)
+                        .get("route")
+                        .map(|r| r.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    routes.sort();
+    routes.dedup();
+    for route in &routes {
+        let of =
+            |l: &std::collections::BTreeMap<&str, &str>| l.get("route") == Some(&route.as_str());
+        fn status<'a>(l: &std::collections::BTreeMap<&str, &'a str>) -> &'a str {
+            l.get("status").copied().unwrap_or("")
+        }
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td></tr>",
+            esc(route),
+            rate(&recent, REQUESTS_TOTAL, |l| of(l)
+                && status(l).starts_with('2')),
+            rate(&recent, REQUESTS_TOTAL, |l| of(l) && status(l) == "422"),
+            rate(&recent, DUPLICATES_TOTAL, of),
+            rate(&recent, REQUESTS_TOTAL, |l| {
+                of(l)
+                    && (status(l).starts_with('4') || status(l).starts_with('5'))
+                    && status(l) != "422"
+            }),
+        );
+    }
+    body.push_str("</table><h2>Errors by code</h2><table><tr><th>status</th><th>code</th><th>answers</th></tr>");
+    if let (Some(a), Some(b)) = (window.first(), window.last()) {
+        let mut codes: std::collections::BTreeMap<(String, String), f64> = Default::default();
+        for k in b.series.keys().filter(|k| k.starts_with(REQUESTS_TOTAL)) {
+            let l = super::history::labels(k);
+            let code = l.get("code").copied().unwrap_or("");
+            if code.is_empty() {
+                continue;
+            }
+            let n = total(b, REQUESTS_TOTAL, |x| x == &l) - total(a, REQUESTS_TOTAL, |x| x == &l);
+            if n > 0.0 {
+                *codes
+                    .entry((
+                        l.get("status").copied().unwrap_or("").to_string(),
+                        code.to_string(),
+                    ))
+                    .or_default() += n;
+            }
+        }
+        for ((status, code), n) in codes {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{n}</td></tr>",
+                esc(&status),
+                esc(&code)
+            );
+        }
+    }
+    body.push_str("</table>");
     body.push_str(&sink_table(&state, &s, false).await);
+    body.push_str("<h2>Deliveries per sink</h2><table><tr><th>sink</th><th>delivered/s</th><th>retried/s (transient)</th><th>dead-lettered/s</th></tr>");
+    for sink in state.deliverer.sinks() {
+        let of = |l: &std::collections::BTreeMap<&str, &str>, o: &str| {
+            l.get("sink") == Some(&sink.name.as_str()) && l.get("outcome") == Some(&o)
+        };
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td></tr>",
+            esc(&sink.name),
+            rate(&recent, DELIVERIES_TOTAL, |l| of(l, "delivered")),
+            rate(&recent, DELIVERIES_TOTAL, |l| of(l, "retried")),
+            rate(&recent, DELIVERIES_TOTAL, |l| of(l, "dead_lettered")),
+        );
+    }
+    body.push_str(
+        "</table><h2>Dead letters by class</h2><table><tr><th>class</th><th>kept</th></tr>",
+    );
+    for reason in [
+        DeadReason::Permanent,
+        DeadReason::Exhausted,
+        DeadReason::Expired,
+    ] {
+        let f = DeadLetterFilter {
+            reason: Some(reason),
+            ..DeadLetterFilter::default()
+        };
+        let n = state
+            .store
+            .dead_letters(&f, 0)
+            .await
+            .map_or_else(|_| "?".to_string(), |(n, _)| n.to_string());
+        let _ = write!(
+            body,
+            "<tr><td><a href=\"/console/dead-letters?class={c}\">{c}</a></td><td>{n}</td></tr>",
+            c = reason.as_str()
+        );
+    }
+    body.push_str("</table>");
     let html = layout("Overview", Some(("/console/", &s)), &body).replace(
         "<meta charset=\"utf-8\">",
         "<meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">",
