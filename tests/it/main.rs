@@ -9,6 +9,7 @@ mod auth;
 mod bearer;
 mod binary;
 mod brokers;
+mod browser;
 mod cognigy_sink;
 mod console;
 mod crash;

@@ -384,7 +384,7 @@ pre{background:#f6f8fa;padding:.8em;overflow:auto}button{cursor:pointer}\
 pub(crate) fn layout(title: &str, nav: Option<(&str, &Session)>, body: &str) -> String {
     let mut out = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width\">\
+         <meta name=\"viewport\" content=\"width=device-width\"><link rel=\"icon\" href=\"data:,\">\
          <title>{} · cognihook</title><style>{STYLE}</style></head><body><header><strong>cognihook</strong>",
         esc(title)
     );
