@@ -185,6 +185,20 @@ pub struct Journey {
     pub deliveries: Vec<Delivery>,
 }
 
+/// One event of a session's timeline (newest first), for the console.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEntry {
+    pub event_id: String,
+    pub correlation_id: String,
+    pub route: String,
+    pub event_type: String,
+    pub state_version: u64,
+    pub committed_at: String,
+    /// (sink, status) of each of its outbox rows.
+    pub deliveries: Vec<(String, String)>,
+}
+
 /// The delivery of one event to one sink.
 #[derive(Debug, Clone, Serialize)]
 pub struct Delivery {
@@ -498,6 +512,20 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.journey(id).await,
             Store::Postgres(s) => s.journey(id).await,
+        }
+    }
+
+    /// A session's latest `limit` events, newest first, with their deliveries' states. Reads
+    /// the events table without an index on the session (none is kept: it would cost every
+    /// commit), so it is for an operator's look, not a hot path.
+    pub async fn session_timeline(
+        &self,
+        session_id: &str,
+        limit: usize,
+    ) -> Result<Vec<TimelineEntry>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.session_timeline(session_id, limit).await,
+            Store::Postgres(s) => s.session_timeline(session_id, limit).await,
         }
     }
 

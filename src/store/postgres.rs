@@ -385,6 +385,54 @@ impl PgStore {
         bounded(run).await
     }
 
+    pub(super) async fn session_timeline(
+        &self,
+        session_id: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::store::TimelineEntry>, StoreError> {
+        let limit = i64::try_from(limit.min(1000)).unwrap_or(1000);
+        let run = async {
+            let c = self.client().await?;
+            let rows = c
+                .query(
+                    "SELECT event_id, correlation_id, route, event_type, state_version, committed_at \
+                     FROM events WHERE session_id = $1 \
+                     ORDER BY state_version DESC, committed_at DESC LIMIT $2",
+                    &[&session_id, &limit],
+                )
+                .await
+                .map_err(unavailable)?;
+            let mut entries: Vec<crate::store::TimelineEntry> = rows
+                .iter()
+                .map(|r| crate::store::TimelineEntry {
+                    event_id: r.get(0),
+                    correlation_id: r.get(1),
+                    route: r.get(2),
+                    event_type: r.get(3),
+                    state_version: u64::try_from(r.get::<_, i64>(4)).unwrap_or(0),
+                    committed_at: rfc3339_ms(r.get(5)),
+                    deliveries: Vec::new(),
+                })
+                .collect();
+            let ids: Vec<String> = entries.iter().map(|e| e.event_id.clone()).collect();
+            let rows = c
+                .query(
+                    "SELECT event_id, sink, status FROM outbox WHERE event_id = ANY($1) ORDER BY id",
+                    &[&ids],
+                )
+                .await
+                .map_err(unavailable)?;
+            for r in rows {
+                let id: String = r.get(0);
+                if let Some(e) = entries.iter_mut().find(|e| e.event_id == id) {
+                    e.deliveries.push((r.get(1), r.get(2)));
+                }
+            }
+            Ok(entries)
+        };
+        bounded(run).await
+    }
+
     pub(super) async fn dead_letters(
         &self,
         f: DeadLetterFilter,

@@ -294,3 +294,50 @@ async fn an_event_is_found_its_text_revealed_on_request_and_dead_letters_replaye
     );
     assert!(audit.iter().any(|l| l["event"] == "replayed"));
 }
+
+/// A session's timeline: every accepted event with its `stateVersion` and deliveries.
+async fn timeline_shows_the_session(app: &TestApp) {
+    for i in 0..3 {
+        let r = app
+            .post_signed("/webhook", &flow_body("s-timeline", &format!("tl-{i}")))
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let r = app
+        .post_signed("/webhook", &flow_body("s-other", "tl-other"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let cookie = sign_in(app).await;
+    let page = text(&get(app, "/console/events?q=s-timeline", &cookie).await);
+    assert!(page.contains("<table id=\"timeline\">"), "{page}");
+    let rows: Vec<&str> = page.split("<tr><td>").skip(1).collect();
+    assert_eq!(rows.len(), 3, "{page}");
+    for (row, (version, corr)) in rows.iter().zip([(3, "tl-2"), (2, "tl-1"), (1, "tl-0")]) {
+        assert!(row.starts_with(&format!("{version}</td>")), "{row}");
+        assert!(row.contains(corr), "{row}");
+    }
+    assert!(!page.contains("tl-other"));
+    // An event's page links to its session.
+    let event = text(&get(app, "/console/events?q=tl-1", &cookie).await);
+    assert!(
+        event.contains("href=\"/console/events?q=s-timeline\""),
+        "{event}"
+    );
+    assert!(event.contains("(stateVersion 2)"), "{event}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_id_finds_its_timeline_newest_first() {
+    let app = TestApp::spawn().await;
+    timeline_shows_the_session(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_session_id_finds_its_timeline_on_the_shared_store() {
+    let Some(url) = crate::store_suite::fresh_pg_schema().await else {
+        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let app = TestApp::spawn_with(|c| c.store.url = Some(url.into())).await;
+    timeline_shows_the_session(&app).await;
+}

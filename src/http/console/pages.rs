@@ -330,6 +330,44 @@ pub(super) struct EventQuery {
     q: String,
 }
 
+/// A session's timeline: each event with its `stateVersion` and its deliveries' states.
+async fn timeline(
+    state: &AppState,
+    session_id: &str,
+) -> Result<Option<String>, crate::store::StoreError> {
+    let entries = state.store.session_timeline(session_id, 100).await?;
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let mut out = format!(
+        "<h2>Session <code>{}</code></h2><p class=\"muted\">Its latest {} accepted event(s), newest \
+         first (refused requests change nothing and are not here).</p><table id=\"timeline\"><tr>\
+         <th>stateVersion</th><th>committed</th><th>route</th><th>type</th><th>event</th><th>deliveries</th></tr>",
+        esc(session_id),
+        entries.len()
+    );
+    for e in &entries {
+        let deliveries: Vec<String> = e
+            .deliveries
+            .iter()
+            .map(|(sink, status)| format!("{}: {}", esc(sink), esc(status)))
+            .collect();
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><a href=\"/console/events?q={}\">{}</a></td><td>{}</td></tr>",
+            e.state_version,
+            esc(&e.committed_at),
+            esc(&e.route),
+            esc(&e.event_type),
+            esc(&e.event_id),
+            esc(&e.correlation_id),
+            if deliveries.is_empty() { "–".to_string() } else { deliveries.join(", ") }
+        );
+    }
+    out.push_str("</table>");
+    Ok(Some(out))
+}
+
 /// The personal fields of an event, hidden until the operator reveals them.
 const PERSONAL: [&str; 3] = ["text", "payload", "entities"];
 
@@ -356,7 +394,8 @@ fn event_table(event: &Value, reveal: bool) -> String {
 async fn journey_page(state: &AppState, s: &Session, q: &str, reveal: bool) -> Response {
     let mut body = format!(
         "<form method=\"get\" action=\"/console/events\"><label>Event or correlation id \
-         <input name=\"q\" value=\"{}\" size=\"40\"></label> <button type=\"submit\">Find</button></form>",
+         <input name=\"q\" value=\"{}\" size=\"40\"></label> <button type=\"submit\">Find</button> \
+         <span class=\"muted\">an event id, a correlation id or a session id</span></form>",
         esc(q)
     );
     if q.trim().is_empty() {
@@ -370,7 +409,18 @@ async fn journey_page(state: &AppState, s: &Session, q: &str, reveal: bool) -> R
         Err(e) => return unavailable("Events", "/console/events", s, e),
     };
     let Some(j) = journey else {
-        body.push_str("<p class=\"error\">No event with this id or correlation id.</p>");
+        match timeline(state, q.trim()).await {
+            Ok(Some(t)) => {
+                body.push_str(&t);
+                return page_response(
+                    StatusCode::OK,
+                    &layout("Events", Some(("/console/events", s)), &body),
+                );
+            }
+            Ok(None) => {}
+            Err(e) => return unavailable("Events", "/console/events", s, e),
+        }
+        body.push_str("<p class=\"error\">No event with this id or correlation id, and no session with this id.</p>");
         return page_response(
             StatusCode::NOT_FOUND,
             &layout("Events", Some(("/console/events", s)), &body),
@@ -379,9 +429,13 @@ async fn journey_page(state: &AppState, s: &Session, q: &str, reveal: bool) -> R
     let id = j.event["eventId"].as_str().unwrap_or_default().to_string();
     let _ = write!(
         body,
-        "<h2>Event <code>{}</code></h2><p>committed {}</p>",
+        "<h2>Event <code>{}</code></h2><p>committed {}, session <a href=\"/console/events?q={}\">{}</a> \
+         (stateVersion {})</p>",
         esc(&id),
-        esc(&j.committed_at)
+        esc(&j.committed_at),
+        esc(j.event["sessionId"].as_str().unwrap_or_default()),
+        esc(j.event["sessionId"].as_str().unwrap_or_default()),
+        j.event["stateVersion"]
     );
     if !reveal {
         let _ = write!(

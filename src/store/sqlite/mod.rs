@@ -985,6 +985,16 @@ impl SqliteStore {
         self.read(move |c| outbox::dead_letters(c, &f, limit)).await
     }
 
+    pub(super) async fn session_timeline(
+        &self,
+        session_id: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::store::TimelineEntry>, StoreError> {
+        let session_id = session_id.to_string();
+        self.read(move |c| read_timeline(c, &session_id, limit))
+            .await
+    }
+
     pub(super) async fn sink_counts(
         &self,
         sinks: Vec<String>,
@@ -1244,6 +1254,51 @@ fn journey_with_tail(
             })
             .collect(),
     }))
+}
+
+fn read_timeline(
+    c: &Connection,
+    session_id: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<crate::store::TimelineEntry>> {
+    let limit = i64::try_from(limit.min(1000)).unwrap_or(1000);
+    let mut st = c.prepare_cached(
+        "SELECT event_id, correlation_id, route, event_type, state_version, committed_at \
+         FROM events WHERE session_id = ?1 ORDER BY state_version DESC, committed_at DESC LIMIT ?2",
+    )?;
+    let mut entries: Vec<crate::store::TimelineEntry> = st
+        .query_map(params![session_id, limit], |r| {
+            Ok(crate::store::TimelineEntry {
+                event_id: r.get(0)?,
+                correlation_id: r.get(1)?,
+                route: r.get(2)?,
+                event_type: r.get(3)?,
+                state_version: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                committed_at: outbox::rfc3339_ms(r.get(5)?),
+                deliveries: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut st = c.prepare_cached(
+        "SELECT event_id, sink, status FROM outbox WHERE event_id IN \
+         (SELECT event_id FROM events WHERE session_id = ?1 \
+          ORDER BY state_version DESC, committed_at DESC LIMIT ?2) ORDER BY id",
+    )?;
+    let rows = st
+        .query_map(params![session_id, limit], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (event_id, sink, status) in rows {
+        if let Some(e) = entries.iter_mut().find(|e| e.event_id == event_id) {
+            e.deliveries.push((sink, status));
+        }
+    }
+    Ok(entries)
 }
 
 fn read_journey(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
