@@ -197,6 +197,8 @@ pub struct TimelineEntry {
     pub committed_at: String,
     /// (sink, status) of each of its outbox rows.
     pub deliveries: Vec<(String, String)>,
+    /// The answer given (status and body), while its idempotency record lives.
+    pub answer: Option<(u16, Bytes)>,
 }
 
 /// The delivery of one event to one sink.

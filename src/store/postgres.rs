@@ -412,6 +412,7 @@ impl PgStore {
                     state_version: u64::try_from(r.get::<_, i64>(4)).unwrap_or(0),
                     committed_at: rfc3339_ms(r.get(5)),
                     deliveries: Vec::new(),
+                    answer: None,
                 })
                 .collect();
             let ids: Vec<String> = entries.iter().map(|e| e.event_id.clone()).collect();
@@ -426,6 +427,21 @@ impl PgStore {
                 let id: String = r.get(0);
                 if let Some(e) = entries.iter_mut().find(|e| e.event_id == id) {
                     e.deliveries.push((r.get(1), r.get(2)));
+                }
+            }
+            let rows = c
+                .query(
+                    "SELECT event_id, status, body FROM idempotency WHERE event_id = ANY($1)",
+                    &[&ids],
+                )
+                .await
+                .map_err(unavailable)?;
+            for r in rows {
+                let id: String = r.get(0);
+                if let Some(e) = entries.iter_mut().find(|e| e.event_id == id) {
+                    let status: i64 = r.get(1);
+                    let body: Vec<u8> = r.get(2);
+                    e.answer = Some((u16::try_from(status).unwrap_or(0), Bytes::from(body)));
                 }
             }
             Ok(entries)

@@ -295,32 +295,52 @@ async fn an_event_is_found_its_text_revealed_on_request_and_dead_letters_replaye
     assert!(audit.iter().any(|l| l["event"] == "replayed"));
 }
 
+/// The session of the timeline tests (the nlu payload wants a UUID).
+const SESSION: &str = "6b1e1f2a-9c0d-4e3f-8a7b-1c2d3e4f5a6b";
+
 /// A session's timeline: every accepted event with its `stateVersion` and deliveries.
 async fn timeline_shows_the_session(app: &TestApp) {
     for i in 0..3 {
         let r = app
-            .post_signed("/webhook", &flow_body("s-timeline", &format!("tl-{i}")))
+            .post_signed("/webhook", &flow_body(SESSION, &format!("tl-{i}")))
             .await;
         assert_eq!(r.status, StatusCode::OK);
     }
+    let r = app
+        .post_signed(
+            "/webhook/cognigy",
+            &crate::support::nlu_body(SESSION, "A-77", "tl-3"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let r = app
         .post_signed("/webhook", &flow_body("s-other", "tl-other"))
         .await;
     assert_eq!(r.status, StatusCode::OK);
     let cookie = sign_in(app).await;
-    let page = text(&get(app, "/console/events?q=s-timeline", &cookie).await);
+    let page = text(&get(app, &format!("/console/events?q={SESSION}"), &cookie).await);
     assert!(page.contains("<table id=\"timeline\">"), "{page}");
     let rows: Vec<&str> = page.split("<tr><td>").skip(1).collect();
-    assert_eq!(rows.len(), 3, "{page}");
-    for (row, (version, corr)) in rows.iter().zip([(3, "tl-2"), (2, "tl-1"), (1, "tl-0")]) {
+    assert_eq!(rows.len(), 4, "{page}");
+    for (row, (version, corr)) in
+        rows.iter()
+            .zip([(4, "tl-3"), (3, "tl-2"), (2, "tl-1"), (1, "tl-0")])
+    {
         assert!(row.starts_with(&format!("{version}</td>")), "{row}");
         assert!(row.contains(corr), "{row}");
+        assert!(row.contains("200 success"), "the answer: {row}");
     }
+    assert!(
+        rows[0].contains("extracted: orderId"),
+        "the rules' outcome: {}",
+        rows[0]
+    );
+    assert!(!rows[0].contains("A-77"), "names, not values");
     assert!(!page.contains("tl-other"));
     // An event's page links to its session.
     let event = text(&get(app, "/console/events?q=tl-1", &cookie).await);
     assert!(
-        event.contains("href=\"/console/events?q=s-timeline\""),
+        event.contains(&format!("href=\"/console/events?q={SESSION}\"")),
         "{event}"
     );
     assert!(event.contains("(stateVersion 2)"), "{event}");

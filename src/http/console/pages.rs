@@ -342,7 +342,8 @@ async fn timeline(
     let mut out = format!(
         "<h2>Session <code>{}</code></h2><p class=\"muted\">Its latest {} accepted event(s), newest \
          first (refused requests change nothing and are not here).</p><table id=\"timeline\"><tr>\
-         <th>stateVersion</th><th>committed</th><th>route</th><th>type</th><th>event</th><th>deliveries</th></tr>",
+         <th>stateVersion</th><th>committed</th><th>route</th><th>type</th><th>event</th><th>answer</th>\
+         <th>deliveries</th></tr>",
         esc(session_id),
         entries.len()
     );
@@ -352,9 +353,35 @@ async fn timeline(
             .iter()
             .map(|(sink, status)| format!("{}: {}", esc(sink), esc(status)))
             .collect();
+        // The rules' outcome is in the answer: the fields they extracted (names only; the
+        // values are the event's and stay on its page, behind the reveal).
+        let answer = match &e.answer {
+            Some((status, body)) => {
+                let v: Value = serde_json::from_slice(body).unwrap_or_default();
+                let extracted: Vec<&str> = v["data"]
+                    .as_object()
+                    .map(|m| {
+                        m.keys()
+                            .map(String::as_str)
+                            .filter(|k| !matches!(*k, "processed" | "stateVersion"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                format!(
+                    "{status} {}{}",
+                    esc(v["status"].as_str().unwrap_or_default()),
+                    if extracted.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", extracted: {}", esc(&extracted.join(", ")))
+                    }
+                )
+            }
+            None => "<span class=\"muted\">expired</span>".to_string(),
+        };
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><a href=\"/console/events?q={}\">{}</a></td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><a href=\"/console/events?q={}\">{}</a></td><td>{answer}</td><td>{}</td></tr>",
             e.state_version,
             esc(&e.committed_at),
             esc(&e.route),

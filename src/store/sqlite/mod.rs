@@ -1276,6 +1276,7 @@ fn read_timeline(
                 state_version: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
                 committed_at: outbox::rfc3339_ms(r.get(5)?),
                 deliveries: Vec::new(),
+                answer: None,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -1296,6 +1297,25 @@ fn read_timeline(
     for (event_id, sink, status) in rows {
         if let Some(e) = entries.iter_mut().find(|e| e.event_id == event_id) {
             e.deliveries.push((sink, status));
+        }
+    }
+    let mut st = c.prepare_cached(
+        "SELECT event_id, status, body FROM idempotency WHERE event_id IN \
+         (SELECT event_id FROM events WHERE session_id = ?1 \
+          ORDER BY state_version DESC, committed_at DESC LIMIT ?2)",
+    )?;
+    let answers = st
+        .query_map(params![session_id, limit], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (event_id, status, body) in answers {
+        if let Some(e) = entries.iter_mut().find(|e| e.event_id == event_id) {
+            e.answer = Some((u16::try_from(status).unwrap_or(0), bytes::Bytes::from(body)));
         }
     }
     Ok(entries)
