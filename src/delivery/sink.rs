@@ -59,6 +59,8 @@ pub struct SinkRuntime {
     /// Dead letters made by this process, by reason (permanent, exhausted, expired), for
     /// the alerts.
     dead: [AtomicU64; 3],
+    /// The latest failed attempt's error and when (Unix ms), for the console.
+    last_error: Mutex<Option<(i64, String)>>,
 }
 
 fn dead_slot(reason: DeadReason) -> usize {
@@ -97,6 +99,7 @@ impl SinkRuntime {
             refill_timer: AtomicBool::new(false),
             lags: Mutex::new(LagWindow::new(LAG_WINDOW)),
             dead: Default::default(),
+            last_error: Mutex::new(None),
             sink,
             config,
         }
@@ -114,6 +117,21 @@ impl SinkRuntime {
     /// The sink's client (the alerts send a store alert with it directly).
     pub fn client(&self) -> &Arc<dyn Sink> {
         &self.sink
+    }
+
+    /// The latest failed attempt's error and when (Unix ms) on this replica.
+    pub fn last_error(&self) -> Option<(i64, String)> {
+        self.last_error.lock().clone()
+    }
+
+    /// The rate limit and how many sends it allows now (`None`: no limit).
+    pub fn rate_state(&self) -> Option<(usize, crate::rate::RateLimit)> {
+        let bucket = self.bucket.as_ref()?;
+        let limit = self.config.rate_limit.unwrap_or(crate::rate::RateLimit {
+            per: Duration::from_secs(300),
+            max: 1000,
+        });
+        Some((bucket.lock().available(Instant::now()), limit))
     }
 
     /// Times the circuit has opened since the start.
@@ -240,6 +258,9 @@ impl SinkRuntime {
         let took = start.elapsed();
         let duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
         self.metrics.duration.record(took.as_secs_f64());
+        if let Err(e) = &result {
+            *self.last_error.lock() = Some((crate::now_millis(), e.to_string()));
+        }
         // A permanent refusal of one event says nothing bad about the sink's health.
         let healthy = !matches!(result, Err(SinkError::Transient { .. }));
         {

@@ -128,7 +128,8 @@ async fn a_session_behind_tls_gets_a_secure_cookie() {
 async fn state_changes_need_the_csrf_token_and_pages_never_show_a_secret() {
     let backend = SinkServer::start().await;
     let table = format!(
-        "kind = \"http\"\nurl = \"http://user:pw-in-url@{}/events?token=qs-secret\"\nsecret = \"sink-signing-secret\"",
+        "kind = \"http\"\nurl = \"http://user:pw-in-url@{}/events?token=qs-secret\"\nsecret = \"sink-signing-secret\"\n\
+         rate_limit = {{ per = \"1m\", max = 30 }}",
         backend.addr
     );
     let app = TestApp::spawn_with(|c| crate::support::attach_sink(c, "backend", &table)).await;
@@ -166,6 +167,10 @@ async fn state_changes_need_the_csrf_token_and_pages_never_show_a_secret() {
     );
 
     let sinks = text(&get(&app, "/console/sinks", &cookie).await);
+    assert!(
+        sinks.contains(" of 30 per 1m left"),
+        "the rate limit's state: {sinks}"
+    );
     let token = csrf(&sinks);
     let r = post_form(&app, "/console/sinks/backend/pause", &cookie, "").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "no CSRF token");
@@ -257,6 +262,28 @@ async fn an_event_is_found_its_text_revealed_on_request_and_dead_letters_replaye
     );
     assert!(revealed.contains("Check order status"), "{revealed}");
 
+    let sinks = text(&get(&app, "/console/sinks", &cookie).await);
+    assert!(sinks.contains("HTTP 400"), "the last error: {sinks}");
+    let recent = text(&get(&app, "/console/dead-letters?since=1h", &cookie).await);
+    assert!(recent.contains("1 dead letter(s) match"), "{recent}");
+    let older = text(&get(&app, "/console/dead-letters?until=1h", &cookie).await);
+    assert!(older.contains("0 dead letter(s) match"), "{older}");
+    let bad = text(&get(&app, "/console/dead-letters?since=yesterday-ish", &cookie).await);
+    assert!(bad.contains("since:"), "{bad}");
+    let refused = post_form(
+        &app,
+        "/console/dead-letters/replay",
+        &cookie,
+        &format!("csrf={}&since=yesterday-ish&confirm=yes", csrf(&recent)),
+    )
+    .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        text(&refused)
+    );
+    assert!(text(&refused).contains("Nothing was done"));
     let page = text(
         &get(
             &app,

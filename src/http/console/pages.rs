@@ -213,7 +213,8 @@ async fn sink_table(state: &AppState, s: &Session, actions: bool) -> String {
     let counts = state.store.sink_counts(&names).await;
     let mut out = String::from(
         "<h2>Sinks</h2><table><tr><th>sink</th><th>kind</th><th>target</th><th>state</th><th>circuit</th>\
-         <th>pending</th><th>oldest pending</th><th>dead letters</th><th>lag p99</th>",
+         <th>pending</th><th>oldest pending</th><th>dead letters</th><th>lag p99</th><th>rate limit</th>\
+         <th>last error</th>",
     );
     if actions {
         out.push_str("<th></th>");
@@ -236,10 +237,30 @@ async fn sink_table(state: &AppState, s: &Session, actions: bool) -> String {
             .lag()
             .map_or_else(|| "–".to_string(), |l| format!("{:.3} s", l.p99));
         let paused = sink.is_paused();
+        let rate = sink.rate_state().map_or_else(
+            || "–".to_string(),
+            |(left, l)| {
+                format!(
+                    "{left} of {} per {} left",
+                    l.max,
+                    humantime::format_duration(l.per)
+                )
+            },
+        );
+        let last_error = sink.last_error().map_or_else(
+            || "–".to_string(),
+            |(at, e)| {
+                let at =
+                    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at) * 1_000_000)
+                        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+                format!("{}: {}", crate::format_rfc3339(at), esc(&e))
+            },
+        );
         let _ = write!(
             out,
             "<tr id=\"sink-{name}\"><td>{name}</td><td>{kind}</td><td><code>{target}</code></td><td>{state}</td>\
-             <td>{circuit}</td><td>{pending}</td><td>{oldest}</td><td>{dead}</td><td>{lag}</td>",
+             <td>{circuit}</td><td>{pending}</td><td>{oldest}</td><td>{dead}</td><td>{lag}</td><td>{rate}</td>\
+             <td>{last_error}</td>",
             name = esc(&sink.name),
             kind = sink.config.kind().name(),
             target = esc(&target_shown(&sink.config.target)),
@@ -536,11 +557,35 @@ pub(super) struct DeadQuery {
     sink: Option<String>,
     route: Option<String>,
     class: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
 }
 
-fn filter_of(sink: Option<String>, route: Option<String>, class: Option<&str>) -> DeadLetterFilter {
+/// A dead-letter filter from a form; a time bound that does not parse is left out and said.
+fn filter_of(
+    sink: Option<String>,
+    route: Option<String>,
+    class: Option<&str>,
+    since: Option<&str>,
+    until: Option<&str>,
+    problems: &mut Vec<String>,
+) -> DeadLetterFilter {
     let some = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+    let mut bound = |v: Option<&str>, name: &str| {
+        let v = v.map(str::trim).filter(|s| !s.is_empty())?;
+        match crate::store::parse_time_bound(v) {
+            Ok(ms) => Some(ms),
+            Err(e) => {
+                problems.push(format!("{name}: {e}"));
+                None
+            }
+        }
+    };
+    let since_ms = bound(since, "since");
+    let until_ms = bound(until, "until");
     DeadLetterFilter {
+        since_ms,
+        until_ms,
         sink: some(sink),
         route: some(route),
         reason: match class {
@@ -553,13 +598,26 @@ fn filter_of(sink: Option<String>, route: Option<String>, class: Option<&str>) -
     }
 }
 
+fn ms_text(ms: Option<i64>) -> String {
+    ms.map(|ms| {
+        crate::format_rfc3339(
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+        )
+    })
+    .unwrap_or_default()
+}
+
 fn filter_fields(f: &DeadLetterFilter) -> String {
     format!(
         "<input type=\"hidden\" name=\"sink\" value=\"{}\"><input type=\"hidden\" name=\"route\" value=\"{}\">\
-         <input type=\"hidden\" name=\"class\" value=\"{}\">",
+         <input type=\"hidden\" name=\"class\" value=\"{}\"><input type=\"hidden\" name=\"since\" value=\"{}\">\
+         <input type=\"hidden\" name=\"until\" value=\"{}\">",
         esc(f.sink.as_deref().unwrap_or_default()),
         esc(f.route.as_deref().unwrap_or_default()),
-        f.reason.map_or("", DeadReason::as_str)
+        f.reason.map_or("", DeadReason::as_str),
+        esc(&ms_text(f.since_ms)),
+        esc(&ms_text(f.until_ms)),
     )
 }
 
@@ -570,7 +628,15 @@ pub(super) async fn dead_letters(
     query: Result<Query<DeadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let q = query.map(|Query(q)| q).unwrap_or_default();
-    let filter = filter_of(q.sink, q.route, q.class.as_deref());
+    let mut problems = Vec::new();
+    let filter = filter_of(
+        q.sink,
+        q.route,
+        q.class.as_deref(),
+        q.since.as_deref(),
+        q.until.as_deref(),
+        &mut problems,
+    );
     let (total, items) = match state.store.dead_letters(&filter, 200).await {
         Ok(r) => r,
         Err(e) => return unavailable("Dead letters", "/console/dead-letters", &s, e),
@@ -586,13 +652,21 @@ pub(super) async fn dead_letters(
         "<form method=\"get\" action=\"/console/dead-letters\">\
          <label>Sink <input name=\"sink\" value=\"{}\"></label> <label>Route <input name=\"route\" value=\"{}\"></label> \
          <label>Class <select name=\"class\"><option value=\"\">any</option><option{}>permanent</option>\
-         <option{}>exhausted</option><option{}>expired</option></select></label> <button type=\"submit\">Filter</button></form>\
+         <option{}>exhausted</option><option{}>expired</option></select></label> \
+         <label>Since <input name=\"since\" value=\"{}\" placeholder=\"1h or 2026-11-30T08:00:00Z\"></label> \
+         <label>Until <input name=\"until\" value=\"{}\"></label> <button type=\"submit\">Filter</button></form>{}\
          <p>{total} dead letter(s) match.</p>",
         esc(filter.sink.as_deref().unwrap_or_default()),
         esc(filter.route.as_deref().unwrap_or_default()),
         sel("permanent"),
         sel("exhausted"),
         sel("expired"),
+        esc(&ms_text(filter.since_ms)),
+        esc(&ms_text(filter.until_ms)),
+        problems
+            .iter()
+            .map(|p| format!("<p class=\"error\">{}</p>", esc(p)))
+            .collect::<String>(),
     );
     let _ = write!(
         body,
@@ -635,18 +709,28 @@ pub(super) async fn dead_letters(
 }
 
 /// The filter and selection a replay or purge form posted.
-fn posted(body: &[u8]) -> (DeadLetterFilter, bool) {
+/// A filter whose time bound does not parse is refused: acting on all matching without the
+/// bound would touch more than the operator chose.
+fn posted(body: &[u8]) -> Result<(DeadLetterFilter, bool), String> {
     let class = form_value(body, "class");
+    let (since, until) = (form_value(body, "since"), form_value(body, "until"));
+    let mut problems = Vec::new();
     let mut f = filter_of(
         form_value(body, "sink"),
         form_value(body, "route"),
         class.as_deref(),
+        since.as_deref(),
+        until.as_deref(),
+        &mut problems,
     );
     f.ids = form_urlencoded::parse(body)
         .filter(|(k, _)| k == "id")
         .filter_map(|(_, v)| v.parse().ok())
         .collect();
-    (f, form_value(body, "confirm").as_deref() == Some("yes"))
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    Ok((f, form_value(body, "confirm").as_deref() == Some("yes")))
 }
 
 fn confirm_page(s: &Session, action: &str, what: &str, n: u64, f: &DeadLetterFilter) -> Response {
@@ -669,13 +753,27 @@ fn confirm_page(s: &Session, action: &str, what: &str, n: u64, f: &DeadLetterFil
     )
 }
 
+fn refused_form(s: &Session, why: &str) -> Response {
+    page_response(
+        StatusCode::BAD_REQUEST,
+        &layout(
+            "Dead letters",
+            Some(("/console/dead-letters", s)),
+            &format!("<p class=\"error\">Nothing was done: {}</p>", esc(why)),
+        ),
+    )
+}
+
 /// `POST /console/dead-letters/replay`: first a dry-run count to confirm, then the replay.
 pub(super) async fn replay(
     State(state): State<AppState>,
     Extension(s): Extension<Session>,
     body: Bytes,
 ) -> Response {
-    let (filter, confirmed) = posted(&body);
+    let (filter, confirmed) = match posted(&body) {
+        Ok(p) => p,
+        Err(why) => return refused_form(&s, &why),
+    };
     match state.store.replay(&filter, !confirmed).await {
         Err(e) => unavailable("Dead letters", "/console/dead-letters", &s, e),
         Ok(n) if !confirmed => confirm_page(&s, "replay", "This replays", n, &filter),
@@ -702,7 +800,10 @@ pub(super) async fn purge(
     Extension(s): Extension<Session>,
     body: Bytes,
 ) -> Response {
-    let (filter, confirmed) = posted(&body);
+    let (filter, confirmed) = match posted(&body) {
+        Ok(p) => p,
+        Err(why) => return refused_form(&s, &why),
+    };
     if !confirmed {
         return match state.store.dead_letters(&filter, 0).await {
             Ok((total, _)) => confirm_page(&s, "purge", "This deletes, for good,", total, &filter),
