@@ -388,3 +388,18 @@ async fn postgres_a_session_id_finds_its_timeline_on_the_shared_store() {
     let app = TestApp::spawn_with(|c| c.store.url = Some(url.into())).await;
     timeline_shows_the_session(&app).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_made_on_one_replica_is_good_on_another_with_the_same_token() {
+    let (a, b) = (TestApp::spawn().await, TestApp::spawn().await);
+    let cookie = sign_in(&a).await;
+    let r = get(&b, "/console/sinks", &cookie).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", text(&r));
+    let other = TestApp::spawn_with(|c| c.server.admin_token = Some("another-token".into())).await;
+    let r = get(&other, "/console/sinks", &cookie).await;
+    assert_eq!(
+        r.status,
+        StatusCode::SEE_OTHER,
+        "a different token, a different key"
+    );
+}
