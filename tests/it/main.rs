@@ -15,6 +15,7 @@ mod console;
 mod crash;
 mod delivery;
 mod deploy;
+mod docs;
 mod overload;
 mod payloads;
 mod postgres;
