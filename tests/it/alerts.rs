@@ -11,7 +11,6 @@ use serde_json::Value;
 
 use crate::store_suite::fresh_pg_schema;
 use crate::support::sink_server::{wait_until, Reply, SinkServer};
-use crate::support::tcp_proxy::TcpProxy;
 use crate::support::{flow_body, TestApp};
 
 const T: Duration = Duration::from_secs(20);
@@ -264,10 +263,7 @@ async fn a_store_outage_is_alerted_straight_to_the_target_and_its_end_too() {
         eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
         return;
     };
-    let pg: tokio_postgres::Config = url.parse().unwrap();
-    let port = pg.get_ports().first().copied().unwrap_or(5432);
-    let proxy = TcpProxy::start(([127, 0, 0, 1], port).into()).await;
-    let via_proxy = url.replacen(&format!(":{port}/"), &format!(":{}/", proxy.addr.port()), 1);
+    let (proxy, via_proxy) = crate::support::tcp_proxy::in_front_of_postgres(&url).await;
     let receiver = SinkServer::start().await;
     let app = TestApp::spawn_with(|c| {
         c.store.url = Some(via_proxy.into());

@@ -7,7 +7,6 @@ use http::StatusCode;
 
 use crate::store_suite::fresh_pg_schema;
 use crate::support::sink_server::{wait_until, SinkServer};
-use crate::support::tcp_proxy::TcpProxy;
 use crate::support::tls_front::{Speaks, TlsFront};
 use crate::support::{flow_body, TestApp};
 
@@ -59,11 +58,7 @@ async fn a_lost_database_gives_503_with_retry_after_and_everything_recovers() {
         eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
         return;
     };
-    let pg: tokio_postgres::Config = url.parse().unwrap();
-    let port = pg.get_ports().first().copied().unwrap_or(5432);
-    let proxy = TcpProxy::start(([127, 0, 0, 1], port).into()).await;
-    let via_proxy = url.replacen(&format!(":{port}/"), &format!(":{}/", proxy.addr.port()), 1);
-    assert_ne!(via_proxy, url, "the URL names its port");
+    let (proxy, via_proxy) = crate::support::tcp_proxy::in_front_of_postgres(&url).await;
     let app = TestApp::spawn_with(|c| {
         c.store.url = Some(via_proxy.into());
         c.limits.deadline = Duration::from_secs(7);
@@ -499,10 +494,7 @@ async fn settlements_the_database_cannot_take_are_retried_before_the_leases_run_
         eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
         return;
     };
-    let pg: tokio_postgres::Config = url.parse().unwrap();
-    let port = pg.get_ports().first().copied().unwrap_or(5432);
-    let proxy = TcpProxy::start(([127, 0, 0, 1], port).into()).await;
-    let via_proxy = url.replacen(&format!(":{port}/"), &format!(":{}/", proxy.addr.port()), 1);
+    let (proxy, via_proxy) = crate::support::tcp_proxy::in_front_of_postgres(&url).await;
     let sink = SinkServer::start().await;
     sink.set_fallback(Reply::Gated);
     let table = format!(

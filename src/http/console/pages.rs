@@ -753,6 +753,17 @@ fn confirm_page(s: &Session, action: &str, what: &str, n: u64, f: &DeadLetterFil
     )
 }
 
+fn done_page(s: &Session, what: &str) -> Response {
+    let body = format!(
+        "<p class=\"ok\" id=\"done\">{}</p><p><a href=\"/console/dead-letters\">Back</a></p>",
+        esc(what)
+    );
+    page_response(
+        StatusCode::OK,
+        &layout("Dead letters", Some(("/console/dead-letters", s)), &body),
+    )
+}
+
 fn refused_form(s: &Session, why: &str) -> Response {
     page_response(
         StatusCode::BAD_REQUEST,
@@ -785,11 +796,7 @@ pub(super) async fn replay(
                 state.deliverer.wake();
             }
             tracing::info!(replayed = n, "dead letters replayed from the console");
-            let body = format!("<p class=\"ok\" id=\"done\">Replayed {n} dead letter(s).</p><p><a href=\"/console/dead-letters\">Back</a></p>");
-            page_response(
-                StatusCode::OK,
-                &layout("Dead letters", Some(("/console/dead-letters", &s)), &body),
-            )
+            done_page(&s, &format!("Replayed {n} dead letter(s)."))
         }
     }
 }
@@ -813,11 +820,7 @@ pub(super) async fn purge(
     match state.store.purge(&filter).await {
         Ok(n) => {
             tracing::info!(purged = n, "dead letters purged from the console");
-            let body = format!("<p class=\"ok\" id=\"done\">Purged {n} dead letter(s).</p><p><a href=\"/console/dead-letters\">Back</a></p>");
-            page_response(
-                StatusCode::OK,
-                &layout("Dead letters", Some(("/console/dead-letters", &s)), &body),
-            )
+            done_page(&s, &format!("Purged {n} dead letter(s)."))
         }
         Err(e) => unavailable("Dead letters", "/console/dead-letters", &s, e),
     }

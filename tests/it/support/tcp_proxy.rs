@@ -15,6 +15,16 @@ pub struct TcpProxy {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A proxy in front of the PostgreSQL server `url` names, and the same URL through it.
+pub async fn in_front_of_postgres(url: &str) -> (TcpProxy, String) {
+    let pg: tokio_postgres::Config = url.parse().unwrap();
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let proxy = TcpProxy::start(([127, 0, 0, 1], port).into()).await;
+    let via_proxy = url.replacen(&format!(":{port}/"), &format!(":{}/", proxy.addr.port()), 1);
+    assert_ne!(via_proxy, url, "the URL names its port");
+    (proxy, via_proxy)
+}
+
 impl TcpProxy {
     pub async fn start(upstream: SocketAddr) -> TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
