@@ -237,10 +237,20 @@ async fn an_event_is_found_its_text_revealed_on_request_and_dead_letters_replaye
         "aria-label=\"deliveries/s\"",
         "<td>flow-events</td>",
         "class=permanent\">permanent</a></td><td>1</td>",
+        "<tr id=\"outcomes-backend\"><td>backend</td>",
     ] {
         assert!(overview.contains(want), "{want} in {overview}");
     }
 
+    let row = overview
+        .split("<tr id=\"outcomes-backend\">")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .expect("the sink's outcomes");
+    assert!(
+        row.ends_with("<td>1</td><td>0</td><td>0</td>"),
+        "one permanent dead letter kept: {row}"
+    );
     let page = text(&get(&app, "/console/events?q=corr-dl", &cookie).await);
     assert!(page.contains("backend"), "the delivery is listed");
     assert!(page.contains("HTTP 400"), "with its error");

@@ -161,18 +161,45 @@ pub(super) async fn overview(
     }
     body.push_str("</table>");
     body.push_str(&sink_table(&state, &s, false).await);
-    body.push_str("<h2>Deliveries per sink</h2><table><tr><th>sink</th><th>delivered/s</th><th>retried/s (transient)</th><th>dead-lettered/s</th></tr>");
+    body.push_str(
+        "<h2>Deliveries per sink</h2><table><tr><th>sink</th><th>delivered/s</th>\
+         <th>retried/s (transient)</th><th>dead-lettered/s</th><th>dead letters kept: permanent</th>\
+         <th>exhausted</th><th>expired</th></tr>",
+    );
     for sink in state.deliverer.sinks() {
         let of = |l: &std::collections::BTreeMap<&str, &str>, o: &str| {
             l.get("sink") == Some(&sink.name.as_str()) && l.get("outcome") == Some(&o)
         };
+        let mut kept = Vec::new();
+        for reason in [
+            DeadReason::Permanent,
+            DeadReason::Exhausted,
+            DeadReason::Expired,
+        ] {
+            let f = DeadLetterFilter {
+                sink: Some(sink.name.clone()),
+                reason: Some(reason),
+                ..DeadLetterFilter::default()
+            };
+            kept.push(
+                state
+                    .store
+                    .dead_letters(&f, 0)
+                    .await
+                    .map_or_else(|_| "?".to_string(), |(n, _)| n.to_string()),
+            );
+        }
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td></tr>",
+            "<tr id=\"outcomes-{}\"><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&sink.name),
             esc(&sink.name),
             rate(&recent, DELIVERIES_TOTAL, |l| of(l, "delivered")),
             rate(&recent, DELIVERIES_TOTAL, |l| of(l, "retried")),
             rate(&recent, DELIVERIES_TOTAL, |l| of(l, "dead_lettered")),
+            kept[0],
+            kept[1],
+            kept[2],
         );
     }
     body.push_str(
