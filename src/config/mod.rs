@@ -297,6 +297,7 @@ impl Config {
             ) || r.path.starts_with("/admin")
                 || r.path.starts_with("/simulate")
                 || r.path.starts_with("/oauth")
+                || r.path.starts_with("/console")
             {
                 p.push(format!("{at}: path `{}` is reserved", r.path));
             }

@@ -242,3 +242,36 @@ kind = "carrier-pigeon"
     assert_eq!(errors.len(), 6, "{all}");
     assert!(all.contains("line 16"), "each names its line: {all}");
 }
+
+#[test]
+fn route_paths_the_gateway_serves_itself_are_reserved() {
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/stats",
+        "/admin/hooks",
+        "/simulate/x",
+        "/oauth/token",
+        "/console",
+        "/console/hook",
+    ] {
+        let text = format!(
+            "[[route]]\nname = \"r\"\npath = \"{path}\"\npayload = \"nlu\"\n\
+             auth = {{ scheme = \"hmac-sha256\", secrets = [\"s\"] }}\n"
+        );
+        let c = Config::from_toml(&text).expect("parses");
+        let p = c.validate();
+        assert!(
+            p.iter()
+                .any(|m| m.contains(&format!("path `{path}` is reserved"))),
+            "{path}: {p:?}"
+        );
+    }
+    let c = Config::from_toml(
+        "[[route]]\nname = \"r\"\npath = \"/hooks/console\"\npayload = \"nlu\"\n\
+         auth = { scheme = \"hmac-sha256\", secrets = [\"s\"] }\n",
+    )
+    .expect("parses");
+    assert!(c.validate().is_empty(), "{:?}", c.validate());
+}
