@@ -280,6 +280,11 @@ impl Config {
             if !names.insert(r.name.as_str()) {
                 p.push(format!("{at}: name used by more than one route"));
             }
+            if r.name == "_alerts" {
+                p.push(format!(
+                    "{at}: the name is reserved (alerts are events of the route `_alerts`)"
+                ));
+            }
             if !r.path.starts_with('/') {
                 p.push(format!("{at}: path `{}` must start with `/`", r.path));
             } else if r.path.contains(['{', '}', '*']) {

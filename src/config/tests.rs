@@ -268,6 +268,15 @@ fn route_paths_the_gateway_serves_itself_are_reserved() {
             "{path}: {p:?}"
         );
     }
+    let alerts = Config::from_toml(
+        "[[route]]\nname = \"_alerts\"\npath = \"/a\"\npayload = \"nlu\"\n\
+         auth = { scheme = \"hmac-sha256\", secrets = [\"s\"] }\n",
+    )
+    .expect("parses");
+    assert!(alerts
+        .validate()
+        .iter()
+        .any(|m| m.contains("the name is reserved")));
     let c = Config::from_toml(
         "[[route]]\nname = \"r\"\npath = \"/hooks/console\"\npayload = \"nlu\"\n\
          auth = { scheme = \"hmac-sha256\", secrets = [\"s\"] }\n",
