@@ -362,3 +362,62 @@ async fn an_unreachable_target_is_retried_and_the_configuration_names_bad_target
         "{problems:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_and_teams_targets_get_their_own_formats() {
+    let slack = SinkServer::start().await;
+    let teams = SinkServer::start().await;
+    let backend = SinkServer::start().await;
+    backend.set_fallback(Reply::Status(400));
+    let table = format!(
+        "kind = \"http\"\nurl = \"{}\"\nretry = {{ max_attempts = 1 }}",
+        backend.url("/events")
+    );
+    let app = TestApp::spawn_with(|c| {
+        crate::support::attach_sink(c, "backend", &table);
+        with_alerts(c, &slack.url("/unused"));
+        c.alerts.targets.clear();
+        for (name, kind, url) in [
+            ("chat", AlertFormat::Slack, slack.url("/services/T/B/x")),
+            ("team", AlertFormat::Teams, teams.url("/workflows/y")),
+        ] {
+            c.alerts.targets.insert(
+                name.into(),
+                AlertTargetConfig {
+                    kind,
+                    url: url.into(),
+                    secret: None,
+                    timeout: Duration::from_secs(5),
+                },
+            );
+        }
+    })
+    .await;
+    let r = app
+        .post_signed("/webhook", &flow_body("s-fmt", "fmt"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let sink = app.deliverer().sink("backend").expect("sink").clone();
+    wait_until("a dead letter", T, || {
+        sink.dead_letters_made().iter().map(|(_, n)| n).sum::<u64>() == 1
+    })
+    .await;
+    let fired = app.alerts().look_at(cognihook::now_millis()).await;
+    assert_eq!(brief(&fired), [("dead_letters", "firing", 1)]);
+    let s = slack.wait_for(1, T).await;
+    let text = s[0].body["text"]
+        .as_str()
+        .expect("a Slack message has text");
+    assert!(text.contains("[FIRING] warning · dead_letters"), "{text}");
+    assert!(text.contains("<https://gw.example/console/dead-letters?sink=backend&class=permanent|Open in the console>"), "{text}");
+    let t = teams.wait_for(1, T).await;
+    let card = &t[0].body["attachments"][0];
+    assert_eq!(
+        card["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    assert_eq!(card["content"]["type"], "AdaptiveCard");
+    assert!(card["content"]["body"][0]["text"]
+        .as_str()
+        .is_some_and(|h| h.contains("dead_letters")));
+}
