@@ -35,7 +35,8 @@ pub fn init_logging() {
             .with_writer(std::io::stderr)
             .try_init()
     } else {
-        tracing::subscriber::set_global_default(json_logs(filter, std::io::stderr))
+        // `try_init` also forwards the `log` records of dependencies, as the pretty branch does.
+        tracing_subscriber::util::SubscriberInitExt::try_init(json_logs(filter, std::io::stderr))
             .map_err(Into::into)
     };
 }
