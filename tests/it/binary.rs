@@ -652,3 +652,34 @@ fn admin_endpoints_on_a_public_non_loopback_listener_are_warned_about() {
         .iter()
         .any(|l| l.contains("COGNIHOOK_ADMIN_LISTEN")));
 }
+
+#[test]
+fn logs_on_a_pipe_are_json_lines_and_name_the_store() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = command(dir.path());
+    c.env("COGNIGY_WEBHOOK_SECRET", SECRET);
+    let mut server = Server::start(c);
+    server.terminate();
+    server.wait(T);
+    let lines = server.stderr_lines();
+    let parsed: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let listening = parsed
+        .iter()
+        .find(|l| l["message"] == "cognihook listening")
+        .unwrap_or_else(|| panic!("no listening line in {lines:#?}"));
+    assert_eq!(listening["level"], "INFO");
+    assert!(listening["addr"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("127.0.0.1:")));
+    assert!(
+        parsed.iter().any(|l| l["message"] == "store open (SQLite)"),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains('\u{1b}')),
+        "no colour codes"
+    );
+}
