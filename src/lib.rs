@@ -30,6 +30,9 @@
 //!                delivery attempt's span is made by delivery::worker::Deliverer and ended
 //!                in SinkRuntime::attempt, linked to the request span through the event's
 //!                `traceparent`; sinks send the attempt's `traceparent` on
+//! API document:  http::openapi (`cognihook openapi`, docs/openapi.json): the fixed endpoints
+//!                from `#[utoipa::path]` on their handlers, one operation per configured route
+//!                from its settings (ingest::payload's `request_schema`, its auth scheme)
 //! alert path:    alerts::Alerts::look_at (every alerts.interval) reads the store's readiness
 //!                and outbox ages, each sink's circuit and dead letters, each route's
 //!                refused credentials and matched secrets (telemetry::watch, which ingest

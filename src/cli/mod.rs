@@ -4,6 +4,7 @@
 mod check_config;
 mod dead_letters;
 mod events;
+mod openapi;
 mod send;
 mod serve;
 mod sessions;
@@ -92,6 +93,10 @@ enum Command {
     },
     /// Print the manual page (roff), e.g. `cognihook man | man -l -`.
     Man,
+    /// Print the OpenAPI 3.1 document of the configuration's HTTP API (webhook routes,
+    /// operations endpoints, admin API), e.g. `cognihook openapi > openapi.json`.
+    /// Reads COGNIHOOK_CONFIG and the variables that override configuration keys.
+    Openapi,
 }
 
 /// Parses the command line and runs the command.
@@ -128,6 +133,7 @@ pub fn main() -> ExitCode {
             );
             Ok(())
         }
+        Command::Openapi => openapi::run(config),
         Command::Man => {
             use clap::CommandFactory as _;
             match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {

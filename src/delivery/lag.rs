@@ -14,7 +14,7 @@ pub struct LagWindow {
 }
 
 /// Percentiles of a [`LagWindow`], in seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LagSummary {
     /// Deliveries the figures are taken over.
     pub deliveries: usize,

@@ -7,13 +7,12 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{header, StatusCode};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::error::{json_response, ApiError};
+use super::error::{json_response, ApiError, ErrorBody};
 use super::AppState;
-use crate::store::{DeadLetterFilter, StoreError};
+use crate::store::{DeadLetterFilter, Journey, StoreError};
 
 /// Repeated refusals of admin requests are logged once per interval, with a count.
 static ADMIN_REFUSED: crate::telemetry::throttle::Throttle =
@@ -101,6 +100,16 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 }
 
 /// `GET /admin/events/{id}`: an event's journey by event id or correlation id.
+#[utoipa::path(get, path = "/admin/events/{id}", tag = "admin", security(("admin" = [])),
+    summary = "An event and its deliveries, by event id or correlation id",
+    params(("id" = String, Path, description = "Event id (ULID) or correlation id")),
+    responses(
+        (status = 200, description = "The event's journey", body = Journey),
+        (status = 404, description = "No such event", body = ErrorBody),
+        (status = 403, description = "`admin_disabled` (no admin token configured) or `forbidden` (missing or wrong bearer token)", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds"))),
+    ))]
 pub async fn event(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -115,15 +124,33 @@ pub async fn event(
 }
 
 /// Query of `GET /admin/dead-letters`.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeadLetterQuery {
+    /// Only this sink's.
     sink: Option<String>,
+    /// Only this route's.
     route: Option<String>,
+    /// `permanent`, `exhausted` or `expired` (empty: any).
+    #[param(pattern = "^(permanent|exhausted|expired)?$")]
     reason: Option<String>,
+    /// Dead-lettered at or after: RFC 3339, or an age such as `1h` (that long ago).
     since: Option<String>,
+    /// Dead-lettered before: RFC 3339 or an age.
     until: Option<String>,
+    /// Most items returned (default 100).
+    #[param(minimum = 0)]
     limit: Option<usize>,
+}
+
+/// `GET /admin/dead-letters`'s body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct DeadLetterPage {
+    /// Dead letters matching the filter.
+    pub total: u64,
+    /// The newest of them, at most `limit`.
+    pub items: Vec<crate::store::DeadLetter>,
 }
 
 fn filter_from(
@@ -162,6 +189,16 @@ fn filter_from(
 }
 
 /// `GET /admin/dead-letters`: filtered, newest first.
+#[utoipa::path(get, path = "/admin/dead-letters", tag = "admin", security(("admin" = [])),
+    summary = "Dead letters, newest first",
+    params(DeadLetterQuery),
+    responses(
+        (status = 200, description = "Matching dead letters", body = DeadLetterPage),
+        (status = 400, description = "A bad filter (`invalid_payload`)", body = ErrorBody),
+        (status = 403, description = "`admin_disabled` (no admin token configured) or `forbidden` (missing or wrong bearer token)", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds"))),
+    ))]
 pub async fn dead_letters(
     State(state): State<AppState>,
     query: Result<Query<DeadLetterQuery>, QueryRejection>,
@@ -179,13 +216,14 @@ pub async fn dead_letters(
         .dead_letters(&filter, q.limit.unwrap_or(100))
         .await
         .map_err(store_unavailable)?;
-    Ok(json_ok(&json!({"total": total, "items": items})))
+    Ok(json_ok(&DeadLetterPage { total, items }))
 }
 
 /// Body of `POST /admin/dead-letters/replay`.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
+    /// Dead letters by id; with a filter too, both must match.
     #[serde(default)]
     ids: Vec<i64>,
     sink: Option<String>,
@@ -193,11 +231,33 @@ pub struct ReplayRequest {
     reason: Option<String>,
     since: Option<String>,
     until: Option<String>,
+    /// Count what would be replayed; change nothing.
     #[serde(default)]
     dry_run: bool,
 }
 
+/// `POST /admin/dead-letters/replay`'s body: `replayed`, or `would_replay` for a dry run.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ReplayAnswer {
+    /// Dead letters made pending again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<u64>,
+    /// What a replay would make pending (dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_replay: Option<u64>,
+}
+
 /// `POST /admin/dead-letters/replay`: by ids or filter, or a dry-run count.
+#[utoipa::path(post, path = "/admin/dead-letters/replay", tag = "admin", security(("admin" = [])),
+    summary = "Replay dead letters by id or filter (none: all)",
+    request_body(content = Option<ReplayRequest>, description = "No body replays every dead letter"),
+    responses(
+        (status = 200, description = "How many were (or would be) replayed", body = ReplayAnswer),
+        (status = 400, description = "Not JSON, an unknown key (`invalid_json`) or a bad filter (`invalid_payload`)", body = ErrorBody),
+        (status = 403, description = "`admin_disabled` (no admin token configured) or `forbidden` (missing or wrong bearer token)", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds"))),
+    ))]
 pub async fn replay(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let req: ReplayRequest = if body.is_empty() {
         ReplayRequest::default()
@@ -219,13 +279,19 @@ pub async fn replay(State(state): State<AppState>, body: Bytes) -> Result<Respon
         .await
         .map_err(store_unavailable)?;
     if req.dry_run {
-        return Ok(json_ok(&json!({"would_replay": n})));
+        return Ok(json_ok(&ReplayAnswer {
+            replayed: None,
+            would_replay: Some(n),
+        }));
     }
     if n > 0 {
         audit_replay(&state, n);
         state.deliverer.wake();
     }
-    Ok(json_ok(&json!({"replayed": n})))
+    Ok(json_ok(&ReplayAnswer {
+        replayed: Some(n),
+        would_replay: None,
+    }))
 }
 
 fn audit_replay(state: &AppState, n: u64) {
@@ -235,11 +301,31 @@ fn audit_replay(state: &AppState, n: u64) {
         .write(&crate::telemetry::audit::AuditLine::replayed(n));
 }
 
+/// `DELETE /admin/dead-letters/{id}`'s body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Deleted {
+    pub deleted: u64,
+}
+
 /// `DELETE /admin/dead-letters/{id}`.
+#[utoipa::path(delete, path = "/admin/dead-letters/{id}", tag = "admin", security(("admin" = [])),
+    summary = "Purge one dead letter",
+    params(("id" = i64, Path, description = "The dead letter's id")),
+    responses(
+        (status = 200, description = "Purged", body = Deleted),
+        (status = 400, description = "The id is not an integer (`invalid_payload`)", body = ErrorBody),
+        (status = 404, description = "No dead letter with this id", body = ErrorBody),
+        (status = 403, description = "`admin_disabled` (no admin token configured) or `forbidden` (missing or wrong bearer token)", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds"))),
+    ))]
 pub async fn purge(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| bad_request("the dead letter id must be an integer"))?;
     let filter = DeadLetterFilter {
         ids: vec![id],
         ..Default::default()
@@ -251,11 +337,31 @@ pub async fn purge(
         .map_err(store_unavailable)?
     {
         0 => Err(not_found("no dead letter with this id")),
-        n => Ok(json_ok(&json!({"deleted": n}))),
+        n => Ok(json_ok(&Deleted { deleted: n })),
     }
 }
 
+/// `DELETE /admin/sessions/{id}`'s body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionForgotten {
+    pub session_id: String,
+    /// Events deleted.
+    pub events: u64,
+    /// Pending deliveries cancelled.
+    pub cancelled_deliveries: u64,
+}
+
 /// `DELETE /admin/sessions/{id}` (SPEC §12.3).
+#[utoipa::path(delete, path = "/admin/sessions/{id}", tag = "admin", security(("admin" = [])),
+    summary = "Forget a conversation: its session state, events and pending deliveries",
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 200, description = "Forgotten (also when nothing was stored)", body = SessionForgotten),
+        (status = 403, description = "`admin_disabled` (no admin token configured) or `forbidden` (missing or wrong bearer token)", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds"))),
+    ))]
 pub async fn forget_session(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -276,14 +382,45 @@ pub async fn forget_session(
             &f.session_id,
             f.events,
         ));
-    Ok(json_ok(&json!({
-        "sessionId": f.session_id,
-        "events": f.events,
-        "cancelledDeliveries": f.cancelled_deliveries,
-    })))
+    Ok(json_ok(&SessionForgotten {
+        session_id: f.session_id,
+        events: f.events,
+        cancelled_deliveries: f.cancelled_deliveries,
+    }))
+}
+
+/// One sink in `GET /admin/sinks`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkStatus {
+    pub name: String,
+    /// `http`, `cognigy`, `nats`, `amqp`, `redis`, `file` or `alert`.
+    pub kind: String,
+    /// `closed`, `open` or `half_open`.
+    pub circuit: String,
+    pub paused: bool,
+    pub pending: u64,
+    pub oldest_pending_age_seconds: f64,
+    pub dead_letters: u64,
+    /// Acceptance → delivered, in seconds, over this process's recent deliveries (null before the first).
+    pub lag_seconds: Option<crate::delivery::lag::LagSummary>,
+}
+
+/// `GET /admin/sinks`'s body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SinkList {
+    pub sinks: Vec<SinkStatus>,
 }
 
 /// `GET /admin/sinks`: each sink's state, outbox counts and delivery lag.
+#[utoipa::path(get, path = "/admin/sinks", tag = "admin", security(("admin" = [])),
+    summary = "Each sink's state, outbox figures and delivery lag",
+    responses(
+        (status = 200, description = "The sinks", body = SinkList),
+        (status = 403, description = "`admin_disabled` (no admin token configured) or `forbidden` (missing or wrong bearer token)", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds"))),
+    ))]
 pub async fn sinks(State(state): State<AppState>) -> Result<Response, ApiError> {
     let sinks = state.deliverer.sinks();
     let names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();
@@ -297,22 +434,42 @@ pub async fn sinks(State(state): State<AppState>) -> Result<Response, ApiError> 
         .zip(&counts)
         .map(|(s, c)| {
             s.observe(c);
-            json!({
-                "name": s.name,
-                "kind": s.config.kind().name(),
-                "circuit": s.circuit().name(),
-                "paused": s.is_paused(),
-                "pending": c.pending,
-                "oldestPendingAgeSeconds": c.oldest_pending_age_seconds,
-                "deadLetters": c.dead_letters,
-                "lagSeconds": s.lag(),
-            })
+            SinkStatus {
+                name: s.name.clone(),
+                kind: s.config.kind().name().to_string(),
+                circuit: s.circuit().name().to_string(),
+                paused: s.is_paused(),
+                pending: c.pending,
+                oldest_pending_age_seconds: c.oldest_pending_age_seconds,
+                dead_letters: c.dead_letters,
+                lag_seconds: s.lag(),
+            }
         })
         .collect();
-    Ok(json_ok(&json!({ "sinks": items })))
+    Ok(json_ok(&SinkList { sinks: items }))
+}
+
+/// `POST /admin/sinks/{name}/{action}`'s body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SinkPaused {
+    pub name: String,
+    pub paused: bool,
 }
 
 /// `POST /admin/sinks/{name}/pause|resume`.
+#[utoipa::path(post, path = "/admin/sinks/{name}/{action}", tag = "admin", security(("admin" = [])),
+    summary = "Pause or resume a sink's deliveries",
+    params(
+        ("name" = String, Path, description = "The sink's name"),
+        ("action" = String, Path, description = "`pause` or `resume`", pattern = "^(pause|resume)$"),
+    ),
+    responses(
+        (status = 200, description = "The sink's state now", body = SinkPaused),
+        (status = 404, description = "No such sink, or an action other than pause and resume", body = ErrorBody),
+        (status = 403, description = "`admin_disabled` (no admin token configured) or `forbidden` (missing or wrong bearer token)", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds"))),
+    ))]
 pub async fn sink_action(
     State(state): State<AppState>,
     Path((name, action)): Path<(String, String)>,
@@ -330,5 +487,8 @@ pub async fn sink_action(
         _ => return Err(ApiError::not_found()),
     }
     tracing::info!(sink = %name, paused = sink.is_paused(), "sink {action}d by the admin API");
-    Ok(json_ok(&json!({"name": name, "paused": sink.is_paused()})))
+    Ok(json_ok(&SinkPaused {
+        paused: sink.is_paused(),
+        name,
+    }))
 }

@@ -70,18 +70,7 @@ impl ApiError {
 
     /// The JSON body, carrying the request's correlation and transaction ids.
     pub fn body(&self, correlation_id: &str, transaction_id: &str) -> Bytes {
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Body<'a> {
-            status: &'static str,
-            code: &'static str,
-            message: &'a str,
-            correlation_id: &'a str,
-            transaction_id: &'a str,
-            #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
-            errors: &'a [FieldError],
-        }
-        let body = Body {
+        let body = ErrorBody {
             status: "error",
             code: self.code,
             message: &self.message,
@@ -99,6 +88,25 @@ impl ApiError {
         let body = self.body(correlation_id, transaction_id);
         json_response(self.status, body, self.retry_after)
     }
+}
+
+/// An error answer's body (SPEC §5), on every path of the public and admin listeners.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody<'a> {
+    /// Always `error`.
+    #[schema(value_type = String, example = "error")]
+    pub status: &'static str,
+    /// A stable code, e.g. `invalid_payload`, `invalid_signature`, `rule_rejected`.
+    #[schema(value_type = String)]
+    pub code: &'static str,
+    pub message: &'a str,
+    pub correlation_id: &'a str,
+    pub transaction_id: &'a str,
+    /// Every failing field (400 `invalid_payload`).
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    #[schema(value_type = Option<Vec<FieldError>>)]
+    pub errors: &'a [FieldError],
 }
 
 impl IntoResponse for ApiError {

@@ -7,6 +7,7 @@ pub mod conn;
 pub mod console;
 pub mod error;
 pub mod oauth;
+pub mod openapi;
 pub mod ops;
 pub mod webhook;
 

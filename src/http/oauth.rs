@@ -13,11 +13,44 @@ use http::{header, HeaderValue, StatusCode};
 use http_body_util::BodyExt as _;
 
 use super::error::json_response;
-use crate::ingest::auth::oauth2::{TokenError, TokenIssuer};
+use crate::ingest::auth::oauth2::{TokenAnswer, TokenError, TokenIssuer};
 
 /// Largest token request read (a client-credentials form is a few hundred bytes).
 const MAX_FORM_BYTES: usize = 16 * 1024;
 
+/// A refused token request (RFC 6749 §5.2).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TokenRefusal {
+    /// `invalid_request`, `invalid_client` (also with 429), `unsupported_grant_type` or
+    /// `invalid_scope`.
+    pub error: String,
+    pub error_description: String,
+}
+
+/// A client-credentials token request (RFC 6749 §4.4.2); the client authenticates with HTTP
+/// Basic or with `client_id` and `client_secret` in the form.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct TokenRequest {
+    /// `client_credentials`.
+    grant_type: String,
+    /// Space-separated scopes (a subset of the client's; unset = all of them).
+    scope: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+#[utoipa::path(post, path = "/oauth/token", tag = "oauth2",
+    summary = "Issue an access token for `oauth2` routes (client credentials)",
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "A token (never cached)", body = TokenAnswer),
+        (status = 400, description = "A malformed or refused request", body = TokenRefusal),
+        (status = 401, description = "Client authentication failed", body = TokenRefusal,
+            headers(("WWW-Authenticate" = String))),
+        (status = 429, description = "Too many failed authentications of this client", body = TokenRefusal,
+            headers(("Retry-After" = u32, description = "Seconds"))),
+    ))]
 pub async fn token(issuer: Arc<TokenIssuer>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let form_type = parts
@@ -74,11 +107,12 @@ fn refusal(e: &TokenError) -> Response {
         ),
         _ => (StatusCode::BAD_REQUEST, None),
     };
-    let body = serde_json::json!({
-        "error": e.code(),
-        "error_description": e.description(),
-    });
-    let mut r = json_response(status, Bytes::from(body.to_string()), retry_after);
+    let body = TokenRefusal {
+        error: e.code().to_string(),
+        error_description: e.description().to_string(),
+    };
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let mut r = json_response(status, Bytes::from(body), retry_after);
     if matches!(e, TokenError::InvalidClient) {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,

@@ -5,11 +5,49 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
-use serde_json::{json, Value};
 
 use super::error::json_response;
 use super::AppState;
 
+/// `GET /healthz`'s body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`: the process answers.
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+/// `GET /readyz`'s body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: String,
+    /// `ok` or `unavailable`.
+    pub store: String,
+    /// `ok` or `failing`.
+    pub audit: String,
+    pub shutting_down: bool,
+    /// Why the gateway is not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+}
+
+/// `GET /stats`'s body: the process's request figures and the outbox's (null when the store
+/// cannot be read).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StatsBody {
+    #[serde(flatten)]
+    pub requests: crate::telemetry::stats::Snapshot,
+    /// Deliveries pending over all configured sinks.
+    pub outbox_pending: Option<u64>,
+    /// Dead letters over all configured sinks.
+    pub dead_letters: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    summary = "Liveness: the process answers",
+    responses((status = 200, description = "Alive", body = Health)))]
 pub async fn healthz() -> Response {
     json_response(
         StatusCode::OK,
@@ -18,33 +56,43 @@ pub async fn healthz() -> Response {
     )
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    summary = "Readiness: the store and the audit log work and the gateway is not shutting down",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready (`cause` says why)", body = Readiness,
+            headers(("Retry-After" = u32, description = "Seconds"))),
+    ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store.readiness().await;
     let audit = state.audit.health();
     let shutting_down = state.is_shutting_down();
     let ready = store.is_ok() && audit.is_ok() && !shutting_down;
-    let mut body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "store": if store.is_ok() { "ok" } else { "unavailable" },
-        "audit": if audit.is_ok() { "ok" } else { "failing" },
-        "shuttingDown": shutting_down,
-    });
-    let why = match (store, audit) {
+    let cause = match (&store, &audit) {
         (Err(e), _) => Some(e.to_string()),
         (_, Err(e)) => Some(e.to_string()),
         _ => None,
     };
-    if let Some(why) = why {
-        body["cause"] = Value::String(why);
-    }
+    let body = Readiness {
+        status: if ready { "ready" } else { "not_ready" }.into(),
+        store: if store.is_ok() { "ok" } else { "unavailable" }.into(),
+        audit: if audit.is_ok() { "ok" } else { "failing" }.into(),
+        shutting_down,
+        cause,
+    };
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json_response(status, Bytes::from(body.to_string()), (!ready).then_some(1))
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    json_response(status, Bytes::from(body), (!ready).then_some(1))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    summary = "Prometheus metrics (text exposition format 0.0.4)",
+    responses((status = 200, description = "The metrics", content_type = "text/plain",
+        body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     refresh_sink_gauges(&state).await;
     let mut r = state.metrics.render().into_response();
@@ -55,8 +103,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     r
 }
 
+#[utoipa::path(get, path = "/stats", tag = "operations",
+    summary = "Request and delivery figures of this process",
+    responses((status = 200, description = "The figures", body = StatsBody)))]
 pub async fn stats(State(state): State<AppState>) -> Response {
-    let snap = state.stats.snapshot();
     let names: Vec<String> = state
         .deliverer
         .sinks()
@@ -66,16 +116,15 @@ pub async fn stats(State(state): State<AppState>) -> Response {
     // Per-sink counts use the outbox's (sink, status) index; summed over configured sinks.
     let counts = state.store.sink_counts(&names).await.ok();
     let total = |f: fn(&crate::store::SinkCounts) -> u64| {
-        counts.as_ref().map_or(serde_json::Value::Null, |c| {
-            c.iter().map(f).sum::<u64>().into()
-        })
+        counts.as_ref().map(|c| c.iter().map(f).sum::<u64>())
     };
-    let mut body = serde_json::to_value(&snap).unwrap_or_else(|_| json!({}));
-    if let Some(o) = body.as_object_mut() {
-        o.insert("outbox_pending".into(), total(|c| c.pending));
-        o.insert("dead_letters".into(), total(|c| c.dead_letters));
-    }
-    json_response(StatusCode::OK, Bytes::from(body.to_string()), None)
+    let body = StatsBody {
+        requests: state.stats.snapshot(),
+        outbox_pending: total(|c| c.pending),
+        dead_letters: total(|c| c.dead_letters),
+    };
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    json_response(StatusCode::OK, Bytes::from(body), None)
 }
 
 /// Sets each sink's outbox and circuit gauges from the store (on every scrape).

@@ -177,8 +177,10 @@ impl StoreError {
 }
 
 /// An event and what happened to it, for `events show` and `/admin/events/{id}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Journey {
+    /// The normalised event as stored.
+    #[schema(value_type = Object)]
     pub event: Value,
     #[serde(rename = "committedAt")]
     pub committed_at: String,
@@ -202,7 +204,7 @@ pub struct TimelineEntry {
 }
 
 /// The delivery of one event to one sink.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Delivery {
     pub sink: String,
     pub status: String,
@@ -210,7 +212,7 @@ pub struct Delivery {
 }
 
 /// One attempt (or replay) in a delivery's history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Attempt {
     pub attempt: u32,
@@ -354,7 +356,7 @@ pub struct DeadLetterFilter {
 }
 
 /// A dead letter (SPEC §9 admin shape).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
     pub id: i64,

@@ -45,7 +45,7 @@ fn bucket_of(ns: u64) -> usize {
 }
 
 /// A snapshot for `/stats`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Snapshot {
     pub total_requests: u64,
     pub total_errors: u64,
@@ -59,7 +59,7 @@ pub struct Snapshot {
     pub duplicates: u64,
 }
 
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct Percentiles {
     pub p50: f64,
     pub p90: f64,

@@ -16,6 +16,7 @@ mod crash;
 mod delivery;
 mod deploy;
 mod docs;
+mod openapi;
 mod overload;
 mod payloads;
 mod postgres;

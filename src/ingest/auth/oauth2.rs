@@ -67,7 +67,7 @@ impl TokenError {
 }
 
 /// An issued token, as the endpoint answers it (RFC 6749 §5.1).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenAnswer {
     pub access_token: String,
     pub token_type: &'static str,

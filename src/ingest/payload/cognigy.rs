@@ -14,7 +14,7 @@ use super::{json_type, Decoded, FieldError, Fields, Intent, PayloadError, MAX_ID
 /// Longest `text` Cognigy accepts from a transformer.
 const MAX_TEXT_CHARS: usize = 10_000;
 /// Optional string fields of `cognigy-input` besides the ids and text: (key, max chars).
-const OPTIONAL_STRINGS: [(&str, usize); 8] = [
+pub(super) const OPTIONAL_STRINGS: [(&str, usize); 8] = [
     ("URLToken", 256),
     ("traceId", 256),
     ("inputId", 256),

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use crate::config::{PayloadKind, PayloadSpec};
 
 mod cognigy;
+mod describe;
 mod schema;
 
 pub use crate::event::{Intent, NormalisedEvent};
@@ -20,7 +21,7 @@ const MAX_ID_CHARS: usize = 256;
 const MAX_MESSAGE_CHARS: usize = 10_000;
 
 /// One failing field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,

@@ -10,7 +10,7 @@ use super::{json_type, Decoded, FieldError, Intent, PayloadError, SpecError, MAX
 use crate::config::PayloadSpec;
 
 /// Reads and compiles a schema file.
-fn compile(path: &Path) -> Result<jsonschema::Validator, SpecError> {
+fn compile(path: &Path) -> Result<(Value, jsonschema::Validator), SpecError> {
     let shown = || path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| SpecError::Unreadable {
         path: shown(),
@@ -20,10 +20,11 @@ fn compile(path: &Path) -> Result<jsonschema::Validator, SpecError> {
         path: shown(),
         source,
     })?;
-    jsonschema::draft202012::new(&schema).map_err(|e| SpecError::NotASchema {
+    let validator = jsonschema::draft202012::new(&schema).map_err(|e| SpecError::NotASchema {
         path: shown(),
         reason: e.to_string(),
-    })
+    })?;
+    Ok((schema, validator))
 }
 
 /// Most schema errors reported for one body (a huge body against a strict schema could
@@ -33,6 +34,8 @@ const MAX_SCHEMA_ERRORS: usize = 50;
 /// A compiled schema plus its pointers.
 pub struct SchemaDecoder {
     path: String,
+    /// The schema as read (the API document shows it as the route's request body).
+    document: Value,
     validator: jsonschema::Validator,
     pointers: BTreeMap<String, String>,
     correlation: Option<String>,
@@ -75,7 +78,7 @@ impl SchemaDecoder {
             None => Err(SpecError::NoSchema),
             Some(path) => compile(path),
         };
-        let validator = match validator {
+        let (document, validator) = match validator {
             Ok(v) if problems.is_empty() => v,
             Ok(_) => return Err(problems),
             Err(e) => {
@@ -87,10 +90,16 @@ impl SchemaDecoder {
         let correlation = pointers.remove("correlationId");
         Ok(SchemaDecoder {
             path: schema.map(|p| p.display().to_string()).unwrap_or_default(),
+            document,
             validator,
             pointers,
             correlation,
         })
+    }
+
+    /// The route's schema as read from its file.
+    pub fn document(&self) -> &Value {
+        &self.document
     }
 
     pub(super) fn decode(&self, payload: Value) -> Result<Decoded, PayloadError> {
