@@ -77,6 +77,20 @@ pub async fn require_admin(
     .into_response()
 }
 
+/// The answers every admin route can give besides its own (for the API document).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum AdminRefusal<'a> {
+    #[response(
+        status = 403,
+        description = "`admin_disabled` (no admin token configured) or `forbidden` (missing or wrong bearer token)"
+    )]
+    Forbidden(ErrorBody<'a>),
+    /// The store is unavailable
+    #[response(status = 503, headers(("Retry-After" = u32, description = "Seconds")))]
+    Unavailable(ErrorBody<'a>),
+}
+
 fn json_ok(v: &impl serde::Serialize) -> Response {
     json_response(
         StatusCode::OK,
@@ -106,9 +120,7 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     responses(
         (status = 200, description = "The event's journey", body = Journey),
         (status = 404, description = "No such event", body = ErrorBody),
-        (status = 403, description = "`admin_disabled` (no admin token configured) or `forbidden` (missing or wrong bearer token)", body = ErrorBody),
-        (status = 503, description = "The store is unavailable", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds"))),
+        AdminRefusal,
     ))]
 pub async fn event(
     State(state): State<AppState>,
@@ -195,9 +207,7 @@ fn filter_from(
     responses(
         (status = 200, description = "Matching dead letters", body = DeadLetterPage),
         (status = 400, description = "A bad filter (`invalid_payload`)", body = ErrorBody),
-        (status = 403, description = "`admin_disabled` (no admin token configured) or `forbidden` (missing or wrong bearer token)", body = ErrorBody),
-        (status = 503, description = "The store is unavailable", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds"))),
+        AdminRefusal,
     ))]
 pub async fn dead_letters(
     State(state): State<AppState>,
@@ -254,9 +264,7 @@ pub struct ReplayAnswer {
     responses(
         (status = 200, description = "How many were (or would be) replayed", body = ReplayAnswer),
         (status = 400, description = "Not JSON, an unknown key (`invalid_json`) or a bad filter (`invalid_payload`)", body = ErrorBody),
-        (status = 403, description = "`admin_disabled` (no admin token configured) or `forbidden` (missing or wrong bearer token)", body = ErrorBody),
-        (status = 503, description = "The store is unavailable", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds"))),
+        AdminRefusal,
     ))]
 pub async fn replay(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let req: ReplayRequest = if body.is_empty() {
@@ -315,9 +323,7 @@ pub struct Deleted {
         (status = 200, description = "Purged", body = Deleted),
         (status = 400, description = "The id is not an integer (`invalid_payload`)", body = ErrorBody),
         (status = 404, description = "No dead letter with this id", body = ErrorBody),
-        (status = 403, description = "`admin_disabled` (no admin token configured) or `forbidden` (missing or wrong bearer token)", body = ErrorBody),
-        (status = 503, description = "The store is unavailable", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds"))),
+        AdminRefusal,
     ))]
 pub async fn purge(
     State(state): State<AppState>,
@@ -358,9 +364,7 @@ pub struct SessionForgotten {
     params(("id" = String, Path, description = "The session id")),
     responses(
         (status = 200, description = "Forgotten (also when nothing was stored)", body = SessionForgotten),
-        (status = 403, description = "`admin_disabled` (no admin token configured) or `forbidden` (missing or wrong bearer token)", body = ErrorBody),
-        (status = 503, description = "The store is unavailable", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds"))),
+        AdminRefusal,
     ))]
 pub async fn forget_session(
     State(state): State<AppState>,
@@ -417,9 +421,7 @@ pub struct SinkList {
     summary = "Each sink's state, outbox figures and delivery lag",
     responses(
         (status = 200, description = "The sinks", body = SinkList),
-        (status = 403, description = "`admin_disabled` (no admin token configured) or `forbidden` (missing or wrong bearer token)", body = ErrorBody),
-        (status = 503, description = "The store is unavailable", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds"))),
+        AdminRefusal,
     ))]
 pub async fn sinks(State(state): State<AppState>) -> Result<Response, ApiError> {
     let sinks = state.deliverer.sinks();
@@ -466,9 +468,7 @@ pub struct SinkPaused {
     responses(
         (status = 200, description = "The sink's state now", body = SinkPaused),
         (status = 404, description = "No such sink, or an action other than pause and resume", body = ErrorBody),
-        (status = 403, description = "`admin_disabled` (no admin token configured) or `forbidden` (missing or wrong bearer token)", body = ErrorBody),
-        (status = 503, description = "The store is unavailable", body = ErrorBody,
-            headers(("Retry-After" = u32, description = "Seconds"))),
+        AdminRefusal,
     ))]
 pub async fn sink_action(
     State(state): State<AppState>,
