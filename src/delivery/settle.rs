@@ -88,10 +88,13 @@ impl Settler {
     /// still has [`SETTLE_MARGIN`] to run: a settlement that does not land is a delivery made
     /// twice once the lease expires.
     async fn flush_chunk(&self, chunk: &[Pending]) {
-        let items: Vec<_> = chunk
-            .iter()
-            .map(|p| (p.claim.clone(), p.settlement.clone()))
-            .collect();
+        // Built for each try (the store takes them), not cloned from a first copy.
+        let items = || {
+            chunk
+                .iter()
+                .map(|p| (p.claim.clone(), p.settlement.clone()))
+                .collect::<Vec<_>>()
+        };
         let expires = chunk
             .iter()
             .map(|p| p.claim.lease_until_ms)
@@ -101,7 +104,7 @@ impl Settler {
         let mut backoff = Duration::from_millis(50);
         let mut tries = 1;
         loop {
-            match self.store.settle_many(items.clone()).await {
+            match self.store.settle_many(items()).await {
                 Ok(done) => {
                     for (p, held) in chunk.iter().zip(done) {
                         if held {
