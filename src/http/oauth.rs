@@ -33,6 +33,7 @@ pub struct TokenRefusal {
 #[allow(dead_code)]
 pub struct TokenRequest {
     /// `client_credentials`.
+    #[schema(pattern = "^client_credentials$", example = "client_credentials")]
     grant_type: String,
     /// Space-separated scopes (a subset of the client's; unset = all of them).
     scope: Option<String>,

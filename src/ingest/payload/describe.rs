@@ -203,35 +203,33 @@ fn cognigy_input() -> Value {
 
 fn webhook_output() -> Value {
     let output = json!({
-        "type": "object",
-        "properties": {
-            "text": {"type": ["string", "null"]},
-            "data": {"type": ["object", "null"]},
-            "traceId": optional_str(256, ""),
-            "source": optional_str(64, ""),
-            "disableSensitiveLogging": {"type": ["boolean", "null"]},
-        },
+        "text": {"type": ["string", "null"]},
+        "data": {"type": ["object", "null"]},
+        "traceId": optional_str(256, ""),
+        "source": optional_str(64, ""),
+        "disableSensitiveLogging": {"type": ["boolean", "null"]},
     });
-    let mut top = output.clone();
-    top["properties"]["sessionId"] = id("The conversation's session.");
-    top["properties"]["userId"] = id("The user.");
-    top["properties"]["AIOutput"] = {
-        let mut o = output;
-        o["type"] = json!(["object", "null"]);
-        o
-    };
-    top["title"] = json!("webhook-output");
-    top["description"] = json!(
-        "What a Cognigy Webhook Endpoint posts (payload kind `webhook-output`): the output \
-         under `AIOutput` or at the top level; it needs `text` or `data`."
-    );
-    top["required"] = json!(["sessionId", "userId"]);
-    top["examples"] = json!([{
-        "sessionId": "session-1",
-        "userId": "user-42",
-        "AIOutput": {"text": "Your order A-17 is on its way.", "source": "bot"},
-    }]);
-    top
+    json!({
+        "title": "webhook-output",
+        "description": "What a Cognigy Webhook Endpoint posts (payload kind `webhook-output`): the \
+            output under `AIOutput`, or (without one) at the top level; it needs `text` or `data`.",
+        "type": "object",
+        "required": ["sessionId", "userId"],
+        "properties": {
+            "sessionId": id("The conversation's session."),
+            "userId": id("The user."),
+            "AIOutput": {"type": ["object", "null"], "properties": output},
+        },
+        // The top level's output fields are read only when there is no `AIOutput` object.
+        "if": {"required": ["AIOutput"], "properties": {"AIOutput": {"type": "object"}}},
+        "then": {},
+        "else": {"properties": output},
+        "examples": [{
+            "sessionId": "session-1",
+            "userId": "user-42",
+            "AIOutput": {"text": "Your order A-17 is on its way.", "source": "bot"},
+        }],
+    })
 }
 
 fn vg_call_status() -> Value {
