@@ -236,10 +236,16 @@ pub struct ReplayRequest {
     /// Dead letters by id; with a filter too, both must match.
     #[serde(default)]
     ids: Vec<i64>,
+    /// Only this sink's.
     sink: Option<String>,
+    /// Only this route's.
     route: Option<String>,
+    /// `permanent`, `exhausted` or `expired` (empty: any).
+    #[schema(pattern = "^(permanent|exhausted|expired)?$")]
     reason: Option<String>,
+    /// Dead-lettered at or after: RFC 3339, or an age such as `1h`.
     since: Option<String>,
+    /// Dead-lettered before: RFC 3339 or an age.
     until: Option<String>,
     /// Count what would be replayed; change nothing.
     #[serde(default)]
