@@ -238,12 +238,9 @@ fn route_operation(
     let (scheme_name, scheme) = security_scheme(route, &auth);
     if let Some(scheme) = scheme {
         let mut refused = error_answer(&refusal_codes(&auth));
-        if matches!(
-            auth,
-            AuthSpec::Jwt(_) | AuthSpec::OAuth2 | AuthSpec::Bearer { .. }
-        ) {
-            refused["headers"] = json!({"WWW-Authenticate": {"schema": {"type": "string"}}});
-        }
+        refused["headers"] = json!({"WWW-Authenticate": {
+            "description": "The challenge naming what the route expects",
+            "schema": {"type": "string"}}});
         responses.insert("401".into(), refused);
         security.insert(scheme_name.clone(), scheme);
     }

@@ -274,6 +274,15 @@ async fn answers_fit_the_schemas_the_document_gives_them() {
         .await;
     assert_eq!(unsigned.status, 401);
     check("/webhook", "post", 401, &unsigned.json());
+    assert!(
+        doc["paths"]["/webhook"]["post"]["responses"]["401"]["headers"]
+            .get("WWW-Authenticate")
+            .is_some()
+    );
+    assert!(
+        unsigned.header("www-authenticate").is_some(),
+        "a documented header is sent"
+    );
 
     for (path, documented) in [
         ("/healthz", "/healthz"),
