@@ -2,10 +2,11 @@
 
 Webhook routes authenticate the raw body: a generated signature would always be refused,
 so no request would reach the payload checks. When a request carries the route's signature
-header (schemathesis fills security parameters), this hook serialises the body itself,
-sends exactly those bytes and replaces the header with their HMAC-SHA256 under the test
-secret. A request without the header (schemathesis's own "no auth" cases) stays unsigned
-and must be refused with 401.
+header with the placeholder the schemathesis configuration puts there, this hook serialises
+the body itself, sends exactly those bytes and replaces the header with their HMAC-SHA256
+under the test secret. Any other request stays as schemathesis made it and must be refused
+with 401: one without the header, and one whose header holds a value schemathesis made up to
+check that made-up credentials are refused (its `ignored_auth` check).
 """
 
 import hashlib
@@ -17,6 +18,8 @@ import schemathesis
 
 SECRET = os.environ["COGNIGY_WEBHOOK_SECRET"].encode()
 SIGNATURE_HEADERS = ("x-cognigy-signature", "x-webhook-signature")
+# What scripts/api/schemathesis*.toml set as these headers' credential.
+PLACEHOLDER = "signed-by-the-hook"
 
 
 def _raw_body(case, kwargs):
@@ -36,7 +39,9 @@ def _raw_body(case, kwargs):
 @schemathesis.hook
 def before_call(context, case, kwargs):
     headers = case.headers or {}
-    names = [n for n in headers if n.lower() in SIGNATURE_HEADERS]
+    names = [
+        n for n in headers if n.lower() in SIGNATURE_HEADERS and headers[n] == PLACEHOLDER
+    ]
     if not names:
         return
     try:
