@@ -13,6 +13,7 @@
 # usage: bench/delivery_lag.sh [DURATION]      (default 60s per rate)
 # env:   SYNC=full|normal|off (default full), BURST (default 10s), PCTS (default "25 50 80"),
 #        DELIVERY (a [delivery] table to use, e.g. '[delivery]\nbusy = { interval = "0s" }'),
+#        BATCH (the sink's batch.max: events per request, as JSON arrays; default unbatched),
 #        BIN (the gateway binary, default target/release/cognihook), SKIP_BUILD=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +50,7 @@ ${DELIVERY:-}
 kind = "http"
 url = "http://127.0.0.1:$SINK_PORT/events"
 concurrency = 32
+${BATCH:+batch = { max = $BATCH \}}
 [[route]]
 name = "flow-events"
 path = "/webhook"
@@ -70,7 +72,7 @@ drain() {
   python3 -c "print(f'{$(now) - $t0:.2f}')"
 }
 
-echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); store.sync=$SYNC; http sink concurrency 32; gateway on CPU $SERVER_CPU, load and receiver on CPU $CLIENT_CPU"
+echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); store.sync=$SYNC; http sink concurrency 32, batch ${BATCH:-off}; gateway on CPU $SERVER_CPU, load and receiver on CPU $CLIENT_CPU"
 
 # Warm-up, then the saturating burst.
 taskset -c "$CLIENT_CPU" wrk -t1 -c64 -d3s -s "$work/flow.lua" "http://127.0.0.1:$GW_PORT/webhook" -- warm >/dev/null

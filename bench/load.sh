@@ -9,7 +9,9 @@
 # env:   SYNC=full|normal|off (store.sync, default full), SKIP_BUILD=1, BIN (the gateway
 #        binary, default target/release/cognihook: another build to compare in the same run),
 #        PG_URL=postgres://… to also measure /webhook on PostgreSQL (a fresh schema is made;
-#        the PostgreSQL server itself is not pinned, so it uses both CPUs)
+#        the PostgreSQL server itself is not pinned, so it uses both CPUs), NICE (the sink
+#        run's delivery.nice, default 10), BATCH (the sink's batch.max, default unbatched), BUSY
+#        (its delivery.busy table, e.g. '{ interval = "0s" }')
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -118,10 +120,12 @@ sync = "$SYNC"
 path = "$work/audit-sink.jsonl"
 [delivery]
 nice = ${NICE:-10}
+${BUSY:+busy = $BUSY}
 [sink.backend]
 kind = "http"
 url = "http://127.0.0.1:$SINK_PORT/events"
 concurrency = 32
+${BATCH:+batch = { max = $BATCH \}}
 [[route]]
 name = "flow-events"
 path = "/webhook"

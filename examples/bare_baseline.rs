@@ -12,7 +12,8 @@
 //!   HTTP sink). It also notes each delivery's lag, from the time in its
 //!   `X-Cognihook-Event-Id` (a ULID, stamped when the gateway received the event) to its
 //!   arrival here; `GET /lag` answers `{"count", "p50", "p99", "max"}` (milliseconds) of the
-//!   deliveries since the last `GET /lag` (`bench/delivery_lag.sh`).
+//!   deliveries since the last `GET /lag` (`bench/delivery_lag.sh`). A batch (an http sink's
+//!   `batch`: `X-Cognihook-Batch-Size` and a JSON array) counts each of its events.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -58,21 +59,26 @@ async fn handle(
             );
             return Ok(Response::new(Full::new(Bytes::from(body))));
         }
-        let received = req
+        let batched = req.headers().contains_key("x-cognihook-batch-size");
+        let mut received: Vec<u64> = req
             .headers()
             .get("x-cognihook-event-id")
             .and_then(|v| v.to_str().ok())
             .and_then(|id| ulid::Ulid::from_string(id).ok())
-            .map(|u| u.timestamp_ms());
-        let _ = req.into_body().collect().await;
-        if let Some(at) = received {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            lags.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(now.saturating_sub(at));
+            .map(|u| u.timestamp_ms())
+            .into_iter()
+            .collect();
+        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+        if let (true, Ok(body)) = (batched, &body) {
+            // An array of events (an http sink's `batch`): each element's `eventId`.
+            received.extend(event_ids(body).map(|u| u.timestamp_ms()));
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        lags.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(received.into_iter().map(|at| now.saturating_sub(at)));
         return Ok(answer(StatusCode::OK, "received"));
     }
     let sig = req
@@ -99,6 +105,25 @@ async fn handle(
         }
     }
     Ok(answer(StatusCode::OK, "success"))
+}
+
+/// The ULIDs after every `"eventId":"` in `body`, found without parsing the JSON (the
+/// receiver must stay cheap beside the gateway it measures).
+fn event_ids(body: &[u8]) -> impl Iterator<Item = ulid::Ulid> + '_ {
+    const KEY: &[u8] = b"\"eventId\":\"";
+    let mut at = 0;
+    std::iter::from_fn(move || loop {
+        let found = body[at..].windows(KEY.len()).position(|w| w == KEY)?;
+        let start = at + found + KEY.len();
+        at = start;
+        let id = body.get(start..start + 26)?;
+        if let Some(u) = std::str::from_utf8(id)
+            .ok()
+            .and_then(|s| ulid::Ulid::from_string(s).ok())
+        {
+            return Some(u);
+        }
+    })
 }
 
 /// The log thread: append every queued body, one `fdatasync`, then answer them all.

@@ -199,6 +199,7 @@ pub fn build_sinks(
             concurrency: 2,
             ordered: false,
             rate_limit: None,
+            batch: None,
             target: Target::Alert(AlertTarget {
                 format: t.kind,
                 url: t.url.clone(),

@@ -39,7 +39,7 @@ pub use route::{
     RuleConfig,
 };
 pub use server::{LimitsConfig, ServerConfig};
-pub use sink::{CognigyMode, SinkConfig, SinkKind};
+pub use sink::{BatchConfig, CognigyMode, SinkConfig, SinkKind};
 pub use store::{AuditConfig, Backend, PrivacyConfig, StoreConfig, StoreUrlError, SyncMode};
 pub use telemetry::TelemetryConfig;
 

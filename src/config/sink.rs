@@ -113,6 +113,25 @@ pub struct SinkConfig {
     /// `X-Webhook-Key = "env:K"` for endpoints that require it).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, SecretRef>,
+    /// http: send due events together, as one JSON array per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchConfig>,
+}
+
+/// `batch = { max = 50 }` on an `http` sink: events already due go out together, up to `max`
+/// per request and `max_bytes` of array; no event waits for a batch to fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Events per request at most (1 sends arrays of one).
+    pub max: usize,
+    /// The array's size in bytes at most; an event larger than this goes alone.
+    #[serde(default = "default_batch_bytes")]
+    pub max_bytes: usize,
+}
+
+fn default_batch_bytes() -> usize {
+    1 << 20
 }
 
 /// What a `cognigy` sink does with an event (cognigy/FACTS.md §2).

@@ -50,7 +50,12 @@ impl Settler {
     /// Queues a settlement; if no flush is running, commits everything queued (in one job,
     /// repeatedly, until the queue is empty). Concurrent sends thus share commits.
     pub(super) async fn settle(&self, p: Pending) {
-        self.queue.lock().push(p);
+        self.settle_all(vec![p]).await;
+    }
+
+    /// [`Settler::settle`] for the rows of one request (`batch`).
+    pub(super) async fn settle_all(&self, ps: Vec<Pending>) {
+        self.queue.lock().extend(ps);
         /// Clears the flag however the flush ends (even if its task is dropped mid-await).
         struct Flushing<'a>(&'a AtomicBool);
         impl Drop for Flushing<'_> {

@@ -3,7 +3,7 @@
 //! send now; `attempt` makes one send and classifies its outcome into a settlement.
 
 use parking_lot::Mutex;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +21,29 @@ use crate::telemetry::metrics::SinkMetrics;
 
 /// Deliveries whose lag `/admin/sinks` summarises, per sink.
 const LAG_WINDOW: usize = 1024;
+
+/// Rows marked to be sent alone (after a batch refusal) that a sink remembers at most; past
+/// it, a row is batched again (and split again if that batch is refused too).
+const ALONE_CAP: usize = 65_536;
+
+/// One request the worker starts.
+#[derive(Debug)]
+pub(super) enum Outgoing {
+    /// One event as itself (sinks without `batch`, and `respond.upstream` rows, whose answer
+    /// is the one event's).
+    One(Claimed),
+    /// Events as one JSON array (`batch`).
+    Batch(Vec<Claimed>),
+}
+
+impl Outgoing {
+    fn into_rows(self) -> Vec<Claimed> {
+        match self {
+            Outgoing::One(c) => vec![c],
+            Outgoing::Batch(rows) => rows,
+        }
+    }
+}
 
 /// What [`SinkRuntime::admit`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +84,8 @@ pub struct SinkRuntime {
     dead: [AtomicU64; 3],
     /// The latest failed attempt's error and when (Unix ms), for the console.
     last_error: Mutex<Option<(i64, String)>>,
+    /// Outbox rows of a refused batch, to be sent alone until delivered or dead-lettered.
+    alone: Mutex<HashSet<i64>>,
 }
 
 fn dead_slot(reason: DeadReason) -> usize {
@@ -100,6 +125,7 @@ impl SinkRuntime {
             lags: Mutex::new(LagWindow::new(LAG_WINDOW)),
             dead: Default::default(),
             last_error: Mutex::new(None),
+            alone: Mutex::new(HashSet::new()),
             sink,
             config,
         }
@@ -183,6 +209,61 @@ impl SinkRuntime {
         b.drain(..n).collect()
     }
 
+    /// Events one request carries at most (1 without `batch`).
+    pub(super) fn per_request(&self) -> usize {
+        self.config.batch.map_or(1, |b| b.max.max(1))
+    }
+
+    /// Takes up to `requests` sends of buffered rows, in buffer order: single events without `batch`; with it, arrays of the rows at the front, each
+    /// up to `batch.max` events and `batch.max_bytes`, a `respond.upstream` row on its own
+    /// (and not as an array), a row of a refused batch in an array of one.
+    pub(super) fn take_sends(&self, requests: usize) -> Vec<Outgoing> {
+        let Some(batch) = self.config.batch else {
+            return self
+                .take_buffered(requests)
+                .into_iter()
+                .map(Outgoing::One)
+                .collect();
+        };
+        let mut b = self.buffer.lock();
+        let alone = self.alone.lock();
+        let mut sends = Vec::new();
+        while sends.len() < requests {
+            let Some(first) = b.pop_front() else { break };
+            if first.respond_to.is_some() {
+                sends.push(Outgoing::One(first));
+                continue;
+            }
+            let single = alone.contains(&first.outbox_id);
+            let mut bytes = first.body.len() + 2;
+            let mut group = vec![first];
+            while !single && group.len() < batch.max {
+                let fits = b.front().is_some_and(|next| {
+                    next.respond_to.is_none()
+                        && !alone.contains(&next.outbox_id)
+                        && bytes + next.body.len() + 1 <= batch.max_bytes
+                });
+                if !fits {
+                    break;
+                }
+                let Some(next) = b.pop_front() else { break };
+                bytes += next.body.len() + 1;
+                group.push(next);
+            }
+            sends.push(Outgoing::Batch(group));
+        }
+        sends
+    }
+
+    /// Puts sends that could not start back at the front of the buffer, in order.
+    pub(super) fn unsend(&self, sends: impl IntoIterator<Item = Outgoing>) {
+        let rows: Vec<Claimed> = sends.into_iter().flat_map(Outgoing::into_rows).collect();
+        let mut b = self.buffer.lock();
+        for c in rows.into_iter().rev() {
+            b.push_front(c);
+        }
+    }
+
     pub(super) fn buffered(&self) -> usize {
         self.buffer.lock().len()
     }
@@ -246,28 +327,9 @@ impl SinkRuntime {
             body: &c.body,
         };
         let start = Instant::now();
-        // The sink enforces its timeout itself; this bound is a backstop for any that do not.
-        let limit = self.config.timeout + Duration::from_secs(1);
-        let result = match tokio::time::timeout(limit, self.sink.call(&d)).await {
-            Ok(r) => r,
-            Err(_) => Err(SinkError::transient(format!(
-                "no answer within {}",
-                humantime::format_duration(limit)
-            ))),
-        };
+        let result = self.bounded(self.sink.call(&d)).await;
         let took = start.elapsed();
-        let duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
-        self.metrics.duration.record(took.as_secs_f64());
-        if let Err(e) = &result {
-            *self.last_error.lock() = Some((crate::now_millis(), e.to_string()));
-        }
-        // A permanent refusal of one event says nothing bad about the sink's health.
-        let healthy = !matches!(result, Err(SinkError::Transient { .. }));
-        {
-            let mut b = self.breaker.lock();
-            b.record(Instant::now(), healthy);
-            self.metrics.circuit.set(b.state(Instant::now()).gauge());
-        }
+        let duration_ms = self.observe_outcome(took, result.as_ref().err());
         let (settlement, answer) = match result {
             Ok(answer) => {
                 // Only a `respond.upstream` row hands its answer on.
@@ -285,64 +347,175 @@ impl SinkRuntime {
                     answer,
                 )
             }
-            Err(SinkError::Permanent { message }) => (
-                Settlement::Dead {
-                    reason: DeadReason::Permanent,
-                    error: message,
-                    duration_ms,
-                },
-                None,
-            ),
-            Err(SinkError::Expired { message }) => (
-                Settlement::Dead {
-                    reason: DeadReason::Expired,
-                    error: message,
-                    duration_ms,
-                },
-                None,
-            ),
-            Err(SinkError::Transient {
-                message,
-                retry_after,
-            }) => (
-                match self.config.retry.next(attempt, jitter, retry_after) {
-                    Next::RetryAfter(delay) => Settlement::Retry {
-                        at_ms: crate::now_millis()
-                            + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
-                        error: message,
-                        duration_ms,
-                    },
-                    Next::GiveUp => Settlement::Dead {
-                        reason: DeadReason::Exhausted,
-                        error: message,
-                        duration_ms,
-                    },
-                },
-                None,
-            ),
+            Err(e) => (self.failed(c, e, jitter, duration_ms), None),
         };
         if let Some(span) = span {
-            let (outcome, class) = match &settlement {
-                Settlement::Delivered { .. } => ("delivered", None),
-                Settlement::Retry { .. } => ("retry", Some("transient")),
-                Settlement::Dead { reason, .. } => ("dead_lettered", Some(reason.class())),
-                Settlement::Release { .. } => ("released", None),
-            };
-            span.set([
-                opentelemetry::KeyValue::new("cognihook.outcome", outcome),
-                opentelemetry::KeyValue::new("cognihook.event_id", c.event_id.clone()),
-                opentelemetry::KeyValue::new("cognihook.correlation_id", c.correlation_id.clone()),
-                opentelemetry::KeyValue::new("cognihook.session_id", c.session_id.clone()),
-                opentelemetry::KeyValue::new("cognihook.route", c.route.clone()),
-            ]);
-            if let Some(class) = class {
-                span.set([opentelemetry::KeyValue::new("error.type", class)]);
-                span.fail(format!("delivery failed ({class})"));
-            }
-            span.end();
+            end_span(span, c, &settlement);
         }
         (settlement, answer, took)
     }
+
+    /// Makes one attempt at several claimed rows as one request (`batch`): the outcome is
+    /// the batch's, each row settled by it with its own attempt count. A batch the sink
+    /// refuses permanently says nothing about which event it objected to: its rows are
+    /// retried at once, each alone (see [`SinkRuntime::send_alone`]), so that only the
+    /// event it refuses is dead-lettered. `spans`: one per row when tracing is on.
+    pub(super) async fn attempt_batch(
+        &self,
+        rows: &[Claimed],
+        jitter: f64,
+        spans: Vec<Option<crate::telemetry::trace::Traced>>,
+    ) -> (Vec<Settlement>, Duration) {
+        let traceparent = spans
+            .first()
+            .and_then(|s| s.as_ref())
+            .map(|s| s.traceparent());
+        let batch: Vec<Delivery<'_>> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Delivery {
+                traceparent: if i == 0 { traceparent.as_deref() } else { None },
+                event_id: &c.event_id,
+                correlation_id: &c.correlation_id,
+                route: &c.route,
+                event_type: &c.event_type,
+                session_id: &c.session_id,
+                attempt: c.attempts + 1,
+                body: &c.body,
+            })
+            .collect();
+        let start = Instant::now();
+        let result = self.bounded(self.sink.send_batch(&batch)).await;
+        let took = start.elapsed();
+        let duration_ms = self.observe_outcome(took, result.as_ref().err());
+        let settlements: Vec<Settlement> = match result {
+            Ok(()) => rows
+                .iter()
+                .map(|_| Settlement::Delivered {
+                    duration_ms,
+                    result: None,
+                })
+                .collect(),
+            Err(SinkError::Permanent { message }) if rows.len() > 1 => {
+                let mut alone = self.alone.lock();
+                rows.iter()
+                    .map(|c| {
+                        if alone.len() < ALONE_CAP {
+                            alone.insert(c.outbox_id);
+                        }
+                        Settlement::Retry {
+                            at_ms: crate::now_millis(),
+                            error: format!(
+                                "{message} (a batch of {}; each event is sent alone next)",
+                                rows.len()
+                            ),
+                            duration_ms,
+                        }
+                    })
+                    .collect()
+            }
+            Err(e) => rows
+                .iter()
+                .map(|c| self.failed(c, e.clone(), jitter, duration_ms))
+                .collect(),
+        };
+        if let [c] = rows {
+            if !matches!(settlements.first(), Some(Settlement::Retry { .. })) {
+                self.alone.lock().remove(&c.outbox_id);
+            }
+        }
+        for ((span, c), s) in spans.into_iter().zip(rows).zip(&settlements) {
+            if let Some(span) = span {
+                end_span(span, c, s);
+            }
+        }
+        (settlements, took)
+    }
+
+    /// Runs a send under the backstop bound: the sink enforces its timeout itself; this
+    /// catches any that do not.
+    async fn bounded<T>(
+        &self,
+        send: impl std::future::Future<Output = Result<T, SinkError>>,
+    ) -> Result<T, SinkError> {
+        let limit = self.config.timeout + Duration::from_secs(1);
+        match tokio::time::timeout(limit, send).await {
+            Ok(r) => r,
+            Err(_) => Err(SinkError::transient(format!(
+                "no answer within {}",
+                humantime::format_duration(limit)
+            ))),
+        }
+    }
+
+    /// Feeds one request's outcome to the metrics, the last error and the breaker; returns
+    /// its duration in ms.
+    fn observe_outcome(&self, took: Duration, error: Option<&SinkError>) -> u64 {
+        self.metrics.duration.record(took.as_secs_f64());
+        if let Some(e) = error {
+            *self.last_error.lock() = Some((crate::now_millis(), e.to_string()));
+        }
+        // A permanent refusal of one event says nothing bad about the sink's health.
+        let healthy = !matches!(error, Some(SinkError::Transient { .. }));
+        let mut b = self.breaker.lock();
+        b.record(Instant::now(), healthy);
+        self.metrics.circuit.set(b.state(Instant::now()).gauge());
+        u64::try_from(took.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The settlement of a failed attempt at `c`: dead letter or retry by the policy.
+    fn failed(&self, c: &Claimed, e: SinkError, jitter: f64, duration_ms: u64) -> Settlement {
+        match e {
+            SinkError::Permanent { message } => Settlement::Dead {
+                reason: DeadReason::Permanent,
+                error: message,
+                duration_ms,
+            },
+            SinkError::Expired { message } => Settlement::Dead {
+                reason: DeadReason::Expired,
+                error: message,
+                duration_ms,
+            },
+            SinkError::Transient {
+                message,
+                retry_after,
+            } => match self.config.retry.next(c.attempts + 1, jitter, retry_after) {
+                Next::RetryAfter(delay) => Settlement::Retry {
+                    at_ms: crate::now_millis()
+                        + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2),
+                    error: message,
+                    duration_ms,
+                },
+                Next::GiveUp => Settlement::Dead {
+                    reason: DeadReason::Exhausted,
+                    error: message,
+                    duration_ms,
+                },
+            },
+        }
+    }
+}
+
+/// Ends an attempt's span with the outcome of its row.
+fn end_span(span: crate::telemetry::trace::Traced, c: &Claimed, settlement: &Settlement) {
+    let (outcome, class) = match settlement {
+        Settlement::Delivered { .. } => ("delivered", None),
+        Settlement::Retry { .. } => ("retry", Some("transient")),
+        Settlement::Dead { reason, .. } => ("dead_lettered", Some(reason.class())),
+        Settlement::Release { .. } => ("released", None),
+    };
+    span.set([
+        opentelemetry::KeyValue::new("cognihook.outcome", outcome),
+        opentelemetry::KeyValue::new("cognihook.event_id", c.event_id.clone()),
+        opentelemetry::KeyValue::new("cognihook.correlation_id", c.correlation_id.clone()),
+        opentelemetry::KeyValue::new("cognihook.session_id", c.session_id.clone()),
+        opentelemetry::KeyValue::new("cognihook.route", c.route.clone()),
+    ]);
+    if let Some(class) = class {
+        span.set([opentelemetry::KeyValue::new("error.type", class)]);
+        span.fail(format!("delivery failed ({class})"));
+    }
+    span.end();
 }
 
 #[cfg(test)]
@@ -403,6 +576,81 @@ mod tests {
         }
         s.breaker.lock().record(now, false);
         assert_eq!(s.admit(now, 10), Gate::Closed, "the circuit opened");
+    }
+
+    fn row(id: i64, body_len: usize, respond: bool) -> Claimed {
+        Claimed {
+            outbox_id: id,
+            lease_token: String::new(),
+            sink: "s".into(),
+            event_id: format!("e{id}"),
+            correlation_id: String::new(),
+            route: String::new(),
+            session_id: String::new(),
+            event_type: String::new(),
+            attempts: 0,
+            body: bytes::Bytes::from(vec![b' '; body_len]),
+            respond_to: respond.then(String::new),
+            created_at_ms: 0,
+            lease_until_ms: 0,
+        }
+    }
+
+    fn shape(sends: &[Outgoing]) -> Vec<String> {
+        sends
+            .iter()
+            .map(|s| match s {
+                Outgoing::One(c) => format!("one {}", c.outbox_id),
+                Outgoing::Batch(rows) => {
+                    let ids: Vec<String> = rows.iter().map(|c| c.outbox_id.to_string()).collect();
+                    format!("[{}]", ids.join(","))
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_are_formed_in_buffer_order_within_count_and_bytes() {
+        let plain = runtime("");
+        plain
+            .buffer
+            .lock()
+            .extend((1..=3).map(|i| row(i, 10, false)));
+        assert_eq!(shape(&plain.take_sends(2)), ["one 1", "one 2"]);
+
+        // Arrays of up to 3 events and 100 bytes ("[" + bodies joined by "," + "]").
+        let s = runtime("batch = { max = 3, max_bytes = 100 }");
+        assert_eq!(s.per_request(), 3);
+        s.buffer.lock().extend([
+            row(1, 10, false),
+            row(2, 10, false),
+            row(3, 10, false),
+            row(4, 10, false),
+            row(5, 60, false),
+            row(6, 30, false),
+            row(7, 10, true),
+            row(8, 10, false),
+            row(9, 200, false),
+        ]);
+        assert_eq!(
+            shape(&s.take_sends(10)),
+            ["[1,2,3]", "[4,5]", "[6]", "one 7", "[8]", "[9]"],
+            "full by count, full by bytes, a respond row alone, an oversized event alone"
+        );
+        s.buffer.lock().extend((10..=15).map(|i| row(i, 1, false)));
+        assert_eq!(shape(&s.take_sends(1)), ["[10,11,12]"], "one request");
+        assert_eq!(shape(&s.take_sends(5)), ["[13,14,15]"]);
+        s.alone.lock().insert(16);
+        s.buffer.lock().extend((15..=18).map(|i| row(i, 1, false)));
+        let sends = s.take_sends(5);
+        assert_eq!(
+            shape(&sends),
+            ["[15]", "[16]", "[17,18]"],
+            "a refused batch's row goes alone"
+        );
+        s.unsend(sends);
+        let back: Vec<i64> = s.buffer.lock().iter().map(|c| c.outbox_id).collect();
+        assert_eq!(back, [15, 16, 17, 18], "put back in order");
     }
 
     #[test]

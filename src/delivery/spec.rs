@@ -19,6 +19,8 @@ pub struct SinkSpec {
     /// One event in flight per session, in acceptance order.
     pub ordered: bool,
     pub rate_limit: Option<crate::rate::RateLimit>,
+    /// http: due events sent together as one JSON array per request.
+    pub batch: Option<crate::config::BatchConfig>,
     /// Where events go, with exactly the settings of the kind.
     pub target: Target,
 }
@@ -73,6 +75,7 @@ impl SinkSpec {
                 concurrency: table.concurrency,
                 ordered: table.ordered,
                 rate_limit: table.rate_limit,
+                batch: table.batch,
                 target,
             }),
             _ => Err(p),
@@ -119,6 +122,15 @@ mod tests {
     attachments = "[]"
     [sink.q]
     kind = "cognigy"
+    [sink.b]
+    kind = "http"
+    url = "https://example.test/b"
+    batch = { max = 0, max_bytes = 0 }
+    [sink.nb]
+    kind = "nats"
+    url = "nats://127.0.0.1:4222"
+    subject = "s"
+    batch = { max = 10 }
     [[route]]
     name = "r"
     path = "/r"
@@ -143,6 +155,9 @@ mod tests {
             "sink `i` (cognigy): `attachments` apply to mode notify only",
             "sink `missing` is not defined",
             "sink `web` listed twice",
+            "sink `b` (http): batch.max must be 1..=1000, not 0",
+            "sink `b` (http): batch.max_bytes must be greater than 0",
+            "sink `nb` (nats): key `batch` does not apply to this kind",
         ] {
             assert!(
                 p.iter().any(|m| m.contains(want)),

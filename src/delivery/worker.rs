@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use super::pace::{Allowance, Pacer};
 use super::settle::{Pending, Settler};
-use super::sink::{Gate, SinkRuntime};
+use super::sink::{Gate, Outgoing, SinkRuntime};
 use crate::load::IngestLoad;
 use crate::store::{Claimed, Settlement, Store};
 use crate::telemetry::audit::Audit;
@@ -185,7 +185,7 @@ impl Deliverer {
         self.tick_limited(None).await
     }
 
-    /// [`Deliverer::tick`], starting at most `limit` sends in all.
+    /// [`Deliverer::tick`], starting at most `limit` sends (requests: a batch is one) in all.
     pub async fn tick_limited(self: &Arc<Self>, limit: Option<usize>) -> usize {
         let mut started = 0;
         for sink in &self.sinks {
@@ -206,12 +206,19 @@ impl Deliverer {
         started
     }
 
-    /// Starts up to `take` sends of `sink` from its buffer, claiming first when the buffer
-    /// holds fewer (for the free slots plus one more round, in one commit). Returns how many
-    /// it started.
+    /// Starts up to `take` sends of `sink` (each one event, or with `batch` up to `batch.max`)
+    /// from its buffer, claiming first when the buffer holds fewer rows (for the free slots
+    /// plus one more round, in one commit). Returns how many sends it started.
     async fn start(self: &Arc<Self>, sink: &Arc<SinkRuntime>, take: usize, probe: bool) -> usize {
-        if sink.buffered() < take {
-            let want = take + if probe { 0 } else { sink.config.concurrency } - sink.buffered();
+        let per = sink.per_request();
+        let wanted = take.saturating_mul(per);
+        if sink.buffered() < wanted {
+            let ahead = if probe {
+                0
+            } else {
+                sink.config.concurrency * per
+            };
+            let want = wanted + ahead - sink.buffered();
             match self.store.claim(&sink.name, want, sink.lease()).await {
                 Ok(rows) => sink.buffer.lock().extend(rows),
                 Err(e) => {
@@ -219,25 +226,32 @@ impl Deliverer {
                 }
             }
         }
-        let rows = sink.take_buffered(take);
+        let sends = sink.take_sends(take);
         if let Some(bucket) = &sink.bucket {
-            bucket.lock().take(rows.len(), Instant::now());
+            bucket.lock().take(sends.len(), Instant::now());
         }
-        if rows.is_empty() && probe {
+        if sends.is_empty() && probe {
             sink.breaker.lock().release_probe();
         }
         let mut started = 0;
-        for c in rows {
+        let mut sends = sends.into_iter();
+        while let Some(send) = sends.next() {
             let Ok(permit) = sink.permits.clone().try_acquire_owned() else {
-                // A `respond` call took the slot since the sink was admitted: the row goes
+                // A `respond` call took the slot since the sink was admitted: the rows go
                 // back to the buffer for the next round.
-                sink.buffer.lock().push_front(c);
+                sink.unsend(std::iter::once(send).chain(sends));
                 break;
             };
             started += 1;
             let (this, sink) = (self.clone(), sink.clone());
-            self.tracker
-                .spawn(async move { this.deliver(sink, c, permit).await });
+            match send {
+                Outgoing::One(c) => self
+                    .tracker
+                    .spawn(async move { this.deliver(sink, c, permit).await }),
+                Outgoing::Batch(rows) => self
+                    .tracker
+                    .spawn(async move { this.deliver_batch(sink, rows, permit).await }),
+            };
         }
         started
     }
@@ -294,6 +308,36 @@ impl Deliverer {
                 took,
             })
             .await;
+    }
+
+    /// [`Deliverer::deliver`] for an array of events (`batch`): one request, a settlement
+    /// per row.
+    async fn deliver_batch(
+        &self,
+        sink: Arc<SinkRuntime>,
+        rows: Vec<Claimed>,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let spans = rows
+            .iter()
+            .map(|c| self.attempt_span(&sink, c, None))
+            .collect();
+        let (settlements, took) = sink.attempt_batch(&rows, self.jitter.draw(), spans).await;
+        drop(permit);
+        self.wake.notify_one();
+        let pending = rows
+            .into_iter()
+            .zip(settlements)
+            .map(|(claim, settlement)| Pending {
+                sink: sink.clone(),
+                claim,
+                settlement,
+                took,
+            })
+            .collect();
+        self.settler.settle_all(pending).await;
+        // Rows of a refused batch are due again at once, each alone.
+        self.wake.notify_one();
     }
 }
 

@@ -115,6 +115,18 @@ pub trait Sink: Send + Sync {
     fn call<'a>(&'a self, d: &'a Delivery<'a>) -> CallFuture<'a> {
         Box::pin(async move { self.send(d).await.map(|()| None) })
     }
+
+    /// Sends several events as one request (`batch` on an `http` sink); the outcome is the
+    /// whole batch's. Kinds that have no batch form send them one by one and stop at the
+    /// first failure.
+    fn send_batch<'a>(&'a self, batch: &'a [Delivery<'a>]) -> SendFuture<'a> {
+        Box::pin(async move {
+            for d in batch {
+                self.send(d).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Builds the client of a configured sink; `timeout` bounds one attempt.

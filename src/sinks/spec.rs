@@ -11,7 +11,7 @@ use crate::secret::{SecretRef, SecretUrl};
 /// every problem to `p` (each prefixed with `at`).
 pub fn check(at: &str, table: &SinkConfig, p: &mut Vec<String>) -> Option<Target> {
     let before = p.len();
-    let given: [(&str, bool); 16] = [
+    let given: [(&str, bool); 17] = [
         ("mode", table.mode.is_some()),
         ("endpoint_url", table.endpoint_url.is_some()),
         ("api", table.api.is_some()),
@@ -28,9 +28,10 @@ pub fn check(at: &str, table: &SinkConfig, p: &mut Vec<String>) -> Option<Target
         ("attachments", table.attachments.is_some()),
         ("max_age", table.max_age.is_some()),
         ("headers", !table.headers.is_empty()),
+        ("batch", table.batch.is_some()),
     ];
     let (required, optional): (&[&str], &[&str]) = match table.kind {
-        SinkKind::Http => (&["url"], &["secret"]),
+        SinkKind::Http => (&["url"], &["secret", "batch"]),
         SinkKind::File => (&["path"], &[]),
         SinkKind::Nats => (&["url", "subject"], &[]),
         SinkKind::Amqp => (&["url", "exchange"], &["routing_key"]),
@@ -67,6 +68,14 @@ pub fn check(at: &str, table: &SinkConfig, p: &mut Vec<String>) -> Option<Target
             _ => p.push(format!(
                 "{at}: url `{u}` must be an absolute http:// or https:// URL"
             )),
+        }
+    }
+    if let Some(b) = table.batch {
+        if b.max == 0 || b.max > 1000 {
+            p.push(format!("{at}: batch.max must be 1..=1000, not {}", b.max));
+        }
+        if b.max_bytes == 0 {
+            p.push(format!("{at}: batch.max_bytes must be greater than 0"));
         }
     }
     if table.kind == SinkKind::Cognigy {

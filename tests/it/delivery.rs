@@ -974,3 +974,142 @@ async fn with_an_encrypt_key_no_data_file_holds_the_payload_and_sinks_and_journe
     let hits = files_containing(dir.path(), b"MARKER");
     assert!(hits.is_empty(), "the marker is stored in {hits:?}");
 }
+
+/// The events of every array the sink received, in order, with each request's size.
+fn batched_events(sink: &SinkServer) -> (Vec<Value>, Vec<usize>) {
+    let mut events = Vec::new();
+    let mut sizes = Vec::new();
+    for r in sink.received() {
+        let items = r.body.as_array().expect("a batch is a JSON array").clone();
+        assert_eq!(
+            r.headers["x-cognihook-batch-size"],
+            items.len().to_string().as_str()
+        );
+        sizes.push(items.len());
+        events.extend(items);
+    }
+    (events, sizes)
+}
+
+/// Pauses `backend`, sends `n` events, resumes it: the rows are due together.
+async fn backlog_then_resume(app: &TestApp, n: usize, prefix: &str) -> Vec<String> {
+    app.admin_post("/admin/sinks/backend/pause", &json!({}))
+        .await;
+    let sent = send_flow(app, n, prefix).await;
+    let r = app
+        .admin_post("/admin/sinks/backend/resume", &json!({}))
+        .await;
+    assert_eq!(r.json()["paused"], false);
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batching_http_sink_sends_due_events_as_signed_arrays_each_event_once() {
+    let sink = SinkServer::start().await;
+    let table = http_sink(
+        &sink.url("/events"),
+        "secret = \"sink-secret\"\nbatch = { max = 4 }",
+    );
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    let sent = backlog_then_resume(&app, 10, "batch").await;
+    wait_rows(&app, "delivered", 10).await;
+    let (events, sizes) = batched_events(&sink);
+    let mut got: Vec<String> = events
+        .iter()
+        .map(|e| {
+            e["correlationId"]
+                .as_str()
+                .expect("correlationId")
+                .to_string()
+        })
+        .collect();
+    got.sort();
+    let mut want = sent;
+    want.sort();
+    assert_eq!(got, want, "every event once");
+    assert!(sizes.iter().all(|n| (1..=4).contains(n)), "{sizes:?}");
+    assert!(sizes.len() < 10, "due events went together: {sizes:?}");
+    for r in sink.received() {
+        assert_eq!(r.headers["x-cognihook-attempt"], "1");
+        assert!(r.headers.get("x-cognihook-event-id").is_none());
+        let sig = r.headers["x-cognihook-signature"].to_str().unwrap();
+        let t: u64 = sig
+            .trim_start_matches("t=")
+            .split_once(",v1=")
+            .unwrap()
+            .0
+            .parse()
+            .unwrap();
+        assert_eq!(
+            cognihook::sinks::http::outgoing_signature(b"sink-secret", t, &r.raw),
+            sig,
+            "the signature covers the array's bytes"
+        );
+    }
+    // Each event is settled on its own: one delivered audit line per event.
+    let audit = app.audit_path.clone();
+    let _dir = app.stop().await;
+    let lines = crate::support::read_audit(&audit);
+    let delivered = lines
+        .iter()
+        .filter(|l| l["event"] == "delivery_succeeded")
+        .count();
+    assert_eq!(delivered, 10, "{lines:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_fails_transiently_is_retried_whole() {
+    let sink = SinkServer::start().await;
+    sink.script(1, Reply::Status(503));
+    let table = http_sink(
+        &sink.url("/events"),
+        "concurrency = 1\nbatch = { max = 10 }",
+    );
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    backlog_then_resume(&app, 3, "again").await;
+    wait_rows(&app, "delivered", 3).await;
+    let got = sink.received();
+    assert_eq!(got.len(), 2, "one refused array and its retry");
+    assert_eq!(got[0].status, Some(503));
+    assert_eq!(got[0].raw, got[1].raw.clone(), "the same events again");
+    assert_eq!(got[1].headers["x-cognihook-attempt"], "2");
+    assert_eq!(db_count(&app, "SELECT sum(attempts) FROM outbox"), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_permanently_is_split_so_only_the_refused_event_is_dead_lettered() {
+    let sink = SinkServer::start().await;
+    // The array of four, then each event alone in order: the second is refused again.
+    for reply in [400, 200, 400, 200, 200] {
+        sink.script(1, Reply::Status(reply));
+    }
+    let table = http_sink(
+        &sink.url("/events"),
+        "concurrency = 1\nbatch = { max = 10 }",
+    );
+    let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    let sent = backlog_then_resume(&app, 4, "split").await;
+    wait_rows(&app, "delivered", 3).await;
+    wait_rows(&app, "dead", 1).await;
+    let sizes: Vec<usize> = batched_events(&sink).1;
+    assert_eq!(sizes, [4, 1, 1, 1, 1]);
+    let dl = app.admin_get("/admin/dead-letters").await.json();
+    assert_eq!(dl["total"], 1);
+    let item = &dl["items"][0];
+    assert_eq!(item["correlationId"], sent[1].as_str());
+    assert_eq!(item["class"], "permanent");
+    assert_eq!(item["attempts"], 2, "the array's attempt and its own");
+    let journey = app
+        .admin_get(&format!(
+            "/admin/events/{}",
+            item["eventId"].as_str().unwrap()
+        ))
+        .await
+        .json();
+    assert!(
+        journey
+            .to_string()
+            .contains("each event is sent alone next"),
+        "{journey}"
+    );
+}
