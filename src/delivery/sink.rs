@@ -31,7 +31,7 @@ const ALONE_CAP: usize = 65_536;
 pub(super) enum Outgoing {
     /// One event as itself (sinks without `batch`, and `respond.upstream` rows, whose answer
     /// is the one event's).
-    One(Claimed),
+    One(Box<Claimed>),
     /// Events as one JSON array (`batch`).
     Batch(Vec<Claimed>),
 }
@@ -39,7 +39,7 @@ pub(super) enum Outgoing {
 impl Outgoing {
     fn into_rows(self) -> Vec<Claimed> {
         match self {
-            Outgoing::One(c) => vec![c],
+            Outgoing::One(c) => vec![*c],
             Outgoing::Batch(rows) => rows,
         }
     }
@@ -222,7 +222,7 @@ impl SinkRuntime {
             return self
                 .take_buffered(requests)
                 .into_iter()
-                .map(Outgoing::One)
+                .map(|c| Outgoing::One(Box::new(c)))
                 .collect();
         };
         let mut b = self.buffer.lock();
@@ -231,7 +231,7 @@ impl SinkRuntime {
         while sends.len() < requests {
             let Some(first) = b.pop_front() else { break };
             if first.respond_to.is_some() {
-                sends.push(Outgoing::One(first));
+                sends.push(Outgoing::One(Box::new(first)));
                 continue;
             }
             let single = alone.contains(&first.outbox_id);
@@ -241,7 +241,7 @@ impl SinkRuntime {
                 let fits = b.front().is_some_and(|next| {
                     next.respond_to.is_none()
                         && !alone.contains(&next.outbox_id)
-                        && bytes + next.body.len() + 1 <= batch.max_bytes
+                        && bytes + next.body.len() < batch.max_bytes
                 });
                 if !fits {
                     break;

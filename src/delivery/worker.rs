@@ -247,7 +247,7 @@ impl Deliverer {
             match send {
                 Outgoing::One(c) => self
                     .tracker
-                    .spawn(async move { this.deliver(sink, c, permit).await }),
+                    .spawn(async move { this.deliver(sink, *c, permit).await }),
                 Outgoing::Batch(rows) => self
                     .tracker
                     .spawn(async move { this.deliver_batch(sink, rows, permit).await }),
