@@ -6,14 +6,17 @@
 # 1. Saturation and burst: wrk (64 connections, CPU 1) for BURST on /webhook gives the
 #    saturation rate with the sink attached; the backlog left at the end is timed until it has
 #    drained, and its drain rate is compared with the rate it grew at during the burst.
-# 2. Fixed rates: `cognihook simulate` (CPU 1) at 25 %, 50 % and 80 % of that saturation rate
-#    for DURATION each; per rate, p50/p99/max of the lag and the outbox's pending count (peak,
+#    Then the same burst with the sink paused (an outage), resumed: the backlog's drain rate.
+#    Then simulate asked for 3× that rate: the saturation rate of its own traffic.
+# 2. Fixed rates: `cognihook simulate` (CPU 1) at 25 %, 50 % and 80 % of simulate's saturation rate
+#    for DURATION each (2,000 sessions); per rate, p50/p99/max of the lag and the outbox's pending count (peak,
 #    and at the end of the load: a backlog that keeps growing ends at its peak).
 #
 # usage: bench/delivery_lag.sh [DURATION]      (default 60s per rate)
 # env:   SYNC=full|normal|off (default full), BURST (default 10s), PCTS (default "25 50 80"),
 #        DELIVERY (a [delivery] table to use, e.g. '[delivery]\nbusy = { interval = "0s" }'),
 #        BATCH (the sink's batch.max: events per request, as JSON arrays; default unbatched),
+#        SESSIONS (conversations simulate runs side by side, each one request at a time; default 2000: fewer cannot hold high rates once answers slow),
 #        BIN (the gateway binary, default target/release/cognihook), SKIP_BUILD=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,7 +61,8 @@ payload = "flow-event"
 auth = { scheme = "hmac-sha256", secrets = ["env:COGNIGY_WEBHOOK_SECRET"] }
 sinks = ["backend"]
 TOML
-COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c "$SERVER_CPU" \
+ADMIN=bench-admin-token
+COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_ADMIN_TOKEN=$ADMIN COGNIHOOK_LOG=warn taskset -c "$SERVER_CPU" \
   "$BIN" --config "$work/cognihook.toml" serve 2>>"$work/gw.log" &
 pids+=($!)
 wait_port "$GW_PORT"
@@ -97,7 +101,35 @@ print(f"burst backlog: {left} pending at its end (grew at {grew:.0f}/s), drained
       f"({drained:.0f}/s): drain/growth {drained / grew if grew else float('inf'):.2f}x; "
       f"lag p50 {lag['p50'] / 1000:.2f} s, p99 {lag['p99'] / 1000:.2f} s, max {lag['max'] / 1000:.2f} s")
 PY
-echo "$sat" > "$work/sat"
+
+# A sink outage's backlog: the sink paused for a burst as long, then resumed; how fast the
+# backlog drains against the rate it was accepted at (with a fast sink, the first burst may
+# leave none).
+sink_switch() {
+  curl -s -X POST -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' \
+    -d '{}' "http://127.0.0.1:$GW_PORT/admin/sinks/backend/$1" >/dev/null
+}
+sink_switch pause
+out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c64 -d"$BURST" -s "$work/flow.lua" "http://127.0.0.1:$GW_PORT/webhook" -- outage)
+paused_rate=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+backlog=$(stat_of outbox_pending)
+sink_switch resume
+took=$(drain)
+lag >/dev/null
+python3 -c "r=$backlog/max($took,0.01); print(f'outage backlog: {$backlog} accepted at {$paused_rate:.0f}/s with the sink paused, drained in {$took:.1f} s ({r:.0f}/s): {r/$paused_rate:.2f}x the rate it was accepted at')"
+
+# Saturation for the fixed-rate phases' own traffic: simulate's conversations cost more per
+# request than wrk's recycled bodies (new sessions all the time), so wrk's rate overstates
+# what they can reach. Asked for three times wrk's rate, simulate reaches what the gateway
+# takes of them.
+COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c "$CLIENT_CPU" target/release/cognihook simulate \
+  --url "http://127.0.0.1:$GW_PORT/webhook" --payload flow-event --rate "$(python3 -c "print(round($sat * 3))")" \
+  --duration "$BURST" --sessions "${SESSIONS:-2000}" --duplicates 0 --invalid 0 >"$work/sim.out" 2>"$work/sim.err" || true
+simsat=$(grep -oE '\(([0-9.]+)/s\)' "$work/sim.out" | tr -d '()/s' | head -1)
+drain >/dev/null
+lag >/dev/null
+echo "saturation with simulated conversations (${SESSIONS:-2000} sessions, $BURST): ${simsat:-?} req/s: the base of the fixed rates"
+echo "${simsat:-$sat}" > "$work/sat"
 
 printf '%-6s %9s %9s %9s %9s %9s %12s %12s\n' "load" "req/s" "sent/s" "lag p50" "lag p99" "lag max" "peak pending" "end pending"
 for pct in $PCTS; do
@@ -105,7 +137,7 @@ for pct in $PCTS; do
   lag >/dev/null
   COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c "$CLIENT_CPU" target/release/cognihook simulate \
     --url "http://127.0.0.1:$GW_PORT/webhook" --payload flow-event --rate "$rate" \
-    --duration "$DURATION" --sessions 200 --duplicates 0 --invalid 0 >"$work/sim.out" 2>"$work/sim.err" &
+    --duration "$DURATION" --sessions "${SESSIONS:-2000}" --duplicates 0 --invalid 0 >"$work/sim.out" 2>"$work/sim.err" &
   sim=$!
   peak=0
   while kill -0 "$sim" 2>/dev/null; do

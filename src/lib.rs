@@ -21,7 +21,9 @@
 //!                → delivery::sink::SinkRuntime::admit (pause, slots, breaker, rate bucket)
 //!                → Store::claim (due rows, with a lease)
 //!                → SinkRuntime::attempt → sinks::Sink::send (http, cognigy, nats, amqp,
-//!                  redis, file); the outcome classified by delivery::retry
+//!                  redis, file), or with an http sink's `batch` SinkRuntime::take_sends →
+//!                  attempt_batch → Sink::send_batch (one JSON array, settled per row); the
+//!                  outcome classified by delivery::retry
 //!                → delivery::settle (batched Store::settle_many: delivered | retry at T |
 //!                  dead letter), then metrics and the audit line
 //! traces:        telemetry::trace (off unless an OTLP endpoint is set): http::webhook opens
