@@ -35,6 +35,7 @@
 //! it (the CLI) is *attached*: it reads the database, finds the newest events in the log's
 //! tail, and runs its writes (replays, purges) on the database directly.
 
+mod fresh;
 mod log;
 mod outbox;
 mod project;
@@ -105,6 +106,9 @@ const RECOVERY_BATCH: u64 = 10_000;
 /// records held in memory that the database does not have yet.
 const PROJECTOR_QUEUE: usize = 64;
 
+/// While fresh rows fill every claim, how often a claim reads the database's due rows too.
+const DATABASE_CLAIM_EVERY_MS: i64 = 100;
+
 /// How long a read waits for the database to catch up with the log.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 
@@ -151,6 +155,10 @@ pub(crate) struct Shared {
     acked: AtomicU64,
     /// The last log record the database holds.
     projected: watch::Sender<u64>,
+    /// The last log record handed to the projector (see `fresh`).
+    handed: AtomicU64,
+    /// When a claim last read the database's due rows (Unix ms).
+    last_database_claim: AtomicI64,
     /// The next outbox row id (given out by the store, so a request can hold its row before
     /// the database has it).
     next_outbox_id: AtomicI64,
@@ -172,10 +180,12 @@ pub(crate) struct Shared {
 /// lease never has to be seen by another (a restart voids them all). A claim takes due rows
 /// the database shows pending that no lease here holds; a settlement checks the lease, ends
 /// it at once for the caller, and keeps the row *settling* (held) until the projector has
-/// written the outcome, so that no claim can read the row as pending in between.
+/// written the outcome, so that no claim can read the row as pending in between. The
+/// fresh rows (see `fresh`) share the lock: a row leaves its queue and is leased at once.
 #[derive(Debug, Default)]
 pub(crate) struct Leases {
     held: std::collections::HashMap<i64, Lease>,
+    fresh: fresh::Fresh,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,6 +244,8 @@ impl Shared {
         Shared {
             acked: AtomicU64::new(projected),
             projected: watch::channel(projected).0,
+            handed: AtomicU64::new(projected),
+            last_database_claim: AtomicI64::new(0),
             next_outbox_id: AtomicI64::new(next_outbox_id),
             log_health: Health::default(),
             db_health: Health::default(),
@@ -618,6 +630,7 @@ impl SqliteStore {
             shared: shared.clone(),
             windows: settings.windows,
             max_batch: config.max_batch,
+            plain: Vec::new(),
         };
         let sequencer_thread = {
             let alive = alive.clone();
@@ -789,36 +802,119 @@ impl SqliteStore {
         .map_err(unavailable)?
     }
 
-    /// Claims due rows: reads them (no write, no commit) and leases them in memory.
+    /// Takes up to `limit` of the sink's fresh rows (see `fresh`) under one lease; with the
+    /// record a database claim of the sink must wait for (`None`: the sink has no queue).
+    fn take_fresh(
+        &self,
+        sink: &str,
+        limit: usize,
+        token: &str,
+        until: i64,
+    ) -> (Vec<Claimed>, Option<u64>) {
+        let handed = self.shared.handed.load(Ordering::SeqCst);
+        let mut leases = self.shared.leases.lock();
+        let Some(q) = leases.fresh.sinks.get_mut(sink) else {
+            return (Vec::new(), None);
+        };
+        let mut rows = q.take(limit, handed);
+        let wait = q.db_wait;
+        for c in &mut rows {
+            leases.lease(c.outbox_id, token, until);
+            c.lease_token = token.to_string();
+            c.lease_until_ms = until;
+        }
+        (rows, Some(wait))
+    }
+
+    /// Claims due rows: the sink's fresh rows (in memory, see `fresh`) and rows the
+    /// database shows due; reads only, and leases them in memory. While fresh rows fill
+    /// every claim, a quarter of a claim goes to the database's rows at least every
+    /// [`DATABASE_CLAIM_EVERY_MS`], so retries and replays are not starved.
     pub(super) async fn claim(
         &self,
         sink: &str,
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
-        // Rows committed before the claim are in the database first. Settlements on their
-        // way there are not waited for (their rows are held in memory until written, and the
-        // workers are woken then: see `on_settled`).
-        self.wait_for_database(false).await?;
-        let sink = sink.to_string();
-        let lease_ms = millis(lease);
+        let token = ulid::Ulid::new().to_string();
+        let now = crate::now_millis();
+        let until = now + millis(lease);
+        let database_due = now - self.shared.last_database_claim.load(Ordering::Relaxed)
+            >= DATABASE_CLAIM_EVERY_MS;
+        let first = if database_due {
+            limit - limit.div_ceil(4)
+        } else {
+            limit
+        };
+        let (mut out, db_wait) = self.take_fresh(sink, first, &token, until);
+        if out.len() >= limit {
+            return Ok(out);
+        }
+        // Rows committed before the claim are in the database first, unless they are fresh
+        // rows: then only the records whose rows a full queue left out, or a forget, are
+        // waited for (and when fresh rows were found, the database is read by a later
+        // claim instead of waiting). Settlements on their way there are not waited for
+        // (their rows are held in memory until written, and the workers are woken then:
+        // see `on_settled`).
+        let read_database = match db_wait {
+            None => {
+                self.wait_for_database(false).await?;
+                true
+            }
+            Some(lsn) if lsn > *self.shared.projected.borrow() => {
+                if out.is_empty() {
+                    self.wait_for_record(lsn).await?;
+                }
+                out.is_empty()
+            }
+            Some(_) => true,
+        };
+        if read_database {
+            self.shared
+                .last_database_claim
+                .store(now, Ordering::Relaxed);
+            let more = self
+                .claim_from_database(sink, limit - out.len(), &token, until)
+                .await?;
+            out.extend(more);
+        }
+        if out.len() < limit && db_wait.is_some() {
+            let (more, _) = self.take_fresh(sink, limit - out.len(), &token, until);
+            out.extend(more);
+        }
+        Ok(out)
+    }
+
+    /// Claims up to `limit` rows the database shows due, skipping the leased and the fresh.
+    async fn claim_from_database(
+        &self,
+        sink: &str,
+        limit: usize,
+        token: &str,
+        until: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let (sink, token) = (sink.to_string(), token.to_string());
         let (reader, shared) = (self.reader.clone(), self.shared.clone());
         tokio::task::spawn_blocking(move || {
             let now = crate::now_millis();
             // The leased rows are read before the rows: a settlement that lands in between
             // is either still held here or already in what the query reads.
-            let taken = shared.leases.lock().taken(now);
+            let (taken, skip) = {
+                let leases = shared.leases.lock();
+                let skip = leases.fresh.sinks.get(&sink).map_or((1, 0), |q| q.range());
+                (leases.taken(now), skip)
+            };
             let conn = reader.lock();
-            let rows = outbox::due(&conn, now, &sink, limit, &taken).map_err(unavailable)?;
+            let rows = outbox::due(&conn, now, &sink, limit, &taken, skip).map_err(unavailable)?;
             let mut leases = shared.leases.lock();
-            // Another claim may have taken some since `taken` was read.
+            // Another claim may have taken some since `taken` was read, and rows read may
+            // have been queued fresh since.
             let fresh = leases.taken(now);
+            let (lo, hi) = leases.fresh.sinks.get(&sink).map_or((1, 0), |q| q.range());
             let rows: Vec<_> = rows
                 .into_iter()
-                .filter(|(id, ..)| !fresh.contains(id))
+                .filter(|(id, ..)| !fresh.contains(id) && !(lo..=hi).contains(id))
                 .collect();
-            let token = ulid::Ulid::new().to_string();
-            let until = now + lease_ms;
             for (id, ..) in &rows {
                 leases.lease(*id, &token, until);
             }
@@ -833,8 +929,11 @@ impl SqliteStore {
         &self,
         sinks: Vec<(String, bool)>,
     ) -> Result<(), StoreError> {
-        self.job(move |c, _, _| outbox::configure_sinks(c, &sinks))
-            .await
+        let recorded = sinks.clone();
+        self.job(move |c, _, _| outbox::configure_sinks(c, &recorded))
+            .await?;
+        self.shared.leases.lock().fresh.configure(&sinks);
+        Ok(())
     }
 
     pub(super) async fn set_answer(
@@ -1025,6 +1124,23 @@ impl SqliteStore {
         let waited = tokio::time::timeout(CATCH_UP_WAIT, async {
             projected.wait_for(|p| *p >= records).await.map(|_| ())?;
             done.wait_for(|d| *d >= jobs).await.map(|_| ())
+        })
+        .await;
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::unavailable(format!(
+                "the database is more than {}s behind the log",
+                CATCH_UP_WAIT.as_secs()
+            ))),
+        }
+    }
+
+    /// Waits until the database holds log record `lsn`.
+    async fn wait_for_record(&self, lsn: u64) -> Result<(), StoreError> {
+        let mut projected = self.shared.projected.subscribe();
+        let waited = tokio::time::timeout(CATCH_UP_WAIT, async {
+            projected.wait_for(|p| *p >= lsn).await.map(|_| ())
         })
         .await;
         match waited {
@@ -1964,6 +2080,160 @@ mod tests {
             .expect("configure");
         let all = rt.block_on(store.claim("a", 10, lease)).expect("claim");
         assert_eq!(all.len(), 1, "k3 (k2 and other are leased)");
+    }
+
+    /// Holds the projector in a job until the returned sender is dropped or sent to.
+    fn hold_projector(rt: &tokio::runtime::Runtime, store: &SqliteStore) -> mpsc::Sender<()> {
+        let (go, wait) = mpsc::channel::<()>();
+        let rx = rt
+            .block_on(store.submit(
+                move |_, _, _| {
+                    let _ = wait.recv();
+                    Ok(())
+                },
+                None,
+            ))
+            .expect("submit");
+        drop(rx);
+        go
+    }
+
+    fn delivered() -> Settlement {
+        Settlement::Delivered {
+            duration_ms: 1,
+            result: None,
+        }
+    }
+
+    #[test]
+    fn fresh_rows_are_claimed_while_the_projector_is_behind_and_settled_once_each() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        let rt = runtime();
+        rt.block_on(store.configure_sinks(vec![("a".into(), false), ("o".into(), true)]))
+            .expect("configure");
+        let go = hold_projector(&rt, &store);
+        rt.block_on(store.accept(acceptance("k1", "s1", &["a"])))
+            .expect("commit");
+        assert!(*store.shared.projected.borrow() < store.shared.acked.load(Ordering::SeqCst));
+        // The projector has not written the row; the claim finds it in memory at once.
+        let lease = Duration::from_secs(60);
+        let claimed = rt.block_on(store.claim("a", 10, lease)).expect("claim");
+        assert_eq!(claimed.len(), 1);
+        let c = &claimed[0];
+        assert_eq!((c.correlation_id.as_str(), c.attempts), ("corr-k1", 0));
+        let body: Value = serde_json::from_slice(&c.body).expect("json");
+        assert_eq!(body["stateVersion"], 1);
+        assert!(rt
+            .block_on(store.claim("a", 10, lease))
+            .expect("claim")
+            .is_empty());
+        assert!(
+            rt.block_on(store.settle_many(vec![(c.clone(), delivered())]))
+                .expect("settle")[0]
+        );
+        drop(go);
+        rt.block_on(store.caught_up()).expect("caught up");
+        let db = Connection::open(store.path()).expect("open");
+        let (status, attempts): (String, i64) = db
+            .query_row("SELECT status, attempts FROM outbox", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .expect("row");
+        assert_eq!((status.as_str(), attempts), ("delivered", 1));
+        let stored: String = db
+            .query_row("SELECT body FROM events", [], |r| r.get(0))
+            .expect("event");
+        assert_eq!(
+            stored.as_bytes(),
+            &c.body[..],
+            "the event as the database holds it"
+        );
+        assert!(rt
+            .block_on(store.claim("a", 10, lease))
+            .expect("claim")
+            .is_empty());
+    }
+
+    #[test]
+    fn an_ordered_sink_has_no_fresh_rows_and_its_claims_wait_for_the_database() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        let rt = runtime();
+        rt.block_on(store.configure_sinks(vec![("o".into(), true)]))
+            .expect("configure");
+        let go = hold_projector(&rt, &store);
+        rt.block_on(store.accept(acceptance("k1", "s1", &["o"])))
+            .expect("commit");
+        assert!(store.shared.leases.lock().fresh.sinks.is_empty());
+        // The claim cannot finish while the projector is held (a claim that did not wait
+        // would answer at once, with nothing).
+        let lease = Duration::from_secs(60);
+        let early = rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(200), store.claim("o", 10, lease)).await
+        });
+        assert!(early.is_err(), "{early:?}");
+        go.send(()).expect("release");
+        let rows = rt.block_on(store.claim("o", 10, lease)).expect("claim");
+        assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn a_full_fresh_queue_leaves_rows_to_the_database_and_none_is_claimed_twice() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        let rt = runtime();
+        rt.block_on(store.configure_sinks(vec![("a".into(), false)]))
+            .expect("configure");
+        store.shared.leases.lock().fresh.max_rows = 2;
+        for k in ["k1", "k2", "k3", "k4", "k5"] {
+            rt.block_on(store.accept(acceptance(k, k, &["a"])))
+                .expect("commit");
+        }
+        let lease = Duration::from_secs(60);
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..5 {
+            for c in rt.block_on(store.claim("a", 2, lease)).expect("claim") {
+                assert!(
+                    seen.insert(c.correlation_id.clone()),
+                    "{} twice",
+                    c.correlation_id
+                );
+            }
+        }
+        assert_eq!(seen.len(), 5, "{seen:?}");
+        // Once drained, the queue takes rows again.
+        rt.block_on(store.accept(acceptance("k6", "k6", &["a"])))
+            .expect("commit");
+        let go = hold_projector(&rt, &store);
+        let claimed = rt.block_on(store.claim("a", 2, lease)).expect("claim");
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].correlation_id, "corr-k6");
+        drop(go);
+    }
+
+    #[test]
+    fn a_forgotten_sessions_fresh_rows_are_not_delivered() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        let rt = runtime();
+        rt.block_on(store.configure_sinks(vec![("a".into(), false)]))
+            .expect("configure");
+        for k in ["k1", "k2"] {
+            rt.block_on(store.accept(acceptance(k, "gone", &["a"])))
+                .expect("commit");
+        }
+        rt.block_on(store.accept(acceptance("k3", "kept", &["a"])))
+            .expect("commit");
+        let forgotten = rt
+            .block_on(store.forget_session("gone".into()))
+            .expect("forget");
+        assert_eq!(forgotten.cancelled_deliveries, 2);
+        let claimed = rt
+            .block_on(store.claim("a", 10, Duration::from_secs(60)))
+            .expect("claim");
+        let corr: Vec<&str> = claimed.iter().map(|c| c.correlation_id.as_str()).collect();
+        assert_eq!(corr, ["corr-k3"]);
     }
 
     use super::super::{Settlement, Store};

@@ -17,7 +17,8 @@ pub(super) fn rfc3339_ms(ms: i64) -> String {
 }
 
 /// Due rows of one sink not held by anyone (see `Store::claim`), oldest due first, skipping
-/// `held` (rows leased in memory, see the parent module): at most `limit`. Reads only. The
+/// `held` (rows leased in memory, see the parent module) and the ids `skip.0..=skip.1` (the
+/// sink's fresh rows, see `fresh`): at most `limit`. Reads only. The
 /// order is the `outbox_due` index's own (sink, status, next_attempt_at, rowid), so the query
 /// walks the index and stops instead of sorting every due row of a backlog.
 pub(super) fn due(
@@ -26,6 +27,7 @@ pub(super) fn due(
     sink: &str,
     limit: usize,
     held: &std::collections::HashSet<i64>,
+    skip: (i64, i64),
 ) -> rusqlite::Result<Vec<DueRow>> {
     let mut rows: Vec<DueRow> = c
         .prepare_cached(
@@ -33,21 +35,25 @@ pub(super) fn due(
              FROM outbox o \
              WHERE o.sink = ?1 AND o.status = 'pending' AND o.next_attempt_at <= ?2 \
                AND (o.lease_until IS NULL OR o.lease_until < ?2) \
+               AND (o.id < ?4 OR o.id > ?5) \
                AND (o.ordered = 0 OR NOT EXISTS ( \
                  SELECT 1 FROM outbox p WHERE p.sink = o.sink AND p.session_id = o.session_id \
                    AND p.ordered = 1 AND p.status = 'pending' AND p.id < o.id)) \
              ORDER BY o.next_attempt_at, o.id LIMIT ?3",
         )?
-        .query_map(params![sink, now, (limit + held.len()) as i64], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })?
+        .query_map(
+            params![sink, now, (limit + held.len()) as i64, skip.0, skip.1],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )?
         .filter(|r| r.as_ref().map_or(true, |(id, ..)| !held.contains(id)))
         .take(limit)
         .collect::<rusqlite::Result<_>>()?;

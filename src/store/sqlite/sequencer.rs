@@ -136,6 +136,9 @@ pub(super) struct Sequencer {
     pub(super) shared: Arc<Shared>,
     pub(super) windows: Windows,
     pub(super) max_batch: usize,
+    /// The plaintext bodies of the group's events that have outbox rows, by log record: what
+    /// their fresh rows deliver (the record may hold the body sealed).
+    pub(super) plain: Vec<(u64, Bytes)>,
 }
 
 impl Sequencer {
@@ -251,28 +254,7 @@ impl Sequencer {
                         .store(last, std::sync::atomic::Ordering::SeqCst);
                     hot.written.extend(written.drain(..));
                     undo.clear();
-                    // A `respond` row is leased to its request from the start.
-                    {
-                        let mut leases = self.shared.leases.lock();
-                        for r in records.iter() {
-                            if let Record::Accept(a) = r {
-                                for row in &a.rows {
-                                    if let Some(h) = &row.held {
-                                        leases.lease(row.id, &h.token, h.lease_until);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    // The projector gets the records before anyone hears of them, so work
-                    // that follows an answer (a claim, a read) finds them applied.
-                    if self
-                        .projector
-                        .send(ProjMsg::Records(std::mem::take(records), last))
-                        .is_err()
-                    {
-                        tracing::error!("the store's projector has stopped");
-                    }
+                    self.hand_on(records, last);
                     self.shared.log_health.recover();
                     None
                 }
@@ -286,6 +268,7 @@ impl Sequencer {
                     }
                     written.clear();
                     records.clear();
+                    self.plain.clear();
                     let e = StoreError::unavailable(e);
                     self.shared.log_health.fail(&e);
                     Some(e)
@@ -316,6 +299,53 @@ impl Sequencer {
                 }
             }
         }
+    }
+
+    /// Hands a committed group (its last record `last`) on: leases each `respond` row to its
+    /// request, queues the other rows as fresh (see `fresh`), drops a forgotten session's
+    /// fresh rows, and sends the records to the projector; only then may claims take the
+    /// fresh rows (`handed`), so a settlement always reaches the projector after its row.
+    fn hand_on(&mut self, records: &mut Vec<Record>, last: u64) {
+        let first = last + 1 - records.len() as u64;
+        {
+            let mut plain = self.plain.drain(..).peekable();
+            let mut leases = self.shared.leases.lock();
+            for (lsn, r) in (first..).zip(records.iter()) {
+                match r {
+                    Record::Accept(a) => {
+                        let body = match plain.peek() {
+                            Some((l, _)) if *l == lsn => plain.next().map(|(_, b)| b),
+                            _ => None,
+                        };
+                        for row in &a.rows {
+                            match (&row.held, &body) {
+                                (Some(h), _) => leases.lease(row.id, &h.token, h.lease_until),
+                                (None, Some(body)) => {
+                                    leases.fresh.push(&row.sink, lsn, || {
+                                        fresh_claim(a, row.id, &row.sink, body.clone())
+                                    });
+                                }
+                                (None, None) => {}
+                            }
+                        }
+                    }
+                    Record::Forget { session_id, .. } => leases.fresh.forget(session_id, lsn),
+                    Record::Spend(_) | Record::Answer { .. } => {}
+                }
+            }
+        }
+        // The projector gets the records before anyone hears of them, so work that follows
+        // an answer (a claim, a read) finds them applied.
+        if self
+            .projector
+            .send(ProjMsg::Records(std::mem::take(records), last))
+            .is_err()
+        {
+            tracing::error!("the store's projector has stopped");
+        }
+        self.shared
+            .handed
+            .store(last, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Appends a record to the log buffer and to the group; returns its number.
@@ -434,6 +464,9 @@ impl Sequencer {
             spend: spend.clone(),
         };
         let lsn = self.append(Record::Accept(Box::new(record)), records, encoded);
+        if !a.sinks.is_empty() {
+            self.plain.push((lsn, Bytes::from(body)));
+        }
 
         let session = e.session_id.clone();
         let prev = hot.sessions.insert(
@@ -545,6 +578,25 @@ impl Sequencer {
             )?
             .query_row(params![route, mac], |r| r.get(0))
             .optional()
+    }
+}
+
+/// A fresh row's claim, before it is leased.
+fn fresh_claim(a: &AcceptRecord, id: i64, sink: &str, body: Bytes) -> Claimed {
+    Claimed {
+        outbox_id: id,
+        lease_token: String::new(),
+        sink: sink.to_string(),
+        event_id: a.event_id.clone(),
+        correlation_id: a.correlation_id.clone(),
+        route: a.route.clone(),
+        session_id: a.session_id.clone(),
+        event_type: a.event_type.clone(),
+        attempts: 0,
+        body,
+        respond_to: None,
+        created_at_ms: a.at,
+        lease_until_ms: 0,
     }
 }
 
