@@ -1,6 +1,6 @@
 //! The ingest load gauge. HTTP raises it (each webhook request while it is handled, each
-//! outbox row ingest commits); the delivery worker reads it to tell whether ingest is
-//! saturated (`delivery::pace`). `app` owns the one instance and hands it to both, so neither
+//! outbox row ingest commits); the delivery worker reads it, with the CPU time the process
+//! has used, to tell whether ingest is saturated (`delivery::pace`). `app` owns the one instance and hands it to both, so neither
 //! reaches into the other for it.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -15,6 +15,8 @@ pub struct Load {
     pub crowded: u64,
     /// Outbox rows ingest committed.
     pub accepted: u64,
+    /// CPU time the whole process has used (nanoseconds).
+    pub cpu_ns: u64,
 }
 
 /// See the module documentation.
@@ -70,8 +72,18 @@ impl IngestLoad {
             arrivals: self.arrivals.load(Ordering::Relaxed),
             crowded: self.crowded.load(Ordering::Relaxed),
             accepted: self.accepted.load(Ordering::Relaxed),
+            cpu_ns: process_cpu_ns(),
         }
     }
+}
+
+/// CPU time this process has used (every thread), in nanoseconds.
+fn process_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -87,13 +99,12 @@ mod tests {
         drop((first, second));
         let _third = load.request();
         load.accepted(5);
+        let now = load.read();
         assert_eq!(
-            load.read(),
-            Load {
-                arrivals: 3,
-                crowded: 1,
-                accepted: 5
-            }
+            (now.arrivals, now.crowded, now.accepted),
+            (3, 1, 5),
+            "{now:?}"
         );
+        assert!(now.cpu_ns > 0, "the process has used some CPU");
     }
 }

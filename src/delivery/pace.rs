@@ -1,12 +1,15 @@
 //! How fast the delivery workers may start sends while ingest is saturated (pure, with the
 //! clock and the load counters passed in).
 //!
-//! The load is read once per `interval` from three counters that only grow: webhook requests
-//! that arrived, those that arrived while at least `in_flight` requests were already being
-//! handled (*crowded*), and outbox rows accepted. Ingest is saturated in an interval when at
-//! least half its arrivals were crowded: a closed-loop load keeps every connection busy and
-//! is crowded all the time, while a load below saturation is crowded only during a stall (an
-//! fsync that took long), which must not throttle deliveries.
+//! The load is read once per `interval` from counters that only grow: webhook requests that
+//! arrived, those that arrived while at least `in_flight` requests were already being handled
+//! (*crowded*), outbox rows accepted, and the CPU time the process used. Ingest is saturated
+//! in an interval when at least half its arrivals were crowded *and* the process kept its
+//! CPUs at least [`BUSY_CPU`] busy: a closed-loop load keeps every connection busy and the
+//! CPU full, while a load below saturation is crowded only by waits that leave the CPU idle
+//! (each request waiting for its group's fdatasync: at half of saturation, more than 16
+//! requests can wait at once), which must not throttle deliveries. Deliveries use what CPU
+//! ingest leaves; only when none is left do they yield to ingest.
 //!
 //! Below saturation deliveries run freely. While saturated, the CPU the sends would take is
 //! what Cognigy's answers are waiting for, so the next interval allows sends for `share` of
@@ -29,12 +32,17 @@ pub enum Allowance {
 
 pub use crate::load::Load;
 
+/// The share of its CPUs a process must have used in an interval for it to be saturated.
+pub const BUSY_CPU: f64 = 0.9;
+
 /// The pacing state of one process's workers.
 #[derive(Debug)]
 pub struct Pacer {
     interval: Duration,
     share: f64,
     floor: usize,
+    /// CPUs the process may use; 0: the CPU test is left out (crowding alone decides).
+    cpus: usize,
     /// Where the current interval began, and the counters then.
     since: Option<(Instant, Load)>,
     /// The last finished interval was saturated: this one's sends are budgeted.
@@ -59,9 +67,26 @@ impl Pacer {
                 1.0
             },
             floor: floor.max(1),
+            cpus: 0,
             since: None,
             budget: None,
         }
+    }
+
+    /// Saturated needs the CPU busy too: at least [`BUSY_CPU`] of `cpus` CPUs used.
+    pub fn with_cpus(mut self, cpus: usize) -> Pacer {
+        self.set_cpus(cpus);
+        self
+    }
+
+    /// See [`Pacer::with_cpus`]; 0 leaves the CPU test out.
+    pub fn set_cpus(&mut self, cpus: usize) {
+        self.cpus = cpus;
+    }
+
+    /// Whether the process kept its CPUs busy over `elapsed` (always, without a CPU count).
+    fn cpu_busy(&self, used_ns: u64, elapsed: Duration) -> bool {
+        self.cpus == 0 || used_ns as f64 >= BUSY_CPU * self.cpus as f64 * elapsed.as_nanos() as f64
     }
 
     pub fn allowance(&mut self, now: Instant, load: Load) -> Allowance {
@@ -76,7 +101,10 @@ impl Pacer {
         if elapsed >= self.interval {
             let arrivals = load.arrivals.saturating_sub(before.arrivals);
             let crowded = load.crowded.saturating_sub(before.crowded);
-            let saturated = arrivals > 0 && crowded.saturating_mul(2) >= arrivals;
+            let used = load.cpu_ns.saturating_sub(before.cpu_ns);
+            let saturated = arrivals > 0
+                && crowded.saturating_mul(2) >= arrivals
+                && self.cpu_busy(used, elapsed);
             self.budget = saturated.then(|| {
                 // Rows accepted per interval, over the time actually measured.
                 let accepted = load.accepted.saturating_sub(before.accepted) as f64;
@@ -120,7 +148,34 @@ mod tests {
             arrivals,
             crowded,
             accepted,
+            cpu_ns: 0,
         }
+    }
+
+    #[test]
+    fn crowding_with_idle_cpu_is_waiting_not_saturation() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(100 * MS, 0.5, 4).with_cpus(1);
+        let at = |arrivals, cpu_ms: u64| Load {
+            cpu_ns: cpu_ms * 1_000_000,
+            ..load(arrivals, arrivals, arrivals)
+        };
+        assert_eq!(p.allowance(t0, at(0, 0)), Allowance::Free);
+        // Every arrival crowded (waiting for fsyncs), but 60 ms of CPU in 100 ms on one CPU.
+        assert_eq!(p.allowance(t0 + 100 * MS, at(1000, 60)), Allowance::Free);
+        // The CPU full (95 ms in 100 ms) and crowded: saturated.
+        assert_eq!(
+            p.allowance(t0 + 200 * MS, at(2000, 155)),
+            Allowance::Sends(500)
+        );
+        // Two CPUs: 95 ms in 100 ms is half of them: not saturated.
+        let mut two = Pacer::new(100 * MS, 0.5, 4).with_cpus(2);
+        assert_eq!(two.allowance(t0, at(0, 0)), Allowance::Free);
+        assert_eq!(two.allowance(t0 + 100 * MS, at(1000, 95)), Allowance::Free);
+        assert_eq!(
+            two.allowance(t0 + 200 * MS, at(2000, 95 + 185)),
+            Allowance::Sends(500)
+        );
     }
 
     #[test]

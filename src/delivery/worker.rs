@@ -86,7 +86,9 @@ impl Deliverer {
             jitter: Jitter::new(seed),
             load,
             // At least one round for every sink per interval, as if each had its slots free.
-            pacer: Mutex::new(Pacer::new(busy.interval, busy.share, floor)),
+            pacer: Mutex::new(Pacer::new(busy.interval, busy.share, floor).with_cpus(
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            )),
             tracer: std::sync::OnceLock::new(),
         })
     }
@@ -126,6 +128,12 @@ impl Deliverer {
     /// Tells the worker that rows may be due (new rows, a replay, a resume).
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// Sets the CPUs the pacer's saturation test counts (by default the CPUs this process may
+    /// run on); 0 leaves the CPU out, so crowding alone decides (tests drive it that way).
+    pub fn set_busy_cpus(&self, cpus: usize) {
+        self.pacer.lock().set_cpus(cpus);
     }
 
     /// What the run loop may start now (see [`Pacer`]): freely below saturation, a share of
@@ -208,15 +216,18 @@ impl Deliverer {
 
     /// Starts up to `take` sends of `sink` (each one event, or with `batch` up to `batch.max`)
     /// from its buffer, claiming first when the buffer holds fewer rows (for the free slots
-    /// plus one more round, in one commit). Returns how many sends it started.
+    /// plus one more round of unbatched sends, or one more batch, in one claim). Returns how
+    /// many sends it started.
     async fn start(self: &Arc<Self>, sink: &Arc<SinkRuntime>, take: usize, probe: bool) -> usize {
         let per = sink.per_request();
         let wanted = take.saturating_mul(per);
         if sink.buffered() < wanted {
+            // A batching sink claims one batch ahead, not a round of batches: its rows
+            // ahead would otherwise be `concurrency × max` events held in memory.
             let ahead = if probe {
                 0
             } else {
-                sink.config.concurrency * per
+                sink.config.concurrency.max(per)
             };
             let want = wanted + ahead - sink.buffered();
             match self.store.claim(&sink.name, want, sink.lease()).await {
@@ -225,6 +236,14 @@ impl Deliverer {
                     tracing::warn!(sink = %sink.name, error = %e, "claim failed; will retry")
                 }
             }
+        }
+        // Paused while the claim ran (it may have found rows committed after the pause): the
+        // rows wait in the buffer, and the next round gives them back.
+        if sink.is_paused() {
+            if probe {
+                sink.breaker.lock().release_probe();
+            }
+            return 0;
         }
         let sends = sink.take_sends(take);
         if let Some(bucket) = &sink.bucket {
