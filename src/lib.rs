@@ -19,7 +19,9 @@
 //!                credentials; HS256 JWTs that `oauth2` routes verify in ingest::auth::bearer)
 //! delivery path: delivery::worker::Deliverer::tick (paced by delivery::pace from load)
 //!                → delivery::sink::SinkRuntime::admit (pause, slots, breaker, rate bucket)
-//!                → Store::claim (due rows, with a lease)
+//!                → Store::claim (due rows, with a lease; on the embedded store an unordered
+//!                  sink's newest rows come from memory, store::sqlite::fresh, the rest
+//!                  from the database)
 //!                → SinkRuntime::attempt → sinks::Sink::send (http, cognigy, nats, amqp,
 //!                  redis, file), or with an http sink's `batch` SinkRuntime::take_sends →
 //!                  attempt_batch → Sink::send_batch (one JSON array, settled per row); the
@@ -62,7 +64,8 @@
 //!   that wakes the worker when its bucket refills.
 //! - `store::sqlite` (the embedded store) owns three OS threads: the *sequencer* (thread name
 //!   `cognihook-writer`), which decides acceptances and commits them to the log with one
-//!   fdatasync per group; the *projector*, which holds the only database write connection and
+//!   fdatasync per group, and hands each group's outbox rows to the delivery path in memory
+//!   (`store::sqlite::fresh`, bounded per sink); the *projector*, which holds the only database write connection and
 //!   applies log records and the delivery path's jobs in large transactions; and the
 //!   *checkpointer*, which copies the WAL into the database file and removes log segments the
 //!   database has made durable. A settlement's reply is awaited by a short task that logs a

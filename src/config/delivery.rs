@@ -26,8 +26,8 @@ pub struct DeliveryConfig {
 }
 
 /// `[delivery] busy = { in_flight, interval, share }`: while at least `in_flight` webhook
-/// requests are being handled at once (seen within the last `interval`), ingest is saturated
-/// and the workers start, per `interval`, sends for `share` of the rows accepted in the
+/// requests are being handled at once (seen within the last `interval`) and the process keeps
+/// its CPUs busy (see `delivery::pace`), ingest is saturated and the workers start, per `interval`, sends for `share` of the rows accepted in the
 /// interval before (and at least one round of every sink's `concurrency`): the answers
 /// Cognigy waits for keep most of the CPU, deliveries keep going, and the backlog drains at
 /// full speed once the load eases. `interval = "0s"` turns this off (see `delivery::pace`).

@@ -24,12 +24,13 @@ use std::collections::{HashMap, VecDeque};
 
 use crate::store::Claimed;
 
-/// Rows a queue holds at most (per sink): beyond this, deliveries are behind anyway and
-/// the database path serves them.
-pub(super) const MAX_ROWS: usize = 4096;
+/// Rows a queue holds at most (per sink): beyond this, deliveries are behind anyway (held
+/// back at saturation, or the sink is slow or down) and the database path serves them.
+/// Keeping pace needs only what arrives while a claim is on its way (rate × a few ms).
+pub(super) const MAX_ROWS: usize = 1024;
 
 /// Body bytes a queue holds at most (per sink).
-pub(super) const MAX_BYTES: usize = 4 << 20;
+pub(super) const MAX_BYTES: usize = 1 << 20;
 
 /// One sink's queue.
 #[derive(Debug, Default)]
@@ -41,6 +42,8 @@ pub(super) struct Queue {
     pub(super) db_wait: u64,
     /// A row was left out since the queue last drained: nothing is queued until it drains.
     overflowed: bool,
+    /// When a claim of this sink last read the database (Unix ms).
+    pub(super) last_database_claim: i64,
 }
 
 impl Queue {
@@ -130,10 +133,10 @@ impl Fresh {
     }
 
     /// Queues a committed row of `sink` if the sink has a queue with room.
-    pub(super) fn push(&mut self, sink: &str, lsn: u64, claim: impl FnOnce() -> Claimed) {
+    pub(super) fn push(&mut self, sink: &str, lsn: u64, claim: Claimed) {
         let max_rows = self.max_rows;
         if let Some(q) = self.sinks.get_mut(sink) {
-            q.push(lsn, claim(), max_rows);
+            q.push(lsn, claim, max_rows);
         }
     }
 
@@ -212,8 +215,8 @@ mod tests {
         f.configure(&[("a".into(), false), ("o".into(), true)]);
         assert!(!f.sinks.contains_key("o"), "ordered sinks have no queue");
         for (lsn, id, s) in [(1, 1, "x"), (2, 2, "y"), (3, 3, "x")] {
-            f.push("a", lsn, || claim(id, s));
-            f.push("o", lsn, || claim(id, s));
+            f.push("a", lsn, claim(id, s));
+            f.push("o", lsn, claim(id, s));
         }
         f.forget("x", 4);
         let q = f.sinks.get_mut("a").expect("queue");

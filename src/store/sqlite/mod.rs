@@ -18,6 +18,11 @@
 //! up to date off the request path, so an event costs an append, not four B-tree updates
 //! and their pages.
 //!
+//! The delivery path does not wait for it either: the sequencer hands each group's outbox
+//! rows of unordered sinks to the claims in memory (`fresh`, bounded per sink), and claims
+//! read the database for the rest (retries, replays, ordered sinks, rows a full queue left
+//! out, everything after a restart).
+//!
 //! # Recovery
 //! The database records, in the transaction that applies them, how far the log has been
 //! applied (`log_position.projected_lsn`). Opening the store reads the log and applies every
@@ -157,8 +162,6 @@ pub(crate) struct Shared {
     projected: watch::Sender<u64>,
     /// The last log record handed to the projector (see `fresh`).
     handed: AtomicU64,
-    /// When a claim last read the database's due rows (Unix ms).
-    last_database_claim: AtomicI64,
     /// The next outbox row id (given out by the store, so a request can hold its row before
     /// the database has it).
     next_outbox_id: AtomicI64,
@@ -245,7 +248,6 @@ impl Shared {
             acked: AtomicU64::new(projected),
             projected: watch::channel(projected).0,
             handed: AtomicU64::new(projected),
-            last_database_claim: AtomicI64::new(0),
             next_outbox_id: AtomicI64::new(next_outbox_id),
             log_health: Health::default(),
             db_health: Health::default(),
@@ -827,9 +829,9 @@ impl SqliteStore {
     }
 
     /// Claims due rows: the sink's fresh rows (in memory, see `fresh`) and rows the
-    /// database shows due; reads only, and leases them in memory. While fresh rows fill
-    /// every claim, a quarter of a claim goes to the database's rows at least every
-    /// [`DATABASE_CLAIM_EVERY_MS`], so retries and replays are not starved.
+    /// database shows due; reads only, and leases them in memory. While fresh rows are
+    /// found, the database is read at most every [`DATABASE_CLAIM_EVERY_MS`], with a quarter
+    /// of the claim kept for its rows, so retries and replays are not starved.
     pub(super) async fn claim(
         &self,
         sink: &str,
@@ -839,15 +841,23 @@ impl SqliteStore {
         let token = ulid::Ulid::new().to_string();
         let now = crate::now_millis();
         let until = now + millis(lease);
-        let database_due = now - self.shared.last_database_claim.load(Ordering::Relaxed)
-            >= DATABASE_CLAIM_EVERY_MS;
+        let database_due = self
+            .shared
+            .leases
+            .lock()
+            .fresh
+            .sinks
+            .get(sink)
+            .is_none_or(|q| now - q.last_database_claim >= DATABASE_CLAIM_EVERY_MS);
         let first = if database_due {
             limit - limit.div_ceil(4)
         } else {
             limit
         };
         let (mut out, db_wait) = self.take_fresh(sink, first, &token, until);
-        if out.len() >= limit {
+        // Fresh rows found: the database is read only when its turn has come (a query per
+        // claim would cost more than the claim's rows are worth under load).
+        if out.len() >= limit || (!out.is_empty() && !database_due) {
             return Ok(out);
         }
         // Rows committed before the claim are in the database first, unless they are fresh
@@ -870,9 +880,9 @@ impl SqliteStore {
             Some(_) => true,
         };
         if read_database {
-            self.shared
-                .last_database_claim
-                .store(now, Ordering::Relaxed);
+            if let Some(q) = self.shared.leases.lock().fresh.sinks.get_mut(sink) {
+                q.last_database_claim = now;
+            }
             let more = self
                 .claim_from_database(sink, limit - out.len(), &token, until)
                 .await?;

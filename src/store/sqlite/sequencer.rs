@@ -307,25 +307,38 @@ impl Sequencer {
     /// fresh rows (`handed`), so a settlement always reaches the projector after its row.
     fn hand_on(&mut self, records: &mut Vec<Record>, last: u64) {
         let first = last + 1 - records.len() as u64;
+        // The claims are made before the lock is taken: claims wait on it.
+        let mut fresh: Vec<(u64, Claimed)> = Vec::new();
+        let mut plain = self.plain.drain(..).peekable();
+        for (lsn, r) in (first..).zip(records.iter()) {
+            if let Record::Accept(a) = r {
+                let body = match plain.peek() {
+                    Some((l, _)) if *l == lsn => plain.next().map(|(_, b)| b),
+                    _ => None,
+                };
+                if let Some(body) = body {
+                    for row in a.rows.iter().filter(|r| r.held.is_none()) {
+                        fresh.push((lsn, fresh_claim(a, row.id, &row.sink, body.clone())));
+                    }
+                }
+            }
+        }
+        drop(plain);
         {
-            let mut plain = self.plain.drain(..).peekable();
             let mut leases = self.shared.leases.lock();
+            let mut fresh = fresh.into_iter();
             for (lsn, r) in (first..).zip(records.iter()) {
                 match r {
                     Record::Accept(a) => {
-                        let body = match plain.peek() {
-                            Some((l, _)) if *l == lsn => plain.next().map(|(_, b)| b),
-                            _ => None,
-                        };
                         for row in &a.rows {
-                            match (&row.held, &body) {
-                                (Some(h), _) => leases.lease(row.id, &h.token, h.lease_until),
-                                (None, Some(body)) => {
-                                    leases.fresh.push(&row.sink, lsn, || {
-                                        fresh_claim(a, row.id, &row.sink, body.clone())
-                                    });
+                            match &row.held {
+                                Some(h) => leases.lease(row.id, &h.token, h.lease_until),
+                                None => {
+                                    if let Some((l, c)) = fresh.next() {
+                                        debug_assert_eq!((l, c.outbox_id), (lsn, row.id));
+                                        leases.fresh.push(&row.sink, l, c);
+                                    }
                                 }
-                                (None, None) => {}
                             }
                         }
                     }
