@@ -873,7 +873,7 @@ impl SqliteStore {
             }
             Some(lsn) if lsn > *self.shared.projected.borrow() => {
                 if out.is_empty() {
-                    self.wait_for_record(lsn).await?;
+                    self.wait_until(lsn, 0).await?;
                 }
                 out.is_empty()
             }
@@ -1129,28 +1129,17 @@ impl SqliteStore {
         } else {
             0
         };
+        self.wait_until(records, jobs).await
+    }
+
+    /// Waits until the database holds log record `records` and the projector has finished
+    /// `jobs` jobs.
+    async fn wait_until(&self, records: u64, jobs: u64) -> Result<(), StoreError> {
         let mut projected = self.shared.projected.subscribe();
         let mut done = self.shared.jobs_done.subscribe();
         let waited = tokio::time::timeout(CATCH_UP_WAIT, async {
             projected.wait_for(|p| *p >= records).await.map(|_| ())?;
             done.wait_for(|d| *d >= jobs).await.map(|_| ())
-        })
-        .await;
-        match waited {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(StoreError::Closed),
-            Err(_) => Err(StoreError::unavailable(format!(
-                "the database is more than {}s behind the log",
-                CATCH_UP_WAIT.as_secs()
-            ))),
-        }
-    }
-
-    /// Waits until the database holds log record `lsn`.
-    async fn wait_for_record(&self, lsn: u64) -> Result<(), StoreError> {
-        let mut projected = self.shared.projected.subscribe();
-        let waited = tokio::time::timeout(CATCH_UP_WAIT, async {
-            projected.wait_for(|p| *p >= lsn).await.map(|_| ())
         })
         .await;
         match waited {
