@@ -132,10 +132,10 @@ impl Fresh {
         }
     }
 
-    /// Queues a committed row of `sink` if the sink has a queue with room.
-    pub(super) fn push(&mut self, sink: &str, lsn: u64, claim: Claimed) {
+    /// Queues a committed row (of `claim.sink`) if its sink has a queue with room.
+    pub(super) fn push(&mut self, lsn: u64, claim: Claimed) {
         let max_rows = self.max_rows;
-        if let Some(q) = self.sinks.get_mut(sink) {
+        if let Some(q) = self.sinks.get_mut(&claim.sink) {
             q.push(lsn, claim, max_rows);
         }
     }
@@ -215,8 +215,14 @@ mod tests {
         f.configure(&[("a".into(), false), ("o".into(), true)]);
         assert!(!f.sinks.contains_key("o"), "ordered sinks have no queue");
         for (lsn, id, s) in [(1, 1, "x"), (2, 2, "y"), (3, 3, "x")] {
-            f.push("a", lsn, claim(id, s));
-            f.push("o", lsn, claim(id, s));
+            f.push(lsn, claim(id, s));
+            f.push(
+                lsn,
+                Claimed {
+                    sink: "o".into(),
+                    ..claim(id, s)
+                },
+            );
         }
         f.forget("x", 4);
         let q = f.sinks.get_mut("a").expect("queue");

@@ -162,6 +162,8 @@ pub(crate) struct Shared {
     projected: watch::Sender<u64>,
     /// The last log record handed to the projector (see `fresh`).
     handed: AtomicU64,
+    /// The sinks that have a fresh queue (read by the sequencer once per group).
+    fresh_sinks: Mutex<Arc<std::collections::HashSet<String>>>,
     /// The next outbox row id (given out by the store, so a request can hold its row before
     /// the database has it).
     next_outbox_id: AtomicI64,
@@ -248,6 +250,7 @@ impl Shared {
             acked: AtomicU64::new(projected),
             projected: watch::channel(projected).0,
             handed: AtomicU64::new(projected),
+            fresh_sinks: Mutex::default(),
             next_outbox_id: AtomicI64::new(next_outbox_id),
             log_health: Health::default(),
             db_health: Health::default(),
@@ -942,7 +945,9 @@ impl SqliteStore {
         let recorded = sinks.clone();
         self.job(move |c, _, _| outbox::configure_sinks(c, &recorded))
             .await?;
-        self.shared.leases.lock().fresh.configure(&sinks);
+        let mut leases = self.shared.leases.lock();
+        leases.fresh.configure(&sinks);
+        *self.shared.fresh_sinks.lock() = Arc::new(leases.fresh.sinks.keys().cloned().collect());
         Ok(())
     }
 

@@ -307,7 +307,9 @@ impl Sequencer {
     /// fresh rows (`handed`), so a settlement always reaches the projector after its row.
     fn hand_on(&mut self, records: &mut Vec<Record>, last: u64) {
         let first = last + 1 - records.len() as u64;
-        // The claims are made before the lock is taken: claims wait on it.
+        // The claims are made before the lock is taken (claims wait on it), and only for
+        // the sinks that have a queue.
+        let queued = self.shared.fresh_sinks.lock().clone();
         let mut fresh: Vec<(u64, Claimed)> = Vec::new();
         let mut plain = self.plain.drain(..).peekable();
         for (lsn, r) in (first..).zip(records.iter()) {
@@ -317,7 +319,8 @@ impl Sequencer {
                     _ => None,
                 };
                 if let Some(body) = body {
-                    for row in a.rows.iter().filter(|r| r.held.is_none()) {
+                    let rows = a.rows.iter();
+                    for row in rows.filter(|r| r.held.is_none() && queued.contains(&r.sink)) {
                         fresh.push((lsn, fresh_claim(a, row.id, &row.sink, body.clone())));
                     }
                 }
@@ -326,20 +329,18 @@ impl Sequencer {
         drop(plain);
         {
             let mut leases = self.shared.leases.lock();
-            let mut fresh = fresh.into_iter();
+            let mut fresh = fresh.into_iter().peekable();
             for (lsn, r) in (first..).zip(records.iter()) {
                 match r {
                     Record::Accept(a) => {
                         for row in &a.rows {
-                            match &row.held {
-                                Some(h) => leases.lease(row.id, &h.token, h.lease_until),
-                                None => {
-                                    if let Some((l, c)) = fresh.next() {
-                                        debug_assert_eq!((l, c.outbox_id), (lsn, row.id));
-                                        leases.fresh.push(&row.sink, l, c);
-                                    }
-                                }
+                            if let Some(h) = &row.held {
+                                leases.lease(row.id, &h.token, h.lease_until);
                             }
+                        }
+                        // This record's claims come next, in row order.
+                        while let Some((l, c)) = fresh.next_if(|(l, _)| *l == lsn) {
+                            leases.fresh.push(l, c);
                         }
                     }
                     Record::Forget { session_id, .. } => leases.fresh.forget(session_id, lsn),
