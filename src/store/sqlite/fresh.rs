@@ -13,6 +13,9 @@
 //! - A queue's rows are a contiguous run of its sink's row ids, `[front, back]`: a claim that
 //!   reads the database skips that range, and checks it again (with the leases) under the lock
 //!   before it leases what it read. A row taken from here is leased in the same lock.
+//!   Rows taken leave from the front, so only two kinds of the sink's rows can sit inside the
+//!   range without being queued: a `respond` row (leased to its request; given back late, it
+//!   waits until the queue has moved past it) and a forgotten session's (cancelled).
 //! - When a queue is full, the commit's rows for that sink are not queued: the database claim
 //!   then waits until the projector has written that commit (`db_wait`), as every database
 //!   claim did before, and the queue takes rows again once it has drained. A forgotten
