@@ -2086,6 +2086,18 @@ mod tests {
         assert_eq!(all.len(), 1, "k3 (k2 and other are leased)");
     }
 
+    /// A new store with these sinks configured (name, ordered), and a runtime.
+    fn with_sinks(
+        sinks: Vec<(String, bool)>,
+    ) -> (tempfile::TempDir, SqliteStore, tokio::runtime::Runtime) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        let rt = runtime();
+        rt.block_on(store.configure_sinks(sinks))
+            .expect("configure");
+        (dir, store, rt)
+    }
+
     /// Holds the projector in a job until the returned sender is dropped or sent to.
     fn hold_projector(rt: &tokio::runtime::Runtime, store: &SqliteStore) -> mpsc::Sender<()> {
         let (go, wait) = mpsc::channel::<()>();
@@ -2111,11 +2123,7 @@ mod tests {
 
     #[test]
     fn fresh_rows_are_claimed_while_the_projector_is_behind_and_settled_once_each() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let store = SqliteStore::open(&config(dir.path())).expect("open");
-        let rt = runtime();
-        rt.block_on(store.configure_sinks(vec![("a".into(), false), ("o".into(), true)]))
-            .expect("configure");
+        let (_dir, store, rt) = with_sinks(vec![("a".into(), false), ("o".into(), true)]);
         let go = hold_projector(&rt, &store);
         rt.block_on(store.accept(acceptance("k1", "s1", &["a"])))
             .expect("commit");
@@ -2161,11 +2169,7 @@ mod tests {
 
     #[test]
     fn an_ordered_sink_has_no_fresh_rows_and_its_claims_wait_for_the_database() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let store = SqliteStore::open(&config(dir.path())).expect("open");
-        let rt = runtime();
-        rt.block_on(store.configure_sinks(vec![("o".into(), true)]))
-            .expect("configure");
+        let (_dir, store, rt) = with_sinks(vec![("o".into(), true)]);
         let go = hold_projector(&rt, &store);
         rt.block_on(store.accept(acceptance("k1", "s1", &["o"])))
             .expect("commit");
@@ -2184,11 +2188,7 @@ mod tests {
 
     #[test]
     fn a_full_fresh_queue_leaves_rows_to_the_database_and_none_is_claimed_twice() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let store = SqliteStore::open(&config(dir.path())).expect("open");
-        let rt = runtime();
-        rt.block_on(store.configure_sinks(vec![("a".into(), false)]))
-            .expect("configure");
+        let (_dir, store, rt) = with_sinks(vec![("a".into(), false)]);
         store.shared.leases.lock().fresh.max_rows = 2;
         for k in ["k1", "k2", "k3", "k4", "k5"] {
             rt.block_on(store.accept(acceptance(k, k, &["a"])))
@@ -2218,11 +2218,7 @@ mod tests {
 
     #[test]
     fn a_forgotten_sessions_fresh_rows_are_not_delivered() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let store = SqliteStore::open(&config(dir.path())).expect("open");
-        let rt = runtime();
-        rt.block_on(store.configure_sinks(vec![("a".into(), false)]))
-            .expect("configure");
+        let (_dir, store, rt) = with_sinks(vec![("a".into(), false)]);
         for k in ["k1", "k2"] {
             rt.block_on(store.accept(acceptance(k, "gone", &["a"])))
                 .expect("commit");
