@@ -844,6 +844,12 @@ fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::Path
             if p.is_dir() {
                 todo.push(p);
             } else if std::fs::read(&p)
+                // A file removed while the walk runs (a log segment the checkpointer
+                // deleted) holds nothing any more.
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                    _ => Err(e),
+                })
                 .unwrap()
                 .windows(needle.len())
                 .any(|w| w == needle)
@@ -999,6 +1005,10 @@ async fn backlog_then_resume(app: &TestApp, n: usize, prefix: &str) -> Vec<Strin
     app.admin_post("/admin/sinks/backend/pause", &json!({}))
         .await;
     let sent = send_flow(app, n, prefix).await;
+    // A claim in flight when the pause began may have taken rows; a paused sink gives them
+    // back. A read waits for the settlements queued before it, so the rows are due in one
+    // place when the sink resumes.
+    app.admin_get("/admin/sinks").await;
     let r = app
         .admin_post("/admin/sinks/backend/resume", &json!({}))
         .await;
@@ -1074,7 +1084,23 @@ async fn a_batch_that_fails_transiently_is_retried_whole() {
     let got = sink.received();
     assert_eq!(got.len(), 2, "one refused array and its retry");
     assert_eq!(got[0].status, Some(503));
-    assert_eq!(got[0].raw, got[1].raw.clone(), "the same events again");
+    let ids = |body: &Value| {
+        let mut ids: Vec<String> = body
+            .as_array()
+            .expect("an array")
+            .iter()
+            .map(|e| e["eventId"].as_str().expect("eventId").to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    // The rows come due again together; their order in the array is not kept.
+    assert_eq!(
+        ids(&got[0].body),
+        ids(&got[1].body),
+        "the same events again"
+    );
+    assert_eq!(ids(&got[0].body).len(), 3);
     assert_eq!(got[1].headers["x-cognihook-attempt"], "2");
     assert_eq!(db_count(&app, "SELECT sum(attempts) FROM outbox"), 6);
 }
