@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cel::objects::Key;
+use cel::objects::{Key, Map as CelMap};
 use cel::{Context, Program, Value as CelValue};
 use serde_json::{Map, Value};
 
@@ -82,52 +82,169 @@ fn text(s: &str) -> CelValue {
     CelValue::String(Arc::new(s.to_string()))
 }
 
-/// The normalised event as a CEL map, built field by field (cheaper than a generic serde
-/// conversion). Field names and presence match the event's JSON form (SPEC §3.6).
-pub(crate) fn event_value(e: &NormalisedEvent, with_payload: bool) -> CelValue {
-    let mut m: HashMap<Key, CelValue> = HashMap::with_capacity(20);
-    let mut put = |k: &str, v: CelValue| {
-        m.insert(Key::String(Arc::new(k.to_string())), v);
+/// The event's top-level fields, in the order of its JSON form (SPEC §3.6).
+const FIELDS: [&str; 18] = [
+    "eventId",
+    "route",
+    "correlationId",
+    "transactionId",
+    "receivedAt",
+    "sessionId",
+    "userId",
+    "eventType",
+    "text",
+    "intent",
+    "entities",
+    "channel",
+    "locale",
+    "urlToken",
+    "traceId",
+    "stateVersion",
+    "simulated",
+    "payload",
+];
+
+/// CEL macros that, called on `event` itself, read every field.
+const WHOLE_MAP_MACROS: [&str; 5] = ["all", "exists", "exists_one", "map", "filter"];
+
+/// The top-level fields of the event that a set of expressions may read, so that an
+/// evaluation converts only those (the conversion, not the evaluation, was most of a rule's
+/// cost). Found from the expressions' text, erring on the side of more: a field is kept when
+/// its name occurs anywhere in an expression (`event.intent`, `event["intent"]`, a string
+/// that happens to contain it), and every field is kept when an expression uses `event` other
+/// than as `event.NAME` or `event['NAME']` (passed whole, indexed by a computed key, iterated
+/// by a macro).
+#[derive(Clone, Default)]
+pub(crate) struct EventFields {
+    /// Which of `FIELDS` to convert, each with its CEL key (built once).
+    keys: Vec<(usize, Key)>,
+}
+
+impl std::fmt::Debug for EventFields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.keys.iter().map(|(i, _)| FIELDS[*i]))
+            .finish()
+    }
+}
+
+impl EventFields {
+    /// Every field (what `has(event.x)` and friends see when nothing is known).
+    pub(crate) fn all() -> EventFields {
+        EventFields::of(|_| true)
+    }
+
+    /// The fields that `exprs` may read.
+    pub(crate) fn read_by<'a>(exprs: impl IntoIterator<Item = &'a str> + Clone) -> EventFields {
+        if exprs.clone().into_iter().any(uses_event_whole) {
+            return EventFields::all();
+        }
+        EventFields::of(|name| exprs.clone().into_iter().any(|e| e.contains(name)))
+    }
+
+    fn of(keep: impl Fn(&str) -> bool) -> EventFields {
+        let keys = FIELDS
+            .iter()
+            .enumerate()
+            .filter(|(_, name)| keep(name))
+            .map(|(i, name)| (i, Key::String(Arc::new((*name).to_string()))))
+            .collect();
+        EventFields { keys }
+    }
+}
+
+/// Whether `expr` uses the identifier `event` other than to select one named field.
+fn uses_event_whole(expr: &str) -> bool {
+    let b = expr.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let skip_space = |mut i: usize| {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        i
     };
-    put("eventId", text(&e.event_id));
-    put("route", text(&e.route));
-    put("correlationId", text(&e.correlation_id));
-    put("transactionId", text(&e.transaction_id));
-    put("receivedAt", text(&e.received_at));
-    put("sessionId", text(&e.session_id));
-    put("userId", text(&e.user_id));
-    put("eventType", text(&e.event_type));
-    let optional = [
-        ("text", &e.text),
-        ("channel", &e.channel),
-        ("locale", &e.locale),
-        ("urlToken", &e.url_token),
-        ("traceId", &e.trace_id),
-    ];
-    for (k, v) in optional {
-        if let Some(v) = v {
-            put(k, text(v));
+    let mut from = 0;
+    while let Some(at) = expr[from..].find("event").map(|i| i + from) {
+        from = at + "event".len();
+        let bounded_left = at == 0 || !(ident(b[at - 1]) || b[at - 1] == b'.');
+        let bounded_right = from == b.len() || !ident(b[from]);
+        if !bounded_left || !bounded_right {
+            continue;
+        }
+        let i = skip_space(from);
+        match b.get(i) {
+            Some(b'.') => {
+                let start = skip_space(i + 1);
+                let mut end = start;
+                while end < b.len() && ident(b[end]) {
+                    end += 1;
+                }
+                let name = &expr[start..end];
+                let called = b.get(skip_space(end)) == Some(&b'(');
+                if name.is_empty() || (called && WHOLE_MAP_MACROS.contains(&name)) {
+                    return true;
+                }
+            }
+            Some(b'[') => {
+                // Only a literal key names its field.
+                if !matches!(b.get(skip_space(i + 1)), Some(b'\'' | b'"')) {
+                    return true;
+                }
+            }
+            _ => return true,
         }
     }
-    if let Some(i) = &e.intent {
-        let mut im: HashMap<Key, CelValue> = HashMap::with_capacity(2);
-        im.insert(Key::String(Arc::new("name".into())), text(&i.name));
-        im.insert(
-            Key::String(Arc::new("score".into())),
-            CelValue::Float(i.score),
-        );
-        put("intent", CelValue::from(im));
+    false
+}
+
+/// The normalised event as a CEL map of the given fields, built field by field (cheaper
+/// than a generic serde conversion). Field names and presence match the event's JSON form
+/// (SPEC §3.6).
+pub(crate) fn event_value(e: &NormalisedEvent, fields: &EventFields) -> CelValue {
+    let mut m: HashMap<Key, CelValue> = HashMap::with_capacity(fields.keys.len());
+    let opt = |v: &Option<String>| v.as_deref().map(text);
+    for (i, key) in &fields.keys {
+        let v = match FIELDS[*i] {
+            "eventId" => Some(text(&e.event_id)),
+            "route" => Some(text(&e.route)),
+            "correlationId" => Some(text(&e.correlation_id)),
+            "transactionId" => Some(text(&e.transaction_id)),
+            "receivedAt" => Some(text(&e.received_at)),
+            "sessionId" => Some(text(&e.session_id)),
+            "userId" => Some(text(&e.user_id)),
+            "eventType" => Some(text(&e.event_type)),
+            "text" => opt(&e.text),
+            "channel" => opt(&e.channel),
+            "locale" => opt(&e.locale),
+            "urlToken" => opt(&e.url_token),
+            "traceId" => opt(&e.trace_id),
+            "intent" => e.intent.as_ref().map(|i| {
+                let mut im: HashMap<Key, CelValue> = HashMap::with_capacity(2);
+                im.insert(Key::String(Arc::new("name".into())), text(&i.name));
+                im.insert(
+                    Key::String(Arc::new("score".into())),
+                    CelValue::Float(i.score),
+                );
+                map(im)
+            }),
+            "entities" => Some(json_object(&e.entities)),
+            "stateVersion" => Some(CelValue::Int(
+                i64::try_from(e.state_version).unwrap_or(i64::MAX),
+            )),
+            "simulated" => Some(CelValue::Bool(e.simulated)),
+            "payload" => Some(json_value(&e.payload)),
+            _ => None,
+        };
+        if let Some(v) = v {
+            m.insert(key.clone(), v);
+        }
     }
-    put("entities", json_object(&e.entities));
-    put(
-        "stateVersion",
-        CelValue::Int(i64::try_from(e.state_version).unwrap_or(i64::MAX)),
-    );
-    put("simulated", CelValue::Bool(e.simulated));
-    if with_payload {
-        put("payload", json_value(&e.payload));
-    }
-    CelValue::from(m)
+    map(m)
+}
+
+/// A CEL map of `m` as it is (`CelValue::from` would hash every key again).
+fn map(m: HashMap<Key, CelValue>) -> CelValue {
+    CelValue::Map(CelMap { map: Arc::new(m) })
 }
 
 fn json_object(o: &Map<String, Value>) -> CelValue {
@@ -135,7 +252,7 @@ fn json_object(o: &Map<String, Value>) -> CelValue {
         .iter()
         .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_value(v)))
         .collect();
-    CelValue::from(m)
+    map(m)
 }
 
 fn json_value(v: &Value) -> CelValue {
@@ -155,4 +272,67 @@ fn json_value(v: &Value) -> CelValue {
 
 pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(exprs: &[&str]) -> Vec<&'static str> {
+        let f = EventFields::read_by(exprs.iter().copied());
+        f.keys.iter().map(|(i, _)| FIELDS[*i]).collect()
+    }
+
+    #[test]
+    fn only_the_fields_the_expressions_name_are_converted() {
+        let seed = [
+            "event.intent.score >= 0.75",
+            "has(event.entities.orderId)",
+            "event.entities.orderId",
+        ];
+        assert_eq!(fields(&seed), ["intent", "entities"]);
+        assert_eq!(fields(&["event['channel'] == 'voice'"]), ["channel"]);
+        assert_eq!(fields(&["event . payload.x > 1"]), ["payload"]);
+        assert!(fields(&["true"]).is_empty());
+    }
+
+    #[test]
+    fn an_expression_that_uses_the_whole_event_gets_every_field() {
+        for e in [
+            "size(event) > 3",
+            "event.exists(k, k == 'text')",
+            "event.all(k, k != 'x')",
+            "event[k] == 1",
+            "event == {}",
+            "event",
+        ] {
+            assert_eq!(fields(&[e]).len(), FIELDS.len(), "{e}");
+        }
+        // `event` inside another name is not the variable.
+        assert_eq!(fields(&["myevent.x == 1 || has(event.text)"]), ["text"]);
+    }
+
+    #[test]
+    fn a_value_with_only_some_fields_evaluates_like_the_whole() {
+        let mut e = NormalisedEvent::new(
+            "r",
+            "c".into(),
+            "t".into(),
+            "s".into(),
+            "u".into(),
+            "nlu.input".into(),
+            serde_json::json!({"a": 1}),
+        );
+        e.text = Some("hi".into());
+        for expr in [
+            "event.text == 'hi'",
+            "has(event.text) && !has(event.channel)",
+        ] {
+            let program = Program::compile(expr).expect("compiles");
+            for f in [EventFields::read_by([expr]), EventFields::all()] {
+                let got = with_event(event_value(&e, &f), |ctx| program.execute(ctx));
+                assert_eq!(got, Ok(CelValue::Bool(true)), "{expr} with {f:?}");
+            }
+        }
+    }
 }

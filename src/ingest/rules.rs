@@ -6,8 +6,9 @@
 //! An extract that cannot be evaluated is left out of the response.
 //!
 //! Rules run before the commit, so `event.stateVersion` is 0 in rules; the committed event
-//! carries the real value. `event.payload` (the original body) is converted for CEL only when
-//! some expression of the route mentions `payload`, since that conversion dominates the cost.
+//! carries the real value. Only the event fields the route's expressions may read are converted
+//! for CEL (`expr::EventFields`), since the conversion, above all of `event.payload` (the
+//! original body), dominates the cost.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +18,7 @@ use serde_json::{Map, Value};
 use crate::config::RuleConfig;
 use crate::event::NormalisedEvent;
 pub use crate::expr::EventExpr;
-use crate::expr::{event_value, one_line, with_event};
+use crate::expr::{event_value, one_line, with_event, EventFields};
 
 /// A compiled rule.
 pub struct Rule {
@@ -37,8 +38,8 @@ pub struct Extract {
 pub struct RuleSet {
     rules: Vec<Rule>,
     extracts: Vec<Extract>,
-    /// Whether any expression may read `event.payload`.
-    needs_payload: bool,
+    /// The event fields any expression may read: all an evaluation converts.
+    fields: EventFields,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -66,11 +67,12 @@ impl RuleSet {
     ) -> Result<RuleSet, Vec<String>> {
         let mut errors = Vec::new();
         let mut set = RuleSet {
-            needs_payload: rules
-                .iter()
-                .map(|r| r.expr.as_str())
-                .chain(extracts.values().map(String::as_str))
-                .any(|e| e.contains("payload")),
+            fields: EventFields::read_by(
+                rules
+                    .iter()
+                    .map(|r| r.expr.as_str())
+                    .chain(extracts.values().map(String::as_str)),
+            ),
             ..RuleSet::default()
         };
         for (i, r) in rules.iter().enumerate() {
@@ -116,7 +118,7 @@ impl RuleSet {
         if self.is_empty() {
             return Ok(out);
         }
-        let value = event_value(event, self.needs_payload);
+        let value = event_value(event, &self.fields);
         with_event(value, |ctx| {
             for rule in &self.rules {
                 match rule.program.execute(ctx) {
