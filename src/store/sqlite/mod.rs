@@ -179,6 +179,9 @@ pub(crate) struct Shared {
     /// Called once settlements are written (rows may have come due: a retry, an ordered
     /// session's next event).
     on_settled: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// The projector's thread, woken when someone cannot wait for its next round (see
+    /// `project::COMMIT_EVERY`).
+    projector_thread: std::sync::OnceLock<std::thread::Thread>,
 }
 
 /// Delivery leases of the embedded store, kept in memory: one process serves the store, so a
@@ -258,6 +261,14 @@ impl Shared {
             jobs_submitted: AtomicU64::new(0),
             jobs_done: watch::channel(0).0,
             on_settled: Mutex::new(None),
+            projector_thread: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Ends the projector's pause between rounds, if it is in one.
+    fn wake_projector(&self) {
+        if let Some(t) = self.projector_thread.get() {
+            t.unpark();
         }
     }
 
@@ -627,6 +638,9 @@ impl SqliteStore {
                 })
                 .map_err(OpenError::failed("cannot start the store projector"))?
         };
+        let _ = shared
+            .projector_thread
+            .set(projector_thread.thread().clone());
         let (queue, rx) = mpsc::sync_channel(config.queue_depth);
         let sequencer = Sequencer {
             log,
@@ -768,6 +782,9 @@ impl SqliteStore {
         // Jobs wait for room rather than being shed: they are the delivery path's own work.
         // The count goes up first, so a read never misses a job that is already queued.
         self.shared.jobs_submitted.fetch_add(1, Ordering::SeqCst);
+        // A job (a settlement an ordered session waits for, a replay) does not wait for
+        // the projector's pause between rounds of records.
+        self.shared.wake_projector();
         let sent = match engine.projector.try_send(ProjMsg::Job(job, tx, after)) {
             Ok(()) => true,
             Err(TrySendError::Full(msg)) => {
@@ -1046,11 +1063,26 @@ impl SqliteStore {
         }
         let ids: Vec<i64> = write.iter().map(|(c, _)| c.outbox_id).collect();
         let rows = ids.len();
+        // Rows given back (a paused sink's buffer) are due now in the database only: the
+        // next claim of their sink reads it, rather than waiting for its turn.
+        let given_back: Vec<String> = write
+            .iter()
+            .filter(|(_, s)| matches!(s, Settlement::Release { .. }))
+            .map(|(c, _)| c.sink.clone())
+            .collect();
         // The rows stay settling until their outcomes are committed; then no claim can read
         // them as pending any more.
         let shared = self.shared.clone();
         let release: AfterJob = Box::new(move || {
-            shared.leases.lock().release(&ids);
+            {
+                let mut leases = shared.leases.lock();
+                leases.release(&ids);
+                for sink in &given_back {
+                    if let Some(q) = leases.fresh.sinks.get_mut(sink) {
+                        q.last_database_claim = 0;
+                    }
+                }
+            }
             {
                 let hook = shared.on_settled.lock();
                 if let Some(f) = hook.as_ref() {
@@ -1140,6 +1172,9 @@ impl SqliteStore {
     /// Waits until the database holds log record `records` and the projector has finished
     /// `jobs` jobs.
     async fn wait_until(&self, records: u64, jobs: u64) -> Result<(), StoreError> {
+        if *self.shared.projected.borrow() < records || *self.shared.jobs_done.borrow() < jobs {
+            self.shared.wake_projector();
+        }
         let mut projected = self.shared.projected.subscribe();
         let mut done = self.shared.jobs_done.subscribe();
         let waited = tokio::time::timeout(CATCH_UP_WAIT, async {
@@ -1294,6 +1329,7 @@ impl SqliteStore {
             join(&engine.sequencer_thread).await;
             let (tx, rx) = oneshot::channel();
             let projector = engine.projector.clone();
+            self.shared.wake_projector();
             let sent =
                 tokio::task::spawn_blocking(move || projector.send(ProjMsg::Close(tx)).is_ok())
                     .await

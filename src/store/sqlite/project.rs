@@ -48,6 +48,19 @@ const JOB_LINGER: Duration = Duration::from_millis(2);
 /// ...until it has this many.
 const JOB_GATHER: usize = 32;
 
+/// After a small round of records the projector pauses so that the next round is at least
+/// this much later: fewer, bigger transactions write each shared page (the events' and the
+/// outbox's last pages, the hot sessions' leaves) once per round instead of once per log
+/// group, and each commit's fixed cost is paid less often (measured: about a quarter less
+/// projector CPU per event at saturation). Nobody waits for the pause: a read that needs
+/// newer records and a sequencer that finds the queue full wake the projector
+/// (`Shared::wake_projector`), and the delivery path takes new rows from the sequencer
+/// (`fresh`).
+const COMMIT_EVERY: Duration = Duration::from_millis(10);
+
+/// A round of at least this many records does not pause (the projector is behind).
+const PAUSE_BELOW: usize = 1_024;
+
 /// How often the projector prunes expired rows when idle or between batches.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
 
@@ -108,6 +121,7 @@ pub(super) fn run(
                 }
             }
         }
+        let round = (!records.is_empty() && count < PAUSE_BELOW).then(Instant::now);
         if !records.is_empty() || !jobs.is_empty() {
             match apply_batch(&mut conn, &records, jobs, &shared) {
                 Ok(()) => backoff = Duration::from_millis(50),
@@ -116,6 +130,12 @@ pub(super) fn run(
                     retry = records;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
+            }
+        }
+        if let (Some(started), None) = (round, &close) {
+            // Parked, not asleep on the channel: senders do not wake it (see COMMIT_EVERY).
+            if let Some(rest) = COMMIT_EVERY.checked_sub(started.elapsed()) {
+                std::thread::park_timeout(rest);
             }
         }
         if let Some(done) = close {

@@ -15,7 +15,7 @@
 //! waits and requests are refused with 503 before they queue without bound).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -350,11 +350,17 @@ impl Sequencer {
         }
         // The projector gets the records before anyone hears of them, so work that follows
         // an answer (a claim, a read) finds them applied.
-        if self
-            .projector
-            .send(ProjMsg::Records(std::mem::take(records), last))
-            .is_err()
-        {
+        let msg = ProjMsg::Records(std::mem::take(records), last);
+        let sent = match self.projector.try_send(msg) {
+            Ok(()) => Ok(()),
+            // A full queue: the projector may be pausing between rounds; end the pause.
+            Err(TrySendError::Full(msg)) => {
+                self.shared.wake_projector();
+                self.projector.send(msg).map_err(|_| ())
+            }
+            Err(TrySendError::Disconnected(_)) => Err(()),
+        };
+        if sent.is_err() {
             tracing::error!("the store's projector has stopped");
         }
         self.shared
