@@ -51,11 +51,11 @@ const JOB_GATHER: usize = 32;
 /// After a small round of records the projector pauses so that the next round is at least
 /// this much later: fewer, bigger transactions write each shared page (the events' and the
 /// outbox's last pages, the hot sessions' leaves) once per round instead of once per log
-/// group, and each commit's fixed cost is paid less often (measured: about a quarter less
-/// projector CPU per event at saturation). Nobody waits for the pause: a read that needs
-/// newer records and a sequencer that finds the queue full wake the projector
-/// (`Shared::wake_projector`), and the delivery path takes new rows from the sequencer
-/// (`fresh`).
+/// group, and each commit's fixed cost is paid less often (measured: 15–25 % less projector
+/// CPU per event at saturation, bench/README.md). Nobody waits for the pause: a read that
+/// needs newer records, a job, a sequencer that finds the queue full and `close` wake the
+/// projector (`Shared::wake_projector`), and the delivery path takes new rows from the
+/// sequencer (`fresh`).
 const COMMIT_EVERY: Duration = Duration::from_millis(10);
 
 /// A round of at least this many records does not pause (the projector is behind).
