@@ -104,16 +104,13 @@ const FIELDS: [&str; 18] = [
     "payload",
 ];
 
-/// CEL macros that, called on `event` itself, read every field.
-const WHOLE_MAP_MACROS: [&str; 5] = ["all", "exists", "exists_one", "map", "filter"];
-
 /// The top-level fields of the event that a set of expressions may read, so that an
 /// evaluation converts only those (the conversion, not the evaluation, was most of a rule's
 /// cost). Found from the expressions' text, erring on the side of more: a field is kept when
 /// its name occurs anywhere in an expression (`event.intent`, `event["intent"]`, a string
 /// that happens to contain it), and every field is kept when an expression uses `event` other
-/// than as `event.NAME` or `event['NAME']` (passed whole, indexed by a computed key, iterated
-/// by a macro).
+/// than as `event.NAME` or `event['NAME']` (passed whole, indexed by a computed key, a
+/// method or macro called on it).
 #[derive(Clone, Default)]
 pub(crate) struct EventFields {
     /// Which of `FIELDS` to convert, each with its CEL key (built once).
@@ -179,9 +176,10 @@ fn uses_event_whole(expr: &str) -> bool {
                 while end < b.len() && ident(b[end]) {
                     end += 1;
                 }
-                let name = &expr[start..end];
+                // A call on the event itself (`event.size()`, a macro such as
+                // `event.exists(…)`) reads the whole map; a field is never called.
                 let called = b.get(skip_space(end)) == Some(&b'(');
-                if name.is_empty() || (called && WHOLE_MAP_MACROS.contains(&name)) {
+                if start == end || called {
                     return true;
                 }
             }
@@ -302,6 +300,7 @@ mod tests {
             "size(event) > 3",
             "event.exists(k, k == 'text')",
             "event.all(k, k != 'x')",
+            "event.size() > 3",
             "event[k] == 1",
             "event == {}",
             "event",
