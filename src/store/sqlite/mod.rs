@@ -650,6 +650,7 @@ impl SqliteStore {
             windows: settings.windows,
             max_batch: config.max_batch,
             plain: Vec::new(),
+            reading: false,
         };
         let sequencer_thread = {
             let alive = alive.clone();

@@ -139,6 +139,10 @@ pub(super) struct Sequencer {
     /// The plaintext bodies of the group's events that have outbox rows, by log record: what
     /// their fresh rows deliver (the record may hold the body sealed).
     pub(super) plain: Vec<(u64, Bytes)>,
+    /// Whether `reader` holds a read transaction: a group's lookups share one (begun by the
+    /// first, ended before the group's commit), since beginning and ending a transaction (WAL
+    /// read locks by `fcntl`, the pager's shared lock) cost more than the lookup itself.
+    pub(super) reading: bool,
 }
 
 impl Sequencer {
@@ -222,6 +226,7 @@ impl Sequencer {
                     next = rx.try_recv().ok();
                 }
             }
+            self.end_read();
             self.commit(&mut hot, &mut group, &mut records, &mut undo, &mut written);
             if let Some(done) = close {
                 if let Err(e) = self.log.close() {
@@ -565,7 +570,33 @@ impl Sequencer {
         Ok(())
     }
 
-    fn read_answer(&self, key: &str) -> rusqlite::Result<Option<HotAnswer>> {
+    /// Begins the group's read transaction unless it is open. It starts after the group's
+    /// eviction from the hot maps (`run`), so its snapshot holds every record evicted.
+    fn begin_read(&mut self) -> rusqlite::Result<()> {
+        if !self.reading {
+            self.reader.prepare_cached("BEGIN")?.execute([])?;
+            self.reading = true;
+        }
+        Ok(())
+    }
+
+    /// Ends the group's read transaction, if one is open.
+    fn end_read(&mut self) {
+        if std::mem::take(&mut self.reading) {
+            let ended = self
+                .reader
+                .prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]));
+            if let Err(e) = ended {
+                // A read transaction that cannot end would pin the WAL; the connection's
+                // next statement reports any lasting trouble.
+                tracing::warn!(error = %e, "cannot end the sequencer's read transaction");
+            }
+        }
+    }
+
+    fn read_answer(&mut self, key: &str) -> rusqlite::Result<Option<HotAnswer>> {
+        self.begin_read()?;
         self.reader
             .prepare_cached(
                 "SELECT status, body, correlation_id, created_at FROM idempotency WHERE key = ?1",
@@ -582,7 +613,8 @@ impl Sequencer {
             .optional()
     }
 
-    fn read_session(&self, session: &str) -> rusqlite::Result<Option<(u64, i64)>> {
+    fn read_session(&mut self, session: &str) -> rusqlite::Result<Option<(u64, i64)>> {
+        self.begin_read()?;
         self.reader
             .prepare_cached("SELECT state_version, last_seen FROM sessions WHERE session_id = ?1")?
             .query_row(params![session], |r| {
@@ -591,7 +623,8 @@ impl Sequencer {
             .optional()
     }
 
-    fn read_spent(&self, route: &str, mac: &[u8]) -> rusqlite::Result<Option<i64>> {
+    fn read_spent(&mut self, route: &str, mac: &[u8]) -> rusqlite::Result<Option<i64>> {
+        self.begin_read()?;
         self.reader
             .prepare_cached(
                 "SELECT expires_at FROM spent_signatures WHERE route = ?1 AND mac = ?2",
