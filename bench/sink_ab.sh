@@ -9,7 +9,8 @@
 #   no-delivery  the sink attached, [delivery] enabled = false (only the outbox rows are written)
 #   sink-nobusy  the sink with busy = { interval = "0s" } (delivery never holds back)
 #
-# env: WARM (default 5s), DURATION (default 10s), SKIP_BUILD=1
+# env: WARM (default 5s), DURATION (default 10s), SKIP_BUILD=1, BIN (the gateway binary,
+#      default target/release/cognihook)
 # Prints per variant: req/s, outbox rows still pending just after the run, the gateway's CPU
 # ticks, and the size of its data directory.
 set -euo pipefail
@@ -61,7 +62,7 @@ for v in "$@"; do
     true
   } > "$work/$n.toml"
   COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 \
-    target/release/cognihook --config "$work/$n.toml" serve 2>>"$work/gw.log" &
+    "${BIN:-target/release/cognihook}" --config "$work/$n.toml" serve 2>>"$work/gw.log" &
   gw=$!
   pids+=("$gw")
   wait_port "$GW_PORT"
