@@ -5,14 +5,24 @@ usage: gen_requests.py KIND PATH SECRET COUNT OUT.lua
 KIND is flow-event or nlu. COUNT distinct bodies (one session each) are precomputed with their
 HMAC-SHA256 signatures; every request also carries a unique Idempotency-Key, so each one is a
 new event rather than a duplicate.
+
+env KEYS: random (default) or ordered. A Cognigy HTTP Request node sends no Idempotency-Key,
+so the gateway keys an event by the SHA-256 of route and body: keys arrive in random order.
+`random` puts a random prefix before the unique part to match; `ordered` sends
+run-thread-counter keys, which sort almost in insertion order and make the store's key index
+far cheaper than in production (the runs before 2026-12-01's tenth session used them).
 """
 import hashlib
 import hmac
 import json
+import os
 import sys
 import uuid
 
 kind, path, secret, count, out = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+keys = os.environ.get("KEYS", "random")
+if keys not in ("random", "ordered"):
+    sys.exit(f"KEYS must be random or ordered, not {keys!r}")
 
 
 def body(i):
@@ -49,6 +59,7 @@ with open(out, "w") as f:
         f.write(f'"{s}",\n')
     f.write("}\n")
     f.write(f'local path = "{path}"\n')
+    f.write(f'local random_keys = {"true" if keys == "random" else "false"}\n')
     f.write(
         """
 local threads = 0
@@ -64,10 +75,14 @@ end
 function request()
   counter = counter + 1
   local i = (counter % #bodies) + 1
+  local key = run .. "-" .. tid .. "-" .. counter
+  if random_keys then
+    key = string.format("%08x", math.random(0, 2147483646)) .. "-" .. key
+  end
   return wrk.format("POST", path, {
     ["Content-Type"] = "application/json",
     ["X-Cognigy-Signature"] = sigs[i],
-    ["Idempotency-Key"] = run .. "-" .. tid .. "-" .. counter,
+    ["Idempotency-Key"] = key,
   }, bodies[i])
 end
 """

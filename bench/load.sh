@@ -12,6 +12,7 @@
 #        the PostgreSQL server itself is not pinned, so it uses both CPUs), NICE (the sink
 #        run's delivery.nice, default 10), BATCH (the sink's batch.max, default unbatched), BUSY
 #        (its delivery.busy table, e.g. '{ interval = "0s" }')
+#        KEYS=random|ordered (Idempotency-Key order, default random: see bench/gen_requests.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
