@@ -141,7 +141,9 @@ pub(super) struct Sequencer {
     pub(super) plain: Vec<(u64, Bytes)>,
     /// Whether `reader` holds a read transaction: a group's lookups share one (begun by the
     /// first, ended before the group's commit), since beginning and ending a transaction (WAL
-    /// read locks by `fcntl`, the pager's shared lock) cost more than the lookup itself.
+    /// read locks by `fcntl`, the pager's shared lock) cost more than the lookup itself. A
+    /// snapshot kept past its group would miss what the projector applied since, after the
+    /// hot maps dropped it (`a_repeat_after_the_idempotency_window_is_a_new_event` fails so).
     pub(super) reading: bool,
 }
 
@@ -574,6 +576,11 @@ impl Sequencer {
     /// eviction from the hot maps (`run`), so its snapshot holds every record evicted.
     fn begin_read(&mut self) -> rusqlite::Result<()> {
         if !self.reading {
+            // A transaction left open by a failed end (below) is ended first: its snapshot
+            // may be older than the eviction.
+            if !self.reader.is_autocommit() {
+                self.reader.prepare_cached("ROLLBACK")?.execute([])?;
+            }
             self.reader.prepare_cached("BEGIN")?.execute([])?;
             self.reading = true;
         }
@@ -582,14 +589,14 @@ impl Sequencer {
 
     /// Ends the group's read transaction, if one is open.
     fn end_read(&mut self) {
-        if std::mem::take(&mut self.reading) {
+        if std::mem::take(&mut self.reading) && !self.reader.is_autocommit() {
             let ended = self
                 .reader
                 .prepare_cached("COMMIT")
                 .and_then(|mut s| s.execute([]));
             if let Err(e) = ended {
-                // A read transaction that cannot end would pin the WAL; the connection's
-                // next statement reports any lasting trouble.
+                // The next group's first lookup rolls it back (`begin_read`); until then it
+                // only holds the WAL's checkpoints back.
                 tracing::warn!(error = %e, "cannot end the sequencer's read transaction");
             }
         }
