@@ -1,4 +1,5 @@
-//! A data directory written by the previous version (schema 4, no log) is upgraded in place.
+//! A data directory written by the previous version (schema 4, no log) is upgraded in place
+//! (through schema 7, which keeps answers apart from idempotency keys).
 //!
 //! `tests/fixtures/store/schema4.db` was made by cognihook before the log-structured store
 //! (commit b16cd8e): three events on `/webhook` with `Idempotency-Key: fx-key-1..3`, sessions
@@ -107,9 +108,41 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     assert_eq!(next.json()["data"]["stateVersion"], 4);
     let j: Value = app.admin_get("/admin/events/fx-4").await.json();
     assert_eq!(j["event"]["stateVersion"], 3);
+    // Duplicates read their answer from the database now (a restart emptied the hot maps):
+    // an old key's from its idempotency row, a new key's from `answers` (schema 7).
+    let dup = app
+        .post(
+            "/webhook",
+            &flow("s1", "fx-1-again"),
+            &[
+                ("x-cognigy-signature", &sign(&flow("s1", "fx-1-again"))),
+                ("idempotency-key", "fx-key-1"),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(dup.header("idempotent-replayed"), Some("true"));
+    assert_eq!(dup.json()["correlationId"], "fx-1");
+    let dup = app.post_signed("/webhook", &flow("s1", "fx-4")).await;
+    assert_eq!(dup.header("idempotent-replayed"), Some("true"));
+    assert_eq!(dup.json()["correlationId"], "fx-4");
+    assert_eq!(dup.json()["data"]["stateVersion"], 3);
     let db = app.db().await;
     assert_eq!(count(&db, "SELECT count(*) FROM events"), 6);
-    assert_eq!(count(&db, "PRAGMA user_version"), 6, "every migration ran");
+    assert_eq!(count(&db, "PRAGMA user_version"), 7, "every migration ran");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM answers"),
+        3,
+        "the new events' answers, not the old ones'"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM idempotency WHERE length(body) > 0"
+        ),
+        3,
+        "the old rows keep their answers"
+    );
     // Outbox ids go on after the old ones (1..6), never reusing one.
     assert_eq!(
         count(&db, "SELECT min(id) FROM outbox WHERE sink = 'later'"),

@@ -81,6 +81,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0004_ordered_sinks.sql"),
     include_str!("../migrations/sqlite/0005_log.sql"),
     include_str!("../migrations/sqlite/0006_forgotten_sessions.sql"),
+    include_str!("../migrations/sqlite/0007_answers.sql"),
 ];
 
 /// Sends `msg` to the sequencer, waiting for room when its queue is full (answers and
@@ -1457,9 +1458,10 @@ fn read_timeline(
         }
     }
     let mut st = c.prepare_cached(
-        "SELECT event_id, status, body FROM idempotency WHERE event_id IN \
-         (SELECT event_id FROM events WHERE session_id = ?1 \
-          ORDER BY state_version DESC, committed_at DESC LIMIT ?2)",
+        "SELECT i.event_id, i.status, coalesce(a.body, i.body) \
+         FROM idempotency i LEFT JOIN answers a ON a.event_id = i.event_id \
+         WHERE i.event_id IN (SELECT event_id FROM events WHERE session_id = ?1 \
+                              ORDER BY state_version DESC, committed_at DESC LIMIT ?2)",
     )?;
     let answers = st
         .query_map(params![session_id, limit], |r| {
@@ -1951,6 +1953,46 @@ mod tests {
             ),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn an_answer_outlives_its_idempotency_key_by_an_hour_then_goes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let path = {
+            let store = SqliteStore::open(&config(dir.path())).expect("open");
+            rt.block_on(store.accept(acceptance("a", "s1", &[])))
+                .expect("commit");
+            rt.block_on(store.close());
+            store.path().to_path_buf()
+        };
+        let conn = Connection::open(&path).expect("open");
+        let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
+        assert_eq!(n("SELECT count(*) FROM answers"), 1);
+        assert_eq!(
+            n("SELECT length(body) FROM idempotency"),
+            0,
+            "the key's row holds no answer"
+        );
+        // A window whose cut-off is a minute from now: the key has expired; its answer is
+        // kept an hour longer.
+        let prune = |window_ms: i64| {
+            let settings = WriterSettings {
+                wal_restart_wanted: Arc::new(AtomicBool::new(false)),
+                windows: Windows {
+                    idempotency_ms: window_ms,
+                    session_ttl_ms: 86_400_000,
+                },
+                retention_ms: 86_400_000,
+            };
+            project::maintain(&conn, &settings, &mut project::MaintenanceCursor::default());
+        };
+        prune(-60_000);
+        assert_eq!(n("SELECT count(*) FROM idempotency"), 0);
+        assert_eq!(n("SELECT count(*) FROM answers"), 1);
+        // Two hours from now: past the margin too.
+        prune(-7_200_000);
+        assert_eq!(n("SELECT count(*) FROM answers"), 0);
     }
 
     #[test]

@@ -438,7 +438,12 @@ pub(super) fn set_answer(
     status: u16,
     body: &[u8],
 ) -> rusqlite::Result<()> {
-    c.prepare_cached("UPDATE idempotency SET status = ?2, body = ?3 WHERE key = ?1")?
-        .execute(params![key, status, body])?;
+    c.prepare_cached("UPDATE idempotency SET status = ?2, body = x'' WHERE key = ?1")?
+        .execute(params![key, status])?;
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO answers (event_id, body) \
+         SELECT event_id, ?2 FROM idempotency WHERE key = ?1",
+    )?
+    .execute(params![key, body])?;
     Ok(())
 }

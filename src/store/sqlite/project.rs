@@ -371,24 +371,24 @@ fn apply_accept(tx: &Connection, a: &AcceptRecord) -> rusqlite::Result<()> {
                 ])?,
         };
     }
+    // The answer apart from the key (schema 7): a small row at a random place, a big one
+    // appended.
     tx.prepare_cached(
         "INSERT OR REPLACE INTO idempotency (key, event_id, status, body, correlation_id, \
                                              created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+         VALUES (?1, ?2, ?3, x'', ?4, ?5)",
     )?
-    .execute(params![
-        a.key,
-        a.event_id,
-        a.status,
-        &a.answer[..],
-        a.correlation_id,
-        a.at
-    ])?;
+    .execute(params![a.key, a.event_id, a.status, a.correlation_id, a.at])?;
+    tx.prepare_cached("INSERT OR REPLACE INTO answers (event_id, body) VALUES (?1, ?2)")?
+        .execute(params![a.event_id, &a.answer[..]])?;
     if let Some(s) = &a.spend {
         spend(tx, s)?;
     }
     Ok(())
 }
+
+/// How much longer than its idempotency key an answer is kept (see `maintain`).
+const ANSWER_MARGIN_MS: i64 = 3_600_000;
 
 /// Sessions examined per maintenance pass; bounds how long one pass holds the writer.
 const SESSION_PRUNE_CHUNK: i64 = 5_000;
@@ -407,9 +407,17 @@ pub(super) fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut Maint
     let cutoff_ms = u64::try_from(now - s.retention_ms).unwrap_or(0);
     let oldest_kept = ulid::Ulid::from_parts(cutoff_ms, 0).to_string();
     let r = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
+        let key_cutoff = s.windows.idempotency_cutoff(now);
         conn.execute(
             "DELETE FROM idempotency WHERE created_at < ?1",
-            params![s.windows.idempotency_cutoff(now)],
+            params![key_cutoff],
+        )?;
+        // An answer goes by its event id's time, an hour after its key could have: a key is
+        // written after its event id is made (moments later), so no live key loses its answer.
+        let answer_cutoff = u64::try_from(key_cutoff.saturating_sub(ANSWER_MARGIN_MS)).unwrap_or(0);
+        conn.execute(
+            "DELETE FROM answers WHERE event_id < ?1",
+            params![ulid::Ulid::from_parts(answer_cutoff, 0).to_string()],
         )?;
         conn.execute(
             "DELETE FROM spent_signatures WHERE expires_at < ?1",

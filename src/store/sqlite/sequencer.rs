@@ -606,7 +606,9 @@ impl Sequencer {
         self.begin_read()?;
         self.reader
             .prepare_cached(
-                "SELECT status, body, correlation_id, created_at FROM idempotency WHERE key = ?1",
+                "SELECT i.status, coalesce(a.body, i.body), i.correlation_id, i.created_at \
+                 FROM idempotency i LEFT JOIN answers a ON a.event_id = i.event_id \
+                 WHERE i.key = ?1",
             )?
             .query_row(params![key], |r| {
                 Ok(HotAnswer {
