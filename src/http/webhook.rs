@@ -113,7 +113,7 @@ pub async fn handle(state: AppState, ep: Arc<Endpoint>, req: Request<Body>) -> R
         .request(&route.path, &route.name, req.headers());
     let admitted = state.in_flight.enter();
     if let Some(refusal) = admit(&state, &ep, admitted.is_some(), arrival, start, deadline) {
-        let correlation_id = correlation_header.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let correlation_id = correlation_header.unwrap_or_else(crate::new_correlation_id);
         let outcome = error_outcome(refusal, correlation_id, &transaction_id, None);
         return finish(
             &state,
@@ -148,7 +148,7 @@ pub async fn handle(state: AppState, ep: Arc<Endpoint>, req: Request<Body>) -> R
         Err(_) => {
             let correlation_id = correlation_header
                 .clone()
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                .unwrap_or_else(crate::new_correlation_id);
             if let Some(suppressed) = LATE.check() {
                 tracing::warn!(route = %route.name, %correlation_id, suppressed,
                     "request passed its deadline (`suppressed`: more since the last line)");
@@ -220,7 +220,7 @@ async fn pipeline(
     traced: Option<&Traced>,
 ) -> Outcome {
     let fallback_correlation =
-        || correlation_header.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+        || correlation_header.map_or_else(crate::new_correlation_id, str::to_string);
     let (parts, body) = req.into_parts();
     let (format, body, fields) = match receive(state, &ep.route, &parts.headers, body).await {
         Ok(received) => received,

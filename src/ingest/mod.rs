@@ -229,7 +229,7 @@ impl Route {
         let correlation_id = d
             .correlation_id
             .or_else(|| meta.correlation_header.map(str::to_string))
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(crate::new_correlation_id);
         let mut event = NormalisedEvent::new(
             &self.name,
             correlation_id,
