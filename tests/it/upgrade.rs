@@ -45,6 +45,21 @@ fn flow(session: &str, correlation: &str) -> Vec<u8> {
     flow_body(session, correlation)
 }
 
+/// A new request that carries the fixture's first key, `fx-key-1`.
+async fn repeat_of_fx_key_1(app: &TestApp) -> TestResponse {
+    let body = flow("s1", "fx-1-again");
+    app.post(
+        "/webhook",
+        &body,
+        &[
+            ("x-cognigy-signature", &sign(&body)),
+            ("idempotency-key", "fx-key-1"),
+            ("content-type", "application/json"),
+        ],
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise() {
     let app = TestApp::spawn_in(old_data_dir(), config).await;
@@ -78,17 +93,7 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     assert_eq!(dl["total"], 3);
 
     // A repeat of an old request is answered with the old answer.
-    let dup = app
-        .post(
-            "/webhook",
-            &flow("s1", "fx-1-again"),
-            &[
-                ("x-cognigy-signature", &sign(&flow("s1", "fx-1-again"))),
-                ("idempotency-key", "fx-key-1"),
-                ("content-type", "application/json"),
-            ],
-        )
-        .await;
+    let dup = repeat_of_fx_key_1(&app).await;
     assert_eq!(dup.status, StatusCode::OK, "{:?}", dup.body);
     assert_eq!(dup.header("idempotent-replayed"), Some("true"));
     assert_eq!(dup.json()["correlationId"], "fx-1");
@@ -110,17 +115,7 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     assert_eq!(j["event"]["stateVersion"], 3);
     // Duplicates read their answer from the database now (a restart emptied the hot maps):
     // an old key's from its idempotency row, a new key's from `answers` (schema 7).
-    let dup = app
-        .post(
-            "/webhook",
-            &flow("s1", "fx-1-again"),
-            &[
-                ("x-cognigy-signature", &sign(&flow("s1", "fx-1-again"))),
-                ("idempotency-key", "fx-key-1"),
-                ("content-type", "application/json"),
-            ],
-        )
-        .await;
+    let dup = repeat_of_fx_key_1(&app).await;
     assert_eq!(dup.header("idempotent-replayed"), Some("true"));
     assert_eq!(dup.json()["correlationId"], "fx-1");
     let dup = app.post_signed("/webhook", &flow("s1", "fx-4")).await;

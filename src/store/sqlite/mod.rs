@@ -1578,6 +1578,31 @@ mod tests {
             .expect("settle");
     }
 
+    /// Maintenance settings with these windows (milliseconds; negative puts a cut-off in
+    /// the future).
+    fn maintenance(idempotency_ms: i64, session_ttl_ms: i64, retention_ms: i64) -> WriterSettings {
+        WriterSettings {
+            wal_restart_wanted: Arc::new(AtomicBool::new(false)),
+            windows: Windows {
+                idempotency_ms,
+                session_ttl_ms,
+            },
+            retention_ms,
+        }
+    }
+
+    /// Opens a store in `dir`, lets `work` use it, closes it and returns its database's path.
+    fn used_then_closed(
+        dir: &Path,
+        rt: &tokio::runtime::Runtime,
+        work: impl FnOnce(&SqliteStore),
+    ) -> PathBuf {
+        let store = SqliteStore::open(&config(dir)).expect("open");
+        work(&store);
+        rt.block_on(store.close());
+        store.path().to_path_buf()
+    }
+
     fn runtime() -> tokio::runtime::Runtime {
         #[allow(clippy::expect_used)]
         tokio::runtime::Builder::new_multi_thread()
@@ -1959,13 +1984,10 @@ mod tests {
     fn an_answer_outlives_its_idempotency_key_by_an_hour_then_goes() {
         let dir = tempfile::tempdir().expect("tmp");
         let rt = runtime();
-        let path = {
-            let store = SqliteStore::open(&config(dir.path())).expect("open");
+        let path = used_then_closed(dir.path(), &rt, |store| {
             rt.block_on(store.accept(acceptance("a", "s1", &[])))
                 .expect("commit");
-            rt.block_on(store.close());
-            store.path().to_path_buf()
-        };
+        });
         let conn = Connection::open(&path).expect("open");
         let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
         assert_eq!(n("SELECT count(*) FROM answers"), 1);
@@ -1977,14 +1999,7 @@ mod tests {
         // A window whose cut-off is a minute from now: the key has expired; its answer is
         // kept an hour longer.
         let prune = |window_ms: i64| {
-            let settings = WriterSettings {
-                wal_restart_wanted: Arc::new(AtomicBool::new(false)),
-                windows: Windows {
-                    idempotency_ms: window_ms,
-                    session_ttl_ms: 86_400_000,
-                },
-                retention_ms: 86_400_000,
-            };
+            let settings = maintenance(window_ms, 86_400_000, 86_400_000);
             project::maintain(&conn, &settings, &mut project::MaintenanceCursor::default());
         };
         prune(-60_000);
@@ -1999,28 +2014,18 @@ mod tests {
     fn maintenance_prunes_expired_rows_but_keeps_undelivered_events() {
         let dir = tempfile::tempdir().expect("tmp");
         let rt = runtime();
-        let path = {
-            let store = SqliteStore::open(&config(dir.path())).expect("open");
+        let path = used_then_closed(dir.path(), &rt, |store| {
             rt.block_on(store.accept(acceptance("a", "s1", &[])))
                 .expect("commit");
             rt.block_on(store.accept(acceptance("b", "s2", &["orders"])))
                 .expect("commit");
             rt.block_on(store.accept(acceptance("c", "s3", &["audit"])))
                 .expect("commit");
-            deliver_one(&rt, &store, "audit");
-            rt.block_on(store.close());
-            store.path().to_path_buf()
-        };
+            deliver_one(&rt, store, "audit");
+        });
         let conn = Connection::open(&path).expect("open");
         // Negative windows put every cut-off in the future: everything has expired.
-        let expired = WriterSettings {
-            wal_restart_wanted: Arc::new(AtomicBool::new(false)),
-            windows: Windows {
-                idempotency_ms: -60_000,
-                session_ttl_ms: -60_000,
-            },
-            retention_ms: -60_000,
-        };
+        let expired = maintenance(-60_000, -60_000, -60_000);
         project::maintain(&conn, &expired, &mut project::MaintenanceCursor::default());
         let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
         assert_eq!(n("SELECT count(*) FROM idempotency"), 0);
@@ -2048,14 +2053,7 @@ mod tests {
             params![crate::now_millis()],
         )
         .expect("insert");
-        let defaults = WriterSettings {
-            wal_restart_wanted: Arc::new(AtomicBool::new(false)),
-            windows: Windows {
-                idempotency_ms: 86_400_000,
-                session_ttl_ms: 86_400_000,
-            },
-            retention_ms: 86_400_000,
-        };
+        let defaults = maintenance(86_400_000, 86_400_000, 86_400_000);
         project::maintain(&conn, &defaults, &mut project::MaintenanceCursor::default());
         assert_eq!(n("SELECT count(*) FROM sessions"), 1);
         assert_eq!(n("SELECT count(*) FROM events"), 1);
