@@ -199,7 +199,8 @@ pub struct TimelineEntry {
     pub committed_at: String,
     /// (sink, status) of each of its outbox rows.
     pub deliveries: Vec<(String, String)>,
-    /// The answer given (status and body), while its idempotency record lives.
+    /// The answer given (status and body), while it is kept: the idempotency window (on the
+    /// embedded store up to an hour longer, see docs/scale-out.md).
     pub answer: Option<(u16, Bytes)>,
 }
 

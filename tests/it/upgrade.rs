@@ -1,5 +1,5 @@
 //! A data directory written by the previous version (schema 4, no log) is upgraded in place
-//! (through schema 7, which keeps answers apart from idempotency keys).
+//! (through schema 8, which keeps every answer apart from the idempotency keys, status included).
 //!
 //! `tests/fixtures/store/schema4.db` was made by cognihook before the log-structured store
 //! (commit b16cd8e): three events on `/webhook` with `Idempotency-Key: fx-key-1..3`, sessions
@@ -114,7 +114,7 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     let j: Value = app.admin_get("/admin/events/fx-4").await.json();
     assert_eq!(j["event"]["stateVersion"], 3);
     // Duplicates read their answer from the database now (a restart emptied the hot maps):
-    // an old key's from its idempotency row, a new key's from `answers` (schema 7).
+    // an old key's as well as a new key's from `answers` (schema 8 moved the old ones).
     let dup = repeat_of_fx_key_1(&app).await;
     assert_eq!(dup.header("idempotent-replayed"), Some("true"));
     assert_eq!(dup.json()["correlationId"], "fx-1");
@@ -124,19 +124,19 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     assert_eq!(dup.json()["data"]["stateVersion"], 3);
     let db = app.db().await;
     assert_eq!(count(&db, "SELECT count(*) FROM events"), 6);
-    assert_eq!(count(&db, "PRAGMA user_version"), 7, "every migration ran");
+    assert_eq!(count(&db, "PRAGMA user_version"), 8, "every migration ran");
     assert_eq!(
-        count(&db, "SELECT count(*) FROM answers"),
-        3,
-        "the new events' answers, not the old ones'"
+        count(&db, "SELECT count(*) FROM answers WHERE status = 200"),
+        6,
+        "every answer is kept by its event id with its status (schema 8 moved the old ones)"
     );
     assert_eq!(
         count(
             &db,
             "SELECT count(*) FROM idempotency WHERE length(body) > 0"
         ),
-        3,
-        "the old rows keep their answers"
+        0,
+        "no key keeps an answer beside it"
     );
     // Outbox ids go on after the old ones (1..6), never reusing one.
     assert_eq!(

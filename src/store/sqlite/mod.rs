@@ -82,6 +82,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0005_log.sql"),
     include_str!("../migrations/sqlite/0006_forgotten_sessions.sql"),
     include_str!("../migrations/sqlite/0007_answers.sql"),
+    include_str!("../migrations/sqlite/0008_answer_status.sql"),
 ];
 
 /// Sends `msg` to the sequencer, waiting for room when its queue is full (answers and
@@ -393,6 +394,14 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
                 MIGRATIONS.len()
             )),
         ));
+    }
+    if done > 0 && done < MIGRATIONS.len() {
+        // An upgrade: some passes over existing rows (schema 8) take a while on a big store.
+        tracing::info!(
+            from = done,
+            to = MIGRATIONS.len(),
+            "upgrading the store's schema in place"
+        );
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
         let tx = conn.transaction()?;
@@ -1438,44 +1447,25 @@ fn read_timeline(
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let mut st = c.prepare_cached(
-        "SELECT event_id, sink, status FROM outbox WHERE event_id IN \
-         (SELECT event_id FROM events WHERE session_id = ?1 \
-          ORDER BY state_version DESC, committed_at DESC LIMIT ?2) ORDER BY id",
+    // The rest by event id (both indexed), not by scanning the session's events again.
+    let mut deliveries =
+        c.prepare_cached("SELECT sink, status FROM outbox WHERE event_id = ?1 ORDER BY id")?;
+    // (A status is missing only on an answer of schema 7 whose key had gone by the upgrade.)
+    let mut answer = c.prepare_cached(
+        "SELECT status, body FROM answers WHERE event_id = ?1 AND status IS NOT NULL",
     )?;
-    let rows = st
-        .query_map(params![session_id, limit], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    for (event_id, sink, status) in rows {
-        if let Some(e) = entries.iter_mut().find(|e| e.event_id == event_id) {
-            e.deliveries.push((sink, status));
-        }
-    }
-    let mut st = c.prepare_cached(
-        "SELECT i.event_id, i.status, coalesce(a.body, i.body) \
-         FROM idempotency i LEFT JOIN answers a ON a.event_id = i.event_id \
-         WHERE i.event_id IN (SELECT event_id FROM events WHERE session_id = ?1 \
-                              ORDER BY state_version DESC, committed_at DESC LIMIT ?2)",
-    )?;
-    let answers = st
-        .query_map(params![session_id, limit], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    for (event_id, status, body) in answers {
-        if let Some(e) = entries.iter_mut().find(|e| e.event_id == event_id) {
-            e.answer = Some((u16::try_from(status).unwrap_or(0), bytes::Bytes::from(body)));
-        }
+    for e in &mut entries {
+        e.deliveries = deliveries
+            .query_map(params![e.event_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        e.answer = answer
+            .query_row(params![e.event_id], |r| {
+                Ok((
+                    u16::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                    bytes::Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                ))
+            })
+            .optional()?;
     }
     Ok(entries)
 }
@@ -2008,6 +1998,33 @@ mod tests {
         // Two hours from now: past the margin too.
         prune(-7_200_000);
         assert_eq!(n("SELECT count(*) FROM answers"), 0);
+    }
+
+    #[test]
+    fn a_schema_7_answer_gets_its_status_at_upgrade_and_the_timeline_shows_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let path = used_then_closed(dir.path(), &rt, |store| {
+            rt.block_on(store.accept(acceptance("k7", "s7", &["a"])))
+                .expect("commit");
+        });
+        // Back to what schema 7 wrote: the status beside the key only.
+        Connection::open(&path)
+            .and_then(|c| {
+                c.execute_batch("ALTER TABLE answers DROP COLUMN status; PRAGMA user_version = 7;")
+            })
+            .expect("schema 7");
+        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
+        let timeline = rt
+            .block_on(store.session_timeline("s7", 10))
+            .expect("timeline");
+        assert_eq!(timeline.len(), 1);
+        let (status, body) = timeline[0].answer.clone().expect("an answer");
+        assert_eq!(status, 200);
+        let body: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(body["data"]["stateVersion"], 1);
+        assert_eq!(timeline[0].deliveries, vec![("a".into(), "pending".into())]);
+        rt.block_on(store.close());
     }
 
     #[test]

@@ -441,9 +441,9 @@ pub(super) fn set_answer(
     c.prepare_cached("UPDATE idempotency SET status = ?2, body = x'' WHERE key = ?1")?
         .execute(params![key, status])?;
     c.prepare_cached(
-        "INSERT OR REPLACE INTO answers (event_id, body) \
-         SELECT event_id, ?2 FROM idempotency WHERE key = ?1",
+        "INSERT OR REPLACE INTO answers (event_id, body, status) \
+         SELECT event_id, ?2, ?3 FROM idempotency WHERE key = ?1",
     )?
-    .execute(params![key, body])?;
+    .execute(params![key, body, status])?;
     Ok(())
 }

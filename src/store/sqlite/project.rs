@@ -379,8 +379,10 @@ fn apply_accept(tx: &Connection, a: &AcceptRecord) -> rusqlite::Result<()> {
          VALUES (?1, ?2, ?3, x'', ?4, ?5)",
     )?
     .execute(params![a.key, a.event_id, a.status, a.correlation_id, a.at])?;
-    tx.prepare_cached("INSERT OR REPLACE INTO answers (event_id, body) VALUES (?1, ?2)")?
-        .execute(params![a.event_id, &a.answer[..]])?;
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO answers (event_id, body, status) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![a.event_id, &a.answer[..], a.status])?;
     if let Some(s) = &a.spend {
         spend(tx, s)?;
     }
