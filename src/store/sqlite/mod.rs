@@ -2028,6 +2028,28 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_answer_is_what_duplicates_get_from_the_database() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        used_then_closed(dir.path(), &rt, |store| {
+            rt.block_on(store.accept(acceptance("r", "s", &[])))
+                .expect("commit");
+            rt.block_on(store.set_answer("r".into(), 201, Bytes::from_static(b"{\"ok\":1}")))
+                .expect("replace");
+        });
+        // Reopened: the hot maps are empty, so the duplicate reads the database.
+        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
+        let out = rt
+            .block_on(store.accept(acceptance("r", "other", &[])))
+            .expect("duplicate");
+        let AcceptOutcome::Duplicate { status, body, .. } = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!((status, &body[..]), (201, &b"{\"ok\":1}"[..]));
+        rt.block_on(store.close());
+    }
+
+    #[test]
     fn maintenance_prunes_expired_rows_but_keeps_undelivered_events() {
         let dir = tempfile::tempdir().expect("tmp");
         let rt = runtime();

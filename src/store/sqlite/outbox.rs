@@ -431,15 +431,13 @@ pub(super) fn attempts(c: &Connection, outbox_id: i64) -> rusqlite::Result<Vec<A
 }
 
 /// Replaces the answer a duplicate of the request gets (a `respond` route's upstream answered
-/// in time).
+/// in time). Only `answers` changes: readers take status and body from there (schema 8).
 pub(super) fn set_answer(
     c: &Connection,
     key: &str,
     status: u16,
     body: &[u8],
 ) -> rusqlite::Result<()> {
-    c.prepare_cached("UPDATE idempotency SET status = ?2, body = x'' WHERE key = ?1")?
-        .execute(params![key, status])?;
     c.prepare_cached(
         "INSERT OR REPLACE INTO answers (event_id, body, status) \
          SELECT event_id, ?2, ?3 FROM idempotency WHERE key = ?1",

@@ -602,12 +602,15 @@ impl Sequencer {
         }
     }
 
+    /// The database's answer for `key`: the key's row says when it was made, `answers` (by
+    /// event id, since schema 8 with its status) what was answered. An answer outlives its
+    /// key (`project::maintain`), so a live key always has one.
     fn read_answer(&mut self, key: &str) -> rusqlite::Result<Option<HotAnswer>> {
         self.begin_read()?;
         self.reader
             .prepare_cached(
-                "SELECT i.status, coalesce(a.body, i.body), i.correlation_id, i.created_at \
-                 FROM idempotency i LEFT JOIN answers a ON a.event_id = i.event_id \
+                "SELECT a.status, a.body, i.correlation_id, i.created_at \
+                 FROM idempotency i JOIN answers a ON a.event_id = i.event_id \
                  WHERE i.key = ?1",
             )?
             .query_row(params![key], |r| {

@@ -6,6 +6,8 @@
 -- The rows of earlier versions are brought in line once, here: a status for each answer of
 -- schema 7, and the answers that schema 6 and before kept in `idempotency.body` moved into
 -- `answers` (a temporary index by event id makes this one pass over the window's keys).
+-- From here on readers take status and body from `answers` only; `idempotency.status` keeps
+-- the first answer's status and is not updated when a `respond` upstream replaces it.
 ALTER TABLE answers ADD COLUMN status INTEGER;
 CREATE INDEX upgrade_idempotency_by_event ON idempotency (event_id);
 UPDATE answers SET status =
