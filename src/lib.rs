@@ -66,9 +66,11 @@
 //!   `cognihook-writer`), which decides acceptances and commits them to the log with one
 //!   fdatasync per group, and hands each group's outbox rows to the delivery path in memory
 //!   (`store::sqlite::fresh`, bounded per sink); the *projector*, which holds the only database write connection and
-//!   applies log records and the delivery path's jobs in large transactions; and the
-//!   *checkpointer*, which copies the WAL into the database file and removes log segments the
-//!   database has made durable. A settlement's reply is awaited by a short task that logs a
+//!   applies log records and the delivery path's jobs in large transactions (the idempotency
+//!   keys go to an LSM tree beside the database, `store::sqlite::keys`, whose `fjall` keyspace
+//!   runs one flush and one compaction thread of its own); and the *checkpointer*, which
+//!   copies the WAL into the database file, flushes the keys, and removes log segments both
+//!   have made durable. A settlement's reply is awaited by a short task that logs a
 //!   failure.
 //! - `store::postgres` owns its writer tasks (commit groups), the maintenance task (expiry,
 //!   every 30 s) and the LISTEN loop (`PgStore::listen`, wakes the workers on other

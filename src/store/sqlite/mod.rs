@@ -4,11 +4,14 @@
 //! request ──► sequencer thread ──► log (segment files; one write + fdatasync per group)
 //!              decide: replay? duplicate? version?     │ answer the group's requests
 //!              (hot maps + database reads)             ▼
-//!                                           projector thread ──► SQLite (events, sessions,
-//!   delivery jobs (claim, settle, replay, purge) ──►   idempotency, outbox …), big
-//!                                                      transactions, synchronous=NORMAL
-//!                                           checkpointer thread: WAL → database file;
-//!                                           removes log segments the database made durable
+//!                                           projector thread ──► keys (idempotency keys,
+//!   delivery jobs (claim, settle, replay, purge) ──►   an LSM tree: `keys`), then SQLite
+//!                                                      (events, sessions, answers, outbox
+//!                                                      …), big transactions,
+//!                                                      synchronous=NORMAL
+//!                                           checkpointer thread: WAL → database file,
+//!                                           flushes the keys; removes log segments both
+//!                                           made durable
 //! ```
 //!
 //! The commit point is the log (see `log`): a request is answered once the record of its
@@ -25,12 +28,15 @@
 //!
 //! # Recovery
 //! The database records, in the transaction that applies them, how far the log has been
-//! applied (`log_position.projected_lsn`). Opening the store reads the log and applies every
-//! record after that position (a torn tail is cut off first: it was never acknowledged), so
-//! after any crash the database holds exactly the acknowledged events, each once: an event
-//! is acknowledged only after its record is in the log, a record is applied at most once
-//! (the position moves with it), and a segment is removed only after the database has
-//! flushed every record in it (see `project::start_checkpointer`). What the delivery path
+//! applied (`log_position.projected_lsn`); the idempotency keys (`keys`, a second projection)
+//! record theirs in the batch that writes them. Opening the store reads the log from the
+//! lower of the two positions and applies to each projection the records after its own (a
+//! torn tail is cut off first: it was never acknowledged), so after any crash the database
+//! holds exactly the acknowledged events, each once, and the keys hold every acknowledged
+//! key: an event is acknowledged only after its record is in the log, a record is applied to
+//! the database at most once (the position moves with it; a key written twice is the same
+//! key), and a segment is removed only after the database and the keys have flushed every
+//! record in it (see `project::start_checkpointer`). What the delivery path
 //! wrote (claims, settlements) goes to the database only; losing the last of it to a power
 //! cut (not to a crash of the process) means a delivery is made again, never lost.
 //!
@@ -41,6 +47,7 @@
 //! tail, and runs its writes (replays, purges) on the database directly.
 
 mod fresh;
+mod keys;
 mod log;
 mod outbox;
 mod project;
@@ -126,6 +133,8 @@ pub(crate) struct WriterSettings {
     wal_restart_wanted: Arc<AtomicBool>,
     windows: Windows,
     retention_ms: i64,
+    /// The idempotency keys (see `keys`).
+    keys: Arc<keys::Keys>,
 }
 
 /// Whether one part of the store can write, and why not when it cannot.
@@ -291,6 +300,9 @@ struct Engine {
     projector_thread: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
     alive: Arc<AtomicBool>,
+    /// The idempotency keys (see `keys`).
+    #[cfg_attr(not(test), allow(dead_code))]
+    keys: Arc<keys::Keys>,
 }
 
 /// The embedded store.
@@ -417,45 +429,87 @@ fn log_dir_of(path: &Path) -> PathBuf {
     path.with_extension("log")
 }
 
-/// Applies the log's records after the database's position (opening an owned store).
+/// Applies the log's records after the database's position to the database, and those
+/// after the keys' position to the keys (opening an owned store; see `keys`, "Recovery").
+/// `keys_made`: the keys were created just now (a new store, or one written before the keys
+/// left the database, whose keys stay there): they start at the database's position.
 fn recover(
     conn: &Connection,
     log_dir: &Path,
     sync: SyncMode,
+    keys: &keys::Keys,
+    keys_made: bool,
 ) -> Result<log::LogWriter, log::LogError> {
-    let after = project::projected(conn)
+    let db_at = project::projected(conn)
         .map_err(|e| log::LogError::record("cannot read the store's position", e))?;
+    let keys_at = if keys_made {
+        db_at
+    } else {
+        keys.applied()
+            .map_err(|e| log::LogError::record("cannot read the idempotency keys' position", e))?
+    };
+    let now = crate::now_millis();
     let mut in_tx = 0u64;
-    let mut last = after;
+    let mut last = db_at;
+    // Records whose keys are not written yet, and the last of them.
+    let mut pending: Vec<Record> = Vec::new();
+    let mut pending_last = keys_at;
+    let flush_keys = |pending: &mut Vec<Record>, last: u64| -> Result<(), log::LogError> {
+        project::write_keys(keys, pending.iter(), last, now)
+            .map_err(|e| log::LogError::record("cannot write the idempotency keys", e))?;
+        pending.clear();
+        Ok(())
+    };
     let mut apply = |lsn: u64, payload: &[u8]| -> Result<(), log::LogError> {
         let r = Record::decode(payload)
             .map_err(|e| log::LogError::record(format!("log record {lsn}"), e))?;
-        if in_tx == 0 {
-            conn.execute_batch("BEGIN IMMEDIATE")
-                .map_err(|e| log::LogError::record("cannot begin applying the log", e))?;
+        // An older `Answer` record finds its event by the key: the keys before it first.
+        if matches!(r, Record::Answer { event_id: None, .. }) && pending_last > keys_at {
+            flush_keys(&mut pending, pending_last)?;
         }
-        project::apply(conn, &r)
-            .map_err(|e| log::LogError::record(format!("cannot apply log record {lsn}"), e))?;
-        in_tx += 1;
-        last = lsn;
-        if in_tx >= RECOVERY_BATCH {
-            project::set_projected(conn, last)
-                .and_then(|()| conn.execute_batch("COMMIT"))
-                .map_err(|e| log::LogError::record("cannot commit the applied records", e))?;
-            in_tx = 0;
+        if lsn > db_at {
+            if in_tx == 0 {
+                conn.execute_batch("BEGIN IMMEDIATE")
+                    .map_err(|e| log::LogError::record("cannot begin applying the log", e))?;
+            }
+            project::apply(conn, &r, keys)
+                .map_err(|e| log::LogError::record(format!("cannot apply log record {lsn}"), e))?;
+            in_tx += 1;
+            last = lsn;
+            if in_tx >= RECOVERY_BATCH {
+                project::set_projected(conn, last)
+                    .and_then(|()| conn.execute_batch("COMMIT"))
+                    .map_err(|e| log::LogError::record("cannot commit the applied records", e))?;
+                in_tx = 0;
+            }
+        }
+        if lsn > keys_at {
+            pending.push(r);
+            pending_last = lsn;
+            if pending.len() as u64 >= RECOVERY_BATCH {
+                flush_keys(&mut pending, pending_last)?;
+            }
         }
         Ok(())
     };
-    let result = log::recover(log_dir, after, log_sync(sync), &mut apply);
+    let result = log::recover(log_dir, db_at.min(keys_at), log_sync(sync), &mut apply);
+    let keys_done = if pending_last > keys_at && result.is_ok() {
+        flush_keys(&mut pending, pending_last)
+    } else {
+        Ok(())
+    };
     let finish = if in_tx > 0 {
-        match &result {
-            Ok(_) => project::set_projected(conn, last).and_then(|()| conn.execute_batch("COMMIT")),
-            Err(_) => conn.execute_batch("ROLLBACK"),
+        match (&result, &keys_done) {
+            (Ok(_), Ok(())) => {
+                project::set_projected(conn, last).and_then(|()| conn.execute_batch("COMMIT"))
+            }
+            _ => conn.execute_batch("ROLLBACK"),
         }
     } else {
         Ok(())
     };
     let (writer, report) = result?;
+    keys_done?;
     finish.map_err(|e| log::LogError::record("cannot apply the log", e))?;
     if let Some(dropped) = &report.dropped {
         tracing::warn!(dropped = %dropped, "the store's log had a torn tail; it was cut off");
@@ -574,10 +628,32 @@ impl SqliteStore {
             path.display()
         )))?;
         let log_dir = log_dir_of(&path);
-        let log = recover(&conn, &log_dir, config.sync).map_err(OpenError::failed(format!(
-            "cannot recover store {} from its log",
-            path.display()
-        )))?;
+        let windows = Windows {
+            idempotency_ms: millis(config.idempotency_window),
+            session_ttl_ms: millis(config.session_ttl),
+        };
+        let keys_dir = keys::dir_of(&path);
+        let (keys, keys_made) =
+            keys::Keys::open_reporting(&keys_dir, windows.idempotency_ms, crate::now_millis())
+                .map_err(OpenError::failed(format!(
+                    "cannot open the idempotency keys in {}",
+                    keys_dir.display()
+                )))?;
+        let keys = Arc::new(keys);
+        // Keys written before they moved to `keys` are read from the database until they
+        // expire (the next start after that does not look there).
+        let legacy_keys: bool = conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM idempotency)", [], |r| {
+                r.get(0)
+            })
+            .map_err(OpenError::failed(format!(
+                "cannot read store {}",
+                path.display()
+            )))?;
+        let log =
+            recover(&conn, &log_dir, config.sync, &keys, keys_made).map_err(OpenError::failed(
+                format!("cannot recover store {} from its log", path.display()),
+            ))?;
         warn_if_readable_by_others(&path, &log_dir);
         // No other process can be sending: every lease left behind is void.
         let released = conn
@@ -623,11 +699,9 @@ impl SqliteStore {
         let restart_wanted = Arc::new(AtomicBool::new(false));
         let settings = WriterSettings {
             wal_restart_wanted: restart_wanted.clone(),
-            windows: Windows {
-                idempotency_ms: millis(config.idempotency_window),
-                session_ttl_ms: millis(config.session_ttl),
-            },
+            windows,
             retention_ms: millis(config.retention),
+            keys: keys.clone(),
         };
         let checkpointer = project::start_checkpointer(
             &path,
@@ -635,6 +709,7 @@ impl SqliteStore {
             db_sync,
             restart_wanted,
             shared.clone(),
+            keys.clone(),
         )?;
         let alive = Arc::new(AtomicBool::new(true));
         let (projector, projector_rx) = mpsc::sync_channel(PROJECTOR_QUEUE);
@@ -661,6 +736,8 @@ impl SqliteStore {
             max_batch: config.max_batch,
             plain: Vec::new(),
             reading: false,
+            keys: keys.clone(),
+            legacy_keys,
         };
         let sequencer_thread = {
             let alive = alive.clone();
@@ -683,6 +760,7 @@ impl SqliteStore {
                 projector_thread: Mutex::new(Some(projector_thread)),
                 checkpointer: Mutex::new(Some(checkpointer)),
                 alive,
+                keys,
             }),
             direct: None,
             reader: Arc::new(Mutex::new(reader)),
@@ -747,6 +825,13 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What `keys` holds for an idempotency key (an owned store only).
+    #[cfg(test)]
+    fn key_entry(&self, key: &str) -> Option<keys::KeyEntry> {
+        let engine = self.engine.as_ref()?;
+        engine.keys.get(key).ok().flatten()
     }
 
     pub(super) async fn accept(&self, a: Acceptance) -> Result<AcceptOutcome, StoreError> {
@@ -1570,7 +1655,14 @@ mod tests {
 
     /// Maintenance settings with these windows (milliseconds; negative puts a cut-off in
     /// the future).
-    fn maintenance(idempotency_ms: i64, session_ttl_ms: i64, retention_ms: i64) -> WriterSettings {
+    fn maintenance(
+        db: &Path,
+        idempotency_ms: i64,
+        session_ttl_ms: i64,
+        retention_ms: i64,
+    ) -> WriterSettings {
+        let keys =
+            keys::Keys::open(&keys::dir_of(db), 86_400_000, crate::now_millis()).expect("keys");
         WriterSettings {
             wal_restart_wanted: Arc::new(AtomicBool::new(false)),
             windows: Windows {
@@ -1578,6 +1670,7 @@ mod tests {
                 session_ttl_ms,
             },
             retention_ms,
+            keys: Arc::new(keys),
         }
     }
 
@@ -1623,7 +1716,18 @@ mod tests {
         let c = Connection::open(store.path()).expect("open");
         let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
         assert_eq!(n("SELECT count(*) FROM events"), 1);
-        assert_eq!(n("SELECT count(*) FROM idempotency"), 1);
+        let event_id: String = c
+            .query_row("SELECT event_id FROM events", [], |r| r.get(0))
+            .expect("event");
+        assert_eq!(
+            store.key_entry("k1").map(|k| k.event_id),
+            Some(event_id.clone())
+        );
+        assert_eq!(
+            n("SELECT count(*) FROM idempotency"),
+            0,
+            "keys are in `keys`, not the database"
+        );
         assert_eq!(
             n("SELECT state_version FROM sessions WHERE session_id = 's1'"),
             1
@@ -1727,7 +1831,15 @@ mod tests {
         let c = Connection::open(store.path()).expect("open");
         let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
         assert_eq!(n("SELECT count(*) FROM events"), 1);
-        assert_eq!(n("SELECT count(*) FROM idempotency"), 1);
+        let event_id: String = c
+            .query_row("SELECT event_id FROM events", [], |r| r.get(0))
+            .expect("event");
+        assert_eq!(store.key_entry("ok").map(|k| k.event_id), Some(event_id));
+        assert_eq!(
+            store.key_entry("big"),
+            None,
+            "the refused event left no key"
+        );
     }
 
     #[test]
@@ -1910,18 +2022,18 @@ mod tests {
     #[test]
     fn a_repeat_after_the_idempotency_window_is_a_new_event() {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        let mut cfg = config(dir.path());
+        cfg.idempotency_window = Duration::from_millis(50);
+        let store = SqliteStore::open(&cfg).expect("open");
         let rt = runtime();
         rt.block_on(store.accept(acceptance("k", "s", &[])))
             .expect("commit");
         rt.block_on(store.caught_up()).expect("caught up");
-        let c = Connection::open(store.path()).expect("open");
-        // Age the record past the 24 h window instead of waiting.
-        c.execute(
-            "UPDATE idempotency SET created_at = created_at - 90000000",
-            [],
-        )
-        .expect("age");
+        let first = store.key_entry("k").expect("the key");
+        // The window passes (the clock is the condition).
+        while crate::now_millis() <= first.created_at + 50 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let out = rt
             .block_on(store.accept(acceptance("k", "s", &[])))
             .expect("commit");
@@ -1935,10 +2047,12 @@ mod tests {
             ),
             "{out:?}"
         );
-        let n: i64 = c
-            .query_row("SELECT count(*) FROM idempotency", [], |r| r.get(0))
-            .expect("count");
-        assert_eq!(n, 1, "the old record was replaced");
+        rt.block_on(store.caught_up()).expect("caught up");
+        let second = store.key_entry("k").expect("the key");
+        assert_ne!(
+            second.event_id, first.event_id,
+            "the key names the new event"
+        );
     }
 
     #[test]
@@ -1981,22 +2095,20 @@ mod tests {
         let conn = Connection::open(&path).expect("open");
         let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
         assert_eq!(n("SELECT count(*) FROM answers"), 1);
-        assert_eq!(
-            n("SELECT length(body) FROM idempotency"),
-            0,
-            "the key's row holds no answer"
-        );
         // A window whose cut-off is a minute from now: the key has expired; its answer is
         // kept an hour longer.
-        let prune = |window_ms: i64| {
-            let settings = maintenance(window_ms, 86_400_000, 86_400_000);
-            project::maintain(&conn, &settings, &mut project::MaintenanceCursor::default());
+        let settings = |window_ms: i64| maintenance(&path, window_ms, 86_400_000, 86_400_000);
+        let prune = |s: &WriterSettings| {
+            project::maintain(&conn, s, &mut project::MaintenanceCursor::default());
         };
-        prune(-60_000);
-        assert_eq!(n("SELECT count(*) FROM idempotency"), 0);
+        let expired = settings(-60_000);
+        assert!(expired.keys.get("a").expect("read").is_some());
+        prune(&expired);
+        assert_eq!(expired.keys.get("a").expect("read"), None, "the key went");
         assert_eq!(n("SELECT count(*) FROM answers"), 1);
+        drop(expired);
         // Two hours from now: past the margin too.
-        prune(-7_200_000);
+        prune(&settings(-7_200_000));
         assert_eq!(n("SELECT count(*) FROM answers"), 0);
     }
 
@@ -2008,10 +2120,16 @@ mod tests {
             rt.block_on(store.accept(acceptance("k7", "s7", &["a"])))
                 .expect("commit");
         });
-        // Back to what schema 7 wrote: the status beside the key only.
+        // Back to what schema 7 wrote: the key in the database, the status beside it only.
+        std::fs::remove_dir_all(keys::dir_of(&path)).expect("no keys");
         Connection::open(&path)
             .and_then(|c| {
-                c.execute_batch("ALTER TABLE answers DROP COLUMN status; PRAGMA user_version = 7;")
+                c.execute_batch(
+                    "INSERT INTO idempotency (key, event_id, status, body, correlation_id, \
+                                              created_at) \
+                       SELECT 'k7', event_id, 200, x'', correlation_id, committed_at FROM events; \
+                     ALTER TABLE answers DROP COLUMN status; PRAGMA user_version = 7;",
+                )
             })
             .expect("schema 7");
         let store = SqliteStore::open(&config(dir.path())).expect("reopen");
@@ -2024,7 +2142,71 @@ mod tests {
         let body: Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(body["data"]["stateVersion"], 1);
         assert_eq!(timeline[0].deliveries, vec![("a".into(), "pending".into())]);
+        // The key kept in the database still finds its answer.
+        let out = rt
+            .block_on(store.accept(acceptance("k7", "other", &[])))
+            .expect("duplicate");
+        assert!(
+            matches!(out, AcceptOutcome::Duplicate { status: 200, .. }),
+            "{out:?}"
+        );
         rt.block_on(store.close());
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read dir") {
+            let entry = entry.expect("entry");
+            let target = to.join(entry.file_name());
+            if entry.file_type().expect("type").is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).expect("copy");
+            }
+        }
+    }
+
+    #[test]
+    fn keys_behind_the_database_are_written_again_from_the_log() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let image = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        for key in ["a", "b", "c"] {
+            rt.block_on(store.accept(acceptance(key, key, &[])))
+                .expect("commit");
+        }
+        rt.block_on(store.caught_up()).expect("caught up");
+        // What a crash leaves while the store runs: the database has every record, the log
+        // still holds them (one segment is never removed).
+        copy_dir(dir.path(), image.path());
+        rt.block_on(store.close());
+        // ...and keys that lost what they had (a power cut before their journal was flushed).
+        let path = image.path().join("cognihook.db");
+        {
+            let keys = keys::Keys::open(&keys::dir_of(&path), 86_400_000, 0).expect("keys");
+            let now = crate::now_millis() + 1;
+            keys.expire(i64::MAX, now).expect("forget");
+            keys.write(std::iter::empty(), 0, now).expect("rewind");
+            assert_eq!(keys.get("a").expect("read"), None);
+            keys.persist(SyncMode::Full).expect("persist");
+        }
+        let store = SqliteStore::open(&config(image.path())).expect("reopen");
+        for key in ["a", "b", "c"] {
+            let out = rt
+                .block_on(store.accept(acceptance(key, "other", &[])))
+                .expect("accept");
+            assert!(
+                matches!(out, AcceptOutcome::Duplicate { .. }),
+                "{key}: {out:?}"
+            );
+        }
+        rt.block_on(store.close());
+        let c = Connection::open(&path).expect("open");
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 3, "nothing applied twice to the database");
     }
 
     #[test]
@@ -2064,10 +2246,11 @@ mod tests {
         });
         let conn = Connection::open(&path).expect("open");
         // Negative windows put every cut-off in the future: everything has expired.
-        let expired = maintenance(-60_000, -60_000, -60_000);
+        let expired = maintenance(&path, -60_000, -60_000, -60_000);
         project::maintain(&conn, &expired, &mut project::MaintenanceCursor::default());
         let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
-        assert_eq!(n("SELECT count(*) FROM idempotency"), 0);
+        assert_eq!(expired.keys.get("a").expect("read"), None);
+        drop(expired);
         assert_eq!(n("SELECT count(*) FROM sessions"), 0);
         assert_eq!(
             n("SELECT count(*) FROM events"),
@@ -2092,7 +2275,7 @@ mod tests {
             params![crate::now_millis()],
         )
         .expect("insert");
-        let defaults = maintenance(86_400_000, 86_400_000, 86_400_000);
+        let defaults = maintenance(&path, 86_400_000, 86_400_000, 86_400_000);
         project::maintain(&conn, &defaults, &mut project::MaintenanceCursor::default());
         assert_eq!(n("SELECT count(*) FROM sessions"), 1);
         assert_eq!(n("SELECT count(*) FROM events"), 1);

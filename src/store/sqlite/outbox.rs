@@ -430,8 +430,24 @@ pub(super) fn attempts(c: &Connection, outbox_id: i64) -> rusqlite::Result<Vec<A
     .collect()
 }
 
-/// Replaces the answer a duplicate of the request gets (a `respond` route's upstream answered
-/// in time). Only `answers` changes: readers take status and body from there (schema 8).
+/// Replaces the answer duplicates of the event's request get (a `respond` route's upstream
+/// answered in time). Only `answers` changes: readers take status and body from there
+/// (schema 8).
+pub(super) fn set_event_answer(
+    c: &Connection,
+    event_id: &str,
+    status: u16,
+    body: &[u8],
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO answers (event_id, body, status) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![event_id, body, status])?;
+    Ok(())
+}
+
+/// [`set_event_answer`] for a key kept in the database (written before the keys moved to
+/// `keys`); a key not there changes nothing.
 pub(super) fn set_answer(
     c: &Connection,
     key: &str,

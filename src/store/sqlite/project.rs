@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+use super::keys::{KeyEntry, Keys};
 use super::record::{AcceptRecord, Record, Spend};
 use super::{open_connection, Shared, WriterSettings};
 use crate::store::StoreError;
@@ -123,7 +124,7 @@ pub(super) fn run(
         }
         let round = (!records.is_empty() && count < PAUSE_BELOW).then(Instant::now);
         if !records.is_empty() || !jobs.is_empty() {
-            match apply_batch(&mut conn, &records, jobs, &shared) {
+            match apply_batch(&mut conn, &records, jobs, &shared, &s.keys) {
                 Ok(()) => backoff = Duration::from_millis(50),
                 Err(e) => {
                     shared.db_health.fail(&e);
@@ -168,6 +169,7 @@ fn apply_batch(
     records: &[(Vec<Record>, u64)],
     jobs: Vec<(Job, JobReply, Option<AfterJob>)>,
     shared: &Shared,
+    keys: &Keys,
 ) -> Result<(), StoreError> {
     let now = crate::now_millis();
     let last = records.last().map(|(_, last)| *last);
@@ -183,9 +185,13 @@ fn apply_batch(
     let outcome = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .and_then(|tx| {
+            // The keys first, so that an `Answer` record finds the key its group wrote.
+            if let Some(last) = last {
+                write_keys(keys, records.iter().flat_map(|(g, _)| g), last, now)?;
+            }
             for (group, _) in records {
                 for r in group {
-                    apply(&tx, r)?;
+                    apply(&tx, r, keys)?;
                 }
             }
             for job in jobs {
@@ -229,6 +235,28 @@ fn apply_batch(
     }
 }
 
+/// Writes the idempotency keys of `records` to `keys`, with `last` as its position (see
+/// `keys`: a second projection of the log).
+pub(super) fn write_keys<'a>(
+    keys: &Keys,
+    records: impl Iterator<Item = &'a Record>,
+    last: u64,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let entries = records.filter_map(|r| match r {
+        Record::Accept(a) => Some((
+            a.key.as_str(),
+            KeyEntry {
+                event_id: a.event_id.clone(),
+                correlation_id: a.correlation_id.clone(),
+                created_at: a.at,
+            },
+        )),
+        _ => None,
+    });
+    keys.write(entries, last, now).map_err(super::keys::failed)
+}
+
 /// Records how far the log has been applied (in the transaction that applied it).
 pub(super) fn set_projected(c: &Connection, lsn: u64) -> rusqlite::Result<()> {
     c.prepare_cached("UPDATE log_position SET projected_lsn = ?1 WHERE id = 1")?
@@ -251,11 +279,30 @@ pub(super) fn projected(c: &Connection) -> rusqlite::Result<u64> {
 /// Applies one record. Applying the records in log order from an empty database rebuilds
 /// what the request path wrote; each is applied once (the projected position moves in the
 /// same transaction).
-pub(super) fn apply(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
+pub(super) fn apply(tx: &Connection, r: &Record, keys: &Keys) -> rusqlite::Result<()> {
     match r {
         Record::Accept(a) => apply_accept(tx, a),
         Record::Spend(s) => spend(tx, s),
-        Record::Answer { key, status, body } => super::outbox::set_answer(tx, key, *status, body),
+        Record::Answer {
+            key,
+            event_id,
+            status,
+            body,
+        } => {
+            let event_id = match event_id {
+                Some(id) => Some(id.clone()),
+                // An older record: the key finds its event (`keys` holds it unless it was
+                // written before the keys moved there).
+                None => keys
+                    .get(key)
+                    .map_err(super::keys::failed)?
+                    .map(|e| e.event_id),
+            };
+            match event_id {
+                Some(id) => super::outbox::set_event_answer(tx, &id, *status, body),
+                None => super::outbox::set_answer(tx, key, *status, body),
+            }
+        }
         Record::Forget { session_id, at } => forget(tx, session_id, *at),
     }
 }
@@ -371,14 +418,7 @@ fn apply_accept(tx: &Connection, a: &AcceptRecord) -> rusqlite::Result<()> {
                 ])?,
         };
     }
-    // The answer apart from the key (schema 7): a small row at a random place, a big one
-    // appended.
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO idempotency (key, event_id, status, body, correlation_id, \
-                                             created_at) \
-         VALUES (?1, ?2, ?3, x'', ?4, ?5)",
-    )?
-    .execute(params![a.key, a.event_id, a.status, a.correlation_id, a.at])?;
+    // The key is in `keys` (written by the caller); the answer, by event id, is appended.
     tx.prepare_cached(
         "INSERT OR REPLACE INTO answers (event_id, body, status) VALUES (?1, ?2, ?3)",
     )?
@@ -410,6 +450,10 @@ pub(super) fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut Maint
     let oldest_kept = ulid::Ulid::from_parts(cutoff_ms, 0).to_string();
     let r = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
         let key_cutoff = s.windows.idempotency_cutoff(now);
+        s.keys
+            .expire(key_cutoff, now)
+            .map_err(super::keys::failed)?;
+        // Keys written before they moved to `keys` expire here.
         conn.execute(
             "DELETE FROM idempotency WHERE created_at < ?1",
             params![key_cutoff],
@@ -486,17 +530,20 @@ const WAL_RESTART_FRAMES: i64 = 4096;
 /// Starts the checkpointer thread; it stops (after a last checkpoint) when the flag is set.
 ///
 /// Removing log segments: a segment may go once every record in it is durable in the
-/// database. The projector publishes `projected` after each commit; the checkpointer reads it
+/// database and in `keys`. The projector publishes `projected` after each commit; the checkpointer reads it
 /// (`p`), then flushes the WAL file itself (`fsync`). Every transaction that committed before
 /// `p` was published is then on disk, in the WAL or (copied by an earlier checkpoint, which
-/// flushes the database file before the WAL may start over) in the database file, so the
-/// records up to `p` are no longer needed.
+/// flushes the database file before the WAL may start over) in the database file; it then
+/// flushes the keys' journal, which holds every batch written before `p` was published (the
+/// projector writes a round's keys before its transaction commits). The records up to `p` are
+/// then no longer needed.
 pub(super) fn start_checkpointer(
     path: &Path,
     log_dir: PathBuf,
     sync: crate::config::SyncMode,
     restart_wanted: Arc<AtomicBool>,
     shared: Arc<Shared>,
+    keys: Arc<Keys>,
 ) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>), super::OpenError> {
     let conn = open_connection(path, sync, false, super::SMALL_CACHE_KIB).map_err(
         super::OpenError::failed(format!(
@@ -537,6 +584,11 @@ pub(super) fn start_checkpointer(
                             return None;
                         }
                     }
+                }
+                // The keys' batches up to `p` were written before `p` was published.
+                if let Err(e) = keys.persist(sync) {
+                    tracing::warn!(error = %e, "cannot flush the idempotency keys; log segments kept");
+                    return None;
                 }
                 match super::log::remove_through(&log_dir, p) {
                     Ok(n) => Some(n),

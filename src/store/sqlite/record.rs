@@ -13,8 +13,11 @@ pub(super) enum Record {
     /// A duplicate spent its (timestamped) signature.
     Spend(Spend),
     /// The stored answer of an idempotency key was replaced (a `respond` upstream answered).
+    /// `event_id` is the event the key made (`None` in records written before the keys moved
+    /// out of the database: the key then finds it).
     Answer {
         key: String,
+        event_id: Option<String>,
         status: u16,
         body: Bytes,
     },
@@ -74,6 +77,8 @@ const ACCEPT: u8 = 1;
 const SPEND: u8 = 2;
 const ANSWER: u8 = 3;
 const FORGET: u8 = 4;
+/// `ANSWER` with the event id.
+const ANSWER_FOR: u8 = 5;
 
 impl Record {
     /// Appends the encoding to `out`.
@@ -124,9 +129,21 @@ impl Record {
                 out.push(SPEND);
                 put_spend(out, s);
             }
-            Record::Answer { key, status, body } => {
-                out.push(ANSWER);
+            Record::Answer {
+                key,
+                event_id,
+                status,
+                body,
+            } => {
+                out.push(if event_id.is_some() {
+                    ANSWER_FOR
+                } else {
+                    ANSWER
+                });
                 put_bytes(out, key.as_bytes());
+                if let Some(id) = event_id {
+                    put_bytes(out, id.as_bytes());
+                }
                 put_i64(out, i64::from(*status));
                 put_bytes(out, body);
             }
@@ -193,8 +210,13 @@ impl Record {
                 }))
             }
             SPEND => Record::Spend(d.spend()?),
-            ANSWER => Record::Answer {
+            kind @ (ANSWER | ANSWER_FOR) => Record::Answer {
                 key: d.string()?,
+                event_id: if kind == ANSWER_FOR {
+                    Some(d.string()?)
+                } else {
+                    None
+                },
                 status: d.status()?,
                 body: Bytes::copy_from_slice(d.bytes()?),
             },
@@ -354,8 +376,15 @@ mod tests {
             }),
             Record::Answer {
                 key: "k".into(),
+                event_id: None,
                 status: 200,
                 body: Bytes::from_static(b"{\"ok\":true}"),
+            },
+            Record::Answer {
+                key: "k".into(),
+                event_id: Some("01J0000000000000000000000E".into()),
+                status: 202,
+                body: Bytes::from_static(b"{}"),
             },
             Record::Forget {
                 session_id: "s-1".into(),

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+use super::keys::Keys;
 use super::log::LogWriter;
 use super::project::ProjMsg;
 use super::record::{AcceptRecord, Held, OutboxRow, Record, Spend};
@@ -51,6 +52,9 @@ pub(super) enum SeqMsg {
 /// An answer kept for duplicates.
 #[derive(Debug, Clone)]
 struct HotAnswer {
+    /// The event the key made (empty for a key kept in the database before the keys moved
+    /// to `keys`).
+    event_id: String,
     status: u16,
     body: Bytes,
     correlation_id: String,
@@ -145,6 +149,10 @@ pub(super) struct Sequencer {
     /// snapshot kept past its group would miss what the projector applied since, after the
     /// hot maps dropped it (`a_repeat_after_the_idempotency_window_is_a_new_event` fails so).
     pub(super) reading: bool,
+    /// The idempotency keys the database no longer holds (see `keys`).
+    pub(super) keys: Arc<Keys>,
+    /// Whether the database still holds keys written before they moved to `keys`.
+    pub(super) legacy_keys: bool,
 }
 
 impl Sequencer {
@@ -509,6 +517,7 @@ impl Sequencer {
         let prev = hot.answers.insert(
             key.clone(),
             HotAnswer {
+                event_id: e.event_id.clone(),
                 status: a.status,
                 body: answer.clone(),
                 correlation_id: e.correlation_id.clone(),
@@ -552,6 +561,7 @@ impl Sequencer {
         let lsn = self.append(
             Record::Answer {
                 key: key.clone(),
+                event_id: Some(existing.event_id.clone()).filter(|id| !id.is_empty()),
                 status,
                 body: body.clone(),
             },
@@ -602,14 +612,35 @@ impl Sequencer {
         }
     }
 
-    /// The database's answer for `key`: the key's row says when it was made, `answers` (by
-    /// event id, since schema 8 with its status) what was answered. An answer outlives its
-    /// key (`project::maintain`), so a live key always has one.
+    /// The stored answer for `key`: its entry in `keys` says which event it made and when,
+    /// `answers` (by event id, since schema 8 with its status) what was answered. An answer
+    /// outlives its key (`project::maintain`), so a live key always has one. Keys written
+    /// before they moved to `keys` are looked up in the database after a miss.
     fn read_answer(&mut self, key: &str) -> rusqlite::Result<Option<HotAnswer>> {
+        if let Some(k) = self.keys.get(key).map_err(super::keys::failed)? {
+            self.begin_read()?;
+            return self
+                .reader
+                .prepare_cached("SELECT status, body FROM answers WHERE event_id = ?1")?
+                .query_row(params![k.event_id], |r| {
+                    Ok(HotAnswer {
+                        status: r.get(0)?,
+                        body: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                        event_id: k.event_id.clone(),
+                        correlation_id: k.correlation_id.clone(),
+                        created_at: k.created_at,
+                        lsn: 0,
+                    })
+                })
+                .optional();
+        }
+        if !self.legacy_keys {
+            return Ok(None);
+        }
         self.begin_read()?;
         self.reader
             .prepare_cached(
-                "SELECT a.status, a.body, i.correlation_id, i.created_at \
+                "SELECT a.status, a.body, i.correlation_id, i.created_at, i.event_id \
                  FROM idempotency i JOIN answers a ON a.event_id = i.event_id \
                  WHERE i.key = ?1",
             )?
@@ -619,6 +650,7 @@ impl Sequencer {
                     body: Bytes::from(r.get::<_, Vec<u8>>(1)?),
                     correlation_id: r.get(2)?,
                     created_at: r.get(3)?,
+                    event_id: r.get(4)?,
                     lsn: 0,
                 })
             })

@@ -1,0 +1,343 @@
+//! The idempotency keys of the embedded store, in an LSM tree (`fjall`) beside the database.
+//!
+//! Keys are random (a Cognigy message id, a hash of the body), so in a B-tree every new key
+//! lands on a random leaf and each event writes a page of its own; as the window fills, that
+//! page write is most of an event's cost (measured: bench/README.md, eleventh and twelfth
+//! sessions). An LSM tree writes keys in sorted runs instead, so a key costs its own bytes.
+//!
+//! What is kept per key: the event it made, its correlation id and when (Unix ms). The answer
+//! itself stays in the database (`answers`, by event id).
+//!
+//! # Expiry
+//! Keys are only ever inserted, and expire by age. They go to the newest of a few
+//! *generations* (one partition each, named by the time it was started); a new generation is
+//! started when the newest is a quarter of the idempotency window old (one minute at least),
+//! and a generation is dropped whole once the next one started before the window's cutoff:
+//! every key in it was written before its successor began, so none is live. No tombstones, no
+//! compaction of expired keys. A lookup probes the live generations newest first (a Bloom
+//! filter makes a miss cheap), so a key written again after its window (a new event) wins
+//! over its older entry. The disk and memory they hold are bounded by the window and the
+//! ingest rate, not by the events ever ingested.
+//!
+//! # Recovery
+//! The keys are a second projection of the log (see the parent module): each write carries,
+//! in the same atomic batch, the last log record it applied (`meta/applied`). Batches reach
+//! the operating system as they are written (a crash of the process loses none) but are
+//! flushed to disk only by [`Keys::persist`], which the checkpointer calls before it removes
+//! log segments. So after a power cut the keys may be behind the database, never ahead of
+//! the log they came from; opening the store applies the log from the lower of the two
+//! positions, to each projection what it lacks (inserting a key again is harmless).
+
+use std::path::Path;
+
+use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
+use parking_lot::RwLock;
+
+/// What a key's entry says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct KeyEntry {
+    pub(super) event_id: String,
+    pub(super) correlation_id: String,
+    /// Unix ms.
+    pub(super) created_at: i64,
+}
+
+impl KeyEntry {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(9 + self.event_id.len() + self.correlation_id.len());
+        v.extend_from_slice(&self.created_at.to_le_bytes());
+        v.push(u8::try_from(self.event_id.len()).unwrap_or(u8::MAX));
+        v.extend_from_slice(&self.event_id.as_bytes()[..usize::from(v[8])]);
+        v.extend_from_slice(self.correlation_id.as_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<KeyEntry> {
+        let created_at = i64::from_le_bytes(v.get(..8)?.try_into().ok()?);
+        let n = usize::from(*v.get(8)?);
+        let event_id = std::str::from_utf8(v.get(9..9 + n)?).ok()?.to_string();
+        let correlation_id = std::str::from_utf8(v.get(9 + n..)?).ok()?.to_string();
+        Some(KeyEntry {
+            event_id,
+            correlation_id,
+            created_at,
+        })
+    }
+}
+
+/// One generation: the partition and when it was started (Unix ms).
+struct Generation {
+    started: i64,
+    part: PartitionHandle,
+}
+
+const PREFIX: &str = "keys_";
+const APPLIED: &[u8] = b"applied";
+
+/// Memory the keys may hold: memtables (all generations together) and the block cache.
+const WRITE_BUFFER_BYTES: u64 = 8 * 1024 * 1024;
+const MEMTABLE_BYTES: u32 = 4 * 1024 * 1024;
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The shortest generation (see the module doc): a short window in tests must not make a
+/// partition a second.
+const MIN_GENERATION_MS: i64 = 60_000;
+
+pub(super) struct Keys {
+    keyspace: Keyspace,
+    meta: PartitionHandle,
+    /// Oldest first; never empty.
+    generations: RwLock<Vec<Generation>>,
+    generation_ms: i64,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("generations", &self.generations.read().len())
+            .finish()
+    }
+}
+
+/// A failure of the key store, as the database's callers see one.
+pub(super) fn failed(e: fjall::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(format!(
+        "idempotency keys: {e}"
+    ))))
+}
+
+impl Keys {
+    /// Opens (creating) the keys in `dir`; `window_ms` is the idempotency window.
+    #[cfg(test)]
+    pub(super) fn open(dir: &Path, window_ms: i64, now: i64) -> Result<Keys, fjall::Error> {
+        Ok(Keys::open_reporting(dir, window_ms, now)?.0)
+    }
+
+    /// Opens (creating) the keys in `dir`, `window_ms` being the idempotency window; with
+    /// whether they were made now (nothing was there).
+    pub(super) fn open_reporting(
+        dir: &Path,
+        window_ms: i64,
+        now: i64,
+    ) -> Result<(Keys, bool), fjall::Error> {
+        let made = !dir.exists();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            // Keys may be personal data (a message id): readable by the owner only.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        let keyspace = fjall::Config::new(dir)
+            .cache_size(CACHE_BYTES)
+            .max_write_buffer_size(WRITE_BUFFER_BYTES)
+            .flush_workers(1)
+            .compaction_workers(1)
+            .open()?;
+        let meta = keyspace.open_partition("meta", PartitionCreateOptions::default())?;
+        let mut generations = Vec::new();
+        for name in keyspace.list_partitions() {
+            if let Some(started) = name.strip_prefix(PREFIX).and_then(|s| s.parse().ok()) {
+                let part = keyspace.open_partition(&name, options())?;
+                generations.push(Generation { started, part });
+            }
+        }
+        generations.sort_by_key(|g| g.started);
+        let keys = Keys {
+            keyspace,
+            meta,
+            generations: RwLock::new(generations),
+            generation_ms: (window_ms / 4).max(MIN_GENERATION_MS),
+        };
+        if keys.generations.read().is_empty() {
+            keys.start_generation(now)?;
+        }
+        Ok((keys, made))
+    }
+
+    fn start_generation(&self, now: i64) -> Result<(), fjall::Error> {
+        let part = self
+            .keyspace
+            .open_partition(&format!("{PREFIX}{now}"), options())?;
+        self.generations
+            .write()
+            .push(Generation { started: now, part });
+        Ok(())
+    }
+
+    /// The last log record whose keys are here (0: none).
+    pub(super) fn applied(&self) -> Result<u64, fjall::Error> {
+        Ok(self
+            .meta
+            .get(APPLIED)?
+            .and_then(|v| Some(u64::from_le_bytes(v[..].try_into().ok()?)))
+            .unwrap_or(0))
+    }
+
+    /// The newest entry of `key`, live or not (the caller checks its age).
+    pub(super) fn get(&self, key: &str) -> Result<Option<KeyEntry>, fjall::Error> {
+        for g in self.generations.read().iter().rev() {
+            if let Some(v) = g.part.get(key)? {
+                return Ok(KeyEntry::decode(&v));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes the entries and the log position `applied` in one batch (the newest generation
+    /// takes them; a new one is started first when it is due).
+    pub(super) fn write<'a>(
+        &self,
+        entries: impl Iterator<Item = (&'a str, KeyEntry)>,
+        applied: u64,
+        now: i64,
+    ) -> Result<(), fjall::Error> {
+        let due = self
+            .generations
+            .read()
+            .last()
+            .is_none_or(|g| now >= g.started.saturating_add(self.generation_ms));
+        if due {
+            self.start_generation(now)?;
+        }
+        let generations = self.generations.read();
+        let Some(newest) = generations.last() else {
+            return Ok(());
+        };
+        let mut batch = self.keyspace.batch();
+        for (key, entry) in entries {
+            batch.insert(&newest.part, key, entry.encode());
+        }
+        batch.insert(&self.meta, APPLIED, applied.to_le_bytes());
+        batch.commit()
+    }
+
+    /// Drops the generations whose every key was written before `cutoff` (Unix ms); returns
+    /// how many. When even the newest began before it, a new one is started first (nothing
+    /// may have been written for a while), so that its keys go too.
+    pub(super) fn expire(&self, cutoff: i64, now: i64) -> Result<usize, fjall::Error> {
+        let stale = self
+            .generations
+            .read()
+            .last()
+            .is_some_and(|g| g.started < cutoff && g.started < now);
+        if stale {
+            self.start_generation(now)?;
+        }
+        let mut dropped = 0;
+        loop {
+            let old = {
+                let mut generations = self.generations.write();
+                // The successor's start bounds every key of the oldest generation.
+                match generations.get(1) {
+                    Some(next) if next.started < cutoff => generations.remove(0),
+                    _ => break,
+                }
+            };
+            self.keyspace.delete_partition(old.part)?;
+            dropped += 1;
+        }
+        Ok(dropped)
+    }
+
+    /// Flushes every batch written so far to disk (`fdatasync`; only to the operating system
+    /// under `sync = "off"`).
+    pub(super) fn persist(&self, sync: crate::config::SyncMode) -> Result<(), fjall::Error> {
+        self.keyspace.persist(match sync {
+            crate::config::SyncMode::Off => PersistMode::Buffer,
+            _ => PersistMode::SyncData,
+        })
+    }
+
+    /// Generations live now (for tests and figures).
+    #[cfg(test)]
+    pub(super) fn generation_count(&self) -> usize {
+        self.generations.read().len()
+    }
+}
+
+fn options() -> PartitionCreateOptions {
+    PartitionCreateOptions::default()
+        .max_memtable_size(MEMTABLE_BYTES)
+        .bloom_filter_bits(Some(10))
+}
+
+/// The key store's directory beside a database file: `cognihook.db` → `cognihook.keys/`.
+pub(super) fn dir_of(db: &Path) -> std::path::PathBuf {
+    db.with_extension("keys")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(event: &str, at: i64) -> KeyEntry {
+        KeyEntry {
+            event_id: event.into(),
+            correlation_id: format!("c-{event}"),
+            created_at: at,
+        }
+    }
+
+    #[test]
+    fn an_entry_decodes_to_what_was_encoded() {
+        let e = entry("01HZZZZZZZZZZZZZZZZZZZZZZZ", -5);
+        assert_eq!(KeyEntry::decode(&e.encode()), Some(e));
+        assert_eq!(KeyEntry::decode(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn keys_and_their_position_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("keys");
+        let path = dir.path().join("k");
+        {
+            let keys = Keys::open(&path, 60_000, 1_000).expect("keys");
+            assert_eq!(keys.applied().expect("keys"), 0);
+            keys.write([("a", entry("e1", 1_000))].into_iter(), 7, 1_000)
+                .expect("keys");
+            keys.persist(crate::config::SyncMode::Full).expect("keys");
+        }
+        let keys = Keys::open(&path, 60_000, 2_000).expect("keys");
+        assert_eq!(keys.applied().expect("keys"), 7);
+        assert_eq!(keys.get("a").expect("keys"), Some(entry("e1", 1_000)));
+        assert_eq!(keys.get("b").expect("keys"), None);
+    }
+
+    #[test]
+    fn the_newest_generation_wins_and_old_generations_are_dropped_whole() {
+        let dir = tempfile::tempdir().expect("keys");
+        // Window 4 min: a generation per minute.
+        let keys = Keys::open(dir.path(), 240_000, 0).expect("keys");
+        keys.write([("k", entry("old", 0))].into_iter(), 1, 0)
+            .expect("keys");
+        keys.write([("x", entry("x", 30_000))].into_iter(), 2, 30_000)
+            .expect("keys");
+        assert_eq!(keys.generation_count(), 1);
+        keys.write([("k", entry("new", 60_000))].into_iter(), 3, 60_000)
+            .expect("keys");
+        assert_eq!(keys.generation_count(), 2);
+        assert_eq!(keys.get("k").expect("keys").expect("keys").event_id, "new");
+        // The second generation started at 60 s: the first goes once the cutoff (now minus
+        // the window) passes that.
+        assert_eq!(keys.expire(60_000, 300_000).expect("keys"), 0);
+        assert_eq!(keys.get("x").expect("keys").expect("keys").event_id, "x");
+        assert_eq!(keys.expire(60_001, 300_001).expect("keys"), 1);
+        assert_eq!(keys.get("x").expect("keys"), None);
+        assert_eq!(keys.get("k").expect("keys").expect("keys").event_id, "new");
+        // Since the newest generation began before the cutoff, an empty one was started so
+        // that it can go in its turn, with its keys, though nothing was written meanwhile.
+        assert_eq!(keys.generation_count(), 2);
+        assert_eq!(keys.expire(300_000, 540_000).expect("keys"), 0);
+        assert_eq!(keys.get("k").expect("keys").expect("keys").event_id, "new");
+        assert_eq!(keys.expire(300_002, 540_002).expect("keys"), 1);
+        assert_eq!(keys.get("k").expect("keys"), None);
+        keys.write([("k", entry("later", 540_003))].into_iter(), 4, 540_003)
+            .expect("keys");
+        assert_eq!(
+            keys.get("k").expect("keys").expect("keys").event_id,
+            "later"
+        );
+    }
+}
