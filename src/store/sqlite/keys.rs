@@ -79,6 +79,12 @@ const WRITE_BUFFER_BYTES: u64 = 8 * 1024 * 1024;
 const MEMTABLE_BYTES: u32 = 4 * 1024 * 1024;
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
+/// The size of the files compactions write. Writing one holds two hashes (16 bytes) per key
+/// for its Bloom filter until the file is done: with the default 64 MiB files that was a
+/// transient 16–32 MiB, and peak RSS over 60 s at full speed was 67 MiB; with 16 MiB files
+/// 56 MiB at the same rate (bench/README.md, twelfth session).
+const SEGMENT_BYTES: u32 = 16 * 1024 * 1024;
+
 /// The shortest generation (see the module doc): a short window in tests must not make a
 /// partition a second.
 const MIN_GENERATION_MS: i64 = 60_000;
@@ -262,6 +268,12 @@ fn options() -> PartitionCreateOptions {
     PartitionCreateOptions::default()
         .max_memtable_size(MEMTABLE_BYTES)
         .bloom_filter_bits(Some(10))
+        .compaction_strategy(fjall::compaction::Strategy::Leveled(
+            fjall::compaction::Leveled {
+                target_size: SEGMENT_BYTES,
+                ..Default::default()
+            },
+        ))
 }
 
 /// The key store's directory beside a database file: `cognihook.db` → `cognihook.keys/`.
