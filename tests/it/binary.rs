@@ -532,6 +532,23 @@ fn the_store_is_private_to_its_owner_and_a_wider_one_is_warned_about() {
         let segment = segment.expect("entry").path();
         assert_eq!(mode(&segment), 0o600, "{}", segment.display());
     }
+    // The idempotency keys (an LSM tree in a directory of its own): nothing for others.
+    let keys = data.join("cognihook.keys");
+    assert_eq!(mode(&keys), 0o700);
+    let mut pending = vec![keys];
+    let mut files = 0;
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("keys") {
+            let path = entry.expect("entry").path();
+            assert_eq!(mode(&path) & 0o077, 0, "{}", path.display());
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files += 1;
+            }
+        }
+    }
+    assert!(files > 0, "the keys directory holds the keys");
     assert!(
         !server
             .stderr_lines()

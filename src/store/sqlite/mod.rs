@@ -525,7 +525,7 @@ fn recover(
 
 /// Warns about a data directory or database that other users can read (payloads are in
 /// them): made before this version, or by hand. New ones are created 0700 / 0600.
-fn warn_if_readable_by_others(path: &Path, log_dir: &Path) {
+fn warn_if_readable_by_others(path: &Path, log_dir: &Path, keys_dir: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -533,7 +533,7 @@ fn warn_if_readable_by_others(path: &Path, log_dir: &Path) {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or_else(|| Path::new("."));
-        for p in [dir, path, log_dir] {
+        for p in [dir, path, log_dir, keys_dir] {
             if let Ok(meta) = std::fs::metadata(p) {
                 let mode = meta.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
@@ -654,7 +654,7 @@ impl SqliteStore {
             recover(&conn, &log_dir, config.sync, &keys, keys_made).map_err(OpenError::failed(
                 format!("cannot recover store {} from its log", path.display()),
             ))?;
-        warn_if_readable_by_others(&path, &log_dir);
+        warn_if_readable_by_others(&path, &log_dir, &keys_dir);
         // No other process can be sending: every lease left behind is void.
         let released = conn
             .execute(
