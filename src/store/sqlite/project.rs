@@ -530,13 +530,13 @@ const WAL_RESTART_FRAMES: i64 = 4096;
 /// Starts the checkpointer thread; it stops (after a last checkpoint) when the flag is set.
 ///
 /// Removing log segments: a segment may go once every record in it is durable in the
-/// database and in `keys`. The projector publishes `projected` after each commit; the checkpointer reads it
-/// (`p`), then flushes the WAL file itself (`fsync`). Every transaction that committed before
-/// `p` was published is then on disk, in the WAL or (copied by an earlier checkpoint, which
-/// flushes the database file before the WAL may start over) in the database file; it then
-/// flushes the keys' journal, which holds every batch written before `p` was published (the
-/// projector writes a round's keys before its transaction commits). The records up to `p` are
-/// then no longer needed.
+/// database and in `keys`. The projector publishes `projected` after each commit; the
+/// checkpointer reads it (`p`), then flushes the WAL file itself (`fsync`). Every
+/// transaction that committed before `p` was published is then on disk, in the WAL or
+/// (copied by an earlier checkpoint, which flushes the database file before the WAL may
+/// start over) in the database file. It then flushes the keys' journal, which holds every
+/// batch written before `p` was published (the projector writes a round's keys before its
+/// transaction commits). The records up to `p` are then no longer needed.
 pub(super) fn start_checkpointer(
     path: &Path,
     log_dir: PathBuf,
@@ -587,7 +587,8 @@ pub(super) fn start_checkpointer(
                 }
                 // The keys' batches up to `p` were written before `p` was published.
                 if let Err(e) = keys.persist(sync) {
-                    tracing::warn!(error = %e, "cannot flush the idempotency keys; log segments kept");
+                    tracing::warn!(error = %e,
+                        "cannot flush the idempotency keys; log segments kept");
                     return None;
                 }
                 match super::log::remove_through(&log_dir, p) {
