@@ -114,19 +114,7 @@ pub(super) fn failed(e: fjall::Error) -> rusqlite::Error {
 
 impl Keys {
     /// Opens (creating) the keys in `dir`; `window_ms` is the idempotency window.
-    #[cfg(test)]
     pub(super) fn open(dir: &Path, window_ms: i64, now: i64) -> Result<Keys, fjall::Error> {
-        Ok(Keys::open_reporting(dir, window_ms, now)?.0)
-    }
-
-    /// Opens (creating) the keys in `dir`, `window_ms` being the idempotency window; with
-    /// whether they were made now (nothing was there).
-    pub(super) fn open_reporting(
-        dir: &Path,
-        window_ms: i64,
-        now: i64,
-    ) -> Result<(Keys, bool), fjall::Error> {
-        let made = !dir.exists();
         #[cfg(unix)]
         {
             use std::os::unix::fs::DirBuilderExt;
@@ -160,7 +148,7 @@ impl Keys {
         if keys.generations.read().is_empty() {
             keys.start_generation(now)?;
         }
-        Ok((keys, made))
+        Ok(keys)
     }
 
     fn start_generation(&self, now: i64) -> Result<(), fjall::Error> {
@@ -173,13 +161,13 @@ impl Keys {
         Ok(())
     }
 
-    /// The last log record whose keys are here (0: none).
-    pub(super) fn applied(&self) -> Result<u64, fjall::Error> {
+    /// The last log record whose keys are here; `None` when nothing was ever written (keys
+    /// just made, or their directory deleted).
+    pub(super) fn applied(&self) -> Result<Option<u64>, fjall::Error> {
         Ok(self
             .meta
             .get(APPLIED)?
-            .and_then(|v| Some(u64::from_le_bytes(v[..].try_into().ok()?)))
-            .unwrap_or(0))
+            .and_then(|v| Some(u64::from_le_bytes(v[..].try_into().ok()?))))
     }
 
     /// The newest entry of `key`, live or not (the caller checks its age).
@@ -306,13 +294,13 @@ mod tests {
         let path = dir.path().join("k");
         {
             let keys = Keys::open(&path, 60_000, 1_000).expect("keys");
-            assert_eq!(keys.applied().expect("keys"), 0);
+            assert_eq!(keys.applied().expect("keys"), None);
             keys.write([("a", entry("e1", 1_000))].into_iter(), 7, 1_000)
                 .expect("keys");
             keys.persist(crate::config::SyncMode::Full).expect("keys");
         }
         let keys = Keys::open(&path, 60_000, 2_000).expect("keys");
-        assert_eq!(keys.applied().expect("keys"), 7);
+        assert_eq!(keys.applied().expect("keys"), Some(7));
         assert_eq!(keys.get("a").expect("keys"), Some(entry("e1", 1_000)));
         assert_eq!(keys.get("b").expect("keys"), None);
     }

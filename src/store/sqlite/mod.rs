@@ -431,24 +431,30 @@ fn log_dir_of(path: &Path) -> PathBuf {
 
 /// Applies the log's records after the database's position to the database, and those
 /// after the keys' position to the keys (opening an owned store; see `keys`, "Recovery").
-/// `keys_made`: the keys were created just now (a new store, or one written before the keys
-/// left the database, whose keys stay there): they start at the database's position.
+/// Keys that never had a position (just made: a new store, one written before the keys left
+/// the database, whose keys stay there, or one whose keys directory was deleted) start at the
+/// database's position, recorded and flushed at once.
 fn recover(
     conn: &Connection,
     log_dir: &Path,
     sync: SyncMode,
     keys: &keys::Keys,
-    keys_made: bool,
 ) -> Result<log::LogWriter, log::LogError> {
     let db_at = project::projected(conn)
         .map_err(|e| log::LogError::record("cannot read the store's position", e))?;
-    let keys_at = if keys_made {
-        db_at
-    } else {
-        keys.applied()
-            .map_err(|e| log::LogError::record("cannot read the idempotency keys' position", e))?
-    };
     let now = crate::now_millis();
+    let keys_at = keys
+        .applied()
+        .map_err(|e| log::LogError::record("cannot read the idempotency keys' position", e))?;
+    let keys_at = match keys_at {
+        Some(at) => at,
+        None => {
+            project::write_keys(keys, std::iter::empty(), db_at, now)
+                .and_then(|()| keys.persist(sync).map_err(keys::failed))
+                .map_err(|e| log::LogError::record("cannot start the idempotency keys", e))?;
+            db_at
+        }
+    };
     let mut in_tx = 0u64;
     let mut last = db_at;
     // Records whose keys are not written yet, and the last of them.
@@ -633,12 +639,11 @@ impl SqliteStore {
             session_ttl_ms: millis(config.session_ttl),
         };
         let keys_dir = keys::dir_of(&path);
-        let (keys, keys_made) =
-            keys::Keys::open_reporting(&keys_dir, windows.idempotency_ms, crate::now_millis())
-                .map_err(OpenError::failed(format!(
-                    "cannot open the idempotency keys in {}",
-                    keys_dir.display()
-                )))?;
+        let keys = keys::Keys::open(&keys_dir, windows.idempotency_ms, crate::now_millis())
+            .map_err(OpenError::failed(format!(
+                "cannot open the idempotency keys in {}",
+                keys_dir.display()
+            )))?;
         let keys = Arc::new(keys);
         // Keys written before they moved to `keys` are read from the database until they
         // expire (the next start after that does not look there).
@@ -650,10 +655,9 @@ impl SqliteStore {
                 "cannot read store {}",
                 path.display()
             )))?;
-        let log =
-            recover(&conn, &log_dir, config.sync, &keys, keys_made).map_err(OpenError::failed(
-                format!("cannot recover store {} from its log", path.display()),
-            ))?;
+        let log = recover(&conn, &log_dir, config.sync, &keys).map_err(OpenError::failed(
+            format!("cannot recover store {} from its log", path.display()),
+        ))?;
         warn_if_readable_by_others(&path, &log_dir, &keys_dir);
         // No other process can be sending: every lease left behind is void.
         let released = conn
@@ -2263,6 +2267,41 @@ mod tests {
         let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
         assert_eq!(n("SELECT count(*) FROM events"), 4);
         assert_eq!(n("SELECT count(*) FROM outbox"), 3);
+    }
+
+    #[test]
+    fn a_deleted_keys_directory_starts_empty_at_the_databases_position() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let path = used_then_closed(dir.path(), &rt, |store| {
+            rt.block_on(store.accept(acceptance("a", "s", &[])))
+                .expect("commit");
+        });
+        std::fs::remove_dir_all(keys::dir_of(&path)).expect("delete the keys");
+        // It opens (the log before the database's position is gone, and not needed)...
+        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
+        // ...and the key is forgotten, as docs/guarantees.md says: a repeat is a new event.
+        let out = rt
+            .block_on(store.accept(acceptance("a", "s", &[])))
+            .expect("commit");
+        assert!(
+            matches!(
+                out,
+                AcceptOutcome::Committed {
+                    state_version: 2,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+        rt.block_on(store.close());
+        // The position was recorded at once: the next open replays nothing twice.
+        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
+        let out = rt
+            .block_on(store.accept(acceptance("a", "s", &[])))
+            .expect("duplicate");
+        assert!(matches!(out, AcceptOutcome::Duplicate { .. }), "{out:?}");
+        rt.block_on(store.close());
     }
 
     #[test]
