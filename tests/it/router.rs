@@ -275,12 +275,22 @@ async fn failed_rules_answer_422_with_the_rule_message_and_store_nothing() {
     .await;
     assert_error(&a, StatusCode::UNPROCESSABLE_ENTITY, "rule_rejected");
     assert_eq!(a.body["message"], "Required entity orderId is missing");
+    // No idempotency key was kept: the same request is judged again, not replayed.
+    let again = call(
+        &r,
+        signed(
+            "/webhook/cognigy",
+            &serde_json::to_vec(&no_order).expect("json"),
+        ),
+    )
+    .await;
+    assert_error(&again, StatusCode::UNPROCESSABLE_ENTITY, "rule_rejected");
+    assert!(again.headers.get("idempotent-replayed").is_none());
 
     app.state().store.caught_up().await.expect("caught up");
     let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).expect("db");
     assert_eq!(count(&db, "SELECT count(*) FROM events"), 0);
     assert_eq!(count(&db, "SELECT count(*) FROM sessions"), 0);
-    assert_eq!(count(&db, "SELECT count(*) FROM idempotency"), 0);
 }
 
 #[tokio::test]
