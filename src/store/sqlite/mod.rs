@@ -455,6 +455,7 @@ fn recover(
             db_at
         }
     };
+    tracing::debug!(database = db_at, keys = keys_at, "log positions at open");
     let mut in_tx = 0u64;
     let mut last = db_at;
     // Records whose keys are not written yet, and the last of them.
