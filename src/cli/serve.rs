@@ -19,7 +19,7 @@ Environment (over the configuration file; flags over both):
   COGNIHOOK_DATABASE_URL   sqlite://PATH or postgres://… (store.url)
   COGNIHOOK_ADMIN_TOKEN    bearer token of /admin/*; unset: the admin API answers 403
   COGNIGY_WEBHOOK_SECRET   the default routes' HMAC secret (comma-separated to rotate)
-  COGNIHOOK_LOG            log filter, e.g. info or cognihook=debug (default info)
+  COGNIHOOK_LOG            log filter, e.g. info or cognihook=debug (default info, fjall and lsm_tree at warn)
   COGNIHOOK_LOG_FORMAT     json or pretty (default: pretty on a terminal, else json)";
 
 #[derive(Debug, clap::Args)]

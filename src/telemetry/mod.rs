@@ -13,14 +13,19 @@ pub mod throttle;
 pub mod trace;
 pub mod watch;
 
+/// The log filter when `COGNIHOOK_LOG` is unset (see [`init_logging`]).
+const DEFAULT_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
+
 /// Installs the tracing subscriber for operational logs on stderr (stdout is the audit log).
-/// `COGNIHOOK_LOG` is the filter (default `info`); `COGNIHOOK_LOG_FORMAT` is `json` or
+/// `COGNIHOOK_LOG` is the filter (default `info`, with the libraries of the embedded store's
+/// idempotency keys, `fjall` and `lsm_tree`, at `warn`: they log every partition they open at
+/// `info`); `COGNIHOOK_LOG_FORMAT` is `json` or
 /// `pretty` (also `text`); unset, logs are human-readable when stderr is a terminal and JSON
 /// otherwise. Colour only on a terminal.
 pub fn init_logging() {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("COGNIHOOK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
     let terminal = std::io::stderr().is_terminal();
     let pretty = match std::env::var("COGNIHOOK_LOG_FORMAT").as_deref() {
         Ok("pretty" | "text") => true,
