@@ -75,11 +75,9 @@ const PREFIX: &str = "keys_";
 const APPLIED: &[u8] = b"applied";
 
 /// Memory the keys may hold: memtables (all generations together) and the block cache.
-/// Halved from 8/4/4 MiB: over 5 minutes at full speed peak RSS was 70 MiB with those, 58.6
-/// MiB with these (bench/README.md, twelfth session).
-const WRITE_BUFFER_BYTES: u64 = 4 * 1024 * 1024;
-const MEMTABLE_BYTES: u32 = 2 * 1024 * 1024;
-const CACHE_BYTES: u64 = 2 * 1024 * 1024;
+const WRITE_BUFFER_BYTES: u64 = 8 * 1024 * 1024;
+const MEMTABLE_BYTES: u32 = 4 * 1024 * 1024;
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The size of the files compactions write. Writing one holds two hashes (16 bytes) per key
 /// for its Bloom filter until the file is done: with the default 64 MiB files that was a
