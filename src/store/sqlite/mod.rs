@@ -2171,23 +2171,31 @@ mod tests {
         }
     }
 
-    #[test]
-    fn keys_behind_the_database_are_written_again_from_the_log() {
+    /// What a crash leaves while the store runs, after events with keys "a", "b" and "c"
+    /// (made by `acceptance`) were applied: the database has every record and the log still
+    /// holds them (its one segment is never removed). Returns the copy and its database.
+    fn crash_image(
+        rt: &tokio::runtime::Runtime,
+        acceptance: impl Fn(&str) -> Acceptance,
+    ) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("tmp");
         let image = tempfile::tempdir().expect("tmp");
-        let rt = runtime();
         let store = SqliteStore::open(&config(dir.path())).expect("open");
         for key in ["a", "b", "c"] {
-            rt.block_on(store.accept(acceptance(key, key, &[])))
-                .expect("commit");
+            rt.block_on(store.accept(acceptance(key))).expect("commit");
         }
         rt.block_on(store.caught_up()).expect("caught up");
-        // What a crash leaves while the store runs: the database has every record, the log
-        // still holds them (one segment is never removed).
         copy_dir(dir.path(), image.path());
         rt.block_on(store.close());
-        // ...and keys that lost what they had (a power cut before their journal was flushed).
         let path = image.path().join("cognihook.db");
+        (image, path)
+    }
+
+    #[test]
+    fn keys_behind_the_database_are_written_again_from_the_log() {
+        let rt = runtime();
+        let (image, path) = crash_image(&rt, |key| acceptance(key, key, &[]));
+        // ...and keys that lost what they had (a power cut before their journal was flushed).
         {
             let keys = keys::Keys::open(&keys::dir_of(&path), 86_400_000, 0).expect("keys");
             let now = crate::now_millis() + 1;
@@ -2216,20 +2224,10 @@ mod tests {
 
     #[test]
     fn a_database_behind_the_keys_gets_the_records_again_and_duplicates_their_answers() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let image = tempfile::tempdir().expect("tmp");
         let rt = runtime();
-        let store = SqliteStore::open(&config(dir.path())).expect("open");
-        for key in ["a", "b", "c"] {
-            rt.block_on(store.accept(acceptance(key, "s", &["out"])))
-                .expect("commit");
-        }
-        rt.block_on(store.caught_up()).expect("caught up");
-        copy_dir(dir.path(), image.path());
-        rt.block_on(store.close());
+        let (image, path) = crash_image(&rt, |key| acceptance(key, "s", &["out"]));
         // The database lost what the log and the keys have (its unflushed tail after a power
         // cut, say): back to before the first record.
-        let path = image.path().join("cognihook.db");
         Connection::open(&path)
             .and_then(|c| {
                 c.execute_batch(
