@@ -135,8 +135,8 @@ pub fn format_rfc3339(t: time::OffsetDateTime) -> String {
 }
 
 /// A correlation id for a request that brought none: a UUID version 7, whose leading bits are
-/// the time, so the store's correlation index takes generated ids at its end instead of at a
-/// random leaf (a v4 cost a page written per event; bench/README.md, tenth session).
+/// the time (ids that sort by time are cheaper in any index: the PostgreSQL store's B-tree
+/// takes them at its end; bench/README.md, tenth session).
 pub fn new_correlation_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }

@@ -104,11 +104,26 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     assert_eq!(next.status, StatusCode::OK, "{:?}", next.body);
     assert_eq!(next.json()["data"]["stateVersion"], 3);
 
+    // The correlation index moved out of the database with every old event, and a new event
+    // of an old correlation id is the one found by it.
+    let again = app.post_signed("/webhook", &flow("s2", "fx-2")).await;
+    assert_eq!(again.json()["data"]["stateVersion"], 2);
+    let j: Value = app.admin_get("/admin/events/fx-2").await.json();
+    assert_eq!(
+        j["event"]["sessionId"], "s2",
+        "the newest event of fx-2: {j}"
+    );
+    let j: Value = app.admin_get("/admin/events/fx-3").await.json();
+    assert_eq!(j["event"]["sessionId"], "s2");
+    assert_eq!(j["event"]["stateVersion"], 1);
+
     // And after a restart on the upgraded directory, the old and the new are kept.
     let dir = app.stop().await;
     let app = TestApp::spawn_in(dir, config).await;
     let again = app.post_signed("/webhook", &flow("s2", "fx-5")).await;
-    assert_eq!(again.json()["data"]["stateVersion"], 2);
+    assert_eq!(again.json()["data"]["stateVersion"], 3);
+    let j: Value = app.admin_get("/admin/events/fx-1").await.json();
+    assert_eq!(j["event"]["stateVersion"], 1);
     let next = app.post_signed("/webhook", &flow("s1", "fx-6")).await;
     assert_eq!(next.json()["data"]["stateVersion"], 4);
     let j: Value = app.admin_get("/admin/events/fx-4").await.json();
@@ -123,11 +138,19 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     assert_eq!(dup.json()["correlationId"], "fx-4");
     assert_eq!(dup.json()["data"]["stateVersion"], 3);
     let db = app.db().await;
-    assert_eq!(count(&db, "SELECT count(*) FROM events"), 6);
+    assert_eq!(count(&db, "SELECT count(*) FROM events"), 7);
     assert_eq!(count(&db, "PRAGMA user_version"), 8, "every migration ran");
     assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'events_by_correlation'"
+        ),
+        0,
+        "the correlation index left the database"
+    );
+    assert_eq!(
         count(&db, "SELECT count(*) FROM answers WHERE status = 200"),
-        6,
+        7,
         "every answer is kept by its event id with its status (schema 8 moved the old ones)"
     );
     assert_eq!(
@@ -145,7 +168,7 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     );
     assert_eq!(
         count(&db, "SELECT count(*) FROM outbox WHERE sink = 'later'"),
-        3
+        4
     );
     drop(app);
 }

@@ -8,8 +8,16 @@
 //! What is kept per key: the event it made, its correlation id and when (Unix ms). The answer
 //! itself stays in the database (`answers`, by event id).
 //!
+//! The same keyspace holds the *correlation index* (`events show CORRELATION-ID`: the newest
+//! event of a correlation id), for the same reason: correlation ids come from payloads and
+//! headers in any order, and as a database index (`events_by_correlation`, moved here and
+//! dropped when a store is opened) each event wrote a leaf page of its own there; moving it here cut a third of an event's
+//! CPU and half its disk writes (bench/README.md, thirteenth session). An entry maps a
+//! correlation id to its newest event (a later write wins), in generations as the keys are,
+//! over the events' retention instead of the idempotency window.
+//!
 //! # Expiry
-//! Keys are only ever inserted, and expire by age. They go to the newest of a few
+//! Keys (and correlation entries) are only ever inserted, and expire by age. They go to the newest of a few
 //! *generations* (one partition each, named by the time it was started); a new generation is
 //! started when the newest is a quarter of the idempotency window old (one minute at least),
 //! and a generation is dropped whole once the next one started before the window's cutoff:
@@ -71,7 +79,111 @@ struct Generation {
     part: PartitionHandle,
 }
 
+/// A family of generations (see the module doc): the idempotency keys, or the correlation
+/// index.
+struct Family {
+    prefix: &'static str,
+    /// How long the newest generation takes writes before a new one is started.
+    generation_ms: i64,
+    /// Oldest first; never empty once opened.
+    generations: RwLock<Vec<Generation>>,
+}
+
+impl Family {
+    fn open(
+        keyspace: &Keyspace,
+        prefix: &'static str,
+        window_ms: i64,
+        now: i64,
+    ) -> Result<Family, fjall::Error> {
+        let mut generations = Vec::new();
+        for name in keyspace.list_partitions() {
+            if let Some(started) = name.strip_prefix(prefix).and_then(|s| s.parse().ok()) {
+                let part = keyspace.open_partition(&name, options())?;
+                generations.push(Generation { started, part });
+            }
+        }
+        generations.sort_by_key(|g| g.started);
+        let family = Family {
+            prefix,
+            generation_ms: (window_ms / 4).max(MIN_GENERATION_MS),
+            generations: RwLock::new(generations),
+        };
+        if family.generations.read().is_empty() {
+            family.start(keyspace, now)?;
+        }
+        Ok(family)
+    }
+
+    /// Opens (making it when missing) the generation started at `started`, in its place.
+    fn start(&self, keyspace: &Keyspace, started: i64) -> Result<PartitionHandle, fjall::Error> {
+        let part = keyspace.open_partition(&format!("{}{started}", self.prefix), options())?;
+        let mut generations = self.generations.write();
+        if !generations.iter().any(|g| g.started == started) {
+            let at = generations.partition_point(|g| g.started < started);
+            generations.insert(
+                at,
+                Generation {
+                    started,
+                    part: part.clone(),
+                },
+            );
+        }
+        Ok(part)
+    }
+
+    /// The newest value of `key` (newest generation first).
+    fn get(&self, key: &[u8]) -> Result<Option<fjall::Slice>, fjall::Error> {
+        for g in self.generations.read().iter().rev() {
+            if let Some(v) = g.part.get(key)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The generation that takes writes at `now` (a new one is started when it is due).
+    fn newest(&self, keyspace: &Keyspace, now: i64) -> Result<PartitionHandle, fjall::Error> {
+        let current = self.generations.read().last().and_then(|g| {
+            (now < g.started.saturating_add(self.generation_ms)).then(|| g.part.clone())
+        });
+        match current {
+            Some(part) => Ok(part),
+            None => self.start(keyspace, now),
+        }
+    }
+
+    /// Drops the generations whose every entry was written before `cutoff` (Unix ms); returns
+    /// how many. When even the newest began before it, a new one is started first (nothing
+    /// may have been written for a while), so that its entries go too.
+    fn expire(&self, keyspace: &Keyspace, cutoff: i64, now: i64) -> Result<usize, fjall::Error> {
+        let stale = self
+            .generations
+            .read()
+            .last()
+            .is_some_and(|g| g.started < cutoff && g.started < now);
+        if stale {
+            self.start(keyspace, now)?;
+        }
+        let mut dropped = 0;
+        loop {
+            let old = {
+                let mut generations = self.generations.write();
+                // The successor's start bounds every entry of the oldest generation.
+                match generations.get(1) {
+                    Some(next) if next.started < cutoff => generations.remove(0),
+                    _ => break,
+                }
+            };
+            keyspace.delete_partition(old.part)?;
+            dropped += 1;
+        }
+        Ok(dropped)
+    }
+}
+
 const PREFIX: &str = "keys_";
+const CORRELATION_PREFIX: &str = "corr_";
 const APPLIED: &[u8] = b"applied";
 
 /// Memory the keys may hold: memtables (all generations together) and the block cache.
@@ -89,18 +201,52 @@ const SEGMENT_BYTES: u32 = 16 * 1024 * 1024;
 /// partition a second.
 const MIN_GENERATION_MS: i64 = 60_000;
 
+/// A correlation id longer than this is indexed by its SHA-256 (a payload's id can be as
+/// long as the body; an LSM key cannot).
+const MAX_CORRELATION_KEY: usize = 256;
+
+/// A batch's entries sorted by key, the last of each key only (a later entry wins). A
+/// memtable insert is mostly a walk down a skip list; in key order each walk starts where the
+/// last one left the cache warm (measured: bench/README.md, thirteenth session).
+fn in_key_order<K: AsRef<[u8]>, V>(entries: &mut [(K, V)]) -> impl Iterator<Item = &(K, V)> {
+    // Stable: equal keys keep their order, and the last one is kept.
+    entries.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+    let mut it = entries.iter().peekable();
+    std::iter::from_fn(move || loop {
+        let e = it.next()?;
+        if it.peek().is_none_or(|n| n.0.as_ref() != e.0.as_ref()) {
+            return Some(e);
+        }
+    })
+}
+
+/// The correlation index's key for `correlation_id`.
+fn correlation_key(correlation_id: &str) -> std::borrow::Cow<'_, [u8]> {
+    use sha2::Digest;
+    if correlation_id.len() <= MAX_CORRELATION_KEY {
+        return std::borrow::Cow::Borrowed(correlation_id.as_bytes());
+    }
+    // The prefix cannot begin a valid UTF-8 string, so no short id collides with it.
+    let mut k = vec![0xff];
+    k.extend_from_slice(&sha2::Sha256::digest(correlation_id.as_bytes()));
+    std::borrow::Cow::Owned(k)
+}
+
 pub(super) struct Keys {
     keyspace: Keyspace,
     meta: PartitionHandle,
-    /// Oldest first; never empty.
-    generations: RwLock<Vec<Generation>>,
-    generation_ms: i64,
+    keys: Family,
+    correlations: Family,
 }
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keys")
-            .field("generations", &self.generations.read().len())
+            .field("generations", &self.keys.generations.read().len())
+            .field(
+                "correlation_generations",
+                &self.correlations.generations.read().len(),
+            )
             .finish()
     }
 }
@@ -113,8 +259,14 @@ pub(super) fn failed(e: fjall::Error) -> rusqlite::Error {
 }
 
 impl Keys {
-    /// Opens (creating) the keys in `dir`; `window_ms` is the idempotency window.
-    pub(super) fn open(dir: &Path, window_ms: i64, now: i64) -> Result<Keys, fjall::Error> {
+    /// Opens (creating) the keys in `dir`; `window_ms` is the idempotency window,
+    /// `retention_ms` how long events are kept (the correlation index's window).
+    pub(super) fn open(
+        dir: &Path,
+        window_ms: i64,
+        retention_ms: i64,
+        now: i64,
+    ) -> Result<Keys, fjall::Error> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::DirBuilderExt;
@@ -131,34 +283,14 @@ impl Keys {
             .compaction_workers(1)
             .open()?;
         let meta = keyspace.open_partition("meta", PartitionCreateOptions::default())?;
-        let mut generations = Vec::new();
-        for name in keyspace.list_partitions() {
-            if let Some(started) = name.strip_prefix(PREFIX).and_then(|s| s.parse().ok()) {
-                let part = keyspace.open_partition(&name, options())?;
-                generations.push(Generation { started, part });
-            }
-        }
-        generations.sort_by_key(|g| g.started);
-        let keys = Keys {
+        let keys = Family::open(&keyspace, PREFIX, window_ms, now)?;
+        let correlations = Family::open(&keyspace, CORRELATION_PREFIX, retention_ms, now)?;
+        Ok(Keys {
             keyspace,
             meta,
-            generations: RwLock::new(generations),
-            generation_ms: (window_ms / 4).max(MIN_GENERATION_MS),
-        };
-        if keys.generations.read().is_empty() {
-            keys.start_generation(now)?;
-        }
-        Ok(keys)
-    }
-
-    fn start_generation(&self, now: i64) -> Result<(), fjall::Error> {
-        let part = self
-            .keyspace
-            .open_partition(&format!("{PREFIX}{now}"), options())?;
-        self.generations
-            .write()
-            .push(Generation { started: now, part });
-        Ok(())
+            keys,
+            correlations,
+        })
     }
 
     /// The last log record whose keys are here; `None` when nothing was ever written (keys
@@ -172,68 +304,77 @@ impl Keys {
 
     /// The newest entry of `key`, live or not (the caller checks its age).
     pub(super) fn get(&self, key: &str) -> Result<Option<KeyEntry>, fjall::Error> {
-        for g in self.generations.read().iter().rev() {
-            if let Some(v) = g.part.get(key)? {
-                return Ok(KeyEntry::decode(&v));
-            }
-        }
-        Ok(None)
+        Ok(self
+            .keys
+            .get(key.as_bytes())?
+            .and_then(|v| KeyEntry::decode(&v)))
     }
 
-    /// Writes the entries and the log position `applied` in one batch (the newest generation
-    /// takes them; a new one is started first when it is due).
+    /// The newest event of `correlation_id` still indexed (the caller checks it is kept).
+    pub(super) fn event_of(&self, correlation_id: &str) -> Result<Option<String>, fjall::Error> {
+        Ok(self
+            .correlations
+            .get(&correlation_key(correlation_id))?
+            .and_then(|v| String::from_utf8(v.to_vec()).ok()))
+    }
+
+    /// Writes the key entries, the correlation index's entries (correlation id, event id; a
+    /// later one wins) and the log position `applied` in one batch (the newest generations
+    /// take them; new ones are started first when due).
     pub(super) fn write<'a>(
         &self,
         entries: impl Iterator<Item = (&'a str, KeyEntry)>,
+        correlations: impl Iterator<Item = (&'a str, &'a str)>,
         applied: u64,
         now: i64,
     ) -> Result<(), fjall::Error> {
-        let due = self
-            .generations
-            .read()
-            .last()
-            .is_none_or(|g| now >= g.started.saturating_add(self.generation_ms));
-        if due {
-            self.start_generation(now)?;
-        }
-        let generations = self.generations.read();
-        let Some(newest) = generations.last() else {
-            return Ok(());
-        };
+        let keys = self.keys.newest(&self.keyspace, now)?;
+        let corr = self.correlations.newest(&self.keyspace, now)?;
         let mut batch = self.keyspace.batch();
-        for (key, entry) in entries {
-            batch.insert(&newest.part, key, entry.encode());
+        let mut sorted: Vec<(&[u8], Vec<u8>)> = entries
+            .map(|(key, entry)| (key.as_bytes(), entry.encode()))
+            .collect();
+        for (key, value) in in_key_order(&mut sorted) {
+            batch.insert(&keys, *key, value.as_slice());
+        }
+        let mut sorted: Vec<(std::borrow::Cow<'_, [u8]>, &str)> = correlations
+            .map(|(correlation_id, event_id)| (correlation_key(correlation_id), event_id))
+            .collect();
+        for (key, event_id) in in_key_order(&mut sorted) {
+            batch.insert(&corr, &**key, *event_id);
         }
         batch.insert(&self.meta, APPLIED, applied.to_le_bytes());
         batch.commit()
     }
 
-    /// Drops the generations whose every key was written before `cutoff` (Unix ms); returns
-    /// how many. When even the newest began before it, a new one is started first (nothing
-    /// may have been written for a while), so that its keys go too.
-    pub(super) fn expire(&self, cutoff: i64, now: i64) -> Result<usize, fjall::Error> {
-        let stale = self
-            .generations
-            .read()
-            .last()
-            .is_some_and(|g| g.started < cutoff && g.started < now);
-        if stale {
-            self.start_generation(now)?;
+    /// Indexes events the database held before the index moved here, in their own
+    /// generation started at `started` (their oldest time): every later generation, and so
+    /// every entry the log writes, wins over them. The caller persists when done.
+    pub(super) fn backfill_correlations(
+        &self,
+        started: i64,
+        chunk: &[(String, String)],
+    ) -> Result<(), fjall::Error> {
+        let part = self.correlations.start(&self.keyspace, started)?;
+        let mut batch = self.keyspace.batch();
+        for (correlation_id, event_id) in chunk {
+            batch.insert(&part, &*correlation_key(correlation_id), event_id.as_str());
         }
-        let mut dropped = 0;
-        loop {
-            let old = {
-                let mut generations = self.generations.write();
-                // The successor's start bounds every key of the oldest generation.
-                match generations.get(1) {
-                    Some(next) if next.started < cutoff => generations.remove(0),
-                    _ => break,
-                }
-            };
-            self.keyspace.delete_partition(old.part)?;
-            dropped += 1;
-        }
-        Ok(dropped)
+        batch.commit()
+    }
+
+    /// Drops the key generations whose every key was written before `cutoff` (Unix ms), and
+    /// the correlation generations whose every entry was written before `events_cutoff`;
+    /// returns how many key generations went.
+    pub(super) fn expire(
+        &self,
+        cutoff: i64,
+        events_cutoff: i64,
+        now: i64,
+    ) -> Result<usize, fjall::Error> {
+        self.correlations
+            .expire(&self.keyspace, events_cutoff, now)?;
+        self.keys.expire(&self.keyspace, cutoff, now)
     }
 
     /// Flushes every batch written so far to disk (`fdatasync`; only to the operating system
@@ -245,10 +386,16 @@ impl Keys {
         })
     }
 
-    /// Generations live now (for tests and figures).
+    /// Key generations live now (for tests and figures).
     #[cfg(test)]
     pub(super) fn generation_count(&self) -> usize {
-        self.generations.read().len()
+        self.keys.generations.read().len()
+    }
+
+    /// Correlation generations live now (for tests).
+    #[cfg(test)]
+    pub(super) fn correlation_generation_count(&self) -> usize {
+        self.correlations.generations.read().len()
     }
 }
 
@@ -293,13 +440,18 @@ mod tests {
         let dir = tempfile::tempdir().expect("keys");
         let path = dir.path().join("k");
         {
-            let keys = Keys::open(&path, 60_000, 1_000).expect("keys");
+            let keys = Keys::open(&path, 60_000, 60_000, 1_000).expect("keys");
             assert_eq!(keys.applied().expect("keys"), None);
-            keys.write([("a", entry("e1", 1_000))].into_iter(), 7, 1_000)
-                .expect("keys");
+            keys.write(
+                [("a", entry("e1", 1_000))].into_iter(),
+                std::iter::empty(),
+                7,
+                1_000,
+            )
+            .expect("keys");
             keys.persist(crate::config::SyncMode::Full).expect("keys");
         }
-        let keys = Keys::open(&path, 60_000, 2_000).expect("keys");
+        let keys = Keys::open(&path, 60_000, 60_000, 2_000).expect("keys");
         assert_eq!(keys.applied().expect("keys"), Some(7));
         assert_eq!(keys.get("a").expect("keys"), Some(entry("e1", 1_000)));
         assert_eq!(keys.get("b").expect("keys"), None);
@@ -309,35 +461,90 @@ mod tests {
     fn the_newest_generation_wins_and_old_generations_are_dropped_whole() {
         let dir = tempfile::tempdir().expect("keys");
         // Window 4 min: a generation per minute.
-        let keys = Keys::open(dir.path(), 240_000, 0).expect("keys");
-        keys.write([("k", entry("old", 0))].into_iter(), 1, 0)
-            .expect("keys");
-        keys.write([("x", entry("x", 30_000))].into_iter(), 2, 30_000)
-            .expect("keys");
+        let keys = Keys::open(dir.path(), 240_000, 240_000, 0).expect("keys");
+        keys.write(
+            [("k", entry("old", 0))].into_iter(),
+            std::iter::empty(),
+            1,
+            0,
+        )
+        .expect("keys");
+        keys.write(
+            [("x", entry("x", 30_000))].into_iter(),
+            std::iter::empty(),
+            2,
+            30_000,
+        )
+        .expect("keys");
         assert_eq!(keys.generation_count(), 1);
-        keys.write([("k", entry("new", 60_000))].into_iter(), 3, 60_000)
-            .expect("keys");
+        keys.write(
+            [("k", entry("new", 60_000))].into_iter(),
+            std::iter::empty(),
+            3,
+            60_000,
+        )
+        .expect("keys");
         assert_eq!(keys.generation_count(), 2);
         assert_eq!(keys.get("k").expect("keys").expect("keys").event_id, "new");
         // The second generation started at 60 s: the first goes once the cutoff (now minus
         // the window) passes that.
-        assert_eq!(keys.expire(60_000, 300_000).expect("keys"), 0);
+        assert_eq!(keys.expire(60_000, i64::MIN, 300_000).expect("keys"), 0);
         assert_eq!(keys.get("x").expect("keys").expect("keys").event_id, "x");
-        assert_eq!(keys.expire(60_001, 300_001).expect("keys"), 1);
+        assert_eq!(keys.expire(60_001, i64::MIN, 300_001).expect("keys"), 1);
         assert_eq!(keys.get("x").expect("keys"), None);
         assert_eq!(keys.get("k").expect("keys").expect("keys").event_id, "new");
         // Since the newest generation began before the cutoff, an empty one was started so
         // that it can go in its turn, with its keys, though nothing was written meanwhile.
         assert_eq!(keys.generation_count(), 2);
-        assert_eq!(keys.expire(300_000, 540_000).expect("keys"), 0);
+        assert_eq!(keys.expire(300_000, i64::MIN, 540_000).expect("keys"), 0);
         assert_eq!(keys.get("k").expect("keys").expect("keys").event_id, "new");
-        assert_eq!(keys.expire(300_002, 540_002).expect("keys"), 1);
+        assert_eq!(keys.expire(300_002, i64::MIN, 540_002).expect("keys"), 1);
         assert_eq!(keys.get("k").expect("keys"), None);
-        keys.write([("k", entry("later", 540_003))].into_iter(), 4, 540_003)
-            .expect("keys");
+        keys.write(
+            [("k", entry("later", 540_003))].into_iter(),
+            std::iter::empty(),
+            4,
+            540_003,
+        )
+        .expect("keys");
         assert_eq!(
             keys.get("k").expect("keys").expect("keys").event_id,
             "later"
         );
+    }
+
+    #[test]
+    fn a_correlation_finds_its_newest_event_and_older_events_lose_to_the_log() {
+        let dir = tempfile::tempdir().expect("keys");
+        // Retention 4 min: a correlation generation per minute.
+        let keys = Keys::open(dir.path(), 60_000, 240_000, 100_000).expect("keys");
+        let long = "c".repeat(MAX_CORRELATION_KEY + 1);
+        let longer = "c".repeat(MAX_CORRELATION_KEY + 2);
+        keys.write(
+            std::iter::empty(),
+            [("c1", "e1"), ("c1", "e2"), (long.as_str(), "e3")].into_iter(),
+            1,
+            100_000,
+        )
+        .expect("keys");
+        assert_eq!(keys.event_of("c1").expect("keys").as_deref(), Some("e2"));
+        assert_eq!(keys.event_of(&long).expect("keys").as_deref(), Some("e3"));
+        assert_eq!(keys.event_of(&longer).expect("keys"), None);
+        // Events from before the index moved here: older than anything the log wrote.
+        let old = [
+            ("c1".to_string(), "e0".to_string()),
+            ("c0".to_string(), "e-old".to_string()),
+        ];
+        keys.backfill_correlations(10_000, &old).expect("keys");
+        assert_eq!(keys.event_of("c1").expect("keys").as_deref(), Some("e2"));
+        assert_eq!(keys.event_of("c0").expect("keys").as_deref(), Some("e-old"));
+        assert_eq!(keys.correlation_generation_count(), 2);
+        // The backfilled generation goes once the next one began before the events' cutoff;
+        // the keys' cutoff alone does not touch the index.
+        assert_eq!(keys.expire(i64::MIN, 100_000, 400_000).expect("keys"), 0);
+        assert_eq!(keys.event_of("c0").expect("keys").as_deref(), Some("e-old"));
+        keys.expire(i64::MIN, 100_001, 400_000).expect("keys");
+        assert_eq!(keys.event_of("c0").expect("keys"), None);
+        assert_eq!(keys.event_of("c1").expect("keys").as_deref(), Some("e2"));
     }
 }

@@ -300,8 +300,7 @@ struct Engine {
     projector_thread: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
     alive: Arc<AtomicBool>,
-    /// The idempotency keys (see `keys`).
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// The idempotency keys and the correlation index (see `keys`).
     keys: Arc<keys::Keys>,
 }
 
@@ -353,8 +352,8 @@ fn log_sync(sync: SyncMode) -> LogSync {
     }
 }
 
-/// Page cache of the projector's connection: the B-tree pages of sessions, idempotency keys
-/// and the correlation index it updates on every event stay in memory.
+/// Page cache of the projector's connection: the B-tree pages of sessions and the ends of
+/// the tables it appends to on every event stay in memory.
 const WRITER_CACHE_KIB: i64 = 8 * 1024;
 
 /// Page cache of the sequencer's reads (keys and sessions the hot maps no longer hold).
@@ -640,11 +639,22 @@ impl SqliteStore {
             session_ttl_ms: millis(config.session_ttl),
         };
         let keys_dir = keys::dir_of(&path);
-        let keys = keys::Keys::open(&keys_dir, windows.idempotency_ms, crate::now_millis())
-            .map_err(OpenError::failed(format!(
-                "cannot open the idempotency keys in {}",
-                keys_dir.display()
-            )))?;
+        let now = crate::now_millis();
+        let keys = keys::Keys::open(
+            &keys_dir,
+            windows.idempotency_ms,
+            millis(config.retention),
+            now,
+        )
+        .map_err(OpenError::failed(format!(
+            "cannot open the idempotency keys in {}",
+            keys_dir.display()
+        )))?;
+        move_correlation_index(&conn, &keys, now).map_err(OpenError::failed(format!(
+            "cannot move the correlation index of {} to {}",
+            path.display(),
+            keys_dir.display()
+        )))?;
         let keys = Arc::new(keys);
         // Keys written before they moved to `keys` are read from the database until they
         // expire (the next start after that does not look there).
@@ -1344,8 +1354,19 @@ impl SqliteStore {
 
     pub(super) async fn journey(&self, id: &str) -> Result<Option<Journey>, StoreError> {
         let id = id.to_string();
-        if self.engine.is_some() {
-            return self.read(move |c| read_journey(c, &id)).await;
+        if let Some(engine) = &self.engine {
+            let keys = engine.keys.clone();
+            return self
+                .read(move |c| {
+                    if let Some(j) = read_journey(c, &id)? {
+                        return Ok(Some(j));
+                    }
+                    match keys.event_of(&id).map_err(keys::failed)? {
+                        Some(event_id) => read_journey(c, &event_id),
+                        None => Ok(None),
+                    }
+                })
+                .await;
         }
         let log_dir = self.log_dir.clone();
         let reader = self.reader.clone();
@@ -1483,6 +1504,9 @@ fn journey_with_tail(
     if let Some(j) = read_journey(c, id).map_err(unavailable)? {
         return Ok(Some(j));
     }
+    if let Some(j) = scan_correlation(c, id).map_err(unavailable)? {
+        return Ok(Some(j));
+    }
     let mut found = None;
     log::read_after(log_dir, after, &mut |_, payload| {
         if let Ok(Record::Accept(a)) = Record::decode(payload) {
@@ -1560,14 +1584,80 @@ fn read_timeline(
     Ok(entries)
 }
 
+/// The newest event of a correlation id found by reading every event, newest first: an
+/// attached process cannot open the correlation index (the serving gateway holds it; see
+/// `keys`), so `events show CORRELATION-ID` from the CLI scans while a gateway runs.
+fn scan_correlation(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
+    let event_id: Option<String> = c
+        .query_row(
+            "SELECT event_id FROM events WHERE correlation_id = ?1 ORDER BY rowid DESC LIMIT 1",
+            params![id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match event_id {
+        Some(event_id) => read_journey(c, &event_id),
+        None => Ok(None),
+    }
+}
+
+/// Moves the correlation index out of the database into `keys` (once: a database made
+/// before the index moved holds it as `events_by_correlation`; a new one is made with it).
+/// Its events are indexed in their commit order, and flushed, before the index is dropped:
+/// a crash in between makes the next start do it again.
+fn move_correlation_index(conn: &Connection, keys: &keys::Keys, now: i64) -> rusqlite::Result<()> {
+    let indexed: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema \
+                        WHERE type = 'index' AND name = 'events_by_correlation')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !indexed {
+        return Ok(());
+    }
+    let (count, oldest): (i64, Option<i64>) =
+        conn.query_row("SELECT count(*), min(committed_at) FROM events", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    if let Some(oldest) = oldest {
+        tracing::info!(
+            events = count,
+            "moving the correlation index out of the database (once, after an upgrade)"
+        );
+        // Older than every generation the log writes to, so that those win.
+        let started = oldest.min(now - 1);
+        // Rowids grow in the order events were applied, which is their commit order.
+        let mut stmt =
+            conn.prepare("SELECT correlation_id, event_id FROM events ORDER BY rowid")?;
+        let mut rows = stmt.query([])?;
+        let mut chunk = Vec::with_capacity(BACKFILL_CHUNK);
+        loop {
+            let row = rows.next()?;
+            if let Some(r) = row {
+                chunk.push((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
+            }
+            if chunk.len() >= BACKFILL_CHUNK || (row.is_none() && !chunk.is_empty()) {
+                keys.backfill_correlations(started, &chunk)
+                    .map_err(keys::failed)?;
+                chunk.clear();
+            }
+            if row.is_none() {
+                break;
+            }
+        }
+        keys.persist(crate::config::SyncMode::Full)
+            .map_err(keys::failed)?;
+    }
+    conn.execute_batch("DROP INDEX events_by_correlation")
+}
+
+/// Events indexed per batch when the correlation index moves (see `move_correlation_index`).
+const BACKFILL_CHUNK: usize = 10_000;
+
 fn read_journey(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
     let row = c
         .query_row(
-            "SELECT event_id, body, committed_at FROM events WHERE event_id = ?1 \
-             UNION ALL \
-             SELECT * FROM (SELECT event_id, body, committed_at FROM events \
-                            WHERE correlation_id = ?1 ORDER BY committed_at DESC LIMIT 1) \
-             LIMIT 1",
+            "SELECT event_id, body, committed_at FROM events WHERE event_id = ?1",
             params![id],
             |r| {
                 Ok((
@@ -1666,8 +1756,13 @@ mod tests {
         session_ttl_ms: i64,
         retention_ms: i64,
     ) -> WriterSettings {
-        let keys =
-            keys::Keys::open(&keys::dir_of(db), 86_400_000, crate::now_millis()).expect("keys");
+        let keys = keys::Keys::open(
+            &keys::dir_of(db),
+            86_400_000,
+            86_400_000,
+            crate::now_millis(),
+        )
+        .expect("keys");
         WriterSettings {
             wal_restart_wanted: Arc::new(AtomicBool::new(false)),
             windows: Windows {
@@ -2197,14 +2292,23 @@ mod tests {
         let (image, path) = crash_image(&rt, |key| acceptance(key, key, &[]));
         // ...and keys that lost what they had (a power cut before their journal was flushed).
         {
-            let keys = keys::Keys::open(&keys::dir_of(&path), 86_400_000, 0).expect("keys");
+            let keys =
+                keys::Keys::open(&keys::dir_of(&path), 86_400_000, 86_400_000, 0).expect("keys");
             let now = crate::now_millis() + 1;
-            keys.expire(i64::MAX, now).expect("forget");
-            keys.write(std::iter::empty(), 0, now).expect("rewind");
+            keys.expire(i64::MAX, i64::MAX, now).expect("forget");
+            keys.write(std::iter::empty(), std::iter::empty(), 0, now)
+                .expect("rewind");
             assert_eq!(keys.get("a").expect("read"), None);
+            assert_eq!(keys.event_of("corr-a").expect("read"), None);
             keys.persist(SyncMode::Full).expect("persist");
         }
         let store = SqliteStore::open(&config(image.path())).expect("reopen");
+        // The correlation index is written again too.
+        let j = rt
+            .block_on(store.journey("corr-b"))
+            .expect("read")
+            .expect("found by its correlation id");
+        assert_eq!(j.event["correlationId"], "corr-b");
         for key in ["a", "b", "c"] {
             let out = rt
                 .block_on(store.accept(acceptance(key, "other", &[])))

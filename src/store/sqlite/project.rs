@@ -235,14 +235,18 @@ fn apply_batch(
     }
 }
 
-/// Writes the idempotency keys of `records` to `keys`, with `last` as its position (see
-/// `keys`: a second projection of the log).
+/// Writes the idempotency keys and the correlation index's entries of `records` to `keys`,
+/// with `last` as its position (see `keys`: a second projection of the log).
 pub(super) fn write_keys<'a>(
     keys: &Keys,
-    records: impl Iterator<Item = &'a Record>,
+    records: impl Iterator<Item = &'a Record> + Clone,
     last: u64,
     now: i64,
 ) -> rusqlite::Result<()> {
+    let correlations = records.clone().filter_map(|r| match r {
+        Record::Accept(a) => Some((a.correlation_id.as_str(), a.event_id.as_str())),
+        _ => None,
+    });
     let entries = records.filter_map(|r| match r {
         Record::Accept(a) => Some((
             a.key.as_str(),
@@ -254,7 +258,8 @@ pub(super) fn write_keys<'a>(
         )),
         _ => None,
     });
-    keys.write(entries, last, now).map_err(super::keys::failed)
+    keys.write(entries, correlations, last, now)
+        .map_err(super::keys::failed)
 }
 
 /// Records how far the log has been applied (in the transaction that applied it).
@@ -451,7 +456,7 @@ pub(super) fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut Maint
     let r = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
         let key_cutoff = s.windows.idempotency_cutoff(now);
         s.keys
-            .expire(key_cutoff, now)
+            .expire(key_cutoff, now - s.retention_ms, now)
             .map_err(super::keys::failed)?;
         // Keys written before they moved to `keys` expire here.
         conn.execute(
