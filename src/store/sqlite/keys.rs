@@ -188,7 +188,12 @@ const APPLIED: &[u8] = b"applied";
 
 /// Memory the keys may hold: memtables (all generations together) and the block cache.
 const WRITE_BUFFER_BYTES: u64 = 8 * 1024 * 1024;
-const MEMTABLE_BYTES: u32 = 4 * 1024 * 1024;
+/// A partition's memtable is flushed at this size. Small: a lookup or insert walks a skip
+/// list whose nodes are mostly cache misses, and with the correlation index beside the keys
+/// two partitions take writes. From 4 MiB to 1 MiB: peak RSS over 60 s at full speed 66.9 →
+/// 61.9 MiB, the keys' share of CPU (lookups, inserts, flushes, compactions) 16.9 → 14.9 %
+/// (bench/README.md, thirteenth session).
+const MEMTABLE_BYTES: u32 = 1024 * 1024;
 const CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The size of the files compactions write. Writing one holds two hashes (16 bytes) per key
