@@ -99,7 +99,7 @@ impl Family {
         let mut generations = Vec::new();
         for name in keyspace.list_partitions() {
             if let Some(started) = name.strip_prefix(prefix).and_then(|s| s.parse().ok()) {
-                let part = keyspace.open_partition(&name, options())?;
+                let part = keyspace.open_partition(&name, options(prefix))?;
                 generations.push(Generation { started, part });
             }
         }
@@ -117,7 +117,8 @@ impl Family {
 
     /// Opens (making it when missing) the generation started at `started`, in its place.
     fn start(&self, keyspace: &Keyspace, started: i64) -> Result<PartitionHandle, fjall::Error> {
-        let part = keyspace.open_partition(&format!("{}{started}", self.prefix), options())?;
+        let part =
+            keyspace.open_partition(&format!("{}{started}", self.prefix), options(self.prefix))?;
         let mut generations = self.generations.write();
         if !generations.iter().any(|g| g.started == started) {
             let at = generations.partition_point(|g| g.started < started);
@@ -404,10 +405,15 @@ impl Keys {
     }
 }
 
-fn options() -> PartitionCreateOptions {
+/// A generation's options. Only the keys have Bloom filters: every event looks its key up,
+/// and most look-ups miss; the correlation index is read by an operator now and then, and
+/// its filters would hold about 1.3 bytes of memory per event over the whole retention
+/// (seven days by default, against the keys' one).
+fn options(prefix: &str) -> PartitionCreateOptions {
+    let bloom = (prefix == PREFIX).then_some(10);
     PartitionCreateOptions::default()
         .max_memtable_size(MEMTABLE_BYTES)
-        .bloom_filter_bits(Some(10))
+        .bloom_filter_bits(bloom)
         .compaction_strategy(fjall::compaction::Strategy::Leveled(
             fjall::compaction::Leveled {
                 target_size: SEGMENT_BYTES,
@@ -551,5 +557,28 @@ mod tests {
         keys.expire(i64::MIN, 100_001, 400_000).expect("keys");
         assert_eq!(keys.event_of("c0").expect("keys"), None);
         assert_eq!(keys.event_of("c1").expect("keys").as_deref(), Some("e2"));
+    }
+
+    #[test]
+    fn entries_are_found_once_flushed_to_files_with_and_without_bloom_filters() {
+        let dir = tempfile::tempdir().expect("keys");
+        let keys = Keys::open(dir.path(), 60_000, 240_000, 1_000).expect("keys");
+        keys.write(
+            [("k1", entry("e1", 1_000))].into_iter(),
+            [("c1", "e1")].into_iter(),
+            1,
+            1_000,
+        )
+        .expect("keys");
+        for family in [&keys.keys, &keys.correlations] {
+            for g in family.generations.read().iter() {
+                g.part.rotate_memtable_and_wait().expect("flush");
+                assert_eq!(g.part.segment_count(), 1);
+            }
+        }
+        assert_eq!(keys.get("k1").expect("keys"), Some(entry("e1", 1_000)));
+        assert_eq!(keys.get("k2").expect("keys"), None);
+        assert_eq!(keys.event_of("c1").expect("keys").as_deref(), Some("e1"));
+        assert_eq!(keys.event_of("c2").expect("keys"), None);
     }
 }
