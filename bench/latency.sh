@@ -5,7 +5,8 @@
 #
 # usage: bench/latency.sh [RATE...]        (default: 1000 2000 5000 10000)
 # env:   SYNC=full|normal|off (default full), DURATION (default 10s), BIN (default
-#        target/release/cognihook), SKIP_BUILD=1
+#        target/release/cognihook), SKIP_BUILD=1, BACKGROUND_NICE (store.background_nice,
+#        default 0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,8 +29,8 @@ trap cleanup EXIT
 echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); store.sync=$SYNC; $DURATION per rate"
 for rate in "${RATES[@]}"; do
   rm -rf "$work/data"
-  printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\ndata_dir = "%s/data"\nsync = "%s"\n[audit]\npath = "%s/audit.jsonl"\n' \
-    "$PORT" "$work" "$SYNC" "$work" > "$work/c.toml"
+  printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\ndata_dir = "%s/data"\nsync = "%s"\nbackground_nice = %s\n[audit]\npath = "%s/audit.jsonl"\n' \
+    "$PORT" "$work" "$SYNC" "${BACKGROUND_NICE:-0}" "$work" > "$work/c.toml"
   COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 "$BIN" --config "$work/c.toml" serve \
     2>>"$work/gw.log" &
   gw=$!

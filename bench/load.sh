@@ -13,6 +13,7 @@
 #        run's delivery.nice, default 10), BATCH (the sink's batch.max, default unbatched), BUSY
 #        (its delivery.busy table, e.g. '{ interval = "0s" }')
 #        KEYS=random|ordered (Idempotency-Key order, default random: see bench/gen_requests.py)
+#        BACKGROUND_NICE (store.background_nice of the embedded store's runs, default 0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,6 +96,7 @@ listen = "127.0.0.1:$GW_PORT"
 [store]
 data_dir = "$work/data"
 sync = "$SYNC"
+background_nice = ${BACKGROUND_NICE:-0}
 [audit]
 path = "$work/audit.jsonl"
 TOML
@@ -117,6 +119,7 @@ listen = "127.0.0.1:$GW_PORT"
 [store]
 data_dir = "$work/data-sink"
 sync = "$SYNC"
+background_nice = ${BACKGROUND_NICE:-0}
 [audit]
 path = "$work/audit-sink.jsonl"
 [delivery]

@@ -467,27 +467,12 @@ fn spawn_delivery_thread(
     std::thread::Builder::new()
         .name("cognihook-delivery".into())
         .spawn(move || {
-            lower_thread_priority(nice);
+            crate::priority::lower_current_thread(nice, "delivery");
             runtime.block_on(deliverer.run(shutdown, grace));
             let _ = done_tx.send(());
         })
         .context("cannot start the delivery thread")?;
     Ok(done_rx)
-}
-
-/// Sets the calling thread's niceness (Linux schedules threads, so this leaves the rest of
-/// the process alone). Failure only costs the preference, so it is logged, not fatal.
-fn lower_thread_priority(nice: u8) {
-    if nice == 0 {
-        return;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        let tid = rustix::thread::gettid();
-        if let Err(e) = rustix::process::setpriority_process(Some(tid), i32::from(nice)) {
-            tracing::warn!(error = %e, nice, "cannot lower the delivery thread's priority");
-        }
-    }
 }
 
 #[cfg(test)]

@@ -70,8 +70,8 @@
 //!   keys go to an LSM tree beside the database, `store::sqlite::keys`, whose `fjall` keyspace
 //!   runs one flush and one compaction thread of its own); and the *checkpointer*, which
 //!   copies the WAL into the database file, flushes the keys, and removes log segments both
-//!   have made durable. A settlement's reply is awaited by a short task that logs a
-//!   failure.
+//!   have made durable. All but the sequencer run at `store.background_nice` (`priority`).
+//!   A settlement's reply is awaited by a short task that logs a failure.
 //! - `store::postgres` owns its writer tasks (commit groups), the maintenance task (expiry,
 //!   every 30 s) and the LISTEN loop (`PgStore::listen`, wakes the workers on other
 //!   replicas' commits); `close` ends all three.
@@ -90,7 +90,8 @@
 //! `secret` (secret references and values that print masked, and `EnvSource`), `expr` (CEL
 //! over the event), `rate` (token buckets, used by admission and by sinks), `duration`
 //! (human durations in settings), `clock` (stored times and schedules: wall-clock time that
-//! never runs backwards), `seal` (event bodies encrypted at rest, opened by the stores) and
+//! never runs backwards), `seal` (event bodies encrypted at rest, opened by the stores),
+//! `priority` (thread niceness: delivery and the store's background threads) and
 //! `load` (ingest's load gauge: HTTP raises it, delivery reads it). Store and sinks never
 //! import `ingest` or `delivery`; `config` imports only the leaves.
 
@@ -107,6 +108,7 @@ pub mod expr;
 pub mod http;
 pub mod ingest;
 pub mod load;
+pub mod priority;
 pub mod rate;
 pub mod seal;
 pub mod secret;

@@ -244,6 +244,12 @@ impl Config {
                 self.delivery.nice
             ));
         }
+        if self.store.background_nice > 19 {
+            p.push(format!(
+                "store.background_nice must be 0..=19, not {}",
+                self.store.background_nice
+            ));
+        }
         if self.store.queue_depth == 0 {
             p.push("store.queue_depth must be greater than 0".into());
         }

@@ -50,6 +50,9 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Acceptances waiting for the writer before ingest answers 503 `unavailable`.
     pub queue_depth: usize,
+    /// Niceness (0–19) of the embedded store's background threads (projector,
+    /// checkpointer, the keys' flush and compaction): 0 leaves them beside the request path.
+    pub background_nice: u8,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -51,6 +51,8 @@ fn reports_every_semantic_problem_at_once() {
     let text = r#"
 [limits]
 max_body_bytes = 0
+[store]
+background_nice = 20
 [[route]]
 name = "a"
 path = "nope"
@@ -71,6 +73,11 @@ auth = { scheme = "hmac-sha256" }
             .unwrap_or_default(),
     );
     assert!(p.iter().any(|m| m.contains("max_body_bytes")), "{p:?}");
+    assert!(
+        p.iter()
+            .any(|m| m == "store.background_nice must be 0..=19, not 20"),
+        "{p:?}"
+    );
     assert!(p.iter().any(|m| m.contains("must start with `/`")), "{p:?}");
     assert!(
         p.iter().any(|m| m.contains("allow_unauthenticated")),

@@ -650,6 +650,12 @@ impl SqliteStore {
             "cannot open the idempotency keys in {}",
             keys_dir.display()
         )))?;
+        // The keyspace's own threads (it takes no hook to set them up).
+        crate::priority::lower_threads_named(
+            &["flusher", "compactor", "monitor"],
+            config.background_nice,
+            "idempotency keys",
+        );
         move_correlation_index(&conn, &keys, now).map_err(OpenError::failed(format!(
             "cannot move the correlation index of {} to {}",
             path.display(),
@@ -725,14 +731,17 @@ impl SqliteStore {
             restart_wanted,
             shared.clone(),
             keys.clone(),
+            config.background_nice,
         )?;
         let alive = Arc::new(AtomicBool::new(true));
         let (projector, projector_rx) = mpsc::sync_channel(PROJECTOR_QUEUE);
         let projector_thread = {
             let (shared, settings, alive) = (shared.clone(), settings.clone(), alive.clone());
+            let nice = config.background_nice;
             std::thread::Builder::new()
                 .name("cognihook-project".into())
                 .spawn(move || {
+                    crate::priority::lower_current_thread(nice, "store projector");
                     project::run(conn, projector_rx, shared, settings);
                     alive.store(false, Ordering::SeqCst);
                 })
@@ -1940,6 +1949,32 @@ mod tests {
             None,
             "the refused event left no key"
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn background_threads_take_the_configured_niceness() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = StoreConfig {
+            background_nice: 7,
+            ..config(dir.path())
+        };
+        let store = SqliteStore::open(&config).expect("open");
+        // Thread names are cut to 15 bytes by the kernel. Our threads lower themselves as
+        // they start, which may be just after `open` returns.
+        for name in ["cognihook-proje", "cognihook-check", "flusher", "compactor"] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let mut found = crate::priority::niceness_of(name);
+            while !found.contains(&7) && std::time::Instant::now() < deadline {
+                std::thread::yield_now();
+                found = crate::priority::niceness_of(name);
+            }
+            assert!(found.contains(&7), "{name}: {found:?}");
+        }
+        // The request path keeps its priority.
+        let writer = crate::priority::niceness_of("cognihook-write");
+        assert!(!writer.is_empty() && !writer.contains(&7), "{writer:?}");
+        runtime().block_on(store.close());
     }
 
     #[test]

@@ -549,6 +549,7 @@ pub(super) fn start_checkpointer(
     restart_wanted: Arc<AtomicBool>,
     shared: Arc<Shared>,
     keys: Arc<Keys>,
+    nice: u8,
 ) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>), super::OpenError> {
     let conn = open_connection(path, sync, false, super::SMALL_CACHE_KIB).map_err(
         super::OpenError::failed(format!(
@@ -562,6 +563,7 @@ pub(super) fn start_checkpointer(
     let handle = std::thread::Builder::new()
         .name("cognihook-checkpoint".into())
         .spawn(move || {
+            crate::priority::lower_current_thread(nice, "store checkpointer");
             // Returns the WAL's size in frames after the checkpoint.
             let checkpoint = |mode: &str| -> Option<i64> {
                 // Columns: busy, frames in the WAL, frames checkpointed.
