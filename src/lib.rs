@@ -128,29 +128,22 @@ pub fn now_rfc3339() -> String {
 /// session).
 pub fn format_rfc3339(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
-    let Ok(year) = u16::try_from(t.year()) else {
-        return format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.millisecond()
-        );
+    // Four digits cover every year a clock gives; any other is left to `format!`.
+    let year = match u16::try_from(t.year()) {
+        Ok(year) if year <= 9999 => year,
+        _ => {
+            return format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.millisecond()
+            )
+        }
     };
-    if year > 9999 {
-        return format!(
-            "{year}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.millisecond()
-        );
-    }
     let mut out = *b"0000-00-00T00:00:00.000Z";
     let mut put = |at: usize, width: usize, mut n: u16| {
         for i in (at..at + width).rev() {
