@@ -21,49 +21,31 @@ pub fn lower_current_thread(nice: u8, what: &str) {
     let _ = what;
 }
 
-/// Sets the niceness of every thread of this process whose name is one of `names` (threads
-/// a library starts, which take no hook). Returns how many were set.
-pub fn lower_threads_named(names: &[&str], nice: u8, what: &str) -> usize {
+/// Runs `f` on a short-lived thread lowered to `nice` and returns its result: every thread
+/// `f` starts inherits that niceness (Linux copies it to a new thread), which is how threads
+/// a library starts, and that take no hook, are ranked. A thread names itself only once it
+/// runs, so finding them afterwards by name would race with their start. With `nice` 0, `f`
+/// runs on the calling thread. Fails only if the thread cannot be started.
+pub fn run_lowered<T: Send>(
+    nice: u8,
+    what: &str,
+    f: impl FnOnce() -> T + Send,
+) -> std::io::Result<T> {
     if nice == 0 {
-        return 0;
+        return Ok(f());
     }
-    #[cfg(target_os = "linux")]
-    {
-        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-            return 0;
-        };
-        let mut set = 0;
-        for task in tasks.flatten() {
-            let Some(tid) = task
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
-                continue;
-            };
-            if !names.contains(&comm.trim_end()) {
-                continue;
-            }
-            let Some(pid) = rustix::process::Pid::from_raw(tid) else {
-                continue;
-            };
-            match rustix::process::setpriority_process(Some(pid), i32::from(nice)) {
-                Ok(()) => set += 1,
-                Err(e) => {
-                    tracing::warn!(error = %e, nice, what, "cannot lower a thread's priority")
-                }
-            }
-        }
-        set
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (names, what);
-        0
-    }
+    std::thread::scope(|scope| {
+        let lowered = std::thread::Builder::new()
+            .name(format!("lowered {what}"))
+            .spawn_scoped(scope, move || {
+                lower_current_thread(nice, what);
+                f()
+            });
+        let handle = lowered?;
+        Ok(handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    })
 }
 
 /// The niceness of this process's threads named `name` (for tests).

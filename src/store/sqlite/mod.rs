@@ -640,22 +640,23 @@ impl SqliteStore {
         };
         let keys_dir = keys::dir_of(&path);
         let now = crate::now_millis();
-        let keys = keys::Keys::open(
-            &keys_dir,
-            windows.idempotency_ms,
-            millis(config.retention),
-            now,
-        )
+        // The keyspace's flush and compaction threads inherit the niceness of the thread that
+        // opens it (the keyspace takes no hook to set them up).
+        let keys = crate::priority::run_lowered(config.background_nice, "idempotency keys", || {
+            keys::Keys::open(
+                &keys_dir,
+                windows.idempotency_ms,
+                millis(config.retention),
+                now,
+            )
+        })
+        .map_err(OpenError::failed(
+            "cannot start a thread to open the idempotency keys",
+        ))?
         .map_err(OpenError::failed(format!(
             "cannot open the idempotency keys in {}",
             keys_dir.display()
         )))?;
-        // The keyspace's own threads (it takes no hook to set them up).
-        crate::priority::lower_threads_named(
-            &["flusher", "compactor", "monitor"],
-            config.background_nice,
-            "idempotency keys",
-        );
         move_correlation_index(&conn, &keys, now).map_err(OpenError::failed(format!(
             "cannot move the correlation index of {} to {}",
             path.display(),
@@ -1971,8 +1972,14 @@ mod tests {
             }
             assert!(found.contains(&7), "{name}: {found:?}");
         }
-        // The request path keeps its priority.
-        let writer = crate::priority::niceness_of("cognihook-write");
+        // The request path keeps its priority. A thread takes its name itself as it starts,
+        // so the writer may not carry it yet.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut writer = crate::priority::niceness_of("cognihook-write");
+        while writer.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+            writer = crate::priority::niceness_of("cognihook-write");
+        }
         assert!(!writer.is_empty() && !writer.contains(&7), "{writer:?}");
         runtime().block_on(store.close());
     }
