@@ -70,7 +70,8 @@
 //!   keys go to an LSM tree beside the database, `store::sqlite::keys`, whose `fjall` keyspace
 //!   runs one flush and one compaction thread of its own); and the *checkpointer*, which
 //!   copies the WAL into the database file, flushes the keys, and removes log segments both
-//!   have made durable. All but the sequencer run at `store.background_nice` (`priority`).
+//!   have made durable. The checkpointer and the keyspace's threads run at
+//!   `store.background_nice` (`priority`); the sequencer and the projector do not.
 //!   A settlement's reply is awaited by a short task that logs a failure.
 //! - `store::postgres` owns its writer tasks (commit groups), the maintenance task (expiry,
 //!   every 30 s) and the LISTEN loop (`PgStore::listen`, wakes the workers on other

@@ -50,8 +50,10 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Acceptances waiting for the writer before ingest answers 503 `unavailable`.
     pub queue_depth: usize,
-    /// Niceness (0–19) of the embedded store's background threads (projector,
-    /// checkpointer, the keys' flush and compaction): 0 leaves them beside the request path.
+    /// Niceness (0–19) of the embedded store's background threads that work in bursts (the
+    /// checkpointer, the keys' flush and compaction; not the projector, which every
+    /// acknowledgement's read-your-writes and the sequencer's queue wait on): 0 leaves them
+    /// beside the request path.
     pub background_nice: u8,
 }
 
