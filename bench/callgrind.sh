@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Instructions per request, by part of the gateway: a repeatable yardstick when wall time is
+# too noisy to tell a few per cent apart (the machine is shared). The gateway runs under
+# valgrind's callgrind (CPU 0) on a fresh embedded store (`sync = "full"`, audit on); wrk
+# (CPU 1) warms it up, the counters are zeroed, wrk sends signed NLU events to
+# /webhook/cognigy for DURATION, and the counts are dumped: instructions of every thread
+# divided by the requests wrk saw answered.
+#
+# usage: bench/callgrind.sh [DURATION] [CONNECTIONS]      (defaults: 20s 16)
+# env:   BIN (the gateway binary, default target/release/cognihook: another build to compare),
+#        SKIP_BUILD=1, KEEP=DIR (keep the callgrind file there, for callgrind_annotate)
+#
+# Under valgrind the CPU has no SHA extensions, so SHA-256 (the HMAC, body-hash keys) costs
+# several times what it does natively; compare builds with each other, not with perf's shares.
+# valgrind also cuts the rate to several hundred requests a second, so work done now and then
+# (checkpoints, the key tree's flushes and compactions) falls mostly outside a short run: the
+# figures are the per-event work of the request path, the sequencer and the projector.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${1:-20s}
+CONNS=${2:-16}
+SECRET=bench-secret
+GW_PORT=18080
+BIN=${BIN:-target/release/cognihook}
+command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
+source bench/common.sh
+
+python3 bench/gen_requests.py nlu /webhook/cognigy "$SECRET" 1000 "$work/nlu.lua"
+cat > "$work/c.toml" <<TOML
+[server]
+listen = "127.0.0.1:$GW_PORT"
+[limits]
+# valgrind runs the gateway ~50x slower: keep requests from being refused as late.
+deadline = "60s"
+[store]
+data_dir = "$work/data"
+sync = "full"
+[audit]
+path = "$work/audit.jsonl"
+TOML
+COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 valgrind --tool=callgrind \
+  --callgrind-out-file="$work/cg.out" "$BIN" --config "$work/c.toml" serve 2>"$work/gw.log" &
+gw=$!
+pids+=("$gw")
+for _ in $(seq 1 600); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$GW_PORT") 2>/dev/null && break
+  sleep 0.1
+done
+taskset -c 1 wrk -t1 -c"$CONNS" -d5s -s "$work/nlu.lua" "http://127.0.0.1:$GW_PORT/webhook/cognigy" -- warm >/dev/null
+callgrind_control -z "$gw" >/dev/null 2>&1
+out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" -s "$work/nlu.lua" "http://127.0.0.1:$GW_PORT/webhook/cognigy" -- run)
+callgrind_control -d "$gw" >/dev/null 2>&1
+kill -TERM "$gw"; wait "$gw" 2>/dev/null || true
+requests=$(echo "$out" | awk '/requests in/ { print $1 }')
+errors=$(echo "$out" | awk '/Non-2xx/ { print $5 }')
+dump=$(ls "$work"/cg.out.* | head -1)
+[ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$dump" "$KEEP/"
+
+echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $BIN; wrk $CONNS connections, $DURATION"
+callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | python3 -c '
+import re, sys
+requests, errors = int(sys.argv[1]), sys.argv[2] or "0"
+total, parts = None, {}
+roots = {
+    "request path (tokio workers)": "tokio::runtime::scheduler::multi_thread::worker::run ",
+    "sequencer": "cognihook::store::sqlite::sequencer::Sequencer::run ",
+    "projector": "cognihook::store::sqlite::project::run ",
+    "checkpointer": "cognihook::store::sqlite::project::start_checkpointer::{{closure}}::{{closure}} ",
+}
+for line in sys.stdin:
+    m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)", line)
+    if not m:
+        continue
+    n, what = int(m.group(1).replace(",", "")), m.group(2)
+    if "PROGRAM TOTALS" in what:
+        total = n
+    for name, root in roots.items():
+        if name not in parts and ":" + root in what + " ":
+            parts[name] = n
+print(f"requests answered: {requests} (non-2xx: {errors})")
+print("%-32s %22s" % ("part", "instructions/request"))
+for name in roots:
+    print("%-32s %22s" % (name, format(round(parts.get(name, 0) / requests), ",")))
+rest = total - sum(parts.values())
+print("%-32s %22s" % ("everything else", format(round(rest / requests), ",")))
+print("%-32s %22s" % ("total", format(round(total / requests), ",")))
+' "$requests" "$errors"
