@@ -59,6 +59,71 @@ pub fn traceparent_in(body: &[u8]) -> Option<&str> {
 }
 
 impl NormalisedEvent {
+    /// The event as compact JSON: what `serde_json::to_string` gives for it, written by hand
+    /// (`json`; every stored event is written once, on the commit path).
+    pub fn to_json(&self) -> String {
+        use crate::json::{float, object, string, value};
+        let mut out = String::with_capacity(512);
+        // The first field follows the `{` alone.
+        fn field(out: &mut String, name: &str) {
+            out.push_str(if out.len() > 1 { ",\"" } else { "\"" });
+            out.push_str(name);
+            out.push_str("\":");
+        }
+        out.push('{');
+        field(&mut out, "eventId");
+        string(&mut out, &self.event_id);
+        if let Some(t) = &self.traceparent {
+            field(&mut out, "traceparent");
+            string(&mut out, t);
+        }
+        for (name, v) in [
+            ("route", &self.route),
+            ("correlationId", &self.correlation_id),
+            ("transactionId", &self.transaction_id),
+            ("receivedAt", &self.received_at),
+            ("sessionId", &self.session_id),
+            ("userId", &self.user_id),
+            ("eventType", &self.event_type),
+        ] {
+            field(&mut out, name);
+            string(&mut out, v);
+        }
+        if let Some(t) = &self.text {
+            field(&mut out, "text");
+            string(&mut out, t);
+        }
+        if let Some(i) = &self.intent {
+            field(&mut out, "intent");
+            out.push_str("{\"name\":");
+            string(&mut out, &i.name);
+            out.push_str(",\"score\":");
+            float(&mut out, i.score);
+            out.push('}');
+        }
+        field(&mut out, "entities");
+        object(&mut out, &self.entities);
+        for (name, v) in [
+            ("channel", &self.channel),
+            ("locale", &self.locale),
+            ("urlToken", &self.url_token),
+            ("traceId", &self.trace_id),
+        ] {
+            if let Some(v) = v {
+                field(&mut out, name);
+                string(&mut out, v);
+            }
+        }
+        field(&mut out, "stateVersion");
+        out.push_str(itoa::Buffer::new().format(self.state_version));
+        field(&mut out, "simulated");
+        out.push_str(if self.simulated { "true" } else { "false" });
+        field(&mut out, "payload");
+        value(&mut out, &self.payload);
+        out.push('}');
+        out
+    }
+
     /// A new event with a fresh ULID and receive time; the optional fields empty, not yet
     /// committed (`state_version` 0), not simulated.
     pub fn new(
@@ -342,6 +407,38 @@ mod tests {
         ev.entities
             .insert("orderId".into(), serde_json::json!("A-1"));
         ev
+    }
+
+    #[test]
+    fn the_hand_written_json_is_what_serde_json_writes() {
+        let mut ev = event();
+        assert_eq!(ev.to_json(), serde_json::to_string(&ev).expect("json"));
+        // Every optional field set, strings that need escaping, a score JSON cannot hold.
+        ev.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        ev.channel = Some("voice\u{1}".into());
+        ev.locale = Some("de-DE".into());
+        ev.url_token = Some("tok\"en".into());
+        ev.trace_id = Some("trace\\id".into());
+        ev.user_id = "ü\n😀".into();
+        ev.state_version = u64::MAX;
+        ev.simulated = true;
+        ev.intent = Some(Intent {
+            name: "x".into(),
+            score: f64::NAN,
+        });
+        ev.payload = serde_json::json!([null, -3, 2.5e-10, {"k\t": []}]);
+        assert_eq!(ev.to_json(), serde_json::to_string(&ev).expect("json"));
+        // Every optional field unset.
+        ev.traceparent = None;
+        ev.text = None;
+        ev.intent = None;
+        ev.channel = None;
+        ev.locale = None;
+        ev.url_token = None;
+        ev.trace_id = None;
+        ev.entities.clear();
+        ev.payload = serde_json::Value::Null;
+        assert_eq!(ev.to_json(), serde_json::to_string(&ev).expect("json"));
     }
 
     #[test]

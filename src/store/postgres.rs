@@ -1084,7 +1084,7 @@ async fn accept_one(
         .get(0);
     e.state_version = version.max(0) as u64;
     let response = a.answer.render(e.state_version);
-    let body = serde_json::to_string(&*e).map_err(unavailable)?;
+    let body = e.to_json();
     let body = if crate::seal::active() {
         crate::seal::seal(body).map_err(StoreError::unavailable)?
     } else {

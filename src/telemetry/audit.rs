@@ -228,6 +228,23 @@ pub enum AuditKind {
     PayloadRevealed,
 }
 
+impl AuditKind {
+    /// The name a line carries (what serde writes for it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::WebhookProcessed => "webhook_processed",
+            AuditKind::WebhookRejected => "webhook_rejected",
+            AuditKind::WebhookDuplicate => "webhook_duplicate",
+            AuditKind::DeliverySucceeded => "delivery_succeeded",
+            AuditKind::DeliveryFailed => "delivery_failed",
+            AuditKind::DeadLettered => "dead_lettered",
+            AuditKind::Replayed => "replayed",
+            AuditKind::SessionForgotten => "session_forgotten",
+            AuditKind::PayloadRevealed => "payload_revealed",
+        }
+    }
+}
+
 /// One audit line. Optional fields are left out when unknown.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditLine<'a> {
@@ -257,6 +274,62 @@ pub struct AuditLine<'a> {
     /// commit time, `transaction_id` empty and `latency_ms` 0). Left out when false.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub recovered: bool,
+}
+
+impl AuditLine<'_> {
+    /// The line as compact JSON and a newline: what `serde_json` writes for it, written by
+    /// hand (`crate::json`; one line per request and per delivery attempt).
+    fn to_line(&self) -> String {
+        use crate::json::{float, string};
+        let mut out = String::with_capacity(320);
+        out.push_str("{\"ts\":");
+        string(&mut out, &self.ts);
+        out.push_str(",\"event\":\"");
+        out.push_str(self.event.as_str());
+        out.push('"');
+        for (name, v) in [
+            ("route", Some(self.route)),
+            ("correlation_id", Some(self.correlation_id)),
+            ("transaction_id", Some(self.transaction_id)),
+            ("event_id", self.event_id),
+            ("session_id", self.session_id),
+            ("event_type", self.event_type),
+        ] {
+            if let Some(v) = v {
+                out.push_str(",\"");
+                out.push_str(name);
+                out.push_str("\":");
+                string(&mut out, v);
+            }
+        }
+        out.push_str(",\"status\":");
+        out.push_str(itoa::Buffer::new().format(self.status));
+        if let Some(code) = self.code {
+            out.push_str(",\"code\":");
+            string(&mut out, code);
+        }
+        out.push_str(",\"latency_ms\":");
+        float(&mut out, self.latency_ms);
+        if let Some(v) = self.state_version {
+            out.push_str(",\"state_version\":");
+            out.push_str(itoa::Buffer::new().format(v));
+        }
+        out.push_str(",\"simulated\":");
+        out.push_str(if self.simulated { "true" } else { "false" });
+        if let Some(sink) = self.sink {
+            out.push_str(",\"sink\":");
+            string(&mut out, sink);
+        }
+        if let Some(a) = self.attempt {
+            out.push_str(",\"attempt\":");
+            out.push_str(itoa::Buffer::new().format(a));
+        }
+        if self.recovered {
+            out.push_str(",\"recovered\":true");
+        }
+        out.push_str("}\n");
+        out
+    }
 }
 
 struct Shared {
@@ -437,14 +510,10 @@ impl Audit {
         let Some(Handle(s)) = self.shared.as_deref() else {
             return;
         };
-        let mut buf = Vec::with_capacity(320);
-        if serde_json::to_writer(&mut buf, line).is_err() {
-            return;
-        }
-        buf.push(b'\n');
+        let buf = line.to_line();
         let len = {
             let mut b = s.buf.lock();
-            b.extend_from_slice(&buf);
+            b.extend_from_slice(buf.as_bytes());
             b.len()
         };
         if len >= MAX_BUFFER_BYTES {
@@ -526,6 +595,45 @@ impl Audit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_is_what_serde_json_writes_for_it() {
+        let kinds = [
+            AuditKind::WebhookProcessed,
+            AuditKind::WebhookRejected,
+            AuditKind::WebhookDuplicate,
+            AuditKind::DeliverySucceeded,
+            AuditKind::DeliveryFailed,
+            AuditKind::DeadLettered,
+            AuditKind::Replayed,
+            AuditKind::SessionForgotten,
+            AuditKind::PayloadRevealed,
+        ];
+        for (i, event) in kinds.into_iter().enumerate() {
+            let all = i % 2 == 0;
+            let line = AuditLine {
+                ts: crate::now_rfc3339(),
+                event,
+                route: "r\"1",
+                correlation_id: "c\u{1}",
+                transaction_id: "",
+                event_id: all.then_some("e"),
+                session_id: all.then_some("sé"),
+                event_type: all.then_some("nlu\\input"),
+                status: 422,
+                code: all.then_some("rule_rejected"),
+                latency_ms: [0.0, 1.25, 12345.678, f64::NAN][i % 4],
+                state_version: all.then_some(u64::MAX),
+                simulated: all,
+                sink: all.then_some("s\n"),
+                attempt: all.then_some(u32::MAX),
+                recovered: all,
+            };
+            let mut want = serde_json::to_string(&line).expect("json");
+            want.push('\n');
+            assert_eq!(line.to_line(), want, "{event:?}");
+        }
+    }
 
     #[test]
     fn lines_are_json_in_order_and_flushed() {

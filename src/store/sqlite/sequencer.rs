@@ -446,7 +446,7 @@ impl Sequencer {
         let version = self.windows.next_version(previous, now);
         e.state_version = version;
         let answer = a.answer.render(version);
-        let body = serde_json::to_string(&*e).map_err(StoreError::unavailable)?;
+        let body = e.to_json();
         // What the log and the database keep ([privacy] encrypt_key); the request's own
         // `respond` call below uses the plaintext.
         let stored = if crate::seal::active() {
