@@ -306,7 +306,7 @@ async fn receive(
         Declared::Json => Ok((BodyFormat::Json, body, None)),
         Declared::Form => Ok((BodyFormat::Form, body, None)),
         Declared::Multipart(boundary) => {
-            let fields = multipart_as_form(body.clone(), boundary).await?;
+            let fields = Box::pin(multipart_as_form(body.clone(), boundary)).await?;
             Ok((BodyFormat::Form, body, Some(fields)))
         }
     }
@@ -470,7 +470,10 @@ async fn commit(
                 (Some(claim), Some(r), Some(idempotency_key)) => {
                     let wait = upstream_wait(state, r.within, started);
                     let parent = traced.map(|t| t.context().clone());
-                    await_upstream(
+                    // Boxed, as the other paths few requests take: every request's future
+                    // is as large as its largest path, and is moved whole (measured:
+                    // bench/README.md, fourteenth session).
+                    Box::pin(await_upstream(
                         state,
                         &ep.route,
                         *claim,
@@ -478,7 +481,7 @@ async fn commit(
                         body,
                         idempotency_key,
                         parent,
-                    )
+                    ))
                     .await
                 }
                 _ => (answer_status, body),
