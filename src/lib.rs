@@ -92,8 +92,9 @@
 //! over the event), `rate` (token buckets, used by admission and by sinks), `duration`
 //! (human durations in settings), `clock` (stored times and schedules: wall-clock time that
 //! never runs backwards), `seal` (event bodies encrypted at rest, opened by the stores),
-//! `priority` (thread niceness: delivery and the store's background threads), `json` (the
-//! event's JSON written by hand for the stores, byte for byte what serde_json writes) and
+//! `priority` (thread niceness: delivery and the store's background threads), `json` (JSON
+//! written by hand on the ingest path: the stored event, the audit line, the answer; byte for
+//! byte what serde_json writes) and
 //! `load` (ingest's load gauge: HTTP raises it, delivery reads it). Store and sinks never
 //! import `ingest` or `delivery`; `config` imports only the leaves.
 

@@ -576,31 +576,30 @@ fn success_answer(
     transaction_id: &str,
     extracted: &serde_json::Map<String, Value>,
 ) -> Answer {
-    fn field(out: &mut Vec<u8>, name: &str, value: &str) {
-        out.push(b'"');
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b"\":");
-        // Writing JSON into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, value);
-        out.push(b',');
+    fn field(out: &mut String, name: &str, value: &str) {
+        out.push('"');
+        out.push_str(name);
+        out.push_str("\":");
+        crate::json::string(out, value);
+        out.push(',');
     }
-    let mut head = Vec::with_capacity(256);
-    head.push(b'{');
+    let mut head = String::with_capacity(256);
+    head.push('{');
     field(&mut head, "status", status);
     field(&mut head, "message", message);
     field(&mut head, "correlationId", correlation_id);
     field(&mut head, "transactionId", transaction_id);
     field(&mut head, "timestamp", &crate::now_rfc3339());
-    head.extend_from_slice(b"\"data\":{\"processed\":true,\"stateVersion\":");
-    let mut tail = Vec::with_capacity(64);
+    head.push_str("\"data\":{\"processed\":true,\"stateVersion\":");
+    let mut tail = String::with_capacity(64);
     for (k, v) in extracted {
-        tail.push(b',');
-        let _ = serde_json::to_writer(&mut tail, k);
-        tail.push(b':');
-        let _ = serde_json::to_writer(&mut tail, v);
+        tail.push(',');
+        crate::json::string(&mut tail, k);
+        tail.push(':');
+        crate::json::value(&mut tail, v);
     }
-    tail.extend_from_slice(b"}}");
-    Answer::new(head, tail)
+    tail.push_str("}}");
+    Answer::new(head.into_bytes(), tail.into_bytes())
 }
 
 /// How long the request may wait for its upstream: `respond.within`, but never past the
