@@ -12,7 +12,8 @@ pub struct Intent {
     pub score: f64,
 }
 
-/// The normalised event (SPEC §3.6).
+/// The normalised event (SPEC §3.6). Stored as [`NormalisedEvent::to_json`] writes it: a
+/// field added here goes there too, and into its test with a value set.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NormalisedEvent {

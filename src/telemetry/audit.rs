@@ -245,7 +245,8 @@ impl AuditKind {
     }
 }
 
-/// One audit line. Optional fields are left out when unknown.
+/// One audit line. Optional fields are left out when unknown. Written as
+/// [`AuditLine::to_line`] writes it: a field added here goes there too, and into its test.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditLine<'a> {
     pub ts: String,
