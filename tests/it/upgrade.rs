@@ -129,7 +129,8 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     let j: Value = app.admin_get("/admin/events/fx-4").await.json();
     assert_eq!(j["event"]["stateVersion"], 3);
     // Duplicates read their answer from the database now (a restart emptied the hot maps):
-    // an old key's as well as a new key's from `answers` (schema 8 moved the old ones).
+    // an old key's from `answers` (schema 8 moved the old ones there) as well as a new
+    // key's from its event's row (schema 9).
     let dup = repeat_of_fx_key_1(&app).await;
     assert_eq!(dup.header("idempotent-replayed"), Some("true"));
     assert_eq!(dup.json()["correlationId"], "fx-1");
@@ -139,7 +140,7 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     assert_eq!(dup.json()["data"]["stateVersion"], 3);
     let db = app.db().await;
     assert_eq!(count(&db, "SELECT count(*) FROM events"), 7);
-    assert_eq!(count(&db, "PRAGMA user_version"), 8, "every migration ran");
+    assert_eq!(count(&db, "PRAGMA user_version"), 9, "every migration ran");
     assert_eq!(
         count(
             &db,
@@ -149,9 +150,19 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
         "the correlation index left the database"
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM answers WHERE status = 200"),
+        count(
+            &db,
+            "SELECT count(*) FROM events e WHERE coalesce(e.answer_status, \
+               (SELECT a.status FROM answers a WHERE a.event_id = e.event_id)) = 200"
+        ),
         7,
-        "every answer is kept by its event id with its status (schema 8 moved the old ones)"
+        "every answer is kept with its status: a new event's in its row (schema 9), an old \
+         one's by its event id in `answers` (schema 8 moved them there)"
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM events WHERE answer IS NULL"),
+        count(&db, "SELECT count(*) FROM answers"),
+        "the old events' answers stay where they were"
     );
     assert_eq!(
         count(

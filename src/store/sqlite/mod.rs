@@ -3,11 +3,12 @@
 //! ```text
 //! request ──► sequencer thread ──► log (segment files; one write + fdatasync per group)
 //!              decide: replay? duplicate? version?     │ answer the group's requests
-//!              (hot maps + database reads)             ▼
+//!              (hot maps, recent sessions,             ▼
+//!               database reads)
 //!                                           projector thread ──► keys (idempotency keys,
 //!   delivery jobs (claim, settle, replay, purge) ──►   an LSM tree: `keys`), then SQLite
-//!                                                      (events, sessions, answers, outbox
-//!                                                      …), big transactions,
+//!                                                      (events with their answers,
+//!                                                      sessions, outbox …), big transactions,
 //!                                                      synchronous=NORMAL
 //!                                           checkpointer thread: WAL → database file,
 //!                                           flushes the keys; removes log segments both
@@ -90,6 +91,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0006_forgotten_sessions.sql"),
     include_str!("../migrations/sqlite/0007_answers.sql"),
     include_str!("../migrations/sqlite/0008_answer_status.sql"),
+    include_str!("../migrations/sqlite/0009_event_answers.sql"),
 ];
 
 /// Sends `msg` to the sequencer, waiting for room when its queue is full (answers and
@@ -1575,9 +1577,12 @@ fn read_timeline(
     // The rest by event id (both indexed), not by scanning the session's events again.
     let mut deliveries =
         c.prepare_cached("SELECT sink, status FROM outbox WHERE event_id = ?1 ORDER BY id")?;
-    // (A status is missing only on an answer of schema 7 whose key had gone by the upgrade.)
+    // In the event's row since schema 9, in `answers` before. (A status is missing only on
+    // an answer of schema 7 whose key had gone by the upgrade.)
     let mut answer = c.prepare_cached(
-        "SELECT status, body FROM answers WHERE event_id = ?1 AND status IS NOT NULL",
+        "SELECT answer_status, answer FROM events WHERE event_id = ?1 AND answer IS NOT NULL \
+         UNION ALL SELECT status, body FROM answers WHERE event_id = ?1 AND status IS NOT NULL \
+         LIMIT 1",
     )?;
     for e in &mut entries {
         e.deliveries = deliveries
@@ -2232,7 +2237,7 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_outlives_its_idempotency_key_by_an_hour_then_goes() {
+    fn an_event_and_its_answer_outlive_the_idempotency_key_by_an_hour_even_past_retention() {
         let dir = tempfile::tempdir().expect("tmp");
         let rt = runtime();
         let path = used_then_closed(dir.path(), &rt, |store| {
@@ -2241,10 +2246,18 @@ mod tests {
         });
         let conn = Connection::open(&path).expect("open");
         let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
-        assert_eq!(n("SELECT count(*) FROM answers"), 1);
-        // A window whose cut-off is a minute from now: the key has expired; its answer is
-        // kept an hour longer.
-        let settings = |window_ms: i64| maintenance(&path, window_ms, 86_400_000, 86_400_000);
+        assert_eq!(
+            n("SELECT count(*) FROM answers"),
+            0,
+            "the answer is in the row"
+        );
+        assert_eq!(
+            n("SELECT count(*) FROM events WHERE answer IS NOT NULL AND answer_status = 200"),
+            1
+        );
+        // Retention over and a window whose cut-off is a minute from now: the key has
+        // expired; its event, which holds the answer, is kept an hour longer.
+        let settings = |window_ms: i64| maintenance(&path, window_ms, 86_400_000, -60_000);
         let prune = |s: &WriterSettings| {
             project::maintain(&conn, s, &mut project::MaintenanceCursor::default());
         };
@@ -2252,11 +2265,55 @@ mod tests {
         assert!(expired.keys.get("a").expect("read").is_some());
         prune(&expired);
         assert_eq!(expired.keys.get("a").expect("read"), None, "the key went");
-        assert_eq!(n("SELECT count(*) FROM answers"), 1);
+        assert_eq!(n("SELECT count(*) FROM events"), 1);
         drop(expired);
         // Two hours from now: past the margin too.
         prune(&settings(-7_200_000));
-        assert_eq!(n("SELECT count(*) FROM answers"), 0);
+        assert_eq!(n("SELECT count(*) FROM events"), 0);
+    }
+
+    #[test]
+    fn a_schema_8_answer_kept_in_answers_is_still_replayed_and_replaced() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let path = used_then_closed(dir.path(), &rt, |store| {
+            rt.block_on(store.accept(acceptance("k8", "s8", &[])))
+                .expect("commit");
+        });
+        // Back to what schema 8 wrote: the answer in `answers`, none in the event's row.
+        Connection::open(&path)
+            .and_then(|c| {
+                c.execute_batch(
+                    "INSERT INTO answers (event_id, body, status) \
+                       SELECT event_id, answer, 201 FROM events; \
+                     ALTER TABLE events DROP COLUMN answer; \
+                     ALTER TABLE events DROP COLUMN answer_status; PRAGMA user_version = 8;",
+                )
+            })
+            .expect("schema 8");
+        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
+        let out = rt
+            .block_on(store.accept(acceptance("k8", "other", &[])))
+            .expect("duplicate");
+        assert!(
+            matches!(out, AcceptOutcome::Duplicate { status: 201, .. }),
+            "{out:?}"
+        );
+        let timeline = rt
+            .block_on(store.session_timeline("s8", 10))
+            .expect("timeline");
+        assert_eq!(timeline[0].answer.as_ref().map(|a| a.0), Some(201));
+        // A new answer for the old key lands where readers find it.
+        rt.block_on(store.set_answer("k8".into(), 202, bytes::Bytes::from_static(b"{}")))
+            .expect("answer");
+        let timeline = rt
+            .block_on(store.session_timeline("s8", 10))
+            .expect("timeline");
+        assert_eq!(
+            timeline[0].answer.clone(),
+            Some((202, bytes::Bytes::from_static(b"{}")))
+        );
+        rt.block_on(store.close());
     }
 
     #[test]
@@ -2275,6 +2332,9 @@ mod tests {
                     "INSERT INTO idempotency (key, event_id, status, body, correlation_id, \
                                               created_at) \
                        SELECT 'k7', event_id, 200, x'', correlation_id, committed_at FROM events; \
+                     INSERT INTO answers (event_id, body) SELECT event_id, answer FROM events; \
+                     ALTER TABLE events DROP COLUMN answer; \
+                     ALTER TABLE events DROP COLUMN answer_status; \
                      ALTER TABLE answers DROP COLUMN status; PRAGMA user_version = 7;",
                 )
             })
@@ -2490,8 +2550,9 @@ mod tests {
             deliver_one(&rt, store, "audit");
         });
         let conn = Connection::open(&path).expect("open");
-        // Negative windows put every cut-off in the future: everything has expired.
-        let expired = maintenance(&path, -60_000, -60_000, -60_000);
+        // Negative windows put every cut-off in the future: everything has expired (the
+        // idempotency window two hours ago: an answer outlives its key by an hour).
+        let expired = maintenance(&path, -7_200_000, -60_000, -60_000);
         project::maintain(&conn, &expired, &mut project::MaintenanceCursor::default());
         let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
         assert_eq!(expired.keys.get("a").expect("read"), None);

@@ -431,18 +431,26 @@ pub(super) fn attempts(c: &Connection, outbox_id: i64) -> rusqlite::Result<Vec<A
 }
 
 /// Replaces the answer duplicates of the event's request get (a `respond` route's upstream
-/// answered in time). Only `answers` changes: readers take status and body from there
-/// (schema 8).
+/// answered in time): in the event's row (schema 9), or in `answers` for an event written
+/// before (schema 8), where readers look after the row.
 pub(super) fn set_event_answer(
     c: &Connection,
     event_id: &str,
     status: u16,
     body: &[u8],
 ) -> rusqlite::Result<()> {
-    c.prepare_cached(
-        "INSERT OR REPLACE INTO answers (event_id, body, status) VALUES (?1, ?2, ?3)",
-    )?
-    .execute(params![event_id, body, status])?;
+    let in_row = c
+        .prepare_cached(
+            "UPDATE events SET answer = ?2, answer_status = ?3 \
+             WHERE event_id = ?1 AND answer IS NOT NULL",
+        )?
+        .execute(params![event_id, body, status])?;
+    if in_row == 0 {
+        c.prepare_cached(
+            "INSERT OR REPLACE INTO answers (event_id, body, status) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![event_id, body, status])?;
+    }
     Ok(())
 }
 

@@ -300,7 +300,6 @@ pub(super) struct Statements<'c> {
     event: Option<CachedStatement<'c>>,
     row: Option<CachedStatement<'c>>,
     held_row: Option<CachedStatement<'c>>,
-    answer: Option<CachedStatement<'c>>,
 }
 
 impl<'c> Statements<'c> {
@@ -311,7 +310,6 @@ impl<'c> Statements<'c> {
             event: None,
             row: None,
             held_row: None,
-            answer: None,
         }
     }
 
@@ -421,8 +419,9 @@ fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<(
         conn,
         &mut st.event,
         "INSERT INTO events (event_id, correlation_id, route, session_id, event_type, \
-                             state_version, simulated, received_at, committed_at, body) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                             state_version, simulated, received_at, committed_at, body, \
+                             answer, answer_status) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         a.event_id,
@@ -434,7 +433,9 @@ fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<(
         a.simulated,
         a.received_at,
         a.at,
-        a.body
+        a.body,
+        &a.answer[..],
+        a.status
     ])?;
     for row in &a.rows {
         match &row.held {
@@ -476,13 +477,7 @@ fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<(
             ])?,
         };
     }
-    // The key is in `keys` (written by the caller); the answer, by event id, is appended.
-    Statements::take(
-        conn,
-        &mut st.answer,
-        "INSERT OR REPLACE INTO answers (event_id, body, status) VALUES (?1, ?2, ?3)",
-    )?
-    .execute(params![a.event_id, &a.answer[..], a.status])?;
+    // The key is in `keys` (written by the caller); the answer is in the event's row.
     if let Some(s) = &a.spend {
         spend(conn, s)?;
     }
@@ -520,11 +515,15 @@ pub(super) fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut Maint
         )?;
         // An answer goes by its event id's time, an hour after its key could have: a key is
         // written after its event id is made (moments later), so no live key loses its answer.
+        // Since schema 9 the answer is in the event's row, so an event is kept that long even
+        // past `retention`; before, in `answers`.
         let answer_cutoff = u64::try_from(key_cutoff.saturating_sub(ANSWER_MARGIN_MS)).unwrap_or(0);
+        let answer_cutoff = ulid::Ulid::from_parts(answer_cutoff, 0).to_string();
         conn.execute(
             "DELETE FROM answers WHERE event_id < ?1",
-            params![ulid::Ulid::from_parts(answer_cutoff, 0).to_string()],
+            params![answer_cutoff],
         )?;
+        let events_cutoff = oldest_kept.as_str().min(answer_cutoff.as_str());
         conn.execute(
             "DELETE FROM spent_signatures WHERE expires_at < ?1",
             params![now / 1000],
@@ -542,7 +541,7 @@ pub(super) fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut Maint
         conn.execute(
             "DELETE FROM events WHERE event_id < ?1 AND NOT EXISTS \
                (SELECT 1 FROM outbox o WHERE o.event_id = events.event_id)",
-            params![oldest_kept],
+            params![events_cutoff],
         )?;
         let last: Option<String> = conn
             .query_row(

@@ -639,15 +639,19 @@ impl Sequencer {
     }
 
     /// The stored answer for `key`: its entry in `keys` says which event it made and when,
-    /// `answers` (by event id, since schema 8 with its status) what was answered. An answer
-    /// outlives its key (`project::maintain`), so a live key always has one. Keys written
-    /// before they moved to `keys` are looked up in the database after a miss.
+    /// the event's row (since schema 9; before, `answers` by event id) what was answered. An
+    /// answer outlives its key (`project::maintain`), so a live key always has one. Keys
+    /// written before they moved to `keys` are looked up in the database after a miss.
     fn read_answer(&mut self, key: &str) -> rusqlite::Result<Option<HotAnswer>> {
         if let Some(k) = self.keys.get(key).map_err(super::keys::failed)? {
             self.begin_read()?;
             return self
                 .reader
-                .prepare_cached("SELECT status, body FROM answers WHERE event_id = ?1")?
+                .prepare_cached(
+                    "SELECT answer_status, answer FROM events \
+                     WHERE event_id = ?1 AND answer IS NOT NULL \
+                     UNION ALL SELECT status, body FROM answers WHERE event_id = ?1 LIMIT 1",
+                )?
                 .query_row(params![k.event_id], |r| {
                     Ok(HotAnswer {
                         status: r.get(0)?,
