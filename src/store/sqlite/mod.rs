@@ -2237,6 +2237,44 @@ mod tests {
     }
 
     #[test]
+    fn a_session_row_pruned_after_its_version_was_decided_is_written_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        let rt = runtime();
+        for key in ["a", "b"] {
+            rt.block_on(store.accept(acceptance(key, "s", &[])))
+                .expect("commit");
+        }
+        rt.block_on(store.caught_up()).expect("caught up");
+        // As maintenance would have: the row goes while the sequencer still holds version 2.
+        let c = Connection::open(store.path()).expect("open");
+        c.execute("DELETE FROM sessions", []).expect("prune");
+        let out = rt
+            .block_on(store.accept(acceptance("c", "s", &[])))
+            .expect("commit");
+        assert!(
+            matches!(
+                out,
+                AcceptOutcome::Committed {
+                    state_version: 3,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+        rt.block_on(store.caught_up()).expect("caught up");
+        let version: i64 = c
+            .query_row(
+                "SELECT state_version FROM sessions WHERE session_id = 's'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("the row is back");
+        assert_eq!(version, 3);
+        rt.block_on(store.close());
+    }
+
+    #[test]
     fn an_event_and_its_answer_outlive_the_idempotency_key_by_an_hour_even_past_retention() {
         let dir = tempfile::tempdir().expect("tmp");
         let rt = runtime();

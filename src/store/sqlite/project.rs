@@ -297,6 +297,7 @@ pub(super) fn apply(tx: &Connection, r: &Record, keys: &Keys) -> rusqlite::Resul
 pub(super) struct Statements<'c> {
     conn: &'c Connection,
     session: Option<CachedStatement<'c>>,
+    session_update: Option<CachedStatement<'c>>,
     event: Option<CachedStatement<'c>>,
     row: Option<CachedStatement<'c>>,
     held_row: Option<CachedStatement<'c>>,
@@ -307,6 +308,7 @@ impl<'c> Statements<'c> {
         Statements {
             conn,
             session: None,
+            session_update: None,
             event: None,
             row: None,
             held_row: None,
@@ -403,18 +405,36 @@ fn spend(tx: &Connection, s: &Spend) -> rusqlite::Result<()> {
 fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<()> {
     let version = a.state_version as i64;
     let conn = st.conn;
-    Statements::take(
-        conn,
-        &mut st.session,
-        "INSERT INTO sessions (session_id, state_version, first_seen, last_seen, \
-                               last_event_type, last_route) \
-         VALUES (?1, ?2, ?3, ?3, ?4, ?5) \
-         ON CONFLICT (session_id) DO UPDATE SET \
-           state_version = ?2, \
-           first_seen = CASE WHEN ?2 = 1 THEN ?3 ELSE sessions.first_seen END, \
-           last_seen = ?3, last_event_type = ?4, last_route = ?5",
-    )?
-    .execute(params![a.session_id, version, a.at, a.event_type, a.route])?;
+    let session = params![a.session_id, version, a.at, a.event_type, a.route];
+    // A session's later event finds its row (an insert that conflicts and then updates seeks
+    // twice); the row may still have been pruned since the version was decided, and a first
+    // event may find an expired row: both take the upsert.
+    let updated = if version > 1 {
+        Statements::take(
+            conn,
+            &mut st.session_update,
+            "UPDATE sessions SET state_version = ?2, last_seen = ?3, last_event_type = ?4, \
+               last_route = ?5 \
+             WHERE session_id = ?1",
+        )?
+        .execute(session)?
+    } else {
+        0
+    };
+    if updated == 0 {
+        Statements::take(
+            conn,
+            &mut st.session,
+            "INSERT INTO sessions (session_id, state_version, first_seen, last_seen, \
+                                   last_event_type, last_route) \
+             VALUES (?1, ?2, ?3, ?3, ?4, ?5) \
+             ON CONFLICT (session_id) DO UPDATE SET \
+               state_version = ?2, \
+               first_seen = CASE WHEN ?2 = 1 THEN ?3 ELSE sessions.first_seen END, \
+               last_seen = ?3, last_event_type = ?4, last_route = ?5",
+        )?
+        .execute(session)?;
+    }
     Statements::take(
         conn,
         &mut st.event,
