@@ -63,8 +63,8 @@
 //!   task per send and per `respond` call; a rate-limited sink gets a one-shot timer task
 //!   that wakes the worker when its bucket refills.
 //! - `store::sqlite` (the embedded store) owns three OS threads: the *sequencer* (thread name
-//!   `cognihook-writer`), which decides acceptances and commits them to the log with one
-//!   fdatasync per group, and hands each group's outbox rows to the delivery path in memory
+//!   `cognihook-writer`), which decides acceptances (keeping the recent sessions' versions
+//!   in memory) and commits them to the log with one fdatasync per group, and hands each group's outbox rows to the delivery path in memory
 //!   (`store::sqlite::fresh`, bounded per sink); the *projector*, which holds the only database write connection and
 //!   applies log records and the delivery path's jobs in large transactions (the idempotency
 //!   keys go to an LSM tree beside the database, `store::sqlite::keys`, whose `fjall` keyspace

@@ -6,7 +6,7 @@
 //! sessions). An LSM tree writes keys in sorted runs instead, so a key costs its own bytes.
 //!
 //! What is kept per key: the event it made, its correlation id and when (Unix ms). The answer
-//! itself stays in the database (`answers`, by event id).
+//! itself stays in the database, in the event's row (schema 9; `answers`, by event id, before).
 //!
 //! The same keyspace holds the *correlation index* (`events show CORRELATION-ID`: the newest
 //! event of a correlation id), for the same reason: correlation ids come from payloads and
