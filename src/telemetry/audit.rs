@@ -196,14 +196,38 @@ struct MarkFile {
     path: std::path::PathBuf,
     /// When the mark was last written (Unix ms).
     written: std::sync::atomic::AtomicI64,
+    /// When the lines behind the newest mark written were taken (Unix ms); held while a
+    /// mark is written. The writer thread and `close` both drain and mark: a drain that took
+    /// its lines before `close` must not write its mark over `close`'s `clean`.
+    newest: parking_lot::Mutex<i64>,
 }
 
 impl MarkFile {
-    fn write(&self, mark: Mark) -> std::io::Result<()> {
-        self.write_text(&mark.render())
+    fn new(path: std::path::PathBuf, written: i64) -> MarkFile {
+        MarkFile {
+            path,
+            written: std::sync::atomic::AtomicI64::new(written),
+            newest: parking_lot::Mutex::new(i64::MIN),
+        }
+    }
+
+    /// Writes `mark` for the lines taken at `taken_at`, unless a mark for lines taken as late
+    /// or later is there already (`clean` is always written).
+    fn write(&self, mark: Mark, taken_at: i64) -> std::io::Result<()> {
+        let mut newest = self.newest.lock();
+        if mark != Mark::Clean && taken_at <= *newest {
+            return Ok(());
+        }
+        *newest = taken_at;
+        self.replace(&mark.render())
     }
 
     fn write_text(&self, text: &str) -> std::io::Result<()> {
+        let _newest = self.newest.lock();
+        self.replace(text)
+    }
+
+    fn replace(&self, text: &str) -> std::io::Result<()> {
         let tmp = self.path.with_extension("mark.tmp");
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, &self.path)
@@ -417,7 +441,7 @@ impl Shared {
             return;
         }
         m.written.store(taken_at, Ordering::Relaxed);
-        if let Err(e) = m.write(Mark::WrittenThrough(taken_at)) {
+        if let Err(e) = m.write(Mark::WrittenThrough(taken_at), taken_at) {
             tracing::debug!(error = %e, "the audit mark could not be written");
         }
     }
@@ -427,7 +451,7 @@ impl Shared {
         if self.drain() {
             let held = |m: &&MarkFile| m.written.load(Ordering::Relaxed) == MARK_HELD;
             if let Some(m) = self.mark.as_ref().filter(|m| !held(m)) {
-                if let Err(e) = m.write(Mark::Clean) {
+                if let Err(e) = m.write(Mark::Clean, crate::now_millis()) {
                     tracing::warn!(error = %e, path = %m.path.display(),
                         "the audit mark could not be written");
                 }
@@ -483,10 +507,7 @@ impl Audit {
             path: path.map(Path::to_path_buf),
             // Held (not moved) until `release_mark`: the earlier run's mark must stay until the
             // lines it calls for have been recovered into this run's buffer.
-            mark: mark.map(|p| MarkFile {
-                path: p.to_path_buf(),
-                written: std::sync::atomic::AtomicI64::new(MARK_HELD),
-            }),
+            mark: mark.map(|p| MarkFile::new(p.to_path_buf(), MARK_HELD)),
             failing: Mutex::new(None),
         });
         let s = shared.clone();
@@ -820,6 +841,24 @@ mod tests {
         out.broken.store(false, Ordering::SeqCst);
         audit.close();
         assert_eq!(previous_mark(&mark), Some(Mark::Clean));
+    }
+
+    #[test]
+    fn a_drain_that_took_its_lines_before_close_does_not_mark_over_clean() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("audit-mark");
+        let m = MarkFile::new(path.clone(), 0);
+        m.write(Mark::WrittenThrough(100), 100).expect("mark");
+        assert_eq!(previous_mark(&path), Some(Mark::WrittenThrough(100)));
+        // `close` marks clean at 200; the writer thread's drain of lines taken at 150 (or at
+        // 200, the same millisecond) finishes its mark only afterwards.
+        m.write(Mark::Clean, 200).expect("clean");
+        m.write(Mark::WrittenThrough(150), 150).expect("late mark");
+        m.write(Mark::WrittenThrough(200), 200).expect("late mark");
+        assert_eq!(previous_mark(&path), Some(Mark::Clean));
+        // Lines taken after it move the mark on.
+        m.write(Mark::WrittenThrough(201), 201).expect("mark");
+        assert_eq!(previous_mark(&path), Some(Mark::WrittenThrough(201)));
     }
 
     #[test]
