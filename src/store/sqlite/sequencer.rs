@@ -22,12 +22,11 @@
 //! once the database holds its last write; an expired one stays exactly as expired as its row.
 
 use std::collections::{HashMap, VecDeque};
-
-use hashlink::LinkedHashMap;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use hashlink::LinkedHashMap;
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
