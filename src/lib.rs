@@ -69,8 +69,9 @@
 //!   applies log records and the delivery path's jobs in large transactions (the idempotency
 //!   keys go to an LSM tree beside the database, `store::sqlite::keys`, whose `fjall` keyspace
 //!   runs one flush and one compaction thread of its own); and the *checkpointer*, which
-//!   copies the WAL into the database file, flushes the keys, and removes log segments both
-//!   have made durable. The checkpointer and the keyspace's threads run at
+//!   copies the WAL into the database file, flushes the keys, removes log segments both
+//!   have made durable (or keeps one as the log's next segment) and zero-fills a spare
+//!   segment when none is coming (`store::sqlite::log::Spare`). The checkpointer and the keyspace's threads run at
 //!   `store.background_nice` (`priority`); the sequencer and the projector do not.
 //!   A settlement's reply is awaited by a short task that logs a failure.
 //! - `store::postgres` owns its writer tasks (commit groups), the maintenance task (expiry,

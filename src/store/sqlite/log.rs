@@ -9,18 +9,38 @@
 //! with one `write` and, under `sync = "full"`, one `fdatasync`, and only then are the
 //! records committed. A failed write is cut back off the file, so the records of a failed
 //! group never reach a reader; if even that fails, the writer refuses every later commit.
+//! Each write ends with an *end mark* (a header of zeros, never a record's: a record's length
+//! is at least 1), which the next write overwrites: where the records end is written down,
+//! whatever follows them in the file.
+//!
+//! Spare segments (under `sync = "full"`): an `fdatasync` after an append that grows the file
+//! must also commit the file system's journal (the file's size and its new blocks), and on
+//! ext4 that commit first writes out every other file's newly allocated data (the database's
+//! checkpoints, the audit log): measured here, a commit's write and flush took p50 0.54 ms
+//! appending and 0.28 ms overwriting (bench/README.md, sixteenth session). So segments are
+//! made ahead of the writer, as `spare.log`, at their full size: either zero-filled
+//! (`Spare::prepare`) or an applied segment reused instead of removed (`remove_through`),
+//! whose old records stay behind the end mark and are never read (their numbers are lower
+//! than the segment's). The writer renames the spare to its next segment's name when it rolls,
+//! and rolls early onto a spare when its segment was not made ahead (the first one, or after
+//! a restart, which cuts the segment it continues at its end).
 //!
 //! Reading ([`recover`]): every segment is read in order and each record checked (length,
-//! checksum, number). The first bad record of the *last* segment is where a crash tore the
-//! tail: what follows it was never acknowledged (an acknowledgement waits for the sync of
-//! the whole group), so the file is cut there and the cut is reported. A bad record in an
+//! checksum, number) up to the end mark or the end of the file. The first bad record of the
+//! *last* segment is where a crash tore the tail: what follows it was never acknowledged (an
+//! acknowledgement waits for the sync of the whole group), so the file is cut there and the
+//! cut is reported. Recovery cuts the last segment after its last record in every case, end
+//! mark or not: a write torn so that its first bytes never reached the disk leaves the
+//! previous end mark in place with later bytes of that write behind it, records whose
+//! numbers the writer gives out again, which must never be read. A bad record in an
 //! earlier segment is not a torn tail (the writer starts a segment only after the previous
 //! one is complete and synced): recovery refuses to go on rather than lose acknowledged
 //! records silently.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Bytes before a record's payload.
 const HEADER: usize = 16;
@@ -31,6 +51,16 @@ pub(super) const MAX_RECORD: usize = 64 << 20;
 
 /// A segment past this size is closed and a new one started after the next commit.
 pub(super) const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// What ends every write: a header no record has (see the module doc).
+const END_MARK: [u8; HEADER] = [0; HEADER];
+
+/// A segment that was not made ahead asks for a spare once it holds this much: a store that
+/// takes a few events (a test, a quiet gateway) never writes a spare's size of zeros.
+const SPARE_AFTER_BYTES: u64 = 4 << 20;
+
+/// How much of a zero-filled spare one call of [`Spare::prepare`] writes.
+const SPARE_CHUNK_BYTES: usize = 8 << 20;
 
 /// What a reader hands each record to: its number and payload.
 pub(super) type RecordFn<'a> = dyn FnMut(u64, &[u8]) -> Result<(), LogError> + 'a;
@@ -130,6 +160,12 @@ pub(super) struct LogWriter {
     sync: LogSync,
     /// A failed write could not be cut off: nothing more may be written.
     broken: Option<String>,
+    /// Segments made ahead (under `LogSync::EveryCommit` only).
+    spare: Option<std::sync::Arc<Spare>>,
+    /// Whether the current segment was made ahead at its full size.
+    made_ahead: bool,
+    /// The size past which a segment is closed (`SEGMENT_BYTES`; smaller in tests).
+    segment_bytes: u64,
 }
 
 impl std::fmt::Debug for LogWriter {
@@ -180,13 +216,15 @@ impl LogWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let written = self.file.write_all(&self.buf).and_then(|()| {
-            if self.sync == LogSync::EveryCommit {
-                self.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
+        self.buf.extend_from_slice(&END_MARK);
+        let written = std::os::unix::fs::FileExt::write_all_at(&self.file, &self.buf, self.len)
+            .and_then(|()| {
+                if self.sync == LogSync::EveryCommit {
+                    self.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
         if let Err(e) = written {
             let doing = format!("cannot write the store's log in {}", self.dir.display());
             // Cut off whatever part of the group reached the file, so that no reader ever
@@ -203,13 +241,37 @@ impl LogWriter {
             }
             return Err(LogError::Io { doing, source: e });
         }
-        self.len += self.buf.len() as u64;
+        self.len += (self.buf.len() - HEADER) as u64;
         self.buf.clear();
         self.buffered = 0;
-        if self.len >= SEGMENT_BYTES {
+        if self.len >= self.segment_bytes || (!self.made_ahead && self.spare_ready()) {
             self.roll()?;
+        } else if !self.made_ahead && self.len >= SPARE_AFTER_BYTES {
+            if let Some(spare) = &self.spare {
+                spare.wanted.store(true, Ordering::Relaxed);
+            }
         }
         Ok(())
+    }
+
+    fn spare_ready(&self) -> bool {
+        self.spare
+            .as_ref()
+            .is_some_and(|s| s.ready.load(Ordering::Acquire))
+    }
+
+    /// The segments made ahead for this writer (none unless the log is flushed after every
+    /// commit).
+    pub(super) fn spare(&self) -> Option<std::sync::Arc<Spare>> {
+        self.spare.clone()
+    }
+
+    /// What the checkpointer's thread needs to look after this log.
+    pub(super) fn upkeep(&self) -> Upkeep {
+        Upkeep {
+            dir: self.dir.clone(),
+            spare: self.spare(),
+        }
     }
 
     /// Closes the current segment and starts the next one at `next_lsn`.
@@ -219,9 +281,16 @@ impl LogWriter {
                 .sync_data()
                 .map_err(io("cannot flush the store's log"))?;
         }
-        let (file, len) = create_segment(&self.dir, self.next_lsn, self.sync)?;
-        self.file = file;
-        self.len = len;
+        let taken = match &self.spare {
+            Some(spare) => spare.take(self.next_lsn)?,
+            None => None,
+        };
+        self.made_ahead = taken.is_some();
+        self.file = match taken {
+            Some(file) => file,
+            None => create_segment(&self.dir, self.next_lsn, self.sync)?.0,
+        };
+        self.len = 0;
         Ok(())
     }
 
@@ -252,6 +321,153 @@ fn create_segment(dir: &Path, lsn: u64, sync: LogSync) -> Result<(File, u64), Lo
     Ok((file, 0))
 }
 
+/// The spare segment's name: not a segment's (`segments` passes it by), and the name of the
+/// one being zero-filled.
+const SPARE_NAME: &str = "spare.log";
+const SPARE_FILLING: &str = "spare.log.tmp";
+
+/// Zeros for filling spares.
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// The segment made ahead of the writer (see the module doc): `spare.log` in the log's
+/// directory. The writer takes it; the checkpointer's thread makes it.
+#[derive(Debug)]
+pub(super) struct Spare {
+    dir: PathBuf,
+    /// The size a spare is made at.
+    size: u64,
+    /// `spare.log` exists and is complete.
+    ready: AtomicBool,
+    /// The writer will want one (it has taken the last, or its segment was not made ahead).
+    wanted: AtomicBool,
+}
+
+/// The log as the checkpointer's thread sees it: the directory whose applied segments it
+/// removes, and the spare it makes.
+#[derive(Debug)]
+pub(super) struct Upkeep {
+    pub(super) dir: PathBuf,
+    pub(super) spare: Option<std::sync::Arc<Spare>>,
+}
+
+/// A zero-filled spare being written, a chunk per call of [`Spare::prepare`].
+#[derive(Debug, Default)]
+pub(super) struct Filling {
+    file: Option<File>,
+    written: u64,
+}
+
+impl Spare {
+    /// The spare of the log in `dir`: one left complete by an earlier run is kept, a half
+    /// written one removed.
+    fn open(dir: &Path, size: u64) -> Spare {
+        let _ = std::fs::remove_file(dir.join(SPARE_FILLING));
+        let path = dir.join(SPARE_NAME);
+        let ready = std::fs::metadata(&path).is_ok_and(|m| m.len() >= size);
+        if !ready {
+            let _ = std::fs::remove_file(&path);
+        }
+        Spare {
+            dir: dir.to_path_buf(),
+            size,
+            ready: AtomicBool::new(ready),
+            wanted: AtomicBool::new(false),
+        }
+    }
+
+    /// The writer's: the spare, renamed to the segment that starts at `lsn` (the name made
+    /// durable with the directory) and opened for writing; none when there is no spare.
+    fn take(&self, lsn: u64) -> Result<Option<File>, LogError> {
+        if !self.ready.swap(false, Ordering::AcqRel) {
+            return Ok(None);
+        }
+        self.wanted.store(true, Ordering::Relaxed);
+        let path = self.dir.join(segment_name(lsn));
+        match std::fs::rename(self.dir.join(SPARE_NAME), &path) {
+            Ok(()) => {}
+            // Replaced by a newer spare while it was taken (see `prepare`): none this time.
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(io(format!(
+                    "cannot use the spare log segment as {}",
+                    path.display()
+                ))(e))
+            }
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io(format!("cannot open log segment {}", path.display())))?;
+        sync_dir(&self.dir)?;
+        Ok(Some(file))
+    }
+
+    /// The checkpointer's: an applied segment becomes the spare instead of being removed,
+    /// when there is none and it has a spare's size. Its records stay in it, behind the end
+    /// marks the writer puts after its own (see the module doc). True when it was taken.
+    fn reuse(&self, path: &Path) -> bool {
+        if self.ready.load(Ordering::Acquire)
+            || !std::fs::metadata(path).is_ok_and(|m| m.len() >= self.size)
+        {
+            return false;
+        }
+        if std::fs::rename(path, self.dir.join(SPARE_NAME)).is_err() {
+            return false;
+        }
+        self.wanted.store(false, Ordering::Relaxed);
+        self.ready.store(true, Ordering::Release);
+        true
+    }
+
+    /// The checkpointer's, called every round: when the writer wants a spare, none is ready
+    /// and no applied segment will soon be reused (`segments()`, the log's segments, is 1),
+    /// writes the next chunk of zeros of a new one; the last chunk flushes it and makes it
+    /// the spare.
+    pub(super) fn prepare(
+        &self,
+        filling: &mut Filling,
+        segments: impl FnOnce() -> usize,
+    ) -> std::io::Result<()> {
+        if self.ready.load(Ordering::Acquire) || !self.wanted.load(Ordering::Relaxed) {
+            if filling.file.take().is_some() {
+                let _ = std::fs::remove_file(self.dir.join(SPARE_FILLING));
+            }
+            return Ok(());
+        }
+        let temp = self.dir.join(SPARE_FILLING);
+        if filling.file.is_none() {
+            if segments() > 1 {
+                return Ok(());
+            }
+            filling.file = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .open(&temp)?,
+            );
+            filling.written = 0;
+        }
+        let Some(file) = &filling.file else {
+            return Ok(());
+        };
+        let until = (filling.written + SPARE_CHUNK_BYTES as u64).min(self.size);
+        while filling.written < until {
+            let n = ZEROS.len().min((until - filling.written) as usize);
+            std::os::unix::fs::FileExt::write_all_at(file, &ZEROS[..n], filling.written)?;
+            filling.written += n as u64;
+        }
+        if filling.written >= self.size {
+            file.sync_all()?;
+            filling.file = None;
+            std::fs::rename(&temp, self.dir.join(SPARE_NAME))?;
+            self.wanted.store(false, Ordering::Relaxed);
+            self.ready.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -261,8 +477,8 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
 /// How reading a segment ended.
 #[derive(Debug, PartialEq, Eq)]
 enum SegmentEnd {
-    /// Every byte belonged to a good record.
-    Clean,
+    /// The records end at `offset`: the end of the file, or an end mark.
+    Clean { offset: u64 },
     /// The record at `offset` is bad for `reason`; nothing from there on was read.
     Bad { offset: u64, reason: String },
 }
@@ -283,8 +499,11 @@ fn read_segment(
     loop {
         let mut header = [0u8; HEADER];
         let bad = |reason: String| SegmentEnd::Bad { offset, reason };
+        let clean = SegmentEnd::Clean { offset };
         match read_full(&mut r, &mut header).map_err(reading())? {
-            0 => return Ok((expected, SegmentEnd::Clean)),
+            0 => return Ok((expected, clean)),
+            // An end mark, or its first bytes before the end of the file.
+            n if header[..n] == END_MARK[..n] => return Ok((expected, clean)),
             n if n < HEADER => {
                 return Ok((
                     expected,
@@ -399,9 +618,7 @@ pub(super) fn recover(
         };
         let (end_lsn, end) = read_segment(path, *first, &mut apply_new)?;
         let good_len = match end {
-            SegmentEnd::Clean => std::fs::metadata(path)
-                .map_err(io(format!("cannot read {}", path.display())))?
-                .len(),
+            SegmentEnd::Clean { offset } => offset,
             SegmentEnd::Bad { offset, reason } if last => {
                 let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(offset);
                 report.dropped = Some(format!(
@@ -438,17 +655,15 @@ pub(super) fn recover(
                 .metadata()
                 .map_err(io(format!("cannot read {}", path.display())))?
                 .len();
+            // Cut after the last record, also behind an end mark (see the module doc).
             if size != good_len {
                 file.set_len(good_len)
                     .and_then(|()| file.sync_all())
                     .map_err(io(format!(
-                        "cannot cut the torn tail of {}",
+                        "cannot cut {} after its last record",
                         path.display()
                     )))?;
             }
-            let mut file = file;
-            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(good_len))
-                .map_err(io(format!("cannot open {}", path.display())))?;
             (file, good_len)
         }
         _ => create_segment(dir, next_lsn, sync)?,
@@ -463,6 +678,10 @@ pub(super) fn recover(
             buffered: 0,
             sync,
             broken: None,
+            spare: (sync == LogSync::EveryCommit)
+                .then(|| std::sync::Arc::new(Spare::open(dir, SEGMENT_BYTES))),
+            made_ahead: false,
+            segment_bytes: SEGMENT_BYTES,
         },
         report,
     ))
@@ -486,7 +705,7 @@ pub(super) fn read_after(dir: &Path, after: u64, f: &mut RecordFn<'_>) -> Result
             }
         };
         match read_segment(path, *first, &mut newer) {
-            Ok((_, SegmentEnd::Clean)) => {}
+            Ok((_, SegmentEnd::Clean { .. })) => {}
             Ok((_, SegmentEnd::Bad { .. })) => return Ok(()),
             // A segment removed by the gateway while we read: its records are in the database.
             Err(_) if !path.exists() => {}
@@ -496,9 +715,13 @@ pub(super) fn read_after(dir: &Path, after: u64, f: &mut RecordFn<'_>) -> Result
     Ok(())
 }
 
-/// Removes the segments that hold only records up to `durable` (never the newest segment).
-/// Returns how many were removed.
-pub(super) fn remove_through(dir: &Path, durable: u64) -> Result<usize, LogError> {
+/// Removes the segments that hold only records up to `durable` (never the newest segment);
+/// one may become the `spare` instead (see [`Spare`]). Returns how many went.
+pub(super) fn remove_through(
+    dir: &Path,
+    durable: u64,
+    spare: Option<&Spare>,
+) -> Result<usize, LogError> {
     let all = segments(dir).map_err(io(format!("cannot list {}", dir.display())))?;
     let mut removed = 0;
     for w in all.windows(2) {
@@ -506,7 +729,9 @@ pub(super) fn remove_through(dir: &Path, durable: u64) -> Result<usize, LogError
         if *next_first > durable + 1 {
             break;
         }
-        std::fs::remove_file(path).map_err(io(format!("cannot remove {}", path.display())))?;
+        if !spare.is_some_and(|s| s.reuse(path)) {
+            std::fs::remove_file(path).map_err(io(format!("cannot remove {}", path.display())))?;
+        }
         removed += 1;
     }
     Ok(removed)
@@ -515,6 +740,8 @@ pub(super) fn remove_through(dir: &Path, durable: u64) -> Result<usize, LogError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::sync::Arc;
 
     fn collect(dir: &Path, after: u64) -> (Vec<(u64, Vec<u8>)>, LogWriter, Recovery) {
         let mut got = Vec::new();
@@ -579,11 +806,12 @@ mod tests {
         drop(write(dir.path(), &[b"first", b"second record"]));
         let path = only_segment(dir.path());
         let full = std::fs::metadata(&path).expect("meta").len();
-        // Lose the last 5 bytes, as a power cut in the middle of the write would.
+        // Lose the end mark and the last record's last 5 bytes, as a power cut in the middle
+        // of the write would.
         std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
-            .and_then(|f| f.set_len(full - 5))
+            .and_then(|f| f.set_len(full - HEADER as u64 - 5))
             .expect("truncate");
         let (got, mut w, report) = collect(dir.path(), 0);
         assert_eq!(got, vec![(1, b"first".to_vec())]);
@@ -607,7 +835,7 @@ mod tests {
         drop(write(dir.path(), &[b"first", b"second"]));
         let path = only_segment(dir.path());
         let mut bytes = std::fs::read(&path).expect("read");
-        let last = bytes.len() - 1;
+        let last = bytes.len() - HEADER - 1;
         bytes[last] ^= 0xff;
         std::fs::write(&path, &bytes).expect("write");
         let (got, _, report) = collect(dir.path(), 0);
@@ -623,7 +851,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         drop(write(dir.path(), &[b"first"]));
         let path = only_segment(dir.path());
-        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+        let full = std::fs::metadata(&path).expect("meta").len();
+        let mut f = OpenOptions::new().write(true).open(&path).expect("open");
+        // A torn next write: garbage where the end mark was.
+        f.set_len(full - HEADER as u64).expect("cut the end mark");
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)).expect("seek");
         f.write_all(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0])
             .expect("garbage");
         drop(f);
@@ -695,10 +927,10 @@ mod tests {
         w.commit().expect("commit");
         w.roll().expect("roll");
         assert_eq!(segments(dir.path()).expect("list").len(), 3);
-        assert_eq!(remove_through(dir.path(), 1).expect("remove"), 0);
-        assert_eq!(remove_through(dir.path(), 2).expect("remove"), 1);
-        assert_eq!(remove_through(dir.path(), 3).expect("remove"), 1);
-        assert_eq!(remove_through(dir.path(), 100).expect("remove"), 0);
+        assert_eq!(remove_through(dir.path(), 1, None).expect("remove"), 0);
+        assert_eq!(remove_through(dir.path(), 2, None).expect("remove"), 1);
+        assert_eq!(remove_through(dir.path(), 3, None).expect("remove"), 1);
+        assert_eq!(remove_through(dir.path(), 100, None).expect("remove"), 0);
         let (got, mut w, _) = collect(dir.path(), 3);
         assert!(got.is_empty());
         assert_eq!(w.append(b"4"), 4);
@@ -728,5 +960,144 @@ mod tests {
         })
         .expect("read");
         assert_eq!(seen, vec![(2, b"b".to_vec())]);
+    }
+
+    /// A record's bytes as the writer lays them out.
+    fn record(lsn: u64, payload: &[u8]) -> Vec<u8> {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&lsn.to_le_bytes());
+        crc.update(payload);
+        let mut out = (payload.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&crc.finalize().to_le_bytes());
+        out.extend_from_slice(&lsn.to_le_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn an_applied_segment_becomes_the_spare_and_its_old_records_are_never_read() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut w = write(dir.path(), &[b"one", b"two", b"three", b"four"]);
+        let spare = Arc::new(Spare::open(dir.path(), 64));
+        w.spare = Some(spare.clone());
+        w.roll().expect("roll");
+        assert!(!w.made_ahead, "no spare yet: a new segment");
+        w.append(b"five");
+        w.commit().expect("commit");
+        let first = dir.path().join(segment_name(1));
+        // The first segment is applied: it becomes the spare instead of being removed.
+        assert_eq!(
+            remove_through(dir.path(), 4, Some(&spare)).expect("remove"),
+            1
+        );
+        assert!(!first.exists());
+        assert!(spare.ready.load(Ordering::SeqCst));
+        // The writer's segment was not made ahead: its next commit moves onto the spare.
+        w.append(b"six");
+        w.commit().expect("commit");
+        assert!(w.made_ahead);
+        assert!(!dir.path().join(SPARE_NAME).exists());
+        assert!(
+            spare.wanted.load(Ordering::SeqCst),
+            "the next one is wanted"
+        );
+        let reused = dir.path().join(segment_name(7));
+        let size = std::fs::metadata(&reused).expect("meta").len();
+        w.append(b"x");
+        w.commit().expect("commit");
+        assert_eq!(std::fs::metadata(&reused).expect("meta").len(), size);
+        drop(w);
+        // Records 1 to 4 are still in the file behind the end mark; they are not read.
+        let (got, _, report) = collect(dir.path(), 4);
+        assert_eq!(
+            got,
+            vec![
+                (5, b"five".to_vec()),
+                (6, b"six".to_vec()),
+                (7, b"x".to_vec())
+            ]
+        );
+        assert_eq!(report.dropped, None);
+        assert_eq!(
+            std::fs::metadata(&reused).expect("meta").len(),
+            (HEADER + 1) as u64,
+            "cut after its last record at open"
+        );
+    }
+
+    #[test]
+    fn records_behind_an_end_mark_are_cut_off_before_their_numbers_are_given_out_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        drop(write(dir.path(), &[b"first"]));
+        let path = only_segment(dir.path());
+        // A write of records 2 and 3 torn so that its first bytes (record 2, over the end
+        // mark) never reached the disk, but record 3 did.
+        let two = record(2, b"second");
+        let mut bytes = std::fs::read(&path).expect("read");
+        let good = bytes.len() - HEADER;
+        bytes.resize(good + two.len(), 0);
+        bytes.extend_from_slice(&record(3, b"third"));
+        std::fs::write(&path, &bytes).expect("write");
+        let (got, mut w, report) = collect(dir.path(), 0);
+        assert_eq!(got, vec![(1, b"first".to_vec())]);
+        assert_eq!(report.dropped, None, "the end mark was in place");
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), good as u64);
+        // Record 2 again, as long as the lost one: where the old record 3 began, there is
+        // only this write's end mark, and after a restart nothing at all.
+        assert_eq!(w.append(b"SECOND"), 2);
+        w.commit().expect("commit");
+        drop(w);
+        let (got, _, _) = collect(dir.path(), 0);
+        assert_eq!(got, vec![(1, b"first".to_vec()), (2, b"SECOND".to_vec())]);
+    }
+
+    #[test]
+    fn a_zero_filled_spare_is_made_only_when_wanted_a_chunk_at_a_time() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let size = SPARE_CHUNK_BYTES as u64 + 4096;
+        let spare = Spare::open(dir.path(), size);
+        let temp = dir.path().join(SPARE_FILLING);
+        let mut filling = Filling::default();
+        spare.prepare(&mut filling, || 1).expect("prepare");
+        assert!(!temp.exists(), "not wanted");
+        spare.wanted.store(true, Ordering::SeqCst);
+        spare.prepare(&mut filling, || 2).expect("prepare");
+        assert!(!temp.exists(), "an applied segment will be reused");
+        spare.prepare(&mut filling, || 1).expect("prepare");
+        assert_eq!(
+            std::fs::metadata(&temp).expect("meta").len(),
+            SPARE_CHUNK_BYTES as u64
+        );
+        assert!(!spare.ready.load(Ordering::SeqCst));
+        spare.prepare(&mut filling, || 1).expect("prepare");
+        assert!(spare.ready.load(Ordering::SeqCst));
+        assert!(!spare.wanted.load(Ordering::SeqCst));
+        assert!(!temp.exists());
+        let made = std::fs::read(dir.path().join(SPARE_NAME)).expect("read");
+        assert_eq!(made.len() as u64, size);
+        assert!(made.iter().all(|b| *b == 0));
+        // A later open keeps a complete spare and removes a half-made one.
+        std::fs::write(&temp, b"half").expect("write");
+        let again = Spare::open(dir.path(), size);
+        assert!(again.ready.load(Ordering::SeqCst));
+        assert!(!temp.exists());
+    }
+
+    #[test]
+    fn a_segment_not_made_ahead_asks_for_a_spare_once_it_has_grown() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (_, mut w, _) = collect(dir.path(), 0);
+        let spare = w.spare().expect("a spare under EveryCommit");
+        w.append(b"small");
+        w.commit().expect("commit");
+        assert!(!spare.wanted.load(Ordering::SeqCst));
+        w.append(&vec![7u8; SPARE_AFTER_BYTES as usize]);
+        w.commit().expect("commit");
+        assert!(spare.wanted.load(Ordering::SeqCst));
+        // Only a log flushed after every commit has spares.
+        let other = tempfile::tempdir().expect("tmp");
+        let (w, _) =
+            recover(other.path(), 0, LogSync::SegmentEnds, &mut |_, _| Ok(())).expect("recover");
+        assert!(w.spare().is_none());
     }
 }

@@ -12,7 +12,8 @@
 //!                                                      synchronous=NORMAL
 //!                                           checkpointer thread: WAL → database file,
 //!                                           flushes the keys; removes log segments both
-//!                                           made durable
+//!                                           made durable or keeps one as the spare the
+//!                                           log writes into next (`log::Spare`)
 //! ```
 //!
 //! The commit point is the log (see `log`): a request is answered once the record of its
@@ -729,7 +730,7 @@ impl SqliteStore {
         };
         let checkpointer = project::start_checkpointer(
             &path,
-            log_dir.clone(),
+            log.upkeep(),
             db_sync,
             restart_wanted,
             shared.clone(),

@@ -597,6 +597,9 @@ static APPLY_FAILED: Throttle = Throttle::new(Duration::from_secs(30));
 /// A failing checkpoint (every 100 ms) is logged once a minute.
 static CHECKPOINT_FAILED: Throttle = Throttle::new(Duration::from_secs(60));
 
+/// A failing spare segment (see `log::Spare`) is logged once a minute.
+static SPARE_FAILED: Throttle = Throttle::new(Duration::from_secs(60));
+
 /// How often the checkpointer copies the WAL into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
@@ -618,7 +621,7 @@ const WAL_RESTART_FRAMES: i64 = 4096;
 /// transaction commits). The records up to `p` are then no longer needed.
 pub(super) fn start_checkpointer(
     path: &Path,
-    log_dir: PathBuf,
+    log: super::log::Upkeep,
     sync: crate::config::SyncMode,
     restart_wanted: Arc<AtomicBool>,
     shared: Arc<Shared>,
@@ -632,6 +635,10 @@ pub(super) fn start_checkpointer(
         )),
     )?;
     let wal_path = PathBuf::from(format!("{}-wal", path.display()));
+    let super::log::Upkeep {
+        dir: log_dir,
+        spare,
+    } = log;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let handle = std::thread::Builder::new()
@@ -672,7 +679,7 @@ pub(super) fn start_checkpointer(
                         "cannot flush the idempotency keys; log segments kept");
                     return None;
                 }
-                match super::log::remove_through(&log_dir, p) {
+                match super::log::remove_through(&log_dir, p, spare.as_deref()) {
                     Ok(n) => Some(n),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot remove applied log segments");
@@ -681,8 +688,19 @@ pub(super) fn start_checkpointer(
                 }
             };
             let mut last_cleanup = Instant::now();
+            let mut filling = super::log::Filling::default();
             while !flag.load(Ordering::SeqCst) {
                 std::thread::park_timeout(CHECKPOINT_EVERY);
+                if let Some(spare) = &spare {
+                    let segments = || super::log::segments(&log_dir).map_or(0, |s| s.len());
+                    if let Err(e) = spare.prepare(&mut filling, segments) {
+                        if let Some(suppressed) = SPARE_FAILED.check() {
+                            tracing::warn!(error = %e, suppressed,
+                                "cannot make a spare log segment; the log grows its segments \
+                                 instead (slower flushes)");
+                        }
+                    }
+                }
                 if last_cleanup.elapsed() >= LOG_CLEANUP_EVERY {
                     last_cleanup = Instant::now();
                     let segments = super::log::segments(&log_dir).map_or(0, |s| s.len());
