@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Latency below saturation: `cognihook simulate` (on CPU 1) sends Cognigy NLU traffic at fixed
 # rates to a fresh gateway (on CPU 0) and reports p50/p99 per rate; about half the requests are
-# conversations the route's rules reject on purpose (422, nothing committed).
+# conversations the route's rules reject on purpose (422, nothing committed). Before each
+# gateway run, the same traffic goes to the durable reference (examples/bare_baseline.rs,
+# `durable`: every body appended and flushed, no rules), so each rate's line also shows the
+# floor this disk gives in the same minute and cognihook's p99 as a multiple of it.
 #
 # usage: bench/latency.sh [RATE...]        (default: 1000 2000 5000 10000)
 # env:   SYNC=full|normal|off (default full), DURATION (default 10s), BIN (default
@@ -18,30 +21,54 @@ BIN=${BIN:-target/release/cognihook}
 PORT=18080
 SECRET=bench-secret
 
-if [ -z "${SKIP_BUILD:-}" ] && [ "$BIN" = target/release/cognihook ]; then
-  cargo build --release --bin cognihook >&2
+if [ -z "${SKIP_BUILD:-}" ]; then
+  if [ "$BIN" = target/release/cognihook ]; then
+    cargo build --release --bin cognihook --example bare_baseline >&2
+  else
+    cargo build --release --example bare_baseline >&2
+  fi
 fi
+REF_PORT=18092
+# simulate RATE PORT -> "p50 p99" in ms
+simulate() {
+  COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c 1 "$BIN" simulate \
+    --url "http://127.0.0.1:$2/webhook/cognigy" --rate "$1" --duration "$DURATION" \
+    --sessions 1000 --duplicates 0 --invalid 0 2>&1 \
+    | sed -nE 's/^latency: p50 ([0-9.]+) ms, p99 ([0-9.]+) ms.*/\1 \2/p'
+}
 work=$(mktemp -d)
 gw=
-cleanup() { [ -n "$gw" ] && kill "$gw" 2>/dev/null; rm -rf "$work"; }
+ref=
+cleanup() { [ -n "$gw" ] && kill "$gw" 2>/dev/null; [ -n "$ref" ] && kill "$ref" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
 echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); store.sync=$SYNC; $DURATION per rate"
+wait_for() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "port $1 never opened" >&2; exit 1
+}
 for rate in "${RATES[@]}"; do
+  rm -f "$work/durable.log"
+  COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c 0 target/release/examples/bare_baseline \
+    "127.0.0.1:$REF_PORT" durable "$work/durable.log" 2>/dev/null &
+  ref=$!
+  wait_for "$REF_PORT"
+  read -r ref50 ref99 < <(simulate "$rate" "$REF_PORT"; echo)
+  kill "$ref"; wait "$ref" 2>/dev/null || true
+  ref=
   rm -rf "$work/data"
   printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\ndata_dir = "%s/data"\nsync = "%s"\nbackground_nice = %s\n[audit]\npath = "%s/audit.jsonl"\n' \
     "$PORT" "$work" "$SYNC" "${BACKGROUND_NICE:-0}" "$work" > "$work/c.toml"
   COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 "$BIN" --config "$work/c.toml" serve \
     2>>"$work/gw.log" &
   gw=$!
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.05
-  done
-  line=$(COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c 1 "$BIN" simulate \
-    --url "http://127.0.0.1:$PORT/webhook/cognigy" --rate "$rate" --duration "$DURATION" \
-    --sessions 1000 --duplicates 0 --invalid 0 2>&1 | grep -E '^latency' || echo "latency: (no summary)")
-  echo "rate $rate/s: $line"
+  wait_for "$PORT"
+  read -r gw50 gw99 < <(simulate "$rate" "$PORT"; echo)
+  ratio=$(python3 -c "import sys; a, b = sys.argv[1:]; print(f'{float(a) / float(b):.1f}x' if a and b and float(b) > 0 else '?')" "${gw99:-}" "${ref99:-}")
+  echo "rate $rate/s: cognihook p50 ${gw50:-?} ms, p99 ${gw99:-?} ms; durable reference p50 ${ref50:-?} ms, p99 ${ref99:-?} ms; p99 $ratio the reference's"
   kill -TERM "$gw"
   wait "$gw" 2>/dev/null || true
   gw=
