@@ -877,6 +877,11 @@ fn error_outcome(
     }
 }
 
+/// Answer headers, validated at compile time (a `&str` name is checked on every insert).
+const CORRELATION_ID: http::HeaderName = http::HeaderName::from_static("x-correlation-id");
+const IDEMPOTENT_REPLAYED: http::HeaderName =
+    http::HeaderName::from_static("idempotent-replayed");
+
 fn finish(
     state: &AppState,
     ep: &Endpoint,
@@ -943,11 +948,11 @@ fn finish(
     });
     let mut r = json_response(o.status, o.body, o.retry_after);
     if let Ok(v) = HeaderValue::from_str(&crate::event::header_safe(&o.correlation_id)) {
-        r.headers_mut().insert("x-correlation-id", v);
+        r.headers_mut().insert(CORRELATION_ID, v);
     }
     if o.replayed {
         r.headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     if o.status == StatusCode::UNAUTHORIZED {
         if let Some(c) = ep.route.auth.challenge_for(o.code) {

@@ -306,7 +306,7 @@ impl AuditLine<'_> {
     /// hand (`crate::json`; one line per request and per delivery attempt).
     fn to_line(&self) -> String {
         use crate::json::{float, string};
-        let mut out = String::with_capacity(320);
+        let mut out = String::with_capacity(512);
         out.push_str("{\"ts\":");
         string(&mut out, &self.ts);
         out.push_str(",\"event\":\"");
