@@ -879,8 +879,7 @@ fn error_outcome(
 
 /// Answer headers, validated at compile time (a `&str` name is checked on every insert).
 const CORRELATION_ID: http::HeaderName = http::HeaderName::from_static("x-correlation-id");
-const IDEMPOTENT_REPLAYED: http::HeaderName =
-    http::HeaderName::from_static("idempotent-replayed");
+const IDEMPOTENT_REPLAYED: http::HeaderName = http::HeaderName::from_static("idempotent-replayed");
 
 fn finish(
     state: &AppState,

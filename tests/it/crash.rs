@@ -173,12 +173,29 @@ fn seeded_rng() -> Rng {
     Rng(seed)
 }
 
+/// Log segments of 32 KiB instead of 64 MiB: every life rolls several, asks for spares,
+/// zero-fills them and reuses applied ones, so kills land in all of that too.
+const SEGMENT_BYTES: &str = "32768";
+
 fn start(dir: &std::path::Path, config: &std::path::Path) -> Server {
     let mut c = command(dir);
     c.env("COGNIGY_WEBHOOK_SECRET", SECRET)
+        .env("COGNIHOOK_LOG_SEGMENT_BYTES", SEGMENT_BYTES)
         .arg("--config")
         .arg(config);
     Server::start(c)
+}
+
+/// The log rolled onto new segments many times over the lives (its newest segment starts far
+/// past the first record), so the kills met segments made ahead and reused.
+fn assert_segments_rolled(data: &std::path::Path) {
+    let newest = std::fs::read_dir(data.join("cognihook.log"))
+        .expect("the log directory")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".log")?.parse::<u64>().ok())
+        .max()
+        .expect("a segment");
+    assert!(newest > 100, "the newest segment starts at record {newest}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -206,6 +223,7 @@ async fn kill_9_at_random_moments_under_load_loses_no_acknowledged_event_and_com
     server.terminate();
     assert_eq!(server.wait(Duration::from_secs(30)), Some(0));
     check_after_cycles(&data, &acked, CYCLES, 2, &audit);
+    assert_segments_rolled(&data);
 }
 
 /// After `cycles` lives under load: the load ran, every acknowledged event is stored once with

@@ -55,9 +55,21 @@ pub(super) const SEGMENT_BYTES: u64 = 64 << 20;
 /// What ends every write: a header no record has (see the module doc).
 const END_MARK: [u8; HEADER] = [0; HEADER];
 
-/// A segment that was not made ahead asks for a spare once it holds this much: a store that
-/// takes a few events (a test, a quiet gateway) never writes a spare's size of zeros.
-const SPARE_AFTER_BYTES: u64 = 4 << 20;
+/// A segment that was not made ahead asks for a spare once it holds this share of a
+/// segment (4 MiB of 64): a store that takes a few events (a test, a quiet gateway) never
+/// writes a spare's size of zeros.
+const SPARE_AFTER_SHARE: u64 = 16;
+
+/// Sets the segment size instead of `SEGMENT_BYTES` (at least 4 KiB): a test hook, so that
+/// crash tests roll segments and use spares within a few hundred events (docs/testing.md).
+const SEGMENT_BYTES_VAR: &str = "COGNIHOOK_LOG_SEGMENT_BYTES";
+
+fn segment_bytes() -> u64 {
+    std::env::var(SEGMENT_BYTES_VAR)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(SEGMENT_BYTES, |n| n.max(4096))
+}
 
 /// How much of a zero-filled spare one call of [`Spare::prepare`] writes.
 const SPARE_CHUNK_BYTES: usize = 8 << 20;
@@ -246,7 +258,7 @@ impl LogWriter {
         self.buffered = 0;
         if self.len >= self.segment_bytes || (!self.made_ahead && self.spare_ready()) {
             self.roll()?;
-        } else if !self.made_ahead && self.len >= SPARE_AFTER_BYTES {
+        } else if !self.made_ahead && self.len >= self.segment_bytes / SPARE_AFTER_SHARE {
             if let Some(spare) = &self.spare {
                 spare.wanted.store(true, Ordering::Relaxed);
             }
@@ -644,6 +656,7 @@ pub(super) fn recover(
         }
     }
     let next_lsn = next.max(after + 1);
+    let segment_bytes = segment_bytes();
     let (file, len) = match tail {
         // Go on in the last segment when the next record continues it.
         Some((path, good_len, tail_next)) if tail_next == next_lsn => {
@@ -679,9 +692,9 @@ pub(super) fn recover(
             sync,
             broken: None,
             spare: (sync == LogSync::EveryCommit)
-                .then(|| std::sync::Arc::new(Spare::open(dir, SEGMENT_BYTES))),
+                .then(|| std::sync::Arc::new(Spare::open(dir, segment_bytes))),
             made_ahead: false,
-            segment_bytes: SEGMENT_BYTES,
+            segment_bytes,
         },
         report,
     ))
@@ -1091,7 +1104,7 @@ mod tests {
         w.append(b"small");
         w.commit().expect("commit");
         assert!(!spare.wanted.load(Ordering::SeqCst));
-        w.append(&vec![7u8; SPARE_AFTER_BYTES as usize]);
+        w.append(&vec![7u8; (SEGMENT_BYTES / SPARE_AFTER_SHARE) as usize]);
         w.commit().expect("commit");
         assert!(spare.wanted.load(Ordering::SeqCst));
         // Only a log flushed after every commit has spares.
