@@ -657,6 +657,10 @@ pub(super) fn recover(
     }
     let next_lsn = next.max(after + 1);
     let segment_bytes = segment_bytes();
+    if sync != LogSync::EveryCommit {
+        // Left by a run under `sync = "full"`: only that setting uses spares.
+        let _ = std::fs::remove_file(dir.join(SPARE_NAME));
+    }
     let (file, len) = match tail {
         // Go on in the last segment when the next record continues it.
         Some((path, good_len, tail_next)) if tail_next == next_lsn => {
@@ -1107,10 +1111,12 @@ mod tests {
         w.append(&vec![7u8; (SEGMENT_BYTES / SPARE_AFTER_SHARE) as usize]);
         w.commit().expect("commit");
         assert!(spare.wanted.load(Ordering::SeqCst));
-        // Only a log flushed after every commit has spares.
+        // Only a log flushed after every commit has spares; another setting removes one.
         let other = tempfile::tempdir().expect("tmp");
+        std::fs::write(other.path().join(SPARE_NAME), b"left").expect("write");
         let (w, _) =
             recover(other.path(), 0, LogSync::SegmentEnds, &mut |_, _| Ok(())).expect("recover");
         assert!(w.spare().is_none());
+        assert!(!other.path().join(SPARE_NAME).exists());
     }
 }
