@@ -245,6 +245,8 @@ impl LogWriter {
                 .file
                 .set_len(self.len)
                 .and_then(|()| self.file.sync_data());
+            // Cut short, the segment grows from here on: move to a spare when one is ready.
+            self.made_ahead = false;
             self.discard();
             if let Err(cut) = cut {
                 let why = format!("{doing}: {e}; the failed write could not be cut off ({cut})");
@@ -367,7 +369,13 @@ pub(super) struct Upkeep {
 pub(super) struct Filling {
     file: Option<File>,
     written: u64,
+    /// After a failure (a full disk, most likely), no new spare before this: the log needs
+    /// the space more than a spare does.
+    pause_until: Option<std::time::Instant>,
 }
+
+/// How long a failed spare waits before the next try.
+const SPARE_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Spare {
     /// The spare of the log in `dir`: one left complete by an earlier run is kept, a half
@@ -435,11 +443,28 @@ impl Spare {
     /// and no applied segment will soon be reused (`segments()`, the log's segments, is 1),
     /// writes the next chunk of zeros of a new one; the last chunk flushes it and makes it
     /// the spare.
+    /// A failure removes the half-made file and pauses making spares for `SPARE_RETRY`.
     pub(super) fn prepare(
         &self,
         filling: &mut Filling,
         segments: impl FnOnce() -> usize,
     ) -> std::io::Result<()> {
+        if filling
+            .pause_until
+            .is_some_and(|t| std::time::Instant::now() < t)
+        {
+            return Ok(());
+        }
+        let made = self.fill(filling, segments);
+        if made.is_err() {
+            filling.file = None;
+            let _ = std::fs::remove_file(self.dir.join(SPARE_FILLING));
+            filling.pause_until = Some(std::time::Instant::now() + SPARE_RETRY);
+        }
+        made
+    }
+
+    fn fill(&self, filling: &mut Filling, segments: impl FnOnce() -> usize) -> std::io::Result<()> {
         if self.ready.load(Ordering::Acquire) || !self.wanted.load(Ordering::Relaxed) {
             if filling.file.take().is_some() {
                 let _ = std::fs::remove_file(self.dir.join(SPARE_FILLING));
@@ -1098,6 +1123,19 @@ mod tests {
         let again = Spare::open(dir.path(), size);
         assert!(again.ready.load(Ordering::SeqCst));
         assert!(!temp.exists());
+        // A failure pauses making spares instead of trying every round.
+        std::fs::remove_file(dir.path().join(SPARE_NAME)).expect("take the spare away");
+        spare.ready.store(false, Ordering::SeqCst);
+        spare.wanted.store(true, Ordering::SeqCst);
+        std::fs::create_dir(&temp).expect("a directory where the file goes");
+        spare
+            .prepare(&mut filling, || 1)
+            .expect_err("cannot open a directory");
+        assert!(filling.pause_until.is_some());
+        spare
+            .prepare(&mut filling, || 1)
+            .expect("paused: not tried");
+        std::fs::remove_dir(&temp).expect("remove the directory");
     }
 
     #[test]
