@@ -16,8 +16,8 @@
 //! Spare segments (under `sync = "full"`): an `fdatasync` after an append that grows the file
 //! must also commit the file system's journal (the file's size and its new blocks), and on
 //! ext4 that commit first writes out every other file's newly allocated data (the database's
-//! checkpoints, the audit log): measured here, a commit's write and flush took p50 0.54 ms
-//! appending and 0.28 ms overwriting (bench/README.md, sixteenth session). So segments are
+//! checkpoints, the audit log): measured here, a commit's write and flush took a third to
+//! a half less at the median overwriting (bench/README.md, sixteenth session). So segments are
 //! made ahead of the writer, as `spare.log`, at their full size: either zero-filled
 //! (`Spare::prepare`) or an applied segment reused instead of removed (`remove_through`),
 //! whose old records stay behind the end mark and are never read (their numbers are lower
