@@ -10,7 +10,8 @@
 //!                → ingest::auth (raw bytes; a bearer JWT naming an unknown key refetches the
 //!                  route's JWKS inline, rate-limited, then is checked once more)
 //!                → ingest::payload (decode + validate → NormalisedEvent)
-//!                → ingest::rules (CEL rules, extracts)
+//!                → ingest::rules (CEL rules, extracts; the common shapes read straight off
+//!                  the event by expr::direct, the rest by the CEL interpreter)
 //!                → store::Store::accept (event, session state, idempotency record, one outbox
 //!                  row per sink, decided by store::decide: committed together, group-committed)
 //!                → response (SPEC §5), audit line, metrics; raises load::IngestLoad and wakes
@@ -90,7 +91,7 @@
 //! Imports point one way: `cli` → `app` → `http`, `alerts`, `delivery` → `ingest`, `store`, `sinks` →
 //! `config` → the leaves `error` (causes kept with errors), `event` (the normalised event),
 //! `secret` (secret references and values that print masked, and `EnvSource`), `expr` (CEL
-//! over the event), `rate` (token buckets, used by admission and by sinks), `duration`
+//! over the event; `expr::direct` evaluates simple shapes without the CEL map), `rate` (token buckets, used by admission and by sinks), `duration`
 //! (human durations in settings), `clock` (stored times and schedules: wall-clock time that
 //! never runs backwards), `seal` (event bodies encrypted at rest, opened by the stores),
 //! `priority` (thread niceness: delivery and the store's background threads), `json` (JSON

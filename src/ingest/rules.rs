@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::config::RuleConfig;
 use crate::event::NormalisedEvent;
+use crate::expr::direct::Direct;
 pub use crate::expr::EventExpr;
 use crate::expr::{event_value, one_line, with_event, EventFields};
 
@@ -25,12 +26,14 @@ pub struct Rule {
     pub expr: String,
     pub message: String,
     program: Program,
+    direct: Option<Direct>,
 }
 
 /// A compiled extract: a name in the response `data` and the expression that fills it.
 pub struct Extract {
     pub name: String,
     program: Program,
+    direct: Option<Direct>,
 }
 
 /// The rules and extracts of one route.
@@ -40,6 +43,9 @@ pub struct RuleSet {
     extracts: Vec<Extract>,
     /// The event fields any expression may read: all an evaluation converts.
     fields: EventFields,
+    /// Whether every rule and extract has a direct form (`expr::direct`): then no CEL map of
+    /// the event is built.
+    direct: bool,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -81,6 +87,7 @@ impl RuleSet {
                     expr: r.expr.clone(),
                     message: r.message.clone(),
                     program,
+                    direct: Direct::compile(&r.expr),
                 }),
                 Err(e) => errors.push(format!(
                     "rules[{i}] `{}` does not compile: {}",
@@ -94,6 +101,7 @@ impl RuleSet {
                 Ok(program) => set.extracts.push(Extract {
                     name: name.clone(),
                     program,
+                    direct: Direct::compile(expr),
                 }),
                 Err(e) => errors.push(format!(
                     "extract.{name} `{expr}` does not compile: {}",
@@ -101,6 +109,8 @@ impl RuleSet {
                 )),
             }
         }
+        set.direct = set.rules.iter().all(|r| r.direct.is_some())
+            && set.extracts.iter().all(|e| e.direct.is_some());
         if errors.is_empty() {
             Ok(set)
         } else {
@@ -117,6 +127,9 @@ impl RuleSet {
         let mut out = Map::new();
         if self.is_empty() {
             return Ok(out);
+        }
+        if self.direct {
+            return self.evaluate_directly(event, out);
         }
         let value = event_value(event, &self.fields);
         with_event(value, |ctx| {
@@ -139,6 +152,34 @@ impl RuleSet {
             }
             Ok(out)
         })
+    }
+
+    /// `evaluate` when every expression has a direct form: the same results, read straight
+    /// off the event.
+    fn evaluate_directly(
+        &self,
+        event: &NormalisedEvent,
+        mut out: Map<String, Value>,
+    ) -> Result<Map<String, Value>, Rejection> {
+        for rule in &self.rules {
+            let passed = rule
+                .direct
+                .as_ref()
+                .is_some_and(|d| d.eval(event) == Ok(CelValue::Bool(true)));
+            if !passed {
+                return Err(Rejection {
+                    message: rule.message.clone(),
+                });
+            }
+        }
+        for ex in &self.extracts {
+            if let Some(Ok(v)) = ex.direct.as_ref().map(|d| d.eval(event)) {
+                if let Ok(j) = v.json() {
+                    out.insert(ex.name.clone(), j);
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

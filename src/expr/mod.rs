@@ -11,6 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::event::NormalisedEvent;
 
+pub(crate) mod direct;
+
 thread_local! {
     /// The standard CEL functions, built once per thread; each evaluation adds `event` in a
     /// child scope.
@@ -200,23 +202,96 @@ fn uses_event_whole(expr: &str) -> bool {
 /// (SPEC §3.6).
 pub(crate) fn event_value(e: &NormalisedEvent, fields: &EventFields) -> CelValue {
     let mut m: HashMap<Key, CelValue> = HashMap::with_capacity(fields.keys.len());
-    let opt = |v: &Option<String>| v.as_deref().map(text);
     for (i, key) in &fields.keys {
-        let v = match FIELDS[*i] {
-            "eventId" => Some(text(&e.event_id)),
-            "route" => Some(text(&e.route)),
-            "correlationId" => Some(text(&e.correlation_id)),
-            "transactionId" => Some(text(&e.transaction_id)),
-            "receivedAt" => Some(text(&e.received_at)),
-            "sessionId" => Some(text(&e.session_id)),
-            "userId" => Some(text(&e.user_id)),
-            "eventType" => Some(text(&e.event_type)),
-            "text" => opt(&e.text),
-            "channel" => opt(&e.channel),
-            "locale" => opt(&e.locale),
-            "urlToken" => opt(&e.url_token),
-            "traceId" => opt(&e.trace_id),
-            "intent" => e.intent.as_ref().map(|i| {
+        if let Some(v) = field(e, *i) {
+            m.insert(key.clone(), v.to_cel());
+        }
+    }
+    map(m)
+}
+
+/// One part of the event, borrowed: what an expression reads before it becomes a CEL value
+/// (`View::to_cel`). `event_value` and `direct` both see the event through it, so a rule
+/// evaluated directly reads exactly what it would read from the converted event.
+#[derive(Clone, Copy)]
+pub(crate) enum View<'a> {
+    Text(&'a str),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Intent(&'a crate::event::Intent),
+    Object(&'a Map<String, Value>),
+    Json(&'a Value),
+}
+
+/// The event's top-level field `FIELDS[i]`; `None` when the event's JSON form leaves it out.
+pub(crate) fn field(e: &NormalisedEvent, i: usize) -> Option<View<'_>> {
+    fn opt(v: &Option<String>) -> Option<View<'_>> {
+        v.as_deref().map(View::Text)
+    }
+    match *FIELDS.get(i)? {
+        "eventId" => Some(View::Text(&e.event_id)),
+        "route" => Some(View::Text(&e.route)),
+        "correlationId" => Some(View::Text(&e.correlation_id)),
+        "transactionId" => Some(View::Text(&e.transaction_id)),
+        "receivedAt" => Some(View::Text(&e.received_at)),
+        "sessionId" => Some(View::Text(&e.session_id)),
+        "userId" => Some(View::Text(&e.user_id)),
+        "eventType" => Some(View::Text(&e.event_type)),
+        "text" => opt(&e.text),
+        "channel" => opt(&e.channel),
+        "locale" => opt(&e.locale),
+        "urlToken" => opt(&e.url_token),
+        "traceId" => opt(&e.trace_id),
+        "intent" => e.intent.as_ref().map(View::Intent),
+        "entities" => Some(View::Object(&e.entities)),
+        "stateVersion" => Some(View::Int(
+            i64::try_from(e.state_version).unwrap_or(i64::MAX),
+        )),
+        "simulated" => Some(View::Bool(e.simulated)),
+        "payload" => Some(View::Json(&e.payload)),
+        _ => None,
+    }
+}
+
+/// Where `FIELDS` holds `name`.
+pub(crate) fn field_index(name: &str) -> Option<usize> {
+    FIELDS.iter().position(|f| *f == name)
+}
+
+impl<'a> View<'a> {
+    /// The member `name` of a map (CEL's `a.name`); `None` where CEL fails with "no such
+    /// key" (not a map, or no such member).
+    pub(crate) fn member(self, name: &str) -> Option<View<'a>> {
+        match self {
+            View::Object(m) | View::Json(Value::Object(m)) => m.get(name).map(View::Json),
+            View::Intent(i) => match name {
+                "name" => Some(View::Text(&i.name)),
+                "score" => Some(View::Float(i.score)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Whether a map has the member `name` (CEL's `has(a.name)`: false for what is not a
+    /// map).
+    pub(crate) fn has(self, name: &str) -> bool {
+        match self {
+            View::Object(m) | View::Json(Value::Object(m)) => m.contains_key(name),
+            View::Intent(_) => matches!(name, "name" | "score"),
+            _ => false,
+        }
+    }
+
+    /// As a CEL value.
+    pub(crate) fn to_cel(self) -> CelValue {
+        match self {
+            View::Text(s) => text(s),
+            View::Int(i) => CelValue::Int(i),
+            View::Float(f) => CelValue::Float(f),
+            View::Bool(b) => CelValue::Bool(b),
+            View::Intent(i) => {
                 let mut im: HashMap<Key, CelValue> = HashMap::with_capacity(2);
                 im.insert(Key::String(Arc::new("name".into())), text(&i.name));
                 im.insert(
@@ -224,22 +299,12 @@ pub(crate) fn event_value(e: &NormalisedEvent, fields: &EventFields) -> CelValue
                     CelValue::Float(i.score),
                 );
                 map(im)
-            }),
-            "entities" => Some(json_object(&e.entities)),
-            "stateVersion" => Some(CelValue::Int(
-                i64::try_from(e.state_version).unwrap_or(i64::MAX),
-            )),
-            "simulated" => Some(CelValue::Bool(e.simulated)),
-            "payload" => Some(json_value(&e.payload)),
-            _ => None,
-        };
-        if let Some(v) = v {
-            m.insert(key.clone(), v);
+            }
+            View::Object(o) => json_object(o),
+            View::Json(v) => json_value(v),
         }
     }
-    map(m)
 }
-
 /// A CEL map of `m` as it is (`CelValue::from` would hash every key again).
 fn map(m: HashMap<Key, CelValue>) -> CelValue {
     CelValue::Map(CelMap { map: Arc::new(m) })
