@@ -472,13 +472,13 @@ impl Sequencer {
         let version = self.windows.next_version(previous, now);
         e.state_version = version;
         let answer = a.answer.render(version);
-        let body = e.to_json();
+        let mut body = e.to_json();
         // What the log and the database keep ([privacy] encrypt_key); the request's own
         // `respond` call below uses the plaintext.
-        let stored = if crate::seal::active() {
-            crate::seal::seal(body.clone()).map_err(StoreError::unavailable)?
+        let sealed = if crate::seal::active() {
+            Some(crate::seal::seal(body.clone()).map_err(StoreError::unavailable)?)
         } else {
-            body.clone()
+            None
         };
 
         let ids = &self.shared.next_outbox_id;
@@ -507,16 +507,26 @@ impl Sequencer {
             Box::new(Claimed::held_for_request(e, r, id, token, &body, now))
         });
         let key = a.idempotency_key;
+        // The event is dropped here: what the record keeps is moved out of it, not copied.
+        let plain = !a.sinks.is_empty();
+        let stored = match sealed {
+            Some(sealed) => sealed,
+            None if plain => body.clone(),
+            None => std::mem::take(&mut body),
+        };
+        let session = e.session_id.clone();
+        let event_id = e.event_id.clone();
+        let correlation_id = e.correlation_id.clone();
         let record = AcceptRecord {
             at: now,
-            event_id: e.event_id.clone(),
-            correlation_id: e.correlation_id.clone(),
-            route: e.route.clone(),
-            session_id: e.session_id.clone(),
-            event_type: e.event_type.clone(),
+            event_id: std::mem::take(&mut e.event_id),
+            correlation_id: std::mem::take(&mut e.correlation_id),
+            route: std::mem::take(&mut e.route),
+            session_id: std::mem::take(&mut e.session_id),
+            event_type: std::mem::take(&mut e.event_type),
             state_version: version,
             simulated: e.simulated,
-            received_at: e.received_at.clone(),
+            received_at: std::mem::take(&mut e.received_at),
             body: stored,
             key: key.clone(),
             status: a.status,
@@ -525,11 +535,10 @@ impl Sequencer {
             spend: spend.clone(),
         };
         let lsn = self.append(Record::Accept(Box::new(record)), records, encoded);
-        if !a.sinks.is_empty() {
+        if plain {
             self.plain.push((lsn, Bytes::from(body)));
         }
 
-        let session = e.session_id.clone();
         let prev = hot.sessions.insert(
             session.clone(),
             HotSession {
@@ -542,10 +551,10 @@ impl Sequencer {
         let prev = hot.answers.insert(
             key.clone(),
             HotAnswer {
-                event_id: e.event_id.clone(),
+                event_id,
                 status: a.status,
                 body: answer.clone(),
-                correlation_id: e.correlation_id.clone(),
+                correlation_id,
                 created_at: now,
                 lsn,
             },
