@@ -59,7 +59,11 @@ pub fn now_millis() -> i64 {
 
 /// Now, as a date and time (the same clock as `now_millis`).
 pub fn now() -> time::OffsetDateTime {
-    let ms = now_millis();
+    at_millis(now_millis())
+}
+
+/// A reading of `now_millis` as a date and time.
+pub fn at_millis(ms: i64) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
 }

@@ -123,8 +123,23 @@ pub mod store;
 pub mod telemetry;
 
 /// Current wall-clock time as an RFC 3339 string (UTC, millisecond precision).
+///
+/// A request asks for it two or three times (the event's receipt, the answer, the audit
+/// line), mostly within one millisecond: each thread keeps the last millisecond it formatted
+/// (bench/README.md, seventeenth session).
 pub fn now_rfc3339() -> String {
-    format_rfc3339(clock::now())
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> =
+            const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    let ms = clock::now_millis();
+    LAST.with_borrow_mut(|(at, text)| {
+        if *at != ms {
+            *text = format_rfc3339(clock::at_millis(ms));
+            *at = ms;
+        }
+        text.clone()
+    })
 }
 
 /// Formats a timestamp as RFC 3339 in UTC with millisecond precision.
@@ -217,6 +232,34 @@ pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_formatted_time_follows_the_clock_from_one_millisecond_to_the_next() {
+        let ms_of = |text: &str| {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                .expect("RFC 3339")
+        };
+        let before = super::now_millis();
+        let first = super::now_rfc3339();
+        let after = super::now_millis();
+        let at = ms_of(&first);
+        assert!(
+            before <= at && at <= after,
+            "{before} <= {first} <= {after}"
+        );
+        assert!(super::now_rfc3339() >= first);
+        // Once the clock has moved on, the next reading is formatted anew.
+        while super::now_millis() <= at {
+            std::hint::spin_loop();
+        }
+        let next = super::now_rfc3339();
+        assert!(ms_of(&next) > at, "{first} then {next}");
+        assert_eq!(
+            next,
+            super::format_rfc3339(super::clock::at_millis(ms_of(&next)))
+        );
+    }
+
     #[test]
     fn generated_correlation_ids_are_uuid_v7_in_time_order() {
         let a = super::new_correlation_id();
