@@ -45,7 +45,99 @@ pub struct NormalisedEvent {
     /// The session's interaction count after this event; set when the event is committed.
     pub state_version: u64,
     pub simulated: bool,
-    pub payload: Value,
+    pub payload: Payload,
+}
+
+/// The event's `payload`: the request's body as a JSON tree, and its text when the body
+/// already was what serde_json writes for that tree (`json::is_canonical`). Either may come
+/// first: a decoder that reads its fields without the tree (`ingest::payload`) leaves the
+/// text alone, and the tree is parsed from it only when something looks at it (a rule on
+/// `event.payload`, redaction). The stored event copies the
+/// text when there is one (bench/README.md, eighteenth session). Changing the tree (through
+/// `&mut`) forgets the text.
+#[derive(Clone, Default)]
+pub struct Payload {
+    tree: std::sync::OnceLock<Value>,
+    text: Option<Box<str>>,
+}
+
+impl Payload {
+    /// A payload known by its text only. The caller has checked that `text` is JSON as
+    /// serde_json writes it (`json::is_canonical` of text a parser accepted).
+    pub fn from_canonical_text(text: Box<str>) -> Payload {
+        Payload {
+            tree: std::sync::OnceLock::new(),
+            text: Some(text),
+        }
+    }
+
+    /// Adds the text of the tree already held (the same check as
+    /// [`Payload::from_canonical_text`]).
+    pub fn set_canonical_text(&mut self, text: Box<str>) {
+        self.text = Some(text);
+    }
+
+    /// The text, when known.
+    pub fn text(&self) -> Option<&str> {
+        self.text.as_deref()
+    }
+
+    /// Appends the payload as JSON: its text when known, else its tree written out.
+    pub fn write_json(&self, out: &mut String) {
+        match &self.text {
+            Some(text) => out.push_str(text),
+            None => crate::json::value(out, self),
+        }
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(tree: Value) -> Payload {
+        Payload {
+            tree: std::sync::OnceLock::from(tree),
+            text: None,
+        }
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        self.tree.get_or_init(|| {
+            // A canonical text always parses; `Null` only for a payload made empty.
+            self.text
+                .as_deref()
+                .and_then(|t| serde_json::from_str(t).ok())
+                .unwrap_or(Value::Null)
+        })
+    }
+}
+
+impl std::ops::DerefMut for Payload {
+    fn deref_mut(&mut self) -> &mut Value {
+        let _ = &**self;
+        self.text = None;
+        self.tree.get_mut().expect("the tree was just made")
+    }
+}
+
+impl PartialEq<Value> for Payload {
+    fn eq(&self, other: &Value) -> bool {
+        **self == *other
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(s)
+    }
 }
 
 /// The `traceparent` an event body carries (see [`NormalisedEvent::traceparent`]): the
@@ -63,7 +155,7 @@ impl NormalisedEvent {
     /// The event as compact JSON: what `serde_json::to_string` gives for it, written by hand
     /// (`json`; every stored event is written once, on the commit path).
     pub fn to_json(&self) -> String {
-        use crate::json::{float, object, string, value};
+        use crate::json::{float, object, string};
         let mut out = String::with_capacity(512);
         // The first field follows the `{` alone.
         fn field(out: &mut String, name: &str) {
@@ -120,7 +212,7 @@ impl NormalisedEvent {
         field(&mut out, "simulated");
         out.push_str(if self.simulated { "true" } else { "false" });
         field(&mut out, "payload");
-        value(&mut out, &self.payload);
+        self.payload.write_json(&mut out);
         out.push('}');
         out
     }
@@ -134,7 +226,7 @@ impl NormalisedEvent {
         session_id: String,
         user_id: String,
         event_type: String,
-        payload: Value,
+        payload: impl Into<Payload>,
     ) -> NormalisedEvent {
         NormalisedEvent {
             event_id: ulid::Ulid::new().to_string(),
@@ -155,7 +247,7 @@ impl NormalisedEvent {
             trace_id: None,
             state_version: 0,
             simulated: false,
-            payload,
+            payload: payload.into(),
         }
     }
 }
@@ -427,7 +519,7 @@ mod tests {
             name: "x".into(),
             score: f64::NAN,
         });
-        ev.payload = serde_json::json!([null, -3, 2.5e-10, {"k\t": []}]);
+        ev.payload = serde_json::json!([null, -3, 2.5e-10, {"k\t": []}]).into();
         assert_eq!(ev.to_json(), serde_json::to_string(&ev).expect("json"));
         // Every optional field unset.
         ev.traceparent = None;
@@ -438,7 +530,7 @@ mod tests {
         ev.url_token = None;
         ev.trace_id = None;
         ev.entities.clear();
-        ev.payload = serde_json::Value::Null;
+        ev.payload = serde_json::Value::Null.into();
         assert_eq!(ev.to_json(), serde_json::to_string(&ev).expect("json"));
     }
 
@@ -469,6 +561,33 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_known_by_its_text_is_copied_parsed_on_demand_and_forgotten_when_changed() {
+        let mut ev = event();
+        let written = ev.to_json();
+        let text = serde_json::to_string(&*ev.payload).expect("json");
+        // The text alone: the same stored bytes, and the tree when asked for.
+        ev.payload = Payload::from_canonical_text(text.clone().into());
+        assert_eq!(ev.to_json(), written, "the same bytes either way");
+        assert_eq!(ev.payload["data"]["phone"], "+4412");
+        assert_eq!(ev.to_json(), written);
+        // The tree and a text that is not the tree's: the text is what is copied.
+        ev.payload.set_canonical_text(r#"{"from":"text"}"#.into());
+        assert!(ev.to_json().ends_with(r#""payload":{"from":"text"}}"#));
+        // Changing the tree (redaction) forgets the text.
+        let r = Redaction::compile(&["/payload/input".to_string()]).expect("valid");
+        r.apply(&mut ev);
+        assert_eq!(ev.payload.text(), None);
+        let stored: serde_json::Value = serde_json::from_str(&ev.to_json()).expect("json");
+        assert_eq!(stored["payload"]["input"], REDACTED);
+        assert_eq!(stored["payload"]["data"]["keep"], 1);
+        // Redacting a payload known only by its text.
+        ev.payload = Payload::from_canonical_text(text.into());
+        r.apply(&mut ev);
+        assert_eq!(ev.payload["input"], REDACTED);
+        assert_eq!(ev.to_json(), serde_json::to_string(&ev).expect("json"));
+    }
+
+    #[test]
     fn redaction_refuses_identifiers_and_bad_pointers_all_at_once() {
         let bad = [
             "text",
@@ -486,7 +605,7 @@ mod tests {
         );
         let ok = Redaction::compile(&["/payload/a~1b~0c".to_string()]).expect("escapes");
         let mut ev = event();
-        ev.payload = serde_json::json!({"a/b~c": "x"});
+        ev.payload = serde_json::json!({"a/b~c": "x"}).into();
         ok.apply(&mut ev);
         assert_eq!(ev.payload["a/b~c"], REDACTED);
     }

@@ -9,7 +9,10 @@
 //!                  refused before the body is read)
 //!                → ingest::auth (raw bytes; a bearer JWT naming an unknown key refetches the
 //!                  route's JWKS inline, rate-limited, then is checked once more)
-//!                → ingest::payload (decode + validate → NormalisedEvent)
+//!                → ingest::payload (decode + validate → NormalisedEvent; a body already in
+//!                  serde_json's own form (json::is_canonical) is read by ingest::payload::fast
+//!                  without a JSON tree when its kind has a reader there, and is stored as it
+//!                  came: event::Payload parses the tree only if a rule or redaction asks)
 //!                → ingest::rules (CEL rules, extracts; the common shapes read straight off
 //!                  the event by expr::direct, the rest by the CEL interpreter)
 //!                → store::Store::accept (event, session state, idempotency record, one outbox

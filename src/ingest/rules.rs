@@ -285,9 +285,9 @@ mod tests {
         }];
         let set = RuleSet::compile(&rules, &BTreeMap::new()).expect("compiles");
         let mut e = event(0.9, Some("A"));
-        e.payload = json!({"channel": "voice", "n": [1, 2.5, null]});
+        e.payload = json!({"channel": "voice", "n": [1, 2.5, null]}).into();
         assert!(set.evaluate(&e).is_ok());
-        e.payload = json!({"channel": "chat"});
+        e.payload = json!({"channel": "chat"}).into();
         assert!(set.evaluate(&e).is_err());
     }
 

@@ -143,7 +143,7 @@ pub(super) fn input(payload: Value) -> Result<Decoded, PayloadError> {
     d.url_token = url_token.map(str::to_string);
     d.trace_id = trace_id.or(input_id).map(str::to_string);
     d.correlation_id = correlation.map(str::to_string);
-    d.payload = payload;
+    d.payload = payload.into();
     Ok(d)
 }
 
@@ -194,7 +194,7 @@ pub(super) fn output(payload: Value) -> Result<Decoded, PayloadError> {
     );
     d.text = text.map(str::to_string);
     d.trace_id = trace_id.map(str::to_string);
-    d.payload = payload;
+    d.payload = payload.into();
     Ok(d)
 }
 
@@ -267,7 +267,7 @@ pub(super) fn call_status(payload: Value) -> Result<Decoded, PayloadError> {
             d.entities.insert(key.to_string(), v.clone());
         }
     }
-    d.payload = payload;
+    d.payload = payload.into();
     Ok(d)
 }
 

@@ -10,9 +10,10 @@ use crate::config::{PayloadKind, PayloadSpec};
 
 mod cognigy;
 mod describe;
+mod fast;
 mod schema;
 
-pub use crate::event::{Intent, NormalisedEvent};
+pub use crate::event::{Intent, NormalisedEvent, Payload};
 pub use schema::SchemaDecoder;
 
 /// Longest `sessionId` / `userId` accepted by `flow-event` (Cognigy's own bound).
@@ -59,7 +60,7 @@ pub struct Decoded {
     pub correlation_id: Option<String>,
     pub url_token: Option<String>,
     pub trace_id: Option<String>,
-    pub payload: Value,
+    pub payload: Payload,
 }
 
 impl Decoded {
@@ -77,7 +78,7 @@ impl Decoded {
             correlation_id: None,
             url_token: None,
             trace_id: None,
-            payload,
+            payload: payload.into(),
         }
     }
 }
@@ -154,17 +155,39 @@ impl PayloadDecoder {
 
     /// Decodes, validates and normalises a body.
     pub fn decode(&self, body: &[u8], format: BodyFormat) -> Result<Decoded, PayloadError> {
-        let value = match format {
-            BodyFormat::Json => parse_object(body)?,
+        let json = match format {
+            BodyFormat::Json => true,
             // A JSON object sent with the HTTP node's default form header (its "Text" payload
             // type holding JSON): no form starts with `{`.
-            BodyFormat::Form if body.trim_ascii_start().starts_with(b"{") => parse_object(body)?,
-            BodyFormat::Form => cognigy::parse_form(body)?,
+            BodyFormat::Form => body.trim_ascii_start().starts_with(b"{"),
         };
-        let decoded = match self {
+        // A body in serde_json's own form is stored as it came (`event::Payload`), and the
+        // built-in kinds with a reader of their own (`fast`) take their fields from it
+        // without building its tree; anything that reader does not accept goes the whole way
+        // below, which says what is wrong.
+        let text = if json && crate::json::is_canonical(body) {
+            std::str::from_utf8(body).ok()
+        } else {
+            None
+        };
+        if let (Some(text), PayloadDecoder::Builtin(kind)) = (text, self) {
+            if let Some(d) = fast::decode(*kind, text) {
+                return check_ids(d);
+            }
+        }
+        let value = if json {
+            parse_object(body)?
+        } else {
+            cognigy::parse_form(body)?
+        };
+        let mut decoded = match self {
             PayloadDecoder::Builtin(kind) => decode_value(*kind, value),
             PayloadDecoder::Schema(s) => s.decode(value),
         }?;
+        // Every kind keeps the parsed body as the payload, unchanged.
+        if let Some(text) = text {
+            decoded.payload.set_canonical_text(text.into());
+        }
         check_ids(decoded)
     }
 }
@@ -445,7 +468,7 @@ fn flow_event(payload: Value) -> Result<Decoded, PayloadError> {
             .or_else(|| ctx_str("correlationId")),
         url_token: None,
         trace_id: None,
-        payload,
+        payload: payload.into(),
     })
 }
 
@@ -575,7 +598,7 @@ fn nlu(payload: Value) -> Result<Decoded, PayloadError> {
         correlation_id: correlation.map(str::to_string),
         url_token: None,
         trace_id: None,
-        payload,
+        payload: payload.into(),
     })
 }
 
@@ -769,6 +792,22 @@ mod tests {
         body["correlationId"] = json!("top");
         let d = decode(PayloadKind::FlowEvent, &bytes(&body)).expect("valid");
         assert_eq!(d.correlation_id.as_deref(), Some("top"));
+    }
+
+    #[test]
+    fn a_body_in_serde_jsons_own_form_is_kept_as_the_payloads_text() {
+        let decoder = PayloadDecoder::Builtin(PayloadKind::Nlu);
+        let compact = bytes(&nlu_body());
+        let d = decoder.decode(&compact, BodyFormat::Json).expect("valid");
+        assert_eq!(d.payload.text().map(str::as_bytes), Some(&compact[..]));
+        // The HTTP node's form header with a JSON text: the same.
+        let d = decoder.decode(&compact, BodyFormat::Form).expect("valid");
+        assert!(d.payload.text().is_some());
+        // Spaced out: the tree is written again.
+        let pretty = serde_json::to_vec_pretty(&nlu_body()).expect("json");
+        let d = decoder.decode(&pretty, BodyFormat::Json).expect("valid");
+        assert_eq!(d.payload, nlu_body());
+        assert!(d.payload.text().is_none());
     }
 
     #[test]

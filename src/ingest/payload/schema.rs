@@ -195,7 +195,7 @@ impl SchemaDecoder {
         d.url_token = url_token;
         d.trace_id = trace_id;
         d.correlation_id = correlation;
-        d.payload = payload;
+        d.payload = payload.into();
         Ok(d)
     }
 }
