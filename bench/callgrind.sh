@@ -63,7 +63,9 @@ import re, sys
 requests, errors = int(sys.argv[1]), sys.argv[2] or "0"
 total, parts = None, {}
 roots = {
-    "request path (tokio workers)": "tokio::runtime::scheduler::multi_thread::worker::run ",
+    # The tasks the tokio workers poll (with whole-program optimisation `worker::run` is
+    # inlined away, and so was this row before 2026-12-02, eighteenth session).
+    "request path (tokio tasks)": "tokio::runtime::task::raw::poll ",
     "sequencer": "cognihook::store::sqlite::sequencer::Sequencer::run ",
     "projector": "cognihook::store::sqlite::project::run ",
     "checkpointer": "cognihook::store::sqlite::project::start_checkpointer::{{closure}}::{{closure}} ",

@@ -8,53 +8,51 @@
 //!
 //! A leaf: it imports nothing of the crate.
 
-use parking_lot::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 /// Milliseconds added to the system clock's reading: 0, except in tests that set the clock
 /// back or forward (`skew_wall_clock`).
 static SKEW_MS: AtomicI64 = AtomicI64::new(0);
 
-static CLOCK: Mutex<Option<Anchor>> = Mutex::new(None);
+/// The largest `wall − monotonic` (ns) any reading has seen: now is the monotonic clock plus
+/// this, or the wall clock when it is ahead. `i64::MIN` before the first reading. One
+/// atomic instead of a lock: every request reads the clock several times, from every thread
+/// (bench/README.md, eighteenth session).
+static OFFSET_NS: AtomicI64 = AtomicI64::new(i64::MIN);
 
-/// The last reading that followed the wall clock, and when (monotonic) it was taken.
-#[derive(Clone, Copy, Debug)]
-struct Anchor {
-    wall_ms: i64,
-    at: Instant,
+/// The monotonic clock's origin.
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
 }
 
-/// One reading: `wall_ms` is the system clock's, `at` the monotonic clock's. Returns the
-/// time and the anchor to keep for the next reading.
-fn read(anchor: Option<Anchor>, wall_ms: i64, at: Instant) -> (i64, Anchor) {
-    let Some(a) = anchor else {
-        return (wall_ms, Anchor { wall_ms, at });
-    };
-    let elapsed = at.saturating_duration_since(a.at).as_millis() as i64;
-    let steady = a.wall_ms + elapsed;
-    if wall_ms >= steady {
-        (wall_ms, Anchor { wall_ms, at })
-    } else {
-        // The wall clock is behind where time has got to: it was set back. Keep the anchor,
-        // so the steady reading advances exactly with the monotonic clock.
-        (steady, a)
-    }
+/// One reading: `wall_ns` is the system clock's, `mono_ns` the monotonic clock's (from
+/// `origin`), `offset_ns` what the readings before saw. Returns the time in ms and the offset
+/// to keep. While the wall clock runs forward, `wall − mono` stays the same or grows and the
+/// reading is the wall clock's; set back, it falls below the offset kept, and the reading
+/// goes on from the offset at the monotonic clock's pace until the wall clock catches up.
+fn read(offset_ns: i64, wall_ns: i64, mono_ns: i64) -> (i64, i64) {
+    let offset = offset_ns.max(wall_ns - mono_ns);
+    ((mono_ns + offset).div_euclid(1_000_000), offset)
 }
 
-fn system_millis() -> i64 {
+fn system_nanos() -> i64 {
     let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-    (nanos / 1_000_000) as i64 + SKEW_MS.load(Ordering::Relaxed)
+    nanos as i64 + SKEW_MS.load(Ordering::Relaxed) * 1_000_000
 }
 
 /// Now, in Unix milliseconds (see the module's documentation).
 pub fn now_millis() -> i64 {
-    let wall = system_millis();
-    let at = Instant::now();
-    let mut guard = CLOCK.lock();
-    let (now, anchor) = read(*guard, wall, at);
-    *guard = Some(anchor);
-    now
+    let mono = origin().elapsed().as_nanos() as i64;
+    let wall = system_nanos();
+    let seen = wall - mono;
+    let mut kept = OFFSET_NS.load(Ordering::Relaxed);
+    if seen > kept {
+        kept = OFFSET_NS.fetch_max(seen, Ordering::Relaxed);
+    }
+    read(kept, wall, mono).0
 }
 
 /// Now, as a date and time (the same clock as `now_millis`).
@@ -78,53 +76,57 @@ pub fn skew_wall_clock(ms: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    const MS: i64 = 1_000_000;
 
     #[test]
     fn follows_the_wall_clock_while_it_runs_forward() {
-        let t0 = Instant::now();
-        let (a, anchor) = read(None, 1_000_000, t0);
+        let (a, kept) = read(i64::MIN, 1_000_000 * MS, 5 * MS);
         assert_eq!(a, 1_000_000);
-        let (b, _) = read(Some(anchor), 1_000_250, t0 + Duration::from_millis(250));
+        let (b, _) = read(kept, 1_000_250 * MS, 255 * MS);
         assert_eq!(b, 1_000_250);
         // A jump forward is followed at once.
-        let (c, _) = read(Some(anchor), 5_000_000, t0 + Duration::from_millis(300));
+        let (c, _) = read(kept, 5_000_000 * MS, 305 * MS);
         assert_eq!(c, 5_000_000);
     }
 
     #[test]
     fn a_clock_set_back_is_ignored_until_the_wall_clock_catches_up() {
-        let t0 = Instant::now();
         let hour = 3_600_000;
-        let (_, anchor) = read(None, 10 * hour, t0);
+        let (_, kept) = read(i64::MIN, 10 * hour * MS, 0);
         // One second later the wall clock is set back an hour: time goes on from 10h + 1 s.
-        let (a, anchor) = read(Some(anchor), 9 * hour + 1_000, t0 + Duration::from_secs(1));
+        let (a, mut kept) = read(kept, (9 * hour + 1_000) * MS, 1_000 * MS);
         assert_eq!(a, 10 * hour + 1_000);
         // Readings keep pace with the monotonic clock exactly, however often they are taken.
-        let mut anchor = anchor;
         for s in 2..=60 {
-            let wall = 9 * hour + s * 1_000;
-            let (now, next) = read(Some(anchor), wall, t0 + Duration::from_secs(s as u64));
+            let wall = (9 * hour + s * 1_000) * MS;
+            let (now, next) = read(kept, wall, s * 1_000 * MS);
             assert_eq!(now, 10 * hour + s * 1_000);
-            anchor = next;
+            kept = next;
         }
         // Once the wall clock is ahead again it is followed.
-        let at = t0 + Duration::from_secs(3_700);
-        let (b, _) = read(Some(anchor), 10 * hour + 3_700_500, at);
+        let (b, _) = read(kept, (10 * hour + 3_700_500) * MS, 3_700_000 * MS);
         assert_eq!(b, 10 * hour + 3_700_500);
     }
 
     #[test]
     fn readings_never_go_backwards() {
-        let t0 = Instant::now();
-        let mut anchor = None;
+        let mut kept = i64::MIN;
         let mut last = i64::MIN;
         let walls = [100, 200, 50, 60, 400, 10, 450, 451];
         for (i, wall) in walls.into_iter().enumerate() {
-            let (now, next) = read(anchor, wall, t0 + Duration::from_millis(i as u64 * 10));
+            let (now, next) = read(kept, wall * MS, i as i64 * 10 * MS);
             assert!(now >= last, "{now} after {last}");
             last = now;
-            anchor = Some(next);
+            kept = next;
         }
+    }
+
+    #[test]
+    fn the_process_clock_keeps_up_with_the_system_clock() {
+        let before = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        let now = i128::from(now_millis());
+        let after = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        assert!(before <= now && now <= after, "{before} {now} {after}");
     }
 }

@@ -146,6 +146,20 @@ proptest! {
     }
 
     #[test]
+    fn a_body_decodes_the_same_in_serde_jsons_form_and_spaced_out(value in json_like()) {
+        // Compact, a body may take a kind's fast reader (ingest::payload::fast); spaced out it
+        // always takes the general path: the two must agree, errors included.
+        let compact = serde_json::to_vec(&value).expect("json");
+        let spaced = serde_json::to_vec_pretty(&value).expect("json");
+        for kind in KINDS {
+            let d = PayloadDecoder::Builtin(kind);
+            let a = format!("{:?}", d.decode(&compact, BodyFormat::Json));
+            let b = format!("{:?}", d.decode(&spaced, BodyFormat::Json));
+            prop_assert_eq!(a, b, "{:?}", kind);
+        }
+    }
+
+    #[test]
     fn any_form_body_gets_an_answer(
         pairs in prop::collection::vec(("[a-zA-Z%+\\[\\]._]{0,12}", ".{0,20}"), 0..8)
     ) {
