@@ -45,8 +45,11 @@ fn system_nanos() -> i64 {
 
 /// Now, in Unix milliseconds (see the module's documentation).
 pub fn now_millis() -> i64 {
-    let mono = origin().elapsed().as_nanos() as i64;
+    // The wall clock first: a thread held up between the two readings then sees an offset
+    // too small, never too large (kept as the largest, one too large would put every later
+    // reading ahead of the wall clock by the hold-up).
     let wall = system_nanos();
+    let mono = origin().elapsed().as_nanos() as i64;
     let seen = wall - mono;
     let mut kept = OFFSET_NS.load(Ordering::Relaxed);
     if seen > kept {
@@ -123,10 +126,24 @@ mod tests {
     }
 
     #[test]
-    fn the_process_clock_keeps_up_with_the_system_clock() {
-        let before = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
-        let now = i128::from(now_millis());
-        let after = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
-        assert!(before <= now && now <= after, "{before} {now} {after}");
+    fn the_process_clock_keeps_up_with_the_system_clock_and_never_leads_it() {
+        let system = || time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        // From several threads at once, so that some are held up between the two clocks'
+        // readings: a reading is never ahead of the system clock read after it.
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        let before = system();
+                        let now = i128::from(now_millis());
+                        let after = system();
+                        assert!(before <= now && now <= after, "{before} {now} {after}");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("no reading out of line");
+        }
     }
 }
