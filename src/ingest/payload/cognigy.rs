@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use super::{json_type, Decoded, FieldError, Fields, Intent, PayloadError, MAX_ID_CHARS};
 
 /// Longest `text` Cognigy accepts from a transformer.
-const MAX_TEXT_CHARS: usize = 10_000;
+pub(super) const MAX_TEXT_CHARS: usize = 10_000;
 /// Optional string fields of `cognigy-input` besides the ids and text: (key, max chars).
 pub(super) const OPTIONAL_STRINGS: [(&str, usize); 8] = [
     ("URLToken", 256),
@@ -68,7 +68,7 @@ impl<'a> Fields<'a> {
 
 /// The entity value of one slot: its first match's `keyphrase`, else its `value`, else the
 /// match itself (`slots.DATE[0]` is an object with `start`/`end`).
-fn slot_entity(matches: &[Value]) -> Option<Value> {
+pub(super) fn slot_entity(matches: &[Value]) -> Option<Value> {
     let first = matches.first()?;
     Some(
         first

@@ -1,4 +1,4 @@
-//! Readers of the built-in kinds `nlu` and `flow-event` that take their fields straight from
+//! Readers of the built-in kinds `nlu`, `flow-event` and `cognigy-input` that take their fields straight from
 //! the body's text, into typed fields borrowed from it, without the JSON tree the general
 //! path builds (a map per object, a string per key and value, all dropped again): that tree
 //! was about a sixth of a request's instructions (bench/README.md, eighteenth session). The
@@ -18,6 +18,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::cognigy::{slot_entity, MAX_TEXT_CHARS, OPTIONAL_STRINGS};
 use super::{Decoded, MAX_ID_CHARS, MAX_MESSAGE_CHARS};
 use crate::config::PayloadKind;
 use crate::event::{Intent, Payload};
@@ -32,6 +33,7 @@ pub(super) fn decode(kind: PayloadKind, text: &str) -> Option<Decoded> {
     match kind {
         PayloadKind::Nlu => nlu(text),
         PayloadKind::FlowEvent => flow_event(text),
+        PayloadKind::CognigyInput => cognigy_input(text),
         _ => None,
     }
 }
@@ -308,6 +310,145 @@ fn flow_event(text: &str) -> Option<Decoded> {
     })
 }
 
+/// `cognigy-input`: the fields `super::cognigy::input` reads, with its leniency (an empty
+/// optional string is absent; the score may be a numeric string).
+#[derive(Deserialize)]
+struct CognigyInput<'a> {
+    #[serde(rename = "sessionId", borrow)]
+    session_id: Option<Text<'a>>,
+    #[serde(rename = "userId", borrow)]
+    user_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    text: Option<Text<'a>>,
+    /// Read only to check that it is an object when present.
+    #[serde(rename = "data")]
+    _data: Option<Obj<IgnoredAny>>,
+    #[serde(rename = "URLToken", borrow)]
+    url_token: Option<Text<'a>>,
+    #[serde(rename = "traceId", borrow)]
+    trace_id: Option<Text<'a>>,
+    #[serde(rename = "inputId", borrow)]
+    input_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    channel: Option<Text<'a>>,
+    #[serde(borrow)]
+    language: Option<Text<'a>>,
+    #[serde(rename = "flowName", borrow)]
+    flow_name: Option<Text<'a>>,
+    #[serde(rename = "correlationId", borrow)]
+    correlation_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    intent: Option<Text<'a>>,
+    #[serde(rename = "intentScore", borrow)]
+    intent_score: Option<Score<'a>>,
+    slots: Option<Obj<Map<String, Value>>>,
+}
+
+/// `intentScore`: a number, or a string holding one.
+enum Score<'a> {
+    Number(f64),
+    Text(Cow<'a, str>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Score<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Score<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number or a string")
+            }
+            fn visit_f64<E>(self, x: f64) -> Result<Score<'a>, E> {
+                Ok(Score::Number(x))
+            }
+            fn visit_i64<E>(self, x: i64) -> Result<Score<'a>, E> {
+                Ok(Score::Number(x as f64))
+            }
+            fn visit_u64<E>(self, x: u64) -> Result<Score<'a>, E> {
+                Ok(Score::Number(x as f64))
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Score<'a>, E> {
+                Ok(Score::Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Score<'a>, E> {
+                Ok(Score::Text(Cow::Owned(s.to_string())))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// An optional string where `""` is absent; `Err` past `max` characters.
+fn lenient(t: Option<Text<'_>>, max: usize) -> Result<Option<Text<'_>>, ()> {
+    match t {
+        Some(t) if t.0.is_empty() => Ok(None),
+        Some(t) if !chars_at_most(&t.0, max) => Err(()),
+        t => Ok(t),
+    }
+}
+
+fn cognigy_input(text: &str) -> Option<Decoded> {
+    let b: CognigyInput = serde_json::from_str(text).ok()?;
+    fn id(t: Option<Text<'_>>) -> Option<Text<'_>> {
+        t.filter(|s| !s.0.is_empty() && chars_at_most(&s.0, MAX_ID_CHARS))
+    }
+    let session_id = id(b.session_id)?;
+    let user_id = id(b.user_id)?;
+    let said = lenient(b.text, MAX_TEXT_CHARS).ok()?;
+    let max = |key: &str| {
+        OPTIONAL_STRINGS
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, m)| *m)
+    };
+    let url_token = lenient(b.url_token, max("URLToken")?).ok()?;
+    let trace_id = lenient(b.trace_id, max("traceId")?).ok()?;
+    let input_id = lenient(b.input_id, max("inputId")?).ok()?;
+    let channel = lenient(b.channel, max("channel")?).ok()?;
+    let language = lenient(b.language, max("language")?).ok()?;
+    lenient(b.flow_name, max("flowName")?).ok()?;
+    let correlation = lenient(b.correlation_id, max("correlationId")?).ok()?;
+    let intent = lenient(b.intent, max("intent")?).ok()?;
+    let score = match b.intent_score {
+        None => None,
+        Some(Score::Text(s)) if s.trim().is_empty() => None,
+        Some(Score::Text(s)) => Some(s.trim().parse::<f64>().ok()?),
+        Some(Score::Number(x)) => Some(x),
+    };
+    if score.is_some_and(|x| !(x.is_finite() && (0.0..=1.0).contains(&x))) {
+        return None;
+    }
+    let mut entities = Map::new();
+    if let Some(Obj(slots)) = b.slots {
+        for (name, matches) in slots {
+            let Value::Array(m) = matches else {
+                return None;
+            };
+            if let Some(v) = slot_entity(&m) {
+                entities.insert(name, v);
+            }
+        }
+    }
+    Some(Decoded {
+        session_id: session_id.0.into_owned(),
+        user_id: user_id.0.into_owned(),
+        event_type: "cognigy.input".into(),
+        text: owned(said),
+        // An intent without a score scores 0, as on the general path.
+        intent: intent.map(|name| Intent {
+            name: name.0.into_owned(),
+            score: score.unwrap_or(0.0),
+        }),
+        entities,
+        channel: owned(channel),
+        locale: owned(language),
+        correlation_id: owned(correlation),
+        url_token: owned(url_token),
+        trace_id: owned(trace_id.or(input_id)),
+        payload: Payload::from_canonical_text(text.into()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{decode_value, Decoded};
@@ -363,6 +504,16 @@ mod tests {
         })
     }
 
+    fn cognigy_input_body() -> Value {
+        json!({
+            "sessionId": "s-1", "userId": "u-1", "text": "where is A-1", "data": {"orderId": "A-1"},
+            "URLToken": "tok", "traceId": "", "inputId": "in-1", "channel": "webchat",
+            "language": "en-US", "flowName": "Main", "correlationId": "c-1",
+            "intent": "order_status", "intentScore": " 0.8 ",
+            "slots": {"ORDER": [{"keyphrase": "A-1"}], "DATE": [{"start": 1, "end": 2}], "X": []}
+        })
+    }
+
     /// Values a field is set to in the corpus: each type, the edge cases of the checks.
     fn variants() -> Vec<Option<Value>> {
         let long = "é".repeat(257);
@@ -394,6 +545,12 @@ mod tests {
             json!({"name": "i", "confidence": 1}),
             json!({"name": "i", "confidence": "0.5"}),
             json!({"name": null, "confidence": 0.5}),
+            json!(" 0.25 "),
+            json!("1e-1"),
+            json!("inf"),
+            json!("é".repeat(70)),
+            json!({"A": [{"value": 3}], "B": [{"keyphrase": 1, "value": "v"}]}),
+            json!({"A": "not a list"}),
         ]
         .into_iter()
         .map(Some)
@@ -456,6 +613,13 @@ mod tests {
         let mut trigger = flow_body();
         trigger["eventType"] = json!("external.action.trigger");
         assert!(agree(PayloadKind::FlowEvent, &trigger, flow_event) > 50);
+        assert!(
+            agree(
+                PayloadKind::CognigyInput,
+                &cognigy_input_body(),
+                cognigy_input
+            ) > 100
+        );
     }
 
     #[test]
