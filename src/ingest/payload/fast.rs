@@ -142,6 +142,12 @@ fn chars_at_most(s: &str, max: usize) -> bool {
     s.len() <= max || s.chars().count() <= max
 }
 
+/// A required identifier of `flow-event` and `cognigy-input`: not empty, at most
+/// `MAX_ID_CHARS` characters.
+fn id(t: Option<Text<'_>>) -> Option<Text<'_>> {
+    t.filter(|s| !s.0.is_empty() && chars_at_most(&s.0, MAX_ID_CHARS))
+}
+
 /// `nlu`: the fields `super::nlu` reads, every one required.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -257,9 +263,6 @@ struct FlowContext<'a> {
 
 fn flow_event(text: &str) -> Option<Decoded> {
     let b: FlowBody = serde_json::from_str(text).ok()?;
-    fn id(t: Option<Text<'_>>) -> Option<Text<'_>> {
-        t.filter(|s| !s.0.is_empty() && chars_at_most(&s.0, MAX_ID_CHARS))
-    }
     let session_id = id(b.session_id)?;
     let user_id = id(b.user_id)?;
     let event_type = b.event_type?;
@@ -389,9 +392,6 @@ fn lenient(t: Option<Text<'_>>, max: usize) -> Result<Option<Text<'_>>, ()> {
 
 fn cognigy_input(text: &str) -> Option<Decoded> {
     let b: CognigyInput = serde_json::from_str(text).ok()?;
-    fn id(t: Option<Text<'_>>) -> Option<Text<'_>> {
-        t.filter(|s| !s.0.is_empty() && chars_at_most(&s.0, MAX_ID_CHARS))
-    }
     let session_id = id(b.session_id)?;
     let user_id = id(b.user_id)?;
     let said = lenient(b.text, MAX_TEXT_CHARS).ok()?;
