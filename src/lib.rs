@@ -72,7 +72,8 @@
 //!   (`store::sqlite::fresh`, bounded per sink); the *projector*, which holds the only database write connection and
 //!   applies log records and the delivery path's jobs in large transactions (the idempotency
 //!   keys go to an LSM tree beside the database, `store::sqlite::keys`, whose `fjall` keyspace
-//!   runs one flush and one compaction thread of its own); and the *checkpointer*, which
+//!   runs one flush and one compaction thread of its own; a new key is usually known to be new
+//!   from `keys::filter`, without a look-up in the tree); and the *checkpointer*, which
 //!   copies the WAL into the database file, flushes the keys, removes log segments both
 //!   have made durable (or keeps one as the log's next segment) and zero-fills a spare
 //!   segment when none is coming (`store::sqlite::log::Spare`). The checkpointer and the keyspace's threads run at

@@ -36,7 +36,10 @@
 //! the log they came from; opening the store applies the log from the lower of the two
 //! positions, to each projection what it lacks (inserting a key again is harmless).
 
+mod filter;
+
 use std::path::Path;
+use std::sync::Arc;
 
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 use parking_lot::RwLock;
@@ -73,16 +76,21 @@ impl KeyEntry {
     }
 }
 
-/// One generation: the partition and when it was started (Unix ms).
+/// One generation: the partition, when it was started (Unix ms), and the filter of its keys
+/// when this process started it (`filter`).
 struct Generation {
     started: i64,
     part: PartitionHandle,
+    filter: Option<Arc<filter::Filter>>,
 }
 
 /// A family of generations (see the module doc): the idempotency keys, or the correlation
 /// index.
 struct Family {
     prefix: &'static str,
+    /// Whether the generations this process starts get a filter (the idempotency keys: every
+    /// event looks one up; not the correlation index, read by an operator now and then).
+    filtered: bool,
     /// How long the newest generation takes writes before a new one is started.
     generation_ms: i64,
     /// Oldest first; never empty once opened.
@@ -100,12 +108,17 @@ impl Family {
         for name in keyspace.list_partitions() {
             if let Some(started) = name.strip_prefix(prefix).and_then(|s| s.parse().ok()) {
                 let part = keyspace.open_partition(&name, options(prefix))?;
-                generations.push(Generation { started, part });
+                generations.push(Generation {
+                    started,
+                    part,
+                    filter: None,
+                });
             }
         }
         generations.sort_by_key(|g| g.started);
         let family = Family {
             prefix,
+            filtered: prefix == PREFIX,
             generation_ms: (window_ms / 4).max(MIN_GENERATION_MS),
             generations: RwLock::new(generations),
         };
@@ -115,27 +128,40 @@ impl Family {
         Ok(family)
     }
 
-    /// Opens (making it when missing) the generation started at `started`, in its place.
-    fn start(&self, keyspace: &Keyspace, started: i64) -> Result<PartitionHandle, fjall::Error> {
+    /// Opens (making it when missing) the generation started at `started`, in its place;
+    /// returns its partition and filter.
+    fn start(&self, keyspace: &Keyspace, started: i64) -> Result<Writable, fjall::Error> {
         let part =
             keyspace.open_partition(&format!("{}{started}", self.prefix), options(self.prefix))?;
+        // A filter must have seen every key of its generation: only one begun empty gets one.
+        let filter = if self.filtered && part.is_empty()? {
+            Some(Arc::new(filter::Filter::new()))
+        } else {
+            None
+        };
         let mut generations = self.generations.write();
-        if !generations.iter().any(|g| g.started == started) {
-            let at = generations.partition_point(|g| g.started < started);
-            generations.insert(
-                at,
-                Generation {
-                    started,
-                    part: part.clone(),
-                },
-            );
+        if let Some(g) = generations.iter().find(|g| g.started == started) {
+            return Ok((g.part.clone(), g.filter.clone()));
         }
-        Ok(part)
+        let at = generations.partition_point(|g| g.started < started);
+        generations.insert(
+            at,
+            Generation {
+                started,
+                part: part.clone(),
+                filter: filter.clone(),
+            },
+        );
+        Ok((part, filter))
     }
 
-    /// The newest value of `key` (newest generation first).
+    /// The newest value of `key` (newest generation first; a generation whose filter says
+    /// the key was never written there is not probed).
     fn get(&self, key: &[u8]) -> Result<Option<fjall::Slice>, fjall::Error> {
         for g in self.generations.read().iter().rev() {
+            if g.filter.as_ref().is_some_and(|f| !f.may_hold(key)) {
+                continue;
+            }
             if let Some(v) = g.part.get(key)? {
                 return Ok(Some(v));
             }
@@ -144,9 +170,10 @@ impl Family {
     }
 
     /// The generation that takes writes at `now` (a new one is started when it is due).
-    fn newest(&self, keyspace: &Keyspace, now: i64) -> Result<PartitionHandle, fjall::Error> {
+    fn newest(&self, keyspace: &Keyspace, now: i64) -> Result<Writable, fjall::Error> {
         let current = self.generations.read().last().and_then(|g| {
-            (now < g.started.saturating_add(self.generation_ms)).then(|| g.part.clone())
+            (now < g.started.saturating_add(self.generation_ms))
+                .then(|| (g.part.clone(), g.filter.clone()))
         });
         match current {
             Some(part) => Ok(part),
@@ -182,6 +209,10 @@ impl Family {
         Ok(dropped)
     }
 }
+
+/// A generation's partition and its filter, if it has one (every key written to the
+/// partition is added to the filter first).
+type Writable = (PartitionHandle, Option<Arc<filter::Filter>>);
 
 const PREFIX: &str = "keys_";
 const CORRELATION_PREFIX: &str = "corr_";
@@ -334,13 +365,16 @@ impl Keys {
         applied: u64,
         now: i64,
     ) -> Result<(), fjall::Error> {
-        let keys = self.keys.newest(&self.keyspace, now)?;
-        let corr = self.correlations.newest(&self.keyspace, now)?;
+        let (keys, filter) = self.keys.newest(&self.keyspace, now)?;
+        let (corr, _) = self.correlations.newest(&self.keyspace, now)?;
         let mut batch = self.keyspace.batch();
         let mut sorted: Vec<(&[u8], Vec<u8>)> = entries
             .map(|(key, entry)| (key.as_bytes(), entry.encode()))
             .collect();
         for (key, value) in in_key_order(&mut sorted) {
+            if let Some(f) = &filter {
+                f.insert(key);
+            }
             batch.insert(&keys, *key, value.as_slice());
         }
         let mut sorted: Vec<(std::borrow::Cow<'_, [u8]>, &str)> = correlations
@@ -361,7 +395,7 @@ impl Keys {
         started: i64,
         chunk: &[(String, String)],
     ) -> Result<(), fjall::Error> {
-        let part = self.correlations.start(&self.keyspace, started)?;
+        let (part, _) = self.correlations.start(&self.keyspace, started)?;
         let mut batch = self.keyspace.batch();
         for (correlation_id, event_id) in chunk {
             batch.insert(&part, &*correlation_key(correlation_id), event_id.as_str());
@@ -396,6 +430,13 @@ impl Keys {
     #[cfg(test)]
     pub(super) fn generation_count(&self) -> usize {
         self.keys.generations.read().len()
+    }
+
+    /// Which key generations have a filter, oldest first (for tests).
+    #[cfg(test)]
+    fn filtered_generations(&self) -> Vec<bool> {
+        let generations = self.keys.generations.read();
+        generations.iter().map(|g| g.filter.is_some()).collect()
     }
 
     /// Correlation generations live now (for tests).
@@ -466,6 +507,47 @@ mod tests {
         assert_eq!(keys.applied().expect("keys"), Some(7));
         assert_eq!(keys.get("a").expect("keys"), Some(entry("e1", 1_000)));
         assert_eq!(keys.get("b").expect("keys"), None);
+    }
+
+    #[test]
+    fn only_generations_begun_empty_by_this_process_are_filtered_and_all_find_their_keys() {
+        let dir = tempfile::tempdir().expect("keys");
+        let path = dir.path().join("k");
+        let many = |from: usize| (from..from + 2_000).map(|i| format!("key-{i}"));
+        {
+            // Window 4 min: a generation per minute.
+            let keys = Keys::open(&path, 240_000, 240_000, 0).expect("keys");
+            assert_eq!(keys.filtered_generations(), [true]);
+            let written: Vec<String> = many(0).collect();
+            keys.write(
+                written.iter().map(|k| (k.as_str(), entry(k, 0))),
+                std::iter::empty(),
+                1,
+                0,
+            )
+            .expect("keys");
+            for k in &written {
+                assert_eq!(keys.get(k).expect("keys"), Some(entry(k, 0)), "{k}");
+            }
+            assert!(many(2_000).all(|k| keys.get(&k).expect("keys").is_none()));
+            keys.persist(crate::config::SyncMode::Full).expect("keys");
+        }
+        // Reopened, the generation's filter is gone with the process: it is probed, and a new
+        // generation begun now gets one.
+        let keys = Keys::open(&path, 240_000, 240_000, 30_000).expect("keys");
+        assert_eq!(keys.filtered_generations(), [false]);
+        assert!(many(0).all(|k| keys.get(&k).expect("keys").is_some()));
+        keys.write(
+            [("new", entry("new", 60_000))].into_iter(),
+            std::iter::empty(),
+            2,
+            60_000,
+        )
+        .expect("keys");
+        assert_eq!(keys.filtered_generations(), [false, true]);
+        assert_eq!(keys.get("new").expect("keys"), Some(entry("new", 60_000)));
+        assert!(many(0).all(|k| keys.get(&k).expect("keys").is_some()));
+        assert!(many(2_000).all(|k| keys.get(&k).expect("keys").is_none()));
     }
 
     #[test]
