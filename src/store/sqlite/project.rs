@@ -606,7 +606,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// How often the checkpointer looks for log segments it can remove.
 const LOG_CLEANUP_EVERY: Duration = Duration::from_secs(1);
 
-/// WAL size (in pages) past which the checkpointer makes the log start over.
+/// WAL size (in pages) past which the checkpointer makes the log start over: 64 MiB with a
+/// new database's 16 KiB pages (the size the WAL is truncated to after it starts over,
+/// `WAL_SIZE_LIMIT_BYTES`), 16 MiB with the 4 KiB pages of a database made before them.
 const WAL_RESTART_FRAMES: i64 = 4096;
 
 /// Starts the checkpointer thread; it stops (after a last checkpoint) when the flag is set.
