@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Where a request's CPU goes, by thread: each binary gets a fresh gateway on a new data
+# directory (CPU 0; `sync = "full"`, audit on), a 3 s warm-up, then wrk (CPU 1, 64
+# connections) on ROUTE for DURATION; the CPU (user + system, from /proc/PID/task/*/stat) of
+# each thread name is divided by the requests answered. Give the binaries in the order to run
+# them; repeat them to alternate, e.g.
+#   bash bench/threads.sh /tmp/old/cognihook target/release/cognihook /tmp/old/cognihook target/release/cognihook
+#
+# env: ROUTE (/webhook/cognigy, the seed rules; or /webhook), DURATION (15s),
+#      SESSIONS (distinct bodies, one session each; 1000), SYSCALLS=1 (also system calls per
+#      request per thread, from `perf stat --per-thread`: needs perf)
+# A shared host moves every figure by several per cent between runs: compare builds in
+# alternating runs, and several of them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECRET=bench-secret
+GW_PORT=18080
+ROUTE=${ROUTE:-/webhook/cognigy}
+DURATION=${DURATION:-15s}
+SESSIONS=${SESSIONS:-1000}
+[ $# -gt 0 ] || { sed -n 2,13p "$0" >&2; exit 2; }
+for b in "$@"; do [ -x "$b" ] || { echo "not an executable: $b" >&2; exit 2; }; done
+if [ -n "${SYSCALLS:-}" ] && ! command -v perf >/dev/null; then
+  echo "SYSCALLS=1 needs perf (apt-get install linux-perf)" >&2; exit 2
+fi
+SKIP_BUILD=1 source bench/common.sh
+
+kind=nlu
+[ "$ROUTE" = /webhook ] && kind=flow-event
+python3 bench/gen_requests.py "$kind" "$ROUTE" "$SECRET" "$SESSIONS" "$work/req.lua"
+tick=$(getconf CLK_TCK)
+
+# cpu_by_name PID: "name ticks" per thread name (threads that end meanwhile are skipped).
+cpu_by_name() {
+  for t in /proc/"$1"/task/*; do
+    { n=$(tr ' ' _ < "$t/comm") && awk -v n="$n" '{ print n, $14 + $15 }' "$t/stat"; } 2>/dev/null || true
+  done | awk '{ a[$1] += $2 } END { for (k in a) print k, a[k] }' | sort
+}
+
+echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $ROUTE, wrk 64 connections, $DURATION; sync = full"
+n=0
+for bin in "$@"; do
+  n=$((n + 1))
+  printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\ndata_dir = "%s/data-%s"\nsync = "full"\n[audit]\npath = "%s/audit-%s.jsonl"\n' \
+    "$GW_PORT" "$work" "$n" "$work" "$n" > "$work/c-$n.toml"
+  COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 "$bin" \
+    --config "$work/c-$n.toml" serve 2>>"$work/gw.log" &
+  gw=$!
+  pids+=("$gw")
+  wait_port "$GW_PORT"
+  taskset -c 1 wrk -t1 -c64 -d3s -s "$work/req.lua" "http://127.0.0.1:$GW_PORT$ROUTE" -- warm >/dev/null
+  cpu_by_name "$gw" > "$work/before"
+  taskset -c 1 wrk -t1 -c64 -d"$DURATION" -s "$work/req.lua" "http://127.0.0.1:$GW_PORT$ROUTE" -- "run$n" > "$work/wrk.out" &
+  load=$!
+  if [ -n "${SYSCALLS:-}" ]; then
+    # The middle of the run, for a whole number of seconds.
+    secs=$(( ${DURATION%s} > 4 ? ${DURATION%s} - 2 : 2 ))
+    sleep 1
+    perf stat --per-thread -x, -e 'syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync,syscalls:sys_enter_pwrite64,syscalls:sys_enter_write,syscalls:sys_enter_futex' \
+      -p "$gw" sleep "$secs" 2> "$work/syscalls" || true
+  fi
+  wait "$load"
+  cpu_by_name "$gw" > "$work/after"
+  requests=$(awk '/requests in/ { print $1 }' "$work/wrk.out")
+  rps=$(awk '/Requests\/sec/ { print $2 }' "$work/wrk.out")
+  echo "== $bin: $rps req/s; CPU µs per request by thread"
+  join "$work/before" "$work/after" | awk -v r="$requests" -v t="$tick" '
+    { d = ($3 - $2) / t * 1e6 / r; total += d; if (d >= 0.005) printf "  %-24s %7.2f\n", $1, d }
+    END { printf "  %-24s %7.2f\n", "all threads", total }'
+  if [ -n "${SYSCALLS:-}" ]; then
+    echo "  system calls per request by thread:"
+    # perf's CSV per thread: thread-tid,count,,event,...
+    awk -F, -v rps="$rps" -v secs="$secs" '$2 > 0 && $2 ~ /^[0-9]+$/ {
+        sub(/-[0-9]+$/, "", $1); sub(/^syscalls:sys_enter_/, "", $4); c[$1 " " $4] += $2 }
+      END { for (k in c) if (c[k] / secs / rps >= 0.0005) printf "    %-34s %7.3f\n", k, c[k] / secs / rps }' \
+      "$work/syscalls" | sort
+  fi
+  kill -TERM "$gw"
+  wait "$gw" 2>/dev/null || true
+  rm -rf "$work/data-$n" "$work/audit-$n.jsonl" 2>/dev/null || true
+done
