@@ -8,7 +8,9 @@
 #
 # env: ROUTE (/webhook/cognigy, the seed rules; or /webhook), DURATION (15s),
 #      SESSIONS (distinct bodies, one session each; 1000), SYSCALLS=1 (also system calls per
-#      request per thread, from `perf stat --per-thread`: needs perf)
+#      request per thread, from `perf stat --per-thread`: needs perf), SINK=1 (/webhook with
+#      one http sink, as in bench/sink_ab.sh: the receiver on CPU 1; also prints the rows
+#      delivered per request during the run, so that CPU per request counts the deliveries)
 # A shared host moves every figure by several per cent between runs: compare builds in
 # alternating runs, and several of them.
 set -euo pipefail
@@ -17,6 +19,8 @@ cd "$(dirname "$0")/.."
 SECRET=bench-secret
 GW_PORT=18080
 ROUTE=${ROUTE:-/webhook/cognigy}
+SINK_PORT=18091
+[ -n "${SINK:-}" ] && ROUTE=/webhook
 DURATION=${DURATION:-15s}
 SESSIONS=${SESSIONS:-1000}
 [ $# -gt 0 ] || { sed -n 2,13p "$0" >&2; exit 2; }
@@ -30,6 +34,11 @@ kind=nlu
 [ "$ROUTE" = /webhook ] && kind=flow-event
 python3 bench/gen_requests.py "$kind" "$ROUTE" "$SECRET" "$SESSIONS" "$work/req.lua"
 tick=$(getconf CLK_TCK)
+if [ -n "${SINK:-}" ]; then
+  taskset -c 1 target/release/examples/bare_baseline "127.0.0.1:$SINK_PORT" accept-all 2>/dev/null &
+  pids+=($!)
+  wait_port "$SINK_PORT"
+fi
 
 # cpu_by_name PID: "name ticks" per thread name (threads that end meanwhile are skipped).
 cpu_by_name() {
@@ -44,12 +53,20 @@ for bin in "$@"; do
   n=$((n + 1))
   printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\ndata_dir = "%s/data-%s"\nsync = "full"\n[audit]\npath = "%s/audit-%s.jsonl"\n' \
     "$GW_PORT" "$work" "$n" "$work" "$n" > "$work/c-$n.toml"
+  if [ -n "${SINK:-}" ]; then
+    printf '[sink.backend]\nkind = "http"\nurl = "http://127.0.0.1:%s/events"\nconcurrency = 32\n[[route]]\nname = "flow-events"\npath = "/webhook"\npayload = "flow-event"\nauth = { scheme = "hmac-sha256", secrets = ["env:COGNIGY_WEBHOOK_SECRET"] }\nsinks = ["backend"]\n' \
+      "$SINK_PORT" >> "$work/c-$n.toml"
+  fi
   COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 "$bin" \
     --config "$work/c-$n.toml" serve 2>>"$work/gw.log" &
   gw=$!
   pids+=("$gw")
   wait_port "$GW_PORT"
   taskset -c 1 wrk -t1 -c64 -d3s -s "$work/req.lua" "http://127.0.0.1:$GW_PORT$ROUTE" -- warm >/dev/null
+  if [ -n "${SINK:-}" ]; then
+    # From an empty outbox.
+    for _ in $(seq 1 600); do [ "$(stat_of outbox_pending)" = 0 ] && break; sleep 0.1; done
+  fi
   cpu_by_name "$gw" > "$work/before"
   taskset -c 1 wrk -t1 -c64 -d"$DURATION" -s "$work/req.lua" "http://127.0.0.1:$GW_PORT$ROUTE" -- "run$n" > "$work/wrk.out" &
   load=$!
@@ -57,14 +74,16 @@ for bin in "$@"; do
     # The middle of the run, for a whole number of seconds.
     secs=$(( ${DURATION%s} > 4 ? ${DURATION%s} - 2 : 2 ))
     sleep 1
-    perf stat --per-thread -x, -e 'syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync,syscalls:sys_enter_pwrite64,syscalls:sys_enter_write,syscalls:sys_enter_futex' \
+    perf stat --per-thread -x, -e 'syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync,syscalls:sys_enter_pwrite64,syscalls:sys_enter_write,syscalls:sys_enter_futex,syscalls:sys_enter_read,syscalls:sys_enter_readv,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_sched_yield' \
       -p "$gw" sleep "$secs" 2> "$work/syscalls" || true
   fi
   wait "$load"
   cpu_by_name "$gw" > "$work/after"
+  [ -n "${SINK:-}" ] && pending=$(stat_of outbox_pending)
   requests=$(awk '/requests in/ { print $1 }' "$work/wrk.out")
   rps=$(awk '/Requests\/sec/ { print $2 }' "$work/wrk.out")
   echo "== $bin: $rps req/s; CPU µs per request by thread"
+  [ -n "${SINK:-}" ] && echo "  rows delivered per request during the run: $(awk -v r="$requests" -v p="$pending" 'BEGIN { printf "%.2f", (r - p) / r }')"
   join "$work/before" "$work/after" | awk -v r="$requests" -v t="$tick" '
     { d = ($3 - $2) / t * 1e6 / r; total += d; if (d >= 0.005) printf "  %-24s %7.2f\n", $1, d }
     END { printf "  %-24s %7.2f\n", "all threads", total }'

@@ -131,8 +131,11 @@ pub async fn handle(state: AppState, ep: Arc<Endpoint>, req: Request<Body>) -> R
     };
     let _in_flight = state.load.request();
     let left = deadline.saturating_sub(start.elapsed());
+    // Boxed: the pipeline's state is several KiB, and axum moves the handler's future (twice)
+    // before polling it; boxed, those moves copy a pointer, not the state (bench/README.md,
+    // twentieth session).
     let run = tracing::Instrument::instrument(
-        pipeline(
+        Box::pin(pipeline(
             &state,
             &ep,
             req,
@@ -140,7 +143,7 @@ pub async fn handle(state: AppState, ep: Arc<Endpoint>, req: Request<Body>) -> R
             correlation_header.as_deref(),
             start,
             traced.as_ref(),
-        ),
+        )),
         log_span,
     );
     let outcome = match tokio::time::timeout(left, run).await {
@@ -240,7 +243,8 @@ async fn pipeline(
     if let Err(Refusal::Auth(AuthError::UnknownKey)) = prepared {
         // A JWT signed with a key the route's JWKS does not hold yet (rotation): fetch the
         // JWKS again, if its rate allows, and check once more.
-        if ep.route.auth.refresh_keys().await {
+        // Boxed: a rare path whose HTTP fetch would otherwise size every request's future.
+        if Box::pin(ep.route.auth.refresh_keys()).await {
             prepared = ep.route.prepare_marked(&body, &meta, marks.as_mut());
         }
     }
@@ -353,7 +357,8 @@ async fn multipart_as_form(body: Bytes, boundary: String) -> Result<Vec<u8>, Api
 
 /// What `commit` hands the store, and what it needs afterwards.
 struct Submission {
-    acceptance: Acceptance,
+    /// Boxed: moved several times on its way to the store, it is ~0.8 KiB.
+    acceptance: Box<Acceptance>,
     /// The answer's status unless the store says otherwise (200, or 202 on a `respond` route).
     status: StatusCode,
     facts: EventFacts,
@@ -399,7 +404,7 @@ fn submission(
     let correlation_id = ev.correlation_id.clone();
     let idempotency_key = ingest::idempotency_key(&route.name, headers, body);
     let answer_key = respond.map(|_| idempotency_key.clone());
-    let acceptance = Acceptance {
+    let acceptance = Box::new(Acceptance {
         idempotency_key,
         event: prepared.event,
         answer,
@@ -414,7 +419,7 @@ fn submission(
                 i64::try_from(s.lease().as_millis()).unwrap_or(i64::MAX / 2)
             }),
         }),
-    };
+    });
     Submission {
         acceptance,
         status,
@@ -444,7 +449,7 @@ async fn commit(
     } = s;
     let rows = acceptance.sinks.len();
     let commit_start = traced.map(|_| std::time::SystemTime::now());
-    let accepted = state.store.accept(acceptance).await;
+    let accepted = state.store.accept_boxed(acceptance).await;
     if let (Some(t), Some(from)) = (traced, commit_start) {
         let mut attributes = vec![KeyValue::new("cognihook.outbox_rows", rows as i64)];
         if let Ok(AcceptOutcome::Committed { group, .. }) = &accepted {

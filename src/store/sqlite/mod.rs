@@ -874,12 +874,20 @@ impl SqliteStore {
         engine.keys.get(key).ok().flatten()
     }
 
+    #[cfg(test)]
     pub(super) async fn accept(&self, a: Acceptance) -> Result<AcceptOutcome, StoreError> {
+        self.accept_boxed(Box::new(a)).await
+    }
+
+    pub(super) async fn accept_boxed(
+        &self,
+        a: Box<Acceptance>,
+    ) -> Result<AcceptOutcome, StoreError> {
         let Some(engine) = &self.engine else {
             return Err(StoreError::unavailable("another process serves this store"));
         };
         let (tx, rx) = oneshot::channel();
-        match engine.queue.try_send(SeqMsg::Accept(Box::new(a), tx)) {
+        match engine.queue.try_send(SeqMsg::Accept(a, tx)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded(engine.queue_depth)),
             Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
