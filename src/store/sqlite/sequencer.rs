@@ -193,7 +193,7 @@ impl Sequencer {
                     SeqMsg::Accept(a, reply) => {
                         let r = self.decide(
                             &mut hot,
-                            *a,
+                            a,
                             now,
                             &mut records,
                             &mut undo,
@@ -422,7 +422,7 @@ impl Sequencer {
     fn decide(
         &mut self,
         hot: &mut Hot,
-        mut a: Acceptance,
+        mut a: Box<Acceptance>,
         now: i64,
         records: &mut Vec<Record>,
         undo: &mut Vec<Undo>,
