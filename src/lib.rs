@@ -15,8 +15,9 @@
 //!                  came: event::Payload parses the tree only if a rule or redaction asks)
 //!                → ingest::rules (CEL rules, extracts; the common shapes read straight off
 //!                  the event by expr::direct, the rest by the CEL interpreter)
-//!                → store::Store::accept (event, session state, idempotency record, one outbox
-//!                  row per sink, decided by store::decide: committed together, group-committed)
+//!                → store::Store::accept_boxed (event, session state, idempotency record, one
+//!                  outbox row per sink, decided by store::decide: committed together,
+//!                  group-committed)
 //!                → response (SPEC §5), audit line, metrics; raises load::IngestLoad and wakes
 //!                  the delivery worker; a `respond` route calls delivery::respond
 //! token path:    POST /oauth/token → http::oauth → ingest::auth::oauth2::TokenIssuer (client
@@ -34,7 +35,7 @@
 //!                  dead letter), then metrics and the audit line
 //! traces:        telemetry::trace (off unless an OTLP endpoint is set): http::webhook opens
 //!                the request span (continuing `traceparent`), ingest::Route::prepare_marked
-//!                times auth/decode/rules, the commit is timed around Store::accept; each
+//!                times auth/decode/rules, the commit is timed around Store::accept_boxed; each
 //!                delivery attempt's span is made by delivery::worker::Deliverer and ended
 //!                in SinkRuntime::attempt, linked to the request span through the event's
 //!                `traceparent`; sinks send the attempt's `traceparent` on
