@@ -228,17 +228,22 @@ impl Route {
         let d = d.map_err(Refusal::Payload)?;
         let correlation_id = d
             .correlation_id
-            .or_else(|| meta.correlation_header.map(str::to_string))
-            .unwrap_or_else(crate::new_correlation_id);
+            .or_else(|| meta.correlation_header.map(str::to_string));
+        let generated = correlation_id.is_none();
         let mut event = NormalisedEvent::new(
             &self.name,
-            correlation_id,
+            correlation_id.unwrap_or_default(),
             meta.transaction_id.to_string(),
             d.session_id,
             d.user_id,
             d.event_type,
             d.payload,
         );
+        // An event that brings no correlation id gets its own id as one: the store then
+        // finds it by that id without a correlation index entry (docs/choices.md).
+        if generated {
+            event.correlation_id = event.event_id.clone();
+        }
         event.text = d.text;
         event.intent = d.intent;
         event.entities = d.entities;

@@ -123,6 +123,15 @@ async fn flow_event_success_and_correlation_from_header_or_generated() {
     let generated = a.body["correlationId"].as_str().expect("generated id");
     assert!(!generated.is_empty());
     assert_eq!(a.headers["x-correlation-id"], generated);
+    // The generated id is the event's own id (so the store needs no correlation entry).
+    let req = Request::get(format!("/admin/events/{generated}"))
+        .header("authorization", format!("Bearer {}", support::ADMIN_TOKEN))
+        .body(Body::empty())
+        .expect("req");
+    let j = call(&r, req).await;
+    assert_eq!(j.status, StatusCode::OK, "{}", j.body);
+    assert_eq!(j.body["event"]["eventId"], generated);
+    assert_eq!(j.body["event"]["correlationId"], generated);
 }
 
 #[tokio::test]

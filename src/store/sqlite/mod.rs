@@ -2044,6 +2044,38 @@ mod tests {
     }
 
     #[test]
+    fn an_event_whose_correlation_id_is_its_own_id_is_found_by_it_without_an_index_entry() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        let mut own = acceptance("own", "s", &[]);
+        own.event.correlation_id = own.event.event_id.clone();
+        let own_id = own.event.event_id.clone();
+        let given = acceptance("given", "s", &[]);
+        let given_id = given.event.event_id.clone();
+        rt.block_on(store.accept(own)).expect("commit");
+        rt.block_on(store.accept(given)).expect("commit");
+        rt.block_on(store.caught_up()).expect("caught up");
+        let keys = &store.engine.as_ref().expect("owns the store").keys;
+        assert_eq!(
+            keys.event_of(&own_id).expect("read"),
+            None,
+            "no correlation entry for an event's own id"
+        );
+        assert_eq!(
+            keys.event_of("corr-given").expect("read"),
+            Some(given_id),
+            "a correlation id the caller gave has its entry"
+        );
+        let found = rt
+            .block_on(store.journey(&own_id))
+            .expect("read")
+            .expect("found by its id");
+        assert_eq!(found.event["correlationId"], own_id.as_str());
+        rt.block_on(store.close());
+    }
+
+    #[test]
     fn the_oldest_pending_age_is_that_of_the_oldest_row_still_pending() {
         let dir = tempfile::tempdir().expect("tmp");
         let rt = runtime();

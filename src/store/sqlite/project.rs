@@ -245,8 +245,11 @@ pub(super) fn write_keys<'a>(
     last: u64,
     now: i64,
 ) -> rusqlite::Result<()> {
+    // An event whose correlation id is its own id is found by that id: no entry.
     let correlations = records.clone().filter_map(|r| match r {
-        Record::Accept(a) => Some((a.correlation_id.as_str(), a.event_id.as_str())),
+        Record::Accept(a) if a.correlation_id != a.event_id => {
+            Some((a.correlation_id.as_str(), a.event_id.as_str()))
+        }
         _ => None,
     });
     let entries = records.filter_map(|r| match r {
