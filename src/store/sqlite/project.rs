@@ -53,14 +53,17 @@ const JOB_GATHER: usize = 32;
 /// this much later: fewer, bigger transactions write each shared page (the events' and the
 /// outbox's last pages, the hot sessions' leaves) once per round instead of once per log
 /// group, and each commit's fixed cost is paid less often (measured: 15–25 % less projector
-/// CPU per event at saturation, bench/README.md). Nobody waits for the pause: a read that
-/// needs newer records, a job, a sequencer that finds the queue full and `close` wake the
-/// projector (`Shared::wake_projector`), and the delivery path takes new rows from the
-/// sequencer (`fresh`).
-const COMMIT_EVERY: Duration = Duration::from_millis(10);
+/// CPU per event at saturation with 10 ms against a round per group, and 10–25 % less again
+/// with 50–100 ms against 10 ms; bench/README.md, ninth and twenty-first sessions). Nobody
+/// waits for the pause: a read that needs newer records, a job, a sequencer that finds the
+/// queue full and `close` wake the projector (`Shared::wake_projector`), and the delivery
+/// path takes new rows from the sequencer (`fresh`). What a round may hold is bounded by the
+/// projector's queue (`PROJECTOR_QUEUE` groups), not by this pause.
+const COMMIT_EVERY: Duration = Duration::from_millis(50);
 
-/// A round of at least this many records does not pause (the projector is behind).
-const PAUSE_BELOW: usize = 1_024;
+/// A round of at least this many records does not pause (the projector is behind). Above
+/// what 50 ms bring at full speed on one core (~1,000 records).
+const PAUSE_BELOW: usize = 4_096;
 
 /// How often the projector prunes expired rows when idle or between batches.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
