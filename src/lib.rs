@@ -71,7 +71,8 @@
 //!   `cognihook-writer`), which decides acceptances (keeping the recent sessions' versions
 //!   in memory) and commits them to the log with one fdatasync per group, and hands each group's outbox rows to the delivery path in memory
 //!   (`store::sqlite::fresh`, bounded per sink); the *projector*, which holds the only database write connection and
-//!   applies log records and the delivery path's jobs in large transactions (the idempotency
+//!   applies log records and the delivery path's jobs in large transactions (the sessions
+//!   table written behind, each changed session once a second: `project::Behind`; the idempotency
 //!   keys go to an LSM tree beside the database, `store::sqlite::keys`, whose `fjall` keyspace
 //!   runs one flush and one compaction thread of its own; a new key is usually known to be new
 //!   from `keys::filter`, without a look-up in the tree); and the *checkpointer*, which

@@ -140,7 +140,7 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     assert_eq!(dup.json()["data"]["stateVersion"], 3);
     let db = app.db().await;
     assert_eq!(count(&db, "SELECT count(*) FROM events"), 7);
-    assert_eq!(count(&db, "PRAGMA user_version"), 9, "every migration ran");
+    assert_eq!(count(&db, "PRAGMA user_version"), 10, "every migration ran");
     assert_eq!(
         count(
             &db,

@@ -93,6 +93,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0007_answers.sql"),
     include_str!("../migrations/sqlite/0008_answer_status.sql"),
     include_str!("../migrations/sqlite/0009_event_answers.sql"),
+    include_str!("../migrations/sqlite/0010_sessions_position.sql"),
 ];
 
 /// Sends `msg` to the sequencer, waiting for room when its queue is full (answers and
@@ -174,6 +175,11 @@ pub(crate) struct Shared {
     acked: AtomicU64,
     /// The last log record the database holds.
     projected: watch::Sender<u64>,
+    /// The last log record whose session the database holds too (the sessions table is
+    /// written behind, `project::SESSIONS_EVERY`; never past `projected`).
+    sessions_at: watch::Sender<u64>,
+    /// A read asks the projector to write the sessions it holds behind (see `caught_up`).
+    sessions_wanted: AtomicBool,
     /// The last log record handed to the projector (see `fresh`).
     handed: AtomicU64,
     /// The sinks that have a fresh queue (read by the sequencer once per group).
@@ -266,6 +272,8 @@ impl Shared {
         Shared {
             acked: AtomicU64::new(projected),
             projected: watch::channel(projected).0,
+            sessions_at: watch::channel(projected).0,
+            sessions_wanted: AtomicBool::new(false),
             handed: AtomicU64::new(projected),
             fresh_sinks: Mutex::default(),
             next_outbox_id: AtomicI64::new(next_outbox_id),
@@ -455,6 +463,11 @@ fn recover(
 ) -> Result<log::LogWriter, log::LogError> {
     let db_at = project::projected(conn)
         .map_err(|e| log::LogError::record("cannot read the store's position", e))?;
+    // The sessions table is written behind the rest (`project::SESSIONS_EVERY`): the
+    // records between its position and the database's have only their sessions applied.
+    let sessions_at = project::sessions_projected(conn)
+        .map_err(|e| log::LogError::record("cannot read the store's position", e))?
+        .min(db_at);
     let now = crate::now_millis();
     let keys_at = keys
         .applied()
@@ -468,7 +481,12 @@ fn recover(
             db_at
         }
     };
-    tracing::debug!(database = db_at, keys = keys_at, "log positions at open");
+    tracing::debug!(
+        database = db_at,
+        sessions = sessions_at,
+        keys = keys_at,
+        "log positions at open"
+    );
     let mut in_tx = 0u64;
     let mut last = db_at;
     // Records whose keys are not written yet, and the last of them.
@@ -487,17 +505,22 @@ fn recover(
         if matches!(r, Record::Answer { event_id: None, .. }) && pending_last > keys_at {
             flush_keys(&mut pending, pending_last)?;
         }
-        if lsn > db_at {
+        if lsn > sessions_at {
             if in_tx == 0 {
                 conn.execute_batch("BEGIN IMMEDIATE")
                     .map_err(|e| log::LogError::record("cannot begin applying the log", e))?;
             }
-            project::apply(conn, &r, keys)
+            let applied = if lsn > db_at {
+                project::apply(conn, &r, keys)
+            } else {
+                project::apply_sessions(conn, &r)
+            };
+            applied
                 .map_err(|e| log::LogError::record(format!("cannot apply log record {lsn}"), e))?;
             in_tx += 1;
             last = lsn;
             if in_tx >= RECOVERY_BATCH {
-                project::set_projected(conn, last)
+                project::set_positions(conn, last.max(db_at), Some(last))
                     .and_then(|()| conn.execute_batch("COMMIT"))
                     .map_err(|e| log::LogError::record("cannot commit the applied records", e))?;
                 in_tx = 0;
@@ -512,7 +535,12 @@ fn recover(
         }
         Ok(())
     };
-    let result = log::recover(log_dir, db_at.min(keys_at), log_sync(sync), &mut apply);
+    let result = log::recover(
+        log_dir,
+        sessions_at.min(keys_at),
+        log_sync(sync),
+        &mut apply,
+    );
     let keys_done = if pending_last > keys_at && result.is_ok() {
         flush_keys(&mut pending, pending_last)
     } else {
@@ -520,9 +548,8 @@ fn recover(
     };
     let finish = if in_tx > 0 {
         match (&result, &keys_done) {
-            (Ok(_), Ok(())) => {
-                project::set_projected(conn, last).and_then(|()| conn.execute_batch("COMMIT"))
-            }
+            (Ok(_), Ok(())) => project::set_positions(conn, last.max(db_at), Some(last))
+                .and_then(|()| conn.execute_batch("COMMIT")),
             _ => conn.execute_batch("ROLLBACK"),
         }
     } else {
@@ -1294,9 +1321,35 @@ impl SqliteStore {
     }
 
     /// Waits until the database holds every record committed, and every job (settlements
-    /// above all) queued, when this was called: what every read does first.
+    /// above all) queued, when this was called: what every read does first. The sessions the
+    /// projector holds behind (`project::SESSIONS_EVERY`) are written too, so the database is
+    /// whole: reads are rare next to events, and a read makes at most one extra write of them.
     pub async fn caught_up(&self) -> Result<(), StoreError> {
-        self.wait_for_database(true).await
+        self.wait_for_database(true).await?;
+        let Some(engine) = &self.engine else {
+            return Ok(());
+        };
+        let records = self.shared.acked.load(Ordering::SeqCst);
+        if *self.shared.sessions_at.borrow() >= records {
+            return Ok(());
+        }
+        // The flag is seen at the projector's next round if its queue is full now.
+        self.shared.sessions_wanted.store(true, Ordering::SeqCst);
+        let _ = engine.projector.try_send(ProjMsg::FlushSessions);
+        self.shared.wake_projector();
+        let mut written = self.shared.sessions_at.subscribe();
+        let waited = tokio::time::timeout(CATCH_UP_WAIT, async {
+            written.wait_for(|p| *p >= records).await.map(|_| ())
+        })
+        .await;
+        match waited {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::unavailable(format!(
+                "the database's sessions are more than {}s behind the log",
+                CATCH_UP_WAIT.as_secs()
+            ))),
+        }
     }
 
     /// Waits for the records committed so far and, with `jobs`, the jobs queued so far.
@@ -2383,7 +2436,8 @@ mod tests {
                     "INSERT INTO answers (event_id, body, status) \
                        SELECT event_id, answer, 201 FROM events; \
                      ALTER TABLE events DROP COLUMN answer; \
-                     ALTER TABLE events DROP COLUMN answer_status; PRAGMA user_version = 8;",
+                     ALTER TABLE events DROP COLUMN answer_status; \
+                     ALTER TABLE log_position DROP COLUMN sessions_lsn; PRAGMA user_version = 8;",
                 )
             })
             .expect("schema 8");
@@ -2431,7 +2485,8 @@ mod tests {
                      INSERT INTO answers (event_id, body) SELECT event_id, answer FROM events; \
                      ALTER TABLE events DROP COLUMN answer; \
                      ALTER TABLE events DROP COLUMN answer_status; \
-                     ALTER TABLE answers DROP COLUMN status; PRAGMA user_version = 7;",
+                     ALTER TABLE answers DROP COLUMN status; \
+                     ALTER TABLE log_position DROP COLUMN sessions_lsn; PRAGMA user_version = 7;",
                 )
             })
             .expect("schema 7");
@@ -2527,6 +2582,66 @@ mod tests {
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .expect("count");
         assert_eq!(n, 3, "nothing applied twice to the database");
+    }
+
+    #[test]
+    fn sessions_held_behind_at_a_crash_are_written_again_from_the_log() {
+        let rt = runtime();
+        let dir = tempfile::tempdir().expect("tmp");
+        let image = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        // Session "s": versions 1 and 2, forgotten, then version 1 again; session "t": 1.
+        for (key, session) in [("a", "s"), ("b", "s")] {
+            rt.block_on(store.accept(acceptance(key, session, &[])))
+                .expect("commit");
+        }
+        rt.block_on(store.forget_session("s".into()))
+            .expect("forget");
+        for (key, session) in [("c", "s"), ("d", "t")] {
+            rt.block_on(store.accept(acceptance(key, session, &[])))
+                .expect("commit");
+        }
+        rt.block_on(store.caught_up()).expect("caught up");
+        copy_dir(dir.path(), image.path());
+        rt.block_on(store.close());
+        // What a crash leaves when the projector still held every session behind: the
+        // events applied, the sessions table without them and its position at the start.
+        let path = image.path().join("cognihook.db");
+        Connection::open(&path)
+            .and_then(|c| {
+                c.execute_batch("DELETE FROM sessions; UPDATE log_position SET sessions_lsn = 0;")
+            })
+            .expect("rewind the sessions");
+        let store = SqliteStore::open(&config(image.path())).expect("reopen");
+        let c = Connection::open(&path).expect("open");
+        let sessions = || -> Vec<(String, i64)> {
+            let mut q = c
+                .prepare("SELECT session_id, state_version FROM sessions ORDER BY session_id")
+                .expect("prepare");
+            q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        };
+        assert_eq!(sessions(), vec![("s".into(), 1), ("t".into(), 1)]);
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 4, "the events themselves are not applied again");
+        let next = rt
+            .block_on(store.accept(acceptance("e", "s", &[])))
+            .expect("commit");
+        assert!(
+            matches!(
+                next,
+                AcceptOutcome::Committed {
+                    state_version: 2,
+                    ..
+                }
+            ),
+            "{next:?}"
+        );
+        rt.block_on(store.close());
     }
 
     #[test]

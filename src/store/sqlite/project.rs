@@ -40,6 +40,8 @@ pub(super) enum ProjMsg {
     /// Records committed to the log, the last one numbered `last`.
     Records(Vec<Record>, u64),
     Job(Job, JobReply, Option<AfterJob>),
+    /// Write the sessions held behind now (a read wants the database whole: `caught_up`).
+    FlushSessions,
     Close(oneshot::Sender<()>),
 }
 
@@ -65,6 +67,116 @@ const COMMIT_EVERY: Duration = Duration::from_millis(50);
 /// what 50 ms bring at full speed on one core (~1,000 records).
 const PAUSE_BELOW: usize = 4_096;
 
+/// The sessions table is written behind: the projector keeps the state of each session that
+/// changed since its last write of them (`Behind`) and writes each session once, in key
+/// order, after this long. A conversation's events come seconds apart, so most sessions are
+/// written once per period instead of once per event: the per-event upsert was a fifth of
+/// the projector's work (bench/README.md, twentieth and twenty-first sessions). The log keeps
+/// the records until their sessions are written too (`sessions_lsn`, see `start_checkpointer`)
+/// and the sequencer keeps the versions it has not seen written (`Shared::sessions_at`).
+const SESSIONS_EVERY: Duration = Duration::from_secs(1);
+
+/// ...or once this many sessions wait (a bound on the memory they take: ~150 bytes each).
+const SESSIONS_HELD: usize = 16_384;
+
+/// The state of one session waiting to be written (see `SESSIONS_EVERY`).
+struct HeldSession {
+    version: i64,
+    /// When its version 1 came, if that happened while it waited.
+    first_seen: Option<i64>,
+    last_seen: i64,
+    event_type: String,
+    route: String,
+}
+
+/// The sessions changed since the projector last wrote them.
+#[derive(Default)]
+pub(super) struct Behind {
+    sessions: std::collections::HashMap<String, HeldSession>,
+    /// When the oldest of them came.
+    since: Option<Instant>,
+}
+
+impl Behind {
+    fn note(&mut self, a: &AcceptRecord) {
+        let version = a.state_version as i64;
+        let first_seen = match self.sessions.get(&a.session_id) {
+            _ if version == 1 => Some(a.at),
+            Some(held) => held.first_seen,
+            None => None,
+        };
+        let held = HeldSession {
+            version,
+            first_seen,
+            last_seen: a.at,
+            event_type: a.event_type.clone(),
+            route: a.route.clone(),
+        };
+        self.sessions.insert(a.session_id.clone(), held);
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    fn due(&self) -> bool {
+        self.sessions.len() >= SESSIONS_HELD
+            || self.since.is_some_and(|s| s.elapsed() >= SESSIONS_EVERY)
+    }
+
+    /// How long the projector may wait for messages before these are due.
+    fn wait(&self, longest: Duration) -> Duration {
+        match self.since {
+            Some(s) => SESSIONS_EVERY.saturating_sub(s.elapsed()).min(longest),
+            None => longest,
+        }
+    }
+
+    /// Writes every held session (in key order: neighbours share pages).
+    fn write(&self, conn: &Connection) -> rusqlite::Result<()> {
+        let mut ids: Vec<&String> = self.sessions.keys().collect();
+        ids.sort_unstable();
+        let mut update = conn.prepare_cached(
+            "UPDATE sessions SET state_version = ?2, last_seen = ?3, last_event_type = ?4, \
+               last_route = ?5 \
+             WHERE session_id = ?1",
+        )?;
+        let mut upsert = conn.prepare_cached(
+            "INSERT INTO sessions (session_id, state_version, first_seen, last_seen, \
+                                   last_event_type, last_route) \
+             VALUES (?1, ?2, coalesce(?6, ?3), ?3, ?4, ?5) \
+             ON CONFLICT (session_id) DO UPDATE SET \
+               state_version = ?2, first_seen = coalesce(?6, sessions.first_seen), \
+               last_seen = ?3, last_event_type = ?4, last_route = ?5",
+        )?;
+        for id in ids {
+            let Some(s) = self.sessions.get(id) else {
+                continue;
+            };
+            // A session that existed before it waited finds its row (an upsert that
+            // conflicts seeks twice); a new one, or a row pruned meanwhile, takes the upsert.
+            let updated = if s.first_seen.is_none() {
+                update.execute(params![id, s.version, s.last_seen, s.event_type, s.route])?
+            } else {
+                0
+            };
+            if updated == 0 {
+                upsert.execute(params![
+                    id,
+                    s.version,
+                    s.last_seen,
+                    s.event_type,
+                    s.route,
+                    s.first_seen
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.sessions.clear();
+        self.since = None;
+    }
+}
+
 /// How often the projector prunes expired rows when idle or between batches.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
 
@@ -84,12 +196,13 @@ pub(super) fn run(
     // Records whose transaction failed, applied again first (they are committed in the log).
     let mut retry: Vec<(Vec<Record>, u64)> = Vec::new();
     let mut backoff = Duration::from_millis(50);
+    let mut behind = Behind::default();
     loop {
-        let wait = if retry.is_empty() {
+        let wait = behind.wait(if retry.is_empty() {
             MAINTENANCE_EVERY
         } else {
             backoff
-        };
+        });
         let first = match rx.recv_timeout(wait) {
             Ok(m) => Some(m),
             Err(RecvTimeoutError::Timeout) => None,
@@ -101,6 +214,8 @@ pub(super) fn run(
         let mut count: usize = records.iter().map(|(r, _)| r.len()).sum();
         let mut next = first;
         let mut lingered = false;
+        let mut flush = shared.sessions_wanted.swap(false, Ordering::SeqCst)
+            || last_maintenance.elapsed() >= MAINTENANCE_EVERY;
         while let Some(msg) = next.take() {
             match msg {
                 ProjMsg::Records(r, last) => {
@@ -108,8 +223,10 @@ pub(super) fn run(
                     records.push((r, last));
                 }
                 ProjMsg::Job(job, reply, after) => jobs.push((job, reply, after)),
+                ProjMsg::FlushSessions => flush = true,
                 ProjMsg::Close(done) => {
                     close = Some(done);
+                    flush = true;
                     break;
                 }
             }
@@ -126,8 +243,15 @@ pub(super) fn run(
             }
         }
         let round = (!records.is_empty() && count < PAUSE_BELOW).then(Instant::now);
-        if !records.is_empty() || !jobs.is_empty() {
-            match apply_batch(&mut conn, &records, jobs, &shared, &s.keys) {
+        let flush = flush || behind.due();
+        if !records.is_empty() || !jobs.is_empty() || (flush && !behind.sessions.is_empty()) {
+            let batch = Batch {
+                records: &records,
+                jobs,
+                behind: &mut behind,
+                flush,
+            };
+            match apply_batch(&mut conn, batch, &shared, &s.keys) {
                 Ok(()) => backoff = Duration::from_millis(50),
                 Err(e) => {
                     shared.db_health.fail(&e);
@@ -164,18 +288,35 @@ pub(super) fn run(
     }
 }
 
-/// One transaction: the records, then the jobs; answers the jobs after the commit and
-/// publishes how far the log is applied. On an error nothing is committed, every job gets the
-/// error and the caller keeps the records for the next attempt.
+/// What one transaction of the projector applies.
+struct Batch<'a> {
+    records: &'a [(Vec<Record>, u64)],
+    jobs: Vec<(Job, JobReply, Option<AfterJob>)>,
+    behind: &'a mut Behind,
+    /// Write the sessions held behind now, due or not.
+    flush: bool,
+}
+
+/// One transaction: the records, then the jobs, then (when due) the sessions held behind;
+/// answers the jobs after the commit and publishes how far the log is applied. On an error
+/// nothing is committed, every job gets the error and the caller keeps the records for the
+/// next attempt (the sessions they noted are noted again then).
 fn apply_batch(
     conn: &mut Connection,
-    records: &[(Vec<Record>, u64)],
-    jobs: Vec<(Job, JobReply, Option<AfterJob>)>,
+    batch: Batch<'_>,
     shared: &Shared,
     keys: &Keys,
 ) -> Result<(), StoreError> {
+    let Batch {
+        records,
+        jobs,
+        behind,
+        flush,
+    } = batch;
     let now = crate::now_millis();
     let last = records.last().map(|(_, last)| *last);
+    let applied = last.unwrap_or_else(|| *shared.projected.borrow());
+    let mut sessions_written = false;
     let mut afters = Vec::new();
     let (jobs, replies): (Vec<Job>, Vec<JobReply>) = jobs
         .into_iter()
@@ -195,15 +336,21 @@ fn apply_batch(
             let mut statements = Statements::new(&tx);
             for (group, _) in records {
                 for r in group {
-                    apply_with(&mut statements, r, keys)?;
+                    apply_with(&mut statements, r, keys, Some(&mut *behind))?;
                 }
             }
             drop(statements);
             for job in jobs {
                 results.push(job(&tx, now, &shared.next_outbox_id)?);
             }
-            if let Some(last) = last {
-                set_projected(&tx, last)?;
+            if (flush || behind.due()) && !behind.sessions.is_empty() {
+                behind.write(&tx)?;
+                sessions_written = true;
+            }
+            let sessions_whole = sessions_written || behind.sessions.is_empty();
+            if last.is_some() || sessions_written {
+                let sessions = sessions_whole.then_some(applied);
+                set_positions(&tx, applied, sessions)?;
             }
             tx.commit()
         });
@@ -213,8 +360,14 @@ fn apply_batch(
     }
     match outcome {
         Ok(()) => {
+            if sessions_written {
+                behind.clear();
+            }
             if let Some(last) = last {
                 shared.projected.send_replace(last);
+            }
+            if behind.sessions.is_empty() {
+                shared.sessions_at.send_replace(applied);
             }
             shared.jobs_done.send_modify(|d| *d += finished);
             shared.db_health.recover();
@@ -270,11 +423,31 @@ pub(super) fn write_keys<'a>(
         .map_err(super::keys::failed)
 }
 
-/// Records how far the log has been applied (in the transaction that applied it).
-pub(super) fn set_projected(c: &Connection, lsn: u64) -> rusqlite::Result<()> {
-    c.prepare_cached("UPDATE log_position SET projected_lsn = ?1 WHERE id = 1")?
-        .execute(params![lsn as i64])?;
+/// Records how far the log has been applied (in the transaction that applied it), and how
+/// far to the sessions table when `sessions` is given (written behind: `SESSIONS_EVERY`).
+pub(super) fn set_positions(
+    c: &Connection,
+    lsn: u64,
+    sessions: Option<u64>,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE log_position SET projected_lsn = ?1, \
+           sessions_lsn = coalesce(?2, sessions_lsn) WHERE id = 1",
+    )?
+    .execute(params![lsn as i64, sessions.map(|s| s as i64)])?;
     Ok(())
+}
+
+/// How far the log has been applied to the sessions table (at most `projected`).
+pub(super) fn sessions_projected(c: &Connection) -> rusqlite::Result<u64> {
+    let lsn: Option<i64> = c
+        .query_row(
+            "SELECT coalesce(sessions_lsn, projected_lsn) FROM log_position WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(lsn.unwrap_or(0).max(0) as u64)
 }
 
 /// How far the log has been applied to this database.
@@ -293,7 +466,23 @@ pub(super) fn projected(c: &Connection) -> rusqlite::Result<u64> {
 /// what the request path wrote; each is applied once (the projected position moves in the
 /// same transaction).
 pub(super) fn apply(tx: &Connection, r: &Record, keys: &Keys) -> rusqlite::Result<()> {
-    apply_with(&mut Statements::new(tx), r, keys)
+    apply_with(&mut Statements::new(tx), r, keys, None)
+}
+
+/// Applies only what one record does to the sessions table (recovery: a record the database
+/// has whose session was still held behind when the process stopped).
+pub(super) fn apply_sessions(tx: &Connection, r: &Record) -> rusqlite::Result<()> {
+    match r {
+        Record::Accept(a) => write_session(&mut Statements::new(tx), a),
+        Record::Forget { session_id, .. } => {
+            tx.execute(
+                "DELETE FROM sessions WHERE session_id = ?1",
+                rusqlite::params![session_id],
+            )?;
+            Ok(())
+        }
+        Record::Spend(_) | Record::Answer { .. } => Ok(()),
+    }
 }
 
 /// The statements that project an event, prepared once per transaction and kept for its
@@ -334,11 +523,23 @@ impl<'c> Statements<'c> {
     }
 }
 
-/// Applies one record with the transaction's statements (see `apply`).
-pub(super) fn apply_with(st: &mut Statements<'_>, r: &Record, keys: &Keys) -> rusqlite::Result<()> {
+/// Applies one record with the transaction's statements (see `apply`); with `behind`, its
+/// session is held there instead of written (see `SESSIONS_EVERY`).
+pub(super) fn apply_with(
+    st: &mut Statements<'_>,
+    r: &Record,
+    keys: &Keys,
+    behind: Option<&mut Behind>,
+) -> rusqlite::Result<()> {
     let tx = st.conn;
     match r {
-        Record::Accept(a) => apply_accept(st, a),
+        Record::Accept(a) => {
+            match behind {
+                Some(b) => b.note(a),
+                None => write_session(st, a)?,
+            }
+            apply_accept(st, a)
+        }
         Record::Spend(s) => spend(tx, s),
         Record::Answer {
             key,
@@ -360,7 +561,12 @@ pub(super) fn apply_with(st: &mut Statements<'_>, r: &Record, keys: &Keys) -> ru
                 None => super::outbox::set_answer(tx, key, *status, body),
             }
         }
-        Record::Forget { session_id, at } => forget(tx, session_id, *at),
+        Record::Forget { session_id, at } => {
+            if let Some(b) = behind {
+                b.sessions.remove(session_id);
+            }
+            forget(tx, session_id, *at)
+        }
     }
 }
 
@@ -408,7 +614,8 @@ fn spend(tx: &Connection, s: &Spend) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<()> {
+/// Writes an event's session state at once (recovery, and callers outside the projector).
+fn write_session(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<()> {
     let version = a.state_version as i64;
     let conn = st.conn;
     let session = params![a.session_id, version, a.at, a.event_type, a.route];
@@ -441,6 +648,14 @@ fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<(
         )?
         .execute(session)?;
     }
+    Ok(())
+}
+
+/// Writes an event's row, its outbox rows and its spent signature (its session is written by
+/// the caller: at once or behind).
+fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<()> {
+    let version = a.state_version as i64;
+    let conn = st.conn;
     Statements::take(
         conn,
         &mut st.event,
@@ -620,7 +835,8 @@ const WAL_RESTART_FRAMES: i64 = 4096;
 /// Starts the checkpointer thread; it stops (after a last checkpoint) when the flag is set.
 ///
 /// Removing log segments: a segment may go once every record in it is durable in the
-/// database and in `keys`. The projector publishes `projected` after each commit; the
+/// database (its sessions included: `sessions_at`) and in `keys`. The projector publishes
+/// `projected` and `sessions_at` after each commit; the
 /// checkpointer reads it (`p`), then flushes the WAL file itself (`fsync`). Every
 /// transaction that committed before `p` was published is then on disk, in the WAL or
 /// (copied by an earlier checkpoint, which flushes the database file before the WAL may
@@ -671,7 +887,9 @@ pub(super) fn start_checkpointer(
                 }
             };
             let cleanup = |durable_mode: &str| {
-                let p = *shared.projected.borrow();
+                // The sessions table lags the rest (written behind): a segment stays until
+                // its records' sessions are written too.
+                let p = (*shared.projected.borrow()).min(*shared.sessions_at.borrow());
                 checkpoint(durable_mode)?;
                 if sync != crate::config::SyncMode::Off {
                     if let Err(e) = std::fs::File::open(&wal_path).and_then(|f| f.sync_data()) {

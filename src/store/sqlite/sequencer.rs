@@ -103,13 +103,14 @@ struct Hot {
 
 impl Hot {
     /// Drops the entries whose records the database holds (unless a later record rewrote
-    /// them), and the least recently written sessions past `cap` that it holds.
-    fn evict(&mut self, projected: u64, cap: usize) {
+    /// them), and the least recently written sessions past `cap` whose state it holds
+    /// (`sessions_at`: the sessions table is written behind the rest).
+    fn evict(&mut self, projected: u64, sessions_at: u64, cap: usize) {
         while self.sessions.len() > cap {
             // Written in log order (a write moves its session to the back), so when the
             // front is not applied yet, nothing behind it is.
             match self.sessions.front() {
-                Some((_, s)) if s.lsn <= projected => {
+                Some((_, s)) if s.lsn <= sessions_at.min(projected) => {
                     self.sessions.pop_front();
                 }
                 _ => break,
@@ -184,7 +185,11 @@ impl Sequencer {
         let mut written: Vec<(u64, HotKey)> = Vec::new();
         let mut encoded = Vec::with_capacity(4096);
         while let Ok(first) = rx.recv() {
-            hot.evict(*self.shared.projected.borrow(), SESSION_CACHE);
+            hot.evict(
+                *self.shared.projected.borrow(),
+                *self.shared.sessions_at.borrow(),
+                SESSION_CACHE,
+            );
             let now = crate::now_millis();
             let mut close = None;
             let mut next = Some(first);
@@ -789,9 +794,9 @@ mod tests {
         write(&mut hot, "c", 1, 3);
         // `a` is written again: `b` is now the least recently written.
         write(&mut hot, "a", 2, 4);
-        hot.evict(4, 2);
+        hot.evict(4, 4, 2);
         assert_eq!(held(&hot), vec![("c", 1), ("a", 2)]);
-        hot.evict(4, 3);
+        hot.evict(4, 4, 3);
         assert_eq!(
             held(&hot),
             vec![("c", 1), ("a", 2)],
@@ -806,11 +811,11 @@ mod tests {
         write(&mut hot, "b", 1, 2);
         write(&mut hot, "c", 1, 3);
         // Only record 1 is applied: `b` and `c` are in memory only.
-        hot.evict(1, 0);
+        hot.evict(1, 1, 0);
         assert_eq!(held(&hot), vec![("b", 1), ("c", 1)]);
-        hot.evict(2, 0);
+        hot.evict(2, 2, 0);
         assert_eq!(held(&hot), vec![("c", 1)]);
-        hot.evict(3, 0);
+        hot.evict(3, 3, 0);
         assert!(held(&hot).is_empty());
     }
 }
