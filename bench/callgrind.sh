@@ -8,7 +8,11 @@
 #
 # usage: bench/callgrind.sh [DURATION] [CONNECTIONS]      (defaults: 20s 16)
 # env:   BIN (the gateway binary, default target/release/cognihook: another build to compare),
-#        SKIP_BUILD=1, KEEP=DIR (keep the callgrind file there, for callgrind_annotate)
+#        SKIP_BUILD=1, KEEP=DIR (keep the callgrind file there, for callgrind_annotate),
+#        SESSIONS (distinct bodies, one session each; default 1000). valgrind runs at about a
+#        twentieth of native speed, so each session gets a twentieth of the events per second
+#        it gets in bench/load.sh; SESSIONS=50 gives it as many as a native run at full speed
+#        (what decides how much the projector's writing sessions behind saves).
 #
 # Under valgrind the CPU has no SHA extensions, so SHA-256 (the HMAC, body-hash keys) costs
 # several times what it does natively; compare builds with each other, not with perf's shares.
@@ -26,7 +30,7 @@ BIN=${BIN:-target/release/cognihook}
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 source bench/common.sh
 
-python3 bench/gen_requests.py nlu /webhook/cognigy "$SECRET" 1000 "$work/nlu.lua"
+python3 bench/gen_requests.py nlu /webhook/cognigy "$SECRET" "${SESSIONS:-1000}" "$work/nlu.lua"
 cat > "$work/c.toml" <<TOML
 [server]
 listen = "127.0.0.1:$GW_PORT"
