@@ -156,7 +156,9 @@ impl NormalisedEvent {
     /// (`json`; every stored event is written once, on the commit path).
     pub fn to_json(&self) -> String {
         use crate::json::{float, object, string};
-        let mut out = String::with_capacity(512);
+        // The fields take a few hundred bytes; the payload, when its text is known, its own
+        // length (one allocation instead of growing by doubling).
+        let mut out = String::with_capacity(512 + self.payload.text().map_or(0, str::len));
         // The first field follows the `{` alone.
         fn field(out: &mut String, name: &str) {
             out.push_str(if out.len() > 1 { ",\"" } else { "\"" });

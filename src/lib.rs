@@ -128,6 +128,14 @@ pub mod sinks;
 pub mod store;
 pub mod telemetry;
 
+/// A hash map for the maps every request touches (the sequencer's hot answers and spent
+/// signatures, the sessions the projector holds behind, the per-route metric handles):
+/// foldhash instead of the standard SipHash, which was ~3 % of a request's instructions
+/// (bench/README.md, twenty-second session). Seeded at random per process like the standard
+/// one; its resistance to crafted collisions is weaker than SipHash's, and the keys are
+/// only ever ones a signed request sent.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Current wall-clock time as an RFC 3339 string (UTC, millisecond precision).
 ///
 /// A request asks for it two or three times (the event's receipt, the answer, the audit

@@ -1,7 +1,6 @@
 //! Metric names (SPEC §9.1) as constants, and the process-wide Prometheus recorder.
 
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -169,8 +168,8 @@ pub struct RouteMetrics {
     signature_invalid: metrics::Counter,
     signature_stale: metrics::Counter,
     signature_replayed: metrics::Counter,
-    signature_valid: Mutex<HashMap<String, metrics::Counter>>,
-    requests: Mutex<HashMap<(u16, &'static str), metrics::Counter>>,
+    signature_valid: Mutex<crate::FastMap<String, metrics::Counter>>,
+    requests: Mutex<crate::FastMap<(u16, &'static str), metrics::Counter>>,
     /// What the alerts read: refused credentials, and when each secret last matched.
     signals: Option<std::sync::Arc<super::watch::RouteSignals>>,
 }
@@ -192,8 +191,8 @@ impl RouteMetrics {
             signature_invalid: sig("invalid"),
             signature_stale: sig("stale"),
             signature_replayed: sig("replayed"),
-            signature_valid: Mutex::new(HashMap::new()),
-            requests: Mutex::new(HashMap::new()),
+            signature_valid: Mutex::default(),
+            requests: Mutex::default(),
             signals,
             route: r,
         }

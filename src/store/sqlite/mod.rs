@@ -130,6 +130,22 @@ const DATABASE_CLAIM_EVERY_MS: i64 = 100;
 /// How long a read waits for the database to catch up with the log.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 
+/// What a wait of at most `CATCH_UP_WAIT` for the projector came to: `what` names the part
+/// of the database that stayed behind.
+fn caught_up_within(
+    waited: Result<Result<(), tokio::sync::watch::error::RecvError>, tokio::time::error::Elapsed>,
+    what: &str,
+) -> Result<(), StoreError> {
+    match waited {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(StoreError::Closed),
+        Err(_) => Err(StoreError::unavailable(format!(
+            "{what} is more than {}s behind the log",
+            CATCH_UP_WAIT.as_secs()
+        ))),
+    }
+}
+
 /// Settings the projector needs.
 #[derive(Debug, Clone)]
 pub(crate) struct WriterSettings {
@@ -1342,14 +1358,7 @@ impl SqliteStore {
             written.wait_for(|p| *p >= records).await.map(|_| ())
         })
         .await;
-        match waited {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(StoreError::Closed),
-            Err(_) => Err(StoreError::unavailable(format!(
-                "the database's sessions are more than {}s behind the log",
-                CATCH_UP_WAIT.as_secs()
-            ))),
-        }
+        caught_up_within(waited, "the sessions table")
     }
 
     /// Waits for the records committed so far and, with `jobs`, the jobs queued so far.
@@ -1379,14 +1388,7 @@ impl SqliteStore {
             done.wait_for(|d| *d >= jobs).await.map(|_| ())
         })
         .await;
-        match waited {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(StoreError::Closed),
-            Err(_) => Err(StoreError::unavailable(format!(
-                "the database is more than {}s behind the log",
-                CATCH_UP_WAIT.as_secs()
-            ))),
-        }
+        caught_up_within(waited, "the database")
     }
 
     async fn read<T: Send + 'static>(

@@ -92,7 +92,7 @@ struct HeldSession {
 /// The sessions changed since the projector last wrote them.
 #[derive(Default)]
 pub(super) struct Behind {
-    sessions: std::collections::HashMap<String, HeldSession>,
+    sessions: crate::FastMap<String, HeldSession>,
     /// When the oldest of them came.
     since: Option<Instant>,
 }
@@ -100,14 +100,21 @@ pub(super) struct Behind {
 impl Behind {
     fn note(&mut self, a: &AcceptRecord) {
         let version = a.state_version as i64;
-        let first_seen = match self.sessions.get(&a.session_id) {
-            _ if version == 1 => Some(a.at),
-            Some(held) => held.first_seen,
-            None => None,
-        };
+        // A session already held is updated in place: one lookup, and its strings keep
+        // their buffers (most events are of a session already held: `SESSIONS_EVERY`).
+        if let Some(held) = self.sessions.get_mut(&a.session_id) {
+            held.version = version;
+            if version == 1 {
+                held.first_seen = Some(a.at);
+            }
+            held.last_seen = a.at;
+            held.event_type.clone_from(&a.event_type);
+            held.route.clone_from(&a.route);
+            return;
+        }
         let held = HeldSession {
             version,
-            first_seen,
+            first_seen: (version == 1).then_some(a.at),
             last_seen: a.at,
             event_type: a.event_type.clone(),
             route: a.route.clone(),
@@ -440,21 +447,20 @@ pub(super) fn set_positions(
 
 /// How far the log has been applied to the sessions table (at most `projected`).
 pub(super) fn sessions_projected(c: &Connection) -> rusqlite::Result<u64> {
-    let lsn: Option<i64> = c
-        .query_row(
-            "SELECT coalesce(sessions_lsn, projected_lsn) FROM log_position WHERE id = 1",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(lsn.unwrap_or(0).max(0) as u64)
+    position(c, "coalesce(sessions_lsn, projected_lsn)")
 }
 
 /// How far the log has been applied to this database.
 pub(super) fn projected(c: &Connection) -> rusqlite::Result<u64> {
+    position(c, "projected_lsn")
+}
+
+/// A position read from `log_position` (`column`: an expression of its columns); 0 when
+/// there is none.
+fn position(c: &Connection, column: &str) -> rusqlite::Result<u64> {
     let lsn: Option<i64> = c
         .query_row(
-            "SELECT projected_lsn FROM log_position WHERE id = 1",
+            &format!("SELECT {column} FROM log_position WHERE id = 1"),
             [],
             |r| r.get(0),
         )

@@ -21,7 +21,7 @@
 //! bench/README.md, fifteenth session). A session leaves the map, oldest write first, only
 //! once the database holds its last write; an expired one stays exactly as expired as its row.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
@@ -37,6 +37,7 @@ use super::record::{AcceptRecord, Held, OutboxRow, Record, Spend};
 use super::Shared;
 use crate::store::decide::{signature_is_spent, Windows};
 use crate::store::{AcceptOutcome, Acceptance, Claimed, StoreError};
+use crate::FastMap;
 
 /// Sessions whose versions stay in memory after the database has them (about 120 bytes
 /// each by their layout, for ids of ~36 bytes: ~8 MiB when full; estimated, not measured). Past it, the least recently written applied session goes, and
@@ -91,11 +92,11 @@ enum HotKey {
 /// State written to the log and not yet applied to the database, and the recent sessions.
 #[derive(Default)]
 struct Hot {
-    answers: HashMap<String, HotAnswer>,
+    answers: FastMap<String, HotAnswer>,
     /// Every session written and not yet applied, and the most recently written applied
     /// ones (at most `SESSION_CACHE` of those), least recently written first.
     sessions: LinkedHashMap<String, HotSession>,
-    spent: HashMap<(String, Vec<u8>), (i64, u64)>,
+    spent: FastMap<(String, Vec<u8>), (i64, u64)>,
     /// Every answer and spent signature written, in log order, to be dropped once the
     /// database has it.
     written: VecDeque<(u64, HotKey)>,
@@ -753,7 +754,7 @@ fn note_spent(
     written.push((lsn, HotKey::Spent(k.0, k.1)));
 }
 
-fn restore<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, k: K, prev: Option<V>) {
+fn restore<K: std::hash::Hash + Eq, V>(map: &mut FastMap<K, V>, k: K, prev: Option<V>) {
     match prev {
         Some(v) => {
             map.insert(k, v);

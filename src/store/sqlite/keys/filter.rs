@@ -30,7 +30,7 @@ const BLOCKS: usize = BYTES / 8 / WORDS_PER_BLOCK;
 
 pub(super) struct Filter {
     words: Box<[AtomicU64]>,
-    hasher: std::hash::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl std::fmt::Debug for Filter {
@@ -43,7 +43,7 @@ impl Filter {
     pub(super) fn new() -> Filter {
         Filter {
             words: (0..BYTES / 8).map(|_| AtomicU64::new(0)).collect(),
-            hasher: std::hash::RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
