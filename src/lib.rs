@@ -104,7 +104,8 @@
 //! written by hand on the ingest path: the stored event, the audit line, the answer; byte for
 //! byte what serde_json writes) and
 //! `load` (ingest's load gauge: HTTP raises it, delivery reads it). Store and sinks never
-//! import `ingest` or `delivery`; `config` imports only the leaves.
+//! import `ingest` or `delivery`; `config` imports only the leaves. `FastMap` (here) is the
+//! hash map for maps a request touches.
 
 pub mod alerts;
 pub mod app;
