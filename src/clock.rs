@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds added to the system clock's reading: 0, except in tests that set the clock
 /// back or forward (`skew_wall_clock`).
@@ -38,9 +38,16 @@ fn read(offset_ns: i64, wall_ns: i64, mono_ns: i64) -> (i64, i64) {
     ((mono_ns + offset).div_euclid(1_000_000), offset)
 }
 
+/// The system clock in Unix nanoseconds. Read through `SystemTime`, not
+/// `time::OffsetDateTime::now_utc`, which also works out the calendar date of the reading:
+/// half of this function's instructions, and every request reads the clock five or six
+/// times (bench/README.md, twenty-third session).
 fn system_nanos() -> i64 {
-    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
-    nanos as i64 + SKEW_MS.load(Ordering::Relaxed) * 1_000_000
+    let nanos = match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_nanos()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    };
+    nanos.saturating_add(SKEW_MS.load(Ordering::Relaxed) * 1_000_000)
 }
 
 /// Now, in Unix milliseconds (see the module's documentation).
