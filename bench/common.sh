@@ -9,7 +9,13 @@ fi
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+# The processes are waited for before their directory goes: one still writing into it (a
+# gateway stopping) made `rm` fail with "Directory not empty".
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 # wait_port PORT: until something listens on 127.0.0.1:PORT (10 s at most).
