@@ -397,7 +397,7 @@ impl PgStore {
                 .query(
                     "SELECT event_id, correlation_id, route, event_type, state_version, committed_at \
                      FROM events WHERE session_id = $1 \
-                     ORDER BY state_version DESC, committed_at DESC LIMIT $2",
+                     ORDER BY committed_at DESC, state_version DESC LIMIT $2",
                     &[&session_id, &limit],
                 )
                 .await

@@ -111,6 +111,7 @@ on_both_backends!(
     a_respond_row_is_held_for_the_request_and_a_late_answer_queues_on_late,
     an_oversized_answer_commits_nothing_and_its_group_goes_on,
     a_forgotten_session_loses_state_payloads_and_pending_deliveries_and_starts_again,
+    a_session_timeline_lists_its_newest_events_first_also_after_it_starts_again,
 );
 
 pub fn acceptance(key: &str, session: &str, sinks: &[&str]) -> Acceptance {
@@ -526,6 +527,53 @@ async fn a_forgotten_session_loses_state_payloads_and_pending_deliveries_and_sta
     );
     let none = s.forget_session("never-seen").await.unwrap();
     assert_eq!((none.events, none.cancelled_deliveries), (0, 0));
+    s.close().await;
+}
+
+/// The timeline is newest first by commit, not by version: after a session starts again
+/// (forgotten, or expired), its new events come before the old ones with higher versions.
+async fn a_session_timeline_lists_its_newest_events_first_also_after_it_starts_again(b: Backend) {
+    let s = &b.store;
+    let mut ids = Vec::new();
+    for k in ["t1", "t2", "t3"] {
+        let a = acceptance(k, "s-time", &[]);
+        ids.push(a.event.event_id.clone());
+        version(&s.accept(a).await.unwrap());
+        // Another session's events in between are not in it.
+        s.accept(acceptance(&format!("o-{k}"), "s-other", &[]))
+            .await
+            .unwrap();
+    }
+    s.forget_session("s-time").await.unwrap();
+    // PostgreSQL orders by commit time (ms), then by version: the new event's commit must
+    // fall in a later millisecond than the old ones' for it to come first there.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let a = acceptance("t4", "s-time", &[]);
+    ids.push(a.event.event_id.clone());
+    assert_eq!(
+        version(&s.accept(a).await.unwrap()),
+        1,
+        "{}: started again",
+        b.name
+    );
+    ids.reverse();
+
+    let all = s.session_timeline("s-time", 10).await.unwrap();
+    let seen: Vec<(&str, u64)> = all
+        .iter()
+        .map(|e| (e.event_id.as_str(), e.state_version))
+        .collect();
+    let want: Vec<(&str, u64)> = ids.iter().map(String::as_str).zip([1, 3, 2, 1]).collect();
+    assert_eq!(seen, want, "{}", b.name);
+    // A page of two is the newest two: the new event, then the old session's last.
+    let page = s.session_timeline("s-time", 2).await.unwrap();
+    let page: Vec<&str> = page.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(page, [ids[0].as_str(), ids[1].as_str()], "{}", b.name);
+    assert!(s
+        .session_timeline("never-seen", 10)
+        .await
+        .unwrap()
+        .is_empty());
     s.close().await;
 }
 

@@ -1631,9 +1631,15 @@ fn read_timeline(
     limit: usize,
 ) -> rusqlite::Result<Vec<crate::store::TimelineEntry>> {
     let limit = i64::try_from(limit.min(1000)).unwrap_or(1000);
+    // Newest first: rows are numbered in the order the projector applies the log, which is
+    // commit order. There is no index by session (it would take every event's insert to a
+    // random page), so this reads back from the newest row and stops at the `limit`-th of
+    // the session's: a session with recent events is found among the newest rows instead
+    // of after reading the whole table (which ordering by version needed). A session whose
+    // events are all old still reads back through every newer one.
     let mut st = c.prepare_cached(
         "SELECT event_id, correlation_id, route, event_type, state_version, committed_at \
-         FROM events WHERE session_id = ?1 ORDER BY state_version DESC, committed_at DESC LIMIT ?2",
+         FROM events WHERE session_id = ?1 ORDER BY rowid DESC LIMIT ?2",
     )?;
     let mut entries: Vec<crate::store::TimelineEntry> = st
         .query_map(params![session_id, limit], |r| {
