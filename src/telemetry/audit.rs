@@ -371,11 +371,32 @@ struct Shared {
     failing: Mutex<Option<AuditError>>,
 }
 
+/// Opens `p` for appending. A file that does not end in a newline holds a line cut short (a
+/// process killed in the middle of writing it): the line is ended first, so the next line
+/// is not glued to it and stays whole. The cut line is left as it is (its event's line is
+/// written again from the store when the start recovers lost lines: `processed_in_tail`
+/// skips a line that does not parse).
 fn open_append(p: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
-        .open(p)
+        .open(p)?;
+    if f.metadata()?.len() > 0 {
+        let mut last = [0u8];
+        f.seek(SeekFrom::End(-1))?;
+        f.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            f.write_all(b"\n")?;
+            tracing::warn!(
+                path = %p.display(),
+                "the audit file ended in a line cut short (the last run stopped while writing \
+                 it): the line was ended so that later lines stay whole"
+            );
+        }
+    }
+    Ok(f)
 }
 
 impl Shared {
@@ -663,24 +684,7 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let audit = Audit::start(Some(&path), None).expect("start");
         for i in 0..100u64 {
-            audit.write(&AuditLine {
-                ts: crate::now_rfc3339(),
-                event: AuditKind::WebhookProcessed,
-                route: "r",
-                correlation_id: "c",
-                transaction_id: "t",
-                event_id: Some("e"),
-                session_id: Some("s"),
-                event_type: None,
-                status: 200,
-                code: None,
-                latency_ms: 1.5,
-                state_version: Some(i),
-                simulated: false,
-                sink: None,
-                attempt: None,
-                recovered: false,
-            });
+            audit.write(&line(i));
         }
         audit.flush();
         let text = std::fs::read_to_string(&path).expect("read");
@@ -692,6 +696,29 @@ mod tests {
         assert_eq!(lines[99]["state_version"], 99);
         assert_eq!(lines[0]["event"], "webhook_processed");
         assert!(lines[0].get("event_type").is_none());
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_kill_is_ended_so_the_next_start_writes_whole_lines() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("audit.jsonl");
+        let whole = "{\"ts\":\"t\",\"event\":\"webhook_processed\"}\n";
+        let cut = "{\"ts\":\"t\",\"event\":\"webhook_pro";
+        std::fs::write(&path, format!("{whole}{cut}")).expect("write");
+        for _ in 0..2 {
+            // The second start finds the file ending in a whole line: nothing is added.
+            let audit = Audit::start(Some(&path), None).expect("start");
+            audit.write(&line(1));
+            audit.close();
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines[1], cut, "the cut line is kept as it was");
+        for line in [lines[0], lines[2], lines[3]] {
+            serde_json::from_str::<serde_json::Value>(line).expect("a whole line");
+        }
+        assert!(text.ends_with('\n'));
     }
 
     #[test]
