@@ -100,7 +100,8 @@
 //! over the event; `expr::direct` evaluates simple shapes without the CEL map), `rate` (token buckets, used by admission and by sinks), `duration`
 //! (human durations in settings), `clock` (stored times and schedules: wall-clock time that
 //! never runs backwards), `seal` (event bodies encrypted at rest, opened by the stores),
-//! `priority` (thread niceness: delivery and the store's background threads), `json` (JSON
+//! `priority` (thread niceness: delivery and the store's background threads; short time
+//! slices for the async workers and the store's writer), `json` (JSON
 //! written by hand on the ingest path: the stored event, the audit line, the answer; byte for
 //! byte what serde_json writes) and
 //! `load` (ingest's load gauge: HTTP raises it, delivery reads it). Store and sinks never

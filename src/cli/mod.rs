@@ -153,6 +153,9 @@ pub fn main() -> ExitCode {
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(|| {
+            crate::priority::shorten_slice("an async worker");
+        })
         .build()
         .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))
 }

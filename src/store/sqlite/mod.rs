@@ -827,6 +827,7 @@ impl SqliteStore {
             std::thread::Builder::new()
                 .name("cognihook-writer".into())
                 .spawn(move || {
+                    crate::priority::shorten_slice("the store writer");
                     sequencer.run(rx);
                     alive.store(false, Ordering::SeqCst);
                 })
