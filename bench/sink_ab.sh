@@ -8,6 +8,7 @@
 #   sink         one http sink (the default [delivery] settings)
 #   no-delivery  the sink attached, [delivery] enabled = false (only the outbox rows are written)
 #   sink-nobusy  the sink with busy = { interval = "0s" } (delivery never holds back)
+#   sink-share:X the sink with busy.share = X (sends while saturated, per row accepted)
 #
 # env: WARM (default 5s), DURATION (default 10s), SKIP_BUILD=1, BIN (the gateway binary,
 #      default target/release/cognihook)
@@ -23,7 +24,7 @@ WARM=${WARM:-5s}
 DURATION=${DURATION:-10s}
 [ $# -gt 0 ] || { sed -n 2,15p "$0" >&2; exit 2; }
 for v in "$@"; do
-  case "$v" in none|sink|no-delivery|sink-nobusy) ;; *) echo "unknown variant: $v" >&2; exit 2;; esac
+  case "$v" in none|sink|no-delivery|sink-nobusy|sink-share:*) ;; *) echo "unknown variant: $v" >&2; exit 2;; esac
 done
 
 source bench/common.sh
@@ -49,6 +50,7 @@ for v in "$@"; do
     echo "[delivery]"
     [ "$v" = no-delivery ] && echo "enabled = false"
     [ "$v" = sink-nobusy ] && echo 'busy = { interval = "0s" }'
+    case "$v" in sink-share:*) echo "busy = { share = ${v#sink-share:} }";; esac
     echo "[sink.backend]"
     echo 'kind = "http"'
     echo "url = \"http://127.0.0.1:$SINK_PORT/events\""
@@ -67,7 +69,7 @@ for v in "$@"; do
   pids+=("$gw")
   wait_port "$GW_PORT"
   taskset -c 1 wrk -t1 -c64 -d"$WARM" -s "$work/flow.lua" "http://127.0.0.1:$GW_PORT/webhook" -- warm >/dev/null
-  if [ "$v" = sink ] || [ "$v" = sink-nobusy ]; then
+  if [ "$v" != none ] && [ "$v" != no-delivery ]; then
     # Measure from an empty outbox.
     for _ in $(seq 1 600); do [ "$(stat_of outbox_pending)" = 0 ] && break; sleep 0.1; done
   fi
