@@ -79,7 +79,9 @@
 //!   copies the WAL into the database file, flushes the keys, removes log segments both
 //!   have made durable (or keeps one as the log's next segment) and zero-fills a spare
 //!   segment when none is coming (`store::sqlite::log::Spare`). The checkpointer and the keyspace's threads run at
-//!   `store.background_nice` (`priority`); the sequencer and the projector do not.
+//!   `store.background_nice` (`priority`); the sequencer and the projector do not. The sequencer
+//!   and the async workers ask for short time slices (`priority::shorten_slice`); the threads
+//!   they start do not inherit them.
 //!   A settlement's reply is awaited by a short task that logs a failure.
 //! - `store::postgres` owns its writer tasks (commit groups), the maintenance task (expiry,
 //!   every 30 s) and the LISTEN loop (`PgStore::listen`, wakes the workers on other
