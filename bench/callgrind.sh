@@ -9,6 +9,8 @@
 # usage: bench/callgrind.sh [DURATION] [CONNECTIONS]      (defaults: 20s 16)
 # env:   BIN (the gateway binary, default target/release/cognihook: another build to compare),
 #        SKIP_BUILD=1, KEEP=DIR (keep the callgrind file there, for callgrind_annotate),
+#        SINK=1 (one http sink on the route, with [delivery] enabled = false: the outbox rows
+#        are written, nothing is sent; deliveries cannot run under valgrind),
 #        SESSIONS (distinct bodies, one session each; default 1000). valgrind runs at about a
 #        twentieth of native speed, so each session gets a twentieth of the events per second
 #        it gets in bench/load.sh; SESSIONS=50 gives it as many as a native run at full speed
@@ -43,6 +45,27 @@ sync = "full"
 [audit]
 path = "$work/audit.jsonl"
 TOML
+if [ -n "${SINK:-}" ]; then
+  # The seed route as in defaults.toml, with a sink.
+  cat >> "$work/c.toml" <<'TOML'
+[delivery]
+enabled = false
+[sink.backend]
+kind = "http"
+url = "http://127.0.0.1:9/events"
+[[route]]
+name = "nlu-orders"
+path = "/webhook/cognigy"
+payload = "nlu"
+auth = { scheme = "hmac-sha256", secrets = ["env:COGNIGY_WEBHOOK_SECRET"] }
+rules = [
+  { expr = "event.intent.score >= 0.75", message = "Intent confidence below business threshold" },
+  { expr = "has(event.entities.orderId)", message = "Required entity orderId is missing" },
+]
+extract = { orderId = "event.entities.orderId" }
+sinks = ["backend"]
+TOML
+fi
 COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 valgrind --tool=callgrind \
   --callgrind-out-file="$work/cg.out" "$BIN" --config "$work/c.toml" serve 2>"$work/gw.log" &
 gw=$!
