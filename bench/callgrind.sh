@@ -46,7 +46,6 @@ sync = "full"
 path = "$work/audit.jsonl"
 TOML
 if [ -n "${SINK:-}" ]; then
-  # The seed route as in defaults.toml, with a sink.
   cat >> "$work/c.toml" <<'TOML'
 [delivery]
 enabled = false
@@ -54,17 +53,11 @@ enabled = false
 kind = "http"
 url = "http://127.0.0.1:9/events"
 [[route]]
-name = "nlu-orders"
-path = "/webhook/cognigy"
-payload = "nlu"
-auth = { scheme = "hmac-sha256", secrets = ["env:COGNIGY_WEBHOOK_SECRET"] }
-rules = [
-  { expr = "event.intent.score >= 0.75", message = "Intent confidence below business threshold" },
-  { expr = "has(event.entities.orderId)", message = "Required entity orderId is missing" },
-]
-extract = { orderId = "event.entities.orderId" }
-sinks = ["backend"]
 TOML
+  # The seed route as defaults.toml defines it, with the sink.
+  sed -n '/^name = "nlu-orders"/,/^sinks = /p' src/config/defaults.toml \
+    | sed 's/^sinks = .*/sinks = ["backend"]/' >> "$work/c.toml"
+  grep -q '^sinks = \["backend"\]' "$work/c.toml" || { echo "the seed route is not in defaults.toml" >&2; exit 1; }
 fi
 COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 valgrind --tool=callgrind \
   --callgrind-out-file="$work/cg.out" "$BIN" --config "$work/c.toml" serve 2>"$work/gw.log" &
