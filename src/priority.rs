@@ -62,13 +62,19 @@ pub const SHORT_SLICE_NS: u64 = 100_000;
 /// to a half with the same throughput (bench/README.md, twenty-fourth session).
 /// Threads it starts afterwards get the default slice. Returns whether the kernel took it
 /// (older kernels keep their own slices, and a thread under a real-time policy is left as it
-/// is); `what` names the thread in a warning if the call fails.
+/// is); `what` names the thread in the warning if the call fails (the first failure only).
 pub fn shorten_slice(what: &str) -> bool {
     #[cfg(target_os = "linux")]
     match slice::shorten(SHORT_SLICE_NS) {
         Ok(taken) => taken,
         Err(e) => {
-            tracing::warn!(error = %e, what, "cannot shorten a thread's time slice");
+            // Once per process: the runtime starts a thread for blocking work whenever one is
+            // needed, and a system that refuses the call (a seccomp filter) refuses it each time.
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(error = %e, what, "cannot shorten a thread's time slice (said once)");
+            }
             false
         }
     }
