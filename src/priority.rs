@@ -56,9 +56,9 @@ pub const SHORT_SLICE_NS: u64 = 100_000;
 /// its policy and niceness. Linux's fair scheduler (EEVDF, 6.12 and later) lets a waking thread
 /// with a shorter slice than the running one's take the CPU at once, where with equal slices
 /// it may wait for the running one's whole slice (the kernel's default: 1.4 ms on the
-/// two-CPU benchmark machine, longer with more CPUs). The HTTP workers and the sequencer call it: a request's work comes in small pieces
-/// between waits, and with a core shared with the projector, the key tree's threads and the
-/// checkpointer, each piece waited its turn. At saturation on one core, p99 fell by a quarter
+/// two-CPU benchmark machine, longer with more CPUs). The HTTP workers and the sequencer call
+/// it: a request's work comes in small pieces between waits, and with a core shared with the
+/// projector, the key tree's threads and the checkpointer, each piece waited its turn. At saturation on one core, p99 fell by a quarter
 /// to a half with the same throughput (bench/README.md, twenty-fourth session).
 /// Threads it starts afterwards get the default slice. Returns whether the kernel took it
 /// (older kernels keep their own slices, and a thread under a real-time policy is left as it
