@@ -140,7 +140,7 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     assert_eq!(dup.json()["data"]["stateVersion"], 3);
     let db = app.db().await;
     assert_eq!(count(&db, "SELECT count(*) FROM events"), 7);
-    assert_eq!(count(&db, "PRAGMA user_version"), 10, "every migration ran");
+    assert_eq!(count(&db, "PRAGMA user_version"), 11, "every migration ran");
     assert_eq!(
         count(
             &db,
@@ -172,6 +172,16 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
         0,
         "no key keeps an answer beside it"
     );
+    // The old rows are found from their events (schema 11): the journey lists both sinks.
+    let j: Value = app.admin_get("/admin/events/fx-1").await.json();
+    let mut sinks: Vec<_> = j["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .map(|d| format!("{}:{}", d["sink"].as_str().unwrap_or(""), d["status"]))
+        .collect();
+    sinks.sort();
+    assert_eq!(sinks, ["dead:\"dead\"", "waiting:\"pending\""], "{j}");
     // Outbox ids go on after the old ones (1..6), never reusing one.
     assert_eq!(
         count(&db, "SELECT min(id) FROM outbox WHERE sink = 'later'"),

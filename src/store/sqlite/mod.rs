@@ -94,6 +94,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0008_answer_status.sql"),
     include_str!("../migrations/sqlite/0009_event_answers.sql"),
     include_str!("../migrations/sqlite/0010_sessions_position.sql"),
+    include_str!("../migrations/sqlite/0011_lean_outbox.sql"),
 ];
 
 /// Sends `msg` to the sequencer, waiting for room when its queue is full (answers and
@@ -610,17 +611,14 @@ fn warn_if_readable_by_others(path: &Path, log_dir: &Path, keys_dir: &Path) {
 }
 
 /// The first outbox id never given out: past every id in the table and every id it ever
-/// held (rows deleted by retention or purges are not reused).
+/// held (rows deleted by retention or purges are not reused: see `outbox::keep_id_floor`).
 fn next_outbox_id(c: &Connection) -> rusqlite::Result<i64> {
-    let max_row: Option<i64> = c.query_row("SELECT max(id) FROM outbox", [], |r| r.get(0))?;
-    let seq: Option<i64> = c
-        .query_row(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(max_row.unwrap_or(0).max(seq.unwrap_or(0)) + 1)
+    c.query_row(
+        "SELECT max(coalesce((SELECT max(id) FROM outbox), 0), \
+                    (SELECT outbox_id_floor FROM log_position)) + 1",
+        [],
+        |r| r.get(0),
+    )
 }
 
 /// Where a store's files are; creates the data directory.
@@ -1657,8 +1655,7 @@ fn read_timeline(
         })?
         .collect::<rusqlite::Result<_>>()?;
     // The rest by event id (both indexed), not by scanning the session's events again.
-    let mut deliveries =
-        c.prepare_cached("SELECT sink, status FROM outbox WHERE event_id = ?1 ORDER BY id")?;
+    let mut deliveries = c.prepare_cached(outbox::EVENT_ROWS)?;
     // In the event's row since schema 9, in `answers` before. (A status is missing only on
     // an answer of schema 7 whose key had gone by the upgrade.)
     let mut answer = c.prepare_cached(
@@ -1668,7 +1665,7 @@ fn read_timeline(
     )?;
     for e in &mut entries {
         e.deliveries = deliveries
-            .query_map(params![e.event_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map(params![e.event_id], |r| Ok((r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
         e.answer = answer
             .query_row(params![e.event_id], |r| {
@@ -1770,8 +1767,7 @@ fn read_journey(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
         return Ok(None);
     };
     let event = crate::store::event_json(body);
-    let mut stmt =
-        c.prepare_cached("SELECT id, sink, status FROM outbox WHERE event_id = ?1 ORDER BY id")?;
+    let mut stmt = c.prepare_cached(outbox::EVENT_ROWS)?;
     let rows = stmt
         .query_map(params![event_id], |r| {
             Ok((
@@ -1871,6 +1867,12 @@ mod tests {
             keys: Arc::new(keys),
         }
     }
+
+    /// Takes back what schema 11 added beside the outbox (whose new shape an older schema
+    /// with no outbox rows cannot tell apart), for tests that go back to an older schema.
+    const BEFORE_SCHEMA_11: &str = "ALTER TABLE events DROP COLUMN outbox_first; \
+        ALTER TABLE events DROP COLUMN outbox_last; \
+        ALTER TABLE log_position DROP COLUMN outbox_id_floor;";
 
     /// Opens a store in `dir`, lets `work` use it, closes it and returns its database's path.
     fn used_then_closed(
@@ -2448,6 +2450,7 @@ mod tests {
                      ALTER TABLE events DROP COLUMN answer_status; \
                      ALTER TABLE log_position DROP COLUMN sessions_lsn; PRAGMA user_version = 8;",
                 )
+                .and_then(|()| c.execute_batch(BEFORE_SCHEMA_11))
             })
             .expect("schema 8");
         let store = SqliteStore::open(&config(dir.path())).expect("reopen");
@@ -2497,6 +2500,7 @@ mod tests {
                      ALTER TABLE answers DROP COLUMN status; \
                      ALTER TABLE log_position DROP COLUMN sessions_lsn; PRAGMA user_version = 7;",
                 )
+                .and_then(|()| c.execute_batch(BEFORE_SCHEMA_11))
             })
             .expect("schema 7");
         let store = SqliteStore::open(&config(dir.path())).expect("reopen");
@@ -2770,6 +2774,19 @@ mod tests {
             deliver_one(&rt, store, "audit");
         });
         let conn = Connection::open(&path).expect("open");
+        // A row added to "a" after it was accepted (as an `on_late` row is), still pending,
+        // and a delivered one of "c": only the first keeps its event.
+        conn.execute_batch(
+            "INSERT INTO outbox (id, event_id, sink, route, session_id, status, next_attempt_at, \
+                                 created_at, result, late) \
+               SELECT 100, event_id, 'late', route, session_id, 'pending', 0, 0, '{}', 1 \
+               FROM events WHERE correlation_id = 'corr-a'; \
+             INSERT INTO outbox (id, event_id, sink, route, session_id, status, next_attempt_at, \
+                                 created_at, result, late) \
+               SELECT 101, event_id, 'late', route, session_id, 'delivered', 0, 0, '{}', 1 \
+               FROM events WHERE correlation_id = 'corr-c';",
+        )
+        .expect("late rows");
         // Negative windows put every cut-off in the future: everything has expired (the
         // idempotency window two hours ago: an answer outlives its key by an hour).
         let expired = maintenance(&path, -7_200_000, -60_000, -60_000);
@@ -2779,14 +2796,24 @@ mod tests {
         drop(expired);
         assert_eq!(n("SELECT count(*) FROM sessions"), 0);
         assert_eq!(
+            n("SELECT count(*) FROM events WHERE correlation_id IN ('corr-a', 'corr-b')"),
+            2,
+            "the events with an undelivered row stay, a late one included"
+        );
+        assert_eq!(
             n("SELECT count(*) FROM events"),
-            1,
-            "the undelivered event stays"
+            2,
+            "the event whose rows were all delivered goes"
+        );
+        assert_eq!(
+            n("SELECT count(*) FROM outbox WHERE status = 'pending'"),
+            2,
+            "the pending rows stay"
         );
         assert_eq!(
             n("SELECT count(*) FROM outbox"),
-            1,
-            "only the pending row stays"
+            2,
+            "the delivered rows go, a late one included"
         );
         assert_eq!(
             n("SELECT count(*) FROM delivery_attempts"),
@@ -2804,7 +2831,37 @@ mod tests {
         let defaults = maintenance(&path, 86_400_000, 86_400_000, 86_400_000);
         project::maintain(&conn, &defaults, &mut project::MaintenanceCursor::default());
         assert_eq!(n("SELECT count(*) FROM sessions"), 1);
-        assert_eq!(n("SELECT count(*) FROM events"), 1);
+        assert_eq!(n("SELECT count(*) FROM events"), 2);
+    }
+
+    #[test]
+    fn an_outbox_id_is_never_given_out_again_after_its_row_is_deleted() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let path = used_then_closed(dir.path(), &rt, |store| {
+            rt.block_on(store.accept(acceptance("a", "s1", &["x", "y"])))
+                .expect("commit");
+            deliver_one(&rt, store, "x");
+            deliver_one(&rt, store, "y");
+        });
+        let conn = Connection::open(&path).expect("open");
+        let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
+        let newest = n("SELECT max(id) FROM outbox");
+        let expired = maintenance(&path, -7_200_000, -60_000, -60_000);
+        project::maintain(&conn, &expired, &mut project::MaintenanceCursor::default());
+        drop(expired);
+        assert_eq!(n("SELECT count(*) FROM outbox"), 0, "both rows pruned");
+        drop(conn);
+        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
+        rt.block_on(store.accept(acceptance("b", "s2", &["x"])))
+            .expect("commit");
+        rt.block_on(store.caught_up()).expect("caught up");
+        let conn = Connection::open(&path).expect("open");
+        let id: i64 = conn
+            .query_row("SELECT id FROM outbox", [], |r| r.get(0))
+            .expect("the new row");
+        assert!(id > newest, "{id} after {newest}");
+        rt.block_on(store.close());
     }
 
     #[test]

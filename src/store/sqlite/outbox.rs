@@ -19,7 +19,7 @@ pub(super) fn rfc3339_ms(ms: i64) -> String {
 /// Due rows of one sink not held by anyone (see `Store::claim`), oldest due first, skipping
 /// `held` (rows leased in memory, see the parent module) and the ids `skip.0..=skip.1` (the
 /// sink's fresh rows, see `fresh`): at most `limit`. Reads only. The
-/// order is the `outbox_due` index's own (sink, status, next_attempt_at, rowid), so the query
+/// order is the `outbox_due` index's own (sink, next_attempt_at, rowid; pending rows), so the query
 /// walks the index and stops instead of sorting every due row of a backlog.
 pub(super) fn due(
     c: &Connection,
@@ -85,7 +85,7 @@ pub(super) fn claims(
                 ))
             })
             .optional()?;
-        // The foreign key keeps the event while its outbox row exists.
+        // Retention keeps the event while its outbox row exists (`project::maintain`).
         let Some((correlation_id, route, session_id, event_type, body)) = row else {
             continue;
         };
@@ -119,14 +119,46 @@ pub(super) fn configure_sinks(c: &Connection, sinks: &[(String, bool)]) -> rusql
         "INSERT INTO sink_settings (sink, ordered) VALUES (?1, ?2) \
          ON CONFLICT (sink) DO UPDATE SET ordered = excluded.ordered",
     )?;
-    let mut mark = c.prepare_cached(
-        "UPDATE outbox SET ordered = ?2 \
-         WHERE sink = ?1 AND status IN ('pending', 'dead') AND ordered <> ?2",
+    // One statement per status: each walks its own partial index.
+    let mut mark_pending = c.prepare_cached(
+        "UPDATE outbox SET ordered = ?2 WHERE sink = ?1 AND status = 'pending' AND ordered <> ?2",
+    )?;
+    let mut mark_dead = c.prepare_cached(
+        "UPDATE outbox SET ordered = ?2 WHERE sink = ?1 AND status = 'dead' AND ordered <> ?2",
     )?;
     for (sink, ordered) in sinks {
         record.execute(params![sink, ordered])?;
-        mark.execute(params![sink, ordered])?;
+        mark_pending.execute(params![sink, ordered])?;
+        mark_dead.execute(params![sink, ordered])?;
     }
+    Ok(())
+}
+
+/// One event's outbox rows (id, sink, status), oldest first, for `?1` its id: the rows it was
+/// accepted with, by id between the bounds its row keeps (schema 11 has no index by event),
+/// and the rows added later (`late`, indexed).
+pub(super) const EVENT_ROWS: &str = "SELECT o.id, o.sink, o.status FROM events e \
+       JOIN outbox o ON o.id BETWEEN e.outbox_first AND e.outbox_last AND o.event_id = e.event_id \
+     WHERE e.event_id = ?1 \
+     UNION ALL SELECT id, sink, status FROM outbox WHERE late = 1 AND event_id = ?1 \
+     ORDER BY 1";
+
+/// The ids of the delivered rows of the events before `?1` (an event id): what retention
+/// deletes. Found from the events, as [`EVENT_ROWS`] finds one event's.
+pub(super) const DELIVERED_BEFORE: &str = "SELECT o.id FROM events e \
+       JOIN outbox o ON o.id BETWEEN e.outbox_first AND e.outbox_last AND o.event_id = e.event_id \
+     WHERE e.event_id < ?1 AND o.status = 'delivered' \
+     UNION ALL SELECT id FROM outbox WHERE late = 1 AND event_id < ?1 AND status = 'delivered'";
+
+/// Raises the floor of the ids the store gives out to the highest id in the table: run
+/// before deleting rows, so that an id is never given out twice (ids name dead letters and
+/// their attempts).
+pub(super) fn keep_id_floor(c: &Connection) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "UPDATE log_position SET outbox_id_floor = \
+           max(outbox_id_floor, coalesce((SELECT max(id) FROM outbox), 0))",
+    )?
+    .execute([])?;
     Ok(())
 }
 
@@ -229,9 +261,10 @@ pub(super) fn settle(
                 // Ids come from the store's counter: the request path gives them out too.
                 c.prepare_cached(
                     "INSERT INTO outbox (id, event_id, sink, route, session_id, status, \
-                                         attempts, next_attempt_at, created_at, result, ordered) \
+                                         attempts, next_attempt_at, created_at, result, ordered, \
+                                         late) \
                      VALUES (?7, ?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?6, \
-                             coalesce((SELECT ordered FROM sink_settings WHERE sink = ?2), 0))",
+                             coalesce((SELECT ordered FROM sink_settings WHERE sink = ?2), 0), 1)",
                 )?
                 .execute(params![
                     claim.event_id,
@@ -377,6 +410,7 @@ pub(super) fn replay(
 }
 
 pub(super) fn purge(c: &Connection, f: &DeadLetterFilter) -> rusqlite::Result<u64> {
+    keep_id_floor(c)?;
     let (cond, p) = filter_sql(f);
     c.execute(
         &format!(
@@ -396,7 +430,8 @@ pub(super) fn sink_counts(
     now: i64,
     sinks: &[String],
 ) -> rusqlite::Result<Vec<SinkCounts>> {
-    // count and min(id) come from the outbox_due index alone; the oldest row is the one with
+    // count and min(id) come from the outbox_due index alone (the dead count from
+    // outbox_dead); the oldest row is the one with
     // the lowest id (ids and creation times rise together: one writer stamps both), so only
     // that row is read, however long the backlog.
     let mut pending = c.prepare_cached(

@@ -680,8 +680,8 @@ fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<(
         &mut st.event,
         "INSERT INTO events (event_id, correlation_id, route, session_id, event_type, \
                              state_version, simulated, received_at, committed_at, body, \
-                             answer, answer_status) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                             answer, answer_status, outbox_first, outbox_last) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         a.event_id,
@@ -695,7 +695,9 @@ fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<(
         a.at,
         a.body,
         &a.answer[..],
-        a.status
+        a.status,
+        a.rows.iter().map(|r| r.id).min(),
+        a.rows.iter().map(|r| r.id).max()
     ])?;
     for row in &a.rows {
         match &row.held {
@@ -789,18 +791,29 @@ pub(super) fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut Maint
             params![now / 1000],
         )?;
         // A delivered row's attempt records go with it.
+        super::outbox::keep_id_floor(conn)?;
         conn.execute(
-            "DELETE FROM delivery_attempts WHERE outbox_id IN \
-               (SELECT id FROM outbox WHERE status = 'delivered' AND event_id < ?1)",
+            &format!(
+                "DELETE FROM delivery_attempts WHERE outbox_id IN ({})",
+                super::outbox::DELIVERED_BEFORE
+            ),
             params![oldest_kept],
         )?;
         conn.execute(
-            "DELETE FROM outbox WHERE status = 'delivered' AND event_id < ?1",
+            &format!(
+                "DELETE FROM outbox WHERE id IN ({})",
+                super::outbox::DELIVERED_BEFORE
+            ),
             params![oldest_kept],
         )?;
+        // An event stays while any of its rows does (see `outbox::EVENT_ROWS`).
         conn.execute(
-            "DELETE FROM events WHERE event_id < ?1 AND NOT EXISTS \
-               (SELECT 1 FROM outbox o WHERE o.event_id = events.event_id)",
+            "DELETE FROM events WHERE event_id < ?1 \
+               AND NOT EXISTS (SELECT 1 FROM outbox o \
+                 WHERE o.id BETWEEN events.outbox_first AND events.outbox_last \
+                   AND o.event_id = events.event_id) \
+               AND NOT EXISTS (SELECT 1 FROM outbox o \
+                 WHERE o.late = 1 AND o.event_id = events.event_id)",
             params![events_cutoff],
         )?;
         let last: Option<String> = conn
