@@ -273,6 +273,19 @@ async fn claims_lease_rows_and_settlements_record_every_attempt(b: Backend) {
     assert_eq!(journey.deliveries[0].status, "dead");
     assert_eq!(journey.deliveries[0].attempts[0].outcome, "dead_lettered");
     assert!(!journey.deliveries[0].attempts[0].replica.is_empty());
+    // A delivered attempt is in the history like any other (the embedded store keeps it in
+    // the row, not beside it).
+    let journey = s.journey(&claimed[0].event_id).await.unwrap().unwrap();
+    assert_eq!(journey.deliveries[0].status, "delivered", "{}", b.name);
+    let a = &journey.deliveries[0].attempts;
+    assert_eq!(a.len(), 1, "{}: {a:?}", b.name);
+    assert_eq!(
+        (a[0].attempt, a[0].outcome.as_str(), a[0].duration_ms),
+        (1, "delivered", Some(3)),
+        "{}",
+        b.name
+    );
+    assert!(!a[0].replica.is_empty() && !a[0].at.is_empty(), "{a:?}");
     // By correlation id too.
     assert!(s.journey("corr-c").await.unwrap().is_some());
 

@@ -2784,7 +2784,9 @@ mod tests {
              INSERT INTO outbox (id, event_id, sink, route, session_id, status, next_attempt_at, \
                                  created_at, result, late) \
                SELECT 101, event_id, 'late', route, session_id, 'delivered', 0, 0, '{}', 1 \
-               FROM events WHERE correlation_id = 'corr-c';",
+               FROM events WHERE correlation_id = 'corr-c'; \
+             INSERT INTO delivery_attempts (outbox_id, attempt, at, outcome, replica) \
+               SELECT id, 1, 0, 'retry', 'r' FROM outbox WHERE sink = 'audit';",
         )
         .expect("late rows");
         // Negative windows put every cut-off in the future: everything has expired (the

@@ -188,14 +188,24 @@ pub(super) fn settle(
     // (outcome, error, duration) of the attempt to record, if it was one.
     type Record<'a> = Option<(&'static str, Option<&'a str>, u64)>;
     let (changed, record): (usize, Record<'_>) = match s {
+        // The delivered attempt is kept in the row (schema 11), not in `delivery_attempts`:
+        // most rows are delivered at the first attempt, and then have no record there at all.
         Settlement::Delivered { duration_ms, .. } => (
             c.prepare_cached(concat!(
                 "UPDATE outbox SET status = 'delivered', attempts = ?3, lease_until = NULL, \
-                 lease_owner = NULL, delivered_at = ?4, last_error = NULL WHERE ",
+                 lease_owner = NULL, delivered_at = ?4, last_error = NULL, delivered_ms = ?5, \
+                 delivered_by = ?6 WHERE ",
                 held!()
             ))?
-            .execute(params![claim.outbox_id, claim.lease_token, attempt, now])?,
-            Some(("delivered", None, *duration_ms)),
+            .execute(params![
+                claim.outbox_id,
+                claim.lease_token,
+                attempt,
+                now,
+                i64::try_from(*duration_ms).unwrap_or(i64::MAX),
+                crate::replica_id()
+            ])?,
+            None,
         ),
         Settlement::Retry {
             at_ms,
@@ -456,11 +466,19 @@ pub(super) fn sink_counts(
     Ok(out)
 }
 
-/// Every attempt of one outbox row, oldest first.
+/// Every attempt of one outbox row, oldest first: the records in `delivery_attempts`, then
+/// the delivered attempt kept in the row itself (schema 11; a row delivered before has its
+/// record in the table and no `delivered_by`).
 pub(super) fn attempts(c: &Connection, outbox_id: i64) -> rusqlite::Result<Vec<Attempt>> {
     c.prepare_cached(
-        "SELECT attempt, at, outcome, error, duration_ms, replica FROM delivery_attempts \
-         WHERE outbox_id = ?1 ORDER BY id",
+        "SELECT attempt, at, outcome, error, duration_ms, replica FROM ( \
+           SELECT id AS k, attempt, at, outcome, error, duration_ms, replica \
+           FROM delivery_attempts WHERE outbox_id = ?1 \
+           UNION ALL \
+           SELECT 9223372036854775807, attempts, delivered_at, 'delivered', NULL, \
+                  delivered_ms, delivered_by \
+           FROM outbox WHERE id = ?1 AND status = 'delivered' AND delivered_by IS NOT NULL) \
+         ORDER BY k",
     )?
     .query_map(params![outbox_id], |r| {
         Ok(Attempt {

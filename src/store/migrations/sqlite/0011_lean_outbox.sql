@@ -15,6 +15,8 @@
 -- outbox_due:    pending rows only, by (sink, next_attempt_at): a settled row leaves it
 --                instead of moving inside it.
 -- outbox_dead:   the dead letters, by sink and time (counts and listings).
+-- delivered_ms, delivered_by: the delivered attempt's duration and replica, kept in the row
+--                instead of a `delivery_attempts` record (and its index entry) per row.
 ALTER TABLE log_position ADD COLUMN outbox_id_floor INTEGER NOT NULL DEFAULT 0;
 UPDATE log_position SET outbox_id_floor = max(
     coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0),
@@ -46,7 +48,9 @@ CREATE TABLE outbox_lean (
     respond_to      TEXT,
     result          TEXT,
     ordered         INTEGER NOT NULL DEFAULT 0,
-    late            INTEGER NOT NULL DEFAULT 0
+    late            INTEGER NOT NULL DEFAULT 0,
+    delivered_ms    INTEGER,
+    delivered_by    TEXT
 );
 INSERT INTO outbox_lean (id, event_id, sink, route, session_id, status, attempts,
                          next_attempt_at, lease_until, lease_owner, last_error, failure_class,
