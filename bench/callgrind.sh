@@ -78,33 +78,11 @@ dump=$(ls "$work"/cg.out.* | head -1)
 [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$dump" "$KEEP/"
 
 echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $BIN; wrk $CONNS connections, $DURATION"
-callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | python3 -c '
-import re, sys
-requests, errors = int(sys.argv[1]), sys.argv[2] or "0"
-total, parts = None, {}
-roots = {
-    # The tasks the tokio workers poll (with whole-program optimisation `worker::run` is
-    # inlined away, and so was this row before 2026-12-02, eighteenth session).
-    "request path (tokio tasks)": "tokio::runtime::task::raw::poll ",
-    "sequencer": "cognihook::store::sqlite::sequencer::Sequencer::run ",
-    "projector": "cognihook::store::sqlite::project::run ",
-    "checkpointer": "cognihook::store::sqlite::project::start_checkpointer::{{closure}}::{{closure}} ",
-}
-for line in sys.stdin:
-    m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)", line)
-    if not m:
-        continue
-    n, what = int(m.group(1).replace(",", "")), m.group(2)
-    if "PROGRAM TOTALS" in what:
-        total = n
-    for name, root in roots.items():
-        if name not in parts and ":" + root in what + " ":
-            parts[name] = n
-print(f"requests answered: {requests} (non-2xx: {errors})")
-print("%-32s %22s" % ("part", "instructions/request"))
-for name in roots:
-    print("%-32s %22s" % (name, format(round(parts.get(name, 0) / requests), ",")))
-rest = total - sum(parts.values())
-print("%-32s %22s" % ("everything else", format(round(rest / requests), ",")))
-print("%-32s %22s" % ("total", format(round(total / requests), ",")))
-' "$requests" "$errors"
+echo "requests answered: $requests (non-2xx: ${errors:-0})"
+# The tokio workers' part is the tasks they poll (with whole-program optimisation
+# `worker::run` is inlined away, and so was this row before 2026-12-02, eighteenth session).
+callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | python3 bench/callgrind_parts.py request "$requests" \
+  'request path (tokio tasks)=tokio::runtime::task::raw::poll' \
+  'sequencer=cognihook::store::sqlite::sequencer::Sequencer::run' \
+  'projector=cognihook::store::sqlite::project::run|cognihook::store::sqlite::project::apply_batch' \
+  'checkpointer=cognihook::store::sqlite::project::start_checkpointer::{{closure}}::{{closure}}'

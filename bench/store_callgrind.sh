@@ -18,37 +18,6 @@ trap 'rm -rf "$out"' EXIT
 valgrind --tool=callgrind --callgrind-out-file="$out/cg" "$BIN" "$ROUNDS" >"$out/stdout" 2>"$out/vg"
 events=$((ROUNDS * 64))
 echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $BIN; $(cat "$out/stdout")"
-callgrind_annotate --inclusive=yes "$out/cg" 2>/dev/null | python3 -c '
-import re, sys
-events = int(sys.argv[1])
-# The outermost function of each thread; the first found counts (the optimiser may
-# inline `project::run` into its thread, leaving `apply_batch`, the round, as the outermost).
-roots = {
-    "sequencer": ["cognihook::store::sqlite::sequencer::Sequencer::run "],
-    "projector": ["cognihook::store::sqlite::project::run ",
-                  "cognihook::store::sqlite::project::apply_batch "],
-}
-total, found = None, {}
-for line in sys.stdin:
-    m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)", line)
-    if not m:
-        continue
-    n, what = int(m.group(1).replace(",", "")), m.group(2)
-    if "PROGRAM TOTALS" in what:
-        total = n
-    for name, candidates in roots.items():
-        for rank, root in enumerate(candidates):
-            if ":" + root in what + " " and (name, rank) not in found:
-                found[(name, rank)] = n
-parts = {}
-for name, candidates in roots.items():
-    for rank in range(len(candidates)):
-        if (name, rank) in found:
-            parts[name] = found[(name, rank)]
-            break
-print("%-20s %22s" % ("part", "instructions/event"))
-for name in roots:
-    print("%-20s %22s" % (name, format(round(parts.get(name, 0) / events), ",")))
-print("%-20s %22s" % ("everything else", format(round((total - sum(parts.values())) / events), ",")))
-print("%-20s %22s" % ("total", format(round(total / events), ",")))
-' "$events"
+callgrind_annotate --inclusive=yes "$out/cg" 2>/dev/null | python3 bench/callgrind_parts.py event "$events" \
+  'sequencer=cognihook::store::sqlite::sequencer::Sequencer::run' \
+  'projector=cognihook::store::sqlite::project::run|cognihook::store::sqlite::project::apply_batch'
