@@ -2863,6 +2863,30 @@ mod tests {
             .query_row("SELECT id FROM outbox", [], |r| r.get(0))
             .expect("the new row");
         assert!(id > newest, "{id} after {newest}");
+        // A purged dead letter's id, the newest, is not given out again either.
+        let claimed = rt
+            .block_on(store.claim("x", 1, Duration::from_secs(60)))
+            .expect("claim");
+        let dead = Settlement::Dead {
+            reason: crate::store::DeadReason::Permanent,
+            error: "HTTP 400".into(),
+            duration_ms: 1,
+        };
+        rt.block_on(store.settle_many(vec![(claimed[0].clone(), dead)]))
+            .expect("settle");
+        let purged = rt
+            .block_on(store.purge(DeadLetterFilter::default()))
+            .expect("purge");
+        assert_eq!(purged, 1);
+        rt.block_on(store.close());
+        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
+        rt.block_on(store.accept(acceptance("c", "s3", &["x"])))
+            .expect("commit");
+        rt.block_on(store.caught_up()).expect("caught up");
+        let next: i64 = conn
+            .query_row("SELECT id FROM outbox", [], |r| r.get(0))
+            .expect("the row after the purge");
+        assert!(next > id, "{next} after the purged {id}");
         rt.block_on(store.close());
     }
 

@@ -18,8 +18,8 @@ pub(super) fn rfc3339_ms(ms: i64) -> String {
 
 /// Due rows of one sink not held by anyone (see `Store::claim`), oldest due first, skipping
 /// `held` (rows leased in memory, see the parent module) and the ids `skip.0..=skip.1` (the
-/// sink's fresh rows, see `fresh`): at most `limit`. Reads only. The
-/// order is the `outbox_due` index's own (sink, next_attempt_at, rowid; pending rows), so the query
+/// sink's fresh rows, see `fresh`): at most `limit`. Reads only. The order is the
+/// `outbox_due` index's own (sink, next_attempt_at, rowid; pending rows only), so the query
 /// walks the index and stops instead of sorting every due row of a backlog.
 pub(super) fn due(
     c: &Connection,
@@ -441,9 +441,8 @@ pub(super) fn sink_counts(
     sinks: &[String],
 ) -> rusqlite::Result<Vec<SinkCounts>> {
     // count and min(id) come from the outbox_due index alone (the dead count from
-    // outbox_dead); the oldest row is the one with
-    // the lowest id (ids and creation times rise together: one writer stamps both), so only
-    // that row is read, however long the backlog.
+    // outbox_dead); the oldest row is the one with the lowest id (ids and creation times rise
+    // together: one writer stamps both), so only that row is read, however long the backlog.
     let mut pending = c.prepare_cached(
         "SELECT n, (SELECT created_at FROM outbox WHERE id = oldest) FROM \
            (SELECT count(*) AS n, min(id) AS oldest FROM outbox \
