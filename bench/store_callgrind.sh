@@ -5,7 +5,8 @@
 # measures what a delivered event costs the sequencer and the projector.
 #
 # usage: bench/store_callgrind.sh [ROUNDS]      (default 100 rounds of 64 events)
-# env:   BIN (another build of the example to compare), SKIP_BUILD=1
+# env:   BIN (another build of the example to compare), SKIP_BUILD=1, KEEP=DIR (keep the
+#        callgrind file there, for callgrind_annotate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,7 @@ command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 valgrind --tool=callgrind --callgrind-out-file="$out/cg" "$BIN" "$ROUNDS" >"$out/stdout" 2>"$out/vg"
+[ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$out/cg" "$KEEP/"
 events=$((ROUNDS * 64))
 echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $BIN; $(cat "$out/stdout")"
 callgrind_annotate --inclusive=yes "$out/cg" 2>/dev/null | python3 bench/callgrind_parts.py event "$events" \
