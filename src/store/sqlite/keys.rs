@@ -451,30 +451,23 @@ impl Keys {
 /// its filters would hold about 1.3 bytes of memory per event over the whole retention
 /// (seven days by default, against the keys' one).
 ///
-/// Compaction: the keys are leveled (a key's look-up reads one file per level, and a
-/// compaction's output file, whose Bloom filter is held in memory while it is written, is at
-/// most `SEGMENT_BYTES`). The correlation index is size-tiered: its keys arrive in random
-/// order, so every leveled merge into a level rewrote that whole level, and a tiered one
-/// writes each entry about once per tier; its look-ups (an operator's) read more files, and
-/// it has no filters to hold. The compactor's CPU per request fell by about a seventh, some
-/// 0.4 µs (bench/README.md, twenty-sixth session). A partition keeps the strategy it was
-/// made with, so older generations stay leveled until they expire.
+/// Both are leveled, so no file is written larger than `SEGMENT_BYTES`: a file's index
+/// blocks (and for the keys its Bloom hashes) are held in memory until it is done. Size-tiered
+/// merges would have cut the compactor's CPU by a seventh for the correlation index (whose
+/// random keys make every leveled merge rewrite a whole level), but their files grow with
+/// the retention times the rate, and so would that memory (bench/README.md, twenty-sixth
+/// session).
 fn options(prefix: &str) -> PartitionCreateOptions {
     let bloom = (prefix == PREFIX).then_some(10);
     PartitionCreateOptions::default()
         .max_memtable_size(MEMTABLE_BYTES)
         .bloom_filter_bits(bloom)
-        .compaction_strategy(if prefix == PREFIX {
-            fjall::compaction::Strategy::Leveled(fjall::compaction::Leveled {
+        .compaction_strategy(fjall::compaction::Strategy::Leveled(
+            fjall::compaction::Leveled {
                 target_size: SEGMENT_BYTES,
                 ..Default::default()
-            })
-        } else {
-            fjall::compaction::Strategy::SizeTiered(fjall::compaction::SizeTiered::new(
-                MEMTABLE_BYTES,
-                4,
-            ))
-        })
+            },
+        ))
 }
 
 /// The key store's directory beside a database file: `cognihook.db` → `cognihook.keys/`.
@@ -676,48 +669,5 @@ mod tests {
         assert_eq!(keys.get("k2").expect("keys"), None);
         assert_eq!(keys.event_of("c1").expect("keys").as_deref(), Some("e1"));
         assert_eq!(keys.event_of("c2").expect("keys"), None);
-    }
-
-    #[test]
-    fn the_correlation_index_is_size_tiered_and_a_later_entry_wins_across_its_files() {
-        use fjall::compaction::Strategy;
-        let dir = tempfile::tempdir().expect("keys");
-        let keys = Keys::open(dir.path(), 60_000, 240_000, 1_000).expect("keys");
-        // Three batches, each flushed to a file of its own; c1 is written again by the last.
-        for (n, event) in ["e1", "e2", "e3"].into_iter().enumerate() {
-            let key = format!("k{n}");
-            let correlation = ["c1", "c2", "c1"][n];
-            keys.write(
-                [(key.as_str(), entry(event, 1_000))].into_iter(),
-                [(correlation, event)].into_iter(),
-                n as u64 + 1,
-                1_000,
-            )
-            .expect("keys");
-            for family in [&keys.keys, &keys.correlations] {
-                for g in family.generations.read().iter() {
-                    g.part.rotate_memtable_and_wait().expect("flush");
-                }
-            }
-        }
-        let generations = keys.correlations.generations.read();
-        let corr = &generations.last().expect("a correlation generation").part;
-        assert!(matches!(
-            corr.config.compaction_strategy,
-            Strategy::SizeTiered(_)
-        ));
-        assert_eq!(corr.segment_count(), 3);
-        assert_eq!(keys.event_of("c1").expect("keys").as_deref(), Some("e3"));
-        corr.major_compact().expect("compaction");
-        assert_eq!(corr.segment_count(), 1);
-        assert_eq!(keys.event_of("c1").expect("keys").as_deref(), Some("e3"));
-        assert_eq!(keys.event_of("c2").expect("keys").as_deref(), Some("e2"));
-        let key_generations = keys.keys.generations.read();
-        let part = &key_generations.last().expect("a key generation").part;
-        assert!(matches!(
-            part.config.compaction_strategy,
-            Strategy::Leveled(_)
-        ));
-        assert_eq!(keys.get("k0").expect("keys"), Some(entry("e1", 1_000)));
     }
 }
