@@ -462,6 +462,36 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Refuses a store whose schema is not this version's, for a process that cannot migrate
+/// it: one attached beside the gateway that serves it, or one that only reads. Its queries
+/// would otherwise fail one by one on columns the other version lacks.
+fn check_schema(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+    let version: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(OpenError::failed(format!(
+            "cannot read store {}",
+            path.display()
+        )))?;
+    let ours = MIGRATIONS.len();
+    if version < ours {
+        return Err(OpenError::Refused(format!(
+            "store {} has schema {version}, older than this cognihook's {ours}: a gateway of \
+             an older version serves it, or none has opened it since the upgrade. Start this \
+             version's gateway (`cognihook serve`), which upgrades the store in place when it \
+             opens it, and run this again; or use the older version's command",
+            path.display()
+        )));
+    }
+    if version > ours {
+        return Err(OpenError::Refused(format!(
+            "store {} has schema {version}, newer than this cognihook's {ours}: use the \
+             version that wrote it",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The log directory beside a database file: `cognihook.db` → `cognihook.log/`.
 fn log_dir_of(path: &Path) -> PathBuf {
     path.with_extension("log")
@@ -856,8 +886,9 @@ impl SqliteStore {
         let conn = open_connection(&path, db_sync, false, SMALL_CACHE_KIB).map_err(
             OpenError::failed(format!("cannot open store {}", path.display())),
         )?;
+        check_schema(&conn, &path)?;
         let projected = project::projected(&conn).map_err(OpenError::failed(format!(
-            "cannot read store {} (is the gateway serving it older than this cognihook?)",
+            "cannot read store {}",
             path.display()
         )))?;
         let reader = open_connection(&path, db_sync, true, SMALL_CACHE_KIB).map_err(
@@ -890,8 +921,9 @@ impl SqliteStore {
         let reader = open_connection(&path, config.sync, true, SMALL_CACHE_KIB).map_err(
             OpenError::failed(format!("cannot open store {}", path.display())),
         )?;
+        check_schema(&reader, &path)?;
         let projected = project::projected(&reader).map_err(OpenError::failed(format!(
-            "cannot read store {} (is it from a newer cognihook?)",
+            "cannot read store {}",
             path.display()
         )))?;
         Ok(SqliteStore {
@@ -1973,6 +2005,50 @@ mod tests {
         );
         let still = rt.block_on(owner.journey("corr-k1")).expect("journey");
         assert!(still.is_some_and(|j| j.event["sessionId"] == "s1"));
+    }
+
+    #[test]
+    fn a_store_of_another_schema_is_refused_by_attached_and_reading_opens_with_what_to_do() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let owner = SqliteStore::open(&config(dir.path())).expect("open");
+        let rt = runtime();
+        rt.block_on(owner.accept(acceptance("k1", "s1", &["a"])))
+            .expect("accept");
+        let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).expect("db");
+        let ours = MIGRATIONS.len();
+        let refusals = |version: usize| {
+            db.pragma_update(None, "user_version", version)
+                .expect("user_version");
+            // The owner holds the store, so `open` attaches.
+            [
+                SqliteStore::open(&config(dir.path())).map(|_| ()),
+                SqliteStore::open_reading(&config(dir.path())).map(|_| ()),
+            ]
+        };
+        // A gateway of the previous version serves the store.
+        for refused in refusals(ours - 1) {
+            assert!(
+                refused.as_ref().is_err_and(|e| matches!(e, OpenError::Refused(m)
+                    if m.contains(&format!("has schema {}, older than this cognihook's {ours}", ours - 1))
+                        && m.contains("cognihook serve"))),
+                "{refused:?}"
+            );
+        }
+        for refused in refusals(ours + 1) {
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|e| matches!(e, OpenError::Refused(m)
+                    if m.contains(&format!("has schema {}, newer", ours + 1)))),
+                "{refused:?}"
+            );
+        }
+        for opened in refusals(ours) {
+            assert!(opened.is_ok(), "{opened:?}");
+        }
+        let reading = SqliteStore::open_reading(&config(dir.path())).expect("open for reading");
+        let journey = rt.block_on(reading.journey("corr-k1")).expect("journey");
+        assert!(journey.is_some_and(|j| j.event["sessionId"] == "s1"));
     }
 
     #[test]
