@@ -18,6 +18,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The ports the scripts' servers take must be free: `wait_port` cannot tell a server left
+# over from another run (which would then be measured instead) from the one just started.
+for port in 18080 18090 18091 18092; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is in use (a server left from an earlier run?): stop it first" >&2
+    exit 1
+  fi
+done
+
 # wait_port PORT: until something listens on 127.0.0.1:PORT (10 s at most).
 wait_port() {
   for _ in $(seq 1 200); do
