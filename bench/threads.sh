@@ -10,7 +10,10 @@
 #      SESSIONS (distinct bodies, one session each; 1000), SYSCALLS=1 (also system calls per
 #      request per thread, from `perf stat --per-thread`: needs perf), SINK=1 (/webhook with
 #      one http sink, as in bench/sink_ab.sh: the receiver on CPU 1; also prints the rows
-#      delivered per request during the run, so that CPU per request counts the deliveries)
+#      delivered per request during the run, so that CPU per request counts the deliveries),
+#      RATE (instead of wrk's saturation, `cognihook simulate` at this many requests a second,
+#      1,000 sessions, on CPU 1: what a request costs below saturation, where every row of a
+#      sink is delivered at once)
 # A shared host moves every figure by several per cent between runs: compare builds in
 # alternating runs, and several of them.
 set -euo pipefail
@@ -47,7 +50,7 @@ cpu_by_name() {
   done | awk '{ a[$1] += $2 } END { for (k in a) print k, a[k] }' | sort
 }
 
-echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $ROUTE, wrk 64 connections, $DURATION; sync = full"
+echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $ROUTE, ${RATE:+simulate at $RATE/s}${RATE:-wrk 64 connections}, $DURATION; sync = full"
 n=0
 for bin in "$@"; do
   n=$((n + 1))
@@ -68,7 +71,15 @@ for bin in "$@"; do
     for _ in $(seq 1 600); do [ "$(stat_of outbox_pending)" = 0 ] && break; sleep 0.1; done
   fi
   cpu_by_name "$gw" > "$work/before"
-  taskset -c 1 wrk -t1 -c64 -d"$DURATION" -s "$work/req.lua" "http://127.0.0.1:$GW_PORT$ROUTE" -- "run$n" > "$work/wrk.out" &
+  if [ -n "${RATE:-}" ]; then
+    payload=nlu
+    [ "$ROUTE" = /webhook ] && payload=flow-event
+    COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c 1 "$bin" simulate --url "http://127.0.0.1:$GW_PORT$ROUTE" \
+      --payload "$payload" --rate "$RATE" --duration "$DURATION" --sessions 1000 --duplicates 0 \
+      --invalid 0 > "$work/sim.out" 2>&1 &
+  else
+    taskset -c 1 wrk -t1 -c64 -d"$DURATION" -s "$work/req.lua" "http://127.0.0.1:$GW_PORT$ROUTE" -- "run$n" > "$work/wrk.out" &
+  fi
   load=$!
   if [ -n "${SYSCALLS:-}" ]; then
     # The middle of the run, for a whole number of seconds.
@@ -80,8 +91,13 @@ for bin in "$@"; do
   wait "$load"
   cpu_by_name "$gw" > "$work/after"
   [ -n "${SINK:-}" ] && pending=$(stat_of outbox_pending)
-  requests=$(awk '/requests in/ { print $1 }' "$work/wrk.out")
-  rps=$(awk '/Requests\/sec/ { print $2 }' "$work/wrk.out")
+  if [ -n "${RATE:-}" ]; then
+    requests=$(sed -nE 's/^sent ([0-9]+) requests .*/\1/p' "$work/sim.out")
+    rps=$(sed -nE 's/^sent .* \(([0-9.]+)\/s\)$/\1/p' "$work/sim.out")
+  else
+    requests=$(awk '/requests in/ { print $1 }' "$work/wrk.out")
+    rps=$(awk '/Requests\/sec/ { print $2 }' "$work/wrk.out")
+  fi
   echo "== $bin: $rps req/s; CPU µs per request by thread"
   [ -n "${SINK:-}" ] && echo "  rows delivered per request during the run: $(awk -v r="$requests" -v p="$pending" 'BEGIN { printf "%.2f", (r - p) / r }')"
   join "$work/before" "$work/after" | awk -v r="$requests" -v t="$tick" '

@@ -55,7 +55,8 @@ fn main() {
         sync: SyncMode::Off,
         ..StoreConfig::default()
     };
-    let store = Store::Sqlite(Arc::new(SqliteStore::open(&config).unwrap()));
+    let sqlite = Arc::new(SqliteStore::open(&config).unwrap());
+    let store = Store::Sqlite(sqlite.clone());
     let (mut accepted, mut delivered) = (0u64, 0usize);
     rt.block_on(async {
         for _ in 0..rounds {
@@ -93,5 +94,8 @@ fn main() {
         store.caught_up().await.unwrap();
     });
     rt.block_on(store.close());
-    println!("accepted {accepted} delivered {delivered}");
+    println!(
+        "accepted {accepted} delivered {delivered} (written once, delivered: {})",
+        sqlite.delivered_with_rows()
+    );
 }

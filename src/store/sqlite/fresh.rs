@@ -151,11 +151,12 @@ impl Fresh {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn claim(id: i64, session: &str) -> Claimed {
+    /// A row of sink `a` as a claim finds it.
+    pub(in crate::store::sqlite) fn claim(id: i64, session: &str) -> Claimed {
         Claimed {
             outbox_id: id,
             lease_token: String::new(),

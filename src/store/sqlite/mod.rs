@@ -219,6 +219,8 @@ pub(crate) struct Shared {
     /// The projector's thread, woken when someone cannot wait for its next round (see
     /// `project::COMMIT_EVERY`).
     projector_thread: std::sync::OnceLock<std::thread::Thread>,
+    /// Rows written once, already delivered (see `project::Settles`).
+    delivered_with_rows: AtomicU64,
 }
 
 /// Delivery leases of the embedded store, kept in memory: one process serves the store, so a
@@ -301,6 +303,7 @@ impl Shared {
             jobs_done: watch::channel(0).0,
             on_settled: Mutex::new(None),
             projector_thread: std::sync::OnceLock::new(),
+            delivered_with_rows: AtomicU64::new(0),
         }
     }
 
@@ -997,13 +1000,22 @@ impl SqliteStore {
         let (tx, rx) = oneshot::channel();
         let job: Job =
             Box::new(move |c, now, ids| f(c, now, ids).map(|v| Box::new(v) as Box<dyn Any + Send>));
+        // A job (a settlement an ordered session waits for, a replay) does not wait for
+        // the projector's pause between rounds of records.
+        self.queue_job(engine, ProjMsg::Job(job, tx, after), true)
+            .await?;
+        Ok(rx)
+    }
+
+    /// Queues a job's message for the projector (`wake`: end its pause between rounds).
+    async fn queue_job(&self, engine: &Engine, msg: ProjMsg, wake: bool) -> Result<(), StoreError> {
         // Jobs wait for room rather than being shed: they are the delivery path's own work.
         // The count goes up first, so a read never misses a job that is already queued.
         self.shared.jobs_submitted.fetch_add(1, Ordering::SeqCst);
-        // A job (a settlement an ordered session waits for, a replay) does not wait for
-        // the projector's pause between rounds of records.
-        self.shared.wake_projector();
-        let sent = match engine.projector.try_send(ProjMsg::Job(job, tx, after)) {
+        if wake {
+            self.shared.wake_projector();
+        }
+        let sent = match engine.projector.try_send(msg) {
             Ok(()) => true,
             Err(TrySendError::Full(msg)) => {
                 let queue = engine.projector.clone();
@@ -1017,7 +1029,7 @@ impl SqliteStore {
             self.shared.jobs_submitted.fetch_sub(1, Ordering::SeqCst);
             return Err(StoreError::Closed);
         }
-        Ok(rx)
+        Ok(())
     }
 
     /// An attached store's write: on its own connection, in one transaction.
@@ -1308,16 +1320,26 @@ impl SqliteStore {
                 }
             }
         });
-        let rx = self
-            .submit(
-                move |c, now, ids| {
-                    for (claim, s) in &write {
-                        outbox::settle(c, now, claim, s, ids)?;
-                    }
-                    Ok(())
-                },
-                Some(release),
-            )
+        let Some(engine) = &self.engine else {
+            return Err(StoreError::Closed);
+        };
+        // Rows delivered to an unordered sink wait for the projector's next round: nobody
+        // waits for their outcome (a read wakes it), and a row whose record is still queued
+        // there is then written once, as delivered (`project::Settles`). Other outcomes (an
+        // ordered session's next event waits for its settlement; a retry or a release) wake it.
+        let wake = {
+            let unordered = self.shared.fresh_sinks.lock().clone();
+            !write.iter().all(|(c, s)| {
+                matches!(s, Settlement::Delivered { .. }) && unordered.contains(&c.sink)
+            })
+        };
+        let (reply, rx) = oneshot::channel();
+        let settles = project::Settles {
+            items: write,
+            reply,
+            after: release,
+        };
+        self.queue_job(engine, ProjMsg::Settle(settles), wake)
             .await?;
         tokio::spawn(async move {
             if let Ok(Err(e)) = rx.await {
@@ -1495,6 +1517,12 @@ impl SqliteStore {
         })
         .await
         .map_err(unavailable)?
+    }
+
+    /// How many outbox rows were written once, already delivered (their delivery was
+    /// settled before the projector wrote them: `project::Settles`); for benchmarks.
+    pub fn delivered_with_rows(&self) -> u64 {
+        self.shared.delivered_with_rows.load(Ordering::Relaxed)
     }
 
     /// Calls `f` whenever settlements have been written (the delivery workers wake on it).
@@ -3082,12 +3110,15 @@ mod tests {
         (dir, store, rt)
     }
 
-    /// Holds the projector in a job until the returned sender is dropped or sent to.
+    /// Holds the projector in a job until the returned sender is dropped or sent to; returns
+    /// once the job runs (what comes after it waits in the projector's queue).
     fn hold_projector(rt: &tokio::runtime::Runtime, store: &SqliteStore) -> mpsc::Sender<()> {
         let (go, wait) = mpsc::channel::<()>();
+        let (entered, running) = mpsc::channel::<()>();
         let rx = rt
             .block_on(store.submit(
                 move |_, _, _| {
+                    let _ = entered.send(());
                     let _ = wait.recv();
                     Ok(())
                 },
@@ -3095,6 +3126,7 @@ mod tests {
             ))
             .expect("submit");
         drop(rx);
+        running.recv().expect("the projector runs the job");
         go
     }
 
@@ -3218,6 +3250,98 @@ mod tests {
             .expect("claim");
         let corr: Vec<&str> = claimed.iter().map(|c| c.correlation_id.as_str()).collect();
         assert_eq!(corr, ["corr-k3"]);
+    }
+
+    #[test]
+    fn a_row_delivered_before_the_projector_writes_it_is_written_once_as_delivered() {
+        let (_dir, store, rt) = with_sinks(vec![("a".into(), false)]);
+        let go = hold_projector(&rt, &store);
+        for k in ["k1", "k2"] {
+            rt.block_on(store.accept(acceptance(k, "s1", &["a"])))
+                .expect("commit");
+        }
+        let lease = Duration::from_secs(60);
+        let claimed = rt.block_on(store.claim("a", 10, lease)).expect("claim");
+        assert_eq!(claimed.len(), 2, "both rows from memory");
+        let retry_at = crate::now_millis() + 3_600_000;
+        let outcomes = vec![
+            (
+                claimed[0].clone(),
+                Settlement::Delivered {
+                    duration_ms: 7,
+                    result: None,
+                },
+            ),
+            (
+                claimed[1].clone(),
+                Settlement::Retry {
+                    at_ms: retry_at,
+                    error: "HTTP 503".into(),
+                    duration_ms: 9,
+                },
+            ),
+        ];
+        assert_eq!(
+            rt.block_on(store.settle_many(outcomes)).expect("settle"),
+            [true, true]
+        );
+        // The records and the outcomes wait in the projector's queue together.
+        drop(go);
+        rt.block_on(store.caught_up()).expect("caught up");
+        assert_eq!(
+            store.delivered_with_rows(),
+            1,
+            "the delivered row is written once, with its outcome; the retried one is updated"
+        );
+        let db = Connection::open(store.path()).expect("open");
+        let row = |id: i64| -> (String, i64, Option<i64>, Option<String>) {
+            db.query_row(
+                "SELECT status, attempts, delivered_ms, delivered_by FROM outbox WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .expect("row")
+        };
+        assert_eq!(
+            row(claimed[0].outbox_id),
+            (
+                "delivered".to_string(),
+                1,
+                Some(7),
+                Some(crate::replica_id().to_string())
+            )
+        );
+        assert_eq!(row(claimed[1].outbox_id), ("pending".into(), 1, None, None));
+        let due: i64 = db
+            .query_row(
+                "SELECT count(*) FROM outbox INDEXED BY outbox_due WHERE sink = 'a' \
+                 AND status = 'pending' AND next_attempt_at >= 0",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(due, 1, "only the retried row is in the due index");
+        let history = |id: i64| -> Vec<(String, Option<u64>)> {
+            rt.block_on(store.read(move |c| outbox::attempts(c, id)))
+                .expect("attempts")
+                .into_iter()
+                .map(|a| (a.outcome, a.duration_ms))
+                .collect()
+        };
+        assert_eq!(
+            history(claimed[0].outbox_id),
+            [("delivered".to_string(), Some(7))]
+        );
+        assert_eq!(
+            history(claimed[1].outbox_id),
+            [("retry".to_string(), Some(9))]
+        );
+        assert!(
+            rt.block_on(store.claim("a", 10, lease))
+                .expect("claim")
+                .is_empty(),
+            "nothing due: one row delivered, the other retried in an hour"
+        );
     }
 
     use super::super::{Settlement, Store};
