@@ -50,7 +50,9 @@ cpu_by_name() {
   done | awk '{ a[$1] += $2 } END { for (k in a) print k, a[k] }' | sort
 }
 
-echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $ROUTE, ${RATE:+simulate at $RATE/s}${RATE:-wrk 64 connections}, $DURATION; sync = full"
+load_desc="wrk 64 connections"
+[ -n "${RATE:-}" ] && load_desc="simulate at $RATE/s"
+echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $ROUTE, $load_desc, $DURATION; sync = full"
 n=0
 for bin in "$@"; do
   n=$((n + 1))
