@@ -1326,11 +1326,14 @@ impl SqliteStore {
         // Rows delivered to an unordered sink wait for the projector's next round: nobody
         // waits for their outcome (a read wakes it), and a row whose record is still queued
         // there is then written once, as delivered (`project::Settles`). Other outcomes (an
-        // ordered session's next event waits for its settlement; a retry or a release) wake it.
+        // ordered session's next event waits for its settlement; a retry or a release; a
+        // `respond` row's, whose `on_late` row is written with it) wake it.
         let wake = {
             let unordered = self.shared.fresh_sinks.lock().clone();
             !write.iter().all(|(c, s)| {
-                matches!(s, Settlement::Delivered { .. }) && unordered.contains(&c.sink)
+                matches!(s, Settlement::Delivered { .. })
+                    && c.respond_to.is_none()
+                    && unordered.contains(&c.sink)
             })
         };
         let (reply, rx) = oneshot::channel();
