@@ -11,6 +11,7 @@
 #        SKIP_BUILD=1, KEEP=DIR (keep the callgrind file there, for callgrind_annotate),
 #        SINK=1 (one http sink on the route, with [delivery] enabled = false: the outbox rows
 #        are written, nothing is sent; deliveries cannot run under valgrind),
+#        ROUTE (/webhook/cognigy, the seed rules, default; or /webhook, flow events),
 #        SESSIONS (distinct bodies, one session each; default 1000). valgrind runs at about a
 #        twentieth of native speed, so each session gets a twentieth of the events per second
 #        it gets in bench/load.sh; SESSIONS=50 gives it as many as a native run at full speed
@@ -32,7 +33,13 @@ BIN=${BIN:-target/release/cognihook}
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
 source bench/common.sh
 
-python3 bench/gen_requests.py nlu /webhook/cognigy "$SECRET" "${SESSIONS:-1000}" "$work/nlu.lua"
+ROUTE=${ROUTE:-/webhook/cognigy}
+kind=nlu
+[ "$ROUTE" = /webhook ] && kind=flow-event
+if [ -n "${SINK:-}" ] && [ "$ROUTE" != /webhook/cognigy ]; then
+  echo "SINK=1 runs the seed route /webhook/cognigy only" >&2; exit 2
+fi
+python3 bench/gen_requests.py "$kind" "$ROUTE" "$SECRET" "${SESSIONS:-1000}" "$work/nlu.lua"
 cat > "$work/c.toml" <<TOML
 [server]
 listen = "127.0.0.1:$GW_PORT"
@@ -67,9 +74,9 @@ for _ in $(seq 1 600); do
   (exec 3<>"/dev/tcp/127.0.0.1/$GW_PORT") 2>/dev/null && break
   sleep 0.1
 done
-taskset -c 1 wrk -t1 -c"$CONNS" -d5s -s "$work/nlu.lua" "http://127.0.0.1:$GW_PORT/webhook/cognigy" -- warm >/dev/null
+taskset -c 1 wrk -t1 -c"$CONNS" -d5s -s "$work/nlu.lua" "http://127.0.0.1:$GW_PORT$ROUTE" -- warm >/dev/null
 callgrind_control -z "$gw" >/dev/null 2>&1
-out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" -s "$work/nlu.lua" "http://127.0.0.1:$GW_PORT/webhook/cognigy" -- run)
+out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"$DURATION" -s "$work/nlu.lua" "http://127.0.0.1:$GW_PORT$ROUTE" -- run)
 callgrind_control -d "$gw" >/dev/null 2>&1
 kill -TERM "$gw"; wait "$gw" 2>/dev/null || true
 requests=$(echo "$out" | awk '/requests in/ { print $1 }')
@@ -77,7 +84,7 @@ errors=$(echo "$out" | awk '/Non-2xx/ { print $5 }')
 dump=$(ls "$work"/cg.out.* | head -1)
 [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$dump" "$KEEP/"
 
-echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $BIN; wrk $CONNS connections, $DURATION"
+echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $BIN; $ROUTE; wrk $CONNS connections, $DURATION"
 echo "requests answered: $requests (non-2xx: ${errors:-0})"
 # The tokio workers' part is the tasks they poll (with whole-program optimisation
 # `worker::run` is inlined away, and so was this row before 2026-12-02, eighteenth session).
