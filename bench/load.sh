@@ -10,7 +10,7 @@
 #        binary, default target/release/cognihook: another build to compare in the same run),
 #        PG_URL=postgres://… to also measure /webhook on PostgreSQL (a fresh schema is made;
 #        the PostgreSQL server itself is not pinned, so it uses both CPUs), NICE (the sink
-#        run's delivery.nice, default 10), BATCH (the sink's batch.max, default unbatched), BUSY
+#        run's delivery.nice, default 19 as in defaults.toml), BATCH (the sink's batch.max, default unbatched), BUSY
 #        (its delivery.busy table, e.g. '{ interval = "0s" }')
 #        KEYS=random|ordered (Idempotency-Key order, default random: see bench/gen_requests.py)
 #        BACKGROUND_NICE (store.background_nice of the embedded store's runs, default 0)
@@ -123,7 +123,7 @@ background_nice = ${BACKGROUND_NICE:-0}
 [audit]
 path = "$work/audit-sink.jsonl"
 [delivery]
-nice = ${NICE:-10}
+nice = ${NICE:-19}
 ${BUSY:+busy = $BUSY}
 [sink.backend]
 kind = "http"

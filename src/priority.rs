@@ -5,12 +5,24 @@
 //!
 //! A leaf: it imports nothing of the crate.
 
+thread_local! {
+    static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread was lowered by [`lower_current_thread`]: an http sink keeps
+/// the connections such a thread's runtime drives apart from the request path's (see
+/// `sinks::http`).
+pub fn is_lowered() -> bool {
+    LOWERED.get()
+}
+
 /// Sets the calling thread's niceness to `nice` (0 leaves it as it is). `what` names the
 /// thread in the warning if the system refuses.
 pub fn lower_current_thread(nice: u8, what: &str) {
     if nice == 0 {
         return;
     }
+    LOWERED.set(true);
     #[cfg(target_os = "linux")]
     {
         let tid = rustix::thread::gettid();

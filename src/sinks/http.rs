@@ -14,6 +14,12 @@
 //! the client side, 11.2 against 7.6 µs on loopback (`examples/client_cost.rs`, bench/README.md,
 //! twenty-eighth session). Environment proxies (`HTTP_PROXY`, `HTTPS_PROXY`) are not read:
 //! the sink connects to its URL directly.
+//!
+//! A connection's reads and writes are driven by the runtime that opened it, and a pool
+//! hands connections to whoever asks. The sink keeps two pools: one for the delivery
+//! thread, which runs lowered (`delivery.nice`), and one for everyone else (a `respond`
+//! route's first call, made on the request path), so that a request never waits for a
+//! lowered thread to get the CPU to read its upstream's answer.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,7 +43,9 @@ type Pooled =
 const DRAIN_BYTES: usize = 64 * 1024;
 
 pub struct HttpSink {
-    client: Pooled,
+    /// The pools of threads at their normal priority, and of lowered ones
+    /// (`priority::is_lowered`).
+    pools: [Pooled; 2],
     /// Parsed once: parsing a URL per send cost ~5 % of a drain's CPU (perf).
     uri: Uri,
     /// The URL as errors show it (credentials masked: see `secret::mask_url`).
@@ -63,13 +71,13 @@ impl HttpSink {
             }
             None => None,
         };
-        let client = pooled_client(timeout)?;
+        let pools = [pooled_client(timeout)?, pooled_client(timeout)?];
         let shown = crate::secret::mask_url(&url);
         let uri = url
             .parse::<Uri>()
             .map_err(|e| super::BuildError::Setting(format!("url {shown}: {e}")))?;
         Ok(HttpSink {
-            client,
+            pools,
             uri,
             shown,
             secret,
@@ -179,7 +187,8 @@ impl HttpSink {
                 self.shown, self.timeout
             ))
         };
-        let resp = tokio::time::timeout_at(deadline, self.client.request(req))
+        let pool = &self.pools[usize::from(crate::priority::is_lowered())];
+        let resp = tokio::time::timeout_at(deadline, pool.request(req))
             .await
             .map_err(|_| timed_out())?
             .map_err(|e| self.failed(&e))?;
@@ -430,6 +439,37 @@ mod tests {
             "call returns the body"
         );
         assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lowered_thread_does_not_share_connections_with_the_others() {
+        let (url, connections, _) = counting_server().await;
+        let sink = Arc::new(sink(&url, Duration::from_secs(5)));
+        sink.call(&delivery("e-1")).await.expect("answered");
+        let lowered = sink.clone();
+        // A thread of its own, joined off the test's runtime (which serves the answers).
+        let thread = std::thread::spawn(move || {
+            crate::priority::lower_current_thread(1, "test");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(async {
+                    for id in ["e-2", "e-3"] {
+                        lowered.call(&delivery(id)).await.expect("answered");
+                    }
+                });
+        });
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("joined")
+            .expect("lowered thread");
+        sink.call(&delivery("e-4")).await.expect("answered");
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "one connection per pool, each used again"
+        );
     }
 
     #[tokio::test]
