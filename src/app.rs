@@ -98,7 +98,7 @@ pub struct App {
     /// The alerts, when `[alerts]` has targets.
     alerts: Option<Arc<crate::alerts::Alerts>>,
     console: Arc<http::console::Console>,
-    public: (TcpListener, axum::Router),
+    public: (TcpListener, axum::Router, http::Direct),
     admin: Option<(TcpListener, axum::Router)>,
 }
 
@@ -255,7 +255,7 @@ impl App {
                 None
             }
         };
-        let public_router = http::public_router(
+        let (public_router, direct) = http::public_router(
             state.clone(),
             &routes,
             config.server.simulator,
@@ -269,7 +269,7 @@ impl App {
             deliverer,
             alerts,
             console,
-            public: (public_listener, public_router),
+            public: (public_listener, public_router, direct),
             admin,
         })
     }
@@ -355,12 +355,21 @@ impl App {
             "public",
             public.0,
             public.1,
+            public.2,
             shutdown.clone(),
             limits,
             grace,
         ));
         let admin_task = admin.map(|(l, r)| {
-            tokio::spawn(http::serve("admin", l, r, shutdown.clone(), limits, grace))
+            tokio::spawn(http::serve(
+                "admin",
+                l,
+                r,
+                http::Direct::default(),
+                shutdown.clone(),
+                limits,
+                grace,
+            ))
         });
         let _ = public_task.await;
         if let Some(t) = admin_task {

@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! request path:  listener (http::serve: connection cap, http::conn watchdog for the header,
-//!                idle and deadline clocks from the first byte) → http::webhook::handle
+//!                idle and deadline clocks from the first byte; a POST to a route's literal
+//!                path is dispatched by http::Direct, everything else by the axum router)
+//!                → http::webhook::handle
 //!                → http::admission (in-flight cap, deadline already spent, route rate limit:
 //!                  refused before the body is read)
 //!                → ingest::auth (raw bytes; a bearer JWT naming an unknown key refetches the

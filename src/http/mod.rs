@@ -105,8 +105,29 @@ impl AppState {
     }
 }
 
+/// The webhook endpoints by their literal paths (routes' paths are literal: `config`
+/// refuses `{`, `}` and `*`), which `serve` answers a POST to without the router: axum's
+/// routing and its boxed handler were ~2.7k instructions a request, ~4 % of the request path
+/// (bench/README.md, twenty-eighth session). The router has the same endpoints, and every
+/// other request (another method on these paths included) goes through it.
+#[derive(Clone, Default)]
+pub struct Direct {
+    posts: Arc<crate::FastMap<String, (AppState, Arc<webhook::Endpoint>)>>,
+}
+
+impl Direct {
+    /// The endpoint a request is a POST to, if its path is a webhook route's.
+    pub fn post_to<B>(&self, req: &http::Request<B>) -> Option<(AppState, Arc<webhook::Endpoint>)> {
+        if req.method() != http::Method::POST || self.posts.is_empty() {
+            return None;
+        }
+        self.posts.get(req.uri().path()).cloned()
+    }
+}
+
 /// The public router: webhook routes, the simulator when on, health endpoints and, when
-/// `with_admin`, the operations and admin endpoints too.
+/// `with_admin`, the operations and admin endpoints too; with the webhook endpoints `serve`
+/// takes before the router.
 pub fn public_router(
     state: AppState,
     routes: &Routes,
@@ -114,9 +135,10 @@ pub fn public_router(
     with_admin: bool,
     token_issuer: Option<Arc<crate::ingest::auth::oauth2::TokenIssuer>>,
     console: Arc<console::Console>,
-) -> Router {
+) -> (Router, Direct) {
     let mut r = Router::new();
-    let endpoint = |route: &Arc<crate::ingest::Route>, simulated: bool| {
+    let mut posts = crate::FastMap::default();
+    let mut endpoint = |path: String, route: &Arc<crate::ingest::Route>, simulated: bool| {
         let (st, ep) = (
             state.clone(),
             Arc::new(webhook::Endpoint::new(
@@ -125,12 +147,14 @@ pub fn public_router(
                 &state.signals,
             )),
         );
+        posts.insert(path, (st.clone(), ep.clone()));
         post(move |req: Request| webhook::handle(st, ep, req))
     };
     for route in &routes.0 {
-        r = r.route(&route.path, endpoint(route, false));
+        r = r.route(&route.path, endpoint(route.path.clone(), route, false));
         if simulator {
-            r = r.route(&format!("/simulate{}", route.path), endpoint(route, true));
+            let path = format!("/simulate{}", route.path);
+            r = r.route(&path, endpoint(path.clone(), route, true));
         }
     }
     if simulator {
@@ -141,7 +165,7 @@ pub fn public_router(
             .find(|r| r.path == "/webhook")
             .or_else(|| routes.0.first())
         {
-            r = r.route("/simulate", endpoint(route, true));
+            r = r.route("/simulate", endpoint("/simulate".to_string(), route, true));
         }
     }
     if let Some(issuer) = token_issuer {
@@ -158,7 +182,10 @@ pub fn public_router(
             .merge(admin_routes(&state))
             .merge(console::routes(&state, console));
     }
-    finish(r, state)
+    let direct = Direct {
+        posts: Arc::new(posts),
+    };
+    (finish(r, state), direct)
 }
 
 /// The admin listener's router (`COGNIHOOK_ADMIN_LISTEN`).
@@ -198,11 +225,13 @@ fn finish(r: Router<AppState>, state: AppState) -> Router {
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, then stops accepting and waits up to
-/// `grace` for in-flight requests to finish. `name` labels the listener's connection metrics.
+/// `grace` for in-flight requests to finish; a POST to one of `direct`'s paths is answered
+/// without the router. `name` labels the listener's connection metrics.
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,
     router: Router,
+    direct: Direct,
     shutdown: CancellationToken,
     limits: conn::ConnLimits,
     grace: Duration,
@@ -243,14 +272,22 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let clock = Arc::new(conn::Clock::new());
                 let service = {
-                    let (router, clock) = (router.clone(), clock.clone());
+                    let (router, direct, clock) = (router.clone(), direct.clone(), clock.clone());
                     hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                         let first_byte = clock.request_started();
                         req.extensions_mut().insert(conn::Arrival { peer, first_byte });
-                        let answer = tower::ServiceExt::oneshot(router.clone(), req);
-                        let clock = clock.clone();
+                        let (router, to, clock) = (router.clone(), direct.post_to(&req), clock.clone());
                         async move {
-                            let r = answer.await;
+                            let r = match to {
+                                // Boxed as the router boxes it: the handler's future is large.
+                                Some((state, ep)) => Ok(Box::pin(webhook::handle(
+                                    state,
+                                    ep,
+                                    req.map(axum::body::Body::new),
+                                ))
+                                .await),
+                                None => tower::ServiceExt::oneshot(router, req).await,
+                            };
                             clock.answered();
                             r
                         }

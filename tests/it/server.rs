@@ -308,3 +308,27 @@ async fn an_audit_log_that_cannot_be_written_is_counted_and_makes_readyz_503() {
         .and_then(|v| v.parse::<f64>().ok());
     assert!(failures.is_some_and(|n| n >= 1.0), "{metrics}");
 }
+
+#[tokio::test]
+async fn on_the_listener_only_a_post_to_a_route_s_exact_path_reaches_the_webhook() {
+    // `http::serve` answers a POST to a route's literal path without the router; everything
+    // else must still get the router's answers.
+    let app = TestApp::spawn().await;
+    let body = flow_body("s-direct", "c-direct");
+    let r = app.post_signed("/webhook?source=test", &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["data"]["stateVersion"], 1);
+    let r = app.get("/webhook", &[]).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.json()["code"], "method_not_allowed");
+    for path in [
+        "/webhook/",
+        "/Webhook",
+        "/webhook/cognigy/x",
+        "/simulate/webhook",
+    ] {
+        let r = app.post_signed(path, &body).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(r.json()["code"], "not_found", "{path}");
+    }
+}
