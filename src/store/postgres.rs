@@ -152,7 +152,8 @@ async fn migrate(pool: &Pool) -> Result<(), OpenError> {
         .get(0);
     if done > MIGRATIONS.len() as i64 {
         return Err(OpenError::Refused(format!(
-            "database schema version {done} is newer than this cognihook ({})",
+            "database has schema {done}, newer than this cognihook's {}: use the version \
+             that wrote it",
             MIGRATIONS.len()
         )));
     }

@@ -135,6 +135,43 @@ async fn replicas_starting_together_migrate_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_a_newer_schema_is_refused_with_what_to_do() {
+    let Some(url) = fresh_pg_schema().await else {
+        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let config = cognihook::config::StoreConfig::default();
+    let store = cognihook::store::postgres::PgStore::open(&url, &config)
+        .await
+        .expect("open");
+    drop(store);
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let ours: i64 = db
+        .query_one("SELECT max(version) FROM cognihook_migrations", &[])
+        .await
+        .expect("version")
+        .get(0);
+    db.execute(
+        "INSERT INTO cognihook_migrations (version, applied_at) VALUES ($1, 0)",
+        &[&(ours + 1)],
+    )
+    .await
+    .expect("a later version's migration");
+    let refused = cognihook::store::postgres::PgStore::open(&url, &config)
+        .await
+        .map(|_| ());
+    assert!(
+        matches!(&refused, Err(cognihook::store::OpenError::Refused(m))
+            if m.contains(&format!("schema {}, newer than this cognihook's {ours}", ours + 1))
+                && m.contains("use the version that wrote it")),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_on_one_replica_wakes_the_workers_of_another() {
     let Some(url) = fresh_pg_schema().await else {
         eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");

@@ -437,17 +437,9 @@ fn open_connection(
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let done: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if done > MIGRATIONS.len() {
-        return Err(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
-            Some(format!(
-                "database schema version {done} is newer than this cognihook ({})",
-                MIGRATIONS.len()
-            )),
-        ));
-    }
+/// Runs the migrations `done` (the store's `user_version`) leaves to run. The caller has
+/// refused a store of a newer schema (`newer_schema`).
+fn migrate(conn: &mut Connection, done: usize) -> rusqlite::Result<()> {
     if done > 0 && done < MIGRATIONS.len() {
         // An upgrade: some passes over existing rows (schema 8) take a while on a big store.
         tracing::info!(
@@ -469,12 +461,7 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 /// it: one attached beside the gateway that serves it, or one that only reads. Its queries
 /// would otherwise fail one by one on columns the other version lacks.
 fn check_schema(conn: &Connection, path: &Path) -> Result<(), OpenError> {
-    let version: usize = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(OpenError::failed(format!(
-            "cannot read store {}",
-            path.display()
-        )))?;
+    let version = schema_version(conn, path)?;
     let ours = MIGRATIONS.len();
     if version < ours {
         return Err(OpenError::Refused(format!(
@@ -486,13 +473,29 @@ fn check_schema(conn: &Connection, path: &Path) -> Result<(), OpenError> {
         )));
     }
     if version > ours {
-        return Err(OpenError::Refused(format!(
-            "store {} has schema {version}, newer than this cognihook's {ours}: use the \
-             version that wrote it",
-            path.display()
-        )));
+        return Err(newer_schema(path, version));
     }
     Ok(())
+}
+
+/// The store's schema version (`PRAGMA user_version`: how many migrations ran).
+fn schema_version(conn: &Connection, path: &Path) -> Result<usize, OpenError> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(OpenError::failed(format!(
+            "cannot read store {}",
+            path.display()
+        )))
+}
+
+/// Why a store a later version wrote is not opened, by any opener (it may hold what this
+/// version cannot read, and would not upgrade in place).
+fn newer_schema(path: &Path, version: usize) -> OpenError {
+    OpenError::Refused(format!(
+        "store {} has schema {version}, newer than this cognihook's {}: use the version \
+         that wrote it",
+        path.display(),
+        MIGRATIONS.len()
+    ))
 }
 
 /// The log directory beside a database file: `cognihook.db` → `cognihook.log/`.
@@ -717,7 +720,11 @@ impl SqliteStore {
         let mut conn = open_connection(&path, db_sync, false, WRITER_CACHE_KIB).map_err(
             OpenError::failed(format!("cannot open store {}", path.display())),
         )?;
-        migrate(&mut conn).map_err(OpenError::failed(format!(
+        let version = schema_version(&conn, &path)?;
+        if version > MIGRATIONS.len() {
+            return Err(newer_schema(&path, version));
+        }
+        migrate(&mut conn, version).map_err(OpenError::failed(format!(
             "cannot migrate store {}",
             path.display()
         )))?;
@@ -2080,6 +2087,39 @@ mod tests {
         let reading = SqliteStore::open_reading(&config(dir.path())).expect("open for reading");
         let journey = rt.block_on(reading.journey("corr-k1")).expect("journey");
         assert!(journey.is_some_and(|j| j.event["sessionId"] == "s1"));
+    }
+
+    #[test]
+    fn a_store_of_a_newer_schema_is_refused_by_its_gateway_with_what_to_do_and_left_as_it_is() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        let rt = runtime();
+        rt.block_on(store.accept(acceptance("k1", "s1", &["a"])))
+            .expect("accept");
+        rt.block_on(store.close());
+        drop(store);
+        let newer = MIGRATIONS.len() + 1;
+        let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).expect("db");
+        db.pragma_update(None, "user_version", newer)
+            .expect("user_version");
+        let refused = SqliteStore::open(&config(dir.path())).map(|_| ());
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| matches!(e, OpenError::Refused(m)
+                if m.contains(&format!("has schema {newer}, newer than this cognihook's {}",
+                    MIGRATIONS.len()))
+                    && m.contains("use the version that wrote it"))),
+            "{refused:?}"
+        );
+        let version: usize = db
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, newer, "the refused store is not written");
+        let events: i64 = db
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .expect("events");
+        assert_eq!(events, 1);
     }
 
     #[test]
