@@ -534,14 +534,18 @@ async fn settlements_the_database_cannot_take_are_retried_before_the_leases_run_
     let (proxy, via_proxy) = crate::support::tcp_proxy::in_front_of_postgres(&url).await;
     let sink = SinkServer::start().await;
     sink.set_fallback(Reply::Gated);
+    // The sends wait at the gate until all five have arrived, which on a loaded machine
+    // can take over a second (each event commits through the proxy first): a send that
+    // timed out there would be sent again and never answered. So the timeout is long.
     let table = format!(
-        "kind = \"http\"\nurl = \"{}\"\ntimeout = \"1s\"",
+        "kind = \"http\"\nurl = \"{}\"\ntimeout = \"10s\"",
         sink.url("/events")
     );
     let app = TestApp::spawn_with(|c| {
         c.store.url = Some(via_proxy.into());
         crate::support::attach_sink(c, "backend", &table);
-        // Leases of 2 x 1 s + 4 s: without retries, the rows would be sent again after 6 s.
+        // Leases of 2 x 10 s + 4 s: without retries, the rows would be sent again after
+        // 24 s, inside the 30 s this test waits for them to settle.
         c.delivery.lease_margin = Duration::from_secs(4);
     })
     .await;
