@@ -71,7 +71,12 @@ fn segment_bytes() -> u64 {
         .map_or(SEGMENT_BYTES, |n| n.max(4096))
 }
 
-/// How much of a zero-filled spare one call of [`Spare::prepare`] writes.
+/// How much of a zero-filled spare one call of [`Spare::prepare`] writes, and flushes: the
+/// log's `fdatasync` is a flush of the device, which waits for every write before it, so no
+/// flush may carry a whole spare. On a fresh store (`bench/latency.sh 1000 5000`, two
+/// alternating pairs), p99 with the whole 64 MiB flushed at the end: 32–65 ms at 1,000/s and
+/// 39–50 ms at 5,000/s; with each chunk flushed: 6.3–7.1 and 12–22 ms (bench/README.md,
+/// twenty-ninth session, where 8 MiB segments gave 1.4–6 ms: smaller flushes would do more).
 const SPARE_CHUNK_BYTES: usize = 8 << 20;
 
 /// What a reader hands each record to: its number and payload.
@@ -441,8 +446,8 @@ impl Spare {
 
     /// The checkpointer's, called every round: when the writer wants a spare, none is ready
     /// and no applied segment will soon be reused (`segments()`, the log's segments, is 1),
-    /// writes the next chunk of zeros of a new one; the last chunk flushes it and makes it
-    /// the spare.
+    /// writes and flushes the next chunk of zeros of a new one; the last chunk makes it the
+    /// spare.
     /// A failure removes the half-made file and pauses making spares for `SPARE_RETRY`.
     pub(super) fn prepare(
         &self,
@@ -494,6 +499,7 @@ impl Spare {
             std::os::unix::fs::FileExt::write_all_at(file, &ZEROS[..n], filling.written)?;
             filling.written += n as u64;
         }
+        file.sync_data()?;
         if filling.written >= self.size {
             file.sync_all()?;
             filling.file = None;
