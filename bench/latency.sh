@@ -13,7 +13,9 @@
 # usage: bench/latency.sh [RATE...]        (default: 1000 2000 5000 10000)
 # env:   SYNC=full|normal|off (default full), DURATION (default 10s), BIN (default
 #        target/release/cognihook), SKIP_BUILD=1, BACKGROUND_NICE (store.background_nice,
-#        default 0)
+#        default 0), WARM (e.g. 30s: the gateway first takes this long of the same traffic,
+#        unmeasured, so the figures are a warmed store's: its first spare segment made, its
+#        database and key tree past their first checkpoints and flushes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +43,11 @@ sectors_written() { if [ -n "$disk" ]; then awk -v d="$disk" '$3 == d { print $1
 # simulate RATE PORT -> "p50 p99 KiB" (latencies in ms; KiB written to the disk per 2xx answer)
 simulate() {
   local before after
+  if [ -n "${3:-}" ]; then
+    COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c 1 "$BIN" simulate \
+      --url "http://127.0.0.1:$2/webhook/cognigy" --rate "$1" --duration "$3" \
+      --sessions 1000 --duplicates 0 --invalid 0 > /dev/null 2>&1
+  fi
   before=$(sectors_written)
   COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c 1 "$BIN" simulate \
     --url "http://127.0.0.1:$2/webhook/cognigy" --rate "$1" --duration "$DURATION" \
@@ -64,7 +71,7 @@ ref=
 cleanup() { [ -n "$gw" ] && kill "$gw" 2>/dev/null; [ -n "$ref" ] && kill "$ref" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); store.sync=$SYNC; $DURATION per rate"
+echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); store.sync=$SYNC; $DURATION per rate${WARM:+, the gateway warmed $WARM first}"
 wait_for() {
   for _ in $(seq 1 200); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
@@ -88,7 +95,7 @@ for rate in "${RATES[@]}"; do
     2>>"$work/gw.log" &
   gw=$!
   wait_for "$PORT"
-  read -r gw50 gw99 gwkib < <(simulate "$rate" "$PORT"; echo)
+  read -r gw50 gw99 gwkib < <(simulate "$rate" "$PORT" "${WARM:-}"; echo)
   ratio=$(python3 -c "import sys; a, b = sys.argv[1:]; print(f'{float(a) / float(b):.1f}x' if a and b and float(b) > 0 else '?')" "${gw99:-}" "${ref99:-}")
   echo "rate $rate/s: cognihook p50 ${gw50:-?} ms, p99 ${gw99:-?} ms; durable reference p50 ${ref50:-?} ms, p99 ${ref99:-?} ms; p99 $ratio the reference's; disk writes per 2xx ${gwkib:-?} KiB, the reference's ${refkib:-?} KiB"
   kill -TERM "$gw"
