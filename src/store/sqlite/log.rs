@@ -501,8 +501,8 @@ impl Spare {
             let n = ZEROS.len().min((until - filling.written) as usize);
             std::os::unix::fs::FileExt::write_all_at(file, &ZEROS[..n], filling.written)?;
             filling.written += n as u64;
-            let flushed_at = filling.written % SPARE_FLUSH_BYTES as u64 == 0;
-            if flushed_at && filling.written < self.size {
+            let boundary = filling.written.is_multiple_of(SPARE_FLUSH_BYTES as u64);
+            if boundary && filling.written < self.size {
                 file.sync_data()?;
             }
         }
