@@ -38,3 +38,9 @@ wait_port() {
 
 # stat_of FIELD: one field of the gateway's /stats (GW_PORT).
 stat_of() { curl -s "http://127.0.0.1:$GW_PORT/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+
+# sink_route_toml PORT: TOML lines that give /webhook one http sink posting to 127.0.0.1:PORT
+# (`bare_baseline accept-all` there), appended to a gateway's config by SINK=1 runs.
+sink_route_toml() {
+  printf '[sink.backend]\nkind = "http"\nurl = "http://127.0.0.1:%s/events"\nconcurrency = 32\n[[route]]\nname = "flow-events"\npath = "/webhook"\npayload = "flow-event"\nauth = { scheme = "hmac-sha256", secrets = ["env:COGNIGY_WEBHOOK_SECRET"] }\nsinks = ["backend"]\n' "$1"
+}

@@ -7,7 +7,8 @@
 #   bash bench/cpu_ab.sh /tmp/old/cognihook target/release/cognihook /tmp/old/cognihook target/release/cognihook
 #
 # env: ROUTE (/webhook/cognigy, the seed rules; or /webhook), WARM (3s), DURATION (12s),
-#      GW_ENV (VAR=value … set for the gateways)
+#      GW_ENV (VAR=value … set for the gateways), SINK=1 (/webhook with one http sink, as in
+#      bench/threads.sh: the receiver on CPU 1)
 # Prints per run: req/s, p99, the gateway's CPU (user + system) per request, CPU 0's busy and
 # iowait shares during the run, and the gateway's peak RSS. A 60 s DURATION is the issue's
 # memory check (peak RSS during a minute at full speed).
@@ -22,6 +23,13 @@ DURATION=${DURATION:-12s}
 [ $# -gt 0 ] || { sed -n 2,14p "$0" >&2; exit 2; }
 for b in "$@"; do [ -x "$b" ] || { echo "not an executable: $b" >&2; exit 2; }; done
 SKIP_BUILD=1 source bench/common.sh
+SINK_PORT=18091
+[ -n "${SINK:-}" ] && ROUTE=/webhook
+if [ -n "${SINK:-}" ]; then
+  taskset -c 1 target/release/examples/bare_baseline "127.0.0.1:$SINK_PORT" accept-all 2>/dev/null &
+  pids+=($!)
+  wait_port "$SINK_PORT"
+fi
 
 kind=nlu
 [ "$ROUTE" = /webhook ] && kind=flow-event
@@ -35,6 +43,7 @@ for bin in "$@"; do
   n=$((n + 1))
   printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\ndata_dir = "%s/data-%s"\nsync = "full"\n[audit]\npath = "%s/audit-%s.jsonl"\n' \
     "$GW_PORT" "$work" "$n" "$work" "$n" > "$work/c-$n.toml"
+  [ -z "${SINK:-}" ] || sink_route_toml "$SINK_PORT" >> "$work/c-$n.toml"
   # shellcheck disable=SC2086
   env ${GW_ENV:-} COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 "$bin" \
     --config "$work/c-$n.toml" serve 2>>"$work/gw.log" &

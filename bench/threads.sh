@@ -59,8 +59,7 @@ for bin in "$@"; do
   printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\ndata_dir = "%s/data-%s"\nsync = "full"\n[audit]\npath = "%s/audit-%s.jsonl"\n' \
     "$GW_PORT" "$work" "$n" "$work" "$n" > "$work/c-$n.toml"
   if [ -n "${SINK:-}" ]; then
-    printf '[sink.backend]\nkind = "http"\nurl = "http://127.0.0.1:%s/events"\nconcurrency = 32\n[[route]]\nname = "flow-events"\npath = "/webhook"\npayload = "flow-event"\nauth = { scheme = "hmac-sha256", secrets = ["env:COGNIGY_WEBHOOK_SECRET"] }\nsinks = ["backend"]\n' \
-      "$SINK_PORT" >> "$work/c-$n.toml"
+    sink_route_toml "$SINK_PORT" >> "$work/c-$n.toml"
   fi
   COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 "$bin" \
     --config "$work/c-$n.toml" serve 2>>"$work/gw.log" &
