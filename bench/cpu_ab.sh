@@ -24,8 +24,8 @@ DURATION=${DURATION:-12s}
 for b in "$@"; do [ -x "$b" ] || { echo "not an executable: $b" >&2; exit 2; }; done
 SKIP_BUILD=1 source bench/common.sh
 SINK_PORT=18091
-[ -n "${SINK:-}" ] && ROUTE=/webhook
 if [ -n "${SINK:-}" ]; then
+  ROUTE=/webhook
   taskset -c 1 target/release/examples/bare_baseline "127.0.0.1:$SINK_PORT" accept-all 2>/dev/null &
   pids+=($!)
   wait_port "$SINK_PORT"

@@ -386,9 +386,9 @@ fn log_sync(sync: SyncMode) -> LogSync {
 /// Page cache of the projector's connection: the B-tree pages of sessions and the ends of
 /// the tables it appends to on every event stay in memory. 256 pages of 16 KiB; 8 MiB
 /// before: the caches fill within the first minute at full speed, and halving both this one
-/// and `LOOKUP_CACHE_KIB` took 6 MiB off the peak RSS of a minute at full speed (62.9 and
-/// 57.8 → 56.2 and 54.7 MiB) at the same CPU per request (bench/README.md, thirty-first
-/// session).
+/// and `LOOKUP_CACHE_KIB` took SQLite's memory after that minute from 14.5 to 8.5 MiB and
+/// the peak RSS from 62.9 and 57.8 to 56.2 and 54.7 MiB, at the same CPU per request
+/// (bench/README.md, thirty-first session).
 const WRITER_CACHE_KIB: i64 = 4 * 1024;
 
 /// Page cache of the sequencer's reads (keys and sessions the hot maps no longer hold).
