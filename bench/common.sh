@@ -39,6 +39,14 @@ wait_port() {
 # stat_of FIELD: one field of the gateway's /stats (GW_PORT).
 stat_of() { curl -s "http://127.0.0.1:$GW_PORT/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
+# start_receiver CPU PORT: a sink's receiver (`bare_baseline accept-all`, which answers every
+# POST 200) on CPU, listening on 127.0.0.1:PORT once this returns; stopped on exit.
+start_receiver() {
+  taskset -c "$1" target/release/examples/bare_baseline "127.0.0.1:$2" accept-all 2>/dev/null &
+  pids+=($!)
+  wait_port "$2"
+}
+
 # sink_route_toml PORT: TOML lines that give /webhook one http sink posting to 127.0.0.1:PORT
 # (`bare_baseline accept-all` there), appended to a gateway's config by SINK=1 runs.
 sink_route_toml() {

@@ -26,9 +26,7 @@ SKIP_BUILD=1 source bench/common.sh
 SINK_PORT=18091
 if [ -n "${SINK:-}" ]; then
   ROUTE=/webhook
-  taskset -c 1 target/release/examples/bare_baseline "127.0.0.1:$SINK_PORT" accept-all 2>/dev/null &
-  pids+=($!)
-  wait_port "$SINK_PORT"
+  start_receiver 1 "$SINK_PORT"
 fi
 
 kind=nlu

@@ -36,9 +36,7 @@ source bench/common.sh
 
 python3 bench/gen_requests.py flow-event /webhook "$SECRET" 1000 "$work/flow.lua"
 
-taskset -c "$CLIENT_CPU" target/release/examples/bare_baseline "127.0.0.1:$SINK_PORT" accept-all 2>/dev/null &
-pids+=($!)
-wait_port "$SINK_PORT"
+start_receiver "$CLIENT_CPU" "$SINK_PORT"
 
 cat > "$work/cognihook.toml" <<TOML
 [server]

@@ -110,9 +110,7 @@ stop_gateway
 
 # The same /webhook route with one http sink attached; the receiving end (examples/bare_baseline
 # in accept-all mode) runs on the client CPU.
-taskset -c "$CLIENT_CPU" target/release/examples/bare_baseline "127.0.0.1:$SINK_PORT" accept-all 2>/dev/null &
-pids+=($!)
-wait_port "$SINK_PORT"
+start_receiver "$CLIENT_CPU" "$SINK_PORT"
 cat > "$work/cognihook-sink.toml" <<TOML
 [server]
 listen = "127.0.0.1:$GW_PORT"

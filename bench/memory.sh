@@ -27,9 +27,7 @@ secs=${DURATION%s}
 
 if [ -n "${SINK:-}" ]; then
   ROUTE=/webhook
-  taskset -c 1 target/release/examples/bare_baseline "127.0.0.1:$SINK_PORT" accept-all 2>/dev/null &
-  pids+=($!)
-  wait_port "$SINK_PORT"
+  start_receiver 1 "$SINK_PORT"
 fi
 kind=nlu
 [ "$ROUTE" = /webhook ] && kind=flow-event

@@ -30,10 +30,7 @@ done
 source bench/common.sh
 
 python3 bench/gen_requests.py flow-event /webhook "$SECRET" 1000 "$work/flow.lua"
-taskset -c 1 target/release/examples/bare_baseline "127.0.0.1:$SINK_PORT" accept-all 2>/dev/null &
-pids+=($!)
-
-wait_port "$SINK_PORT"
+start_receiver 1 "$SINK_PORT"
 
 echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); warm-up $WARM, measured $DURATION"
 n=0

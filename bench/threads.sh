@@ -38,9 +38,7 @@ kind=nlu
 python3 bench/gen_requests.py "$kind" "$ROUTE" "$SECRET" "$SESSIONS" "$work/req.lua"
 tick=$(getconf CLK_TCK)
 if [ -n "${SINK:-}" ]; then
-  taskset -c 1 target/release/examples/bare_baseline "127.0.0.1:$SINK_PORT" accept-all 2>/dev/null &
-  pids+=($!)
-  wait_port "$SINK_PORT"
+  start_receiver 1 "$SINK_PORT"
 fi
 
 # cpu_by_name PID: "name ticks" per thread name (threads that end meanwhile are skipped).
