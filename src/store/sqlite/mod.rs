@@ -394,8 +394,20 @@ const WRITER_CACHE_KIB: i64 = 4 * 1024;
 /// Page cache of the sequencer's reads (keys and sessions the hot maps no longer hold).
 const LOOKUP_CACHE_KIB: i64 = 2 * 1024;
 
-/// Page cache of connections that read now and then (admin, CLI) or only checkpoint.
+/// Page cache of connections that read now and then (admin, CLI).
 const SMALL_CACHE_KIB: i64 = 1024;
+
+/// Page cache of the checkpointer's connection, which only runs `PRAGMA wal_checkpoint`: a
+/// checkpoint copies pages from the WAL to the database through a buffer of its own, not
+/// through the cache. 16 pages; 1 MiB before: a share of the pool (below) that the projector
+/// took over while deliveries ran (bench/README.md, thirty-second session).
+pub(super) const CHECKPOINT_CACHE_KIB: i64 = 256;
+
+// These sizes are shares of one pool, not separate caps: the bundled SQLite is built with
+// `SQLITE_ENABLE_MEMORY_MANAGEMENT`, so every connection's pages sit in one group bounded by
+// the sum of the sizes, and a connection that is at its own size recycles the group's least
+// recently used page, whoever's it is. With deliveries running, the projector held ~8 MiB
+// (the sum), the others little (bench/README.md, thirty-second session).
 
 /// Opens a connection with the pragmas every connection needs and a page cache of
 /// `cache_kib` KiB.

@@ -1027,7 +1027,7 @@ pub(super) fn start_checkpointer(
     keys: Arc<Keys>,
     nice: u8,
 ) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>), super::OpenError> {
-    let conn = open_connection(path, sync, false, super::SMALL_CACHE_KIB).map_err(
+    let conn = open_connection(path, sync, false, super::CHECKPOINT_CACHE_KIB).map_err(
         super::OpenError::failed(format!(
             "cannot open store {} for checkpoints",
             path.display()
