@@ -3,9 +3,11 @@
 # on) under wrk (CPU 1, 64 connections) on ROUTE for DURATION. Ten seconds before the end it
 # reads, from the running process: RSS split into anonymous and file pages (/proc), its
 # threads by name, SQLite's heap (`sqlite3_memory_used()`, called through gdb) and the page
-# cache of the connection the projector thread is stepping (`sqlite3_db_status(…,
-# SQLITE_DBSTATUS_CACHE_USED, …)` at its next `sqlite3_step`, with the connection's
-# `cache_size`). At the end: peak RSS and req/s. gdb stops the gateway for a moment, so the
+# cache of the connection stepped next (`sqlite3_db_status(…, SQLITE_DBSTATUS_CACHE_USED, …)`
+# at the next `sqlite3_step` of any thread, with the connection's `cache_size` and the
+# thread's name: at full speed nearly always the projector's). At the end: peak RSS and req/s.
+# The bundled SQLite's page caches share one pool (docs/guarantees.md), so one connection
+# may hold more than its own `cache_size`. gdb stops the gateway for a moment, so the
 # run's req/s and p99 are not for comparing builds (bench/cpu_ab.sh is).
 #
 # usage: bench/memory.sh
