@@ -34,12 +34,10 @@ command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq
 source bench/common.sh
 
 ROUTE=${ROUTE:-/webhook/cognigy}
-kind=nlu
-[ "$ROUTE" = /webhook ] && kind=flow-event
 if [ -n "${SINK:-}" ] && [ "$ROUTE" != /webhook/cognigy ]; then
   echo "SINK=1 runs the seed route /webhook/cognigy only" >&2; exit 2
 fi
-python3 bench/gen_requests.py "$kind" "$ROUTE" "$SECRET" "${SESSIONS:-1000}" "$work/nlu.lua"
+route_requests "$ROUTE" "${SESSIONS:-1000}" "$work/nlu.lua"
 cat > "$work/c.toml" <<TOML
 [server]
 listen = "127.0.0.1:$GW_PORT"

@@ -39,6 +39,15 @@ wait_port() {
 # stat_of FIELD: one field of the gateway's /stats (GW_PORT).
 stat_of() { curl -s "http://127.0.0.1:$GW_PORT/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
+# route_requests ROUTE SESSIONS OUT: a wrk script at OUT sending signed bodies for ROUTE (Cognigy
+# NLU events for /webhook/cognigy, the seed rules; flow events for /webhook), SESSIONS sessions
+# taking turns; signed with SECRET.
+route_requests() {
+  local kind=nlu
+  [ "$1" = /webhook ] && kind=flow-event
+  python3 bench/gen_requests.py "$kind" "$1" "$SECRET" "$2" "$3"
+}
+
 # start_receiver CPU PORT: a sink's receiver (`bare_baseline accept-all`, which answers every
 # POST 200) on CPU, listening on 127.0.0.1:PORT once this returns; stopped on exit.
 start_receiver() {

@@ -29,9 +29,7 @@ if [ -n "${SINK:-}" ]; then
   start_receiver 1 "$SINK_PORT"
 fi
 
-kind=nlu
-[ "$ROUTE" = /webhook ] && kind=flow-event
-python3 bench/gen_requests.py "$kind" "$ROUTE" "$SECRET" 1000 "$work/req.lua"
+route_requests "$ROUTE" 1000 "$work/req.lua"
 tick=$(getconf CLK_TCK)
 
 echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $ROUTE, wrk 64 connections, $DURATION; sync = full"

@@ -31,9 +31,7 @@ if [ -n "${SINK:-}" ]; then
   ROUTE=/webhook
   start_receiver 1 "$SINK_PORT"
 fi
-kind=nlu
-[ "$ROUTE" = /webhook ] && kind=flow-event
-python3 bench/gen_requests.py "$kind" "$ROUTE" "$SECRET" 1000 "$work/req.lua"
+route_requests "$ROUTE" 1000 "$work/req.lua"
 printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\ndata_dir = "%s/data"\nsync = "full"\n[audit]\npath = "%s/audit.jsonl"\n' \
   "$GW_PORT" "$work" "$work" > "$work/c.toml"
 [ -z "${SINK:-}" ] || sink_route_toml "$SINK_PORT" >> "$work/c.toml"

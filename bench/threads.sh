@@ -33,9 +33,7 @@ if [ -n "${SYSCALLS:-}" ] && ! command -v perf >/dev/null; then
 fi
 SKIP_BUILD=1 source bench/common.sh
 
-kind=nlu
-[ "$ROUTE" = /webhook ] && kind=flow-event
-python3 bench/gen_requests.py "$kind" "$ROUTE" "$SECRET" "$SESSIONS" "$work/req.lua"
+route_requests "$ROUTE" "$SESSIONS" "$work/req.lua"
 tick=$(getconf CLK_TCK)
 if [ -n "${SINK:-}" ]; then
   start_receiver 1 "$SINK_PORT"
