@@ -408,10 +408,10 @@ pub(super) const CHECKPOINT_CACHE_KIB: i64 = 256;
 // the sum of the sizes, and a connection that is at its own size recycles the group's least
 // recently used page, whoever's it is. With deliveries running, the projector held nearly
 // the whole sum (8.1 MiB of pages when the sum was 8 MiB, 7.0 of 7.25 now), the others little
-// (bench/README.md, thirty-second session).
+// (bench/README.md, thirty-second session). Cutting the readers' shares to 256 KiB each
+// saved 2.5 MiB with a sink but made deliveries at half the saturation rate lag more often
+// (thirty-third session): the projector may need what it takes over.
 
-/// Opens a connection with the pragmas every connection needs and a page cache of
-/// `cache_kib` KiB.
 /// The page size of a new database. The projector writes whole pages to the WAL (two writes
 /// each, header and page) and the checkpointer copies them into the database: the events'
 /// and the outbox's pages fill in order, so a larger page is fewer system calls for the same
@@ -420,6 +420,8 @@ pub(super) const CHECKPOINT_CACHE_KIB: i64 = 256;
 /// turns (bench/README.md, nineteenth session).
 const PAGE_BYTES: i64 = 16 * 1024;
 
+/// Opens a connection with the pragmas every connection needs and a page cache of
+/// `cache_kib` KiB.
 fn open_connection(
     path: &Path,
     sync: SyncMode,
