@@ -7,6 +7,7 @@
 //! `dead` (one attempt, so every row is a dead letter) and `waiting` (retried in an hour, so
 //! every row is pending).
 
+use std::path::Path;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -192,4 +193,78 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
         4
     );
     drop(app);
+}
+
+/// `tests/fixtures/store/hashless-keys/` was made by cognihook before idempotency keys were
+/// hashed (commit 068e762): two events on `/webhook` with `Idempotency-Key: kx-key-1..2`,
+/// correlation ids `kx-1..2`, sessions `ks1` and `ks2`, then a clean stop. Its key store holds
+/// a generation of keys as given (`keys_…`), in the journal only; the journal (32 MiB, sparse,
+/// 486 bytes used) is cut to 4 KiB.
+fn hashless_keys_dir() -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("fixture dir");
+        for entry in std::fs::read_dir(from).expect("fixture") {
+            let entry = entry.expect("fixture entry");
+            let target = to.join(entry.file_name());
+            if entry.file_type().expect("fixture entry").is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).expect("fixture file");
+            }
+        }
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    copy(
+        Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/store/hashless-keys"
+        )),
+        dir.path(),
+    );
+    dir
+}
+
+/// A new request that carries the fixture's key `kx-key-N`.
+async fn repeat_of_kx_key(app: &TestApp, n: u32) -> TestResponse {
+    let body = flow(&format!("ks{n}"), &format!("kx-{n}-again"));
+    app.post(
+        "/webhook",
+        &body,
+        &[
+            ("x-cognigy-signature", &sign(&body)),
+            ("idempotency-key", &format!("kx-key-{n}")),
+            ("content-type", "application/json"),
+        ],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_a_version_before_hashed_keys_still_find_their_first_answers() {
+    let app = TestApp::spawn_in(hashless_keys_dir(), config).await;
+    for n in [1, 2] {
+        let dup = repeat_of_kx_key(&app, n).await;
+        assert_eq!(dup.status, StatusCode::OK, "{:?}", dup.body);
+        assert_eq!(
+            dup.header("idempotent-replayed"),
+            Some("true"),
+            "kx-key-{n}"
+        );
+        assert_eq!(dup.json()["correlationId"], format!("kx-{n}"));
+        assert_eq!(dup.json()["data"]["stateVersion"], 1);
+    }
+    // A new key is kept hashed, and is a duplicate in its turn, after a restart too (the
+    // answer comes from the event's row then: the hot maps start empty).
+    let new = app.post_signed("/webhook", &flow("ks1", "kx-3")).await;
+    assert_eq!(new.status, StatusCode::OK, "{:?}", new.body);
+    assert_eq!(new.json()["data"]["stateVersion"], 2);
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir, config).await;
+    let dup = app.post_signed("/webhook", &flow("ks1", "kx-3")).await;
+    assert_eq!(dup.header("idempotent-replayed"), Some("true"));
+    assert_eq!(dup.json()["correlationId"], "kx-3");
+    assert_eq!(dup.json()["data"]["stateVersion"], 2);
+    let dup = repeat_of_kx_key(&app, 2).await;
+    assert_eq!(dup.header("idempotent-replayed"), Some("true"));
+    assert_eq!(dup.json()["correlationId"], "kx-2");
 }

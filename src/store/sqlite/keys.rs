@@ -5,8 +5,16 @@
 //! page write is most of an event's cost (measured: bench/README.md, eleventh and twelfth
 //! sessions). An LSM tree writes keys in sorted runs instead, so a key costs its own bytes.
 //!
-//! What is kept per key: the event it made, its correlation id and when (Unix ms). The answer
-//! itself stays in the database, in the event's row (schema 9; `answers`, by event id, before).
+//! What is kept per key: the event it made and when (Unix ms), 25 bytes, under a 16-byte
+//! keyed hash of the key (SipHash-2-4, 128 bits, with a random secret made with the key store
+//! and kept in it: no one without the secret can make two keys collide). Keys as given are up
+//! to ~300 bytes (a route, a header's name and a value, or a body's hex SHA-256), and random
+//! keys make every leveled merge rewrite what is already stored, so an entry's size is what
+//! the compactor pays for, again at every level (bench/README.md, thirty-fourth session). The
+//! answer and the correlation id stay in the database, in the event's row (schema 9;
+//! `answers`, by event id, before). Generations written before keys were hashed (`keys_…`:
+//! the key as given, with the correlation id in the entry) are still read, until they expire;
+//! a store that has one starts a hashed generation when it opens.
 //!
 //! The same keyspace holds the *correlation index* (`events show CORRELATION-ID`: the newest
 //! event of a correlation id), for the same reason: correlation ids come from payloads and
@@ -48,46 +56,82 @@ use parking_lot::RwLock;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct KeyEntry {
     pub(super) event_id: String,
-    pub(super) correlation_id: String,
+    /// Only in entries written before keys were hashed; the event's row has it.
+    pub(super) correlation_id: Option<String>,
     /// Unix ms.
     pub(super) created_at: i64,
 }
 
+/// An entry's event id, after its time: a ULID's 16 bytes (every id the gateway makes)...
+const ULID_ID: u8 = 0;
+/// ...or any other id's UTF-8 text.
+const TEXT_ID: u8 = 1;
+
 impl KeyEntry {
-    fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(9 + self.event_id.len() + self.correlation_id.len());
-        v.extend_from_slice(&self.created_at.to_le_bytes());
-        v.push(u8::try_from(self.event_id.len()).unwrap_or(u8::MAX));
-        v.extend_from_slice(&self.event_id.as_bytes()[..usize::from(v[8])]);
-        v.extend_from_slice(self.correlation_id.as_bytes());
+    /// A hashed generation's entry: the time, then the event id.
+    fn encode(event_id: &str, created_at: i64) -> Vec<u8> {
+        let mut v = Vec::with_capacity(9 + 16);
+        v.extend_from_slice(&created_at.to_le_bytes());
+        let mut text = [0u8; ulid::ULID_LEN];
+        match ulid::Ulid::from_string(event_id) {
+            // Only when the text comes back the same (Crockford's letters read in any case).
+            Ok(u) if u.array_to_str(&mut text) == event_id => {
+                v.push(ULID_ID);
+                v.extend_from_slice(&u.to_bytes());
+            }
+            _ => {
+                v.push(TEXT_ID);
+                v.extend_from_slice(event_id.as_bytes());
+            }
+        }
         v
     }
 
     fn decode(v: &[u8]) -> Option<KeyEntry> {
+        let created_at = i64::from_le_bytes(v.get(..8)?.try_into().ok()?);
+        let event_id = match (*v.get(8)?, v.get(9..)?) {
+            (ULID_ID, id) => ulid::Ulid::from_bytes(id.try_into().ok()?).to_string(),
+            (TEXT_ID, id) => std::str::from_utf8(id).ok()?.to_string(),
+            _ => return None,
+        };
+        Some(KeyEntry {
+            event_id,
+            correlation_id: None,
+            created_at,
+        })
+    }
+
+    /// An entry of a generation written before keys were hashed: the time, the event id's
+    /// length (one byte), the event id, the correlation id.
+    fn decode_plain(v: &[u8]) -> Option<KeyEntry> {
         let created_at = i64::from_le_bytes(v.get(..8)?.try_into().ok()?);
         let n = usize::from(*v.get(8)?);
         let event_id = std::str::from_utf8(v.get(9..9 + n)?).ok()?.to_string();
         let correlation_id = std::str::from_utf8(v.get(9 + n..)?).ok()?.to_string();
         Some(KeyEntry {
             event_id,
-            correlation_id,
+            correlation_id: Some(correlation_id),
             created_at,
         })
     }
 }
 
-/// One generation: the partition, when it was started (Unix ms), and the filter of its keys
-/// when this process started it (`filter`).
+/// One generation: the partition, when it was started (Unix ms), the filter of its keys
+/// when this process started it (`filter`), and whether it holds keys by their hash.
 struct Generation {
     started: i64,
     part: PartitionHandle,
     filter: Option<Arc<filter::Filter>>,
+    hashed: bool,
 }
 
 /// A family of generations (see the module doc): the idempotency keys, or the correlation
 /// index.
 struct Family {
     prefix: &'static str,
+    /// Whether the generations named with `prefix` hold their keys by hash (the idempotency
+    /// keys); `PLAIN_PREFIX` names the keys' generations from before, which do not.
+    hashed: bool,
     /// Whether the generations this process starts get a filter (the idempotency keys: every
     /// event looks one up; not the correlation index, read by an operator now and then).
     filtered: bool,
@@ -104,26 +148,50 @@ impl Family {
         window_ms: i64,
         now: i64,
     ) -> Result<Family, fjall::Error> {
+        let hashed = prefix == PREFIX;
         let mut generations = Vec::new();
         for name in keyspace.list_partitions() {
-            if let Some(started) = name.strip_prefix(prefix).and_then(|s| s.parse().ok()) {
+            let (started, plain) = match name.strip_prefix(prefix) {
+                Some(started) => (started, false),
+                None if hashed => match name.strip_prefix(PLAIN_PREFIX) {
+                    Some(started) => (started, true),
+                    None => continue,
+                },
+                None => continue,
+            };
+            if let Ok(started) = started.parse() {
                 let part = keyspace.open_partition(&name, options(prefix))?;
                 generations.push(Generation {
                     started,
                     part,
                     filter: None,
+                    hashed: hashed && !plain,
                 });
             }
         }
         generations.sort_by_key(|g| g.started);
         let family = Family {
             prefix,
-            filtered: prefix == PREFIX,
+            hashed,
+            filtered: hashed,
             generation_ms: (window_ms / 4).max(MIN_GENERATION_MS),
             generations: RwLock::new(generations),
         };
-        if family.generations.read().is_empty() {
-            family.start(keyspace, now)?;
+        // Writes go to the newest generation, which must be of this form: after the newest
+        // of the older form (whatever the clock says now), whose keys it then bounds.
+        let newest = family
+            .generations
+            .read()
+            .last()
+            .map(|g| (g.started, g.hashed == hashed));
+        match newest {
+            None => {
+                family.start(keyspace, now)?;
+            }
+            Some((started, false)) => {
+                family.start(keyspace, now.max(started + 1))?;
+            }
+            Some((_, true)) => {}
         }
         Ok(family)
     }
@@ -140,30 +208,40 @@ impl Family {
             None
         };
         let mut generations = self.generations.write();
-        if let Some(g) = generations.iter().find(|g| g.started == started) {
+        if let Some(g) = generations
+            .iter()
+            .find(|g| g.started == started && g.hashed == self.hashed)
+        {
             return Ok((g.part.clone(), g.filter.clone()));
         }
-        let at = generations.partition_point(|g| g.started < started);
+        let at = generations.partition_point(|g| g.started <= started);
         generations.insert(
             at,
             Generation {
                 started,
                 part: part.clone(),
                 filter: filter.clone(),
+                hashed: self.hashed,
             },
         );
         Ok((part, filter))
     }
 
-    /// The newest value of `key` (newest generation first; a generation whose filter says
-    /// the key was never written there is not probed).
-    fn get(&self, key: &[u8]) -> Result<Option<fjall::Slice>, fjall::Error> {
+    /// The newest value of a key, `hashed` in the generations that hold keys by hash and
+    /// `plain` in the others (newest generation first; a generation whose filter says the key
+    /// was never written there is not probed); and whether it came from a hashed one.
+    fn get(
+        &self,
+        plain: &[u8],
+        hashed: &[u8],
+    ) -> Result<Option<(fjall::Slice, bool)>, fjall::Error> {
         for g in self.generations.read().iter().rev() {
+            let key = if g.hashed { hashed } else { plain };
             if g.filter.as_ref().is_some_and(|f| !f.may_hold(key)) {
                 continue;
             }
             if let Some(v) = g.part.get(key)? {
-                return Ok(Some(v));
+                return Ok(Some((v, g.hashed)));
             }
         }
         Ok(None)
@@ -214,9 +292,14 @@ impl Family {
 /// partition is added to the filter first).
 type Writable = (PartitionHandle, Option<Arc<filter::Filter>>);
 
-const PREFIX: &str = "keys_";
+/// The idempotency keys' generations, keys hashed (see the module doc)...
+const PREFIX: &str = "kh_";
+/// ...and those written before keys were hashed.
+const PLAIN_PREFIX: &str = "keys_";
 const CORRELATION_PREFIX: &str = "corr_";
 const APPLIED: &[u8] = b"applied";
+/// The secret of the keys' hash (16 bytes), in `meta`.
+const HASH_SECRET: &[u8] = b"hash_secret";
 
 /// Memory the keys may hold: memtables (all generations together) and the block cache.
 const WRITE_BUFFER_BYTES: u64 = 8 * 1024 * 1024;
@@ -274,6 +357,7 @@ pub(super) struct Keys {
     meta: PartitionHandle,
     keys: Family,
     correlations: Family,
+    hasher: siphasher::sip128::SipHasher24,
 }
 
 impl std::fmt::Debug for Keys {
@@ -320,6 +404,22 @@ impl Keys {
             .compaction_workers(1)
             .open()?;
         let meta = keyspace.open_partition("meta", PartitionCreateOptions::default())?;
+        let secret: [u8; 16] = match meta.get(HASH_SECRET)? {
+            Some(v) => v[..].try_into().map_err(|_| {
+                std::io::Error::other("the hash secret in the key store is not 16 bytes")
+            })?,
+            None => {
+                use ring::rand::SecureRandom;
+                let mut secret = [0u8; 16];
+                ring::rand::SystemRandom::new()
+                    .fill(&mut secret)
+                    .map_err(|_| std::io::Error::other("no random bytes for the hash secret"))?;
+                meta.insert(HASH_SECRET, secret)?;
+                // On disk before any key hashed with it.
+                keyspace.persist(PersistMode::SyncAll)?;
+                secret
+            }
+        };
         let keys = Family::open(&keyspace, PREFIX, window_ms, now)?;
         let correlations = Family::open(&keyspace, CORRELATION_PREFIX, retention_ms, now)?;
         Ok(Keys {
@@ -327,7 +427,13 @@ impl Keys {
             meta,
             keys,
             correlations,
+            hasher: siphasher::sip128::SipHasher24::new_with_key(&secret),
         })
+    }
+
+    /// What a hashed generation holds `key` by.
+    fn hash(&self, key: &str) -> [u8; 16] {
+        self.hasher.hash(key.as_bytes()).as_bytes()
     }
 
     /// The last log record whose keys are here; `None` when nothing was ever written (keys
@@ -341,26 +447,28 @@ impl Keys {
 
     /// The newest entry of `key`, live or not (the caller checks its age).
     pub(super) fn get(&self, key: &str) -> Result<Option<KeyEntry>, fjall::Error> {
-        Ok(self
-            .keys
-            .get(key.as_bytes())?
-            .and_then(|v| KeyEntry::decode(&v)))
+        Ok(match self.keys.get(key.as_bytes(), &self.hash(key))? {
+            Some((v, true)) => KeyEntry::decode(&v),
+            Some((v, false)) => KeyEntry::decode_plain(&v),
+            None => None,
+        })
     }
 
     /// The newest event of `correlation_id` still indexed (the caller checks it is kept).
     pub(super) fn event_of(&self, correlation_id: &str) -> Result<Option<String>, fjall::Error> {
+        let key = correlation_key(correlation_id);
         Ok(self
             .correlations
-            .get(&correlation_key(correlation_id))?
-            .and_then(|v| String::from_utf8(v.to_vec()).ok()))
+            .get(&key, &key)?
+            .and_then(|(v, _)| String::from_utf8(v.to_vec()).ok()))
     }
 
-    /// Writes the key entries, the correlation index's entries (correlation id, event id; a
-    /// later one wins) and the log position `applied` in one batch (the newest generations
-    /// take them; new ones are started first when due).
+    /// Writes the key entries (key, the event it made, when), the correlation index's
+    /// entries (correlation id, event id; a later one wins) and the log position `applied` in
+    /// one batch (the newest generations take them; new ones are started first when due).
     pub(super) fn write<'a>(
         &self,
-        entries: impl Iterator<Item = (&'a str, KeyEntry)>,
+        entries: impl Iterator<Item = (&'a str, &'a str, i64)>,
         correlations: impl Iterator<Item = (&'a str, &'a str)>,
         applied: u64,
         now: i64,
@@ -368,14 +476,14 @@ impl Keys {
         let (keys, filter) = self.keys.newest(&self.keyspace, now)?;
         let (corr, _) = self.correlations.newest(&self.keyspace, now)?;
         let mut batch = self.keyspace.batch();
-        let mut sorted: Vec<(&[u8], Vec<u8>)> = entries
-            .map(|(key, entry)| (key.as_bytes(), entry.encode()))
+        let mut sorted: Vec<([u8; 16], Vec<u8>)> = entries
+            .map(|(key, event_id, at)| (self.hash(key), KeyEntry::encode(event_id, at)))
             .collect();
         for (key, value) in in_key_order(&mut sorted) {
             if let Some(f) = &filter {
                 f.insert(key);
             }
-            batch.insert(&keys, *key, value.as_slice());
+            batch.insert(&keys, key.as_slice(), value.as_slice());
         }
         let mut sorted: Vec<(std::borrow::Cow<'_, [u8]>, &str)> = correlations
             .map(|(correlation_id, event_id)| (correlation_key(correlation_id), event_id))
@@ -458,7 +566,7 @@ impl Keys {
 /// the retention times the rate, and so would that memory (bench/README.md, twenty-sixth
 /// session).
 fn options(prefix: &str) -> PartitionCreateOptions {
-    let bloom = (prefix == PREFIX).then_some(10);
+    let bloom = (prefix != CORRELATION_PREFIX).then_some(10);
     PartitionCreateOptions::default()
         .max_memtable_size(MEMTABLE_BYTES)
         .bloom_filter_bits(bloom)
@@ -482,16 +590,105 @@ mod tests {
     fn entry(event: &str, at: i64) -> KeyEntry {
         KeyEntry {
             event_id: event.into(),
-            correlation_id: format!("c-{event}"),
+            correlation_id: None,
             created_at: at,
         }
     }
 
+    /// An entry as versions before hashed keys wrote it.
+    fn plain_entry(event: &str, correlation: &str, at: i64) -> Vec<u8> {
+        let mut v = at.to_le_bytes().to_vec();
+        v.push(u8::try_from(event.len()).expect("short"));
+        v.extend_from_slice(event.as_bytes());
+        v.extend_from_slice(correlation.as_bytes());
+        v
+    }
+
     #[test]
     fn an_entry_decodes_to_what_was_encoded() {
-        let e = entry("01HZZZZZZZZZZZZZZZZZZZZZZZ", -5);
-        assert_eq!(KeyEntry::decode(&e.encode()), Some(e));
+        let ulid = "01HZZZZZZZZZZZZZZZZZZZZZZZ";
+        // A ULID in lower case reads as one but would come back in upper case: kept as text.
+        for id in [ulid, "01hzzzzzzzzzzzzzzzzzzzzzzz", "not-a-ulid", ""] {
+            assert_eq!(
+                KeyEntry::decode(&KeyEntry::encode(id, -5)),
+                Some(entry(id, -5)),
+                "{id}"
+            );
+        }
+        assert_eq!(KeyEntry::encode(ulid, 1).len(), 25, "a ULID in 16 bytes");
         assert_eq!(KeyEntry::decode(&[1, 2, 3]), None);
+        assert_eq!(KeyEntry::decode(&[0; 12]), None, "a ULID cut short");
+        assert_eq!(
+            KeyEntry::decode_plain(&plain_entry("e1", "c1", -5)),
+            Some(KeyEntry {
+                event_id: "e1".into(),
+                correlation_id: Some("c1".into()),
+                created_at: -5,
+            })
+        );
+    }
+
+    #[test]
+    fn keys_written_before_they_were_hashed_are_found_until_they_expire() {
+        let dir = tempfile::tempdir().expect("keys");
+        let path = dir.path().join("k");
+        {
+            // A key store as an earlier version left it: a generation of keys as given.
+            let keyspace = fjall::Config::new(&path).open().expect("keys");
+            let part = keyspace
+                .open_partition("keys_1000", options(PLAIN_PREFIX))
+                .expect("keys");
+            part.insert("old", plain_entry("e1", "c1", 1_000))
+                .expect("keys");
+            keyspace.persist(PersistMode::SyncAll).expect("keys");
+        }
+        // Window 4 min: a generation per minute.
+        let keys = Keys::open(&path, 240_000, 240_000, 2_000).expect("keys");
+        assert_eq!(
+            keys.filtered_generations(),
+            [false, true],
+            "a hashed one began"
+        );
+        let old = KeyEntry {
+            event_id: "e1".into(),
+            correlation_id: Some("c1".into()),
+            created_at: 1_000,
+        };
+        assert_eq!(keys.get("old").expect("keys"), Some(old));
+        keys.write(
+            [("new", "e2", 2_000)].into_iter(),
+            std::iter::empty(),
+            1,
+            2_000,
+        )
+        .expect("keys");
+        assert_eq!(keys.get("new").expect("keys"), Some(entry("e2", 2_000)));
+        // Held by its hash, not as given.
+        let newest = {
+            let generations = keys.keys.generations.read();
+            generations.last().expect("a generation").part.clone()
+        };
+        assert!(newest.get("new").expect("keys").is_none());
+        assert!(newest.get(keys.hash("new")).expect("keys").is_some());
+        keys.persist(crate::config::SyncMode::Full).expect("keys");
+        drop((keys, newest));
+        // The secret stays with the store: reopened, the key is found, and the newest
+        // generation (hashed) goes on taking writes.
+        let keys = Keys::open(&path, 240_000, 240_000, 3_000).expect("keys");
+        assert_eq!(keys.generation_count(), 2);
+        assert_eq!(keys.get("new").expect("keys"), Some(entry("e2", 2_000)));
+        // A key written again wins over its older entry; the old generation goes by age.
+        keys.write(
+            [("old", "e3", 3_000)].into_iter(),
+            std::iter::empty(),
+            2,
+            3_000,
+        )
+        .expect("keys");
+        assert_eq!(keys.get("old").expect("keys"), Some(entry("e3", 3_000)));
+        assert_eq!(keys.expire(2_001, i64::MIN, 242_001).expect("keys"), 1);
+        assert!(keys.keys.generations.read().iter().all(|g| g.hashed));
+        assert_eq!(keys.get("old").expect("keys"), Some(entry("e3", 3_000)));
     }
 
     #[test]
@@ -502,7 +699,7 @@ mod tests {
             let keys = Keys::open(&path, 60_000, 60_000, 1_000).expect("keys");
             assert_eq!(keys.applied().expect("keys"), None);
             keys.write(
-                [("a", entry("e1", 1_000))].into_iter(),
+                [("a", "e1", 1_000)].into_iter(),
                 std::iter::empty(),
                 7,
                 1_000,
@@ -527,7 +724,7 @@ mod tests {
             assert_eq!(keys.filtered_generations(), [true]);
             let written: Vec<String> = many(0).collect();
             keys.write(
-                written.iter().map(|k| (k.as_str(), entry(k, 0))),
+                written.iter().map(|k| (k.as_str(), k.as_str(), 0)),
                 std::iter::empty(),
                 1,
                 0,
@@ -545,7 +742,7 @@ mod tests {
         assert_eq!(keys.filtered_generations(), [false]);
         assert!(many(0).all(|k| keys.get(&k).expect("keys").is_some()));
         keys.write(
-            [("new", entry("new", 60_000))].into_iter(),
+            [("new", "new", 60_000)].into_iter(),
             std::iter::empty(),
             2,
             60_000,
@@ -562,15 +759,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("keys");
         // Window 4 min: a generation per minute.
         let keys = Keys::open(dir.path(), 240_000, 240_000, 0).expect("keys");
+        keys.write([("k", "old", 0)].into_iter(), std::iter::empty(), 1, 0)
+            .expect("keys");
         keys.write(
-            [("k", entry("old", 0))].into_iter(),
-            std::iter::empty(),
-            1,
-            0,
-        )
-        .expect("keys");
-        keys.write(
-            [("x", entry("x", 30_000))].into_iter(),
+            [("x", "x", 30_000)].into_iter(),
             std::iter::empty(),
             2,
             30_000,
@@ -578,7 +770,7 @@ mod tests {
         .expect("keys");
         assert_eq!(keys.generation_count(), 1);
         keys.write(
-            [("k", entry("new", 60_000))].into_iter(),
+            [("k", "new", 60_000)].into_iter(),
             std::iter::empty(),
             3,
             60_000,
@@ -601,7 +793,7 @@ mod tests {
         assert_eq!(keys.expire(300_002, i64::MIN, 540_002).expect("keys"), 1);
         assert_eq!(keys.get("k").expect("keys"), None);
         keys.write(
-            [("k", entry("later", 540_003))].into_iter(),
+            [("k", "later", 540_003)].into_iter(),
             std::iter::empty(),
             4,
             540_003,
@@ -653,7 +845,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("keys");
         let keys = Keys::open(dir.path(), 60_000, 240_000, 1_000).expect("keys");
         keys.write(
-            [("k1", entry("e1", 1_000))].into_iter(),
+            [("k1", "e1", 1_000)].into_iter(),
             [("c1", "e1")].into_iter(),
             1,
             1_000,

@@ -2624,7 +2624,8 @@ mod tests {
             .block_on(store.accept(acceptance("k8", "other", &[])))
             .expect("duplicate");
         assert!(
-            matches!(out, AcceptOutcome::Duplicate { status: 201, .. }),
+            matches!(&out, AcceptOutcome::Duplicate { status: 201, correlation_id, .. }
+                if correlation_id == "corr-k8"),
             "{out:?}"
         );
         let timeline = rt
@@ -2842,10 +2843,17 @@ mod tests {
             let out = rt
                 .block_on(store.accept(acceptance(key, "other", &[])))
                 .expect("accept");
-            let AcceptOutcome::Duplicate { status, body, .. } = out else {
+            let AcceptOutcome::Duplicate {
+                status,
+                body,
+                correlation_id,
+            } = out
+            else {
                 panic!("{key}: {out:?}")
             };
             assert_eq!(status, 200);
+            // From the event's row: the key's entry does not keep it.
+            assert_eq!(correlation_id, format!("corr-{key}"));
             let body: Value = serde_json::from_slice(&body).expect("json");
             assert_eq!(body["data"]["stateVersion"], version, "{key}");
         }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-use super::keys::{KeyEntry, Keys};
+use super::keys::Keys;
 use super::record::{AcceptRecord, Record, Spend};
 use super::{open_connection, Shared, WriterSettings};
 use crate::store::{Claimed, Settlement, StoreError};
@@ -533,14 +533,7 @@ pub(super) fn write_keys<'a>(
         _ => None,
     });
     let entries = records.filter_map(|r| match r {
-        Record::Accept(a) => Some((
-            a.key.as_str(),
-            KeyEntry {
-                event_id: a.event_id.clone(),
-                correlation_id: a.correlation_id.clone(),
-                created_at: a.at,
-            },
-        )),
+        Record::Accept(a) => Some((a.key.as_str(), a.event_id.as_str(), a.at)),
         _ => None,
     });
     keys.write(entries, correlations, last, now)

@@ -662,16 +662,26 @@ impl Sequencer {
             return self
                 .reader
                 .prepare_cached(
-                    "SELECT answer_status, answer FROM events \
+                    "SELECT answer_status, answer, correlation_id FROM events \
                      WHERE event_id = ?1 AND answer IS NOT NULL \
-                     UNION ALL SELECT status, body FROM answers WHERE event_id = ?1 LIMIT 1",
+                     UNION ALL SELECT a.status, a.body, e.correlation_id FROM answers a \
+                     LEFT JOIN events e ON e.event_id = a.event_id \
+                     WHERE a.event_id = ?1 LIMIT 1",
                 )?
                 .query_row(params![k.event_id], |r| {
+                    // Entries written before keys were hashed carry the correlation id; the
+                    // event's row has it for the rest (the event's own id when it is gone).
+                    let correlation_id = match &k.correlation_id {
+                        Some(c) => c.clone(),
+                        None => r
+                            .get::<_, Option<String>>(2)?
+                            .unwrap_or_else(|| k.event_id.clone()),
+                    };
                     Ok(HotAnswer {
                         status: r.get(0)?,
                         body: Bytes::from(r.get::<_, Vec<u8>>(1)?),
                         event_id: k.event_id.clone(),
-                        correlation_id: k.correlation_id.clone(),
+                        correlation_id,
                         created_at: k.created_at,
                         lsn: 0,
                     })
