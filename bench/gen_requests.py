@@ -11,6 +11,10 @@ so the gateway keys an event by the SHA-256 of route and body: keys arrive in ra
 `random` puts a random prefix before the unique part to match; `ordered` sends
 run-thread-counter keys, which sort almost in insertion order and make the store's key index
 far cheaper than in production (the runs before 2026-12-01's tenth session used them).
+
+env CORRELATION: body (default: each body names one of COUNT correlation ids, so the store's
+correlation index stays small) or unique (no id in the body; each request sends its
+Idempotency-Key as X-Correlation-Id, so every event adds an entry to the index).
 """
 import hashlib
 import hmac
@@ -23,6 +27,9 @@ kind, path, secret, count, out = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.
 keys = os.environ.get("KEYS", "random")
 if keys not in ("random", "ordered"):
     sys.exit(f"KEYS must be random or ordered, not {keys!r}")
+correlation = os.environ.get("CORRELATION", "body")
+if correlation not in ("body", "unique"):
+    sys.exit(f"CORRELATION must be body or unique, not {correlation!r}")
 
 
 def body(i):
@@ -47,7 +54,14 @@ def body(i):
     }
 
 
-bodies = [json.dumps(body(i), separators=(",", ":")) for i in range(count)]
+def without_correlation(b):
+    b.pop("correlationId", None)
+    b.get("context", {}).pop("correlationId", None)
+    return b
+
+
+shape = body if correlation == "body" else (lambda i: without_correlation(body(i)))
+bodies = [json.dumps(shape(i), separators=(",", ":")) for i in range(count)]
 sigs = [hmac.new(secret.encode(), b.encode(), hashlib.sha256).hexdigest() for b in bodies]
 
 with open(out, "w") as f:
@@ -60,6 +74,7 @@ with open(out, "w") as f:
     f.write("}\n")
     f.write(f'local path = "{path}"\n')
     f.write(f'local random_keys = {"true" if keys == "random" else "false"}\n')
+    f.write(f'local unique_correlation = {"true" if correlation == "unique" else "false"}\n')
     f.write(
         """
 local threads = 0
@@ -79,11 +94,15 @@ function request()
   if random_keys then
     key = string.format("%08x", math.random(0, 2147483646)) .. "-" .. key
   end
-  return wrk.format("POST", path, {
+  local headers = {
     ["Content-Type"] = "application/json",
     ["X-Cognigy-Signature"] = sigs[i],
     ["Idempotency-Key"] = key,
-  }, bodies[i])
+  }
+  if unique_correlation then
+    headers["X-Correlation-Id"] = key
+  end
+  return wrk.format("POST", path, headers, bodies[i])
 end
 """
     )

@@ -198,8 +198,8 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
 /// `tests/fixtures/store/hashless-keys/` was made by cognihook before idempotency keys were
 /// hashed (commit 068e762): two events on `/webhook` with `Idempotency-Key: kx-key-1..2`,
 /// correlation ids `kx-1..2`, sessions `ks1` and `ks2`, then a clean stop. Its key store holds
-/// a generation of keys as given (`keys_…`), in the journal only; the journal (32 MiB, sparse,
-/// 486 bytes used) is cut to 4 KiB.
+/// a generation of keys as given (`keys_…`) and one of correlation ids as given (`corr_…`), in
+/// the journal only; the journal (32 MiB, sparse, 486 bytes used) is cut to 4 KiB.
 fn hashless_keys_dir() -> tempfile::TempDir {
     fn copy(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).expect("fixture dir");
@@ -253,6 +253,9 @@ async fn keys_of_a_version_before_hashed_keys_still_find_their_first_answers() {
         assert_eq!(dup.json()["correlationId"], format!("kx-{n}"));
         assert_eq!(dup.json()["data"]["stateVersion"], 1);
     }
+    // The correlation index of that version finds the events too.
+    let j: Value = app.admin_get("/admin/events/kx-2").await.json();
+    assert_eq!(j["event"]["sessionId"], "ks2", "{j}");
     // A new key is kept hashed, and is a duplicate in its turn, after a restart too (the
     // answer comes from the event's row then: the hot maps start empty).
     let new = app.post_signed("/webhook", &flow("ks1", "kx-3")).await;
@@ -267,4 +270,6 @@ async fn keys_of_a_version_before_hashed_keys_still_find_their_first_answers() {
     let dup = repeat_of_kx_key(&app, 2).await;
     assert_eq!(dup.header("idempotent-replayed"), Some("true"));
     assert_eq!(dup.json()["correlationId"], "kx-2");
+    let j: Value = app.admin_get("/admin/events/kx-3").await.json();
+    assert_eq!(j["event"]["stateVersion"], 2, "{j}");
 }

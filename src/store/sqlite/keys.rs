@@ -21,8 +21,10 @@
 //! headers in any order, and as a database index (`events_by_correlation`, moved here and
 //! dropped when a store is opened) each event wrote a leaf page of its own there; moving it here cut a third of an event's
 //! CPU and half its disk writes (bench/README.md, thirteenth session). An entry maps a
-//! correlation id to its newest event (a later write wins), in generations as the keys are,
-//! over the events' retention instead of the idempotency window.
+//! correlation id (its keyed hash, as for the keys) to its newest event (a later write wins),
+//! in generations as the keys are, over the events' retention instead of the idempotency
+//! window. Generations written before (`corr_…`: the id as given, or the SHA-256 of a long
+//! one, and the event id as text) are read until they expire.
 //!
 //! # Expiry
 //! Keys (and correlation entries) are only ever inserted, and expire by age. They go to the newest of a few
@@ -52,6 +54,32 @@ use std::sync::Arc;
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 use parking_lot::RwLock;
 
+/// An event id as a hashed generation keeps it: a tag, then a ULID's 16 bytes or the text.
+fn encode_id(event_id: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(17);
+    let mut text = [0u8; ulid::ULID_LEN];
+    match ulid::Ulid::from_string(event_id) {
+        // Only when the text comes back the same (Crockford's letters read in any case).
+        Ok(u) if u.array_to_str(&mut text) == event_id => {
+            v.push(ULID_ID);
+            v.extend_from_slice(&u.to_bytes());
+        }
+        _ => {
+            v.push(TEXT_ID);
+            v.extend_from_slice(event_id.as_bytes());
+        }
+    }
+    v
+}
+
+fn decode_id(v: &[u8]) -> Option<String> {
+    match (*v.first()?, &v[1..]) {
+        (ULID_ID, id) => Some(ulid::Ulid::from_bytes(id.try_into().ok()?).to_string()),
+        (TEXT_ID, id) => Some(std::str::from_utf8(id).ok()?.to_string()),
+        _ => None,
+    }
+}
+
 /// What a key's entry says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct KeyEntry {
@@ -68,32 +96,16 @@ const ULID_ID: u8 = 0;
 const TEXT_ID: u8 = 1;
 
 impl KeyEntry {
-    /// A hashed generation's entry: the time, then the event id.
+    /// A hashed generation's entry: the time, then the event id (`encode_id`).
     fn encode(event_id: &str, created_at: i64) -> Vec<u8> {
-        let mut v = Vec::with_capacity(9 + 16);
-        v.extend_from_slice(&created_at.to_le_bytes());
-        let mut text = [0u8; ulid::ULID_LEN];
-        match ulid::Ulid::from_string(event_id) {
-            // Only when the text comes back the same (Crockford's letters read in any case).
-            Ok(u) if u.array_to_str(&mut text) == event_id => {
-                v.push(ULID_ID);
-                v.extend_from_slice(&u.to_bytes());
-            }
-            _ => {
-                v.push(TEXT_ID);
-                v.extend_from_slice(event_id.as_bytes());
-            }
-        }
+        let mut v = created_at.to_le_bytes().to_vec();
+        v.extend_from_slice(&encode_id(event_id));
         v
     }
 
     fn decode(v: &[u8]) -> Option<KeyEntry> {
         let created_at = i64::from_le_bytes(v.get(..8)?.try_into().ok()?);
-        let event_id = match (*v.get(8)?, v.get(9..)?) {
-            (ULID_ID, id) => ulid::Ulid::from_bytes(id.try_into().ok()?).to_string(),
-            (TEXT_ID, id) => std::str::from_utf8(id).ok()?.to_string(),
-            _ => return None,
-        };
+        let event_id = decode_id(v.get(8..)?)?;
         Some(KeyEntry {
             event_id,
             correlation_id: None,
@@ -129,9 +141,6 @@ struct Generation {
 /// index.
 struct Family {
     prefix: &'static str,
-    /// Whether the generations named with `prefix` hold their keys by hash (the idempotency
-    /// keys); `PLAIN_PREFIX` names the keys' generations from before, which do not.
-    hashed: bool,
     /// Whether the generations this process starts get a filter (the idempotency keys: every
     /// event looks one up; not the correlation index, read by an operator now and then).
     filtered: bool,
@@ -142,22 +151,22 @@ struct Family {
 }
 
 impl Family {
+    /// Opens the generations named with `prefix` (keys held by hash) and with
+    /// `plain_prefix` (written before keys were hashed: keys as given).
     fn open(
         keyspace: &Keyspace,
-        prefix: &'static str,
+        (prefix, plain_prefix): (&'static str, &'static str),
         window_ms: i64,
         now: i64,
     ) -> Result<Family, fjall::Error> {
-        let hashed = prefix == PREFIX;
         let mut generations = Vec::new();
         for name in keyspace.list_partitions() {
-            let (started, plain) = match name.strip_prefix(prefix) {
-                Some(started) => (started, false),
-                None if hashed => match name.strip_prefix(PLAIN_PREFIX) {
-                    Some(started) => (started, true),
+            let (started, hashed) = match name.strip_prefix(prefix) {
+                Some(started) => (started, true),
+                None => match name.strip_prefix(plain_prefix) {
+                    Some(started) => (started, false),
                     None => continue,
                 },
-                None => continue,
             };
             if let Ok(started) = started.parse() {
                 let part = keyspace.open_partition(&name, options(prefix))?;
@@ -165,25 +174,24 @@ impl Family {
                     started,
                     part,
                     filter: None,
-                    hashed: hashed && !plain,
+                    hashed,
                 });
             }
         }
         generations.sort_by_key(|g| g.started);
         let family = Family {
             prefix,
-            hashed,
-            filtered: hashed,
+            filtered: prefix == PREFIX,
             generation_ms: (window_ms / 4).max(MIN_GENERATION_MS),
             generations: RwLock::new(generations),
         };
-        // Writes go to the newest generation, which must be of this form: after the newest
+        // Writes go to the newest generation, which must hold keys by hash: after the newest
         // of the older form (whatever the clock says now), whose keys it then bounds.
         let newest = family
             .generations
             .read()
             .last()
-            .map(|g| (g.started, g.hashed == hashed));
+            .map(|g| (g.started, g.hashed));
         match newest {
             None => {
                 family.start(keyspace, now)?;
@@ -210,7 +218,7 @@ impl Family {
         let mut generations = self.generations.write();
         if let Some(g) = generations
             .iter()
-            .find(|g| g.started == started && g.hashed == self.hashed)
+            .find(|g| g.started == started && g.hashed)
         {
             return Ok((g.part.clone(), g.filter.clone()));
         }
@@ -221,7 +229,7 @@ impl Family {
                 started,
                 part: part.clone(),
                 filter: filter.clone(),
-                hashed: self.hashed,
+                hashed: true,
             },
         );
         Ok((part, filter))
@@ -296,7 +304,9 @@ type Writable = (PartitionHandle, Option<Arc<filter::Filter>>);
 const PREFIX: &str = "kh_";
 /// ...and those written before keys were hashed.
 const PLAIN_PREFIX: &str = "keys_";
-const CORRELATION_PREFIX: &str = "corr_";
+/// The same for the correlation index.
+const CORRELATION_PREFIX: &str = "ch_";
+const PLAIN_CORRELATION_PREFIX: &str = "corr_";
 const APPLIED: &[u8] = b"applied";
 /// The secret of the keys' hash (16 bytes), in `meta`.
 const HASH_SECRET: &[u8] = b"hash_secret";
@@ -321,8 +331,8 @@ const SEGMENT_BYTES: u32 = 16 * 1024 * 1024;
 /// partition a second.
 const MIN_GENERATION_MS: i64 = 60_000;
 
-/// A correlation id longer than this is indexed by its SHA-256 (a payload's id can be as
-/// long as the body; an LSM key cannot).
+/// In generations written before correlation ids were hashed, an id longer than this was
+/// indexed by its SHA-256 (a payload's id can be as long as the body; an LSM key cannot).
 const MAX_CORRELATION_KEY: usize = 256;
 
 /// A batch's entries sorted by key, the last of each key only (a later entry wins). A
@@ -340,7 +350,7 @@ fn in_key_order<K: AsRef<[u8]>, V>(entries: &mut [(K, V)]) -> impl Iterator<Item
     })
 }
 
-/// The correlation index's key for `correlation_id`.
+/// What a generation written before correlation ids were hashed holds `correlation_id` by.
 fn correlation_key(correlation_id: &str) -> std::borrow::Cow<'_, [u8]> {
     use sha2::Digest;
     if correlation_id.len() <= MAX_CORRELATION_KEY {
@@ -420,8 +430,13 @@ impl Keys {
                 secret
             }
         };
-        let keys = Family::open(&keyspace, PREFIX, window_ms, now)?;
-        let correlations = Family::open(&keyspace, CORRELATION_PREFIX, retention_ms, now)?;
+        let keys = Family::open(&keyspace, (PREFIX, PLAIN_PREFIX), window_ms, now)?;
+        let correlations = Family::open(
+            &keyspace,
+            (CORRELATION_PREFIX, PLAIN_CORRELATION_PREFIX),
+            retention_ms,
+            now,
+        )?;
         Ok(Keys {
             keyspace,
             meta,
@@ -456,11 +471,16 @@ impl Keys {
 
     /// The newest event of `correlation_id` still indexed (the caller checks it is kept).
     pub(super) fn event_of(&self, correlation_id: &str) -> Result<Option<String>, fjall::Error> {
-        let key = correlation_key(correlation_id);
-        Ok(self
-            .correlations
-            .get(&key, &key)?
-            .and_then(|(v, _)| String::from_utf8(v.to_vec()).ok()))
+        Ok(
+            match self
+                .correlations
+                .get(&correlation_key(correlation_id), &self.hash(correlation_id))?
+            {
+                Some((v, true)) => decode_id(&v),
+                Some((v, false)) => String::from_utf8(v.to_vec()).ok(),
+                None => None,
+            },
+        )
     }
 
     /// Writes the key entries (key, the event it made, when), the correlation index's
@@ -485,11 +505,11 @@ impl Keys {
             }
             batch.insert(&keys, key.as_slice(), value.as_slice());
         }
-        let mut sorted: Vec<(std::borrow::Cow<'_, [u8]>, &str)> = correlations
-            .map(|(correlation_id, event_id)| (correlation_key(correlation_id), event_id))
+        let mut sorted: Vec<([u8; 16], Vec<u8>)> = correlations
+            .map(|(correlation_id, event_id)| (self.hash(correlation_id), encode_id(event_id)))
             .collect();
         for (key, event_id) in in_key_order(&mut sorted) {
-            batch.insert(&corr, &**key, *event_id);
+            batch.insert(&corr, key.as_slice(), event_id.as_slice());
         }
         batch.insert(&self.meta, APPLIED, applied.to_le_bytes());
         batch.commit()
@@ -506,7 +526,7 @@ impl Keys {
         let (part, _) = self.correlations.start(&self.keyspace, started)?;
         let mut batch = self.keyspace.batch();
         for (correlation_id, event_id) in chunk {
-            batch.insert(&part, &*correlation_key(correlation_id), event_id.as_str());
+            batch.insert(&part, self.hash(correlation_id), encode_id(event_id));
         }
         batch.commit()
     }
@@ -566,7 +586,7 @@ impl Keys {
 /// the retention times the rate, and so would that memory (bench/README.md, twenty-sixth
 /// session).
 fn options(prefix: &str) -> PartitionCreateOptions {
-    let bloom = (prefix != CORRELATION_PREFIX).then_some(10);
+    let bloom = (prefix == PREFIX).then_some(10);
     PartitionCreateOptions::default()
         .max_memtable_size(MEMTABLE_BYTES)
         .bloom_filter_bits(bloom)
@@ -640,6 +660,14 @@ mod tests {
                 .expect("keys");
             part.insert("old", plain_entry("e1", "c1", 1_000))
                 .expect("keys");
+            // And of correlation ids as given (a long one by its SHA-256), events as text.
+            let corr = keyspace
+                .open_partition("corr_1000", options(PLAIN_CORRELATION_PREFIX))
+                .expect("keys");
+            corr.insert("c1", "e1").expect("keys");
+            let long = "c".repeat(MAX_CORRELATION_KEY + 1);
+            corr.insert(&*correlation_key(&long), "e-long")
+                .expect("keys");
             keyspace.persist(PersistMode::SyncAll).expect("keys");
         }
         // Window 4 min: a generation per minute.
@@ -655,6 +683,13 @@ mod tests {
             created_at: 1_000,
         };
         assert_eq!(keys.get("old").expect("keys"), Some(old));
+        let long = "c".repeat(MAX_CORRELATION_KEY + 1);
+        assert_eq!(keys.event_of("c1").expect("keys").as_deref(), Some("e1"));
+        assert_eq!(
+            keys.event_of(&long).expect("keys").as_deref(),
+            Some("e-long")
+        );
+        assert_eq!(keys.correlation_generation_count(), 2, "a hashed one began");
         keys.write(
             [("new", "e2", 2_000)].into_iter(),
             std::iter::empty(),
@@ -670,8 +705,25 @@ mod tests {
         };
         assert!(newest.get("new").expect("keys").is_none());
         assert!(newest.get(keys.hash("new")).expect("keys").is_some());
+        let ulid = "01HZZZZZZZZZZZZZZZZZZZZZZZ";
+        keys.write(std::iter::empty(), [("c1", ulid)].into_iter(), 2, 2_000)
+            .expect("keys");
+        assert_eq!(keys.event_of("c1").expect("keys").as_deref(), Some(ulid));
+        let newest_corr = {
+            let generations = keys.correlations.generations.read();
+            generations.last().expect("a generation").part.clone()
+        };
+        assert!(newest_corr.get("c1").expect("keys").is_none());
+        assert_eq!(
+            newest_corr
+                .get(keys.hash("c1"))
+                .expect("keys")
+                .map(|v| v.len()),
+            Some(17),
+            "a ULID in 16 bytes and its tag"
+        );
         keys.persist(crate::config::SyncMode::Full).expect("keys");
-        drop((keys, newest));
+        drop((keys, newest, newest_corr));
         // The secret stays with the store: reopened, the key is found, and the newest
         // generation (hashed) goes on taking writes.
         let keys = Keys::open(&path, 240_000, 240_000, 3_000).expect("keys");
@@ -686,9 +738,22 @@ mod tests {
         )
         .expect("keys");
         assert_eq!(keys.get("old").expect("keys"), Some(entry("e3", 3_000)));
-        assert_eq!(keys.expire(2_001, i64::MIN, 242_001).expect("keys"), 1);
+        assert_eq!(keys.event_of("c1").expect("keys").as_deref(), Some(ulid));
+        assert_eq!(
+            keys.event_of(&long).expect("keys").as_deref(),
+            Some("e-long")
+        );
+        assert_eq!(keys.expire(2_001, 2_001, 242_001).expect("keys"), 1);
         assert!(keys.keys.generations.read().iter().all(|g| g.hashed));
+        assert!(keys
+            .correlations
+            .generations
+            .read()
+            .iter()
+            .all(|g| g.hashed));
         assert_eq!(keys.get("old").expect("keys"), Some(entry("e3", 3_000)));
+        assert_eq!(keys.event_of("c1").expect("keys").as_deref(), Some(ulid));
+        assert_eq!(keys.event_of(&long).expect("keys"), None);
     }
 
     #[test]
