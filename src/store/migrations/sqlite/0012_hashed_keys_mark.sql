@@ -1,0 +1,6 @@
+-- cognihook embedded store, schema 12.
+-- Nothing in the database changes. The number marks that the key store beside it
+-- (`cognihook.keys/`) holds idempotency keys and correlation ids by a keyed hash, in
+-- generations that builds of schema 11 made before 2026-12-04 do not read: such a build
+-- would open the store and take a repeated request inside the window for a new event.
+-- With schema 12 every older build refuses the store ("use the version that wrote it").
