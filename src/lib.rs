@@ -75,12 +75,14 @@
 //!   (`store::sqlite::fresh`, bounded per sink); the *projector*, which holds the only database write connection and
 //!   applies log records and the delivery path's jobs in large transactions (the sessions
 //!   table written behind, each changed session once a second: `project::Behind`; the idempotency
-//!   keys go to an LSM tree beside the database, `store::sqlite::keys`, whose `fjall` keyspace
-//!   runs one flush and one compaction thread of its own; a new key is usually known to be new
-//!   from `keys::filter`, without a look-up in the tree); and the *checkpointer*, which
+//!   keys go to sorted runs beside the database, `store::sqlite::keys::runs`, written by the
+//!   projector and merged by a thread of their own, `cognihook-keys-merge`; a store from
+//!   before schema 13 also has an LSM tree there, read until its generations expire, whose
+//!   `fjall` keyspace runs one flush and one compaction thread; a new key is usually known to
+//!   be new from `keys::filter`, without a look-up in the runs); and the *checkpointer*, which
 //!   copies the WAL into the database file, flushes the keys, removes log segments both
 //!   have made durable (or keeps one as the log's next segment) and zero-fills a spare
-//!   segment when none is coming (`store::sqlite::log::Spare`). The checkpointer and the keyspace's threads run at
+//!   segment when none is coming (`store::sqlite::log::Spare`). The checkpointer, the merge thread and the keyspace's threads run at
 //!   `store.background_nice` (`priority`); the sequencer and the projector do not. The sequencer
 //!   and the async workers ask for short time slices (`priority::shorten_slice`); the threads
 //!   they start do not inherit them.

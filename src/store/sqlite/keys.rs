@@ -1,9 +1,13 @@
-//! The idempotency keys of the embedded store, in an LSM tree (`fjall`) beside the database.
+//! The idempotency keys of the embedded store, in sorted runs beside the database (`runs`;
+//! before schema 13 in an LSM tree, `fjall`, whose generations are read until they expire).
 //!
 //! Keys are random (a Cognigy message id, a hash of the body), so in a B-tree every new key
 //! lands on a random leaf and each event writes a page of its own; as the window fills, that
 //! page write is most of an event's cost (measured: bench/README.md, eleventh and twelfth
-//! sessions). An LSM tree writes keys in sorted runs instead, so a key costs its own bytes.
+//! sessions). Sorted runs, merged in the background, make a key cost its own bytes; a
+//! structure made for these entries (fixed-size hashes written in sorted batches and dropped
+//! by generation) does without the tree's skip lists, journal and leveled merges
+//! (bench/README.md, thirty-sixth session).
 //!
 //! What is kept per key: the event it made and when (Unix ms), 25 bytes, under a 16-byte
 //! keyed hash of the key (SipHash-2-4, 128 bits, with a random secret made with the key store
@@ -28,7 +32,8 @@
 //!
 //! # Expiry
 //! Keys (and correlation entries) are only ever inserted, and expire by age. They go to the newest of a few
-//! *generations* (one partition each, named by the time it was started); a new generation is
+//! *generations* (a set of runs each, or a partition of the tree, named by the time it was
+//! started); a new generation is
 //! started when the newest is a quarter of the idempotency window old (one minute at least),
 //! and a generation is dropped whole once the next one started before the window's cutoff:
 //! every key in it was written before its successor began, so none is live. No tombstones, no
@@ -38,15 +43,17 @@
 //! ingest rate, not by the events ever ingested.
 //!
 //! # Recovery
-//! The keys are a second projection of the log (see the parent module): each write carries,
-//! in the same atomic batch, the last log record it applied (`meta/applied`). Batches reach
-//! the operating system as they are written (a crash of the process loses none) but are
-//! flushed to disk only by [`Keys::persist`], which the checkpointer calls before it removes
-//! log segments. So after a power cut the keys may be behind the database, never ahead of
-//! the log they came from; opening the store applies the log from the lower of the two
-//! positions, to each projection what it lacks (inserting a key again is harmless).
+//! The keys are a second projection of the log (see the parent module): each write records
+//! the last log record it applied, and [`Keys::persist`], which the checkpointer calls before
+//! it removes log segments, makes every write so far durable together with that position (the
+//! runs' manifest; `meta/applied` in the tree before schema 13). What was written after the
+//! last persist is lost with the process (a crash or a power cut), and its log records are
+//! still there. So the keys may be behind the database, never ahead of the log they came
+//! from; opening the store applies the log from the lower of the two positions, to each
+//! projection what it lacks (writing a key again is harmless: see `runs`).
 
 mod filter;
+mod runs;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -55,8 +62,7 @@ use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 use parking_lot::RwLock;
 
 /// An event id as a hashed generation keeps it: a tag, then a ULID's 16 bytes or the text.
-fn encode_id(event_id: &str) -> Vec<u8> {
-    let mut v = Vec::with_capacity(17);
+fn encode_id_into(event_id: &str, v: &mut Vec<u8>) {
     let mut text = [0u8; ulid::ULID_LEN];
     match ulid::Ulid::from_string(event_id) {
         // Only when the text comes back the same (Crockford's letters read in any case).
@@ -69,7 +75,6 @@ fn encode_id(event_id: &str) -> Vec<u8> {
             v.extend_from_slice(event_id.as_bytes());
         }
     }
-    v
 }
 
 fn decode_id(v: &[u8]) -> Option<String> {
@@ -96,10 +101,16 @@ const ULID_ID: u8 = 0;
 const TEXT_ID: u8 = 1;
 
 impl KeyEntry {
-    /// A hashed generation's entry: the time, then the event id (`encode_id`).
+    /// A hashed generation's entry: the time, then the event id (`encode_id_into`).
+    fn encode_into(event_id: &str, created_at: i64, v: &mut Vec<u8>) {
+        v.extend_from_slice(&created_at.to_le_bytes());
+        encode_id_into(event_id, v);
+    }
+
+    #[cfg(test)]
     fn encode(event_id: &str, created_at: i64) -> Vec<u8> {
-        let mut v = created_at.to_le_bytes().to_vec();
-        v.extend_from_slice(&encode_id(event_id));
+        let mut v = Vec::new();
+        KeyEntry::encode_into(event_id, created_at, &mut v);
         v
     }
 
@@ -128,34 +139,41 @@ impl KeyEntry {
     }
 }
 
-/// One generation: the partition, when it was started (Unix ms), the filter of its keys
-/// when this process started it (`filter`), and whether it holds keys by their hash.
+/// Where a generation's entries are: a partition of the tree (written before schema 13; keys
+/// by hash or, before schema 11, as given), read until it expires; or runs (see `runs`).
+enum Store {
+    Tree { part: PartitionHandle, hashed: bool },
+    Runs(Arc<runs::Shelf>),
+}
+
+/// One generation: where its entries are, when it was started (Unix ms), and the filter of
+/// its keys when this process started it (`filter`).
 struct Generation {
     started: i64,
-    part: PartitionHandle,
+    store: Store,
     filter: Option<Arc<filter::Filter>>,
-    hashed: bool,
 }
 
 /// A family of generations (see the module doc): the idempotency keys, or the correlation
 /// index.
 struct Family {
-    prefix: &'static str,
+    kind: runs::Kind,
     /// Whether the generations this process starts get a filter (the idempotency keys: every
     /// event looks one up; not the correlation index, read by an operator now and then).
     filtered: bool,
     /// How long the newest generation takes writes before a new one is started.
     generation_ms: i64,
-    /// Oldest first; never empty once opened.
+    /// Oldest first; never empty once opened, and the newest is always one of runs.
     generations: RwLock<Vec<Generation>>,
 }
 
 impl Family {
-    /// Opens the generations named with `prefix` (keys held by hash) and with
-    /// `plain_prefix` (written before keys were hashed: keys as given).
+    /// Opens the generations of `kind`: those of runs, and the tree's partitions named with
+    /// `prefix` (keys held by hash) and with `plain_prefix` (keys as given).
     fn open(
         keyspace: &Keyspace,
-        (prefix, plain_prefix): (&'static str, &'static str),
+        runs: &runs::Runs,
+        (kind, prefix, plain_prefix): (runs::Kind, &'static str, &'static str),
         window_ms: i64,
         now: i64,
     ) -> Result<Family, fjall::Error> {
@@ -172,112 +190,129 @@ impl Family {
                 let part = keyspace.open_partition(&name, options(prefix))?;
                 generations.push(Generation {
                     started,
-                    part,
+                    store: Store::Tree { part, hashed },
                     filter: None,
-                    hashed,
                 });
             }
         }
+        for (started, shelf) in runs.shelves(kind) {
+            generations.push(Generation {
+                started,
+                store: Store::Runs(shelf),
+                filter: None,
+            });
+        }
         generations.sort_by_key(|g| g.started);
         let family = Family {
-            prefix,
-            filtered: prefix == PREFIX,
+            kind,
+            filtered: kind == runs::Kind::Keys,
             generation_ms: (window_ms / 4).max(MIN_GENERATION_MS),
             generations: RwLock::new(generations),
         };
-        // Writes go to the newest generation, which must hold keys by hash: after the newest
-        // of the older form (whatever the clock says now), whose keys it then bounds.
-        let newest = family
-            .generations
-            .read()
-            .last()
-            .map(|g| (g.started, g.hashed));
+        // Writes go to the newest generation, which must be one of runs: after the newest
+        // of the tree (whatever the clock says now), whose keys it then bounds.
+        let newest = family.generations.read().last().map(|g| match g.store {
+            Store::Runs(_) => None,
+            Store::Tree { .. } => Some(g.started),
+        });
         match newest {
             None => {
-                family.start(keyspace, now)?;
+                family.start(runs, now);
             }
-            Some((started, false)) => {
-                family.start(keyspace, now.max(started + 1))?;
+            Some(Some(started)) => {
+                family.start(runs, now.max(started + 1));
             }
-            Some((_, true)) => {}
+            Some(None) => {}
         }
         Ok(family)
     }
 
-    /// Opens (making it when missing) the generation started at `started`, in its place;
-    /// returns its partition and filter.
-    fn start(&self, keyspace: &Keyspace, started: i64) -> Result<Writable, fjall::Error> {
-        let part =
-            keyspace.open_partition(&format!("{}{started}", self.prefix), options(self.prefix))?;
+    /// Starts (or finds) the generation of runs started at `started`, in its place; returns
+    /// its shelf and filter.
+    fn start(&self, runs: &runs::Runs, started: i64) -> Writable {
+        let shelf = runs.start(self.kind, started);
         // A filter must have seen every key of its generation: only one begun empty gets one.
-        let filter = if self.filtered && part.is_empty()? {
-            Some(Arc::new(filter::Filter::new()))
-        } else {
-            None
-        };
+        let filter = (self.filtered && shelf.is_empty()).then(|| Arc::new(filter::Filter::new()));
         let mut generations = self.generations.write();
-        if let Some(g) = generations
-            .iter()
-            .find(|g| g.started == started && g.hashed)
-        {
-            return Ok((g.part.clone(), g.filter.clone()));
+        if let Some(g) = generations.iter().find(|g| g.started == started) {
+            if let Store::Runs(s) = &g.store {
+                return (s.clone(), g.filter.clone());
+            }
         }
         let at = generations.partition_point(|g| g.started <= started);
         generations.insert(
             at,
             Generation {
                 started,
-                part: part.clone(),
+                store: Store::Runs(shelf.clone()),
                 filter: filter.clone(),
-                hashed: true,
             },
         );
-        Ok((part, filter))
+        (shelf, filter)
     }
 
-    /// The newest value of a key, `hashed` in the generations that hold keys by hash and
-    /// `plain` in the others (newest generation first; a generation whose filter says the key
-    /// was never written there is not probed); and whether it came from a hashed one.
+    /// The newest value of a key, `hashed` where keys are held by hash and `plain` in the
+    /// tree's oldest generations (newest generation first; a generation whose filter says the
+    /// key was never written there is not probed); and whether it is a hashed entry.
     fn get(
         &self,
         plain: &[u8],
-        hashed: &[u8],
-    ) -> Result<Option<(fjall::Slice, bool)>, fjall::Error> {
+        hashed: &[u8; 16],
+    ) -> Result<Option<(Vec<u8>, bool)>, fjall::Error> {
         for g in self.generations.read().iter().rev() {
-            let key = if g.hashed { hashed } else { plain };
-            if g.filter.as_ref().is_some_and(|f| !f.may_hold(key)) {
+            if g.filter.as_ref().is_some_and(|f| !f.may_hold(hashed)) {
                 continue;
             }
-            if let Some(v) = g.part.get(key)? {
-                return Ok(Some((v, g.hashed)));
+            let found = match &g.store {
+                Store::Runs(shelf) => shelf.get(hashed)?.map(|v| (v, true)),
+                Store::Tree { part, hashed: true } => part.get(hashed)?.map(|v| (v.to_vec(), true)),
+                Store::Tree {
+                    part,
+                    hashed: false,
+                } => part.get(plain)?.map(|v| (v.to_vec(), false)),
+            };
+            if found.is_some() {
+                return Ok(found);
             }
         }
         Ok(None)
     }
 
     /// The generation that takes writes at `now` (a new one is started when it is due).
-    fn newest(&self, keyspace: &Keyspace, now: i64) -> Result<Writable, fjall::Error> {
-        let current = self.generations.read().last().and_then(|g| {
-            (now < g.started.saturating_add(self.generation_ms))
-                .then(|| (g.part.clone(), g.filter.clone()))
+    fn newest(&self, runs: &runs::Runs, now: i64) -> Writable {
+        let current = self.generations.read().last().and_then(|g| match &g.store {
+            Store::Runs(shelf) if now < g.started.saturating_add(self.generation_ms) => {
+                Some((shelf.clone(), g.filter.clone()))
+            }
+            _ => None,
         });
         match current {
-            Some(part) => Ok(part),
-            None => self.start(keyspace, now),
+            Some(w) => w,
+            None => {
+                let newest = self.generations.read().last().map_or(now, |g| g.started);
+                // Never before the newest: a clock set back must not start one behind it.
+                self.start(runs, now.max(newest))
+            }
         }
     }
 
     /// Drops the generations whose every entry was written before `cutoff` (Unix ms); returns
     /// how many. When even the newest began before it, a new one is started first (nothing
     /// may have been written for a while), so that its entries go too.
-    fn expire(&self, keyspace: &Keyspace, cutoff: i64, now: i64) -> Result<usize, fjall::Error> {
+    fn expire(
+        &self,
+        keyspace: &Keyspace,
+        runs: &runs::Runs,
+        cutoff: i64,
+        now: i64,
+    ) -> Result<usize, fjall::Error> {
         let stale = self
             .generations
             .read()
             .last()
             .is_some_and(|g| g.started < cutoff && g.started < now);
         if stale {
-            self.start(keyspace, now)?;
+            self.start(runs, now);
         }
         let mut dropped = 0;
         loop {
@@ -289,16 +324,19 @@ impl Family {
                     _ => break,
                 }
             };
-            keyspace.delete_partition(old.part)?;
+            match old.store {
+                Store::Tree { part, .. } => keyspace.delete_partition(part)?,
+                Store::Runs(shelf) => runs.drop_generation(&shelf),
+            }
             dropped += 1;
         }
         Ok(dropped)
     }
 }
 
-/// A generation's partition and its filter, if it has one (every key written to the
-/// partition is added to the filter first).
-type Writable = (PartitionHandle, Option<Arc<filter::Filter>>);
+/// A generation's shelf of runs and its filter, if it has one (every key written to the
+/// generation is added to the filter first).
+type Writable = (Arc<runs::Shelf>, Option<Arc<filter::Filter>>);
 
 /// The idempotency keys' generations, keys hashed (see the module doc)...
 const PREFIX: &str = "kh_";
@@ -307,7 +345,11 @@ const PLAIN_PREFIX: &str = "keys_";
 /// The same for the correlation index.
 const CORRELATION_PREFIX: &str = "ch_";
 const PLAIN_CORRELATION_PREFIX: &str = "corr_";
+/// The tree's last log record applied, in `meta` (stores before schema 13; the runs'
+/// manifest has it since).
 const APPLIED: &[u8] = b"applied";
+/// The runs' directory, inside the key store's.
+const RUNS_DIR: &str = "runs";
 /// The secret of the keys' hash (16 bytes), in `meta`.
 const HASH_SECRET: &[u8] = b"hash_secret";
 
@@ -335,21 +377,6 @@ const MIN_GENERATION_MS: i64 = 60_000;
 /// indexed by its SHA-256 (a payload's id can be as long as the body; an LSM key cannot).
 const MAX_CORRELATION_KEY: usize = 256;
 
-/// A batch's entries sorted by key, the last of each key only (a later entry wins). A
-/// memtable insert is mostly a walk down a skip list; in key order each walk starts where the
-/// last one left the cache warm (measured: bench/README.md, thirteenth session).
-fn in_key_order<K: AsRef<[u8]>, V>(entries: &mut [(K, V)]) -> impl Iterator<Item = &(K, V)> {
-    // Stable: equal keys keep their order, and the last one is kept.
-    entries.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
-    let mut it = entries.iter().peekable();
-    std::iter::from_fn(move || loop {
-        let e = it.next()?;
-        if it.peek().is_none_or(|n| n.0.as_ref() != e.0.as_ref()) {
-            return Some(e);
-        }
-    })
-}
-
 /// What a generation written before correlation ids were hashed holds `correlation_id` by.
 fn correlation_key(correlation_id: &str) -> std::borrow::Cow<'_, [u8]> {
     use sha2::Digest;
@@ -365,6 +392,9 @@ fn correlation_key(correlation_id: &str) -> std::borrow::Cow<'_, [u8]> {
 pub(super) struct Keys {
     keyspace: Keyspace,
     meta: PartitionHandle,
+    runs: Arc<runs::Runs>,
+    /// Merges runs in the background; stopped and joined when the keys are dropped.
+    merger: Option<std::thread::JoinHandle<()>>,
     keys: Family,
     correlations: Family,
     hasher: siphasher::sip128::SipHasher24,
@@ -379,6 +409,15 @@ impl std::fmt::Debug for Keys {
                 &self.correlations.generations.read().len(),
             )
             .finish()
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        self.runs.stop();
+        if let Some(merger) = self.merger.take() {
+            let _ = merger.join();
+        }
     }
 }
 
@@ -430,16 +469,36 @@ impl Keys {
                 secret
             }
         };
-        let keys = Family::open(&keyspace, (PREFIX, PLAIN_PREFIX), window_ms, now)?;
+        let runs = Arc::new(runs::Runs::open(&dir.join(RUNS_DIR))?);
+        let keys = Family::open(
+            &keyspace,
+            &runs,
+            (runs::Kind::Keys, PREFIX, PLAIN_PREFIX),
+            window_ms,
+            now,
+        )?;
         let correlations = Family::open(
             &keyspace,
-            (CORRELATION_PREFIX, PLAIN_CORRELATION_PREFIX),
+            &runs,
+            (
+                runs::Kind::Correlations,
+                CORRELATION_PREFIX,
+                PLAIN_CORRELATION_PREFIX,
+            ),
             retention_ms,
             now,
         )?;
+        let merger = {
+            let runs = runs.clone();
+            std::thread::Builder::new()
+                .name("cognihook-keys-merge".into())
+                .spawn(move || runs.merge_until_stopped())?
+        };
         Ok(Keys {
             keyspace,
             meta,
+            runs,
+            merger: Some(merger),
             keys,
             correlations,
             hasher: siphasher::sip128::SipHasher24::new_with_key(&secret),
@@ -452,8 +511,12 @@ impl Keys {
     }
 
     /// The last log record whose keys are here; `None` when nothing was ever written (keys
-    /// just made, or their directory deleted).
+    /// just made, or their directory deleted). The runs' manifest says it once one was
+    /// written; before, the tree does (a store from before schema 13).
     pub(super) fn applied(&self) -> Result<Option<u64>, fjall::Error> {
+        if let Some(at) = self.runs.applied() {
+            return Ok(Some(at));
+        }
         Ok(self
             .meta
             .get(APPLIED)?
@@ -477,15 +540,16 @@ impl Keys {
                 .get(&correlation_key(correlation_id), &self.hash(correlation_id))?
             {
                 Some((v, true)) => decode_id(&v),
-                Some((v, false)) => String::from_utf8(v.to_vec()).ok(),
+                Some((v, false)) => String::from_utf8(v).ok(),
                 None => None,
             },
         )
     }
 
     /// Writes the key entries (key, the event it made, when), the correlation index's
-    /// entries (correlation id, event id; a later one wins) and the log position `applied` in
-    /// one batch (the newest generations take them; new ones are started first when due).
+    /// entries (correlation id, event id; a later one wins) and the log position `applied`
+    /// (the newest generations take them; new ones are started first when due). They are
+    /// read from here on; they reach the disk with [`Keys::persist`].
     pub(super) fn write<'a>(
         &self,
         entries: impl Iterator<Item = (&'a str, &'a str, i64)>,
@@ -493,26 +557,34 @@ impl Keys {
         applied: u64,
         now: i64,
     ) -> Result<(), fjall::Error> {
-        let (keys, filter) = self.keys.newest(&self.keyspace, now)?;
-        let (corr, _) = self.correlations.newest(&self.keyspace, now)?;
-        let mut batch = self.keyspace.batch();
-        let mut sorted: Vec<([u8; 16], Vec<u8>)> = entries
-            .map(|(key, event_id, at)| (self.hash(key), KeyEntry::encode(event_id, at)))
-            .collect();
-        for (key, value) in in_key_order(&mut sorted) {
+        let (keys, filter) = self.keys.newest(&self.runs, now);
+        let mut batch = runs::BatchBuilder::default();
+        for (key, event_id, at) in entries {
+            batch.push(self.hash(key), |out| {
+                KeyEntry::encode_into(event_id, at, out)
+            });
+        }
+        if !batch.is_empty() {
+            let batch = batch.finish();
             if let Some(f) = &filter {
-                f.insert(key);
+                for key in batch.keys() {
+                    f.insert(key);
+                }
             }
-            batch.insert(&keys, key.as_slice(), value.as_slice());
+            self.runs.push(&keys, batch)?;
         }
-        let mut sorted: Vec<([u8; 16], Vec<u8>)> = correlations
-            .map(|(correlation_id, event_id)| (self.hash(correlation_id), encode_id(event_id)))
-            .collect();
-        for (key, event_id) in in_key_order(&mut sorted) {
-            batch.insert(&corr, key.as_slice(), event_id.as_slice());
+        let mut batch = runs::BatchBuilder::default();
+        for (correlation_id, event_id) in correlations {
+            batch.push(self.hash(correlation_id), |out| {
+                encode_id_into(event_id, out)
+            });
         }
-        batch.insert(&self.meta, APPLIED, applied.to_le_bytes());
-        batch.commit()
+        if !batch.is_empty() {
+            let (corr, _) = self.correlations.newest(&self.runs, now);
+            self.runs.push(&corr, batch.finish())?;
+        }
+        self.runs.set_applied(applied);
+        Ok(())
     }
 
     /// Indexes events the database held before the index moved here, in their own
@@ -523,12 +595,17 @@ impl Keys {
         started: i64,
         chunk: &[(String, String)],
     ) -> Result<(), fjall::Error> {
-        let (part, _) = self.correlations.start(&self.keyspace, started)?;
-        let mut batch = self.keyspace.batch();
+        let (shelf, _) = self.correlations.start(&self.runs, started);
+        let mut batch = runs::BatchBuilder::default();
         for (correlation_id, event_id) in chunk {
-            batch.insert(&part, self.hash(correlation_id), encode_id(event_id));
+            batch.push(self.hash(correlation_id), |out| {
+                encode_id_into(event_id, out)
+            });
         }
-        batch.commit()
+        if !batch.is_empty() {
+            self.runs.push(&shelf, batch.finish())?;
+        }
+        Ok(())
     }
 
     /// Drops the key generations whose every key was written before `cutoff` (Unix ms), and
@@ -541,17 +618,20 @@ impl Keys {
         now: i64,
     ) -> Result<usize, fjall::Error> {
         self.correlations
-            .expire(&self.keyspace, events_cutoff, now)?;
-        self.keys.expire(&self.keyspace, cutoff, now)
+            .expire(&self.keyspace, &self.runs, events_cutoff, now)?;
+        self.keys.expire(&self.keyspace, &self.runs, cutoff, now)
     }
 
-    /// Flushes every batch written so far to disk (`fdatasync`; only to the operating system
-    /// under `sync = "off"`).
+    /// Makes every entry written so far durable (`fdatasync`; only to the operating system
+    /// under `sync = "off"`), with the position last written.
     pub(super) fn persist(&self, sync: crate::config::SyncMode) -> Result<(), fjall::Error> {
-        self.keyspace.persist(match sync {
-            crate::config::SyncMode::Off => PersistMode::Buffer,
-            _ => PersistMode::SyncData,
-        })
+        Ok(self.runs.persist(sync != crate::config::SyncMode::Off)?)
+    }
+
+    /// Merges runs until none is due, as the merge thread would (for tests).
+    #[cfg(test)]
+    pub(super) fn merge_all(&self) {
+        while self.runs.merge_one().expect("merge") {}
     }
 
     /// Key generations live now (for tests and figures).
@@ -698,25 +778,24 @@ mod tests {
         )
         .expect("keys");
         assert_eq!(keys.get("new").expect("keys"), Some(entry("e2", 2_000)));
-        // Held by its hash, not as given.
-        let newest = {
-            let generations = keys.keys.generations.read();
-            generations.last().expect("a generation").part.clone()
+        // Held by its hash, in runs.
+        let shelf_of = |family: &Family| {
+            let generations = family.generations.read();
+            match &generations.last().expect("a generation").store {
+                Store::Runs(shelf) => shelf.clone(),
+                Store::Tree { .. } => panic!("the newest generation is one of runs"),
+            }
         };
-        assert!(newest.get("new").expect("keys").is_none());
-        assert!(newest.get(keys.hash("new")).expect("keys").is_some());
+        let newest = shelf_of(&keys.keys);
+        assert!(newest.get(&keys.hash("new")).expect("keys").is_some());
         let ulid = "01HZZZZZZZZZZZZZZZZZZZZZZZ";
         keys.write(std::iter::empty(), [("c1", ulid)].into_iter(), 2, 2_000)
             .expect("keys");
         assert_eq!(keys.event_of("c1").expect("keys").as_deref(), Some(ulid));
-        let newest_corr = {
-            let generations = keys.correlations.generations.read();
-            generations.last().expect("a generation").part.clone()
-        };
-        assert!(newest_corr.get("c1").expect("keys").is_none());
+        let newest_corr = shelf_of(&keys.correlations);
         assert_eq!(
             newest_corr
-                .get(keys.hash("c1"))
+                .get(&keys.hash("c1"))
                 .expect("keys")
                 .map(|v| v.len()),
             Some(17),
@@ -744,13 +823,9 @@ mod tests {
             Some("e-long")
         );
         assert_eq!(keys.expire(2_001, 2_001, 242_001).expect("keys"), 1);
-        assert!(keys.keys.generations.read().iter().all(|g| g.hashed));
-        assert!(keys
-            .correlations
-            .generations
-            .read()
-            .iter()
-            .all(|g| g.hashed));
+        let hashed = |g: &Generation| !matches!(g.store, Store::Tree { hashed: false, .. });
+        assert!(keys.keys.generations.read().iter().all(hashed));
+        assert!(keys.correlations.generations.read().iter().all(hashed));
         assert_eq!(keys.get("old").expect("keys"), Some(entry("e3", 3_000)));
         assert_eq!(keys.event_of("c1").expect("keys").as_deref(), Some(ulid));
         assert_eq!(keys.event_of(&long).expect("keys"), None);
@@ -906,25 +981,137 @@ mod tests {
     }
 
     #[test]
-    fn entries_are_found_once_flushed_to_files_with_and_without_bloom_filters() {
+    fn entries_are_found_in_runs_after_merges_and_a_reopen_with_and_without_bloom_filters() {
         let dir = tempfile::tempdir().expect("keys");
-        let keys = Keys::open(dir.path(), 60_000, 240_000, 1_000).expect("keys");
+        let rounds = (runs::PENDING_MAX * runs::FANOUT) as u64;
+        {
+            let keys = Keys::open(dir.path(), 60_000, 240_000, 1_000).expect("keys");
+            for round in 0..rounds {
+                let (k, c, e) = (format!("k{round}"), format!("c{round}"), ulid(round));
+                keys.write(
+                    [(k.as_str(), e.as_str(), 1_000)].into_iter(),
+                    [(c.as_str(), e.as_str())].into_iter(),
+                    round,
+                    1_000,
+                )
+                .expect("keys");
+            }
+            keys.merge_all();
+            for family in [&keys.keys, &keys.correlations] {
+                let generations = family.generations.read();
+                let Store::Runs(shelf) = &generations[0].store else {
+                    panic!("a generation of runs");
+                };
+                assert_eq!(shelf.tiers(), vec![1], "{rounds} rounds, one merged run");
+            }
+            keys.persist(crate::config::SyncMode::Full).expect("keys");
+        }
+        let keys = Keys::open(dir.path(), 60_000, 240_000, 2_000).expect("keys");
+        assert_eq!(keys.applied().expect("keys"), Some(rounds - 1));
+        assert_eq!(
+            keys.filtered_generations(),
+            vec![false],
+            "found at start: no filter"
+        );
+        for round in 0..rounds {
+            assert_eq!(
+                keys.get(&format!("k{round}")).expect("keys"),
+                Some(entry(&ulid(round), 1_000))
+            );
+            assert_eq!(
+                keys.event_of(&format!("c{round}")).expect("keys"),
+                Some(ulid(round))
+            );
+        }
+        assert_eq!(keys.get("k-none").expect("keys"), None);
+        assert_eq!(keys.event_of("c-none").expect("keys"), None);
+    }
+
+    /// A ULID made from `n`, as the gateway's event ids are.
+    fn ulid(n: u64) -> String {
+        ulid::Ulid::from_parts(1_000 + n, u128::from(n)).to_string()
+    }
+
+    #[test]
+    fn generations_of_the_tree_are_read_until_they_expire_and_writes_go_to_runs() {
+        let dir = tempfile::tempdir().expect("keys");
+        let path = dir.path().join("keys");
+        let secret;
+        {
+            let keys = Keys::open(&path, 60_000, 240_000, 0).expect("keys");
+            secret = keys.hasher;
+        }
+        // What a build of schema 11 or 12 left: hashed generations in the tree, its position.
+        {
+            let keyspace = fjall::Config::new(&path).open().expect("keys");
+            let part = keyspace
+                .open_partition("kh_1000", options(PREFIX))
+                .expect("keys");
+            let key = secret.hash(b"old-key").as_bytes();
+            part.insert(key, KeyEntry::encode(&ulid(1), 1_000))
+                .expect("keys");
+            let corr = keyspace
+                .open_partition("ch_1000", options(CORRELATION_PREFIX))
+                .expect("keys");
+            let mut id = Vec::new();
+            encode_id_into(&ulid(1), &mut id);
+            corr.insert(secret.hash(b"old-corr").as_bytes(), id)
+                .expect("keys");
+            let meta = keyspace
+                .open_partition("meta", PartitionCreateOptions::default())
+                .expect("keys");
+            meta.insert(APPLIED, 41u64.to_le_bytes()).expect("keys");
+            keyspace.persist(PersistMode::SyncAll).expect("keys");
+        }
+        // Run generations left by the first open were never named by a manifest: gone.
+        let keys = Keys::open(&path, 60_000, 240_000, 2_000).expect("keys");
+        assert_eq!(
+            keys.applied().expect("keys"),
+            Some(41),
+            "the tree's position"
+        );
+        assert_eq!(
+            keys.get("old-key").expect("keys"),
+            Some(entry(&ulid(1), 1_000))
+        );
+        assert_eq!(keys.event_of("old-corr").expect("keys"), Some(ulid(1)));
+        // The correlation id moves on to a newer event, in runs: the newer wins.
         keys.write(
-            [("k1", "e1", 1_000)].into_iter(),
-            [("c1", "e1")].into_iter(),
-            1,
-            1_000,
+            [("new-key", ulid(2).as_str(), 2_000)].into_iter(),
+            [("old-corr", ulid(2).as_str())].into_iter(),
+            42,
+            2_000,
         )
         .expect("keys");
-        for family in [&keys.keys, &keys.correlations] {
-            for g in family.generations.read().iter() {
-                g.part.rotate_memtable_and_wait().expect("flush");
-                assert_eq!(g.part.segment_count(), 1);
-            }
-        }
-        assert_eq!(keys.get("k1").expect("keys"), Some(entry("e1", 1_000)));
-        assert_eq!(keys.get("k2").expect("keys"), None);
-        assert_eq!(keys.event_of("c1").expect("keys").as_deref(), Some("e1"));
-        assert_eq!(keys.event_of("c2").expect("keys"), None);
+        assert_eq!(keys.applied().expect("keys"), Some(42));
+        assert_eq!(keys.event_of("old-corr").expect("keys"), Some(ulid(2)));
+        assert_eq!(
+            keys.get("new-key").expect("keys"),
+            Some(entry(&ulid(2), 2_000))
+        );
+        assert_eq!(keys.generation_count(), 2, "the tree's and one of runs");
+        keys.persist(crate::config::SyncMode::Full).expect("keys");
+        drop(keys);
+        let keys = Keys::open(&path, 60_000, 240_000, 3_000).expect("keys");
+        assert_eq!(
+            keys.applied().expect("keys"),
+            Some(42),
+            "the manifest's position"
+        );
+        assert_eq!(
+            keys.get("old-key").expect("keys"),
+            Some(entry(&ulid(1), 1_000))
+        );
+        // The tree's generation goes once its successor began before the cutoff.
+        assert_eq!(keys.expire(2_001, 0, 3_000).expect("keys"), 1);
+        assert_eq!(keys.get("old-key").expect("keys"), None);
+        assert_eq!(
+            keys.get("new-key").expect("keys"),
+            Some(entry(&ulid(2), 2_000))
+        );
+        assert!(
+            !keys.keyspace.partition_exists("kh_1000"),
+            "the tree's partition is deleted"
+        );
     }
 }

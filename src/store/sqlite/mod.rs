@@ -96,6 +96,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0010_sessions_position.sql"),
     include_str!("../migrations/sqlite/0011_lean_outbox.sql"),
     include_str!("../migrations/sqlite/0012_hashed_keys_mark.sql"),
+    include_str!("../migrations/sqlite/0013_key_runs_mark.sql"),
 ];
 
 /// Sends `msg` to the sequencer, waiting for room when its queue is full (answers and

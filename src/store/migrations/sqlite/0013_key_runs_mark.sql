@@ -1,0 +1,6 @@
+-- cognihook embedded store, schema 13.
+-- Nothing in the database changes. The number marks that the key store beside it
+-- (`cognihook.keys/`) takes new idempotency keys and correlation entries in sorted runs
+-- (`cognihook.keys/runs/`), which builds of schema 12 do not read: such a build would open
+-- the store and take a repeated request inside the window for a new event. With schema 13
+-- every older build refuses the store ("use the version that wrote it").
