@@ -241,7 +241,11 @@ impl std::fmt::Debug for Run {
 fn corrupt(path: &Path, what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("key store run {} is damaged: {what}", path.display()),
+        format!(
+            "key store run {} is damaged: {what} (deleting the key store's directory lets \
+             the store open, and forgets its idempotency keys and correlation index)",
+            path.display()
+        ),
     )
 }
 
@@ -652,6 +656,9 @@ pub(super) struct Runs {
     persisting: Mutex<()>,
     /// Wakes the merge thread; true when it should stop.
     wake: (Mutex<bool>, Condvar),
+    /// Something the last manifest does not say has happened (a write, a merge, a
+    /// generation started or dropped): the next `persist` writes one.
+    changed: AtomicBool,
 }
 
 impl std::fmt::Debug for Runs {
@@ -795,6 +802,7 @@ impl Runs {
             flushing: Mutex::new(()),
             persisting: Mutex::new(()),
             wake: (Mutex::new(false), Condvar::new()),
+            changed: AtomicBool::new(true),
         })
     }
 
@@ -805,7 +813,11 @@ impl Runs {
     }
 
     pub(super) fn set_applied(&self, applied: u64) {
-        *self.applied.lock() = Some(applied);
+        let mut at = self.applied.lock();
+        if *at != Some(applied) {
+            *at = Some(applied);
+            self.changed.store(true, Ordering::SeqCst);
+        }
     }
 
     /// The live generations of `kind`, oldest first.
@@ -836,6 +848,7 @@ impl Runs {
             state: RwLock::new(ShelfState::default()),
         });
         shelves.push(s.clone());
+        self.changed.store(true, Ordering::SeqCst);
         s
     }
 
@@ -846,6 +859,7 @@ impl Runs {
         let mut state = shelf.state.write();
         state.pending.clear();
         self.retired.lock().append(&mut state.runs);
+        self.changed.store(true, Ordering::SeqCst);
     }
 
     /// Adds a round's batch to `shelf`; writes the pending batches to a run when there are
@@ -854,6 +868,7 @@ impl Runs {
         let due = {
             let mut s = shelf.state.write();
             s.pending.push(Arc::new(batch));
+            self.changed.store(true, Ordering::SeqCst);
             s.pending.len() >= PENDING_MAX
         };
         if due {
@@ -909,14 +924,39 @@ impl Runs {
     /// `sync = off`, nothing is flushed to disk.
     pub(super) fn persist(&self, sync: bool) -> io::Result<()> {
         let _one = self.persisting.lock();
+        if !self.changed.swap(false, Ordering::SeqCst) {
+            // An idle store writes nothing.
+            return Ok(());
+        }
         // Read first: every batch up to it was pushed before it was set.
         let applied = self.applied();
+        // Retired before the snapshot below, so it names none of them.
+        let retired = std::mem::take(&mut *self.retired.lock());
+        match self.write_manifest(applied, sync) {
+            Ok(()) => {
+                for run in retired {
+                    match std::fs::remove_file(&run.path) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.retired.lock().extend(retired);
+                self.changed.store(true, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    /// Flushes the pending batches to runs, the runs to disk, then names them and `applied`
+    /// in a new manifest.
+    fn write_manifest(&self, applied: Option<u64>, sync: bool) -> io::Result<()> {
         let live = self.shelves.read().clone();
         for shelf in &live {
             self.flush(shelf)?;
         }
-        // Retired before the snapshot below, so it names none of them.
-        let retired = std::mem::take(&mut *self.retired.lock());
         let snapshot: Vec<(Kind, i64, Vec<Arc<Run>>)> = self
             .shelves
             .read()
@@ -957,12 +997,6 @@ impl Runs {
         if sync {
             sync_dir(&self.dir)?;
         }
-        for run in retired {
-            match std::fs::remove_file(&run.path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
         Ok(())
     }
 
@@ -1002,6 +1036,7 @@ impl Runs {
                 let replaced: Vec<_> = s.runs.splice(at..at + FANOUT, [run]).collect();
                 debug_assert!(replaced.iter().zip(&inputs).all(|(a, b)| Arc::ptr_eq(a, b)));
                 self.retired.lock().extend(replaced);
+                self.changed.store(true, Ordering::SeqCst);
             }
             // The generation expired meanwhile: the output was never named.
             None => std::fs::remove_file(&run.path)?,
@@ -1206,6 +1241,25 @@ mod tests {
             .filter(|e| e.as_ref().expect("entry").path().extension() == Some("run".as_ref()))
             .count();
         assert_eq!(files, 1, "the unnamed run was deleted");
+    }
+
+    #[test]
+    fn a_persist_with_nothing_new_writes_no_manifest() {
+        let dir = tempfile::tempdir().expect("dir");
+        let runs = Runs::open(dir.path()).expect("open");
+        let shelf = runs.start(Kind::Keys, 1);
+        runs.push(&shelf, batch([(1, value(1, 0))])).expect("push");
+        runs.set_applied(3);
+        runs.persist(true).expect("persist");
+        let manifest = dir.path().join(MANIFEST);
+        // Taken away to see whether the next persist writes one.
+        std::fs::remove_file(&manifest).expect("remove");
+        runs.set_applied(3);
+        runs.persist(true).expect("persist");
+        assert!(!manifest.exists(), "the same position: nothing written");
+        runs.set_applied(4);
+        runs.persist(true).expect("persist");
+        assert!(manifest.exists(), "a new position: a new manifest");
     }
 
     #[test]
