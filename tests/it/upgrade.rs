@@ -29,11 +29,13 @@ fn old_data_dir() -> tempfile::TempDir {
     dir
 }
 
-/// Windows long enough that the fixture's records (made on 2026-11-30) stay live, and a sink
+/// Windows long enough that the fixtures' records (made from 2026-11-30 on) stay live, and a sink
 /// (never reached: its rows stay pending) so that new events write outbox rows.
 fn config(c: &mut cognihook::config::Config) {
     c.store.idempotency_window = Duration::from_secs(3650 * 86_400);
     c.store.session_ttl = Duration::from_secs(3650 * 86_400);
+    // The fixtures' events are not pruned as the years pass either.
+    c.store.retention = Duration::from_secs(3650 * 86_400);
     attach_sink(
         c,
         "later",
@@ -201,6 +203,11 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
 /// a generation of keys as given (`keys_…`) and one of correlation ids as given (`corr_…`), in
 /// the journal only; the journal (32 MiB, sparse, 486 bytes used) is cut to 4 KiB.
 fn hashless_keys_dir() -> tempfile::TempDir {
+    fixture_dir("hashless-keys")
+}
+
+/// A copy of the fixture directory `tests/fixtures/store/NAME`.
+fn fixture_dir(name: &str) -> tempfile::TempDir {
     fn copy(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).expect("fixture dir");
         for entry in std::fs::read_dir(from).expect("fixture") {
@@ -215,10 +222,7 @@ fn hashless_keys_dir() -> tempfile::TempDir {
     }
     let dir = tempfile::tempdir().expect("tmp");
     copy(
-        Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/store/hashless-keys"
-        )),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/store/{name}")),
         dir.path(),
     );
     dir
@@ -274,6 +278,74 @@ async fn keys_of_a_version_before_hashed_keys_still_find_their_first_answers() {
     assert_eq!(j["event"]["stateVersion"], 2, "{j}");
     // Marked with schema 13, so a build from before the keys' runs (or before hashed keys),
     // which would not read them, refuses the store instead of taking repeats for new events.
+    let db = app.db().await;
+    assert_eq!(count(&db, "PRAGMA user_version"), 13);
+}
+
+/// `tests/fixtures/store/hashed-keys/` was made by cognihook of schema 12 (commit ec6d400,
+/// the last before the key store's runs): two events on `/webhook` with `Idempotency-Key:
+/// hx-key-1..2`, correlation ids `hx-1..2`, sessions `hs1` and `hs2`, then a clean stop. Its key
+/// store holds the keys and correlation ids by hash in the LSM tree (`kh_…`, `ch_…`), in the
+/// journal only; the journal (32 MiB, sparse, 483 bytes used) is cut to 4 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_schema_12_is_upgraded_in_place_and_its_tree_keys_still_answer() {
+    let repeat = |n: u32| {
+        let body = flow(&format!("hs{n}"), &format!("hx-{n}-again"));
+        let signature = sign(&body);
+        (body, signature, format!("hx-key-{n}"))
+    };
+    let app = TestApp::spawn_in(fixture_dir("hashed-keys"), config).await;
+    for n in [1, 2] {
+        let (body, signature, key) = repeat(n);
+        let dup = app
+            .post(
+                "/webhook",
+                &body,
+                &[
+                    ("x-cognigy-signature", &signature),
+                    ("idempotency-key", &key),
+                    ("content-type", "application/json"),
+                ],
+            )
+            .await;
+        assert_eq!(dup.status, StatusCode::OK, "{:?}", dup.body);
+        assert_eq!(dup.header("idempotent-replayed"), Some("true"), "{key}");
+        assert_eq!(dup.json()["correlationId"], format!("hx-{n}"));
+        assert_eq!(dup.json()["data"]["stateVersion"], 1);
+    }
+    let j: Value = app.admin_get("/admin/events/hx-2").await.json();
+    assert_eq!(j["event"]["sessionId"], "hs2", "{j}");
+    // New keys and correlation ids go to runs, and are found after a restart too.
+    let new = app.post_signed("/webhook", &flow("hs1", "hx-3")).await;
+    assert_eq!(new.status, StatusCode::OK, "{:?}", new.body);
+    assert_eq!(new.json()["data"]["stateVersion"], 2);
+    let dir = app.stop().await;
+    assert!(
+        dir.path().join("cognihook.keys/runs/MANIFEST").exists(),
+        "the runs' manifest is written"
+    );
+    let app = TestApp::spawn_in(dir, config).await;
+    let dup = app.post_signed("/webhook", &flow("hs1", "hx-3")).await;
+    assert_eq!(dup.header("idempotent-replayed"), Some("true"));
+    assert_eq!(dup.json()["data"]["stateVersion"], 2);
+    let (body, signature, key) = repeat(1);
+    let dup = app
+        .post(
+            "/webhook",
+            &body,
+            &[
+                ("x-cognigy-signature", &signature),
+                ("idempotency-key", &key),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await;
+    assert_eq!(dup.header("idempotent-replayed"), Some("true"), "{key}");
+    assert_eq!(dup.json()["correlationId"], "hx-1");
+    let j: Value = app.admin_get("/admin/events/hx-3").await.json();
+    assert_eq!(j["event"]["stateVersion"], 2, "{j}");
+    let j: Value = app.admin_get("/admin/events/hx-1").await.json();
+    assert_eq!(j["event"]["sessionId"], "hs1", "{j}");
     let db = app.db().await;
     assert_eq!(count(&db, "PRAGMA user_version"), 13);
 }
