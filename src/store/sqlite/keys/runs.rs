@@ -10,7 +10,9 @@
 //! (bench/README.md, thirty-fifth session). Here a round's batch stays in memory as it came
 //! (sorted), up to [`PENDING_MAX`] batches of a generation are merged into one file, a *run*,
 //! and a background thread merges [`FANOUT`] runs of the same *tier* into one of the next,
-//! never across generations; a key is rewritten once per tier.
+//! never across generations; a key is rewritten once per tier, and once more when its
+//! generation stops taking writes and is merged into a single run (so a look-up checks one
+//! Bloom filter per older generation).
 //!
 //! # Files
 //! A run (`<id>.run`, the id in hexadecimal): blocks of entries in key order (the key, the
@@ -71,6 +73,8 @@ const MANIFEST_TMP: &str = "MANIFEST.tmp";
 pub(super) const PENDING_MAX: usize = 16;
 /// Runs of one tier merged into one of the next.
 pub(super) const FANOUT: usize = 4;
+/// The most runs of a generation no longer taking writes merged in one pass.
+const SEALED_MAX: usize = 16;
 /// The Bloom filters' size: about 1 % false positives.
 const BLOOM_BITS_PER_KEY: usize = 10;
 /// Bits set per key, all in one 64-byte block.
@@ -1000,19 +1004,40 @@ impl Runs {
         Ok(())
     }
 
-    /// Merges the first [`FANOUT`] runs of one tier in one generation, the lowest tier
-    /// first; false when no generation has that many.
+    /// Does one merge, if one is due; false when none is. First the first [`FANOUT`] runs of
+    /// one tier in one generation, the lowest tier first; then, in a generation that no
+    /// longer takes writes (a newer one of its family exists) and has nothing pending, its
+    /// newest runs, up to [`SEALED_MAX`] at a time, until it is one run: a look-up that gets
+    /// that far then checks one Bloom filter there, not one per run.
     pub(super) fn merge_one(&self) -> io::Result<bool> {
-        let picked = self.shelves.read().iter().find_map(|shelf| {
-            let s = shelf.state.read();
-            let tiers: Vec<u8> = s.runs.iter().map(|r| r.tier).collect();
-            (0..=u8::MAX).find_map(|tier| {
-                let at = tiers
-                    .windows(FANOUT)
-                    .position(|w| w.iter().all(|t| *t == tier))?;
-                Some((shelf.clone(), s.runs[at..at + FANOUT].to_vec(), tier))
+        let picked = {
+            let shelves = self.shelves.read();
+            let tiered = shelves.iter().find_map(|shelf| {
+                let s = shelf.state.read();
+                let tiers: Vec<u8> = s.runs.iter().map(|r| r.tier).collect();
+                (0..=u8::MAX).find_map(|tier| {
+                    let at = tiers
+                        .windows(FANOUT)
+                        .position(|w| w.iter().all(|t| *t == tier))?;
+                    let inputs = s.runs[at..at + FANOUT].to_vec();
+                    Some((shelf.clone(), inputs, tier.saturating_add(1)))
+                })
+            });
+            tiered.or_else(|| {
+                shelves.iter().find_map(|shelf| {
+                    let sealed = shelves
+                        .iter()
+                        .any(|o| o.kind == shelf.kind && o.started > shelf.started);
+                    let s = shelf.state.read();
+                    if !sealed || !s.pending.is_empty() || s.runs.len() < 2 {
+                        return None;
+                    }
+                    let inputs = s.runs[s.runs.len().saturating_sub(SEALED_MAX)..].to_vec();
+                    let tier = inputs.iter().map(|r| r.tier).max().unwrap_or(0);
+                    Some((shelf.clone(), inputs, tier.saturating_add(1)))
+                })
             })
-        });
+        };
         let Some((shelf, inputs, tier)) = picked else {
             return Ok(false);
         };
@@ -1023,7 +1048,7 @@ impl Runs {
             .iter()
             .map(|r| Source::of_run(r))
             .collect::<io::Result<Vec<_>>>()?;
-        let run = Arc::new(merge_into(w, sources)?.finish(id, tier.saturating_add(1))?);
+        let run = Arc::new(merge_into(w, sources)?.finish(id, tier)?);
         let live = self.shelves.read();
         let mut s = shelf.state.write();
         let at = s
@@ -1033,7 +1058,7 @@ impl Runs {
             .filter(|_| live.iter().any(|l| Arc::ptr_eq(l, &shelf)));
         match at {
             Some(at) => {
-                let replaced: Vec<_> = s.runs.splice(at..at + FANOUT, [run]).collect();
+                let replaced: Vec<_> = s.runs.splice(at..at + inputs.len(), [run]).collect();
                 debug_assert!(replaced.iter().zip(&inputs).all(|(a, b)| Arc::ptr_eq(a, b)));
                 self.retired.lock().extend(replaced);
                 self.changed.store(true, Ordering::SeqCst);
@@ -1202,6 +1227,47 @@ mod tests {
             source.advance().expect("read");
         }
         assert_eq!(count, last * 100 + 300, "each key once");
+    }
+
+    #[test]
+    fn a_generation_that_no_longer_takes_writes_is_merged_into_one_run() {
+        let dir = tempfile::tempdir().expect("dir");
+        let runs = Runs::open(dir.path()).expect("open");
+        let old = runs.start(Kind::Keys, 1);
+        // 3 runs of tier 0, and one pending batch: nothing due while it takes writes.
+        for round in 0..(3 * PENDING_MAX) as u64 {
+            runs.push(&old, batch([(round % 20, value(round, 0))]))
+                .expect("push");
+        }
+        runs.push(&old, batch([(7, value(99, 0))])).expect("push");
+        assert!(
+            !runs.merge_one().expect("merge"),
+            "the newest generation: no merge"
+        );
+        let _new = runs.start(Kind::Keys, 2);
+        assert!(
+            !runs.merge_one().expect("merge"),
+            "not while a batch is pending"
+        );
+        runs.persist(true).expect("persist");
+        assert_eq!(old.tiers(), vec![0, 0, 0, 0]);
+        assert!(runs.merge_one().expect("merge"));
+        assert!(!runs.merge_one().expect("merge"));
+        assert_eq!(old.tiers(), vec![1], "one run");
+        assert_eq!(
+            old.get(&key(7)).expect("read"),
+            Some(value(99, 0)),
+            "the newest wins"
+        );
+        for n in (0..20).filter(|n| *n != 7) {
+            // The last round that wrote n: the largest round below 48 with round % 20 == n.
+            let round = (0..(3 * PENDING_MAX) as u64).filter(|r| r % 20 == n).max();
+            assert_eq!(
+                old.get(&key(n)).expect("read"),
+                round.map(|r| value(r, 0)),
+                "{n}"
+            );
+        }
     }
 
     #[test]
