@@ -8,7 +8,8 @@
 #
 # env: ROUTE (/webhook/cognigy, the seed rules; or /webhook), WARM (3s), DURATION (12s),
 #      GW_ENV (VAR=value … set for the gateways), SINK=1 (/webhook with one http sink, as in
-#      bench/threads.sh: the receiver on CPU 1)
+#      bench/threads.sh: the receiver on CPU 1), STORE_EXTRA (TOML lines added under
+#      [store], e.g. 'idempotency_window = "4m"' for a new key generation every minute)
 # Prints per run: req/s, p99, the gateway's CPU (user + system) per request, CPU 0's busy and
 # iowait shares during the run, and the gateway's peak RSS. A 60 s DURATION is the issue's
 # memory check (peak RSS during a minute at full speed).
@@ -20,7 +21,7 @@ GW_PORT=18080
 ROUTE=${ROUTE:-/webhook/cognigy}
 WARM=${WARM:-3s}
 DURATION=${DURATION:-12s}
-[ $# -gt 0 ] || { sed -n 2,14p "$0" >&2; exit 2; }
+[ $# -gt 0 ] || { sed -n 2,16p "$0" >&2; exit 2; }
 for b in "$@"; do [ -x "$b" ] || { echo "not an executable: $b" >&2; exit 2; }; done
 SKIP_BUILD=1 source bench/common.sh
 SINK_PORT=18091
@@ -37,8 +38,8 @@ printf '%-40s %9s %8s %12s %7s %7s %9s\n' binary req/s "p99 ms" "CPU µs/req" bu
 n=0
 for bin in "$@"; do
   n=$((n + 1))
-  printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\ndata_dir = "%s/data-%s"\nsync = "full"\n[audit]\npath = "%s/audit-%s.jsonl"\n' \
-    "$GW_PORT" "$work" "$n" "$work" "$n" > "$work/c-$n.toml"
+  printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\ndata_dir = "%s/data-%s"\nsync = "full"\n%s\n[audit]\npath = "%s/audit-%s.jsonl"\n' \
+    "$GW_PORT" "$work" "$n" "${STORE_EXTRA:-}" "$work" "$n" > "$work/c-$n.toml"
   [ -z "${SINK:-}" ] || sink_route_toml "$SINK_PORT" >> "$work/c-$n.toml"
   # shellcheck disable=SC2086
   env ${GW_ENV:-} COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 "$bin" \

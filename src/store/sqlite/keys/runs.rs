@@ -559,9 +559,17 @@ impl<'a> Source<'a> {
     }
 }
 
-/// Merges `sources` (oldest first; of equal keys the newest source's entry wins) into one run.
-fn merge_into(mut w: RunWriter, mut sources: Vec<Source<'_>>) -> io::Result<RunWriter> {
-    loop {
+/// Merges `sources` (oldest first; of equal keys the newest source's entry wins) into one run;
+/// `None` when `stop` said so (asked every 65,536 entries).
+fn merge_into(
+    mut w: RunWriter,
+    mut sources: Vec<Source<'_>>,
+    stop: &dyn Fn() -> bool,
+) -> io::Result<Option<RunWriter>> {
+    for n in 0u64.. {
+        if n % 65_536 == 65_535 && stop() {
+            return Ok(None);
+        }
         let mut min: Option<(usize, Key)> = None;
         for (i, s) in sources.iter().enumerate() {
             if let Some((k, _)) = s.peek() {
@@ -572,7 +580,7 @@ fn merge_into(mut w: RunWriter, mut sources: Vec<Source<'_>>) -> io::Result<RunW
             }
         }
         let Some((winner, key)) = min else {
-            return Ok(w);
+            break;
         };
         let (_, value) = sources[winner].peek().expect("peeked");
         w.push(&key, value)?;
@@ -582,6 +590,28 @@ fn merge_into(mut w: RunWriter, mut sources: Vec<Source<'_>>) -> io::Result<RunW
             }
         }
     }
+    Ok(Some(w))
+}
+
+/// Writes the run `id` of `tier` from `sources` (see `merge_into`); a run cut short by an
+/// error or by `stop` is deleted.
+fn write_run<'a>(
+    dir: &Path,
+    (id, tier): (u64, u8),
+    (expected, bloom): (usize, bool),
+    sources: impl FnOnce() -> io::Result<Vec<Source<'a>>>,
+    stop: &dyn Fn() -> bool,
+) -> io::Result<Option<Run>> {
+    let written = RunWriter::create(dir, id, expected, bloom).and_then(|w| {
+        match merge_into(w, sources()?, stop)? {
+            Some(w) => w.finish(id, tier).map(Some),
+            None => Ok(None),
+        }
+    });
+    if !matches!(written, Ok(Some(_))) {
+        let _ = std::fs::remove_file(run_path(dir, id));
+    }
+    written
 }
 
 /// A generation's runs and pending batches.
@@ -894,9 +924,17 @@ impl Runs {
         }
         let id = self.new_id();
         let expected = pending.iter().map(|b| b.len()).sum();
-        let w = RunWriter::create(&self.dir, id, expected, shelf.kind.bloom())?;
-        let sources = pending.iter().map(|b| Source::Batch(b, 0)).collect();
-        let run = Arc::new(merge_into(w, sources)?.finish(id, 0)?);
+        let sources = || Ok(pending.iter().map(|b| Source::Batch(b, 0)).collect());
+        let run = write_run(
+            &self.dir,
+            (id, 0),
+            (expected, shelf.kind.bloom()),
+            sources,
+            &|| false,
+        )?;
+        let Some(run) = run.map(Arc::new) else {
+            return Ok(());
+        };
         let live = self.shelves.read();
         if !live.iter().any(|s| Arc::ptr_eq(s, shelf)) {
             // The generation expired meanwhile; the run was never named.
@@ -1043,12 +1081,19 @@ impl Runs {
         };
         let id = self.new_id();
         let expected = inputs.iter().map(|r| r.entries as usize).sum();
-        let w = RunWriter::create(&self.dir, id, expected, shelf.kind.bloom())?;
-        let sources = inputs
-            .iter()
-            .map(|r| Source::of_run(r))
-            .collect::<io::Result<Vec<_>>>()?;
-        let run = Arc::new(merge_into(w, sources)?.finish(id, tier)?);
+        let sources = || inputs.iter().map(|r| Source::of_run(r)).collect();
+        let stop = || *self.wake.0.lock();
+        let run = write_run(
+            &self.dir,
+            (id, tier),
+            (expected, shelf.kind.bloom()),
+            sources,
+            &stop,
+        )?;
+        let Some(run) = run.map(Arc::new) else {
+            // Told to stop: the merge is done again after the next start.
+            return Ok(false);
+        };
         let live = self.shelves.read();
         let mut s = shelf.state.write();
         let at = s
@@ -1151,8 +1196,9 @@ mod tests {
         for bloom in [true, false] {
             let id = u64::from(bloom);
             let w = RunWriter::create(dir.path(), id, b.len(), bloom).expect("create");
-            let run = merge_into(w, vec![Source::Batch(&b, 0)])
+            let run = merge_into(w, vec![Source::Batch(&b, 0)], &|| false)
                 .expect("write")
+                .expect("not stopped")
                 .finish(id, 0)
                 .expect("finish");
             assert!(run.index.len() > 20, "many blocks: {}", run.index.len());
@@ -1268,6 +1314,27 @@ mod tests {
                 "{n}"
             );
         }
+    }
+
+    #[test]
+    fn a_merge_told_to_stop_leaves_its_inputs_and_no_file_behind() {
+        let dir = tempfile::tempdir().expect("dir");
+        let runs = Runs::open(dir.path()).expect("open");
+        let shelf = runs.start(Kind::Keys, 1);
+        for round in 0..(PENDING_MAX * FANOUT) as u64 {
+            let b = batch((round * 1250..(round + 1) * 1250).map(|n| (n, value(n, 0))));
+            runs.push(&shelf, b).expect("push");
+        }
+        let files = || std::fs::read_dir(dir.path()).expect("list").count();
+        let before = files();
+        runs.stop();
+        assert!(!runs.merge_one().expect("merge"), "stopped: nothing merged");
+        assert_eq!(shelf.tiers(), vec![0; FANOUT]);
+        assert_eq!(files(), before, "the cut-short output was deleted");
+        assert_eq!(
+            shelf.get(&key(70_000)).expect("read"),
+            Some(value(70_000, 0))
+        );
     }
 
     #[test]
