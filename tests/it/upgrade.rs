@@ -228,15 +228,16 @@ fn fixture_dir(name: &str) -> tempfile::TempDir {
     dir
 }
 
-/// A new request that carries the fixture's key `kx-key-N`.
-async fn repeat_of_kx_key(app: &TestApp, n: u32) -> TestResponse {
-    let body = flow(&format!("ks{n}"), &format!("kx-{n}-again"));
+/// A new request that carries a fixture's key `{p}x-key-N` (session `{p}sN`), `p` being `k`
+/// or `h`.
+async fn repeat_of_fixture_key(app: &TestApp, p: &str, n: u32) -> TestResponse {
+    let body = flow(&format!("{p}s{n}"), &format!("{p}x-{n}-again"));
     app.post(
         "/webhook",
         &body,
         &[
             ("x-cognigy-signature", &sign(&body)),
-            ("idempotency-key", &format!("kx-key-{n}")),
+            ("idempotency-key", &format!("{p}x-key-{n}")),
             ("content-type", "application/json"),
         ],
     )
@@ -247,7 +248,7 @@ async fn repeat_of_kx_key(app: &TestApp, n: u32) -> TestResponse {
 async fn keys_of_a_version_before_hashed_keys_still_find_their_first_answers() {
     let app = TestApp::spawn_in(hashless_keys_dir(), config).await;
     for n in [1, 2] {
-        let dup = repeat_of_kx_key(&app, n).await;
+        let dup = repeat_of_fixture_key(&app, "k", n).await;
         assert_eq!(dup.status, StatusCode::OK, "{:?}", dup.body);
         assert_eq!(
             dup.header("idempotent-replayed"),
@@ -271,7 +272,7 @@ async fn keys_of_a_version_before_hashed_keys_still_find_their_first_answers() {
     assert_eq!(dup.header("idempotent-replayed"), Some("true"));
     assert_eq!(dup.json()["correlationId"], "kx-3");
     assert_eq!(dup.json()["data"]["stateVersion"], 2);
-    let dup = repeat_of_kx_key(&app, 2).await;
+    let dup = repeat_of_fixture_key(&app, "k", 2).await;
     assert_eq!(dup.header("idempotent-replayed"), Some("true"));
     assert_eq!(dup.json()["correlationId"], "kx-2");
     let j: Value = app.admin_get("/admin/events/kx-3").await.json();
@@ -289,27 +290,15 @@ async fn keys_of_a_version_before_hashed_keys_still_find_their_first_answers() {
 /// journal only; the journal (32 MiB, sparse, 483 bytes used) is cut to 4 KiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_of_schema_12_is_upgraded_in_place_and_its_tree_keys_still_answer() {
-    let repeat = |n: u32| {
-        let body = flow(&format!("hs{n}"), &format!("hx-{n}-again"));
-        let signature = sign(&body);
-        (body, signature, format!("hx-key-{n}"))
-    };
     let app = TestApp::spawn_in(fixture_dir("hashed-keys"), config).await;
     for n in [1, 2] {
-        let (body, signature, key) = repeat(n);
-        let dup = app
-            .post(
-                "/webhook",
-                &body,
-                &[
-                    ("x-cognigy-signature", &signature),
-                    ("idempotency-key", &key),
-                    ("content-type", "application/json"),
-                ],
-            )
-            .await;
+        let dup = repeat_of_fixture_key(&app, "h", n).await;
         assert_eq!(dup.status, StatusCode::OK, "{:?}", dup.body);
-        assert_eq!(dup.header("idempotent-replayed"), Some("true"), "{key}");
+        assert_eq!(
+            dup.header("idempotent-replayed"),
+            Some("true"),
+            "hx-key-{n}"
+        );
         assert_eq!(dup.json()["correlationId"], format!("hx-{n}"));
         assert_eq!(dup.json()["data"]["stateVersion"], 1);
     }
@@ -328,19 +317,8 @@ async fn a_store_of_schema_12_is_upgraded_in_place_and_its_tree_keys_still_answe
     let dup = app.post_signed("/webhook", &flow("hs1", "hx-3")).await;
     assert_eq!(dup.header("idempotent-replayed"), Some("true"));
     assert_eq!(dup.json()["data"]["stateVersion"], 2);
-    let (body, signature, key) = repeat(1);
-    let dup = app
-        .post(
-            "/webhook",
-            &body,
-            &[
-                ("x-cognigy-signature", &signature),
-                ("idempotency-key", &key),
-                ("content-type", "application/json"),
-            ],
-        )
-        .await;
-    assert_eq!(dup.header("idempotent-replayed"), Some("true"), "{key}");
+    let dup = repeat_of_fixture_key(&app, "h", 1).await;
+    assert_eq!(dup.header("idempotent-replayed"), Some("true"), "hx-key-1");
     assert_eq!(dup.json()["correlationId"], "hx-1");
     let j: Value = app.admin_get("/admin/events/hx-3").await.json();
     assert_eq!(j["event"]["stateVersion"], 2, "{j}");

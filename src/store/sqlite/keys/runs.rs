@@ -110,18 +110,15 @@ pub(super) struct BatchBuilder {
 }
 
 impl BatchBuilder {
-    /// Adds `key`, its value what `value` appends to the buffer it is given.
+    /// Adds `key`, its value what `value` appends to the buffer it is given. A run stores a
+    /// value's length in two bytes: a longer value is cut to 65,535 bytes (the values are
+    /// event ids and times, ~25 bytes).
     pub(super) fn push(&mut self, key: Key, value: impl FnOnce(&mut Vec<u8>)) {
         let start = self.bytes.len();
         value(&mut self.bytes);
-        let end = self.bytes.len();
-        self.items.push((
-            key,
-            start as u32,
-            (end - start).min(u16::MAX as usize) as u32,
-        ));
-        self.bytes
-            .truncate(start + (end - start).min(u16::MAX as usize));
+        self.bytes.truncate(start + usize::from(u16::MAX));
+        let len = self.bytes.len() - start;
+        self.items.push((key, start as u32, len as u32));
     }
 
     pub(super) fn is_empty(&self) -> bool {
