@@ -209,11 +209,15 @@ impl Family {
             generation_ms: (window_ms / 4).max(MIN_GENERATION_MS),
             generations: RwLock::new(generations),
         };
-        // Writes go to the newest generation, which must be one of runs: after the newest
-        // of the tree (whatever the clock says now), whose keys it then bounds.
-        let newest = family.generations.read().last().map(|g| match g.store {
-            Store::Runs(_) => None,
-            Store::Tree { .. } => Some(g.started),
+        // Writes go to a generation of runs begun empty by this process, so that it has a
+        // filter: a new key is then known to be new without probing the runs (up to
+        // `runs::PENDING_MAX` batches and a Bloom filter per run) of the generation that took
+        // writes before the restart, which is merged into one run instead. It starts after the
+        // newest found (whatever the clock says now), whose keys it then bounds; an empty
+        // newest generation of runs just gets a filter.
+        let newest = family.generations.read().last().map(|g| match &g.store {
+            Store::Runs(shelf) if shelf.is_empty() => None,
+            _ => Some(g.started),
         });
         match newest {
             None => {
@@ -222,7 +226,13 @@ impl Family {
             Some(Some(started)) => {
                 family.start(runs, now.max(started + 1));
             }
-            Some(None) => {}
+            Some(None) => {
+                if let Some(g) = family.generations.write().last_mut() {
+                    if family.filtered {
+                        g.filter = Some(Arc::new(filter::Filter::new()));
+                    }
+                }
+            }
         }
         Ok(family)
     }
@@ -803,10 +813,10 @@ mod tests {
         );
         keys.persist(crate::config::SyncMode::Full).expect("keys");
         drop((keys, newest, newest_corr));
-        // The secret stays with the store: reopened, the key is found, and the newest
-        // generation (hashed) goes on taking writes.
+        // The secret stays with the store: reopened, the key is found, and writes go to a
+        // generation begun at the reopen.
         let keys = Keys::open(&path, 240_000, 240_000, 3_000).expect("keys");
-        assert_eq!(keys.generation_count(), 2);
+        assert_eq!(keys.generation_count(), 3);
         assert_eq!(keys.get("new").expect("keys"), Some(entry("e2", 2_000)));
         // A key written again wins over its older entry; the old generation goes by age.
         keys.write(
@@ -829,6 +839,43 @@ mod tests {
         assert_eq!(keys.get("old").expect("keys"), Some(entry("e3", 3_000)));
         assert_eq!(keys.event_of("c1").expect("keys").as_deref(), Some(ulid));
         assert_eq!(keys.event_of(&long).expect("keys"), None);
+    }
+
+    #[test]
+    fn a_reopen_writes_to_a_filtered_generation_and_an_empty_newest_one_just_gets_a_filter() {
+        let dir = tempfile::tempdir().expect("keys");
+        {
+            let keys = Keys::open(dir.path(), 240_000, 240_000, 0).expect("keys");
+            keys.persist(crate::config::SyncMode::Full).expect("keys");
+        }
+        {
+            let keys = Keys::open(dir.path(), 240_000, 240_000, 1_000).expect("keys");
+            assert_eq!(
+                keys.filtered_generations(),
+                [true],
+                "the empty one, filtered"
+            );
+            keys.write(
+                [("a", "e1", 1_000)].into_iter(),
+                std::iter::empty(),
+                1,
+                1_000,
+            )
+            .expect("keys");
+            keys.persist(crate::config::SyncMode::Full).expect("keys");
+        }
+        let keys = Keys::open(dir.path(), 240_000, 240_000, 2_000).expect("keys");
+        assert_eq!(keys.filtered_generations(), [false, true]);
+        assert_eq!(keys.get("a").expect("keys"), Some(entry("e1", 1_000)));
+        keys.write(
+            [("b", "e2", 2_000)].into_iter(),
+            std::iter::empty(),
+            2,
+            2_000,
+        )
+        .expect("keys");
+        assert_eq!(keys.get("b").expect("keys"), Some(entry("e2", 2_000)));
+        assert_eq!(keys.filtered_generations(), [false, true], "no third one");
     }
 
     #[test]
@@ -876,10 +923,10 @@ mod tests {
             assert!(many(2_000).all(|k| keys.get(&k).expect("keys").is_none()));
             keys.persist(crate::config::SyncMode::Full).expect("keys");
         }
-        // Reopened, the generation's filter is gone with the process: it is probed, and a new
-        // generation begun now gets one.
+        // Reopened, the generation's filter is gone with the process: it is probed, and writes
+        // go to a generation begun now, which has one.
         let keys = Keys::open(&path, 240_000, 240_000, 30_000).expect("keys");
-        assert_eq!(keys.filtered_generations(), [false]);
+        assert_eq!(keys.filtered_generations(), [false, true]);
         assert!(many(0).all(|k| keys.get(&k).expect("keys").is_some()));
         keys.write(
             [("new", "new", 60_000)].into_iter(),
@@ -1010,8 +1057,8 @@ mod tests {
         assert_eq!(keys.applied().expect("keys"), Some(rounds - 1));
         assert_eq!(
             keys.filtered_generations(),
-            vec![false],
-            "found at start: no filter"
+            vec![false, true],
+            "found at start: no filter; writes go to a new one, which has one"
         );
         for round in 0..rounds {
             assert_eq!(
