@@ -11,9 +11,10 @@
 #      request per thread, from `perf stat --per-thread`: needs perf), SINK=1 (/webhook with
 #      one http sink, as in bench/sink_ab.sh: the receiver on CPU 1; also prints the rows
 #      delivered per request during the run, so that CPU per request counts the deliveries),
-#      RATE (instead of wrk's saturation, `cognihook simulate` at this many requests a second,
-#      1,000 sessions, on CPU 1: what a request costs below saturation, where every row of a
-#      sink is delivered at once)
+#      WARM (wrk's warm-up on ROUTE before the measured run, 3s; longer fills the store
+#      first, as bench/load.sh's later targets find it), RATE (instead of wrk's saturation,
+#      `cognihook simulate` at this many requests a second, 1,000 sessions, on CPU 1: what a
+#      request costs below saturation, where every row of a sink is delivered at once)
 # A shared host moves every figure by several per cent between runs: compare builds in
 # alternating runs, and several of them.
 set -euo pipefail
@@ -62,7 +63,7 @@ for bin in "$@"; do
   gw=$!
   pids+=("$gw")
   wait_port "$GW_PORT"
-  taskset -c 1 wrk -t1 -c64 -d3s -s "$work/req.lua" "http://127.0.0.1:$GW_PORT$ROUTE" -- warm >/dev/null
+  taskset -c 1 wrk -t1 -c64 -d"${WARM:-3s}" -s "$work/req.lua" "http://127.0.0.1:$GW_PORT$ROUTE" -- warm >/dev/null
   if [ -n "${SINK:-}" ]; then
     # From an empty outbox.
     for _ in $(seq 1 600); do [ "$(stat_of outbox_pending)" = 0 ] && break; sleep 0.1; done

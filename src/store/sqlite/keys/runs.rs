@@ -776,6 +776,53 @@ impl Manifest {
     }
 }
 
+/// Failed merges (a full disk, a failing one) are logged at most once a minute.
+static MERGE_FAILED: crate::telemetry::throttle::Throttle =
+    crate::telemetry::throttle::Throttle::new(std::time::Duration::from_secs(60));
+
+/// How long the merge thread waits before it looks for merges again: a second, woken early
+/// by new runs; after a failed merge, a delay that doubles with each failure in a row up to a
+/// minute, which new runs do not cut short (a failing disk is not retried on every flush).
+#[derive(Debug, Default)]
+struct MergeBackoff {
+    failures: u32,
+}
+
+impl MergeBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+    const MOST: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn failing(&self) -> bool {
+        self.failures > 0
+    }
+
+    /// The delay after one more failure.
+    fn next(&self) -> std::time::Duration {
+        Self::delay(self.failures + 1)
+    }
+
+    fn delay(failures: u32) -> std::time::Duration {
+        match failures {
+            0 => Self::FIRST,
+            n => Self::FIRST
+                .saturating_mul(1 << (n - 1).min(6))
+                .min(Self::MOST),
+        }
+    }
+
+    fn wait(&self) -> std::time::Duration {
+        Self::delay(self.failures)
+    }
+
+    fn failed(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+}
+
 impl Runs {
     /// Opens the runs in `dir` (creating it): the live generations as the last manifest on
     /// disk names them; runs it does not name are deleted.
@@ -1113,27 +1160,41 @@ impl Runs {
 
     /// Runs merges until told to stop (the merge thread's body).
     pub(super) fn merge_until_stopped(&self) {
+        let mut backoff = MergeBackoff::default();
         loop {
             loop {
                 if *self.wake.0.lock() {
                     return;
                 }
                 match self.merge_one() {
-                    Ok(true) => continue,
+                    Ok(true) => backoff.succeeded(),
                     Ok(false) => break,
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot merge idempotency key runs; will retry");
+                        if let Some(left_out) = MERGE_FAILED.check() {
+                            tracing::warn!(
+                                error = %e,
+                                retry_in_s = backoff.next().as_secs(),
+                                failures_not_logged = left_out,
+                                "cannot merge idempotency key runs; will retry"
+                            );
+                        }
+                        backoff.failed();
                         break;
                     }
                 }
             }
+            // After a failure, the wait is not cut short by new runs (only by a stop).
+            let until = std::time::Instant::now() + backoff.wait();
             let mut stop = self.wake.0.lock();
-            if *stop {
-                return;
+            loop {
+                if *stop {
+                    return;
+                }
+                let timed_out = self.wake.1.wait_until(&mut stop, until).timed_out();
+                if timed_out || !backoff.failing() {
+                    break;
+                }
             }
-            self.wake
-                .1
-                .wait_for(&mut stop, std::time::Duration::from_secs(1));
         }
     }
 
@@ -1147,6 +1208,26 @@ impl Runs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_merge_waits_longer_each_time_up_to_a_minute_and_a_success_starts_over() {
+        use std::time::Duration;
+        let mut b = MergeBackoff::default();
+        assert!(!b.failing());
+        assert_eq!(b.wait(), Duration::from_secs(1), "woken early by new runs");
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            let logged = b.next();
+            b.failed();
+            assert_eq!(b.wait(), logged, "the delay the warning names");
+            waits.push(b.wait().as_secs());
+        }
+        assert!(b.failing());
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        b.succeeded();
+        assert!(!b.failing());
+        assert_eq!(b.wait(), Duration::from_secs(1));
+    }
 
     fn key(n: u64) -> Key {
         // Spread like a hash, reproducible.
