@@ -11,7 +11,9 @@
 //!
 //! What is kept per key: the event it made and when (Unix ms), 25 bytes, under a 16-byte
 //! keyed hash of the key (SipHash-2-4, 128 bits, with a random secret made with the key store
-//! and kept in it: no one without the secret can make two keys collide). Keys as given are up
+//! and kept in it, in the file `secret`, on disk before any key is hashed with it; in the
+//! tree's `meta` in a store made before schema 14: no one without the secret can make two
+//! keys collide). Keys as given are up
 //! to ~300 bytes (a route, a header's name and a value, or a body's hex SHA-256), and random
 //! keys make every leveled merge rewrite what is already stored, so an entry's size is what
 //! the compactor pays for, again at every level (bench/README.md, thirty-fourth session). The
@@ -58,7 +60,7 @@ mod runs;
 use std::path::Path;
 use std::sync::Arc;
 
-use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
+use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle};
 use parking_lot::RwLock;
 
 /// An event id as a hashed generation keeps it: a tag, then a ULID's 16 bytes or the text.
@@ -171,14 +173,15 @@ impl Family {
     /// Opens the generations of `kind`: those of runs, and the tree's partitions named with
     /// `prefix` (keys held by hash) and with `plain_prefix` (keys as given).
     fn open(
-        keyspace: &Keyspace,
+        keyspace: Option<&Keyspace>,
         runs: &runs::Runs,
         (kind, prefix, plain_prefix): (runs::Kind, &'static str, &'static str),
         window_ms: i64,
         now: i64,
     ) -> Result<Family, fjall::Error> {
         let mut generations = Vec::new();
-        for name in keyspace.list_partitions() {
+        let names = keyspace.map(|k| k.list_partitions()).unwrap_or_default();
+        for name in names {
             let (started, hashed) = match name.strip_prefix(prefix) {
                 Some(started) => (started, true),
                 None => match name.strip_prefix(plain_prefix) {
@@ -186,7 +189,7 @@ impl Family {
                     None => continue,
                 },
             };
-            if let Ok(started) = started.parse() {
+            if let (Ok(started), Some(keyspace)) = (started.parse(), keyspace) {
                 let part = keyspace.open_partition(&name, options(prefix))?;
                 generations.push(Generation {
                     started,
@@ -311,7 +314,7 @@ impl Family {
     /// may have been written for a while), so that its entries go too.
     fn expire(
         &self,
-        keyspace: &Keyspace,
+        keyspace: Option<&Keyspace>,
         runs: &runs::Runs,
         cutoff: i64,
         now: i64,
@@ -335,7 +338,10 @@ impl Family {
                 }
             };
             match old.store {
-                Store::Tree { part, .. } => keyspace.delete_partition(part)?,
+                Store::Tree { part, .. } => match keyspace {
+                    Some(keyspace) => keyspace.delete_partition(part)?,
+                    None => unreachable!("a tree generation comes from the tree"),
+                },
                 Store::Runs(shelf) => runs.drop_generation(&shelf),
             }
             dropped += 1;
@@ -360,8 +366,14 @@ const PLAIN_CORRELATION_PREFIX: &str = "corr_";
 const APPLIED: &[u8] = b"applied";
 /// The runs' directory, inside the key store's.
 const RUNS_DIR: &str = "runs";
-/// The secret of the keys' hash (16 bytes), in `meta`.
+/// The secret of the keys' hash (16 bytes), in the tree's `meta` (stores made before schema
+/// 14)...
 const HASH_SECRET: &[u8] = b"hash_secret";
+/// ...and in this file of the keys' directory (written for every store since).
+const SECRET_FILE: &str = "secret";
+const SECRET_TMP: &str = "secret.tmp";
+/// The file `fjall` writes first in a directory it makes: a tree is there.
+const TREE_MARK: &str = "version";
 
 /// Memory the keys may hold: memtables (all generations together) and the block cache.
 const WRITE_BUFFER_BYTES: u64 = 8 * 1024 * 1024;
@@ -400,14 +412,20 @@ fn correlation_key(correlation_id: &str) -> std::borrow::Cow<'_, [u8]> {
 }
 
 pub(super) struct Keys {
-    keyspace: Keyspace,
-    meta: PartitionHandle,
+    /// The tree of a store from before schema 14 (`None` for one made since, see `open`).
+    tree: Option<Tree>,
     runs: Arc<runs::Runs>,
     /// Merges runs in the background; stopped and joined when the keys are dropped.
     merger: Option<std::thread::JoinHandle<()>>,
     keys: Family,
     correlations: Family,
     hasher: siphasher::sip128::SipHasher24,
+}
+
+/// The LSM tree of a store made before schema 14, and its `meta` partition.
+struct Tree {
+    keyspace: Keyspace,
+    meta: PartitionHandle,
 }
 
 impl std::fmt::Debug for Keys {
@@ -456,39 +474,56 @@ impl Keys {
                 .mode(0o700)
                 .create(dir)?;
         }
-        let keyspace = fjall::Config::new(dir)
-            .cache_size(CACHE_BYTES)
-            .max_write_buffer_size(WRITE_BUFFER_BYTES)
-            .flush_workers(1)
-            .compaction_workers(1)
-            .open()?;
-        let meta = keyspace.open_partition("meta", PartitionCreateOptions::default())?;
-        let secret: [u8; 16] = match meta.get(HASH_SECRET)? {
-            Some(v) => v[..].try_into().map_err(|_| {
-                std::io::Error::other("the hash secret in the key store is not 16 bytes")
-            })?,
-            None => {
-                use ring::rand::SecureRandom;
-                let mut secret = [0u8; 16];
-                ring::rand::SystemRandom::new()
-                    .fill(&mut secret)
-                    .map_err(|_| std::io::Error::other("no random bytes for the hash secret"))?;
-                meta.insert(HASH_SECRET, secret)?;
-                // On disk before any key hashed with it.
-                keyspace.persist(PersistMode::SyncAll)?;
-                secret
-            }
+        // A store made before schema 14 has a tree: its generations are read until they
+        // expire, and its `meta` holds the hash secret. A store made since has none, and its
+        // secret is only in `SECRET_FILE`: no tree is opened (its journal, flush and
+        // compaction threads and caches would serve nothing).
+        let tree = if dir.join(TREE_MARK).exists() {
+            let keyspace = fjall::Config::new(dir)
+                .cache_size(CACHE_BYTES)
+                .max_write_buffer_size(WRITE_BUFFER_BYTES)
+                .flush_workers(1)
+                .compaction_workers(1)
+                .open()?;
+            let meta = keyspace.open_partition("meta", PartitionCreateOptions::default())?;
+            Some(Tree { keyspace, meta })
+        } else {
+            None
+        };
+        let secret = match &tree {
+            Some(t) => match t.meta.get(HASH_SECRET)? {
+                Some(v) => {
+                    let secret: [u8; 16] = v[..].try_into().map_err(|_| {
+                        std::io::Error::other("the hash secret in the key store is not 16 bytes")
+                    })?;
+                    // Also in the file, so that the tree can go once it is empty.
+                    if read_secret(dir)?.is_none() {
+                        write_secret(dir, &secret)?;
+                    }
+                    secret
+                }
+                // A tree from before keys were hashed: the secret goes to the file only.
+                None => match read_secret(dir)? {
+                    Some(secret) => secret,
+                    None => new_secret(dir)?,
+                },
+            },
+            None => match read_secret(dir)? {
+                Some(secret) => secret,
+                None => new_secret(dir)?,
+            },
         };
         let runs = Arc::new(runs::Runs::open(&dir.join(RUNS_DIR))?);
+        let keyspace = tree.as_ref().map(|t| &t.keyspace);
         let keys = Family::open(
-            &keyspace,
+            keyspace,
             &runs,
             (runs::Kind::Keys, PREFIX, PLAIN_PREFIX),
             window_ms,
             now,
         )?;
         let correlations = Family::open(
-            &keyspace,
+            keyspace,
             &runs,
             (
                 runs::Kind::Correlations,
@@ -505,8 +540,7 @@ impl Keys {
                 .spawn(move || runs.merge_until_stopped())?
         };
         Ok(Keys {
-            keyspace,
-            meta,
+            tree,
             runs,
             merger: Some(merger),
             keys,
@@ -527,7 +561,10 @@ impl Keys {
         if let Some(at) = self.runs.applied() {
             return Ok(Some(at));
         }
-        Ok(self
+        let Some(tree) = &self.tree else {
+            return Ok(None);
+        };
+        Ok(tree
             .meta
             .get(APPLIED)?
             .and_then(|v| Some(u64::from_le_bytes(v[..].try_into().ok()?))))
@@ -627,9 +664,10 @@ impl Keys {
         events_cutoff: i64,
         now: i64,
     ) -> Result<usize, fjall::Error> {
+        let keyspace = self.tree.as_ref().map(|t| &t.keyspace);
         self.correlations
-            .expire(&self.keyspace, &self.runs, events_cutoff, now)?;
-        self.keys.expire(&self.keyspace, &self.runs, cutoff, now)
+            .expire(keyspace, &self.runs, events_cutoff, now)?;
+        self.keys.expire(keyspace, &self.runs, cutoff, now)
     }
 
     /// Makes every entry written so far durable (`fdatasync`; only to the operating system
@@ -688,6 +726,47 @@ fn options(prefix: &str) -> PartitionCreateOptions {
         ))
 }
 
+/// The hash secret in `dir`'s `SECRET_FILE`, if it has one.
+fn read_secret(dir: &Path) -> std::io::Result<Option<[u8; 16]>> {
+    match std::fs::read(dir.join(SECRET_FILE)) {
+        Ok(v) => v[..].try_into().map(Some).map_err(|_| {
+            std::io::Error::other(format!(
+                "{} is not 16 bytes: it is the secret the idempotency keys are hashed with; \
+                 deleting the whole directory makes a new one (and forgets the keys)",
+                dir.join(SECRET_FILE).display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes a new hash secret and writes it to `dir` (see `write_secret`).
+fn new_secret(dir: &Path) -> std::io::Result<[u8; 16]> {
+    use ring::rand::SecureRandom;
+    let mut secret = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut secret)
+        .map_err(|_| std::io::Error::other("no random bytes for the hash secret"))?;
+    write_secret(dir, &secret)?;
+    Ok(secret)
+}
+
+/// Writes `secret` to `dir`'s `SECRET_FILE` for good before any key is hashed with it (a
+/// temporary file, flushed, renamed, the directory flushed), whatever `store.sync` says: a
+/// secret lost in a crash would leave every key written with it unfindable.
+fn write_secret(dir: &Path, secret: &[u8; 16]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(SECRET_TMP);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(secret)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(SECRET_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// The key store's directory beside a database file: `cognihook.db` → `cognihook.keys/`.
 pub(super) fn dir_of(db: &Path) -> std::path::PathBuf {
     db.with_extension("keys")
@@ -696,6 +775,7 @@ pub(super) fn dir_of(db: &Path) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fjall::PersistMode;
 
     fn entry(event: &str, at: i64) -> KeyEntry {
         KeyEntry {
@@ -706,6 +786,18 @@ mod tests {
     }
 
     /// An entry as versions before hashed keys wrote it.
+    /// Writes the key "a" (event e1, at 1,000) with the log position `applied`, and persists.
+    fn write_a_and_persist(keys: &Keys, applied: u64) {
+        keys.write(
+            [("a", "e1", 1_000)].into_iter(),
+            std::iter::empty(),
+            applied,
+            1_000,
+        )
+        .expect("keys");
+        keys.persist(crate::config::SyncMode::Full).expect("keys");
+    }
+
     fn plain_entry(event: &str, correlation: &str, at: i64) -> Vec<u8> {
         let mut v = at.to_le_bytes().to_vec();
         v.push(u8::try_from(event.len()).expect("short"));
@@ -855,14 +947,7 @@ mod tests {
                 [true],
                 "the empty one, filtered"
             );
-            keys.write(
-                [("a", "e1", 1_000)].into_iter(),
-                std::iter::empty(),
-                1,
-                1_000,
-            )
-            .expect("keys");
-            keys.persist(crate::config::SyncMode::Full).expect("keys");
+            write_a_and_persist(&keys, 1);
         }
         let keys = Keys::open(dir.path(), 240_000, 240_000, 2_000).expect("keys");
         assert_eq!(keys.filtered_generations(), [false, true]);
@@ -885,19 +970,43 @@ mod tests {
         {
             let keys = Keys::open(&path, 60_000, 60_000, 1_000).expect("keys");
             assert_eq!(keys.applied().expect("keys"), None);
-            keys.write(
-                [("a", "e1", 1_000)].into_iter(),
-                std::iter::empty(),
-                7,
-                1_000,
-            )
-            .expect("keys");
-            keys.persist(crate::config::SyncMode::Full).expect("keys");
+            write_a_and_persist(&keys, 7);
         }
         let keys = Keys::open(&path, 60_000, 60_000, 2_000).expect("keys");
         assert_eq!(keys.applied().expect("keys"), Some(7));
         assert_eq!(keys.get("a").expect("keys"), Some(entry("e1", 1_000)));
         assert_eq!(keys.get("b").expect("keys"), None);
+    }
+
+    #[test]
+    fn a_new_key_store_has_no_tree_and_its_secret_in_a_file_and_a_damaged_secret_stops_it() {
+        let dir = tempfile::tempdir().expect("keys");
+        let path = dir.path().join("k");
+        let secret = {
+            let keys = Keys::open(&path, 60_000, 60_000, 1_000).expect("keys");
+            assert!(keys.tree.is_none());
+            write_a_and_persist(&keys, 3);
+            std::fs::read(path.join(SECRET_FILE)).expect("secret")
+        };
+        assert_eq!(secret.len(), 16);
+        let mut names: Vec<String> = std::fs::read_dir(&path)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [RUNS_DIR, SECRET_FILE], "no tree's files");
+        // The same secret after a reopen: the key is found by its hash.
+        let keys = Keys::open(&path, 60_000, 60_000, 2_000).expect("keys");
+        assert!(keys.tree.is_none());
+        assert_eq!(keys.get("a").expect("keys"), Some(entry("e1", 1_000)));
+        drop(keys);
+        std::fs::write(path.join(SECRET_FILE), &secret[..15]).expect("secret");
+        let e = Keys::open(&path, 60_000, 60_000, 3_000).expect_err("a short secret");
+        let said = e.to_string();
+        assert!(
+            said.contains("secret") && said.contains("not 16 bytes"),
+            "{said}"
+        );
     }
 
     #[test]
@@ -1108,6 +1217,11 @@ mod tests {
                 .open_partition("meta", PartitionCreateOptions::default())
                 .expect("keys");
             meta.insert(APPLIED, 41u64.to_le_bytes()).expect("keys");
+            // Such a build kept the secret in the tree only.
+            let file = path.join(SECRET_FILE);
+            meta.insert(HASH_SECRET, std::fs::read(&file).expect("secret"))
+                .expect("keys");
+            std::fs::remove_file(&file).expect("secret");
             keyspace.persist(PersistMode::SyncAll).expect("keys");
         }
         // Run generations left by the first open were never named by a manifest: gone.
@@ -1122,6 +1236,12 @@ mod tests {
             Some(entry(&ulid(1), 1_000))
         );
         assert_eq!(keys.event_of("old-corr").expect("keys"), Some(ulid(1)));
+        let in_tree = keys.tree.as_ref().expect("the tree").meta.get(HASH_SECRET);
+        assert_eq!(
+            read_secret(&path).expect("secret").map(Vec::from),
+            in_tree.expect("keys").map(|v| v.to_vec()),
+            "the tree's secret is copied to the file"
+        );
         // The correlation id moves on to a newer event, in runs: the newer wins.
         keys.write(
             [("new-key", ulid(2).as_str(), 2_000)].into_iter(),
@@ -1157,7 +1277,12 @@ mod tests {
             Some(entry(&ulid(2), 2_000))
         );
         assert!(
-            !keys.keyspace.partition_exists("kh_1000"),
+            !keys
+                .tree
+                .as_ref()
+                .expect("the tree")
+                .keyspace
+                .partition_exists("kh_1000"),
             "the tree's partition is deleted"
         );
     }

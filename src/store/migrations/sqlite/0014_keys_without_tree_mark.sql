@@ -1,0 +1,7 @@
+-- cognihook embedded store, schema 14.
+-- Nothing in the database changes. The number marks that the key store beside it
+-- (`cognihook.keys/`) keeps the secret its keys are hashed with in a file of its own
+-- (`cognihook.keys/secret`), and that a store made since has no LSM tree there. A build of
+-- schema 13 would make a tree, find no secret in it, make a new one and no longer find any
+-- key hashed with the old: a repeated request inside the window would be taken for a new
+-- event. With schema 14 every older build refuses the store ("use the version that wrote it").
