@@ -78,8 +78,8 @@
 //!   keys go to sorted runs beside the database, `store::sqlite::keys::runs`, written by the
 //!   projector and merged by a thread of their own, `cognihook-keys-merge`; a store made
 //!   before schema 14 also has an LSM tree there (generations written before schema 13 are
-//!   read until they expire), whose `fjall` keyspace runs one flush and one compaction
-//!   thread; a store made since has none; a new key is usually known to
+//!   read until they expire; an open removes it once it holds none), whose `fjall` keyspace
+//!   runs one flush and one compaction thread; a store made since has none; a new key is usually known to
 //!   be new from `keys::filter`, without a look-up in the runs); and the *checkpointer*, which
 //!   copies the WAL into the database file, flushes the keys, removes log segments both
 //!   have made durable (or keeps one as the log's next segment) and zero-fills a spare

@@ -374,6 +374,10 @@ const SECRET_FILE: &str = "secret";
 const SECRET_TMP: &str = "secret.tmp";
 /// The file `fjall` writes first in a directory it makes: a tree is there.
 const TREE_MARK: &str = "version";
+/// The tree's other files: its journals, and a folder per partition (`meta`, generations).
+const TREE_DIRS: [&str; 2] = ["journals", "partitions"];
+/// A partition `fjall` deleted, whose folder was not removed yet.
+const TREE_DELETED_MARK: &str = ".deleted";
 
 /// Memory the keys may hold: memtables (all generations together) and the block cache.
 const WRITE_BUFFER_BYTES: u64 = 8 * 1024 * 1024;
@@ -474,11 +478,25 @@ impl Keys {
                 .mode(0o700)
                 .create(dir)?;
         }
+        // Opened first: whether its manifest holds the keys' position decides below whether
+        // an empty tree may go.
+        let runs = Arc::new(runs::Runs::open(&dir.join(RUNS_DIR))?);
         // A store made before schema 14 has a tree: its generations are read until they
         // expire, and its `meta` holds the hash secret. A store made since has none, and its
         // secret is only in `SECRET_FILE`: no tree is opened (its journal, flush and
-        // compaction threads and caches would serve nothing).
-        let tree = if dir.join(TREE_MARK).exists() {
+        // compaction threads and caches would serve nothing). A tree that holds no generation
+        // any more goes once its secret is in the file and the runs' manifest has the
+        // position (`retire_tree`).
+        let tree = if !dir.join(TREE_MARK).exists() {
+            remove_tree_files(dir)?;
+            None
+        } else if !tree_has_generations(dir)?
+            && read_secret(dir)?.is_some()
+            && runs.applied().is_some()
+        {
+            retire_tree(dir)?;
+            None
+        } else {
             let keyspace = fjall::Config::new(dir)
                 .cache_size(CACHE_BYTES)
                 .max_write_buffer_size(WRITE_BUFFER_BYTES)
@@ -487,8 +505,6 @@ impl Keys {
                 .open()?;
             let meta = keyspace.open_partition("meta", PartitionCreateOptions::default())?;
             Some(Tree { keyspace, meta })
-        } else {
-            None
         };
         let secret = match &tree {
             Some(t) => match t.meta.get(HASH_SECRET)? {
@@ -513,7 +529,6 @@ impl Keys {
                 None => new_secret(dir)?,
             },
         };
-        let runs = Arc::new(runs::Runs::open(&dir.join(RUNS_DIR))?);
         let keyspace = tree.as_ref().map(|t| &t.keyspace);
         let keys = Family::open(
             keyspace,
@@ -724,6 +739,59 @@ fn options(prefix: &str) -> PartitionCreateOptions {
                 ..Default::default()
             },
         ))
+}
+
+/// Whether the tree in `dir` still has a generation: a partition folder with a generation's
+/// name that `fjall` has not marked deleted (read from the directory, without opening it).
+fn tree_has_generations(dir: &Path) -> std::io::Result<bool> {
+    let folders = match std::fs::read_dir(dir.join(TREE_DIRS[1])) {
+        Ok(folders) => folders,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for folder in folders {
+        let folder = folder?;
+        let name = folder.file_name();
+        let name = name.to_string_lossy();
+        let generation = [
+            PREFIX,
+            PLAIN_PREFIX,
+            CORRELATION_PREFIX,
+            PLAIN_CORRELATION_PREFIX,
+        ]
+        .iter()
+        .any(|p| name.starts_with(p));
+        if generation && !folder.path().join(TREE_DELETED_MARK).exists() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Removes a tree that holds no generation: first its mark, so that a crash midway leaves a
+/// store without a tree (whose leftover files the next open removes), then its files. Only
+/// when its secret is in `SECRET_FILE` and the runs' manifest holds the keys' position,
+/// the two things `meta` held that are still needed.
+fn retire_tree(dir: &Path) -> std::io::Result<()> {
+    std::fs::remove_file(dir.join(TREE_MARK))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    remove_tree_files(dir)?;
+    tracing::info!(
+        dir = %dir.display(),
+        "the idempotency keys' LSM tree (from before schema 13) held no generation any more: removed"
+    );
+    Ok(())
+}
+
+/// Removes what is left of a tree without its mark (a `retire_tree` cut short).
+fn remove_tree_files(dir: &Path) -> std::io::Result<()> {
+    for folder in TREE_DIRS {
+        match std::fs::remove_dir_all(dir.join(folder)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The hash secret in `dir`'s `SECRET_FILE`, if it has one.
@@ -1285,5 +1353,66 @@ mod tests {
                 .partition_exists("kh_1000"),
             "the tree's partition is deleted"
         );
+        // The correlation generation still needs the tree.
+        keys.persist(crate::config::SyncMode::Full).expect("keys");
+        drop(keys);
+        let keys = Keys::open(&path, 60_000, 240_000, 3_000).expect("keys");
+        assert!(keys.tree.is_some(), "a generation of the tree is left");
+        assert_eq!(keys.expire(2_001, 2_001, 3_000).expect("keys"), 0);
+        assert_eq!(keys.event_of("old-corr").expect("keys"), Some(ulid(2)));
+        keys.persist(crate::config::SyncMode::Full).expect("keys");
+        drop(keys);
+        // With none left, the tree goes at the next open; what the runs hold stays.
+        let keys = Keys::open(&path, 60_000, 240_000, 4_000).expect("keys");
+        assert!(keys.tree.is_none(), "the empty tree is not opened");
+        for gone in [TREE_MARK, TREE_DIRS[0], TREE_DIRS[1]] {
+            assert!(!path.join(gone).exists(), "{gone} is removed");
+        }
+        assert_eq!(keys.applied().expect("keys"), Some(42));
+        assert_eq!(
+            keys.get("new-key").expect("keys"),
+            Some(entry(&ulid(2), 2_000))
+        );
+        assert_eq!(keys.event_of("old-corr").expect("keys"), Some(ulid(2)));
+    }
+
+    #[test]
+    fn an_empty_tree_stays_until_its_secret_is_in_the_file_and_leftovers_of_one_are_removed() {
+        let dir = tempfile::tempdir().expect("keys");
+        let path = dir.path().join("keys");
+        let secret;
+        {
+            let keys = Keys::open(&path, 60_000, 60_000, 0).expect("keys");
+            write_a_and_persist(&keys, 5);
+            secret = std::fs::read(path.join(SECRET_FILE)).expect("secret");
+        }
+        // What a build of schema 13 left: a tree with only `meta`, the secret only there.
+        {
+            let keyspace = fjall::Config::new(&path).open().expect("keys");
+            let meta = keyspace
+                .open_partition("meta", PartitionCreateOptions::default())
+                .expect("keys");
+            meta.insert(HASH_SECRET, secret.clone()).expect("keys");
+            keyspace.persist(PersistMode::SyncAll).expect("keys");
+        }
+        std::fs::remove_file(path.join(SECRET_FILE)).expect("secret");
+        let keys = Keys::open(&path, 60_000, 60_000, 1_000).expect("keys");
+        assert!(keys.tree.is_some(), "the secret was only in the tree");
+        assert_eq!(keys.get("a").expect("keys"), Some(entry("e1", 1_000)));
+        drop(keys);
+        assert_eq!(
+            std::fs::read(path.join(SECRET_FILE)).expect("secret"),
+            secret
+        );
+        let keys = Keys::open(&path, 60_000, 60_000, 2_000).expect("keys");
+        assert!(keys.tree.is_none(), "now it goes");
+        assert_eq!(keys.get("a").expect("keys"), Some(entry("e1", 1_000)));
+        drop(keys);
+        // A removal cut short after the mark went: the rest goes at the next open.
+        std::fs::create_dir_all(path.join(TREE_DIRS[1]).join("meta")).expect("leftover");
+        let keys = Keys::open(&path, 60_000, 60_000, 3_000).expect("keys");
+        assert!(keys.tree.is_none());
+        assert!(!path.join(TREE_DIRS[1]).exists(), "leftovers removed");
+        assert_eq!(keys.get("a").expect("keys"), Some(entry("e1", 1_000)));
     }
 }
