@@ -558,32 +558,49 @@ impl<'a> Source<'a> {
 
 /// Merges `sources` (oldest first; of equal keys the newest source's entry wins) into one run;
 /// `None` when `stop` said so (asked every 65,536 entries).
+///
+/// The sources' next keys wait in a min-heap (a key as a big-endian `u128` sorts as its
+/// bytes do; of equal keys the newest source first), so an entry costs a sift of the heap,
+/// not a look at every source: a flush merges 16 batches, a sealed generation up to 16 runs.
 fn merge_into(
     mut w: RunWriter,
     mut sources: Vec<Source<'_>>,
     stop: &dyn Fn() -> bool,
 ) -> io::Result<Option<RunWriter>> {
-    for n in 0u64.. {
+    use std::cmp::Reverse;
+    use std::collections::binary_heap::{BinaryHeap, PeekMut};
+    let head = |s: &Source<'_>, i: usize| {
+        s.peek()
+            .map(|(k, _)| Reverse((u128::from_be_bytes(*k), Reverse(i))))
+    };
+    let mut heap: BinaryHeap<_> = sources
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| head(s, i))
+        .collect();
+    let mut n = 0u64;
+    while let Some(&Reverse((key, Reverse(winner)))) = heap.peek() {
         if n % 65_536 == 65_535 && stop() {
             return Ok(None);
         }
-        let mut min: Option<(usize, Key)> = None;
-        for (i, s) in sources.iter().enumerate() {
-            if let Some((k, _)) = s.peek() {
-                // `<=`: a later (newer) source with the same key takes over.
-                if min.is_none_or(|(_, m)| *k <= m) {
-                    min = Some((i, *k));
-                }
+        n += 1;
+        let (k, value) = sources[winner]
+            .peek()
+            .expect("a source in the heap has an entry");
+        w.push(k, value)?;
+        // The winner and every older source at the same key move past it.
+        while let Some(mut top) = heap.peek_mut() {
+            let Reverse((k, Reverse(i))) = *top;
+            if k != key {
+                break;
             }
-        }
-        let Some((winner, key)) = min else {
-            break;
-        };
-        let (_, value) = sources[winner].peek().expect("peeked");
-        w.push(&key, value)?;
-        for s in &mut sources {
-            if s.peek().is_some_and(|(k, _)| *k == key) {
-                s.advance()?;
+            sources[i].advance()?;
+            match head(&sources[i], i) {
+                // Sifted down when `top` goes.
+                Some(next) => *top = next,
+                None => {
+                    PeekMut::pop(top);
+                }
             }
         }
     }
