@@ -313,6 +313,14 @@ async fn a_store_of_schema_12_is_upgraded_in_place_and_its_tree_keys_still_answe
         dir.path().join("cognihook.keys/runs/MANIFEST").exists(),
         "the runs' manifest is written"
     );
+    // Schema 14: the tree's hash secret is copied to a file; the tree, which still holds
+    // generations, stays.
+    let secret = std::fs::read(dir.path().join("cognihook.keys/secret")).expect("secret");
+    assert_eq!(secret.len(), 16);
+    assert!(
+        dir.path().join("cognihook.keys/version").exists(),
+        "the tree"
+    );
     let app = TestApp::spawn_in(dir, config).await;
     let dup = app.post_signed("/webhook", &flow("hs1", "hx-3")).await;
     assert_eq!(dup.header("idempotent-replayed"), Some("true"));
