@@ -506,28 +506,37 @@ impl Keys {
             let meta = keyspace.open_partition("meta", PartitionCreateOptions::default())?;
             Some(Tree { keyspace, meta })
         };
-        let secret = match &tree {
-            Some(t) => match t.meta.get(HASH_SECRET)? {
-                Some(v) => {
-                    let secret: [u8; 16] = v[..].try_into().map_err(|_| {
-                        std::io::Error::other("the hash secret in the key store is not 16 bytes")
-                    })?;
-                    // Also in the file, so that the tree can go once it is empty.
-                    if read_secret(dir)?.is_none() {
-                        write_secret(dir, &secret)?;
-                    }
-                    secret
+        let in_tree = match &tree {
+            Some(t) => t.meta.get(HASH_SECRET)?,
+            None => None,
+        };
+        let secret = match (in_tree, read_secret(dir)?) {
+            (Some(v), file) => {
+                let secret: [u8; 16] = v[..].try_into().map_err(|_| {
+                    std::io::Error::other("the hash secret in the key store is not 16 bytes")
+                })?;
+                // Also in the file, so that the tree can go once it is empty.
+                if file.is_none() {
+                    write_secret(dir, &secret)?;
                 }
-                // A tree from before keys were hashed: the secret goes to the file only.
-                None => match read_secret(dir)? {
-                    Some(secret) => secret,
-                    None => new_secret(dir)?,
-                },
-            },
-            None => match read_secret(dir)? {
-                Some(secret) => secret,
-                None => new_secret(dir)?,
-            },
+                secret
+            }
+            (None, Some(secret)) => secret,
+            // Runs written with a secret that is gone: a new one would find none of their
+            // keys, and repeated requests inside the window would become new events.
+            (None, None) if runs.applied().is_some() => {
+                return Err(std::io::Error::other(format!(
+                    "{} is missing, but {} holds keys hashed with it: restore the file \
+                     (from the backup the directory was copied with), or delete the whole \
+                     directory {} to forget the idempotency keys and the correlation index",
+                    dir.join(SECRET_FILE).display(),
+                    dir.join(RUNS_DIR).display(),
+                    dir.display()
+                ))
+                .into())
+            }
+            // A new key store, or a tree from before keys were hashed: a new secret.
+            (None, None) => new_secret(dir)?,
         };
         let keyspace = tree.as_ref().map(|t| &t.keyspace);
         let keys = Family::open(
@@ -1075,6 +1084,15 @@ mod tests {
             said.contains("secret") && said.contains("not 16 bytes"),
             "{said}"
         );
+        // Gone while runs hold keys hashed with it: refused, not replaced.
+        std::fs::remove_file(path.join(SECRET_FILE)).expect("secret");
+        let e = Keys::open(&path, 60_000, 60_000, 3_000).expect_err("no secret");
+        let said = e.to_string();
+        assert!(
+            said.contains("secret is missing") && said.contains("delete the whole directory"),
+            "{said}"
+        );
+        assert!(!path.join(SECRET_FILE).exists(), "no new secret was made");
     }
 
     #[test]
