@@ -515,9 +515,21 @@ impl Keys {
                 let secret: [u8; 16] = v[..].try_into().map_err(|_| {
                     std::io::Error::other("the hash secret in the key store is not 16 bytes")
                 })?;
-                // Also in the file, so that the tree can go once it is empty.
-                if file.is_none() {
-                    write_secret(dir, &secret)?;
+                match file {
+                    // Also in the file, so that the tree can go once it is empty.
+                    None => write_secret(dir, &secret)?,
+                    Some(f) if f == secret => {}
+                    // Every key, in the tree and in the runs, was hashed with the tree's: a
+                    // file that differs was put there by hand, and once the tree is retired
+                    // it would find none of the keys.
+                    Some(_) => {
+                        return Err(std::io::Error::other(format!(
+                            "{} differs from the secret in the key store's tree, which every                              idempotency key was hashed with: restore the file from the same                              backup as the rest of {}, or delete the file to have it written                              again from the tree",
+                            dir.join(SECRET_FILE).display(),
+                            dir.display()
+                        ))
+                        .into())
+                    }
                 }
                 secret
             }
@@ -1275,7 +1287,7 @@ mod tests {
     }
 
     #[test]
-    fn generations_of_the_tree_are_read_until_they_expire_and_writes_go_to_runs() {
+    fn tree_generations_are_read_until_they_expire_and_a_foreign_secret_file_stops_the_store() {
         let dir = tempfile::tempdir().expect("keys");
         let path = dir.path().join("keys");
         let secret;
@@ -1345,6 +1357,30 @@ mod tests {
         assert_eq!(keys.generation_count(), 2, "the tree's and one of runs");
         keys.persist(crate::config::SyncMode::Full).expect("keys");
         drop(keys);
+        // A secret file that is not the tree's (put back by hand from another copy) stops
+        // the store; deleted, it is written again from the tree.
+        let file = path.join(SECRET_FILE);
+        let right = std::fs::read(&file).expect("secret");
+        std::fs::write(&file, [7u8; 16]).expect("secret");
+        let e = Keys::open(&path, 60_000, 240_000, 3_000).expect_err("a secret of another");
+        let said = e.to_string();
+        assert!(
+            said.contains("differs from the secret in the key store's tree")
+                && said.contains("delete the file"),
+            "{said}"
+        );
+        assert_eq!(
+            std::fs::read(&file).expect("secret"),
+            [7u8; 16],
+            "left as found"
+        );
+        std::fs::remove_file(&file).expect("secret");
+        drop(Keys::open(&path, 60_000, 240_000, 3_000).expect("keys"));
+        assert_eq!(
+            std::fs::read(&file).expect("secret"),
+            right,
+            "the tree's again"
+        );
         let keys = Keys::open(&path, 60_000, 240_000, 3_000).expect("keys");
         assert_eq!(
             keys.applied().expect("keys"),
