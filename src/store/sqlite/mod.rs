@@ -53,6 +53,7 @@ mod keys;
 mod log;
 mod outbox;
 mod project;
+mod raw;
 mod record;
 mod sequencer;
 
@@ -573,6 +574,7 @@ fn recover(
         pending.clear();
         Ok(())
     };
+    let mut statements = project::Statements::new(conn);
     let mut apply = |lsn: u64, payload: &[u8]| -> Result<(), log::LogError> {
         let r = Record::decode(payload)
             .map_err(|e| log::LogError::record(format!("log record {lsn}"), e))?;
@@ -586,7 +588,7 @@ fn recover(
                     .map_err(|e| log::LogError::record("cannot begin applying the log", e))?;
             }
             let applied = if lsn > db_at {
-                project::apply(conn, &r, keys)
+                project::apply(&mut statements, &r, keys)
             } else {
                 project::apply_sessions(conn, &r)
             };

@@ -578,11 +578,12 @@ fn position(c: &Connection, column: &str) -> rusqlite::Result<u64> {
     Ok(lsn.unwrap_or(0).max(0) as u64)
 }
 
-/// Applies one record. Applying the records in log order from an empty database rebuilds
+/// Applies one record with statements kept for the records that follow (`Statements::new`
+/// on the connection). Applying the records in log order from an empty database rebuilds
 /// what the request path wrote; each is applied once (the projected position moves in the
 /// same transaction).
-pub(super) fn apply(tx: &Connection, r: &Record, keys: &Keys) -> rusqlite::Result<()> {
-    apply_with(&mut Statements::new(tx), r, keys, None)
+pub(super) fn apply(st: &mut Statements<'_>, r: &Record, keys: &Keys) -> rusqlite::Result<()> {
+    apply_with(st, r, keys, None)
 }
 
 /// Applies only what one record does to the sessions table (recovery: a record the database
@@ -609,7 +610,7 @@ pub(super) struct Statements<'c> {
     conn: &'c Connection,
     session: Option<CachedStatement<'c>>,
     session_update: Option<CachedStatement<'c>>,
-    event: Option<CachedStatement<'c>>,
+    event: Option<super::raw::EventInsert<'c>>,
     row: Option<CachedStatement<'c>>,
     held_row: Option<CachedStatement<'c>>,
     delivered_row: Option<CachedStatement<'c>>,
@@ -777,32 +778,13 @@ fn write_session(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<
 /// Writes an event's row, its outbox rows and its spent signature (its session is written by
 /// the caller: at once or behind).
 fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<()> {
-    let version = a.state_version as i64;
     let conn = st.conn;
-    Statements::take(
-        conn,
-        &mut st.event,
-        "INSERT INTO events (event_id, correlation_id, route, session_id, event_type, \
-                             state_version, simulated, received_at, committed_at, body, \
-                             answer, answer_status, outbox_first, outbox_last) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-    )?
-    .execute(params![
-        a.event_id,
-        a.correlation_id,
-        a.route,
-        a.session_id,
-        a.event_type,
-        version,
-        a.simulated,
-        a.received_at,
-        a.at,
-        a.body,
-        &a.answer[..],
-        a.status,
-        a.rows.iter().map(|r| r.id).min(),
-        a.rows.iter().map(|r| r.id).max()
-    ])?;
+    if st.event.is_none() {
+        st.event = Some(super::raw::EventInsert::new(conn)?);
+    }
+    if let Some(insert) = st.event.as_mut() {
+        insert.run(a)?;
+    }
     for row in &a.rows {
         let now = st.now;
         match (&row.held, st.delivered.get_mut(&row.id)) {
