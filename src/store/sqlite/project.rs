@@ -614,6 +614,12 @@ pub(super) struct Statements<'c> {
     row: Option<CachedStatement<'c>>,
     held_row: Option<CachedStatement<'c>>,
     delivered_row: Option<CachedStatement<'c>>,
+    /// Whether each sink delivers in session order (`sink_settings`), as read at its first
+    /// row: bound into each outbox row instead of a subquery per row. Only a job
+    /// (`outbox::configure_sinks`) changes the table, and jobs run after the records, once
+    /// these statements are dropped; recovery, which keeps them across its transactions, runs
+    /// no jobs.
+    ordered: crate::FastMap<String, bool>,
     /// Rows delivered already, written as such (see `Settles`), and the transaction's time.
     delivered: crate::FastMap<i64, DeliveredNow>,
     now: i64,
@@ -629,9 +635,25 @@ impl<'c> Statements<'c> {
             row: None,
             held_row: None,
             delivered_row: None,
+            ordered: crate::FastMap::default(),
             delivered: crate::FastMap::default(),
             now: 0,
         }
+    }
+
+    /// Whether `sink`'s rows are delivered in session order (false for a sink not recorded).
+    fn ordered(&mut self, sink: &str) -> rusqlite::Result<bool> {
+        if let Some(&o) = self.ordered.get(sink) {
+            return Ok(o);
+        }
+        let o = self
+            .conn
+            .prepare_cached("SELECT ordered FROM sink_settings WHERE sink = ?1")?
+            .query_row([sink], |r| r.get::<_, bool>(0))
+            .optional()?
+            .unwrap_or(false);
+        self.ordered.insert(sink.to_string(), o);
+        Ok(o)
     }
 
     /// The statement in `slot`, prepared on its first use.
@@ -787,6 +809,7 @@ fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<(
     }
     for row in &a.rows {
         let now = st.now;
+        let ordered = st.ordered(&row.sink)?;
         match (&row.held, st.delivered.get_mut(&row.id)) {
             // Delivered before it was written: written once, as delivered (its attempt in
             // the row, as `outbox::settle` keeps it; no entry in the due index).
@@ -799,15 +822,21 @@ fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<(
                     "INSERT INTO outbox (id, event_id, sink, route, session_id, attempts, \
                                          next_attempt_at, created_at, delivered_at, \
                                          delivered_ms, delivered_by, status, ordered) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, 'delivered', \
-                             coalesce((SELECT ordered FROM sink_settings WHERE sink = ?3), 0))",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, 'delivered', ?11)",
                 )?;
                 let attempt = d.attempt;
                 insert_row(
                     stmt,
                     row,
                     a,
-                    &[&attempt, &a.at, &now, &duration, &crate::replica_id()],
+                    &[
+                        &attempt,
+                        &a.at,
+                        &now,
+                        &duration,
+                        &crate::replica_id(),
+                        &ordered,
+                    ],
                 )?;
             }
             (None, None) => {
@@ -816,10 +845,9 @@ fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<(
                     &mut st.row,
                     "INSERT INTO outbox (id, event_id, sink, route, session_id, \
                                          next_attempt_at, created_at, status, attempts, ordered) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 'pending', 0, \
-                             coalesce((SELECT ordered FROM sink_settings WHERE sink = ?3), 0))",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 'pending', 0, ?7)",
                 )?;
-                insert_row(stmt, row, a, &[&a.at])?;
+                insert_row(stmt, row, a, &[&a.at, &ordered])?;
             }
             (Some(h), _) => {
                 let stmt = Statements::take(
@@ -828,14 +856,13 @@ fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<(
                     "INSERT INTO outbox (id, event_id, sink, route, session_id, \
                                          next_attempt_at, created_at, lease_until, \
                                          lease_owner, respond_to, status, attempts, ordered) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, 'pending', 0, \
-                             coalesce((SELECT ordered FROM sink_settings WHERE sink = ?3), 0))",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, 'pending', 0, ?10)",
                 )?;
                 insert_row(
                     stmt,
                     row,
                     a,
-                    &[&a.at, &h.lease_until, &h.token, &h.respond_to],
+                    &[&a.at, &h.lease_until, &h.token, &h.respond_to, &ordered],
                 )?;
             }
         }
