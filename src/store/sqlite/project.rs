@@ -21,6 +21,7 @@ use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::keys::Keys;
+use super::raw::{Raw, EVENT_INSERT};
 use super::record::{AcceptRecord, Record, Spend};
 use super::{open_connection, Shared, WriterSettings};
 use crate::store::{Claimed, Settlement, StoreError};
@@ -610,7 +611,7 @@ pub(super) struct Statements<'c> {
     conn: &'c Connection,
     session: Option<CachedStatement<'c>>,
     session_update: Option<CachedStatement<'c>>,
-    event: Option<super::raw::EventInsert<'c>>,
+    event: Option<Raw<'c>>,
     row: Option<CachedStatement<'c>>,
     held_row: Option<CachedStatement<'c>>,
     delivered_row: Option<CachedStatement<'c>>,
@@ -654,6 +655,14 @@ impl<'c> Statements<'c> {
             .unwrap_or(false);
         self.ordered.insert(sink.to_string(), o);
         Ok(o)
+    }
+
+    /// The events row's insert, prepared on its first use (see `raw`).
+    fn event_insert(&mut self) -> rusqlite::Result<&mut Raw<'c>> {
+        if self.event.is_none() {
+            self.event = Some(Raw::new(self.conn, EVENT_INSERT)?);
+        }
+        self.event.as_mut().ok_or(rusqlite::Error::InvalidQuery)
     }
 
     /// The statement in `slot`, prepared on its first use.
@@ -801,12 +810,7 @@ fn write_session(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<
 /// the caller: at once or behind).
 fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<()> {
     let conn = st.conn;
-    if st.event.is_none() {
-        st.event = Some(super::raw::EventInsert::new(conn)?);
-    }
-    if let Some(insert) = st.event.as_mut() {
-        insert.run(a)?;
-    }
+    super::raw::insert_event(st.event_insert()?, a)?;
     for row in &a.rows {
         let now = st.now;
         let ordered = st.ordered(&row.sink)?;

@@ -1,11 +1,13 @@
-//! The events row's `INSERT` through SQLite's C interface, binding the record's strings
+//! The events row's insert through SQLite's C interface, binding the record's strings
 //! without a copy (`SQLITE_STATIC`): rusqlite binds every text and blob as
-//! `SQLITE_TRANSIENT`, so SQLite first copies each value into memory of its own (a
-//! `malloc`, a copy and a `free` per value, eight per row here) before it copies it again
-//! into the row it writes. Measured under callgrind (`bench/callgrind.sh`, 20 s, 16
+//! `SQLITE_TRANSIENT`, so SQLite first copies each value into memory of its own before it
+//! copies it again into the row it writes; for the event's body (a kilobyte or more) that is
+//! a `malloc`, a copy and a `free` per row. Measured under callgrind (`bench/callgrind.sh`, 20 s, 16
 //! connections): the projector's instructions per request 21,381 → 19,746 (−7.6 %), all
 //! 105,135 → 103,499 (−1.6 %) (bench/README.md, thirty-eighth session). The other statements
-//! stay on rusqlite: the outbox rows' values are short, and the rest is rare.
+//! stay on rusqlite: the outbox rows bound this way measured the same as through rusqlite
+//! (projector 35,217 against 35,103 instructions per request with one sink; SQLite keeps a
+//! short value's copy in a buffer it reuses), and the rest is rare.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_int};
@@ -16,35 +18,53 @@ use rusqlite::Connection;
 
 use super::record::AcceptRecord;
 
-const SQL: &str = "INSERT INTO events (event_id, correlation_id, route, session_id, event_type, \
-                   state_version, simulated, received_at, committed_at, body, answer, \
-                   answer_status, outbox_first, outbox_last) \
-                   VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+/// A value to bind, borrowed for the one `Raw::execute` call that binds it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Value<'a> {
+    Text(&'a str),
+    Blob(&'a [u8]),
+    Int(i64),
+    Null,
+}
 
-/// A prepared events `INSERT` on one connection, finalized when dropped. It must not outlive
-/// the connection, which its lifetime ties it to.
-pub(super) struct EventInsert<'c> {
+impl From<Option<i64>> for Value<'_> {
+    fn from(v: Option<i64>) -> Self {
+        v.map_or(Value::Null, Value::Int)
+    }
+}
+
+/// A prepared statement on one connection, finalized when dropped; its lifetime ties it to
+/// the connection. Only `execute` binds, and it resets the statement and clears the bindings
+/// before it returns, so SQLite never holds a pointer into a value past the call that lent
+/// it.
+pub(super) struct Raw<'c> {
     stmt: *mut ffi::sqlite3_stmt,
     db: *mut ffi::sqlite3,
     _conn: std::marker::PhantomData<&'c Connection>,
 }
 
-impl<'c> EventInsert<'c> {
-    pub(super) fn new(conn: &'c Connection) -> rusqlite::Result<EventInsert<'c>> {
+impl<'c> Raw<'c> {
+    pub(super) fn new(conn: &'c Connection, sql: &str) -> rusqlite::Result<Raw<'c>> {
+        let len = c_int::try_from(sql.len()).map_err(|_| too_big())?;
         // SAFETY: the handle is the connection's own, used on this thread while `conn` is
-        // borrowed; the statement is finalized in `drop`, before the borrow ends.
+        // borrowed (a `Raw` holds raw pointers, so it is neither `Send` nor `Sync`); the
+        // statement is finalized in `drop`, before the borrow ends.
         unsafe {
             let db = conn.handle();
             let mut stmt = ptr::null_mut();
             let rc = ffi::sqlite3_prepare_v2(
                 db,
-                SQL.as_ptr().cast::<c_char>(),
-                SQL.len() as c_int,
+                sql.as_ptr().cast::<c_char>(),
+                len,
                 &mut stmt,
                 ptr::null_mut(),
             );
             check(db, rc)?;
-            Ok(EventInsert {
+            if stmt.is_null() {
+                // Only whitespace or a comment: nothing to run.
+                return Err(rusqlite::Error::InvalidQuery);
+            }
+            Ok(Raw {
                 stmt,
                 db,
                 _conn: std::marker::PhantomData,
@@ -52,46 +72,46 @@ impl<'c> EventInsert<'c> {
         }
     }
 
-    /// Writes the record's events row.
-    pub(super) fn run(&mut self, a: &AcceptRecord) -> rusqlite::Result<()> {
-        let first = a.rows.iter().map(|r| r.id).min();
-        let last = a.rows.iter().map(|r| r.id).max();
-        // SAFETY: every text and blob bound is borrowed from `a`, which outlives the step;
-        // the statement is reset and its bindings cleared before this returns, so SQLite
-        // keeps no pointer into `a` past this call.
+    /// Binds `values` to parameters 1, 2, … and runs the statement once, to its end (an
+    /// `INSERT`, `UPDATE` or `DELETE`: rows it would return are not read).
+    pub(super) fn execute(&mut self, values: &[Value<'_>]) -> rusqlite::Result<()> {
+        self.run(values.iter().copied())
+    }
+
+    fn run<'v>(&mut self, values: impl Iterator<Item = Value<'v>>) -> rusqlite::Result<()> {
+        let s = self.stmt;
+        // SAFETY: `s` is this statement's, alive until `drop`. Every pointer bound is into a
+        // value the caller lent for this call; the statement is reset and its bindings
+        // cleared before the call returns, whatever happened, so none outlives the loan.
         unsafe {
-            let s = self.stmt;
-            let rc = (|| {
-                text(s, 1, &a.event_id)?;
-                text(s, 2, &a.correlation_id)?;
-                text(s, 3, &a.route)?;
-                text(s, 4, &a.session_id)?;
-                text(s, 5, &a.event_type)?;
-                int(s, 6, a.state_version as i64)?;
-                int(s, 7, i64::from(a.simulated))?;
-                text(s, 8, &a.received_at)?;
-                int(s, 9, a.at)?;
-                text(s, 10, &a.body)?;
-                blob(s, 11, &a.answer)?;
-                int(s, 12, i64::from(a.status))?;
-                opt_int(s, 13, first)?;
-                opt_int(s, 14, last)?;
-                match ffi::sqlite3_step(s) {
-                    ffi::SQLITE_DONE => Ok(()),
-                    rc => Err(rc),
+            let mut rc = ffi::SQLITE_OK;
+            for (i, v) in values.enumerate() {
+                let Ok(i) = c_int::try_from(i + 1) else {
+                    rc = ffi::SQLITE_RANGE;
+                    break;
+                };
+                rc = bind(s, i, v);
+                if rc != ffi::SQLITE_OK {
+                    break;
                 }
-            })();
+            }
+            if rc == ffi::SQLITE_OK {
+                rc = match ffi::sqlite3_step(s) {
+                    ffi::SQLITE_DONE | ffi::SQLITE_ROW => ffi::SQLITE_OK,
+                    e => e,
+                };
+            }
+            // The error is read before the reset, which may leave the connection's error
+            // state to another code.
+            let outcome = check(self.db, rc);
             ffi::sqlite3_reset(s);
             ffi::sqlite3_clear_bindings(s);
-            match rc {
-                Ok(()) => Ok(()),
-                Err(rc) => check(self.db, rc),
-            }
+            outcome
         }
     }
 }
 
-impl Drop for EventInsert<'_> {
+impl Drop for Raw<'_> {
     fn drop(&mut self) {
         // SAFETY: made by `sqlite3_prepare_v2` in `new`, finalized once.
         unsafe {
@@ -100,48 +120,30 @@ impl Drop for EventInsert<'_> {
     }
 }
 
-unsafe fn text(s: *mut ffi::sqlite3_stmt, i: c_int, v: &str) -> Result<(), c_int> {
-    let rc = ffi::sqlite3_bind_text(
-        s,
-        i,
-        v.as_ptr().cast::<c_char>(),
-        c_int::try_from(v.len()).map_err(|_| ffi::SQLITE_TOOBIG)?,
-        ffi::SQLITE_STATIC(),
-    );
-    ok(rc)
-}
-
-unsafe fn blob(s: *mut ffi::sqlite3_stmt, i: c_int, v: &[u8]) -> Result<(), c_int> {
-    let rc = ffi::sqlite3_bind_blob(
-        s,
-        i,
-        v.as_ptr().cast(),
-        c_int::try_from(v.len()).map_err(|_| ffi::SQLITE_TOOBIG)?,
-        ffi::SQLITE_STATIC(),
-    );
-    ok(rc)
-}
-
-unsafe fn int(s: *mut ffi::sqlite3_stmt, i: c_int, v: i64) -> Result<(), c_int> {
-    ok(ffi::sqlite3_bind_int64(s, i, v))
-}
-
-unsafe fn opt_int(s: *mut ffi::sqlite3_stmt, i: c_int, v: Option<i64>) -> Result<(), c_int> {
+/// Binds one value without a copy (`SQLITE_STATIC`): the caller keeps it alive and
+/// unchanged until the statement is reset or rebound.
+unsafe fn bind(s: *mut ffi::sqlite3_stmt, i: c_int, v: Value<'_>) -> c_int {
     match v {
-        Some(v) => int(s, i, v),
-        None => ok(ffi::sqlite3_bind_null(s, i)),
+        Value::Text(t) => match c_int::try_from(t.len()) {
+            Ok(len) => {
+                ffi::sqlite3_bind_text(s, i, t.as_ptr().cast::<c_char>(), len, ffi::SQLITE_STATIC())
+            }
+            Err(_) => ffi::SQLITE_TOOBIG,
+        },
+        Value::Blob(b) => match c_int::try_from(b.len()) {
+            Ok(len) => ffi::sqlite3_bind_blob(s, i, b.as_ptr().cast(), len, ffi::SQLITE_STATIC()),
+            Err(_) => ffi::SQLITE_TOOBIG,
+        },
+        Value::Int(n) => ffi::sqlite3_bind_int64(s, i, n),
+        Value::Null => ffi::sqlite3_bind_null(s, i),
     }
 }
 
-fn ok(rc: c_int) -> Result<(), c_int> {
-    if rc == ffi::SQLITE_OK {
-        Ok(())
-    } else {
-        Err(rc)
-    }
+fn too_big() -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_TOOBIG), None)
 }
 
-/// The connection's error for `rc`, as rusqlite gives it.
+/// The connection's error for `rc` (none for `SQLITE_OK`), as rusqlite gives it.
 unsafe fn check(db: *mut ffi::sqlite3, rc: c_int) -> rusqlite::Result<()> {
     if rc == ffi::SQLITE_OK {
         return Ok(());
@@ -157,6 +159,35 @@ unsafe fn check(db: *mut ffi::sqlite3, rc: c_int) -> rusqlite::Result<()> {
         c => c,
     };
     Err(rusqlite::Error::SqliteFailure(ffi::Error::new(code), msg))
+}
+
+/// The events row of an accepted event.
+pub(super) const EVENT_INSERT: &str =
+    "INSERT INTO events (event_id, correlation_id, route, session_id, event_type, \
+                         state_version, simulated, received_at, committed_at, body, answer, \
+                         answer_status, outbox_first, outbox_last) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+
+/// Writes `a`'s events row with `insert` (prepared from `EVENT_INSERT`).
+pub(super) fn insert_event(insert: &mut Raw<'_>, a: &AcceptRecord) -> rusqlite::Result<()> {
+    let first = a.rows.iter().map(|r| r.id).min();
+    let last = a.rows.iter().map(|r| r.id).max();
+    insert.execute(&[
+        Value::Text(&a.event_id),
+        Value::Text(&a.correlation_id),
+        Value::Text(&a.route),
+        Value::Text(&a.session_id),
+        Value::Text(&a.event_type),
+        Value::Int(a.state_version as i64),
+        Value::Int(i64::from(a.simulated)),
+        Value::Text(&a.received_at),
+        Value::Int(a.at),
+        Value::Text(&a.body),
+        Value::Blob(&a.answer),
+        Value::Int(i64::from(a.status)),
+        first.into(),
+        last.into(),
+    ])
 }
 
 #[cfg(test)]
@@ -252,14 +283,14 @@ mod tests {
     #[test]
     fn the_row_holds_every_value_of_the_record_after_the_record_is_gone() {
         let conn = database();
-        let mut insert = EventInsert::new(&conn).expect("prepared");
+        let mut insert = Raw::new(&conn, EVENT_INSERT).expect("prepared");
         let (with_rows, without) = (record("e1", &[12, 10, 11]), record("e2", &[]));
         let want = [
             expected(&with_rows, Some(10), Some(12)),
             expected(&without, None, None),
         ];
-        insert.run(&with_rows).expect("written");
-        insert.run(&without).expect("written");
+        insert_event(&mut insert, &with_rows).expect("written");
+        insert_event(&mut insert, &without).expect("written");
         // The values were bound without a copy: the rows must not depend on the records.
         drop((with_rows, without));
         drop(insert);
@@ -270,20 +301,18 @@ mod tests {
     #[test]
     fn a_refused_row_is_an_error_of_its_own_and_the_statement_goes_on() {
         let conn = database();
-        let mut insert = EventInsert::new(&conn).expect("prepared");
-        insert.run(&record("e1", &[])).expect("written");
+        let mut insert = Raw::new(&conn, EVENT_INSERT).expect("prepared");
+        insert_event(&mut insert, &record("e1", &[])).expect("written");
         let mut again = record("e1", &[]);
         again.body = "another".into();
-        match insert.run(&again) {
+        match insert_event(&mut insert, &again) {
             Err(rusqlite::Error::SqliteFailure(e, Some(msg))) => {
                 assert_eq!(e.code, rusqlite::ErrorCode::ConstraintViolation);
                 assert!(msg.contains("events.event_id"), "{msg}");
             }
             other => panic!("a second row for e1: {other:?}"),
         }
-        insert
-            .run(&record("e2", &[5]))
-            .expect("the next one is written");
+        insert_event(&mut insert, &record("e2", &[5])).expect("the next one is written");
         let bodies: i64 = conn
             .query_row(
                 "SELECT count(*) FROM events WHERE body = 'another'",
@@ -293,5 +322,33 @@ mod tests {
             .expect("count");
         assert_eq!(bodies, 0, "nothing of the refused row");
         assert_eq!(read(&conn, "e2").2 .2, Some(5));
+    }
+
+    #[test]
+    fn a_value_that_cannot_be_bound_is_an_error_and_the_next_execute_starts_clean() {
+        let conn = Connection::open_in_memory().expect("database");
+        conn.execute_batch("CREATE TABLE t (a TEXT, b INTEGER)")
+            .expect("table");
+        let mut insert = Raw::new(&conn, "INSERT INTO t VALUES (?1, ?2)").expect("prepared");
+        let three = [Value::Text("x"), Value::Int(1), Value::Int(2)];
+        match insert.execute(&three) {
+            Err(rusqlite::Error::SqliteFailure(e, _)) => {
+                assert_eq!(e.extended_code, ffi::SQLITE_RANGE, "{e:?}");
+            }
+            other => panic!("three values for two parameters: {other:?}"),
+        }
+        // Nothing of the failed call is left bound: `b` is NULL, not 1.
+        insert.execute(&[Value::Text("y")]).expect("written");
+        insert
+            .execute(&[Value::Text("z"), Value::Null])
+            .expect("written");
+        let rows: Vec<(String, Option<i64>)> = conn
+            .prepare("SELECT a, b FROM t ORDER BY a")
+            .expect("query")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(rows, [("y".to_string(), None), ("z".to_string(), None)]);
     }
 }
