@@ -148,17 +148,23 @@ unsafe fn check(db: *mut ffi::sqlite3, rc: c_int) -> rusqlite::Result<()> {
     if rc == ffi::SQLITE_OK {
         return Ok(());
     }
+    // The connection's last error is this one only when its primary code is `rc`'s: a
+    // code this module made itself (a value over `c_int`) never reached the connection,
+    // whose message would then be an older error's.
+    let extended = ffi::sqlite3_extended_errcode(db);
+    if extended & 0xff != rc & 0xff {
+        return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(rc), None));
+    }
     let msg = ffi::sqlite3_errmsg(db);
     let msg = if msg.is_null() {
         None
     } else {
         Some(std::ffi::CStr::from_ptr(msg).to_string_lossy().into_owned())
     };
-    let code = match ffi::sqlite3_extended_errcode(db) {
-        0 => rc,
-        c => c,
-    };
-    Err(rusqlite::Error::SqliteFailure(ffi::Error::new(code), msg))
+    Err(rusqlite::Error::SqliteFailure(
+        ffi::Error::new(extended),
+        msg,
+    ))
 }
 
 /// The events row of an accepted event.
