@@ -219,7 +219,7 @@ impl NormalisedEvent {
         out
     }
 
-    /// A new event with a fresh ULID and receive time; the optional fields empty, not yet
+    /// A new event with a fresh id (`event_id::new_event_id`) and receive time; the optional fields empty, not yet
     /// committed (`state_version` 0), not simulated.
     pub fn new(
         route: &str,
@@ -231,7 +231,7 @@ impl NormalisedEvent {
         payload: impl Into<Payload>,
     ) -> NormalisedEvent {
         NormalisedEvent {
-            event_id: ulid::Ulid::new().to_string(),
+            event_id: crate::event_id::new_event_id(),
             traceparent: None,
             route: route.to_string(),
             correlation_id,

@@ -104,6 +104,8 @@
 //!
 //! Imports point one way: `cli` → `app` → `http`, `alerts`, `delivery` → `ingest`, `store`, `sinks` →
 //! `config` → the leaves `error` (causes kept with errors), `event` (the normalised event),
+//! `event_id` (event ids: ULIDs whose first 63 bits never repeat in a process, the embedded
+//! store's rowids),
 //! `secret` (secret references and values that print masked, and `EnvSource`), `expr` (CEL
 //! over the event; `expr::direct` evaluates simple shapes without the CEL map), `rate` (token buckets, used by admission and by sinks), `duration`
 //! (human durations in settings), `clock` (stored times and schedules: wall-clock time that
@@ -125,6 +127,7 @@ pub mod delivery;
 pub mod duration;
 pub mod error;
 pub mod event;
+pub mod event_id;
 pub mod expr;
 pub mod http;
 pub mod ingest;

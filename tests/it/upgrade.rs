@@ -143,7 +143,7 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     assert_eq!(dup.json()["data"]["stateVersion"], 3);
     let db = app.db().await;
     assert_eq!(count(&db, "SELECT count(*) FROM events"), 7);
-    assert_eq!(count(&db, "PRAGMA user_version"), 14, "every migration ran");
+    assert_eq!(count(&db, "PRAGMA user_version"), 15, "every migration ran");
     assert_eq!(
         count(
             &db,
@@ -280,7 +280,7 @@ async fn keys_of_a_version_before_hashed_keys_still_find_their_first_answers() {
     // Marked with schema 13, so a build from before the keys' runs (or before hashed keys),
     // which would not read them, refuses the store instead of taking repeats for new events.
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 14);
+    assert_eq!(count(&db, "PRAGMA user_version"), 15);
 }
 
 /// `tests/fixtures/store/hashed-keys/` was made by cognihook of schema 12 (commit ec6d400,
@@ -333,5 +333,5 @@ async fn a_store_of_schema_12_is_upgraded_in_place_and_its_tree_keys_still_answe
     let j: Value = app.admin_get("/admin/events/hx-1").await.json();
     assert_eq!(j["event"]["sessionId"], "hs1", "{j}");
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 14);
+    assert_eq!(count(&db, "PRAGMA user_version"), 15);
 }

@@ -65,7 +65,7 @@ use parking_lot::RwLock;
 
 /// An event id as a hashed generation keeps it: a tag, then a ULID's 16 bytes or the text.
 fn encode_id_into(event_id: &str, v: &mut Vec<u8>) {
-    match canonical_ulid(event_id) {
+    match crate::event_id::canonical_ulid(event_id) {
         Some(bytes) => {
             v.push(ULID_ID);
             v.extend_from_slice(&bytes);
@@ -75,43 +75,6 @@ fn encode_id_into(event_id: &str, v: &mut Vec<u8>) {
             v.extend_from_slice(event_id.as_bytes());
         }
     }
-}
-
-/// Crockford's base-32 digits as a ULID's canonical text writes them, by value.
-const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-
-/// The value of each byte as a canonical ULID digit, `NOT_A_DIGIT` for every other byte.
-const DIGIT_VALUES: [u8; 256] = {
-    let mut t = [NOT_A_DIGIT; 256];
-    let mut i = 0;
-    while i < 32 {
-        t[CROCKFORD[i] as usize] = i as u8;
-        i += 1;
-    }
-    t
-};
-const NOT_A_DIGIT: u8 = 0xFF;
-
-/// A ULID's 16 bytes (big-endian, as `ulid::Ulid::to_bytes`) from its canonical text only:
-/// 26 upper-case digits, the first at most `7` (a larger one is over 128 bits). Anything else
-/// (lower case, the letters `I L O U` the crate would also read, other lengths) is `None`, so
-/// the bytes always give the same text back. Written here because the crate's parse and the
-/// text written again to compare took ~440 instructions per id, twice per request
-/// (bench/README.md, thirty-eighth session).
-fn canonical_ulid(text: &str) -> Option<[u8; 16]> {
-    let b = text.as_bytes();
-    if b.len() != ulid::ULID_LEN || b[0] > b'7' {
-        return None;
-    }
-    let mut value: u128 = 0;
-    for &c in b {
-        let d = DIGIT_VALUES[usize::from(c)];
-        if d == NOT_A_DIGIT {
-            return None;
-        }
-        value = (value << 5) | u128::from(d);
-    }
-    Some(value.to_be_bytes())
 }
 
 fn decode_id(v: &[u8]) -> Option<String> {
@@ -1327,7 +1290,7 @@ mod tests {
         ids.extend(["00000000000000000000000000", "7ZZZZZZZZZZZZZZZZZZZZZZZZZ"].map(String::from));
         for id in &ids {
             let want = ulid::Ulid::from_string(id).expect("a ULID").to_bytes();
-            assert_eq!(canonical_ulid(id), Some(want), "{id}");
+            assert_eq!(crate::event_id::canonical_ulid(id), Some(want), "{id}");
             let mut v = Vec::new();
             encode_id_into(id, &mut v);
             assert_eq!(decode_id(&v).as_deref(), Some(id.as_str()));
@@ -1346,7 +1309,7 @@ mod tests {
             String::new(),
         ];
         for text in refused {
-            assert_eq!(canonical_ulid(&text), None, "{text}");
+            assert_eq!(crate::event_id::canonical_ulid(&text), None, "{text}");
             let mut v = Vec::new();
             encode_id_into(&text, &mut v);
             assert_eq!(v[0], TEXT_ID, "{text}");

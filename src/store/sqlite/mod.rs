@@ -42,11 +42,33 @@
 //! wrote (claims, settlements) goes to the database only; losing the last of it to a power
 //! cut (not to a crash of the process) means a delivery is made again, never lost.
 //!
+//! The events table has no index on the event id (schema 15): an event's rowid is the
+//! number in the first 63 bits of its id (`crate::event_id`), which never repeats in this
+//! process and, raised past the table's largest rowid when the store opens, never repeats
+//! one the table holds. An id without a free number gets a negative rowid listed in
+//! `events_moved` (`project::insert_event`); lookups go through `event_row!`.
+//!
 //! # Who sees what
 //! Reads (journeys, dead letters, sink figures) wait until the database holds every record
 //! acknowledged when the read began. A process that opens the store while a gateway serves
 //! it (the CLI) is *attached*: it reads the database, finds the newest events in the log's
 //! tail, and runs its writes (replays, purges) on the database directly.
+
+/// SQL for the rowid of the event whose id is `$id` (a parameter such as `"?1"` or a column):
+/// its `events_moved` entry if it has one (usually none), else the number in its id
+/// (`event_row`, `crate::event_id::row_of`). With `rowid = event_row!(…) AND event_id = …`
+/// SQLite reads the one row by rowid (schema 15 has no index on the id).
+macro_rules! event_row {
+    ($id:literal) => {
+        concat!(
+            "coalesce((SELECT m.row FROM events_moved m WHERE m.event_id = ",
+            $id,
+            "), event_row(",
+            $id,
+            "))"
+        )
+    };
+}
 
 mod fresh;
 mod keys;
@@ -67,6 +89,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 use tokio::sync::{oneshot, watch};
@@ -99,6 +122,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0012_hashed_keys_mark.sql"),
     include_str!("../migrations/sqlite/0013_key_runs_mark.sql"),
     include_str!("../migrations/sqlite/0014_keys_without_tree_mark.sql"),
+    include_str!("../migrations/sqlite/0015_events_by_id_number.sql"),
 ];
 
 /// Sends `msg` to the sequencer, waiting for room when its queue is full (answers and
@@ -441,6 +465,7 @@ fn open_connection(
     };
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    add_functions(&conn)?;
     if !read_only {
         // Before WAL is on: it applies only to a database not yet written (an existing one
         // keeps the size it was made with).
@@ -460,6 +485,23 @@ fn open_connection(
     Ok(conn)
 }
 
+/// The SQL functions the store's statements use: `event_row(id)`, an event's rowid from its
+/// id (schema 15; `event_row!`, `crate::event_id::row_of`).
+fn add_functions(conn: &Connection) -> rusqlite::Result<()> {
+    conn.create_scalar_function(
+        "event_row",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            Ok(ctx
+                .get_raw(0)
+                .as_str()
+                .ok()
+                .and_then(crate::event_id::row_of))
+        },
+    )
+}
+
 /// Runs the migrations `done` (the store's `user_version`) leaves to run. The caller has
 /// refused a store of a newer schema (`newer_schema`).
 fn migrate(conn: &mut Connection, done: usize) -> rusqlite::Result<()> {
@@ -471,9 +513,18 @@ fn migrate(conn: &mut Connection, done: usize) -> rusqlite::Result<()> {
             "upgrading the store's schema in place"
         );
     }
+    add_functions(conn)?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
         let tx = conn.transaction()?;
+        // Schema 15 writes `events` anew: a store from before schema 13 gets its correlation
+        // index back on the new table, for `move_correlation_index` to move.
+        let correlations = i + 1 == 15 && correlation_index(&tx)?;
         tx.execute_batch(sql)?;
+        if correlations {
+            tx.execute_batch(
+                "CREATE INDEX events_by_correlation ON events (correlation_id, committed_at)",
+            )?;
+        }
         tx.pragma_update(None, "user_version", i + 1)?;
         tx.commit()?;
     }
@@ -821,6 +872,14 @@ impl SqliteStore {
             "cannot read store {}",
             path.display()
         )))?;
+        // Every event id made from now on has a number past every row's (`crate::event_id`).
+        let top_row: Option<i64> = conn
+            .query_row("SELECT max(rowid) FROM events", [], |r| r.get(0))
+            .map_err(OpenError::failed(format!(
+                "cannot read store {}",
+                path.display()
+            )))?;
+        crate::event_id::raise_floor(top_row.unwrap_or(0));
         let shared = Arc::new(Shared::new(projected, next_id));
         // The checkpointer thread does this work instead (see `project`).
         conn.pragma_update(None, "wal_autocheckpoint", 0)
@@ -1496,19 +1555,16 @@ impl SqliteStore {
         &self,
         since_ms: i64,
     ) -> Result<Vec<super::CommittedEvent>, StoreError> {
-        // Event ids are ULIDs (time first): the key range starts a minute before `since_ms`
-        // (ids are made before their commit), and commit times decide.
+        // Event ids are ULIDs (time first), and their numbers the rowids (schema 15): the
+        // range starts a minute before `since_ms` (ids are made before their commit), and
+        // commit times decide. A moved event (a negative rowid) is found by its id.
         let from =
             ulid::Ulid::from_parts(since_ms.saturating_sub(60_000).max(0) as u64, 0).to_string();
+        let from_row = crate::event_id::row_of(&from).unwrap_or(0);
         self.read(move |c| {
-            let mut st = c.prepare(
-                "SELECT event_id, correlation_id, route, session_id, event_type, \
-                        state_version, simulated, committed_at \
-                 FROM events WHERE event_id >= ?1 AND committed_at >= ?2 \
-                 ORDER BY committed_at, event_id LIMIT ?3",
-            )?;
+            let mut st = c.prepare(COMMITTED_SINCE)?;
             let rows = st.query_map(
-                rusqlite::params![from, since_ms, super::MAX_RECOVERED as i64],
+                rusqlite::params![from, since_ms, super::MAX_RECOVERED as i64, from_row],
                 |r| {
                     Ok(super::CommittedEvent {
                         event_id: r.get(0)?,
@@ -1752,11 +1808,15 @@ fn read_timeline(
     let mut deliveries = c.prepare_cached(outbox::EVENT_ROWS)?;
     // In the event's row since schema 9, in `answers` before. (A status is missing only on
     // an answer of schema 7 whose key had gone by the upgrade.)
-    let mut answer = c.prepare_cached(
-        "SELECT answer_status, answer FROM events WHERE event_id = ?1 AND answer IS NOT NULL \
-         UNION ALL SELECT status, body FROM answers WHERE event_id = ?1 AND status IS NOT NULL \
-         LIMIT 1",
-    )?;
+    let mut answer = c.prepare_cached(concat!(
+        "SELECT answer_status, answer FROM events \
+             WHERE rowid = ",
+        event_row!("?1"),
+        " AND event_id = ?1 AND answer IS NOT NULL \
+             UNION ALL SELECT status, body FROM answers WHERE event_id = ?1 \
+               AND status IS NOT NULL \
+             LIMIT 1"
+    ))?;
     for e in &mut entries {
         e.deliveries = deliveries
             .query_map(params![e.event_id], |r| Ok((r.get(1)?, r.get(2)?)))?
@@ -1795,13 +1855,7 @@ fn scan_correlation(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey
 /// Its events are indexed in their commit order, and flushed, before the index is dropped:
 /// a crash in between makes the next start do it again.
 fn move_correlation_index(conn: &Connection, keys: &keys::Keys, now: i64) -> rusqlite::Result<()> {
-    let indexed: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_schema \
-                        WHERE type = 'index' AND name = 'events_by_correlation')",
-        [],
-        |r| r.get(0),
-    )?;
-    if !indexed {
+    if !correlation_index(conn)? {
         return Ok(());
     }
     let (count, oldest): (i64, Option<i64>) =
@@ -1815,9 +1869,10 @@ fn move_correlation_index(conn: &Connection, keys: &keys::Keys, now: i64) -> rus
         );
         // Older than every generation the log writes to, so that those win.
         let started = oldest.min(now - 1);
-        // Rowids grow in the order events were applied, which is their commit order.
-        let mut stmt =
-            conn.prepare("SELECT correlation_id, event_id FROM events ORDER BY rowid")?;
+        // A correlation's events in their commit order (the index's), so the last wins.
+        let mut stmt = conn.prepare(
+            "SELECT correlation_id, event_id FROM events ORDER BY correlation_id, committed_at",
+        )?;
         let mut rows = stmt.query([])?;
         let mut chunk = Vec::with_capacity(BACKFILL_CHUNK);
         loop {
@@ -1840,22 +1895,42 @@ fn move_correlation_index(conn: &Connection, keys: &keys::Keys, now: i64) -> rus
     conn.execute_batch("DROP INDEX events_by_correlation")
 }
 
+/// The events committed since `?2` (Unix ms), at most `?3`, from the id `?1` on (`?4` its
+/// number): see `committed_since`.
+const COMMITTED_SINCE: &str = "SELECT event_id, correlation_id, route, session_id, event_type, \
+            state_version, simulated, committed_at \
+     FROM events WHERE (rowid >= ?4 OR (rowid < 0 AND event_id >= ?1)) AND committed_at >= ?2 \
+     ORDER BY committed_at, event_id LIMIT ?3";
+
+/// Whether the database still holds the correlation index (made before schema 13).
+fn correlation_index(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema \
+                        WHERE type = 'index' AND name = 'events_by_correlation')",
+        [],
+        |r| r.get(0),
+    )
+}
+
 /// Events indexed per batch when the correlation index moves (see `move_correlation_index`).
 const BACKFILL_CHUNK: usize = 10_000;
 
+/// An event's id, body and commit time, for `?1` its id.
+const JOURNEY_EVENT: &str = concat!(
+    "SELECT event_id, body, committed_at FROM events WHERE rowid = ",
+    event_row!("?1"),
+    " AND event_id = ?1"
+);
+
 fn read_journey(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
     let row = c
-        .query_row(
-            "SELECT event_id, body, committed_at FROM events WHERE event_id = ?1",
-            params![id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            },
-        )
+        .query_row(JOURNEY_EVENT, params![id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
         .optional()?;
     let Some((event_id, body, committed_at)) = row else {
         return Ok(None);
@@ -1964,7 +2039,10 @@ mod tests {
 
     /// Takes back what schema 11 added beside the outbox (whose new shape an older schema
     /// with no outbox rows cannot tell apart), for tests that go back to an older schema.
-    const BEFORE_SCHEMA_11: &str = "ALTER TABLE events DROP COLUMN outbox_first; \
+    /// Back past schema 15 and 11 (the events table stays without the index on the id:
+    /// schema 15's rewrite copies it as it copies a table that has one).
+    const BEFORE_SCHEMA_11: &str = "DROP TABLE events_moved; \
+        ALTER TABLE events DROP COLUMN outbox_first; \
         ALTER TABLE events DROP COLUMN outbox_last; \
         ALTER TABLE log_position DROP COLUMN outbox_id_floor;";
 
@@ -2277,6 +2355,206 @@ mod tests {
             .block_on(store.sink_counts(&["orders".to_string()]))
             .expect("counts");
         assert_eq!(counts[0].pending, 1);
+    }
+
+    #[test]
+    fn an_event_is_found_by_the_number_in_its_id_and_an_id_without_a_free_number_is_moved() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let made = acceptance("made", "s", &["orders"]);
+        let made_id = made.event.event_id.clone();
+        // Ids not made by this version: one sharing `made`'s number (an id made before
+        // schema 15 is random after its time: 13 digits are the first 65 bits), one no ULID.
+        let mut twin = acceptance("twin", "s", &["orders"]);
+        let tail = if made_id.ends_with('0') { "1" } else { "0" };
+        twin.event.event_id = format!("{}{}", &made_id[..13], tail.repeat(13));
+        let twin_id = twin.event.event_id.clone();
+        let mut text = acceptance("text", "s", &["orders"]);
+        text.event.event_id = "not-a-ulid".into();
+        let ids = [made_id.clone(), twin_id.clone(), "not-a-ulid".to_string()];
+        let path = used_then_closed(dir.path(), &rt, |store| {
+            for a in [made, twin, text] {
+                rt.block_on(store.accept(a)).expect("commit");
+            }
+        });
+        let conn = open_connection(&path, SyncMode::Full, false, 1024).expect("open");
+        let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
+        assert_eq!(
+            n("SELECT count(*) FROM pragma_index_list('events')"),
+            0,
+            "no index"
+        );
+        let row_of = |id: &str| {
+            conn.query_row("SELECT rowid FROM events WHERE event_id = ?1", [id], |r| {
+                r.get::<_, i64>(0)
+            })
+            .expect(id)
+        };
+        assert_eq!(Some(row_of(&made_id)), crate::event_id::row_of(&made_id));
+        assert_eq!(
+            (row_of(&twin_id), row_of("not-a-ulid")),
+            (-1, -2),
+            "the next negative rowids"
+        );
+        assert_eq!(n("SELECT count(*) FROM events_moved"), 2);
+        // Every lookup by id reads one row by rowid, never the whole table.
+        for sql in [
+            outbox::CLAIMED_EVENT,
+            outbox::EVENT_ROWS,
+            outbox::DELIVERED_BEFORE,
+            project::EXPIRED_EVENTS,
+            COMMITTED_SINCE,
+            JOURNEY_EVENT,
+        ] {
+            let mut plan = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect(sql);
+            // Unbound parameters are NULL: the plan is the same.
+            let mut rows = plan.raw_query();
+            let mut steps: Vec<String> = Vec::new();
+            while let Some(r) = rows.next().expect(sql) {
+                steps.push(r.get(3).expect(sql));
+            }
+            assert!(
+                !steps.iter().any(|s| s.starts_with("SCAN e")),
+                "{sql}: {steps:?}"
+            );
+        }
+        drop(conn);
+
+        // Each is found by its id: its journey, and its claim (read from the database, the
+        // store being opened again).
+        let store = Store::Sqlite(Arc::new(
+            SqliteStore::open(&config(dir.path())).expect("reopen"),
+        ));
+        for id in &ids {
+            let j = rt.block_on(store.journey(id)).expect("read").expect(id);
+            assert_eq!(j.event["eventId"], id.as_str());
+            assert_eq!(j.deliveries.len(), 1, "{id}");
+        }
+        let claimed = rt
+            .block_on(store.claim("orders", 10, Duration::from_secs(60)))
+            .expect("claim");
+        let mut got: Vec<(String, String)> = claimed
+            .iter()
+            .map(|c| (c.event_id.clone(), c.correlation_id.clone()))
+            .collect();
+        got.sort();
+        let mut want: Vec<(String, String)> = ids
+            .iter()
+            .zip(["corr-made", "corr-twin", "corr-text"])
+            .map(|(id, c)| (id.clone(), c.to_string()))
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
+        let delivered = Settlement::Delivered {
+            duration_ms: 1,
+            result: None,
+        };
+        rt.block_on(
+            store.settle_many(
+                claimed
+                    .into_iter()
+                    .map(|c| (c, delivered.clone()))
+                    .collect(),
+            ),
+        )
+        .expect("settle");
+        rt.block_on(store.close());
+
+        // Delivered and young, all stay: a moved event's negative rowid is not its age.
+        let conn = Connection::open(&path).expect("open");
+        let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
+        let defaults = maintenance(&path, 86_400_000, 86_400_000, 86_400_000);
+        project::maintain(&conn, &defaults, &mut project::MaintenanceCursor::default());
+        drop(defaults);
+        assert_eq!(n("SELECT count(*) FROM events"), 3);
+        // Expired, the ULIDs go (by rowid and by id), and the moved one's entry with it;
+        // the text id sorts after every ULID, as before schema 15.
+        let expired = maintenance(&path, -7_200_000, -60_000, -60_000);
+        project::maintain(&conn, &expired, &mut project::MaintenanceCursor::default());
+        assert_eq!(
+            n("SELECT count(*) FROM events WHERE event_id = 'not-a-ulid'"),
+            1
+        );
+        assert_eq!(n("SELECT count(*) FROM events"), 1);
+        assert_eq!(
+            n("SELECT count(*) FROM events_moved WHERE event_id = 'not-a-ulid'"),
+            1
+        );
+        assert_eq!(n("SELECT count(*) FROM events_moved"), 1);
+    }
+
+    #[test]
+    fn an_upgrade_to_schema_15_numbers_every_event_and_moves_those_whose_number_is_taken() {
+        let mut conn = Connection::open_in_memory().expect("database");
+        migrate_to(&mut conn, 14);
+        let made = crate::event_id::new_event_id();
+        let twin = format!("{}{}", &made[..13], "Z".repeat(13));
+        let ids = [
+            made.as_str(),
+            "e1",
+            twin.as_str(),
+            "01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        ];
+        for (i, id) in ids.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO events (event_id, correlation_id, route, session_id, event_type, \
+                                     state_version, simulated, received_at, committed_at, \
+                                     body) VALUES (?1, ?2, 'r', 's', 't', 1, 0, 'x', ?3, '{}')",
+                params![id, format!("c{i}"), i as i64],
+            )
+            .expect("event");
+        }
+        migrate(&mut conn, 14).expect("schema 15");
+        let rows: Vec<(String, i64, String)> = conn
+            .prepare("SELECT event_id, rowid, correlation_id FROM events ORDER BY rowid")
+            .expect("query")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        let number = |id: &str| crate::event_id::row_of(id).expect(id);
+        // The first with a number keeps it; the rest get negative rowids in the old order.
+        let want = [
+            (twin.clone(), -2, "c2".to_string()),
+            ("e1".to_string(), -1, "c1".to_string()),
+            (
+                "01ARZ3NDEKTSV4RRFFQ69G5FAV".to_string(),
+                number("01ARZ3NDEKTSV4RRFFQ69G5FAV"),
+                "c3".to_string(),
+            ),
+            (made.clone(), number(&made), "c0".to_string()),
+        ];
+        assert_eq!(rows, want);
+        let moved: i64 = conn
+            .query_row("SELECT count(*) FROM events_moved", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(moved, 2);
+        for (id, _, correlation) in &want {
+            let found: String = conn
+                .query_row(
+                    concat!(
+                        "SELECT correlation_id FROM events WHERE rowid = ",
+                        event_row!("?1"),
+                        " AND event_id = ?1"
+                    ),
+                    [id],
+                    |r| r.get(0),
+                )
+                .expect(id);
+            assert_eq!(&found, correlation);
+        }
+    }
+
+    /// Runs the first `version` migrations on `conn`.
+    fn migrate_to(conn: &mut Connection, version: usize) {
+        add_functions(conn).expect("functions");
+        for sql in &MIGRATIONS[..version] {
+            conn.execute_batch(sql).expect("old schema");
+        }
+        conn.pragma_update(None, "user_version", version)
+            .expect("version");
     }
 
     #[test]

@@ -69,9 +69,7 @@ pub(super) fn claims(
     token: &str,
     lease_until_ms: i64,
 ) -> rusqlite::Result<Vec<Claimed>> {
-    let mut event = c.prepare_cached(
-        "SELECT correlation_id, route, session_id, event_type, body FROM events WHERE event_id = ?1",
-    )?;
+    let mut event = c.prepare_cached(CLAIMED_EVENT)?;
     let mut out = Vec::with_capacity(rows.len());
     for (outbox_id, event_id, attempts, respond_to, result, created_at_ms) in rows {
         let row = event
@@ -134,20 +132,32 @@ pub(super) fn configure_sinks(c: &Connection, sinks: &[(String, bool)]) -> rusql
     Ok(())
 }
 
+/// What a claim sends of an event, for `?1` its id.
+pub(super) const CLAIMED_EVENT: &str = concat!(
+    "SELECT correlation_id, route, session_id, event_type, body FROM events WHERE rowid = ",
+    event_row!("?1"),
+    " AND event_id = ?1"
+);
+
 /// One event's outbox rows (id, sink, status), oldest first, for `?1` its id: the rows it was
 /// accepted with, by id between the bounds its row keeps (schema 11 has no index by event),
 /// and the rows added later (`late`, indexed).
-pub(super) const EVENT_ROWS: &str = "SELECT o.id, o.sink, o.status FROM events e \
+pub(super) const EVENT_ROWS: &str = concat!(
+    "SELECT o.id, o.sink, o.status FROM events e \
        JOIN outbox o ON o.id BETWEEN e.outbox_first AND e.outbox_last AND o.event_id = e.event_id \
-     WHERE e.event_id = ?1 \
+     WHERE e.rowid = ",
+    event_row!("?1"),
+    " AND e.event_id = ?1 \
      UNION ALL SELECT id, sink, status FROM outbox WHERE late = 1 AND event_id = ?1 \
-     ORDER BY 1";
+     ORDER BY 1"
+);
 
-/// The ids of the delivered rows of the events before `?1` (an event id): what retention
-/// deletes. Found from the events, as [`EVENT_ROWS`] finds one event's.
+/// The ids of the delivered rows of the events before `?1` (an event id; `?2` its number,
+/// `event_id::row_of`): what retention deletes. Found from the events, as [`EVENT_ROWS`]
+/// finds one event's: by rowid, and a moved event (a negative rowid) by its id.
 pub(super) const DELIVERED_BEFORE: &str = "SELECT o.id FROM events e \
        JOIN outbox o ON o.id BETWEEN e.outbox_first AND e.outbox_last AND o.event_id = e.event_id \
-     WHERE e.event_id < ?1 AND o.status = 'delivered' \
+     WHERE e.rowid < ?2 AND (e.rowid >= 0 OR e.event_id < ?1) AND o.status = 'delivered' \
      UNION ALL SELECT id FROM outbox WHERE late = 1 AND event_id < ?1 AND status = 'delivered'";
 
 /// Raises the floor of the ids the store gives out to the highest id in the table: run
@@ -355,8 +365,9 @@ pub(super) fn dead_letters(
     let mut stmt = c.prepare(&format!(
         "SELECT o.id, o.event_id, e.correlation_id, o.sink, o.route, o.failure_class, o.reason, \
                 o.attempts, o.last_error, o.dead_at \
-         FROM outbox o JOIN events e ON e.event_id = o.event_id \
+         FROM outbox o JOIN events e ON e.rowid = {} AND e.event_id = o.event_id \
          WHERE {cond} ORDER BY o.dead_at DESC, o.id DESC LIMIT {}",
+        event_row!("o.event_id"),
         limit.min(10_000)
     ))?;
     let items = stmt
@@ -502,10 +513,11 @@ pub(super) fn set_event_answer(
     body: &[u8],
 ) -> rusqlite::Result<()> {
     let in_row = c
-        .prepare_cached(
-            "UPDATE events SET answer = ?2, answer_status = ?3 \
-             WHERE event_id = ?1 AND answer IS NOT NULL",
-        )?
+        .prepare_cached(concat!(
+            "UPDATE events SET answer = ?2, answer_status = ?3 WHERE rowid = ",
+            event_row!("?1"),
+            " AND event_id = ?1 AND answer IS NOT NULL"
+        ))?
         .execute(params![event_id, body, status])?;
     if in_row == 0 {
         c.prepare_cached(

@@ -808,9 +808,47 @@ fn write_session(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<
 
 /// Writes an event's row, its outbox rows and its spent signature (its session is written by
 /// the caller: at once or behind).
+/// Writes `a`'s events row at the number in its id (schema 15; `crate::event_id`). An id
+/// without one, or whose number another event has (ids made before schema 15 are random
+/// after their time), gets the next negative rowid and an `events_moved` entry. The same id
+/// twice is refused, as the index on the id refused it before.
+fn insert_event(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<()> {
+    if let Some(row) = crate::event_id::row_of(&a.event_id) {
+        match super::raw::insert_event(st.event_insert()?, a, row) {
+            Err(e) if taken_row(&e) => {
+                let holder: String = st.conn.query_row(
+                    "SELECT event_id FROM events WHERE rowid = ?1",
+                    params![row],
+                    |r| r.get(0),
+                )?;
+                if holder == a.event_id {
+                    return Err(e);
+                }
+            }
+            done => return done,
+        }
+    }
+    let row: i64 = st.conn.query_row(
+        "SELECT min(0, coalesce((SELECT min(rowid) FROM events), 0), \
+                   coalesce((SELECT min(row) FROM events_moved), 0)) - 1",
+        [],
+        |r| r.get(0),
+    )?;
+    st.conn
+        .prepare_cached("INSERT INTO events_moved (event_id, row) VALUES (?1, ?2)")?
+        .execute(params![a.event_id, row])?;
+    super::raw::insert_event(st.event_insert()?, a, row)
+}
+
+/// Whether `e` is an insert refused for its rowid.
+fn taken_row(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_ROWID)
+}
+
 fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<()> {
     let conn = st.conn;
-    super::raw::insert_event(st.event_insert()?, a)?;
+    insert_event(st, a)?;
     for row in &a.rows {
         let now = st.now;
         let ordered = st.ordered(&row.sink)?;
@@ -907,6 +945,16 @@ pub(super) struct MaintenanceCursor {
     session_after: String,
 }
 
+/// Deletes the events before `?1` (an event id; `?2` its number) that have no outbox row
+/// left: by rowid (an id's number orders as the id does), a moved event by its id.
+pub(super) const EXPIRED_EVENTS: &str =
+    "DELETE FROM events WHERE rowid < ?2 AND (rowid >= 0 OR event_id < ?1) \
+       AND NOT EXISTS (SELECT 1 FROM outbox o \
+         WHERE o.id BETWEEN events.outbox_first AND events.outbox_last \
+           AND o.event_id = events.event_id) \
+       AND NOT EXISTS (SELECT 1 FROM outbox o \
+         WHERE o.late = 1 AND o.event_id = events.event_id)";
+
 /// Prunes what has expired: idempotency records past the window, delivered outbox rows (with
 /// their attempt records) and events past retention that have no undelivered outbox row (event
 /// ids are ULIDs, so "older than" is an id range), and a bounded chunk of expired sessions.
@@ -914,6 +962,7 @@ pub(super) fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut Maint
     let now = crate::now_millis();
     let cutoff_ms = u64::try_from(now - s.retention_ms).unwrap_or(0);
     let oldest_kept = ulid::Ulid::from_parts(cutoff_ms, 0).to_string();
+    let oldest_row = crate::event_id::row_of(&oldest_kept).unwrap_or(0);
     let r = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
         let key_cutoff = s.windows.idempotency_cutoff(now);
         s.keys
@@ -946,24 +995,22 @@ pub(super) fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut Maint
                 "DELETE FROM delivery_attempts WHERE outbox_id IN ({})",
                 super::outbox::DELIVERED_BEFORE
             ),
-            params![oldest_kept],
+            params![oldest_kept, oldest_row],
         )?;
         conn.execute(
             &format!(
                 "DELETE FROM outbox WHERE id IN ({})",
                 super::outbox::DELIVERED_BEFORE
             ),
-            params![oldest_kept],
+            params![oldest_kept, oldest_row],
         )?;
         // An event stays while any of its rows does (see `outbox::EVENT_ROWS`).
+        let events_row = crate::event_id::row_of(events_cutoff).unwrap_or(0);
+        conn.execute(EXPIRED_EVENTS, params![events_cutoff, events_row])?;
         conn.execute(
-            "DELETE FROM events WHERE event_id < ?1 \
-               AND NOT EXISTS (SELECT 1 FROM outbox o \
-                 WHERE o.id BETWEEN events.outbox_first AND events.outbox_last \
-                   AND o.event_id = events.event_id) \
-               AND NOT EXISTS (SELECT 1 FROM outbox o \
-                 WHERE o.late = 1 AND o.event_id = events.event_id)",
-            params![events_cutoff],
+            "DELETE FROM events_moved \
+             WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.rowid = events_moved.row)",
+            [],
         )?;
         let last: Option<String> = conn
             .query_row(

@@ -167,15 +167,19 @@ unsafe fn check(db: *mut ffi::sqlite3, rc: c_int) -> rusqlite::Result<()> {
     ))
 }
 
-/// The events row of an accepted event.
+/// The events row of an accepted event, at the rowid `?15`.
 pub(super) const EVENT_INSERT: &str =
     "INSERT INTO events (event_id, correlation_id, route, session_id, event_type, \
                          state_version, simulated, received_at, committed_at, body, answer, \
-                         answer_status, outbox_first, outbox_last) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+                         answer_status, outbox_first, outbox_last, rowid) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
-/// Writes `a`'s events row with `insert` (prepared from `EVENT_INSERT`).
-pub(super) fn insert_event(insert: &mut Raw<'_>, a: &AcceptRecord) -> rusqlite::Result<()> {
+/// Writes `a`'s events row at rowid `row` with `insert` (prepared from `EVENT_INSERT`).
+pub(super) fn insert_event(
+    insert: &mut Raw<'_>,
+    a: &AcceptRecord,
+    row: i64,
+) -> rusqlite::Result<()> {
     let first = a.rows.iter().map(|r| r.id).min();
     let last = a.rows.iter().map(|r| r.id).max();
     insert.execute(&[
@@ -193,6 +197,7 @@ pub(super) fn insert_event(insert: &mut Raw<'_>, a: &AcceptRecord) -> rusqlite::
         Value::Int(i64::from(a.status)),
         first.into(),
         last.into(),
+        Value::Int(row),
     ])
 }
 
@@ -295,8 +300,8 @@ mod tests {
             expected(&with_rows, Some(10), Some(12)),
             expected(&without, None, None),
         ];
-        insert_event(&mut insert, &with_rows).expect("written");
-        insert_event(&mut insert, &without).expect("written");
+        insert_event(&mut insert, &with_rows, 1).expect("written");
+        insert_event(&mut insert, &without, 2).expect("written");
         // The values were bound without a copy: the rows must not depend on the records.
         drop((with_rows, without));
         drop(insert);
@@ -308,17 +313,17 @@ mod tests {
     fn a_refused_row_is_an_error_of_its_own_and_the_statement_goes_on() {
         let conn = database();
         let mut insert = Raw::new(&conn, EVENT_INSERT).expect("prepared");
-        insert_event(&mut insert, &record("e1", &[])).expect("written");
+        insert_event(&mut insert, &record("e1", &[]), 1).expect("written");
         let mut again = record("e1", &[]);
         again.body = "another".into();
-        match insert_event(&mut insert, &again) {
+        match insert_event(&mut insert, &again, 1) {
             Err(rusqlite::Error::SqliteFailure(e, Some(msg))) => {
-                assert_eq!(e.code, rusqlite::ErrorCode::ConstraintViolation);
-                assert!(msg.contains("events.event_id"), "{msg}");
+                assert_eq!(e.extended_code, ffi::SQLITE_CONSTRAINT_ROWID, "{e:?}");
+                assert!(msg.contains("events.rowid"), "{msg}");
             }
-            other => panic!("a second row for e1: {other:?}"),
+            other => panic!("a second row at rowid 1: {other:?}"),
         }
-        insert_event(&mut insert, &record("e2", &[5])).expect("the next one is written");
+        insert_event(&mut insert, &record("e2", &[5]), 2).expect("the next one is written");
         let bodies: i64 = conn
             .query_row(
                 "SELECT count(*) FROM events WHERE body = 'another'",

@@ -661,13 +661,17 @@ impl Sequencer {
             self.begin_read()?;
             return self
                 .reader
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "SELECT answer_status, answer, correlation_id FROM events \
-                     WHERE event_id = ?1 AND answer IS NOT NULL \
-                     UNION ALL SELECT a.status, a.body, e.correlation_id FROM answers a \
-                     LEFT JOIN events e ON e.event_id = a.event_id \
-                     WHERE a.event_id = ?1 LIMIT 1",
-                )?
+                         WHERE rowid = ",
+                    event_row!("?1"),
+                    " AND event_id = ?1 AND answer IS NOT NULL \
+                         UNION ALL SELECT a.status, a.body, e.correlation_id FROM answers a \
+                         LEFT JOIN events e ON e.rowid = ",
+                    event_row!("a.event_id"),
+                    " AND e.event_id = a.event_id \
+                         WHERE a.event_id = ?1 LIMIT 1"
+                ))?
                 .query_row(params![k.event_id], |r| {
                     // Entries written before keys were hashed carry the correlation id; the
                     // event's row has it for the rest (the event's own id when it is gone).
