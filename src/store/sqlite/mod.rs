@@ -2371,9 +2371,13 @@ mod tests {
         let twin_id = twin.event.event_id.clone();
         let mut text = acceptance("text", "s", &["orders"]);
         text.event.event_id = "not-a-ulid".into();
+        // One more sharing it, without outbox rows: only its age keeps it.
+        let mut lone = acceptance("lone", "s", &[]);
+        let tail = if made_id.ends_with('2') { "3" } else { "2" };
+        lone.event.event_id = format!("{}{}", &made_id[..13], tail.repeat(13));
         let ids = [made_id.clone(), twin_id.clone(), "not-a-ulid".to_string()];
         let path = used_then_closed(dir.path(), &rt, |store| {
-            for a in [made, twin, text] {
+            for a in [made, twin, text, lone] {
                 rt.block_on(store.accept(a)).expect("commit");
             }
         });
@@ -2396,7 +2400,7 @@ mod tests {
             (-1, -2),
             "the next negative rowids"
         );
-        assert_eq!(n("SELECT count(*) FROM events_moved"), 2);
+        assert_eq!(n("SELECT count(*) FROM events_moved"), 3);
         // Every lookup by id reads one row by rowid, never the whole table.
         for sql in [
             outbox::CLAIMED_EVENT,
@@ -2462,13 +2466,15 @@ mod tests {
         .expect("settle");
         rt.block_on(store.close());
 
-        // Delivered and young, all stay: a moved event's negative rowid is not its age.
+        // Delivered and young, all stay, with their rows: a moved event's negative rowid is
+        // not its age.
         let conn = Connection::open(&path).expect("open");
         let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
         let defaults = maintenance(&path, 86_400_000, 86_400_000, 86_400_000);
         project::maintain(&conn, &defaults, &mut project::MaintenanceCursor::default());
         drop(defaults);
-        assert_eq!(n("SELECT count(*) FROM events"), 3);
+        assert_eq!(n("SELECT count(*) FROM events"), 4);
+        assert_eq!(n("SELECT count(*) FROM outbox"), 3);
         // Expired, the ULIDs go (by rowid and by id), and the moved one's entry with it;
         // the text id sorts after every ULID, as before schema 15.
         let expired = maintenance(&path, -7_200_000, -60_000, -60_000);
