@@ -2492,6 +2492,26 @@ mod tests {
     }
 
     #[test]
+    fn opening_a_store_puts_the_next_event_ids_number_past_every_row_it_holds() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        // An event whose id is an hour ahead (as after the clock was set back).
+        let ahead = u64::try_from(crate::now_millis() + 3_600_000).expect("time");
+        let mut a = acceptance("ahead", "s", &[]);
+        a.event.event_id = ulid::Ulid::from_parts(ahead, 0).to_string();
+        let top = crate::event_id::row_of(&a.event.event_id).expect("a ULID");
+        used_then_closed(dir.path(), &rt, |store| {
+            rt.block_on(store.accept(a)).expect("commit");
+        });
+        let next = crate::event_id::row_of(&crate::event_id::new_event_id()).expect("a ULID");
+        assert!(next < top, "the clock has not reached it: {next} {top}");
+        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
+        let next = crate::event_id::row_of(&crate::event_id::new_event_id()).expect("a ULID");
+        assert!(next > top, "{next} {top}");
+        rt.block_on(store.close());
+    }
+
+    #[test]
     fn an_upgrade_to_schema_15_numbers_every_event_and_moves_those_whose_number_is_taken() {
         let mut conn = Connection::open_in_memory().expect("database");
         migrate_to(&mut conn, 14);
