@@ -5,6 +5,15 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 command -v taskset >/dev/null || { echo "taskset (util-linux) is required" >&2; exit 1; }
 if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build --release --bin cognihook --example bare_baseline >&2
+else
+  # A binary older than a source file may not be the source's: one built from a throwaway
+  # change that `git checkout` then took back (the checkout gives the file a new time).
+  # Said, not refused: comparing an older build on purpose is what BIN is for.
+  for b in target/release/cognihook ${BIN:-}; do
+    [ -e "$b" ] || continue
+    newer=$(find src Cargo.toml Cargo.lock -newer "$b" -type f 2>/dev/null | head -3 | xargs)
+    [ -z "$newer" ] || echo "# note: $b is older than $newer (SKIP_BUILD=1: is it the build you mean?)" >&2
+  done
 fi
 
 work=$(mktemp -d)

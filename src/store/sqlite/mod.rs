@@ -6,7 +6,7 @@
 //!              (hot maps, recent sessions,             ▼
 //!               database reads)
 //!                                           projector thread ──► keys (idempotency keys,
-//!   delivery jobs (claim, settle, replay, purge) ──►   an LSM tree: `keys`), then SQLite
+//!   delivery jobs (claim, settle, replay, purge) ──►   sorted runs: `keys`), then SQLite
 //!                                                      (events with their answers,
 //!                                                      sessions, outbox …), big transactions,
 //!                                                      synchronous=NORMAL
