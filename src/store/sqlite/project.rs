@@ -822,7 +822,7 @@ fn insert_event(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<(
                     |r| r.get(0),
                 )?;
                 if holder == a.event_id {
-                    return Err(e);
+                    return Err(already_stored(&a.event_id));
                 }
             }
             done => return done,
@@ -836,8 +836,21 @@ fn insert_event(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<(
     )?;
     st.conn
         .prepare_cached("INSERT INTO events_moved (event_id, row) VALUES (?1, ?2)")?
-        .execute(params![a.event_id, row])?;
+        .execute(params![a.event_id, row])
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::ConstraintViolation) => already_stored(&a.event_id),
+            _ => e,
+        })?;
     super::raw::insert_event(st.event_insert()?, a, row)
+}
+
+/// The error for an event id the table already holds (what the index on the id said before
+/// schema 15, with the id).
+fn already_stored(event_id: &str) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY),
+        Some(format!("event {event_id} is already in the store")),
+    )
 }
 
 /// Whether `e` is an insert refused for its rowid.
@@ -1184,6 +1197,41 @@ pub(super) fn start_checkpointer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_id_is_written_once_at_its_number_or_moved_and_a_second_time_refused() {
+        let conn = super::super::raw::tests::database();
+        let mut st = Statements::new(&conn);
+        let made = crate::event_id::new_event_id();
+        let twin = format!("{}{}", &made[..13], "Z".repeat(13));
+        let record = |id: &str| super::super::raw::tests::record(id, &[]);
+        for id in [made.as_str(), twin.as_str(), "e1"] {
+            insert_event(&mut st, &record(id)).expect(id);
+        }
+        for id in [made.as_str(), twin.as_str(), "e1"] {
+            match insert_event(&mut st, &record(id)) {
+                Err(rusqlite::Error::SqliteFailure(e, Some(msg))) => {
+                    assert_eq!(e.extended_code, rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY);
+                    assert_eq!(msg, format!("event {id} is already in the store"));
+                }
+                other => panic!("{id} a second time: {other:?}"),
+            }
+        }
+        drop(st);
+        let rows: Vec<(String, i64)> = conn
+            .prepare("SELECT event_id, rowid FROM events ORDER BY rowid DESC")
+            .expect("query")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        let number = crate::event_id::row_of(&made).expect("a ULID");
+        assert_eq!(
+            rows,
+            [(made.clone(), number), (twin, -1), ("e1".to_string(), -2)],
+            "each once, nothing of the refused ones"
+        );
+    }
 
     fn claim(id: i64, session: &str, respond_to: Option<&str>) -> Claimed {
         Claimed {

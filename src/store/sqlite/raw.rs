@@ -202,11 +202,11 @@ pub(super) fn insert_event(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::sqlite::record::OutboxRow;
 
-    fn record(id: &str, rows: &[i64]) -> AcceptRecord {
+    pub(in crate::store::sqlite) fn record(id: &str, rows: &[i64]) -> AcceptRecord {
         AcceptRecord {
             at: 1_700_000_000_123,
             event_id: id.into(),
@@ -234,7 +234,7 @@ mod tests {
     }
 
     /// A database of the store's schema, in memory.
-    fn database() -> Connection {
+    pub(in crate::store::sqlite) fn database() -> Connection {
         let mut conn = Connection::open_in_memory().expect("database");
         super::super::migrate(&mut conn, 0).expect("schema");
         conn
