@@ -335,3 +335,65 @@ async fn a_store_of_schema_12_is_upgraded_in_place_and_its_tree_keys_still_answe
     let db = app.db().await;
     assert_eq!(count(&db, "PRAGMA user_version"), 15);
 }
+
+/// `tests/fixtures/store/schema14/` was made by cognihook of schema 14 (commit 3da0783, the
+/// last whose events table had an index on the event id): two events on `/webhook` with
+/// `Idempotency-Key: nx-key-1..2`, correlation ids `nx-1..2`, sessions `ns1` and `ns2`, each
+/// with a pending row for the sink `later` (as `config` attaches it), then a clean stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_schema_14_numbers_its_event_rows_and_finds_every_event_by_either_id() {
+    let app = TestApp::spawn_in(fixture_dir("schema14"), config).await;
+    for n in [1, 2] {
+        let dup = repeat_of_fixture_key(&app, "n", n).await;
+        assert_eq!(dup.status, StatusCode::OK, "{:?}", dup.body);
+        assert_eq!(
+            dup.header("idempotent-replayed"),
+            Some("true"),
+            "nx-key-{n}"
+        );
+        assert_eq!(dup.json()["correlationId"], format!("nx-{n}"));
+        let by_correlation: Value = app.admin_get(&format!("/admin/events/nx-{n}")).await.json();
+        assert_eq!(by_correlation["event"]["sessionId"], format!("ns{n}"));
+        assert_eq!(by_correlation["deliveries"][0]["status"], "pending");
+        let id = by_correlation["event"]["eventId"]
+            .as_str()
+            .expect("an event id")
+            .to_string();
+        let by_id: Value = app.admin_get(&format!("/admin/events/{id}")).await.json();
+        assert_eq!(by_id, by_correlation);
+    }
+    // New events go on after them, and everything is found after a restart.
+    let new = app.post_signed("/webhook", &flow("ns1", "nx-3")).await;
+    assert_eq!(new.status, StatusCode::OK, "{:?}", new.body);
+    assert_eq!(new.json()["data"]["stateVersion"], 2);
+    let db = app.db().await;
+    assert_eq!(count(&db, "PRAGMA user_version"), 15);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pragma_index_list('events')"),
+        0,
+        "no index on the event id"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM events_moved"), 0);
+    drop(db);
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir, config).await;
+    let dup = app.post_signed("/webhook", &flow("ns1", "nx-3")).await;
+    assert_eq!(dup.header("idempotent-replayed"), Some("true"));
+    assert_eq!(dup.json()["data"]["stateVersion"], 2);
+    for n in [1, 2, 3] {
+        let j: Value = app.admin_get(&format!("/admin/events/nx-{n}")).await.json();
+        assert_eq!(j["deliveries"][0]["status"], "pending", "nx-{n}: {j}");
+    }
+    let db = app.db().await;
+    let rows: Vec<(String, i64)> = db
+        .prepare("SELECT event_id, rowid FROM events ORDER BY rowid")
+        .expect("query")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(rows.len(), 3);
+    for (id, row) in rows {
+        assert_eq!(Some(row), cognihook::event_id::row_of(&id), "{id}");
+    }
+}
