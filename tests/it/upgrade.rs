@@ -360,7 +360,10 @@ async fn a_store_of_schema_14_numbers_its_event_rows_and_finds_every_event_by_ei
             .expect("an event id")
             .to_string();
         let by_id: Value = app.admin_get(&format!("/admin/events/{id}")).await.json();
-        assert_eq!(by_id, by_correlation);
+        // The event and its row, not the row's attempts: the fixture's retry is long due, so
+        // the delivery worker may try again between the two reads.
+        assert_eq!(by_id["event"], by_correlation["event"]);
+        assert_eq!(by_id["deliveries"][0]["sink"], "later", "{by_id}");
     }
     // New events go on after them, and everything is found after a restart.
     let new = app.post_signed("/webhook", &flow("ns1", "nx-3")).await;
