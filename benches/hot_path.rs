@@ -55,7 +55,7 @@ fn bench(c: &mut Criterion) {
         simulated: false,
         correlation_header: None,
         transaction_id: "t",
-        now: 0,
+        now_ms: 0,
         format: cognihook::ingest::payload::BodyFormat::Json,
         fields: None,
     };

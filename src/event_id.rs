@@ -23,7 +23,12 @@ static LAST_ROW: AtomicI64 = AtomicI64::new(0);
 
 /// A new event id (canonical ULID text).
 pub fn new_event_id() -> String {
-    let row = next_row(crate::now_millis());
+    new_event_id_at(crate::now_millis())
+}
+
+/// A new event id made at `now_ms` (Unix ms, `crate::now_millis`; a request's one reading).
+pub fn new_event_id_at(now_ms: i64) -> String {
+    let row = next_row(now_ms);
     let random: u128 = rand::random::<u128>() >> (128 - 65);
     ulid::Ulid((u128::from(row as u64) << 65) | random).to_string()
 }

@@ -149,17 +149,22 @@ pub mod telemetry;
 /// only ever ones a signed request sent.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Current wall-clock time as an RFC 3339 string (UTC, millisecond precision).
+/// Current wall-clock time as an RFC 3339 string (UTC, millisecond precision):
+/// [`rfc3339_at`] of a reading of `now_millis`.
+pub fn now_rfc3339() -> String {
+    rfc3339_at(clock::now_millis())
+}
+
+/// A reading of `now_millis` as an RFC 3339 string (UTC, millisecond precision).
 ///
-/// A request asks for it two or three times (the event's receipt, the answer, the audit
+/// A request formats two (the event's receipt, which its answer repeats, and the audit
 /// line), mostly within one millisecond: each thread keeps the last millisecond it formatted
 /// (bench/README.md, seventeenth session).
-pub fn now_rfc3339() -> String {
+pub fn rfc3339_at(ms: i64) -> String {
     thread_local! {
         static LAST: std::cell::RefCell<(i64, String)> =
             const { std::cell::RefCell::new((i64::MIN, String::new())) };
     }
-    let ms = clock::now_millis();
     LAST.with_borrow_mut(|(at, text)| {
         if *at != ms {
             *text = format_rfc3339(clock::at_millis(ms));

@@ -152,8 +152,9 @@ pub struct RequestMeta<'a> {
     /// `X-Correlation-Id` of the request, if any.
     pub correlation_header: Option<&'a str>,
     pub transaction_id: &'a str,
-    /// The clock for signed timestamps (unix seconds).
-    pub now: i64,
+    /// The request's one reading of the clock (Unix ms, `crate::now_millis`): signed
+    /// timestamps are checked against it, and the event's id and `receivedAt` take it.
+    pub now_ms: i64,
     /// How the body is encoded (from `Content-Type`).
     pub format: BodyFormat,
     /// What to decode when it is not the raw body (a multipart body's text parts, as a form);
@@ -213,7 +214,9 @@ impl Route {
         let verified = if meta.simulated {
             None
         } else {
-            let v = self.auth.verify(meta.headers, body, meta.now);
+            let v = self
+                .auth
+                .verify(meta.headers, body, meta.now_ms.div_euclid(1000));
             mark(|m| &mut m.auth);
             v.map_err(Refusal::Auth)?
         };
@@ -230,7 +233,8 @@ impl Route {
             .correlation_id
             .or_else(|| meta.correlation_header.map(str::to_string));
         let generated = correlation_id.is_none();
-        let mut event = NormalisedEvent::new(
+        let mut event = NormalisedEvent::new_at(
+            meta.now_ms,
             &self.name,
             correlation_id.unwrap_or_default(),
             meta.transaction_id.to_string(),

@@ -220,11 +220,12 @@ impl RouteMetrics {
         self.duplicates.increment(1);
     }
 
-    /// A signature check; `secret` is the label of the secret that matched, if any.
-    pub fn signature(&self, result: SignatureResult, secret: Option<&str>) {
+    /// A signature check at `now_ms` (Unix ms); `secret` is the label of the secret that
+    /// matched, if any.
+    pub fn signature(&self, result: SignatureResult, secret: Option<&str>, now_ms: i64) {
         if let Some(s) = &self.signals {
             match (result, secret) {
-                (SignatureResult::Valid, Some(label)) => s.matched(label, crate::now_millis()),
+                (SignatureResult::Valid, Some(label)) => s.matched(label, now_ms),
                 (SignatureResult::Valid, None) => {}
                 _ => s.refused(),
             }
