@@ -1059,7 +1059,9 @@ impl SqliteStore {
             Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded(engine.queue_depth)),
             Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
         }
-        rx.await.unwrap_or(Err(StoreError::Closed))
+        // What is left of the acceptance is dropped here, on the thread that made it.
+        rx.await
+            .map_or(Err(StoreError::Closed), |(outcome, _spent)| outcome)
     }
 
     /// Runs `f` on the write connection inside the next transaction; answers after commit.
