@@ -87,6 +87,28 @@ async fn nlu_success_answers_seed_shape_with_extract_and_state_version() {
         .as_str()
         .is_some_and(|t| t.ends_with('Z')));
     assert_eq!(a.headers["x-correlation-id"], "corr-1");
+    // One reading of the clock: the answer's timestamp is the event's receivedAt, and its
+    // id's time (a ULID's first 48 bits) is that millisecond.
+    let req = Request::get("/admin/events/corr-1")
+        .header("authorization", format!("Bearer {}", support::ADMIN_TOKEN))
+        .body(Body::empty())
+        .expect("req");
+    let stored = call(&r, req).await.body;
+    assert_eq!(
+        stored["event"]["receivedAt"], a.body["timestamp"],
+        "{stored}"
+    );
+    let received = time::OffsetDateTime::parse(
+        a.body["timestamp"].as_str().expect("timestamp"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("RFC 3339");
+    let id =
+        ulid::Ulid::from_string(stored["event"]["eventId"].as_str().expect("id")).expect("a ULID");
+    assert_eq!(
+        i128::from(id.timestamp_ms()),
+        received.unix_timestamp_nanos() / 1_000_000
+    );
     let a = call(
         &r,
         signed("/webhook/cognigy", &nlu_body(session, "A-2", "corr-2")),
