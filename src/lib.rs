@@ -74,7 +74,8 @@
 //!   in memory) and commits them to the log with one fdatasync per group, and hands each group's outbox rows to the delivery path in memory
 //!   (`store::sqlite::fresh`, bounded per sink); the *projector*, which holds the only database write connection and
 //!   applies log records and the delivery path's jobs in large transactions (each event's
-//!   row through SQLite's C interface without copying its values, `store::sqlite::raw`; the sessions
+//!   row through SQLite's C interface without copying its values, up to 16 rows a statement
+//!   prepared once for the connection, `store::sqlite::raw`; the sessions
 //!   table written behind, each changed session once a second: `project::Behind`; the idempotency
 //!   keys go to sorted runs beside the database, `store::sqlite::keys::runs`, written by the
 //!   projector and merged by a thread of their own, `cognihook-keys-merge`; a store made

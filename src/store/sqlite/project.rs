@@ -21,7 +21,7 @@ use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::keys::Keys;
-use super::raw::{Raw, EVENT_INSERT};
+use super::raw::Raw;
 use super::record::{AcceptRecord, Record, Spend};
 use super::{open_connection, Shared, WriterSettings};
 use crate::store::{Claimed, Settlement, StoreError};
@@ -227,18 +227,15 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
 const MAX_BATCH_RECORDS: usize = 8_192;
 
 /// The projector's loop. It stops when its channel closes or on `Close`.
-pub(super) fn run(
-    mut conn: Connection,
-    rx: Receiver<ProjMsg>,
-    shared: Arc<Shared>,
-    s: WriterSettings,
-) {
+pub(super) fn run(conn: Connection, rx: Receiver<ProjMsg>, shared: Arc<Shared>, s: WriterSettings) {
     let mut last_maintenance = Instant::now();
     let mut cursor = MaintenanceCursor::default();
     // Records whose transaction failed, applied again first (they are committed in the log).
     let mut retry: Vec<(Vec<Record>, u64)> = Vec::new();
     let mut backoff = Duration::from_millis(50);
     let mut behind = Behind::default();
+    // The events rows' inserts, kept from one transaction to the next (see `EventInserts`).
+    let mut inserts = EventInserts::default();
     loop {
         let wait = behind.wait(if retry.is_empty() {
             MAINTENANCE_EVERY
@@ -294,7 +291,7 @@ pub(super) fn run(
                 behind: &mut behind,
                 flush,
             };
-            match apply_batch(&mut conn, batch, &shared, &s.keys) {
+            match apply_batch(&conn, &mut inserts, batch, &shared, &s.keys) {
                 Ok(()) => backoff = Duration::from_millis(50),
                 Err(e) => {
                     shared.db_health.fail(&e);
@@ -331,6 +328,12 @@ pub(super) fn run(
     }
 }
 
+/// The events rows' inserts of the projector's connection (`Statements::events`), kept
+/// across its transactions: prepared once per transaction they cost ~38k instructions
+/// each time (the 16-row one several times that), paid per round.
+#[derive(Default)]
+struct EventInserts<'c>(Vec<Option<Raw<'c>>>);
+
 /// What one transaction of the projector applies.
 struct Batch<'a> {
     records: &'a [(Vec<Record>, u64)],
@@ -344,8 +347,9 @@ struct Batch<'a> {
 /// answers the jobs after the commit and publishes how far the log is applied. On an error
 /// nothing is committed, every job gets the error and the caller keeps the records for the
 /// next attempt (the sessions they noted are noted again then).
-fn apply_batch(
-    conn: &mut Connection,
+fn apply_batch<'c>(
+    conn: &'c Connection,
+    inserts: &mut EventInserts<'c>,
     batch: Batch<'_>,
     shared: &Shared,
     keys: &Keys,
@@ -382,51 +386,73 @@ fn apply_batch(
         .unzip();
     let mut results = Vec::with_capacity(jobs.len());
     let mut with_rows = 0;
-    let outcome = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .and_then(|tx| {
-            // The keys first, so that an `Answer` record finds the key its group wrote.
-            if let Some(last) = last {
-                write_keys(keys, records.iter().flat_map(|(g, _)| g), last, now)?;
-            }
-            let mut statements = Statements::new(&tx);
-            statements.delivered = delivered;
-            statements.now = now;
-            for (i, r) in records.iter().flat_map(|(g, _)| g).enumerate() {
-                if i % YIELD_EVERY == 0 {
-                    std::thread::yield_now();
+    // A transaction on a shared borrow, so that the statements prepared on the connection
+    // outlive it; it ends (rolled back, unless committed) when `tx` drops.
+    let outcome =
+        rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
+            .and_then(|tx| {
+                // The keys first, so that an `Answer` record finds the key its group wrote.
+                if let Some(last) = last {
+                    write_keys(keys, records.iter().flat_map(|(g, _)| g), last, now)?;
                 }
-                apply_with(&mut statements, r, keys, Some(&mut *behind))?;
-            }
-            let delivered = std::mem::take(&mut statements.delivered);
-            drop(statements);
-            with_rows = delivered.values().filter(|d| d.written).count() as u64;
-            for job in jobs {
-                let ids = &shared.next_outbox_id;
-                results.push(match job {
-                    Todo::Run(job) => job(&tx, now, ids)?,
-                    Todo::Settle(items) => {
-                        for (claim, s) in &items {
-                            // Written with its row above, or settled here.
-                            if !delivered.get(&claim.outbox_id).is_some_and(|d| d.written) {
-                                super::outbox::settle(&tx, now, claim, s, ids)?;
-                            }
+                let mut statements = Statements::new(conn);
+                statements.events = std::mem::take(&mut inserts.0);
+                statements.delivered = delivered;
+                statements.now = now;
+                // Runs of `Accept` records go together (their events rows by statements of
+                // several rows); any other record is applied alone, in its place.
+                let mut run: Vec<&AcceptRecord> = Vec::with_capacity(YIELD_EVERY);
+                for r in records.iter().flat_map(|(g, _)| g) {
+                    if let Record::Accept(a) = r {
+                        run.push(a);
+                        if run.len() < YIELD_EVERY {
+                            continue;
                         }
-                        Box::new(())
+                    } else if run.is_empty() {
+                        apply_with(&mut statements, r, keys, Some(&mut *behind))?;
+                        continue;
                     }
-                });
-            }
-            if (flush || behind.due()) && !behind.sessions.is_empty() {
-                behind.write(&tx)?;
-                sessions_written = true;
-            }
-            let sessions_whole = sessions_written || behind.sessions.is_empty();
-            if last.is_some() || sessions_written {
-                let sessions = sessions_whole.then_some(applied);
-                set_positions(&tx, applied, sessions)?;
-            }
-            tx.commit()
-        });
+                    std::thread::yield_now();
+                    apply_accepts(&mut statements, &run, behind)?;
+                    run.clear();
+                    if !matches!(r, Record::Accept(_)) {
+                        apply_with(&mut statements, r, keys, Some(&mut *behind))?;
+                    }
+                }
+                if !run.is_empty() {
+                    std::thread::yield_now();
+                    apply_accepts(&mut statements, &run, behind)?;
+                }
+                let delivered = std::mem::take(&mut statements.delivered);
+                inserts.0 = std::mem::take(&mut statements.events);
+                drop(statements);
+                with_rows = delivered.values().filter(|d| d.written).count() as u64;
+                for job in jobs {
+                    let ids = &shared.next_outbox_id;
+                    results.push(match job {
+                        Todo::Run(job) => job(conn, now, ids)?,
+                        Todo::Settle(items) => {
+                            for (claim, s) in &items {
+                                // Written with its row above, or settled here.
+                                if !delivered.get(&claim.outbox_id).is_some_and(|d| d.written) {
+                                    super::outbox::settle(conn, now, claim, s, ids)?;
+                                }
+                            }
+                            Box::new(())
+                        }
+                    });
+                }
+                if (flush || behind.due()) && !behind.sessions.is_empty() {
+                    behind.write(conn)?;
+                    sessions_written = true;
+                }
+                let sessions_whole = sessions_written || behind.sessions.is_empty();
+                if last.is_some() || sessions_written {
+                    let sessions = sessions_whole.then_some(applied);
+                    set_positions(conn, applied, sessions)?;
+                }
+                tx.commit()
+            });
     let finished = replies.len() as u64;
     for after in afters {
         after();
@@ -611,7 +637,8 @@ pub(super) struct Statements<'c> {
     conn: &'c Connection,
     session: Option<CachedStatement<'c>>,
     session_update: Option<CachedStatement<'c>>,
-    event: Option<Raw<'c>>,
+    /// The events rows' inserts: `events[n - 1]` writes `n` rows (see `EVENT_CHUNK`).
+    events: Vec<Option<Raw<'c>>>,
     row: Option<CachedStatement<'c>>,
     held_row: Option<CachedStatement<'c>>,
     delivered_row: Option<CachedStatement<'c>>,
@@ -632,7 +659,7 @@ impl<'c> Statements<'c> {
             conn,
             session: None,
             session_update: None,
-            event: None,
+            events: Vec::new(),
             row: None,
             held_row: None,
             delivered_row: None,
@@ -657,12 +684,16 @@ impl<'c> Statements<'c> {
         Ok(o)
     }
 
-    /// The events row's insert, prepared on its first use (see `raw`).
-    fn event_insert(&mut self) -> rusqlite::Result<&mut Raw<'c>> {
-        if self.event.is_none() {
-            self.event = Some(Raw::new(self.conn, EVENT_INSERT)?);
+    /// The insert of `rows` events rows, prepared on its first use (see `raw`).
+    fn event_insert(&mut self, rows: usize) -> rusqlite::Result<&mut Raw<'c>> {
+        if self.events.len() < rows {
+            self.events.resize_with(rows, || None);
         }
-        self.event.as_mut().ok_or(rusqlite::Error::InvalidQuery)
+        let slot = &mut self.events[rows - 1];
+        if slot.is_none() {
+            *slot = Some(Raw::new(self.conn, &super::raw::events_insert_sql(rows))?);
+        }
+        slot.as_mut().ok_or(rusqlite::Error::InvalidQuery)
     }
 
     /// The statement in `slot`, prepared on its first use.
@@ -814,7 +845,7 @@ fn write_session(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<
 /// twice is refused, as the index on the id refused it before.
 fn insert_event(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<()> {
     if let Some(row) = crate::event_id::row_of(&a.event_id) {
-        match super::raw::insert_event(st.event_insert()?, a, row) {
+        match super::raw::insert_event(st.event_insert(1)?, a, row) {
             Err(e) if taken_row(&e) => {
                 let holder: String = st.conn.query_row(
                     "SELECT event_id FROM events WHERE rowid = ?1",
@@ -841,7 +872,7 @@ fn insert_event(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<(
             Some(rusqlite::ErrorCode::ConstraintViolation) => already_stored(&a.event_id),
             _ => e,
         })?;
-    super::raw::insert_event(st.event_insert()?, a, row)
+    super::raw::insert_event(st.event_insert(1)?, a, row)
 }
 
 /// The error for an event id the table already holds (what the index on the id said before
@@ -854,14 +885,64 @@ fn already_stored(event_id: &str) -> rusqlite::Error {
 }
 
 /// Whether `e` is an insert refused for its rowid.
-fn taken_row(e: &rusqlite::Error) -> bool {
+pub(super) fn taken_row(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _)
         if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_ROWID)
 }
 
+/// At most this many events rows are written by one statement (`insert_events`).
+/// Measured: see bench/README.md, forty-first session.
+const EVENT_CHUNK: usize = 16;
+
+/// Writes the events rows of `chunk` (at most `EVENT_CHUNK`) with one statement when every
+/// id has its number. From a row the statement refuses (a number another event has, an id
+/// already stored), or for a chunk with an id without a number, the rows go one by one as
+/// `insert_event`, which handles each case.
+fn insert_events(st: &mut Statements<'_>, chunk: &[&AcceptRecord]) -> rusqlite::Result<()> {
+    let mut written = 0;
+    if chunk.len() > 1 {
+        let events: Option<Vec<(&AcceptRecord, i64)>> = chunk
+            .iter()
+            .map(|a| crate::event_id::row_of(&a.event_id).map(|row| (*a, row)))
+            .collect();
+        if let Some(events) = events {
+            match super::raw::insert_events(st.event_insert(events.len())?, &events) {
+                Ok(()) => return Ok(()),
+                Err((n, _)) => written = n,
+            }
+        }
+    }
+    for a in &chunk[written.min(chunk.len())..] {
+        insert_event(st, a)?;
+    }
+    Ok(())
+}
+
+/// Applies a run of consecutive `Accept` records (see `apply_with`): their events rows
+/// first, `EVENT_CHUNK` to a statement, then each one's session and outbox rows.
+fn apply_accepts(
+    st: &mut Statements<'_>,
+    run: &[&AcceptRecord],
+    behind: &mut Behind,
+) -> rusqlite::Result<()> {
+    for chunk in run.chunks(EVENT_CHUNK) {
+        insert_events(st, chunk)?;
+    }
+    for a in run {
+        behind.note(a);
+        write_rows(st, a)?;
+    }
+    Ok(())
+}
+
 fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<()> {
-    let conn = st.conn;
     insert_event(st, a)?;
+    write_rows(st, a)
+}
+
+/// Writes an accepted event's outbox rows and its spent signature.
+fn write_rows(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<()> {
+    let conn = st.conn;
     for row in &a.rows {
         let now = st.now;
         let ordered = st.ordered(&row.sink)?;
@@ -1231,6 +1312,59 @@ mod tests {
             [(made.clone(), number), (twin, -1), ("e1".to_string(), -2)],
             "each once, nothing of the refused ones"
         );
+    }
+
+    #[test]
+    fn a_run_of_events_is_written_as_one_by_one_twins_and_ids_without_numbers_included() {
+        let conn = super::super::raw::tests::database();
+        let mut st = Statements::new(&conn);
+        let record = |id: &str| super::super::raw::tests::record(id, &[]);
+        let ids: Vec<String> = (0..EVENT_CHUNK + 3)
+            .map(|_| crate::event_id::new_event_id())
+            .collect();
+        // A plain run: more than a statement's worth.
+        let plain: Vec<AcceptRecord> = ids.iter().map(|id| record(id)).collect();
+        let run: Vec<&AcceptRecord> = plain.iter().collect();
+        let mut behind = Behind::default();
+        apply_accepts(&mut st, &run, &mut behind).expect("written");
+        // A run with a twin (another id at the number of one just written): the statement
+        // stops there and the rest go one by one; a run with an id without a number goes
+        // one by one.
+        let made: Vec<String> = (0..3).map(|_| crate::event_id::new_event_id()).collect();
+        let twin = format!("{}{}", &ids[0][..13], "Z".repeat(13));
+        let mixed = [record(&made[0]), record(&twin), record(&made[1])];
+        let run: Vec<&AcceptRecord> = mixed.iter().collect();
+        apply_accepts(&mut st, &run, &mut behind).expect("written");
+        let unnumbered = [record("e1"), record(&made[2])];
+        let run: Vec<&AcceptRecord> = unnumbered.iter().collect();
+        apply_accepts(&mut st, &run, &mut behind).expect("written");
+        // A run holding an id already stored is refused as one by one refuses it.
+        let again = [record(&crate::event_id::new_event_id()), record(&ids[3])];
+        let run: Vec<&AcceptRecord> = again.iter().collect();
+        match apply_accepts(&mut st, &run, &mut behind) {
+            Err(rusqlite::Error::SqliteFailure(e, Some(msg))) => {
+                assert_eq!(e.extended_code, rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY);
+                assert_eq!(msg, format!("event {} is already in the store", ids[3]));
+            }
+            other => panic!("{} a second time: {other:?}", ids[3]),
+        }
+        drop(st);
+        let rows: crate::FastMap<String, i64> = conn
+            .prepare("SELECT event_id, rowid FROM events")
+            .expect("query")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        let number = |id: &str| crate::event_id::row_of(id).expect("a ULID");
+        // The refused run's first row is there: one by one writes it before the refusal
+        // (the caller's transaction then rolls back, as it did before runs).
+        assert_eq!(rows.len(), ids.len() + 6);
+        for id in ids.iter().chain(&made) {
+            assert_eq!(rows[id], number(id), "{id} at its number");
+        }
+        assert_eq!((rows[&twin], rows["e1"]), (-1, -2), "moved, in order");
+        assert_eq!(behind.sessions.len(), 1, "every event's session noted");
     }
 
     fn claim(id: i64, session: &str, respond_to: Option<&str>) -> Claimed {

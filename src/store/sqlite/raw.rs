@@ -8,6 +8,11 @@
 //! stay on rusqlite: the outbox rows bound this way measured the same as through rusqlite
 //! (projector 35,217 against 35,103 instructions per request with one sink; SQLite keeps a
 //! short value's copy in a buffer it reuses), and the rest is rare.
+//!
+//! A run of events is written by statements of several rows (`insert_events`, up to
+//! `project::EVENT_CHUNK`), prepared once for the projector's connection: one cursor on the
+//! table puts each row after the last without a search from the root, and a statement's
+//! start and end are paid once per run (bench/README.md, forty-first session).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_int};
@@ -40,6 +45,8 @@ impl From<Option<i64>> for Value<'_> {
 pub(super) struct Raw<'c> {
     stmt: *mut ffi::sqlite3_stmt,
     db: *mut ffi::sqlite3,
+    /// Rows the last `execute` changed, a failed one included (see `insert_events`).
+    changed: u64,
     _conn: std::marker::PhantomData<&'c Connection>,
 }
 
@@ -67,6 +74,7 @@ impl<'c> Raw<'c> {
             Ok(Raw {
                 stmt,
                 db,
+                changed: 0,
                 _conn: std::marker::PhantomData,
             })
         }
@@ -95,11 +103,13 @@ impl<'c> Raw<'c> {
                     break;
                 }
             }
+            self.changed = 0;
             if rc == ffi::SQLITE_OK {
                 rc = match ffi::sqlite3_step(s) {
                     ffi::SQLITE_DONE | ffi::SQLITE_ROW => ffi::SQLITE_OK,
                     e => e,
                 };
+                self.changed = u64::try_from(ffi::sqlite3_changes64(self.db)).unwrap_or(0);
             }
             // The error is read before the reset, which may leave the connection's error
             // state to another code.
@@ -167,22 +177,37 @@ unsafe fn check(db: *mut ffi::sqlite3, rc: c_int) -> rusqlite::Result<()> {
     ))
 }
 
-/// The events row of an accepted event, at the rowid `?15`.
-pub(super) const EVENT_INSERT: &str =
-    "INSERT INTO events (event_id, correlation_id, route, session_id, event_type, \
-                         state_version, simulated, received_at, committed_at, body, answer, \
-                         answer_status, outbox_first, outbox_last, rowid) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+/// The events row's columns, in the order `event_values` gives their values.
+/// `OR FAIL`: a refused row ends the statement and keeps the rows before it, so a statement
+/// of several rows needs no statement journal (with the default `ABORT` SQLite saves every
+/// page the statement changes, to undo it: the table's last page, 16 KiB, per statement).
+const EVENT_COLUMNS: &str =
+    "INSERT OR FAIL INTO events (event_id, correlation_id, route, session_id, \
+     event_type, state_version, simulated, received_at, committed_at, body, answer, \
+     answer_status, outbox_first, outbox_last, rowid) VALUES ";
 
-/// Writes `a`'s events row at rowid `row` with `insert` (prepared from `EVENT_INSERT`).
-pub(super) fn insert_event(
-    insert: &mut Raw<'_>,
-    a: &AcceptRecord,
-    row: i64,
-) -> rusqlite::Result<()> {
+/// How many values an events row binds.
+const EVENT_VALUES: usize = 15;
+
+/// The insert of `rows` events rows in one statement (see `insert_events`).
+pub(super) fn events_insert_sql(rows: usize) -> String {
+    let one = format!("({})", vec!["?"; EVENT_VALUES].join(","));
+    let mut sql = String::with_capacity(EVENT_COLUMNS.len() + rows * (one.len() + 1));
+    sql.push_str(EVENT_COLUMNS);
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&one);
+    }
+    sql
+}
+
+/// The values of `a`'s events row at the rowid `row`, in `EVENT_COLUMNS`' order.
+fn event_values(a: &AcceptRecord, row: i64) -> [Value<'_>; EVENT_VALUES] {
     let first = a.rows.iter().map(|r| r.id).min();
     let last = a.rows.iter().map(|r| r.id).max();
-    insert.execute(&[
+    [
         Value::Text(&a.event_id),
         Value::Text(&a.correlation_id),
         Value::Text(&a.route),
@@ -198,7 +223,29 @@ pub(super) fn insert_event(
         first.into(),
         last.into(),
         Value::Int(row),
-    ])
+    ]
+}
+
+/// Writes the events row of `a` at the rowid `row` with `insert` (`events_insert_sql(1)`).
+pub(super) fn insert_event(
+    insert: &mut Raw<'_>,
+    a: &AcceptRecord,
+    row: i64,
+) -> rusqlite::Result<()> {
+    insert.execute(&event_values(a, row))
+}
+
+/// Writes the events rows of `events` (each with its rowid) with one statement, `insert`
+/// being `events_insert_sql(events.len())`: a statement's start and end, and its reading of
+/// the parameters' slots, are paid once for the rows. When a row is refused, the rows before
+/// it are written and the rest are not: the error comes with how many were written.
+pub(super) fn insert_events(
+    insert: &mut Raw<'_>,
+    events: &[(&AcceptRecord, i64)],
+) -> Result<(), (usize, rusqlite::Error)> {
+    insert
+        .run(events.iter().flat_map(|(a, row)| event_values(a, *row)))
+        .map_err(|e| (usize::try_from(insert.changed).unwrap_or(0), e))
 }
 
 #[cfg(test)]
@@ -294,7 +341,7 @@ pub(super) mod tests {
     #[test]
     fn the_row_holds_every_value_of_the_record_after_the_record_is_gone() {
         let conn = database();
-        let mut insert = Raw::new(&conn, EVENT_INSERT).expect("prepared");
+        let mut insert = Raw::new(&conn, &events_insert_sql(1)).expect("prepared");
         let (with_rows, without) = (record("e1", &[12, 10, 11]), record("e2", &[]));
         let want = [
             expected(&with_rows, Some(10), Some(12)),
@@ -312,7 +359,7 @@ pub(super) mod tests {
     #[test]
     fn a_refused_row_is_an_error_of_its_own_and_the_statement_goes_on() {
         let conn = database();
-        let mut insert = Raw::new(&conn, EVENT_INSERT).expect("prepared");
+        let mut insert = Raw::new(&conn, &events_insert_sql(1)).expect("prepared");
         insert_event(&mut insert, &record("e1", &[]), 1).expect("written");
         let mut again = record("e1", &[]);
         again.body = "another".into();
@@ -333,6 +380,71 @@ pub(super) mod tests {
             .expect("count");
         assert_eq!(bodies, 0, "nothing of the refused row");
         assert_eq!(read(&conn, "e2").2 .2, Some(5));
+    }
+
+    #[test]
+    fn rows_written_by_one_statement_are_the_rows_written_one_by_one() {
+        let conn = database();
+        let records = [
+            record("e1", &[12, 10, 11]),
+            record("e2", &[]),
+            record("e3", &[7]),
+        ];
+        let want: Vec<Row> = [(Some(10), Some(12)), (None, None), (Some(7), Some(7))]
+            .iter()
+            .zip(&records)
+            .map(|((first, last), a)| expected(a, *first, *last))
+            .collect();
+        // Out of rowid order too: each row lands at its own.
+        let events = [(&records[0], 5), (&records[1], 3), (&records[2], 9)];
+        let mut insert = Raw::new(&conn, &events_insert_sql(events.len())).expect("prepared");
+        insert_events(&mut insert, &events).expect("written");
+        drop(records);
+        drop(insert);
+        for (id, row, want) in [
+            ("e1", 5, &want[0]),
+            ("e2", 3, &want[1]),
+            ("e3", 9, &want[2]),
+        ] {
+            assert_eq!(&read(&conn, id), want);
+            let rowid: i64 = conn
+                .query_row("SELECT rowid FROM events WHERE event_id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .expect("rowid");
+            assert_eq!(rowid, row, "{id}");
+        }
+    }
+
+    #[test]
+    fn a_refused_row_keeps_the_rows_before_it_and_says_how_many() {
+        let conn = database();
+        let mut one = Raw::new(&conn, &events_insert_sql(1)).expect("prepared");
+        insert_event(&mut one, &record("e1", &[]), 4).expect("written");
+        let (a, b, c) = (record("e2", &[]), record("e3", &[]), record("e4", &[]));
+        let mut three = Raw::new(&conn, &events_insert_sql(3)).expect("prepared");
+        match insert_events(&mut three, &[(&a, 3), (&b, 4), (&c, 5)]) {
+            Err((written, e)) => {
+                assert!(super::super::project::taken_row(&e), "{e:?}");
+                assert_eq!(written, 1);
+            }
+            Ok(()) => panic!("a second row at rowid 4"),
+        }
+        let ids: Vec<String> = conn
+            .prepare("SELECT event_id FROM events ORDER BY rowid")
+            .expect("query")
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(
+            ids,
+            ["e2", "e1"],
+            "the row before the refused one, none after it"
+        );
+        let (d, e) = (record("e5", &[]), record("e6", &[]));
+        insert_events(&mut three, &[(&b, 5), (&d, 6), (&e, 7)])
+            .expect("the next call starts clean");
     }
 
     #[test]
