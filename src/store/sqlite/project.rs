@@ -895,9 +895,9 @@ pub(super) fn taken_row(e: &rusqlite::Error) -> bool {
 const EVENT_CHUNK: usize = 16;
 
 /// Writes the events rows of `chunk` (at most `EVENT_CHUNK`) with one statement when every
-/// id has its number. From a row the statement refuses (a number another event has, an id
-/// already stored), or for a chunk with an id without a number, the rows go one by one as
-/// `insert_event`, which handles each case.
+/// id has its number. From a row the statement refuses for its rowid (a number another event
+/// has, an id already stored), or for a chunk with an id without a number, the rows go one by
+/// one as `insert_event`, which handles each case; any other failure is the chunk's.
 fn insert_events(st: &mut Statements<'_>, chunk: &[&AcceptRecord]) -> rusqlite::Result<()> {
     let mut written = 0;
     if chunk.len() > 1 {
@@ -908,7 +908,11 @@ fn insert_events(st: &mut Statements<'_>, chunk: &[&AcceptRecord]) -> rusqlite::
         if let Some(events) = events {
             match super::raw::insert_events(st.event_insert(events.len())?, &events) {
                 Ok(()) => return Ok(()),
-                Err((n, _)) => written = n,
+                // Only a refused row goes on: after any other failure SQLite may have rolled
+                // the transaction back, and the rows that followed would be written outside
+                // it.
+                Err((n, e)) if taken_row(&e) => written = n,
+                Err((_, e)) => return Err(e),
             }
         }
     }
@@ -1365,6 +1369,39 @@ mod tests {
         }
         assert_eq!((rows[&twin], rows["e1"]), (-1, -2), "moved, in order");
         assert_eq!(behind.sessions.len(), 1, "every event's session noted");
+    }
+
+    #[test]
+    fn a_run_refused_for_anything_but_its_rowid_is_not_written_one_by_one() {
+        let conn = super::super::raw::tests::database();
+        // A refusal of another kind than a rowid's, once (as an I/O error would be: after
+        // one, SQLite may have rolled the transaction back, so the rows must not go on).
+        conn.execute_batch(
+            "CREATE TABLE tries (n INTEGER); INSERT INTO tries VALUES (0); \
+             CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.correlation_id = 'corr-x' \
+             BEGIN UPDATE tries SET n = n + 1; \
+               SELECT RAISE(FAIL, 'refused') WHERE (SELECT n FROM tries) = 1; END;",
+        )
+        .expect("trigger");
+        let mut st = Statements::new(&conn);
+        let record = |id: &str| super::super::raw::tests::record(id, &[]);
+        let ids: Vec<String> = (0..3).map(|_| crate::event_id::new_event_id()).collect();
+        let mut run = [record(&ids[0]), record(&ids[1]), record(&ids[2])];
+        run[1].correlation_id = "corr-x".into();
+        let refs: Vec<&AcceptRecord> = run.iter().collect();
+        match apply_accepts(&mut st, &refs, &mut Behind::default()) {
+            Err(rusqlite::Error::SqliteFailure(_, Some(msg))) => assert_eq!(msg, "refused"),
+            other => panic!("the trigger's refusal: {other:?}"),
+        }
+        drop(st);
+        let written: Vec<String> = conn
+            .prepare("SELECT event_id FROM events")
+            .expect("query")
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(written, [ids[0].clone()], "nothing after the refused row");
     }
 
     fn claim(id: i64, session: &str, respond_to: Option<&str>) -> Claimed {
