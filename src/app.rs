@@ -338,15 +338,19 @@ impl App {
             })
             .transpose()?;
         let alerts_task = alerts.map(|a| tokio::spawn(a.run(shutdown.clone())));
-        // The console overview's 15 minutes of history: one sample every 10 s.
+        // The histograms' recorded values drained into their buckets (`UPKEEP_EVERY`), and the
+        // console overview's 15 minutes of history: one sample every 10 s.
         let sampler = {
             let (state, shutdown) = (state.clone(), shutdown.clone());
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+                let mut upkeep = tokio::time::interval(telemetry::metrics::UPKEEP_EVERY);
+                upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut sample = tokio::time::interval(std::time::Duration::from_secs(10));
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = tick.tick() => console.sample(&state),
+                        _ = upkeep.tick() => state.metrics.run_upkeep(),
+                        _ = sample.tick() => console.sample(&state),
                     }
                 }
             })

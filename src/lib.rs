@@ -94,8 +94,10 @@
 //!   every 30 s) and the LISTEN loop (`PgStore::listen`, wakes the workers on other
 //!   replicas' commits); `close` ends all three.
 //! - `app::App::run` also owns the alerts task (`alerts::Alerts::run`, when `[alerts]` has
-//!   targets; a store alert's direct sends are short tasks of their own) and the console's
-//!   sampler (`http::console::Console::sample`, every 10 s: the overview's history).
+//!   targets; a store alert's direct sends are short tasks of their own) and the metrics
+//!   task: every `telemetry::metrics::UPKEEP_EVERY` it drains the histograms' recorded
+//!   values into their buckets (the recorder holds each value until then), and every 10 s
+//!   it samples the console overview's history (`http::console::Console::sample`).
 //! - `telemetry::audit` owns one OS thread that drains buffered audit lines to their output
 //!   and keeps the mark of how far they are written (`app` recovers lost lines from it at start).
 //!

@@ -37,6 +37,15 @@ const LAG_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
 ];
 
+/// How often `app::App::run` drains the histograms' recorded values into their buckets
+/// (`PrometheusHandle::run_upkeep`). The recorder keeps every value recorded since the last
+/// drain (8 bytes each, up to three per request with a sink), and only a drain or a render
+/// frees them: with the console's sample every 10 s as the only render, that was a sawtooth
+/// of ~10 MiB at 40k req/s, and without any render it would have grown with every request
+/// (measured with jemalloc's heap profile: bench/README.md, forty-second session). A drain
+/// is the same work a render would do later, in smaller pieces.
+pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the recorder once per process and returns the handle that renders `/metrics`.
