@@ -16,6 +16,13 @@ else
   done
 fi
 
+# Which source the run's binaries most likely came from (with the note above when a binary
+# is older than the source).
+if rev=$(git rev-parse --short HEAD 2>/dev/null); then
+  git diff --quiet HEAD -- src Cargo.toml Cargo.lock examples 2>/dev/null || rev="$rev with uncommitted changes"
+  echo "# source tree: $rev" >&2
+fi
+
 work=$(mktemp -d)
 pids=()
 # The processes are waited for before their directory goes: one still writing into it (a
