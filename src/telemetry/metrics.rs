@@ -40,10 +40,11 @@ const LAG_BUCKETS: &[f64] = &[
 /// How often `app::App::run` drains the histograms' recorded values into their buckets
 /// (`PrometheusHandle::run_upkeep`). The recorder keeps every value recorded since the last
 /// drain (8 bytes each, up to three per request with a sink), and only a drain or a render
-/// frees them: with the console's sample every 10 s as the only render, that was a sawtooth
-/// of ~10 MiB at 40k req/s, and without any render it would have grown with every request
-/// (measured with jemalloc's heap profile: bench/README.md, forty-second session). A drain
-/// is the same work a render would do later, in smaller pieces.
+/// frees them: with the console's sample every 10 s as the only render, they were a third
+/// of a ~9 MB swing in the live heap at 27k req/s with a sink, and without any render they
+/// would have grown with every request (jemalloc's heap profile; peak RSS 1.6–5.2 MiB lower
+/// with the drain: bench/README.md, forty-second session). A drain is the same work a render
+/// would do later, in smaller pieces.
 pub const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
