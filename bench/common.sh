@@ -26,7 +26,7 @@ fi
 # Whether this VM hands free memory back to its host (virtio-balloon free page reporting):
 # then a page the guest touches for the first time since (a file growing in the page cache,
 # memory an allocator gave back) costs a fault in the host, ~8 µs per 4 KiB page on the
-# Firecracker hosts measured in bench/README.md (forty-third session), so runs that write
+# Firecracker host measured in bench/README.md (forty-third session), so runs that write
 # new pages (the durable reference's growing log, the database's growth) vary with it.
 if [ -r /sys/module/page_reporting/parameters/page_reporting_order ]; then
   order=$(cat /sys/module/page_reporting/parameters/page_reporting_order)
