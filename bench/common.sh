@@ -31,7 +31,10 @@ fi
 if [ -r /sys/module/page_reporting/parameters/page_reporting_order ]; then
   order=$(cat /sys/module/page_reporting/parameters/page_reporting_order)
   reported=$(cat /sys/module/page_reporting/parameters/reported_kib 2>/dev/null || echo "?")
-  echo "# memory: free page reporting on (blocks of order $order; $reported KiB reported since boot)" >&2
+  # An order past the allocator's largest block (10 here) reports nothing: reporting is off.
+  state=on
+  [ "$order" -le 10 ] 2>/dev/null || state="off (order past the largest block)"
+  echo "# memory: free page reporting $state (blocks of order $order; $reported KiB reported since boot)" >&2
 fi
 
 work=$(mktemp -d)
