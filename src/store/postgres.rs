@@ -642,6 +642,17 @@ impl PgStore {
                 )
                 .await
                 .map_err(unavailable)?;
+            // The answers kept for duplicates hold the route's extracts (or a `respond`
+            // upstream's body): they keep their status and lose the rest.
+            tx.execute(
+                "UPDATE idempotency i SET body = convert_to(jsonb_build_object( \
+                   'eventId', e.event_id, 'sessionId', e.session_id, \
+                   'stateVersion', e.state_version, 'forgotten', true)::text, 'UTF8') \
+                 FROM events e WHERE e.session_id = $1 AND i.event_id = e.event_id",
+                &[&session_id],
+            )
+            .await
+            .map_err(unavailable)?;
             let cancelled = tx
                 .execute(
                     "UPDATE outbox SET status = 'forgotten', lease_until = NULL, \

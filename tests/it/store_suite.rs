@@ -491,7 +491,15 @@ async fn a_forgotten_session_loses_state_payloads_and_pending_deliveries_and_sta
     b: Backend,
 ) {
     let s = &b.store;
-    for k in ["f1", "f2", "f3"] {
+    // The first event's answer holds an extract of its payload, as a route's answers do.
+    let mut first = acceptance("f1", "s-forget", &["x"]);
+    first.answer = Answer::new(
+        b"{\"extract\":\"secret-of-f1\",\"stateVersion\":".to_vec(),
+        b"}".to_vec(),
+    );
+    let first_id = first.event.event_id.clone();
+    s.accept(first).await.unwrap();
+    for k in ["f2", "f3"] {
         s.accept(acceptance(k, "s-forget", &["x"])).await.unwrap();
     }
     s.accept(acceptance("keep", "s-keep", &["x"]))
@@ -513,6 +521,38 @@ async fn a_forgotten_session_loses_state_payloads_and_pending_deliveries_and_sta
         b.name
     );
     assert!(text.contains("s-forget"), "{}: ids kept: {text}", b.name);
+    // The answer kept for its duplicates loses the extract, keeps its status, and says so.
+    let forgotten_answer = serde_json::json!({
+        "eventId": first_id, "sessionId": "s-forget", "stateVersion": 1, "forgotten": true
+    });
+    let timeline = s.session_timeline("s-forget", 10).await.unwrap();
+    let entry = timeline
+        .iter()
+        .find(|e| e.event_id == first_id)
+        .expect("in the timeline");
+    let (status, body) = entry.answer.clone().expect("the answer is kept, emptied");
+    assert_eq!(status, 200, "{}", b.name);
+    let kept: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(kept, forgotten_answer, "{}: the timeline's answer", b.name);
+    match s
+        .accept(acceptance("f1", "s-forget", &["x"]))
+        .await
+        .unwrap()
+    {
+        AcceptOutcome::Duplicate { status, body, .. } => {
+            assert_eq!(status, 200, "{}", b.name);
+            let replayed: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            assert_eq!(
+                replayed, forgotten_answer,
+                "{}: a duplicate's answer",
+                b.name
+            );
+        }
+        other => panic!(
+            "{}: a repeat inside the window is a duplicate: {other:?}",
+            b.name
+        ),
+    }
     // No dead letter and nothing pending is left of it; the other session is untouched.
     let counts = s.sink_counts(&["x".into()]).await.unwrap();
     assert_eq!(

@@ -2954,6 +2954,20 @@ mod tests {
             timeline[0].answer.clone(),
             Some((202, bytes::Bytes::from_static(b"{}")))
         );
+        // Forgetting the session empties the answer kept there too.
+        rt.block_on(store.forget_session("s8".into()))
+            .expect("forget");
+        let out = rt
+            .block_on(store.accept(acceptance("k8", "other", &[])))
+            .expect("duplicate");
+        let AcceptOutcome::Duplicate { status, body, .. } = out else {
+            panic!("{out:?}")
+        };
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(
+            (status, body["forgotten"].clone(), body["sessionId"].clone()),
+            (202, serde_json::json!(true), serde_json::json!("s8"))
+        );
         rt.block_on(store.close());
     }
 
