@@ -349,6 +349,8 @@ fn success_schema(route: &RouteConfig) -> Value {
             "processed": {"const": true},
             "stateVersion": {"type": "integer", "minimum": 1,
                 "description": "The session's interaction count after this event"},
+            "forgotten": {"const": true, "description": "Only on a duplicate's answer once \
+                its session was forgotten: the extracts are gone"},
         });
         for name in route.extract.keys() {
             props[name] = json!({"description": "An extract of the route"});

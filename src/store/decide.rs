@@ -4,7 +4,8 @@
 //! reads the previous state and stores the result.
 //!
 //! The answer itself is rendered by the HTTP layer (see [`Answer`]); the store only puts the
-//! session's version into it, so no backend edits response JSON.
+//! session's version into it, so no backend edits response JSON, and, when the session is
+//! forgotten, empties its `data` ([`Answer::forgotten`]) the same way on every backend.
 
 use bytes::Bytes;
 
@@ -37,6 +38,38 @@ impl Answer {
         out.extend_from_slice(digits);
         out.extend_from_slice(&self.tail);
         Bytes::from(out)
+    }
+
+    /// What the answer kept for `event_id`'s duplicates becomes when its session is
+    /// forgotten: the envelope as it was (status word, message, correlation and transaction
+    /// ids, time) with `data`, which held the route's extracts and a `respond` upstream's
+    /// answer, emptied to `{"processed": true, "stateVersion": N, "forgotten": true}`. A
+    /// stored answer that is not a JSON object (none the gateway writes) becomes `{eventId,
+    /// sessionId, stateVersion, "forgotten": true}`.
+    pub fn forgotten(
+        stored: &[u8],
+        event_id: &str,
+        session_id: &str,
+        state_version: u64,
+    ) -> Vec<u8> {
+        let data = serde_json::json!({
+            "processed": true,
+            "stateVersion": state_version,
+            "forgotten": true,
+        });
+        let emptied = match serde_json::from_slice::<serde_json::Value>(stored) {
+            Ok(serde_json::Value::Object(mut envelope)) => {
+                envelope.insert("data".into(), data);
+                serde_json::Value::Object(envelope)
+            }
+            _ => serde_json::json!({
+                "eventId": event_id,
+                "sessionId": session_id,
+                "stateVersion": state_version,
+                "forgotten": true,
+            }),
+        };
+        serde_json::to_vec(&emptied).unwrap_or_default()
     }
 
     /// Refuses an answer that could exceed `limit` whatever the version (checked before
@@ -135,5 +168,20 @@ mod tests {
                 limit: 25
             })
         );
+    }
+
+    #[test]
+    fn a_forgotten_answer_keeps_its_envelope_in_order_and_loses_its_data() {
+        let stored = br#"{"status":"success","message":"m","correlationId":"c","transactionId":"t","timestamp":"2026-12-05T10:00:00.000Z","data":{"processed":true,"stateVersion":3,"orderId":"A-1","result":{"name":"Ada"}}}"#;
+        assert_eq!(
+            String::from_utf8(Answer::forgotten(stored, "e1", "s1", 3)).expect("UTF-8"),
+            r#"{"status":"success","message":"m","correlationId":"c","transactionId":"t","timestamp":"2026-12-05T10:00:00.000Z","data":{"processed":true,"stateVersion":3,"forgotten":true}}"#
+        );
+        for not_an_object in [&b"[1]"[..], b"not json", b""] {
+            assert_eq!(
+                String::from_utf8(Answer::forgotten(not_an_object, "e1", "s1", 3)).expect("UTF-8"),
+                r#"{"eventId":"e1","sessionId":"s1","stateVersion":3,"forgotten":true}"#
+            );
+        }
     }
 }

@@ -642,17 +642,29 @@ impl PgStore {
                 )
                 .await
                 .map_err(unavailable)?;
-            // The answers kept for duplicates hold the route's extracts (or a `respond`
-            // upstream's body): they keep their status and lose the rest.
-            tx.execute(
-                "UPDATE idempotency i SET body = convert_to(jsonb_build_object( \
-                   'eventId', e.event_id, 'sessionId', e.session_id, \
-                   'stateVersion', e.state_version, 'forgotten', true)::text, 'UTF8') \
-                 FROM events e WHERE e.session_id = $1 AND i.event_id = e.event_id",
-                &[&session_id],
-            )
-            .await
-            .map_err(unavailable)?;
+            // The answers kept for duplicates lose their `data` (the route's extracts, a
+            // `respond` upstream's answer), as on the embedded store.
+            let answers = tx
+                .query(
+                    "SELECT i.key, i.event_id, i.body, e.state_version \
+                     FROM idempotency i JOIN events e ON e.event_id = i.event_id \
+                     WHERE e.session_id = $1",
+                    &[&session_id],
+                )
+                .await
+                .map_err(unavailable)?;
+            for row in answers {
+                let (key, event_id): (String, String) = (row.get(0), row.get(1));
+                let (body, version): (Vec<u8>, i64) = (row.get(2), row.get(3));
+                let emptied =
+                    super::decide::Answer::forgotten(&body, &event_id, session_id, version as u64);
+                tx.execute(
+                    "UPDATE idempotency SET body = $2 WHERE key = $1",
+                    &[&key, &emptied],
+                )
+                .await
+                .map_err(unavailable)?;
+            }
             let cancelled = tx
                 .execute(
                     "UPDATE outbox SET status = 'forgotten', lease_until = NULL, \

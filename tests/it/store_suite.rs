@@ -494,8 +494,8 @@ async fn a_forgotten_session_loses_state_payloads_and_pending_deliveries_and_sta
     // The first event's answer holds an extract of its payload, as a route's answers do.
     let mut first = acceptance("f1", "s-forget", &["x"]);
     first.answer = Answer::new(
-        b"{\"extract\":\"secret-of-f1\",\"stateVersion\":".to_vec(),
-        b"}".to_vec(),
+        b"{\"status\":\"success\",\"data\":{\"processed\":true,\"stateVersion\":".to_vec(),
+        b",\"extract\":\"secret-of-f1\"}}".to_vec(),
     );
     let first_id = first.event.event_id.clone();
     s.accept(first).await.unwrap();
@@ -521,9 +521,11 @@ async fn a_forgotten_session_loses_state_payloads_and_pending_deliveries_and_sta
         b.name
     );
     assert!(text.contains("s-forget"), "{}: ids kept: {text}", b.name);
-    // The answer kept for its duplicates loses the extract, keeps its status, and says so.
+    // The answer kept for its duplicates loses the extract, keeps its status and envelope,
+    // and says so.
     let forgotten_answer = serde_json::json!({
-        "eventId": first_id, "sessionId": "s-forget", "stateVersion": 1, "forgotten": true
+        "status": "success",
+        "data": {"processed": true, "stateVersion": 1, "forgotten": true}
     });
     let timeline = s.session_timeline("s-forget", 10).await.unwrap();
     let entry = timeline

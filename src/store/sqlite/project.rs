@@ -757,34 +757,45 @@ pub(super) fn apply_with(
 }
 
 /// Forgets a session (SPEC §12.3): its events keep their identifiers, times and outcomes but
-/// lose their payloads, and the answers kept for their duplicates (which hold the route's
-/// extracts, or a `respond` upstream's body) become `{eventId, sessionId, stateVersion,
-/// "forgotten": true}` with their status; its pending rows and dead letters become
-/// `forgotten` (never sent or replayed); its state is deleted, so its next event is
-/// version 1. What was done is kept in `forgotten_sessions` for the caller to read.
-/// Sessions have no index in `events` or `outbox` (it would cost every commit), so this
-/// scans both: forgetting is rare. (The sequencer's hot answers are dropped once this record
-/// is applied, before it decides again: `sequencer::Hot::evict`.)
+/// lose their payloads, and the answers kept for their duplicates lose their `data` (the
+/// route's extracts, a `respond` upstream's answer: `decide::Answer::forgotten`); its pending
+/// rows and dead letters become `forgotten` (never sent or replayed); its state is deleted,
+/// so its next event is version 1. What was done is kept in `forgotten_sessions` for the
+/// caller to read. Sessions have no index in `events` or `outbox` (it would cost every
+/// commit), so this scans both: forgetting is rare. (The sequencer's hot answers are dropped
+/// once this record is applied, before it decides again: `sequencer::Hot::evict`.)
 fn forget(tx: &Connection, session_id: &str, at: i64) -> rusqlite::Result<()> {
-    let events = tx.execute(
+    use crate::store::decide::Answer;
+    let rows: Vec<(i64, String, i64, Option<Vec<u8>>)> = tx
+        .prepare(
+            "SELECT rowid, event_id, state_version, answer FROM events \
+             WHERE session_id = ?1 AND committed_at <= ?2",
+        )?
+        .query_map(rusqlite::params![session_id, at], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let events = rows.len();
+    let mut update = tx.prepare(
         "UPDATE events SET body = json_object('eventId', event_id, 'route', route, \
            'correlationId', correlation_id, 'sessionId', session_id, 'eventType', event_type, \
            'stateVersion', state_version, 'receivedAt', received_at, 'forgotten', json('true')), \
-           answer = CASE WHEN answer IS NULL THEN NULL ELSE CAST(json_object('eventId', \
-             event_id, 'sessionId', session_id, 'stateVersion', state_version, \
-             'forgotten', json('true')) AS BLOB) END \
-         WHERE session_id = ?1 AND committed_at <= ?2",
-        rusqlite::params![session_id, at],
+           answer = ?2 \
+         WHERE rowid = ?1",
     )?;
     // Answers written before schema 9 are kept in a table of their own.
-    tx.execute(
-        "UPDATE answers SET body = CAST(json_object('eventId', e.event_id, \
-           'sessionId', e.session_id, 'stateVersion', e.state_version, \
-           'forgotten', json('true')) AS BLOB) \
-         FROM events e \
-         WHERE e.session_id = ?1 AND e.committed_at <= ?2 AND answers.event_id = e.event_id",
-        rusqlite::params![session_id, at],
-    )?;
+    let mut legacy = tx.prepare("SELECT body FROM answers WHERE event_id = ?1")?;
+    let mut legacy_update = tx.prepare("UPDATE answers SET body = ?2 WHERE event_id = ?1")?;
+    for (rowid, event_id, version, answer) in rows {
+        let version = version as u64;
+        let answer = answer.map(|a| Answer::forgotten(&a, &event_id, session_id, version));
+        update.execute(rusqlite::params![rowid, answer])?;
+        let old: Option<Vec<u8>> = legacy.query_row([&event_id], |r| r.get(0)).optional()?;
+        if let Some(old) = old {
+            let emptied = Answer::forgotten(&old, &event_id, session_id, version);
+            legacy_update.execute(rusqlite::params![event_id, emptied])?;
+        }
+    }
     let cancelled = tx.execute(
         "UPDATE outbox SET status = 'forgotten', lease_until = NULL, lease_owner = NULL, \
            result = NULL \
