@@ -126,7 +126,75 @@ pub fn document(config: &Config) -> Result<Value, Vec<String>> {
     if let Some(s) = doc["components"]["securitySchemes"].as_object_mut() {
         s.extend(security);
     }
+    add_links(&mut doc);
     Ok(doc)
+}
+
+/// OpenAPI links between operations: where an identifier one answer gives is used next (an
+/// accepted event's journey by its correlation id, a listed sink paused or resumed, a listed
+/// dead letter purged). Tools that follow links (schemathesis's stateful phase) reach these
+/// operations with identifiers that exist.
+fn add_links(doc: &mut Value) {
+    let link = |operation: &str, parameter: &str, from: &str, description: &str| {
+        json!({
+            "operationId": operation,
+            "parameters": { parameter: from },
+            "description": description,
+        })
+    };
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Some(op) = item.get_mut("post") else {
+            continue;
+        };
+        if !op["operationId"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("route."))
+        {
+            continue;
+        }
+        for status in ["200", "202"] {
+            if let Some(answer) = op["responses"].get_mut(status) {
+                answer["links"] = json!({
+                    "journey": link(
+                        "event",
+                        "id",
+                        "$response.body#/correlationId",
+                        "The event's journey in the admin API, by its correlation id",
+                    ),
+                });
+            }
+        }
+    }
+    let mut add = |path: &str, method: &str, name: &str, to: Value| {
+        if let Some(answer) = doc["paths"][path][method]["responses"].get_mut("200") {
+            answer["links"] = json!({ name: to });
+        }
+    };
+    add(
+        "/admin/sinks",
+        "get",
+        "pauseOrResume",
+        link(
+            "sink_action",
+            "name",
+            "$response.body#/sinks/0/name",
+            "Pause or resume the first listed sink",
+        ),
+    );
+    add(
+        "/admin/dead-letters",
+        "get",
+        "purge",
+        link(
+            "purge",
+            "id",
+            "$response.body#/items/0/id",
+            "Purge the newest listed dead letter",
+        ),
+    );
 }
 
 /// The document as committed and printed: pretty JSON with a final newline.

@@ -310,3 +310,74 @@ async fn answers_fit_the_schemas_the_document_gives_them() {
     check("/admin/events/{id}", "get", 404, &not_a_number.json());
     app.stop().await;
 }
+
+/// Every link names an operation of the document and parameters it has, and the journey
+/// link, resolved against a real answer, finds the event that answer was for.
+#[tokio::test]
+async fn links_name_real_operations_and_lead_from_an_answer_to_its_journey() {
+    let config = Config::load(None, &BTreeMap::new()).unwrap();
+    let doc = cognihook::http::openapi::document(&config).unwrap();
+    let mut operations = BTreeMap::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            if let Some(id) = op["operationId"].as_str() {
+                let params: Vec<String> = op["parameters"]
+                    .as_array()
+                    .map(|ps| {
+                        ps.iter()
+                            .filter_map(|p| p["name"].as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                operations.insert(id.to_string(), params);
+            }
+        }
+    }
+    let mut links = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, answer) in op["responses"].as_object().into_iter().flatten() {
+                for (name, link) in answer["links"].as_object().into_iter().flatten() {
+                    let target = link["operationId"].as_str().expect("operationId");
+                    let params = operations
+                        .get(target)
+                        .unwrap_or_else(|| panic!("{method} {path} {status} {name}: {target}?"));
+                    for p in link["parameters"].as_object().unwrap().keys() {
+                        assert!(params.contains(p), "{target} has no parameter {p}");
+                    }
+                    links.push((path.clone(), name.clone(), link.clone()));
+                }
+            }
+        }
+    }
+    let names: Vec<(&str, &str)> = links
+        .iter()
+        .map(|(p, n, _)| (p.as_str(), n.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("/webhook", "journey"),
+            ("/webhook/cognigy", "journey"),
+            ("/admin/dead-letters", "purge"),
+            ("/admin/sinks", "pauseOrResume"),
+        ]
+    );
+
+    let app = TestApp::spawn().await;
+    let ok = app
+        .post_signed("/webhook", &flow_body("s-l", "c-link"))
+        .await;
+    assert_eq!(ok.status, 200);
+    let from = links[0].2["parameters"]["id"].as_str().unwrap();
+    let pointer = from
+        .strip_prefix("$response.body#")
+        .expect("a body pointer");
+    let id = ok.json().pointer(pointer).cloned().expect("in the answer");
+    let journey = app
+        .admin_get(&format!("/admin/events/{}", id.as_str().unwrap()))
+        .await;
+    assert_eq!(journey.status, 200);
+    assert_eq!(journey.json()["event"]["correlationId"], "c-link");
+    app.stop().await;
+}
