@@ -367,12 +367,44 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let run = async {
             let c = self.client().await?;
-            c.execute(
-                "UPDATE idempotency SET status = $2, body = $3 WHERE key = $1",
-                &[&key, &i64::from(status), &body.as_ref()],
-            )
-            .await
-            .map_err(unavailable)?;
+            let written = c
+                .execute(
+                    "UPDATE idempotency i SET status = $2, body = $3 WHERE key = $1 \
+                     AND NOT EXISTS (SELECT 1 FROM events e JOIN forgotten_sessions f \
+                       ON f.session_id = e.session_id AND f.at >= e.committed_at \
+                       WHERE e.event_id = i.event_id)",
+                    &[&key, &i64::from(status), &body.as_ref()],
+                )
+                .await
+                .map_err(unavailable)?;
+            if written == 0 {
+                // The event's session was forgotten while its `respond` call was in flight:
+                // the answer is kept emptied, as forgetting left the others.
+                let row = c
+                    .query_opt(
+                        "SELECT e.event_id, e.session_id, e.state_version \
+                         FROM idempotency i JOIN events e ON e.event_id = i.event_id \
+                         WHERE i.key = $1",
+                        &[&key],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                if let Some(row) = row {
+                    let (event_id, session_id): (String, String) = (row.get(0), row.get(1));
+                    let emptied = super::decide::Answer::forgotten(
+                        &body,
+                        &event_id,
+                        &session_id,
+                        row.get::<_, i64>(2) as u64,
+                    );
+                    c.execute(
+                        "UPDATE idempotency SET status = $2, body = $3 WHERE key = $1",
+                        &[&key, &i64::from(status), &emptied],
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                }
+            }
             Ok(())
         };
         bounded(run).await

@@ -111,6 +111,7 @@ on_both_backends!(
     a_respond_row_is_held_for_the_request_and_a_late_answer_queues_on_late,
     an_oversized_answer_commits_nothing_and_its_group_goes_on,
     a_forgotten_session_loses_state_payloads_and_pending_deliveries_and_starts_again,
+    an_upstream_answer_that_comes_after_its_session_was_forgotten_is_not_kept_or_handed_on,
     a_session_timeline_lists_its_newest_events_first_also_after_it_starts_again,
 );
 
@@ -461,6 +462,69 @@ async fn a_respond_row_is_held_for_the_request_and_a_late_answer_queues_on_late(
         }
         other => panic!("{}: {other:?}", b.name),
     }
+    s.close().await;
+}
+
+/// A `respond` call in flight when its session is forgotten: the upstream's answer neither
+/// becomes what duplicates get nor reaches `on_late`.
+async fn an_upstream_answer_that_comes_after_its_session_was_forgotten_is_not_kept_or_handed_on(
+    b: Backend,
+) {
+    let s = &b.store;
+    let hold = |key: &str| {
+        let mut a = acceptance(key, "s-late", &[]);
+        a.status = 202;
+        a.respond = Some(RespondHold {
+            sink: "api".into(),
+            on_late: Some("late".into()),
+            lease_ms: 60_000,
+        });
+        a
+    };
+    let held: Vec<_> = {
+        let mut held = Vec::new();
+        for key in ["in-time", "late"] {
+            let AcceptOutcome::Committed { held: Some(h), .. } = s.accept(hold(key)).await.unwrap()
+            else {
+                panic!("{}: no held row", b.name);
+            };
+            held.push(h);
+        }
+        held
+    };
+    s.forget_session("s-late").await.unwrap();
+    // In time: the request stores the upstream's answer for duplicates...
+    let upstream =
+        br#"{"status":"success","data":{"processed":true,"stateVersion":1,"name":"Ada"}}"#;
+    s.set_answer("in-time".into(), 200, bytes::Bytes::from_static(upstream))
+        .await
+        .unwrap();
+    match s.accept(hold("in-time")).await.unwrap() {
+        AcceptOutcome::Duplicate { status, body, .. } => {
+            assert_eq!(status, 200, "{}", b.name);
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                body,
+                serde_json::json!({"status": "success",
+                    "data": {"processed": true, "stateVersion": 1, "forgotten": true}}),
+                "{}: kept emptied",
+                b.name
+            );
+        }
+        other => panic!("{}: {other:?}", b.name),
+    }
+    // ...late: the answer would go to `on_late`.
+    let late = Settlement::Delivered {
+        duration_ms: 9,
+        result: Some(r#"{"name":"Ada"}"#.into()),
+    };
+    let _ = s.settle(&held[1], late).await.unwrap();
+    s.caught_up().await.unwrap();
+    assert!(
+        s.claim("late", 10, LEASE).await.unwrap().is_empty(),
+        "{}: nothing handed on",
+        b.name
+    );
     s.close().await;
 }
 

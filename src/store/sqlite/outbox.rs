@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
+use crate::store::decide::Answer;
 use crate::store::{Attempt, Claimed, DeadLetter, DeadLetterFilter, Settlement, SinkCounts};
 
 /// Unix milliseconds as RFC 3339 (UTC, milliseconds).
@@ -512,6 +513,11 @@ pub(super) fn set_event_answer(
     status: u16,
     body: &[u8],
 ) -> rusqlite::Result<()> {
+    // An answer that comes after its event's session was forgotten (a `respond` upstream's,
+    // in flight then) is kept emptied, as forgetting left the others.
+    let emptied = forgotten_event(c, event_id)?
+        .map(|(session_id, version)| Answer::forgotten(body, event_id, &session_id, version));
+    let body = emptied.as_deref().unwrap_or(body);
     let in_row = c
         .prepare_cached(concat!(
             "UPDATE events SET answer = ?2, answer_status = ?3 WHERE rowid = ",
@@ -526,6 +532,24 @@ pub(super) fn set_event_answer(
         .execute(params![event_id, body, status])?;
     }
     Ok(())
+}
+
+/// The session and version of an event whose session was forgotten after it was committed.
+pub(super) fn forgotten_event(
+    c: &Connection,
+    event_id: &str,
+) -> rusqlite::Result<Option<(String, u64)>> {
+    c.prepare_cached(concat!(
+        "SELECT e.session_id, e.state_version FROM events e \
+         JOIN forgotten_sessions f ON f.session_id = e.session_id AND f.at >= e.committed_at \
+         WHERE e.rowid = ",
+        event_row!("?1"),
+        " AND e.event_id = ?1"
+    ))?
+    .query_row(params![event_id], |r| {
+        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+    })
+    .optional()
 }
 
 /// [`set_event_answer`] for a key kept in the database (written before the keys moved to

@@ -594,13 +594,39 @@ impl Sequencer {
         written: &mut Vec<(u64, HotKey)>,
         encoded: &mut Vec<u8>,
     ) -> Result<(), StoreError> {
-        let existing = match hot.answers.get(&key) {
-            Some(h) => Some(h.clone()),
-            None => self.read_answer(&key).map_err(StoreError::unavailable)?,
+        let (existing, from_database) = match hot.answers.get(&key) {
+            Some(h) => (Some(h.clone()), false),
+            None => (
+                self.read_answer(&key).map_err(StoreError::unavailable)?,
+                true,
+            ),
         };
         // A key pruned meanwhile has nothing to replace.
         let Some(existing) = existing else {
             return Ok(());
+        };
+        // Its session forgotten while its `respond` call was in flight: the answer is kept
+        // emptied, here and (`outbox::set_event_answer`) in the database. (A forget still
+        // in the log when this answer comes is applied before it there; duplicates meanwhile
+        // get the hot answer until the projector has both, one round.)
+        let body = match from_database && !existing.event_id.is_empty() {
+            true => {
+                self.begin_read().map_err(StoreError::unavailable)?;
+                match super::outbox::forgotten_event(&self.reader, &existing.event_id)
+                    .map_err(StoreError::unavailable)?
+                {
+                    Some((session_id, version)) => {
+                        Bytes::from(crate::store::decide::Answer::forgotten(
+                            &body,
+                            &existing.event_id,
+                            &session_id,
+                            version,
+                        ))
+                    }
+                    None => body,
+                }
+            }
+            false => body,
         };
         let lsn = self.append(
             Record::Answer {
