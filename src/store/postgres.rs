@@ -663,31 +663,36 @@ impl PgStore {
             )
             .await
             .map_err(unavailable)?;
-            let events = tx
-                .execute(
+            let forgotten = tx
+                .query(
                     "UPDATE events SET body = jsonb_build_object('eventId', event_id, \
                        'route', route, 'correlationId', correlation_id, 'sessionId', session_id, \
                        'eventType', event_type, 'stateVersion', state_version, \
                        'receivedAt', received_at, 'forgotten', true)::text \
-                     WHERE session_id = $1",
+                     WHERE session_id = $1 RETURNING event_id, state_version",
                     &[&session_id],
                 )
                 .await
                 .map_err(unavailable)?;
+            let events = forgotten.len() as u64;
             // The answers kept for duplicates lose their `data` (the route's extracts, a
             // `respond` upstream's answer), as on the embedded store.
+            let versions: std::collections::HashMap<String, i64> = forgotten
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+                .collect();
+            let ids: Vec<&String> = versions.keys().collect();
             let answers = tx
                 .query(
-                    "SELECT i.key, i.event_id, i.body, e.state_version \
-                     FROM idempotency i JOIN events e ON e.event_id = i.event_id \
-                     WHERE e.session_id = $1",
-                    &[&session_id],
+                    "SELECT key, event_id, body FROM idempotency WHERE event_id = ANY($1)",
+                    &[&ids],
                 )
                 .await
                 .map_err(unavailable)?;
             for row in answers {
-                let (key, event_id): (String, String) = (row.get(0), row.get(1));
-                let (body, version): (Vec<u8>, i64) = (row.get(2), row.get(3));
+                let (key, event_id, body): (String, String, Vec<u8>) =
+                    (row.get(0), row.get(1), row.get(2));
+                let version = versions.get(&event_id).copied().unwrap_or_default();
                 let emptied =
                     super::decide::Answer::forgotten(&body, &event_id, session_id, version as u64);
                 tx.execute(
