@@ -583,6 +583,34 @@ impl Keys {
         })
     }
 
+    /// What the correlation index on disk says of `correlation_id`, for a process that does
+    /// not own the keys (the CLI beside a serving gateway, which cannot open them): the newest
+    /// event it names, and the last log record the index on disk holds (the records after it
+    /// are still in the log). `None` when it cannot say: a store that still has its tree (the
+    /// gateway holds it locked), no secret or no manifest yet.
+    pub(super) fn read_only_event_of(
+        dir: &Path,
+        correlation_id: &str,
+    ) -> std::io::Result<Option<(Option<String>, u64)>> {
+        if dir.join(TREE_MARK).exists() {
+            return Ok(None);
+        }
+        let Some(secret) = read_secret(dir)? else {
+            return Ok(None);
+        };
+        let hashed = siphasher::sip128::SipHasher24::new_with_key(&secret)
+            .hash(correlation_id.as_bytes())
+            .as_bytes();
+        let (applied, value) =
+            runs::read_only_get(&dir.join(RUNS_DIR), runs::Kind::Correlations, &hashed)?;
+        Ok(applied.map(|at| (value.and_then(|v| decode_id(&v)), at)))
+    }
+
+    /// The last log record the keys on disk hold (see [`Keys::read_only_event_of`]).
+    pub(super) fn read_only_applied(dir: &Path) -> std::io::Result<Option<u64>> {
+        runs::read_only_applied(&dir.join(RUNS_DIR))
+    }
+
     /// What a hashed generation holds `key` by.
     fn hash(&self, key: &str) -> [u8; 16] {
         self.hasher.hash(key.as_bytes()).as_bytes()

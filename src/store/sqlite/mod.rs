@@ -52,7 +52,9 @@
 //! Reads (journeys, dead letters, sink figures) wait until the database holds every record
 //! acknowledged when the read began. A process that opens the store while a gateway serves
 //! it (the CLI) is *attached*: it reads the database, finds the newest events in the log's
-//! tail, and runs its writes (replays, purges) on the database directly.
+//! tail, finds a correlation id in the index's runs as the manifest on disk names them
+//! (`keys::Keys::read_only_event_of`), and runs its writes (replays, purges) on the database
+//! directly.
 
 /// SQL for the rowid of the event whose id is `$id` (a parameter such as `"?1"` or a column):
 /// its `events_moved` entry if it has one (usually none), else the number in its id
@@ -1602,10 +1604,11 @@ impl SqliteStore {
                 .await;
         }
         let log_dir = self.log_dir.clone();
+        let keys_dir = keys::dir_of(&self.path);
         let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let conn = reader.lock();
-            journey_with_tail(&conn, &log_dir, &id)
+            journey_with_tail(&conn, &log_dir, &keys_dir, &id)
         })
         .await
         .map_err(unavailable)?
@@ -1732,10 +1735,15 @@ async fn join(handle: &Mutex<Option<JoinHandle<()>>>) {
 const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
 /// A journey from the database or, for an event acknowledged and not yet applied there,
-/// from the log's tail (its deliveries then all pending, with no attempt yet).
+/// from the log's tail (its deliveries then all pending, with no attempt yet), for a process
+/// attached to a store a gateway serves. A correlation id is looked up in the correlation
+/// index on disk (`keys::Keys::read_only_event_of`) and in the log records after it, newest
+/// first; when the index cannot say (a store with a tree) or changed while it was read,
+/// every event is read instead (`scan_correlation`).
 fn journey_with_tail(
     c: &Connection,
     log_dir: &Path,
+    keys_dir: &Path,
     id: &str,
 ) -> Result<Option<Journey>, StoreError> {
     // The position first: whatever the database lacks after it is in the log.
@@ -1743,23 +1751,39 @@ fn journey_with_tail(
     if let Some(j) = read_journey(c, id).map_err(unavailable)? {
         return Ok(Some(j));
     }
-    if let Some(j) = scan_correlation(c, id).map_err(unavailable)? {
-        return Ok(Some(j));
-    }
-    let mut found = None;
-    log::read_after(log_dir, after, &mut |_, payload| {
-        if let Ok(Record::Accept(a)) = Record::decode(payload) {
-            if a.event_id == id || a.correlation_id == id {
-                found = Some(a);
+    let indexed = keys::Keys::read_only_event_of(keys_dir, id).map_err(unavailable)?;
+    let from = match &indexed {
+        Some((_, indexed_at)) => after.min(*indexed_at),
+        None => {
+            if let Some(j) = scan_correlation(c, id).map_err(unavailable)? {
+                return Ok(Some(j));
             }
+            after
         }
-        Ok(())
-    })
-    .map_err(unavailable)?;
+    };
+    let mut found = newest_in_log(log_dir, from, id)?;
+    if let Some((event_id, indexed_at)) = indexed {
+        // The log after the index's position was read whole only if the index on disk did
+        // not move meanwhile (the gateway removes segments once the index has them).
+        if keys::Keys::read_only_applied(keys_dir).map_err(unavailable)? != Some(indexed_at) {
+            if let Some(j) = scan_correlation(c, id).map_err(unavailable)? {
+                return Ok(Some(j));
+            }
+            found = newest_in_log(log_dir, after, id)?;
+        } else if found.is_none() {
+            return match event_id {
+                Some(event_id) => read_journey(c, &event_id).map_err(unavailable),
+                None => Ok(None),
+            };
+        }
+    }
     let Some(a) = found else {
         // Applied to the database while the log was read.
         return read_journey(c, id).map_err(unavailable);
     };
+    if let Some(j) = read_journey(c, &a.event_id).map_err(unavailable)? {
+        return Ok(Some(j));
+    }
     let event: Value = serde_json::from_str(&a.body).unwrap_or(Value::String(a.body.clone()));
     Ok(Some(Journey {
         event,
@@ -1774,6 +1798,26 @@ fn journey_with_tail(
             })
             .collect(),
     }))
+}
+
+/// The newest `Accept` record after `after` in the log whose event id or correlation id is
+/// `id`.
+fn newest_in_log(
+    log_dir: &Path,
+    after: u64,
+    id: &str,
+) -> Result<Option<Box<record::AcceptRecord>>, StoreError> {
+    let mut found = None;
+    log::read_after(log_dir, after, &mut |_, payload| {
+        if let Ok(Record::Accept(a)) = Record::decode(payload) {
+            if a.event_id == id || a.correlation_id == id {
+                found = Some(a);
+            }
+        }
+        Ok(())
+    })
+    .map_err(unavailable)?;
+    Ok(found)
 }
 
 fn read_timeline(
@@ -1835,9 +1879,9 @@ fn read_timeline(
     Ok(entries)
 }
 
-/// The newest event of a correlation id found by reading every event, newest first: an
-/// attached process cannot open the correlation index (the serving gateway holds it; see
-/// `keys`), so `events show CORRELATION-ID` from the CLI scans while a gateway runs.
+/// The newest event of a correlation id found by reading every event, newest first: for an
+/// attached process when the correlation index on disk cannot say (a store that still has
+/// its tree, which the serving gateway holds; see `journey_with_tail`).
 fn scan_correlation(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
     let event_id: Option<String> = c
         .query_row(
@@ -2147,6 +2191,50 @@ mod tests {
         );
         let still = rt.block_on(owner.journey("corr-k1")).expect("journey");
         assert!(still.is_some_and(|j| j.event["sessionId"] == "s1"));
+    }
+
+    #[test]
+    fn an_attached_reader_finds_a_correlation_id_in_the_index_on_disk_and_the_log_after_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let with = |key: &str, correlation_id: &str| {
+            let mut a = acceptance(key, "s1", &[]);
+            a.event.correlation_id = correlation_id.into();
+            a
+        };
+        let (older, only) = (with("k-older", "corr-x"), with("k-only", "corr-only"));
+        let only_id = only.event.event_id.clone();
+        // Closing writes the keys' runs and their manifest with the position.
+        let path = used_then_closed(dir.path(), &rt, |store| {
+            for a in [older, only] {
+                rt.block_on(store.accept(a)).expect("accept");
+            }
+        });
+        let applied = keys::Keys::read_only_applied(&keys::dir_of(&path)).expect("manifest");
+        assert!(applied.is_some(), "the index on disk has a position");
+        // A newer event of the same correlation id, in the log after that position.
+        let owner = SqliteStore::open(&config(dir.path())).expect("open");
+        let newer = with("k-newer", "corr-x");
+        let newer_id = newer.event.event_id.clone();
+        rt.block_on(owner.accept(newer)).expect("accept");
+        // Reading every event would no longer find either correlation id.
+        let sql = Connection::open(&owner.path).expect("sql");
+        sql.busy_timeout(Duration::from_secs(10)).expect("timeout");
+        sql.execute("UPDATE events SET correlation_id = 'moved'", [])
+            .expect("update");
+        let reading = SqliteStore::open_reading(&config(dir.path())).expect("open for reading");
+        let found = |id: &str| {
+            rt.block_on(reading.journey(id))
+                .expect("journey")
+                .map(|j| j.event["eventId"].as_str().unwrap_or_default().to_string())
+        };
+        assert_eq!(found("corr-only"), Some(only_id), "from the index's runs");
+        assert_eq!(
+            found("corr-x"),
+            Some(newer_id),
+            "the newest, from the log or the runs"
+        );
+        assert_eq!(found("corr-unknown"), None);
     }
 
     #[test]

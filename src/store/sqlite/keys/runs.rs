@@ -840,6 +840,65 @@ impl MergeBackoff {
     }
 }
 
+/// The newest value of `key` in the runs of `kind` as the manifest on disk names them, and the
+/// log position the manifest holds (`None`: no manifest yet), for a process that does not own
+/// the runs (the CLI beside a serving gateway). Nothing is created or deleted. The runs are
+/// all opened before the first is read, so a merge that replaces them afterwards changes
+/// nothing here (the open files stay readable); a run already replaced when it is opened
+/// (`NotFound`: the manifest read is no longer the newest) means the manifest is read again.
+pub(super) fn read_only_get(
+    dir: &Path,
+    kind: Kind,
+    key: &Key,
+) -> io::Result<(Option<u64>, Option<Vec<u8>>)> {
+    let manifest_path = dir.join(MANIFEST);
+    for _ in 0..5 {
+        let manifest = match std::fs::read(&manifest_path) {
+            Ok(bytes) => Manifest::decode(&bytes, &manifest_path)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((None, None)),
+            Err(e) => return Err(e),
+        };
+        let mut generations: Vec<&Named> = manifest
+            .generations
+            .iter()
+            .filter(|(k, _, _)| *k == kind)
+            .collect();
+        // Newest generation first, and in each the newest run first (the manifest lists
+        // them oldest first), as `Shelf::get` reads them.
+        generations.sort_by_key(|(_, started, _)| std::cmp::Reverse(*started));
+        let opened: io::Result<Vec<Run>> = generations
+            .iter()
+            .flat_map(|(_, _, ids)| ids.iter().rev())
+            .map(|&(id, tier)| Run::open(dir, id, tier))
+            .collect();
+        let runs = match opened {
+            Ok(runs) => runs,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for run in &runs {
+            if let Some(v) = run.get(key)? {
+                return Ok((manifest.applied, Some(v)));
+            }
+        }
+        return Ok((manifest.applied, None));
+    }
+    Err(io::Error::other(format!(
+        "the key store's runs in {} kept changing while they were read",
+        dir.display()
+    )))
+}
+
+/// The log position the manifest on disk holds (see [`read_only_get`]).
+pub(super) fn read_only_applied(dir: &Path) -> io::Result<Option<u64>> {
+    let manifest_path = dir.join(MANIFEST);
+    match std::fs::read(&manifest_path) {
+        Ok(bytes) => Ok(Manifest::decode(&bytes, &manifest_path)?.applied),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 impl Runs {
     /// Opens the runs in `dir` (creating it): the live generations as the last manifest on
     /// disk names them; runs it does not name are deleted.
