@@ -1751,7 +1751,12 @@ fn journey_with_tail(
     if let Some(j) = read_journey(c, id).map_err(unavailable)? {
         return Ok(Some(j));
     }
-    let indexed = keys::Keys::read_only_event_of(keys_dir, id).map_err(unavailable)?;
+    // The index cannot say when it cannot be read (its files changing faster than it is
+    // read, or damaged: the gateway reports that itself); every event is read then.
+    let indexed = keys::Keys::read_only_event_of(keys_dir, id).unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "cannot read the correlation index on disk");
+        None
+    });
     let from = match &indexed {
         Some((_, indexed_at)) => after.min(*indexed_at),
         None => {

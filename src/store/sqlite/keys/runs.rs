@@ -1386,6 +1386,57 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_that_does_not_own_the_runs_finds_the_newest_entry_on_disk_only() {
+        let dir = tempfile::tempdir().expect("dir");
+        let runs = Runs::open(dir.path()).expect("open");
+        assert_eq!(
+            read_only_get(dir.path(), Kind::Correlations, &key(1)).expect("read"),
+            (None, None),
+            "no manifest yet"
+        );
+        let (old, new) = (
+            runs.start(Kind::Correlations, 1),
+            runs.start(Kind::Correlations, 2),
+        );
+        let keys = runs.start(Kind::Keys, 3);
+        runs.push(&old, batch([(1, value(1, 0)), (2, value(2, 0))]))
+            .expect("push");
+        runs.push(&new, batch([(1, value(1, 1))])).expect("push");
+        runs.push(&keys, batch([(3, value(3, 0))])).expect("push");
+        runs.set_applied(7);
+        runs.persist(false).expect("persist");
+        // Written after the manifest: not on disk for a reader.
+        runs.push(&new, batch([(2, value(2, 1))])).expect("push");
+        let get = |n| read_only_get(dir.path(), Kind::Correlations, &key(n)).expect("read");
+        assert_eq!(
+            get(1),
+            (Some(7), Some(value(1, 1))),
+            "the newer generation wins"
+        );
+        assert_eq!(
+            get(2),
+            (Some(7), Some(value(2, 0))),
+            "what the manifest names"
+        );
+        assert_eq!(
+            get(3),
+            (Some(7), None),
+            "the other family's runs are not read"
+        );
+        assert_eq!(read_only_applied(dir.path()).expect("read"), Some(7));
+        // A run the manifest names that is gone (replaced by a merge whose manifest this
+        // reader would read next): read again, and an error if it stays so.
+        for e in std::fs::read_dir(dir.path()).expect("list") {
+            let path = e.expect("entry").path();
+            if path.extension().is_some_and(|x| x == "run") {
+                std::fs::remove_file(path).expect("remove");
+            }
+        }
+        let err = read_only_get(dir.path(), Kind::Correlations, &key(1)).expect_err("gone");
+        assert!(err.to_string().contains("kept changing"), "{err}");
+    }
+
+    #[test]
     fn a_merge_keeps_the_newest_entry_of_each_key_in_order() {
         let dir = tempfile::tempdir().expect("dir");
         let runs = Runs::open(dir.path()).expect("open");
