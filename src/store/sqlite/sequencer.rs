@@ -609,24 +609,21 @@ impl Sequencer {
         // emptied, here and (`outbox::set_event_answer`) in the database. (A forget still
         // in the log when this answer comes is applied before it there; duplicates meanwhile
         // get the hot answer until the projector has both, one round.)
-        let body = match from_database && !existing.event_id.is_empty() {
-            true => {
-                self.begin_read().map_err(StoreError::unavailable)?;
-                match super::outbox::forgotten_event(&self.reader, &existing.event_id)
-                    .map_err(StoreError::unavailable)?
-                {
-                    Some((session_id, version)) => {
-                        Bytes::from(crate::store::decide::Answer::forgotten(
-                            &body,
-                            &existing.event_id,
-                            &session_id,
-                            version,
-                        ))
-                    }
-                    None => body,
-                }
-            }
-            false => body,
+        let forgotten = if from_database && !existing.event_id.is_empty() {
+            self.begin_read().map_err(StoreError::unavailable)?;
+            super::outbox::forgotten_event(&self.reader, &existing.event_id)
+                .map_err(StoreError::unavailable)?
+        } else {
+            None
+        };
+        let body = match forgotten {
+            Some((session_id, version)) => Bytes::from(crate::store::decide::Answer::forgotten(
+                &body,
+                &existing.event_id,
+                &session_id,
+                version,
+            )),
+            None => body,
         };
         let lsn = self.append(
             Record::Answer {
