@@ -902,11 +902,13 @@ async fn delete_admin_session_forgets_it_answers_what_it_did_and_writes_an_audit
     sink.set_fallback(Reply::Status(400));
     let table = http_sink(&sink.url("/events"), "");
     let app = TestApp::spawn_with(|c| with_sink(c, &table)).await;
+    let mut first = None;
     for corr in ["gone-1", "gone-2"] {
         let r = app
             .post_signed("/webhook", &flow_body("s-gone", corr))
             .await;
         assert_eq!(r.status, StatusCode::OK);
+        first.get_or_insert(r.json());
     }
     wait_rows(&app, "dead", 2).await;
     let bearer = format!("Bearer {}", crate::support::ADMIN_TOKEN);
@@ -929,6 +931,15 @@ async fn delete_admin_session_forgets_it_answers_what_it_did_and_writes_an_audit
     assert_eq!(j["event"]["forgotten"], true, "{j}");
     assert!(j["event"].get("payload").is_none(), "{j}");
     assert_eq!(j["deliveries"][0]["status"], "forgotten", "{j}");
+    // A repeat of its first request is still a duplicate: the same answer, `data` emptied.
+    let repeat = app
+        .post_signed("/webhook", &flow_body("s-gone", "gone-1"))
+        .await;
+    assert_eq!(repeat.status, StatusCode::OK);
+    assert_eq!(repeat.header("idempotent-replayed"), Some("true"));
+    let mut expected = first.expect("answered");
+    expected["data"] = serde_json::json!({"processed": true, "stateVersion": 1, "forgotten": true});
+    assert_eq!(repeat.json(), expected);
     // The next event of the session starts again.
     let r = app
         .post_signed("/webhook", &flow_body("s-gone", "gone-3"))
