@@ -154,9 +154,12 @@ run_wrk warm-sink "http://127.0.0.1:$GW_PORT/webhook" "$work/flow.lua" warm >/de
 for _ in $(seq 1 600); do [ "$(stat_of outbox_pending)" = 0 ] && break; sleep 0.1; done
 t0=$(date +%s.%N); c0=$(stat_of events_committed)
 withsink=$(run_wrk flow-sink "http://127.0.0.1:$GW_PORT/webhook" "$work/flow.lua" sink)
+# The backlog the load left, and how fast it drains once the load stops.
+backlog=$(stat_of outbox_pending); t_end=$(date +%s.%N)
 for _ in $(seq 1 1200); do [ "$(stat_of outbox_pending)" = 0 ] && break; sleep 0.1; done
 t1=$(date +%s.%N); c1=$(stat_of events_committed)
 deliveries_per_s=$(python3 -c "print(round(($c1 - $c0) / ($t1 - $t0)))")
+drain="$backlog $(python3 -c "print(round($backlog / max($t1 - $t_end, 1e-9)))")"
 sink_rss=$(peak_rss_mib "$gw_pid")
 stop_gateway
 
@@ -182,7 +185,7 @@ TOML
   psql "$PG_URL" -qc "DROP SCHEMA $schema CASCADE" >/dev/null 2>&1
 fi
 
-python3 - "$base" "$flow" "$nlu" "$withsink" "$base_rss" "$gw_rss" "$sink_rss" "$committed" "$deliveries_per_s" "$pg" "$pg_rss" "$durable" "$durable_rss" "$nlu_rss" <<'PY'
+python3 - "$base" "$flow" "$nlu" "$withsink" "$base_rss" "$gw_rss" "$sink_rss" "$committed" "$deliveries_per_s" "$pg" "$pg_rss" "$durable" "$durable_rss" "$nlu_rss" "$drain" <<'PY'
 import sys
 base, flow, nlu, withsink = (s.split() for s in sys.argv[1:5])
 base_rss, gw_rss, sink_rss, committed, dps = sys.argv[5:10]
@@ -202,6 +205,12 @@ for name, r, rss in rows:
     print(f"{name:36} {r[0]:>9} {r[1]:>8} {r[2]:>8} {r[3]:>8} {rss:>13} {float(r[0]) / b:>7.2f}x {float(r[0]) / d:>10.2f}x {float(r[2]) / dp99:>14.2f}x")
 print(f"ingest with one http sink vs none: {float(withsink[0]) / float(flow[0]):.2f}x")
 print(f"deliveries/s (accepted and delivered, measured run until the outbox drained): {dps}")
+backlog, drain_rate = (int(x) for x in sys.argv[15].split())
+if backlog:
+    print(f"backlog when the load stopped: {backlog} rows, drained at {drain_rate}/s "
+          f"({drain_rate / float(withsink[0]):.2f}x the ingest rate with the sink)")
+else:
+    print("backlog when the load stopped: none (deliveries kept pace)")
 print(f"events committed by cognihook during the no-sink runs: {committed}")
 if pg[0] != "-":
     print(f"PostgreSQL vs SQLite on /webhook: {float(pg[0]) / float(flow[0]):.2f}x")
