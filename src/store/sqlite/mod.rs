@@ -2243,6 +2243,30 @@ mod tests {
     }
 
     #[test]
+    fn an_attached_reader_reads_every_event_when_the_index_on_disk_cannot_say() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let owner = SqliteStore::open(&config(dir.path())).expect("open");
+        let a = acceptance("k1", "s1", &[]);
+        let id = a.event.event_id.clone();
+        rt.block_on(owner.accept(a)).expect("accept");
+        rt.block_on(owner.caught_up()).expect("applied");
+        // Without the hash secret on disk the runs cannot be searched (the owner has it in
+        // memory); the reader falls back to the events table.
+        std::fs::remove_file(keys::dir_of(&owner.path).join("secret")).expect("secret");
+        let reading = SqliteStore::open_reading(&config(dir.path())).expect("open for reading");
+        let journey = rt
+            .block_on(reading.journey("corr-k1"))
+            .expect("journey")
+            .expect("found by reading the events");
+        assert_eq!(journey.event["eventId"], id.as_str());
+        assert!(rt
+            .block_on(reading.journey("corr-unknown"))
+            .expect("journey")
+            .is_none());
+    }
+
+    #[test]
     fn a_store_of_another_schema_is_refused_by_attached_and_reading_opens_with_what_to_do() {
         let dir = tempfile::tempdir().expect("tmp");
         let owner = SqliteStore::open(&config(dir.path())).expect("open");
