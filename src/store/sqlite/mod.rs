@@ -2119,6 +2119,36 @@ mod tests {
     }
 
     #[test]
+    fn the_due_query_is_planned_once_not_at_every_claim() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        let rt = runtime();
+        for i in 0..3 {
+            let out = rt.block_on(store.accept(acceptance(&format!("k{i}"), "s1", &["a"])));
+            assert!(
+                matches!(out, Ok(AcceptOutcome::Committed { .. })),
+                "{out:?}"
+            );
+        }
+        rt.block_on(store.caught_up()).expect("caught up");
+        let c = Connection::open(store.path()).expect("open");
+        let held = std::collections::HashSet::new();
+        // Every parameter bound anew at each claim, as the delivery path does.
+        for (i, limit) in [1usize, 2, 3, 2].into_iter().enumerate() {
+            let i = i as i64;
+            let now = crate::now_millis() + i;
+            let rows = outbox::due(&c, now, "a", limit, &held, (i + 1, i)).expect("due");
+            assert_eq!(rows.len(), limit, "the limit holds");
+        }
+        let st = c.prepare_cached(outbox::DUE).expect("cached");
+        assert_eq!(
+            st.get_status(rusqlite::StatementStatus::RePrepare),
+            0,
+            "SQLite planned the due query again for new parameters"
+        );
+    }
+
+    #[test]
     fn commit_writes_event_session_idempotency_and_one_outbox_row_per_sink() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = SqliteStore::open(&config(dir.path())).expect("open");
