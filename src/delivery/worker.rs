@@ -216,19 +216,13 @@ impl Deliverer {
 
     /// Starts up to `take` sends of `sink` (each one event, or with `batch` up to `batch.max`)
     /// from its buffer, claiming first when the buffer holds fewer rows (for the free slots
-    /// plus one more round of unbatched sends, or one more batch, in one claim). Returns how
-    /// many sends it started.
+    /// plus `SinkRuntime::ahead`: one more round of unbatched sends, more while the sink
+    /// sends quickly, or one more batch, in one claim). Returns how many sends it started.
     async fn start(self: &Arc<Self>, sink: &Arc<SinkRuntime>, take: usize, probe: bool) -> usize {
         let per = sink.per_request();
         let wanted = take.saturating_mul(per);
         if sink.buffered() < wanted {
-            // A batching sink claims one batch ahead, not a round of batches: its rows
-            // ahead would otherwise be `concurrency × max` events held in memory.
-            let ahead = if probe {
-                0
-            } else {
-                sink.config.concurrency.max(per)
-            };
+            let ahead = if probe { 0 } else { sink.ahead(Instant::now()) };
             let want = wanted + ahead - sink.buffered();
             match self.store.claim(&sink.name, want, sink.lease()).await {
                 Ok(rows) => sink.buffer.lock().extend(rows),
