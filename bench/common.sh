@@ -66,8 +66,24 @@ wait_port() {
   echo "port $1 never opened" >&2; exit 1
 }
 
-# stat_of FIELD: one field of the gateway's /stats (GW_PORT).
-stat_of() { curl -s "http://127.0.0.1:$GW_PORT/stats" | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+# stat_of FIELD: one numeric field of the gateway's /stats (GW_PORT); empty when it is null.
+# grep, not a Python interpreter per reading: the scripts poll this, and the client's CPU
+# should go to the client.
+stat_of() { curl -s "http://127.0.0.1:$GW_PORT/stats" | grep -o "\"$1\":[0-9]*" | cut -d: -f2; }
+
+# wait_drained [SECONDS]: until the gateway's outbox has no pending row (120 s at most).
+# Each reading counts the pending rows in the gateway, which costs it CPU in proportion to
+# the backlog (about 10 ms at 300k rows), so a large backlog is read every 0.5 s and only
+# a small one every 0.05 s. Reading every 0.1 s took ~10 % of the drain's core and made
+# the drain look ~20 % slower than it was (bench/README.md, forty-fifth session).
+wait_drained() {
+  local until=$(( $(date +%s) + ${1:-120} )) p
+  while [ "$(date +%s)" -lt "$until" ]; do
+    p=$(stat_of outbox_pending)
+    [ "$p" = 0 ] && return 0
+    if [ "${p:-0}" -gt 20000 ]; then sleep 0.5; else sleep 0.05; fi
+  done
+}
 
 # route_requests ROUTE SESSIONS OUT: a wrk script at OUT sending signed bodies for ROUTE (Cognigy
 # NLU events for /webhook/cognigy, the seed rules; flow events for /webhook), SESSIONS sessions

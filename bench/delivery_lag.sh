@@ -70,7 +70,7 @@ now() { date +%s.%N; }
 # drain: until nothing is pending (10 min at most); prints the seconds it took.
 drain() {
   local t0; t0=$(now)
-  for _ in $(seq 1 6000); do [ "$(stat_of outbox_pending)" = 0 ] && break; sleep 0.1; done
+  wait_drained 600
   python3 -c "print(f'{$(now) - $t0:.2f}')"
 }
 

@@ -151,12 +151,12 @@ TOML
 start_gateway "$work/cognihook-sink.toml"
 run_wrk warm-sink "http://127.0.0.1:$GW_PORT/webhook" "$work/flow.lua" warm >/dev/null
 # Let the warm-up's deliveries drain before measuring.
-for _ in $(seq 1 600); do [ "$(stat_of outbox_pending)" = 0 ] && break; sleep 0.1; done
+wait_drained 60
 t0=$(date +%s.%N); c0=$(stat_of events_committed)
 withsink=$(run_wrk flow-sink "http://127.0.0.1:$GW_PORT/webhook" "$work/flow.lua" sink)
 # The backlog the load left, and how fast it drains once the load stops.
 backlog=$(stat_of outbox_pending); t_end=$(date +%s.%N)
-for _ in $(seq 1 1200); do [ "$(stat_of outbox_pending)" = 0 ] && break; sleep 0.1; done
+wait_drained
 t1=$(date +%s.%N); c1=$(stat_of events_committed)
 deliveries_per_s=$(python3 -c "print(round(($c1 - $c0) / ($t1 - $t0)))")
 drain="$backlog $(python3 -c "print(round($backlog / max($t1 - $t_end, 1e-9)))")"

@@ -68,7 +68,7 @@ for v in "$@"; do
   taskset -c 1 wrk -t1 -c64 -d"$WARM" -s "$work/flow.lua" "http://127.0.0.1:$GW_PORT/webhook" -- warm >/dev/null
   if [ "$v" != none ] && [ "$v" != no-delivery ]; then
     # Measure from an empty outbox.
-    for _ in $(seq 1 600); do [ "$(stat_of outbox_pending)" = 0 ] && break; sleep 0.1; done
+    wait_drained 60
   fi
   rps=$(taskset -c 1 wrk -t1 -c64 -d"$DURATION" -s "$work/flow.lua" "http://127.0.0.1:$GW_PORT/webhook" -- "$v$n" \
     | awk '/Requests\/sec/ { print $2 }')

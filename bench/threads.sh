@@ -66,7 +66,7 @@ for bin in "$@"; do
   taskset -c 1 wrk -t1 -c64 -d"${WARM:-3s}" -s "$work/req.lua" "http://127.0.0.1:$GW_PORT$ROUTE" -- warm >/dev/null
   if [ -n "${SINK:-}" ]; then
     # From an empty outbox.
-    for _ in $(seq 1 600); do [ "$(stat_of outbox_pending)" = 0 ] && break; sleep 0.1; done
+    wait_drained 60
   fi
   cpu_by_name "$gw" > "$work/before"
   if [ -n "${RATE:-}" ]; then
