@@ -26,9 +26,9 @@
 //!                credentials; HS256 JWTs that `oauth2` routes verify in ingest::auth::bearer)
 //! delivery path: delivery::worker::Deliverer::tick (paced by delivery::pace from load)
 //!                → delivery::sink::SinkRuntime::admit (pause, slots, breaker, rate bucket)
-//!                → Store::claim (due rows, with a lease; on the embedded store an unordered
-//!                  sink's newest rows come from memory, store::sqlite::fresh, the rest
-//!                  from the database)
+//!                → Store::claim (due rows for the free slots and SinkRuntime::ahead, with a
+//!                  lease; on the embedded store an unordered sink's newest rows come from
+//!                  memory, store::sqlite::fresh, the rest from the database)
 //!                → SinkRuntime::attempt → sinks::Sink::send (http, cognigy, nats, amqp,
 //!                  redis, file), or with an http sink's `batch` SinkRuntime::take_sends →
 //!                  attempt_batch → Sink::send_batch (one JSON array, settled per row); the
