@@ -32,7 +32,7 @@ const ALONE_CAP: usize = 65_536;
 const AHEAD_WINDOW: Duration = Duration::from_millis(20);
 
 /// The most rows an unbatched sink claims ahead of its free slots. Measured on a drain of
-/// ~320k rows (bench/README.md, forty-fifth session): 256 drained ~10 % faster than one
+/// ~320k rows (bench/README.md, forty-fifth session): 256 drained 10-13 % faster than one
 /// round of 32; 1,024 no faster than 256.
 const MAX_AHEAD: usize = 256;
 
