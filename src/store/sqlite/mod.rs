@@ -155,6 +155,10 @@ const RECOVERY_BATCH: u64 = 10_000;
 /// records held in memory that the database does not have yet.
 const PROJECTOR_QUEUE: usize = 64;
 
+/// Events a forget empties per projector job (each is a read and an update by rowid): a
+/// session with many events does not hold the projector for one long transaction.
+const FORGET_ROWS_PER_JOB: usize = 512;
+
 /// While fresh rows fill every claim, how often a claim reads the database's due rows too.
 const DATABASE_CLAIM_EVERY_MS: i64 = 100;
 
@@ -848,6 +852,16 @@ impl SqliteStore {
         let log = recover(&conn, &log_dir, config.sync, &keys).map_err(OpenError::failed(
             format!("cannot recover store {} from its log", path.display()),
         ))?;
+        // A forget whose events were not all emptied when the process stopped.
+        let finished = project::finish_pending_forgets(&conn).map_err(OpenError::failed(
+            format!("cannot finish forgetting sessions in {}", path.display()),
+        ))?;
+        if finished > 0 {
+            tracing::info!(
+                sessions = finished,
+                "finished forgetting sessions the previous process had begun to forget"
+            );
+        }
         warn_if_readable_by_others(&path, &log_dir, &keys_dir);
         // No other process can be sending: every lease left behind is void.
         let released = conn
@@ -1337,21 +1351,58 @@ impl SqliteStore {
         };
         send_waiting(&engine.queue, msg).await?;
         rx.await.unwrap_or(Err(StoreError::Closed))?;
-        // `read` waits until the database holds every record committed so far.
-        self.read(move |c| {
-            c.query_row(
-                "SELECT events, cancelled FROM forgotten_sessions WHERE session_id = ?1",
-                [&session_id],
-                |r| {
-                    Ok(super::Forgotten {
-                        session_id: session_id.clone(),
-                        events: r.get::<_, i64>(0)? as u64,
-                        cancelled_deliveries: r.get::<_, i64>(1)? as u64,
-                    })
-                },
-            )
+        // `read` waits until the database holds every record committed so far: the forget's
+        // own part (`project::forget`) is applied.
+        let s = session_id.clone();
+        let (at, events, cancelled) = self
+            .read(move |c| {
+                c.query_row(
+                    "SELECT at, events, cancelled FROM forgotten_sessions WHERE session_id = ?1",
+                    [&s],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    },
+                )
+            })
+            .await?;
+        let events = if events == project::FORGET_PENDING {
+            self.empty_forgotten(&session_id, at).await?
+        } else {
+            events as u64
+        };
+        Ok(super::Forgotten {
+            session_id,
+            events,
+            cancelled_deliveries: cancelled as u64,
+        })
+    }
+
+    /// Empties the events of a session forgotten at `at` (see `project::forget`): finds their
+    /// rows on a connection of its own (a read of the whole events table, which holds up
+    /// neither the projector nor the reader that claims and reads share), then empties them
+    /// through the projector, `FORGET_ROWS_PER_JOB` rows a job. Returns how many.
+    async fn empty_forgotten(&self, session_id: &str, at: i64) -> Result<u64, StoreError> {
+        let (path, s) = (self.path.clone(), session_id.to_string());
+        let rows = tokio::task::spawn_blocking(move || {
+            let conn = open_connection(&path, SyncMode::Normal, true, SMALL_CACHE_KIB)?;
+            project::forget_scan(&conn, &s, at)
         })
         .await
+        .map_err(unavailable)?
+        .map_err(unavailable)?;
+        for chunk in rows.chunks(FORGET_ROWS_PER_JOB) {
+            let (s, chunk) = (session_id.to_string(), chunk.to_vec());
+            self.job(move |c, _, _| project::forget_events(c, &s, at, &chunk))
+                .await?;
+        }
+        let (s, n) = (session_id.to_string(), rows.len());
+        self.job(move |c, _, _| project::finish_forget(c, &s, at, n))
+            .await?;
+        Ok(n as u64)
     }
 
     /// Settles claims: checks and ends their leases at once, and writes the outcomes in the
@@ -3776,6 +3827,93 @@ mod tests {
         assert_eq!(claimed.len(), 1);
         assert_eq!(claimed[0].correlation_id, "corr-k6");
         drop(go);
+    }
+
+    /// The bodies of a session's events, by session, and whether each was emptied.
+    fn forgotten_bodies(path: &Path) -> Vec<(String, bool)> {
+        let c = Connection::open(path).expect("open");
+        let mut q = c
+            .prepare("SELECT session_id, body FROM events ORDER BY rowid")
+            .expect("prepare");
+        q.query_map([], |r| {
+            let body: String = r.get(1)?;
+            Ok((r.get(0)?, body.contains("\"forgotten\":true")))
+        })
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+    }
+
+    #[test]
+    fn a_forget_of_more_events_than_one_job_empties_them_all_and_counts_them() {
+        let (dir, store, rt) = with_sinks(vec![]);
+        let n = FORGET_ROWS_PER_JOB + 7;
+        for i in 0..n {
+            rt.block_on(store.accept(acceptance(&format!("k{i}"), "long", &[])))
+                .expect("commit");
+        }
+        rt.block_on(store.accept(acceptance("other", "kept", &[])))
+            .expect("commit");
+        let forgotten = rt
+            .block_on(store.forget_session("long".into()))
+            .expect("forget");
+        assert_eq!(forgotten.events, n as u64);
+        let bodies = forgotten_bodies(&dir.path().join("cognihook.db"));
+        assert_eq!(bodies.len(), n + 1);
+        for (session, emptied) in bodies {
+            assert_eq!(emptied, session == "long", "{session}");
+        }
+        let c = Connection::open(dir.path().join("cognihook.db")).expect("open");
+        let counted: i64 = c
+            .query_row(
+                "SELECT events FROM forgotten_sessions WHERE session_id = 'long'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("the forget's record");
+        assert_eq!(counted, n as i64, "the forget is finished");
+    }
+
+    #[test]
+    fn a_forget_the_process_stopped_before_its_events_were_emptied_ends_when_the_store_opens() {
+        let rt = runtime();
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = SqliteStore::open(&config(dir.path())).expect("open");
+        for (key, session) in [("a", "s"), ("b", "s"), ("c", "t")] {
+            rt.block_on(store.accept(acceptance(key, session, &[])))
+                .expect("commit");
+        }
+        rt.block_on(store.caught_up()).expect("caught up");
+        rt.block_on(store.close());
+        // What a stop leaves after the forget's record was applied (`project::forget`) and
+        // before `forget_session` emptied the events.
+        let path = dir.path().join("cognihook.db");
+        Connection::open(&path)
+            .and_then(|c| {
+                let tx = rusqlite::Transaction::new_unchecked(
+                    &c,
+                    rusqlite::TransactionBehavior::Immediate,
+                )?;
+                project::forget_for_test(&tx, "s", crate::now_millis())?;
+                tx.commit()
+            })
+            .expect("the forget's own part");
+        assert!(forgotten_bodies(&path).iter().all(|(_, emptied)| !emptied));
+        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
+        assert_eq!(
+            forgotten_bodies(&path),
+            vec![("s".into(), true), ("s".into(), true), ("t".into(), false)]
+        );
+        let events: i64 = Connection::open(&path)
+            .expect("open")
+            .query_row(
+                "SELECT events FROM forgotten_sessions WHERE session_id = 's'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("the forget's record");
+        assert_eq!(events, 2);
+        rt.block_on(store.close());
     }
 
     #[test]

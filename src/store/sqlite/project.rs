@@ -756,46 +756,23 @@ pub(super) fn apply_with(
     }
 }
 
-/// Forgets a session (SPEC §12.3): its events keep their identifiers, times and outcomes but
-/// lose their payloads, and the answers kept for their duplicates lose their `data` (the
-/// route's extracts, a `respond` upstream's answer: `decide::Answer::forgotten`); its pending
-/// rows and dead letters become `forgotten` (never sent or replayed); its state is deleted,
-/// so its next event is version 1. What was done is kept in `forgotten_sessions` for the
-/// caller to read. Sessions have no index in `events` or `outbox` (it would cost every
-/// commit), so this scans both: forgetting is rare. (The sequencer's hot answers are dropped
-/// once this record is applied, before it decides again: `sequencer::Hot::evict`.)
+/// `forgotten_sessions.events` of a session forgotten whose events may still hold their
+/// payloads: [`forget`] has run, [`forget_events`] and [`finish_forget`] have not.
+pub(super) const FORGET_PENDING: i64 = -1;
+
+/// Forgets a session (SPEC §12.3), the part applied with its log record: its pending rows and
+/// dead letters become `forgotten` (never sent or replayed), its state is deleted (so its next
+/// event is version 1), and `forgotten_sessions` records the time with the events' count
+/// still [`FORGET_PENDING`]. The events themselves are emptied afterwards, off the
+/// projector: sessions have no index in `events` (it would cost every commit), so finding
+/// their rows reads the whole table, which on a large store would hold the projector, and
+/// with it every acceptance, for seconds. The store's `forget_session` finds the rows on a
+/// connection of its own and empties them through jobs ([`forget_events`],
+/// [`finish_forget`]); a forget the process stopped in the middle of is finished when the
+/// store opens again ([`finish_pending_forgets`]). The outbox is found by its partial indexes
+/// (pending, dead). (The sequencer's hot answers are dropped once this record is applied,
+/// before it decides again: `sequencer::Hot::evict`.)
 fn forget(tx: &Connection, session_id: &str, at: i64) -> rusqlite::Result<()> {
-    use crate::store::decide::Answer;
-    let rows: Vec<(i64, String, i64, Option<Vec<u8>>)> = tx
-        .prepare(
-            "SELECT rowid, event_id, state_version, answer FROM events \
-             WHERE session_id = ?1 AND committed_at <= ?2",
-        )?
-        .query_map(rusqlite::params![session_id, at], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let events = rows.len();
-    let mut update = tx.prepare(
-        "UPDATE events SET body = json_object('eventId', event_id, 'route', route, \
-           'correlationId', correlation_id, 'sessionId', session_id, 'eventType', event_type, \
-           'stateVersion', state_version, 'receivedAt', received_at, 'forgotten', json('true')), \
-           answer = ?2 \
-         WHERE rowid = ?1",
-    )?;
-    // Answers written before schema 9 are kept in a table of their own.
-    let mut legacy = tx.prepare("SELECT body FROM answers WHERE event_id = ?1")?;
-    let mut legacy_update = tx.prepare("UPDATE answers SET body = ?2 WHERE event_id = ?1")?;
-    for (rowid, event_id, version, answer) in rows {
-        let version = version as u64;
-        let answer = answer.map(|a| Answer::forgotten(&a, &event_id, session_id, version));
-        update.execute(rusqlite::params![rowid, answer])?;
-        let old: Option<Vec<u8>> = legacy.query_row([&event_id], |r| r.get(0)).optional()?;
-        if let Some(old) = old {
-            let emptied = Answer::forgotten(&old, &event_id, session_id, version);
-            legacy_update.execute(rusqlite::params![event_id, emptied])?;
-        }
-    }
     let cancelled = tx.execute(
         "UPDATE outbox SET status = 'forgotten', lease_until = NULL, lease_owner = NULL, \
            result = NULL \
@@ -814,9 +791,104 @@ fn forget(tx: &Connection, session_id: &str, at: i64) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT OR REPLACE INTO forgotten_sessions (session_id, at, events, cancelled) \
          VALUES (?1, ?2, ?3, ?4)",
-        rusqlite::params![session_id, at, events as i64, cancelled as i64],
+        rusqlite::params![session_id, at, FORGET_PENDING, cancelled as i64],
     )?;
     Ok(())
+}
+
+/// [`forget`], for tests that make the state a stop leaves in the middle of a forget.
+#[cfg(test)]
+pub(super) fn forget_for_test(tx: &Connection, session_id: &str, at: i64) -> rusqlite::Result<()> {
+    forget(tx, session_id, at)
+}
+
+/// The rows of the events a forget at `at` empties: every event of the session committed
+/// by then. Reads the whole events table.
+pub(super) fn forget_scan(c: &Connection, session_id: &str, at: i64) -> rusqlite::Result<Vec<i64>> {
+    c.prepare("SELECT rowid FROM events WHERE session_id = ?1 AND committed_at <= ?2")?
+        .query_map(rusqlite::params![session_id, at], |r| r.get(0))?
+        .collect()
+}
+
+/// Empties the events at `rows` (from [`forget_scan`]; each is checked again, so a row
+/// emptied already or no longer the session's is harmless): each keeps its identifiers, times
+/// and outcome but loses its payload, and the answers kept for its duplicates lose their
+/// `data` (the route's extracts, a `respond` upstream's answer: `decide::Answer::forgotten`).
+pub(super) fn forget_events(
+    tx: &Connection,
+    session_id: &str,
+    at: i64,
+    rows: &[i64],
+) -> rusqlite::Result<()> {
+    use crate::store::decide::Answer;
+    let mut read = tx.prepare_cached(
+        "SELECT event_id, state_version, answer FROM events \
+         WHERE rowid = ?1 AND session_id = ?2 AND committed_at <= ?3",
+    )?;
+    let mut update = tx.prepare_cached(
+        "UPDATE events SET body = json_object('eventId', event_id, 'route', route, \
+           'correlationId', correlation_id, 'sessionId', session_id, 'eventType', event_type, \
+           'stateVersion', state_version, 'receivedAt', received_at, 'forgotten', json('true')), \
+           answer = ?2 \
+         WHERE rowid = ?1",
+    )?;
+    // Answers written before schema 9 are kept in a table of their own.
+    let mut legacy = tx.prepare_cached("SELECT body FROM answers WHERE event_id = ?1")?;
+    let mut legacy_update =
+        tx.prepare_cached("UPDATE answers SET body = ?2 WHERE event_id = ?1")?;
+    for &rowid in rows {
+        let found: Option<(String, i64, Option<Vec<u8>>)> = read
+            .query_row(rusqlite::params![rowid, session_id, at], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        let Some((event_id, version, answer)) = found else {
+            continue;
+        };
+        let version = version as u64;
+        let answer = answer.map(|a| Answer::forgotten(&a, &event_id, session_id, version));
+        update.execute(rusqlite::params![rowid, answer])?;
+        let old: Option<Vec<u8>> = legacy.query_row([&event_id], |r| r.get(0)).optional()?;
+        if let Some(old) = old {
+            let emptied = Answer::forgotten(&old, &event_id, session_id, version);
+            legacy_update.execute(rusqlite::params![event_id, emptied])?;
+        }
+    }
+    Ok(())
+}
+
+/// Records how many events the forget at `at` emptied, which ends it (unless the session was
+/// forgotten again since: that forget, at a later time, empties these rows too and counts).
+pub(super) fn finish_forget(
+    tx: &Connection,
+    session_id: &str,
+    at: i64,
+    events: usize,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE forgotten_sessions SET events = ?3 \
+         WHERE session_id = ?1 AND at = ?2 AND events = ?4",
+        rusqlite::params![session_id, at, events as i64, FORGET_PENDING],
+    )?;
+    Ok(())
+}
+
+/// Finishes the forgets a process stopped in the middle of (opening the store, after the log's
+/// records are applied, before anything else runs): each in one transaction. Returns how many.
+pub(super) fn finish_pending_forgets(conn: &Connection) -> rusqlite::Result<usize> {
+    let pending: Vec<(String, i64)> = conn
+        .prepare("SELECT session_id, at FROM forgotten_sessions WHERE events = ?1")?
+        .query_map([FORGET_PENDING], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (session_id, at) in &pending {
+        let tx =
+            rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+        let rows = forget_scan(&tx, session_id, *at)?;
+        forget_events(&tx, session_id, *at, &rows)?;
+        finish_forget(&tx, session_id, *at, rows.len())?;
+        tx.commit()?;
+    }
+    Ok(pending.len())
 }
 
 fn spend(tx: &Connection, s: &Spend) -> rusqlite::Result<()> {
