@@ -160,11 +160,13 @@ pub(super) const EVENT_ROWS: &str = concat!(
 );
 
 /// The ids of the delivered rows of the events before `?1` (an event id; `?2` its number,
-/// `event_id::row_of`): what retention deletes. Found from the events, as [`EVENT_ROWS`]
-/// finds one event's: by rowid, and a moved event (a negative rowid) by its id.
+/// `event_id::row_of`) from rowid `?3` on: what retention deletes (a pass of
+/// `project::maintain`). Found from the events, as [`EVENT_ROWS`] finds one event's: by rowid,
+/// and a moved event (a negative rowid) by its id, in the first pass of a cycle (`?3` = 0).
 pub(super) const DELIVERED_BEFORE: &str = "SELECT o.id FROM events e \
        JOIN outbox o ON o.id BETWEEN e.outbox_first AND e.outbox_last AND o.event_id = e.event_id \
-     WHERE e.rowid < ?2 AND (e.rowid >= 0 OR e.event_id < ?1) AND o.status = 'delivered' \
+     WHERE ((e.rowid >= ?3 AND e.rowid < ?2) OR (?3 = 0 AND e.rowid < 0 AND e.event_id < ?1)) \
+       AND o.status = 'delivered' \
      UNION ALL SELECT id FROM outbox WHERE late = 1 AND event_id < ?1 AND status = 'delivered'";
 
 /// Raises the floor of the ids the store gives out to the highest id in the table: run

@@ -1,9 +1,9 @@
 //! The projector: the thread that owns the database's write connection. It applies committed
 //! log records (in log order) and the delivery path's jobs (claims, settlements, replays,
 //! purges) in large transactions, records in the same transaction how far the log has been
-//! applied (`log_position.projected_lsn`), and prunes what has expired. Also here: the
-//! checkpointer thread, which copies the WAL into the database file and removes the log
-//! segments the database has made durable.
+//! applied (`log_position.projected_lsn`), and prunes what has expired (a bounded pass at a
+//! time, `maintain`). Also here: the checkpointer thread, which copies the WAL into the
+//! database file and removes the log segments the database has made durable.
 //!
 //! Nothing here is on a request's path: a request is answered once its record is in the log.
 //! The database runs with `synchronous = NORMAL` (or `OFF` under `sync = "off"`): a commit
@@ -230,6 +230,7 @@ const MAX_BATCH_RECORDS: usize = 8_192;
 pub(super) fn run(conn: Connection, rx: Receiver<ProjMsg>, shared: Arc<Shared>, s: WriterSettings) {
     let mut last_maintenance = Instant::now();
     let mut cursor = MaintenanceCursor::default();
+    let mut pruning = false;
     // Records whose transaction failed, applied again first (they are committed in the log).
     let mut retry: Vec<(Vec<Record>, u64)> = Vec::new();
     let mut backoff = Duration::from_millis(50);
@@ -321,8 +322,10 @@ pub(super) fn run(conn: Connection, rx: Receiver<ProjMsg>, shared: Arc<Shared>, 
                 tracing::warn!(error = %e, "WAL restart failed; will retry");
             }
         }
-        if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
-            maintain(&conn, &s, &mut cursor);
+        // A pass that left expired events to look at is followed by another after the next
+        // round (see `EVENTS_PER_PASS`).
+        if pruning || last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+            pruning = maintain(&conn, &s, &mut cursor);
             last_maintenance = Instant::now();
         }
     }
@@ -1136,16 +1139,29 @@ const ANSWER_MARGIN_MS: i64 = 3_600_000;
 /// Sessions examined per maintenance pass; bounds how long one pass holds the writer.
 const SESSION_PRUNE_CHUNK: i64 = 5_000;
 
-/// Where the bounded session scan goes on from; reset after a full pass.
+/// Events a maintenance pass looks at, at most (expired or not): what bounds how long one
+/// pass holds the projector, and so acceptances behind it. Deleting an event cost about
+/// 12 µs (bench/README.md, forty-sixth session), so a pass deletes for ~25 ms at most. Once
+/// retention is reached, every minute's pass has a minute of the ingest rate to delete (a
+/// second's worth of work at 5,000 events a second), and after a long stop or a shorter
+/// `retention` far more: the projector then runs a pass after each of its rounds until the
+/// expired events are gone.
+const EVENTS_PER_PASS: i64 = 2_000;
+
+/// Where the bounded scans go on from; each starts again after a full pass.
 #[derive(Default)]
 pub(super) struct MaintenanceCursor {
     session_after: String,
+    /// The rowid the next pass's events start at (0: a new cycle, which also looks at the
+    /// moved events, with negative rowids, and prunes everything but the events).
+    events_from: i64,
 }
 
-/// Deletes the events before `?1` (an event id; `?2` its number) that have no outbox row
-/// left: by rowid (an id's number orders as the id does), a moved event by its id.
-pub(super) const EXPIRED_EVENTS: &str =
-    "DELETE FROM events WHERE rowid < ?2 AND (rowid >= 0 OR event_id < ?1) \
+/// Deletes the events before `?1` (an event id; `?2` its number) from rowid `?3` on that have
+/// no outbox row left: by rowid (an id's number orders as the id does), a moved event by its
+/// id (only with `?3` = 0, the first pass of a cycle).
+pub(super) const EXPIRED_EVENTS: &str = "DELETE FROM events \
+       WHERE ((rowid >= ?3 AND rowid < ?2) OR (?3 = 0 AND rowid < 0 AND event_id < ?1)) \
        AND NOT EXISTS (SELECT 1 FROM outbox o \
          WHERE o.id BETWEEN events.outbox_first AND events.outbox_last \
            AND o.event_id = events.event_id) \
@@ -1155,36 +1171,65 @@ pub(super) const EXPIRED_EVENTS: &str =
 /// Prunes what has expired: idempotency records past the window, delivered outbox rows (with
 /// their attempt records) and events past retention that have no undelivered outbox row (event
 /// ids are ULIDs, so "older than" is an id range), and a bounded chunk of expired sessions.
-pub(super) fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut MaintenanceCursor) {
+/// The events are looked at `EVENTS_PER_PASS` at a time, from where the last pass stopped;
+/// returns whether older events are left to look at (the caller runs another pass soon).
+pub(super) fn maintain(
+    conn: &Connection,
+    s: &WriterSettings,
+    cursor: &mut MaintenanceCursor,
+) -> bool {
+    maintain_by(conn, s, cursor, EVENTS_PER_PASS)
+}
+
+/// [`maintain`], `per_pass` events at a time.
+pub(super) fn maintain_by(
+    conn: &Connection,
+    s: &WriterSettings,
+    cursor: &mut MaintenanceCursor,
+    per_pass: i64,
+) -> bool {
     let now = crate::now_millis();
     let cutoff_ms = u64::try_from(now - s.retention_ms).unwrap_or(0);
     let oldest_kept = ulid::Ulid::from_parts(cutoff_ms, 0).to_string();
     let oldest_row = crate::event_id::row_of(&oldest_kept).unwrap_or(0);
+    let from = cursor.events_from;
     let r = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
         let key_cutoff = s.windows.idempotency_cutoff(now);
-        s.keys
-            .expire(key_cutoff, now - s.retention_ms, now)
-            .map_err(super::keys::failed)?;
-        // Keys written before they moved to `keys` expire here.
-        conn.execute(
-            "DELETE FROM idempotency WHERE created_at < ?1",
-            params![key_cutoff],
-        )?;
         // An answer goes by its event id's time, an hour after its key could have: a key is
         // written after its event id is made (moments later), so no live key loses its answer.
         // Since schema 9 the answer is in the event's row, so an event is kept that long even
         // past `retention`; before, in `answers`.
         let answer_cutoff = u64::try_from(key_cutoff.saturating_sub(ANSWER_MARGIN_MS)).unwrap_or(0);
         let answer_cutoff = ulid::Ulid::from_parts(answer_cutoff, 0).to_string();
-        conn.execute(
-            "DELETE FROM answers WHERE event_id < ?1",
-            params![answer_cutoff],
-        )?;
+        if from == 0 {
+            s.keys
+                .expire(key_cutoff, now - s.retention_ms, now)
+                .map_err(super::keys::failed)?;
+            // Keys written before they moved to `keys` expire here.
+            conn.execute(
+                "DELETE FROM idempotency WHERE created_at < ?1",
+                params![key_cutoff],
+            )?;
+            conn.execute(
+                "DELETE FROM answers WHERE event_id < ?1",
+                params![answer_cutoff],
+            )?;
+            conn.execute(
+                "DELETE FROM spent_signatures WHERE expires_at < ?1",
+                params![now / 1000],
+            )?;
+        }
         let events_cutoff = oldest_kept.as_str().min(answer_cutoff.as_str());
-        conn.execute(
-            "DELETE FROM spent_signatures WHERE expires_at < ?1",
-            params![now / 1000],
-        )?;
+        // This pass's events end before the `per_pass`-th row from `from`, or at the cut-off.
+        let next: Option<i64> = conn
+            .query_row(
+                "SELECT rowid FROM events WHERE rowid >= ?1 AND rowid < ?2 \
+                 ORDER BY rowid LIMIT 1 OFFSET ?3",
+                params![from, oldest_row, per_pass],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let until = next.unwrap_or(oldest_row);
         // A delivered row's attempt records go with it.
         super::outbox::keep_id_floor(conn)?;
         conn.execute(
@@ -1192,23 +1237,27 @@ pub(super) fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut Maint
                 "DELETE FROM delivery_attempts WHERE outbox_id IN ({})",
                 super::outbox::DELIVERED_BEFORE
             ),
-            params![oldest_kept, oldest_row],
+            params![oldest_kept, until, from],
         )?;
         conn.execute(
             &format!(
                 "DELETE FROM outbox WHERE id IN ({})",
                 super::outbox::DELIVERED_BEFORE
             ),
-            params![oldest_kept, oldest_row],
+            params![oldest_kept, until, from],
         )?;
         // An event stays while any of its rows does (see `outbox::EVENT_ROWS`).
-        let events_row = crate::event_id::row_of(events_cutoff).unwrap_or(0);
-        conn.execute(EXPIRED_EVENTS, params![events_cutoff, events_row])?;
-        conn.execute(
-            "DELETE FROM events_moved \
-             WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.rowid = events_moved.row)",
-            [],
-        )?;
+        let events_row = crate::event_id::row_of(events_cutoff)
+            .unwrap_or(0)
+            .min(until);
+        conn.execute(EXPIRED_EVENTS, params![events_cutoff, events_row, from])?;
+        if from == 0 {
+            conn.execute(
+                "DELETE FROM events_moved \
+                 WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.rowid = events_moved.row)",
+                [],
+            )?;
+        }
         let last: Option<String> = conn
             .query_row(
                 "SELECT max(session_id) FROM (SELECT session_id FROM sessions \
@@ -1218,22 +1267,30 @@ pub(super) fn maintain(conn: &Connection, s: &WriterSettings, cursor: &mut Maint
             )
             .optional()?
             .flatten();
-        match last {
-            Some(last) => {
-                conn.execute(
-                    "DELETE FROM sessions WHERE session_id > ?1 AND session_id <= ?2 \
-                     AND last_seen < ?3",
-                    params![cursor.session_after, last, s.windows.session_cutoff(now)],
-                )?;
-                cursor.session_after = last;
-            }
-            None => cursor.session_after.clear(),
+        if let Some(last) = &last {
+            conn.execute(
+                "DELETE FROM sessions WHERE session_id > ?1 AND session_id <= ?2 \
+                 AND last_seen < ?3",
+                params![cursor.session_after, last, s.windows.session_cutoff(now)],
+            )?;
         }
-        conn.execute_batch("COMMIT")
+        conn.execute_batch("COMMIT")?;
+        Ok((next, last))
     });
-    if let Err(e) = r {
-        let _ = conn.execute_batch("ROLLBACK");
-        tracing::warn!(error = %e, "store maintenance failed; will retry");
+    match r {
+        Ok((next, last)) => {
+            match last {
+                Some(last) => cursor.session_after = last,
+                None => cursor.session_after.clear(),
+            }
+            cursor.events_from = next.unwrap_or(0);
+            next.is_some()
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            tracing::warn!(error = %e, "store maintenance failed; will retry");
+            false
+        }
     }
 }
 
