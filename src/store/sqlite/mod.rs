@@ -2149,6 +2149,20 @@ mod tests {
         ALTER TABLE log_position DROP COLUMN outbox_id_floor;";
 
     /// Opens a store in `dir`, lets `work` use it, closes it and returns its database's path.
+    /// The steps of `sql`'s query plan (`EXPLAIN QUERY PLAN`'s detail column).
+    fn query_plan(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut plan = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect(sql);
+        // Unbound parameters are NULL: the plan is the same.
+        let mut rows = plan.raw_query();
+        let mut steps: Vec<String> = Vec::new();
+        while let Some(r) = rows.next().expect(sql) {
+            steps.push(r.get(3).expect(sql));
+        }
+        steps
+    }
+
     fn used_then_closed(
         dir: &Path,
         rt: &tokio::runtime::Runtime,
@@ -2610,15 +2624,7 @@ mod tests {
             COMMITTED_SINCE,
             JOURNEY_EVENT,
         ] {
-            let mut plan = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .expect(sql);
-            // Unbound parameters are NULL: the plan is the same.
-            let mut rows = plan.raw_query();
-            let mut steps: Vec<String> = Vec::new();
-            while let Some(r) = rows.next().expect(sql) {
-                steps.push(r.get(3).expect(sql));
-            }
+            let steps = query_plan(&conn, sql);
             assert!(
                 !steps.iter().any(|s| s.starts_with("SCAN e")),
                 "{sql}: {steps:?}"
@@ -3553,15 +3559,7 @@ mod tests {
         let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
         // Each pass reads a range of rowids, never the table from its start.
         for sql in [project::EXPIRED_EVENTS, outbox::DELIVERED_BEFORE] {
-            let mut plan = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .expect(sql);
-            // Unbound parameters are NULL: the plan is the same.
-            let mut rows = plan.raw_query();
-            let mut steps: Vec<String> = Vec::new();
-            while let Some(r) = rows.next().expect(sql) {
-                steps.push(r.get(3).expect(sql));
-            }
+            let steps = query_plan(&conn, sql);
             assert!(
                 steps.iter().any(|s| s.contains("(rowid>? AND rowid<?)")),
                 "{sql}: {steps:?}"
