@@ -155,6 +155,14 @@ const RECOVERY_BATCH: u64 = 10_000;
 /// records held in memory that the database does not have yet.
 const PROJECTOR_QUEUE: usize = 64;
 
+/// What a replay or a purge does to some dead letters (ids and attempts) in a projector job,
+/// at a time: how many it changed.
+type DeadLetterWork = fn(&Connection, i64, &[(i64, u32)]) -> rusqlite::Result<u64>;
+
+/// Dead letters a replay or a purge handles per projector job (an update and an insert, or
+/// two deletes, each).
+const DEAD_LETTERS_PER_JOB: usize = 2_000;
+
 /// Events a forget empties per projector job (each is a read and an update by rowid): a
 /// session with many events does not hold the projector for one long transaction.
 const FORGET_ROWS_PER_JOB: usize = 512;
@@ -1498,17 +1506,48 @@ impl SqliteStore {
         Ok(held)
     }
 
+    /// Re-queues the matching dead letters: found by a read, then re-queued
+    /// `DEAD_LETTERS_PER_JOB` a projector job, so that replaying a long outage's dead letters
+    /// does not hold acceptances back for the whole of it (not atomic: a stop in the middle
+    /// leaves the rest dead, to be replayed again).
     pub(super) async fn replay(
         &self,
         f: DeadLetterFilter,
         dry_run: bool,
     ) -> Result<u64, StoreError> {
-        self.job(move |c, now, _| outbox::replay(c, now, &f, dry_run))
-            .await
+        if dry_run {
+            return self.read(move |c| outbox::count_dead(c, &f)).await;
+        }
+        self.by_dead_letter(f, DEAD_LETTERS_PER_JOB, |c, now, ids| {
+            outbox::requeue(c, now, ids)
+        })
+        .await
     }
 
+    /// Deletes the matching dead letters, `DEAD_LETTERS_PER_JOB` a projector job (as
+    /// `replay`).
     pub(super) async fn purge(&self, f: DeadLetterFilter) -> Result<u64, StoreError> {
-        self.job(move |c, _, _| outbox::purge(c, &f)).await
+        self.by_dead_letter(f, DEAD_LETTERS_PER_JOB, |c, _, ids| {
+            outbox::delete_dead(c, ids)
+        })
+        .await
+    }
+
+    /// Runs `each` on the matching dead letters' ids, `per_job` ids a projector job; returns
+    /// the sum of what it returned.
+    async fn by_dead_letter(
+        &self,
+        f: DeadLetterFilter,
+        per_job: usize,
+        each: DeadLetterWork,
+    ) -> Result<u64, StoreError> {
+        let ids = self.read(move |c| outbox::dead_ids(c, &f)).await?;
+        let mut n = 0;
+        for chunk in ids.chunks(per_job.max(1)) {
+            let chunk = chunk.to_vec();
+            n += self.job(move |c, now, _| each(c, now, &chunk)).await?;
+        }
+        Ok(n)
     }
 
     pub(super) async fn dead_letters(
@@ -3638,6 +3677,54 @@ mod tests {
             .expect("the row after the purge");
         assert!(next > id, "{next} after the purged {id}");
         rt.block_on(store.close());
+    }
+
+    #[test]
+    fn dead_letters_are_replayed_and_purged_a_bounded_number_per_job() {
+        let (dir, store, rt) = with_sinks(vec![("x".into(), false)]);
+        let kill = |n: usize| {
+            let claimed = rt
+                .block_on(store.claim("x", 10, Duration::from_secs(60)))
+                .expect("claim");
+            assert_eq!(claimed.len(), n);
+            let dead = Settlement::Dead {
+                reason: crate::store::DeadReason::Permanent,
+                error: "HTTP 400".into(),
+                duration_ms: 1,
+            };
+            rt.block_on(
+                store.settle_many(claimed.into_iter().map(|c| (c, dead.clone())).collect()),
+            )
+            .expect("settle");
+        };
+        for k in ["a", "b", "c", "d", "e"] {
+            rt.block_on(store.accept(acceptance(k, &format!("s-{k}"), &["x"])))
+                .expect("commit");
+        }
+        kill(5);
+        let all = DeadLetterFilter::default;
+        let requeue: DeadLetterWork = outbox::requeue;
+        let replayed = rt
+            .block_on(store.by_dead_letter(all(), 2, requeue))
+            .expect("replay");
+        assert_eq!(replayed, 5, "three jobs of at most two");
+        rt.block_on(store.caught_up()).expect("caught up");
+        let c = Connection::open(dir.path().join("cognihook.db")).expect("open");
+        let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
+        assert_eq!(n("SELECT count(*) FROM outbox WHERE status = 'pending'"), 5);
+        assert_eq!(
+            n("SELECT count(*) FROM delivery_attempts WHERE outcome = 'replayed'"),
+            5
+        );
+        kill(5);
+        let delete: DeadLetterWork = |c, _, ids| outbox::delete_dead(c, ids);
+        let purged = rt
+            .block_on(store.by_dead_letter(all(), 2, delete))
+            .expect("purge");
+        assert_eq!(purged, 5);
+        rt.block_on(store.caught_up()).expect("caught up");
+        assert_eq!(n("SELECT count(*) FROM outbox"), 0);
+        assert_eq!(n("SELECT count(*) FROM delivery_attempts"), 0);
     }
 
     #[test]

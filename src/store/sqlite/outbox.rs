@@ -398,28 +398,31 @@ pub(super) fn dead_letters(
     Ok((total.max(0) as u64, items))
 }
 
-/// Re-queues matching dead letters; each replay is recorded in the attempt history.
-pub(super) fn replay(
-    c: &Connection,
-    now: i64,
-    f: &DeadLetterFilter,
-    dry_run: bool,
-) -> rusqlite::Result<u64> {
+/// The matching dead letters, with their attempts: what a replay or a purge then works
+/// through by id ([`requeue`], [`delete_dead`]), a bounded number per projector job.
+pub(super) fn dead_ids(c: &Connection, f: &DeadLetterFilter) -> rusqlite::Result<Vec<(i64, u32)>> {
     let (cond, p) = filter_sql(f);
-    if dry_run {
-        let n: i64 = c.query_row(
-            &format!("SELECT count(*) FROM outbox o WHERE {cond}"),
-            params_from_iter(p.iter()),
-            |r| r.get(0),
-        )?;
-        return Ok(n.max(0) as u64);
-    }
-    let ids: Vec<(i64, u32)> = c
-        .prepare(&format!(
-            "SELECT o.id, o.attempts FROM outbox o WHERE {cond}"
-        ))?
-        .query_map(params_from_iter(p.iter()), |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+    c.prepare(&format!(
+        "SELECT o.id, o.attempts FROM outbox o WHERE {cond} ORDER BY o.id"
+    ))?
+    .query_map(params_from_iter(p.iter()), |r| Ok((r.get(0)?, r.get(1)?)))?
+    .collect()
+}
+
+/// Counts the matching dead letters (a replay's dry run).
+pub(super) fn count_dead(c: &Connection, f: &DeadLetterFilter) -> rusqlite::Result<u64> {
+    let (cond, p) = filter_sql(f);
+    let n: i64 = c.query_row(
+        &format!("SELECT count(*) FROM outbox o WHERE {cond}"),
+        params_from_iter(p.iter()),
+        |r| r.get(0),
+    )?;
+    Ok(n.max(0) as u64)
+}
+
+/// Re-queues the dead letters among `ids` (from [`dead_ids`]; a row no longer dead is left
+/// alone); each replay is recorded in the attempt history. Returns how many.
+pub(super) fn requeue(c: &Connection, now: i64, ids: &[(i64, u32)]) -> rusqlite::Result<u64> {
     let mut requeue = c.prepare_cached(
         "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?2, \
          lease_until = NULL, lease_owner = NULL, failure_class = NULL, reason = NULL, \
@@ -430,7 +433,7 @@ pub(super) fn replay(
          VALUES (?1, ?2, ?3, 'replayed', NULL, NULL, ?4)",
     )?;
     let mut n = 0;
-    for (id, attempts) in ids {
+    for &(id, attempts) in ids {
         if requeue.execute(params![id, now])? == 1 {
             record.execute(params![id, attempts, now, crate::replica_id()])?;
             n += 1;
@@ -439,20 +442,21 @@ pub(super) fn replay(
     Ok(n)
 }
 
-pub(super) fn purge(c: &Connection, f: &DeadLetterFilter) -> rusqlite::Result<u64> {
+/// Deletes the dead letters among `ids` (from [`dead_ids`]; a row no longer dead is left
+/// alone) with their attempt records. Returns how many.
+pub(super) fn delete_dead(c: &Connection, ids: &[(i64, u32)]) -> rusqlite::Result<u64> {
     keep_id_floor(c)?;
-    let (cond, p) = filter_sql(f);
-    c.execute(
-        &format!(
-            "DELETE FROM delivery_attempts WHERE outbox_id IN (SELECT o.id FROM outbox o WHERE {cond})"
-        ),
-        params_from_iter(p.iter()),
+    let mut attempts = c.prepare_cached(
+        "DELETE FROM delivery_attempts WHERE outbox_id = ?1 \
+                          AND EXISTS (SELECT 1 FROM outbox WHERE id = ?1 AND status = 'dead')",
     )?;
-    let n = c.execute(
-        &format!("DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o WHERE {cond})"),
-        params_from_iter(p.iter()),
-    )?;
-    Ok(n as u64)
+    let mut row = c.prepare_cached("DELETE FROM outbox WHERE id = ?1 AND status = 'dead'")?;
+    let mut n = 0;
+    for &(id, _) in ids {
+        attempts.execute(params![id])?;
+        n += row.execute(params![id])? as u64;
+    }
+    Ok(n)
 }
 
 pub(super) fn sink_counts(
