@@ -238,10 +238,14 @@ pub(super) fn run(conn: Connection, rx: Receiver<ProjMsg>, shared: Arc<Shared>, 
     // The events rows' inserts, kept from one transaction to the next (see `EventInserts`).
     let mut inserts = EventInserts::default();
     loop {
-        let wait = behind.wait(if retry.is_empty() {
-            MAINTENANCE_EVERY
-        } else {
+        // Idle, the next maintenance pass is what the projector waits for: in a minute, or
+        // after a round's time when the last pass left expired events to look at.
+        let wait = behind.wait(if !retry.is_empty() {
             backoff
+        } else if pruning {
+            COMMIT_EVERY
+        } else {
+            MAINTENANCE_EVERY
         });
         let first = match rx.recv_timeout(wait) {
             Ok(m) => Some(m),
@@ -1144,8 +1148,8 @@ const SESSION_PRUNE_CHUNK: i64 = 5_000;
 /// 12 µs (bench/README.md, forty-sixth session), so a pass deletes for ~25 ms at most. Once
 /// retention is reached, every minute's pass has a minute of the ingest rate to delete (a
 /// second's worth of work at 5,000 events a second), and after a long stop or a shorter
-/// `retention` far more: the projector then runs a pass after each of its rounds until the
-/// expired events are gone.
+/// `retention` far more: the projector then runs a pass after each of its rounds (idle,
+/// every `COMMIT_EVERY`) until the expired events are gone.
 const EVENTS_PER_PASS: i64 = 2_000;
 
 /// Where the bounded scans go on from; each starts again after a full pass.
