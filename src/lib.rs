@@ -82,7 +82,10 @@
 //!   before schema 14 also has an LSM tree there (generations written before schema 13 are
 //!   read until they expire; an open removes it once it holds none), whose `fjall` keyspace
 //!   runs one flush and one compaction thread; a store made since has none; a new key is usually known to
-//!   be new from `keys::filter`, without a look-up in the runs); and the *checkpointer*, which
+//!   be new from `keys::filter`, without a look-up in the runs; work that grows with the store
+//!   reaches it in bounded pieces: pruning in passes of 2,000 events (`project::maintain`), a
+//!   forget's and a dead-letter replay's or purge's rows found by a read first and then
+//!   changed a few hundred or thousand a job); and the *checkpointer*, which
 //!   copies the WAL into the database file, flushes the keys, removes log segments both
 //!   have made durable (or keeps one as the log's next segment) and zero-fills a spare
 //!   segment when none is coming (`store::sqlite::log::Spare`). The checkpointer, the merge thread and the keyspace's threads run at
