@@ -1394,14 +1394,10 @@ impl SqliteStore {
     /// neither the projector nor the reader that claims and reads share), then empties them
     /// through the projector, `FORGET_ROWS_PER_JOB` rows a job. Returns how many.
     async fn empty_forgotten(&self, session_id: &str, at: i64) -> Result<u64, StoreError> {
-        let (path, s) = (self.path.clone(), session_id.to_string());
-        let rows = tokio::task::spawn_blocking(move || {
-            let conn = open_connection(&path, SyncMode::Normal, true, SMALL_CACHE_KIB)?;
-            project::forget_scan(&conn, &s, at)
-        })
-        .await
-        .map_err(unavailable)?
-        .map_err(unavailable)?;
+        let s = session_id.to_string();
+        let rows = self
+            .read_alone(move |c| project::forget_scan(c, &s, at))
+            .await?;
         for chunk in rows.chunks(FORGET_ROWS_PER_JOB) {
             let (s, chunk) = (session_id.to_string(), chunk.to_vec());
             self.job(move |c, _, _| project::forget_events(c, &s, at, &chunk))
@@ -1541,7 +1537,7 @@ impl SqliteStore {
         per_job: usize,
         each: DeadLetterWork,
     ) -> Result<u64, StoreError> {
-        let ids = self.read(move |c| outbox::dead_ids(c, &f)).await?;
+        let ids = self.read_alone(move |c| outbox::dead_ids(c, &f)).await?;
         let mut n = 0;
         for chunk in ids.chunks(per_job.max(1)) {
             let chunk = chunk.to_vec();
@@ -1629,6 +1625,24 @@ impl SqliteStore {
         })
         .await;
         caught_up_within(waited, "the database")
+    }
+
+    /// [`read`](Self::read) on a read connection of its own, opened for it: for a long read
+    /// (a whole table, a long outage's dead letters), which would otherwise hold the shared
+    /// reader, and the database claims that wait for it, as long as it lasts.
+    async fn read_alone<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.caught_up().await?;
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = open_connection(&path, SyncMode::Normal, true, SMALL_CACHE_KIB)?;
+            f(&conn)
+        })
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)
     }
 
     async fn read<T: Send + 'static>(
