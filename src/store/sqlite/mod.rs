@@ -3640,6 +3640,46 @@ mod tests {
     }
 
     #[test]
+    fn a_cycle_of_passes_that_does_not_end_still_prunes_the_rest_every_minute() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let path = used_then_closed(dir.path(), &rt, |store| {
+            rt.block_on(store.accept(acceptance("a", "s", &[])))
+                .expect("commit");
+        });
+        let conn = Connection::open(&path).expect("open");
+        let spent = || {
+            conn.execute(
+                "INSERT OR REPLACE INTO spent_signatures (route, mac, expires_at) \
+                 VALUES ('r', 'm', 0)",
+                [],
+            )
+            .expect("an expired signature");
+        };
+        let left = || {
+            conn.query_row("SELECT count(*) FROM spent_signatures", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .expect("count")
+        };
+        let defaults = maintenance(&path, 86_400_000, 86_400_000, 86_400_000);
+        // In the middle of a cycle, the rest was pruned a moment ago: it waits.
+        spent();
+        let mut cursor = project::MaintenanceCursor::mid_cycle(1, Duration::from_secs(1));
+        project::maintain_by(&conn, &defaults, &mut cursor, 2);
+        assert_eq!(left(), 1);
+        // ...a minute ago: it is pruned although the cycle has not ended.
+        let mut cursor = project::MaintenanceCursor::mid_cycle(1, Duration::from_secs(61));
+        project::maintain_by(&conn, &defaults, &mut cursor, 2);
+        assert_eq!(left(), 0);
+        // At the start of a cycle, always.
+        spent();
+        let mut cursor = project::MaintenanceCursor::mid_cycle(0, Duration::from_secs(1));
+        project::maintain_by(&conn, &defaults, &mut cursor, 2);
+        assert_eq!(left(), 0);
+    }
+
+    #[test]
     fn an_outbox_id_is_never_given_out_again_after_its_row_is_deleted() {
         let dir = tempfile::tempdir().expect("tmp");
         let rt = runtime();

@@ -1157,8 +1157,24 @@ const EVENTS_PER_PASS: i64 = 2_000;
 pub(super) struct MaintenanceCursor {
     session_after: String,
     /// The rowid the next pass's events start at (0: a new cycle, which also looks at the
-    /// moved events, with negative rowids, and prunes everything but the events).
+    /// moved events, with negative rowids).
     events_from: i64,
+    /// When everything but the events was last pruned: at the start of each cycle, and at
+    /// least every `MAINTENANCE_EVERY` should a cycle never end (expired events coming
+    /// faster than passes delete them), so that expired keys never pile up behind it.
+    others_at: Option<Instant>,
+}
+
+#[cfg(test)]
+impl MaintenanceCursor {
+    /// A cursor in the middle of a cycle whose other pruning last ran `ago`.
+    pub(super) fn mid_cycle(events_from: i64, ago: Duration) -> MaintenanceCursor {
+        MaintenanceCursor {
+            session_after: String::new(),
+            events_from,
+            others_at: Instant::now().checked_sub(ago),
+        }
+    }
 }
 
 /// Deletes the events before `?1` (an event id; `?2` its number) from rowid `?3` on that have
@@ -1205,7 +1221,11 @@ pub(super) fn maintain_by(
         // past `retention`; before, in `answers`.
         let answer_cutoff = u64::try_from(key_cutoff.saturating_sub(ANSWER_MARGIN_MS)).unwrap_or(0);
         let answer_cutoff = ulid::Ulid::from_parts(answer_cutoff, 0).to_string();
-        if from == 0 {
+        let others = from == 0
+            || cursor
+                .others_at
+                .is_none_or(|t| t.elapsed() >= MAINTENANCE_EVERY);
+        if others {
             s.keys
                 .expire(key_cutoff, now - s.retention_ms, now)
                 .map_err(super::keys::failed)?;
@@ -1279,10 +1299,13 @@ pub(super) fn maintain_by(
             )?;
         }
         conn.execute_batch("COMMIT")?;
-        Ok((next, last))
+        Ok((next, last, others))
     });
     match r {
-        Ok((next, last)) => {
+        Ok((next, last, others)) => {
+            if others {
+                cursor.others_at = Some(Instant::now());
+            }
             match last {
                 Some(last) => cursor.session_after = last,
                 None => cursor.session_after.clear(),
