@@ -163,10 +163,17 @@ pub(super) const EVENT_ROWS: &str = concat!(
 /// `event_id::row_of`) from rowid `?3` on: what retention deletes (a pass of
 /// `project::maintain`). Found from the events, as [`EVENT_ROWS`] finds one event's: by rowid,
 /// and a moved event (a negative rowid) by its id, in the first pass of a cycle (`?3` = 0).
+///
+/// Each event's rows are read by their id range. Written as `o.status = 'delivered'`, the
+/// planner instead built an automatic index over the whole outbox on `status` at every
+/// execution: a scan of the table twice a pass, ~12 µs per event looked at with 427k rows,
+/// and growing with the table (bench/README.md, forty-seventh session). The unary `+` keeps
+/// `status` and `event_id` out of any index, and `CROSS JOIN` keeps the events outside.
 pub(super) const DELIVERED_BEFORE: &str = "SELECT o.id FROM events e \
-       JOIN outbox o ON o.id BETWEEN e.outbox_first AND e.outbox_last AND o.event_id = e.event_id \
+       CROSS JOIN outbox o ON o.id BETWEEN e.outbox_first AND e.outbox_last \
+         AND +o.event_id = e.event_id \
      WHERE ((e.rowid >= ?3 AND e.rowid < ?2) OR (?3 = 0 AND e.rowid < 0 AND e.event_id < ?1)) \
-       AND o.status = 'delivered' \
+       AND +o.status = 'delivered' \
      UNION ALL SELECT id FROM outbox WHERE late = 1 AND event_id < ?1 AND status = 'delivered'";
 
 /// Raises the floor of the ids the store gives out to the highest id in the table: run
