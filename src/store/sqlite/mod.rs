@@ -76,6 +76,7 @@ mod fresh;
 mod keys;
 mod log;
 mod outbox;
+mod planner;
 mod project;
 mod raw;
 mod record;
@@ -400,6 +401,20 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// In debug builds (the tests), a store whose process had a statement planned with an
+/// automatic index panics when dropped (see `planner`).
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if cfg!(debug_assertions) && !std::thread::panicking() {
+            let (seen, first) = planner::automatic_indexes();
+            assert_eq!(
+                seen, 0,
+                "a statement was planned with an automatic index: {first}"
+            );
+        }
+    }
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -477,6 +492,7 @@ fn open_connection(
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
+    planner::watch();
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     add_functions(&conn)?;
