@@ -3664,6 +3664,8 @@ mod tests {
         // The next cycle starts from the beginning again.
         assert!(!project::maintain_by(&conn, &expired, &mut cursor, 2));
         assert_eq!(n("SELECT count(*) FROM events"), 1);
+        // No statement of a pass had SQLite index a whole table for it (see `planner`).
+        assert_eq!(planner::automatic_indexes(), (0, String::new()));
     }
 
     #[test]
