@@ -85,7 +85,9 @@
 //!   be new from `keys::filter`, without a look-up in the runs; work that grows with the store
 //!   reaches it in bounded pieces: pruning in passes of 2,000 events (`project::maintain`), a
 //!   forget's and a dead-letter replay's or purge's rows found by a read first and then
-//!   changed a few hundred or thousand a job); and the *checkpointer*, which
+//!   changed a few hundred or thousand a job; each statement reads by rowid or by an index
+//!   of the schema, and `store::sqlite::planner` reports one that has SQLite index a whole
+//!   table for itself); and the *checkpointer*, which
 //!   copies the WAL into the database file, flushes the keys, removes log segments both
 //!   have made durable (or keeps one as the log's next segment) and zero-fills a spare
 //!   segment when none is coming (`store::sqlite::log::Spare`). The checkpointer, the merge thread and the keyspace's threads run at
