@@ -3661,11 +3661,64 @@ mod tests {
             n("SELECT count(*) FROM events WHERE correlation_id = 'corr-f'"),
             1
         );
-        // The next cycle starts from the beginning again.
+        // The next cycle starts where this one ended: nothing new to look at.
         assert!(!project::maintain_by(&conn, &expired, &mut cursor, 2));
         assert_eq!(n("SELECT count(*) FROM events"), 1);
         // No statement of a pass had SQLite index a whole table for it (see `planner`).
         assert_eq!(planner::automatic_indexes(), (0, String::new()));
+    }
+
+    #[test]
+    fn a_cycle_starts_where_the_last_ended_and_one_in_sixty_looks_at_the_kept_events_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let path = used_then_closed(dir.path(), &rt, |store| {
+            rt.block_on(store.accept(acceptance("a", "s-a", &[])))
+                .expect("commit");
+            rt.block_on(store.accept(acceptance("f", "s-f", &["orders"])))
+                .expect("commit");
+        });
+        let conn = Connection::open(&path).expect("open");
+        let left = || -> Vec<String> {
+            let mut q = conn
+                .prepare("SELECT correlation_id FROM events ORDER BY rowid")
+                .expect("events");
+            q.query_map([], |r| r.get(0))
+                .expect("events")
+                .map(|r| r.expect("row"))
+                .collect()
+        };
+        // Everything up to now has expired (retention 0; the answers' hour is taken back by
+        // the idempotency window), and nothing after it.
+        let until_now = maintenance(&path, -3_600_000, -60_000, 0);
+        let mut cursor = project::MaintenanceCursor::default();
+        // The first cycle starts from the first event: `a` goes, `f`'s pending row keeps it.
+        assert!(!project::maintain_by(&conn, &until_now, &mut cursor, 2));
+        assert_eq!(left(), ["corr-f"]);
+        // `f`'s row is delivered, and a new event comes.
+        conn.execute("UPDATE outbox SET status = 'delivered'", [])
+            .expect("delivered");
+        let at = crate::now_millis();
+        while crate::now_millis() == at {
+            std::hint::spin_loop();
+        }
+        used_then_closed(dir.path(), &rt, |store| {
+            rt.block_on(store.accept(acceptance("b", "s-b", &[])))
+                .expect("commit");
+        });
+        let all = maintenance(&path, -7_200_000, -60_000, -60_000);
+        // The next 59 cycles start where the last one ended: `b` goes, `f` is not looked at.
+        for cycle in 2..=project::FULL_CYCLE_EVERY {
+            assert!(!project::maintain_by(&conn, &all, &mut cursor, 2));
+            assert_eq!(left(), ["corr-f"], "cycle {cycle}");
+        }
+        // The sixty-first starts from the first event again: `f` and its row go.
+        assert!(!project::maintain_by(&conn, &all, &mut cursor, 2));
+        assert!(left().is_empty());
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+            .expect("outbox");
+        assert_eq!(rows, 0);
     }
 
     #[test]

@@ -1152,13 +1152,27 @@ const SESSION_PRUNE_CHUNK: i64 = 5_000;
 /// every `COMMIT_EVERY`) until the expired events are gone.
 const EVENTS_PER_PASS: i64 = 2_000;
 
+/// One cycle of pruning in this many starts from the first event; the others start where
+/// the last cycle ended (see `MaintenanceCursor::walked_to`). With a cycle a minute, an event
+/// kept past its time by an undelivered row or a dead letter goes within about an hour of
+/// its last row's delivery or purge.
+pub(super) const FULL_CYCLE_EVERY: u32 = 60;
+
 /// Where the bounded scans go on from; each starts again after a full pass.
 #[derive(Default)]
 pub(super) struct MaintenanceCursor {
     session_after: String,
-    /// The rowid the next pass's events start at (0: a new cycle, which also looks at the
-    /// moved events, with negative rowids).
+    /// The rowid the next pass's events start at (0: a new cycle).
     events_from: i64,
+    /// Where the last cycle ended: every event before it had expired then, and was deleted
+    /// unless an undelivered row or a dead letter kept it. A cycle starts there, and only
+    /// one in `FULL_CYCLE_EVERY` starts from the first event (with the moved ones, which
+    /// have negative rowids), to find the kept events whose rows have gone since. Before,
+    /// every cycle looked at every kept event again: a sink's dead letters past retention
+    /// were read every minute for as long as they stayed.
+    walked_to: i64,
+    /// Cycles ended since this cursor was made.
+    cycles: u32,
     /// When everything but the events was last pruned: at the start of each cycle, and at
     /// least every `MAINTENANCE_EVERY` should a cycle never end (expired events coming
     /// faster than passes delete them), so that expired keys never pile up behind it.
@@ -1173,6 +1187,7 @@ impl MaintenanceCursor {
             session_after: String::new(),
             events_from,
             others_at: Instant::now().checked_sub(ago),
+            ..MaintenanceCursor::default()
         }
     }
 }
@@ -1212,16 +1227,28 @@ pub(super) fn maintain_by(
     let cutoff_ms = u64::try_from(now - s.retention_ms).unwrap_or(0);
     let oldest_kept = ulid::Ulid::from_parts(cutoff_ms, 0).to_string();
     let oldest_row = crate::event_id::row_of(&oldest_kept).unwrap_or(0);
-    let from = cursor.events_from;
+    let cycle_start = cursor.events_from == 0;
+    let from = if !cycle_start {
+        cursor.events_from
+    } else if cursor.cycles.is_multiple_of(FULL_CYCLE_EVERY) {
+        0
+    } else {
+        cursor.walked_to
+    };
+    let key_cutoff = s.windows.idempotency_cutoff(now);
+    // An answer goes by its event id's time, an hour after its key could have: a key is
+    // written after its event id is made (moments later), so no live key loses its answer.
+    // Since schema 9 the answer is in the event's row, so an event is kept that long even
+    // past `retention`; before, in `answers`.
+    let answer_cutoff = u64::try_from(key_cutoff.saturating_sub(ANSWER_MARGIN_MS)).unwrap_or(0);
+    let answer_cutoff = ulid::Ulid::from_parts(answer_cutoff, 0).to_string();
+    let events_cutoff = oldest_kept.as_str().min(answer_cutoff.as_str());
+    // Where a cycle that ends now has looked at every event that may go.
+    let walk_end = crate::event_id::row_of(events_cutoff)
+        .unwrap_or(0)
+        .min(oldest_row);
     let r = conn.execute_batch("BEGIN IMMEDIATE").and_then(|()| {
-        let key_cutoff = s.windows.idempotency_cutoff(now);
-        // An answer goes by its event id's time, an hour after its key could have: a key is
-        // written after its event id is made (moments later), so no live key loses its answer.
-        // Since schema 9 the answer is in the event's row, so an event is kept that long even
-        // past `retention`; before, in `answers`.
-        let answer_cutoff = u64::try_from(key_cutoff.saturating_sub(ANSWER_MARGIN_MS)).unwrap_or(0);
-        let answer_cutoff = ulid::Ulid::from_parts(answer_cutoff, 0).to_string();
-        let others = from == 0
+        let others = cycle_start
             || cursor
                 .others_at
                 .is_none_or(|t| t.elapsed() >= MAINTENANCE_EVERY);
@@ -1243,7 +1270,6 @@ pub(super) fn maintain_by(
                 params![now / 1000],
             )?;
         }
-        let events_cutoff = oldest_kept.as_str().min(answer_cutoff.as_str());
         // This pass's events end before the `per_pass`-th row from `from`, or at the cut-off.
         let next: Option<i64> = conn
             .query_row(
@@ -1310,7 +1336,14 @@ pub(super) fn maintain_by(
                 Some(last) => cursor.session_after = last,
                 None => cursor.session_after.clear(),
             }
-            cursor.events_from = next.unwrap_or(0);
+            match next {
+                Some(next) => cursor.events_from = next,
+                None => {
+                    cursor.events_from = 0;
+                    cursor.walked_to = cursor.walked_to.max(walk_end);
+                    cursor.cycles = cursor.cycles.wrapping_add(1);
+                }
+            }
             next.is_some()
         }
         Err(e) => {
