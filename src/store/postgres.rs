@@ -92,6 +92,8 @@ pub struct PgStore {
     writer_alive: Arc<AtomicBool>,
     writer: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     maintenance: tokio::task::JoinHandle<()>,
+    /// Where the maintenance cycles' walk of the events is (shared with `maintain_now`).
+    walk: Arc<tokio::sync::Mutex<Walk>>,
     /// The LISTEN loop (`listen`), stopped by `close`.
     listener: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     settings: Arc<Settings>,
@@ -219,7 +221,12 @@ impl PgStore {
                 let _ = w.await;
             }
         });
-        let maintenance = tokio::spawn(run_maintenance(pool.clone(), settings.clone()));
+        let walk = Arc::new(tokio::sync::Mutex::new(Walk::default()));
+        let maintenance = tokio::spawn(run_maintenance(
+            pool.clone(),
+            settings.clone(),
+            walk.clone(),
+        ));
         Ok(PgStore {
             pool,
             queue: parking_lot::Mutex::new(Some(tx)),
@@ -227,6 +234,7 @@ impl PgStore {
             writer_alive,
             writer: parking_lot::Mutex::new(Some(writer)),
             maintenance,
+            walk,
             listener: parking_lot::Mutex::new(None),
             settings,
             url: url.to_string(),
@@ -234,9 +242,10 @@ impl PgStore {
         })
     }
 
-    /// Runs one maintenance pass now (it also runs every 30 s by itself).
+    /// Runs one maintenance cycle now (one also runs every 30 s by itself).
     pub async fn maintain_now(&self) -> Result<(), StoreError> {
-        maintain(&self.pool, &self.settings).await
+        let mut walk = self.walk.lock().await;
+        maintain(&self.pool, &self.settings, &mut walk).await
     }
 
     /// The URL with any password masked, for logs.
@@ -1531,58 +1540,131 @@ async fn read_journey(
 }
 
 /// Prunes what has expired, every 30 s (see [`maintain`]).
-async fn run_maintenance(pool: Pool, s: Arc<Settings>) {
+async fn run_maintenance(pool: Pool, s: Arc<Settings>, cursor: Arc<tokio::sync::Mutex<Walk>>) {
     let mut every = tokio::time::interval(Duration::from_secs(30));
+    // A cycle that ran long is followed by a full interval, not by a burst of cycles.
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.tick().await;
     loop {
         every.tick().await;
-        if let Err(e) = maintain(&pool, &s).await {
+        let mut walk = cursor.lock().await;
+        if let Err(e) = maintain(&pool, &s, &mut walk).await {
             tracing::warn!(error = %e, "store maintenance failed; will retry");
         }
     }
 }
 
-/// One pass of pruning, in bounded batches (as the embedded store does): idempotency
-/// records past the window, spent signatures past their tolerance, sessions idle past the
-/// TTL, delivered rows (with their attempt records) and events past retention (an event stays
-/// while it has an outbox row).
-async fn maintain(pool: &Pool, s: &Settings) -> Result<(), StoreError> {
+/// Rows a pruning statement deletes (or events it looks at) at a time: each batch is a
+/// transaction of its own, so a cycle holds no lock for long and leaves the writers alone.
+const PRUNE_BATCH: i64 = 5_000;
+
+/// One cycle in this many walks the events from the first (an hour of 30 s cycles);
+/// the others start where the previous cycle ended.
+pub const FULL_CYCLE_EVERY: u32 = 120;
+
+/// Where the events' walk goes on from, kept between cycles (as the embedded store's
+/// `MaintenanceCursor`).
+#[derive(Default)]
+pub(crate) struct Walk {
+    /// The last event id the previous cycle looked at: every event up to it had passed
+    /// retention then and was deleted unless an outbox row that was not delivered kept it.
+    /// Only one cycle in [`FULL_CYCLE_EVERY`] looks at those kept ones again (to find the
+    /// ones whose rows have gone since); the others start after it, so a store with a
+    /// million dead letters past retention does not read them all every 30 s.
+    walked_to: String,
+    cycles: u32,
+}
+
+/// One cycle of pruning, in batches until nothing expired is left: idempotency records past
+/// the window, spent signatures past their tolerance, sessions idle past the TTL, and the
+/// events past retention with their delivered rows and those rows' attempt records (an
+/// event stays while it has an outbox row that was not delivered). Before, each statement
+/// ran once per cycle with a limit of 5,000 rows, so a store taking more than ~170 events
+/// a second grew without bound.
+async fn maintain(pool: &Pool, s: &Settings, walk: &mut Walk) -> Result<(), StoreError> {
     let c = pool.get().await.map_err(StoreError::unavailable)?;
     let now = crate::now_millis();
-    let oldest_kept =
-        ulid::Ulid::from_parts(u64::try_from(now - s.retention_ms).unwrap_or(0), 0).to_string();
-    let statements: [(&str, &[&(dyn ToSql + Sync)]); 5] = [
+    // Statements whose batches run until one deletes fewer than a batch.
+    let batched: [(&str, i64); 2] = [
         (
             "DELETE FROM idempotency WHERE key IN \
-             (SELECT key FROM idempotency WHERE created_at < $1 LIMIT 5000)",
-            &[&(now - s.idempotency_window_ms)],
-        ),
-        (
-            "DELETE FROM spent_signatures WHERE expires_at < $1",
-            &[&(now / 1000)],
+             (SELECT key FROM idempotency WHERE created_at < $1 LIMIT $2)",
+            now - s.idempotency_window_ms,
         ),
         (
             "DELETE FROM sessions WHERE session_id IN \
-             (SELECT session_id FROM sessions WHERE last_seen < $1 LIMIT 5000)",
-            &[&(now - s.session_ttl_ms)],
-        ),
-        (
-            "WITH gone AS (DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-               WHERE status = 'delivered' AND event_id < $1 LIMIT 5000) RETURNING id) \
-             DELETE FROM delivery_attempts WHERE outbox_id IN (SELECT id FROM gone)",
-            &[&oldest_kept],
-        ),
-        (
-            "DELETE FROM events WHERE event_id IN (SELECT event_id FROM events e \
-             WHERE e.event_id < $1 AND NOT EXISTS \
-               (SELECT 1 FROM outbox o WHERE o.event_id = e.event_id) LIMIT 5000)",
-            &[&oldest_kept],
+             (SELECT session_id FROM sessions WHERE last_seen < $1 LIMIT $2)",
+            now - s.session_ttl_ms,
         ),
     ];
-    for (sql, params) in statements {
-        c.execute(sql, params)
+    for (sql, cutoff) in batched {
+        let statement = c
+            .prepare_cached(sql)
             .await
             .map_err(StoreError::unavailable)?;
+        while c
+            .execute(&statement, &[&cutoff, &PRUNE_BATCH])
+            .await
+            .map_err(StoreError::unavailable)?
+            >= PRUNE_BATCH as u64
+        {}
     }
+    c.execute(
+        "DELETE FROM spent_signatures WHERE expires_at < $1",
+        &[&(now / 1000)],
+    )
+    .await
+    .map_err(StoreError::unavailable)?;
+    // The events past retention, walked by id in ranges of a batch: each range's delivered
+    // rows (with their attempt records), then its events left without a row.
+    let oldest_kept =
+        ulid::Ulid::from_parts(u64::try_from(now - s.retention_ms).unwrap_or(0), 0).to_string();
+    let mut after = if walk.cycles.is_multiple_of(FULL_CYCLE_EVERY) {
+        String::new()
+    } else {
+        walk.walked_to.clone()
+    };
+    let range = c
+        .prepare_cached(
+            "SELECT count(*), max(event_id) FROM (SELECT event_id FROM events \
+             WHERE event_id > $1 AND event_id < $2 ORDER BY event_id LIMIT $3) w",
+        )
+        .await
+        .map_err(StoreError::unavailable)?;
+    let delivered = c
+        .prepare_cached(
+            "WITH gone AS (DELETE FROM outbox WHERE event_id > $1 AND event_id <= $2 \
+               AND status = 'delivered' RETURNING id) \
+             DELETE FROM delivery_attempts WHERE outbox_id IN (SELECT id FROM gone)",
+        )
+        .await
+        .map_err(StoreError::unavailable)?;
+    let events = c
+        .prepare_cached(
+            "DELETE FROM events e WHERE event_id > $1 AND event_id <= $2 \
+             AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.event_id = e.event_id)",
+        )
+        .await
+        .map_err(StoreError::unavailable)?;
+    loop {
+        let row = c
+            .query_one(&range, &[&after, &oldest_kept, &PRUNE_BATCH])
+            .await
+            .map_err(StoreError::unavailable)?;
+        let (seen, last): (i64, Option<String>) = (row.get(0), row.get(1));
+        let Some(last) = last else { break };
+        c.execute(&delivered, &[&after, &last])
+            .await
+            .map_err(StoreError::unavailable)?;
+        c.execute(&events, &[&after, &last])
+            .await
+            .map_err(StoreError::unavailable)?;
+        after = last;
+        if seen < PRUNE_BATCH {
+            break;
+        }
+    }
+    walk.walked_to = after;
+    walk.cycles = walk.cycles.wrapping_add(1);
     Ok(())
 }

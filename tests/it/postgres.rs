@@ -315,6 +315,113 @@ async fn maintenance_prunes_what_expired_and_keeps_undelivered_events() {
     );
 }
 
+/// A PostgreSQL store on a fresh schema with default settings, and a plain client on the
+/// same schema to fill and count its tables.
+async fn pg_with_client() -> Option<(
+    std::sync::Arc<cognihook::store::postgres::PgStore>,
+    tokio_postgres::Client,
+)> {
+    let url = fresh_pg_schema().await?;
+    let pg =
+        cognihook::store::postgres::PgStore::open(&url, &cognihook::config::StoreConfig::default())
+            .await
+            .unwrap();
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    Some((std::sync::Arc::new(pg), db))
+}
+
+/// Adds events `from..=to` with ids from 1970 (so past any retention), each with one outbox
+/// row of `status` and an attempt record.
+async fn old_events(db: &tokio_postgres::Client, from: i64, to: i64, status: &str) {
+    db.execute(
+        "INSERT INTO events (event_id, correlation_id, route, session_id, event_type, \
+           state_version, simulated, received_at, committed_at, body) \
+         SELECT '00' || lpad(i::text, 24, '0'), 'c' || i, 'r', 's', 't', 1, false, '', 0, '{}' \
+         FROM generate_series($1::bigint, $2::bigint) i",
+        &[&from, &to],
+    )
+    .await
+    .unwrap();
+    db.execute(
+        "WITH rows AS (INSERT INTO outbox (event_id, sink, route, session_id, status, \
+           next_attempt_at, created_at) \
+         SELECT '00' || lpad(i::text, 24, '0'), 'x', 'r', 's', $3, 0, 0 \
+         FROM generate_series($1::bigint, $2::bigint) i RETURNING id) \
+         INSERT INTO delivery_attempts (outbox_id, attempt, at, outcome, replica) \
+         SELECT id, 1, 0, 'delivered', 'test' FROM rows",
+        &[&from, &to, &status],
+    )
+    .await
+    .unwrap();
+}
+
+async fn count(db: &tokio_postgres::Client, table: &str) -> i64 {
+    db.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A cycle deleted at most 5,000 rows of each kind, once every 30 s: a store taking more
+/// than ~170 events a second grew without bound. Now its batches run until none is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maintenance_cycle_prunes_everything_expired_however_many_batches_it_takes() {
+    let Some((pg, db)) = pg_with_client().await else {
+        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+        return;
+    };
+    old_events(&db, 1, 12_000, "delivered").await;
+    old_events(&db, 12_001, 12_010, "dead").await;
+    db.batch_execute(
+        "INSERT INTO idempotency (key, event_id, status, body, correlation_id, created_at) \
+           SELECT 'k' || i, 'e', 202, '', 'c', 0 FROM generate_series(1, 12000) i; \
+         INSERT INTO sessions (session_id, state_version, first_seen, last_seen, \
+           last_event_type, last_route) \
+           SELECT 's' || i, 1, 0, 0, 't', 'r' FROM generate_series(1, 12000) i",
+    )
+    .await
+    .unwrap();
+    pg.maintain_now().await.unwrap();
+    assert_eq!(count(&db, "idempotency").await, 0);
+    assert_eq!(count(&db, "sessions").await, 0);
+    assert_eq!(count(&db, "outbox").await, 10, "the dead letters stay");
+    assert_eq!(count(&db, "delivery_attempts").await, 10);
+    assert_eq!(count(&db, "events").await, 10, "with their events");
+}
+
+/// A cycle starts its walk of the events where the last one ended, and one in
+/// `FULL_CYCLE_EVERY` from the first: an event kept by its row is looked at again only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maintenance_cycle_starts_where_the_last_ended_and_one_in_a_hundred_and_twenty_from_the_first(
+) {
+    use cognihook::store::postgres::FULL_CYCLE_EVERY;
+    let Some((pg, db)) = pg_with_client().await else {
+        eprintln!("skipped: COGNIHOOK_TEST_DATABASE_URL is not set");
+        return;
+    };
+    old_events(&db, 1, 1, "pending").await;
+    pg.maintain_now().await.unwrap();
+    assert_eq!(count(&db, "events").await, 1, "kept by its pending row");
+    db.execute("UPDATE outbox SET status = 'delivered'", &[])
+        .await
+        .unwrap();
+    for cycle in 1..FULL_CYCLE_EVERY {
+        // Each cycle still deletes what expired after the last one's end.
+        let n = i64::from(cycle) + 1;
+        old_events(&db, n, n, "delivered").await;
+        pg.maintain_now().await.unwrap();
+        assert_eq!(count(&db, "events").await, 1, "cycle {cycle}");
+        assert_eq!(count(&db, "outbox").await, 1, "cycle {cycle}");
+    }
+    pg.maintain_now().await.unwrap();
+    assert_eq!(count(&db, "events").await, 0, "the full cycle finds it");
+    assert_eq!(count(&db, "outbox").await, 0);
+    assert_eq!(count(&db, "delivery_attempts").await, 0);
+}
+
 /// The schema URL of `fresh_pg_schema`, pointed at `front` with `host` as the name TLS checks
 /// (the connection itself goes to 127.0.0.1) and `tls` added to its options.
 fn via_front(url: &str, front: &TlsFront, host: &str, tls: &str) -> String {
