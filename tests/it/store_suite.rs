@@ -714,3 +714,54 @@ async fn deliver_one_dead_letter_one(b: &Backend, sink: &str) {
     assert!(s.settle(&claimed[0], delivered).await.unwrap());
     assert!(s.settle(&claimed[1], dead).await.unwrap());
 }
+
+/// The embedded store prunes pass after pass while idle: 10,000 expired events, 2,000 a
+/// pass, are all gone once one cycle has started, with nothing else written (the next
+/// cycle would start a minute later, so without the idle passes 8,000 would stay a minute
+/// per pass). Its clock moves three hours on: each event's answer is kept an hour past its
+/// key, whatever `retention` says.
+///
+/// Each test runs in a process of its own (cargo-nextest), so moving this process's view of
+/// the system clock touches no other test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_embedded_store_prunes_pass_after_pass_until_nothing_expired_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Duration::from_millis(1);
+    let config = StoreConfig {
+        data_dir: dir.path().to_path_buf(),
+        idempotency_window: tiny,
+        session_ttl: tiny,
+        retention: tiny,
+        ..StoreConfig::default()
+    };
+    let sqlite = Arc::new(SqliteStore::open(&config).expect("sqlite"));
+    let store = Store::Sqlite(sqlite.clone());
+    for chunk in 0..20 {
+        let accepts = (0..500).map(|i| {
+            let n = chunk * 500 + i;
+            store.accept(acceptance(&format!("k{n}"), &format!("s{n}"), &[]))
+        });
+        for r in futures_util::future::join_all(accepts).await {
+            r.expect("commit");
+        }
+    }
+    store.caught_up().await.unwrap();
+    let db = rusqlite::Connection::open(sqlite.path()).expect("db");
+    let events = || {
+        db.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))
+            .expect("count")
+    };
+    assert_eq!(events(), 10_000);
+    cognihook::clock::skew_wall_clock(3 * 3_600_000);
+    sqlite.prune_now();
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while events() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} events left 40 s after the cycle started",
+            events()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.close().await;
+}

@@ -1588,6 +1588,16 @@ impl SqliteStore {
             .await
     }
 
+    /// Starts a pruning cycle now instead of at the next minute's (for tests: what expired
+    /// is then pruned pass after pass while the store is idle).
+    #[doc(hidden)]
+    pub fn prune_now(&self) {
+        if let Some(engine) = &self.engine {
+            let _ = engine.projector.try_send(ProjMsg::Prune);
+            self.shared.wake_projector();
+        }
+    }
+
     /// Waits until the database holds every record committed, and every job (settlements
     /// above all) queued, when this was called: what every read does first. The sessions the
     /// projector holds behind (`project::SESSIONS_EVERY`) are written too, so the database is

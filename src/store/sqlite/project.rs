@@ -45,6 +45,9 @@ pub(super) enum ProjMsg {
     Settle(Settles),
     /// Write the sessions held behind now (a read wants the database whole: `caught_up`).
     FlushSessions,
+    /// Start a pruning cycle now instead of at the next `MAINTENANCE_EVERY` (tests: a cycle
+    /// of several passes then goes on by itself while idle, which is what they check).
+    Prune,
     Close(oneshot::Sender<()>),
 }
 
@@ -258,6 +261,7 @@ pub(super) fn run(conn: Connection, rx: Receiver<ProjMsg>, shared: Arc<Shared>, 
         let mut count: usize = records.iter().map(|(r, _)| r.len()).sum();
         let mut next = first;
         let mut lingered = false;
+        let mut prune = false;
         let mut flush = shared.sessions_wanted.swap(false, Ordering::SeqCst)
             || last_maintenance.elapsed() >= MAINTENANCE_EVERY;
         while let Some(msg) = next.take() {
@@ -269,6 +273,7 @@ pub(super) fn run(conn: Connection, rx: Receiver<ProjMsg>, shared: Arc<Shared>, 
                 ProjMsg::Job(job, reply, after) => jobs.push(Work::Job(job, reply, after)),
                 ProjMsg::Settle(s) => jobs.push(Work::Settle(s)),
                 ProjMsg::FlushSessions => flush = true,
+                ProjMsg::Prune => prune = true,
                 ProjMsg::Close(done) => {
                     close = Some(done);
                     flush = true;
@@ -328,7 +333,7 @@ pub(super) fn run(conn: Connection, rx: Receiver<ProjMsg>, shared: Arc<Shared>, 
         }
         // A pass that left expired events to look at is followed by another after the next
         // round (see `EVENTS_PER_PASS`).
-        if pruning || last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+        if prune || pruning || last_maintenance.elapsed() >= MAINTENANCE_EVERY {
             pruning = maintain(&conn, &s, &mut cursor);
             last_maintenance = Instant::now();
         }
