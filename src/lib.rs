@@ -96,8 +96,8 @@
 //!   they start do not inherit them.
 //!   A settlement's reply is awaited by a short task that logs a failure.
 //! - `store::postgres` owns its writer tasks (commit groups), the maintenance task (expiry
-//!   every 30 s, in transactions of 5,000 rows until none is left; the events walked by id
-//!   from where the last cycle ended) and the LISTEN loop (`PgStore::listen`, wakes the workers on other
+//!   every 30 s, in statements of 5,000 rows until none is left; the events walked by id,
+//!   5,000 at a time, from where the last cycle ended) and the LISTEN loop (`PgStore::listen`, wakes the workers on other
 //!   replicas' commits); `close` ends all three.
 //! - `app::App::run` also owns the alerts task (`alerts::Alerts::run`, when `[alerts]` has
 //!   targets; a store alert's direct sends are short tasks of their own) and the metrics

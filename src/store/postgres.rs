@@ -1554,8 +1554,8 @@ async fn run_maintenance(pool: Pool, s: Arc<Settings>, cursor: Arc<tokio::sync::
     }
 }
 
-/// Rows a pruning statement deletes (or events it looks at) at a time: each batch is a
-/// transaction of its own, so a cycle holds no lock for long and leaves the writers alone.
+/// Rows a pruning statement deletes (or events it looks at, with their delivered rows) at a
+/// time: each statement commits on its own, so a cycle holds no lock for long.
 const PRUNE_BATCH: i64 = 5_000;
 
 /// One cycle in this many walks the events from the first (an hour of 30 s cycles);
