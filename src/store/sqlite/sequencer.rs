@@ -101,6 +101,9 @@ struct Hot {
     /// ones (at most `SESSION_CACHE` of those), least recently written first.
     sessions: LinkedHashMap<String, HotSession>,
     spent: FastMap<(String, Vec<u8>), (i64, u64)>,
+    /// The sessions forgotten in the current millisecond, with its reading: their next
+    /// events are stamped a millisecond later (see `decide`).
+    forgets: FastMap<String, i64>,
     /// Every answer and spent signature written, in log order, to be dropped once the
     /// database has it.
     written: VecDeque<(u64, HotKey)>,
@@ -196,6 +199,7 @@ impl Sequencer {
                 SESSION_CACHE,
             );
             let now = crate::now_millis();
+            hot.forgets.retain(|_, at| *at >= now);
             let mut close = None;
             let mut next = Some(first);
             while let Some(msg) = next.take() {
@@ -253,6 +257,7 @@ impl Sequencer {
                                 lsn,
                             },
                         );
+                        hot.forgets.insert(session_id.clone(), now);
                         undo.push(Undo::Session(session_id, prev));
                         group.push(Decided::Answer(reply));
                     }
@@ -481,6 +486,13 @@ impl Sequencer {
         };
         let version = self.windows.next_version(previous, now);
         e.state_version = version;
+        // Stamped after a forget of its session in the same millisecond: what a forget finds
+        // by time (`project::forget_scan`, `outbox::forgotten_event`: `committed_at <= at`)
+        // is then exactly what came before it in the log.
+        let at = hot
+            .forgets
+            .get(&e.session_id)
+            .map_or(now, |&forgot| now.max(forgot + 1));
         let answer = a.answer.render(version);
         let mut body = e.to_json();
         // What the log and the database keep ([privacy] encrypt_key); the request's own
@@ -528,7 +540,7 @@ impl Sequencer {
         let event_id = e.event_id.clone();
         let correlation_id = e.correlation_id.clone();
         let record = AcceptRecord {
-            at: now,
+            at,
             event_id: std::mem::take(&mut e.event_id),
             correlation_id: std::mem::take(&mut e.correlation_id),
             route: std::mem::take(&mut e.route),
@@ -553,7 +565,7 @@ impl Sequencer {
             session.clone(),
             HotSession {
                 version,
-                last_seen: now,
+                last_seen: at,
                 lsn,
             },
         );
