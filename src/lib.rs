@@ -84,7 +84,7 @@
 //!   runs one flush and one compaction thread; a store made since has none; a new key is usually known to
 //!   be new from `keys::filter`, without a look-up in the runs; work that grows with the store
 //!   reaches it in bounded pieces: pruning in passes of 2,000 events (`project::maintain`), a
-//!   forget's and a dead-letter replay's or purge's rows found by a read first and then
+//!   forget's (read 50,000 rows a statement) and a dead-letter replay's or purge's rows found by a read first and then
 //!   changed a few hundred or thousand a job; each statement reads by rowid or by an index
 //!   of the schema, and `store::sqlite::planner` reports one that has SQLite index a whole
 //!   table for itself); and the *checkpointer*, which

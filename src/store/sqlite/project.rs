@@ -814,12 +814,57 @@ pub(super) fn forget_for_test(tx: &Connection, session_id: &str, at: i64) -> rus
     forget(tx, session_id, at)
 }
 
+/// Rows of the events table a forget's scan reads with one statement. Between two, a scan
+/// on a connection of its own (`SqliteStore::empty_forgotten`) holds no read transaction, so
+/// checkpoints are not held back and the WAL does not grow with the scan's length (one
+/// statement over a table of millions of rows held them back for seconds).
+pub(super) const FORGET_SCAN_ROWS: i64 = 50_000;
+
 /// The rows of the events a forget at `at` empties: every event of the session committed
-/// by then. Reads the whole events table.
+/// by then. Reads the whole events table, in rowid order, [`FORGET_SCAN_ROWS`] rows a
+/// statement.
 pub(super) fn forget_scan(c: &Connection, session_id: &str, at: i64) -> rusqlite::Result<Vec<i64>> {
-    c.prepare("SELECT rowid FROM events WHERE session_id = ?1 AND committed_at <= ?2")?
-        .query_map(rusqlite::params![session_id, at], |r| r.get(0))?
-        .collect()
+    forget_scan_by(c, session_id, at, FORGET_SCAN_ROWS, |_| Ok(()))
+}
+
+/// [`forget_scan`], `per_read` rows a statement, calling `between` after each statement
+/// but the last (tests). Needs no snapshot across statements: every event the forget
+/// covers was applied before the scan began (the store waits until the projector has caught
+/// up), and an event applied since has a later commit time (see `sequencer::Hot::forgets`),
+/// so the rows read later can only add events outside the forget.
+pub(super) fn forget_scan_by(
+    c: &Connection,
+    session_id: &str,
+    at: i64,
+    per_read: i64,
+    mut between: impl FnMut(&Connection) -> rusqlite::Result<()>,
+) -> rusqlite::Result<Vec<i64>> {
+    let mut st = c.prepare(
+        "SELECT rowid, session_id = ?1 AND committed_at <= ?2 FROM events \
+         WHERE rowid >= ?3 ORDER BY rowid LIMIT ?4",
+    )?;
+    let mut found = Vec::new();
+    // Moved events (ids that are no ULID) have negative rowids.
+    let mut from = i64::MIN;
+    loop {
+        let (mut read, mut last) = (0, None);
+        let mut rows = st.query(rusqlite::params![session_id, at, from, per_read])?;
+        while let Some(r) = rows.next()? {
+            let rowid: i64 = r.get(0)?;
+            if r.get::<_, bool>(1)? {
+                found.push(rowid);
+            }
+            (read, last) = (read + 1, Some(rowid));
+        }
+        // The statement ran to its end, which ended its read: until the next one, this
+        // connection holds none.
+        drop(rows);
+        match last.and_then(|l| l.checked_add(1)) {
+            Some(next) if read == per_read => from = next,
+            _ => return Ok(found),
+        }
+        between(c)?;
+    }
 }
 
 /// Empties the events at `rows` (from [`forget_scan`]; each is checked again, so a row
@@ -1503,6 +1548,69 @@ pub(super) fn start_checkpointer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forgets_scan_finds_the_sessions_events_without_holding_back_checkpoints_between_reads() {
+        use crate::config::SyncMode;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("store.db");
+        let mut writer =
+            super::super::open_connection(&path, SyncMode::Normal, false, 1024).expect("open");
+        super::super::migrate(&mut writer, 0).expect("schema");
+        // Refuse at once rather than wait for a reader: a checkpoint held back fails.
+        writer
+            .busy_timeout(std::time::Duration::ZERO)
+            .expect("timeout");
+        let at = 1_700_000_000_000;
+        let mut expected = Vec::new();
+        let write = |id: &str, session: &str, committed: i64| {
+            let mut r = super::super::raw::tests::record(id, &[]);
+            (r.session_id, r.at) = (session.to_string(), committed);
+            insert_event(&mut Statements::new(&writer), &r).expect(id);
+            writer
+                .query_row("SELECT rowid FROM events WHERE event_id = ?1", [id], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .expect("row")
+        };
+        // A moved event (negative rowid) first, then ULIDs; every third not the session's,
+        // every fifth committed after the forget.
+        expected.push(write("not-a-ulid", "forgotten", at - 1));
+        for i in 0..20 {
+            let id = crate::event_id::new_event_id();
+            let session = if i % 3 == 0 { "other" } else { "forgotten" };
+            let committed = if i % 5 == 0 { at + 1 } else { at };
+            let row = write(&id, session, committed);
+            if session == "forgotten" && committed <= at {
+                expected.push(row);
+            }
+        }
+        let reader =
+            super::super::open_connection(&path, SyncMode::Normal, true, 1024).expect("reader");
+        let mut checkpoints = 0;
+        let found = forget_scan_by(&reader, "forgotten", at, 4, |_| {
+            // Another event (so the WAL has frames to copy), then a full checkpoint, which
+            // needs every reader to be done with the WAL.
+            write(&crate::event_id::new_event_id(), "other", at + 2);
+            let (busy, log, copied): (i64, i64, i64) = writer
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .expect("checkpoint");
+            assert_eq!(
+                (busy, log, copied),
+                (0, 0, 0),
+                "checkpoint {checkpoints}: a read held"
+            );
+            checkpoints += 1;
+            Ok(())
+        })
+        .expect("scan");
+        expected.sort_unstable();
+        assert_eq!(found, expected);
+        // 21 rows then one more per pause: 4 a read, the last one short.
+        assert_eq!(checkpoints, 6);
+    }
 
     #[test]
     fn an_event_id_is_written_once_at_its_number_or_moved_and_a_second_time_refused() {
