@@ -1600,14 +1600,10 @@ impl SqliteStore {
         &self,
         sinks: Vec<String>,
     ) -> Result<Vec<SinkCounts>, StoreError> {
-        self.caught_up().await?;
-        let monitor = self.monitor.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = monitor.lock();
-            outbox::sink_counts(&conn, crate::now_millis(), &sinks).map_err(unavailable)
+        self.read_on(&self.monitor, move |c| {
+            outbox::sink_counts(c, crate::now_millis(), &sinks)
         })
         .await
-        .map_err(unavailable)?
     }
 
     /// Starts a pruning cycle now instead of at the next minute's (for tests: what expired
@@ -1697,10 +1693,19 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.read_on(&self.reader, f).await
+    }
+
+    /// [`Self::read`] on `conn` (`reader` or `monitor`).
+    async fn read_on<T: Send + 'static>(
+        &self,
+        conn: &Arc<Mutex<Connection>>,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
         self.caught_up().await?;
-        let reader = self.reader.clone();
+        let conn = conn.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = reader.lock();
+            let conn = conn.lock();
             f(&conn).map_err(unavailable)
         })
         .await
