@@ -75,7 +75,8 @@
 //!   (`store::sqlite::fresh`, bounded per sink); the *projector*, which holds the only database write connection and
 //!   applies log records and the delivery path's jobs in large transactions (each event's
 //!   row through SQLite's C interface without copying its values, up to 16 rows a statement
-//!   prepared once for the connection, `store::sqlite::raw`; the sessions
+//!   prepared once for the connection, `store::sqlite::raw`; its body appended to a file beside
+//!   the database, `store::sqlite::bodies`, the row keeping its place; the sessions
 //!   table written behind, each changed session once a second: `project::Behind`; the idempotency
 //!   keys go to sorted runs beside the database, `store::sqlite::keys::runs`, written by the
 //!   projector and merged by a thread of their own, `cognihook-keys-merge`; a store made
@@ -88,8 +89,8 @@
 //!   changed a few hundred or thousand a job; each statement reads by rowid or by an index
 //!   of the schema, and `store::sqlite::planner` reports one that has SQLite index a whole
 //!   table for itself); and the *checkpointer*, which
-//!   copies the WAL into the database file, flushes the keys, removes log segments both
-//!   have made durable (or keeps one as the log's next segment) and zero-fills a spare
+//!   copies the WAL into the database file, flushes the keys and the bodies' files, removes
+//!   the bodies' files retention has emptied, removes log segments all have made durable (or keeps one as the log's next segment) and zero-fills a spare
 //!   segment when none is coming (`store::sqlite::log::Spare`). The checkpointer, the merge thread and the keyspace's threads run at
 //!   `store.background_nice` (`priority`); the sequencer and the projector do not. The sequencer
 //!   and the async workers ask for short time slices (`priority::shorten_slice`); the threads

@@ -242,24 +242,26 @@ fn check_after_cycles(
         acked.len()
     );
     let db = rusqlite::Connection::open(data.join("cognihook.db")).unwrap();
+    cognihook::store::sqlite::add_event_body_function(&db, &data.join("cognihook.db")).unwrap();
     check_acknowledged(&db, &acked, sinks);
     check_sessions_and_audit(&db, audit, cycles);
     db
 }
 
-/// Each acknowledged request is stored exactly once, with the version it was answered with
-/// and one outbox row per sink.
+/// Each acknowledged request is stored exactly once, with the version it was answered with, its
+/// whole body (read beside the database, where it is kept) and one outbox row per sink.
 fn check_acknowledged(db: &rusqlite::Connection, acked: &BTreeMap<String, Acked>, sinks: i64) {
     let mut by_corr = db
         .prepare(
             "SELECT e.state_version, count(*) OVER (), \
-                    (SELECT count(*) FROM outbox o WHERE o.event_id = e.event_id) \
+                    (SELECT count(*) FROM outbox o WHERE o.event_id = e.event_id), \
+                    json_extract(event_body(e.body, e.body_at, e.rowid), '$.correlationId') \
              FROM events e WHERE e.correlation_id = ?1",
         )
         .unwrap();
     for (corr, a) in acked {
-        let rows: Vec<(i64, i64, i64)> = by_corr
-            .query_map([corr], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        let rows: Vec<(i64, i64, i64, String)> = by_corr
+            .query_map([corr], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
@@ -269,7 +271,8 @@ fn check_acknowledged(db: &rusqlite::Connection, acked: &BTreeMap<String, Acked>
             "{corr}: acknowledged, stored {} times",
             rows.len()
         );
-        let (version, _, outbox) = rows[0];
+        let (version, _, outbox, ref body_corr) = rows[0];
+        assert_eq!(body_corr, corr, "{corr}: its body reads back whole");
         assert_eq!(
             version as u64, a.version,
             "{corr}: stored with another version"

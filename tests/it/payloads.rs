@@ -97,9 +97,11 @@ async fn http_node_sample_as_json_and_as_form_gives_the_same_event() {
 
     let db = app.db().await;
     let stored: String = db
-        .query_row("SELECT body FROM events WHERE state_version = 2", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT event_body(body, body_at, rowid) FROM events WHERE state_version = 2",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     let ev: serde_json::Value = serde_json::from_str(&stored).unwrap();
     assert_eq!(ev["eventType"], "cognigy.input");
@@ -183,7 +185,11 @@ async fn json_schema_route_validates_then_follows_its_pointers() {
     let stored: String = app
         .db()
         .await
-        .query_row("SELECT body FROM events", [], |r| r.get(0))
+        .query_row(
+            "SELECT event_body(body, body_at, rowid) FROM events",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     let ev: serde_json::Value = serde_json::from_str(&stored).unwrap();
     assert_eq!(ev["sessionId"], "c-1");
@@ -407,7 +413,7 @@ extract = { status = "event.entities.call_status", user = "event.userId" }
         .db()
         .await
         .query_row(
-            "SELECT session_id, event_type, json_extract(body, '$.traceId') FROM events",
+            "SELECT session_id, event_type, json_extract(event_body(body, body_at, rowid), '$.traceId') FROM events",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )

@@ -602,13 +602,15 @@ async fn simulator_skips_auth_and_marks_events_simulated() {
 
     app.state().store.caught_up().await.expect("caught up");
     let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).expect("db");
+    cognihook::store::sqlite::add_event_body_function(&db, &dir.path().join("cognihook.db"))
+        .expect("function");
     assert_eq!(
         count(&db, "SELECT count(*) FROM events WHERE simulated = 1"),
         2
     );
     let body: String = db
         .query_row(
-            "SELECT body FROM events WHERE correlation_id = 'c-sim'",
+            "SELECT event_body(body, body_at, rowid) FROM events WHERE correlation_id = 'c-sim'",
             [],
             |r| r.get(0),
         )

@@ -143,7 +143,7 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     assert_eq!(dup.json()["data"]["stateVersion"], 3);
     let db = app.db().await;
     assert_eq!(count(&db, "SELECT count(*) FROM events"), 7);
-    assert_eq!(count(&db, "PRAGMA user_version"), 15, "every migration ran");
+    assert_eq!(count(&db, "PRAGMA user_version"), 16, "every migration ran");
     assert_eq!(
         count(
             &db,
@@ -280,7 +280,7 @@ async fn keys_of_a_version_before_hashed_keys_still_find_their_first_answers() {
     // Marked with schema 13, so a build from before the keys' runs (or before hashed keys),
     // which would not read them, refuses the store instead of taking repeats for new events.
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 15);
+    assert_eq!(count(&db, "PRAGMA user_version"), 16);
 }
 
 /// `tests/fixtures/store/hashed-keys/` was made by cognihook of schema 12 (commit ec6d400,
@@ -333,7 +333,7 @@ async fn a_store_of_schema_12_is_upgraded_in_place_and_its_tree_keys_still_answe
     let j: Value = app.admin_get("/admin/events/hx-1").await.json();
     assert_eq!(j["event"]["sessionId"], "hs1", "{j}");
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 15);
+    assert_eq!(count(&db, "PRAGMA user_version"), 16);
 }
 
 /// `tests/fixtures/store/schema14/` was made by cognihook of schema 14 (commit 3da0783, the
@@ -370,7 +370,7 @@ async fn a_store_of_schema_14_numbers_its_event_rows_and_finds_every_event_by_ei
     assert_eq!(new.status, StatusCode::OK, "{:?}", new.body);
     assert_eq!(new.json()["data"]["stateVersion"], 2);
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 15);
+    assert_eq!(count(&db, "PRAGMA user_version"), 16);
     assert_eq!(
         count(&db, "SELECT count(*) FROM pragma_index_list('events')"),
         0,
@@ -398,5 +398,57 @@ async fn a_store_of_schema_14_numbers_its_event_rows_and_finds_every_event_by_ei
     assert_eq!(rows.len(), 3);
     for (id, row) in rows {
         assert_eq!(Some(row), cognihook::event_id::row_of(&id), "{id}");
+    }
+}
+
+/// `tests/fixtures/store/schema15/` was made by cognihook of schema 15 (commit 4b54834, the
+/// last that kept every body in its events row): two events on `/webhook` with
+/// `Idempotency-Key: px-key-1..2`, correlation ids `px-1..2`, sessions `ps1` and `ps2`, each
+/// with a pending row for the sink `later`, then a clean stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_schema_15_keeps_its_bodies_in_their_rows_and_new_ones_go_beside() {
+    let app = TestApp::spawn_in(fixture_dir("schema15"), config).await;
+    for n in [1, 2] {
+        let dup = repeat_of_fixture_key(&app, "p", n).await;
+        assert_eq!(dup.status, StatusCode::OK, "{:?}", dup.body);
+        assert_eq!(
+            dup.header("idempotent-replayed"),
+            Some("true"),
+            "px-key-{n}"
+        );
+        let j: Value = app.admin_get(&format!("/admin/events/px-{n}")).await.json();
+        assert_eq!(j["event"]["sessionId"], format!("ps{n}"), "{j}");
+        assert_eq!(j["event"]["text"], "Check order status", "{j}");
+        assert_eq!(j["deliveries"][0]["status"], "pending", "{j}");
+    }
+    let new = app.post_signed("/webhook", &flow("ps1", "px-3")).await;
+    assert_eq!(new.status, StatusCode::OK, "{:?}", new.body);
+    assert_eq!(new.json()["data"]["stateVersion"], 2);
+    let db = app.db().await;
+    assert_eq!(count(&db, "PRAGMA user_version"), 16);
+    // The old rows keep their bodies; the new one's is beside the database.
+    let placed: Vec<(String, bool, String)> = db
+        .prepare(
+            "SELECT correlation_id, body_at IS NOT NULL AND body = '', \
+                    event_body(body, body_at, rowid) FROM events ORDER BY correlation_id",
+        )
+        .expect("query")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let beside: Vec<(&str, bool)> = placed.iter().map(|(c, b, _)| (c.as_str(), *b)).collect();
+    assert_eq!(beside, [("px-1", false), ("px-2", false), ("px-3", true)]);
+    for (corr, _, body) in &placed {
+        let event: Value = serde_json::from_str(body).expect("a JSON body");
+        assert_eq!(event["correlationId"], corr.as_str(), "{event}");
+    }
+    drop(db);
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir, config).await;
+    for n in [1, 2, 3] {
+        let j: Value = app.admin_get(&format!("/admin/events/px-{n}")).await.json();
+        assert_eq!(j["event"]["text"], "Check order status", "px-{n}: {j}");
+        assert_eq!(j["deliveries"][0]["status"], "pending", "px-{n}: {j}");
     }
 }

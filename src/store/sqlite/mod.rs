@@ -11,8 +11,10 @@
 //!                                                      sessions, outbox …), big transactions,
 //!                                                      synchronous=NORMAL
 //!                                           checkpointer thread: WAL → database file,
-//!                                           flushes the keys; removes log segments both
-//!                                           made durable or keeps one as the spare the
+//!                                           flushes the keys and the bodies' files
+//!                                           (`bodies`: events' bodies beside the
+//!                                           database); removes log segments all made
+//!                                           durable or keeps one as the spare the
 //!                                           log writes into next (`log::Spare`)
 //! ```
 //!
@@ -38,7 +40,10 @@
 //! key: an event is acknowledged only after its record is in the log, a record is applied to
 //! the database at most once (the position moves with it; a key written twice is the same
 //! key), and a segment is removed only after the database and the keys have flushed every
-//! record in it (see `project::start_checkpointer`). What the delivery path
+//! record in it (see `project::start_checkpointer`). The events' bodies kept beside the
+//! database (`bodies`) are flushed before that too, and opening the store checks the body
+//! of each record the log still holds and the database has applied, writing one a power cut
+//! lost into its row from the log. What the delivery path
 //! wrote (claims, settlements) goes to the database only; losing the last of it to a power
 //! cut (not to a crash of the process) means a delivery is made again, never lost.
 //!
@@ -72,6 +77,7 @@ macro_rules! event_row {
     };
 }
 
+mod bodies;
 mod fresh;
 mod keys;
 mod log;
@@ -126,6 +132,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0013_key_runs_mark.sql"),
     include_str!("../migrations/sqlite/0014_keys_without_tree_mark.sql"),
     include_str!("../migrations/sqlite/0015_events_by_id_number.sql"),
+    include_str!("../migrations/sqlite/0016_bodies_beside.sql"),
 ];
 
 /// Sends `msg` to the sequencer, waiting for room when its queue is full (answers and
@@ -199,6 +206,8 @@ pub(crate) struct WriterSettings {
     retention_ms: i64,
     /// The idempotency keys (see `keys`).
     keys: Arc<keys::Keys>,
+    /// Where events' bodies go beside the database (`bodies`; `None` in some tests: in rows).
+    bodies: Option<Arc<bodies::Bodies>>,
 }
 
 /// Whether one part of the store can write, and why not when it cannot.
@@ -264,6 +273,8 @@ pub(crate) struct Shared {
     projector_thread: std::sync::OnceLock<std::thread::Thread>,
     /// Rows written once, already delivered (see `project::Settles`).
     delivered_with_rows: AtomicU64,
+    /// The events' bodies beside the database (`bodies`), for jobs that forget events.
+    bodies: std::sync::OnceLock<Arc<bodies::Bodies>>,
 }
 
 /// Delivery leases of the embedded store, kept in memory: one process serves the store, so a
@@ -347,6 +358,7 @@ impl Shared {
             on_settled: Mutex::new(None),
             projector_thread: std::sync::OnceLock::new(),
             delivered_with_rows: AtomicU64::new(0),
+            bodies: std::sync::OnceLock::new(),
         }
     }
 
@@ -504,6 +516,7 @@ fn open_connection(
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     add_functions(&conn)?;
+    add_body_function(&conn, bodies::dir_of(path))?;
     if !read_only {
         // Before WAL is on: it applies only to a database not yet written (an existing one
         // keeps the size it was made with).
@@ -538,6 +551,33 @@ fn add_functions(conn: &Connection) -> rusqlite::Result<()> {
                 .and_then(crate::event_id::row_of))
         },
     )
+}
+
+/// Gives `conn`, a connection of its own to the store's database at `db` (a tool, a test),
+/// the function its events' bodies are read with: `event_body(body, body_at, rowid)` (see
+/// `bodies`; `body` alone is empty for a body kept beside the database).
+pub fn add_event_body_function(conn: &Connection, db: &Path) -> rusqlite::Result<()> {
+    add_body_function(conn, bodies::dir_of(db))
+}
+
+/// `event_body(body, body_at, rowid)`: an events row's body, from the row or, with a
+/// `body_at`, from the store's bodies files (schema 16, `bodies`), read through a reader of
+/// the connection's own.
+fn add_body_function(conn: &Connection, dir: PathBuf) -> rusqlite::Result<()> {
+    let reader = bodies::Reader::new(dir);
+    conn.create_scalar_function("event_body", 3, FunctionFlags::SQLITE_UTF8, move |ctx| {
+        let at: Option<i64> = ctx.get(1)?;
+        let Some(at) = at else {
+            return Ok(rusqlite::types::Value::Text(ctx.get::<String>(0)?));
+        };
+        let row: i64 = ctx.get(2)?;
+        let body = reader
+            .read(at, row)
+            .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
+        String::from_utf8(body)
+            .map(rusqlite::types::Value::Text)
+            .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+    })
 }
 
 /// Runs the migrations `done` (the store's `user_version`) leaves to run. The caller has
@@ -625,6 +665,7 @@ fn recover(
     log_dir: &Path,
     sync: SyncMode,
     keys: &keys::Keys,
+    bodies: &Arc<bodies::Bodies>,
 ) -> Result<log::LogWriter, log::LogError> {
     let db_at = project::projected(conn)
         .map_err(|e| log::LogError::record("cannot read the store's position", e))?;
@@ -664,9 +705,28 @@ fn recover(
         Ok(())
     };
     let mut statements = project::Statements::new(conn);
+    statements.bodies = Some(bodies.clone());
+    // The records still in the log that the database holds: their bodies beside it may not
+    // have reached the disk before a power cut (the checkpointer flushes them before it
+    // removes a segment), so each is checked, and one lost is written into its row.
+    let kept_from = log::segments(log_dir)
+        .ok()
+        .and_then(|s| s.first().map(|(first, _)| first.saturating_sub(1)))
+        .unwrap_or(db_at)
+        .min(db_at);
+    let mut rewritten = 0u64;
     let mut apply = |lsn: u64, payload: &[u8]| -> Result<(), log::LogError> {
         let r = Record::decode(payload)
             .map_err(|e| log::LogError::record(format!("log record {lsn}"), e))?;
+        if lsn <= db_at {
+            if let Record::Accept(a) = &r {
+                if project::keep_body(conn, bodies, a).map_err(|e| {
+                    log::LogError::record(format!("cannot check the body of log record {lsn}"), e)
+                })? {
+                    rewritten += 1;
+                }
+            }
+        }
         // An older `Answer` record finds its event by the key: the keys before it first.
         if matches!(r, Record::Answer { event_id: None, .. }) && pending_last > keys_at {
             flush_keys(&mut pending, pending_last)?;
@@ -687,6 +747,7 @@ fn recover(
             last = lsn;
             if in_tx >= RECOVERY_BATCH {
                 project::set_positions(conn, last.max(db_at), Some(last))
+                    .and_then(|()| bodies.write_out().map_err(project::failed_io))
                     .and_then(|()| conn.execute_batch("COMMIT"))
                     .map_err(|e| log::LogError::record("cannot commit the applied records", e))?;
                 in_tx = 0;
@@ -703,7 +764,7 @@ fn recover(
     };
     let result = log::recover(
         log_dir,
-        sessions_at.min(keys_at),
+        sessions_at.min(keys_at).min(kept_from),
         log_sync(sync),
         &mut apply,
     );
@@ -715,6 +776,7 @@ fn recover(
     let finish = if in_tx > 0 {
         match (&result, &keys_done) {
             (Ok(_), Ok(())) => project::set_positions(conn, last.max(db_at), Some(last))
+                .and_then(|()| bodies.write_out().map_err(project::failed_io))
                 .and_then(|()| conn.execute_batch("COMMIT")),
             _ => conn.execute_batch("ROLLBACK"),
         }
@@ -731,6 +793,13 @@ fn recover(
         tracing::info!(
             records = report.applied,
             "applied the log's records the database did not have yet"
+        );
+    }
+    if rewritten > 0 {
+        tracing::warn!(
+            events = rewritten,
+            "events' bodies beside the database were lost (a power cut before their flush); \
+             written again from the log into their rows"
         );
     }
     Ok(writer)
@@ -881,13 +950,23 @@ impl SqliteStore {
                 "cannot read store {}",
                 path.display()
             )))?;
-        let log = recover(&conn, &log_dir, config.sync, &keys).map_err(OpenError::failed(
-            format!("cannot recover store {} from its log", path.display()),
-        ))?;
+        let bodies = Arc::new(
+            bodies::Bodies::open(&path, millis(config.retention)).map_err(OpenError::failed(
+                format!(
+                    "cannot open the event bodies in {}",
+                    bodies::dir_of(&path).display()
+                ),
+            ))?,
+        );
+        let log =
+            recover(&conn, &log_dir, config.sync, &keys, &bodies).map_err(OpenError::failed(
+                format!("cannot recover store {} from its log", path.display()),
+            ))?;
         // A forget whose events were not all emptied when the process stopped.
-        let finished = project::finish_pending_forgets(&conn).map_err(OpenError::failed(
-            format!("cannot finish forgetting sessions in {}", path.display()),
-        ))?;
+        let finished =
+            project::finish_pending_forgets(&conn, Some(&bodies)).map_err(OpenError::failed(
+                format!("cannot finish forgetting sessions in {}", path.display()),
+            ))?;
         if finished > 0 {
             tracing::info!(
                 sessions = finished,
@@ -929,6 +1008,7 @@ impl SqliteStore {
             )))?;
         crate::event_id::raise_floor(top_row.unwrap_or(0));
         let shared = Arc::new(Shared::new(projected, next_id));
+        let _ = shared.bodies.set(bodies.clone());
         // The checkpointer thread does this work instead (see `project`).
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .and_then(|()| conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES))
@@ -953,6 +1033,7 @@ impl SqliteStore {
             windows,
             retention_ms: millis(config.retention),
             keys: keys.clone(),
+            bodies: Some(bodies.clone()),
         };
         let checkpointer = project::start_checkpointer(
             &path,
@@ -960,7 +1041,7 @@ impl SqliteStore {
             db_sync,
             restart_wanted,
             shared.clone(),
-            keys.clone(),
+            (keys.clone(), bodies),
             config.background_nice,
         )?;
         let alive = Arc::new(AtomicBool::new(true));
@@ -1040,6 +1121,17 @@ impl SqliteStore {
             OpenError::failed(format!("cannot open store {} for reading", path.display())),
         )?;
         let reader = Arc::new(Mutex::new(reader));
+        // Attached stores write no bodies; a forget run here overwrites its events' ones.
+        let bodies = bodies::Bodies::open(&path, millis(config.retention)).map_err(
+            OpenError::failed(format!(
+                "cannot open the event bodies in {}",
+                bodies::dir_of(&path).display()
+            )),
+        )?;
+        // Attached stores never insert outbox rows (they accept no events and settle
+        // no deliveries), so the id counter is not used.
+        let shared = Arc::new(Shared::new(projected, i64::MAX));
+        let _ = shared.bodies.set(Arc::new(bodies));
         Ok(SqliteStore {
             log_dir: log_dir_of(&path),
             path,
@@ -1047,9 +1139,7 @@ impl SqliteStore {
             direct: Some(Arc::new(Mutex::new(conn))),
             monitor: reader.clone(),
             reader,
-            // Attached stores never insert outbox rows (they accept no events and settle
-            // no deliveries), so the id counter is not used.
-            shared: Arc::new(Shared::new(projected, i64::MAX)),
+            shared,
             lock: Mutex::new(None),
         })
     }
@@ -1194,9 +1284,16 @@ impl SqliteStore {
             let tx = conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(unavailable)?;
-            let out = f(&tx, crate::now_millis(), &shared.next_outbox_id).map_err(unavailable)?;
-            tx.commit().map_err(unavailable)?;
-            Ok(out)
+            let out = f(&tx, crate::now_millis(), &shared.next_outbox_id);
+            let done = out.and_then(|out| tx.commit().map(|()| out));
+            if let Some(bodies) = shared.bodies.get() {
+                if done.is_ok() {
+                    bodies.erase_pending().map_err(unavailable)?;
+                } else {
+                    bodies.drop_erasures();
+                }
+            }
+            done.map_err(unavailable)
         })
         .await
         .map_err(unavailable)?
@@ -1432,7 +1529,8 @@ impl SqliteStore {
             .await?;
         for chunk in rows.chunks(FORGET_ROWS_PER_JOB) {
             let (s, chunk) = (session_id.to_string(), chunk.to_vec());
-            self.job(move |c, _, _| project::forget_events(c, &s, at, &chunk))
+            let bodies = self.shared.bodies.get().cloned();
+            self.job(move |c, _, _| project::forget_events(c, bodies.as_deref(), &s, at, &chunk))
                 .await?;
         }
         let (s, n) = (session_id.to_string(), rows.len());
@@ -2125,7 +2223,7 @@ const BACKFILL_CHUNK: usize = 10_000;
 
 /// An event's id, body and commit time, for `?1` its id.
 const JOURNEY_EVENT: &str = concat!(
-    "SELECT event_id, body, committed_at FROM events WHERE rowid = ",
+    "SELECT event_id, event_body(body, body_at, rowid), committed_at FROM events WHERE rowid = ",
     event_row!("?1"),
     " AND event_id = ?1"
 );
@@ -2242,6 +2340,7 @@ mod tests {
             },
             retention_ms,
             keys: Arc::new(keys),
+            bodies: None,
         }
     }
 
@@ -2278,6 +2377,16 @@ mod tests {
         work(&store);
         rt.block_on(store.close());
         store.path().to_path_buf()
+    }
+
+    /// A closed store of two events: `a` (no sink) and `f` (a pending row for `orders`).
+    fn with_a_and_f(dir: &Path, rt: &tokio::runtime::Runtime) -> PathBuf {
+        used_then_closed(dir, rt, |store| {
+            rt.block_on(store.accept(acceptance("a", "s-a", &[])))
+                .expect("commit");
+            rt.block_on(store.accept(acceptance("f", "s-f", &["orders"])))
+                .expect("commit");
+        })
     }
 
     fn runtime() -> tokio::runtime::Runtime {
@@ -2338,6 +2447,7 @@ mod tests {
         assert_eq!(body["data"]["stateVersion"], 1);
         rt.block_on(store.caught_up()).expect("caught up");
         let c = Connection::open(store.path()).expect("open");
+        add_event_body_function(&c, store.path()).expect("function");
         let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
         assert_eq!(n("SELECT count(*) FROM events"), 1);
         assert_eq!(n("PRAGMA page_size"), PAGE_BYTES, "a new database's pages");
@@ -2359,7 +2469,11 @@ mod tests {
         );
         assert_eq!(n("SELECT count(*) FROM outbox WHERE status = 'pending'"), 2);
         let stored: String = c
-            .query_row("SELECT body FROM events", [], |r| r.get(0))
+            .query_row(
+                "SELECT event_body(body, body_at, rowid) FROM events",
+                [],
+                |r| r.get(0),
+            )
             .expect("body");
         let stored: Value = serde_json::from_str(&stored).expect("json");
         assert_eq!(stored["stateVersion"], 1);
@@ -3732,12 +3846,7 @@ mod tests {
     fn a_cycle_starts_where_the_last_ended_and_one_in_sixty_looks_at_the_kept_events_again() {
         let dir = tempfile::tempdir().expect("tmp");
         let rt = runtime();
-        let path = used_then_closed(dir.path(), &rt, |store| {
-            rt.block_on(store.accept(acceptance("a", "s-a", &[])))
-                .expect("commit");
-            rt.block_on(store.accept(acceptance("f", "s-f", &["orders"])))
-                .expect("commit");
-        });
+        let path = with_a_and_f(dir.path(), &rt);
         let conn = Connection::open(&path).expect("open");
         let left = || -> Vec<String> {
             let mut q = conn
@@ -4092,6 +4201,7 @@ mod tests {
         drop(go);
         rt.block_on(store.caught_up()).expect("caught up");
         let db = Connection::open(store.path()).expect("open");
+        add_event_body_function(&db, store.path()).expect("function");
         let (status, attempts): (String, i64) = db
             .query_row("SELECT status, attempts FROM outbox", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -4099,7 +4209,11 @@ mod tests {
             .expect("row");
         assert_eq!((status.as_str(), attempts), ("delivered", 1));
         let stored: String = db
-            .query_row("SELECT body FROM events", [], |r| r.get(0))
+            .query_row(
+                "SELECT event_body(body, body_at, rowid) FROM events",
+                [],
+                |r| r.get(0),
+            )
             .expect("event");
         assert_eq!(
             stored.as_bytes(),
@@ -4164,8 +4278,11 @@ mod tests {
     /// The bodies of a session's events, by session, and whether each was emptied.
     fn forgotten_bodies(path: &Path) -> Vec<(String, bool)> {
         let c = Connection::open(path).expect("open");
+        add_event_body_function(&c, path).expect("function");
         let mut q = c
-            .prepare("SELECT session_id, body FROM events ORDER BY rowid")
+            .prepare(
+                "SELECT session_id, event_body(body, body_at, rowid) FROM events ORDER BY rowid",
+            )
             .expect("prepare");
         q.query_map([], |r| {
             let body: String = r.get(1)?;
@@ -4410,4 +4527,170 @@ mod tests {
     }
 
     use super::super::{Settlement, Store};
+
+    /// Every file under `dir` whose bytes hold `needle`.
+    fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+        let mut hits = Vec::new();
+        for entry in std::fs::read_dir(dir).expect("read dir") {
+            let p = entry.expect("entry").path();
+            if p.is_dir() {
+                hits.extend(files_holding(&p, needle));
+            } else if std::fs::read(&p)
+                .expect("read")
+                .windows(needle.len())
+                .any(|w| w == needle)
+            {
+                hits.push(p);
+            }
+        }
+        hits
+    }
+
+    #[test]
+    fn new_bodies_are_kept_beside_the_database_and_read_back_by_every_reader() {
+        let rt = runtime();
+        let (dir, store, _) = with_sinks(vec![]);
+        rt.block_on(store.configure_sinks(vec![("a".into(), false)]))
+            .expect("configure");
+        // Held behind a job, so that the claim below reads the database, not `fresh`.
+        rt.block_on(store.accept(acceptance("beside-1", "s", &["a"])))
+            .expect("commit");
+        rt.block_on(store.caught_up()).expect("caught up");
+        let path = dir.path().join("cognihook.db");
+        let c = Connection::open(&path).expect("open");
+        add_event_body_function(&c, &path).expect("function");
+        let (body, at, read): (String, Option<i64>, String) = c
+            .query_row(
+                "SELECT body, body_at, event_body(body, body_at, rowid) FROM events",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("row");
+        assert_eq!(body, "", "the row holds no body");
+        assert!(at.is_some(), "it names its place");
+        assert!(read.contains("beside-1"), "{read}");
+        assert_eq!(files_holding(&bodies::dir_of(&path), b"beside-1").len(), 1);
+        let j = rt
+            .block_on(store.journey("corr-beside-1"))
+            .expect("read")
+            .expect("found");
+        assert_eq!(j.event["payload"]["k"], "beside-1", "{:?}", j.event);
+        rt.block_on(store.close());
+        // A new process claims the row from the database and reads the body beside it.
+        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
+        let claimed = rt
+            .block_on(store.claim("a", 1, Duration::from_secs(60)))
+            .expect("claim");
+        assert_eq!(claimed.len(), 1);
+        let sent: Value = serde_json::from_slice(&claimed[0].body).expect("json");
+        assert_eq!(sent["payload"]["k"], "beside-1", "{sent}");
+        rt.block_on(store.close());
+    }
+
+    #[test]
+    fn a_forgotten_events_body_is_overwritten_beside_the_database_and_the_others_stay() {
+        let rt = runtime();
+        let (dir, store, _) = with_sinks(vec![]);
+        for (key, session) in [("gone-MARKER-1", "gone"), ("kept-MARKER-2", "kept")] {
+            rt.block_on(store.accept(acceptance(key, session, &[])))
+                .expect("commit");
+        }
+        rt.block_on(store.caught_up()).expect("caught up");
+        // The payloads (the ids, which a forgotten event keeps, hold the markers too).
+        let (gone, kept) = (br#""k":"gone-MARKER-1""#, br#""k":"kept-MARKER-2""#);
+        let beside = bodies::dir_of(store.path());
+        assert_eq!(files_holding(&beside, gone).len(), 1);
+        let forgotten = rt
+            .block_on(store.forget_session("gone".into()))
+            .expect("forget");
+        assert_eq!(forgotten.events, 1);
+        rt.block_on(store.close());
+        assert!(files_holding(&beside, gone).is_empty());
+        assert_eq!(files_holding(&beside, kept).len(), 1);
+        // Nor does the database; the log keeps it until its segment goes (documented).
+        let path = dir.path().join("cognihook.db");
+        let left = files_holding(dir.path(), gone);
+        assert!(
+            left.iter().all(|p| p.starts_with(log_dir_of(&path))),
+            "{left:?}"
+        );
+        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
+        let j = rt
+            .block_on(store.journey("corr-kept-MARKER-2"))
+            .expect("read")
+            .expect("found");
+        assert_eq!(j.event["payload"]["k"], "kept-MARKER-2");
+        rt.block_on(store.close());
+    }
+
+    #[test]
+    fn a_body_lost_beside_the_database_by_a_power_cut_is_written_into_its_row_at_open() {
+        let rt = runtime();
+        let (image, path) = crash_image(&rt, |key| acceptance(key, key, &[]));
+        // What a power cut before the checkpointer's flush can leave: the database names
+        // places the files never got.
+        for entry in std::fs::read_dir(bodies::dir_of(&path)).expect("bodies") {
+            std::fs::write(entry.expect("entry").path(), b"").expect("emptied");
+        }
+        let store = SqliteStore::open(&config(image.path())).expect("reopen");
+        for key in ["a", "b", "c"] {
+            let j = rt
+                .block_on(store.journey(&format!("corr-{key}")))
+                .expect("read")
+                .expect("found");
+            assert_eq!(j.event["payload"]["k"], key, "{:?}", j.event);
+        }
+        rt.block_on(store.close());
+        let c = Connection::open(&path).expect("open");
+        let in_rows: i64 = c
+            .query_row(
+                "SELECT count(*) FROM events WHERE body_at IS NULL AND body <> ''",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(in_rows, 3, "each lost body is in its row");
+    }
+
+    #[test]
+    fn bodies_of_events_retention_keeps_go_into_their_rows_and_their_files_are_condemned() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let path = with_a_and_f(dir.path(), &rt);
+        let conn = Connection::open(&path).expect("open");
+        add_event_body_function(&conn, &path).expect("function");
+        let beside = Arc::new(bodies::Bodies::open(&path, 86_400_000).expect("bodies"));
+        let mut expired = maintenance(&path, -7_200_000, -60_000, -60_000);
+        expired.bodies = Some(beside.clone());
+        let mut cursor = project::MaintenanceCursor::default();
+        while project::maintain_by(&conn, &expired, &mut cursor, 1) {}
+        // `a` is gone; `f`'s pending row keeps it, with its body now in its row.
+        let (corr, at, body): (String, Option<i64>, String) = conn
+            .query_row(
+                "SELECT correlation_id, body_at, body FROM events",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("the kept event");
+        assert_eq!((corr.as_str(), at), ("corr-f", None));
+        let event: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(event["payload"]["k"], "f");
+        // The file the process wrote names no row: condemned, then removed.
+        let gone = beside.take_condemned();
+        assert_eq!(gone.len(), 1, "{gone:?}");
+        beside.remove(&gone).expect("removed");
+        assert_eq!(
+            std::fs::read_dir(bodies::dir_of(&path))
+                .expect("dir")
+                .count(),
+            0
+        );
+        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
+        let j = rt
+            .block_on(store.journey("corr-f"))
+            .expect("read")
+            .expect("found");
+        assert_eq!(j.event["payload"]["k"], "f");
+        rt.block_on(store.close());
+    }
 }

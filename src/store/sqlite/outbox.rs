@@ -141,7 +141,8 @@ pub(super) fn configure_sinks(c: &Connection, sinks: &[(String, bool)]) -> rusql
 
 /// What a claim sends of an event, for `?1` its id.
 pub(super) const CLAIMED_EVENT: &str = concat!(
-    "SELECT correlation_id, route, session_id, event_type, body FROM events WHERE rowid = ",
+    "SELECT correlation_id, route, session_id, event_type, event_body(body, body_at, rowid) \
+     FROM events WHERE rowid = ",
     event_row!("?1"),
     " AND event_id = ?1"
 );

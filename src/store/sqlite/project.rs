@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+use super::bodies::Bodies;
 use super::keys::Keys;
 use super::raw::Raw;
 use super::record::{AcceptRecord, Record, Spend};
@@ -301,7 +302,7 @@ pub(super) fn run(conn: Connection, rx: Receiver<ProjMsg>, shared: Arc<Shared>, 
                 behind: &mut behind,
                 flush,
             };
-            match apply_batch(&conn, &mut inserts, batch, &shared, &s.keys) {
+            match apply_batch(&conn, &mut inserts, batch, &shared, &s) {
                 Ok(()) => backoff = Duration::from_millis(50),
                 Err(e) => {
                     shared.db_health.fail(&e);
@@ -364,8 +365,9 @@ fn apply_batch<'c>(
     inserts: &mut EventInserts<'c>,
     batch: Batch<'_>,
     shared: &Shared,
-    keys: &Keys,
+    s: &WriterSettings,
 ) -> Result<(), StoreError> {
+    let keys = &*s.keys;
     let Batch {
         records,
         jobs,
@@ -408,6 +410,7 @@ fn apply_batch<'c>(
                     write_keys(keys, records.iter().flat_map(|(g, _)| g), last, now)?;
                 }
                 let mut statements = Statements::new(conn);
+                statements.bodies = s.bodies.clone();
                 statements.events = std::mem::take(&mut inserts.0);
                 statements.delivered = delivered;
                 statements.now = now;
@@ -463,8 +466,22 @@ fn apply_batch<'c>(
                     let sessions = sessions_whole.then_some(applied);
                     set_positions(conn, applied, sessions)?;
                 }
+                // The bodies the rows name are in their files before the rows are.
+                if let Some(b) = &s.bodies {
+                    b.write_out().map_err(failed_io)?;
+                }
                 tx.commit()
             });
+    if let Some(b) = &s.bodies {
+        if outcome.is_ok() {
+            if let Err(e) = b.erase_pending() {
+                tracing::warn!(error = %e, "cannot overwrite forgotten events' bodies");
+            }
+        } else {
+            b.discard();
+            b.drop_erasures();
+        }
+    }
     let finished = replies.len() as u64;
     for after in afters {
         after();
@@ -505,6 +522,38 @@ fn apply_batch<'c>(
             Err(e)
         }
     }
+}
+
+/// Checks that `a`'s events row reads its body from beside the database (recovery, for a
+/// record the database holds: see `bodies`, "Durability"); writes the body into the row
+/// when its record there is lost or damaged. Returns whether it did.
+pub(super) fn keep_body(
+    conn: &Connection,
+    bodies: &Bodies,
+    a: &AcceptRecord,
+) -> rusqlite::Result<bool> {
+    let found: Option<(i64, Option<i64>)> = conn
+        .prepare_cached(concat!(
+            "SELECT rowid, body_at FROM events WHERE rowid = ",
+            event_row!("?1"),
+            " AND event_id = ?1"
+        ))?
+        .query_row([&a.event_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((row, Some(at))) = found else {
+        return Ok(false);
+    };
+    if bodies.read(at, row).is_ok_and(|b| b == a.body.as_bytes()) {
+        return Ok(false);
+    }
+    conn.prepare_cached("UPDATE events SET body = ?2, body_at = NULL WHERE rowid = ?1")?
+        .execute(params![row, a.body])?;
+    Ok(true)
+}
+
+/// An I/O failure of the bodies' files, as the transaction's error.
+pub(super) fn failed_io(e: std::io::Error) -> rusqlite::Error {
+    rusqlite::Error::UserFunctionError(Box::new(e))
 }
 
 /// A delivered outcome that may be written with its row (see `Settles`).
@@ -663,6 +712,8 @@ pub(super) struct Statements<'c> {
     /// Rows delivered already, written as such (see `Settles`), and the transaction's time.
     delivered: crate::FastMap<i64, DeliveredNow>,
     now: i64,
+    /// Where events' bodies go beside the database (`bodies`); `None`: in their rows.
+    pub(super) bodies: Option<Arc<Bodies>>,
 }
 
 impl<'c> Statements<'c> {
@@ -678,7 +729,14 @@ impl<'c> Statements<'c> {
             ordered: crate::FastMap::default(),
             delivered: crate::FastMap::default(),
             now: 0,
+            bodies: None,
         }
+    }
+
+    /// Where `a`'s body goes for its events row `row`: a place in the bodies' files, or
+    /// `None` for the row itself (see `bodies`).
+    fn body_at(&self, a: &AcceptRecord, row: i64) -> Option<i64> {
+        self.bodies.as_ref()?.append(row, &a.body)
     }
 
     /// Whether `sink`'s rows are delivered in session order (false for a sink not recorded).
@@ -868,26 +926,30 @@ pub(super) fn forget_scan_by(
     }
 }
 
+/// What `forget_events` reads of a row: its id, version, answer and body's place.
+type ForgetRow = (String, i64, Option<Vec<u8>>, Option<i64>);
+
 /// Empties the events at `rows` (from [`forget_scan`]; each is checked again, so a row
 /// emptied already or no longer the session's is harmless): each keeps its identifiers, times
 /// and outcome but loses its payload, and the answers kept for its duplicates lose their
 /// `data` (the route's extracts, a `respond` upstream's answer: `decide::Answer::forgotten`).
 pub(super) fn forget_events(
     tx: &Connection,
+    bodies: Option<&Bodies>,
     session_id: &str,
     at: i64,
     rows: &[i64],
 ) -> rusqlite::Result<()> {
     use crate::store::decide::Answer;
     let mut read = tx.prepare_cached(
-        "SELECT event_id, state_version, answer FROM events \
+        "SELECT event_id, state_version, answer, body_at FROM events \
          WHERE rowid = ?1 AND session_id = ?2 AND committed_at <= ?3",
     )?;
     let mut update = tx.prepare_cached(
         "UPDATE events SET body = json_object('eventId', event_id, 'route', route, \
            'correlationId', correlation_id, 'sessionId', session_id, 'eventType', event_type, \
            'stateVersion', state_version, 'receivedAt', received_at, 'forgotten', json('true')), \
-           answer = ?2 \
+           answer = ?2, body_at = NULL \
          WHERE rowid = ?1",
     )?;
     // Answers written before schema 9 are kept in a table of their own.
@@ -895,14 +957,18 @@ pub(super) fn forget_events(
     let mut legacy_update =
         tx.prepare_cached("UPDATE answers SET body = ?2 WHERE event_id = ?1")?;
     for &rowid in rows {
-        let found: Option<(String, i64, Option<Vec<u8>>)> = read
+        let found: Option<ForgetRow> = read
             .query_row(rusqlite::params![rowid, session_id, at], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .optional()?;
-        let Some((event_id, version, answer)) = found else {
+        let Some((event_id, version, answer, body_at)) = found else {
             continue;
         };
+        // The body's record beside the database is overwritten once this commits.
+        if let (Some(bodies), Some(body_at)) = (bodies, body_at) {
+            bodies.erase_later(body_at, rowid);
+        }
         let version = version as u64;
         let answer = answer.map(|a| Answer::forgotten(&a, &event_id, session_id, version));
         update.execute(rusqlite::params![rowid, answer])?;
@@ -933,7 +999,10 @@ pub(super) fn finish_forget(
 
 /// Finishes the forgets a process stopped in the middle of (opening the store, after the log's
 /// records are applied, before anything else runs): each in one transaction. Returns how many.
-pub(super) fn finish_pending_forgets(conn: &Connection) -> rusqlite::Result<usize> {
+pub(super) fn finish_pending_forgets(
+    conn: &Connection,
+    bodies: Option<&Bodies>,
+) -> rusqlite::Result<usize> {
     let pending: Vec<(String, i64)> = conn
         .prepare("SELECT session_id, at FROM forgotten_sessions WHERE events = ?1")?
         .query_map([FORGET_PENDING], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -942,9 +1011,17 @@ pub(super) fn finish_pending_forgets(conn: &Connection) -> rusqlite::Result<usiz
         let tx =
             rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
         let rows = forget_scan(&tx, session_id, *at)?;
-        forget_events(&tx, session_id, *at, &rows)?;
-        finish_forget(&tx, session_id, *at, rows.len())?;
-        tx.commit()?;
+        let done = forget_events(&tx, bodies, session_id, *at, &rows)
+            .and_then(|()| finish_forget(&tx, session_id, *at, rows.len()))
+            .and_then(|()| tx.commit());
+        if let Some(bodies) = bodies {
+            if done.is_ok() {
+                bodies.erase_pending().map_err(failed_io)?;
+            } else {
+                bodies.drop_erasures();
+            }
+        }
+        done?;
     }
     Ok(pending.len())
 }
@@ -1002,7 +1079,8 @@ fn write_session(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<
 /// twice is refused, as the index on the id refused it before.
 fn insert_event(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<()> {
     if let Some(row) = crate::event_id::row_of(&a.event_id) {
-        match super::raw::insert_event(st.event_insert(1)?, a, row) {
+        let body_at = st.body_at(a, row);
+        match super::raw::insert_event(st.event_insert(1)?, a, row, body_at) {
             Err(e) if taken_row(&e) => {
                 let holder: String = st.conn.query_row(
                     "SELECT event_id FROM events WHERE rowid = ?1",
@@ -1029,7 +1107,8 @@ fn insert_event(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<(
             Some(rusqlite::ErrorCode::ConstraintViolation) => already_stored(&a.event_id),
             _ => e,
         })?;
-    super::raw::insert_event(st.event_insert(1)?, a, row)
+    // A moved event's body stays in its row (see `bodies`, "Which bodies go there").
+    super::raw::insert_event(st.event_insert(1)?, a, row, None)
 }
 
 /// The error for an event id the table already holds (what the index on the id said before
@@ -1058,9 +1137,9 @@ const EVENT_CHUNK: usize = 16;
 fn insert_events(st: &mut Statements<'_>, chunk: &[&AcceptRecord]) -> rusqlite::Result<()> {
     let mut written = 0;
     if chunk.len() > 1 {
-        let events: Option<Vec<(&AcceptRecord, i64)>> = chunk
+        let events: Option<Vec<(&AcceptRecord, i64, Option<i64>)>> = chunk
             .iter()
-            .map(|a| crate::event_id::row_of(&a.event_id).map(|row| (*a, row)))
+            .map(|a| crate::event_id::row_of(&a.event_id).map(|row| (*a, row, st.body_at(a, row))))
             .collect();
         if let Some(events) = events {
             match super::raw::insert_events(st.event_insert(events.len())?, &events) {
@@ -1254,6 +1333,13 @@ pub(super) const EXPIRED_EVENTS: &str = "DELETE FROM events \
        AND NOT EXISTS (SELECT 1 FROM outbox o \
          WHERE o.late = 1 AND o.event_id = events.event_id)";
 
+/// Copies into their rows the bodies of the events from rowid `?1` to before `?2` that are
+/// still beside the database (the events a pruning pass keeps; see `bodies`, "Retention").
+/// Moved events (negative rowids) never have their body there.
+pub(super) const KEPT_BODIES: &str = "UPDATE events \
+       SET body = event_body(body, body_at, rowid), body_at = NULL \
+       WHERE rowid >= ?1 AND rowid < ?2 AND body_at IS NOT NULL";
+
 /// Prunes what has expired: idempotency records past the window, delivered outbox rows (with
 /// their attempt records) and events past retention that have no undelivered outbox row (event
 /// ids are ULIDs, so "older than" is an id range), and a bounded chunk of expired sessions.
@@ -1352,6 +1438,12 @@ pub(super) fn maintain_by(
             .unwrap_or(0)
             .min(until);
         conn.execute(EXPIRED_EVENTS, params![events_cutoff, events_row, from])?;
+        // The bodies of the pass's events that stay (see `bodies`, "Retention"): every
+        // event of the range, so that the passes of a cycle leave no gap between them.
+        if s.bodies.is_some() {
+            conn.prepare_cached(KEPT_BODIES)?
+                .execute(params![from, until])?;
+        }
         if from == 0 {
             conn.execute(
                 "DELETE FROM events_moved \
@@ -1393,6 +1485,13 @@ pub(super) fn maintain_by(
                     cursor.events_from = 0;
                     cursor.walked_to = cursor.walked_to.max(walk_end);
                     cursor.cycles = cursor.cycles.wrapping_add(1);
+                    // Every event before `walked_to` has been deleted or has its body in
+                    // its row: a file last written before its time names no row.
+                    if let Some(bodies) = &s.bodies {
+                        if let Err(e) = bodies.condemn_before(cursor.walked_to >> 15) {
+                            tracing::warn!(error = %e, "cannot list the event bodies' files");
+                        }
+                    }
                 }
             }
             next.is_some()
@@ -1442,7 +1541,7 @@ pub(super) fn start_checkpointer(
     sync: crate::config::SyncMode,
     restart_wanted: Arc<AtomicBool>,
     shared: Arc<Shared>,
-    keys: Arc<Keys>,
+    (keys, bodies): (Arc<Keys>, Arc<Bodies>),
     nice: u8,
 ) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>), super::OpenError> {
     let conn = open_connection(path, sync, false, super::CHECKPOINT_CACHE_KIB).map_err(
@@ -1483,6 +1582,8 @@ pub(super) fn start_checkpointer(
                 // The sessions table lags the rest (written behind): a segment stays until
                 // its records' sessions are written too.
                 let p = (*shared.projected.borrow()).min(*shared.sessions_at.borrow());
+                // Bodies' files no row names since a commit before the WAL's flush below.
+                let condemned = bodies.take_condemned();
                 checkpoint(durable_mode)?;
                 if sync != crate::config::SyncMode::Off {
                     if let Err(e) = std::fs::File::open(&wal_path).and_then(|f| f.sync_data()) {
@@ -1497,6 +1598,15 @@ pub(super) fn start_checkpointer(
                     tracing::warn!(error = %e,
                         "cannot flush the idempotency keys; log segments kept");
                     return None;
+                }
+                // The bodies written before `p` was published (see `bodies`, "Durability").
+                if let Err(e) = bodies.persist() {
+                    tracing::warn!(error = %e,
+                        "cannot flush the event bodies' files; log segments kept");
+                    return None;
+                }
+                if let Err(e) = bodies.remove(&condemned) {
+                    tracing::warn!(error = %e, "cannot remove event bodies' files no event names");
                 }
                 match super::log::remove_through(&log_dir, p, spare.as_deref()) {
                     Ok(n) => Some(n),
@@ -1523,7 +1633,7 @@ pub(super) fn start_checkpointer(
                 if last_cleanup.elapsed() >= LOG_CLEANUP_EVERY {
                     last_cleanup = Instant::now();
                     let segments = super::log::segments(&log_dir).map_or(0, |s| s.len());
-                    if segments > 1 {
+                    if segments > 1 || bodies.has_condemned() {
                         cleanup("PASSIVE");
                         continue;
                     }

@@ -186,10 +186,10 @@ unsafe fn check(db: *mut ffi::sqlite3, rc: c_int) -> rusqlite::Result<()> {
 const EVENT_COLUMNS: &str =
     "INSERT OR FAIL INTO events (event_id, correlation_id, route, session_id, \
      event_type, state_version, simulated, received_at, committed_at, body, answer, \
-     answer_status, outbox_first, outbox_last, rowid) VALUES ";
+     answer_status, outbox_first, outbox_last, rowid, body_at) VALUES ";
 
 /// How many values an events row binds.
-const EVENT_VALUES: usize = 15;
+const EVENT_VALUES: usize = 16;
 
 /// The insert of `rows` events rows in one statement (see `insert_events`).
 pub(super) fn events_insert_sql(rows: usize) -> String {
@@ -205,8 +205,9 @@ pub(super) fn events_insert_sql(rows: usize) -> String {
     sql
 }
 
-/// The values of `a`'s events row at the rowid `row`, in `EVENT_COLUMNS`' order.
-fn event_values(a: &AcceptRecord, row: i64) -> [Value<'_>; EVENT_VALUES] {
+/// The values of `a`'s events row at the rowid `row`, in `EVENT_COLUMNS`' order: its body,
+/// or with `body_at` (its place in the bodies' files, `super::bodies`) an empty one.
+fn event_values(a: &AcceptRecord, row: i64, body_at: Option<i64>) -> [Value<'_>; EVENT_VALUES] {
     let first = a.rows.iter().map(|r| r.id).min();
     let last = a.rows.iter().map(|r| r.id).max();
     [
@@ -219,34 +220,42 @@ fn event_values(a: &AcceptRecord, row: i64) -> [Value<'_>; EVENT_VALUES] {
         Value::Int(i64::from(a.simulated)),
         Value::Text(&a.received_at),
         Value::Int(a.at),
-        Value::Text(&a.body),
+        Value::Text(if body_at.is_some() { "" } else { &a.body }),
         Value::Blob(&a.answer),
         Value::Int(i64::from(a.status)),
         first.into(),
         last.into(),
         Value::Int(row),
+        body_at.into(),
     ]
 }
 
-/// Writes the events row of `a` at the rowid `row` with `insert` (`events_insert_sql(1)`).
+/// Writes the events row of `a` at the rowid `row` (its body at `body_at`, or in the row)
+/// with `insert` (`events_insert_sql(1)`).
 pub(super) fn insert_event(
     insert: &mut Raw<'_>,
     a: &AcceptRecord,
     row: i64,
+    body_at: Option<i64>,
 ) -> rusqlite::Result<()> {
-    insert.execute(&event_values(a, row))
+    insert.execute(&event_values(a, row, body_at))
 }
 
-/// Writes the events rows of `events` (each with its rowid) with one statement, `insert`
+/// Writes the events rows of `events` (each with its rowid and its body's place) with one
+/// statement, `insert`
 /// being `events_insert_sql(events.len())`: a statement's start and end, and its reading of
 /// the parameters' slots, are paid once for the rows. When a row is refused, the rows before
 /// it are written and the rest are not: the error comes with how many were written.
 pub(super) fn insert_events(
     insert: &mut Raw<'_>,
-    events: &[(&AcceptRecord, i64)],
+    events: &[(&AcceptRecord, i64, Option<i64>)],
 ) -> Result<(), (usize, rusqlite::Error)> {
     insert
-        .run(events.iter().flat_map(|(a, row)| event_values(a, *row)))
+        .run(
+            events
+                .iter()
+                .flat_map(|(a, row, body_at)| event_values(a, *row, *body_at)),
+        )
         .map_err(|e| (usize::try_from(insert.changed).unwrap_or(0), e))
 }
 
@@ -349,8 +358,8 @@ pub(super) mod tests {
             expected(&with_rows, Some(10), Some(12)),
             expected(&without, None, None),
         ];
-        insert_event(&mut insert, &with_rows, 1).expect("written");
-        insert_event(&mut insert, &without, 2).expect("written");
+        insert_event(&mut insert, &with_rows, 1, None).expect("written");
+        insert_event(&mut insert, &without, 2, None).expect("written");
         // The values were bound without a copy: the rows must not depend on the records.
         drop((with_rows, without));
         drop(insert);
@@ -362,17 +371,17 @@ pub(super) mod tests {
     fn a_refused_row_is_an_error_of_its_own_and_the_statement_goes_on() {
         let conn = database();
         let mut insert = Raw::new(&conn, &events_insert_sql(1)).expect("prepared");
-        insert_event(&mut insert, &record("e1", &[]), 1).expect("written");
+        insert_event(&mut insert, &record("e1", &[]), 1, None).expect("written");
         let mut again = record("e1", &[]);
         again.body = "another".into();
-        match insert_event(&mut insert, &again, 1) {
+        match insert_event(&mut insert, &again, 1, None) {
             Err(rusqlite::Error::SqliteFailure(e, Some(msg))) => {
                 assert_eq!(e.extended_code, ffi::SQLITE_CONSTRAINT_ROWID, "{e:?}");
                 assert!(msg.contains("events.rowid"), "{msg}");
             }
             other => panic!("a second row at rowid 1: {other:?}"),
         }
-        insert_event(&mut insert, &record("e2", &[5]), 2).expect("the next one is written");
+        insert_event(&mut insert, &record("e2", &[5]), 2, None).expect("the next one is written");
         let bodies: i64 = conn
             .query_row(
                 "SELECT count(*) FROM events WHERE body = 'another'",
@@ -398,7 +407,11 @@ pub(super) mod tests {
             .map(|((first, last), a)| expected(a, *first, *last))
             .collect();
         // Out of rowid order too: each row lands at its own.
-        let events = [(&records[0], 5), (&records[1], 3), (&records[2], 9)];
+        let events = [
+            (&records[0], 5, None),
+            (&records[1], 3, None),
+            (&records[2], 9, None),
+        ];
         let mut insert = Raw::new(&conn, &events_insert_sql(events.len())).expect("prepared");
         insert_events(&mut insert, &events).expect("written");
         drop(records);
@@ -422,10 +435,10 @@ pub(super) mod tests {
     fn a_refused_row_keeps_the_rows_before_it_and_says_how_many() {
         let conn = database();
         let mut one = Raw::new(&conn, &events_insert_sql(1)).expect("prepared");
-        insert_event(&mut one, &record("e1", &[]), 4).expect("written");
+        insert_event(&mut one, &record("e1", &[]), 4, None).expect("written");
         let (a, b, c) = (record("e2", &[]), record("e3", &[]), record("e4", &[]));
         let mut three = Raw::new(&conn, &events_insert_sql(3)).expect("prepared");
-        match insert_events(&mut three, &[(&a, 3), (&b, 4), (&c, 5)]) {
+        match insert_events(&mut three, &[(&a, 3, None), (&b, 4, None), (&c, 5, None)]) {
             Err((written, e)) => {
                 assert!(super::super::project::taken_row(&e), "{e:?}");
                 assert_eq!(written, 1);
@@ -445,7 +458,7 @@ pub(super) mod tests {
             "the row before the refused one, none after it"
         );
         let (d, e) = (record("e5", &[]), record("e6", &[]));
-        insert_events(&mut three, &[(&b, 5), (&d, 6), (&e, 7)])
+        insert_events(&mut three, &[(&b, 5, None), (&d, 6, None), (&e, 7, None)])
             .expect("the next call starts clean");
     }
 

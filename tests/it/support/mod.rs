@@ -281,8 +281,12 @@ impl TestApp {
     }
 
     /// Opens the store file as it is now, for checks that poll until a condition holds.
+    /// Its events' bodies are read with `event_body(body, body_at, rowid)`.
     pub fn db_now(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(self.dir.path().join("cognihook.db")).unwrap()
+        let path = self.dir.path().join("cognihook.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        cognihook::store::sqlite::add_event_body_function(&conn, &path).unwrap();
+        conn
     }
 }
 
