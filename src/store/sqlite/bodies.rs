@@ -176,6 +176,11 @@ impl Reader {
         if stored_row != row {
             return Err(damaged(at, "another row's record, or erased"));
         }
+        // A large length past the file's end is damage, found before a buffer is made for
+        // it (a short one fails the read below).
+        if len > 1 << 20 && offset + (HEADER as u64) + u64::from(len) > file.metadata()?.len() {
+            return Err(damaged(at, "cut short"));
+        }
         let mut body = vec![0u8; len as usize];
         file.read_exact_at(&mut body, offset + HEADER as u64)
             .map_err(|_| damaged(at, "cut short"))?;

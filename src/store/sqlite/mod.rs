@@ -563,22 +563,44 @@ pub fn add_event_body_function(conn: &Connection, db: &Path) -> rusqlite::Result
 /// `event_body(body, body_at, rowid)`: an events row's body, from the row or, with a
 /// `body_at`, from the store's bodies files (schema 16, `bodies`), read through a reader of
 /// the connection's own.
+/// `event_body_or_null(…)` is the same but NULL, with an error logged, for a body that cannot
+/// be read: a claim then leaves that one row alone instead of failing for all.
 fn add_body_function(conn: &Connection, dir: PathBuf) -> rusqlite::Result<()> {
-    let reader = bodies::Reader::new(dir);
-    conn.create_scalar_function("event_body", 3, FunctionFlags::SQLITE_UTF8, move |ctx| {
+    let reader = Arc::new(bodies::Reader::new(dir));
+    let read = move |ctx: &rusqlite::functions::Context<'_>| -> rusqlite::Result<String> {
         let at: Option<i64> = ctx.get(1)?;
         let Some(at) = at else {
-            return Ok(rusqlite::types::Value::Text(ctx.get::<String>(0)?));
+            return ctx.get::<String>(0);
         };
         let row: i64 = ctx.get(2)?;
         let body = reader
             .read(at, row)
             .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
-        String::from_utf8(body)
-            .map(rusqlite::types::Value::Text)
-            .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
-    })
+        String::from_utf8(body).map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+    };
+    let or_null = read.clone();
+    conn.create_scalar_function("event_body", 3, FunctionFlags::SQLITE_UTF8, read)?;
+    conn.create_scalar_function(
+        "event_body_or_null",
+        3,
+        FunctionFlags::SQLITE_UTF8,
+        move |ctx| match or_null(ctx) {
+            Ok(body) => Ok(Some(body)),
+            Err(e) => {
+                if let Some(suppressed) = UNREADABLE_BODY.check() {
+                    tracing::error!(error = %e, suppressed,
+                        "an event's body cannot be read beside the database, so it is not \
+                         delivered (`suppressed`: more since the last line)");
+                }
+                Ok(None)
+            }
+        },
+    )
 }
+
+/// An unreadable body beside the database is logged once a minute.
+static UNREADABLE_BODY: crate::telemetry::throttle::Throttle =
+    crate::telemetry::throttle::Throttle::new(Duration::from_secs(60));
 
 /// Runs the migrations `done` (the store's `user_version`) leaves to run. The caller has
 /// refused a store of a newer schema (`newer_schema`).
@@ -4691,6 +4713,50 @@ mod tests {
             .expect("read")
             .expect("found");
         assert_eq!(j.event["payload"]["k"], "f");
+        rt.block_on(store.close());
+    }
+
+    #[test]
+    fn a_claim_leaves_an_event_whose_body_cannot_be_read_and_takes_the_others() {
+        let rt = runtime();
+        let dir = tempfile::tempdir().expect("tmp");
+        // Two processes, so that the two bodies are in two files.
+        for key in ["lost", "whole"] {
+            let store = SqliteStore::open(&config(dir.path())).expect("open");
+            rt.block_on(store.configure_sinks(vec![("a".into(), false)]))
+                .expect("configure");
+            rt.block_on(store.accept(acceptance(key, key, &["a"])))
+                .expect("commit");
+            rt.block_on(store.close());
+        }
+        let path = dir.path().join("cognihook.db");
+        // The log's records are long applied and its segments gone; the first file is lost.
+        std::fs::remove_dir_all(log_dir_of(&path)).expect("log removed");
+        let beside = bodies::dir_of(&path);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&beside)
+            .expect("bodies")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), 2, "{files:?}");
+        std::fs::write(&files[0], b"").expect("emptied");
+        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
+        let claimed = rt
+            .block_on(store.claim("a", 10, Duration::from_secs(60)))
+            .expect("a claim does not fail for one body");
+        let keys: Vec<String> = claimed
+            .iter()
+            .map(|c| {
+                let v: Value = serde_json::from_slice(&c.body).expect("json");
+                v["payload"]["k"].as_str().expect("k").to_string()
+            })
+            .collect();
+        assert_eq!(keys, ["whole"]);
+        // The journey says what is wrong instead.
+        let e = rt
+            .block_on(store.journey("corr-lost"))
+            .expect_err("unreadable");
+        assert!(e.to_string().contains(".bodies"), "{e}");
         rt.block_on(store.close());
     }
 }

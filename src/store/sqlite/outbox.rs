@@ -86,12 +86,13 @@ pub(super) fn claims(
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
                     r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<String>>(4)?,
                 ))
             })
             .optional()?;
-        // Retention keeps the event while its outbox row exists (`project::maintain`).
-        let Some((correlation_id, route, session_id, event_type, body)) = row else {
+        // Retention keeps the event while its outbox row exists (`project::maintain`); a
+        // body that cannot be read beside the database was logged by `event_body_or_null`.
+        let Some((correlation_id, route, session_id, event_type, Some(body))) = row else {
             continue;
         };
         let Some(body) = crate::store::opened_for_delivery(&event_id, body) else {
@@ -141,8 +142,8 @@ pub(super) fn configure_sinks(c: &Connection, sinks: &[(String, bool)]) -> rusql
 
 /// What a claim sends of an event, for `?1` its id.
 pub(super) const CLAIMED_EVENT: &str = concat!(
-    "SELECT correlation_id, route, session_id, event_type, event_body(body, body_at, rowid) \
-     FROM events WHERE rowid = ",
+    "SELECT correlation_id, route, session_id, event_type, \
+            event_body_or_null(body, body_at, rowid) FROM events WHERE rowid = ",
     event_row!("?1"),
     " AND event_id = ?1"
 );
