@@ -837,7 +837,7 @@ fn warn_if_readable_by_others(path: &Path, log_dir: &Path, keys_dir: &Path) {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or_else(|| Path::new("."));
-        for p in [dir, path, log_dir, keys_dir] {
+        for p in [dir, path, log_dir, keys_dir, &bodies::dir_of(path)] {
             if let Ok(meta) = std::fs::metadata(p) {
                 let mode = meta.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {

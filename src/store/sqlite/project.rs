@@ -1600,7 +1600,7 @@ pub(super) fn start_checkpointer(
                     return None;
                 }
                 // The bodies written before `p` was published (see `bodies`, "Durability").
-                if let Err(e) = bodies.persist() {
+                if let Err(e) = bodies.persist(sync) {
                     tracing::warn!(error = %e,
                         "cannot flush the event bodies' files; log segments kept");
                     return None;
