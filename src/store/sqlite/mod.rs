@@ -4759,4 +4759,34 @@ mod tests {
         assert!(e.to_string().contains(".bodies"), "{e}");
         rt.block_on(store.close());
     }
+
+    /// An event past retention but inside its answer's time (the idempotency window and an
+    /// hour) stays, with its body copied into its row, and its file goes at retention.
+    #[test]
+    fn a_file_goes_at_retention_while_answers_keep_its_events_longer() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let path = with_a_and_f(dir.path(), &rt);
+        let conn = Connection::open(&path).expect("open");
+        add_event_body_function(&conn, &path).expect("function");
+        let beside = Arc::new(bodies::Bodies::open(&path, 86_400_000).expect("bodies"));
+        let mut past_retention = maintenance(&path, 86_400_000, -60_000, -60_000);
+        past_retention.bodies = Some(beside.clone());
+        let mut cursor = project::MaintenanceCursor::default();
+        while project::maintain_by(&conn, &past_retention, &mut cursor, 1) {}
+        let rows: Vec<(String, Option<i64>, String)> = conn
+            .prepare("SELECT correlation_id, body_at, body FROM events ORDER BY rowid")
+            .expect("query")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(rows.len(), 2, "the answers keep both events");
+        for (corr, at, body) in &rows {
+            assert_eq!(*at, None, "{corr}");
+            let event: Value = serde_json::from_str(body).expect("json");
+            assert_eq!(event["correlationId"], corr.as_str());
+        }
+        assert_eq!(beside.take_condemned().len(), 1);
+    }
 }

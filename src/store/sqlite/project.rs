@@ -1468,10 +1468,10 @@ pub(super) fn maintain_by(
             )?;
         }
         conn.execute_batch("COMMIT")?;
-        Ok((next, last, others))
+        Ok((next, last, others, until))
     });
     match r {
-        Ok((next, last, others)) => {
+        Ok((next, last, others, until)) => {
             if others {
                 cursor.others_at = Some(Instant::now());
             }
@@ -1485,10 +1485,13 @@ pub(super) fn maintain_by(
                     cursor.events_from = 0;
                     cursor.walked_to = cursor.walked_to.max(walk_end);
                     cursor.cycles = cursor.cycles.wrapping_add(1);
-                    // Every event before `walked_to` has been deleted or has its body in
-                    // its row: a file last written before its time names no row.
+                    // The passes' copies cover every event from where the cycle began (where
+                    // the last one's copies ended, or the first event) up to this pass's
+                    // end: each one before it has been deleted or has its body in its row,
+                    // so a file last written before its time names no row. (`walked_to`
+                    // can stay further back, while answers keep events past retention.)
                     if let Some(bodies) = &s.bodies {
-                        if let Err(e) = bodies.condemn_before(cursor.walked_to >> 15) {
+                        if let Err(e) = bodies.condemn_before(until >> 15) {
                             tracing::warn!(error = %e, "cannot list the event bodies' files");
                         }
                     }
