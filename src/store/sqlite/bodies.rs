@@ -202,6 +202,9 @@ struct Writer {
     /// Records not written yet: the file each goes to and its bytes (two files when one
     /// filled up since the last `write_out`).
     pending: Vec<(u32, Vec<u8>)>,
+    /// An early write (`append`, past `BUFFER_BYTES`) failed since the last `write_out`:
+    /// records the round's rows name are lost, so its transaction must not commit.
+    failed: bool,
 }
 
 /// The bodies of one store (see the module's documentation).
@@ -236,6 +239,7 @@ impl Bodies {
                 len: 0,
                 file: None,
                 pending: Vec::new(),
+                failed: false,
             }),
             dirty: Mutex::new((BTreeSet::new(), false)),
             condemned: Mutex::new(Vec::new()),
@@ -274,9 +278,9 @@ impl Bodies {
         buf.extend_from_slice(body.as_bytes());
         w.len += record as u64;
         let buffered: usize = w.pending.iter().map(|(_, b)| b.len()).sum();
-        if buffered >= BUFFER_BYTES {
-            // Written early; a failure here is met again by the `write_out` before commit.
-            let _ = self.write_locked(&mut w);
+        if buffered >= BUFFER_BYTES && self.write_locked(&mut w).is_err() {
+            // Reported by the `write_out` before the commit.
+            w.failed = true;
         }
         Some(at)
     }
@@ -284,7 +288,13 @@ impl Bodies {
     /// Writes the buffered records to their files (before the transaction naming them commits).
     pub(super) fn write_out(&self) -> io::Result<()> {
         let mut w = self.writer.lock();
-        self.write_locked(&mut w)
+        let r = self.write_locked(&mut w);
+        if std::mem::take(&mut w.failed) {
+            return Err(io::Error::other(
+                "an event body could not be written to its file; the round is applied again",
+            ));
+        }
+        r
     }
 
     fn write_locked(&self, w: &mut Writer) -> io::Result<()> {
@@ -321,6 +331,7 @@ impl Bodies {
     /// Drops the records not written yet (their transaction failed; they are applied again).
     pub(super) fn discard(&self) {
         let mut w = self.writer.lock();
+        w.failed = false;
         if !w.pending.is_empty() {
             w.pending.clear();
             w.file = None;
@@ -599,5 +610,26 @@ mod tests {
         assert_eq!(gone, vec![1]);
         bodies.remove(&gone).expect("removed");
         assert!(files(&dir_of(&db)).expect("files").is_empty());
+    }
+
+    #[test]
+    fn a_failed_early_write_fails_the_rounds_write_out_and_the_next_round_goes_on() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("s.db");
+        let bodies = Bodies::open(&db, 86_400_000).expect("open");
+        // The file the records go to cannot be opened (a directory in its place).
+        std::fs::create_dir(dir_of(&db).join(file_name(1))).expect("in the way");
+        let big = "x".repeat(BUFFER_BYTES);
+        bodies.append(row_now(1), &big).expect("placed");
+        bodies.append(row_now(2), "small").expect("placed");
+        assert!(
+            bodies.write_out().is_err(),
+            "the round's first record is lost"
+        );
+        bodies.discard();
+        let row = row_now(3);
+        let at = bodies.append(row, "again").expect("placed");
+        bodies.write_out().expect("the next file");
+        assert_eq!(bodies.read(at, row).expect("read"), b"again");
     }
 }

@@ -4550,6 +4550,18 @@ mod tests {
 
     use super::super::{Settlement, Store};
 
+    /// The `k` of the payload of the event whose correlation id is `corr` (its journey),
+    /// read by a store opened on `dir` and closed again.
+    fn payload_key(rt: &tokio::runtime::Runtime, dir: &Path, corr: &str) -> Value {
+        let store = SqliteStore::open(&config(dir)).expect("reopen");
+        let j = rt
+            .block_on(store.journey(corr))
+            .expect("read")
+            .expect("found");
+        rt.block_on(store.close());
+        j.event["payload"]["k"].clone()
+    }
+
     /// Every file under `dir` whose bytes hold `needle`.
     fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         let mut hits = Vec::new();
@@ -4636,13 +4648,10 @@ mod tests {
             left.iter().all(|p| p.starts_with(log_dir_of(&path))),
             "{left:?}"
         );
-        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
-        let j = rt
-            .block_on(store.journey("corr-kept-MARKER-2"))
-            .expect("read")
-            .expect("found");
-        assert_eq!(j.event["payload"]["k"], "kept-MARKER-2");
-        rt.block_on(store.close());
+        assert_eq!(
+            payload_key(&rt, dir.path(), "corr-kept-MARKER-2"),
+            "kept-MARKER-2"
+        );
     }
 
     #[test]
@@ -4707,13 +4716,7 @@ mod tests {
                 .count(),
             0
         );
-        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
-        let j = rt
-            .block_on(store.journey("corr-f"))
-            .expect("read")
-            .expect("found");
-        assert_eq!(j.event["payload"]["k"], "f");
-        rt.block_on(store.close());
+        assert_eq!(payload_key(&rt, dir.path(), "corr-f"), "f");
     }
 
     #[test]
