@@ -4683,18 +4683,29 @@ mod tests {
         assert_eq!(in_rows, 3, "each lost body is in its row");
     }
 
-    #[test]
-    fn bodies_of_events_retention_keeps_go_into_their_rows_and_their_files_are_condemned() {
+    /// `with_a_and_f`'s store after a whole pruning cycle with retention's cut-off a minute
+    /// ahead and the idempotency window `idempotency_ms`, its bodies beside the database
+    /// (a new process's: the store's own file is not the one being written).
+    fn pruned_with_bodies(
+        rt: &tokio::runtime::Runtime,
+        idempotency_ms: i64,
+    ) -> (tempfile::TempDir, Connection, Arc<bodies::Bodies>) {
         let dir = tempfile::tempdir().expect("tmp");
-        let rt = runtime();
-        let path = with_a_and_f(dir.path(), &rt);
+        let path = with_a_and_f(dir.path(), rt);
         let conn = Connection::open(&path).expect("open");
         add_event_body_function(&conn, &path).expect("function");
         let beside = Arc::new(bodies::Bodies::open(&path, 86_400_000).expect("bodies"));
-        let mut expired = maintenance(&path, -7_200_000, -60_000, -60_000);
-        expired.bodies = Some(beside.clone());
+        let mut settings = maintenance(&path, idempotency_ms, -60_000, -60_000);
+        settings.bodies = Some(beside.clone());
         let mut cursor = project::MaintenanceCursor::default();
-        while project::maintain_by(&conn, &expired, &mut cursor, 1) {}
+        while project::maintain_by(&conn, &settings, &mut cursor, 1) {}
+        (dir, conn, beside)
+    }
+
+    #[test]
+    fn bodies_of_events_retention_keeps_go_into_their_rows_and_their_files_are_condemned() {
+        let rt = runtime();
+        let (dir, conn, beside) = pruned_with_bodies(&rt, -7_200_000);
         // `a` is gone; `f`'s pending row keeps it, with its body now in its row.
         let (corr, at, body): (String, Option<i64>, String) = conn
             .query_row(
@@ -4711,7 +4722,7 @@ mod tests {
         assert_eq!(gone.len(), 1, "{gone:?}");
         beside.remove(&gone).expect("removed");
         assert_eq!(
-            std::fs::read_dir(bodies::dir_of(&path))
+            std::fs::read_dir(bodies::dir_of(&dir.path().join("cognihook.db")))
                 .expect("dir")
                 .count(),
             0
@@ -4767,16 +4778,8 @@ mod tests {
     /// hour) stays, with its body copied into its row, and its file goes at retention.
     #[test]
     fn a_file_goes_at_retention_while_answers_keep_its_events_longer() {
-        let dir = tempfile::tempdir().expect("tmp");
         let rt = runtime();
-        let path = with_a_and_f(dir.path(), &rt);
-        let conn = Connection::open(&path).expect("open");
-        add_event_body_function(&conn, &path).expect("function");
-        let beside = Arc::new(bodies::Bodies::open(&path, 86_400_000).expect("bodies"));
-        let mut past_retention = maintenance(&path, 86_400_000, -60_000, -60_000);
-        past_retention.bodies = Some(beside.clone());
-        let mut cursor = project::MaintenanceCursor::default();
-        while project::maintain_by(&conn, &past_retention, &mut cursor, 1) {}
+        let (_dir, conn, beside) = pruned_with_bodies(&rt, 86_400_000);
         let rows: Vec<(String, Option<i64>, String)> = conn
             .prepare("SELECT correlation_id, body_at, body FROM events ORDER BY rowid")
             .expect("query")
