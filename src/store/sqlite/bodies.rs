@@ -202,9 +202,9 @@ struct Writer {
     /// Records not written yet: the file each goes to and its bytes (two files when one
     /// filled up since the last `write_out`).
     pending: Vec<(u32, Vec<u8>)>,
-    /// An early write (`append`, past `BUFFER_BYTES`) failed since the last `write_out`:
-    /// records the round's rows name are lost, so its transaction must not commit.
-    failed: bool,
+    /// An early write (`append`, past `BUFFER_BYTES`) failed since the last `write_out`, and
+    /// why: records the round's rows name are lost, so its transaction must not commit.
+    failed: Option<io::Error>,
 }
 
 /// The bodies of one store (see the module's documentation).
@@ -239,7 +239,7 @@ impl Bodies {
                 len: 0,
                 file: None,
                 pending: Vec::new(),
-                failed: false,
+                failed: None,
             }),
             dirty: Mutex::new((BTreeSet::new(), false)),
             condemned: Mutex::new(Vec::new()),
@@ -278,9 +278,11 @@ impl Bodies {
         buf.extend_from_slice(body.as_bytes());
         w.len += record as u64;
         let buffered: usize = w.pending.iter().map(|(_, b)| b.len()).sum();
-        if buffered >= BUFFER_BYTES && self.write_locked(&mut w).is_err() {
-            // Reported by the `write_out` before the commit.
-            w.failed = true;
+        if buffered >= BUFFER_BYTES {
+            if let Err(e) = self.write_locked(&mut w) {
+                // Reported by the `write_out` before the commit.
+                w.failed = Some(e);
+            }
         }
         Some(at)
     }
@@ -289,9 +291,10 @@ impl Bodies {
     pub(super) fn write_out(&self) -> io::Result<()> {
         let mut w = self.writer.lock();
         let r = self.write_locked(&mut w);
-        if std::mem::take(&mut w.failed) {
-            return Err(io::Error::other(
-                "an event body could not be written to its file; the round is applied again",
+        if let Some(e) = w.failed.take() {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("an event body could not be written to its file ({e}); the round is applied again"),
             ));
         }
         r
@@ -331,7 +334,7 @@ impl Bodies {
     /// Drops the records not written yet (their transaction failed; they are applied again).
     pub(super) fn discard(&self) {
         let mut w = self.writer.lock();
-        w.failed = false;
+        w.failed = None;
         if !w.pending.is_empty() {
             w.pending.clear();
             w.file = None;
