@@ -37,7 +37,8 @@
 //! been deleted or copied since it was written (an event's id time is within the window when
 //! it is written, so no pass had passed it yet), and a file last written before that time
 //! names no row: the projector condemns it, and the checkpointer removes it after its next
-//! flush of the WAL, once the copies are durable.
+//! flush of the WAL, once the copies are durable. Removing a file also closes every reader's
+//! handle of it (`Reader::forget_files`), so its disk space comes back at once.
 //!
 //! # Forgetting
 //! A forget empties its events rows (`project::forget_events`); after the transaction commits,
@@ -129,16 +130,40 @@ pub(super) struct Reader {
     open: Mutex<HashMap<u32, Arc<File>>>,
 }
 
-/// Files a reader keeps open at most. An open file that retention has removed keeps its
-/// disk space until the reader lets it go: at most this many per connection, and readers
-/// mostly read the newest files, so removed ones leave the cache soon.
+/// Files a reader keeps open at most.
 const OPEN_FILES: usize = 4;
 
+/// Every reader of the process, so that removing a file closes their handles of it: an open
+/// handle keeps a removed file's disk space (up to 64 MiB a file) for as long as it is open,
+/// and a connection that reads no body after the removal (an idle one) would keep it for
+/// good. Dead ones are dropped at each registration.
+static READERS: Mutex<Vec<std::sync::Weak<Reader>>> = Mutex::new(Vec::new());
+
 impl Reader {
-    pub(super) fn new(dir: PathBuf) -> Reader {
-        Reader {
+    pub(super) fn new(dir: PathBuf) -> Arc<Reader> {
+        let reader = Arc::new(Reader {
             dir,
             open: Mutex::new(HashMap::new()),
+        });
+        let mut all = READERS.lock();
+        all.retain(|r| r.strong_count() > 0);
+        all.push(Arc::downgrade(&reader));
+        reader
+    }
+
+    /// Closes every reader's handles of `files` in `dir` (a read in progress keeps its own
+    /// until it ends).
+    fn forget_files(dir: &Path, files: &[u32]) {
+        let all: Vec<Arc<Reader>> = READERS
+            .lock()
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        for reader in all.iter().filter(|r| r.dir == dir) {
+            let mut open = reader.open.lock();
+            for n in files {
+                open.remove(n);
+            }
         }
     }
 
@@ -218,7 +243,7 @@ pub(super) struct Bodies {
     condemned: Mutex<Vec<u32>>,
     /// Records of forgotten events, overwritten once their transaction has committed.
     erasures: Mutex<Vec<(i64, i64)>>,
-    reader: Reader,
+    reader: Arc<Reader>,
     /// A body goes to a file only for an event whose id time is at most this long ago.
     window_ms: i64,
 }
@@ -464,13 +489,18 @@ impl Bodies {
         if files.is_empty() {
             return Ok(());
         }
-        for n in files {
+        let mut removed = Vec::with_capacity(files.len());
+        let result = files.iter().try_for_each(|n| {
             match std::fs::remove_file(self.dir.join(file_name(*n))) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
-        }
+            removed.push(*n);
+            Ok(())
+        });
+        Reader::forget_files(&self.dir, &removed);
+        result?;
         File::open(&self.dir)?.sync_all()
     }
 }
@@ -613,6 +643,56 @@ mod tests {
         assert_eq!(gone, vec![1]);
         bodies.remove(&gone).expect("removed");
         assert!(files(&dir_of(&db)).expect("files").is_empty());
+    }
+
+    /// The files under `dir` this process has open (`/proc/self/fd`).
+    fn open_under(dir: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .expect("fds")
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target.starts_with(dir))
+            .count()
+    }
+
+    #[test]
+    fn removing_a_file_closes_every_readers_handle_of_it_and_no_other() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("s.db");
+        let bodies = Bodies::open(&db, 86_400_000).expect("open");
+        let row = row_now(1);
+        let at = bodies.append(row, "old").expect("placed");
+        bodies.write_out().expect("written");
+        drop(bodies);
+        // Another store's reader, whose file 1 must stay open.
+        let elsewhere = tempfile::tempdir().expect("dir");
+        let other_db = elsewhere.path().join("s.db");
+        let other = Bodies::open(&other_db, 86_400_000).expect("open");
+        let other_at = other.append(row, "other").expect("placed");
+        other.write_out().expect("written");
+        drop(other);
+        let other_reader = Reader::new(dir_of(&other_db));
+        other_reader.read(other_at, row).expect("read");
+        // Two connections' readers have read from file 1 and keep it open; then a new
+        // process's retention removes it.
+        let readers = [Reader::new(dir_of(&db)), Reader::new(dir_of(&db))];
+        for r in &readers {
+            assert_eq!(r.read(at, row).expect("read"), b"old");
+        }
+        assert_eq!(open_under(&dir_of(&db)), 2);
+        let bodies = Bodies::open(&db, 86_400_000).expect("open");
+        assert_eq!(
+            bodies.condemn_before(system_now_ms() + 60_000).expect("ok"),
+            1
+        );
+        bodies.remove(&bodies.take_condemned()).expect("removed");
+        assert_eq!(
+            open_under(&dir_of(&db)),
+            0,
+            "a removed file is still open, keeping its disk space"
+        );
+        assert!(readers.iter().all(|r| r.open.lock().is_empty()));
+        assert_eq!(open_under(&dir_of(&other_db)), 1);
+        assert_eq!(other_reader.read(other_at, row).expect("read"), b"other");
     }
 
     #[test]
