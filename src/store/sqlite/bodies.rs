@@ -14,7 +14,8 @@
 //! tail is never written after. A record is `len` (u32), a CRC-32 of the row and the body
 //! (u32), the events rowid (i64), all little-endian, then the body's bytes. A reader checks
 //! the length, the checksum and the rowid, so a row never reads another's body or a torn or
-//! erased one without an error.
+//! erased one without an error. The records of a transaction that fails are taken back off
+//! the files (`discard`: no row names them, and the round is applied again).
 //!
 //! # Which bodies go there
 //! Only an event whose rowid is its id's number (not a moved one) and whose id time is
@@ -230,6 +231,10 @@ struct Writer {
     /// An early write (`append`, past `BUFFER_BYTES`) failed since the last `write_out`, and
     /// why: records the round's rows name are lost, so its transaction must not commit.
     failed: Option<io::Error>,
+    /// Where the round's first record went (file, length before it): everything from there
+    /// on belongs to a transaction that has not committed yet, and goes if it fails
+    /// (`discard`). Taken by `committed` and `discard`.
+    round: Option<(u32, u64)>,
 }
 
 /// The bodies of one store (see the module's documentation).
@@ -265,6 +270,7 @@ impl Bodies {
                 file: None,
                 pending: Vec::new(),
                 failed: None,
+                round: None,
             }),
             dirty: Mutex::new((BTreeSet::new(), false)),
             condemned: Mutex::new(Vec::new()),
@@ -287,6 +293,9 @@ impl Bodies {
         }
         let record = HEADER + body.len();
         let mut w = self.writer.lock();
+        if w.round.is_none() {
+            w.round = Some((w.number, w.len));
+        }
         if w.len > 0 && w.len + record as u64 > FILE_BYTES {
             w.number += 1;
             w.len = 0;
@@ -356,15 +365,55 @@ impl Bodies {
         Ok(())
     }
 
-    /// Drops the records not written yet (their transaction failed; they are applied again).
+    /// The transaction naming the records appended since the last call (or `discard`)
+    /// committed: they stay.
+    pub(super) fn committed(&self) {
+        self.writer.lock().round = None;
+    }
+
+    /// The transaction naming the records appended since the last `committed` failed (they
+    /// are applied again): drops the ones not written yet, and takes the written ones back
+    /// off their files (the files the round began are removed, the one it began in cut back
+    /// to its length before), since no row names them. Without that, a commit that kept
+    /// failing (a lock held from outside) would append the same round again at every try.
+    /// If the cut fails, the next records go to a new file and these stay, named by no row,
+    /// until retention removes the file.
     pub(super) fn discard(&self) {
         let mut w = self.writer.lock();
         w.failed = None;
-        if !w.pending.is_empty() {
-            w.pending.clear();
-            w.file = None;
-            w.number += 1;
-            w.len = 0;
+        w.pending.clear();
+        let Some((n, len)) = w.round.take() else {
+            return;
+        };
+        w.file = None;
+        let later: Vec<u32> = (n + 1..=w.number).collect();
+        let cut = (|| {
+            for m in &later {
+                match std::fs::remove_file(self.dir.join(file_name(*m))) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match OpenOptions::new()
+                .write(true)
+                .open(self.dir.join(file_name(n)))
+            {
+                Ok(f) => f.set_len(len),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && len == 0 => Ok(()),
+                Err(e) => Err(e),
+            }
+        })();
+        Reader::forget_files(&self.dir, &later);
+        match cut {
+            Ok(()) => {
+                w.number = n;
+                w.len = len;
+            }
+            Err(_) => {
+                w.number = w.number.max(n) + 1;
+                w.len = 0;
+            }
         }
     }
 
@@ -643,6 +692,53 @@ mod tests {
         assert_eq!(gone, vec![1]);
         bodies.remove(&gone).expect("removed");
         assert!(files(&dir_of(&db)).expect("files").is_empty());
+    }
+
+    #[test]
+    fn a_failed_rounds_records_are_taken_back_off_their_files_and_committed_ones_stay() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("s.db");
+        let bodies = Bodies::open(&db, 86_400_000).expect("open");
+        let len_of = |n: u32| std::fs::metadata(dir_of(&db).join(file_name(n))).map(|m| m.len());
+        let kept_row = row_now(1);
+        let kept = bodies.append(kept_row, "kept").expect("placed");
+        bodies.write_out().expect("written");
+        bodies.committed();
+        let before = len_of(1).expect("file 1");
+        // A failure in a round with no records of its own changes nothing.
+        bodies.discard();
+        assert_eq!(len_of(1).expect("file 1"), before);
+        // A round that wrote past the end of file 1 into file 2, then failed to commit.
+        let big = "x".repeat(1 << 20);
+        let mut lost = Vec::new();
+        for i in 0..70 {
+            let row = row_now(100 + i);
+            lost.push((row, bodies.append(row, &big).expect("placed")));
+            if i % 10 == 0 {
+                bodies.write_out().expect("written");
+            }
+        }
+        bodies.write_out().expect("written");
+        assert!(len_of(2).is_ok(), "the round filled file 1");
+        bodies.discard();
+        assert_eq!(
+            len_of(1).expect("file 1"),
+            before,
+            "cut back to the round's start"
+        );
+        assert!(len_of(2).is_err(), "the file the round began is removed");
+        assert!(lost.iter().all(|(row, at)| bodies.read(*at, *row).is_err()));
+        // Applied again: it goes where the failed one went, and the earlier record stays.
+        let row = row_now(200);
+        let again = bodies.append(row, "again").expect("placed");
+        assert_eq!(split(again), Some((1, before)));
+        bodies.write_out().expect("written");
+        bodies.committed();
+        assert_eq!(bodies.read(kept, kept_row).expect("read"), b"kept");
+        assert_eq!(bodies.read(again, row).expect("read"), b"again");
+        // Committed, a round stays whatever fails after it.
+        bodies.discard();
+        assert_eq!(bodies.read(again, row).expect("read"), b"again");
     }
 
     /// The files under `dir` this process has open (`/proc/self/fd`).

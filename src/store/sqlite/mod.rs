@@ -772,6 +772,7 @@ fn recover(
                     .and_then(|()| bodies.write_out().map_err(project::failed_io))
                     .and_then(|()| conn.execute_batch("COMMIT"))
                     .map_err(|e| log::LogError::record("cannot commit the applied records", e))?;
+                bodies.committed();
                 in_tx = 0;
             }
         }
@@ -799,7 +800,8 @@ fn recover(
         match (&result, &keys_done) {
             (Ok(_), Ok(())) => project::set_positions(conn, last.max(db_at), Some(last))
                 .and_then(|()| bodies.write_out().map_err(project::failed_io))
-                .and_then(|()| conn.execute_batch("COMMIT")),
+                .and_then(|()| conn.execute_batch("COMMIT"))
+                .inspect(|()| bodies.committed()),
             _ => conn.execute_batch("ROLLBACK"),
         }
     } else {

@@ -474,6 +474,7 @@ fn apply_batch<'c>(
             });
     if let Some(b) = &s.bodies {
         if outcome.is_ok() {
+            b.committed();
             if let Err(e) = b.erase_pending() {
                 tracing::warn!(error = %e, "cannot overwrite forgotten events' bodies");
             }
