@@ -388,13 +388,7 @@ impl Bodies {
         w.file = None;
         let later: Vec<u32> = (n + 1..=w.number).collect();
         let cut = (|| {
-            for m in &later {
-                match std::fs::remove_file(self.dir.join(file_name(*m))) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            self.remove_files(&later)?;
             match OpenOptions::new()
                 .write(true)
                 .open(self.dir.join(file_name(n)))
@@ -404,7 +398,6 @@ impl Bodies {
                 Err(e) => Err(e),
             }
         })();
-        Reader::forget_files(&self.dir, &later);
         match cut {
             Ok(()) => {
                 w.number = n;
@@ -538,6 +531,13 @@ impl Bodies {
         if files.is_empty() {
             return Ok(());
         }
+        self.remove_files(files)?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// Removes `files` in order until one fails (one already gone counts as removed), and
+    /// closes every reader's handles of the ones removed.
+    fn remove_files(&self, files: &[u32]) -> io::Result<()> {
         let mut removed = Vec::with_capacity(files.len());
         let result = files.iter().try_for_each(|n| {
             match std::fs::remove_file(self.dir.join(file_name(*n))) {
@@ -549,8 +549,7 @@ impl Bodies {
             Ok(())
         });
         Reader::forget_files(&self.dir, &removed);
-        result?;
-        File::open(&self.dir)?.sync_all()
+        result
     }
 }
 

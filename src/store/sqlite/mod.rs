@@ -566,7 +566,7 @@ pub fn add_event_body_function(conn: &Connection, db: &Path) -> rusqlite::Result
 /// `event_body_or_null(…)` is the same but NULL, with an error logged, for a body that cannot
 /// be read: a claim then leaves that one row alone instead of failing for all.
 fn add_body_function(conn: &Connection, dir: PathBuf) -> rusqlite::Result<()> {
-    let reader = Arc::new(bodies::Reader::new(dir));
+    let reader = bodies::Reader::new(dir);
     let read = move |ctx: &rusqlite::functions::Context<'_>| -> rusqlite::Result<String> {
         let at: Option<i64> = ctx.get(1)?;
         let Some(at) = at else {
