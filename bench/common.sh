@@ -124,6 +124,14 @@ route_requests() {
   python3 bench/gen_requests.py "$kind" "$1" "$SECRET" "$2" "$3"
 }
 
+# gateway_toml N [LINES]: the config of a gateway numbered N at $work/c-N.toml: listening on
+# GW_PORT, its data directory and audit log its own under $work (data-N, audit-N.jsonl),
+# `sync = "full"`, LINES added under [store].
+gateway_toml() {
+  printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\ndata_dir = "%s/data-%s"\nsync = "full"\n%s\n[audit]\npath = "%s/audit-%s.jsonl"\n' \
+    "$GW_PORT" "$work" "$1" "${2:-}" "$work" "$1" > "$work/c-$1.toml"
+}
+
 # start_receiver CPU PORT: a sink's receiver (`bare_baseline accept-all`, which answers every
 # POST 200) on CPU, listening on 127.0.0.1:PORT once this returns; stopped on exit.
 start_receiver() {

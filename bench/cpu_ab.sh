@@ -38,8 +38,7 @@ printf '%-40s %9s %8s %12s %7s %7s %9s\n' binary req/s "p99 ms" "CPU µs/req" bu
 n=0
 for bin in "$@"; do
   n=$((n + 1))
-  printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\ndata_dir = "%s/data-%s"\nsync = "full"\n%s\n[audit]\npath = "%s/audit-%s.jsonl"\n' \
-    "$GW_PORT" "$work" "$n" "${STORE_EXTRA:-}" "$work" "$n" > "$work/c-$n.toml"
+  gateway_toml "$n" "${STORE_EXTRA:-}"
   [ -z "${SINK:-}" ] || sink_route_toml "$SINK_PORT" >> "$work/c-$n.toml"
   # shellcheck disable=SC2086
   env ${GW_ENV:-} COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 "$bin" \

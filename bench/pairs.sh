@@ -35,8 +35,7 @@ run() {
     COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c 0 target/release/examples/bare_baseline \
       "127.0.0.1:$GW_PORT" durable "$work/durable-$n.log" 2>/dev/null &
   else
-    printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\ndata_dir = "%s/data-%s"\nsync = "full"\n[audit]\npath = "%s/audit-%s.jsonl"\n' \
-      "$GW_PORT" "$work" "$n" "$work" "$n" > "$work/c-$n.toml"
+    gateway_toml "$n"
     COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 "$BIN" \
       --config "$work/c-$n.toml" serve 2>>"$work/gw.log" &
   fi

@@ -53,8 +53,7 @@ echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: 
 n=0
 for bin in "$@"; do
   n=$((n + 1))
-  printf '[server]\nlisten = "127.0.0.1:%s"\n[store]\ndata_dir = "%s/data-%s"\nsync = "full"\n[audit]\npath = "%s/audit-%s.jsonl"\n' \
-    "$GW_PORT" "$work" "$n" "$work" "$n" > "$work/c-$n.toml"
+  gateway_toml "$n"
   if [ -n "${SINK:-}" ]; then
     sink_route_toml "$SINK_PORT" >> "$work/c-$n.toml"
   fi
