@@ -132,6 +132,18 @@ gateway_toml() {
     "$GW_PORT" "$work" "$1" "${2:-}" "$work" "$1" > "$work/c-$1.toml"
 }
 
+# start_gateway N BIN: BIN serving $work/c-N.toml on CPU 0 (`COGNIHOOK_LOG=warn`, stderr to
+# $work/gw.log, GW_ENV's `VAR=value …` set for it), stopped on exit; once this returns it
+# listens on GW_PORT and its pid is in `gw`.
+start_gateway() {
+  # shellcheck disable=SC2086
+  env ${GW_ENV:-} COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 "$2" \
+    --config "$work/c-$1.toml" serve 2>>"$work/gw.log" &
+  gw=$!
+  pids+=("$gw")
+  wait_port "$GW_PORT"
+}
+
 # start_receiver CPU PORT: a sink's receiver (`bare_baseline accept-all`, which answers every
 # POST 200) on CPU, listening on 127.0.0.1:PORT once this returns; stopped on exit.
 start_receiver() {

@@ -40,12 +40,7 @@ for bin in "$@"; do
   n=$((n + 1))
   gateway_toml "$n" "${STORE_EXTRA:-}"
   [ -z "${SINK:-}" ] || sink_route_toml "$SINK_PORT" >> "$work/c-$n.toml"
-  # shellcheck disable=SC2086
-  env ${GW_ENV:-} COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 "$bin" \
-    --config "$work/c-$n.toml" serve 2>>"$work/gw.log" &
-  gw=$!
-  pids+=("$gw")
-  wait_port "$GW_PORT"
+  start_gateway "$n" "$bin"
   taskset -c 1 wrk -t1 -c64 -d"$WARM" -s "$work/req.lua" "http://127.0.0.1:$GW_PORT$ROUTE" -- warm >/dev/null
   t0=$(awk '{ print $14 + $15 }' "/proc/$gw/stat")
   c0=$(grep '^cpu0 ' /proc/stat)

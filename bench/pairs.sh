@@ -34,14 +34,14 @@ run() {
   if [ "$kind" = ref ]; then
     COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c 0 target/release/examples/bare_baseline \
       "127.0.0.1:$GW_PORT" durable "$work/durable-$n.log" 2>/dev/null &
+    p=$!
+    pids+=("$p")
+    wait_port "$GW_PORT"
   else
     gateway_toml "$n"
-    COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 "$BIN" \
-      --config "$work/c-$n.toml" serve 2>>"$work/gw.log" &
+    start_gateway "$n" "$BIN"
+    p=$gw
   fi
-  p=$!
-  pids+=("$p")
-  wait_port "$GW_PORT"
   taskset -c 1 wrk -t1 -c64 -d"$WARM" -s "$work/req.lua" "http://127.0.0.1:$GW_PORT$ROUTE" -- warm >/dev/null
   out=$(taskset -c 1 wrk -t1 -c64 -d"$DURATION" --latency -s "$work/req.lua" \
     "http://127.0.0.1:$GW_PORT$ROUTE" -- "run$n")

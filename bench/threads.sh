@@ -57,11 +57,7 @@ for bin in "$@"; do
   if [ -n "${SINK:-}" ]; then
     sink_route_toml "$SINK_PORT" >> "$work/c-$n.toml"
   fi
-  COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 "$bin" \
-    --config "$work/c-$n.toml" serve 2>>"$work/gw.log" &
-  gw=$!
-  pids+=("$gw")
-  wait_port "$GW_PORT"
+  start_gateway "$n" "$bin"
   taskset -c 1 wrk -t1 -c64 -d"${WARM:-3s}" -s "$work/req.lua" "http://127.0.0.1:$GW_PORT$ROUTE" -- warm >/dev/null
   if [ -n "${SINK:-}" ]; then
     # From an empty outbox.
