@@ -143,7 +143,7 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     assert_eq!(dup.json()["data"]["stateVersion"], 3);
     let db = app.db().await;
     assert_eq!(count(&db, "SELECT count(*) FROM events"), 7);
-    assert_eq!(count(&db, "PRAGMA user_version"), 16, "every migration ran");
+    assert_eq!(count(&db, "PRAGMA user_version"), 17, "every migration ran");
     assert_eq!(
         count(
             &db,
@@ -244,6 +244,30 @@ async fn repeat_of_fixture_key(app: &TestApp, p: &str, n: u32) -> TestResponse {
     .await
 }
 
+/// The two events of a fixture whose keys, correlation ids and sessions start with `p`
+/// (`{p}x-key-n`, `{p}x-n`, `{p}sn`; see `repeat_of_fixture_key`): each key's repeat gets
+/// the first answer, and each event is found by its correlation id with its text and its
+/// pending row for `later`.
+async fn fixture_events_answer(app: &TestApp, p: &str) {
+    for n in [1, 2] {
+        let dup = repeat_of_fixture_key(app, p, n).await;
+        assert_eq!(dup.status, StatusCode::OK, "{:?}", dup.body);
+        assert_eq!(
+            dup.header("idempotent-replayed"),
+            Some("true"),
+            "{p}x-key-{n}"
+        );
+        assert_eq!(dup.json()["correlationId"], format!("{p}x-{n}"));
+        let j: Value = app
+            .admin_get(&format!("/admin/events/{p}x-{n}"))
+            .await
+            .json();
+        assert_eq!(j["event"]["sessionId"], format!("{p}s{n}"), "{j}");
+        assert_eq!(j["event"]["text"], "Check order status", "{j}");
+        assert_eq!(j["deliveries"][0]["status"], "pending", "{j}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_of_a_version_before_hashed_keys_still_find_their_first_answers() {
     let app = TestApp::spawn_in(hashless_keys_dir(), config).await;
@@ -280,7 +304,7 @@ async fn keys_of_a_version_before_hashed_keys_still_find_their_first_answers() {
     // Marked with schema 13, so a build from before the keys' runs (or before hashed keys),
     // which would not read them, refuses the store instead of taking repeats for new events.
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 16);
+    assert_eq!(count(&db, "PRAGMA user_version"), 17);
 }
 
 /// `tests/fixtures/store/hashed-keys/` was made by cognihook of schema 12 (commit ec6d400,
@@ -333,7 +357,7 @@ async fn a_store_of_schema_12_is_upgraded_in_place_and_its_tree_keys_still_answe
     let j: Value = app.admin_get("/admin/events/hx-1").await.json();
     assert_eq!(j["event"]["sessionId"], "hs1", "{j}");
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 16);
+    assert_eq!(count(&db, "PRAGMA user_version"), 17);
 }
 
 /// `tests/fixtures/store/schema14/` was made by cognihook of schema 14 (commit 3da0783, the
@@ -370,7 +394,7 @@ async fn a_store_of_schema_14_numbers_its_event_rows_and_finds_every_event_by_ei
     assert_eq!(new.status, StatusCode::OK, "{:?}", new.body);
     assert_eq!(new.json()["data"]["stateVersion"], 2);
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 16);
+    assert_eq!(count(&db, "PRAGMA user_version"), 17);
     assert_eq!(
         count(&db, "SELECT count(*) FROM pragma_index_list('events')"),
         0,
@@ -408,24 +432,12 @@ async fn a_store_of_schema_14_numbers_its_event_rows_and_finds_every_event_by_ei
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_of_schema_15_keeps_its_bodies_in_their_rows_and_new_ones_go_beside() {
     let app = TestApp::spawn_in(fixture_dir("schema15"), config).await;
-    for n in [1, 2] {
-        let dup = repeat_of_fixture_key(&app, "p", n).await;
-        assert_eq!(dup.status, StatusCode::OK, "{:?}", dup.body);
-        assert_eq!(
-            dup.header("idempotent-replayed"),
-            Some("true"),
-            "px-key-{n}"
-        );
-        let j: Value = app.admin_get(&format!("/admin/events/px-{n}")).await.json();
-        assert_eq!(j["event"]["sessionId"], format!("ps{n}"), "{j}");
-        assert_eq!(j["event"]["text"], "Check order status", "{j}");
-        assert_eq!(j["deliveries"][0]["status"], "pending", "{j}");
-    }
+    fixture_events_answer(&app, "p").await;
     let new = app.post_signed("/webhook", &flow("ps1", "px-3")).await;
     assert_eq!(new.status, StatusCode::OK, "{:?}", new.body);
     assert_eq!(new.json()["data"]["stateVersion"], 2);
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 16);
+    assert_eq!(count(&db, "PRAGMA user_version"), 17);
     // The old rows keep their bodies; the new one's is beside the database.
     let placed: Vec<(String, bool, String)> = db
         .prepare(
@@ -450,5 +462,30 @@ async fn a_store_of_schema_15_keeps_its_bodies_in_their_rows_and_new_ones_go_bes
         let j: Value = app.admin_get(&format!("/admin/events/px-{n}")).await.json();
         assert_eq!(j["event"]["text"], "Check order status", "px-{n}: {j}");
         assert_eq!(j["deliveries"][0]["status"], "pending", "px-{n}: {j}");
+    }
+}
+
+/// `tests/fixtures/store/schema16/` was made by cognihook of schema 16 (commit 3cfd79c, the
+/// last before `event_runs`): two events on `/webhook` with `Idempotency-Key: qx-key-1..2`,
+/// correlation ids `qx-1..2`, sessions `qs1` and `qs2`, their bodies beside the database,
+/// each with a pending row for the sink `later` (one attempt made), then a clean stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_schema_16_gains_the_event_runs_and_keeps_every_event_readable() {
+    let app = TestApp::spawn_in(fixture_dir("schema16"), config).await;
+    fixture_events_answer(&app, "q").await;
+    let new = app.post_signed("/webhook", &flow("qs1", "qx-3")).await;
+    assert_eq!(new.status, StatusCode::OK, "{:?}", new.body);
+    assert_eq!(new.json()["data"]["stateVersion"], 2);
+    let db = app.db().await;
+    assert_eq!(count(&db, "PRAGMA user_version"), 17);
+    assert_eq!(count(&db, "SELECT count(*) FROM event_runs"), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM events"), 3);
+    drop(db);
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir, config).await;
+    for n in [1, 2, 3] {
+        let j: Value = app.admin_get(&format!("/admin/events/qx-{n}")).await.json();
+        assert_eq!(j["event"]["text"], "Check order status", "qx-{n}: {j}");
+        assert_eq!(j["deliveries"][0]["status"], "pending", "qx-{n}: {j}");
     }
 }

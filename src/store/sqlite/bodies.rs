@@ -283,7 +283,9 @@ impl Bodies {
 
     /// Where `body` of the events row `row` goes: a place in a file (the record buffered
     /// until `write_out`), or `None` when it stays in the row (see the module's docs).
-    pub(super) fn append(&self, row: i64, body: &str) -> Option<i64> {
+    /// `body` may also be an event's whole record (`beside`): a reader knows which by
+    /// what names the place.
+    pub(super) fn append(&self, row: i64, body: &[u8]) -> Option<i64> {
         if row <= 0 || body.len() > u32::MAX as usize {
             return None;
         }
@@ -307,9 +309,9 @@ impl Bodies {
         }
         let buf = &mut w.pending.last_mut().expect("pushed").1;
         buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&checksum(row, body.as_bytes()).to_le_bytes());
+        buf.extend_from_slice(&checksum(row, body).to_le_bytes());
         buf.extend_from_slice(&row.to_le_bytes());
-        buf.extend_from_slice(body.as_bytes());
+        buf.extend_from_slice(body);
         w.len += record as u64;
         let buffered: usize = w.pending.iter().map(|(_, b)| b.len()).sum();
         if buffered >= BUFFER_BYTES {
@@ -581,8 +583,8 @@ mod tests {
         let db = dir.path().join("s.db");
         let bodies = Bodies::open(&db, 86_400_000).expect("open");
         let (r1, r2) = (row_now(1), row_now(2));
-        let a = bodies.append(r1, "{\"a\":1}").expect("placed");
-        let b = bodies.append(r2, "{\"b\":\"two\"}").expect("placed");
+        let a = bodies.append(r1, b"{\"a\":1}").expect("placed");
+        let b = bodies.append(r2, b"{\"b\":\"two\"}").expect("placed");
         bodies.write_out().expect("written");
         assert_eq!(bodies.read(a, r1).expect("read"), b"{\"a\":1}");
         assert_eq!(bodies.read(b, r2).expect("read"), b"{\"b\":\"two\"}");
@@ -598,12 +600,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let bodies = Bodies::open(&dir.path().join("s.db"), 10_000).expect("open");
         // A moved event (negative rowid), one from before the window, one from the future.
-        assert_eq!(bodies.append(-3, "x"), None);
+        assert_eq!(bodies.append(-3, b"x"), None);
         let old = (crate::now_millis() - 6_000) << 15;
-        assert_eq!(bodies.append(old, "x"), None);
+        assert_eq!(bodies.append(old, b"x"), None);
         let ahead = (system_now_ms() + 60_000) << 15;
-        assert_eq!(bodies.append(ahead, "x"), None);
-        assert!(bodies.append(row_now(0), "x").is_some());
+        assert_eq!(bodies.append(ahead, b"x"), None);
+        assert!(bodies.append(row_now(0), b"x").is_some());
     }
 
     #[test]
@@ -612,8 +614,8 @@ mod tests {
         let db = dir.path().join("s.db");
         let bodies = Bodies::open(&db, 86_400_000).expect("open");
         let row = row_now(7);
-        let at = bodies.append(row, "secret text").expect("placed");
-        let other = bodies.append(row + 1, "kept text").expect("placed");
+        let at = bodies.append(row, b"secret text").expect("placed");
+        let other = bodies.append(row + 1, b"kept text").expect("placed");
         bodies.write_out().expect("written");
         let path = dir_of(&db).join(file_name(1));
         // A flipped byte in the body.
@@ -645,7 +647,7 @@ mod tests {
         let mut placed = Vec::new();
         for i in 0..70 {
             let row = row_now(i);
-            placed.push((row, bodies.append(row, &big).expect("placed")));
+            placed.push((row, bodies.append(row, big.as_bytes()).expect("placed")));
             if i % 10 == 0 {
                 bodies.write_out().expect("written");
             }
@@ -660,7 +662,7 @@ mod tests {
             .expect("flushed");
         drop(bodies);
         let again = Bodies::open(&db, 86_400_000).expect("open");
-        let at = again.append(row_now(99), "y").expect("placed");
+        let at = again.append(row_now(99), b"y").expect("placed");
         assert_eq!(split(at), Some((3, 0)));
     }
 
@@ -669,7 +671,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let db = dir.path().join("s.db");
         let bodies = Bodies::open(&db, 86_400_000).expect("open");
-        bodies.append(row_now(1), "a").expect("placed");
+        bodies.append(row_now(1), b"a").expect("placed");
         bodies.write_out().expect("written");
         // The current file is never condemned, however old.
         assert_eq!(
@@ -700,7 +702,7 @@ mod tests {
         let bodies = Bodies::open(&db, 86_400_000).expect("open");
         let len_of = |n: u32| std::fs::metadata(dir_of(&db).join(file_name(n))).map(|m| m.len());
         let kept_row = row_now(1);
-        let kept = bodies.append(kept_row, "kept").expect("placed");
+        let kept = bodies.append(kept_row, b"kept").expect("placed");
         bodies.write_out().expect("written");
         bodies.committed();
         let before = len_of(1).expect("file 1");
@@ -712,7 +714,7 @@ mod tests {
         let mut lost = Vec::new();
         for i in 0..70 {
             let row = row_now(100 + i);
-            lost.push((row, bodies.append(row, &big).expect("placed")));
+            lost.push((row, bodies.append(row, big.as_bytes()).expect("placed")));
             if i % 10 == 0 {
                 bodies.write_out().expect("written");
             }
@@ -729,7 +731,7 @@ mod tests {
         assert!(lost.iter().all(|(row, at)| bodies.read(*at, *row).is_err()));
         // Applied again: it goes where the failed one went, and the earlier record stays.
         let row = row_now(200);
-        let again = bodies.append(row, "again").expect("placed");
+        let again = bodies.append(row, b"again").expect("placed");
         assert_eq!(split(again), Some((1, before)));
         bodies.write_out().expect("written");
         bodies.committed();
@@ -755,14 +757,14 @@ mod tests {
         let db = dir.path().join("s.db");
         let bodies = Bodies::open(&db, 86_400_000).expect("open");
         let row = row_now(1);
-        let at = bodies.append(row, "old").expect("placed");
+        let at = bodies.append(row, b"old").expect("placed");
         bodies.write_out().expect("written");
         drop(bodies);
         // Another store's reader, whose file 1 must stay open.
         let elsewhere = tempfile::tempdir().expect("dir");
         let other_db = elsewhere.path().join("s.db");
         let other = Bodies::open(&other_db, 86_400_000).expect("open");
-        let other_at = other.append(row, "other").expect("placed");
+        let other_at = other.append(row, b"other").expect("placed");
         other.write_out().expect("written");
         drop(other);
         let other_reader = Reader::new(dir_of(&other_db));
@@ -798,15 +800,15 @@ mod tests {
         // The file the records go to cannot be opened (a directory in its place).
         std::fs::create_dir(dir_of(&db).join(file_name(1))).expect("in the way");
         let big = "x".repeat(BUFFER_BYTES);
-        bodies.append(row_now(1), &big).expect("placed");
-        bodies.append(row_now(2), "small").expect("placed");
+        bodies.append(row_now(1), big.as_bytes()).expect("placed");
+        bodies.append(row_now(2), b"small").expect("placed");
         assert!(
             bodies.write_out().is_err(),
             "the round's first record is lost"
         );
         bodies.discard();
         let row = row_now(3);
-        let at = bodies.append(row, "again").expect("placed");
+        let at = bodies.append(row, b"again").expect("placed");
         bodies.write_out().expect("the next file");
         assert_eq!(bodies.read(at, row).expect("read"), b"again");
     }

@@ -77,6 +77,7 @@ macro_rules! event_row {
     };
 }
 
+mod beside;
 mod bodies;
 mod fresh;
 mod keys;
@@ -133,6 +134,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0014_keys_without_tree_mark.sql"),
     include_str!("../migrations/sqlite/0015_events_by_id_number.sql"),
     include_str!("../migrations/sqlite/0016_bodies_beside.sql"),
+    include_str!("../migrations/sqlite/0017_event_runs.sql"),
 ];
 
 /// Sends `msg` to the sequencer, waiting for room when its queue is full (answers and
@@ -562,11 +564,13 @@ pub fn add_event_body_function(conn: &Connection, db: &Path) -> rusqlite::Result
 
 /// `event_body(body, body_at, rowid)`: an events row's body, from the row or, with a
 /// `body_at`, from the store's bodies files (schema 16, `bodies`), read through a reader of
-/// the connection's own.
+/// the connection's own; with it `beside_record(places, row)`, an event's record kept
+/// beside the database without a row (schema 17, `beside`).
 /// `event_body_or_null(…)` is the same but NULL, with an error logged, for a body that cannot
 /// be read: a claim then leaves that one row alone instead of failing for all.
 fn add_body_function(conn: &Connection, dir: PathBuf) -> rusqlite::Result<()> {
     let reader = bodies::Reader::new(dir);
+    beside::add_function(conn, reader.clone())?;
     let read = move |ctx: &rusqlite::functions::Context<'_>| -> rusqlite::Result<String> {
         let at: Option<i64> = ctx.get(1)?;
         let Some(at) = at else {
@@ -2262,6 +2266,11 @@ fn read_journey(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
             ))
         })
         .optional()?;
+    // An event without a row is kept beside the database (`beside`).
+    let row = match row {
+        Some(row) => Some(row),
+        None => beside::read_id(c, id)?.map(|a| (a.event_id, a.body, a.at)),
+    };
     let Some((event_id, body, committed_at)) = row else {
         return Ok(None);
     };
@@ -2370,9 +2379,9 @@ mod tests {
 
     /// Takes back what schema 11 added beside the outbox (whose new shape an older schema
     /// with no outbox rows cannot tell apart), for tests that go back to an older schema.
-    /// Back past schema 15 and 11 (the events table stays without the index on the id:
+    /// Back past schemas 17, 15 and 11 (the events table stays without the index on the id:
     /// schema 15's rewrite copies it as it copies a table that has one).
-    const BEFORE_SCHEMA_11: &str = "DROP TABLE events_moved; \
+    const BEFORE_SCHEMA_11: &str = "DROP TABLE events_moved; DROP TABLE event_runs; \
         ALTER TABLE events DROP COLUMN outbox_first; \
         ALTER TABLE events DROP COLUMN outbox_last; \
         ALTER TABLE log_position DROP COLUMN outbox_id_floor;";

@@ -534,6 +534,9 @@ pub(super) fn set_event_answer(
     status: u16,
     body: &[u8],
 ) -> rusqlite::Result<()> {
+    // An event kept beside the database gets its row first (`beside`), so that its answer
+    // can change there.
+    super::beside::materialise(c, event_id)?;
     // An answer that comes after its event's session was forgotten (a `respond` upstream's,
     // in flight then) is kept emptied, as forgetting left the others.
     let emptied = forgotten_event(c, event_id)?

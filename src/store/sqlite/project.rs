@@ -715,6 +715,11 @@ pub(super) struct Statements<'c> {
     now: i64,
     /// Where events' bodies go beside the database (`bodies`); `None`: in their rows.
     pub(super) bodies: Option<Arc<Bodies>>,
+    /// Whether events with no outbox row are kept beside the database without an events
+    /// row (`beside`: only tests set it until every reader reads them there), and the last
+    /// rowid of the runs once read in this transaction.
+    pub(super) beside: bool,
+    beside_last: Option<i64>,
 }
 
 impl<'c> Statements<'c> {
@@ -731,13 +736,15 @@ impl<'c> Statements<'c> {
             delivered: crate::FastMap::default(),
             now: 0,
             bodies: None,
+            beside: false,
+            beside_last: None,
         }
     }
 
     /// Where `a`'s body goes for its events row `row`: a place in the bodies' files, or
     /// `None` for the row itself (see `bodies`).
     fn body_at(&self, a: &AcceptRecord, row: i64) -> Option<i64> {
-        self.bodies.as_ref()?.append(row, &a.body)
+        self.bodies.as_ref()?.append(row, a.body.as_bytes())
     }
 
     /// Whether `sink`'s rows are delivered in session order (false for a sink not recorded).
@@ -1166,7 +1173,14 @@ fn apply_accepts(
     run: &[&AcceptRecord],
     behind: &mut Behind,
 ) -> rusqlite::Result<()> {
-    for chunk in run.chunks(EVENT_CHUNK) {
+    let rest;
+    let rows = if st.beside {
+        rest = put_beside(st, run)?;
+        &rest[..]
+    } else {
+        run
+    };
+    for chunk in rows.chunks(EVENT_CHUNK) {
         insert_events(st, chunk)?;
     }
     for a in run {
@@ -1174,6 +1188,59 @@ fn apply_accepts(
         write_rows(st, a)?;
     }
     Ok(())
+}
+
+/// Keeps the events of `run` that need no events row beside the database (`beside`): an
+/// event with no outbox row, whose body would go to the bodies' files (`Bodies::append`'s
+/// rule) and whose rowid is above every run's. Their records go to the bodies' files and
+/// their places to run rows of up to `beside::RUN_EVENTS`; returns the others, in order.
+fn put_beside<'a>(
+    st: &mut Statements<'_>,
+    run: &[&'a AcceptRecord],
+) -> rusqlite::Result<Vec<&'a AcceptRecord>> {
+    let Some(bodies) = st.bodies.clone() else {
+        return Ok(run.to_vec());
+    };
+    let mut last = match st.beside_last {
+        Some(last) => last,
+        None => super::beside::last(st.conn)?,
+    };
+    let mut rest = Vec::new();
+    let mut entries = Vec::with_capacity(run.len().min(super::beside::RUN_EVENTS));
+    let mut record = Vec::with_capacity(2048);
+    for a in run {
+        let placed = match crate::event_id::row_of(&a.event_id) {
+            Some(row) if a.rows.is_empty() && row > last => {
+                record.clear();
+                a.encode_beside(&mut record);
+                bodies.append(row, &record).map(|at| (row, at))
+            }
+            _ => None,
+        };
+        let Some((row, at)) = placed else {
+            rest.push(*a);
+            continue;
+        };
+        last = row;
+        entries.push((row, at));
+        if entries.len() == super::beside::RUN_EVENTS {
+            super::beside::write_run(st.conn, &entries)?;
+            entries.clear();
+        }
+    }
+    super::beside::write_run(st.conn, &entries)?;
+    st.beside_last = Some(last);
+    Ok(rest)
+}
+
+/// `apply_accepts` for a test's records, their sessions noted nowhere.
+#[cfg(test)]
+pub(super) fn apply_accepts_for_tests(
+    st: &mut Statements<'_>,
+    records: &[AcceptRecord],
+) -> rusqlite::Result<()> {
+    let run: Vec<&AcceptRecord> = records.iter().collect();
+    apply_accepts(st, &run, &mut Behind::default())
 }
 
 fn apply_accept(st: &mut Statements<'_>, a: &AcceptRecord) -> rusqlite::Result<()> {

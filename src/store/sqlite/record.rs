@@ -84,47 +84,7 @@ impl Record {
     /// Appends the encoding to `out`.
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Record::Accept(a) => {
-                out.push(ACCEPT);
-                put_i64(out, a.at);
-                for s in [
-                    &a.event_id,
-                    &a.correlation_id,
-                    &a.route,
-                    &a.session_id,
-                    &a.event_type,
-                ] {
-                    put_bytes(out, s.as_bytes());
-                }
-                put_i64(out, a.state_version as i64);
-                out.push(u8::from(a.simulated));
-                put_bytes(out, a.received_at.as_bytes());
-                put_bytes(out, a.body.as_bytes());
-                put_bytes(out, a.key.as_bytes());
-                put_i64(out, i64::from(a.status));
-                put_bytes(out, &a.answer);
-                put_i64(out, a.rows.len() as i64);
-                for row in &a.rows {
-                    put_i64(out, row.id);
-                    put_bytes(out, row.sink.as_bytes());
-                    match &row.held {
-                        None => out.push(0),
-                        Some(h) => {
-                            out.push(1);
-                            put_i64(out, h.lease_until);
-                            put_bytes(out, h.token.as_bytes());
-                            put_bytes(out, h.respond_to.as_bytes());
-                        }
-                    }
-                }
-                match &a.spend {
-                    None => out.push(0),
-                    Some(s) => {
-                        out.push(1);
-                        put_spend(out, s);
-                    }
-                }
-            }
+            Record::Accept(a) => a.encode_with(out, &a.key, a.spend.as_ref()),
             Record::Spend(s) => {
                 out.push(SPEND);
                 put_spend(out, s);
@@ -230,6 +190,58 @@ impl Record {
             return Err(DecodeError::Trailing(bytes.len() - d.at));
         }
         Ok(r)
+    }
+}
+
+impl AcceptRecord {
+    /// The record of this event kept beside the database (`beside`): its `Record::Accept`
+    /// encoding without the idempotency key and the spent signature, which only the log's
+    /// decisions need (the key's hash is in `keys`).
+    pub(super) fn encode_beside(&self, out: &mut Vec<u8>) {
+        self.encode_with(out, "", None);
+    }
+
+    /// `Record::Accept`'s encoding with `key` and `spend` for the event's own.
+    fn encode_with(&self, out: &mut Vec<u8>, key: &str, spend: Option<&Spend>) {
+        out.push(ACCEPT);
+        put_i64(out, self.at);
+        for s in [
+            &self.event_id,
+            &self.correlation_id,
+            &self.route,
+            &self.session_id,
+            &self.event_type,
+        ] {
+            put_bytes(out, s.as_bytes());
+        }
+        put_i64(out, self.state_version as i64);
+        out.push(u8::from(self.simulated));
+        put_bytes(out, self.received_at.as_bytes());
+        put_bytes(out, self.body.as_bytes());
+        put_bytes(out, key.as_bytes());
+        put_i64(out, i64::from(self.status));
+        put_bytes(out, &self.answer);
+        put_i64(out, self.rows.len() as i64);
+        for row in &self.rows {
+            put_i64(out, row.id);
+            put_bytes(out, row.sink.as_bytes());
+            match &row.held {
+                None => out.push(0),
+                Some(h) => {
+                    out.push(1);
+                    put_i64(out, h.lease_until);
+                    put_bytes(out, h.token.as_bytes());
+                    put_bytes(out, h.respond_to.as_bytes());
+                }
+            }
+        }
+        match spend {
+            None => out.push(0),
+            Some(s) => {
+                out.push(1);
+                put_spend(out, s);
+            }
+        }
     }
 }
 

@@ -698,7 +698,7 @@ impl Sequencer {
     fn read_answer(&mut self, key: &str) -> rusqlite::Result<Option<HotAnswer>> {
         if let Some(k) = self.keys.get(key).map_err(super::keys::failed)? {
             self.begin_read()?;
-            return self
+            let found = self
                 .reader
                 .prepare_cached(concat!(
                     "SELECT answer_status, answer, correlation_id FROM events \
@@ -729,7 +729,21 @@ impl Sequencer {
                         lsn: 0,
                     })
                 })
-                .optional();
+                .optional()?;
+            if found.is_some() {
+                return Ok(found);
+            }
+            // An event without a row is kept beside the database (`beside`).
+            return Ok(
+                super::beside::read_id(&self.reader, &k.event_id)?.map(|a| HotAnswer {
+                    status: a.status,
+                    body: a.answer,
+                    correlation_id: k.correlation_id.clone().unwrap_or(a.correlation_id),
+                    event_id: a.event_id,
+                    created_at: k.created_at,
+                    lsn: 0,
+                }),
+            );
         }
         if !self.legacy_keys {
             return Ok(None);

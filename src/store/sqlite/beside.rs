@@ -1,0 +1,497 @@
+//! Events kept beside the database, without an events row (issue 10's next step; **not
+//! written by the gateway yet**: `project` writes them only when a test asks, see
+//! `Statements::beside`).
+//!
+//! # Why
+//! An events row costs the projector ~9k instructions (its statement's binding, the seek from
+//! the table's root, the record, the page's insert: 58 % of the projector's work, ~10 % of an
+//! event's), and its ~400 bytes are written twice more, to the WAL and by the checkpointer
+//! into the database file, in page-sized pieces that hold the core while they are copied
+//! (bench/README.md, forty-third and fifty-second sessions). Without them (a throwaway that
+//! wrote no events rows), p99 at saturation fell from about 2× the durable reference's to
+//! about 1.5× (fifty-third session).
+//!
+//! # Layout
+//! An event kept here has its whole log record (`AcceptRecord::encode_beside`: every column
+//! of its row, the body and the answer; no idempotency key, no signature) appended to the
+//! bodies' files (`bodies`, the same files, the same durability, retention and erasure), and
+//! one row of `event_runs` names the places of a run of such events:
+//!
+//! ```text
+//! event_runs (first INTEGER PRIMARY KEY, last INTEGER NOT NULL, places BLOB NOT NULL)
+//! places: for each event, ascending: its rowid (i64) and its place in the files (i64),
+//!         little-endian, 16 bytes an event
+//! ```
+//!
+//! One run row is one insert for up to [`RUN_EVENTS`] events. Runs never overlap: each
+//! run's `first` is above every earlier run's `last` (an event whose rowid is not gets an
+//! events row instead), so the run that may hold a rowid is the one with the greatest
+//! `first` at or below it.
+//!
+//! # One place for each event
+//! An event is in exactly one place: its events row, or an entry of a run. An event that
+//! must change (an answer replaced, kept past its file by retention, forgotten) is first
+//! *taken* out of its run ([`take`]) and written as an events row from its record, in the
+//! same transaction; readers look for the row first, then in the runs ([`read`]).
+//!
+//! # What is left before the gateway writes events here
+//! Every reader of `events` must also read the runs: the timeline and the journeys, the
+//! answers of duplicates (the sequencer's `read_answer`), `committed_since`, the counts,
+//! `max(rowid)` at open, forgets (a session's events), retention (a run's expired entries
+//! go with their files) and the check of bodies at open. Then the projector writes here
+//! every event with no outbox row; events with outbox rows (the claims and retention join
+//! them) stay rows until those readers move too.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use std::sync::Arc;
+
+use rusqlite::functions::FunctionFlags;
+
+use super::bodies::Reader;
+use super::record::{AcceptRecord, Record};
+
+/// A run row names at most this many events.
+pub(super) const RUN_EVENTS: usize = 64;
+
+/// A run's entries: (rowid, place in the bodies' files), ascending.
+type Entries = Vec<(i64, i64)>;
+
+/// Bytes an event takes in `places`.
+const ENTRY: usize = 16;
+
+/// `entries` (rowid, place), ascending by rowid, as `places`.
+fn encode(entries: &[(i64, i64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * ENTRY);
+    for (row, at) in entries {
+        out.extend_from_slice(&row.to_le_bytes());
+        out.extend_from_slice(&at.to_le_bytes());
+    }
+    out
+}
+
+/// The entries of `places`, or `None` when its length is not a whole number of entries.
+fn decode(places: &[u8]) -> Option<Entries> {
+    if !places.len().is_multiple_of(ENTRY) {
+        return None;
+    }
+    Some(
+        places
+            .chunks_exact(ENTRY)
+            .map(|e| {
+                let row = i64::from_le_bytes(e[..8].try_into().expect("8 bytes"));
+                let at = i64::from_le_bytes(e[8..].try_into().expect("8 bytes"));
+                (row, at)
+            })
+            .collect(),
+    )
+}
+
+fn damaged_run(first: i64) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        2,
+        rusqlite::types::Type::Blob,
+        format!("event_runs row {first}: places are not whole entries").into(),
+    )
+}
+
+/// The last rowid of the runs (0 when there is none): a new run must start above it.
+pub(super) fn last(conn: &Connection) -> rusqlite::Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT last FROM event_runs ORDER BY first DESC LIMIT 1")?
+        .query_row([], |r| r.get::<_, i64>(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Writes a run of `entries` (rowid, place), ascending, each rowid above [`last`].
+pub(super) fn write_run(conn: &Connection, entries: &[(i64, i64)]) -> rusqlite::Result<()> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Ok(());
+    };
+    debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+    conn.prepare_cached("INSERT INTO event_runs (first, last, places) VALUES (?1, ?2, ?3)")?
+        .execute(params![first.0, last.0, encode(entries)])?;
+    Ok(())
+}
+
+/// The run that may hold `row`: its `first` and entries.
+fn run_of(conn: &Connection, row: i64) -> rusqlite::Result<Option<(i64, Entries)>> {
+    let found: Option<(i64, i64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT first, last, places FROM event_runs WHERE first <= ?1 \
+             ORDER BY first DESC LIMIT 1",
+        )?
+        .query_row([row], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    match found {
+        Some((first, last, places)) if last >= row => {
+            let entries = decode(&places).ok_or_else(|| damaged_run(first))?;
+            Ok(Some((first, entries)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The place of `row` among the entries of `places` (a run's), if it is one of them.
+pub(super) fn place_in(places: &[u8], row: i64) -> Option<i64> {
+    let entry = |i: usize| {
+        let e = &places[i * ENTRY..(i + 1) * ENTRY];
+        let row = i64::from_le_bytes(e[..8].try_into().expect("8 bytes"));
+        (row, i64::from_le_bytes(e[8..].try_into().expect("8 bytes")))
+    };
+    let (mut lo, mut hi) = (0, places.len() / ENTRY);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let (r, at) = entry(mid);
+        match r.cmp(&row) {
+            std::cmp::Ordering::Equal => return Some(at),
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+        }
+    }
+    None
+}
+
+/// The record of the event of `?1` (its rowid) if a run holds it, else NULL: the run with
+/// the greatest `first` at or below it is the only one that may (`beside_record(places,
+/// row)`, a function of every connection that reads bodies: `add_functions`).
+const RECORD_OF: &str = "SELECT CASE WHEN last >= ?1 THEN beside_record(places, ?1) END \
+     FROM (SELECT last, places FROM event_runs WHERE first <= ?1 ORDER BY first DESC LIMIT 1)";
+
+/// The event of `row`, if a run holds it (read through `conn`'s `beside_record`).
+pub(super) fn read(conn: &Connection, row: i64) -> rusqlite::Result<Option<AcceptRecord>> {
+    let bytes: Option<Vec<u8>> = conn
+        .prepare_cached(RECORD_OF)?
+        .query_row([row], |r| r.get(0))
+        .optional()?
+        .flatten();
+    bytes.map(|b| decode_event(&b)).transpose()
+}
+
+/// The event of `id` if a run holds it: by its rowid (an id's number, `event_id::row_of`),
+/// and only if the record there is that event's.
+pub(super) fn read_id(conn: &Connection, id: &str) -> rusqlite::Result<Option<AcceptRecord>> {
+    let Some(row) = crate::event_id::row_of(id) else {
+        return Ok(None);
+    };
+    Ok(read(conn, row)?.filter(|a| a.event_id == id))
+}
+
+/// An event's record as `beside_record` gives it.
+pub(super) fn decode_event(bytes: &[u8]) -> rusqlite::Result<AcceptRecord> {
+    let not_an_event = |why: Box<dyn std::error::Error + Send + Sync>| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, why)
+    };
+    match Record::decode(bytes) {
+        Ok(Record::Accept(a)) => Ok(*a),
+        Ok(_) => Err(not_an_event(
+            "an event's record beside the database holds another kind of record".into(),
+        )),
+        Err(e) => Err(not_an_event(
+            format!("an event's record beside the database: {e}").into(),
+        )),
+    }
+}
+
+/// Registers `beside_record(places, row)` on `conn`: the record of the event of `row` from
+/// the bodies' files through `reader` when `places` (a run's) names it, else NULL; an error
+/// when its record cannot be read (see `bodies::Reader::read`).
+pub(super) fn add_function(conn: &Connection, reader: Arc<Reader>) -> rusqlite::Result<()> {
+    conn.create_scalar_function(
+        "beside_record",
+        2,
+        FunctionFlags::SQLITE_UTF8,
+        move |ctx| -> rusqlite::Result<Option<Vec<u8>>> {
+            let places = ctx.get_raw(0).as_blob().unwrap_or(&[]);
+            let row: i64 = ctx.get(1)?;
+            if !places.len().is_multiple_of(ENTRY) {
+                return Err(rusqlite::Error::UserFunctionError(
+                    format!("event_runs: the run of row {row} is not whole entries").into(),
+                ));
+            }
+            match place_in(places, row) {
+                None => Ok(None),
+                Some(at) => reader
+                    .read(at, row)
+                    .map(Some)
+                    .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e))),
+            }
+        },
+    )
+}
+
+/// Takes the event of `row` out of its run (the run row rewritten without it, or deleted
+/// when it was the last), and says where its record is: the caller writes its events row
+/// in the same transaction.
+pub(super) fn take(conn: &Connection, row: i64) -> rusqlite::Result<Option<i64>> {
+    let Some((first, mut entries)) = run_of(conn, row)? else {
+        return Ok(None);
+    };
+    let Ok(i) = entries.binary_search_by_key(&row, |e| e.0) else {
+        return Ok(None);
+    };
+    let (_, at) = entries.remove(i);
+    conn.prepare_cached("DELETE FROM event_runs WHERE first = ?1")?
+        .execute([first])?;
+    write_run(conn, &entries)?;
+    Ok(Some(at))
+}
+
+/// Writes the event of `id`, if a run holds it, as an events row (its body in the row) and
+/// takes it out of its run, in the caller's transaction: what must change an event kept
+/// here (its answer replaced, say) changes the row. Returns the record's place, whose bytes
+/// stay in their file, named by nothing, until retention removes the file (a caller that
+/// forgets the event erases them).
+pub(super) fn materialise(conn: &Connection, id: &str) -> rusqlite::Result<Option<i64>> {
+    let Some(a) = read_id(conn, id)? else {
+        return Ok(None);
+    };
+    let row = crate::event_id::row_of(id).expect("read_id found its number");
+    let Some(at) = take(conn, row)? else {
+        return Ok(None);
+    };
+    let first = a.rows.iter().map(|r| r.id).min();
+    let last = a.rows.iter().map(|r| r.id).max();
+    conn.prepare_cached(
+        "INSERT INTO events (rowid, event_id, correlation_id, route, session_id, event_type, \
+                             state_version, simulated, received_at, committed_at, body, \
+                             answer, answer_status, outbox_first, outbox_last) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?
+    .execute(params![
+        row,
+        a.event_id,
+        a.correlation_id,
+        a.route,
+        a.session_id,
+        a.event_type,
+        a.state_version as i64,
+        a.simulated,
+        a.received_at,
+        a.at,
+        a.body,
+        &a.answer[..],
+        a.status,
+        first,
+        last
+    ])?;
+    Ok(Some(at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database() -> Connection {
+        super::super::raw::tests::database()
+    }
+
+    /// Where a run says `row` is, through `run_of` and `place_in`.
+    fn place_of(conn: &Connection, row: i64) -> rusqlite::Result<Option<i64>> {
+        Ok(run_of(conn, row)?.and_then(|(_, entries)| place_in(&encode(&entries), row)))
+    }
+
+    #[test]
+    fn places_round_trip_and_a_torn_blob_is_refused() {
+        let entries = vec![(5, 1 << 40), (9, (1 << 40) + 700), (i64::MAX, -1)];
+        assert_eq!(decode(&encode(&entries)), Some(entries));
+        assert_eq!(decode(&[0u8; 17]), None);
+        assert_eq!(decode(&[]), Some(Vec::new()));
+    }
+
+    #[test]
+    fn a_rowid_is_found_in_the_run_that_holds_it_and_nowhere_else() {
+        let conn = database();
+        assert_eq!(last(&conn).expect("last"), 0);
+        write_run(&conn, &[(10, 100), (12, 120), (15, 150)]).expect("run");
+        write_run(&conn, &[(20, 200), (30, 300)]).expect("run");
+        assert_eq!(last(&conn).expect("last"), 30);
+        for (row, at) in [(10, Some(100)), (12, Some(120)), (15, Some(150))] {
+            assert_eq!(place_of(&conn, row).expect("read"), at, "row {row}");
+        }
+        assert_eq!(place_of(&conn, 30).expect("read"), Some(300));
+        // Before every run, a hole inside one, between two runs, after the last.
+        for row in [1, 11, 16, 25, 31] {
+            assert_eq!(place_of(&conn, row).expect("read"), None, "row {row}");
+        }
+    }
+
+    #[test]
+    fn taking_an_event_leaves_the_rest_of_its_run_and_the_last_one_takes_the_run() {
+        let conn = database();
+        write_run(&conn, &[(10, 100), (12, 120), (15, 150)]).expect("run");
+        write_run(&conn, &[(20, 200)]).expect("run");
+        assert_eq!(take(&conn, 12).expect("take"), Some(120));
+        assert_eq!(take(&conn, 12).expect("again"), None);
+        assert_eq!(place_of(&conn, 10).expect("read"), Some(100));
+        assert_eq!(place_of(&conn, 15).expect("read"), Some(150));
+        // The first one: the run's row starts at the next.
+        assert_eq!(take(&conn, 10).expect("take"), Some(100));
+        assert_eq!(place_of(&conn, 15).expect("read"), Some(150));
+        assert_eq!(take(&conn, 20).expect("take"), Some(200));
+        let runs: i64 = conn
+            .query_row("SELECT count(*) FROM event_runs", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(runs, 1, "the emptied run is gone");
+        assert_eq!(last(&conn).expect("last"), 15);
+    }
+
+    #[test]
+    fn a_run_row_whose_places_are_torn_is_an_error_not_a_miss() {
+        let conn = database();
+        conn.execute(
+            "INSERT INTO event_runs (first, last, places) VALUES (1, 3, x'0102')",
+            [],
+        )
+        .expect("row");
+        assert!(place_of(&conn, 2).is_err());
+    }
+
+    /// A store's database on disk (its connections read the bodies' files), with the
+    /// projector's statements keeping events beside it.
+    fn store() -> (
+        tempfile::TempDir,
+        Connection,
+        Arc<super::super::bodies::Bodies>,
+    ) {
+        use crate::config::SyncMode;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("store.db");
+        let mut conn =
+            super::super::open_connection(&path, SyncMode::Normal, false, 1024).expect("open");
+        super::super::migrate(&mut conn, 0).expect("schema");
+        let bodies =
+            Arc::new(super::super::bodies::Bodies::open(&path, 86_400_000).expect("bodies"));
+        (dir, conn, bodies)
+    }
+
+    fn written(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT event_id FROM events ORDER BY rowid")
+            .expect("query")
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    }
+
+    #[test]
+    fn events_without_outbox_rows_are_kept_beside_and_read_back_whole() {
+        use super::super::project::{apply_accepts_for_tests, Statements};
+        let (_dir, conn, bodies) = store();
+        let ids: Vec<String> = (0..RUN_EVENTS + 20)
+            .map(|_| crate::event_id::new_event_id())
+            .collect();
+        // Every seventh has an outbox row: it gets an events row.
+        let records: Vec<AcceptRecord> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let rows: &[i64] = if i % 7 == 3 { &[i as i64 + 1] } else { &[] };
+                let mut r = super::super::raw::tests::record(id, rows);
+                r.spend = Some(super::super::record::Spend {
+                    route: "r".into(),
+                    mac: vec![1, 2],
+                    expires_at: 9,
+                });
+                r
+            })
+            .collect();
+        let mut st = Statements::new(&conn);
+        st.bodies = Some(bodies.clone());
+        st.beside = true;
+        apply_accepts_for_tests(&mut st, &records).expect("applied");
+        drop(st);
+        bodies.write_out().expect("written out");
+        bodies.committed();
+        let with_rows: Vec<String> = ids.iter().skip(3).step_by(7).cloned().collect();
+        assert_eq!(
+            written(&conn),
+            with_rows,
+            "only the events with outbox rows have rows"
+        );
+        let runs: i64 = conn
+            .query_row("SELECT count(*) FROM event_runs", [], |r| r.get(0))
+            .expect("runs");
+        let beside = ids.len() - with_rows.len();
+        assert!(beside > RUN_EVENTS);
+        assert_eq!(runs, 2, "{beside} events beside, {RUN_EVENTS} to a run");
+        for (id, r) in ids.iter().zip(&records) {
+            let found = read_id(&conn, id).expect("read");
+            if with_rows.contains(id) {
+                assert_eq!(found, None, "{id} has its row");
+                continue;
+            }
+            let expected = AcceptRecord {
+                key: String::new(),
+                spend: None,
+                ..r.clone()
+            };
+            assert_eq!(
+                found,
+                Some(expected),
+                "{id}: every field but the key and signature"
+            );
+        }
+        // Another id at the same number is not that event.
+        let twin = format!("{}{}", &ids[0][..13], "Z".repeat(13));
+        assert_eq!(read_id(&conn, &twin).expect("read"), None);
+        // A later run starts above the last: an event whose number is not goes to a row.
+        let mut st = Statements::new(&conn);
+        st.bodies = Some(bodies.clone());
+        st.beside = true;
+        let earlier = ulid::Ulid::from_string(&ids[0])
+            .expect("a ULID")
+            .timestamp_ms()
+            - 1;
+        let late_id = ulid::Ulid::from_parts(earlier, 7).to_string();
+        let late = super::super::raw::tests::record(&late_id, &[]);
+        apply_accepts_for_tests(&mut st, &[late]).expect("applied");
+        drop(st);
+        assert!(written(&conn).contains(&late_id), "below the runs: a row");
+    }
+
+    #[test]
+    fn a_journey_and_an_answer_replaced_find_an_event_kept_beside() {
+        use super::super::project::{apply_accepts_for_tests, Statements};
+        let (_dir, conn, bodies) = store();
+        let id = crate::event_id::new_event_id();
+        let mut st = Statements::new(&conn);
+        st.bodies = Some(bodies.clone());
+        st.beside = true;
+        apply_accepts_for_tests(&mut st, &[super::super::raw::tests::record(&id, &[])])
+            .expect("applied");
+        drop(st);
+        bodies.write_out().expect("written out");
+        assert!(written(&conn).is_empty(), "kept beside");
+        let journey = super::super::read_journey(&conn, &id)
+            .expect("read")
+            .expect("found");
+        assert_eq!(journey.event["eventId"], id.as_str());
+        assert_eq!(
+            journey.committed_at,
+            super::super::outbox::rfc3339_ms(1_700_000_000_123)
+        );
+        assert!(journey.deliveries.is_empty());
+        // A `respond` upstream's answer: the event gets its row, with the answer there.
+        super::super::outbox::set_event_answer(&conn, &id, 200, b"{\"late\":1}").expect("set");
+        assert_eq!(written(&conn), std::slice::from_ref(&id));
+        assert_eq!(read_id(&conn, &id).expect("read"), None, "out of its run");
+        let (status, answer, body): (i64, Vec<u8>, String) = conn
+            .query_row(
+                "SELECT answer_status, answer, event_body(body, body_at, rowid) FROM events",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("row");
+        assert_eq!((status, answer.as_slice()), (200, &b"{\"late\":1}"[..]));
+        assert!(
+            body.starts_with(&format!("{{\"eventId\":\"{id}\"")),
+            "{body}"
+        );
+        let journey = super::super::read_journey(&conn, &id)
+            .expect("read")
+            .expect("found");
+        assert_eq!(journey.event["eventId"], id.as_str(), "from its row now");
+    }
+}
