@@ -19,8 +19,8 @@
 //!
 //! ```text
 //! event_runs (first INTEGER PRIMARY KEY, last INTEGER NOT NULL, places BLOB NOT NULL)
-//! places: for each event, ascending: its rowid (i64) and its place in the files (i64),
-//!         little-endian, 16 bytes an event
+//! places: for each event, ascending: its rowid (i64), its place in the files (i64) and its
+//!         session's tag (u32, `session_tag`), little-endian, 20 bytes an event
 //! ```
 //!
 //! One run row is one insert for up to [`RUN_EVENTS`] events. Runs never overlap: each
@@ -54,35 +54,53 @@ use super::record::{AcceptRecord, Record};
 /// A run row names at most this many events.
 pub(super) const RUN_EVENTS: usize = 64;
 
-/// A run's entries: (rowid, place in the bodies' files), ascending.
-type Entries = Vec<(i64, i64)>;
+/// One event of a run: its rowid, its record's place in the bodies' files, and its session's
+/// tag ([`session_tag`]), so that a session's events are found without reading the others'
+/// records (a false match is read and dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Entry {
+    pub(super) row: i64,
+    pub(super) at: i64,
+    pub(super) session: u32,
+}
 
-/// Bytes an event takes in `places`.
-const ENTRY: usize = 16;
+/// The tag of a session id in a run's entries: its CRC-32.
+pub(super) fn session_tag(session_id: &str) -> u32 {
+    crc32fast::hash(session_id.as_bytes())
+}
 
-/// `entries` (rowid, place), ascending by rowid, as `places`.
-fn encode(entries: &[(i64, i64)]) -> Vec<u8> {
+/// Bytes an event takes in `places`: rowid (i64), place (i64), session tag (u32),
+/// little-endian.
+const ENTRY: usize = 20;
+
+fn entry_at(places: &[u8], i: usize) -> Entry {
+    let e = &places[i * ENTRY..(i + 1) * ENTRY];
+    Entry {
+        row: i64::from_le_bytes(e[..8].try_into().expect("8 bytes")),
+        at: i64::from_le_bytes(e[8..16].try_into().expect("8 bytes")),
+        session: u32::from_le_bytes(e[16..].try_into().expect("4 bytes")),
+    }
+}
+
+/// `entries`, ascending by rowid, as `places`.
+fn encode(entries: &[Entry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.len() * ENTRY);
-    for (row, at) in entries {
-        out.extend_from_slice(&row.to_le_bytes());
-        out.extend_from_slice(&at.to_le_bytes());
+    for e in entries {
+        out.extend_from_slice(&e.row.to_le_bytes());
+        out.extend_from_slice(&e.at.to_le_bytes());
+        out.extend_from_slice(&e.session.to_le_bytes());
     }
     out
 }
 
 /// The entries of `places`, or `None` when its length is not a whole number of entries.
-fn decode(places: &[u8]) -> Option<Entries> {
+pub(super) fn decode(places: &[u8]) -> Option<Vec<Entry>> {
     if !places.len().is_multiple_of(ENTRY) {
         return None;
     }
     Some(
-        places
-            .chunks_exact(ENTRY)
-            .map(|e| {
-                let row = i64::from_le_bytes(e[..8].try_into().expect("8 bytes"));
-                let at = i64::from_le_bytes(e[8..].try_into().expect("8 bytes"));
-                (row, at)
-            })
+        (0..places.len() / ENTRY)
+            .map(|i| entry_at(places, i))
             .collect(),
     )
 }
@@ -104,19 +122,19 @@ pub(super) fn last(conn: &Connection) -> rusqlite::Result<i64> {
         .unwrap_or(0))
 }
 
-/// Writes a run of `entries` (rowid, place), ascending, each rowid above [`last`].
-pub(super) fn write_run(conn: &Connection, entries: &[(i64, i64)]) -> rusqlite::Result<()> {
+/// Writes a run of `entries`, ascending, each rowid above [`last`].
+pub(super) fn write_run(conn: &Connection, entries: &[Entry]) -> rusqlite::Result<()> {
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
         return Ok(());
     };
-    debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+    debug_assert!(entries.windows(2).all(|w| w[0].row < w[1].row));
     conn.prepare_cached("INSERT INTO event_runs (first, last, places) VALUES (?1, ?2, ?3)")?
-        .execute(params![first.0, last.0, encode(entries)])?;
+        .execute(params![first.row, last.row, encode(entries)])?;
     Ok(())
 }
 
 /// The run that may hold `row`: its `first` and entries.
-fn run_of(conn: &Connection, row: i64) -> rusqlite::Result<Option<(i64, Entries)>> {
+fn run_of(conn: &Connection, row: i64) -> rusqlite::Result<Option<(i64, Vec<Entry>)>> {
     let found: Option<(i64, i64, Vec<u8>)> = conn
         .prepare_cached(
             "SELECT first, last, places FROM event_runs WHERE first <= ?1 \
@@ -135,17 +153,12 @@ fn run_of(conn: &Connection, row: i64) -> rusqlite::Result<Option<(i64, Entries)
 
 /// The place of `row` among the entries of `places` (a run's), if it is one of them.
 pub(super) fn place_in(places: &[u8], row: i64) -> Option<i64> {
-    let entry = |i: usize| {
-        let e = &places[i * ENTRY..(i + 1) * ENTRY];
-        let row = i64::from_le_bytes(e[..8].try_into().expect("8 bytes"));
-        (row, i64::from_le_bytes(e[8..].try_into().expect("8 bytes")))
-    };
     let (mut lo, mut hi) = (0, places.len() / ENTRY);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        let (r, at) = entry(mid);
-        match r.cmp(&row) {
-            std::cmp::Ordering::Equal => return Some(at),
+        let e = entry_at(places, mid);
+        match e.row.cmp(&row) {
+            std::cmp::Ordering::Equal => return Some(e.at),
             std::cmp::Ordering::Less => lo = mid + 1,
             std::cmp::Ordering::Greater => hi = mid,
         }
@@ -228,14 +241,51 @@ pub(super) fn take(conn: &Connection, row: i64) -> rusqlite::Result<Option<i64>>
     let Some((first, mut entries)) = run_of(conn, row)? else {
         return Ok(None);
     };
-    let Ok(i) = entries.binary_search_by_key(&row, |e| e.0) else {
+    let Ok(i) = entries.binary_search_by_key(&row, |e| e.row) else {
         return Ok(None);
     };
-    let (_, at) = entries.remove(i);
+    let Entry { at, .. } = entries.remove(i);
     conn.prepare_cached("DELETE FROM event_runs WHERE first = ?1")?
         .execute([first])?;
     write_run(conn, &entries)?;
     Ok(Some(at))
+}
+
+/// The newest `limit` events of `session_id` kept here, newest first, with their rowids:
+/// the runs read from the newest back, an entry's record read only when its session tag is
+/// the session's. Like the events table without an index by session, a session whose
+/// events are all old is found after every newer run is read (their places, not their
+/// records).
+pub(super) fn session_events(
+    conn: &Connection,
+    session_id: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<(i64, AcceptRecord)>> {
+    let tag = session_tag(session_id);
+    let mut found = Vec::new();
+    if limit == 0 {
+        return Ok(found);
+    }
+    let mut runs =
+        conn.prepare_cached("SELECT first, places FROM event_runs ORDER BY first DESC")?;
+    let mut record = conn.prepare_cached("SELECT beside_record(?1, ?2)")?;
+    let mut rows = runs.query([])?;
+    while let Some(r) = rows.next()? {
+        let places: Vec<u8> = r.get(1)?;
+        let entries = decode(&places).ok_or_else(|| damaged_run(r.get(0).unwrap_or(0)))?;
+        for e in entries.iter().rev().filter(|e| e.session == tag) {
+            let bytes: Option<Vec<u8>> = record.query_row(params![places, e.row], |r| r.get(0))?;
+            let Some(bytes) = bytes else { continue };
+            let a = decode_event(&bytes)?;
+            if a.session_id == session_id {
+                found.push((e.row, a));
+                if found.len() >= limit {
+                    return Ok(found);
+                }
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Writes the event of `id`, if a run holds it, as an events row (its body in the row) and
@@ -283,6 +333,18 @@ pub(super) fn materialise(conn: &Connection, id: &str) -> rusqlite::Result<Optio
 mod tests {
     use super::*;
 
+    /// Entries of session tag 7 at the given (rowid, place) pairs.
+    fn entries(pairs: &[(i64, i64)]) -> Vec<Entry> {
+        pairs
+            .iter()
+            .map(|&(row, at)| Entry {
+                row,
+                at,
+                session: 7,
+            })
+            .collect()
+    }
+
     fn database() -> Connection {
         super::super::raw::tests::database()
     }
@@ -294,9 +356,10 @@ mod tests {
 
     #[test]
     fn places_round_trip_and_a_torn_blob_is_refused() {
-        let entries = vec![(5, 1 << 40), (9, (1 << 40) + 700), (i64::MAX, -1)];
+        let mut entries = entries(&[(5, 1 << 40), (9, (1 << 40) + 700), (i64::MAX, -1)]);
+        entries[1].session = u32::MAX;
         assert_eq!(decode(&encode(&entries)), Some(entries));
-        assert_eq!(decode(&[0u8; 17]), None);
+        assert_eq!(decode(&[0u8; 21]), None);
         assert_eq!(decode(&[]), Some(Vec::new()));
     }
 
@@ -304,8 +367,8 @@ mod tests {
     fn a_rowid_is_found_in_the_run_that_holds_it_and_nowhere_else() {
         let conn = database();
         assert_eq!(last(&conn).expect("last"), 0);
-        write_run(&conn, &[(10, 100), (12, 120), (15, 150)]).expect("run");
-        write_run(&conn, &[(20, 200), (30, 300)]).expect("run");
+        write_run(&conn, &entries(&[(10, 100), (12, 120), (15, 150)])).expect("run");
+        write_run(&conn, &entries(&[(20, 200), (30, 300)])).expect("run");
         assert_eq!(last(&conn).expect("last"), 30);
         for (row, at) in [(10, Some(100)), (12, Some(120)), (15, Some(150))] {
             assert_eq!(place_of(&conn, row).expect("read"), at, "row {row}");
@@ -320,8 +383,8 @@ mod tests {
     #[test]
     fn taking_an_event_leaves_the_rest_of_its_run_and_the_last_one_takes_the_run() {
         let conn = database();
-        write_run(&conn, &[(10, 100), (12, 120), (15, 150)]).expect("run");
-        write_run(&conn, &[(20, 200)]).expect("run");
+        write_run(&conn, &entries(&[(10, 100), (12, 120), (15, 150)])).expect("run");
+        write_run(&conn, &entries(&[(20, 200)])).expect("run");
         assert_eq!(take(&conn, 12).expect("take"), Some(120));
         assert_eq!(take(&conn, 12).expect("again"), None);
         assert_eq!(place_of(&conn, 10).expect("read"), Some(100));

@@ -210,6 +210,23 @@ pub(crate) struct WriterSettings {
     keys: Arc<keys::Keys>,
     /// Where events' bodies go beside the database (`bodies`; `None` in some tests: in rows).
     bodies: Option<Arc<bodies::Bodies>>,
+    /// Whether events with no outbox row are kept beside the database without an events row
+    /// (`beside`): not yet, but in the tests that ask (`KEEP_BESIDE`).
+    beside: bool,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Stores opened on this thread keep events beside the database (`beside`).
+    static KEEP_BESIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a store opened now keeps events beside the database (`WriterSettings::beside`).
+fn keep_beside() -> bool {
+    #[cfg(test)]
+    return KEEP_BESIDE.with(std::cell::Cell::get);
+    #[cfg(not(test))]
+    false
 }
 
 /// Whether one part of the store can write, and why not when it cannot.
@@ -1029,7 +1046,12 @@ impl SqliteStore {
         )))?;
         // Every event id made from now on has a number past every row's (`crate::event_id`).
         let top_row: Option<i64> = conn
-            .query_row("SELECT max(rowid) FROM events", [], |r| r.get(0))
+            .query_row(
+                "SELECT max(coalesce((SELECT max(rowid) FROM events), 0), \
+                            coalesce((SELECT last FROM event_runs ORDER BY first DESC LIMIT 1), 0))",
+                [],
+                |r| r.get(0),
+            )
             .map_err(OpenError::failed(format!(
                 "cannot read store {}",
                 path.display()
@@ -1062,6 +1084,7 @@ impl SqliteStore {
             retention_ms: millis(config.retention),
             keys: keys.clone(),
             bodies: Some(bodies.clone()),
+            beside: keep_beside(),
         };
         let checkpointer = project::start_checkpointer(
             &path,
@@ -2121,23 +2144,48 @@ fn read_timeline(
     // of after reading the whole table (which ordering by version needed). A session whose
     // events are all old still reads back through every newer one.
     let mut st = c.prepare_cached(
-        "SELECT event_id, correlation_id, route, event_type, state_version, committed_at \
+        "SELECT event_id, correlation_id, route, event_type, state_version, committed_at, \
+                rowid \
          FROM events WHERE session_id = ?1 ORDER BY rowid DESC LIMIT ?2",
     )?;
-    let mut entries: Vec<crate::store::TimelineEntry> = st
+    let entry = |a: &record::AcceptRecord| crate::store::TimelineEntry {
+        event_id: a.event_id.clone(),
+        correlation_id: a.correlation_id.clone(),
+        route: a.route.clone(),
+        event_type: a.event_type.clone(),
+        state_version: a.state_version,
+        committed_at: outbox::rfc3339_ms(a.at),
+        deliveries: Vec::new(),
+        answer: None,
+    };
+    // (rowid, entry, whether its answer is still to be read: a row's is, a record's is not).
+    let mut found: Vec<(i64, crate::store::TimelineEntry, bool)> = st
         .query_map(params![session_id, limit], |r| {
-            Ok(crate::store::TimelineEntry {
-                event_id: r.get(0)?,
-                correlation_id: r.get(1)?,
-                route: r.get(2)?,
-                event_type: r.get(3)?,
-                state_version: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
-                committed_at: outbox::rfc3339_ms(r.get(5)?),
-                deliveries: Vec::new(),
-                answer: None,
-            })
+            Ok((
+                r.get(6)?,
+                crate::store::TimelineEntry {
+                    event_id: r.get(0)?,
+                    correlation_id: r.get(1)?,
+                    route: r.get(2)?,
+                    event_type: r.get(3)?,
+                    state_version: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                    committed_at: outbox::rfc3339_ms(r.get(5)?),
+                    deliveries: Vec::new(),
+                    answer: None,
+                },
+                true,
+            ))
         })?
         .collect::<rusqlite::Result<_>>()?;
+    // The events kept beside the database without a row (`beside`), merged in rowid order.
+    let limit = usize::try_from(limit).unwrap_or(1000);
+    for (row, a) in beside::session_events(c, session_id, limit)? {
+        let mut e = entry(&a);
+        e.answer = Some((a.status, a.answer));
+        found.push((row, e, false));
+    }
+    found.sort_by_key(|(row, _, _)| std::cmp::Reverse(*row));
+    found.truncate(limit);
     // The rest by event id (both indexed), not by scanning the session's events again.
     let mut deliveries = c.prepare_cached(outbox::EVENT_ROWS)?;
     // In the event's row since schema 9, in `answers` before. (A status is missing only on
@@ -2151,10 +2199,15 @@ fn read_timeline(
                AND status IS NOT NULL \
              LIMIT 1"
     ))?;
-    for e in &mut entries {
+    let mut entries = Vec::with_capacity(found.len());
+    for (_, mut e, from_row) in found {
         e.deliveries = deliveries
             .query_map(params![e.event_id], |r| Ok((r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
+        if !from_row {
+            entries.push(e);
+            continue;
+        }
         e.answer = answer
             .query_row(params![e.event_id], |r| {
                 Ok((
@@ -2163,6 +2216,7 @@ fn read_timeline(
                 ))
             })
             .optional()?;
+        entries.push(e);
     }
     Ok(entries)
 }
@@ -2374,6 +2428,7 @@ mod tests {
             retention_ms,
             keys: Arc::new(keys),
             bodies: None,
+            beside: false,
         }
     }
 
@@ -3391,6 +3446,93 @@ mod tests {
         // Two hours from now: past the margin too.
         prune(&settings(-7_200_000));
         assert_eq!(n("SELECT count(*) FROM events"), 0);
+    }
+
+    #[test]
+    fn events_kept_beside_the_database_answer_duplicates_journeys_and_timelines() {
+        KEEP_BESIDE.with(|k| k.set(true));
+        let dir = tempfile::tempdir().expect("tmp");
+        let rt = runtime();
+        let path = used_then_closed(dir.path(), &rt, |store| {
+            for (key, session, sinks) in [
+                ("b1", "sb", &[][..]),
+                ("b2", "other", &[]),
+                ("b3", "sb", &["orders"][..]),
+                ("b4", "sb", &[]),
+            ] {
+                rt.block_on(store.accept(acceptance(key, session, sinks)))
+                    .expect("commit");
+            }
+        });
+        let db = Connection::open(&path).expect("db");
+        let rows: Vec<String> = db
+            .prepare("SELECT correlation_id FROM events")
+            .expect("query")
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(
+            rows,
+            ["corr-b3"],
+            "only the event with an outbox row has a row"
+        );
+        drop(db);
+        // Reopened: nothing in memory, so every read goes to the store.
+        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
+        let out = rt
+            .block_on(store.accept(acceptance("b1", "elsewhere", &[])))
+            .expect("duplicate");
+        assert!(
+            matches!(&out, AcceptOutcome::Duplicate { status: 200, correlation_id, .. }
+                if correlation_id == "corr-b1"),
+            "{out:?}"
+        );
+        let journey = rt
+            .block_on(store.journey("corr-b4"))
+            .expect("journey")
+            .expect("found by correlation id");
+        assert_eq!(
+            journey.event["correlationId"], "corr-b4",
+            "{}",
+            journey.event
+        );
+        let timeline = rt
+            .block_on(store.session_timeline("sb", 10))
+            .expect("timeline");
+        let keys: Vec<&str> = timeline.iter().map(|e| e.correlation_id.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["corr-b4", "corr-b3", "corr-b1"],
+            "newest first, rows and runs"
+        );
+        assert_eq!(timeline[0].answer.as_ref().map(|a| a.0), Some(200));
+        assert_eq!(
+            timeline[1].deliveries,
+            [("orders".to_string(), "pending".to_string())]
+        );
+        let two = rt
+            .block_on(store.session_timeline("sb", 2))
+            .expect("timeline");
+        assert_eq!(two.len(), 2);
+        assert_eq!(two[1].correlation_id, "corr-b3");
+        // A replaced answer moves the event to a row, where duplicates find it.
+        rt.block_on(store.set_answer("b1".into(), 202, bytes::Bytes::from_static(b"{}")))
+            .expect("answer");
+        let out = rt
+            .block_on(store.accept(acceptance("b1", "elsewhere", &[])))
+            .expect("duplicate");
+        assert!(
+            matches!(&out, AcceptOutcome::Duplicate { status: 202, correlation_id, .. }
+                if correlation_id == "corr-b1"),
+            "{out:?}"
+        );
+        rt.block_on(store.close());
+        let db = Connection::open(&path).expect("db");
+        let runs: i64 = db
+            .query_row("SELECT count(*) FROM event_runs", [], |r| r.get(0))
+            .expect("runs");
+        assert!(runs >= 1, "b2 and b4 are still kept beside");
     }
 
     #[test]

@@ -411,6 +411,7 @@ fn apply_batch<'c>(
                 }
                 let mut statements = Statements::new(conn);
                 statements.bodies = s.bodies.clone();
+                statements.beside = s.beside;
                 statements.events = std::mem::take(&mut inserts.0);
                 statements.delivered = delivered;
                 statements.now = now;
@@ -1222,7 +1223,11 @@ fn put_beside<'a>(
             continue;
         };
         last = row;
-        entries.push((row, at));
+        entries.push(super::beside::Entry {
+            row,
+            at,
+            session: super::beside::session_tag(&a.session_id),
+        });
         if entries.len() == super::beside::RUN_EVENTS {
             super::beside::write_run(st.conn, &entries)?;
             entries.clear();
