@@ -430,12 +430,7 @@ mod tests {
     }
 
     fn written(conn: &Connection) -> Vec<String> {
-        conn.prepare("SELECT event_id FROM events ORDER BY rowid")
-            .expect("query")
-            .query_map([], |r| r.get(0))
-            .expect("rows")
-            .collect::<rusqlite::Result<_>>()
-            .expect("rows")
+        super::super::raw::tests::texts(conn, "SELECT event_id FROM events ORDER BY rowid")
     }
 
     #[test]

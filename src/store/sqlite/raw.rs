@@ -291,6 +291,16 @@ pub(super) mod tests {
         }
     }
 
+    /// The first column of every row `sql` reads, as text.
+    pub(in crate::store::sqlite) fn texts(conn: &Connection, sql: &str) -> Vec<String> {
+        conn.prepare(sql)
+            .expect("query")
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    }
+
     /// A database of the store's schema, in memory.
     pub(in crate::store::sqlite) fn database() -> Connection {
         let mut conn = Connection::open_in_memory().expect("database");
@@ -445,13 +455,7 @@ pub(super) mod tests {
             }
             Ok(()) => panic!("a second row at rowid 4"),
         }
-        let ids: Vec<String> = conn
-            .prepare("SELECT event_id FROM events ORDER BY rowid")
-            .expect("query")
-            .query_map([], |r| r.get(0))
-            .expect("rows")
-            .collect::<rusqlite::Result<_>>()
-            .expect("rows");
+        let ids = texts(&conn, "SELECT event_id FROM events ORDER BY rowid");
         assert_eq!(
             ids,
             ["e2", "e1"],
