@@ -261,6 +261,16 @@ pub(super) fn session_events(
     session_id: &str,
     limit: usize,
 ) -> rusqlite::Result<Vec<(i64, AcceptRecord)>> {
+    session_events_where(conn, session_id, limit, |_| true)
+}
+
+/// [`session_events`], of those for which `keep` is true.
+pub(super) fn session_events_where(
+    conn: &Connection,
+    session_id: &str,
+    limit: usize,
+    keep: impl Fn(&AcceptRecord) -> bool,
+) -> rusqlite::Result<Vec<(i64, AcceptRecord)>> {
     let tag = session_tag(session_id);
     let mut found = Vec::new();
     if limit == 0 {
@@ -277,7 +287,7 @@ pub(super) fn session_events(
             let bytes: Option<Vec<u8>> = record.query_row(params![places, e.row], |r| r.get(0))?;
             let Some(bytes) = bytes else { continue };
             let a = decode_event(&bytes)?;
-            if a.session_id == session_id {
+            if a.session_id == session_id && keep(&a) {
                 found.push((e.row, a));
                 if found.len() >= limit {
                     return Ok(found);
@@ -288,16 +298,23 @@ pub(super) fn session_events(
     Ok(found)
 }
 
-/// Writes the event of `id`, if a run holds it, as an events row (its body in the row) and
-/// takes it out of its run, in the caller's transaction: what must change an event kept
-/// here (its answer replaced, say) changes the row. Returns the record's place, whose bytes
-/// stay in their file, named by nothing, until retention removes the file (a caller that
-/// forgets the event erases them).
+/// Writes the event of `id`, if a run holds it, as an events row (see [`materialise_row`]).
 pub(super) fn materialise(conn: &Connection, id: &str) -> rusqlite::Result<Option<i64>> {
-    let Some(a) = read_id(conn, id)? else {
+    match crate::event_id::row_of(id) {
+        Some(row) if read_id(conn, id)?.is_some() => materialise_row(conn, row),
+        _ => Ok(None),
+    }
+}
+
+/// Writes the event of `row`, if a run holds it, as an events row (its body in the row) and
+/// takes it out of its run, in the caller's transaction: what must change an event kept
+/// here (its answer replaced, its session forgotten) changes the row. Returns the record's
+/// place, whose bytes stay in their file, named by nothing, until retention removes the
+/// file (a forget erases them).
+pub(super) fn materialise_row(conn: &Connection, row: i64) -> rusqlite::Result<Option<i64>> {
+    let Some(a) = read(conn, row)? else {
         return Ok(None);
     };
-    let row = crate::event_id::row_of(id).expect("read_id found its number");
     let Some(at) = take(conn, row)? else {
         return Ok(None);
     };
@@ -532,6 +549,16 @@ mod tests {
         );
         assert!(journey.deliveries.is_empty());
         // A `respond` upstream's answer: the event gets its row, with the answer there.
+        let place = materialise(&conn, &id).expect("row").expect("was beside");
+        assert_eq!(materialise(&conn, &id).expect("again"), None);
+        let row = crate::event_id::row_of(&id).expect("a ULID");
+        assert_eq!(
+            place,
+            bodies
+                .read(place, row)
+                .map(|_| place)
+                .expect("still readable")
+        );
         super::super::outbox::set_event_answer(&conn, &id, 200, b"{\"late\":1}").expect("set");
         assert_eq!(written(&conn), std::slice::from_ref(&id));
         assert_eq!(read_id(&conn, &id).expect("read"), None, "out of its run");

@@ -3527,12 +3527,39 @@ mod tests {
                 if correlation_id == "corr-b1"),
             "{out:?}"
         );
+        // Forgetting the session empties its events kept beside too, and erases their
+        // records there; the other session's stays.
+        rt.block_on(store.forget_session("sb".into()))
+            .expect("forget");
+        let journey = rt
+            .block_on(store.journey("corr-b4"))
+            .expect("journey")
+            .expect("found");
+        assert_eq!(journey.event["forgotten"], true, "{}", journey.event);
+        assert_eq!(journey.event["payload"], serde_json::Value::Null);
+        let kept = rt
+            .block_on(store.journey("corr-b2"))
+            .expect("journey")
+            .expect("found");
+        assert_eq!(kept.event["payload"]["k"], "b2", "{}", kept.event);
         rt.block_on(store.close());
         let db = Connection::open(&path).expect("db");
-        let runs: i64 = db
-            .query_row("SELECT count(*) FROM event_runs", [], |r| r.get(0))
-            .expect("runs");
-        assert!(runs >= 1, "b2 and b4 are still kept beside");
+        let runs = raw::tests::texts(&db, "SELECT CAST(first AS TEXT) FROM event_runs");
+        assert_eq!(runs.len(), 1, "b2's run is left");
+        for entry in std::fs::read_dir(bodies::dir_of(&path)).expect("bodies") {
+            let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                text.contains("\"k\":\"b2\""),
+                "the other session's record stays"
+            );
+            for gone in ["b1", "b4"] {
+                assert!(
+                    !text.contains(&format!("\"k\":\"{gone}\"")),
+                    "{gone} erased"
+                );
+            }
+        }
     }
 
     #[test]

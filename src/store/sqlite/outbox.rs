@@ -527,16 +527,14 @@ pub(super) fn attempts(c: &Connection, outbox_id: i64) -> rusqlite::Result<Vec<A
 
 /// Replaces the answer duplicates of the event's request get (a `respond` route's upstream
 /// answered in time): in the event's row (schema 9), or in `answers` for an event written
-/// before (schema 8), where readers look after the row.
+/// before (schema 8), where readers look after the row. An event kept beside the database
+/// must have been given its row first (`beside::materialise`).
 pub(super) fn set_event_answer(
     c: &Connection,
     event_id: &str,
     status: u16,
     body: &[u8],
 ) -> rusqlite::Result<()> {
-    // An event kept beside the database gets its row first (`beside`), so that its answer
-    // can change there.
-    super::beside::materialise(c, event_id)?;
     // An answer that comes after its event's session was forgotten (a `respond` upstream's,
     // in flight then) is kept emptied, as forgetting left the others.
     let emptied = forgotten_event(c, event_id)?

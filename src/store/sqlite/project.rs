@@ -822,7 +822,16 @@ pub(super) fn apply_with(
                     .map(|e| e.event_id),
             };
             match event_id {
-                Some(id) => super::outbox::set_event_answer(tx, &id, *status, body),
+                Some(id) => {
+                    // An event kept beside the database gets its row first, and its record
+                    // there is overwritten once this commits.
+                    if let Some(place) = super::beside::materialise(tx, &id)? {
+                        if let (Some(b), Some(row)) = (&st.bodies, crate::event_id::row_of(&id)) {
+                            b.erase_later(place, row);
+                        }
+                    }
+                    super::outbox::set_event_answer(tx, &id, *status, body)
+                }
                 None => super::outbox::set_answer(tx, key, *status, body),
             }
         }
@@ -929,10 +938,15 @@ pub(super) fn forget_scan_by(
         drop(rows);
         match last.and_then(|l| l.checked_add(1)) {
             Some(next) if read == per_read => from = next,
-            _ => return Ok(found),
+            _ => break,
         }
         between(c)?;
     }
+    // And the session's events kept beside the database without a row (`beside`):
+    // `forget_events` writes each one's row first.
+    let beside = super::beside::session_events_where(c, session_id, usize::MAX, |a| a.at <= at)?;
+    found.extend(beside.into_iter().map(|(row, _)| row));
+    Ok(found)
 }
 
 /// What `forget_events` reads of a row: its id, version, answer and body's place.
@@ -966,6 +980,13 @@ pub(super) fn forget_events(
     let mut legacy_update =
         tx.prepare_cached("UPDATE answers SET body = ?2 WHERE event_id = ?1")?;
     for &rowid in rows {
+        // An event kept beside the database gets its row first, and its record there is
+        // overwritten once this commits.
+        if let Some(place) = super::beside::materialise_row(tx, rowid)? {
+            if let Some(bodies) = bodies {
+                bodies.erase_later(place, rowid);
+            }
+        }
         let found: Option<ForgetRow> = read
             .query_row(rusqlite::params![rowid, session_id, at], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
