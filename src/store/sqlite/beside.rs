@@ -298,6 +298,45 @@ pub(super) fn session_events_where(
     Ok(found)
 }
 
+/// Retention's pass over the runs (`project::maintain`), in its transaction: of the runs
+/// that begin before `kept_until` (a rowid; at most `max_runs` of them), the events before
+/// `expired` go (they have no outbox row to keep them), and those from there to before
+/// `kept_until` get rows, since the files their records are in may go once the pass's
+/// cycle ends (they stay for the answer of a key still in its window). Returns whether
+/// runs beginning before `kept_until` are left for another pass.
+pub(super) fn prune(
+    conn: &Connection,
+    expired: i64,
+    kept_until: i64,
+    max_runs: usize,
+) -> rusqlite::Result<bool> {
+    let runs: Vec<(i64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT first, places FROM event_runs WHERE first < ?1 ORDER BY first LIMIT ?2",
+        )?
+        .query_map(params![kept_until, max_runs as i64 + 1], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let more = runs.len() > max_runs;
+    for (first, places) in runs.into_iter().take(max_runs) {
+        let entries = decode(&places).ok_or_else(|| damaged_run(first))?;
+        conn.prepare_cached("DELETE FROM event_runs WHERE first = ?1")?
+            .execute([first])?;
+        let (kept, rest): (Vec<Entry>, Vec<Entry>) = entries
+            .into_iter()
+            .filter(|e| e.row >= expired)
+            .partition(|e| e.row < kept_until);
+        // The kept ones go through a run of their own, so that `materialise_row` finds them.
+        write_run(conn, &kept)?;
+        for e in &kept {
+            materialise_row(conn, e.row)?;
+        }
+        write_run(conn, &rest)?;
+    }
+    Ok(more)
+}
+
 /// Writes the event of `id`, if a run holds it, as an events row (see [`materialise_row`]).
 pub(super) fn materialise(conn: &Connection, id: &str) -> rusqlite::Result<Option<i64>> {
     match crate::event_id::row_of(id) {
@@ -578,5 +617,45 @@ mod tests {
             .expect("read")
             .expect("found");
         assert_eq!(journey.event["eventId"], id.as_str(), "from its row now");
+    }
+
+    #[test]
+    fn pruning_drops_the_expired_gives_the_kept_rows_and_leaves_the_rest_in_runs() {
+        use super::super::project::{apply_accepts_for_tests, Statements};
+        let (_dir, conn, bodies) = store();
+        let ids: Vec<String> = (0..10).map(|_| crate::event_id::new_event_id()).collect();
+        let records: Vec<AcceptRecord> = ids
+            .iter()
+            .map(|id| super::super::raw::tests::record(id, &[]))
+            .collect();
+        let mut st = Statements::new(&conn);
+        st.bodies = Some(bodies.clone());
+        st.beside = true;
+        // Two runs: the first five events, then the rest.
+        apply_accepts_for_tests(&mut st, &records[..5]).expect("applied");
+        apply_accepts_for_tests(&mut st, &records[5..]).expect("applied");
+        drop(st);
+        bodies.write_out().expect("written out");
+        let row = |i: usize| crate::event_id::row_of(&ids[i]).expect("a ULID");
+        // One run a pass: the first run's events before 3 go, 3 and 4 get rows.
+        assert!(
+            prune(&conn, row(3), row(7), 1).expect("pass"),
+            "the second run is left"
+        );
+        assert_eq!(written(&conn), [ids[3].clone(), ids[4].clone()]);
+        assert!(
+            !prune(&conn, row(3), row(7), 1).expect("pass"),
+            "none left before 7"
+        );
+        assert_eq!(
+            written(&conn),
+            [3, 4, 5, 6].map(|i| ids[i].clone()),
+            "5 and 6 have rows now"
+        );
+        for (i, id) in ids.iter().enumerate() {
+            let beside = read_id(&conn, id).expect("read").is_some();
+            assert_eq!(beside, i >= 7, "event {i} beside");
+        }
+        assert_eq!(last(&conn).expect("last"), row(9));
     }
 }

@@ -4975,4 +4975,34 @@ mod tests {
         }
         assert_eq!(beside.take_condemned().len(), 1);
     }
+
+    /// The same two cycles with `a` (no outbox row) kept beside the database without a row:
+    /// past its answer's time it goes with its run; inside it, it gets a row, and the file
+    /// goes either way.
+    #[test]
+    fn events_kept_beside_go_with_retention_or_get_rows_while_their_answers_stay() {
+        KEEP_BESIDE.with(|k| k.set(true));
+        let rt = runtime();
+        let (_dir, conn, beside) = pruned_with_bodies(&rt, -7_200_000);
+        assert_eq!(
+            raw::tests::texts(&conn, "SELECT correlation_id FROM events"),
+            ["corr-f"]
+        );
+        let runs: i64 = conn
+            .query_row("SELECT count(*) FROM event_runs", [], |r| r.get(0))
+            .expect("runs");
+        assert_eq!(runs, 0, "a's run is gone");
+        assert_eq!(beside.take_condemned().len(), 1);
+        let (dir, conn, beside) = pruned_with_bodies(&rt, 86_400_000);
+        assert_eq!(
+            raw::tests::texts(&conn, "SELECT correlation_id FROM events ORDER BY rowid"),
+            ["corr-a", "corr-f"],
+            "a's answer keeps it, in a row now"
+        );
+        let gone = beside.take_condemned();
+        assert_eq!(gone.len(), 1);
+        beside.remove(&gone).expect("removed");
+        drop(conn);
+        assert_eq!(payload_key(&rt, dir.path(), "corr-a"), "a");
+    }
 }

@@ -1382,6 +1382,10 @@ const EVENTS_PER_PASS: i64 = 2_000;
 /// its last row's delivery or purge.
 pub(super) const FULL_CYCLE_EVERY: u32 = 60;
 
+/// Runs of events kept beside the database (`beside`, up to 64 events each) a pruning pass
+/// looks at, at most: about as many events as `EVENTS_PER_PASS`.
+const RUNS_PER_PASS: usize = 32;
+
 /// Where the bounded scans go on from; each starts again after a full pass.
 #[derive(Default)]
 pub(super) struct MaintenanceCursor {
@@ -1534,10 +1538,16 @@ pub(super) fn maintain_by(
         conn.execute(EXPIRED_EVENTS, params![events_cutoff, events_row, from])?;
         // The bodies of the pass's events that stay (see `bodies`, "Retention"): every
         // event of the range, so that the passes of a cycle leave no gap between them.
+        let mut runs_left = false;
         if s.bodies.is_some() {
             conn.prepare_cached(KEPT_BODIES)?
                 .execute(params![from, until])?;
+            // Events kept beside the database without a row (`beside`): the same, by time
+            // alone (they have no outbox row), before the pass's end; the cycle does not
+            // end while runs before it are left.
+            runs_left = super::beside::prune(conn, events_row, until, RUNS_PER_PASS)?;
         }
+        let next = next.or(runs_left.then_some(until));
         if from == 0 {
             conn.execute(
                 "DELETE FROM events_moved \
