@@ -357,6 +357,12 @@ pub(super) fn materialise_row(conn: &Connection, row: i64) -> rusqlite::Result<O
     let Some(at) = take(conn, row)? else {
         return Ok(None);
     };
+    insert_row(conn, row, &a)?;
+    Ok(Some(at))
+}
+
+/// Writes `a` as the events row `row`, its body in the row.
+fn insert_row(conn: &Connection, row: i64, a: &AcceptRecord) -> rusqlite::Result<()> {
     let first = a.rows.iter().map(|r| r.id).min();
     let last = a.rows.iter().map(|r| r.id).max();
     conn.prepare_cached(
@@ -382,7 +388,37 @@ pub(super) fn materialise_row(conn: &Connection, row: i64) -> rusqlite::Result<O
         first,
         last
     ])?;
-    Ok(Some(at))
+    Ok(())
+}
+
+/// Recovery's check of an event the log still holds (`project::keep_body`): if a run names
+/// it but its record there is lost or damaged (a power cut before the checkpointer flushed
+/// the files), the log's record `a` becomes its events row. Returns whether it did.
+pub(super) fn keep_record(
+    conn: &Connection,
+    bodies: &super::bodies::Bodies,
+    a: &AcceptRecord,
+) -> rusqlite::Result<bool> {
+    let Some(row) = crate::event_id::row_of(&a.event_id) else {
+        return Ok(false);
+    };
+    let Some((_, entries)) = run_of(conn, row)? else {
+        return Ok(false);
+    };
+    let Ok(i) = entries.binary_search_by_key(&row, |e| e.row) else {
+        return Ok(false);
+    };
+    let intact = bodies
+        .read(entries[i].at, row)
+        .ok()
+        .and_then(|b| decode_event(&b).ok())
+        .is_some_and(|r| r.event_id == a.event_id && r.body == a.body);
+    if intact {
+        return Ok(false);
+    }
+    take(conn, row)?;
+    insert_row(conn, row, a)?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -4834,16 +4834,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_body_lost_beside_the_database_by_a_power_cut_is_written_into_its_row_at_open() {
-        let rt = runtime();
-        let (image, path) = crash_image(&rt, |key| acceptance(key, key, &[]));
-        // What a power cut before the checkpointer's flush can leave: the database names
-        // places the files never got.
-        for entry in std::fs::read_dir(bodies::dir_of(&path)).expect("bodies") {
+    /// What a power cut before the checkpointer's flush can leave of `crash_image`'s store:
+    /// the database names places the bodies' files never got. Reopens it, checks that each
+    /// event reads back whole, closes it and returns its database.
+    fn reopened_after_losing_the_files(
+        rt: &tokio::runtime::Runtime,
+        image: &Path,
+        path: &Path,
+    ) -> Connection {
+        for entry in std::fs::read_dir(bodies::dir_of(path)).expect("bodies") {
             std::fs::write(entry.expect("entry").path(), b"").expect("emptied");
         }
-        let store = SqliteStore::open(&config(image.path())).expect("reopen");
+        let store = SqliteStore::open(&config(image)).expect("reopen");
         for key in ["a", "b", "c"] {
             let j = rt
                 .block_on(store.journey(&format!("corr-{key}")))
@@ -4852,7 +4854,31 @@ mod tests {
             assert_eq!(j.event["payload"]["k"], key, "{:?}", j.event);
         }
         rt.block_on(store.close());
-        let c = Connection::open(&path).expect("open");
+        Connection::open(path).expect("open")
+    }
+
+    #[test]
+    fn an_event_kept_beside_whose_record_a_power_cut_lost_gets_its_row_from_the_log_at_open() {
+        KEEP_BESIDE.with(|k| k.set(true));
+        let rt = runtime();
+        let (image, path) = crash_image(&rt, |key| acceptance(key, key, &[]));
+        let runs: i64 = Connection::open(&path)
+            .and_then(|c| c.query_row("SELECT count(*) FROM event_runs", [], |r| r.get(0)))
+            .expect("runs");
+        assert!(runs >= 1, "kept beside");
+        let c = reopened_after_losing_the_files(&rt, image.path(), &path);
+        assert_eq!(
+            raw::tests::texts(&c, "SELECT correlation_id FROM events ORDER BY rowid"),
+            ["corr-a", "corr-b", "corr-c"],
+            "each lost record is a row"
+        );
+    }
+
+    #[test]
+    fn a_body_lost_beside_the_database_by_a_power_cut_is_written_into_its_row_at_open() {
+        let rt = runtime();
+        let (image, path) = crash_image(&rt, |key| acceptance(key, key, &[]));
+        let c = reopened_after_losing_the_files(&rt, image.path(), &path);
         let in_rows: i64 = c
             .query_row(
                 "SELECT count(*) FROM events WHERE body_at IS NULL AND body <> ''",

@@ -528,7 +528,8 @@ fn apply_batch<'c>(
 
 /// Checks that `a`'s events row reads its body from beside the database (recovery, for a
 /// record the database holds: see `bodies`, "Durability"); writes the body into the row
-/// when its record there is lost or damaged. Returns whether it did.
+/// when its record there is lost or damaged (or, for an event kept there without a row, the
+/// log's record as its row: `beside::keep_record`). Returns whether it did.
 pub(super) fn keep_body(
     conn: &Connection,
     bodies: &Bodies,
@@ -543,7 +544,11 @@ pub(super) fn keep_body(
         .query_row([&a.event_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((row, Some(at))) = found else {
-        return Ok(false);
+        // No row: it may be kept beside the database (`beside`), its whole record lost.
+        return match found {
+            None => super::beside::keep_record(conn, bodies, a),
+            Some(_) => Ok(false),
+        };
     };
     if bodies.read(at, row).is_ok_and(|b| b == a.body.as_bytes()) {
         return Ok(false);
