@@ -276,25 +276,108 @@ pub(super) fn session_events_where(
     if limit == 0 {
         return Ok(found);
     }
-    let mut runs =
-        conn.prepare_cached("SELECT first, places FROM event_runs ORDER BY first DESC")?;
+    let runs = "SELECT first, places FROM event_runs ORDER BY first DESC";
+    scan(
+        conn,
+        runs,
+        [],
+        |e| e.session == tag,
+        |row, a| {
+            if a.session_id == session_id && keep(&a) {
+                found.push((row, a));
+            }
+            found.len() < limit
+        },
+    )?;
+    Ok(found)
+}
+
+/// Reads the runs `runs_sql` gives (`first`, `places`; its parameters `params`) in its
+/// order, and in that order within each run (rowids descending when the runs are), the
+/// record of each entry `wanted` lets through, handed to `visit` with its rowid until it
+/// returns false.
+fn scan(
+    conn: &Connection,
+    runs_sql: &str,
+    params: impl rusqlite::Params,
+    wanted: impl Fn(&Entry) -> bool,
+    mut visit: impl FnMut(i64, AcceptRecord) -> bool,
+) -> rusqlite::Result<()> {
+    let newest_first = runs_sql.contains("DESC");
+    let mut runs = conn.prepare_cached(runs_sql)?;
     let mut record = conn.prepare_cached("SELECT beside_record(?1, ?2)")?;
-    let mut rows = runs.query([])?;
+    let mut rows = runs.query(params)?;
     while let Some(r) = rows.next()? {
         let places: Vec<u8> = r.get(1)?;
-        let entries = decode(&places).ok_or_else(|| damaged_run(r.get(0).unwrap_or(0)))?;
-        for e in entries.iter().rev().filter(|e| e.session == tag) {
+        let mut entries = decode(&places).ok_or_else(|| damaged_run(r.get(0).unwrap_or(0)))?;
+        if newest_first {
+            entries.reverse();
+        }
+        for e in entries.iter().filter(|e| wanted(e)) {
             let bytes: Option<Vec<u8>> = record.query_row(params![places, e.row], |r| r.get(0))?;
-            let Some(bytes) = bytes else { continue };
-            let a = decode_event(&bytes)?;
-            if a.session_id == session_id && keep(&a) {
-                found.push((e.row, a));
-                if found.len() >= limit {
-                    return Ok(found);
-                }
+            let Some(a) = bytes.map(|b| decode_event(&b)).transpose()? else {
+                continue;
+            };
+            if !visit(e.row, a) {
+                return Ok(());
             }
         }
     }
+    Ok(())
+}
+
+/// The events kept here from rowid `from_row` on committed at `since_ms` (Unix ms) or
+/// later, in rowid order, at most `limit` (the audit's recovery: `committed_since`). Every
+/// record from there on is read: a recovery reads the few seconds since the audit's mark.
+pub(super) fn committed_since(
+    conn: &Connection,
+    from_row: i64,
+    since_ms: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<AcceptRecord>> {
+    let runs = "SELECT first, places FROM event_runs WHERE first >= coalesce((SELECT first \
+           FROM event_runs WHERE first <= ?1 ORDER BY first DESC LIMIT 1), ?1) \
+         ORDER BY first";
+    let mut found = Vec::new();
+    if limit == 0 {
+        return Ok(found);
+    }
+    scan(
+        conn,
+        runs,
+        [from_row],
+        |e| e.row >= from_row,
+        |_, a| {
+            if a.at >= since_ms {
+                found.push(a);
+            }
+            found.len() < limit
+        },
+    )?;
+    Ok(found)
+}
+
+/// The newest event kept here whose correlation id is `id`, with its rowid: every record
+/// read, newest first (the fallback of an attached reader whose correlation index cannot
+/// say: `scan_correlation`).
+pub(super) fn newest_of_correlation(
+    conn: &Connection,
+    id: &str,
+) -> rusqlite::Result<Option<(i64, String)>> {
+    let runs = "SELECT first, places FROM event_runs ORDER BY first DESC";
+    let mut found = None;
+    scan(
+        conn,
+        runs,
+        [],
+        |_| true,
+        |row, a| {
+            if a.correlation_id == id {
+                found = Some((row, a.event_id));
+            }
+            found.is_none()
+        },
+    )?;
     Ok(found)
 }
 

@@ -1888,7 +1888,25 @@ impl SqliteStore {
                     })
                 },
             )?;
-            rows.collect()
+            let mut events: Vec<super::CommittedEvent> = rows.collect::<rusqlite::Result<_>>()?;
+            // And the events kept beside the database without a row (`beside`), in the same
+            // order (at the limit, the ones with the lowest rowids: ids are made moments
+            // before their commit).
+            let beside = beside::committed_since(c, from_row, since_ms, super::MAX_RECOVERED)?;
+            events.extend(beside.into_iter().map(|a| super::CommittedEvent {
+                event_id: a.event_id,
+                correlation_id: a.correlation_id,
+                route: a.route,
+                session_id: a.session_id,
+                event_type: a.event_type,
+                state_version: a.state_version,
+                simulated: a.simulated,
+                committed_at: a.at,
+            }));
+            events
+                .sort_by(|x, y| (x.committed_at, &x.event_id).cmp(&(y.committed_at, &y.event_id)));
+            events.truncate(super::MAX_RECOVERED);
+            Ok(events)
         })
         .await
     }
@@ -2225,15 +2243,18 @@ fn read_timeline(
 /// attached process when the correlation index on disk cannot say (a store that still has
 /// its tree, which the serving gateway holds; see `journey_with_tail`).
 fn scan_correlation(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
-    let event_id: Option<String> = c
+    let in_rows: Option<(i64, String)> = c
         .query_row(
-            "SELECT event_id FROM events WHERE correlation_id = ?1 ORDER BY rowid DESC LIMIT 1",
+            "SELECT rowid, event_id FROM events WHERE correlation_id = ?1 \
+             ORDER BY rowid DESC LIMIT 1",
             params![id],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    match event_id {
-        Some(event_id) => read_journey(c, &event_id),
+    // And among the events kept beside the database without a row (`beside`).
+    let beside = beside::newest_of_correlation(c, id)?;
+    match in_rows.into_iter().chain(beside).max() {
+        Some((_, event_id)) => read_journey(c, &event_id),
         None => Ok(None),
     }
 }
@@ -2647,6 +2668,16 @@ mod tests {
 
     #[test]
     fn an_attached_reader_reads_every_event_when_the_index_on_disk_cannot_say() {
+        reads_every_event_when_the_index_on_disk_cannot_say();
+    }
+
+    #[test]
+    fn an_attached_reader_reads_every_event_kept_beside_when_the_index_on_disk_cannot_say() {
+        KEEP_BESIDE.with(|k| k.set(true));
+        reads_every_event_when_the_index_on_disk_cannot_say();
+    }
+
+    fn reads_every_event_when_the_index_on_disk_cannot_say() {
         let dir = tempfile::tempdir().expect("tmp");
         let rt = runtime();
         let owner = SqliteStore::open(&config(dir.path())).expect("open");
@@ -3488,6 +3519,11 @@ mod tests {
                 if correlation_id == "corr-b1"),
             "{out:?}"
         );
+        // The audit's recovery finds them all, in commit order.
+        let since = rt.block_on(store.committed_since(0)).expect("since");
+        let corr: Vec<&str> = since.iter().map(|e| e.correlation_id.as_str()).collect();
+        assert_eq!(corr, ["corr-b1", "corr-b2", "corr-b3", "corr-b4"]);
+        assert_eq!(since[1].session_id, "other");
         let journey = rt
             .block_on(store.journey("corr-b4"))
             .expect("journey")
