@@ -1,6 +1,6 @@
 //! Events kept beside the database, without an events row (issue 10's next step; **not
 //! written by the gateway yet**: `project` writes them only when a test asks, see
-//! `Statements::beside`).
+//! `Statements::beside` and `keep_beside`).
 //!
 //! # Why
 //! An events row costs the projector ~9k instructions (its statement's binding, the seek from
@@ -34,13 +34,32 @@
 //! *taken* out of its run ([`take`]) and written as an events row from its record, in the
 //! same transaction; readers look for the row first, then in the runs ([`read`]).
 //!
+//! # Who reads and changes them
+//! - Journeys (`read_journey`) and the answers of duplicates (the sequencer's `read_answer`):
+//!   the row first, then [`read_id`].
+//! - Timelines (`read_timeline`), the audit's recovery (`committed_since`) and an attached
+//!   reader's correlation scan: the rows and a [`scan`] of the runs, merged by rowid.
+//! - Opening the store: the ids' floor is raised past the runs' last rowid too, and
+//!   recovery writes the log's record as the row of an event whose record a power cut lost
+//!   ([`keep_record`]).
+//! - A replaced answer and a forget give the event its row first ([`materialise`]) and
+//!   erase its record; retention drops expired entries and gives rows to those an answer
+//!   keeps before their files go ([`prune`]).
+//! - Events with outbox rows keep their rows (the claims, the outbox's retention and the
+//!   late rows of `respond` join them); an event's own outbox rows never come later.
+//!
 //! # What is left before the gateway writes events here
-//! Every reader of `events` must also read the runs: the timeline and the journeys, the
-//! answers of duplicates (the sequencer's `read_answer`), `committed_since`, the counts,
-//! `max(rowid)` at open, forgets (a session's events), retention (a run's expired entries
-//! go with their files) and the check of bodies at open. Then the projector writes here
-//! every event with no outbox row; events with outbox rows (the claims and retention join
-//! them) stay rows until those readers move too.
+//! - Natively, what it saves has not shown yet: under callgrind the projector's
+//!   instructions per request fell 15,653 → 8,382 (all 94,181 → 86,869, −7.8 %), but
+//!   alternating runs at saturation were within this host's noise (bench/README.md,
+//!   fifty-third session). A measurement build has `keep_beside` read an environment
+//!   variable.
+//! - The integration tests read `events` directly (47 places): they need a way to read
+//!   the events kept here before the default changes (a view through a scalar function of
+//!   `places` and `json_each`, say).
+//! - Then writing them by default, with the guarantees' page saying where events live.
+//! - `insert_event`'s check that an id is not stored twice does not look in the runs (a
+//!   record is applied once: the positions commit with the rows).
 
 use rusqlite::{params, Connection, OptionalExtension};
 
