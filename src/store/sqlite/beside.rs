@@ -54,9 +54,9 @@
 //!   alternating runs at saturation were within this host's noise (bench/README.md,
 //!   fifty-third session). A measurement build has `keep_beside` read an environment
 //!   variable.
-//! - The integration tests read `events` directly (47 places): they need a way to read
-//!   the events kept here before the default changes (a view through a scalar function of
-//!   `places` and `json_each`, say).
+//! - The integration tests read `events` directly (47 places): before the default
+//!   changes, those that look for events with no outbox row must read `all_events` (the
+//!   view `add_event_body_function` makes) instead.
 //! - Then writing them by default, with the guarantees' page saying where events live.
 //! - `insert_event`'s check that an id is not stored twice does not look in the runs (a
 //!   record is applied once: the positions commit with the rows).
@@ -226,32 +226,119 @@ pub(super) fn decode_event(bytes: &[u8]) -> rusqlite::Result<AcceptRecord> {
     }
 }
 
-/// Registers `beside_record(places, row)` on `conn`: the record of the event of `row` from
-/// the bodies' files through `reader` when `places` (a run's) names it, else NULL; an error
-/// when its record cannot be read (see `bodies::Reader::read`).
+/// Registers on `conn`, reading through `reader`:
+/// - `beside_record(places, row)`: the record of the event of `row` from the bodies' files
+///   when `places` (a run's) names it, else NULL; an error when its record cannot be read
+///   (see `bodies::Reader::read`);
+/// - `beside_rows(places)`: the rowids a run names, as a JSON array (for `json_each`);
+/// - `beside_field(places, row, column)`: one column of that event as its events row would
+///   hold it (the last record read is kept, so a row's columns read it once).
+///
+/// The last two make the view `all_events` ([`VIEW`]): tools and tests read every event
+/// there, rows and runs alike.
 pub(super) fn add_function(conn: &Connection, reader: Arc<Reader>) -> rusqlite::Result<()> {
+    let record = move |places: &[u8], row: i64| -> rusqlite::Result<Option<Vec<u8>>> {
+        if !places.len().is_multiple_of(ENTRY) {
+            return Err(rusqlite::Error::UserFunctionError(
+                format!("event_runs: the run of row {row} is not whole entries").into(),
+            ));
+        }
+        match place_in(places, row) {
+            None => Ok(None),
+            Some(at) => reader
+                .read(at, row)
+                .map(Some)
+                .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e))),
+        }
+    };
+    let read = record.clone();
     conn.create_scalar_function(
         "beside_record",
         2,
         FunctionFlags::SQLITE_UTF8,
         move |ctx| -> rusqlite::Result<Option<Vec<u8>>> {
+            read(ctx.get_raw(0).as_blob().unwrap_or(&[]), ctx.get(1)?)
+        },
+    )?;
+    conn.create_scalar_function(
+        "beside_rows",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| -> rusqlite::Result<String> {
             let places = ctx.get_raw(0).as_blob().unwrap_or(&[]);
+            let rows: Vec<String> = decode(places)
+                .unwrap_or_default()
+                .iter()
+                .map(|e| e.row.to_string())
+                .collect();
+            Ok(format!("[{}]", rows.join(",")))
+        },
+    )?;
+    let last: parking_lot::Mutex<Option<(i64, AcceptRecord)>> = parking_lot::Mutex::new(None);
+    conn.create_scalar_function(
+        "beside_field",
+        3,
+        FunctionFlags::SQLITE_UTF8,
+        move |ctx| -> rusqlite::Result<rusqlite::types::Value> {
+            use rusqlite::types::Value;
             let row: i64 = ctx.get(1)?;
-            if !places.len().is_multiple_of(ENTRY) {
-                return Err(rusqlite::Error::UserFunctionError(
-                    format!("event_runs: the run of row {row} is not whole entries").into(),
-                ));
+            let column: String = ctx.get(2)?;
+            let mut last = last.lock();
+            if last.as_ref().is_none_or(|(r, _)| *r != row) {
+                let bytes = record(ctx.get_raw(0).as_blob().unwrap_or(&[]), row)?;
+                *last = bytes
+                    .map(|b| decode_event(&b))
+                    .transpose()?
+                    .map(|a| (row, a));
             }
-            match place_in(places, row) {
-                None => Ok(None),
-                Some(at) => reader
-                    .read(at, row)
-                    .map(Some)
-                    .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e))),
-            }
+            let Some((_, a)) = last.as_ref() else {
+                return Ok(Value::Null);
+            };
+            Ok(match column.as_str() {
+                "event_id" => Value::Text(a.event_id.clone()),
+                "correlation_id" => Value::Text(a.correlation_id.clone()),
+                "route" => Value::Text(a.route.clone()),
+                "session_id" => Value::Text(a.session_id.clone()),
+                "event_type" => Value::Text(a.event_type.clone()),
+                "state_version" => Value::Integer(a.state_version as i64),
+                "simulated" => Value::Integer(i64::from(a.simulated)),
+                "received_at" => Value::Text(a.received_at.clone()),
+                "committed_at" => Value::Integer(a.at),
+                "body" => Value::Text(a.body.clone()),
+                "answer" => Value::Blob(a.answer.to_vec()),
+                "answer_status" => Value::Integer(i64::from(a.status)),
+                other => {
+                    return Err(rusqlite::Error::UserFunctionError(
+                        format!("beside_field: no column {other}").into(),
+                    ))
+                }
+            })
         },
     )
 }
+
+/// Every event, its row's or kept beside the database, with the events row's columns
+/// (`row` its rowid, `body` its body wherever it is): for tools and tests, not the store's
+/// own reads (each event beside is read from its file).
+pub(super) const VIEW: &str = "CREATE TEMP VIEW IF NOT EXISTS all_events AS \
+    SELECT rowid AS row, event_id, correlation_id, route, session_id, event_type, \
+           state_version, simulated, received_at, committed_at, \
+           event_body(body, body_at, rowid) AS body, answer, answer_status \
+    FROM events \
+    UNION ALL \
+    SELECT j.value, beside_field(r.places, j.value, 'event_id'), \
+           beside_field(r.places, j.value, 'correlation_id'), \
+           beside_field(r.places, j.value, 'route'), \
+           beside_field(r.places, j.value, 'session_id'), \
+           beside_field(r.places, j.value, 'event_type'), \
+           beside_field(r.places, j.value, 'state_version'), \
+           beside_field(r.places, j.value, 'simulated'), \
+           beside_field(r.places, j.value, 'received_at'), \
+           beside_field(r.places, j.value, 'committed_at'), \
+           beside_field(r.places, j.value, 'body'), \
+           beside_field(r.places, j.value, 'answer'), \
+           beside_field(r.places, j.value, 'answer_status') \
+    FROM event_runs r, json_each(beside_rows(r.places)) j";
 
 /// Takes the event of `row` out of its run (the run row rewritten without it, or deleted
 /// when it was the last), and says where its record is: the caller writes its events row

@@ -576,7 +576,8 @@ fn add_functions(conn: &Connection) -> rusqlite::Result<()> {
 /// the function its events' bodies are read with: `event_body(body, body_at, rowid)` (see
 /// `bodies`; `body` alone is empty for a body kept beside the database).
 pub fn add_event_body_function(conn: &Connection, db: &Path) -> rusqlite::Result<()> {
-    add_body_function(conn, bodies::dir_of(db))
+    add_body_function(conn, bodies::dir_of(db))?;
+    conn.execute_batch(beside::VIEW)
 }
 
 /// `event_body(body, body_at, rowid)`: an events row's body, from the row or, with a
@@ -3508,6 +3509,27 @@ mod tests {
             ["corr-b3"],
             "only the event with an outbox row has a row"
         );
+        add_event_body_function(&db, &path).expect("functions");
+        let all: Vec<(i64, String, String, i64)> = db
+            .prepare("SELECT row, correlation_id, body, state_version FROM all_events ORDER BY row")
+            .expect("query")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        let corr: Vec<&str> = all.iter().map(|(_, c, _, _)| c.as_str()).collect();
+        assert_eq!(
+            corr,
+            ["corr-b1", "corr-b2", "corr-b3", "corr-b4"],
+            "rows and runs"
+        );
+        for (row, c, body, version) in &all {
+            let event: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+            assert_eq!(event["correlationId"], c.as_str());
+            let id = event["eventId"].as_str().expect("an id");
+            assert_eq!(crate::event_id::row_of(id), Some(*row));
+            assert_eq!(event["stateVersion"], *version);
+        }
         drop(db);
         // Reopened: nothing in memory, so every read goes to the store.
         let store = SqliteStore::open(&config(dir.path())).expect("reopen");
