@@ -58,7 +58,7 @@ fn code(r: &crate::support::TestResponse) -> String {
 }
 
 async fn events(app: &TestApp) -> i64 {
-    count(&app.db().await, "SELECT count(*) FROM events")
+    count(&app.db().await, "SELECT count(*) FROM all_events")
 }
 
 #[tokio::test]

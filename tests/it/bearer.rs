@@ -27,7 +27,7 @@ fn b64url(bytes: &[u8]) -> String {
 }
 
 async fn events(app: &TestApp) -> i64 {
-    count(&app.db().await, "SELECT count(*) FROM events")
+    count(&app.db().await, "SELECT count(*) FROM all_events")
 }
 
 /// A loopback identity provider serving a JWKS document it can be told to change, counting

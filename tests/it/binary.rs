@@ -371,10 +371,12 @@ fn sigterm_answers_in_flight_requests_then_exits_0() {
         "audit flushed before exit: {audit:?}"
     );
     let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).expect("db");
+    cognihook::store::sqlite::add_event_body_function(&db, &dir.path().join("cognihook.db"))
+        .unwrap();
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM events WHERE correlation_id = 'corr-term'"
+            "SELECT count(*) FROM all_events WHERE correlation_id = 'corr-term'"
         ),
         1
     );
@@ -439,8 +441,10 @@ fn every_acknowledged_event_survives_kill_9_under_load() {
     c.env("COGNIGY_WEBHOOK_SECRET", SECRET);
     let mut server = Server::start(c);
     let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).expect("db");
+    cognihook::store::sqlite::add_event_body_function(&db, &dir.path().join("cognihook.db"))
+        .unwrap();
     let mut stmt = db
-        .prepare("SELECT count(*) FROM events WHERE correlation_id = ?1")
+        .prepare("SELECT count(*) FROM all_events WHERE correlation_id = ?1")
         .expect("stmt");
     let missing: Vec<&String> = acked
         .iter()
@@ -460,7 +464,7 @@ fn every_acknowledged_event_survives_kill_9_under_load() {
     let gaps = count(
         &db,
         "SELECT count(*) FROM (SELECT session_id, max(state_version) AS m, count(*) AS n \
-         FROM events GROUP BY session_id) WHERE m != n",
+         FROM all_events GROUP BY session_id) WHERE m != n",
     );
     assert_eq!(gaps, 0);
     server.terminate();

@@ -53,7 +53,7 @@ fn delivered(app: &TestApp) -> i64 {
 
 fn event_ids(app: &TestApp) -> std::collections::BTreeSet<String> {
     let db = app.db_now();
-    let mut st = db.prepare("SELECT event_id FROM events").unwrap();
+    let mut st = db.prepare("SELECT event_id FROM all_events").unwrap();
     st.query_map([], |r| r.get::<_, String>(0))
         .unwrap()
         .map(Result::unwrap)

@@ -255,8 +255,8 @@ fn check_acknowledged(db: &rusqlite::Connection, acked: &BTreeMap<String, Acked>
         .prepare(
             "SELECT e.state_version, count(*) OVER (), \
                     (SELECT count(*) FROM outbox o WHERE o.event_id = e.event_id), \
-                    json_extract(event_body(e.body, e.body_at, e.rowid), '$.correlationId') \
-             FROM events e WHERE e.correlation_id = ?1",
+                    json_extract(e.body, '$.correlationId') \
+             FROM all_events e WHERE e.correlation_id = ?1",
         )
         .unwrap();
     for (corr, a) in acked {
@@ -286,7 +286,7 @@ fn check_acknowledged(db: &rusqlite::Connection, acked: &BTreeMap<String, Acked>
 fn check_sessions_and_audit(db: &rusqlite::Connection, audit: &std::path::Path, kills: usize) {
     let twice: i64 = db
         .query_row(
-            "SELECT count(*) FROM (SELECT correlation_id FROM events GROUP BY correlation_id \
+            "SELECT count(*) FROM (SELECT correlation_id FROM all_events GROUP BY correlation_id \
              HAVING count(*) > 1)",
             [],
             |r| r.get(0),
@@ -294,7 +294,9 @@ fn check_sessions_and_audit(db: &rusqlite::Connection, audit: &std::path::Path, 
         .unwrap();
     assert_eq!(twice, 0, "an event was committed twice");
     let mut versions = db
-        .prepare("SELECT session_id, state_version FROM events ORDER BY session_id, state_version")
+        .prepare(
+            "SELECT session_id, state_version FROM all_events ORDER BY session_id, state_version",
+        )
         .unwrap();
     let mut sessions: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for row in versions
@@ -424,7 +426,7 @@ sinks = ["backend"]
 
 /// Every event id in the embedded store's database.
 fn stored_event_ids(db: &rusqlite::Connection) -> Vec<String> {
-    let mut st = db.prepare("SELECT event_id FROM events").unwrap();
+    let mut st = db.prepare("SELECT event_id FROM all_events").unwrap();
     st.query_map([], |r| r.get(0))
         .unwrap()
         .collect::<Result<_, _>>()

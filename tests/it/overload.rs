@@ -116,7 +116,7 @@ async fn a_connection_over_max_connections_is_closed_at_once_and_counted() {
         ) >= 1.0,
         "{metrics}"
     );
-    assert_eq!(count(&app.db().await, "SELECT count(*) FROM events"), 1);
+    assert_eq!(count(&app.db().await, "SELECT count(*) FROM all_events"), 1);
 }
 
 #[tokio::test]
@@ -228,7 +228,7 @@ async fn over_max_in_flight_a_request_is_answered_503_at_once_and_nothing_is_sto
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM events WHERE session_id IN ('held', 's3')"
+            "SELECT count(*) FROM all_events WHERE session_id IN ('held', 's3')"
         ),
         2
     );
@@ -236,7 +236,7 @@ async fn over_max_in_flight_a_request_is_answered_503_at_once_and_nothing_is_sto
     assert_eq!(
         count(
             &db,
-            &format!("SELECT count(*) FROM events WHERE correlation_id = '{refused_id}'")
+            &format!("SELECT count(*) FROM all_events WHERE correlation_id = '{refused_id}'")
         ),
         0,
         "a refused request stores nothing"
@@ -268,7 +268,7 @@ async fn the_deadline_counts_from_the_first_byte_so_a_slow_head_is_answered_503_
         "{body}"
     );
     assert!(head.contains("retry-after: 1"), "{head}");
-    assert_eq!(count(&app.db().await, "SELECT count(*) FROM events"), 0);
+    assert_eq!(count(&app.db().await, "SELECT count(*) FROM all_events"), 0);
 }
 
 const LIMITED_ROUTES: &str = r#"
@@ -330,9 +330,9 @@ async fn over_a_routes_rate_limit_requests_get_429_with_retry_after_and_nothing_
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM events WHERE correlation_id IN ('over', 'sh2')"
+            "SELECT count(*) FROM all_events WHERE correlation_id IN ('over', 'sh2')"
         ),
         0
     );
-    assert_eq!(count(&db, "SELECT count(*) FROM events"), 4);
+    assert_eq!(count(&db, "SELECT count(*) FROM all_events"), 4);
 }

@@ -98,7 +98,7 @@ async fn http_node_sample_as_json_and_as_form_gives_the_same_event() {
     let db = app.db().await;
     let stored: String = db
         .query_row(
-            "SELECT event_body(body, body_at, rowid) FROM events WHERE state_version = 2",
+            "SELECT body FROM all_events WHERE state_version = 2",
             [],
             |r| r.get(0),
         )
@@ -146,7 +146,7 @@ async fn cognigy_input_rules_and_errors() {
         .as_str()
         .unwrap()
         .contains("application/x-www-form-urlencoded"));
-    assert_eq!(count(&app.db().await, "SELECT count(*) FROM events"), 0);
+    assert_eq!(count(&app.db().await, "SELECT count(*) FROM all_events"), 0);
 }
 
 #[tokio::test]
@@ -185,11 +185,7 @@ async fn json_schema_route_validates_then_follows_its_pointers() {
     let stored: String = app
         .db()
         .await
-        .query_row(
-            "SELECT event_body(body, body_at, rowid) FROM events",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT body FROM all_events", [], |r| r.get(0))
         .unwrap();
     let ev: serde_json::Value = serde_json::from_str(&stored).unwrap();
     assert_eq!(ev["sessionId"], "c-1");
@@ -349,7 +345,7 @@ async fn form_data_text_parts_and_json_sent_as_a_form_are_decoded_on_cognigy_inp
         )
         .await;
     assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert_eq!(count(&app.db().await, "SELECT count(*) FROM events"), 2);
+    assert_eq!(count(&app.db().await, "SELECT count(*) FROM all_events"), 2);
 }
 
 #[tokio::test]
@@ -413,7 +409,7 @@ extract = { status = "event.entities.call_status", user = "event.userId" }
         .db()
         .await
         .query_row(
-            "SELECT session_id, event_type, json_extract(event_body(body, body_at, rowid), '$.traceId') FROM events",
+            "SELECT session_id, event_type, json_extract(body, '$.traceId') FROM all_events",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )

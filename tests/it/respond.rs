@@ -149,7 +149,7 @@ async fn a_slow_upstream_gets_a_202_and_its_late_answer_is_notified_into_the_ses
     let event_id: String = app
         .db()
         .await
-        .query_row("SELECT event_id FROM events", [], |r| r.get(0))
+        .query_row("SELECT event_id FROM all_events", [], |r| r.get(0))
         .unwrap();
     // The upstream is still holding the call; nothing has gone to Cognigy yet.
     assert_eq!(upstream.received().len(), 1);

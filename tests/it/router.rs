@@ -206,7 +206,9 @@ async fn auth_failures_answer_401_with_specific_codes_and_never_the_expected_sig
     // Nothing was stored for the refused requests.
     app.state().store.caught_up().await.expect("caught up");
     let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).expect("db");
-    assert_eq!(count(&db, "SELECT count(*) FROM events"), 1);
+    cognihook::store::sqlite::add_event_body_function(&db, &dir.path().join("cognihook.db"))
+        .unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM all_events"), 1);
 }
 
 #[tokio::test]
@@ -320,7 +322,9 @@ async fn failed_rules_answer_422_with_the_rule_message_and_store_nothing() {
 
     app.state().store.caught_up().await.expect("caught up");
     let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).expect("db");
-    assert_eq!(count(&db, "SELECT count(*) FROM events"), 0);
+    cognihook::store::sqlite::add_event_body_function(&db, &dir.path().join("cognihook.db"))
+        .unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM all_events"), 0);
     assert_eq!(count(&db, "SELECT count(*) FROM sessions"), 0);
 }
 
@@ -433,7 +437,9 @@ async fn response_over_the_limit_is_500_internal_and_commits_nothing() {
     assert_error(&a, StatusCode::INTERNAL_SERVER_ERROR, "internal");
     app.state().store.caught_up().await.expect("caught up");
     let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).expect("db");
-    assert_eq!(count(&db, "SELECT count(*) FROM events"), 0);
+    cognihook::store::sqlite::add_event_body_function(&db, &dir.path().join("cognihook.db"))
+        .unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM all_events"), 0);
     assert_eq!(count(&db, "SELECT count(*) FROM sessions"), 0);
 }
 
@@ -605,12 +611,12 @@ async fn simulator_skips_auth_and_marks_events_simulated() {
     cognihook::store::sqlite::add_event_body_function(&db, &dir.path().join("cognihook.db"))
         .expect("function");
     assert_eq!(
-        count(&db, "SELECT count(*) FROM events WHERE simulated = 1"),
+        count(&db, "SELECT count(*) FROM all_events WHERE simulated = 1"),
         2
     );
     let body: String = db
         .query_row(
-            "SELECT event_body(body, body_at, rowid) FROM events WHERE correlation_id = 'c-sim'",
+            "SELECT body FROM all_events WHERE correlation_id = 'c-sim'",
             [],
             |r| r.get(0),
         )

@@ -33,7 +33,7 @@ async fn forty_concurrent_events_of_one_session_get_state_versions_1_to_40() {
     let db = app.db().await;
     assert_eq!(count(&db, "SELECT state_version FROM sessions"), 40);
     assert_eq!(
-        count(&db, "SELECT count(DISTINCT state_version) FROM events"),
+        count(&db, "SELECT count(DISTINCT state_version) FROM all_events"),
         40
     );
 }
@@ -63,7 +63,7 @@ async fn concurrent_duplicates_commit_once_and_all_get_the_same_answer() {
     assert!(bodies.iter().all(|b| *b == bodies[0]), "all answers equal");
     assert_eq!(bodies[0]["data"]["stateVersion"], 1);
     let db = app.db().await;
-    assert_eq!(count(&db, "SELECT count(*) FROM events"), 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM all_events"), 1);
     assert_eq!(count(&db, "SELECT state_version FROM sessions"), 1);
 }
 
@@ -129,7 +129,7 @@ async fn a_malformed_chunked_body_is_400_malformed_request_not_invalid_json() {
         "{answer}"
     );
     let db = app.db().await;
-    assert_eq!(count(&db, "SELECT count(*) FROM events"), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM all_events"), 0);
 }
 
 #[tokio::test]
@@ -260,7 +260,7 @@ async fn a_stuck_database_holds_nothing_up_until_its_backlog_is_full_then_503_an
     }
     let db = app.db().await;
     assert_eq!(
-        count(&db, "SELECT count(*) FROM events"),
+        count(&db, "SELECT count(*) FROM all_events"),
         bodies.len() as i64
     );
     assert_eq!(count(&db, "SELECT max(state_version) FROM sessions"), 1);

@@ -91,14 +91,16 @@ fn simulated_conversations_on_two_routes_meet_every_expectation() {
     server.terminate();
     server.wait(T);
     let db = rusqlite::Connection::open(dir.path().join("cognihook.db")).unwrap();
+    cognihook::store::sqlite::add_event_body_function(&db, &dir.path().join("cognihook.db"))
+        .unwrap();
     // Per session, the committed stateVersions are exactly 1..N.
     let gaps = count(
         &db,
         "SELECT count(*) FROM (SELECT session_id, max(state_version) m, count(*) n \
-         FROM events GROUP BY session_id) WHERE m != n",
+         FROM all_events GROUP BY session_id) WHERE m != n",
     );
     assert_eq!(gaps, 0);
-    assert!(count(&db, "SELECT count(*) FROM events") > 20);
+    assert!(count(&db, "SELECT count(*) FROM all_events") > 20);
 }
 
 #[test]

@@ -747,9 +747,12 @@ async fn an_idle_embedded_store_prunes_pass_after_pass_until_nothing_expired_is_
     }
     store.caught_up().await.unwrap();
     let db = rusqlite::Connection::open(sqlite.path()).expect("db");
+    cognihook::store::sqlite::add_event_body_function(&db, sqlite.path()).unwrap();
     let events = || {
-        db.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))
-            .expect("count")
+        db.query_row("SELECT count(*) FROM all_events", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .expect("count")
     };
     assert_eq!(events(), 10_000);
     cognihook::clock::skew_wall_clock(3 * 3_600_000);
