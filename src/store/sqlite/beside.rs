@@ -1,6 +1,6 @@
-//! Events kept beside the database, without an events row (issue 10's next step; **not
-//! written by the gateway yet**: `project` writes them only when a test asks, see
-//! `Statements::beside` and `keep_beside`).
+//! Events kept beside the database, without an events row (schema 17, issue 10): every
+//! event with no outbox row whose body would go beside the database (`Bodies::append`'s
+//! rule) is kept here (`project`'s `put_beside`; `keep_beside`).
 //!
 //! # Why
 //! An events row costs the projector ~9k instructions (its statement's binding, the seek from
@@ -48,18 +48,19 @@
 //! - Events with outbox rows keep their rows (the claims, the outbox's retention and the
 //!   late rows of `respond` join them); an event's own outbox rows never come later.
 //!
-//! # What is left before the gateway writes events here
-//! - Natively, what it saves has not shown yet: under callgrind the projector's
-//!   instructions per request fell 15,653 → 8,382 (all 94,181 → 86,869, −7.8 %), but
-//!   alternating runs at saturation were within this host's noise (bench/README.md,
-//!   fifty-third session). A measurement build has `keep_beside` read an environment
-//!   variable.
-//! - The integration tests read `events` directly (47 places): before the default
-//!   changes, those that look for events with no outbox row must read `all_events` (the
-//!   view `add_event_body_function` makes) instead.
-//! - Then writing them by default, with the guarantees' page saying where events live.
+//! # What is left
+//! - Natively, the saving is within this host's noise so far: under callgrind the
+//!   projector's instructions per request fell 15,653 → 8,382 (all 94,181 → 86,869,
+//!   −7.8 %); alternating runs at saturation did not tell the two apart (bench/README.md,
+//!   fifty-third session).
+//! - Events with outbox rows keep their rows: the claims (`outbox::CLAIMED_EVENT`), an
+//!   event's rows (`EVENT_ROWS`) and the outbox's retention (`DELIVERED_BEFORE`,
+//!   `project::EXPIRED_EVENTS`) join them.
 //! - `insert_event`'s check that an id is not stored twice does not look in the runs (a
 //!   record is applied once: the positions commit with the rows).
+//! - Most of this crate's unit tests read the events table directly, so their stores write
+//!   rows unless a test asks (`KEEP_BESIDE`); the integration tests read `all_events` and
+//!   run the gateway's setting.
 
 use rusqlite::{params, Connection, OptionalExtension};
 

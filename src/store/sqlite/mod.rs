@@ -211,13 +211,16 @@ pub(crate) struct WriterSettings {
     /// Where events' bodies go beside the database (`bodies`; `None` in some tests: in rows).
     bodies: Option<Arc<bodies::Bodies>>,
     /// Whether events with no outbox row are kept beside the database without an events row
-    /// (`beside`): not yet, but in the tests that ask (`KEEP_BESIDE`).
+    /// (`beside`): always, but in this crate's unit tests only those that ask
+    /// (`KEEP_BESIDE`; most of them read the events table directly). The integration tests
+    /// run the gateway's own setting.
     beside: bool,
 }
 
 #[cfg(test)]
 thread_local! {
-    /// Stores opened on this thread keep events beside the database (`beside`).
+    /// Stores opened on this thread keep events beside the database (`beside`), as the
+    /// gateway's do; without it, a unit test's store writes every event as a row.
     static KEEP_BESIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -226,7 +229,7 @@ fn keep_beside() -> bool {
     #[cfg(test)]
     return KEEP_BESIDE.with(std::cell::Cell::get);
     #[cfg(not(test))]
-    false
+    true
 }
 
 /// Whether one part of the store can write, and why not when it cannot.
