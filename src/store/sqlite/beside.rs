@@ -529,8 +529,8 @@ pub(super) fn prune(
 
 /// Writes the event of `id`, if a run holds it, as an events row (see [`materialise_row`]).
 pub(super) fn materialise(conn: &Connection, id: &str) -> rusqlite::Result<Option<i64>> {
-    match crate::event_id::row_of(id) {
-        Some(row) if read_id(conn, id)?.is_some() => materialise_row(conn, row),
+    match (crate::event_id::row_of(id), read_id(conn, id)?) {
+        (Some(row), Some(a)) => give_row(conn, row, &a),
         _ => Ok(None),
     }
 }
@@ -541,13 +541,19 @@ pub(super) fn materialise(conn: &Connection, id: &str) -> rusqlite::Result<Optio
 /// place, whose bytes stay in their file, named by nothing, until retention removes the
 /// file (a forget erases them).
 pub(super) fn materialise_row(conn: &Connection, row: i64) -> rusqlite::Result<Option<i64>> {
-    let Some(a) = read(conn, row)? else {
-        return Ok(None);
-    };
+    match read(conn, row)? {
+        Some(a) => give_row(conn, row, &a),
+        None => Ok(None),
+    }
+}
+
+/// Takes the event of `row` (read as `a`) out of its run and writes `a` as its row; the
+/// record's place, or `None` when no run held it.
+fn give_row(conn: &Connection, row: i64, a: &AcceptRecord) -> rusqlite::Result<Option<i64>> {
     let Some(at) = take(conn, row)? else {
         return Ok(None);
     };
-    insert_row(conn, row, &a)?;
+    insert_row(conn, row, a)?;
     Ok(Some(at))
 }
 
