@@ -123,7 +123,9 @@
 //! (human durations in settings), `clock` (stored times and schedules: wall-clock time that
 //! never runs backwards), `seal` (event bodies encrypted at rest, opened by the stores),
 //! `priority` (thread niceness: delivery and the store's background threads; short time
-//! slices for the async workers and the store's writer), `json` (JSON
+//! slices for the async workers and the store's writer), `writeback` (appended files whose
+//! write-back starts every 256 KiB, so the disk gets a stream and not bursts: the bodies'
+//! files and the audit log), `json` (JSON
 //! written by hand on the ingest path: the stored event, the audit line, the answer; byte for
 //! byte what serde_json writes) and
 //! `load` (ingest's load gauge: HTTP raises it, delivery reads it). Store and sinks never
@@ -152,6 +154,7 @@ pub mod secret;
 pub mod sinks;
 pub mod store;
 pub mod telemetry;
+pub mod writeback;
 
 /// A hash map for the maps every request touches (the sequencer's hot answers and spent
 /// signatures, the sessions the projector holds behind, the per-route metric handles):

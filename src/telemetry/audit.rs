@@ -371,12 +371,14 @@ struct Shared {
     failing: Mutex<Option<AuditError>>,
 }
 
-/// Opens `p` for appending. A file that does not end in a newline holds a line cut short (a
+/// Opens `p` for appending, its write-back started as it fills (`crate::writeback`: the
+/// lines are never flushed, and the kernel's own write-back of a minute's lines at once
+/// would queue ahead of the store's flushes). A file that does not end in a newline holds a line cut short (a
 /// process killed in the middle of writing it): the line is ended first, so the next line
 /// is not glued to it and stays whole. The cut line is left as it is (its event's line is
 /// written again from the store when the start recovers lost lines: `processed_in_tail`
 /// skips a line that does not parse).
-fn open_append(p: &Path) -> std::io::Result<std::fs::File> {
+fn open_append(p: &Path) -> std::io::Result<crate::writeback::Appender> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -396,7 +398,7 @@ fn open_append(p: &Path) -> std::io::Result<std::fs::File> {
             );
         }
     }
-    Ok(f)
+    crate::writeback::Appender::new(f)
 }
 
 impl Shared {
