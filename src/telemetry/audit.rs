@@ -372,8 +372,8 @@ struct Shared {
 }
 
 /// Opens `p` for appending, its write-back started as it fills (`crate::writeback`: the
-/// lines are never flushed, and the kernel's own write-back of a minute's lines at once
-/// would queue ahead of the store's flushes). A file that does not end in a newline holds a line cut short (a
+/// file is never synced, so otherwise the kernel writes its pages back once they are 30 s
+/// old, several seconds' lines at a time, ahead of the store's flushes). A file that does not end in a newline holds a line cut short (a
 /// process killed in the middle of writing it): the line is ended first, so the next line
 /// is not glued to it and stays whole. The cut line is left as it is (its event's line is
 /// written again from the store when the start recovers lost lines: `processed_in_tail`
