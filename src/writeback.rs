@@ -17,50 +17,25 @@ pub const EVERY_BYTES: u64 = 256 << 10;
 /// an append will write again is not written twice.
 const PAGE: u64 = 4096;
 
-/// How far an appended file's write-back has been started.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Trickle {
-    started: u64,
-}
-
-impl Trickle {
-    /// For a file whose first `len` bytes need nothing started (written before it was
-    /// opened).
-    pub fn from(len: u64) -> Trickle {
-        Trickle {
-            started: len - len % PAGE,
-        }
-    }
-
-    /// `file` now holds `len` bytes: starts the write-back of its whole pages not started
-    /// yet once there are [`EVERY_BYTES`] of them. Only a hint: it does not wait, and a
-    /// failure is left to the flush that makes the bytes durable.
-    pub fn wrote(&mut self, file: &File, len: u64) {
-        let end = len - len % PAGE;
-        if end < self.started + EVERY_BYTES {
-            return;
-        }
-        start(file, self.started, end - self.started);
-        self.started = end;
-    }
-}
-
-/// A file appended to, whose write-back is started every [`EVERY_BYTES`] ([`Trickle`]).
+/// A file appended to, whose write-back is started each time [`EVERY_BYTES`] of whole pages
+/// wait.
 #[derive(Debug)]
 pub struct Appender {
     file: File,
     len: u64,
-    trickle: Trickle,
+    /// Where the write-back started so far ends (a page boundary).
+    started: u64,
 }
 
 impl Appender {
-    /// Appends to `file` (opened for appending) from its present end.
+    /// Appends to `file` (opened for appending) from its present end; what it holds already
+    /// is left to the kernel.
     pub fn new(file: File) -> io::Result<Appender> {
         let len = file.metadata()?.len();
         Ok(Appender {
             file,
             len,
-            trickle: Trickle::from(len),
+            started: len - len % PAGE,
         })
     }
 }
@@ -69,7 +44,13 @@ impl Write for Appender {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.len += n as u64;
-        self.trickle.wrote(&self.file, self.len);
+        // Only a hint: it does not wait, and a failure is left to the flush that makes the
+        // bytes durable.
+        let end = self.len - self.len % PAGE;
+        if end >= self.started + EVERY_BYTES {
+            start(&self.file, self.started, end - self.started);
+            self.started = end;
+        }
         Ok(n)
     }
 
@@ -114,16 +95,16 @@ mod tests {
             .expect("open");
         let mut a = Appender::new(file).expect("appender");
         // What was there before is a page and a bit: only the page counts as started.
-        assert_eq!((a.len, a.trickle.started), (5000, 4096));
+        assert_eq!((a.len, a.started), (5000, 4096));
         let piece = vec![b'y'; 100_000];
         a.write_all(&piece).expect("write");
         a.write_all(&piece).expect("write");
         // 205,000 bytes: 200,904 past the start, under the threshold.
-        assert_eq!(a.trickle.started, 4096);
+        assert_eq!(a.started, 4096);
         a.write_all(&piece).expect("write");
         // 305,000 bytes: its whole pages (74 of them) are started.
         assert_eq!(a.len, 305_000);
-        assert_eq!(a.trickle.started, 74 * 4096);
+        assert_eq!(a.started, 74 * 4096);
         a.flush().expect("flush");
         let written = std::fs::read(&path).expect("read");
         assert_eq!(written.len(), 305_000);
