@@ -159,7 +159,9 @@ impl NormalisedEvent {
         // The fields take a few hundred bytes; the payload, when its text is known, its own
         // length (one allocation instead of growing by doubling).
         let mut out = String::with_capacity(512 + self.payload.text().map_or(0, str::len));
-        // Each field after the first as one piece, `,"name":` (three pushes and a test of
+        // The embedded store reads the fields up to `eventType` back from this opening
+        // (`store::sqlite::record`'s packed records): another order only leaves its records
+        // unpacked. Each field after the first as one piece, `,"name":` (three pushes and a test of
         // the length before were ~80 instructions a field, 16 fields: bench/README.md,
         // fortieth session).
         out.push_str("{\"eventId\":");

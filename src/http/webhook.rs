@@ -584,7 +584,9 @@ fn store_refusal(route: &Route, correlation_id: &str, e: &StoreError) -> ApiErro
 
 /// The success answer (SPEC §5) with its `data.stateVersion` left for the store to fill:
 /// `data` holds `processed`, `stateVersion` and the route's extracts, in that order. Its
-/// `timestamp` is the event's `receivedAt` (the request's one clock reading).
+/// `timestamp` is the event's `receivedAt` (the request's one clock reading). The embedded
+/// store keeps this envelope as its words (`store::sqlite::record`'s packed records): other
+/// words are kept whole.
 fn success_answer(
     status: &str,
     message: &str,

@@ -325,6 +325,86 @@ fn send_example_is_accepted_then_replayed_and_events_show_finds_it() {
     assert!(j["event"].get("entities").is_none(), "{j}");
 }
 
+/// The bytes of every file under `dir`, one after another.
+fn files_under(dir: &std::path::Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            all.extend(files_under(&path));
+        } else {
+            all.extend(std::fs::read(&path).expect("read file"));
+        }
+    }
+    all
+}
+
+/// Schema 18's packed records: an event the gateway made is kept in the log and beside the
+/// database without its answer's envelope or the columns its body repeats, and its duplicate
+/// still gets the first answer byte for byte, after a `kill -9` (the log is read again) and
+/// after a clean stop (from the record beside the database).
+#[test]
+fn a_stored_event_keeps_its_answer_packed_and_a_duplicate_gets_it_back_whole() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let start = || {
+        let mut c = command(dir.path());
+        c.env("COGNIGY_WEBHOOK_SECRET", SECRET);
+        Server::start(c)
+    };
+    let send = |server: &Server| {
+        let url = format!("http://{}/webhook/cognigy", server.addr);
+        let mut c = command(dir.path());
+        c.env("COGNIGY_WEBHOOK_SECRET", SECRET)
+            .args(["send", "--example", "nlu", "--url", &url]);
+        let o = run(c, T);
+        assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+        let out = stdout(&o);
+        let answer = out
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| panic!("no answer in {out}"))
+            .to_string();
+        (answer, out.contains("idempotent-replayed: true"))
+    };
+    let server = start();
+    let (first, replayed) = send(&server);
+    assert!(!replayed);
+    assert!(
+        first.contains("\"message\":\"Payload processed successfully\""),
+        "{first}"
+    );
+    drop(server); // SIGKILL
+    let mut server = start();
+    assert_eq!(send(&server), (first.clone(), true));
+    // Stopped: the record is beside the database, the log's segment gone.
+    server.terminate();
+    assert_eq!(server.wait(T), Some(0));
+    let kept = [
+        files_under(&dir.path().join("cognihook.log")),
+        files_under(&dir.path().join("cognihook.bodies")),
+    ];
+    let transaction = first
+        .split("\"transactionId\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a transaction id")
+        .to_string();
+    for bytes in &kept {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(!text.contains("Payload processed successfully"));
+        // Once, in the body, wherever a record is.
+        for at in text.match_indices(&transaction).map(|(at, _)| at) {
+            assert!(text[..at].ends_with("\"transactionId\":\""), "{text}");
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&kept[1]).contains(&transaction),
+        "the record is beside the database"
+    );
+    let server = start();
+    assert_eq!(send(&server), (first, true));
+}
+
 /// Starts a request whose body is held back, so it is in flight while the server shuts down.
 fn start_slow_request(addr: std::net::SocketAddr, body: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");

@@ -143,7 +143,7 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     assert_eq!(dup.json()["data"]["stateVersion"], 3);
     let db = app.db().await;
     assert_eq!(count(&db, "SELECT count(*) FROM events"), 7);
-    assert_eq!(count(&db, "PRAGMA user_version"), 17, "every migration ran");
+    assert_eq!(count(&db, "PRAGMA user_version"), 18, "every migration ran");
     assert_eq!(
         count(
             &db,
@@ -304,7 +304,7 @@ async fn keys_of_a_version_before_hashed_keys_still_find_their_first_answers() {
     // Marked with schema 13, so a build from before the keys' runs (or before hashed keys),
     // which would not read them, refuses the store instead of taking repeats for new events.
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 17);
+    assert_eq!(count(&db, "PRAGMA user_version"), 18);
 }
 
 /// `tests/fixtures/store/hashed-keys/` was made by cognihook of schema 12 (commit ec6d400,
@@ -357,7 +357,7 @@ async fn a_store_of_schema_12_is_upgraded_in_place_and_its_tree_keys_still_answe
     let j: Value = app.admin_get("/admin/events/hx-1").await.json();
     assert_eq!(j["event"]["sessionId"], "hs1", "{j}");
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 17);
+    assert_eq!(count(&db, "PRAGMA user_version"), 18);
 }
 
 /// `tests/fixtures/store/schema14/` was made by cognihook of schema 14 (commit 3da0783, the
@@ -394,7 +394,7 @@ async fn a_store_of_schema_14_numbers_its_event_rows_and_finds_every_event_by_ei
     assert_eq!(new.status, StatusCode::OK, "{:?}", new.body);
     assert_eq!(new.json()["data"]["stateVersion"], 2);
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 17);
+    assert_eq!(count(&db, "PRAGMA user_version"), 18);
     assert_eq!(
         count(&db, "SELECT count(*) FROM pragma_index_list('events')"),
         0,
@@ -437,7 +437,7 @@ async fn a_store_of_schema_15_keeps_its_bodies_in_their_rows_and_new_ones_go_bes
     assert_eq!(new.status, StatusCode::OK, "{:?}", new.body);
     assert_eq!(new.json()["data"]["stateVersion"], 2);
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 17);
+    assert_eq!(count(&db, "PRAGMA user_version"), 18);
     // The old rows keep their bodies; the new one's is beside the database.
     let placed: Vec<(String, bool, String)> = db
         .prepare(
@@ -477,7 +477,7 @@ async fn a_store_of_schema_16_gains_the_event_runs_and_keeps_every_event_readabl
     assert_eq!(new.status, StatusCode::OK, "{:?}", new.body);
     assert_eq!(new.json()["data"]["stateVersion"], 2);
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 17);
+    assert_eq!(count(&db, "PRAGMA user_version"), 18);
     assert_eq!(count(&db, "SELECT count(*) FROM event_runs"), 0);
     assert_eq!(count(&db, "SELECT count(*) FROM events"), 3);
     drop(db);

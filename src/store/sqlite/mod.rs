@@ -135,6 +135,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0015_events_by_id_number.sql"),
     include_str!("../migrations/sqlite/0016_bodies_beside.sql"),
     include_str!("../migrations/sqlite/0017_event_runs.sql"),
+    include_str!("../migrations/sqlite/0018_packed_records.sql"),
 ];
 
 /// Sends `msg` to the sequencer, waiting for room when its queue is full (answers and

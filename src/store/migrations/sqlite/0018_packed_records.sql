@@ -1,0 +1,4 @@
+-- cognihook embedded store, schema 18: changes nothing in the database. It marks a store whose
+-- log and bodies' files may hold acceptances in the packed encoding (record kind 6,
+-- store/sqlite/record/packed.rs), which builds of schema 17 do not read: they refuse the
+-- store instead of failing on its first such record.
