@@ -32,9 +32,8 @@ fn clean(w: u64) -> bool {
     (below_space | quote | backslash) & HIGHS == 0
 }
 
-/// The index of the first byte at or after `from` that needs escaping (a string's closing
-/// quote, where its text is JSON).
-pub fn next_escape(bytes: &[u8], mut from: usize) -> Option<usize> {
+/// The index of the first byte at or after `from` that needs escaping.
+fn next_escape(bytes: &[u8], mut from: usize) -> Option<usize> {
     while let Some(chunk) = bytes.get(from..from + 8) {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);

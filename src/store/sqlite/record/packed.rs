@@ -9,9 +9,10 @@
 //! around those same values. Packed, the seed NLU event's log record is 881 bytes instead of
 //! 1,252 and its record beside the database 938 instead of 1,314 (`wchar` per request of
 //! the sequencer and the projector): ~750 bytes less to copy into the page cache, to write
-//! back and to keep on disk for `retention`. The decision costs the sequencer ~1,600 and the
-//! projector ~700 instructions more per event (callgrind); natively the two builds were not
-//! told apart at saturation on a noisy host (bench/README.md, fifty-fifth session).
+//! back and to keep on disk for `retention`. The decision costs the sequencer ~800 and the
+//! projector ~700 instructions more per event (callgrind, +1.8 % of a request's); natively
+//! the two were not told apart at saturation on a noisy host (bench/README.md, fifty-fifth
+//! session).
 //!
 //! # Layout
 //! ```text
@@ -26,8 +27,8 @@
 //! its `stateVersion`; the rest is rendered again from the record ([`standard_head`]). An
 //! answer is packed only when it opens with exactly that rendering, so decoding gives back
 //! the same bytes. Anything else is written whole, as `ACCEPT`. Deciding costs no
-//! allocation: the body's opening is scanned a word at a time (`json::next_escape`) and the
-//! answer compared piece by piece.
+//! allocation: the body's opening is scanned for quotes (`memchr`) and the answer compared
+//! piece by piece.
 //!
 //! The words of the standard answers below are this encoding's, not the HTTP layer's: a
 //! record written with them must decode the same forever. If the gateway's answer changes,
@@ -97,10 +98,11 @@ impl<'a> BodyFields<'a> {
 }
 
 /// The string at the start of `rest` up to its closing quote, `rest` moved past the quote;
-/// `None` when a byte JSON escapes comes first (a backslash: the text is not the value; a
-/// control character) or there is no quote. So the value written as JSON is `"value"`.
+/// `None` when a backslash comes first (an escape: the text is not the value) or there is
+/// no quote. (A control character is not looked for: JSON has none raw in a string, and
+/// an answer that escapes one does not match the head it would be packed against.)
 fn plain<'a>(rest: &mut &'a str) -> Option<&'a str> {
-    let at = crate::json::next_escape(rest.as_bytes(), 0)?;
+    let at = memchr::memchr2(b'"', b'\\', rest.as_bytes())?;
     if rest.as_bytes()[at] != b'"' {
         return None;
     }
@@ -110,8 +112,8 @@ fn plain<'a>(rest: &mut &'a str) -> Option<&'a str> {
 }
 
 /// The standard answer of `status` up to and with its `stateVersion`, in pieces, as the
-/// gateway renders it for an event with these fields (each a [`plain`] value, so JSON
-/// writes it between quotes as it is); `None` for a status with no standard answer.
+/// gateway renders it for an event with these fields (each a [`plain`] value, which JSON
+/// writes between quotes as it is); `None` for a status with no standard answer.
 fn standard_head<'a>(status: u16, f: &BodyFields<'a>, version: &'a str) -> Option<[&'a str; 12]> {
     let (word, message) = match status {
         200 => ("success", "Payload processed successfully"),
