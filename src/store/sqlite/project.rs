@@ -79,19 +79,33 @@ const JOB_LINGER: Duration = Duration::from_millis(2);
 const JOB_GATHER: usize = 32;
 
 /// After a small round of records the projector pauses so that the next round is at least
-/// this much later: fewer, bigger transactions write each shared page (the events' and the
-/// outbox's last pages, the hot sessions' leaves) once per round instead of once per log
-/// group, and each commit's fixed cost is paid less often (measured: 15–25 % less projector
-/// CPU per event at saturation with 10 ms against a round per group, and 10–25 % less again
-/// with 50–100 ms against 10 ms; bench/README.md, ninth and twenty-first sessions). Nobody
-/// waits for the pause: a read that needs newer records, a job, a sequencer that finds the
-/// queue full and `close` wake the projector (`Shared::wake_projector`), and the delivery
+/// this much later: fewer, bigger transactions write each shared page (the outbox's last
+/// pages, the run rows of events kept beside the database, the hot sessions' leaves) once per
+/// round instead of once per log group, and each commit's fixed cost is paid less often.
+/// Nobody waits for the pause: a read that needs newer records, a job, a sequencer that finds
+/// the queue full and `close` wake the projector (`Shared::wake_projector`), and the delivery
 /// path takes new rows from the sequencer (`fresh`). What a round may hold is bounded by the
 /// projector's queue (`PROJECTOR_QUEUE` groups), not by this pause.
-const COMMIT_EVERY: Duration = Duration::from_millis(50);
+///
+/// Why 10 ms and not longer: a round takes the CPU for a while on the core the requests
+/// share (at ~2.3 µs a record, a 50 ms round at full speed was ~5 ms), and while it runs the
+/// scheduler gives it up to half the core, so every request in flight waited together. The
+/// slowest 1 % of requests came in bursts of all 64 connections at once, each after the
+/// projector had run 2–3 ms (`perf sched` against the audit log's latencies). With 10 ms,
+/// `bench/pairs.sh` gave a gateway p99 of 4.0–4.3 ms against 4.8–5.2 with 50 ms, at the same
+/// req/s (three batches each, alternating; bench/README.md, fifty-sixth session). Longer
+/// pauses once paid (15–25 % less projector CPU with 10 ms against a round per group, 10–25 %
+/// less again with 50–100 ms, ninth and twenty-first sessions) while every event had its
+/// events row; most events are now kept beside the database (`beside`).
+const COMMIT_EVERY: Duration = Duration::from_millis(10);
+
+/// While expired events are left to prune, the projector runs a maintenance pass this long
+/// after the last (after a round, or idle; see `EVENTS_PER_PASS`): rounds are shorter apart
+/// (`COMMIT_EVERY`), and a pass may hold the projector ~25 ms.
+const PRUNE_PAUSE: Duration = Duration::from_millis(50);
 
 /// A round of at least this many records does not pause (the projector is behind). Above
-/// what 50 ms bring at full speed on one core (~1,000 records).
+/// what a round's queue holds at full speed on one core (64 groups, ~1,500 records).
 const PAUSE_BELOW: usize = 4_096;
 
 /// Within a round the projector yields the CPU before each this many records (and sessions
@@ -247,7 +261,7 @@ pub(super) fn run(conn: Connection, rx: Receiver<ProjMsg>, shared: Arc<Shared>, 
         let wait = behind.wait(if !retry.is_empty() {
             backoff
         } else if pruning {
-            COMMIT_EVERY
+            PRUNE_PAUSE
         } else {
             MAINTENANCE_EVERY
         });
@@ -332,11 +346,15 @@ pub(super) fn run(conn: Connection, rx: Receiver<ProjMsg>, shared: Arc<Shared>, 
                 tracing::warn!(error = %e, "WAL restart failed; will retry");
             }
         }
-        // A pass that left expired events to look at is followed by another after the next
-        // round (see `EVENTS_PER_PASS`).
-        if prune || pruning || last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+        // A pass that left expired events to look at is followed by another `PRUNE_PAUSE`
+        // after its start, at the end of a round or idle (see `EVENTS_PER_PASS`).
+        if prune
+            || (pruning && last_maintenance.elapsed() >= PRUNE_PAUSE)
+            || last_maintenance.elapsed() >= MAINTENANCE_EVERY
+        {
+            let started = Instant::now();
             pruning = maintain(&conn, &s, &mut cursor);
-            last_maintenance = Instant::now();
+            last_maintenance = started;
         }
     }
 }
@@ -1377,8 +1395,8 @@ const SESSION_PRUNE_CHUNK: i64 = 5_000;
 /// 12 µs (bench/README.md, forty-sixth session), so a pass deletes for ~25 ms at most. Once
 /// retention is reached, every minute's pass has a minute of the ingest rate to delete (a
 /// second's worth of work at 5,000 events a second), and after a long stop or a shorter
-/// `retention` far more: the projector then runs a pass after each of its rounds (idle,
-/// every `COMMIT_EVERY`) until the expired events are gone.
+/// `retention` far more: the projector then runs a pass every `PRUNE_PAUSE` (after a round,
+/// or idle) until the expired events are gone.
 const EVENTS_PER_PASS: i64 = 2_000;
 
 /// One cycle of pruning in this many starts from the first event; the others start where
