@@ -115,15 +115,13 @@ const PAUSE_BELOW: usize = 4_096;
 /// Measured against no yield (`bench/cpu_ab.sh`, alternating, five pairs): 9 % more req/s
 /// at saturation with less CPU per request and less iowait, and p99 at 5,000 req/s
 /// (`bench/latency.sh`) lower in most runs (bench/README.md, twenty-second session).
-/// How many: with rounds 10 ms apart (~400 records at full speed), `bench/pairs.sh 3` gave
-/// the gateway a p99 of 3.9–4.0 ms yielding every 128 records (three batches), 4.2–4.6 every
-/// 32 (four), 4.5 every 64, 5.3 every 8 and 4.6–4.7 with no yield (two each); req/s may be
-/// a few per cent lower every 128 (0.69–0.72× of the reference against 0.72–0.77×, within
-/// this host's noise). Why fewer yields gave a shorter tail was not measured; a guess: a
-/// yield hands the core to a request thread only while the scheduler finds it eligible, and
-/// each handover lets that thread run on for up to a tick and owe the projector as much
-/// later (bench/README.md, fifty-sixth session).
-const YIELD_EVERY: usize = 128;
+/// How many: with rounds 10 ms apart (~400 records at full speed), every 128 records gave the
+/// gateway a shorter tail in `bench/pairs.sh 3` (p99 3.9–4.0 ms in three batches against
+/// 4.2–4.6 every 32; 5.3 every 8, 4.6–4.7 with no yield) but cost CPU: `bench/threads.sh`,
+/// two alternating pairs, 33.0–33.9 µs a request against 30.6–32.1 (the sequencer +1 µs,
+/// the async worker +1), and `bench/load.sh` 0.74× of the reference against 0.85× the
+/// run before. Not kept (bench/README.md, fifty-sixth session).
+const YIELD_EVERY: usize = 32;
 
 /// The sessions table is written behind: the projector keeps the state of each session that
 /// changed since its last write of them (`Behind`) and writes each session once, in key
