@@ -92,8 +92,8 @@ const JOB_GATHER: usize = 32;
 /// scheduler gives it up to half the core, so every request in flight waited together. The
 /// slowest 1 % of requests came in bursts of all 64 connections at once, each after the
 /// projector had run 2–3 ms (`perf sched` against the audit log's latencies). With 10 ms,
-/// `bench/pairs.sh` gave a gateway p99 of 4.0–4.3 ms against 4.8–5.2 with 50 ms, at the same
-/// req/s (three batches each, alternating; bench/README.md, fifty-sixth session). Longer
+/// `bench/pairs.sh 3` gave a gateway p99 of 4.0–4.4 ms (four batches) against 4.8–5.2 with
+/// 50 ms (three), at the same req/s (bench/README.md, fifty-sixth session). Longer
 /// pauses once paid (15–25 % less projector CPU with 10 ms against a round per group, 10–25 %
 /// less again with 50–100 ms, ninth and twenty-first sessions) while every event had its
 /// events row; most events are now kept beside the database (`beside`).
@@ -104,8 +104,8 @@ const COMMIT_EVERY: Duration = Duration::from_millis(10);
 /// (`COMMIT_EVERY`), and a pass may hold the projector ~25 ms.
 const PRUNE_PAUSE: Duration = Duration::from_millis(50);
 
-/// A round of at least this many records does not pause (the projector is behind). Above
-/// what a round's queue holds at full speed on one core (64 groups, ~1,500 records).
+/// A round of at least this many records does not pause (the projector is behind). Far
+/// above what 10 ms bring at full speed on one core (~400 records at ~40k a second).
 const PAUSE_BELOW: usize = 4_096;
 
 /// Within a round the projector yields the CPU before each this many records (and sessions
