@@ -3,7 +3,9 @@
 # server pinned to CPU 0 and wrk pinned to CPU 1 (examples/bare_baseline.rs): a bare hyper server
 # that only verifies the HMAC and parses the JSON, and the same server in durable mode, which
 # also appends each verified body to a file and answers after its group's fdatasync: the floor
-# of what a durable acknowledgement costs. cognihook's ratios are printed against both.
+# of what a durable acknowledgement costs. cognihook's ratios are printed against both, and
+# against a third run of that server writing in place into a file of zeros made first
+# (`durable-ring`: no journal commit per fdatasync, as the gateway's log segments made ahead).
 #
 # usage: bench/load.sh [DURATION] [CONNECTIONS]      (defaults: 10s 64)
 # env:   SYNC=full|normal|off (store.sync, default full), SKIP_BUILD=1, BIN (the gateway
@@ -79,6 +81,18 @@ durable=$(run_wrk durable "http://127.0.0.1:$DURABLE_PORT/webhook" "$work/flow.l
 durable_rss=$(peak_rss_mib "$durable_pid")
 kill "$durable_pid"
 rm -f "$work/durable.log"
+
+# Reference: the same, writing in place into a file of zeros made first (durable-ring): each
+# fdatasync carries only data, as the gateway's log segments made ahead do.
+COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c "$SERVER_CPU" target/release/examples/bare_baseline \
+  "127.0.0.1:$DURABLE_PORT" durable-ring "$work/ring.log" 2>/dev/null &
+pids+=($!); ring_pid=$!
+wait_port "$DURABLE_PORT"
+run_wrk warm-ring "http://127.0.0.1:$DURABLE_PORT/webhook" "$work/flow.lua" warm >/dev/null
+ring=$(run_wrk ring "http://127.0.0.1:$DURABLE_PORT/webhook" "$work/flow.lua" ring)
+ring_rss=$(peak_rss_mib "$ring_pid")
+kill "$ring_pid"
+rm -f "$work/ring.log"
 
 # cognihook on the embedded store.
 start_gateway() { # CONFIG -> sets gw_pid
@@ -185,15 +199,17 @@ TOML
   psql "$PG_URL" -qc "DROP SCHEMA $schema CASCADE" >/dev/null 2>&1
 fi
 
-python3 - "$base" "$flow" "$nlu" "$withsink" "$base_rss" "$gw_rss" "$sink_rss" "$committed" "$deliveries_per_s" "$pg" "$pg_rss" "$durable" "$durable_rss" "$nlu_rss" "$drain" <<'PY'
+python3 - "$base" "$flow" "$nlu" "$withsink" "$base_rss" "$gw_rss" "$sink_rss" "$committed" "$deliveries_per_s" "$pg" "$pg_rss" "$durable" "$durable_rss" "$nlu_rss" "$drain" "$ring" "$ring_rss" <<'PY'
 import sys
 base, flow, nlu, withsink = (s.split() for s in sys.argv[1:5])
 base_rss, gw_rss, sink_rss, committed, dps = sys.argv[5:10]
 pg, pg_rss = sys.argv[10].split(), sys.argv[11]
 durable, durable_rss = sys.argv[12].split(), sys.argv[13]
 nlu_rss = sys.argv[14]
+ring, ring_rss = sys.argv[16].split(), sys.argv[17]
 rows = [("bare hyper (HMAC + JSON)", base, base_rss),
         ("bare + append + fdatasync (durable)", durable, durable_rss),
+        ("bare + ring + fdatasync (pre-filled)", ring, ring_rss),
         ("cognihook POST /webhook", flow, gw_rss),
         ("cognihook POST /webhook/cognigy", nlu, nlu_rss),
         ("cognihook POST /webhook + http sink", withsink, sink_rss)]
@@ -203,6 +219,10 @@ print(f"{'target':36} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'
 b, d, dp99 = float(base[0]), float(durable[0]), float(durable[2])
 for name, r, rss in rows:
     print(f"{name:36} {r[0]:>9} {r[1]:>8} {r[2]:>8} {r[3]:>8} {rss:>13} {float(r[0]) / b:>7.2f}x {float(r[0]) / d:>10.2f}x {float(r[2]) / dp99:>14.2f}x")
+g, gp99 = float(ring[0]), float(ring[2])
+print("against the pre-filled ring reference: " + "; ".join(
+    f"{name} {float(r[0]) / g:.2f}x req/s, p99 {float(r[2]) / gp99:.2f}x"
+    for name, r in (("/webhook", flow), ("/webhook/cognigy", nlu))))
 print(f"ingest with one http sink vs none: {float(withsink[0]) / float(flow[0]):.2f}x")
 print(f"deliveries/s (accepted and delivered, measured run until the outbox drained): {dps}")
 backlog, drain_rate = (int(x) for x in sys.argv[15].split())

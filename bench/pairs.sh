@@ -10,7 +10,8 @@
 # usage: bench/pairs.sh [PAIRS]                    (default 4: five references, four gateways)
 # env:   ROUTE (/webhook/cognigy, the seed rules and NLU bodies; or /webhook, flow events),
 #        WARM (3s), DURATION (10s), BIN (the gateway, default target/release/cognihook),
-#        SKIP_BUILD=1, STEADY_MEMORY=1 (see bench/common.sh)
+#        SKIP_BUILD=1, STEADY_MEMORY=1 (see bench/common.sh), REF (durable, the default, or
+#        durable-ring: the reference writing in place into a file of zeros made first)
 # Prints each run (req/s, p50, p99), then per gateway run its ratios to the references
 # around it, the median of each ratio, and the ratios of the medians of all runs.
 set -euo pipefail
@@ -23,6 +24,7 @@ WARM=${WARM:-3s}
 DURATION=${DURATION:-10s}
 PAIRS=${1:-4}
 BIN=${BIN:-target/release/cognihook}
+REF=${REF:-durable}
 source bench/common.sh
 
 route_requests "$ROUTE" 1000 "$work/req.lua"
@@ -33,7 +35,7 @@ run() {
   local n=$1 kind=$2 p out
   if [ "$kind" = ref ]; then
     COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c 0 target/release/examples/bare_baseline \
-      "127.0.0.1:$GW_PORT" durable "$work/durable-$n.log" 2>/dev/null &
+      "127.0.0.1:$GW_PORT" "$REF" "$work/durable-$n.log" 2>/dev/null &
     p=$!
     pids+=("$p")
     wait_port "$GW_PORT"
@@ -62,7 +64,7 @@ print(f"{kind} {rps:.0f} {ms('50%'):.2f} {ms('99%'):.2f}")
 PY
 }
 
-echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $ROUTE; wrk 64 connections, $DURATION after $WARM; sync = full, audit on"
+echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $ROUTE; wrk 64 connections, $DURATION after $WARM; sync = full, audit on; reference $REF"
 : > "$work/runs"
 for i in $(seq 1 "$PAIRS"); do
   run "r$i" ref | tee -a "$work/runs"

@@ -8,6 +8,12 @@
 //!   answer only after the `fdatasync` of the group it was written in. One thread owns the
 //!   file; it writes everything queued while the previous sync ran, syncs once, then answers
 //!   the group: the floor of what a durable acknowledgement costs;
+//! - `durable-ring PATH`: the same, but PATH is made first at `RING_BYTES` of written zeros
+//!   (and flushed), then overwritten in place from its start, going round when full. Each
+//!   `fdatasync` then carries only data: appending to a growing file also commits its new
+//!   size (and, with ext4, its new blocks) through the filesystem's journal. The gateway's
+//!   log writes into segments made ahead the same way (`src/store/sqlite/log.rs`), so this is
+//!   the stricter reference where the journal is slow;
 //! - `accept-all`: answer 200 to every POST without checking anything (the load benchmark's
 //!   HTTP sink). It also notes each delivery's lag, from the time in its
 //!   `X-Cognihook-Event-Id` (a ULID, stamped when the gateway received the event) to its
@@ -126,8 +132,58 @@ fn event_ids(body: &[u8]) -> impl Iterator<Item = ulid::Ulid> + '_ {
     })
 }
 
+/// The size of `durable-ring`'s file: a few seconds of bodies at full speed.
+const RING_BYTES: u64 = 64 << 20;
+
+/// Where the log thread writes.
+enum LogFile {
+    /// At the end of a growing file (`durable`).
+    Append(std::fs::File),
+    /// In place in a file of zeros (`durable-ring`), `at` the next write's offset.
+    Ring { file: std::fs::File, at: u64 },
+}
+
+impl LogFile {
+    /// Makes `durable-ring`'s file: `RING_BYTES` of zeros, flushed with its directory entry.
+    fn ring(path: &str) -> std::io::Result<LogFile> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..RING_BYTES / zeros.len() as u64 {
+            file.write_all(&zeros)?;
+        }
+        file.sync_all()?;
+        let dir = std::path::Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(LogFile::Ring { file, at: 0 })
+    }
+
+    /// Writes one group's bytes and flushes them.
+    fn write_synced(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        match self {
+            LogFile::Append(file) => file.write_all(buf).and_then(|()| file.sync_data()),
+            LogFile::Ring { file, at } => {
+                if *at + buf.len() as u64 > RING_BYTES {
+                    *at = 0;
+                }
+                file.write_all_at(buf, *at)?;
+                *at += buf.len() as u64;
+                file.sync_data()
+            }
+        }
+    }
+}
+
 /// The log thread: append every queued body, one `fdatasync`, then answer them all.
-fn run_log(mut file: std::fs::File, rx: mpsc::Receiver<(Bytes, tokio::sync::oneshot::Sender<()>)>) {
+fn run_log(mut file: LogFile, rx: mpsc::Receiver<(Bytes, tokio::sync::oneshot::Sender<()>)>) {
     let mut buf = Vec::with_capacity(1 << 20);
     let mut waiting = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -138,11 +194,7 @@ fn run_log(mut file: std::fs::File, rx: mpsc::Receiver<(Bytes, tokio::sync::ones
             waiting.push(done);
             next = rx.try_recv().ok();
         }
-        if file
-            .write_all(&buf)
-            .and_then(|()| file.sync_data())
-            .is_err()
-        {
+        if file.write_synced(&buf).is_err() {
             eprintln!("bare baseline: cannot write the log");
             return;
         }
@@ -181,6 +233,15 @@ async fn main() -> std::io::Result<()> {
                 .create(true)
                 .append(true)
                 .open(path)?;
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || run_log(LogFile::Append(file), rx));
+            Mode::Durable(tx)
+        }
+        Some("durable-ring") => {
+            let path = std::env::args()
+                .nth(3)
+                .ok_or_else(|| std::io::Error::other("durable-ring needs a file path"))?;
+            let file = LogFile::ring(&path)?;
             let (tx, rx) = mpsc::channel();
             std::thread::spawn(move || run_log(file, rx));
             Mode::Durable(tx)
