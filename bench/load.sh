@@ -71,28 +71,30 @@ base=$(run_wrk base "http://127.0.0.1:$BASE_PORT/webhook" "$work/flow.lua" base)
 base_rss=$(peak_rss_mib "$base_pid")
 kill "$base_pid"
 
-# Reference: the same, durable (append + fdatasync per group, answer after it).
-COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c "$SERVER_CPU" target/release/examples/bare_baseline \
-  "127.0.0.1:$DURABLE_PORT" durable "$work/durable.log" 2>/dev/null &
-pids+=($!); durable_pid=$!
-wait_port "$DURABLE_PORT"
-run_wrk warm-durable "http://127.0.0.1:$DURABLE_PORT/webhook" "$work/flow.lua" warm >/dev/null
-durable=$(run_wrk durable "http://127.0.0.1:$DURABLE_PORT/webhook" "$work/flow.lua" durable)
-durable_rss=$(peak_rss_mib "$durable_pid")
-kill "$durable_pid"
-rm -f "$work/durable.log"
+# durable_reference MODE: the bare server in a durable MODE (see examples/bare_baseline.rs) on a
+# file of its own, warmed and measured; sets ref_out (run_wrk's line) and ref_rss.
+durable_reference() {
+  local mode=$1 pid
+  COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c "$SERVER_CPU" target/release/examples/bare_baseline \
+    "127.0.0.1:$DURABLE_PORT" "$mode" "$work/$mode.log" 2>/dev/null &
+  pid=$!
+  pids+=("$pid")
+  wait_port "$DURABLE_PORT"
+  run_wrk "warm-$mode" "http://127.0.0.1:$DURABLE_PORT/webhook" "$work/flow.lua" warm >/dev/null
+  ref_out=$(run_wrk "$mode" "http://127.0.0.1:$DURABLE_PORT/webhook" "$work/flow.lua" "$mode")
+  ref_rss=$(peak_rss_mib "$pid")
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  rm -f "$work/$mode.log"
+}
 
+# Reference: the same, durable (append + fdatasync per group, answer after it).
+durable_reference durable
+durable=$ref_out durable_rss=$ref_rss
 # Reference: the same, writing in place into a file of zeros made first (durable-ring): each
 # fdatasync carries only data, as the gateway's log segments made ahead do.
-COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c "$SERVER_CPU" target/release/examples/bare_baseline \
-  "127.0.0.1:$DURABLE_PORT" durable-ring "$work/ring.log" 2>/dev/null &
-pids+=($!); ring_pid=$!
-wait_port "$DURABLE_PORT"
-run_wrk warm-ring "http://127.0.0.1:$DURABLE_PORT/webhook" "$work/flow.lua" warm >/dev/null
-ring=$(run_wrk ring "http://127.0.0.1:$DURABLE_PORT/webhook" "$work/flow.lua" ring)
-ring_rss=$(peak_rss_mib "$ring_pid")
-kill "$ring_pid"
-rm -f "$work/ring.log"
+durable_reference durable-ring
+ring=$ref_out ring_rss=$ref_rss
 
 # cognihook on the embedded store.
 start_gateway() { # CONFIG -> sets gw_pid
