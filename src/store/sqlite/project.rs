@@ -79,7 +79,7 @@ const JOB_LINGER: Duration = Duration::from_millis(2);
 const JOB_GATHER: usize = 32;
 
 /// After a small round of records the projector pauses so that the next round is at least
-/// this much later: fewer, bigger transactions write each shared page (the outbox's last
+/// `COMMIT_EVERY` later: fewer, bigger transactions write each shared page (the outbox's last
 /// pages, the run rows of events kept beside the database, the hot sessions' leaves) once per
 /// round instead of once per log group, and each commit's fixed cost is paid less often.
 /// Nobody waits for the pause: a read that needs newer records, a job, a sequencer that finds
@@ -87,20 +87,44 @@ const JOB_GATHER: usize = 32;
 /// path takes new rows from the sequencer (`fresh`). What a round may hold is bounded by the
 /// projector's queue (`PROJECTOR_QUEUE` groups), not by this pause.
 ///
-/// Why 10 ms and not longer: a round takes the CPU for a while on the core the requests
-/// share (at ~2.3 µs a record, a 50 ms round at full speed was ~5 ms), and while it runs the
-/// scheduler gives it up to half the core, so every request in flight waited together. The
-/// slowest 1 % of requests came in bursts of all 64 connections at once, each after the
-/// projector had run 2–3 ms (`perf sched` against the audit log's latencies). With 10 ms,
-/// `bench/pairs.sh 3` gave a gateway p99 of 4.0–4.4 ms (four batches) against 4.8–5.2 with
-/// 50 ms (three), at the same req/s (bench/README.md, fifty-sixth session). Longer
-/// pauses once paid (15–25 % less projector CPU with 10 ms against a round per group, 10–25 %
-/// less again with 50–100 ms, ninth and twenty-first sessions) while every event had its
-/// events row; most events are now kept beside the database (`beside`).
+/// How long: as long as it takes the ingest rate of the last round to bring `ROUND_RECORDS`,
+/// between `COMMIT_EVERY` and `COMMIT_EVERY_MAX` (`round_pause`). A round takes the CPU for a
+/// while on the core the requests share (at ~2.3 µs a record, a 50 ms round at full speed was
+/// ~5 ms), and while it runs the scheduler gives it up to half the core, so every request in
+/// flight waited together: the slowest 1 % of requests came in bursts of all 64 connections
+/// at once, each after the projector had run 2–3 ms (`perf sched` against the audit log's
+/// latencies). Rounds 10 ms apart at full speed gave `bench/pairs.sh 3` a gateway p99 of
+/// 4.0–4.4 ms (four batches) against 4.8–5.2 with 50 ms (three), at the same req/s
+/// (bench/README.md, fifty-sixth session). Below saturation the CPU is not short, and what
+/// matters is the bytes each commit writes (its partly filled pages again, whole): at 5,000
+/// req/s, rounds 50 ms apart wrote 2.6–2.7 KiB to the WAL per event against 3.4 with 10 ms,
+/// and the disk was asked for 7.1–7.2 KiB per event against 7.9–9.2 (each `fdatasync` of the
+/// log, a flush of the device, waits for all of it; fifty-seventh session).
 const COMMIT_EVERY: Duration = Duration::from_millis(10);
 
+/// The longest pause between rounds (see `COMMIT_EVERY`). Longer pauses once paid (15–25 %
+/// less projector CPU with 10 ms against a round per group, 10–25 % less again with 50–100
+/// ms, ninth and twenty-first sessions) while every event had its events row; most events
+/// are now kept beside the database (`beside`).
+const COMMIT_EVERY_MAX: Duration = Duration::from_millis(50);
+
+/// The records a round is paced to hold (see `COMMIT_EVERY`): what 10 ms bring at ~40k
+/// events a second, about 1 ms of the projector's CPU.
+const ROUND_RECORDS: u32 = 400;
+
+/// The pause after a round of `count` records that began `since` after the round before it:
+/// the time the same rate takes to bring `ROUND_RECORDS`, within `COMMIT_EVERY` and
+/// `COMMIT_EVERY_MAX`.
+fn round_pause(count: usize, since: Duration) -> Duration {
+    let count = u32::try_from(count.max(1)).unwrap_or(u32::MAX);
+    since
+        .checked_mul(ROUND_RECORDS)
+        .map_or(COMMIT_EVERY_MAX, |t| t / count)
+        .clamp(COMMIT_EVERY, COMMIT_EVERY_MAX)
+}
+
 /// While expired events are left to prune, the projector runs a maintenance pass this long
-/// after the last (after a round, or idle; see `EVENTS_PER_PASS`): rounds are shorter apart
+/// after the last (after a round, or idle; see `EVENTS_PER_PASS`): rounds may be closer
 /// (`COMMIT_EVERY`), and a pass may hold the projector ~25 ms.
 const PRUNE_PAUSE: Duration = Duration::from_millis(50);
 
@@ -261,6 +285,9 @@ pub(super) fn run(conn: Connection, rx: Receiver<ProjMsg>, shared: Arc<Shared>, 
     let mut behind = Behind::default();
     // The events rows' inserts, kept from one transaction to the next (see `EventInserts`).
     let mut inserts = EventInserts::default();
+    // When the last round with records began: with this round's count, the ingest rate
+    // (`round_pause`).
+    let mut last_round = Instant::now();
     loop {
         // Idle, the next maintenance pass is what the projector waits for: in a minute, or
         // after a round's time when the last pass left expired events to look at.
@@ -313,7 +340,12 @@ pub(super) fn run(conn: Connection, rx: Receiver<ProjMsg>, shared: Arc<Shared>, 
                 }
             }
         }
-        let round = (!records.is_empty() && count < PAUSE_BELOW).then(Instant::now);
+        let now = Instant::now();
+        let since = now.duration_since(last_round);
+        if !records.is_empty() {
+            last_round = now;
+        }
+        let round = (!records.is_empty() && count < PAUSE_BELOW).then_some(now);
         let flush = flush || behind.due();
         if !records.is_empty() || !jobs.is_empty() || (flush && !behind.sessions.is_empty()) {
             let batch = Batch {
@@ -333,7 +365,7 @@ pub(super) fn run(conn: Connection, rx: Receiver<ProjMsg>, shared: Arc<Shared>, 
         }
         if let (Some(started), None) = (round, &close) {
             // Parked, not asleep on the channel: senders do not wake it (see COMMIT_EVERY).
-            if let Some(rest) = COMMIT_EVERY.checked_sub(started.elapsed()) {
+            if let Some(rest) = round_pause(count, since).checked_sub(started.elapsed()) {
                 std::thread::park_timeout(rest);
             }
         }
@@ -1795,6 +1827,23 @@ pub(super) fn start_checkpointer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_are_paced_to_hold_round_records_between_the_shortest_and_longest_pause() {
+        let ms = Duration::from_millis;
+        // 40k events a second: 400 in 10 ms, the shortest pause.
+        assert_eq!(round_pause(400, ms(10)), ms(10));
+        // 20k a second: 200 came in 10 ms, so 20 ms bring 400.
+        assert_eq!(round_pause(200, ms(10)), ms(20));
+        // 5,000 a second: 80 ms would bring 400; the longest pause is 50.
+        assert_eq!(round_pause(50, ms(10)), ms(50));
+        // Faster than the round size asks: never under the shortest.
+        assert_eq!(round_pause(4_000, ms(10)), ms(10));
+        // After an idle minute, or a count of none: the longest.
+        assert_eq!(round_pause(1, Duration::from_secs(60)), ms(50));
+        assert_eq!(round_pause(0, ms(10)), ms(50));
+        assert_eq!(round_pause(10, Duration::MAX), ms(50));
+    }
 
     #[test]
     fn a_forgets_scan_finds_the_sessions_events_without_holding_back_checkpoints_between_reads() {
