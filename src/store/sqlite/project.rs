@@ -97,9 +97,10 @@ const JOB_GATHER: usize = 32;
 /// 4.0–4.4 ms (four batches) against 4.8–5.2 with 50 ms (three), at the same req/s
 /// (bench/README.md, fifty-sixth session). Below saturation the CPU is not short, and what
 /// matters is the bytes each commit writes (its partly filled pages again, whole): at 5,000
-/// req/s, rounds 50 ms apart wrote 2.6–2.7 KiB to the WAL per event against 3.4 with 10 ms,
-/// and the disk was asked for 7.1–7.2 KiB per event against 7.9–9.2 (each `fdatasync` of the
-/// log, a flush of the device, waits for all of it; fifty-seventh session).
+/// req/s, with rounds 50 ms apart the projector wrote 2.6–2.7 KiB per event (two thirds of
+/// its bytes go to the WAL) against 3.2–3.4 with 10 ms, and the disk was asked for 7.1–7.2
+/// KiB per event against 7.9–9.2 (each `fdatasync` of the log, a flush of the device, waits
+/// for all of it; fifty-seventh session).
 const COMMIT_EVERY: Duration = Duration::from_millis(10);
 
 /// The longest pause between rounds (see `COMMIT_EVERY`). Longer pauses once paid (15–25 %
