@@ -60,7 +60,7 @@ rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 if non2xx:
     sys.exit(f"{kind}: {non2xx.group(1)} answers were not 2xx")
-print(f"{kind} {rps:.0f} {ms('50%'):.2f} {ms('99%'):.2f}")
+print(f"{kind} {rps:.0f} {ms('50%'):.2f} {ms('99%'):.2f}  (p75 {ms('75%'):.2f} p90 {ms('90%'):.2f})")
 PY
 }
 
