@@ -12,7 +12,7 @@
 #        WARM (3s), DURATION (10s), BIN (the gateway, default target/release/cognihook),
 #        SKIP_BUILD=1, STEADY_MEMORY=1 (see bench/common.sh), REF (durable, the default, or
 #        durable-ring: the reference writing in place into a file of zeros made first)
-# Prints each run (req/s, p50, p99), then per gateway run its ratios to the references
+# Prints each run (req/s, p50, p99; p75 and p90 in brackets), then per gateway run its ratios to the references
 # around it, the median of each ratio, and the ratios of the medians of all runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
