@@ -241,7 +241,10 @@ async fn main() -> std::io::Result<()> {
                 LogFile::ring(&path)?
             };
             let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || run_log(file, rx));
+            // Named, so that a trace tells it from the runtime's threads (bench/tail.sh).
+            std::thread::Builder::new()
+                .name("bare-log".into())
+                .spawn(move || run_log(file, rx))?;
             Mode::Durable(tx)
         }
         Some(other) => return Err(std::io::Error::other(format!("unknown mode {other}"))),
