@@ -17,6 +17,10 @@ Prints:
   requests (p40-60 of the total), the slow ones (p90-99) and the slowest (top 1 %);
 - the commit cycles (one log flush's end to the next's): their lengths and how many answers
   each carried, and the CPU each thread had in them, by quantile of cycle length;
+- each thread's stretches of CPU (its runs less than 50 µs apart) over 0.3 ms and 1 ms, per
+  second: a reference given a background thread's bursts of 1 ms twenty times a second had
+  its p99 rise to 1.0–1.5× its own, the same work in bursts of 0.3 ms stayed at 0.9–1.1×
+  (bench/README.md, sixty-first session);
 - how long the writer and the workers waited for the core after being woken.
 
 The trace's own cost raises every latency (both servers pay it): read shapes and shares
@@ -164,6 +168,25 @@ def main():
             carried = sum(c[1] for c in band) / len(band)
             print(f"  {name:8} {length:6.0f} µs, {carried:5.1f} answers: "
                   + shares([c[2] for c in band], len(band)))
+    print("\nstretches of CPU (a thread's runs less than 50 µs apart), per second of trace:")
+    by_group = collections.defaultdict(list)
+    for s, e, g in runs:
+        by_group[g].append((s, e))
+    for g in ("writer", "projector", "keys-merge", "checkpointer", "audit", "kworker", "other"):
+        stretches, start, end, busy = [], None, None, 0.0
+        for s, e in by_group.get(g, []):
+            if start is not None and s - end < 50e-6:
+                end, busy = e, busy + (e - s)
+                continue
+            if start is not None:
+                stretches.append(busy)
+            start, end, busy = s, e, e - s
+        if start is not None:
+            stretches.append(busy)
+        if stretches:
+            over = [sum(1 for b in stretches if b > limit) / span for limit in (0.3e-3, 1e-3)]
+            print(f"  {g:12} over 0.3 ms {over[0]:5.1f}/s, over 1 ms {over[1]:5.1f}/s, "
+                  f"longest {max(stretches) * 1e6:5.0f} µs")
     print("\nwoken → running (µs):")
     for g in ("writer", "workers"):
         if len(waits[g]) >= 20:

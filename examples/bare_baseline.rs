@@ -15,6 +15,13 @@
 //!   log writes into segments made ahead the same way (`src/store/sqlite/log.rs`). In one
 //!   `bench/load.sh` run on a slow disk it answered 1.27× the appending mode's req/s, with as
 //!   long a tail (bench/README.md, fifty-seventh session);
+//!
+//!   In both durable modes, `BARE_ROUNDS=NS/MS` adds a thread that every MS milliseconds
+//!   keeps the core busy NS nanoseconds for each record written since (work done behind the
+//!   log in rounds, as the gateway's projector), and `BARE_BURSTS=US/MS` one that keeps it
+//!   busy US microseconds every MS milliseconds (a checkpoint, a merge). At `2600/10` the
+//!   reference's p99 rose to 1.5–1.7× its plain runs', at `2600/1` it stayed at 1.0–1.2×
+//!   (bench/README.md, sixty-first session);
 //! - `accept-all`: answer 200 to every POST without checking anything (the load benchmark's
 //!   HTTP sink). It also notes each delivery's lag, from the time in its
 //!   `X-Cognihook-Event-Id` (a ULID, stamped when the gateway received the event) to its
@@ -26,6 +33,7 @@ use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -183,6 +191,62 @@ impl LogFile {
     }
 }
 
+/// Records the log thread has written, for `BARE_ROUNDS`'s thread.
+static RECORDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Keeps the core busy for `d` (work that takes the CPU and nothing else).
+fn spin(d: Duration) {
+    let from = std::time::Instant::now();
+    while from.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+/// `A/B` from the environment variable `name` (two whole numbers), if set.
+fn pair(name: &str) -> std::io::Result<Option<(u64, u64)>> {
+    let Ok(v) = std::env::var(name) else {
+        return Ok(None);
+    };
+    let parsed = v
+        .split_once('/')
+        .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
+    match parsed {
+        Some((a, b)) if b > 0 => Ok(Some((a, b))),
+        _ => Err(std::io::Error::other(format!(
+            "{name} must be two whole numbers A/B, B above 0, not {v:?}"
+        ))),
+    }
+}
+
+/// Starts the durable modes' background threads that `BARE_ROUNDS` and `BARE_BURSTS` ask
+/// for (see the module's documentation); none by default.
+fn start_background() -> std::io::Result<()> {
+    if let Some((ns, ms)) = pair("BARE_ROUNDS")? {
+        std::thread::Builder::new()
+            .name("bare-rounds".into())
+            .spawn(move || {
+                let mut seen = 0;
+                loop {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    let now = RECORDS.load(std::sync::atomic::Ordering::Relaxed);
+                    spin(Duration::from_nanos(
+                        now.saturating_sub(seen).saturating_mul(ns),
+                    ));
+                    seen = now;
+                }
+            })?;
+    }
+    if let Some((us, ms)) = pair("BARE_BURSTS")? {
+        std::thread::Builder::new()
+            .name("bare-bursts".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(ms));
+                spin(Duration::from_micros(us));
+            })?;
+    }
+    Ok(())
+}
+
 /// The log thread: append every queued body, one `fdatasync`, then answer them all.
 fn run_log(mut file: LogFile, rx: mpsc::Receiver<(Bytes, tokio::sync::oneshot::Sender<()>)>) {
     let mut buf = Vec::with_capacity(1 << 20);
@@ -193,6 +257,7 @@ fn run_log(mut file: LogFile, rx: mpsc::Receiver<(Bytes, tokio::sync::oneshot::S
             buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
             buf.extend_from_slice(&body);
             waiting.push(done);
+            RECORDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             next = rx.try_recv().ok();
         }
         if file.write_synced(&buf).is_err() {
@@ -245,6 +310,7 @@ async fn main() -> std::io::Result<()> {
             std::thread::Builder::new()
                 .name("bare-log".into())
                 .spawn(move || run_log(file, rx))?;
+            start_background()?;
             Mode::Durable(tx)
         }
         Some(other) => return Err(std::io::Error::other(format!("unknown mode {other}"))),
