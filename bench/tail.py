@@ -48,6 +48,8 @@ def group(comm, writer):
         ("cognihook-check", "checkpointer"),
         ("cognihook-keys", "keys-merge"),
         ("cognihook-audit", "audit"),
+        ("bare-rounds", "background"),
+        ("bare-bursts", "background"),
         ("kworker", "kworker"),
         ("swapper", "idle"),
     ):
@@ -121,7 +123,7 @@ def main():
         for c in counters:
             total.update(c)
         order = ("workers", "writer", "projector", "keys-merge", "checkpointer", "audit",
-                 "kworker", "idle", "other")
+                 "background", "kworker", "idle", "other")
         return "  ".join(f"{g} {total[g] / n:.0f}" for g in order if total[g] / n >= 1)
 
     span = last - first
@@ -172,7 +174,8 @@ def main():
     by_group = collections.defaultdict(list)
     for s, e, g in runs:
         by_group[g].append((s, e))
-    for g in ("writer", "projector", "keys-merge", "checkpointer", "audit", "kworker", "other"):
+    for g in ("writer", "projector", "keys-merge", "checkpointer", "audit", "background",
+              "kworker", "other"):
         stretches, start, end, busy = [], None, None, 0.0
         for s, e in by_group.get(g, []):
             if start is not None and s - end < 50e-6:

@@ -11,7 +11,9 @@
 #
 # usage: bench/tail.sh [TARGET…]        (default: ref target/release/cognihook)
 # env:   ROUTE (/webhook/cognigy, the seed rules; or /webhook), TRACE (2, seconds),
-#        KEEP=DIR (keep each trace's text there), SKIP_BUILD=1, STEADY_MEMORY=1
+#        KEEP=DIR (keep each trace's text there), SKIP_BUILD=1, STEADY_MEMORY=1,
+#        REF_ENV (`VAR=value …` for the reference, e.g. "BARE_ROUNDS=2600/10": see
+#        examples/bare_baseline.rs)
 # The trace's cost slows both servers (p99 rises): compare shapes and shares, and take the
 # ratio of p99s from bench/pairs.sh.
 set -euo pipefail
@@ -31,7 +33,8 @@ n=0
 for target in "$@"; do
   n=$((n + 1))
   if [ "$target" = ref ]; then
-    COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c 0 target/release/examples/bare_baseline \
+    # shellcheck disable=SC2086
+    env ${REF_ENV:-} COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c 0 target/release/examples/bare_baseline \
       "127.0.0.1:$GW_PORT" durable "$work/durable-$n.log" 2>/dev/null &
     server=$!
     pids+=("$server")
