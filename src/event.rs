@@ -151,10 +151,36 @@ pub fn traceparent_in(body: &[u8]) -> Option<&str> {
     std::str::from_utf8(&rest[..end]).ok()
 }
 
+/// An event's JSON without its `stateVersion`'s digits ([`NormalisedEvent::to_json_unversioned`]).
+#[derive(Debug, Clone)]
+pub struct Unversioned {
+    text: String,
+    /// Where the digits go.
+    at: usize,
+}
+
+impl Unversioned {
+    /// The JSON with `version` in its place: [`NormalisedEvent::to_json`] of the event with
+    /// that version.
+    pub fn versioned(mut self, version: u64) -> String {
+        self.text
+            .insert_str(self.at, itoa::Buffer::new().format(version));
+        self.text
+    }
+}
+
 impl NormalisedEvent {
     /// The event as compact JSON: what `serde_json::to_string` gives for it, written by hand
     /// (`json`; every stored event is written once, on the commit path).
     pub fn to_json(&self) -> String {
+        self.to_json_unversioned().versioned(self.state_version)
+    }
+
+    /// [`NormalisedEvent::to_json`] but for the `stateVersion`'s digits, which
+    /// [`Unversioned::versioned`] puts in: the event's JSON is written on the request's own
+    /// thread, before the store decides its version (`store::sqlite`'s sequencer, which
+    /// decides every event in turn, then only puts the digits in).
+    pub fn to_json_unversioned(&self) -> Unversioned {
         use crate::json::{float, object, string};
         // The fields take a few hundred bytes; the payload, when its text is known, its own
         // length (one allocation instead of growing by doubling).
@@ -207,7 +233,7 @@ impl NormalisedEvent {
             }
         }
         out.push_str(",\"stateVersion\":");
-        out.push_str(itoa::Buffer::new().format(self.state_version));
+        let at = out.len();
         out.push_str(if self.simulated {
             ",\"simulated\":true,\"payload\":"
         } else {
@@ -215,7 +241,7 @@ impl NormalisedEvent {
         });
         self.payload.write_json(&mut out);
         out.push('}');
-        out
+        Unversioned { text: out, at }
     }
 
     /// A new event received now: [`NormalisedEvent::new_at`] with a reading of the clock.
@@ -558,6 +584,26 @@ mod tests {
         ev.entities.clear();
         ev.payload = serde_json::Value::Null.into();
         assert_eq!(ev.to_json(), serde_json::to_string(&ev).expect("json"));
+    }
+
+    /// The request's thread writes the JSON before the store decides the version; the
+    /// digits put in afterwards give what serde_json writes for the event with that version.
+    #[test]
+    fn json_written_before_the_version_is_decided_is_the_events_json_with_it() {
+        let mut ev = event();
+        for simulated in [false, true] {
+            ev.simulated = simulated;
+            ev.state_version = 0;
+            let unversioned = ev.to_json_unversioned();
+            for version in [1, 9, 10, 4_294_967_296, u64::MAX] {
+                ev.state_version = version;
+                assert_eq!(
+                    unversioned.clone().versioned(version),
+                    serde_json::to_string(&ev).expect("json"),
+                    "version {version}, simulated {simulated}"
+                );
+            }
+        }
     }
 
     #[test]

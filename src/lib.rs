@@ -71,7 +71,7 @@
 //!   that wakes the worker when its bucket refills.
 //! - `store::sqlite` (the embedded store) owns three OS threads: the *sequencer* (thread name
 //!   `cognihook-writer`), which decides acceptances (keeping the recent sessions' versions
-//!   in memory) and commits them to the log with one fdatasync per group, and hands each group's outbox rows to the delivery path in memory
+//!   in memory; each event's JSON comes written by the request's thread, its version put in) and commits them to the log with one fdatasync per group, and hands each group's outbox rows to the delivery path in memory
 //!   (`store::sqlite::fresh`, bounded per sink); the *projector*, which holds the only database write connection and
 //!   applies log records and the delivery path's jobs in large transactions (each event's
 //!   row through SQLite's C interface without copying its values, up to 16 rows a statement

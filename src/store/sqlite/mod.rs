@@ -1256,7 +1256,9 @@ impl SqliteStore {
             return Err(StoreError::unavailable("another process serves this store"));
         };
         let (tx, rx) = oneshot::channel();
-        match engine.queue.try_send(SeqMsg::Accept(a, tx)) {
+        // Written here, on the request's thread: the sequencer decides one event at a time.
+        let json = a.event.to_json_unversioned();
+        match engine.queue.try_send(SeqMsg::Accept(a, tx, Some(json))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(StoreError::Overloaded(engine.queue_depth)),
             Err(TrySendError::Disconnected(_)) => return Err(StoreError::Closed),
@@ -4653,7 +4655,7 @@ mod tests {
                 let event = Box::new(acceptance(&format!("b{i}"), &session, &[]));
                 engine
                     .queue
-                    .send(SeqMsg::Accept(event, next))
+                    .send(SeqMsg::Accept(event, next, None))
                     .expect("queued");
                 rt.block_on(forgot_rx).expect("reply").expect("forgotten");
                 rt.block_on(next_rx).expect("reply").0.expect("commit");
