@@ -198,6 +198,16 @@ impl Sequencer {
         let mut written: Vec<(u64, HotKey)> = Vec::new();
         let mut encoded = Vec::with_capacity(4096);
         while let Ok(first) = rx.recv() {
+            // The first message of a group woke this thread, which then usually takes the
+            // core from the request thread that sent it at once, and committed the one or
+            // two that had come (half the groups at saturation on one core). Handing the
+            // core back first lets the request threads queue what they are already reading
+            // into the same group: at saturation on one core, commit cycles 3,742 → 2,498
+            // in two seconds and the gateway's p99 4.01–4.31 ms against 4.37–4.46 in four
+            // alternating `bench/pairs.sh 2` batches each, req/s 0.71–0.80× of the reference
+            // against 0.69–0.72× (bench/README.md, sixty-second session). Where no other
+            // thread waits for this core it costs one system call per group.
+            std::thread::yield_now();
             hot.evict(
                 *self.shared.projected.borrow(),
                 *self.shared.sessions_at.borrow(),
