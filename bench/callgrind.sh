@@ -12,6 +12,12 @@
 #        SINK=1 (one http sink on the route, with [delivery] enabled = false: the outbox rows
 #        are written, nothing is sent; deliveries cannot run under valgrind),
 #        ROUTE (/webhook/cognigy, the seed rules, default; or /webhook, flow events),
+#        CACHE_SIM=1 (valgrind's cache simulation as well: misses of a 32 KiB first-level data
+#        cache and of a last level of CACHE_LL, default 1048576,8,64, a core's 1 MiB second
+#        level, per request: how much memory a request touches that is not in the cache; the
+#        rates of misses are the simulation's, with valgrind's thread switches, not a CPU's),
+#        REF=1 (run the durable reference, `bare_baseline … durable`, instead of the gateway:
+#        its totals, to compare with the gateway's, sixty-third session),
 #        SESSIONS (distinct bodies, one session each; default 1000). valgrind runs at about a
 #        twentieth of native speed, so each session gets a twentieth of the events per second
 #        it gets in bench/load.sh; SESSIONS=50 gives it as many as a native run at full speed
@@ -64,8 +70,18 @@ TOML
     | sed 's/^sinks = .*/sinks = ["backend"]/' >> "$work/c.toml"
   grep -q '^sinks = \["backend"\]' "$work/c.toml" || { echo "the seed route is not in defaults.toml" >&2; exit 1; }
 fi
-COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 valgrind --tool=callgrind \
-  --callgrind-out-file="$work/cg.out" "$BIN" --config "$work/c.toml" serve 2>"$work/gw.log" &
+cache=()
+[ -n "${CACHE_SIM:-}" ] && cache=(--cache-sim=yes "--LL=${CACHE_LL:-1048576,8,64}")
+if [ -n "${REF:-}" ]; then
+  BIN=target/release/examples/bare_baseline
+  COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c 0 valgrind --tool=callgrind "${cache[@]}" \
+    --callgrind-out-file="$work/cg.out" "$BIN" "127.0.0.1:$GW_PORT" durable "$work/durable.log" \
+    2>"$work/gw.log" &
+else
+  COGNIGY_WEBHOOK_SECRET=$SECRET COGNIHOOK_LOG=warn taskset -c 0 valgrind --tool=callgrind \
+    "${cache[@]}" --callgrind-out-file="$work/cg.out" "$BIN" --config "$work/c.toml" serve \
+    2>"$work/gw.log" &
+fi
 gw=$!
 pids+=("$gw")
 for _ in $(seq 1 600); do
@@ -86,6 +102,18 @@ echo "# machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: 
 echo "requests answered: $requests (non-2xx: ${errors:-0})"
 # The tokio workers' part is the tasks they poll (with whole-program optimisation
 # `worker::run` is inlined away, and so was this row before 2026-12-02, eighteenth session).
+if [ -n "${CACHE_SIM:-}" ]; then
+  # The totals line: instructions, data reads and writes, then the misses (first level:
+  # instructions, data read, data write; last level: the same).
+  callgrind_annotate "$dump" 2>/dev/null | awk -v n="$requests" -v ll="${CACHE_LL:-1048576,8,64}" '/PROGRAM TOTALS/ {
+    gsub(/\([^)]*\)/, ""); gsub(",", "")
+    printf "misses per request: first-level data %.0f read, %.0f written; last level (%s) %.1f read, %.1f written\n", $5 / n, $6 / n, ll, $8 / n, $9 / n
+  }'
+fi
+if [ -n "${REF:-}" ]; then
+  callgrind_annotate "$dump" 2>/dev/null | awk -v n="$requests" '/PROGRAM TOTALS/ { gsub(",", ""); printf "instructions per request: %.0f\n", $1 / n }'
+  exit 0
+fi
 callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | python3 bench/callgrind_parts.py request "$requests" \
   'request path (tokio tasks)=tokio::runtime::task::raw::poll' \
   'sequencer=cognihook::store::sqlite::sequencer::Sequencer::run' \
