@@ -816,6 +816,17 @@ mod tests {
         got: Arc<Mutex<Vec<u8>>>,
     }
 
+    impl Flaky {
+        /// The `state_version` of each line written, in order.
+        fn versions(&self) -> Vec<u64> {
+            let text = String::from_utf8(self.got.lock().clone()).expect("utf8");
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+                .map(|v| v["state_version"].as_u64().expect("version"))
+                .collect()
+        }
+    }
+
     impl Write for Flaky {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             if self.broken.load(Ordering::SeqCst) {
@@ -865,12 +876,7 @@ mod tests {
         audit.write(&line(3));
         audit.flush();
         audit.health().expect("healthy again");
-        let text = String::from_utf8(out.got.lock().clone()).expect("utf8");
-        let versions: Vec<u64> = text
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
-            .map(|v| v["state_version"].as_u64().expect("version"))
-            .collect();
+        let versions = out.versions();
         assert_eq!(versions, [1, 2, 3], "kept, in order");
     }
 
@@ -896,12 +902,7 @@ mod tests {
                 b.capacity()
             );
         }
-        let text = String::from_utf8(out.got.lock().clone()).expect("utf8");
-        let versions: Vec<u64> = text
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
-            .map(|v| v["state_version"].as_u64().expect("version"))
-            .collect();
+        let versions = out.versions();
         assert_eq!(versions, (0..50).collect::<Vec<_>>());
     }
 
