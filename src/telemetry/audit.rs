@@ -374,9 +374,10 @@ struct Shared {
     /// The other buffer, empty: a drain swaps it in for `buf` and keeps the buffer it wrote
     /// (cleared) as the next one. Taken only with `out` held. A drain used to leave `buf`
     /// without capacity, and the lines after it grew it again by doubling: a `realloc` and
-    /// copy into memory not touched for a while every other request at low rates, ~3.4 of the
-    /// gateway's ~89 misses of a 1 MiB cache per request (callgrind's cache simulation,
-    /// bench/README.md, sixty-third session).
+    /// copy into memory not touched for a while, every other request at callgrind's rate.
+    /// With the swap (and each line written into a reused `String`), the gateway's misses of
+    /// a simulated 1 MiB cache fell from ~96 to ~81 a request (bench/README.md, sixty-third
+    /// session).
     spare: Mutex<Vec<u8>>,
     /// The output; held while a drained buffer is written, which keeps lines in order.
     out: Mutex<Box<dyn Write + Send>>,
