@@ -445,23 +445,31 @@ impl Shared {
                     *spare = data;
                 }
                 drop(spare);
+                // Cleared with `out` held, so a failure recorded after this write stays.
+                let recovered = self.failing.lock().take().is_some();
                 drop(out);
-                if self.failing.lock().take().is_some() {
+                if recovered {
                     tracing::info!("audit lines are being written again");
                 }
                 self.advance_mark(taken_at);
                 true
             }
             Err(e) => {
+                // Put back, and the failure recorded, before `out` is let go: a drain waiting
+                // for it (another thread's, or `flush`) then finds these lines in front of the
+                // newer ones, writes them in order and, if it works, clears the failure.
+                self.failed(&e, data, &mut spare);
                 drop(spare);
                 drop(out);
-                self.failed(&e, data);
                 false
             }
         }
     }
 
-    fn failed(&self, e: &std::io::Error, data: Vec<u8>) {
+    /// Puts `data`, which could not be written, back in front of the buffer (unless that
+    /// would pass `MAX_BUFFER_BYTES`: then its lines are dropped and counted) and records why.
+    /// Called with `out` and `spare` held.
+    fn failed(&self, e: &std::io::Error, data: Vec<u8>, spare: &mut Vec<u8>) {
         use crate::telemetry::metrics::{AUDIT_LINES_DROPPED_TOTAL, AUDIT_WRITE_FAILURES_TOTAL};
         metrics::counter!(AUDIT_WRITE_FAILURES_TOTAL).increment(1);
         *self.failing.lock() = Some(AuditError::Write(Cause::new(e.to_string())));
@@ -469,8 +477,13 @@ impl Shared {
         let dropped = {
             let mut b = self.buf.lock();
             if data.len() + b.len() <= MAX_BUFFER_BYTES {
-                let newer = std::mem::replace(&mut *b, data);
+                let mut newer = std::mem::replace(&mut *b, data);
                 b.extend_from_slice(&newer);
+                // The buffer the drain swapped in goes back to being the spare.
+                newer.clear();
+                if newer.capacity() <= KEEP_BYTES {
+                    *spare = newer;
+                }
                 0
             } else {
                 lines
