@@ -14,7 +14,11 @@
 #      WARM (wrk's warm-up on ROUTE before the measured run, 3s; longer fills the store
 #      first, as bench/load.sh's later targets find it), RATE (instead of wrk's saturation,
 #      `cognihook simulate` at this many requests a second, 1,000 sessions, on CPU 1: what a
-#      request costs below saturation, where every row of a sink is delivered at once)
+#      request costs below saturation, where every row of a sink is delivered at once),
+#      SPLIT=1 (user and system time apart, name/user and name/system)
+# `ref` in place of a binary runs the durable reference (`bare_baseline … durable-ring`, as in
+# bench/pairs.sh) on the same load: its threads' CPU per request beside the gateway's
+# (sixty-fourth session). Not with SINK=1.
 # A shared host moves every figure by several per cent between runs: compare builds in
 # alternating runs, and several of them.
 set -euo pipefail
@@ -27,8 +31,11 @@ SINK_PORT=18091
 [ -n "${SINK:-}" ] && ROUTE=/webhook
 DURATION=${DURATION:-15s}
 SESSIONS=${SESSIONS:-1000}
-[ $# -gt 0 ] || { sed -n 2,13p "$0" >&2; exit 2; }
-for b in "$@"; do [ -x "$b" ] || { echo "not an executable: $b" >&2; exit 2; }; done
+[ $# -gt 0 ] || { sed -n 2,23p "$0" >&2; exit 2; }
+if [ -n "${SINK:-}" ]; then
+  for b in "$@"; do [ "$b" != ref ] || { echo "SINK=1 runs gateways only" >&2; exit 2; }; done
+fi
+for b in "$@"; do [ "$b" = ref ] || [ -x "$b" ] || { echo "not an executable: $b" >&2; exit 2; }; done
 if [ -n "${SYSCALLS:-}" ] && ! command -v perf >/dev/null; then
   echo "SYSCALLS=1 needs perf (apt-get install linux-perf)" >&2; exit 2
 fi
@@ -40,10 +47,13 @@ if [ -n "${SINK:-}" ]; then
   start_receiver 1 "$SINK_PORT"
 fi
 
-# cpu_by_name PID: "name ticks" per thread name (threads that end meanwhile are skipped).
+# cpu_by_name PID: "name ticks" per thread name (threads that end meanwhile are skipped);
+# with SPLIT=1 "name/user" and "name/system" apart.
 cpu_by_name() {
   for t in /proc/"$1"/task/*; do
-    { n=$(tr ' ' _ < "$t/comm") && awk -v n="$n" '{ print n, $14 + $15 }' "$t/stat"; } 2>/dev/null || true
+    { n=$(tr ' ' _ < "$t/comm") && awk -v n="$n" -v apart="${SPLIT:-}" '{
+        if (apart != "") { print n "/user", $14; print n "/system", $15 } else print n, $14 + $15
+      }' "$t/stat"; } 2>/dev/null || true
   done | awk '{ a[$1] += $2 } END { for (k in a) print k, a[k] }' | sort
 }
 
@@ -57,7 +67,15 @@ for bin in "$@"; do
   if [ -n "${SINK:-}" ]; then
     sink_route_toml "$SINK_PORT" >> "$work/c-$n.toml"
   fi
-  start_gateway "$n" "$bin"
+  if [ "$bin" = ref ]; then
+    COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c 0 target/release/examples/bare_baseline \
+      "127.0.0.1:$GW_PORT" durable-ring "$work/ring-$n.log" 2>/dev/null &
+    gw=$!
+    pids+=("$gw")
+    wait_port "$GW_PORT"
+  else
+    start_gateway "$n" "$bin"
+  fi
   taskset -c 1 wrk -t1 -c64 -d"${WARM:-3s}" -s "$work/req.lua" "http://127.0.0.1:$GW_PORT$ROUTE" -- warm >/dev/null
   if [ -n "${SINK:-}" ]; then
     # From an empty outbox.
@@ -67,7 +85,9 @@ for bin in "$@"; do
   if [ -n "${RATE:-}" ]; then
     payload=nlu
     [ "$ROUTE" = /webhook ] && payload=flow-event
-    COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c 1 "$bin" simulate --url "http://127.0.0.1:$GW_PORT$ROUTE" \
+    sim=$bin
+    [ "$bin" = ref ] && sim=target/release/cognihook
+    COGNIGY_WEBHOOK_SECRET=$SECRET taskset -c 1 "$sim" simulate --url "http://127.0.0.1:$GW_PORT$ROUTE" \
       --payload "$payload" --rate "$RATE" --duration "$DURATION" --sessions 1000 --duplicates 0 \
       --invalid 0 > "$work/sim.out" 2>&1 &
   else
@@ -106,5 +126,5 @@ for bin in "$@"; do
   fi
   kill -TERM "$gw"
   wait "$gw" 2>/dev/null || true
-  rm -rf "$work/data-$n" "$work/audit-$n.jsonl" 2>/dev/null || true
+  rm -rf "$work/data-$n" "$work/audit-$n.jsonl" "$work/ring-$n.log" 2>/dev/null || true
 done
