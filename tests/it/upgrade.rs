@@ -142,8 +142,9 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     assert_eq!(dup.json()["correlationId"], "fx-4");
     assert_eq!(dup.json()["data"]["stateVersion"], 3);
     let db = app.db().await;
-    assert_eq!(count(&db, "SELECT count(*) FROM events"), 7);
-    assert_eq!(count(&db, "PRAGMA user_version"), 18, "every migration ran");
+    // Rows and events kept beside the database (`all_events`).
+    assert_eq!(count(&db, "SELECT count(*) FROM all_events"), 7);
+    assert_eq!(count(&db, "PRAGMA user_version"), 19, "every migration ran");
     assert_eq!(
         count(
             &db,
@@ -155,7 +156,7 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
     assert_eq!(
         count(
             &db,
-            "SELECT count(*) FROM events e WHERE coalesce(e.answer_status, \
+            "SELECT count(*) FROM all_events e WHERE coalesce(e.answer_status, \
                (SELECT a.status FROM answers a WHERE a.event_id = e.event_id)) = 200"
         ),
         7,
@@ -163,7 +164,7 @@ async fn a_schema_4_data_directory_is_upgraded_in_place_and_keeps_every_promise(
          one's by its event id in `answers` (schema 8 moved them there)"
     );
     assert_eq!(
-        count(&db, "SELECT count(*) FROM events WHERE answer IS NULL"),
+        count(&db, "SELECT count(*) FROM all_events WHERE answer IS NULL"),
         count(&db, "SELECT count(*) FROM answers"),
         "the old events' answers stay where they were"
     );
@@ -304,7 +305,7 @@ async fn keys_of_a_version_before_hashed_keys_still_find_their_first_answers() {
     // Marked with schema 13, so a build from before the keys' runs (or before hashed keys),
     // which would not read them, refuses the store instead of taking repeats for new events.
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 18);
+    assert_eq!(count(&db, "PRAGMA user_version"), 19);
 }
 
 /// `tests/fixtures/store/hashed-keys/` was made by cognihook of schema 12 (commit ec6d400,
@@ -357,7 +358,7 @@ async fn a_store_of_schema_12_is_upgraded_in_place_and_its_tree_keys_still_answe
     let j: Value = app.admin_get("/admin/events/hx-1").await.json();
     assert_eq!(j["event"]["sessionId"], "hs1", "{j}");
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 18);
+    assert_eq!(count(&db, "PRAGMA user_version"), 19);
 }
 
 /// `tests/fixtures/store/schema14/` was made by cognihook of schema 14 (commit 3da0783, the
@@ -394,7 +395,7 @@ async fn a_store_of_schema_14_numbers_its_event_rows_and_finds_every_event_by_ei
     assert_eq!(new.status, StatusCode::OK, "{:?}", new.body);
     assert_eq!(new.json()["data"]["stateVersion"], 2);
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 18);
+    assert_eq!(count(&db, "PRAGMA user_version"), 19);
     assert_eq!(
         count(&db, "SELECT count(*) FROM pragma_index_list('events')"),
         0,
@@ -413,7 +414,7 @@ async fn a_store_of_schema_14_numbers_its_event_rows_and_finds_every_event_by_ei
     }
     let db = app.db().await;
     let rows: Vec<(String, i64)> = db
-        .prepare("SELECT event_id, rowid FROM events ORDER BY rowid")
+        .prepare("SELECT event_id, row FROM all_events ORDER BY row")
         .expect("query")
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .expect("rows")
@@ -437,8 +438,9 @@ async fn a_store_of_schema_15_keeps_its_bodies_in_their_rows_and_new_ones_go_bes
     assert_eq!(new.status, StatusCode::OK, "{:?}", new.body);
     assert_eq!(new.json()["data"]["stateVersion"], 2);
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 18);
-    // The old rows keep their bodies; the new one's is beside the database.
+    assert_eq!(count(&db, "PRAGMA user_version"), 19);
+    // The old rows keep their bodies; the new event is kept beside the database (schema
+    // 19: with its outbox row too).
     let placed: Vec<(String, bool, String)> = db
         .prepare(
             "SELECT correlation_id, body_at IS NOT NULL AND body = '', \
@@ -450,10 +452,20 @@ async fn a_store_of_schema_15_keeps_its_bodies_in_their_rows_and_new_ones_go_bes
         .collect::<Result<_, _>>()
         .expect("rows");
     let beside: Vec<(&str, bool)> = placed.iter().map(|(c, b, _)| (c.as_str(), *b)).collect();
-    assert_eq!(beside, [("px-1", false), ("px-2", false), ("px-3", true)]);
-    for (corr, _, body) in &placed {
-        let event: Value = serde_json::from_str(body).expect("a JSON body");
-        assert_eq!(event["correlationId"], corr.as_str(), "{event}");
+    assert_eq!(beside, [("px-1", false), ("px-2", false)]);
+    let new_body: String = db
+        .query_row(
+            "SELECT body FROM all_events WHERE correlation_id = 'px-3'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("px-3 beside");
+    let placed = placed
+        .into_iter()
+        .chain([("px-3".to_string(), true, new_body)]);
+    for (corr, _, body) in placed {
+        let event: Value = serde_json::from_str(&body).expect("a JSON body");
+        assert_eq!(event["correlationId"], corr, "{event}");
     }
     drop(db);
     let dir = app.stop().await;
@@ -477,9 +489,10 @@ async fn a_store_of_schema_16_gains_the_event_runs_and_keeps_every_event_readabl
     assert_eq!(new.status, StatusCode::OK, "{:?}", new.body);
     assert_eq!(new.json()["data"]["stateVersion"], 2);
     let db = app.db().await;
-    assert_eq!(count(&db, "PRAGMA user_version"), 18);
-    assert_eq!(count(&db, "SELECT count(*) FROM event_runs"), 0);
-    assert_eq!(count(&db, "SELECT count(*) FROM events"), 3);
+    assert_eq!(count(&db, "PRAGMA user_version"), 19);
+    // The new event, with its outbox row, is kept beside the database (schema 19).
+    assert_eq!(count(&db, "SELECT count(*) FROM event_runs"), 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM events"), 2);
     drop(db);
     let dir = app.stop().await;
     let app = TestApp::spawn_in(dir, config).await;
@@ -488,4 +501,68 @@ async fn a_store_of_schema_16_gains_the_event_runs_and_keeps_every_event_readabl
         assert_eq!(j["event"]["text"], "Check order status", "qx-{n}: {j}");
         assert_eq!(j["deliveries"][0]["status"], "pending", "qx-{n}: {j}");
     }
+}
+
+/// `tests/fixtures/store/schema18/` was made by cognihook of schema 18 (commit f166bb1, the
+/// last before events with outbox rows were kept beside the database): first, with no sink,
+/// one event on `/webhook` (`Idempotency-Key: rx-key-3`, correlation id `rx-3`, session
+/// `rs3`), kept beside the database in a run; then, with the sink `later` attached, two
+/// more (`rx-key-1..2`, `rx-1..2`, `rs1..2`), each with an events row and a pending row for
+/// `later` (one attempt made); a clean stop after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_of_schema_18_keeps_its_rows_and_runs_and_new_events_with_rows_go_beside() {
+    let app = TestApp::spawn_in(fixture_dir("schema18"), config).await;
+    fixture_events_answer(&app, "r").await;
+    let dup = repeat_of_fixture_key(&app, "r", 3).await;
+    assert_eq!(dup.header("idempotent-replayed"), Some("true"));
+    assert_eq!(dup.json()["correlationId"], "rx-3");
+    let j: Value = app.admin_get("/admin/events/rx-3").await.json();
+    assert_eq!(j["event"]["sessionId"], "rs3", "{j}");
+    assert_eq!(j["deliveries"], serde_json::json!([]), "{j}");
+    let new = app.post_signed("/webhook", &flow("rs1", "rx-4")).await;
+    assert_eq!(new.status, StatusCode::OK, "{:?}", new.body);
+    assert_eq!(new.json()["data"]["stateVersion"], 2);
+    let db = app.db().await;
+    assert_eq!(count(&db, "PRAGMA user_version"), 19, "every migration ran");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM events"),
+        2,
+        "the fixture's rows"
+    );
+    // The fixture's run names no outbox row; the new one names the new event's.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM event_runs WHERE outbox_first IS NULL AND outbox_last IS NULL"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM event_runs r JOIN outbox o \
+             ON o.id = r.outbox_first AND o.id = r.outbox_last AND o.sink = 'later'"
+        ),
+        1
+    );
+    drop(db);
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir, config).await;
+    for n in [1, 2, 4] {
+        let j: Value = app.admin_get(&format!("/admin/events/rx-{n}")).await.json();
+        assert_eq!(j["event"]["text"], "Check order status", "rx-{n}: {j}");
+        assert_eq!(j["deliveries"][0]["sink"], "later", "rx-{n}: {j}");
+        assert_eq!(j["deliveries"][0]["status"], "pending", "rx-{n}: {j}");
+    }
+    let timeline = app
+        .store()
+        .session_timeline("rs1", 10)
+        .await
+        .expect("timeline");
+    let seen: Vec<_> = timeline
+        .iter()
+        .map(|e| (e.correlation_id.as_str(), e.deliveries.clone()))
+        .collect();
+    let later = vec![("later".to_string(), "pending".to_string())];
+    assert_eq!(seen, [("rx-4", later.clone()), ("rx-1", later)]);
 }

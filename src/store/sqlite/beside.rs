@@ -142,30 +142,69 @@ pub(super) fn last(conn: &Connection) -> rusqlite::Result<i64> {
         .unwrap_or(0))
 }
 
-/// Writes a run of `entries`, ascending, each rowid above [`last`].
-pub(super) fn write_run(conn: &Connection, entries: &[Entry]) -> rusqlite::Result<()> {
+/// The lowest and highest outbox row id of a run's events (schema 19), `None` when none of
+/// them has an outbox row. It may cover rows of other events too (ids are given out in
+/// commit order, and events between a run's may have rows of their own): readers check
+/// each row's event id.
+pub(super) type Span = Option<(i64, i64)>;
+
+/// `span` widened to cover `ids`.
+pub(super) fn widen(span: Span, ids: impl Iterator<Item = i64>) -> Span {
+    ids.fold(span, |s, id| match s {
+        None => Some((id, id)),
+        Some((lo, hi)) => Some((lo.min(id), hi.max(id))),
+    })
+}
+
+/// Writes a run of `entries`, ascending, each rowid above [`last`], whose events' outbox
+/// rows are within `span`.
+pub(super) fn write_run(conn: &Connection, entries: &[Entry], span: Span) -> rusqlite::Result<()> {
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
         return Ok(());
     };
     debug_assert!(entries.windows(2).all(|w| w[0].row < w[1].row));
-    conn.prepare_cached("INSERT INTO event_runs (first, last, places) VALUES (?1, ?2, ?3)")?
-        .execute(params![first.row, last.row, encode(entries)])?;
+    conn.prepare_cached(
+        "INSERT INTO event_runs (first, last, places, outbox_first, outbox_last) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        first.row,
+        last.row,
+        encode(entries),
+        span.map(|s| s.0),
+        span.map(|s| s.1)
+    ])?;
     Ok(())
 }
 
-/// The run that may hold `row`: its `first` and entries.
-fn run_of(conn: &Connection, row: i64) -> rusqlite::Result<Option<(i64, Vec<Entry>)>> {
-    let found: Option<(i64, i64, Vec<u8>)> = conn
+/// A run as its row holds it: `first`, its entries and its outbox rows' span.
+type Run = (i64, Vec<Entry>, Span);
+
+/// The span of a run row's `outbox_first` and `outbox_last` (columns `i` and `i + 1`).
+fn span_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Span> {
+    Ok(
+        match (r.get::<_, Option<i64>>(i)?, r.get::<_, Option<i64>>(i + 1)?) {
+            (Some(lo), Some(hi)) => Some((lo, hi)),
+            _ => None,
+        },
+    )
+}
+
+/// The run that may hold `row`.
+fn run_of(conn: &Connection, row: i64) -> rusqlite::Result<Option<Run>> {
+    let found: Option<(i64, i64, Vec<u8>, Span)> = conn
         .prepare_cached(
-            "SELECT first, last, places FROM event_runs WHERE first <= ?1 \
-             ORDER BY first DESC LIMIT 1",
+            "SELECT first, last, places, outbox_first, outbox_last FROM event_runs \
+             WHERE first <= ?1 ORDER BY first DESC LIMIT 1",
         )?
-        .query_row([row], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row([row], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, span_at(r, 3)?))
+        })
         .optional()?;
     match found {
-        Some((first, last, places)) if last >= row => {
+        Some((first, last, places, span)) if last >= row => {
             let entries = decode(&places).ok_or_else(|| damaged_run(first))?;
-            Ok(Some((first, entries)))
+            Ok(Some((first, entries, span)))
         }
         _ => Ok(None),
     }
@@ -345,7 +384,7 @@ pub(super) const VIEW: &str = "CREATE TEMP VIEW IF NOT EXISTS all_events AS \
 /// when it was the last), and says where its record is: the caller writes its events row
 /// in the same transaction.
 pub(super) fn take(conn: &Connection, row: i64) -> rusqlite::Result<Option<i64>> {
-    let Some((first, mut entries)) = run_of(conn, row)? else {
+    let Some((first, mut entries, span)) = run_of(conn, row)? else {
         return Ok(None);
     };
     let Ok(i) = entries.binary_search_by_key(&row, |e| e.row) else {
@@ -354,7 +393,7 @@ pub(super) fn take(conn: &Connection, row: i64) -> rusqlite::Result<Option<i64>>
     let Entry { at, .. } = entries.remove(i);
     conn.prepare_cached("DELETE FROM event_runs WHERE first = ?1")?
         .execute([first])?;
-    write_run(conn, &entries)?;
+    write_run(conn, &entries, span)?;
     Ok(Some(at))
 }
 
@@ -490,41 +529,86 @@ pub(super) fn newest_of_correlation(
 
 /// Retention's pass over the runs (`project::maintain`), in its transaction: of the runs
 /// that begin before `kept_until` (a rowid; at most `max_runs` of them), the events before
-/// `expired` go (they have no outbox row to keep them), and those from there to before
-/// `kept_until` get rows, since the files their records are in may go once the pass's
-/// cycle ends (they stay for the answer of a key still in its window). Returns whether
-/// runs beginning before `kept_until` are left for another pass.
+/// `expired` go, with their delivered outbox rows and those rows' attempts, unless an
+/// outbox row of theirs is left (pending, or a dead letter); those, and the events from
+/// `expired` to before `kept_until`, get rows, since the files their records are in may go
+/// once the pass's cycle ends (they stay for the answer of a key still in its window, or
+/// for their rows). Returns whether runs beginning before `kept_until` are left for
+/// another pass.
 pub(super) fn prune(
     conn: &Connection,
     expired: i64,
     kept_until: i64,
     max_runs: usize,
 ) -> rusqlite::Result<bool> {
-    let runs: Vec<(i64, Vec<u8>)> = conn
+    let runs: Vec<(i64, Vec<u8>, Span)> = conn
         .prepare_cached(
-            "SELECT first, places FROM event_runs WHERE first < ?1 ORDER BY first LIMIT ?2",
+            "SELECT first, places, outbox_first, outbox_last FROM event_runs WHERE first < ?1 \
+             ORDER BY first LIMIT ?2",
         )?
         .query_map(params![kept_until, max_runs as i64 + 1], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+            Ok((r.get(0)?, r.get(1)?, span_at(r, 2)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
     let more = runs.len() > max_runs;
-    for (first, places) in runs.into_iter().take(max_runs) {
+    for (first, places, span) in runs.into_iter().take(max_runs) {
         let entries = decode(&places).ok_or_else(|| damaged_run(first))?;
         conn.prepare_cached("DELETE FROM event_runs WHERE first = ?1")?
             .execute([first])?;
+        let with_rows = match span {
+            Some((lo, hi)) => expire_rows(conn, lo, hi, expired)?,
+            None => std::collections::HashSet::new(),
+        };
         let (kept, rest): (Vec<Entry>, Vec<Entry>) = entries
             .into_iter()
-            .filter(|e| e.row >= expired)
+            .filter(|e| e.row >= expired || with_rows.contains(&e.row))
             .partition(|e| e.row < kept_until);
         // The kept ones go through a run of their own, so that `materialise_row` finds them.
-        write_run(conn, &kept)?;
+        write_run(conn, &kept, span)?;
         for e in &kept {
             materialise_row(conn, e.row)?;
         }
-        write_run(conn, &rest)?;
+        write_run(conn, &rest, span)?;
     }
     Ok(more)
+}
+
+/// Deletes the delivered outbox rows with ids `lo..=hi` (a run's span) of the events before
+/// rowid `expired`, with their attempts; returns the rowids of the events that still have a
+/// row there. (Late rows, `respond`'s, belong to events that keep their events rows:
+/// `project::put_beside`.)
+fn expire_rows(
+    conn: &Connection,
+    lo: i64,
+    hi: i64,
+    expired: i64,
+) -> rusqlite::Result<std::collections::HashSet<i64>> {
+    let rows: Vec<(i64, String, bool)> = conn
+        .prepare_cached(
+            "SELECT id, event_id, status = 'delivered' FROM outbox WHERE id BETWEEN ?1 AND ?2",
+        )?
+        .query_map(params![lo, hi], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut left = std::collections::HashSet::new();
+    let mut floor_kept = false;
+    for (id, event_id, delivered) in rows {
+        let Some(row) = crate::event_id::row_of(&event_id) else {
+            continue;
+        };
+        if !(delivered && row < expired) {
+            left.insert(row);
+            continue;
+        }
+        if !floor_kept {
+            super::outbox::keep_id_floor(conn)?;
+            floor_kept = true;
+        }
+        conn.prepare_cached("DELETE FROM delivery_attempts WHERE outbox_id = ?1")?
+            .execute([id])?;
+        conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?
+            .execute([id])?;
+    }
+    Ok(left)
 }
 
 /// Writes the event of `id`, if a run holds it, as an events row (see [`materialise_row`]).
@@ -598,7 +682,7 @@ pub(super) fn keep_record(
     let Some(row) = crate::event_id::row_of(&a.event_id) else {
         return Ok(false);
     };
-    let Some((_, entries)) = run_of(conn, row)? else {
+    let Some((_, entries, _)) = run_of(conn, row)? else {
         return Ok(false);
     };
     let Ok(i) = entries.binary_search_by_key(&row, |e| e.row) else {
@@ -639,7 +723,7 @@ mod tests {
 
     /// Where a run says `row` is, through `run_of` and `place_in`.
     fn place_of(conn: &Connection, row: i64) -> rusqlite::Result<Option<i64>> {
-        Ok(run_of(conn, row)?.and_then(|(_, entries)| place_in(&encode(&entries), row)))
+        Ok(run_of(conn, row)?.and_then(|(_, entries, _)| place_in(&encode(&entries), row)))
     }
 
     #[test]
@@ -655,8 +739,8 @@ mod tests {
     fn a_rowid_is_found_in_the_run_that_holds_it_and_nowhere_else() {
         let conn = database();
         assert_eq!(last(&conn).expect("last"), 0);
-        write_run(&conn, &entries(&[(10, 100), (12, 120), (15, 150)])).expect("run");
-        write_run(&conn, &entries(&[(20, 200), (30, 300)])).expect("run");
+        write_run(&conn, &entries(&[(10, 100), (12, 120), (15, 150)]), None).expect("run");
+        write_run(&conn, &entries(&[(20, 200), (30, 300)]), None).expect("run");
         assert_eq!(last(&conn).expect("last"), 30);
         for (row, at) in [(10, Some(100)), (12, Some(120)), (15, Some(150))] {
             assert_eq!(place_of(&conn, row).expect("read"), at, "row {row}");
@@ -671,8 +755,8 @@ mod tests {
     #[test]
     fn taking_an_event_leaves_the_rest_of_its_run_and_the_last_one_takes_the_run() {
         let conn = database();
-        write_run(&conn, &entries(&[(10, 100), (12, 120), (15, 150)])).expect("run");
-        write_run(&conn, &entries(&[(20, 200)])).expect("run");
+        write_run(&conn, &entries(&[(10, 100), (12, 120), (15, 150)]), None).expect("run");
+        write_run(&conn, &entries(&[(20, 200)]), None).expect("run");
         assert_eq!(take(&conn, 12).expect("take"), Some(120));
         assert_eq!(take(&conn, 12).expect("again"), None);
         assert_eq!(place_of(&conn, 10).expect("read"), Some(100));
@@ -722,19 +806,32 @@ mod tests {
     }
 
     #[test]
-    fn events_without_outbox_rows_are_kept_beside_and_read_back_whole() {
+    fn events_without_a_held_row_are_kept_beside_and_read_back_whole() {
         use super::super::project::{apply_accepts_for_tests, Statements};
         let (_dir, conn, bodies) = store();
         let ids: Vec<String> = (0..RUN_EVENTS + 20)
             .map(|_| crate::event_id::new_event_id())
             .collect();
-        // Every seventh has an outbox row: it gets an events row.
+        // Every seventh has a `respond` row held for its request: it gets an events row.
+        // Every fifth of the others has an outbox row of its own (id 1000 + i): it is kept
+        // beside like those without one, its run naming its row.
         let records: Vec<AcceptRecord> = ids
             .iter()
             .enumerate()
             .map(|(i, id)| {
-                let rows: &[i64] = if i % 7 == 3 { &[i as i64 + 1] } else { &[] };
+                let rows: &[i64] = if i % 7 == 3 || i % 5 == 1 {
+                    &[1000 + i as i64]
+                } else {
+                    &[]
+                };
                 let mut r = super::super::raw::tests::record(id, rows);
+                if i % 7 == 3 {
+                    r.rows[0].held = Some(super::super::record::Held {
+                        lease_until: 5,
+                        token: "t".into(),
+                        respond_to: String::new(),
+                    });
+                }
                 r.spend = Some(super::super::record::Spend {
                     route: "r".into(),
                     mac: vec![1, 2],
@@ -754,14 +851,32 @@ mod tests {
         assert_eq!(
             written(&conn),
             with_rows,
-            "only the events with outbox rows have rows"
+            "only the events with a held row have rows"
         );
-        let runs: i64 = conn
-            .query_row("SELECT count(*) FROM event_runs", [], |r| r.get(0))
-            .expect("runs");
         let beside = ids.len() - with_rows.len();
         assert!(beside > RUN_EVENTS);
-        assert_eq!(runs, 2, "{beside} events beside, {RUN_EVENTS} to a run");
+        // Each run's span covers its events' own rows: the first run's events are the first
+        // RUN_EVENTS of those beside.
+        let beside_at: Vec<usize> = (0..ids.len()).filter(|i| i % 7 != 3).collect();
+        let spans: Vec<(i64, i64)> = beside_at
+            .chunks(RUN_EVENTS)
+            .map(|c| {
+                let own: Vec<i64> = c
+                    .iter()
+                    .filter(|&&i| i % 5 == 1)
+                    .map(|&i| 1000 + i as i64)
+                    .collect();
+                (own[0], own[own.len() - 1])
+            })
+            .collect();
+        let runs: Vec<(i64, i64)> = conn
+            .prepare("SELECT outbox_first, outbox_last FROM event_runs ORDER BY first")
+            .expect("runs")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("runs")
+            .collect::<rusqlite::Result<_>>()
+            .expect("runs");
+        assert_eq!(runs, spans, "{beside} events beside, {RUN_EVENTS} to a run");
         for (id, r) in ids.iter().zip(&records) {
             let found = read_id(&conn, id).expect("read");
             if with_rows.contains(id) {

@@ -136,6 +136,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/sqlite/0016_bodies_beside.sql"),
     include_str!("../migrations/sqlite/0017_event_runs.sql"),
     include_str!("../migrations/sqlite/0018_packed_records.sql"),
+    include_str!("../migrations/sqlite/0019_event_runs_outbox.sql"),
 ];
 
 /// Sends `msg` to the sequencer, waiting for room when its queue is full (answers and
@@ -2183,8 +2184,15 @@ fn read_timeline(
         deliveries: Vec::new(),
         answer: None,
     };
-    // (rowid, entry, whether its answer is still to be read: a row's is, a record's is not).
-    let mut found: Vec<(i64, crate::store::TimelineEntry, bool)> = st
+    // (rowid, entry, whether its answer is still to be read: a row's is, a record's is not,
+    // and the bounds of a record's outbox rows).
+    type Found = (
+        i64,
+        crate::store::TimelineEntry,
+        bool,
+        (Option<i64>, Option<i64>),
+    );
+    let mut found: Vec<Found> = st
         .query_map(params![session_id, limit], |r| {
             Ok((
                 r.get(6)?,
@@ -2199,6 +2207,7 @@ fn read_timeline(
                     answer: None,
                 },
                 true,
+                (None, None),
             ))
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -2206,10 +2215,11 @@ fn read_timeline(
     let limit = usize::try_from(limit).unwrap_or(1000);
     for (row, a) in beside::session_events(c, session_id, limit)? {
         let mut e = entry(&a);
+        let between = outbox::rows_between(&a);
         e.answer = Some((a.status, a.answer));
-        found.push((row, e, false));
+        found.push((row, e, false, between));
     }
-    found.sort_by_key(|(row, _, _)| std::cmp::Reverse(*row));
+    found.sort_by_key(|(row, ..)| std::cmp::Reverse(*row));
     found.truncate(limit);
     // The rest by event id (both indexed), not by scanning the session's events again.
     let mut deliveries = c.prepare_cached(outbox::EVENT_ROWS)?;
@@ -2225,9 +2235,9 @@ fn read_timeline(
              LIMIT 1"
     ))?;
     let mut entries = Vec::with_capacity(found.len());
-    for (_, mut e, from_row) in found {
+    for (_, mut e, from_row, (lo, hi)) in found {
         e.deliveries = deliveries
-            .query_map(params![e.event_id], |r| Ok((r.get(1)?, r.get(2)?)))?
+            .query_map(params![e.event_id, lo, hi], |r| Ok((r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
         if !from_row {
             entries.push(e);
@@ -2348,18 +2358,22 @@ fn read_journey(c: &Connection, id: &str) -> rusqlite::Result<Option<Journey>> {
             ))
         })
         .optional()?;
-    // An event without a row is kept beside the database (`beside`).
+    // An event without a row is kept beside the database (`beside`), with the bounds of its
+    // outbox rows.
     let row = match row {
-        Some(row) => Some(row),
-        None => beside::read_id(c, id)?.map(|a| (a.event_id, a.body, a.at)),
+        Some((event_id, body, at)) => Some((event_id, body, at, (None, None))),
+        None => beside::read_id(c, id)?.map(|a| {
+            let between = outbox::rows_between(&a);
+            (a.event_id, a.body, a.at, between)
+        }),
     };
-    let Some((event_id, body, committed_at)) = row else {
+    let Some((event_id, body, committed_at, (lo, hi))) = row else {
         return Ok(None);
     };
     let event = crate::store::event_json(body);
     let mut stmt = c.prepare_cached(outbox::EVENT_ROWS)?;
     let rows = stmt
-        .query_map(params![event_id], |r| {
+        .query_map(params![event_id, lo, hi], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
@@ -3510,10 +3524,9 @@ mod tests {
             .expect("rows")
             .collect::<rusqlite::Result<_>>()
             .expect("rows");
-        assert_eq!(
-            rows,
-            ["corr-b3"],
-            "only the event with an outbox row has a row"
+        assert!(
+            rows.is_empty(),
+            "the event with an outbox row is kept beside too (schema 19): {rows:?}"
         );
         add_event_body_function(&db, &path).expect("functions");
         let all: Vec<(i64, String, String, i64)> = db
@@ -5094,5 +5107,73 @@ mod tests {
         beside.remove(&gone).expect("removed");
         drop(conn);
         assert_eq!(payload_key(&rt, dir.path(), "corr-a"), "a");
+    }
+
+    /// Events with outbox rows kept beside the database (schema 19), past retention and
+    /// their answers' time: one whose row was delivered goes with its row and the row's
+    /// attempts; one whose row is pending gets an events row naming it, and is delivered
+    /// and found as before.
+    #[test]
+    fn retention_takes_delivered_rows_of_events_beside_and_gives_pending_ones_rows() {
+        KEEP_BESIDE.with(|k| k.set(true));
+        let rt = runtime();
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = used_then_closed(dir.path(), &rt, |store| {
+            for key in ["d", "p"] {
+                rt.block_on(store.accept(acceptance(key, &format!("s-{key}"), &["orders"])))
+                    .expect("commit");
+            }
+        });
+        let conn = Connection::open(&path).expect("open");
+        add_event_body_function(&conn, &path).expect("function");
+        let n = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).expect(sql) };
+        assert_eq!(n("SELECT count(*) FROM events"), 0, "both beside");
+        assert_eq!(n("SELECT count(*) FROM outbox"), 2);
+        // d's row (the first) delivered at its second attempt.
+        conn.execute_batch(
+            "UPDATE outbox SET status = 'delivered' WHERE id = (SELECT min(id) FROM outbox); \
+             INSERT INTO delivery_attempts \
+               (outbox_id, attempt, at, outcome, error, duration_ms, replica) \
+               SELECT min(id), 1, 0, 'retry', 'refused', 3, 'r1' FROM outbox;",
+        )
+        .expect("delivered");
+        let beside = Arc::new(bodies::Bodies::open(&path, 86_400_000).expect("bodies"));
+        let mut settings = maintenance(&path, -7_200_000, -60_000, -60_000);
+        settings.bodies = Some(beside.clone());
+        let mut cursor = project::MaintenanceCursor::default();
+        while project::maintain_by(&conn, &settings, &mut cursor, 1) {}
+        assert_eq!(
+            raw::tests::texts(&conn, "SELECT correlation_id FROM events"),
+            ["corr-p"]
+        );
+        assert_eq!(n("SELECT count(*) FROM event_runs"), 0);
+        assert_eq!(
+            n("SELECT count(*) FROM delivery_attempts"),
+            0,
+            "d's attempt went"
+        );
+        assert_eq!(
+            n(
+                "SELECT count(*) FROM outbox o JOIN events e ON o.event_id = e.event_id \
+               AND o.id = e.outbox_first AND o.id = e.outbox_last AND o.status = 'pending'"
+            ),
+            1,
+            "p's row is named by p's events row; d's went"
+        );
+        assert_eq!(n("SELECT count(*) FROM outbox"), 1);
+        drop(conn);
+        let store = SqliteStore::open(&config(dir.path())).expect("reopen");
+        let journey = rt
+            .block_on(store.journey("corr-p"))
+            .expect("journey")
+            .expect("found");
+        assert_eq!(journey.deliveries.len(), 1);
+        assert_eq!(journey.deliveries[0].status, "pending");
+        let claimed = rt
+            .block_on(store.claim("orders", 10, Duration::from_secs(60)))
+            .expect("claim");
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].correlation_id, "corr-p");
+        rt.block_on(store.close());
     }
 }

@@ -90,8 +90,14 @@ pub(super) fn claims(
                 ))
             })
             .optional()?;
+        // An event without a row is kept beside the database (`beside`).
+        let row = match row {
+            Some(row) => Some(row),
+            None => beside_claimed(c, &event_id),
+        };
         // Retention keeps the event while its outbox row exists (`project::maintain`); a
-        // body that cannot be read beside the database was logged by `event_body_or_null`.
+        // body that cannot be read beside the database was logged by `event_body_or_null`
+        // or `beside_claimed`.
         let Some((correlation_id, route, session_id, event_type, Some(body))) = row else {
             continue;
         };
@@ -116,6 +122,30 @@ pub(super) fn claims(
     }
     Ok(out)
 }
+
+/// What a claim sends of an event kept beside the database (`beside::read_id`), as
+/// [`CLAIMED_EVENT`] reads a row's; a record that cannot be read is logged and its row left
+/// alone, like a body `event_body_or_null` cannot read.
+fn beside_claimed(c: &Connection, event_id: &str) -> Option<ClaimedEvent> {
+    match super::beside::read_id(c, event_id) {
+        Ok(a) => a.map(|a| {
+            (
+                a.correlation_id,
+                a.route,
+                a.session_id,
+                a.event_type,
+                Some(a.body),
+            )
+        }),
+        Err(e) => {
+            tracing::error!(event_id, error = %e, "an event kept beside the database could not be read for its delivery");
+            None
+        }
+    }
+}
+
+/// What a claim reads of its event: correlation id, route, session id, event type, body.
+type ClaimedEvent = (String, String, String, String, Option<String>);
 
 /// Records which configured sinks deliver in session order, and marks their undelivered rows
 /// (pending, and dead letters a replay may bring back) to match: a sink may have been switched
@@ -149,17 +179,29 @@ pub(super) const CLAIMED_EVENT: &str = concat!(
 );
 
 /// One event's outbox rows (id, sink, status), oldest first, for `?1` its id: the rows it was
-/// accepted with, by id between the bounds its row keeps (schema 11 has no index by event),
-/// and the rows added later (`late`, indexed).
+/// accepted with, by id between the bounds its row keeps (schema 11 has no index by event)
+/// or, for an event kept beside the database (`beside`), between `?2` and `?3`, the bounds
+/// of its record's rows (NULL for an event with a row), and the rows added later (`late`,
+/// indexed).
 pub(super) const EVENT_ROWS: &str = concat!(
     "SELECT o.id, o.sink, o.status FROM events e \
        JOIN outbox o ON o.id BETWEEN e.outbox_first AND e.outbox_last AND o.event_id = e.event_id \
      WHERE e.rowid = ",
     event_row!("?1"),
     " AND e.event_id = ?1 \
+     UNION ALL SELECT id, sink, status FROM outbox WHERE id BETWEEN ?2 AND ?3 AND event_id = ?1 \
      UNION ALL SELECT id, sink, status FROM outbox WHERE late = 1 AND event_id = ?1 \
      ORDER BY 1"
 );
+
+/// The bounds of `a`'s outbox rows, as [`EVENT_ROWS`] takes them for an event kept beside
+/// the database.
+pub(super) fn rows_between(a: &super::record::AcceptRecord) -> (Option<i64>, Option<i64>) {
+    (
+        a.rows.iter().map(|r| r.id).min(),
+        a.rows.iter().map(|r| r.id).max(),
+    )
+}
 
 /// The ids of the delivered rows of the events before `?1` (an event id; `?2` its number,
 /// `event_id::row_of`) from rowid `?3` on: what retention deletes (a pass of
@@ -380,20 +422,29 @@ pub(super) fn dead_letters(
         params_from_iter(p.iter()),
         |r| r.get(0),
     )?;
+    // An event without a row is kept beside the database (`beside`): its correlation id is
+    // read from its record.
     let mut stmt = c.prepare(&format!(
         "SELECT o.id, o.event_id, e.correlation_id, o.sink, o.route, o.failure_class, o.reason, \
                 o.attempts, o.last_error, o.dead_at \
-         FROM outbox o JOIN events e ON e.rowid = {} AND e.event_id = o.event_id \
+         FROM outbox o LEFT JOIN events e ON e.rowid = {} AND e.event_id = o.event_id \
          WHERE {cond} ORDER BY o.dead_at DESC, o.id DESC LIMIT {}",
         event_row!("o.event_id"),
         limit.min(10_000)
     ))?;
     let items = stmt
         .query_map(params_from_iter(p.iter()), |r| {
+            let event_id: String = r.get(1)?;
+            let correlation_id = match r.get::<_, Option<String>>(2)? {
+                Some(id) => id,
+                None => super::beside::read_id(c, &event_id)?
+                    .map(|a| a.correlation_id)
+                    .unwrap_or_default(),
+            };
             Ok(DeadLetter {
                 id: r.get(0)?,
-                event_id: r.get(1)?,
-                correlation_id: r.get(2)?,
+                event_id,
+                correlation_id,
                 sink: r.get(3)?,
                 route: r.get(4)?,
                 class: r.get::<_, Option<String>>(5)?.unwrap_or_default(),

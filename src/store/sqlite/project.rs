@@ -1275,9 +1275,12 @@ fn apply_accepts(
 }
 
 /// Keeps the events of `run` that need no events row beside the database (`beside`): an
-/// event with no outbox row, whose body would go to the bodies' files (`Bodies::append`'s
-/// rule) and whose rowid is above every run's. Their records go to the bodies' files and
-/// their places to run rows of up to `beside::RUN_EVENTS`; returns the others, in order.
+/// event with no `respond` row (held for its request; such a row may add a late row and
+/// replace the answer), whose body would go to the bodies' files (`Bodies::append`'s rule)
+/// and whose rowid is above every run's. Their records go to the bodies' files and their
+/// places to run rows of up to `beside::RUN_EVENTS`, each with the span of its events'
+/// outbox rows; returns the others, in order. Their outbox rows are written as every
+/// event's are (`write_rows`).
 fn put_beside<'a>(
     st: &mut Statements<'_>,
     run: &[&'a AcceptRecord],
@@ -1292,9 +1295,10 @@ fn put_beside<'a>(
     let mut rest = Vec::new();
     let mut entries = Vec::with_capacity(run.len().min(super::beside::RUN_EVENTS));
     let mut record = Vec::with_capacity(2048);
+    let mut span = None;
     for a in run {
         let placed = match crate::event_id::row_of(&a.event_id) {
-            Some(row) if a.rows.is_empty() && row > last => {
+            Some(row) if row > last && a.rows.iter().all(|r| r.held.is_none()) => {
                 record.clear();
                 a.encode_beside(&mut record);
                 bodies.append(row, &record).map(|at| (row, at))
@@ -1311,12 +1315,13 @@ fn put_beside<'a>(
             at,
             session: super::beside::session_tag(&a.session_id),
         });
+        span = super::beside::widen(span, a.rows.iter().map(|r| r.id));
         if entries.len() == super::beside::RUN_EVENTS {
-            super::beside::write_run(st.conn, &entries)?;
+            super::beside::write_run(st.conn, &entries, span.take())?;
             entries.clear();
         }
     }
-    super::beside::write_run(st.conn, &entries)?;
+    super::beside::write_run(st.conn, &entries, span)?;
     st.beside_last = Some(last);
     Ok(rest)
 }
