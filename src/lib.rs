@@ -76,7 +76,7 @@
 //!   applies log records and the delivery path's jobs in large transactions (each event's
 //!   row through SQLite's C interface without copying its values, up to 16 rows a statement
 //!   prepared once for the connection, `store::sqlite::raw`; its body appended to a file beside
-//!   the database, `store::sqlite::bodies`, the row keeping its place; an event with no outbox
+//!   the database, `store::sqlite::bodies`, the row keeping its place; an event with no `respond`
 //!   row has no row: its whole record (packed: `store::sqlite::record`) goes there and one row of `event_runs` names the places
 //!   of up to 64 such events, `store::sqlite::beside`); the sessions
 //!   table written behind, each changed session once a second: `project::Behind`; the idempotency

@@ -1,6 +1,7 @@
-//! Events kept beside the database, without an events row (schema 17, issue 10): every
-//! event with no outbox row whose body would go beside the database (`Bodies::append`'s
-//! rule) is kept here (`project`'s `put_beside`; `keep_beside`).
+//! Events kept beside the database, without an events row (schema 17, issue 10; schema 19
+//! for events with outbox rows): every event with no `respond` row held for its request
+//! whose body would go beside the database (`Bodies::append`'s rule) is kept here
+//! (`project`'s `put_beside`; `keep_beside`).
 //!
 //! # Why
 //! An events row costs the projector ~9k instructions (its statement's binding, the seek from
@@ -18,9 +19,12 @@
 //! one row of `event_runs` names the places of a run of such events:
 //!
 //! ```text
-//! event_runs (first INTEGER PRIMARY KEY, last INTEGER NOT NULL, places BLOB NOT NULL)
+//! event_runs (first INTEGER PRIMARY KEY, last INTEGER NOT NULL, places BLOB NOT NULL,
+//!             outbox_first INTEGER, outbox_last INTEGER)
 //! places: for each event, ascending: its rowid (i64), its place in the files (i64) and its
 //!         session's tag (u32, `session_tag`), little-endian, 20 bytes an event
+//! outbox_first, outbox_last: the lowest and highest id of its events' outbox rows (schema
+//!         19; NULL when they have none), which may cover other events' rows too
 //! ```
 //!
 //! One run row is one insert for up to [`RUN_EVENTS`] events. Runs never overlap: each
@@ -45,17 +49,21 @@
 //! - A replaced answer and a forget give the event its row first ([`materialise`]) and
 //!   erase its record; retention drops expired entries and gives rows to those an answer
 //!   keeps before their files go ([`prune`]).
-//! - Events with outbox rows keep their rows (the claims, the outbox's retention and the
-//!   late rows of `respond` join them); an event's own outbox rows never come later.
+//! - An event's outbox rows stay in the `outbox` table, written with it (`write_rows`);
+//!   an event's own rows never come later. A claim (`outbox::claims`) reads the event here
+//!   when it has no row, and so do `EVENT_ROWS`'s callers (the bounds of its rows from its
+//!   record) and the dead letters' list (its correlation id). Retention ([`prune`]) finds the
+//!   rows of the events it drops through its run's span: it deletes the delivered ones of
+//!   expired events and gives a row to every event that still has one.
+//! - An event with a `respond` row keeps its row: its answer is replaced when the upstream
+//!   answers and a late row may be added for it (`late`, which the events' retention joins).
 //!
 //! # What is left
 //! - Natively, the saving is within this host's noise so far: under callgrind the
 //!   projector's instructions per request fell 15,653 → 8,382 (all 94,181 → 86,869,
 //!   −7.8 %); alternating runs at saturation did not tell the two apart (bench/README.md,
 //!   fifty-third session).
-//! - Events with outbox rows keep their rows: the claims (`outbox::CLAIMED_EVENT`), an
-//!   event's rows (`EVENT_ROWS`) and the outbox's retention (`DELIVERED_BEFORE`,
-//!   `project::EXPIRED_EVENTS`) join them.
+//! - Events with a `respond` row keep their rows (above).
 //! - `insert_event`'s check that an id is not stored twice does not look in the runs (a
 //!   record is applied once: the positions commit with the rows).
 //! - Most of this crate's unit tests read the events table directly, so their stores write
