@@ -1469,6 +1469,11 @@ impl SqliteStore {
                 (leases.taken(now), skip)
             };
             let conn = reader.lock();
+            // One read transaction for the due rows and their events: each statement outside
+            // one takes and drops its own, with its file locks, and finds SQLite's page cache
+            // emptied whenever the projector has committed since (bench/README.md,
+            // sixty-seventh session). Only read: dropped (rolled back) at the end.
+            let conn = conn.unchecked_transaction().map_err(unavailable)?;
             let rows = outbox::due(&conn, now, &sink, limit, &taken, skip).map_err(unavailable)?;
             let mut leases = shared.leases.lock();
             // Another claim may have taken some since `taken` was read, and rows read may
