@@ -651,8 +651,7 @@ fn give_row(conn: &Connection, row: i64, a: &AcceptRecord) -> rusqlite::Result<O
 
 /// Writes `a` as the events row `row`, its body in the row.
 fn insert_row(conn: &Connection, row: i64, a: &AcceptRecord) -> rusqlite::Result<()> {
-    let first = a.rows.iter().map(|r| r.id).min();
-    let last = a.rows.iter().map(|r| r.id).max();
+    let (first, last) = super::outbox::rows_between(a);
     conn.prepare_cached(
         "INSERT INTO events (rowid, event_id, correlation_id, route, session_id, event_type, \
                              state_version, simulated, received_at, committed_at, body, \

@@ -194,8 +194,8 @@ pub(super) const EVENT_ROWS: &str = concat!(
      ORDER BY 1"
 );
 
-/// The bounds of `a`'s outbox rows, as [`EVENT_ROWS`] takes them for an event kept beside
-/// the database.
+/// The bounds of `a`'s outbox rows: as [`EVENT_ROWS`] takes them for an event kept beside
+/// the database, and as an events row keeps them (`outbox_first`, `outbox_last`).
 pub(super) fn rows_between(a: &super::record::AcceptRecord) -> (Option<i64>, Option<i64>) {
     (
         a.rows.iter().map(|r| r.id).min(),
