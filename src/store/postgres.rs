@@ -893,6 +893,10 @@ where
             }
         }
     }
+    // A commit made before LISTEN took effect notified no one here: the workers' claim
+    // before it may have run earlier still (at start, or before a reconnection), so they
+    // look once now.
+    wake();
     while let Some(m) = messages.next().await {
         match m {
             Ok(tokio_postgres::AsyncMessage::Notification(_)) => wake(),
