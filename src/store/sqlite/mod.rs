@@ -5020,6 +5020,18 @@ mod tests {
 
     #[test]
     fn a_claim_leaves_an_event_whose_body_cannot_be_read_and_takes_the_others() {
+        claim_around_an_unreadable_event(false);
+    }
+
+    /// The same with the events kept beside the database (schema 19: their whole records
+    /// there, read by the claim when the events have no row).
+    #[test]
+    fn a_claim_leaves_an_event_beside_whose_record_cannot_be_read_and_takes_the_others() {
+        claim_around_an_unreadable_event(true);
+    }
+
+    fn claim_around_an_unreadable_event(kept_beside: bool) {
+        KEEP_BESIDE.with(|k| k.set(kept_beside));
         let rt = runtime();
         let dir = tempfile::tempdir().expect("tmp");
         // Two processes, so that the two bodies are in two files.
@@ -5032,6 +5044,15 @@ mod tests {
             rt.block_on(store.close());
         }
         let path = dir.path().join("cognihook.db");
+        let rows: i64 = Connection::open(&path)
+            .expect("db")
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(
+            rows,
+            if kept_beside { 0 } else { 2 },
+            "where the events are"
+        );
         // The log's records are long applied and its segments gone; the first file is lost.
         std::fs::remove_dir_all(log_dir_of(&path)).expect("log removed");
         let beside = bodies::dir_of(&path);
